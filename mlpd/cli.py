@@ -1,0 +1,153 @@
+"""The `mlpd` command line. It talks to the daemon over HTTP through mlpd.client.
+
+Heavy modules (requests, flask, docker, mlflow) are imported inside commands so
+that `mlpd --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from mlpd import __version__
+
+
+class MlpdGroup(click.Group):
+    """Turns client errors into one-line messages that say what to do next."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from mlpd.client import ClientError
+
+        try:
+            return super().invoke(ctx)
+        except ClientError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            ctx.exit(1)
+
+
+def _client():
+    from mlpd.client import Client
+
+    return Client.from_env()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
+
+
+@click.group(cls=MlpdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--client-version", prog_name="mlpd")
+def main() -> None:
+    """mlpd: the ML platform daemon for one GPU box.
+
+    \b
+    Start here:   mlpd login http://HOST:8470      (token from your admin)
+    Train:        mlpd run --gpus 1 -- python train.py
+    Watch:        mlpd jobs, mlpd logs -f ID
+    """
+
+
+# ---------------------------------------------------------------- daemon
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Configuration file (default: $MLPD_CONFIG, then /etc/mlpd/mlpd.toml).")
+@click.option("--listen", help="HOST:PORT to listen on (overrides server.listen).")
+@click.option("--state-dir", help="State directory (overrides server.state_dir).")
+@click.option("--declare-gpus", type=int, help="Declare N GPUs on a machine without NVIDIA GPUs, for a quick try (overrides gpus.declare).")
+def daemon(config_file: str | None, listen: str | None, state_dir: str | None, declare_gpus: int | None) -> None:
+    """Run the whole daemon in the foreground (what the systemd unit runs)."""
+    import logging
+
+    from mlpd.config import ConfigError, load_config
+    from mlpd.daemon import Daemon, DaemonError
+
+    try:
+        config = load_config(config_file, {"server.listen": listen, "server.state_dir": state_dir, "gpus.declare": declare_gpus})
+    except ConfigError as exc:
+        click.echo(f"Error: configuration {exc}", err=True)
+        sys.exit(2)
+    logging.basicConfig(level=config["server.log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    d = Daemon(config)
+    try:
+        d.prepare()
+    except DaemonError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(d.run())
+
+
+# ---------------------------------------------------------------- identity
+
+
+@main.command()
+@click.argument("url", required=False)
+@click.option("--token", help="The token (default: asked for, without echo).")
+def login(url: str | None, token: str | None) -> None:
+    """Store the daemon URL and your token (0600) for later commands."""
+    from mlpd.client import DEFAULT_URL, Client, ClientError, save_credentials
+
+    url = url or os.environ.get("MLPD_URL") or DEFAULT_URL
+    if not token:
+        if not sys.stdin.isatty():
+            token = sys.stdin.readline().strip()
+        else:
+            token = click.prompt("Token", hide_input=True)
+    try:
+        me = Client(url, token).get("/whoami")["user"]
+    except ClientError as exc:
+        raise click.ClickException(f"login failed: {exc.message}")
+    path = save_credentials(url, token)
+    click.echo(f"Logged in to {url} as {me['name']} ({me['role']}); credentials in {path}")
+
+
+@main.command()
+@json_option
+def whoami(as_json: bool) -> None:
+    """Show who you are logged in as, and where."""
+    c = _client()
+    me = c.get("/whoami")["user"]
+    if as_json:
+        from mlpd.output import emit_json
+
+        emit_json({"user": me, "url": c.url})
+    else:
+        click.echo(f"{me['name']} ({me['role']}) at {c.url}")
+
+
+@main.command()
+@json_option
+def version(as_json: bool) -> None:
+    """Client and daemon versions."""
+    from mlpd.client import ClientError
+
+    daemon_version = None
+    error = None
+    try:
+        daemon_version = _client().get("/version")["version"]
+    except ClientError as exc:
+        error = exc.message
+    if as_json:
+        from mlpd.output import emit_json
+
+        emit_json({"client": __version__, "daemon": daemon_version})
+        return
+    click.echo(f"client {__version__}")
+    click.echo(f"daemon {daemon_version}" if daemon_version else f"daemon unknown ({error})")
+
+
+# ---------------------------------------------------------------- admin
+
+from mlpd.cli_admin import admin  # noqa: E402
+
+main.add_command(admin)
+
+try:  # the jobs capability
+    from mlpd.cli_jobs import register as _register_jobs  # noqa: E402
+
+    _register_jobs(main)
+except ImportError as _exc:  # pragma: no cover
+    if "mlpd.cli_jobs" not in str(_exc):
+        raise

@@ -1,0 +1,197 @@
+"""`mlpd admin ...`: users and tokens, through the API as an admin or on the host with --state-dir."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from mlpd.output import emit_json, table, when
+
+state_dir_option = click.option(
+    "--state-dir", type=click.Path(file_okay=False),
+    help="Work on the daemon's state directory directly, on the host (needs read/write access to it); "
+    "use it to create the first admin.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
+
+
+def _store(state_dir: str):
+    import os
+
+    from mlpd.store import Store
+
+    path = os.path.join(os.path.abspath(os.path.expanduser(state_dir)), "mlpd.db")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    store = Store(path)
+    store.migrate()
+    return store
+
+
+def _host(fn):
+    """Run a host-side store operation, turning UserError into a CLI error."""
+    from mlpd.users import UserError
+
+    try:
+        return fn()
+    except UserError as exc:
+        raise click.ClickException(str(exc))
+
+
+def _parse_expiry(expires: str | None) -> float | None:
+    if not expires:
+        return None
+    from mlpd.jobspec import parse_duration
+
+    try:
+        return parse_duration(expires)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires")
+
+
+@click.group()
+def admin() -> None:
+    """Administration: users and tokens (admins only)."""
+
+
+@admin.group()
+def user() -> None:
+    """Users: add, list, rm."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", "is_admin", is_flag=True, help="Make the user an admin.")
+@click.option("--expires", help="Lifetime of the first token, e.g. 90d (default: no expiry).")
+@state_dir_option
+@json_option
+def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | None, as_json: bool) -> None:
+    """Create a user; prints their token once, alone on the last line."""
+    expires_in = _parse_expiry(expires)
+    role = "admin" if is_admin else "member"
+    if state_dir:
+        from mlpd import users
+
+        store = _store(state_dir)
+        _host(lambda: users.add_user(store, name, role, actor="host"))
+        token, record = _host(lambda: users.create_token(store, name, "initial", expires_in, actor="host"))
+    else:
+        from mlpd.cli import _client
+
+        body: dict[str, Any] = {"name": name, "admin": is_admin}
+        if expires_in:
+            body["expires_in"] = expires_in
+        result = _client().post("/users", body)
+        token, record = result["token"], result["token_record"]
+    if as_json:
+        emit_json({"user": {"name": name, "role": role}, "token": token, "token_record": record})
+        return
+    click.echo(f"created {role} {name}; their token (shown once, keep it safe):")
+    click.echo(token)
+
+
+@user.command("list")
+@state_dir_option
+@json_option
+def user_list(state_dir: str | None, as_json: bool) -> None:
+    """List users."""
+    if state_dir:
+        from mlpd import users
+
+        rows = users.list_users(_store(state_dir))
+    else:
+        from mlpd.cli import _client
+
+        rows = _client().get("/users")["users"]
+    if as_json:
+        emit_json({"users": rows})
+        return
+    table([(r["name"], r["role"], r["active_tokens"], when(r["created_at"])) for r in rows], ["name", "role", "tokens", "created"])
+
+
+@user.command("rm")
+@click.argument("name")
+@state_dir_option
+def user_rm(name: str, state_dir: str | None) -> None:
+    """Remove a user and revoke their tokens (their jobs and records stay)."""
+    if state_dir:
+        from mlpd import users
+
+        store = _store(state_dir)
+        _host(lambda: users.remove_user(store, name, actor="host"))
+    else:
+        from mlpd.cli import _client
+
+        _client().delete(f"/users/{name}")
+    click.echo(f"removed {name}")
+
+
+@admin.group()
+def token() -> None:
+    """Tokens: create, list, revoke."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--label", default="", help="What the token is for.")
+@click.option("--expires", help="Lifetime, e.g. 30d or 12h (default: no expiry).")
+@state_dir_option
+@json_option
+def token_create(name: str, label: str, expires: str | None, state_dir: str | None, as_json: bool) -> None:
+    """Create a token for user NAME; prints it once, alone on the last line."""
+    expires_in = _parse_expiry(expires)
+    if state_dir:
+        from mlpd import users
+
+        tok, record = _host(lambda: users.create_token(_store(state_dir), name, label, expires_in, actor="host"))
+    else:
+        from mlpd.cli import _client
+
+        body: dict[str, Any] = {"user": name, "label": label}
+        if expires_in:
+            body["expires_in"] = expires_in
+        result = _client().post("/tokens", body)
+        tok, record = result["token"], result["token_record"]
+    if as_json:
+        emit_json({"token": tok, "token_record": record})
+        return
+    click.echo(f"token {record['id']} for {name}" + (f", expires {when(record['expires_at'])}" if record["expires_at"] else "") + ":")
+    click.echo(tok)
+
+
+@token.command("list")
+@click.option("--user", "name", help="Only this user's tokens.")
+@state_dir_option
+@json_option
+def token_list(name: str | None, state_dir: str | None, as_json: bool) -> None:
+    """List tokens (ids and dates, never secrets)."""
+    if state_dir:
+        from mlpd import users
+
+        rows = users.list_tokens(_store(state_dir), name)
+    else:
+        from mlpd.cli import _client
+
+        rows = _client().get("/tokens", params={"user": name} if name else {"all": 1})["tokens"]
+    if as_json:
+        emit_json({"tokens": rows})
+        return
+    table([(r["id"], r["user"], r["label"], when(r["created_at"]), when(r["expires_at"]),
+            "revoked" if r["revoked_at"] else "active", when(r["last_used_at"])) for r in rows],
+          ["id", "user", "label", "created", "expires", "status", "last used"])
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@state_dir_option
+def token_revoke(token_id: str, state_dir: str | None) -> None:
+    """Revoke a token by its id (see 'mlpd admin token list')."""
+    if state_dir:
+        from mlpd import users
+
+        _host(lambda: users.revoke_token(_store(state_dir), token_id, actor="host"))
+    else:
+        from mlpd.cli import _client
+
+        _client().delete(f"/tokens/{token_id}")
+    click.echo(f"revoked {token_id}")

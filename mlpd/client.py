@@ -1,0 +1,125 @@
+"""The mlpd HTTP client: the CLI uses it, and so can a notebook.
+
+    from mlpd.client import Client
+    c = Client.from_env()          # MLPD_URL/MLPD_TOKEN, else what `mlpd login` stored
+    c.get("/whoami")
+
+Credentials: MLPD_URL and MLPD_TOKEN in the environment win (as inside job
+containers and notebooks); otherwise the file `mlpd login` writes, 0600, in
+$XDG_CONFIG_HOME/mlpd/credentials.json (default ~/.config/mlpd/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator
+
+DEFAULT_URL = "http://127.0.0.1:8470"
+
+
+class ClientError(Exception):
+    """A failed call, with the daemon's error code and message (or why it could not be reached)."""
+
+    def __init__(self, message: str, code: str = "error", status: int | None = None):
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+
+class NotLoggedIn(ClientError):
+    pass
+
+
+def credentials_path() -> str:
+    """Where `mlpd login` keeps the URL and token."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "mlpd", "credentials.json")
+
+
+def save_credentials(url: str, token: str) -> str:
+    """Store URL and token readable by the user alone; return the path."""
+    path = credentials_path()
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"url": url, "token": token}, fh)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def load_credentials() -> tuple[str | None, str | None]:
+    """(url, token): the environment first, then the stored file."""
+    url, token = os.environ.get("MLPD_URL"), os.environ.get("MLPD_TOKEN")
+    if url and token:
+        return url, token
+    try:
+        with open(credentials_path()) as fh:
+            stored = json.load(fh)
+    except (OSError, ValueError):
+        stored = {}
+    return url or stored.get("url"), token or stored.get("token")
+
+
+class Client:
+    """Calls /api/v1 with a token; raises ClientError with the daemon's message on failure."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 30):
+        import requests
+
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    @classmethod
+    def from_env(cls, url: str | None = None) -> "Client":
+        """A client from the environment or stored login; NotLoggedIn when there is neither."""
+        stored_url, token = load_credentials()
+        url = url or stored_url
+        if not url or not token:
+            raise NotLoggedIn(f"not logged in: run 'mlpd login {url or 'http://HOST:PORT'}'", code="not_logged_in")
+        return cls(url, token)
+
+    def request(self, method: str, path: str, stream: bool = False, timeout: float | None = None, **kwargs: Any):
+        """One API call; returns the response (2xx) or raises ClientError."""
+        import requests
+
+        url = path if path.startswith("http") else f"{self.url}/api/v1{path}"
+        try:
+            resp = self.session.request(method, url, stream=stream, timeout=timeout or self.timeout, **kwargs)
+        except requests.ConnectionError:
+            raise ClientError(f"cannot reach the mlpd daemon at {self.url}: is it running? ('mlpd daemon', or 'systemctl status mlpd')", code="unreachable") from None
+        except requests.Timeout:
+            raise ClientError(f"the mlpd daemon at {self.url} did not answer in time", code="timeout") from None
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+                code, message = err["code"], err["message"]
+            except (ValueError, KeyError, TypeError):
+                code, message = "http_error", f"HTTP {resp.status_code} from {url}"
+            if resp.status_code == 401:
+                message += "; log in again with 'mlpd login'" if "mlpd login" not in message else ""
+            raise ClientError(message, code=code, status=resp.status_code)
+        return resp
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs).json()
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
+        return self.request("POST", path, json=body if body is not None else {}, **kwargs).json()
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs).json()
+
+    def healthz(self) -> dict[str, Any]:
+        return self.request("GET", f"{self.url}/healthz").json()
+
+    def stream_lines(self, path: str, **params: Any) -> Iterator[str]:
+        """Lines of a streamed response (e.g. live logs), as they arrive."""
+        resp = self.request("GET", path, stream=True, timeout=3600 * 24, params=params)
+        for line in resp.iter_lines(decode_unicode=True):
+            yield line

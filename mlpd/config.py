@@ -1,0 +1,206 @@
+"""Configuration: every key declared once here, documented in the shipped mlpd.toml.
+
+The file is TOML, read with tomllib. Which file: ``--config FILE``, else the
+``MLPD_CONFIG`` environment variable, else ``/etc/mlpd/mlpd.toml`` when it exists,
+else the built-in defaults (a laptop: state under ~/.local/share/mlpd, loopback only).
+An unknown key or a wrong value is a ConfigError naming the file, the key and
+what is expected; ``mlpd daemon`` turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+SYSTEM_CONFIG = "/etc/mlpd/mlpd.toml"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used, with where and why."""
+
+    def __init__(self, source: str, key: str | None, message: str):
+        self.source, self.key, self.message = source, key, message
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: its dotted name, type, default and documentation."""
+
+    key: str
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None  # returns an error message or None
+
+
+def _listen(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "expected HOST:PORT, e.g. 127.0.0.1:8470"
+    return None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "expected a number > 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "expected a number >= 0"
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else "expected one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _memory(value: str) -> str | None:
+    if value == "":
+        return None
+    from mlpd.jobspec import parse_memory
+
+    try:
+        parse_memory(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _duration(value: str) -> str | None:
+    if value == "":
+        return None
+    from mlpd.jobspec import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("server.listen", str, "127.0.0.1:8470", "Address the API and web UI listen on.", _listen),
+    Setting("server.state_dir", str, "~/.local/share/mlpd", "Directory for the state database, logs, code and outputs."),
+    Setting("server.workers", int, 2, "gunicorn worker processes.", _positive),
+    Setting("server.threads", int, 16, "Threads per gunicorn worker (log streams hold one each).", _positive),
+    Setting("server.log_level", str, "info", "Daemon log level.", _one_of("debug", "info", "warning", "error")),
+    Setting("scheduler.reconcile_interval", (int, float), 5.0, "Seconds between full reconciliations with Docker.", _positive),
+    Setting("scheduler.backfill", bool, True, "Let smaller jobs run ahead when they cannot delay the head of the queue."),
+    Setting("gpus.declare", int, 0, "Declare this many GPUs on a machine without NVIDIA GPUs (development and tests).", _non_negative),
+    Setting("gpus.declared_model", str, "declared", "Model name shown for declared GPUs."),
+    Setting("gpus.drained", list, [], "GPU indices or UUIDs that take no new work."),
+    Setting("jobs.default_image", str, "mlpd/train:latest", "Image used when a job names none."),
+    Setting("jobs.default_cpus", (int, float), 0, "CPU limit for jobs that set none (0 = no limit).", _non_negative),
+    Setting("jobs.default_memory", str, "", "Memory limit for jobs that set none, e.g. '8g' ('' = no limit).", _memory),
+    Setting("jobs.default_time_limit", str, "", "Time limit for jobs that set none, e.g. '24h' ('' = no limit).", _duration),
+    Setting("jobs.max_code_mb", int, 200, "Largest code archive a job may upload, in MiB.", _positive),
+    Setting("jobs.container_user", str, "1000:1000", "uid:gid job containers run as (never root)."),
+    Setting("docker.host", str, "", "Docker engine address ('' = DOCKER_HOST or the local socket)."),
+    Setting("docker.gpu_runtime", str, "auto", "GPU pinning: 'auto' detects the NVIDIA runtime, 'nvidia' requires it, 'none' only sets CUDA_VISIBLE_DEVICES.", _one_of("auto", "nvidia", "none")),
+)
+
+SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+class Config:
+    """Resolved configuration: defaults, then the file, then command-line overrides."""
+
+    def __init__(self, values: dict[str, Any], source: str):
+        self._values = values
+        self.source = source
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def as_dict(self) -> dict[str, Any]:
+        """All keys with their resolved values."""
+        return dict(self._values)
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.abspath(os.path.expanduser(self["server.state_dir"]))
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.state_dir, "mlpd.db")
+
+    def to_json(self) -> str:
+        return json.dumps({"source": self.source, "values": self._values})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        data = json.loads(text)
+        return cls(data["values"], data["source"])
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list"}
+    if isinstance(t, tuple):
+        return "a number" if set(t) == {int, float} else " or ".join(names[x] for x in t)
+    return names[t]
+
+
+def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check flattened keys and values against SETTINGS; return them unchanged."""
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        setting = SETTINGS_BY_KEY.get(key)
+        if setting is None:
+            import difflib
+
+            close = difflib.get_close_matches(key, SETTINGS_BY_KEY, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(source, key, f"unknown key{hint}; see the documented mlpd.toml for every key")
+        wrong_bool = isinstance(value, bool) and setting.type is not bool
+        if wrong_bool or not isinstance(value, setting.type):
+            raise ConfigError(source, key, f"expected {_type_name(setting.type)}, got {value!r}")
+        if setting.check and (problem := setting.check(value)):
+            raise ConfigError(source, key, problem)
+        values[key] = value
+    return values
+
+
+def config_path(explicit: str | None = None) -> str | None:
+    """Which file to read: --config, then MLPD_CONFIG, then the system file if present."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLPD_CONFIG"):
+        return os.environ["MLPD_CONFIG"]
+    return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else None
+
+
+def load_config(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate the configuration; overrides (from flags) win over the file."""
+    path = config_path(path)
+    raw: dict[str, Any] = {}
+    source = path or "<built-in defaults>"
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = _flatten(tomllib.load(fh))
+        except FileNotFoundError:
+            raise ConfigError(path, None, "file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    values = {s.key: s.default for s in SETTINGS}
+    values.update(validate(raw, source))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(validate(flags, "command line"))
+    return Config(values, source)

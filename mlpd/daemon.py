@@ -1,0 +1,184 @@
+"""`mlpd daemon`: gunicorn (the Flask app) and the worker process, supervised in the foreground.
+
+This module imports neither flask nor huey: it starts them as child processes.
+The children get PR_SET_PDEATHSIG so that a daemon killed with SIGKILL does not
+leave an orphaned server holding the port; the state database and Docker's
+labels carry everything across such a crash.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from mlpd.config import Config
+from mlpd.store import Store
+
+log = logging.getLogger("mlpd.daemon")
+RESOLVED_CONFIG_ENV = "MLPD_RESOLVED_CONFIG"  # mirrored in mlpd.web (which this module must not import)
+PR_SET_PDEATHSIG = 1
+
+
+class DaemonError(Exception):
+    """The daemon cannot start, with a message for the admin."""
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def acquire_state_lock(state_dir: str):
+    """Hold an exclusive lock on the state directory for the daemon's life, or raise DaemonError."""
+    path = os.path.join(state_dir, "daemon.lock")
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise DaemonError(f"another mlpd daemon (pid {holder}) is already running on state directory {state_dir}; stop it first") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def notify_systemd(message: str) -> None:
+    """sd_notify without libsystemd: a datagram to $NOTIFY_SOCKET (Type=notify units)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("could not notify systemd: %s", exc)
+
+
+class Daemon:
+    """Starts, watches and stops the daemon's processes."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.children: dict[str, subprocess.Popen] = {}
+        self.stopping = False
+        self.env: dict[str, Any] = {}
+
+    def prepare(self) -> None:
+        """State directory, lock, migrations and the resolved config for the children."""
+        state = self.config.state_dir
+        os.makedirs(state, mode=0o700, exist_ok=True)
+        self.lock = acquire_state_lock(state)
+        applied = Store(self.config.db_path).migrate()
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        run_dir = os.path.join(state, "run")
+        os.makedirs(run_dir, exist_ok=True)
+        resolved = os.path.join(run_dir, "config.json")
+        with open(resolved + ".tmp", "w") as fh:
+            fh.write(self.config.to_json())
+        os.replace(resolved + ".tmp", resolved)
+        self.env = {**os.environ, RESOLVED_CONFIG_ENV: resolved, "PYTHONUNBUFFERED": "1"}
+
+    def _commands(self) -> dict[str, list[str]]:
+        c = self.config
+        gunicorn = [
+            sys.executable, "-m", "gunicorn",
+            "--worker-class", "gthread",
+            "--workers", str(c["server.workers"]),
+            "--threads", str(c["server.threads"]),
+            "--bind", c["server.listen"],
+            "--graceful-timeout", "5",
+            "--timeout", "0",  # log streams are long-lived; gthread workers heartbeat on their own
+            "--log-level", c["server.log_level"],
+            "--error-logfile", "-",
+            "mlpd.web.wsgi:app",
+        ]
+        return {"web": gunicorn, "worker": [sys.executable, "-m", "mlpd.workers"]}
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        self.children[name] = subprocess.Popen(argv, env=self.env, preexec_fn=_die_with_parent)
+        log.info("started %s (pid %d)", name, self.children[name].pid)
+
+    def _stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def wait_healthy(self, timeout: float = 60) -> bool:
+        """Poll /healthz until the web server answers."""
+        url = f"http://{self.config['server.listen']}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return True
+            except OSError:
+                pass
+            if any(p.poll() is not None for p in self.children.values()):
+                return False
+            time.sleep(0.2)
+        return False
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; restart a child that dies; return the exit code."""
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        commands = self._commands()
+        for name, argv in commands.items():
+            self._start(name, argv)
+        if not self.wait_healthy():
+            if not self.stopping:
+                log.error("the web server did not come up on %s; see the messages above", self.config["server.listen"])
+                self.shutdown()
+                return 1
+        else:
+            log.info("mlpd daemon ready on http://%s (state %s)", self.config["server.listen"], self.config.state_dir)
+            notify_systemd("READY=1")
+        restarts: dict[str, list[float]] = {name: [] for name in commands}
+        while not self.stopping:
+            time.sleep(0.5)
+            for name, proc in list(self.children.items()):
+                code = proc.poll()
+                if code is None or self.stopping:
+                    continue
+                recent = [t for t in restarts[name] if time.monotonic() - t < 60] + [time.monotonic()]
+                restarts[name] = recent
+                if len(recent) > 5:
+                    log.error("%s exited %d five times in a minute; stopping the daemon", name, code)
+                    self.shutdown()
+                    return 1
+                log.warning("%s exited with %d; restarting it", name, code)
+                self._start(name, commands[name])
+        notify_systemd("STOPPING=1")
+        self.shutdown()
+        log.info("mlpd daemon stopped")
+        return 0
+
+    def shutdown(self, grace: float = 8.0) -> None:
+        """SIGTERM every child, wait, then SIGKILL what is left."""
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.children.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,33 @@
+"""Output for people (aligned tables) and for scripts (--json)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+import click
+
+
+def emit_json(data: Any) -> None:
+    """Stable, sorted-key JSON on stdout."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def when(ts: float | None) -> str:
+    """A local timestamp, short, or '-'."""
+    if ts is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
+    """An aligned plain-text table."""
+    rows = [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    if not rows:
+        click.echo("(none)", err=not sys.stdout.isatty() and False)

@@ -1,0 +1,178 @@
+"""The state database: one SQLite file, WAL, one connection per thread, versioned migrations.
+
+Read-modify-write goes through ``Store.write()``, which opens ``BEGIN IMMEDIATE`` so
+that concurrent writers queue on the busy timeout instead of failing with
+"database is locked" when a deferred transaction tries to upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _migration_initial(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL CHECK (role IN ('member', 'admin')),
+            created_at REAL NOT NULL,
+            removed_at REAL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE tokens (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            secret_hash TEXT NOT NULL,
+            label TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            revoked_at REAL,
+            last_used_at REAL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            object_kind TEXT NOT NULL,
+            object_id TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}'
+        )"""
+    )
+    db.execute("CREATE INDEX events_object ON events (object_kind, object_id)")
+    db.execute("CREATE TABLE daemon_status (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL)")
+
+
+def _migration_jobs(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            name TEXT,
+            spec TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            exit_code INTEGER,
+            priority INTEGER NOT NULL DEFAULT 0,
+            gpu_uuids TEXT NOT NULL DEFAULT '[]',
+            gpu_indices TEXT NOT NULL DEFAULT '[]',
+            container_id TEXT,
+            cancel_requested_by TEXT,
+            submitted_at REAL NOT NULL,
+            started_at REAL,
+            ended_at REAL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX jobs_state ON jobs (state)")
+    db.execute("CREATE INDEX jobs_owner ON jobs (owner)")
+
+
+# Append only: a migration, once shipped, never changes; add a new one instead.
+MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
+    ("0001_initial", _migration_initial),
+    ("0002_jobs", _migration_jobs),
+)
+
+
+class Store:
+    """The state database, shared by the web workers, the worker process and host-side admin commands."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._local = threading.local()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection (SQLite connections must not cross threads)."""
+        db = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            db = sqlite_utils.Database(conn)
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite_utils.Database]:
+        """A read-modify-write transaction (BEGIN IMMEDIATE); commits on success, rolls back on error."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        """Rows as dicts."""
+        return list(self.db.query(sql, params))
+
+    def query_one(self, sql: str, params: Any = ()) -> dict[str, Any] | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations in order, each in its own transaction; return the names applied."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with self.write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        applied = []
+        for name, migration in MIGRATIONS:
+            with self.write() as db:
+                if db.execute("SELECT 1 FROM schema_migrations WHERE name = ?", [name]).fetchone():
+                    continue
+                migration(db)
+                db.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", [name, time.time()])
+                applied.append(name)
+        return applied
+
+    def pending_migrations(self) -> list[str]:
+        """Names of migrations not yet applied (the daemon applies them at start)."""
+        if not os.path.exists(self.path):
+            return [name for name, _ in MIGRATIONS]
+        if "schema_migrations" not in self.db.table_names():
+            return [name for name, _ in MIGRATIONS]
+        done = {row["name"] for row in self.query("SELECT name FROM schema_migrations")}
+        return [name for name, _ in MIGRATIONS if name not in done]
+
+
+def record_event(db: sqlite_utils.Database, actor: str, action: str, object_kind: str, object_id: str, at: float | None = None, **detail: Any) -> None:
+    """Append one row to the audit trail; call inside the transaction that makes the change."""
+    db.execute(
+        "INSERT INTO events (at, actor, action, object_kind, object_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        [at if at is not None else time.time(), actor, action, object_kind, str(object_id), json.dumps(detail, sort_keys=True)],
+    )
+
+
+def set_status(store: Store, key: str, value: Any) -> None:
+    """Record a piece of daemon status (e.g. the last reconcile) for /healthz and `mlpd doctor`."""
+    with store.write() as db:
+        db.execute(
+            "INSERT INTO daemon_status (key, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            [key, json.dumps(value), time.time()],
+        )
+
+
+def get_status(store: Store) -> dict[str, Any]:
+    """All daemon status entries with the time each was written."""
+    return {row["key"]: {"value": json.loads(row["value"]), "updated_at": row["updated_at"]} for row in store.query("SELECT * FROM daemon_status")}

@@ -1,0 +1,93 @@
+"""The Flask app: the JSON API under /api/v1 and /healthz.
+
+``create_app()`` has no import-time side effects; gunicorn calls it once per
+worker through ``mlpd.web.wsgi``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+
+from flask import Flask, current_app, g, jsonify, request
+
+import mlpd
+from mlpd.config import Config, load_config
+from mlpd.store import Store, get_status
+
+RESOLVED_CONFIG_ENV = "MLPD_RESOLVED_CONFIG"
+log = logging.getLogger("mlpd.web")
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        from flask import has_request_context
+
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+def _resolved_config() -> Config:
+    path = os.environ.get(RESOLVED_CONFIG_ENV)
+    if path:
+        with open(path) as fh:
+            return Config.from_json(fh.read())
+    return load_config()
+
+
+def store() -> Store:
+    """The state database of the running app."""
+    return current_app.extensions["mlpd.store"]
+
+
+def config() -> Config:
+    """The resolved configuration of the running app."""
+    return current_app.extensions["mlpd.config"]
+
+
+def create_app(cfg: Config | None = None) -> Flask:
+    """Build the app for a resolved configuration (by default the one the daemon wrote)."""
+    cfg = cfg or _resolved_config()
+    app = Flask("mlpd.web", static_folder=None)
+    app.json.sort_keys = False
+    app.extensions["mlpd.config"] = cfg
+    app.extensions["mlpd.store"] = Store(cfg.db_path)
+    app.config["MAX_CONTENT_LENGTH"] = cfg["jobs.max_code_mb"] * 1024 * 1024 + 1024 * 1024
+
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    web_log = logging.getLogger("mlpd")
+    if not web_log.handlers:
+        web_log.addHandler(handler)
+    web_log.setLevel(cfg["server.log_level"].upper())
+
+    from mlpd.web import errors, routes
+    from mlpd.web import api_admin, api_jobs, openapi  # noqa: F401  (they register routes)
+
+    errors.register_error_handlers(app)
+    app.register_blueprint(routes.api)
+
+    @app.before_request
+    def _start():
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:12]
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _finish(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "-")
+        user = g.get("user")
+        log.info("%s %s %s %.1fms user=%s", request.method, request.path, response.status_code,
+                 (time.monotonic() - g.get("started", time.monotonic())) * 1000, user.name if user else "-")
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        status = get_status(store())
+        beat = status.get("worker.heartbeat")
+        worker_ok = bool(beat) and time.time() - beat["updated_at"] < max(30, 3 * cfg["scheduler.reconcile_interval"])
+        return jsonify({"status": "ok", "version": mlpd.__version__, "worker": "ok" if worker_ok else "starting"})
+
+    return app

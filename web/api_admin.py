@@ -1,0 +1,99 @@
+"""Identity, users, tokens and the audit trail."""
+
+from __future__ import annotations
+
+import json
+
+from flask import g, jsonify, request
+
+import mlpd
+from mlpd import users
+from mlpd.web import store
+from mlpd.web.errors import ApiError
+from mlpd.web.routes import Field, json_body, route
+
+
+def _user_errors(fn):
+    try:
+        return fn()
+    except users.UserError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+
+
+@route("/whoami", summary="The user the token belongs to")
+def whoami():
+    return jsonify({"user": g.user.to_dict()})
+
+
+@route("/version", summary="The daemon's version")
+def version():
+    return jsonify({"version": mlpd.__version__})
+
+
+@route("/users", summary="List users", admin=True)
+def list_users():
+    return jsonify({"users": users.list_users(store())})
+
+
+@route("/users", methods=("POST",), summary="Create a user and its first token", admin=True,
+       body={"name": Field(str, True, "user name"), "admin": Field(bool, False, "make the user an admin"),
+             "expires_in": Field((int, float), False, "token lifetime in seconds")})
+def add_user():
+    body = json_body({"name": Field(str, True), "admin": Field(bool), "expires_in": Field((int, float))})
+    role = "admin" if body.get("admin") else "member"
+    user = _user_errors(lambda: users.add_user(store(), body["name"], role, actor=g.user.name))
+    token, record = _user_errors(lambda: users.create_token(store(), user.name, "initial", body.get("expires_in"), actor=g.user.name))
+    return jsonify({"user": user.to_dict(), "token": token, "token_record": record}), 201
+
+
+@route("/users/<name>", methods=("DELETE",), summary="Remove a user and revoke their tokens", admin=True)
+def remove_user(name: str):
+    if name == g.user.name:
+        raise ApiError(400, "invalid", "you cannot remove yourself; ask another admin")
+    _user_errors(lambda: users.remove_user(store(), name, actor=g.user.name))
+    return jsonify({"removed": name})
+
+
+@route("/tokens", summary="List tokens (yours; admins: ?user=NAME or ?all=1)")
+def list_tokens():
+    name = request.args.get("user")
+    if request.args.get("all") and g.user.is_admin:
+        name = None
+    elif not g.user.is_admin or not name:
+        name = name if g.user.is_admin else g.user.name
+        name = name or g.user.name
+    return jsonify({"tokens": users.list_tokens(store(), name)})
+
+
+@route("/tokens", methods=("POST",), summary="Create a token (for yourself; admins for anyone)",
+       body={"user": Field(str, False, "whose token (admins only)"), "label": Field(str, False, "what it is for"),
+             "expires_in": Field((int, float), False, "lifetime in seconds")})
+def create_token():
+    body = json_body({"user": Field(str), "label": Field(str), "expires_in": Field((int, float))})
+    name = body.get("user") or g.user.name
+    if name != g.user.name and not g.user.is_admin:
+        raise ApiError(403, "forbidden", "only admins create tokens for other users")
+    token, record = _user_errors(lambda: users.create_token(store(), name, body.get("label") or "", body.get("expires_in"), actor=g.user.name))
+    return jsonify({"token": token, "token_record": record}), 201
+
+
+@route("/tokens/<token_id>", methods=("DELETE",), summary="Revoke a token (yours; admins any)")
+def revoke_token(token_id: str):
+    owner = None if g.user.is_admin else g.user.name
+    return jsonify(_user_errors(lambda: users.revoke_token(store(), token_id, actor=g.user.name, owner=owner)))
+
+
+@route("/events", summary="The audit trail, newest first", admin=True)
+def events():
+    try:
+        limit = min(int(request.args.get("limit", 100)), 1000)
+    except ValueError:
+        raise ApiError(400, "invalid_field", "limit: expected a whole number") from None
+    sql, params = "SELECT * FROM events", []
+    if request.args.get("object_id"):
+        sql += " WHERE object_id = ?"
+        params.append(request.args["object_id"])
+    rows = store().query(sql + " ORDER BY id DESC LIMIT ?", params + [limit])
+    for row in rows:
+        row["detail"] = json.loads(row["detail"])
+    return jsonify({"events": rows})

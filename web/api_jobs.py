@@ -1,0 +1,1 @@
+from mlpd.web.routes import route  # noqa: F401  (job routes come with the jobs capability)

@@ -1,0 +1,94 @@
+"""Route declaration for the JSON API: one decorator registers a route and documents it.
+
+The OpenAPI document is built from these declarations, and a test checks it
+against the routes the app really serves, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from flask import Blueprint, g, request
+
+from mlpd.web.auth import require_user
+from mlpd.web.errors import ApiError
+
+api = Blueprint("api", __name__, url_prefix="/api/v1")
+api.before_request(require_user)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a JSON request body."""
+
+    type: type | tuple[type, ...]
+    required: bool = False
+    doc: str = ""
+
+
+@dataclass
+class RouteDoc:
+    rule: str
+    methods: tuple[str, ...]
+    summary: str
+    admin: bool
+    body: dict[str, Field] | None
+    streaming: bool = False
+    endpoint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ROUTES: list[RouteDoc] = []
+
+
+def route(rule: str, methods: tuple[str, ...] = ("GET",), summary: str = "", admin: bool = False, body: dict[str, Field] | None = None, streaming: bool = False):
+    """Register an authenticated /api/v1 route; admin routes answer 403 to members."""
+
+    def decorate(fn: Callable):
+        endpoint = fn.__name__
+
+        @functools.wraps(fn)
+        def view(**kwargs):
+            if admin and not g.user.is_admin:
+                raise ApiError(403, "forbidden", "this needs an admin token")
+            return fn(**kwargs)
+
+        view.mlpd_admin = admin  # type: ignore[attr-defined]
+        api.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=list(methods))
+        ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint))
+        return view
+
+    return decorate
+
+
+_TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "an object"}
+
+
+def _type_name(t) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_type_name(x) for x in t)
+    return _TYPE_NAMES.get(t, t.__name__)
+
+
+def json_body(schema: dict[str, Field]) -> dict[str, Any]:
+    """The request's JSON object, checked against schema; errors name the field."""
+    data = request.get_json(silent=True)
+    if data is None:
+        if request.content_length:
+            raise ApiError(400, "invalid_json", "the request body is not valid JSON")
+        data = {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "the request body must be a JSON object")
+    for name, value in data.items():
+        spec = schema.get(name)
+        if spec is None:
+            raise ApiError(400, "invalid_field", f"{name}: unknown field; expected one of: {', '.join(sorted(schema))}")
+        wrong_bool = isinstance(value, bool) and spec.type is not bool and not (isinstance(spec.type, tuple) and bool in spec.type)
+        if value is not None and (wrong_bool or not isinstance(value, spec.type)):
+            raise ApiError(400, "invalid_field", f"{name}: expected {_type_name(spec.type)}, got {type(value).__name__}")
+    for name, spec in schema.items():
+        if spec.required and data.get(name) is None:
+            raise ApiError(400, "missing_field", f"{name}: required")
+    return data

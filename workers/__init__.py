@@ -1,0 +1,1 @@
+"""The worker process: a huey consumer (SQLite-backed) plus the reconcile loop."""

@@ -1,0 +1,34 @@
+"""The worker process: ``python -m mlpd.workers`` (started by ``mlpd daemon``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from mlpd.config import Config, load_config
+from mlpd.workers import loop, tasks
+
+
+def main() -> int:
+    path = os.environ.get("MLPD_RESOLVED_CONFIG")
+    if path:
+        with open(path) as fh:
+            config = Config.from_json(fh.read())
+    else:
+        config = load_config()
+    logging.basicConfig(level=config["server.log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    controller_loop = loop.ControllerLoop(config)
+    tasks.wake_hook = controller_loop.wake
+    controller_loop.start()
+    # huey's consumer owns the main thread and its signal handling; SIGTERM stops both.
+    consumer = tasks.tasks_for(config).huey.create_consumer(workers=2, worker_type="thread", initial_delay=0.05, backoff=1.5, max_delay=0.25, periodic=False)
+    try:
+        consumer.run()
+    finally:
+        controller_loop.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

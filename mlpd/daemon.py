@@ -71,6 +71,22 @@ def notify_systemd(message: str) -> None:
             log.warning("could not notify systemd: %s", exc)
 
 
+def ensure_instance_id(state_dir: str) -> str:
+    """A random id for this state directory; its containers carry it as the mlpd.instance label."""
+    path = os.path.join(state_dir, "instance_id")
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        import secrets
+
+        value = secrets.token_hex(6)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(value)
+        os.replace(path + ".tmp", path)
+        return value
+
+
 class Daemon:
     """Starts, watches and stops the daemon's processes."""
 
@@ -85,6 +101,7 @@ class Daemon:
         state = self.config.state_dir
         os.makedirs(state, mode=0o700, exist_ok=True)
         self.lock = acquire_state_lock(state)
+        ensure_instance_id(state)
         applied = Store(self.config.db_path).migrate()
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))

@@ -101,6 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jobs.default_time_limit", str, "", "Time limit for jobs that set none, e.g. '24h' ('' = no limit).", _duration),
     Setting("jobs.max_code_mb", int, 200, "Largest code archive a job may upload, in MiB.", _positive),
     Setting("jobs.container_user", str, "1000:1000", "uid:gid job containers run as (never root)."),
+    Setting("images.base", str, "mlpd/base:bookworm", "Base of mlpd's images: mlpd/base:* is built locally with debootstrap; any other name is pulled."),
     Setting("docker.host", str, "", "Docker engine address ('' = DOCKER_HOST or the local socket)."),
     Setting("docker.gpu_runtime", str, "auto", "GPU pinning: 'auto' detects the NVIDIA runtime, 'nvidia' requires it, 'none' only sets CUDA_VISIBLE_DEVICES.", _one_of("auto", "nvidia", "none")),
 )

@@ -1,1 +1,302 @@
-from mlpd.web.routes import route  # noqa: F401  (job routes come with the jobs capability)
+"""Jobs, code archives, logs, outputs and GPUs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import tempfile
+import threading
+import time
+
+from flask import Response, current_app, g, jsonify, request, stream_with_context
+
+from mlpd import jobs
+from mlpd.codeship import CodeArchiveError, extract_archive
+from mlpd.jobs import JobError, JobState
+from mlpd.jobspec import SpecError, parse_spec
+from mlpd.web import config, store
+from mlpd.web.errors import ApiError
+from mlpd.web.routes import route
+
+_lock = threading.Lock()
+
+
+def inventory():
+    """This web worker's GPU inventory (NVML is initialised once per process)."""
+    with _lock:
+        if "mlpd.inventory" not in current_app.extensions:
+            from mlpd.gpus import make_inventory
+
+            cfg = config()
+            current_app.extensions["mlpd.inventory"] = make_inventory(cfg["gpus.declare"], cfg["gpus.declared_model"])
+        return current_app.extensions["mlpd.inventory"]
+
+
+def runtime():
+    """A Docker runtime for reading logs and images; ApiError 503 when Docker does not answer."""
+    from mlpd.runtime import DockerRuntime, RuntimeFailure
+
+    with _lock:
+        if "mlpd.runtime" not in current_app.extensions:
+            cfg = config()
+            with open(os.path.join(cfg.state_dir, "instance_id")) as fh:
+                instance = fh.read().strip()
+            try:
+                current_app.extensions["mlpd.runtime"] = DockerRuntime(instance, cfg["docker.host"], cfg["docker.gpu_runtime"])
+            except RuntimeFailure as exc:
+                raise ApiError(503, "docker_unavailable", str(exc)) from None
+        return current_app.extensions["mlpd.runtime"]
+
+
+def wake(reason: str) -> None:
+    """Ask the worker's reconcile loop for a pass now (through huey)."""
+    from mlpd.workers.tasks import tasks_for
+
+    tasks_for(config()).wake_controller(reason)
+
+
+def _visible_job(job_id: str) -> dict:
+    job = jobs.visible(store(), job_id, g.user.name, g.user.is_admin)
+    if job is None:
+        raise ApiError(404, "not_found", f"no such job {job_id!r}")
+    return job
+
+
+def job_view(job: dict) -> dict:
+    """The stable JSON form of a job."""
+    spec = job["spec"]
+    return {
+        "id": job["id"], "name": job["name"], "owner": job["owner"], "state": job["state"], "reason": job["reason"],
+        "exit_code": job["exit_code"], "priority": job["priority"],
+        "gpus": {"count": spec["gpus"], "indices": job["gpu_indices"], "uuids": job["gpu_uuids"]},
+        "image": spec.get("image") or config()["jobs.default_image"], "command": spec["command"],
+        "submitted_at": job["submitted_at"], "started_at": job["started_at"], "ended_at": job["ended_at"],
+        "cancel_requested_by": job["cancel_requested_by"], "spec": spec,
+    }
+
+
+def check_admission(spec) -> None:
+    """Refuse at submit what can never run on this host (clear error, nothing stored)."""
+    devices = inventory().devices()
+    if spec.gpus:
+        usable = [d for d in devices if spec.gpu_model is None or d.name == spec.gpu_model]
+        if spec.gpu_model and not usable:
+            models = sorted({d.name for d in devices}) or ["none"]
+            raise ApiError(400, "invalid_field", f"gpu_model: no GPU of model {spec.gpu_model!r} on this host (models: {', '.join(models)})")
+        if spec.gpus > len(usable):
+            what = f" of model {spec.gpu_model!r}" if spec.gpu_model else ""
+            raise ApiError(400, "invalid_field", f"gpus: asks for {spec.gpus} GPUs but this host has {len(usable)}{what}")
+    if spec.code and not os.path.isdir(jobs.code_dir(config().state_dir, spec.code)):
+        raise ApiError(400, "invalid_field", f"code: no uploaded code archive {spec.code[:12]}...; upload it first (PUT /api/v1/code/DIGEST)")
+
+
+@route("/jobs", methods=("POST",), summary="Submit a job (the job spec as JSON; see mlpd.jobspec)")
+def submit_job():
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "the request body must be a JSON object (a job spec)")
+    try:
+        spec, warnings = parse_spec(data)
+    except SpecError as exc:
+        raise ApiError(400, "invalid_field", str(exc)) from None
+    check_admission(spec)
+    job = jobs.submit(store(), g.user.name, spec, warnings)
+    wake(f"submitted {job['id']}")
+    return jsonify({"job": job_view(job), "warnings": warnings}), 201
+
+
+@route("/jobs", summary="List jobs (yours; admins ?all=1); filter with ?state=")
+def list_jobs():
+    states = [s for s in request.args.getlist("state") for s in s.split(",") if s]
+    bad = [s for s in states if s not in jobs.STATE_NAMES]
+    if bad:
+        raise ApiError(400, "invalid_field", f"state: unknown state {bad[0]!r}; expected one of {', '.join(jobs.STATE_NAMES)}")
+    owner = None if (g.user.is_admin and request.args.get("all")) else g.user.name
+    return jsonify({"jobs": [job_view(j) for j in jobs.list_jobs(store(), owner, states)]})
+
+
+def explain_wait(job_id: str) -> dict | None:
+    """Why a queued job waits: position, blockers and an estimated start, from the scheduler itself."""
+    from mlpd.controller import plan_now
+
+    plan, _, _ = plan_now(store(), inventory(), config(), time.time())
+    for wait in plan.waits:
+        if wait.job_id == job_id:
+            return {"position": wait.position, "reason": wait.reason, "estimated_start": wait.estimated_start,
+                    "blocking": [{"gpu_uuid": h.gpu_uuid, "job_id": h.job_id, "owner": h.owner, "ends_by": h.ends_by} for h in wait.blocking]}
+    return None
+
+
+@route("/jobs/<job_id>", summary="One job: spec, state history, GPUs and why it waits")
+def show_job(job_id: str):
+    job = _visible_job(job_id)
+    view = job_view(job)
+    view["history"] = jobs.history(store(), job_id)
+    view["waiting"] = explain_wait(job_id) if job["state"] == JobState.QUEUED.value else None
+    return jsonify({"job": view})
+
+
+@route("/jobs/<job_id>/cancel", methods=("POST",), summary="Cancel a job")
+def cancel_job(job_id: str):
+    _visible_job(job_id)
+    try:
+        job = jobs.request_cancel(store(), job_id, g.user.name)
+    except JobError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    wake(f"cancel {job_id}")
+    return jsonify({"job": job_view(job)})
+
+
+@route("/jobs/<job_id>/logs", summary="A job's output; ?follow=1 streams it live until the job ends", streaming=True)
+def job_logs(job_id: str):
+    _visible_job(job_id)
+    follow = request.args.get("follow") in ("1", "true", "yes")
+    log_path = os.path.join(jobs.job_dir(config().state_dir, job_id), "log")
+    st = store()
+
+    def saved():
+        try:
+            with open(log_path, "rb") as fh:
+                yield from iter(lambda: fh.read(65536), b"")
+        except FileNotFoundError:
+            return
+
+    def generate():
+        while True:
+            job = jobs.get(st, job_id)
+            if job["state"] in (s.value for s in jobs.TERMINAL):
+                # give the controller a moment to save the log of a job that just ended
+                for _ in range(50):
+                    if os.path.exists(log_path):
+                        break
+                    time.sleep(0.1)
+                yield from saved()
+                return
+            if job["state"] == JobState.RUNNING.value or (job["state"] == JobState.STARTING.value and runtime().inspect(job_id)):
+                streamed = False
+                for chunk in runtime().logs(job_id, follow=follow):
+                    streamed = True
+                    yield chunk
+                if streamed or not follow:
+                    return
+            if not follow:
+                return
+            time.sleep(0.2)
+
+    return Response(stream_with_context(generate()), mimetype="text/plain", headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+
+
+@route("/jobs/<job_id>/outputs", summary="A job's /outputs directory as a .tar.gz", streaming=True)
+def job_outputs(job_id: str):
+    _visible_job(job_id)
+    outputs = os.path.join(jobs.job_dir(config().state_dir, job_id), "outputs")
+    if not os.path.isdir(outputs):
+        raise ApiError(404, "not_found", f"job {job_id} has no outputs (it has not started yet)")
+    tmp = tempfile.NamedTemporaryFile(suffix=".tar.gz", delete=False)
+    with tarfile.open(fileobj=tmp, mode="w:gz") as tar:
+        for root, dirs, files in os.walk(outputs):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                if os.path.islink(full) or not os.path.isfile(full):
+                    continue  # the job wrote it: never follow its links out of the directory
+                tar.add(full, arcname=os.path.relpath(full, outputs), recursive=False)
+    tmp.close()
+
+    def generate():
+        try:
+            with open(tmp.name, "rb") as fh:
+                yield from iter(lambda: fh.read(65536), b"")
+        finally:
+            os.unlink(tmp.name)
+
+    return Response(generate(), mimetype="application/gzip", headers={"Content-Disposition": f"attachment; filename=outputs-{job_id}.tar.gz"})
+
+
+def _check_digest(digest: str) -> str:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ApiError(400, "invalid_field", "digest: expected the sha256 of the archive, 64 lowercase hex characters")
+    return digest
+
+
+@route("/code/<digest>", summary="Whether a code archive is already stored (200) or not (404)")
+def code_status(digest: str):
+    if not os.path.isdir(jobs.code_dir(config().state_dir, _check_digest(digest))):
+        raise ApiError(404, "not_found", f"no code archive {digest[:12]}... on the daemon")
+    return jsonify({"digest": digest, "present": True})
+
+
+@route("/code/<digest>", methods=("PUT",), summary="Upload a code archive (.tar.gz body; content-addressed by its sha256)")
+def upload_code(digest: str):
+    _check_digest(digest)
+    cfg = config()
+    dest = jobs.code_dir(cfg.state_dir, digest)
+    if os.path.isdir(dest):
+        return jsonify({"digest": digest, "present": True, "uploaded": False})
+    limit = cfg["jobs.max_code_mb"] * 1024 * 1024
+    if request.content_length and request.content_length > limit:
+        raise ApiError(413, "too_large", f"code archive is {request.content_length} bytes; the limit is {cfg['jobs.max_code_mb']} MiB (jobs.max_code_mb). Add large files to .mlpdignore")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    h, size = hashlib.sha256(), 0
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(dest), suffix=".upload", delete=False) as tmp:
+        try:
+            while chunk := request.stream.read(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "too_large", f"code archive is over the {cfg['jobs.max_code_mb']} MiB limit (jobs.max_code_mb); add large files to .mlpdignore")
+                h.update(chunk)
+                tmp.write(chunk)
+            tmp.close()
+            if h.hexdigest() != digest:
+                raise ApiError(400, "digest_mismatch", f"digest: the body's sha256 is {h.hexdigest()}, not {digest}")
+            try:
+                files = extract_archive(tmp.name, dest, max_bytes=limit)
+            except FileExistsError:
+                files = None  # a concurrent upload of the same archive won: same content
+            except CodeArchiveError as exc:
+                raise ApiError(400, "invalid_archive", str(exc)) from None
+        finally:
+            os.unlink(tmp.name)
+    return jsonify({"digest": digest, "present": True, "uploaded": True, "files": files}), 201
+
+
+@route("/gpus", summary="GPUs with who holds each")
+def list_gpus():
+    cfg = config()
+    drained = {str(x) for x in cfg["gpus.drained"]}
+    holders = {}
+    for job in jobs.in_states(store(), jobs.ACTIVE):
+        for uuid in job["gpu_uuids"]:
+            holders[uuid] = {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"]}
+    out = []
+    for d in inventory().devices():
+        item = d.to_dict()
+        item["drained"] = str(d.index) in drained or d.uuid in drained
+        item["holder"] = holders.get(d.uuid)
+        out.append(item)
+    return jsonify({"gpus": out, "inventory": inventory().kind})
+
+
+@route("/images", summary="mlpd's images on this host")
+def list_images():
+    from mlpd.image_catalog import image_status
+
+    return jsonify({"images": image_status(runtime(), config())})
+
+
+@route("/images/build", methods=("POST",), summary="Build the images that are missing (streams progress)", admin=True, streaming=True)
+def build_images():
+    from mlpd.image_catalog import build_missing
+
+    rt, cfg = runtime(), config()
+    force = request.args.get("force") in ("1", "true")
+
+    def generate():
+        try:
+            for line in build_missing(rt, cfg, force=force):
+                yield line + "\n"
+        except Exception as exc:  # the response has started: report in-band
+            yield f"ERROR: {exc}\n"
+
+    return Response(stream_with_context(generate()), mimetype="text/plain")

@@ -1,15 +1,29 @@
-"""The reconcile loop: every few seconds, and at once when woken, bring the world in line with the database."""
+"""The reconcile loop: every few seconds, and at once when woken, bring the world in line with the database.
+
+Woken by Docker events (a job container started or died) and by the huey task
+the API enqueues on submit and cancel, so the scheduler reacts within a second
+rather than on the polling period.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
 from mlpd.config import Config
+from mlpd.controller import JobController
+from mlpd.gpus import make_inventory
+from mlpd.runtime import DockerRuntime, RuntimeFailure
 from mlpd.store import Store, set_status
 
 log = logging.getLogger("mlpd.workers")
+
+
+def read_instance_id(state_dir: str) -> str:
+    with open(os.path.join(state_dir, "instance_id")) as fh:
+        return fh.read().strip()
 
 
 class ControllerLoop:
@@ -18,6 +32,9 @@ class ControllerLoop:
     def __init__(self, config: Config):
         self.config = config
         self.store = Store(config.db_path)
+        self.inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"])
+        self.controller: JobController | None = None
+        self.docker_error: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
@@ -36,9 +53,27 @@ class ControllerLoop:
         log.debug("woken: %s", reason)
         self._wake.set()
 
+    def _connect(self) -> None:
+        try:
+            runtime = DockerRuntime(read_instance_id(self.config.state_dir), self.config["docker.host"], self.config["docker.gpu_runtime"])
+        except RuntimeFailure as exc:
+            if self.docker_error != str(exc):
+                log.error("%s; jobs wait until it answers", exc)
+            self.docker_error = str(exc)
+            return
+        self.docker_error = None
+        self.controller = JobController(self.store, self.config, runtime, self.inventory, self.wake)
+        threading.Thread(target=runtime.watch, args=(lambda job_id: self.wake(f"docker event {job_id}"), self._stop), name="docker-events", daemon=True).start()
+        log.info("connected to Docker (NVIDIA runtime: %s); %d GPUs (%s)", runtime.has_nvidia, len(self.inventory.devices()), self.inventory.kind)
+
     def reconcile_once(self) -> None:
-        """One pass; the jobs capability adds scheduling and Docker reconciliation here."""
-        set_status(self.store, "worker.heartbeat", {"passes": self.passes, "at": time.time()})
+        """One pass: reconcile jobs with Docker and schedule; record a heartbeat either way."""
+        if self.controller is None:
+            self._connect()
+        if self.controller is not None:
+            self.controller.reconcile()
+        set_status(self.store, "worker.heartbeat", {"passes": self.passes, "docker_error": self.docker_error,
+                                                     "gpus": self.inventory.kind, "at": time.time()})
 
     def _run(self) -> None:
         interval = float(self.config["scheduler.reconcile_interval"])

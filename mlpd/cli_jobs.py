@@ -1,0 +1,294 @@
+"""`mlpd run`, `submit`, `jobs`, `logs`, `cancel`, `gpus`, `images`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from mlpd.output import emit_json, table, when
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
+
+
+def _client():
+    from mlpd.cli import _client as make
+
+    return make()
+
+
+def upload_code(client, directory: str) -> str:
+    """Pack a directory and upload it unless the daemon already has the same archive; return its digest."""
+    from mlpd.client import ClientError
+    from mlpd.codeship import CodeArchiveError, pack_directory
+
+    try:
+        packed = pack_directory(directory)
+    except CodeArchiveError as exc:
+        raise click.ClickException(str(exc))
+    try:
+        try:
+            client.get(f"/code/{packed.digest}")
+            click.echo(f"code: {packed.files} files, {packed.size} bytes (already on the daemon)", err=True)
+            return packed.digest
+        except ClientError as exc:
+            if exc.status != 404:
+                raise
+        with open(packed.path, "rb") as fh:
+            if packed.size > 1024 * 1024 and sys.stderr.isatty():
+                with click.progressbar(length=packed.size, label="uploading code", file=sys.stderr) as bar:
+                    def chunks():
+                        while chunk := fh.read(256 * 1024):
+                            bar.update(len(chunk))
+                            yield chunk
+                    client.request("PUT", f"/code/{packed.digest}", data=chunks(), headers={"Content-Type": "application/gzip"}, timeout=600)
+            else:
+                client.request("PUT", f"/code/{packed.digest}", data=fh, headers={"Content-Type": "application/gzip", "Content-Length": str(packed.size)}, timeout=600)
+        click.echo(f"code: {packed.files} files, {packed.size} bytes uploaded", err=True)
+        return packed.digest
+    finally:
+        os.unlink(packed.path)
+
+
+def _submit(spec: dict[str, Any], as_json: bool) -> None:
+    result = _client().post("/jobs", spec)
+    job = result["job"]
+    for warning in result.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"submitted job {job['id']} ({job['state']}); follow it with: mlpd logs -f {job['id']}", err=True)
+        click.echo(job["id"])
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.option("--gpus", type=int, default=0, show_default=True, help="How many GPUs.")
+@click.option("--gpu-model", help="Only GPUs of this model (as 'mlpd gpus' names it).")
+@click.option("--image", help="Container image (default: the daemon's jobs.default_image).")
+@click.option("--cpus", type=float, help="CPU limit, e.g. 4 or 0.5.")
+@click.option("--memory", help="Memory limit, e.g. 16g.")
+@click.option("--time-limit", help="Stop the job after this long, e.g. 2h or 30m.")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
+@click.option("--name", help="A name for the job.")
+@click.option("--priority", type=int, help="Higher runs first (-100..100).")
+@click.option("--experiment", help="MLflow experiment name.")
+@click.option("--code", "code_dir", default=".", show_default=True, type=click.Path(exists=True, file_okay=False), help="Directory to ship as the job's working directory.")
+@click.option("--no-code", is_flag=True, help="Do not ship any code.")
+@json_option
+@click.argument("command", nargs=-1, required=True)
+def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, experiment, code_dir, no_code, as_json, command):
+    """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py"""
+    env_map = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected K=V, got {item!r}", param_hint="--env")
+        env_map[key] = value
+    spec: dict[str, Any] = {"command": list(command), "gpus": gpus}
+    for key, value in (("gpu_model", gpu_model), ("image", image), ("cpus", cpus), ("memory", memory), ("time_limit", time_limit),
+                       ("name", name), ("priority", priority), ("experiment", experiment)):
+        if value is not None:
+            spec[key] = value
+    if env_map:
+        spec["env"] = env_map
+    from mlpd.jobspec import SpecError, parse_spec
+
+    try:
+        parse_spec(spec)  # refuse a bad spec before uploading anything
+    except SpecError as exc:
+        raise click.ClickException(str(exc))
+    if not no_code:
+        spec["code"] = upload_code(_client(), code_dir)
+    _submit(spec, as_json)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--code", "code_dir", type=click.Path(exists=True, file_okay=False), help="Directory to ship (default: the spec's code_dir, relative to the file, if set).")
+@json_option
+def submit(file, code_dir, as_json):
+    """Submit a job spec file (TOML; the same fields as 'mlpd run' flags)."""
+    from mlpd.jobspec import SpecError
+
+    with open(file, "rb") as fh:
+        text = fh.read()
+    import tomllib
+
+    try:
+        raw = tomllib.loads(text.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{file}: not valid TOML: {exc}")
+    rel = raw.pop("code_dir", None)
+    if rel is not None and not isinstance(rel, str):
+        raise click.ClickException(f"{file}: code_dir: expected a string path")
+    from mlpd.jobspec import parse_spec
+
+    try:
+        spec, _warnings = parse_spec(raw)
+    except SpecError as exc:
+        raise click.ClickException(f"{file}: {exc}")
+    data = spec.to_dict()
+    directory = code_dir or (os.path.join(os.path.dirname(os.path.abspath(file)), rel) if rel else None)
+    if directory:
+        data["code"] = upload_code(_client(), directory)
+    _submit({k: v for k, v in data.items() if v is not None and v != {}}, as_json)
+
+
+def _gpus_text(job: dict) -> str:
+    return ",".join(map(str, job["gpus"]["indices"])) or (f"({job['gpus']['count']})" if job["gpus"]["count"] else "-")
+
+
+@click.group(invoke_without_command=True)
+@click.option("--all", "all_users", is_flag=True, help="Everyone's jobs (admins).")
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable): queued, starting, running, succeeded, failed, cancelled, timed_out, lost.")
+@json_option
+@click.pass_context
+def jobs(ctx, all_users, states, as_json):
+    """List your jobs (newest first); 'mlpd jobs show ID' for one."""
+    if ctx.invoked_subcommand:
+        return
+    params: dict[str, Any] = {"state": ",".join(states)} if states else {}
+    if all_users:
+        params["all"] = 1
+    rows = _client().get("/jobs", params=params)["jobs"]
+    if as_json:
+        emit_json({"jobs": rows})
+        return
+    table([(j["id"], j["name"], j["owner"], j["state"], _gpus_text(j), when(j["submitted_at"]), j["reason"][:50]) for j in rows],
+          ["id", "name", "owner", "state", "gpus", "submitted", "reason"])
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@json_option
+def jobs_show(job_id, as_json):
+    """A job's spec, state history, GPUs and why it waits."""
+    job = _client().get(f"/jobs/{job_id}")["job"]
+    if as_json:
+        emit_json({"job": job})
+        return
+    from mlpd.jobspec import format_bytes, format_duration
+
+    spec = job["spec"]
+    lines = [
+        ("job", job["id"] + (f" ({job['name']})" if job["name"] else "")), ("owner", job["owner"]),
+        ("state", job["state"] + (f": {job['reason']}" if job["reason"] else "")),
+        ("exit code", job["exit_code"]), ("image", job["image"]), ("command", " ".join(job["command"])),
+        ("gpus", f"{spec['gpus']} requested" + (f", indices {job['gpus']['indices']} ({', '.join(job['gpus']['uuids'])})" if job["gpus"]["uuids"] else "")),
+        ("cpus", spec.get("cpus") or "-"), ("memory", format_bytes(spec["memory"]) if spec.get("memory") else "-"),
+        ("time limit", format_duration(spec["time_limit"]) if spec.get("time_limit") else "-"), ("priority", job["priority"]),
+        ("code", (spec.get("code") or "-")[:12]), ("submitted", when(job["submitted_at"])), ("started", when(job["started_at"])), ("ended", when(job["ended_at"])),
+    ]
+    for key, value in lines:
+        click.echo(f"{key + ':':<12} {'-' if value is None else value}")
+    if job.get("waiting"):
+        w = job["waiting"]
+        click.echo(f"{'waiting:':<12} position {w['position']} in the queue; {w['reason']}")
+        click.echo(f"{'est. start:':<12} {when(w['estimated_start']) if w['estimated_start'] else 'unknown (a holder has no time limit)'}")
+    click.echo("history:")
+    for event in job["history"]:
+        reason = event["detail"].get("reason") or ""
+        click.echo(f"  {when(event['at'])}  {event['action'].removeprefix('job.'):<16} {event['actor']:<10} {reason}")
+
+
+@jobs.command("outputs")
+@click.argument("job_id")
+@click.option("-o", "--output", "dest", help="Directory to write into (default: ./outputs-ID).")
+def jobs_outputs(job_id, dest):
+    """Download a job's /outputs directory."""
+    import tempfile
+
+    from mlpd.codeship import extract_archive
+
+    dest = dest or f"outputs-{job_id}"
+    if os.path.exists(dest):
+        raise click.ClickException(f"{dest} already exists; choose another with -o")
+    resp = _client().request("GET", f"/jobs/{job_id}/outputs", stream=True, timeout=600)
+    with tempfile.NamedTemporaryFile(suffix=".tar.gz", delete=False) as tmp:
+        for chunk in resp.iter_content(65536):
+            tmp.write(chunk)
+    try:
+        files = extract_archive(tmp.name, dest)
+    finally:
+        os.unlink(tmp.name)
+    click.echo(f"{files} files in {dest}/")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("-f", "--follow", is_flag=True, help="Stream live until the job ends.")
+def logs(job_id, follow):
+    """A job's output (kept after it ends)."""
+    resp = _client().request("GET", f"/jobs/{job_id}/logs", stream=True, timeout=None if follow else 60, params={"follow": 1} if follow else {})
+    out = sys.stdout.buffer
+    for chunk in resp.iter_content(chunk_size=None):
+        out.write(chunk)
+        out.flush()
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True)
+def cancel(job_ids):
+    """Cancel jobs: queued ones at once, running ones are stopped."""
+    c = _client()
+    for job_id in job_ids:
+        job = c.post(f"/jobs/{job_id}/cancel")["job"]
+        click.echo(f"{job_id}: {'cancelled' if job['state'] == 'cancelled' else 'stopping'}")
+
+
+@click.command()
+@json_option
+def gpus(as_json):
+    """GPUs and who holds each."""
+    result = _client().get("/gpus")
+    if as_json:
+        emit_json(result)
+        return
+    rows = []
+    for g in result["gpus"]:
+        holder = g["holder"]
+        mem = f"{g['memory_used'] // 2**20}/{g['memory_total'] // 2**20} MiB" if g["memory_total"] else "-"
+        status = "drained" if g["drained"] else ("held" if holder else "free")
+        rows.append((g["index"], g["name"] + (" (declared)" if g["declared"] else ""), g["uuid"], mem,
+                     f"{g['utilization']}%" if g["utilization"] is not None else "-", status,
+                     f"{holder['owner']} job {holder['job_id']}" if holder else "-"))
+    table(rows, ["index", "model", "uuid", "memory", "util", "status", "holder"])
+
+
+@click.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def images(ctx, as_json):
+    """mlpd's images on this host; 'mlpd images build' makes what is missing."""
+    if ctx.invoked_subcommand:
+        return
+    rows = _client().get("/images")["images"]
+    if as_json:
+        emit_json({"images": rows})
+        return
+    table([(i["tag"], i["role"], "present" if i["present"] else "missing", i.get("id"), f"{(i.get('size') or 0) // 2**20} MiB" if i.get("size") else "-") for i in rows],
+          ["image", "role", "status", "id", "size"])
+
+
+@images.command("build")
+@click.option("--force", is_flag=True, help="Rebuild mlpd's images even when present (the base is kept).")
+def images_build(force):
+    """Build the images that are missing, with progress (admins)."""
+    c = _client()
+    resp = c.request("POST", "/images/build", stream=True, timeout=3600, params={"force": 1} if force else {})
+    failed = False
+    for line in resp.iter_lines(decode_unicode=True):
+        click.echo(line)
+        failed = failed or line.startswith("ERROR:")
+    if failed:
+        sys.exit(1)
+
+
+def register(main: click.Group) -> None:
+    """Add the job commands to the top-level group."""
+    for command in (run, submit, jobs, logs, cancel, gpus, images):
+        main.add_command(command)

@@ -1,0 +1,209 @@
+"""The job controller: level-triggered reconciliation of the database (intent) with Docker (fact).
+
+One pass: look at every job the database says is starting or running and at
+every container Docker has for this daemon; finish what ended (exit code, end
+time and reason from Docker), stop what was cancelled or ran out of time, mark
+lost what vanished, remove orphans; then ask the pure scheduler for placements
+and launch them. Launches run in a small thread pool so a slow image start does
+not hold up the loop. Nothing here depends on a pass running exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from mlpd import jobs
+from mlpd.config import Config
+from mlpd.gpus import GpuInventory
+from mlpd.jobs import ACTIVE, JobState
+from mlpd.jobspec import format_bytes, format_duration
+from mlpd.runtime import ContainerState, DockerRuntime, ImageMissing, LaunchRequest, RuntimeFailure
+from mlpd.scheduler import Gpu, Holding, Plan, Policy, QueuedJob, schedule
+from mlpd.store import Store
+
+log = logging.getLogger("mlpd.controller")
+
+
+def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
+    """The job's own time limit, else the configured default, else none."""
+    if job["spec"].get("time_limit"):
+        return float(job["spec"]["time_limit"])
+    default = config["jobs.default_time_limit"]
+    if default:
+        from mlpd.jobspec import parse_duration
+
+        return parse_duration(default)
+    return None
+
+
+def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> tuple[Plan, list[dict], list[Gpu]]:
+    """Run the scheduler over the database's current view: (plan, queued jobs, GPUs)."""
+    drained = {str(x) for x in config["gpus.drained"]}
+    gpus = [Gpu(d.uuid, d.index, d.name, str(d.index) in drained or d.uuid in drained) for d in inventory.devices()]
+    holdings = []
+    for job in jobs.in_states(store, ACTIVE):
+        limit = effective_time_limit(job, config)
+        start = job["started_at"] or now
+        for uuid in job["gpu_uuids"]:
+            holdings.append(Holding(uuid, job["id"], job["owner"], start + limit if limit else None))
+    queued = jobs.in_states(store, [JobState.QUEUED])
+    queue = [QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"), j["priority"], j["submitted_at"], effective_time_limit(j, config)) for j in queued]
+    return schedule(gpus, holdings, queue, now, Policy(backfill=config["scheduler.backfill"])), queued, gpus
+
+
+class JobController:
+    """Reconciles jobs with containers and launches what the scheduler places."""
+
+    def __init__(self, store: Store, config: Config, runtime: DockerRuntime, inventory: GpuInventory, wake: Callable[[str], None] = lambda r: None):
+        self.store, self.config, self.runtime, self.inventory = store, config, runtime, inventory
+        self.wake = wake
+        self.launching: set[str] = set()
+        self._lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
+
+    # ------------------------------------------------------------ one pass
+    def reconcile(self, now: float | None = None) -> None:
+        """One level-triggered pass over all active jobs and this daemon's containers, then schedule."""
+        now = now or time.time()
+        containers = self.runtime.list_jobs()
+        active = jobs.in_states(self.store, ACTIVE)
+        active_ids = {j["id"] for j in active}
+        for job in active:
+            with self._lock:
+                if job["id"] in self.launching:
+                    continue
+            self._reconcile_job(job, containers.get(job["id"]), now)
+        for job_id, container in containers.items():
+            if job_id not in active_ids and job_id not in self.launching:
+                self._remove_orphan(job_id, container)
+        self.schedule(now)
+
+    def _reconcile_job(self, job: dict[str, Any], c: ContainerState | None, now: float) -> None:
+        job_id = job["id"]
+        if c is None:
+            if job["state"] == JobState.STARTING.value:
+                self._launch(job)  # the daemon died between allocating and starting: start it now
+            else:
+                jobs.transition(self.store, job_id, ACTIVE, JobState.LOST, reason="its container vanished (removed outside mlpd?)", ended_at=now)
+                log.warning("job %s lost: container gone", job_id)
+            return
+        if c.status == "created":
+            self._launch(job)
+            return
+        if c.ended:
+            self._finish(job, c)
+            return
+        if job["state"] == JobState.STARTING.value:
+            jobs.transition(self.store, job_id, [JobState.STARTING], JobState.RUNNING, started_at=c.started_at, container_id=c.id)
+            job = jobs.get(self.store, job_id)
+        started = job["started_at"] or c.started_at or now
+        limit = effective_time_limit(job, self.config)
+        if job["cancel_requested_by"] or (limit and now - started >= limit):
+            self.runtime.stop(job_id, timeout=5)
+            fresh = self.runtime.inspect(job_id)
+            if fresh and fresh.ended:
+                self._finish(job, fresh)
+
+    def _finish(self, job: dict[str, Any], c: ContainerState) -> None:
+        """Record how the job ended from Docker's own account, keep its log, remove the container."""
+        job_id = job["id"]
+        directory = jobs.job_dir(self.config.state_dir, job_id)
+        os.makedirs(directory, exist_ok=True)
+        self.runtime.save_logs(job_id, os.path.join(directory, "log"))
+        limit = effective_time_limit(job, self.config)
+        started = job["started_at"] or c.started_at
+        ended = c.finished_at or time.time()
+        memory = job["spec"].get("memory")
+        if job["cancel_requested_by"]:
+            state, reason = JobState.CANCELLED, f"cancelled by {job['cancel_requested_by']}"
+        elif limit and started and ended - started >= limit - 0.5:
+            state, reason = JobState.TIMED_OUT, f"stopped after its time limit of {format_duration(limit)}"
+        elif c.oom_killed:
+            what = f" (limit {format_bytes(memory)})" if memory else ""
+            state, reason = JobState.FAILED, f"out of memory: the container was OOM-killed{what}"
+        elif c.exit_code == 0:
+            state, reason = JobState.SUCCEEDED, "exited with code 0"
+        else:
+            state, reason = JobState.FAILED, f"exited with code {c.exit_code}" + (f" ({c.error})" if c.error else "")
+        if jobs.transition(self.store, job_id, ACTIVE, state, reason=reason, at=ended, exit_code=c.exit_code,
+                           ended_at=ended, started_at=started, container_id=c.id):
+            log.info("job %s %s: %s", job_id, state.value, reason)
+        self.runtime.remove(job_id)
+
+    def _remove_orphan(self, job_id: str, c: ContainerState) -> None:
+        job = jobs.get(self.store, job_id)
+        if job is None or job["state"] != JobState.QUEUED.value:
+            if job is not None and not os.path.exists(os.path.join(jobs.job_dir(self.config.state_dir, job_id), "log")):
+                os.makedirs(jobs.job_dir(self.config.state_dir, job_id), exist_ok=True)
+                self.runtime.save_logs(job_id, os.path.join(jobs.job_dir(self.config.state_dir, job_id), "log"))
+            log.info("removing orphaned container %s", c.name)
+            self.runtime.stop(job_id, timeout=2)
+            self.runtime.remove(job_id)
+
+    # ------------------------------------------------------------ scheduling
+    def schedule(self, now: float | None = None) -> None:
+        """Place queued jobs on free GPUs and launch them."""
+        now = now or time.time()
+        plan, queued, gpus = plan_now(self.store, self.inventory, self.config, now)
+        index_of = {g.uuid: g.index for g in gpus}
+        by_id = {j["id"]: j for j in queued}
+        for placement in plan.placements:
+            indices = [index_of[u] for u in placement.gpu_uuids]
+            if jobs.transition(self.store, placement.job_id, [JobState.QUEUED], JobState.STARTING,
+                               reason="", gpu_uuids=placement.gpu_uuids, gpu_indices=indices):
+                job = dict(by_id[placement.job_id], state="starting", gpu_uuids=list(placement.gpu_uuids), gpu_indices=indices)
+                self._launch(job)
+
+    def _launch(self, job: dict[str, Any]) -> None:
+        with self._lock:
+            if job["id"] in self.launching:
+                return
+            self.launching.add(job["id"])
+        self.pool.submit(self._launch_now, job)
+
+    def _launch_now(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        try:
+            req = self.launch_request(job)
+            state = self.runtime.start_job(req)
+            if state.ended:
+                self._finish(jobs.get(self.store, job_id), state)
+            else:
+                jobs.transition(self.store, job_id, [JobState.STARTING], JobState.RUNNING, started_at=state.started_at, container_id=state.id)
+        except (ImageMissing, RuntimeFailure) as exc:
+            jobs.transition(self.store, job_id, [JobState.STARTING], JobState.FAILED, reason=str(exc), ended_at=time.time())
+        except Exception as exc:
+            log.exception("launching job %s failed", job_id)
+            self.runtime.remove(job_id)
+            jobs.transition(self.store, job_id, [JobState.STARTING], JobState.FAILED, reason=f"mlpd could not start it: {exc}", ended_at=time.time())
+        finally:
+            with self._lock:
+                self.launching.discard(job_id)
+            self.wake(f"launched {job_id}")
+
+    def launch_request(self, job: dict[str, Any]) -> LaunchRequest:
+        """Turn a job row into what the runtime needs: defaults applied, directories made."""
+        spec, cfg = job["spec"], self.config
+        outputs = os.path.join(jobs.job_dir(cfg.state_dir, job["id"]), "outputs")
+        os.makedirs(outputs, exist_ok=True)
+        os.chmod(outputs, 0o777)  # the container's non-root uid writes here; the state dir itself stays 0700
+        code = jobs.code_dir(cfg.state_dir, spec["code"]) if spec.get("code") else None
+        if code and not os.path.isdir(code):
+            raise RuntimeFailure(f"code archive {spec['code'][:12]} is not on the daemon (upload it again with 'mlpd run')")
+        memory = spec.get("memory")
+        if memory is None and cfg["jobs.default_memory"]:
+            from mlpd.jobspec import parse_memory
+
+            memory = parse_memory(cfg["jobs.default_memory"])
+        env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.get("env", {})}
+        return LaunchRequest(
+            job_id=job["id"], owner=job["owner"], image=spec.get("image") or cfg["jobs.default_image"],
+            command=tuple(spec["command"]), env=env, gpu_uuids=tuple(job["gpu_uuids"]),
+            cpus=spec.get("cpus") or (cfg["jobs.default_cpus"] or None), memory=memory,
+            user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs,
+        )

@@ -1,0 +1,119 @@
+"""GPU inventory: the only module that imports pynvml.
+
+Two implementations of one small interface: NVML (real devices) and declared
+devices for machines without NVIDIA GPUs. Declared devices say so in every view
+(``declared: true``, UUIDs starting ``DECLARED-``) and are never passed off as real.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+log = logging.getLogger("mlpd.gpus")
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    used_memory: int | None
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU as the inventory sees it now."""
+
+    index: int
+    uuid: str
+    name: str
+    memory_total: int | None
+    memory_used: int | None
+    utilization: int | None        # percent, None when unknown
+    processes: tuple[GpuProcess, ...] = field(default_factory=tuple)
+    declared: bool = False
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["processes"] = [asdict(p) for p in self.processes]
+        return data
+
+
+class GpuInventory(Protocol):
+    """What the scheduler and the API need to know about GPUs."""
+
+    kind: str
+
+    def devices(self) -> list[GpuInfo]:
+        """All GPUs, ordered by index."""
+        ...
+
+
+class DeclaredInventory:
+    """GPUs declared in mlpd.toml (gpus.declare) or with --declare-gpus, for machines without NVIDIA GPUs."""
+
+    kind = "declared"
+
+    def __init__(self, count: int, model: str = "declared"):
+        self._devices = [
+            GpuInfo(index=i, uuid=f"DECLARED-{i:04d}", name=model, memory_total=None, memory_used=None, utilization=None, declared=True)
+            for i in range(count)
+        ]
+
+    def devices(self) -> list[GpuInfo]:
+        return list(self._devices)
+
+
+class NvmlInventory:
+    """Real GPUs through NVML (nvidia-ml-py). No driver means no GPUs, not an error."""
+
+    kind = "nvml"
+    _init_lock = threading.Lock()
+
+    def __init__(self):
+        self.available = False
+        self.error: str | None = None
+        try:
+            import pynvml
+
+            with self._init_lock:
+                pynvml.nvmlInit()
+            self._nvml = pynvml
+            self.available = True
+        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            self.error = str(exc) or type(exc).__name__
+            log.info("no NVIDIA driver found (%s): no GPUs; CPU-only jobs still run", self.error)
+
+    def devices(self) -> list[GpuInfo]:
+        if not self.available:
+            return []
+        nv = self._nvml
+        out = []
+        for i in range(nv.nvmlDeviceGetCount()):
+            h = nv.nvmlDeviceGetHandleByIndex(i)
+            name = nv.nvmlDeviceGetName(h)
+            name = name.decode() if isinstance(name, bytes) else name
+            uuid = nv.nvmlDeviceGetUUID(h)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+            mem = nv.nvmlDeviceGetMemoryInfo(h)
+            try:
+                util = nv.nvmlDeviceGetUtilizationRates(h).gpu
+            except nv.NVMLError:
+                util = None
+            try:
+                procs = tuple(
+                    GpuProcess(p.pid, getattr(p, "usedGpuMemory", None))
+                    for p in nv.nvmlDeviceGetComputeRunningProcesses(h) + nv.nvmlDeviceGetGraphicsRunningProcesses(h)
+                )
+            except nv.NVMLError:
+                procs = ()
+            out.append(GpuInfo(i, uuid, name, mem.total, mem.used, util, procs, False))
+        return out
+
+
+def make_inventory(declare: int = 0, declared_model: str = "declared") -> GpuInventory:
+    """Declared devices when asked for, else NVML (empty without a driver)."""
+    if declare > 0:
+        return DeclaredInventory(declare, declared_model)
+    return NvmlInventory()

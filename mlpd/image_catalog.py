@@ -1,0 +1,83 @@
+"""mlpd's container images: what exists, and building what is missing.
+
+The base image comes from a registry where one is reachable (images.base set to
+e.g. python:3.11-slim-bookworm) or is built locally with debootstrap and
+`docker import` (images.base = mlpd/base:..., the default), so a machine with no
+registry access still gets working images.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Iterator
+
+
+
+def images_dir() -> str:
+    """The images/ directory (mlpd.images in an installed wheel)."""
+    import mlpd.images as pkg  # the package-dir mapping puts images/ here, editable or not
+
+    return os.path.dirname(pkg.__file__)
+
+
+@dataclass(frozen=True)
+class ImageDef:
+    tag: str
+    directory: str  # under images/
+    description: str
+
+
+def definitions(config) -> list[ImageDef]:
+    """The images mlpd builds, in build order."""
+    return [ImageDef(config["jobs.default_image"], "train", "training jobs: Python 3, non-root user 1000")]
+
+
+def image_status(runtime, config) -> list[dict]:
+    """Each image mlpd needs (base included) and whether it is present."""
+    present = {i["tag"]: i for i in runtime.list_images(prefix="")}
+    out = []
+    base = config["images.base"]
+    out.append({"tag": base, "role": "base", "present": base in present, **({k: present[base][k] for k in ("id", "size", "created")} if base in present else {})})
+    for d in definitions(config):
+        item = {"tag": d.tag, "role": d.directory, "present": d.tag in present, "description": d.description}
+        if d.tag in present:
+            item.update({k: present[d.tag][k] for k in ("id", "size", "created")})
+        out.append(item)
+    return out
+
+
+def build_base(runtime, tag: str) -> Iterator[str]:
+    """Make the base image: pull it when it is a registry image, else debootstrap + docker import."""
+    if runtime.image_present(tag):
+        yield f"base {tag}: present"
+        return
+    if not tag.startswith("mlpd/base"):
+        yield f"base {tag}: pulling"
+        runtime.client.images.pull(tag)
+        yield f"base {tag}: pulled"
+        return
+    script = os.path.join(images_dir(), "base", "build.sh")
+    yield f"base {tag}: building with debootstrap (about a minute)"
+    proc = subprocess.Popen(["bash", script, tag], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        yield "  " + line.rstrip()
+    if proc.wait() != 0:
+        from mlpd.runtime import RuntimeFailure
+
+        raise RuntimeFailure(f"building the base image {tag} failed (exit {proc.returncode}); see the lines above")
+
+
+def build_missing(runtime, config, force: bool = False) -> Iterator[str]:
+    """Build the base (if needed) and every mlpd image that is missing (all with force); yields progress."""
+    base = config["images.base"]
+    yield from build_base(runtime, base)
+    for d in definitions(config):
+        if runtime.image_present(d.tag) and not force:
+            yield f"{d.tag}: present"
+            continue
+        yield f"{d.tag}: building from images/{d.directory}"
+        for line in runtime.build_image(os.path.join(images_dir(), d.directory), d.tag, {"BASE": base}):
+            yield "  " + line
+        yield f"{d.tag}: built"

@@ -1,0 +1,165 @@
+"""Training jobs: states, transitions and queries over the state database.
+
+Every transition is a compare-and-set inside one BEGIN IMMEDIATE transaction
+that also writes its event row, so concurrent actors (the API cancelling, the
+controller finishing) can never both win.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import secrets
+import time
+from typing import Any, Iterable
+
+from mlpd.jobspec import JobSpec
+from mlpd.store import Store, record_event
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    LOST = "lost"
+
+
+ACTIVE = (JobState.STARTING, JobState.RUNNING)
+TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT, JobState.LOST)
+STATE_NAMES = tuple(s.value for s in JobState)
+
+
+class JobError(Exception):
+    """A job operation that cannot be done: (status, code, message) for the API."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(6)
+
+
+def submit(store: Store, owner: str, spec: JobSpec, warnings: Iterable[str] = (), now: float | None = None) -> dict[str, Any]:
+    """Queue a job; returns its row."""
+    now = now or time.time()
+    job_id = new_job_id()
+    with store.write() as db:
+        db.execute(
+            """INSERT INTO jobs (id, owner, name, spec, state, priority, submitted_at, updated_at)
+               VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)""",
+            [job_id, owner, spec.name, json.dumps(spec.to_dict()), spec.priority, now, now],
+        )
+        record_event(db, owner, "job.queued", "job", job_id, at=now, warnings=list(warnings))
+    return get(store, job_id)
+
+
+def get(store: Store, job_id: str) -> dict[str, Any] | None:
+    """The job row with its spec decoded, or None."""
+    row = store.query_one("SELECT * FROM jobs WHERE id = ?", [job_id])
+    return _decode(row) if row else None
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["spec"] = json.loads(row["spec"])
+    row["gpu_uuids"] = json.loads(row["gpu_uuids"])
+    row["gpu_indices"] = json.loads(row["gpu_indices"])
+    return row
+
+
+def visible(store: Store, job_id: str, user_name: str, is_admin: bool) -> dict[str, Any] | None:
+    """The job if this user may see it (their own, or any for admins); None otherwise, as if absent."""
+    job = get(store, job_id)
+    if job is None or (not is_admin and job["owner"] != user_name):
+        return None
+    return job
+
+
+def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200) -> list[dict[str, Any]]:
+    """Jobs newest first, optionally one owner's and in some states."""
+    where, params = [], []
+    if owner:
+        where.append("owner = ?")
+        params.append(owner)
+    states = list(states)
+    if states:
+        where.append(f"state IN ({','.join('?' * len(states))})")
+        params += states
+    sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY submitted_at DESC LIMIT ?"
+    return [_decode(r) for r in store.query(sql, params + [limit])]
+
+
+def in_states(store: Store, states: Iterable[JobState]) -> list[dict[str, Any]]:
+    """All jobs in the given states, oldest first."""
+    names = [s.value for s in states]
+    return [_decode(r) for r in store.query(f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(names))}) ORDER BY submitted_at", names)]
+
+
+def transition(store: Store, job_id: str, from_states: Iterable[JobState], to: JobState, actor: str = "mlpd",
+               reason: str = "", at: float | None = None, **fields: Any) -> bool:
+    """Move a job from one of from_states to `to` (compare-and-set); write the event; False if it was not in from_states."""
+    at = at if at is not None else time.time()
+    allowed = [s.value for s in from_states]
+    sets = {"state": to.value, "updated_at": time.time(), **fields}
+    if reason:
+        sets["reason"] = reason
+    for key in ("gpu_uuids", "gpu_indices"):
+        if key in sets:
+            sets[key] = json.dumps(list(sets[key]))
+    with store.write() as db:
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if not row or row[0] not in allowed:
+            return False
+        assignments = ", ".join(f"{k} = ?" for k in sets)
+        db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*sets.values(), job_id])
+        detail = {k: v for k, v in fields.items() if k in ("exit_code", "gpu_uuids", "gpu_indices", "started_at", "ended_at")}
+        record_event(db, actor, f"job.{to.value}", "job", job_id, at=at, reason=reason, **detail)
+    return True
+
+
+def request_cancel(store: Store, job_id: str, actor: str) -> dict[str, Any]:
+    """Cancel: a queued job ends at once; a starting or running one is stopped by the controller."""
+    now = time.time()
+    with store.write() as db:
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if not row:
+            raise JobError(404, "not_found", f"no such job {job_id!r}")
+        state = row[0]
+        if state == JobState.QUEUED.value:
+            db.execute("UPDATE jobs SET state = 'cancelled', reason = ?, ended_at = ?, cancel_requested_by = ?, updated_at = ? WHERE id = ?",
+                       [f"cancelled by {actor} while queued", now, actor, now, job_id])
+            record_event(db, actor, "job.cancelled", "job", job_id, at=now, reason=f"cancelled by {actor} while queued")
+        elif state in (JobState.STARTING.value, JobState.RUNNING.value):
+            db.execute("UPDATE jobs SET cancel_requested_by = ?, updated_at = ? WHERE id = ? AND cancel_requested_by IS NULL", [actor, now, job_id])
+            record_event(db, actor, "job.cancel_requested", "job", job_id, at=now)
+        else:
+            raise JobError(409, "already_ended", f"job {job_id} already ended ({state})")
+    return get(store, job_id)
+
+
+def history(store: Store, job_id: str) -> list[dict[str, Any]]:
+    """The job's events, oldest first."""
+    rows = store.query("SELECT at, actor, action, detail FROM events WHERE object_kind = 'job' AND object_id = ? ORDER BY id", [job_id])
+    for r in rows:
+        r["detail"] = json.loads(r["detail"])
+    return rows
+
+
+def job_dir(state_dir: str, job_id: str) -> str:
+    """Where a job's log and outputs live; kept after its container is removed."""
+    import os
+
+    return os.path.join(state_dir, "jobs", job_id)
+
+
+def code_dir(state_dir: str, digest: str) -> str:
+    """The extracted code archive with this sha256 digest."""
+    import os
+
+    return os.path.join(state_dir, "code", digest)

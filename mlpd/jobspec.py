@@ -1,0 +1,318 @@
+"""The job spec: what a user submits, validated once, here.
+
+A spec arrives as ``mlpd run`` flags, a TOML file (``mlpd submit job.toml``) or
+JSON over the HTTP API; all three become a mapping that :func:`parse_spec` turns
+into a frozen :class:`JobSpec` or a :class:`SpecError` naming the offending field.
+Anything that would give a job power over the host is refused by name
+(:data:`FORBIDDEN`) rather than reported as merely unknown, so the user learns why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be run: which field, and what is wrong with it."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job spec; build it with :func:`parse_spec`, not directly."""
+
+    command: tuple[str, ...]
+    image: str | None = None
+    code: str | None = None
+    gpus: int = 0
+    gpu_model: str | None = None
+    cpus: float | None = None
+    memory: int | None = None
+    # Read-only view so a frozen spec is really frozen; left out of hash() as mappings are unhashable.
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    time_limit: float | None = None
+    priority: int = 0
+    name: str | None = None
+    experiment: str | None = None
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict with every field; ``parse_spec`` accepts it back unchanged."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["command"] = list(self.command)
+        out["env"] = dict(self.env)
+        return out
+
+
+_MOUNTS = "not allowed: host mounts are not available; ship code with the job (code directory) and write results to /outputs"
+_NAMESPACES = "not allowed: jobs cannot join host namespaces; mlpd sets up the container's network, PID and IPC itself"
+_DEVICES = "not allowed: ask for GPUs with 'gpus' (and 'gpu_model'); mlpd assigns devices itself"
+# A dict rather than a set so each refusal carries its reason; `key in FORBIDDEN` works the same.
+FORBIDDEN: Mapping[str, str] = MappingProxyType({
+    "privileged": "not allowed: mlpd never runs privileged containers",
+    "volumes": _MOUNTS, "mounts": _MOUNTS, "binds": _MOUNTS,
+    "devices": _DEVICES, "device_requests": _DEVICES,
+    "cap_add": "not allowed: containers keep Docker's default capability set",
+    "security_opt": "not allowed: containers keep Docker's default security profile",
+    "network_mode": _NAMESPACES, "pid_mode": _NAMESPACES, "ipc_mode": _NAMESPACES,
+    "user": "not allowed: mlpd chooses the user the container runs as",
+    "runtime": "not allowed: mlpd picks the container runtime (nvidia when GPUs are requested)",
+    "docker_socket": "not allowed: the Docker socket is never given to jobs; it is root on the host",
+})
+
+# mlpd sets these to the GPUs it allocates; a user value would point the job at
+# someone else's GPU, so it is dropped with a warning rather than an error
+# (specs copied from a workstation often carry them).
+STRIPPED_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
+
+ALLOWED = tuple(f.name for f in fields(JobSpec))
+MIN_MEMORY = 4 * 1024**2
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Deliberately loose: registry[:port]/path[:tag][@digest]; Docker gives the precise error at pull time.
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_NUMBER = r"\d+(?:\.\d*)?|\.\d+"
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*([dhms])")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_MEMORY = re.compile(rf"({_NUMBER})\s*([kmgt]?)(i?b?)")
+_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _typename(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def parse_duration(value: Any) -> float:
+    """Return seconds from a number or a string like ``"90"``, ``"90s"``, ``"30m"``, ``"1h30m"``, ``"1.5d"``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if re.fullmatch(_NUMBER, text):
+            seconds = float(text)
+        elif text and re.fullmatch(rf"(?:(?:{_NUMBER})\s*[dhms]\s*)+", text):
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+        else:
+            raise ValueError(f"cannot read {value!r} as a duration; use seconds or e.g. 90s, 30m, 2h, 1d, 1h30m")
+    else:
+        raise ValueError(f"expected a duration such as 30m or a number of seconds, got {_typename(value)}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration, got {value!r}")
+    return seconds
+
+
+def parse_memory(value: Any) -> int:
+    """Return bytes from an int or a string like ``"512m"``, ``"4g"``, ``"4GiB"``, ``"1.5G"``, ``"100k"``.
+
+    Units are binary (k = 1024), as Docker reads them, whether or not an ``i`` is written.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected bytes or a size such as 512m or 4GiB, got {_typename(value)}")
+    m = _MEMORY.fullmatch(value.strip().lower())
+    # "ib" alone ("4ib") or "i" without a unit letter is not a size anyone means.
+    if not m or (m.group(3).startswith("i") and not m.group(2)):
+        raise ValueError(f"cannot read {value!r} as a size; use bytes or e.g. 512m, 4g, 4GiB, 1.5G")
+    return int(float(m.group(1)) * _MEMORY_UNITS[m.group(2)])
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds compactly, largest units first: ``"1h30m"``, ``"45s"``, ``"2d3h"``."""
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    if 0 < seconds < 1:
+        return f"{seconds:.2g}s"
+    rest, parts = round(seconds), []
+    for unit, size in _DURATION_UNITS.items():
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def format_bytes(n: int) -> str:
+    """Render a byte count in binary units: ``"4.0 GiB"``, ``"512 MiB"``, ``"100 B"``."""
+    value, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{n} B"
+    # One decimal only where it carries information (4.0 GiB vs 512 MiB).
+    return f"{value:.1f} {unit}" if abs(value) < 10 else f"{value:.0f} {unit}"
+
+
+def _whole(key: str, value: Any, low: int, high: int) -> int:
+    """A whole number in [low, high]; integral floats pass because JSON clients send 2.0."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        value = int(value)  # CLI flags arrive as strings
+    shown = repr(value) if isinstance(value, (str, float, int)) else _typename(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpecError(key, f"expected a whole number >= {low}, got {shown}")
+    if value > high:
+        raise SpecError(key, f"must be at most {high}, got {shown}")
+    return value
+
+
+def _string(key: str, value: Any, max_len: int) -> str:
+    if not isinstance(value, str):
+        raise SpecError(key, f"expected a string, got {_typename(value)}")
+    if not value.strip():
+        raise SpecError(key, "must not be empty")
+    if len(value) > max_len:
+        raise SpecError(key, f"must be at most {max_len} characters, got {len(value)}")
+    return value
+
+
+def _via(key: str, parse: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return parse(value)
+    except ValueError as e:
+        raise SpecError(key, str(e)) from None
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as e:
+            raise SpecError("command", f"cannot split into arguments: {e}") from None
+    if not isinstance(value, (list, tuple)):
+        raise SpecError("command", f"expected a list of strings or a string, got {_typename(value)}")
+    if not value:
+        raise SpecError("command", "must not be empty")
+    for i, arg in enumerate(value):
+        if not isinstance(arg, str):
+            raise SpecError(f"command[{i}]", f"expected a string, got {_typename(arg)} {arg!r}")
+        if "\0" in arg:
+            raise SpecError(f"command[{i}]", "contains a NUL character")
+    if not value[0].strip():
+        raise SpecError("command[0]", "the program to run must not be empty")
+    return tuple(value)
+
+
+def _env(value: Any, warnings: list[str]) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise SpecError("env", f"expected a table of NAME = value, got {_typename(value)}")
+    out: dict[str, str] = {}
+    for name, val in value.items():
+        key = f"env.{name}"
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise SpecError(key, "invalid variable name; use letters, digits and _, not starting with a digit")
+        if isinstance(val, bool):
+            val = "true" if val else "false"  # how the user wrote it in TOML/JSON, not Python's "True"
+        elif isinstance(val, (int, float)):
+            val = str(val)
+        elif not isinstance(val, str):
+            raise SpecError(key, f"expected a string, number or boolean, got {_typename(val)}")
+        if "\0" in val:
+            raise SpecError(key, "contains a NUL character")
+        if name in STRIPPED_ENV:
+            warnings.append(f"env.{name} was removed: mlpd sets it to the GPUs it allocates")
+            continue
+        out[name] = val
+    return MappingProxyType(out)
+
+
+def _check_keys(data: Mapping[str, Any]) -> None:
+    for key in data:
+        if not isinstance(key, str):
+            raise SpecError(repr(key), "keys must be strings")
+        if key in FORBIDDEN:
+            raise SpecError(key, FORBIDDEN[key])
+        if key not in ALLOWED:
+            close = difflib.get_close_matches(key, ALLOWED, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise SpecError(key, f"unknown key; {hint}allowed keys: {', '.join(ALLOWED)}")
+
+
+def parse_spec(data: Mapping[str, Any]) -> tuple[JobSpec, list[str]]:
+    """Validate a raw mapping; return the spec and a list of warnings.
+
+    Raises SpecError naming the field (dotted for nested items: ``env.1BAD``,
+    ``command[2]``) for unknown keys (with the closest allowed key suggested),
+    forbidden keys (with the reason), wrong types and bad values. Booleans are
+    never accepted as numbers. ``None`` for an optional field means "the default".
+    """
+    if not isinstance(data, Mapping):
+        raise SpecError("spec", f"expected a table/object of job settings, got {_typename(data)}")
+    _check_keys(data)
+    # None means "not given" so JSON clients may send null and to_dict() output round-trips.
+    raw = {k: v for k, v in data.items() if v is not None}
+    if "command" not in raw:
+        raise SpecError("command", "required: the program and arguments to run, e.g. ['python', 'train.py']")
+    warnings: list[str] = []
+    kw: dict[str, Any] = {"command": _command(raw["command"])}
+    if "image" in raw:
+        image = _string("image", raw["image"], 255)
+        if not _IMAGE.fullmatch(image):
+            raise SpecError("image", f"{image!r} does not look like an image reference, e.g. pytorch/pytorch:2.3.0-cuda12.1")
+        kw["image"] = image
+    if "code" in raw:
+        code = raw["code"]
+        if not isinstance(code, str) or not _DIGEST.fullmatch(code):
+            raise SpecError("code", "expected the sha256 of an uploaded code archive (64 lowercase hex characters)")
+        kw["code"] = code
+    if "gpus" in raw:
+        kw["gpus"] = _whole("gpus", raw["gpus"], 0, 64)
+    if "gpu_model" in raw:
+        kw["gpu_model"] = _string("gpu_model", raw["gpu_model"], 128)
+    if "cpus" in raw:
+        cpus = raw["cpus"]
+        if isinstance(cpus, str) and re.fullmatch(rf"\s*(?:{_NUMBER})\s*", cpus):
+            cpus = float(cpus)  # CLI flags arrive as strings
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus <= 1024:
+            raise SpecError("cpus", f"expected a number > 0, at most 1024, got {raw['cpus']!r}")
+        kw["cpus"] = float(cpus)
+    if "memory" in raw:
+        memory = _via("memory", parse_memory, raw["memory"])
+        if memory < MIN_MEMORY:
+            raise SpecError("memory", f"must be at least {format_bytes(MIN_MEMORY)}, got {raw['memory']!r}")
+        kw["memory"] = memory
+    if "env" in raw:
+        kw["env"] = _env(raw["env"], warnings)
+    if "time_limit" in raw:
+        limit = _via("time_limit", parse_duration, raw["time_limit"])
+        if limit <= 0:
+            raise SpecError("time_limit", f"must be greater than zero, got {raw['time_limit']!r}")
+        kw["time_limit"] = limit
+    if "priority" in raw:
+        kw["priority"] = _whole("priority", raw["priority"], -100, 100)
+    if "name" in raw:
+        name = raw["name"]
+        if not isinstance(name, str) or not _JOB_NAME.fullmatch(name):
+            raise SpecError("name", f"expected 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit, got {name!r}")
+        kw["name"] = name
+    if "experiment" in raw:
+        kw["experiment"] = _string("experiment", raw["experiment"], 255)
+    return JobSpec(**kw), warnings
+
+
+def parse_spec_toml(text: str | bytes, source: str = "job.toml") -> tuple[JobSpec, list[str]]:
+    """Parse a TOML job file, then :func:`parse_spec` its top-level table (an ``[env]`` table gives env).
+
+    A TOML syntax error raises ``SpecError(field=source, message=<tomllib's message>)``.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(source, str(e)) from None
+    return parse_spec(data)

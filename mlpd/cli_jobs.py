@@ -276,8 +276,22 @@ def images(ctx, as_json):
 
 @images.command("build")
 @click.option("--force", is_flag=True, help="Rebuild mlpd's images even when present (the base is kept).")
-def images_build(force):
+@click.option("--local", "local", is_flag=True, help="Build on this host against the local Docker engine, without the daemon (install scripts, CI).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="With --local: the configuration naming the images.")
+def images_build(force, local, config_file):
     """Build the images that are missing, with progress (admins)."""
+    if local:
+        from mlpd.config import ConfigError, load_config
+        from mlpd.image_catalog import build_missing
+        from mlpd.runtime import DockerRuntime, RuntimeFailure
+
+        try:
+            cfg = load_config(config_file)
+            for line in build_missing(DockerRuntime("host"), cfg, force=force):
+                click.echo(line)
+        except (ConfigError, RuntimeFailure) as exc:
+            raise click.ClickException(str(exc))
+        return
     c = _client()
     resp = c.request("POST", "/images/build", stream=True, timeout=3600, params={"force": 1} if force else {})
     failed = False

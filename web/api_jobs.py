@@ -20,6 +20,7 @@ from mlpd.web.errors import ApiError
 from mlpd.web.routes import route
 
 _lock = threading.Lock()
+TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
 
 
 def inventory():
@@ -165,7 +166,7 @@ def job_logs(job_id: str):
     def generate():
         while True:
             job = jobs.get(st, job_id)
-            if job["state"] in (s.value for s in jobs.TERMINAL):
+            if job["state"] in TERMINAL_NAMES:
                 # give the controller a moment to save the log of a job that just ended
                 for _ in range(50):
                     if os.path.exists(log_path):
@@ -178,7 +179,15 @@ def job_logs(job_id: str):
                 for chunk in runtime().logs(job_id, follow=follow):
                     streamed = True
                     yield chunk
-                if streamed or not follow:
+                if not follow:
+                    return
+                if streamed:
+                    # The container exited; end the stream once the job has ended too, so
+                    # that `mlpd logs -f && mlpd jobs show` sees the final state.
+                    for _ in range(100):
+                        if jobs.get(st, job_id)["state"] in TERMINAL_NAMES:
+                            break
+                        time.sleep(0.1)
                     return
             if not follow:
                 return

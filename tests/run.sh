@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run mlpd's test suite: sets up what it needs (Docker engine, a dev venv, images) and runs pytest.
+#   ./tests/run.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! docker info >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  ./install.sh --engine-only
+fi
+python="${MLPD_PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+.venv/bin/mlpd images build --local --config mlpd.toml
+exec .venv/bin/python -m pytest "$@"

@@ -60,7 +60,7 @@ ensure_engine
 say "installing mlpd into $prefix/venv"
 mkdir -p "$prefix"
 [ -x "$prefix/venv/bin/python" ] || "$python" -m venv "$prefix/venv"
-"$prefix/venv/bin/pip" install -q --upgrade "$repo"
+"$prefix/venv/bin/pip" install -q --upgrade "$repo" 2>&1 | grep -v "^WARNING: Location" || true
 ln -sf "$prefix/venv/bin/mlpd" /usr/local/bin/mlpd 2>/dev/null || true
 mlpd_bin="$prefix/venv/bin/mlpd"
 
@@ -105,7 +105,7 @@ else
     for _ in $(seq 1 30); do kill -0 "$(cat "$pid_file")" 2>/dev/null || break; sleep 0.5; done
   fi
   say "no systemd here: starting 'mlpd daemon' in the background; log in $log_file"
-  setsid nohup "$mlpd_bin" daemon --config "$config" >>"$log_file" 2>&1 </dev/null &
+  cd / && setsid nohup "$mlpd_bin" daemon --config "$config" >>"$log_file" 2>&1 </dev/null &
   echo $! >"$pid_file"
 fi
 

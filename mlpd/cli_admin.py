@@ -79,7 +79,7 @@ def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | No
         from mlpd.cli import _client
 
         body: dict[str, Any] = {"name": name, "admin": is_admin}
-        if expires_in:
+        if expires_in is not None:
             body["expires_in"] = expires_in
         result = _client().post("/users", body)
         token, record = result["token"], result["token_record"]
@@ -148,7 +148,7 @@ def token_create(name: str, label: str, expires: str | None, state_dir: str | No
         from mlpd.cli import _client
 
         body: dict[str, Any] = {"user": name, "label": label}
-        if expires_in:
+        if expires_in is not None:
             body["expires_in"] = expires_in
         result = _client().post("/tokens", body)
         tok, record = result["token"], result["token_record"]

@@ -145,19 +145,23 @@ def _gpus_text(job: dict) -> str:
 @click.group(invoke_without_command=True)
 @click.option("--all", "all_users", is_flag=True, help="Everyone's jobs (admins).")
 @click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable): queued, starting, running, succeeded, failed, cancelled, timed_out, lost.")
+@click.option("--limit", type=int, default=200, show_default=True, help="Show at most this many.")
 @json_option
 @click.pass_context
-def jobs(ctx, all_users, states, as_json):
+def jobs(ctx, all_users, states, limit, as_json):
     """List your jobs (newest first); 'mlpd jobs show ID' for one."""
     if ctx.invoked_subcommand:
         return
-    params: dict[str, Any] = {"state": ",".join(states)} if states else {}
+    params: dict[str, Any] = {"state": ",".join(states), "limit": limit} if states else {"limit": limit}
     if all_users:
         params["all"] = 1
-    rows = _client().get("/jobs", params=params)["jobs"]
+    result = _client().get("/jobs", params=params)
+    rows = result["jobs"]
     if as_json:
-        emit_json({"jobs": rows})
+        emit_json(result)
         return
+    if result.get("truncated"):
+        click.echo(f"(showing the newest {limit}; use --limit or --state to see more)", err=True)
     table([(j["id"], j["name"], j["owner"], j["state"], _gpus_text(j), when(j["submitted_at"]), j["reason"][:50]) for j in rows],
           ["id", "name", "owner", "state", "gpus", "submitted", "reason"])
 

@@ -65,6 +65,7 @@ class JobController:
         self.launching: set[str] = set()
         self._lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
+        self.next_deadline: float | None = None  # the earliest time limit among running jobs
 
     # ------------------------------------------------------------ one pass
     def reconcile(self, now: float | None = None) -> None:
@@ -72,6 +73,7 @@ class JobController:
         now = now or time.time()
         containers = self.runtime.list_jobs()
         active = jobs.in_states(self.store, ACTIVE)
+        self.next_deadline = None
         active_ids = {j["id"] for j in active}
         for job in active:
             with self._lock:
@@ -103,6 +105,8 @@ class JobController:
             job = jobs.get(self.store, job_id)
         started = job["started_at"] or c.started_at or now
         limit = effective_time_limit(job, self.config)
+        if limit:
+            self.next_deadline = min(self.next_deadline or started + limit, started + limit)
         if job["cancel_requested_by"] or (limit and now - started >= limit):
             self.runtime.stop(job_id, timeout=5)
             fresh = self.runtime.inspect(job_id)

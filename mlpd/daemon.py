@@ -71,6 +71,17 @@ def notify_systemd(message: str) -> None:
             log.warning("could not notify systemd: %s", exc)
 
 
+def check_port_free(listen: str) -> None:
+    """Refuse to start when something already listens on our address (else /healthz would be answered by it)."""
+    host, _, port = listen.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), int(port)))
+        except OSError as exc:
+            raise DaemonError(f"cannot listen on {listen}: {exc.strerror}; another program (or mlpd daemon) holds it; choose another with --listen or server.listen") from None
+
+
 def ensure_instance_id(state_dir: str) -> str:
     """A random id for this state directory; its containers carry it as the mlpd.instance label."""
     path = os.path.join(state_dir, "instance_id")
@@ -101,6 +112,7 @@ class Daemon:
         state = self.config.state_dir
         os.makedirs(state, mode=0o700, exist_ok=True)
         self.lock = acquire_state_lock(state)
+        check_port_free(self.config["server.listen"])
         ensure_instance_id(state)
         applied = Store(self.config.db_path).migrate()
         if applied:
@@ -125,12 +137,16 @@ class Daemon:
             "--timeout", "0",  # log streams are long-lived; gthread workers heartbeat on their own
             "--log-level", c["server.log_level"],
             "--error-logfile", "-",
+            "--chdir", c.state_dir,
+            "--control-socket", os.path.join(c.state_dir, "run", "gunicorn.ctl"),
             "mlpd.web.wsgi:app",
         ]
         return {"web": gunicorn, "worker": [sys.executable, "-m", "mlpd.workers"]}
 
     def _start(self, name: str, argv: list[str]) -> None:
-        self.children[name] = subprocess.Popen(argv, env=self.env, preexec_fn=_die_with_parent)
+        # cwd is the state directory: `python -m` and gunicorn put the cwd first on sys.path, and a
+        # source checkout there would shadow the installed package.
+        self.children[name] = subprocess.Popen(argv, env=self.env, cwd=self.config.state_dir, preexec_fn=_die_with_parent)
         log.info("started %s (pid %d)", name, self.children[name].pid)
 
     def _stop(self, *_: Any) -> None:

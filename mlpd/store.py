@@ -10,12 +10,34 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-import sqlite_utils
+
+
+def _import_sqlite_utils():
+    """Import sqlite-utils without pandas and numpy.
+
+    sqlite-utils imports them when present (MLflow installs both) only to map their
+    types in insert(); mlpd never inserts such values, and the import would add about
+    half a second to every host-side CLI call and daemon start.
+    """
+    hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  (makes `import name` raise ImportError)
+    try:
+        import sqlite_utils as module
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return module
+
+
+sqlite_utils = _import_sqlite_utils()
 
 BUSY_TIMEOUT_MS = 10_000
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -97,7 +98,7 @@ def remove_user(store: Store, name: str, actor: str = "host") -> None:
 
 def create_token(store: Store, name: str, label: str = "", expires_in: float | None = None, actor: str = "host") -> tuple[str, dict[str, Any]]:
     """Create a token for a user; return (the full token, shown once; its public record)."""
-    if expires_in is not None and expires_in <= 0:
+    if expires_in is not None and not (math.isfinite(expires_in) and expires_in > 0):
         raise UserError("expires_in: expected a number of seconds > 0")
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)

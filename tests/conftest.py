@@ -21,6 +21,8 @@ import pytest
 import requests
 
 BIN = os.path.join(os.path.dirname(sys.executable), "mlpd")
+# The shipped defaults, so that an /etc/mlpd/mlpd.toml on the test host (install.sh writes one) never leaks in.
+SHIPPED_CONFIG = str(Path(__file__).resolve().parents[1] / "mlpd.toml")
 
 
 def free_port() -> int:
@@ -97,6 +99,7 @@ class RunningDaemon:
     # -- users
     def env(self, token: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLPD_")}
+        env["MLPD_CONFIG"] = SHIPPED_CONFIG
         env["XDG_CONFIG_HOME"] = str(self.home / ".config")
         env["HOME"] = str(self.home)
         if token:

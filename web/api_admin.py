@@ -86,7 +86,7 @@ def revoke_token(token_id: str):
 @route("/events", summary="The audit trail, newest first", admin=True)
 def events():
     try:
-        limit = min(int(request.args.get("limit", 100)), 1000)
+        limit = max(1, min(int(request.args.get("limit", 100)), 1000))
     except ValueError:
         raise ApiError(400, "invalid_field", "limit: expected a whole number") from None
     sql, params = "SELECT * FROM events", []

@@ -107,14 +107,19 @@ def submit_job():
     return jsonify({"job": job_view(job), "warnings": warnings}), 201
 
 
-@route("/jobs", summary="List jobs (yours; admins ?all=1); filter with ?state=")
+@route("/jobs", summary="List jobs, newest first (yours; admins ?all=1); ?state= filters, ?limit= (default 200) caps and sets truncated")
 def list_jobs():
     states = [s for s in request.args.getlist("state") for s in s.split(",") if s]
     bad = [s for s in states if s not in jobs.STATE_NAMES]
     if bad:
         raise ApiError(400, "invalid_field", f"state: unknown state {bad[0]!r}; expected one of {', '.join(jobs.STATE_NAMES)}")
     owner = None if (g.user.is_admin and request.args.get("all")) else g.user.name
-    return jsonify({"jobs": [job_view(j) for j in jobs.list_jobs(store(), owner, states)]})
+    try:
+        limit = max(1, min(int(request.args.get("limit", 200)), 10000))
+    except ValueError:
+        raise ApiError(400, "invalid_field", "limit: expected a whole number") from None
+    rows = jobs.list_jobs(store(), owner, states, limit=limit + 1)
+    return jsonify({"jobs": [job_view(j) for j in rows[:limit]], "truncated": len(rows) > limit})
 
 
 def explain_wait(job_id: str) -> dict | None:

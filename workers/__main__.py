@@ -22,7 +22,7 @@ def main() -> int:
     tasks.wake_hook = controller_loop.wake
     controller_loop.start()
     # huey's consumer owns the main thread and its signal handling; SIGTERM stops both.
-    consumer = tasks.tasks_for(config).huey.create_consumer(workers=2, worker_type="thread", initial_delay=0.05, backoff=1.5, max_delay=0.25, periodic=False)
+    consumer = tasks.tasks_for(config).huey.create_consumer(workers=2, worker_type="thread", initial_delay=0.05, backoff=1.5, max_delay=0.1, periodic=False)
     try:
         consumer.run()
     finally:

@@ -84,4 +84,8 @@ class ControllerLoop:
             except Exception:
                 log.exception("reconcile pass failed; retrying on the next tick")
             self.passes += 1
-            self._wake.wait(interval)
+            timeout = interval
+            deadline = self.controller.next_deadline if self.controller else None
+            if deadline is not None:
+                timeout = min(interval, max(0.05, deadline - time.time()))  # stop a job at its time limit, not a tick later
+            self._wake.wait(timeout)

@@ -144,10 +144,8 @@ from mlpd.cli_admin import admin  # noqa: E402
 
 main.add_command(admin)
 
-try:  # the jobs capability
-    from mlpd.cli_jobs import register as _register_jobs  # noqa: E402
+from mlpd.cli_jobs import register as _register_jobs  # noqa: E402
+from mlpd.cli_usage import register as _register_usage  # noqa: E402
 
-    _register_jobs(main)
-except ImportError as _exc:  # pragma: no cover
-    if "mlpd.cli_jobs" not in str(_exc):
-        raise
+_register_jobs(main)
+_register_usage(main, admin)

@@ -257,6 +257,8 @@ def gpus(as_json):
         holder = g["holder"]
         mem = f"{g['memory_used'] // 2**20}/{g['memory_total'] // 2**20} MiB" if g["memory_total"] else "-"
         status = "drained" if g["drained"] else ("held" if holder else "free")
+        if g.get("stray_pids"):
+            status += f", STRAY use by pids {','.join(map(str, g['stray_pids']))}"
         rows.append((g["index"], g["name"] + (" (declared)" if g["declared"] else ""), g["uuid"], mem,
                      f"{g['utilization']}%" if g["utilization"] is not None else "-", status,
                      f"{holder['owner']} job {holder['job_id']}" if holder else "-"))

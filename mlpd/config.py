@@ -102,6 +102,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jobs.max_code_mb", int, 200, "Largest code archive a job may upload, in MiB.", _positive),
     Setting("jobs.container_user", str, "1000:1000", "uid:gid job containers run as (never root)."),
     Setting("images.base", str, "mlpd/base:bookworm", "Base of mlpd's images: mlpd/base:* is built locally with debootstrap; any other name is pulled."),
+    Setting("quotas.period", str, "month", "Period of GPU-hour quotas: day, week or month (UTC calendar).", _one_of("day", "week", "month")),
+    Setting("quotas.gpu_hours", (int, float), 0, "Default GPU-hours per user per period (0 = unlimited); per-user and per-team quotas are set with 'mlpd admin quota'.", _non_negative),
+    Setting("quotas.max_gpus", int, 0, "Default most GPUs one user may hold at once (0 = unlimited).", _non_negative),
+    Setting("quotas.over_quota", str, "queue", "What happens to work over a quota: 'queue' (waits; over GPU-hours runs at the lowest priority) or 'refuse' (refused at submit).", _one_of("queue", "refuse")),
+    Setting("scheduler.fair_share_half_life", str, "7d", "Half-life of past usage in fair share: among equal priorities, less recent usage goes first.", _duration),
+    Setting("pricing.gpu_hour", dict, {}, "Price of one GPU-hour per GPU model, for cost reports, e.g. {\"NVIDIA H100 80GB HBM3\" = 2.5}."),
+    Setting("pricing.currency", str, "USD", "Currency label of the prices."),
+    Setting("metrics.public", bool, False, "Serve /metrics without a token (otherwise an admin token is needed)."),
+    Setting("gpus.sample_interval", (int, float), 10.0, "Seconds between NVML utilization samples (real GPUs only).", _positive),
+    Setting("gpus.avoid_stray", bool, True, "Give no new work to a GPU that a process outside mlpd is using."),
     Setting("docker.host", str, "", "Docker engine address ('' = DOCKER_HOST or the local socket)."),
     Setting("docker.gpu_runtime", str, "auto", "GPU pinning: 'auto' detects the NVIDIA runtime, 'nvidia' requires it, 'none' only sets CUDA_VISIBLE_DEVICES.", _one_of("auto", "nvidia", "none")),
 )
@@ -144,7 +154,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}{name}"
-        if isinstance(value, dict):
+        declared = SETTINGS_BY_KEY.get(key)
+        if isinstance(value, dict) and not (declared and declared.type is dict):
             flat.update(_flatten(value, key + "."))
         else:
             flat[key] = value
@@ -152,7 +163,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list"}
+    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
     if isinstance(t, tuple):
         return "a number" if set(t) == {int, float} else " or ".join(names[x] for x in t)
     return names[t]

@@ -10,6 +10,7 @@ not hold up the loop. Nothing here depends on a pass running exactly once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -23,10 +24,12 @@ from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, JobState
 from mlpd.jobspec import format_bytes, format_duration
 from mlpd.runtime import ContainerState, DockerRuntime, ImageMissing, LaunchRequest, RuntimeFailure
-from mlpd.scheduler import Gpu, Holding, Plan, Policy, QueuedJob, schedule
+from mlpd import quotas
+from mlpd.scheduler import Gpu, GpuLimit, Holding, Plan, Policy, QueuedJob, schedule
 from mlpd.store import Store
 
 log = logging.getLogger("mlpd.controller")
+OVER_QUOTA_PRIORITY = -1000  # below the lowest priority a user can set (-100)
 
 
 def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
@@ -44,6 +47,10 @@ def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
 def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> tuple[Plan, list[dict], list[Gpu]]:
     """Run the scheduler over the database's current view: (plan, queued jobs, GPUs)."""
     drained = {str(x) for x in config["gpus.drained"]}
+    if config["gpus.avoid_stray"]:
+        # GPUs someone uses outside mlpd take no new work until that use ends (as if drained).
+        row = store.query_one("SELECT value FROM daemon_status WHERE key = 'gpus.stray'")
+        drained |= set(json.loads(row["value"])) if row else set()
     gpus = [Gpu(d.uuid, d.index, d.name, str(d.index) in drained or d.uuid in drained) for d in inventory.devices()]
     holdings = []
     for job in jobs.in_states(store, ACTIVE):
@@ -52,8 +59,20 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) 
         for uuid in job["gpu_uuids"]:
             holdings.append(Holding(uuid, job["id"], job["owner"], start + limit if limit else None))
     queued = jobs.in_states(store, [JobState.QUEUED])
-    queue = [QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"), j["priority"], j["submitted_at"], effective_time_limit(j, config)) for j in queued]
-    return schedule(gpus, holdings, queue, now, Policy(backfill=config["scheduler.backfill"])), queued, gpus
+    owners = sorted({j["owner"] for j in queued if j["spec"]["gpus"]})
+    limits, demoted = {}, set()
+    for owner in owners:
+        for q in quotas.quotas_for(store, config, owner):
+            if q.max_gpus:
+                limits[q.label] = GpuLimit(q.label, q.members, q.max_gpus)
+        if quotas.over_gpu_hours(store, config, owner, now):
+            demoted.add(owner)  # over its GPU-hours: runs only when nobody else waits
+    queue = [QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
+                       OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
+                       effective_time_limit(j, config)) for j in queued]
+    usage = quotas.fair_share_usage(store, config, now) if len(owners) > 1 else {}
+    policy = Policy(backfill=config["scheduler.backfill"])
+    return schedule(gpus, holdings, queue, now, policy, usage=usage, limits=list(limits.values())), queued, gpus
 
 
 class JobController:
@@ -155,11 +174,13 @@ class JobController:
         now = now or time.time()
         plan, queued, gpus = plan_now(self.store, self.inventory, self.config, now)
         index_of = {g.uuid: g.index for g in gpus}
+        model_of = {g.uuid: g.model for g in gpus}
         by_id = {j["id"]: j for j in queued}
         for placement in plan.placements:
             indices = [index_of[u] for u in placement.gpu_uuids]
             if jobs.transition(self.store, placement.job_id, [JobState.QUEUED], JobState.STARTING,
-                               reason="", gpu_uuids=placement.gpu_uuids, gpu_indices=indices):
+                               reason="", gpu_uuids=placement.gpu_uuids, gpu_indices=indices,
+                               gpu_models=[model_of[u] for u in placement.gpu_uuids]):
                 job = dict(by_id[placement.job_id], state="starting", gpu_uuids=list(placement.gpu_uuids), gpu_indices=indices)
                 self._launch(job)
 

@@ -109,7 +109,7 @@ def transition(store: Store, job_id: str, from_states: Iterable[JobState], to: J
     sets = {"state": to.value, "updated_at": time.time(), **fields}
     if reason:
         sets["reason"] = reason
-    for key in ("gpu_uuids", "gpu_indices"):
+    for key in ("gpu_uuids", "gpu_indices", "gpu_models"):
         if key in sets:
             sets[key] = json.dumps(list(sets[key]))
     with store.write() as db:
@@ -118,9 +118,30 @@ def transition(store: Store, job_id: str, from_states: Iterable[JobState], to: J
             return False
         assignments = ", ".join(f"{k} = ?" for k in sets)
         db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*sets.values(), job_id])
+        _book_allocations(db, job_id, to)
         detail = {k: v for k, v in fields.items() if k in ("exit_code", "gpu_uuids", "gpu_indices", "started_at", "ended_at")}
         record_event(db, actor, f"job.{to.value}", "job", job_id, at=at, reason=reason, **detail)
     return True
+
+
+def _book_allocations(db, job_id: str, state: JobState) -> None:
+    """Keep the GPU ledger in step with the job, in the same transaction as its transition.
+
+    Rows open when the job runs (Docker's start time) and close when it ends (Docker's
+    end time); UNIQUE (kind, object_id, gpu_uuid) and the compare-and-set transition make
+    a repeated or replayed pass a no-op, so a restart never books twice or leaves a gap.
+    """
+    row = db.execute("SELECT owner, gpu_uuids, gpu_indices, gpu_models, started_at, ended_at FROM jobs WHERE id = ?", [job_id]).fetchone()
+    owner, uuids, indices, models, started, ended = row[0], json.loads(row[1]), json.loads(row[2]), json.loads(row[3]), row[4], row[5]
+    if not uuids or started is None or state not in (JobState.RUNNING, *TERMINAL):
+        return
+    models = models or ["unknown"] * len(uuids)
+    for uuid, index, model in zip(uuids, indices, models):
+        db.execute("INSERT OR IGNORE INTO allocations (owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start) VALUES (?, 'job', ?, ?, ?, ?, ?)",
+                   [owner, job_id, uuid, index, model, started])
+    if state in TERMINAL:
+        db.execute("UPDATE allocations SET end = ?, start = ? WHERE kind = 'job' AND object_id = ? AND end IS NULL",
+                   [max(ended or started, started), started, job_id])
 
 
 def request_cancel(store: Store, job_id: str, actor: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 INF = math.inf
 
@@ -51,6 +51,15 @@ class QueuedJob:
 @dataclass(frozen=True)
 class Policy:
     backfill: bool = True
+    fair_share: bool = True  # among equal priorities, less recent usage goes first
+
+
+@dataclass(frozen=True)
+class GpuLimit:
+    """A concurrent-GPU quota: the members together may hold at most max_gpus GPUs."""
+    name: str                 # for messages, e.g. "user alice" or "team vision"
+    members: frozenset[str]
+    max_gpus: int
 
 
 @dataclass(frozen=True)
@@ -83,9 +92,11 @@ class _Head:
     reserved: frozenset[str]
 
 
-def queue_order(queue: Iterable[QueuedJob]) -> list[QueuedJob]:
-    """Return the jobs in scheduling order: priority desc, submitted_at asc, id."""
-    return sorted(queue, key=lambda j: (-j.priority, j.submitted_at, j.id))
+def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = None) -> list[QueuedJob]:
+    """Return the jobs in scheduling order: priority desc, then (fair share) the owner's
+    decayed recent usage asc, then submitted_at asc, then id."""
+    usage = usage or {}
+    return sorted(queue, key=lambda j: (-j.priority, usage.get(j.owner, 0.0), j.submitted_at, j.id))
 
 
 def short_id(job_id: str) -> str:
@@ -147,7 +158,8 @@ def _earliest(job: QueuedJob, usable: Sequence[Gpu],
 
 
 def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob],
-             now: float, policy: Policy = Policy()) -> Plan:
+             now: float, policy: Policy = Policy(), usage: Mapping[str, float] | None = None,
+             limits: Sequence[GpuLimit] = ()) -> Plan:
     """Decide which queued jobs start now and explain why the others wait.
 
     Walks the queue in `queue_order`. Jobs that fit are placed on the
@@ -155,6 +167,10 @@ def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Q
     head) reserves the GPUs that free earliest; with `policy.backfill` a later
     job may still start if it cannot delay the head's start (EASY backfill).
     Every job not placed gets exactly one `Wait`.
+
+    With `policy.fair_share`, `usage` (each owner's decayed recent GPU usage)
+    orders jobs of equal priority. `limits` are concurrent-GPU quotas: a job that
+    would take its owner (or team) over one waits without reserving GPUs.
     """
     gpus = sorted(gpus, key=lambda g: g.index)
     by_uuid = {g.uuid: g for g in gpus}
@@ -175,10 +191,34 @@ def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Q
     placements: list[Placement] = []
     waits: list[Wait] = []
     head: _Head | None = None
+    owner_of = {h.job_id: h.owner for hs in holders.values() for h in hs}
+    held_jobs: dict[str, list[str]] = {}
+    for hs in holders.values():
+        for h in hs:
+            held_jobs.setdefault(h.owner, []).append(h.job_id)
 
-    for pos, job in enumerate(queue_order(queue), start=1):
+    def quota_block(job: QueuedJob) -> str | None:
+        for limit in limits:
+            if job.owner not in limit.members:
+                continue
+            held = [j for m in limit.members for j in held_jobs.get(m, [])]
+            if job.gpus > limit.max_gpus:
+                return (f"can never run: asks for {_gpus_word(job.gpus)} but the concurrent GPU quota of "
+                        f"{limit.name} is {limit.max_gpus}")
+            if len(held) + job.gpus > limit.max_gpus:
+                jobs_ = ", ".join(sorted({f"job {short_id(j)} ({owner_of.get(j, '?')})" for j in held}))
+                return (f"at the concurrent GPU quota of {limit.name}: {limit.max_gpus} GPUs at most, "
+                        f"{len(held)} held ({jobs_}); it starts when some are released")
+        return None
+
+    for pos, job in enumerate(queue_order(queue, usage if policy.fair_share else None), start=1):
         if job.gpus <= 0:  # CPU-only work never competes for GPUs
             placements.append(Placement(job.id, ()))
+            continue
+        blocked = quota_block(job)
+        if blocked:
+            # Quota, not capacity, stops it: it must not reserve GPUs and hold up others.
+            waits.append(Wait(job.id, pos, blocked, (), None))
             continue
         usable = [g for g in gpus if not g.drained and _matches(g, job)]
         largest = max((len(grp) for grp in _groups(usable).values()), default=0)
@@ -200,6 +240,8 @@ def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Q
             ends = None if job.time_limit is None else now + job.time_limit
             for g in chosen:
                 holders[g.uuid] = [Holding(g.uuid, job.id, job.owner, ends)]
+                held_jobs.setdefault(job.owner, []).append(job.id)
+            owner_of[job.id] = job.owner
             continue
         if head is None:
             shadow, reserved = _earliest(job, usable, free_at)

@@ -104,10 +104,44 @@ def _migration_jobs(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX jobs_owner ON jobs (owner)")
 
 
+def _migration_accounting(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE jobs ADD COLUMN gpu_models TEXT NOT NULL DEFAULT '[]'")
+    db.execute(
+        """CREATE TABLE allocations (
+            id INTEGER PRIMARY KEY,
+            owner TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            object_id TEXT NOT NULL,
+            gpu_uuid TEXT NOT NULL,
+            gpu_index INTEGER NOT NULL,
+            gpu_model TEXT NOT NULL,
+            start REAL NOT NULL,
+            end REAL,
+            UNIQUE (kind, object_id, gpu_uuid)
+        )"""
+    )
+    db.execute("CREATE INDEX allocations_time ON allocations (start, end)")
+    db.execute("CREATE TABLE teams (name TEXT PRIMARY KEY, created_at REAL NOT NULL)")
+    db.execute("CREATE TABLE team_members (team TEXT NOT NULL REFERENCES teams(name) ON DELETE CASCADE, user TEXT NOT NULL, PRIMARY KEY (team, user))")
+    db.execute(
+        """CREATE TABLE quotas (
+            subject_kind TEXT NOT NULL CHECK (subject_kind IN ('user', 'team')),
+            subject TEXT NOT NULL,
+            gpu_hours REAL,
+            max_gpus INTEGER,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (subject_kind, subject)
+        )"""
+    )
+    db.execute("CREATE TABLE gpu_samples (at REAL NOT NULL, gpu_uuid TEXT NOT NULL, utilization REAL NOT NULL, memory_used REAL NOT NULL, resolution REAL NOT NULL)")
+    db.execute("CREATE INDEX gpu_samples_at ON gpu_samples (gpu_uuid, at)")
+
+
 # Append only: a migration, once shipped, never changes; add a new one instead.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _migration_initial),
     ("0002_jobs", _migration_jobs),
+    ("0003_accounting", _migration_accounting),
 )
 
 

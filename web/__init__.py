@@ -65,7 +65,7 @@ def create_app(cfg: Config | None = None) -> Flask:
     web_log.setLevel(cfg["server.log_level"].upper())
 
     from mlpd.web import errors, routes
-    from mlpd.web import api_admin, api_jobs, openapi  # noqa: F401  (they register routes)
+    from mlpd.web import api_admin, api_jobs, api_usage, metrics, openapi  # noqa: F401  (they register routes)
 
     errors.register_error_handlers(app)
     app.register_blueprint(routes.api)
@@ -82,6 +82,8 @@ def create_app(cfg: Config | None = None) -> Flask:
         log.info("%s %s %s %.1fms user=%s", request.method, request.path, response.status_code,
                  (time.monotonic() - g.get("started", time.monotonic())) * 1000, user.name if user else "-")
         return response
+
+    metrics.install(app)
 
     @app.get("/healthz")
     def healthz():

@@ -102,6 +102,12 @@ def submit_job():
     except SpecError as exc:
         raise ApiError(400, "invalid_field", str(exc)) from None
     check_admission(spec)
+    from mlpd import quotas
+
+    try:
+        warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus)
+    except quotas.QuotaExceeded as exc:
+        raise ApiError(403, "quota_exceeded", str(exc)) from None
     job = jobs.submit(store(), g.user.name, spec, warnings)
     wake(f"submitted {job['id']}")
     return jsonify({"job": job_view(job), "warnings": warnings}), 201
@@ -283,11 +289,15 @@ def list_gpus():
     for job in jobs.in_states(store(), jobs.ACTIVE):
         for uuid in job["gpu_uuids"]:
             holders[uuid] = {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"]}
+    from mlpd.workers.sampler import stray_gpus
+
+    stray = stray_gpus(store())
     out = []
     for d in inventory().devices():
         item = d.to_dict()
         item["drained"] = str(d.index) in drained or d.uuid in drained
         item["holder"] = holders.get(d.uuid)
+        item["stray_pids"] = stray.get(d.uuid, [])
         out.append(item)
     return jsonify({"gpus": out, "inventory": inventory().kind})
 

@@ -17,6 +17,7 @@ from mlpd.controller import JobController
 from mlpd.gpus import make_inventory
 from mlpd.runtime import DockerRuntime, RuntimeFailure
 from mlpd.store import Store, set_status
+from mlpd.workers.sampler import GpuSampler
 
 log = logging.getLogger("mlpd.workers")
 
@@ -33,6 +34,7 @@ class ControllerLoop:
         self.config = config
         self.store = Store(config.db_path)
         self.inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"])
+        self.sampler = GpuSampler(self.store, self.inventory, float(config["gpus.sample_interval"]))
         self.controller: JobController | None = None
         self.docker_error: str | None = None
         self._wake = threading.Event()
@@ -70,6 +72,10 @@ class ControllerLoop:
         """One pass: reconcile jobs with Docker and schedule; record a heartbeat either way."""
         if self.controller is None:
             self._connect()
+        try:
+            self.sampler.maybe_sample()
+        except Exception:
+            log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
         set_status(self.store, "worker.heartbeat", {"passes": self.passes, "docker_error": self.docker_error,

@@ -15,9 +15,11 @@ SHIPPED = Path(__file__).resolve().parents[2] / "mlpd.toml"
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
+    """Dotted keys; a table-typed setting (e.g. pricing.gpu_hour) stays one key."""
     flat = {}
     for name, value in data.items():
-        if isinstance(value, dict):
+        declared = SETTINGS_BY_KEY.get(f"{prefix}{name}")
+        if isinstance(value, dict) and not (declared and declared.type is dict):
             flat.update(flatten(value, f"{prefix}{name}."))
         else:
             flat[f"{prefix}{name}"] = value

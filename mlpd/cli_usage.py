@@ -1,0 +1,161 @@
+"""`mlpd usage`, `mlpd quota`, and `mlpd admin quota|team`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from mlpd.output import emit_json, table, when
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
+
+
+def _client():
+    from mlpd.cli import _client as make
+
+    return make()
+
+
+@click.command()
+@click.option("--user", help="Only this user (admins; members always see themselves).")
+@click.option("--team", help="Only this team's members (admins).")
+@click.option("--since", help="Start: a date (2026-11-01), date-time or unix time (default: start of the quota period).")
+@click.option("--until", help="End (default: now).")
+@click.option("--by", type=click.Choice(["user", "team", "day", "kind", "gpu_model"]), default="user", show_default=True, help="Group by.")
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="CSV for spreadsheets: key,gpu_hours,busy_gpu_hours,cost,allocations.")
+def usage(user, team, since, until, by, as_json, as_csv):
+    """GPU-hours allocated (and actually busy, where NVML samples exist), with cost where priced."""
+    params: dict[str, Any] = {"by": by}
+    for key, value in (("user", user), ("team", team), ("since", since), ("until", until)):
+        if value:
+            params[key] = value
+    c = _client()
+    if as_csv:
+        click.echo(c.request("GET", "/usage", params={**params, "format": "csv"}).text, nl=False)
+        return
+    result = c.get("/usage", params=params)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"GPU-hours by {by}, {when(result['since'])} to {when(result['until'])}")
+    table([(r["key"], f"{r['gpu_hours']:.2f}", "-" if r["busy_gpu_hours"] is None else f"{r['busy_gpu_hours']:.2f}",
+            "-" if r["cost"] is None else f"{r['cost']:.2f} {result['currency']}", r["allocations"]) for r in result["rows"]],
+          [by, "gpu-hours", "busy", "cost", "allocations"])
+
+
+@click.command()
+@click.option("--user", help="Another user's quota (admins).")
+@json_option
+def quota(user, as_json):
+    """Your quotas, what you used this period and when it resets."""
+    result = _client().get("/quota", params={"user": user} if user else {})
+    if as_json:
+        emit_json(result)
+        return
+    if not result["quotas"]:
+        click.echo(f"{result['user']}: no quota")
+        return
+    table([(q["subject"], f"{q['gpu_hours_used']:.2f} / {q['gpu_hours_limit']:g}" if q["gpu_hours_limit"] else f"{q['gpu_hours_used']:.2f} / -",
+            f"{q['gpus_held']} / {q['max_gpus']}" if q["max_gpus"] else f"{q['gpus_held']} / -", q["period"], when(q["resets_at"])) for q in result["quotas"]],
+          ["quota of", "gpu-hours used/limit", "gpus held/max", "period", "resets"])
+
+
+@click.group("quota")
+def admin_quota():
+    """Quotas per user and per team."""
+
+
+@admin_quota.command("set")
+@click.option("--user", help="The user.")
+@click.option("--team", help="The team (its members together).")
+@click.option("--gpu-hours", type=float, help="GPU-hours per period (0 = unlimited).")
+@click.option("--max-gpus", type=int, help="Most GPUs held at once (0 = unlimited).")
+@click.option("--clear", is_flag=True, help="Remove the quota (back to the configured default).")
+def quota_set(user, team, gpu_hours, max_gpus, clear):
+    """Set a quota; work waiting on it starts at once when it is raised."""
+    if bool(user) == bool(team):
+        raise click.UsageError("give exactly one of --user or --team")
+    if not clear and gpu_hours is None and max_gpus is None:
+        raise click.UsageError("give --gpu-hours and/or --max-gpus (or --clear)")
+    body = {"user": user} if user else {"team": team}
+    body.update({"gpu_hours": None if clear else gpu_hours, "max_gpus": None if clear else max_gpus})
+    _client().post("/quotas", body)
+    click.echo(f"quota of {'user ' + user if user else 'team ' + team}: " + ("cleared" if clear else f"gpu_hours={gpu_hours} max_gpus={max_gpus}"))
+
+
+@admin_quota.command("list")
+@json_option
+def quota_list(as_json):
+    """Quotas set per user and team, and the defaults."""
+    result = _client().get("/quotas")
+    if as_json:
+        emit_json(result)
+        return
+    d = result["defaults"]
+    click.echo(f"defaults: gpu_hours={d['gpu_hours'] or '-'} per {d['period']}, max_gpus={d['max_gpus'] or '-'}, over quota: {d['over_quota']}")
+    table([(q["subject_kind"], q["subject"], q["gpu_hours"], q["max_gpus"], when(q["updated_at"])) for q in result["quotas"]],
+          ["kind", "subject", "gpu-hours", "max gpus", "updated"])
+
+
+@click.group("team")
+def admin_team():
+    """Teams: usage rolls up by team, and teams can have quotas."""
+
+
+@admin_team.command("add")
+@click.argument("name")
+def team_add(name):
+    """Create a team."""
+    _client().post("/teams", {"name": name})
+    click.echo(f"created team {name}")
+
+
+@admin_team.command("rm")
+@click.argument("name")
+def team_rm(name):
+    """Remove a team (its members stay users)."""
+    _client().delete(f"/teams/{name}")
+    click.echo(f"removed team {name}")
+
+
+@admin_team.command("list")
+@json_option
+def team_list(as_json):
+    """Teams and members."""
+    result = _client().get("/teams")
+    if as_json:
+        emit_json(result)
+        return
+    table([(t["name"], ", ".join(t["members"]), when(t["created_at"])) for t in result["teams"]], ["team", "members", "created"])
+
+
+@admin_team.group("member")
+def team_member():
+    """Team membership."""
+
+
+@team_member.command("add")
+@click.argument("team")
+@click.argument("user")
+def member_add(team, user):
+    """Add USER to TEAM."""
+    members = _client().post(f"/teams/{team}/members", {"user": user})["members"]
+    click.echo(f"{team}: {', '.join(members)}")
+
+
+@team_member.command("rm")
+@click.argument("team")
+@click.argument("user")
+def member_rm(team, user):
+    """Remove USER from TEAM."""
+    members = _client().delete(f"/teams/{team}/members/{user}")["members"]
+    click.echo(f"{team}: {', '.join(members) or '(no members)'}")
+
+
+def register(main: click.Group, admin: click.Group) -> None:
+    main.add_command(usage)
+    main.add_command(quota)
+    admin.add_command(admin_quota)
+    admin.add_command(admin_team)

@@ -1,0 +1,214 @@
+"""Teams, quotas and usage queries over the state database.
+
+The arithmetic lives in mlpd.accounting (pure); this module reads the ledger
+and the quota tables and turns them into the scheduler's inputs and the
+admission decision, with messages that say the limit, the usage and the reset.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from mlpd.accounting import Allocation, decayed_usage, format_reset, period_bounds  # noqa: F401  (period_bounds re-exported)
+from mlpd.config import Config
+from mlpd.store import Store, record_event
+from mlpd.users import UserError, check_name
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The limits that apply to one subject (a user or a team) and who it covers."""
+
+    subject_kind: str  # 'user' or 'team'
+    subject: str
+    gpu_hours: float | None  # per period; None/0 = unlimited
+    max_gpus: int | None     # None/0 = unlimited
+    members: frozenset[str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.subject_kind} {self.subject}"
+
+
+class QuotaExceeded(Exception):
+    """Work refused by a quota; the message names the limit, the usage and the reset."""
+
+
+# ---------------------------------------------------------------- ledger
+
+
+def allocations(store: Store, since: float | None = None, owners: Iterable[str] | None = None) -> list[Allocation]:
+    """Ledger rows that overlap [since, now], optionally for some owners."""
+    sql, params = "SELECT owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start, end FROM allocations WHERE 1=1", []
+    if since is not None:
+        sql += " AND (end IS NULL OR end >= ?)"
+        params.append(since)
+    owners = list(owners) if owners is not None else None
+    if owners is not None:
+        if not owners:
+            return []
+        sql += f" AND owner IN ({','.join('?' * len(owners))})"
+        params += owners
+    return [Allocation(**row) for row in store.query(sql, params)]
+
+
+def gpu_hours_used(store: Store, members: Iterable[str], since: float, now: float) -> float:
+    """GPU-hours the members used since `since` (open allocations count up to now)."""
+    from mlpd.accounting import overlap_seconds
+
+    return sum(overlap_seconds(a, since, now) for a in allocations(store, since, members)) / 3600
+
+
+def fair_share_usage(store: Store, config: Config, now: float) -> dict[str, float]:
+    """Decayed GPU-seconds per owner (four half-lives of history is over 90% of the weight)."""
+    from mlpd.jobspec import parse_duration
+
+    half_life = parse_duration(config["scheduler.fair_share_half_life"])
+    return decayed_usage(allocations(store, now - 4 * half_life), now, half_life)
+
+
+# ---------------------------------------------------------------- teams
+
+
+def teams_of(store: Store) -> dict[str, list[str]]:
+    """user -> the teams they belong to."""
+    out: dict[str, list[str]] = {}
+    for row in store.query("SELECT team, user FROM team_members ORDER BY team"):
+        out.setdefault(row["user"], []).append(row["team"])
+    return out
+
+
+def team_members(store: Store, team: str) -> list[str]:
+    return [r["user"] for r in store.query("SELECT user FROM team_members WHERE team = ? ORDER BY user", [team])]
+
+
+def add_team(store: Store, name: str, actor: str) -> None:
+    check_name(name)
+    with store.write() as db:
+        if db.execute("SELECT 1 FROM teams WHERE name = ?", [name]).fetchone():
+            raise UserError(f"team {name!r} already exists", code="conflict", status=409)
+        db.execute("INSERT INTO teams (name, created_at) VALUES (?, ?)", [name, time.time()])
+        record_event(db, actor, "team.add", "team", name)
+
+
+def remove_team(store: Store, name: str, actor: str) -> None:
+    with store.write() as db:
+        if not db.execute("SELECT 1 FROM teams WHERE name = ?", [name]).fetchone():
+            raise UserError(f"no such team {name!r}", code="not_found", status=404)
+        db.execute("DELETE FROM team_members WHERE team = ?", [name])
+        db.execute("DELETE FROM quotas WHERE subject_kind = 'team' AND subject = ?", [name])
+        db.execute("DELETE FROM teams WHERE name = ?", [name])
+        record_event(db, actor, "team.remove", "team", name)
+
+
+def set_membership(store: Store, team: str, user: str, member: bool, actor: str) -> None:
+    """Add (member=True) or remove a user from a team; idempotent."""
+    with store.write() as db:
+        if not db.execute("SELECT 1 FROM teams WHERE name = ?", [team]).fetchone():
+            raise UserError(f"no such team {team!r}", code="not_found", status=404)
+        if member:
+            if not db.execute("SELECT 1 FROM users WHERE name = ? AND removed_at IS NULL", [user]).fetchone():
+                raise UserError(f"no such user {user!r}", code="not_found", status=404)
+            db.execute("INSERT OR IGNORE INTO team_members (team, user) VALUES (?, ?)", [team, user])
+        else:
+            db.execute("DELETE FROM team_members WHERE team = ? AND user = ?", [team, user])
+        record_event(db, actor, "team.member_add" if member else "team.member_remove", "team", team, user=user)
+
+
+def list_teams(store: Store) -> list[dict[str, Any]]:
+    teams = store.query("SELECT name, created_at FROM teams ORDER BY name")
+    for t in teams:
+        t["members"] = team_members(store, t["name"])
+    return teams
+
+
+# ---------------------------------------------------------------- quotas
+
+
+def set_quota(store: Store, subject_kind: str, subject: str, gpu_hours: float | None, max_gpus: int | None, actor: str) -> None:
+    """Set (or with both None, clear) a user's or team's quota."""
+    if gpu_hours is not None and gpu_hours < 0 or max_gpus is not None and max_gpus < 0:
+        raise UserError("quota values must be >= 0 (0 means unlimited)")
+    with store.write() as db:
+        table = "users" if subject_kind == "user" else "teams"
+        extra = " AND removed_at IS NULL" if subject_kind == "user" else ""
+        if not db.execute(f"SELECT 1 FROM {table} WHERE name = ?{extra}", [subject]).fetchone():
+            raise UserError(f"no such {subject_kind} {subject!r}", code="not_found", status=404)
+        if gpu_hours is None and max_gpus is None:
+            db.execute("DELETE FROM quotas WHERE subject_kind = ? AND subject = ?", [subject_kind, subject])
+        else:
+            db.execute(
+                "INSERT INTO quotas (subject_kind, subject, gpu_hours, max_gpus, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(subject_kind, subject) DO UPDATE SET gpu_hours = excluded.gpu_hours, max_gpus = excluded.max_gpus, updated_at = excluded.updated_at",
+                [subject_kind, subject, gpu_hours, max_gpus, time.time()])
+        record_event(db, actor, "quota.set", subject_kind, subject, gpu_hours=gpu_hours, max_gpus=max_gpus)
+
+
+def quotas_for(store: Store, config: Config, user: str) -> list[Quota]:
+    """Every quota that applies to the user: their own (or the configured default) and their teams'."""
+    rows = {(r["subject_kind"], r["subject"]): r for r in store.query("SELECT * FROM quotas")}
+    own = rows.get(("user", user))
+    out = [Quota("user", user,
+                 own["gpu_hours"] if own else (config["quotas.gpu_hours"] or None),
+                 own["max_gpus"] if own else (config["quotas.max_gpus"] or None),
+                 frozenset([user]))]
+    for team in teams_of(store).get(user, []):
+        row = rows.get(("team", team))
+        if row:
+            out.append(Quota("team", team, row["gpu_hours"], row["max_gpus"], frozenset(team_members(store, team))))
+    return [q for q in out if q.gpu_hours or q.max_gpus]
+
+
+def held_gpus(store: Store, members: Iterable[str]) -> int:
+    members = list(members)
+    rows = store.query(f"SELECT gpu_uuids FROM jobs WHERE state IN ('starting', 'running') AND owner IN ({','.join('?' * len(members))})", members)
+    import json
+
+    return sum(len(json.loads(r["gpu_uuids"])) for r in rows)
+
+
+def status(store: Store, config: Config, user: str, now: float | None = None) -> list[dict[str, Any]]:
+    """Each applicable quota with its usage and reset time (for `mlpd quota` and messages)."""
+    now = now or time.time()
+    start, reset = period_bounds(now, config["quotas.period"])
+    out = []
+    for q in quotas_for(store, config, user):
+        out.append({"subject": q.label, "period": config["quotas.period"], "gpu_hours_limit": q.gpu_hours or None,
+                    "gpu_hours_used": round(gpu_hours_used(store, q.members, start, now), 4),
+                    "max_gpus": q.max_gpus or None, "gpus_held": held_gpus(store, q.members),
+                    "period_start": start, "resets_at": reset})
+    return out
+
+
+def over_gpu_hours(store: Store, config: Config, user: str, now: float) -> str | None:
+    """A message if the user (or one of their teams) has used up its GPU-hours this period."""
+    for s in status(store, config, user, now):
+        if s["gpu_hours_limit"] and s["gpu_hours_used"] >= s["gpu_hours_limit"]:
+            return (f"GPU-hour quota of {s['subject']} reached: {s['gpu_hours_used']:.2f} of {s['gpu_hours_limit']:g} "
+                    f"GPU-hours used this {s['period']}; it resets at {format_reset(s['resets_at'])}")
+    return None
+
+
+def admit(store: Store, config: Config, user: str, gpus: int, now: float | None = None) -> list[str]:
+    """Check a new job against the user's quotas: raise QuotaExceeded (refuse), or return notes (queue mode)."""
+    now = now or time.time()
+    if gpus <= 0:
+        return []
+    notes = []
+    refuse = config["quotas.over_quota"] == "refuse"
+    for s in status(store, config, user, now):
+        if s["max_gpus"] and gpus > s["max_gpus"]:
+            raise QuotaExceeded(f"gpus: asks for {gpus} GPUs but the concurrent GPU quota of {s['subject']} is {s['max_gpus']}")
+        if s["max_gpus"] and s["gpus_held"] + gpus > s["max_gpus"]:
+            message = f"concurrent GPU quota of {s['subject']}: {s['max_gpus']} GPUs at most, {s['gpus_held']} held now"
+            if refuse:
+                raise QuotaExceeded(message + "; wait for your running work to end, or ask an admin to raise it")
+            notes.append(message + "; the job waits until GPUs are released")
+    hours = over_gpu_hours(store, config, user, now)
+    if hours:
+        if refuse:
+            raise QuotaExceeded(hours + "; ask an admin to raise it ('mlpd admin quota set')")
+        notes.append(hours + "; the job is queued at the lowest priority")
+    return notes

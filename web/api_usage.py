@@ -1,0 +1,160 @@
+"""GPU-hours usage, quotas, teams and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+from flask import Response, g, jsonify, request
+
+from mlpd import quotas
+from mlpd.accounting import GROUPINGS, busy_seconds, summarize
+from mlpd.users import UserError
+from mlpd.web import config, store
+from mlpd.web.errors import ApiError
+from mlpd.web.routes import Field, json_body, route
+
+
+def _user_errors(fn):
+    try:
+        return fn()
+    except UserError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+
+
+def _time_arg(name: str, default: float) -> float:
+    value = request.args.get(name)
+    if not value:
+        return default
+    import datetime as dt
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(400, "invalid_field", f"{name}: expected a date (2026-11-01), a date-time or a unix time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
+
+
+def busy_map(store_, allocs, until: float) -> dict:
+    """Busy GPU-seconds per allocation from the utilization samples (absent where nothing was sampled)."""
+    if not allocs or not store_.query_one("SELECT 1 FROM gpu_samples LIMIT 1"):
+        return {}
+    out = {}
+    for a in allocs:
+        end = a.end if a.end is not None else until
+        rows = store_.query("SELECT at, utilization, resolution FROM gpu_samples WHERE gpu_uuid = ? AND at > ? AND at <= ? ORDER BY at",
+                            [a.gpu_uuid, a.start, end + 3600])
+        if rows:
+            interval = rows[0]["resolution"]
+            out[(a.object_id, a.gpu_uuid, a.start)] = busy_seconds([(r["at"], r["utilization"]) for r in rows], a.start, end, interval)
+    return out
+
+
+USAGE_COLUMNS = ("key", "gpu_hours", "busy_gpu_hours", "cost", "allocations")
+
+
+@route("/usage", summary="GPU-hours from the ledger: ?by=user|team|day|kind|gpu_model&since=&until=&user=&team=&format=csv (members: themselves)")
+def usage():
+    now = time.time()
+    st, cfg = store(), config()
+    by = request.args.get("by", "user")
+    if by not in GROUPINGS:
+        raise ApiError(400, "invalid_field", f"by: expected one of {', '.join(GROUPINGS)}")
+    since = _time_arg("since", quotas.period_bounds(now, cfg["quotas.period"])[0])
+    until = _time_arg("until", now)
+    if until <= since:
+        raise ApiError(400, "invalid_field", "until: must be after since")
+    user, team = request.args.get("user"), request.args.get("team")
+    if not g.user.is_admin:
+        if (user and user != g.user.name) or team:
+            raise ApiError(403, "forbidden", "members see their own usage only")
+        user = g.user.name
+    owners = None
+    if user:
+        owners = [user]
+    if team:
+        owners = quotas.team_members(st, team)
+        if not owners and not st.query_one("SELECT 1 FROM teams WHERE name = ?", [team]):
+            raise ApiError(404, "not_found", f"no such team {team!r}")
+    allocs = quotas.allocations(st, since, owners)
+    allocs = [a for a in allocs if a.start < until]
+    teams = quotas.teams_of(st)
+    if team and by == "team":
+        teams = {u: [team] for u in owners or []}
+    rows = summarize(allocs, since, until, by, teams, cfg["pricing.gpu_hour"], busy_map(st, allocs, until))
+    data = [{"key": r.key, "gpu_hours": r.gpu_hours, "busy_gpu_hours": r.busy_gpu_hours, "cost": r.cost, "allocations": r.allocations} for r in rows]
+    if request.args.get("format") == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow([by, *USAGE_COLUMNS[1:]])
+        for r in data:
+            writer.writerow([r["key"], f"{r['gpu_hours']:.6f}", "" if r["busy_gpu_hours"] is None else f"{r['busy_gpu_hours']:.6f}",
+                             "" if r["cost"] is None else f"{r['cost']:.4f}", r["allocations"]])
+        return Response(buf.getvalue(), mimetype="text/csv")
+    return jsonify({"by": by, "since": since, "until": until, "currency": cfg["pricing.currency"], "rows": data})
+
+
+@route("/quota", summary="Your quotas, usage this period and when it resets (admins: ?user=)")
+def my_quota():
+    user = request.args.get("user") if g.user.is_admin and request.args.get("user") else g.user.name
+    return jsonify({"user": user, "over_quota": config()["quotas.over_quota"], "quotas": quotas.status(store(), config(), user)})
+
+
+@route("/quotas", summary="Per-user and per-team quotas", admin=True)
+def list_quotas():
+    cfg = config()
+    return jsonify({"defaults": {"period": cfg["quotas.period"], "gpu_hours": cfg["quotas.gpu_hours"] or None, "max_gpus": cfg["quotas.max_gpus"] or None,
+                                 "over_quota": cfg["quotas.over_quota"]},
+                    "quotas": store().query("SELECT subject_kind, subject, gpu_hours, max_gpus, updated_at FROM quotas ORDER BY subject_kind, subject")})
+
+
+@route("/quotas", methods=("POST",), summary="Set a user's or team's quota (0 = unlimited; both null clears it)", admin=True,
+       body={"user": Field(str), "team": Field(str), "gpu_hours": Field((int, float)), "max_gpus": Field(int)})
+def set_quota():
+    body = json_body({"user": Field(str), "team": Field(str), "gpu_hours": Field((int, float)), "max_gpus": Field(int)})
+    if bool(body.get("user")) == bool(body.get("team")):
+        raise ApiError(400, "invalid_field", "user: give exactly one of user or team")
+    kind, subject = ("user", body["user"]) if body.get("user") else ("team", body["team"])
+    _user_errors(lambda: quotas.set_quota(store(), kind, subject, body.get("gpu_hours"), body.get("max_gpus"), g.user.name))
+    from mlpd.web.api_jobs import wake
+
+    wake("quota changed")  # a raised quota lets waiting work start now
+    return jsonify({"subject_kind": kind, "subject": subject, "gpu_hours": body.get("gpu_hours"), "max_gpus": body.get("max_gpus")})
+
+
+@route("/teams", summary="Teams and their members")
+def list_teams():
+    return jsonify({"teams": quotas.list_teams(store())})
+
+
+@route("/teams", methods=("POST",), summary="Create a team", admin=True, body={"name": Field(str, True)})
+def add_team():
+    body = json_body({"name": Field(str, True)})
+    _user_errors(lambda: quotas.add_team(store(), body["name"], g.user.name))
+    return jsonify({"team": body["name"]}), 201
+
+
+@route("/teams/<name>", methods=("DELETE",), summary="Remove a team (its members stay users)", admin=True)
+def remove_team(name: str):
+    _user_errors(lambda: quotas.remove_team(store(), name, g.user.name))
+    return jsonify({"removed": name})
+
+
+@route("/teams/<name>/members", methods=("POST",), summary="Add a user to a team", admin=True, body={"user": Field(str, True)})
+def add_member(name: str):
+    body = json_body({"user": Field(str, True)})
+    _user_errors(lambda: quotas.set_membership(store(), name, body["user"], True, g.user.name))
+    return jsonify({"team": name, "members": quotas.team_members(store(), name)})
+
+
+@route("/teams/<name>/members/<user>", methods=("DELETE",), summary="Remove a user from a team", admin=True)
+def remove_member(name: str, user: str):
+    _user_errors(lambda: quotas.set_membership(store(), name, user, False, g.user.name))
+    return jsonify({"team": name, "members": quotas.team_members(store(), name)})

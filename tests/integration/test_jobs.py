@@ -343,3 +343,26 @@ def test_daemon_killed_with_sigkill_picks_up_jobs_on_restart(make_daemon):
     assert holders == [long]  # nothing allocated twice, nothing leaked
     assert wait_state(d, token, long, TERMINAL, timeout=30)["state"] == "succeeded"
     assert all(g["holder"] is None for g in d.api("GET", "/api/v1/gpus", token).json()["gpus"])
+
+
+def test_submit_a_spec_file_with_its_code_directory(daemon, tmp_path):
+    _, token = new_user(daemon)
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "train.py").write_text("import os; print('lr', os.environ['LR'], 'gpus', os.environ['CUDA_VISIBLE_DEVICES'])\n")
+    spec = tmp_path / "job.toml"
+    spec.write_text('command = ["python3", "train.py"]\ncode_dir = "proj"\ngpus = 1\nname = "from-file"\ntime_limit = "5m"\n[env]\nLR = "0.01"\n')
+    out = daemon.cli("submit", str(spec), token=token)
+    assert out.returncode == 0, out.stderr
+    j = out.stdout.strip().splitlines()[-1]
+    done = wait_state(daemon, token, j, TERMINAL)
+    assert done["state"] == "succeeded" and done["name"] == "from-file" and done["spec"]["time_limit"] == 300
+    assert f"lr 0.01 gpus {done['gpus']['uuids'][0]}" in logs(daemon, token, j)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('command = ["true"]\ngpus = "two"\n')
+    refused = daemon.cli("submit", str(bad), token=token)
+    assert refused.returncode != 0 and "bad.toml: gpus:" in refused.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("command = [\n")
+    refused = daemon.cli("submit", str(broken), token=token)
+    assert refused.returncode != 0 and "not valid TOML" in refused.stderr

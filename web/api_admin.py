@@ -9,15 +9,8 @@ from flask import g, jsonify, request
 import mlpd
 from mlpd import users
 from mlpd.web import store
-from mlpd.web.errors import ApiError
+from mlpd.web.errors import ApiError, user_errors
 from mlpd.web.routes import Field, json_body, route
-
-
-def _user_errors(fn):
-    try:
-        return fn()
-    except users.UserError as exc:
-        raise ApiError(exc.status, exc.code, str(exc)) from None
 
 
 @route("/whoami", summary="The user the token belongs to")
@@ -41,8 +34,8 @@ def list_users():
 def add_user():
     body = json_body({"name": Field(str, True), "admin": Field(bool), "expires_in": Field((int, float))})
     role = "admin" if body.get("admin") else "member"
-    user = _user_errors(lambda: users.add_user(store(), body["name"], role, actor=g.user.name))
-    token, record = _user_errors(lambda: users.create_token(store(), user.name, "initial", body.get("expires_in"), actor=g.user.name))
+    user = user_errors(lambda: users.add_user(store(), body["name"], role, actor=g.user.name))
+    token, record = user_errors(lambda: users.create_token(store(), user.name, "initial", body.get("expires_in"), actor=g.user.name))
     return jsonify({"user": user.to_dict(), "token": token, "token_record": record}), 201
 
 
@@ -50,7 +43,7 @@ def add_user():
 def remove_user(name: str):
     if name == g.user.name:
         raise ApiError(400, "invalid", "you cannot remove yourself; ask another admin")
-    _user_errors(lambda: users.remove_user(store(), name, actor=g.user.name))
+    user_errors(lambda: users.remove_user(store(), name, actor=g.user.name))
     return jsonify({"removed": name})
 
 
@@ -73,14 +66,14 @@ def create_token():
     name = body.get("user") or g.user.name
     if name != g.user.name and not g.user.is_admin:
         raise ApiError(403, "forbidden", "only admins create tokens for other users")
-    token, record = _user_errors(lambda: users.create_token(store(), name, body.get("label") or "", body.get("expires_in"), actor=g.user.name))
+    token, record = user_errors(lambda: users.create_token(store(), name, body.get("label") or "", body.get("expires_in"), actor=g.user.name))
     return jsonify({"token": token, "token_record": record}), 201
 
 
 @route("/tokens/<token_id>", methods=("DELETE",), summary="Revoke a token (yours; admins any)")
 def revoke_token(token_id: str):
     owner = None if g.user.is_admin else g.user.name
-    return jsonify(_user_errors(lambda: users.revoke_token(store(), token_id, actor=g.user.name, owner=owner)))
+    return jsonify(user_errors(lambda: users.revoke_token(store(), token_id, actor=g.user.name, owner=owner)))
 
 
 @route("/events", summary="The audit trail, newest first", admin=True)

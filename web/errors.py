@@ -18,6 +18,16 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def user_errors(fn):
+    """Run fn, turning a users/teams/quotas UserError into the API's error."""
+    from mlpd.users import UserError
+
+    try:
+        return fn()
+    except UserError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+
+
 def error_response(status: int, code: str, message: str):
     """The JSON body and status every error uses."""
     response = jsonify({"error": {"code": code, "message": message}})

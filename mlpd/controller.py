@@ -47,11 +47,13 @@ def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
 def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> tuple[Plan, list[dict], list[Gpu]]:
     """Run the scheduler over the database's current view: (plan, queued jobs, GPUs)."""
     drained = {str(x) for x in config["gpus.drained"]}
+    stray: set[str] = set()
     if config["gpus.avoid_stray"]:
-        # GPUs someone uses outside mlpd take no new work until that use ends (as if drained).
+        # GPUs someone uses outside mlpd take no new work until that use ends.
         row = store.query_one("SELECT value FROM daemon_status WHERE key = 'gpus.stray'")
-        drained |= set(json.loads(row["value"])) if row else set()
-    gpus = [Gpu(d.uuid, d.index, d.name, str(d.index) in drained or d.uuid in drained) for d in inventory.devices()]
+        stray = set(json.loads(row["value"])) if row else set()
+    gpus = [Gpu(d.uuid, d.index, d.name, str(d.index) in drained or d.uuid in drained or d.uuid in stray,
+                "in use outside mlpd" if d.uuid in stray else "drained") for d in inventory.devices()]
     holdings = []
     for job in jobs.in_states(store, ACTIVE):
         limit = effective_time_limit(job, config)

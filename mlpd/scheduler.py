@@ -26,6 +26,7 @@ class Gpu:
     index: int
     model: str  # e.g. "NVIDIA H100 80GB HBM3" or "declared"
     drained: bool = False  # a drained GPU takes no new work (current holders keep running)
+    drain_reason: str = "drained"  # how messages name why, e.g. "in use outside mlpd"
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ def _describe_holders(gpu: Gpu, holders: dict[str, list[Holding]]) -> str:
 
 def _drained_note(gpus: Sequence[Gpu], model: str | None) -> list[str]:
     """Mention drained GPUs of the model: they are part of why the job can't fit."""
-    return [f"GPU {g.index} drained" for g in gpus
+    return [f"GPU {g.index} {g.drain_reason}" for g in gpus
             if g.drained and (model is None or g.model == model)]
 
 

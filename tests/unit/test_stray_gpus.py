@@ -45,7 +45,7 @@ def test_stray_use_is_recorded_kept_from_new_work_and_cleared(tmp_path):
     two = submit(store, "alice", spec2)
     plan, _, _ = plan_now(store, inventory, config, 1001.0)
     wait = [w for w in plan.waits if w.job_id == two["id"]][0]
-    assert "drained" in wait.reason  # the stray GPU counts as unavailable
+    assert "GPU 0 in use outside mlpd" in wait.reason  # the stray GPU counts as unavailable
 
     inventory.processes[0] = ()
     sampler.maybe_sample(now=1010.0)

@@ -60,6 +60,25 @@ def _one_of(*choices: str) -> Callable[[str], str | None]:
     return check
 
 
+def _container_listen(value: str) -> str | None:
+    if value in ("", "auto"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, "1"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "expected 'auto', '' (none), HOST or HOST:PORT, e.g. 172.17.0.1"
+    return None
+
+
+def _experiment_template(value: str) -> str | None:
+    try:
+        name = value.format(owner="alice")
+    except (KeyError, IndexError, ValueError):
+        return "expected a name in which only {owner} is filled in, e.g. 'jobs-{owner}'"
+    return None if name.strip() else "expected a non-empty name"
+
+
 def _memory(value: str) -> str | None:
     if value == "":
         return None
@@ -90,6 +109,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.workers", int, 2, "gunicorn worker processes.", _positive),
     Setting("server.threads", int, 16, "Threads per gunicorn worker (log streams hold one each).", _positive),
     Setting("server.log_level", str, "info", "Daemon log level.", _one_of("debug", "info", "warning", "error")),
+    Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the Docker bridge gateway on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
+    Setting("mlflow.default_experiment", str, "jobs-{owner}", "MLflow experiment of jobs that name none ({owner} is the job's owner).", _experiment_template),
+    Setting("mlflow.allowed_hosts", list, [], "Extra Host header names the embedded MLflow accepts (e.g. this box's DNS name when server.listen is not loopback)."),
     Setting("scheduler.reconcile_interval", (int, float), 5.0, "Seconds between full reconciliations with Docker.", _positive),
     Setting("scheduler.backfill", bool, True, "Let smaller jobs run ahead when they cannot delay the head of the queue."),
     Setting("gpus.declare", int, 0, "Declare this many GPUs on a machine without NVIDIA GPUs (development and tests).", _non_negative),

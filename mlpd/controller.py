@@ -158,6 +158,7 @@ class JobController:
         if jobs.transition(self.store, job_id, ACTIVE, state, reason=reason, at=ended, exit_code=c.exit_code,
                            ended_at=ended, started_at=started, container_id=c.id):
             log.info("job %s %s: %s", job_id, state.value, reason)
+        jobs.revoke_job_tokens(self.store, job_id)  # the transition does it too; this also covers a replayed pass
         self.runtime.remove(job_id)
 
     def _remove_orphan(self, job_id: str, c: ContainerState) -> None:
@@ -227,10 +228,26 @@ class JobController:
             from mlpd.jobspec import parse_memory
 
             memory = parse_memory(cfg["jobs.default_memory"])
-        env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.get("env", {})}
+        env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.get("env", {}), **self._tracking_env(job)}
         return LaunchRequest(
             job_id=job["id"], owner=job["owner"], image=spec.get("image") or cfg["jobs.default_image"],
             command=tuple(spec["command"]), env=env, gpu_uuids=tuple(job["gpu_uuids"]),
             cpus=spec.get("cpus") or (cfg["jobs.default_cpus"] or None), memory=memory,
             user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs,
         )
+
+    def _tracking_env(self, job: dict[str, Any]) -> dict[str, str]:
+        """MLflow and mlpd settings for the container, over any the user set: the daemon's URL as
+        containers reach it, and a token for the job's owner that is revoked when the job ends."""
+        from mlpd import tracking
+        from mlpd.users import create_token
+
+        url = tracking.container_url(self.config)
+        if url is None:
+            return {}
+        token, _ = create_token(self.store, job["owner"], label=jobs.job_token_label(job["id"]), actor="mlpd")
+        spec = job["spec"]
+        experiment = (spec.get("experiment") or spec.get("env", {}).get("MLFLOW_EXPERIMENT_NAME")
+                      or self.config["mlflow.default_experiment"].format(owner=job["owner"]))
+        return {"MLFLOW_TRACKING_URI": url + tracking.PREFIX, "MLFLOW_TRACKING_TOKEN": token,
+                "MLPD_URL": url, "MLPD_TOKEN": token, "MLFLOW_EXPERIMENT_NAME": experiment}

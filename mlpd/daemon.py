@@ -71,7 +71,7 @@ def notify_systemd(message: str) -> None:
             log.warning("could not notify systemd: %s", exc)
 
 
-def check_port_free(listen: str) -> None:
+def check_port_free(listen: str, key: str = "server.listen") -> None:
     """Refuse to start when something already listens on our address (else /healthz would be answered by it)."""
     host, _, port = listen.rpartition(":")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -79,7 +79,24 @@ def check_port_free(listen: str) -> None:
         try:
             sock.bind((host.strip("[]"), int(port)))
         except OSError as exc:
-            raise DaemonError(f"cannot listen on {listen}: {exc.strerror}; another program (or mlpd daemon) holds it; choose another with --listen or server.listen") from None
+            how = "choose another with --listen or server.listen" if key == "server.listen" else f"set {key} to another address, or \"\" for none"
+            raise DaemonError(f"cannot listen on {listen}: {exc.strerror}; another program (or mlpd daemon) holds it, or the address is not this host's; {how}") from None
+
+
+def resolve_container_listen(config: Config) -> Config:
+    """server.container_listen as HOST:PORT ("auto": Docker's bridge gateway, the port of server.listen), or ""."""
+    value = config["server.container_listen"]
+    port = config["server.listen"].rpartition(":")[2]
+    if value == "auto":
+        from mlpd.runtime import bridge_gateway
+
+        gateway = bridge_gateway(config["docker.host"])
+        if not gateway:
+            log.warning("no Docker bridge network found: job containers will not reach MLflow (server.container_listen)")
+        value = f"{gateway}:{port}" if gateway else ""
+    elif value and ":" not in value:
+        value = f"{value}:{port}"
+    return Config({**config.as_dict(), "server.container_listen": value}, config.source)
 
 
 def ensure_instance_id(state_dir: str) -> str:
@@ -117,6 +134,15 @@ class Daemon:
         applied = Store(self.config.db_path).migrate()
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        self.config = resolve_container_listen(self.config)
+        if self.container_bind():
+            check_port_free(self.container_bind(), "server.container_listen")
+        from mlpd.tracking import TrackingError, ensure_store
+
+        try:
+            ensure_store(state)  # before gunicorn forks: workers never race on MLflow's migrations
+        except TrackingError as exc:
+            raise DaemonError(str(exc)) from None
         run_dir = os.path.join(state, "run")
         os.makedirs(run_dir, exist_ok=True)
         resolved = os.path.join(run_dir, "config.json")
@@ -124,6 +150,14 @@ class Daemon:
             fh.write(self.config.to_json())
         os.replace(resolved + ".tmp", resolved)
         self.env = {**os.environ, RESOLVED_CONFIG_ENV: resolved, "PYTHONUNBUFFERED": "1"}
+
+    def container_bind(self) -> str | None:
+        """The second address gunicorn binds for job containers, if one is needed."""
+        extra = self.config["server.container_listen"]
+        listen_host = self.config["server.listen"].rpartition(":")[0].strip("[]")
+        if not extra or extra == "auto" or listen_host in ("0.0.0.0", "::"):
+            return None  # none asked for, or the main address already covers every interface
+        return extra
 
     def _commands(self) -> dict[str, list[str]]:
         c = self.config
@@ -133,6 +167,7 @@ class Daemon:
             "--workers", str(c["server.workers"]),
             "--threads", str(c["server.threads"]),
             "--bind", c["server.listen"],
+            *(["--bind", self.container_bind()] if self.container_bind() else []),
             "--graceful-timeout", "5",
             "--timeout", "0",  # log streams are long-lived; gthread workers heartbeat on their own
             "--log-level", c["server.log_level"],

@@ -8,6 +8,7 @@ registry access still gets working images.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -74,10 +75,57 @@ def build_missing(runtime, config, force: bool = False) -> Iterator[str]:
     base = config["images.base"]
     yield from build_base(runtime, base)
     for d in definitions(config):
+        source = source_digest(os.path.join(images_dir(), d.directory), base)
         if runtime.image_present(d.tag) and not force:
-            yield f"{d.tag}: present"
-            continue
+            if runtime.image_labels(d.tag).get(SOURCE_LABEL) == source:
+                yield f"{d.tag}: present"
+                continue
+            yield f"{d.tag}: present but built from other sources than images/{d.directory}: rebuilding"
         yield f"{d.tag}: building from images/{d.directory}"
-        for line in runtime.build_image(os.path.join(images_dir(), d.directory), d.tag, {"BASE": base}):
-            yield "  " + line
+        with build_context(os.path.join(images_dir(), d.directory)) as context:
+            for line in runtime.build_image(context, d.tag, {"BASE": base}, labels={SOURCE_LABEL: source}):
+                yield "  " + line
         yield f"{d.tag}: built"
+
+
+SOURCE_LABEL = "org.mlpd.source"
+
+
+def source_digest(directory: str, base: str) -> str:
+    """sha256 over an image directory's files and its base, so a changed Dockerfile means a rebuild."""
+    import hashlib
+
+    h = hashlib.sha256(base.encode())
+    for root, dirs, files in sorted(os.walk(directory)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, directory).encode() + b"\0")
+            with open(path, "rb") as fh:
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+HOST_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+@contextlib.contextmanager
+def build_context(directory: str) -> Iterator[str]:
+    """A copy of an image directory with the host's CA bundle added as host-ca.crt.
+
+    pip inside the build reaches PyPI with the host's trust store, so a TLS-inspecting
+    proxy whose CA only the host trusts does not break the build (the bundle holds
+    public certificates only).
+    """
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mlpd-build-") as tmp:
+        context = os.path.join(tmp, "context")
+        shutil.copytree(directory, context)
+        bundle = os.environ.get("MLPD_BUILD_CA_BUNDLE") or next((p for p in HOST_CA_BUNDLES if os.path.exists(p)), None)
+        if bundle and os.path.exists(bundle):
+            shutil.copyfile(bundle, os.path.join(context, "host-ca.crt"))
+        yield context

@@ -119,9 +119,28 @@ def transition(store: Store, job_id: str, from_states: Iterable[JobState], to: J
         assignments = ", ".join(f"{k} = ?" for k in sets)
         db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*sets.values(), job_id])
         _book_allocations(db, job_id, to)
+        if to in TERMINAL:
+            _revoke_job_tokens(db, job_id, at)
         detail = {k: v for k, v in fields.items() if k in ("exit_code", "gpu_uuids", "gpu_indices", "started_at", "ended_at")}
         record_event(db, actor, f"job.{to.value}", "job", job_id, at=at, reason=reason, **detail)
     return True
+
+
+def job_token_label(job_id: str) -> str:
+    """The label of the token a job's container gets (MLflow and API calls as the job's owner)."""
+    return f"job:{job_id}"
+
+
+def _revoke_job_tokens(db, job_id: str, at: float) -> None:
+    db.execute("""UPDATE tokens SET revoked_at = ? WHERE label = ? AND revoked_at IS NULL
+                  AND user_id = (SELECT u.id FROM users u JOIN jobs j ON j.owner = u.name WHERE j.id = ?)""",
+               [at, job_token_label(job_id), job_id])
+
+
+def revoke_job_tokens(store: Store, job_id: str) -> None:
+    """Revoke the job's container token(s); idempotent. A job's credentials end with the job."""
+    with store.write() as db:
+        _revoke_job_tokens(db, job_id, time.time())
 
 
 def _book_allocations(db, job_id: str, state: JobState) -> None:

@@ -87,6 +87,35 @@ def container_name(job_id: str) -> str:
     return f"mlpd-job-{job_id}"
 
 
+def bridge_gateway(base_url: str = "") -> str | None:
+    """The host's address on Docker's default bridge (what host.docker.internal resolves to), or None.
+
+    Newer engines leave IPAM's Gateway out when it is the default; Docker then uses
+    the first address of the subnet, so that is the answer.
+    """
+    import ipaddress
+
+    try:
+        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        try:
+            configs = client.networks.get("bridge").attrs.get("IPAM", {}).get("Config") or []
+        finally:
+            client.close()
+    except docker.errors.DockerException as exc:
+        log.warning("cannot ask Docker for its bridge network (%s)", exc)
+        return None
+    for item in configs:
+        if item.get("Gateway"):
+            return item["Gateway"]
+        try:
+            network = ipaddress.ip_network(item.get("Subnet", ""), strict=False)
+        except ValueError:
+            continue
+        if network.version == 4:
+            return str(next(network.hosts()))
+    return None
+
+
 class DockerRuntime:
     """Job containers on the local Docker engine, labelled with this daemon's instance id."""
 
@@ -253,9 +282,16 @@ class DockerRuntime:
                     out.append({"tag": tag, "id": img.short_id, "size": img.attrs.get("Size"), "created": img.attrs.get("Created")})
         return sorted(out, key=lambda x: x["tag"])
 
-    def build_image(self, path: str, tag: str, buildargs: dict[str, str]) -> Iterator[str]:
+    def image_labels(self, image: str) -> dict[str, str]:
+        """The image's labels ({} when it is absent)."""
+        try:
+            return dict(self.client.images.get(image).labels or {})
+        except docker.errors.ImageNotFound:
+            return {}
+
+    def build_image(self, path: str, tag: str, buildargs: dict[str, str], labels: dict[str, str] | None = None) -> Iterator[str]:
         """Build an image from a directory; yields progress lines; raises RuntimeFailure on error."""
-        for chunk in self.client.api.build(path=path, tag=tag, buildargs=buildargs, rm=True, decode=True):
+        for chunk in self.client.api.build(path=path, tag=tag, buildargs=buildargs, labels=labels, rm=True, decode=True):
             if "error" in chunk:
                 raise RuntimeFailure(f"building {tag} failed: {chunk['error'].strip()}")
             if chunk.get("stream", "").strip():

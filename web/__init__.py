@@ -85,6 +85,11 @@ def create_app(cfg: Config | None = None) -> Flask:
 
     metrics.install(app)
 
+    from mlpd.web.mlflow_mount import MlflowMount
+
+    # /mlflow/... goes to MLflow's own app (loaded on first use) through mlpd's auth, before Flask.
+    app.wsgi_app = MlflowMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])
+
     @app.get("/healthz")
     def healthz():
         status = get_status(store())

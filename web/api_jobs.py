@@ -146,7 +146,18 @@ def show_job(job_id: str):
     view = job_view(job)
     view["history"] = jobs.history(store(), job_id)
     view["waiting"] = explain_wait(job_id) if job["state"] == JobState.QUEUED.value else None
+    view["mlflow_runs"] = mlflow_runs(job_id)
     return jsonify({"job": view})
+
+
+def mlflow_runs(job_id: str) -> list[dict]:
+    """The MLflow runs the job logged (tagged mlpd.job_id by mlpd), with links to their UI pages."""
+    from mlpd.tracking import TrackingDb, run_url
+
+    if "mlpd.tracking_db" not in current_app.extensions:
+        current_app.extensions["mlpd.tracking_db"] = TrackingDb(config().state_dir)
+    runs = current_app.extensions["mlpd.tracking_db"].runs_for_job(job_id)
+    return [dict(r, url=run_url(request.host_url, r["experiment_id"], r["run_id"])) for r in runs]
 
 
 @route("/jobs/<job_id>/cancel", methods=("POST",), summary="Cancel a job")

@@ -1,0 +1,230 @@
+"""Who may do what to the embedded MLflow: pure request classification and rewrites.
+
+Members read everything (a team shares results) and change only what they own: a run
+is its user's (``user_id``, which mlpd sets from the token on create), an experiment,
+registered model or logged model is the user's in its ``mlpd.owner`` tag (set by mlpd
+on create). Admins change everything. A mutation that mlpd does not know how to
+attribute is for admins only, so a new MLflow endpoint is closed until it is mapped here.
+
+Everything here is plain data in, plain data out (no MLflow, no Flask); the WSGI
+wrapper in ``mlpd.web.mlflow_mount`` does the lookups and answers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+OWNER_TAG = "mlpd.owner"
+API_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/", "/api/3.0/mlflow/", "/ajax-api/3.0/mlflow/")
+ARTIFACT_PREFIXES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Query parameters that name an artifact path on MLflow's download/upload routes.
+PATH_PARAMS = ("path", "artifact_path", "artifact_file_path")
+
+# Mutations of one run; the body names it as run_id (or the older run_uuid).
+RUN_ENDPOINTS = frozenset({
+    "runs/delete", "runs/restore", "runs/update", "runs/log-metric", "runs/log-parameter", "runs/set-tag",
+    "runs/delete-tag", "runs/log-batch", "runs/log-model", "runs/log-inputs", "runs/outputs",
+})
+EXPERIMENT_ENDPOINTS = frozenset({
+    "experiments/delete", "experiments/restore", "experiments/update", "experiments/set-experiment-tag",
+    "experiments/delete-experiment-tag",
+})
+# Registered models and their versions; the body names the model as `name`.
+MODEL_ENDPOINTS = frozenset({
+    "registered-models/rename", "registered-models/update", "registered-models/delete", "registered-models/set-tag",
+    "registered-models/delete-tag", "registered-models/alias", "model-versions/create", "model-versions/update",
+    "model-versions/delete", "model-versions/set-tag", "model-versions/delete-tag", "model-versions/transition-stage",
+})
+# POSTs that only read.
+READ_ENDPOINTS = frozenset({
+    "experiments/search", "runs/search", "registered-models/get-latest-versions", "logged-models/search",
+    "traces/search", "traces/batchGetInfos", "traces/metrics", "traces/calculate-filter-correlation",
+    "datasets/search", "experiments/search-datasets", "issues/search", "prompt-optimization/jobs/search",
+})
+# Creations anyone may make; mlpd stamps the owner into the new object.
+OWNED_CREATES = {"experiments/create": "experiment", "registered-models/create": "registered_model", "logged-models": "logged_model"}
+# Traces are created by tracing clients; changing them afterwards is for admins.
+OPEN_CREATES = frozenset({"traces"})
+_LOGGED_MODEL = re.compile(r"logged-models/([^/]+)(/.*)?")
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a request is, for the purpose of deciding who may send it.
+
+    action: "read", "create_run", "create_owned", "create", "owned" (a change to the object
+    `kind` named by `ref`), "artifact_write" (ref is the artifact path), or "admin".
+    """
+
+    action: str
+    kind: str = ""
+    ref: str = ""  # where the object is named: a body field, or the id itself
+    endpoint: str = ""
+
+
+class Refused(Exception):
+    """A request mlpd answers itself: HTTP status, error code and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def endpoint_of(path: str) -> tuple[str, str]:
+    """Split a path under /mlflow into (family, endpoint): ("api", "runs/create"), ("artifacts", "artifacts/x"), ("other", path)."""
+    for prefix in API_PREFIXES:
+        if path.startswith(prefix):
+            return "api", path[len(prefix):]
+    for prefix in ARTIFACT_PREFIXES:
+        if path.startswith(prefix):
+            return "artifacts", path[len(prefix):]
+    return "other", path
+
+
+def classify(method: str, path: str) -> Rule:
+    """The rule for a request to MLflow; path is the part after /mlflow."""
+    method = method.upper()
+    family, endpoint = endpoint_of(path)
+    if family == "artifacts":
+        if method in READ_METHODS:
+            return Rule("read", endpoint=endpoint)
+        for head in ("artifacts/", "mpu/create/", "mpu/complete/", "mpu/abort/"):
+            if endpoint.startswith(head):
+                return Rule("artifact_write", ref=endpoint[len(head):], endpoint=endpoint)
+        return Rule("admin", endpoint=endpoint)
+    if method in READ_METHODS:
+        return Rule("read", endpoint=endpoint)
+    if family == "other":
+        # The GraphQL endpoint's only "mutations" are searches; the UI's upload route names its run in the query.
+        if path == "/graphql":
+            return Rule("read", endpoint="graphql")
+        return Rule("admin", endpoint=path)
+    if endpoint == "runs/create":
+        return Rule("create_run", kind="run", endpoint=endpoint)
+    if endpoint in RUN_ENDPOINTS:
+        return Rule("owned", kind="run", ref="run_id", endpoint=endpoint)
+    if endpoint == "traces/link-to-run":
+        return Rule("owned", kind="run", ref="run_id", endpoint=endpoint)
+    if endpoint == "upload-artifact":
+        return Rule("owned", kind="run", ref="?run_uuid", endpoint=endpoint)
+    if endpoint in EXPERIMENT_ENDPOINTS:
+        return Rule("owned", kind="experiment", ref="experiment_id", endpoint=endpoint)
+    if endpoint in MODEL_ENDPOINTS:
+        return Rule("owned", kind="registered_model", ref="name", endpoint=endpoint)
+    if endpoint in OWNED_CREATES:
+        return Rule("create_owned", kind=OWNED_CREATES[endpoint], endpoint=endpoint)
+    if endpoint in READ_ENDPOINTS:
+        return Rule("read", endpoint=endpoint)
+    if endpoint in OPEN_CREATES:
+        return Rule("create", endpoint=endpoint)
+    match = _LOGGED_MODEL.fullmatch(endpoint)
+    if match and match.group(1) != "search":
+        return Rule("owned", kind="logged_model", ref=match.group(1), endpoint=endpoint)
+    return Rule("admin", endpoint=endpoint)
+
+
+def unsafe_path(value: str) -> bool:
+    """True for an artifact path that could leave its directory: '..' segments (also
+    percent-encoded, once or twice), absolute paths, backslashes or NUL bytes."""
+    seen = value
+    for _ in range(3):
+        if "\x00" in seen or "\\" in seen or seen.startswith("/") or re.match(r"^[A-Za-z]:", seen):
+            return True
+        if any(part in ("..", ".") for part in seen.split("/")):
+            return True
+        decoded = unquote(seen)
+        if decoded == seen:
+            return False
+        seen = decoded
+    return True  # still encoded after three rounds: nobody needs that
+
+
+@dataclass(frozen=True)
+class ArtifactTarget:
+    """What an artifact path under the proxied store belongs to."""
+
+    experiment_id: str
+    kind: str  # "run", "logged_model" or "" (something else: traces, datasets, ...)
+    id: str
+
+
+def artifact_target(path: str) -> ArtifactTarget:
+    """Parse ``<experiment>/<run id>/artifacts/...`` or ``<experiment>/models/<model id>/artifacts/...``."""
+    parts = path.split("/")
+    experiment = parts[0] if parts else ""
+    if len(parts) >= 3 and _RUN_ID.fullmatch(parts[1]) and parts[2] == "artifacts":
+        return ArtifactTarget(experiment, "run", parts[1])
+    if len(parts) >= 4 and parts[1] == "models" and parts[3] == "artifacts":
+        return ArtifactTarget(experiment, "logged_model", parts[2])
+    return ArtifactTarget(experiment, "", "")
+
+
+# ---------------------------------------------------------------- rewrites and tag rules
+
+
+def protected_key(key: str) -> bool:
+    """Tags only mlpd (or an admin) sets: mlpd's own and MLflow's run user."""
+    return key.startswith("mlpd.") or key == "mlflow.user"
+
+
+def tags_written(endpoint: str, body: dict[str, Any]) -> list[str]:
+    """The tag keys a request sets or deletes (for refusing protected ones)."""
+    keys: list[str] = []
+    if endpoint.endswith(("set-tag", "delete-tag", "set-experiment-tag", "delete-experiment-tag")):
+        keys.append(str(body.get("key", "")))
+    if endpoint.startswith("logged-models/") and "/tags" in endpoint:
+        keys += [str(t.get("key", "")) for t in body.get("tags") or [] if isinstance(t, dict)]
+        keys.append(endpoint.rsplit("/tags/", 1)[1] if "/tags/" in endpoint else "")
+    if endpoint == "runs/log-batch":
+        keys += [str(t.get("key", "")) for t in body.get("tags") or [] if isinstance(t, dict)]
+    return [k for k in keys if k]
+
+
+def _tags(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tags = body.get("tags") or []
+    if not isinstance(tags, list):
+        raise Refused(400, "invalid_field", "tags: expected a list of {key, value}")
+    return [t for t in tags if isinstance(t, dict) and not protected_key(str(t.get("key", "")))]
+
+
+def rewrite_create_run(body: dict[str, Any], user: str, job_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """The runs/create body as mlpd records it: the token's user, whatever the client said.
+
+    The client's own mlpd.* and mlflow.user tags are dropped; mlpd adds mlflow.user,
+    mlpd.user and, for a job's token, the job's tags.
+    """
+    out = dict(body)
+    out["user_id"] = user
+    tags = _tags(body)
+    added = {"mlflow.user": user, "mlpd.user": user, **(job_tags or {})}
+    out["tags"] = tags + [{"key": k, "value": v} for k, v in added.items()]
+    return out
+
+
+def rewrite_owned_create(body: dict[str, Any], user: str) -> dict[str, Any]:
+    """An experiments/registered-models/logged-models create body with mlpd.owner set to the user."""
+    out = dict(body)
+    out["tags"] = _tags(body) + [{"key": OWNER_TAG, "value": user}]
+    return out
+
+
+def job_tags(job: dict[str, Any], default_image: str) -> dict[str, str]:
+    """The tags mlpd puts on every run a job creates."""
+    spec = job["spec"]
+    return {
+        "mlpd.job_id": job["id"],
+        "mlpd.gpu_uuids": ",".join(job.get("gpu_uuids") or []),
+        "mlpd.gpu_indices": ",".join(str(i) for i in job.get("gpu_indices") or []),
+        "mlpd.image": spec.get("image") or default_image,
+        "mlpd.code_digest": spec.get("code") or "",
+    }
+
+
+def may_change(user: str, is_admin: bool, owner: str) -> bool:
+    """Admins change everything; members what they own (an object without an owner is admin-only)."""
+    return is_admin or (bool(owner) and owner == user)

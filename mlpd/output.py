@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import sys
 from typing import Any, Iterable, Sequence
 
 import click
@@ -30,4 +29,4 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
     if not rows:
-        click.echo("(none)", err=not sys.stdout.isatty() and False)
+        click.echo("(none)")

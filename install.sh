@@ -99,14 +99,15 @@ UNIT
   systemctl enable mlpd >/dev/null
   systemctl restart mlpd
 else
-  if [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-    say "restarting the running daemon (pid $(cat "$pid_file"))"
-    kill -TERM "$(cat "$pid_file")"
-    for _ in $(seq 1 30); do kill -0 "$(cat "$pid_file")" 2>/dev/null || break; sleep 0.5; done
+  # The daemon writes its pid into the state directory's lock file; that is the one to restart.
+  old_pid="$(cat "$state_dir/daemon.lock" 2>/dev/null || true)"
+  if [ -n "$old_pid" ] && kill -0 "$old_pid" 2>/dev/null; then
+    say "restarting the running daemon (pid $old_pid)"
+    kill -TERM "$old_pid"
+    for _ in $(seq 1 40); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.5; done
   fi
   say "no systemd here: starting 'mlpd daemon' in the background; log in $log_file"
-  cd / && setsid nohup "$mlpd_bin" daemon --config "$config" >>"$log_file" 2>&1 </dev/null &
-  echo $! >"$pid_file"
+  (cd / && exec setsid "$mlpd_bin" daemon --config "$config" >>"$log_file" 2>&1 </dev/null) &
 fi
 
 for _ in $(seq 1 60); do
@@ -115,6 +116,10 @@ for _ in $(seq 1 60); do
 done
 curl -fsS "$url/healthz" >/dev/null || die "the daemon did not answer on $url/healthz; see $log_file (or journalctl -u mlpd)"
 say "mlpd answers on $url"
+if ! have_systemd; then
+  cat "$state_dir/daemon.lock" >"$pid_file"
+  say "daemon pid $(cat "$pid_file") (in $pid_file)"
+fi
 
 if [ "$("$mlpd_bin" admin user list --state-dir "$state_dir" --json | "$prefix/venv/bin/python" -c 'import json,sys; print(sum(u["role"]=="admin" for u in json.load(sys.stdin)["users"]))')" = 0 ]; then
   token="$("$mlpd_bin" admin user add "$admin" --admin --state-dir "$state_dir" | tail -n 1)"

@@ -18,9 +18,9 @@ import uuid
 import pytest
 import requests
 
-from helpers import as_json, docker_available, wait_for
+from helpers import as_json, needs_docker, wait_for
 
-pytestmark = pytest.mark.skipif(not docker_available(), reason="needs a Docker engine (tests/run.sh starts one)")
+pytestmark = needs_docker
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
 

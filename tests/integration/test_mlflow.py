@@ -18,9 +18,9 @@ import uuid
 
 import pytest
 
-from helpers import as_json, docker_available, wait_for
+from helpers import as_json, needs_docker, wait_for
 
-pytestmark = pytest.mark.skipif(not docker_available(), reason="needs a Docker engine (tests/run.sh starts one)")
+pytestmark = needs_docker
 API = "/mlflow/api/2.0/mlflow/"
 AJAX = "/mlflow/ajax-api/2.0/mlflow/"
 ARTIFACTS = "/mlflow/api/2.0/mlflow-artifacts/artifacts/"

@@ -11,10 +11,10 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import as_json, docker_available, wait_for
+from helpers import as_json, needs_docker, wait_for
 from test_jobs import TERMINAL, container_of, job, logs, new_user, submit, wait_state
 
-pytestmark = pytest.mark.skipif(not docker_available(), reason="needs a Docker engine (tests/run.sh starts one)")
+pytestmark = needs_docker
 
 TIMED = ["sh", "-c", "date +%s.%N; sleep {}; date +%s.%N"]
 

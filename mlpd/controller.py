@@ -64,10 +64,11 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) 
     owners = sorted({j["owner"] for j in queued if j["spec"]["gpus"]})
     limits, demoted = {}, set()
     for owner in owners:
-        for q in quotas.quotas_for(store, config, owner):
+        applicable = quotas.quotas_for(store, config, owner)
+        for q in applicable:
             if q.max_gpus:
                 limits[q.label] = GpuLimit(q.label, q.members, q.max_gpus)
-        if quotas.over_gpu_hours(store, config, owner, now):
+        if quotas.over_gpu_hours(store, config, owner, now, applicable):
             demoted.add(owner)  # over its GPU-hours: runs only when nobody else waits
     queue = [QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
                        OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],

@@ -169,12 +169,12 @@ def held_gpus(store: Store, members: Iterable[str]) -> int:
     return sum(len(json.loads(r["gpu_uuids"])) for r in rows)
 
 
-def status(store: Store, config: Config, user: str, now: float | None = None) -> list[dict[str, Any]]:
+def status(store: Store, config: Config, user: str, now: float | None = None, applicable: list[Quota] | None = None) -> list[dict[str, Any]]:
     """Each applicable quota with its usage and reset time (for `mlpd quota` and messages)."""
     now = now or time.time()
     start, reset = period_bounds(now, config["quotas.period"])
     out = []
-    for q in quotas_for(store, config, user):
+    for q in applicable if applicable is not None else quotas_for(store, config, user):
         out.append({"subject": q.label, "period": config["quotas.period"], "gpu_hours_limit": q.gpu_hours or None,
                     "gpu_hours_used": round(gpu_hours_used(store, q.members, start, now), 4),
                     "max_gpus": q.max_gpus or None, "gpus_held": held_gpus(store, q.members),
@@ -182,9 +182,13 @@ def status(store: Store, config: Config, user: str, now: float | None = None) ->
     return out
 
 
-def over_gpu_hours(store: Store, config: Config, user: str, now: float) -> str | None:
+def over_gpu_hours(store: Store, config: Config, user: str, now: float, applicable: list[Quota] | None = None) -> str | None:
     """A message if the user (or one of their teams) has used up its GPU-hours this period."""
-    for s in status(store, config, user, now):
+    applicable = applicable if applicable is not None else quotas_for(store, config, user)
+    applicable = [q for q in applicable if q.gpu_hours]
+    if not applicable:
+        return None  # the common case, and on every scheduling pass: no ledger query
+    for s in status(store, config, user, now, applicable):
         if s["gpu_hours_limit"] and s["gpu_hours_used"] >= s["gpu_hours_limit"]:
             return (f"GPU-hour quota of {s['subject']} reached: {s['gpu_hours_used']:.2f} of {s['gpu_hours_limit']:g} "
                     f"GPU-hours used this {s['period']}; it resets at {format_reset(s['resets_at'])}")

@@ -28,6 +28,7 @@ DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 IGNORE_FILES = (".gitignore", ".mlpdignore")  # later files win, so .mlpdignore can re-include
 ALWAYS_SKIPPED = (".git", "__pycache__")
 MAX_MEMBERS = 200_000  # bounds work on an archive of millions of empty files
+MAX_HEADER_BYTES = 64 * 1024  # a PAX or GNU long-name header; real ones are a few hundred bytes
 
 
 class CodeArchiveError(ValueError):
@@ -191,6 +192,27 @@ def _too_big(size: int, limit: int, stats: dict[str, os.stat_result]) -> None:
         "List data, checkpoints and virtualenvs in .mlpdignore (gitignore syntax) to leave them out")
 
 
+class _CappedTarInfo(tarfile.TarInfo):
+    """tarfile's member header, refusing an extended header larger than MAX_HEADER_BYTES
+    before tarfile reads it into memory (a 1 GiB PAX header is 1 GiB of RAM otherwise)."""
+
+    def _capped(self) -> None:
+        if self.size > MAX_HEADER_BYTES:
+            raise CodeArchiveError(f"{self.name or 'a member'}: extended header of {format_bytes(self.size)} "
+                                   f"(over {format_bytes(MAX_HEADER_BYTES)}); refused")
+
+    def _proc_pax(self, tarfile):
+        self._capped()
+        return super()._proc_pax(tarfile)
+
+    def _proc_gnulong(self, tarfile):
+        self._capped()
+        return super()._proc_gnulong(tarfile)
+
+    def _proc_sparse(self, tarfile):
+        raise CodeArchiveError(f"{self.name}: sparse files are not allowed in a code archive")
+
+
 def _check_member(m: tarfile.TarInfo) -> str:
     """Return the member's normalised relative name, or raise naming why it is refused."""
     name = m.name
@@ -259,7 +281,7 @@ def _extract_into(archive_path: str, tmp: str, max_unpacked_bytes: int) -> int:
     files = unpacked = count = 0
     links: list[str] = []
     try:
-        tar = tarfile.open(archive_path, mode="r:gz")
+        tar = tarfile.open(archive_path, mode="r:gz", tarinfo=_CappedTarInfo)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise CodeArchiveError(f"{os.path.basename(archive_path)}: not a valid tar.gz archive ({e})") from None
     with tar:

@@ -10,6 +10,7 @@ what is expected; ``mlpd daemon`` turns it into exit code 2.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -53,6 +54,29 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "expected a number >= 0"
 
 
+def _between(low: float, high: float) -> Callable[[float], str | None]:
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"expected a number from {low:g} to {high:g}"
+
+    return check
+
+
+def _container_user(value: str) -> str | None:
+    uid, sep, gid = value.partition(":")
+    if not (uid.isdigit() and sep and gid.isdigit()):
+        return "expected numeric UID:GID, e.g. '1000:1000' (a name could map to root inside an image)"
+    if int(uid) == 0 or int(gid) == 0:
+        return "job containers never run as root (uid 0 or gid 0); use e.g. '1000:1000'"
+    return None
+
+
+def _prices(value: dict) -> str | None:
+    for model, price in value.items():
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0:
+            return f"price of {model!r}: expected a number >= 0, got {price!r}"
+    return None
+
+
 def _one_of(*choices: str) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         return None if value in choices else "expected one of " + ", ".join(repr(c) for c in choices)
@@ -82,13 +106,13 @@ def _experiment_template(value: str) -> str | None:
 def _memory(value: str) -> str | None:
     if value == "":
         return None
-    from mlpd.jobspec import parse_memory
+    from mlpd.jobspec import MIN_MEMORY, format_bytes, parse_memory
 
     try:
-        parse_memory(value)
+        size = parse_memory(value)
     except ValueError as exc:
         return str(exc)
-    return None
+    return None if size >= MIN_MEMORY else f"must be at least {format_bytes(MIN_MEMORY)} (Docker's minimum), got {value!r}"
 
 
 def _duration(value: str) -> str | None:
@@ -106,13 +130,13 @@ def _duration(value: str) -> str | None:
 SETTINGS: tuple[Setting, ...] = (
     Setting("server.listen", str, "127.0.0.1:8470", "Address the API and web UI listen on.", _listen),
     Setting("server.state_dir", str, "~/.local/share/mlpd", "Directory for the state database, logs, code and outputs."),
-    Setting("server.workers", int, 2, "gunicorn worker processes.", _positive),
-    Setting("server.threads", int, 16, "Threads per gunicorn worker (log streams hold one each).", _positive),
+    Setting("server.workers", int, 2, "gunicorn worker processes (1-64).", _between(1, 64)),
+    Setting("server.threads", int, 16, "Threads per gunicorn worker, 1-256 (log streams hold one each).", _between(1, 256)),
     Setting("server.log_level", str, "info", "Daemon log level.", _one_of("debug", "info", "warning", "error")),
     Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the Docker bridge gateway on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
     Setting("mlflow.default_experiment", str, "jobs-{owner}", "MLflow experiment of jobs that name none ({owner} is the job's owner).", _experiment_template),
     Setting("mlflow.allowed_hosts", list, [], "Extra Host header names the embedded MLflow accepts (e.g. this box's DNS name when server.listen is not loopback)."),
-    Setting("scheduler.reconcile_interval", (int, float), 5.0, "Seconds between full reconciliations with Docker.", _positive),
+    Setting("scheduler.reconcile_interval", (int, float), 5.0, "Seconds between full reconciliations with Docker (0.1 to 3600).", _between(0.1, 3600)),
     Setting("scheduler.backfill", bool, True, "Let smaller jobs run ahead when they cannot delay the head of the queue."),
     Setting("gpus.declare", int, 0, "Declare this many GPUs on a machine without NVIDIA GPUs (development and tests).", _non_negative),
     Setting("gpus.declared_model", str, "declared", "Model name shown for declared GPUs."),
@@ -121,15 +145,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jobs.default_cpus", (int, float), 0, "CPU limit for jobs that set none (0 = no limit).", _non_negative),
     Setting("jobs.default_memory", str, "", "Memory limit for jobs that set none, e.g. '8g' ('' = no limit).", _memory),
     Setting("jobs.default_time_limit", str, "", "Time limit for jobs that set none, e.g. '24h' ('' = no limit).", _duration),
-    Setting("jobs.max_code_mb", int, 200, "Largest code archive a job may upload, in MiB.", _positive),
-    Setting("jobs.container_user", str, "1000:1000", "uid:gid job containers run as (never root)."),
+    Setting("jobs.max_code_mb", int, 200, "Largest code archive a job may upload, in MiB (1-10240).", _between(1, 10240)),
+    Setting("jobs.container_user", str, "1000:1000", "Numeric uid:gid job containers run as (never root: uid and gid 0 are refused).", _container_user),
     Setting("images.base", str, "mlpd/base:bookworm", "Base of mlpd's images: mlpd/base:* is built locally with debootstrap; any other name is pulled."),
     Setting("quotas.period", str, "month", "Period of GPU-hour quotas: day, week or month (UTC calendar).", _one_of("day", "week", "month")),
     Setting("quotas.gpu_hours", (int, float), 0, "Default GPU-hours per user per period (0 = unlimited); per-user and per-team quotas are set with 'mlpd admin quota'.", _non_negative),
     Setting("quotas.max_gpus", int, 0, "Default most GPUs one user may hold at once (0 = unlimited).", _non_negative),
     Setting("quotas.over_quota", str, "queue", "What happens to work over a quota: 'queue' (waits; over GPU-hours runs at the lowest priority) or 'refuse' (refused at submit).", _one_of("queue", "refuse")),
     Setting("scheduler.fair_share_half_life", str, "7d", "Half-life of past usage in fair share: among equal priorities, less recent usage goes first.", _duration),
-    Setting("pricing.gpu_hour", dict, {}, "Price of one GPU-hour per GPU model, for cost reports, e.g. {\"NVIDIA H100 80GB HBM3\" = 2.5}."),
+    Setting("pricing.gpu_hour", dict, {}, "Price of one GPU-hour per GPU model, for cost reports, e.g. {\"NVIDIA H100 80GB HBM3\" = 2.5}.", _prices),
     Setting("pricing.currency", str, "USD", "Currency label of the prices."),
     Setting("metrics.public", bool, False, "Serve /metrics without a token (otherwise an admin token is needed)."),
     Setting("gpus.sample_interval", (int, float), 10.0, "Seconds between NVML utilization samples (real GPUs only).", _positive),
@@ -205,6 +229,8 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, Any]:
         wrong_bool = isinstance(value, bool) and setting.type is not bool
         if wrong_bool or not isinstance(value, setting.type):
             raise ConfigError(source, key, f"expected {_type_name(setting.type)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(source, key, f"expected a finite number, got {value!r}")
         if setting.check and (problem := setting.check(value)):
             raise ConfigError(source, key, problem)
         values[key] = value

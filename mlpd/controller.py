@@ -21,7 +21,7 @@ from typing import Any, Callable
 from mlpd import jobs
 from mlpd.config import Config
 from mlpd.gpus import GpuInventory
-from mlpd.jobs import ACTIVE, JobState
+from mlpd.jobs import ACTIVE, TERMINAL, JobState
 from mlpd.jobspec import format_bytes, format_duration
 from mlpd.runtime import ContainerState, DockerRuntime, ImageMissing, LaunchRequest, RuntimeFailure
 from mlpd import quotas
@@ -30,6 +30,8 @@ from mlpd.store import Store
 
 log = logging.getLogger("mlpd.controller")
 OVER_QUOTA_PRIORITY = -1000  # below the lowest priority a user can set (-100)
+ACTIVE_NAMES = frozenset(s.value for s in ACTIVE)
+TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 
 def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
@@ -91,21 +93,36 @@ class JobController:
 
     # ------------------------------------------------------------ one pass
     def reconcile(self, now: float | None = None) -> None:
-        """One level-triggered pass over all active jobs and this daemon's containers, then schedule."""
+        """One level-triggered pass over all active jobs and this daemon's containers, then schedule.
+
+        The database is read before Docker is listed, so a job that became active during the
+        pass is never mistaken for an orphan; and a job without a listed container is read
+        again and looked up directly before it is called lost, so a launch that completed
+        between the two reads is never mistaken for a vanished container.
+        """
         now = now or time.time()
-        containers = self.runtime.list_jobs()
         active = jobs.in_states(self.store, ACTIVE)
+        containers = self.runtime.list_jobs()
         self.next_deadline = None
         active_ids = {j["id"] for j in active}
         for job in active:
-            with self._lock:
-                if job["id"] in self.launching:
+            if self._is_launching(job["id"]):
+                continue
+            container = containers.get(job["id"])
+            if container is None:
+                job = jobs.get(self.store, job["id"])
+                if job is None or job["state"] not in ACTIVE_NAMES or self._is_launching(job["id"]):
                     continue
-            self._reconcile_job(job, containers.get(job["id"]), now)
+                container = self.runtime.inspect(job["id"])
+            self._reconcile_job(job, container, now)
         for job_id, container in containers.items():
-            if job_id not in active_ids and job_id not in self.launching:
+            if job_id not in active_ids and not self._is_launching(job_id):
                 self._remove_orphan(job_id, container)
         self.schedule(now)
+
+    def _is_launching(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self.launching
 
     def _reconcile_job(self, job: dict[str, Any], c: ContainerState | None, now: float) -> None:
         job_id = job["id"]
@@ -163,14 +180,18 @@ class JobController:
         self.runtime.remove(job_id)
 
     def _remove_orphan(self, job_id: str, c: ContainerState) -> None:
+        """Remove a container whose job has ended (or that no job of ours names); a job that is
+        queued or active now (it moved on since the pass read the database) is left alone."""
         job = jobs.get(self.store, job_id)
-        if job is None or job["state"] != JobState.QUEUED.value:
-            if job is not None and not os.path.exists(os.path.join(jobs.job_dir(self.config.state_dir, job_id), "log")):
-                os.makedirs(jobs.job_dir(self.config.state_dir, job_id), exist_ok=True)
-                self.runtime.save_logs(job_id, os.path.join(jobs.job_dir(self.config.state_dir, job_id), "log"))
-            log.info("removing orphaned container %s", c.name)
-            self.runtime.stop(job_id, timeout=2)
-            self.runtime.remove(job_id)
+        if job is not None and job["state"] not in TERMINAL_NAMES:
+            return
+        directory = jobs.job_dir(self.config.state_dir, job_id)
+        if job is not None and not os.path.exists(os.path.join(directory, "log")):
+            os.makedirs(directory, exist_ok=True)
+            self.runtime.save_logs(job_id, os.path.join(directory, "log"))
+        log.info("removing orphaned container %s", c.name)
+        self.runtime.stop(job_id, timeout=2)
+        self.runtime.remove(job_id)
 
     # ------------------------------------------------------------ scheduling
     def schedule(self, now: float | None = None) -> None:
@@ -241,12 +262,11 @@ class JobController:
         """MLflow and mlpd settings for the container, over any the user set: the daemon's URL as
         containers reach it, and a token for the job's owner that is revoked when the job ends."""
         from mlpd import tracking
-        from mlpd.users import create_token
 
         url = tracking.container_url(self.config)
         if url is None:
             return {}
-        token, _ = create_token(self.store, job["owner"], label=jobs.job_token_label(job["id"]), actor="mlpd")
+        token = jobs.create_job_token(self.store, job)
         spec = job["spec"]
         experiment = (spec.get("experiment") or spec.get("env", {}).get("MLFLOW_EXPERIMENT_NAME")
                       or self.config["mlflow.default_experiment"].format(owner=job["owner"]))

@@ -32,24 +32,56 @@ class DaemonError(Exception):
     """The daemon cannot start, with a message for the admin."""
 
 
-def _die_with_parent() -> None:
+def _die_with(sig: int):
+    def set_death_signal() -> None:
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+        except OSError:
+            pass
+
+    return set_death_signal
+
+
+def _alive(pid: str) -> bool:
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def acquire_state_lock(state_dir: str):
-    """Hold an exclusive lock on the state directory for the daemon's life, or raise DaemonError."""
+def acquire_state_lock(state_dir: str, wait: float = 30.0):
+    """Hold an exclusive lock on the state directory for the daemon's life, or raise DaemonError.
+
+    Every process that acts on the state directory holds this lock: the daemon and, through
+    an inherited descriptor, its web and worker processes. When the daemon that holds it is
+    gone (killed) but its processes are still exiting, wait for them rather than run a
+    second controller beside them; when it is alive, refuse at once.
+    """
     path = os.path.join(state_dir, "daemon.lock")
     fh = open(path, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "unknown"
-        fh.close()
-        raise DaemonError(f"another mlpd daemon (pid {holder}) is already running on state directory {state_dir}; stop it first") from None
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            if _alive(holder):
+                fh.close()
+                raise DaemonError(f"another mlpd daemon (pid {holder}) is already running on state directory {state_dir}; stop it first")
+            if time.monotonic() > deadline:
+                fh.close()
+                raise DaemonError(f"the mlpd daemon (pid {holder}) on state directory {state_dir} is gone, but processes it started "
+                                  f"still hold {path} after {wait:.0f}s; stop them ('fuser -v {path}' lists them)")
+            if not announced:
+                log.warning("the previous daemon (pid %s) is gone but its processes still hold %s; waiting for them to exit", holder, path)
+                announced = True
+            time.sleep(0.2)
     fh.seek(0)
     fh.truncate()
     fh.write(str(os.getpid()))
@@ -180,8 +212,13 @@ class Daemon:
 
     def _start(self, name: str, argv: list[str]) -> None:
         # cwd is the state directory: `python -m` and gunicorn put the cwd first on sys.path, and a
-        # source checkout there would shadow the installed package.
-        self.children[name] = subprocess.Popen(argv, env=self.env, cwd=self.config.state_dir, preexec_fn=_die_with_parent)
+        # source checkout there would shadow the installed package. Each child inherits the state
+        # lock, so no new daemon starts until every process that acts here has exited. If the daemon
+        # dies, the worker dies at once (SIGKILL: the database and Docker's labels carry its state);
+        # gunicorn gets SIGTERM and takes its workers down with it.
+        death = signal.SIGKILL if name == "worker" else signal.SIGTERM
+        self.children[name] = subprocess.Popen(argv, env=self.env, cwd=self.config.state_dir, preexec_fn=_die_with(death),
+                                               pass_fds=(self.lock.fileno(),))
         log.info("started %s (pid %d)", name, self.children[name].pid)
 
     def _stop(self, *_: Any) -> None:

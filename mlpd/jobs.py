@@ -132,9 +132,15 @@ def job_token_label(job_id: str) -> str:
 
 
 def _revoke_job_tokens(db, job_id: str, at: float) -> None:
-    db.execute("""UPDATE tokens SET revoked_at = ? WHERE label = ? AND revoked_at IS NULL
-                  AND user_id = (SELECT u.id FROM users u JOIN jobs j ON j.owner = u.name WHERE j.id = ?)""",
-               [at, job_token_label(job_id), job_id])
+    db.execute("UPDATE tokens SET revoked_at = ? WHERE job_id = ? AND revoked_at IS NULL", [at, job_id])
+
+
+def create_job_token(store: Store, job: dict[str, Any]) -> str:
+    """Mint the token a job's container gets: its owner's, scoped to the job, dead when the job ends."""
+    from mlpd.users import create_token
+
+    token, _ = create_token(store, job["owner"], label=job_token_label(job["id"]), actor="mlpd", job_id=job["id"])
+    return token
 
 
 def revoke_job_tokens(store: Store, job_id: str) -> None:
@@ -196,6 +202,18 @@ def job_dir(state_dir: str, job_id: str) -> str:
     import os
 
     return os.path.join(state_dir, "jobs", job_id)
+
+
+def grant_code(store: Store, digest: str, owner: str) -> None:
+    """Record that owner uploaded the archive with this digest (idempotent): it is theirs to run."""
+    with store.write() as db:
+        db.execute("INSERT OR IGNORE INTO code_owners (digest, owner, created_at) VALUES (?, ?, ?)", [digest, owner, time.time()])
+
+
+def holds_code(store: Store, digest: str, owner: str) -> bool:
+    """Whether owner uploaded this archive. Archives are stored once by content, but a digest seen
+    elsewhere (a run's tags) is not a key: only someone who sent the bytes may run them."""
+    return store.query_one("SELECT 1 FROM code_owners WHERE digest = ? AND owner = ?", [digest, owner]) is not None
 
 
 def code_dir(state_dir: str, digest: str) -> str:

@@ -23,6 +23,8 @@ class SpecError(ValueError):
     """A job spec that cannot be run: which field, and what is wrong with it."""
 
     def __init__(self, field: str, message: str):
+        # Values are quoted back to the user; a hostile one must not make a megabyte error.
+        field, message = field[:100], message if len(message) <= 1000 else message[:1000] + "..."
         self.field, self.message = field, message
         super().__init__(f"{field}: {message}")
 
@@ -75,7 +77,14 @@ FORBIDDEN: Mapping[str, str] = MappingProxyType({
 STRIPPED_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 
 ALLOWED = tuple(f.name for f in fields(JobSpec))
-MIN_MEMORY = 4 * 1024**2
+MIN_MEMORY = 6 * 1024**2  # Docker refuses a smaller memory limit
+MIN_CPUS = 0.01  # Docker's smallest CPU quota
+# The kernel refuses one argument or environment string over MAX_ARG_STRLEN (128 KiB with its NUL),
+# and exec fails when all of them together pass ARG_MAX; mlpd keeps well inside both.
+MAX_ARG_BYTES = 128 * 1024 - 1
+MAX_ARGS = 4096
+MAX_ENV_VARS = 1024
+MAX_EXEC_BYTES = 512 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Deliberately loose: registry[:port]/path[:tag][@digest]; Docker gives the precise error at pull time.
@@ -197,11 +206,16 @@ def _command(value: Any) -> tuple[str, ...]:
         raise SpecError("command", f"expected a list of strings or a string, got {_typename(value)}")
     if not value:
         raise SpecError("command", "must not be empty")
+    if len(value) > MAX_ARGS:
+        raise SpecError("command", f"has {len(value)} arguments; at most {MAX_ARGS}")
     for i, arg in enumerate(value):
         if not isinstance(arg, str):
             raise SpecError(f"command[{i}]", f"expected a string, got {_typename(arg)} {arg!r}")
         if "\0" in arg:
             raise SpecError(f"command[{i}]", "contains a NUL character")
+        if len(arg.encode("utf-8", "surrogatepass")) > MAX_ARG_BYTES:
+            raise SpecError(f"command[{i}]", f"is over the kernel's limit of {MAX_ARG_BYTES} bytes for one argument; "
+                                             "pass large data in a file in the code directory")
     if not value[0].strip():
         raise SpecError("command[0]", "the program to run must not be empty")
     return tuple(value)
@@ -210,10 +224,12 @@ def _command(value: Any) -> tuple[str, ...]:
 def _env(value: Any, warnings: list[str]) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
         raise SpecError("env", f"expected a table of NAME = value, got {_typename(value)}")
+    if len(value) > MAX_ENV_VARS:
+        raise SpecError("env", f"has {len(value)} variables; at most {MAX_ENV_VARS}")
     out: dict[str, str] = {}
     for name, val in value.items():
-        key = f"env.{name}"
-        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+        key = f"env.{str(name)[:80]}"
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name) or len(name) > 256:
             raise SpecError(key, "invalid variable name; use letters, digits and _, not starting with a digit")
         if isinstance(val, bool):
             val = "true" if val else "false"  # how the user wrote it in TOML/JSON, not Python's "True"
@@ -223,6 +239,8 @@ def _env(value: Any, warnings: list[str]) -> Mapping[str, str]:
             raise SpecError(key, f"expected a string, number or boolean, got {_typename(val)}")
         if "\0" in val:
             raise SpecError(key, "contains a NUL character")
+        if len(name) + 1 + len(val.encode("utf-8", "surrogatepass")) > MAX_ARG_BYTES:
+            raise SpecError(key, f"is over the kernel's limit of {MAX_ARG_BYTES} bytes for one variable; put large values in a file")
         if name in STRIPPED_ENV:
             warnings.append(f"env.{name} was removed: mlpd sets it to the GPUs it allocates")
             continue
@@ -277,8 +295,8 @@ def parse_spec(data: Mapping[str, Any]) -> tuple[JobSpec, list[str]]:
         cpus = raw["cpus"]
         if isinstance(cpus, str) and re.fullmatch(rf"\s*(?:{_NUMBER})\s*", cpus):
             cpus = float(cpus)  # CLI flags arrive as strings
-        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus <= 1024:
-            raise SpecError("cpus", f"expected a number > 0, at most 1024, got {raw['cpus']!r}")
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not MIN_CPUS <= cpus <= 1024:
+            raise SpecError("cpus", f"expected a number from {MIN_CPUS} to 1024, got {str(raw['cpus'])[:40]!r}")
         kw["cpus"] = float(cpus)
     if "memory" in raw:
         memory = _via("memory", parse_memory, raw["memory"])
@@ -287,6 +305,11 @@ def parse_spec(data: Mapping[str, Any]) -> tuple[JobSpec, list[str]]:
         kw["memory"] = memory
     if "env" in raw:
         kw["env"] = _env(raw["env"], warnings)
+    exec_bytes = sum(len(a.encode("utf-8", "surrogatepass")) + 1 for a in kw["command"]) + \
+        sum(len(k) + len(v.encode("utf-8", "surrogatepass")) + 2 for k, v in kw.get("env", {}).items())
+    if exec_bytes > MAX_EXEC_BYTES:
+        raise SpecError("command", f"the command and env together are {exec_bytes} bytes; at most {MAX_EXEC_BYTES} "
+                                   "(put large data in files in the code directory)")
     if "time_limit" in raw:
         limit = _via("time_limit", parse_duration, raw["time_limit"])
         if limit <= 0:
@@ -302,6 +325,21 @@ def parse_spec(data: Mapping[str, Any]) -> tuple[JobSpec, list[str]]:
     if "experiment" in raw:
         kw["experiment"] = _string("experiment", raw["experiment"], 255)
     return JobSpec(**kw), warnings
+
+
+def host_limits() -> tuple[int, int]:
+    """(CPU count, bytes of memory) of this host: the most one job can be given."""
+    import os
+
+    return os.cpu_count() or 1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_host_limits(spec: JobSpec, cpus: int, memory: int) -> None:
+    """Refuse a spec asking for more CPUs or memory than the host has (it could never start)."""
+    if spec.cpus is not None and spec.cpus > cpus:
+        raise SpecError("cpus", f"asks for {spec.cpus:g} CPUs but this host has {cpus}")
+    if spec.memory is not None and spec.memory > memory:
+        raise SpecError("memory", f"asks for {format_bytes(spec.memory)} but this host has {format_bytes(memory)}")
 
 
 def parse_spec_toml(text: str | bytes, source: str = "job.toml") -> tuple[JobSpec, list[str]]:

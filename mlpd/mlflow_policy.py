@@ -51,6 +51,15 @@ OWNED_CREATES = {"experiments/create": "experiment", "registered-models/create":
 OPEN_CREATES = frozenset({"traces"})
 _LOGGED_MODEL = re.compile(r"logged-models/([^/]+)(/.*)?")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+# Where MLflow reads artifacts on the server's side (GETs): the object named decides the store it reads from.
+ARTIFACT_READS = {"get-artifact": "run", "artifacts/list": "run", "model-versions/get-artifact": "model_version",
+                  "get-trace-artifact": "trace"}
+_LOGGED_MODEL_ARTIFACTS = re.compile(r"logged-models/([^/]+)/artifacts/(?:files|directories)")
+# The only model version sources mlpd accepts: MLflow's own references into its store. A local path or
+# any other URL would make the server read (model-versions/get-artifact) from where the member chose.
+MODEL_SOURCE_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,78 @@ def classify(method: str, path: str) -> Rule:
     if match and match.group(1) != "search":
         return Rule("owned", kind="logged_model", ref=match.group(1), endpoint=endpoint)
     return Rule("admin", endpoint=endpoint)
+
+
+def snake_case(key: str) -> str:
+    """A JSON field name as its protobuf field name: MLflow's parser accepts both ``runId`` and ``run_id``."""
+    return _CAMEL.sub(lambda m: "_" + m.group(1).lower(), key)
+
+
+def canonical_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The request body with every top-level field under the one name MLflow's handlers read.
+
+    MLflow parses bodies with protobuf's JSON parser, which takes a field under its proto
+    name (``run_id``) or its JSON name (``runId``), and several handlers fall back from
+    one field to another (``run_id or run_uuid``). mlpd decides ownership from this
+    canonical body and sends MLflow exactly this body, so the object checked is the object
+    acted on. A body that names one field twice, or a run twice (``run_id`` and
+    ``run_uuid`` with different values), is refused.
+    """
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        name = snake_case(key)
+        if name in out:
+            raise Refused(400, "ambiguous_request", f"the body names {name!r} twice ({key!r} and another spelling); send it once")
+        out[name] = value
+    run_id, run_uuid = out.get("run_id"), out.get("run_uuid")
+    if run_id not in (None, "") and run_uuid not in (None, "") and run_id != run_uuid:
+        raise Refused(400, "ambiguous_request", "the body names two runs (run_id and run_uuid differ); send run_id only")
+    if run_id in (None, "") and run_uuid not in (None, ""):
+        out["run_id"] = run_uuid
+    return out
+
+
+def check_json_value(value: Any, depth: int = 0) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH (MLflow's parser recurses on it)."""
+    if depth > MAX_JSON_DEPTH:
+        raise Refused(400, "invalid_json", f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for item in value.values():
+            check_json_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json_value(item, depth + 1)
+
+
+def artifact_read(path: str) -> tuple[str, str] | None:
+    """For a request that makes MLflow read artifacts on the server: (kind of object, its id or "" when
+    the query names it); None for anything else. ``path`` is the part after /mlflow."""
+    family, endpoint = endpoint_of(path)
+    if family == "other":
+        endpoint = endpoint.lstrip("/")
+    elif family != "api":
+        return None
+    if endpoint in ARTIFACT_READS:
+        return ARTIFACT_READS[endpoint], ""
+    match = _LOGGED_MODEL_ARTIFACTS.fullmatch(endpoint)
+    return ("logged_model", match.group(1)) if match else None
+
+
+def check_create_locations(endpoint: str, body: dict[str, Any]) -> None:
+    """Refuse storage locations chosen by the client: mlpd keeps every artifact in its own store."""
+    if endpoint == "experiments/create" and body.get("artifact_location") not in (None, ""):
+        raise Refused(400, "invalid_field", "artifact_location: mlpd keeps every experiment's artifacts in its own store "
+                                            "(served through /mlflow); leave artifact_location out")
+    if endpoint == "model-versions/create":
+        source = body.get("source")
+        if not isinstance(source, str) or not source.startswith(MODEL_SOURCE_SCHEMES):
+            raise Refused(400, "invalid_field", "source: a model version's source must be a runs:/RUN_ID/PATH, models:/MODEL_ID "
+                                                f"or mlflow-artifacts:/ URI inside mlpd's store, not {str(source)[:200]!r}")
+
+
+def in_store(location: str | None) -> bool:
+    """True for a location inside mlpd's proxied artifact store (the only place MLflow may read or write)."""
+    return isinstance(location, str) and location.startswith("mlflow-artifacts:/") and not unsafe_path(location[len("mlflow-artifacts:/"):].lstrip("/") or "x")
 
 
 def unsafe_path(value: str) -> bool:

@@ -145,7 +145,9 @@ class DockerRuntime:
 
     def list_jobs(self) -> dict[str, ContainerState]:
         """This daemon's job containers, by job id."""
-        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_KIND}=job"]})
+        # ignore_removed: a container removed between the list and its inspect is simply gone, not an error.
+        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_KIND}=job"]},
+                                            ignore_removed=True)
         return {s.job_id: s for s in map(self._state, found)}
 
     def inspect(self, job_id: str) -> ContainerState | None:

@@ -137,11 +137,28 @@ def _migration_accounting(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX gpu_samples_at ON gpu_samples (gpu_uuid, at)")
 
 
+def _migration_scopes(db: sqlite_utils.Database) -> None:
+    """Job-scoped tokens (a column, not a label a member could also write) and code archives owned by their uploaders."""
+    db.execute("ALTER TABLE tokens ADD COLUMN job_id TEXT")
+    # Tokens minted for jobs so far carried only their label; scoping them can only take power away.
+    db.execute("UPDATE tokens SET job_id = substr(label, 5) WHERE label LIKE 'job:%'")
+    db.execute("CREATE INDEX tokens_job ON tokens (job_id)")
+    db.execute(
+        """CREATE TABLE code_owners (
+            digest TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (digest, owner)
+        )"""
+    )
+
+
 # Append only: a migration, once shipped, never changes; add a new one instead.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _migration_initial),
     ("0002_jobs", _migration_jobs),
     ("0003_accounting", _migration_accounting),
+    ("0004_scopes", _migration_scopes),
 )
 
 

@@ -289,6 +289,31 @@ class TrackingDb:
         self._run_owner[run_id] = found = (row[0] or "", str(row[1]))
         return found
 
+    def run_artifact_uri(self, run_id: str) -> str | None:
+        """Where a run's artifacts are (None when there is no such run)."""
+        row = self._one("SELECT artifact_uri FROM runs WHERE run_uuid = ?", [run_id])
+        return (row[0] or "") if row else None
+
+    def run_job_id(self, run_id: str) -> str:
+        """The mlpd job that created a run ('' for a run a person created)."""
+        row = self._one("SELECT value FROM tags WHERE run_uuid = ? AND key = 'mlpd.job_id'", [run_id])
+        return row[0] if row else ""
+
+    def model_version_location(self, name: str, version: str) -> str | None:
+        """Where MLflow reads a model version's files from (its download URI), or None when there is no such version."""
+        row = self._one("SELECT storage_location, source FROM model_versions WHERE name = ? AND version = ?", [name, version])
+        return (row[0] or row[1] or "") if row else None
+
+    def logged_model_location(self, model_id: str) -> str | None:
+        """Where a logged model's files are (None when there is no such model)."""
+        row = self._one("SELECT artifact_location FROM logged_models WHERE model_id = ?", [model_id])
+        return (row[0] or "") if row else None
+
+    def trace_artifact_location(self, request_id: str) -> str | None:
+        """Where a trace's data is (None when MLflow has no such trace or keeps no location for it)."""
+        row = self._one("SELECT value FROM trace_tags WHERE request_id = ? AND key = 'mlflow.artifactLocation'", [request_id])
+        return row[0] if row else None
+
     def experiment_exists(self, experiment_id: str) -> bool:
         return self._one("SELECT 1 FROM experiments WHERE experiment_id = ?", [experiment_id]) is not None
 

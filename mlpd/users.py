@@ -32,13 +32,17 @@ class UserError(ValueError):
 
 @dataclass(frozen=True)
 class User:
+    """Who a request acts as. ``job_id`` is set when it came with a job's token: the holder is
+    that job's code, which may do what the job needs and nothing an admin may (whoever owns it)."""
+
     id: int
     name: str
     role: str
+    job_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role == "admin" and self.job_id is None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "role": self.role}
@@ -96,8 +100,12 @@ def remove_user(store: Store, name: str, actor: str = "host") -> None:
         record_event(db, actor, "user.remove", "user", name)
 
 
-def create_token(store: Store, name: str, label: str = "", expires_in: float | None = None, actor: str = "host") -> tuple[str, dict[str, Any]]:
-    """Create a token for a user; return (the full token, shown once; its public record)."""
+def create_token(store: Store, name: str, label: str = "", expires_in: float | None = None, actor: str = "host",
+                 job_id: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Create a token for a user; return (the full token, shown once; its public record).
+
+    With job_id, the token is that job's (see :class:`User`): mlpd revokes it when the job ends.
+    """
     if expires_in is not None and not (math.isfinite(expires_in) and expires_in > 0):
         raise UserError("expires_in: expected a number of seconds > 0")
     token_id = secrets.token_hex(6)
@@ -109,17 +117,18 @@ def create_token(store: Store, name: str, label: str = "", expires_in: float | N
         if not row:
             raise UserError(f"no such user {name!r}", code="not_found", status=404)
         db.execute(
-            "INSERT INTO tokens (id, user_id, secret_hash, label, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [token_id, row[0], _hash(secret), label, now, expires_at],
+            "INSERT INTO tokens (id, user_id, secret_hash, label, created_at, expires_at, job_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [token_id, row[0], _hash(secret), label, now, expires_at, job_id],
         )
-        record_event(db, actor, "token.create", "token", token_id, user=name, label=label, expires_at=expires_at)
-    record = {"id": token_id, "user": name, "label": label, "created_at": now, "expires_at": expires_at, "revoked_at": None, "last_used_at": None}
+        record_event(db, actor, "token.create", "token", token_id, user=name, label=label, expires_at=expires_at, job_id=job_id)
+    record = {"id": token_id, "user": name, "label": label, "created_at": now, "expires_at": expires_at, "revoked_at": None,
+              "last_used_at": None, "job_id": job_id}
     return f"mlpd_{token_id}_{secret}", record
 
 
 def list_tokens(store: Store, name: str | None = None) -> list[dict[str, Any]]:
     """Token records (never their secrets), for one user or all."""
-    sql = """SELECT t.id, u.name AS user, t.label, t.created_at, t.expires_at, t.revoked_at, t.last_used_at
+    sql = """SELECT t.id, u.name AS user, t.label, t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.job_id
              FROM tokens t JOIN users u ON u.id = t.user_id"""
     params: list[Any] = []
     if name:
@@ -149,7 +158,7 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
         return None
     token_id, secret = match.groups()
     row = store.query_one(
-        """SELECT t.secret_hash, t.expires_at, t.revoked_at, t.last_used_at, u.id, u.name, u.role, u.removed_at
+        """SELECT t.secret_hash, t.expires_at, t.revoked_at, t.last_used_at, t.job_id, u.id, u.name, u.role, u.removed_at
            FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?""",
         [token_id],
     )
@@ -164,7 +173,7 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
     if row["last_used_at"] is None or now - row["last_used_at"] > 60:
         with store.write() as db:
             db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", [now, token_id])
-    return User(row["id"], row["name"], row["role"])
+    return User(row["id"], row["name"], row["role"], row["job_id"])
 
 
 def count_admins(store: Store) -> int:

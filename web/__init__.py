@@ -12,13 +12,22 @@ import time
 import uuid
 
 from flask import Flask, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 
 import mlpd
+from mlpd import strict_json
 from mlpd.config import Config, load_config
 from mlpd.store import Store, get_status
 
 RESOLVED_CONFIG_ENV = "MLPD_RESOLVED_CONFIG"
 log = logging.getLogger("mlpd.web")
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, reading request bodies as mlpd.strict_json does (finite numbers, bounded depth)."""
+
+    def loads(self, s, **kwargs):
+        return strict_json.loads(s)
 
 
 class _RequestIdFilter(logging.Filter):
@@ -51,6 +60,7 @@ def create_app(cfg: Config | None = None) -> Flask:
     """Build the app for a resolved configuration (by default the one the daemon wrote)."""
     cfg = cfg or _resolved_config()
     app = Flask("mlpd.web", static_folder=None)
+    app.json = StrictJSONProvider(app)
     app.json.sort_keys = False
     app.extensions["mlpd.config"] = cfg
     app.extensions["mlpd.store"] = Store(cfg.db_path)

@@ -13,12 +13,15 @@ from mlpd.web.errors import ApiError, user_errors
 from mlpd.web.routes import Field, json_body, route
 
 
-@route("/whoami", summary="The user the token belongs to")
+@route("/whoami", summary="The user the token belongs to", job_token=True)
 def whoami():
-    return jsonify({"user": g.user.to_dict()})
+    out = {"user": g.user.to_dict()}
+    if g.user.job_id:
+        out["job_id"] = g.user.job_id  # a job's token (see mlpd.users.User)
+    return jsonify(out)
 
 
-@route("/version", summary="The daemon's version")
+@route("/version", summary="The daemon's version", job_token=True)
 def version():
     return jsonify({"version": mlpd.__version__})
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tarfile
 import tempfile
 import threading
 import time
@@ -14,10 +13,10 @@ from flask import Response, current_app, g, jsonify, request, stream_with_contex
 from mlpd import jobs
 from mlpd.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import JobError, JobState
-from mlpd.jobspec import SpecError, parse_spec
+from mlpd.jobspec import SpecError, check_host_limits, host_limits, parse_spec
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
-from mlpd.web.routes import route
+from mlpd.web.routes import request_json, route
 
 _lock = threading.Lock()
 TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
@@ -59,7 +58,7 @@ def wake(reason: str) -> None:
 
 def _visible_job(job_id: str) -> dict:
     job = jobs.visible(store(), job_id, g.user.name, g.user.is_admin)
-    if job is None:
+    if job is None or (g.user.job_id and job_id != g.user.job_id):
         raise ApiError(404, "not_found", f"no such job {job_id!r}")
     return job
 
@@ -79,6 +78,10 @@ def job_view(job: dict) -> dict:
 
 def check_admission(spec) -> None:
     """Refuse at submit what can never run on this host (clear error, nothing stored)."""
+    try:
+        check_host_limits(spec, *host_limits())
+    except SpecError as exc:
+        raise ApiError(400, "invalid_field", str(exc)) from None
     devices = inventory().devices()
     if spec.gpus:
         usable = [d for d in devices if spec.gpu_model is None or d.name == spec.gpu_model]
@@ -88,13 +91,14 @@ def check_admission(spec) -> None:
         if spec.gpus > len(usable):
             what = f" of model {spec.gpu_model!r}" if spec.gpu_model else ""
             raise ApiError(400, "invalid_field", f"gpus: asks for {spec.gpus} GPUs but this host has {len(usable)}{what}")
-    if spec.code and not os.path.isdir(jobs.code_dir(config().state_dir, spec.code)):
-        raise ApiError(400, "invalid_field", f"code: no uploaded code archive {spec.code[:12]}...; upload it first (PUT /api/v1/code/DIGEST)")
+    if spec.code and not (os.path.isdir(jobs.code_dir(config().state_dir, spec.code)) and jobs.holds_code(store(), spec.code, g.user.name)):
+        raise ApiError(400, "invalid_field", f"code: you have not uploaded a code archive {spec.code[:12]}...; upload it first "
+                                             "(PUT /api/v1/code/DIGEST; 'mlpd run' does it for you)")
 
 
 @route("/jobs", methods=("POST",), summary="Submit a job (the job spec as JSON; see mlpd.jobspec)")
 def submit_job():
-    data = request.get_json(silent=True)
+    data = request_json()
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_body", "the request body must be a JSON object (a job spec)")
     try:
@@ -140,7 +144,7 @@ def explain_wait(job_id: str) -> dict | None:
     return None
 
 
-@route("/jobs/<job_id>", summary="One job: spec, state history, GPUs and why it waits")
+@route("/jobs/<job_id>", summary="One job: spec, state history, GPUs and why it waits", job_token=True)
 def show_job(job_id: str):
     job = _visible_job(job_id)
     view = job_view(job)
@@ -171,7 +175,7 @@ def cancel_job(job_id: str):
     return jsonify({"job": job_view(job)})
 
 
-@route("/jobs/<job_id>/logs", summary="A job's output; ?follow=1 streams it live until the job ends", streaming=True)
+@route("/jobs/<job_id>/logs", summary="A job's output; ?follow=1 streams it live until the job ends", streaming=True, job_token=True)
 def job_logs(job_id: str):
     _visible_job(job_id)
     follow = request.args.get("follow") in ("1", "true", "yes")
@@ -218,31 +222,16 @@ def job_logs(job_id: str):
     return Response(stream_with_context(generate()), mimetype="text/plain", headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
 
 
-@route("/jobs/<job_id>/outputs", summary="A job's /outputs directory as a .tar.gz", streaming=True)
+@route("/jobs/<job_id>/outputs", summary="A job's /outputs directory as a .tar.gz", streaming=True, job_token=True)
 def job_outputs(job_id: str):
     _visible_job(job_id)
-    outputs = os.path.join(jobs.job_dir(config().state_dir, job_id), "outputs")
-    if not os.path.isdir(outputs):
-        raise ApiError(404, "not_found", f"job {job_id} has no outputs (it has not started yet)")
-    tmp = tempfile.NamedTemporaryFile(suffix=".tar.gz", delete=False)
-    with tarfile.open(fileobj=tmp, mode="w:gz") as tar:
-        for root, dirs, files in os.walk(outputs):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                if os.path.islink(full) or not os.path.isfile(full):
-                    continue  # the job wrote it: never follow its links out of the directory
-                tar.add(full, arcname=os.path.relpath(full, outputs), recursive=False)
-    tmp.close()
+    from mlpd.outputs import iter_tar_gz
 
-    def generate():
-        try:
-            with open(tmp.name, "rb") as fh:
-                yield from iter(lambda: fh.read(65536), b"")
-        finally:
-            os.unlink(tmp.name)
-
-    return Response(generate(), mimetype="application/gzip", headers={"Content-Disposition": f"attachment; filename=outputs-{job_id}.tar.gz"})
+    try:
+        stream = iter_tar_gz(os.path.join(jobs.job_dir(config().state_dir, job_id), "outputs"))
+    except OSError:
+        raise ApiError(404, "not_found", f"job {job_id} has no outputs (it has not started yet)") from None
+    return Response(stream, mimetype="application/gzip", headers={"Content-Disposition": f"attachment; filename=outputs-{job_id}.tar.gz"})
 
 
 def _check_digest(digest: str) -> str:
@@ -251,19 +240,20 @@ def _check_digest(digest: str) -> str:
     return digest
 
 
-@route("/code/<digest>", summary="Whether a code archive is already stored (200) or not (404)")
+@route("/code/<digest>", summary="Whether you have uploaded this code archive (200) or not (404)")
 def code_status(digest: str):
-    if not os.path.isdir(jobs.code_dir(config().state_dir, _check_digest(digest))):
-        raise ApiError(404, "not_found", f"no code archive {digest[:12]}... on the daemon")
+    _check_digest(digest)
+    if not (os.path.isdir(jobs.code_dir(config().state_dir, digest)) and jobs.holds_code(store(), digest, g.user.name)):
+        raise ApiError(404, "not_found", f"you have no code archive {digest[:12]}... on the daemon")
     return jsonify({"digest": digest, "present": True})
 
 
-@route("/code/<digest>", methods=("PUT",), summary="Upload a code archive (.tar.gz body; content-addressed by its sha256)")
+@route("/code/<digest>", methods=("PUT",), summary="Upload a code archive (.tar.gz body; content-addressed by its sha256; yours to run once sent)")
 def upload_code(digest: str):
     _check_digest(digest)
     cfg = config()
     dest = jobs.code_dir(cfg.state_dir, digest)
-    if os.path.isdir(dest):
+    if os.path.isdir(dest) and jobs.holds_code(store(), digest, g.user.name):
         return jsonify({"digest": digest, "present": True, "uploaded": False})
     limit = cfg["jobs.max_code_mb"] * 1024 * 1024
     if request.content_length and request.content_length > limit:
@@ -284,11 +274,12 @@ def upload_code(digest: str):
             try:
                 files = extract_archive(tmp.name, dest, max_bytes=limit)
             except FileExistsError:
-                files = None  # a concurrent upload of the same archive won: same content
+                files = None  # stored already (by someone else, or a concurrent upload): same content
             except CodeArchiveError as exc:
                 raise ApiError(400, "invalid_archive", str(exc)) from None
         finally:
             os.unlink(tmp.name)
+    jobs.grant_code(store(), digest, g.user.name)  # they sent the bytes: theirs to run
     return jsonify({"digest": digest, "present": True, "uploaded": True, "files": files}), 201
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 
 from flask import Response, g, jsonify, request
@@ -22,9 +23,13 @@ def _time_arg(name: str, default: float) -> float:
     import datetime as dt
 
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):
+            raise ApiError(400, "invalid_field", f"{name}: expected a finite unix time, a date or a date-time, got {value[:40]!r}")
+        return number
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:

@@ -20,20 +20,21 @@ import base64
 import io
 import json
 import logging
-import re
+import os
+import stat
 import time
 import uuid
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
-from mlpd import jobs, tracking
-from mlpd.mlflow_policy import Refused, Rule, artifact_target, classify, job_tags, may_change, PATH_PARAMS, \
-    protected_key, rewrite_create_run, rewrite_owned_create, tags_written, unsafe_path
+from mlpd import jobs, strict_json, tracking
+from mlpd.mlflow_policy import (PATH_PARAMS, artifact_read, READ_METHODS, Refused, Rule, artifact_target, canonical_body,
+                                check_create_locations, classify, endpoint_of, in_store, job_tags, may_change, protected_key,
+                                rewrite_create_run, rewrite_owned_create, tags_written, unsafe_path)
 from mlpd.users import User, authenticate
 
 log = logging.getLogger("mlpd.web.mlflow")
 MAX_JSON_BODY = 64 * 1024 * 1024
-_TOKEN_ID = re.compile(r"mlpd_([0-9a-f]{12})_")
 
 
 def _is_mlflow_path(path: str) -> bool:
@@ -79,17 +80,32 @@ class MlflowMount:
             return self.mlpd_app(environ, start_response)
         started = time.monotonic()
         request_id = (environ.get("HTTP_X_REQUEST_ID") or "")[:64] or uuid.uuid4().hex[:12]
-        seen: dict[str, Any] = {"status": "-", "user": "-"}
+        seen: dict[str, Any] = {"status": "-", "user": "-", "crashed": False}
 
         def respond(status: str, headers: list, exc_info=None):
             seen["status"] = status.split(" ", 1)[0]
+            content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+            if status.startswith("5") and "html" in content_type:
+                seen["crashed"] = True  # answered below in mlpd's JSON shape instead of an HTML page
+                return lambda data: None
             return start_response(status, [*headers, ("X-Request-Id", request_id)], exc_info)
 
         try:
             user = self._authenticate(environ)
             seen["user"] = user.name
             self._admit(environ, user)
-            result = tracking.server_app(self.config)(environ, respond)
+            try:
+                result = tracking.server_app(self.config)(environ, respond)
+            except Exception:
+                log.exception("MLflow crashed on %s %s [%s]", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), request_id)
+                seen["crashed"] = True
+                result = []
+            if seen["crashed"]:
+                if hasattr(result, "close"):
+                    result.close()
+                seen["status"] = "500"
+                result = _json_response(start_response, 500, "internal", f"MLflow failed on this request (request id {request_id}); "
+                                                                          "the daemon log has the details", [("X-Request-Id", request_id)])
         except Refused as refusal:
             headers = [("WWW-Authenticate", 'Basic realm="mlpd"')] if refusal.status == 401 else []
             result = _json_response(respond, refusal.status, refusal.code, refusal.message, headers)
@@ -107,7 +123,6 @@ class MlflowMount:
         if user is None:
             raise Refused(401, "unauthorized", "invalid, revoked or expired token: ask an admin for a new one ('mlpd admin token create')")
         environ["mlpd.user"] = user
-        environ["mlpd.token_id"] = (_TOKEN_ID.match(token) or [None, None])[1]
         return user
 
     # ------------------------------------------------------------ what
@@ -123,8 +138,26 @@ class MlflowMount:
             for value in query.get(name, []):
                 if value and unsafe_path(value):
                     raise Refused(400, "invalid_path", f"{name}: the artifact path leaves its directory; refused")
+        twice = sorted(k for k, v in query.items() if len(v) > 1)
+        if twice and method not in READ_METHODS:
+            raise Refused(400, "ambiguous_request", f"the query names {twice[0]!r} more than once; send it once")
+        family, endpoint = endpoint_of(path)
         rule = classify(method, path)
-        if rule.action == "read" or rule.action == "create":
+        reads = artifact_read(path)
+        if reads is not None:
+            self._check_artifact_read(*reads, query)
+        elif family == "artifacts" and endpoint.startswith("artifacts/") and method in READ_METHODS:
+            self._check_store_path(endpoint[len("artifacts/"):])
+        if method in READ_METHODS:
+            return
+        # Every body MLflow will parse as JSON is parsed here first, canonicalised, checked and passed
+        # on exactly as checked: the object mlpd authorizes is the object MLflow acts on.
+        body: dict[str, Any] = {}
+        if (family == "api" and endpoint != "upload-artifact") or path == "/graphql":
+            body = canonical_body(self._json_body(environ))
+            check_create_locations(endpoint, body)
+            self._replace_body(environ, body)
+        if rule.action in ("read", "create"):
             return
         if rule.action == "admin":
             if not user.is_admin:
@@ -133,25 +166,23 @@ class MlflowMount:
         if rule.action == "artifact_write":
             self._check_artifact_write(rule, user)
             return
-        body = self._json_body(environ)
         if not user.is_admin:
             protected = [k for k in tags_written(rule.endpoint, body) if protected_key(k)]
             if protected:
                 raise Refused(403, "forbidden", f"tag {protected[0]!r} is set by mlpd; members cannot set or delete mlpd.* or mlflow.user tags")
         if rule.action == "create_run":
-            self._replace_body(environ, rewrite_create_run(body, user.name, self._job_tags(environ, user)))
+            self._replace_body(environ, rewrite_create_run(body, user.name, self._job_tags(user)))
         elif rule.action == "create_owned":
             self._replace_body(environ, rewrite_owned_create(body, user.name))
         elif rule.action == "owned":
-            ref = (query.get(rule.ref[1:]) or [""])[0] if rule.ref.startswith("?") else \
-                rule.ref if rule.kind == "logged_model" else self._body_ref(body, rule)
-            self._check_owner(rule.kind, str(ref), user, f"{method} {rule.endpoint}")
-
-    def _body_ref(self, body: dict[str, Any], rule: Rule) -> str:
-        value = body.get(rule.ref)
-        if value is None and rule.ref == "run_id":
-            value = body.get("run_uuid")
-        return "" if value is None else str(value)
+            if rule.ref.startswith("?"):
+                ref = (query.get(rule.ref[1:]) or [""])[0]
+            elif rule.kind == "logged_model":
+                ref = rule.ref
+            else:
+                value = body.get(rule.ref)
+                ref = "" if value is None else str(value)
+            self._check_owner(rule.kind, ref, user, f"{method} {rule.endpoint}")
 
     def _check_owner(self, kind: str, ref: str, user: User, what: str) -> None:
         if not ref:
@@ -172,6 +203,8 @@ class MlflowMount:
             label = kind.replace("_", " ")
             whose = f"belongs to {owner}" if owner else "has no owner (admins only)"
             raise Refused(403, "forbidden", f"{label} {ref!r} {whose}; members change only their own runs, experiments and models ({what})")
+        if kind == "run" and user.job_id and self.db.run_job_id(ref) != user.job_id:
+            raise Refused(403, "forbidden", f"run {ref!r} was not created by job {user.job_id}; a job's token changes only its own runs ({what})")
 
     def _check_artifact_write(self, rule: Rule, user: User) -> None:
         target = artifact_target(rule.ref)
@@ -190,17 +223,47 @@ class MlflowMount:
         raise Refused(403, "forbidden", "members write artifacts only into their own runs and models "
                                         "(EXPERIMENT/RUN_ID/artifacts/... or EXPERIMENT/models/MODEL_ID/artifacts/...)")
 
-    def _job_tags(self, environ: dict[str, Any], user: User) -> dict[str, str] | None:
-        token_id = environ.get("mlpd.token_id")
-        if not token_id:
+    def _check_artifact_read(self, kind: str, ref: str, query: dict[str, list[str]]) -> None:
+        """Artifacts are served only from mlpd's store, whatever an old row or a client named.
+        The object is found as MLflow's handler finds it (the same query fields, first value)."""
+        one = {k: v[0] for k, v in query.items()}
+        if kind == "run":
+            ref = one.get("run_id") or one.get("run_uuid") or ""
+            location = self.db.run_artifact_uri(ref) if ref else None
+        elif kind == "model_version":
+            location = self.db.model_version_location(one.get("name", ""), one.get("version", ""))
+        elif kind == "trace":
+            location = self.db.trace_artifact_location(one.get("request_id", ""))
+        else:
+            location = self.db.logged_model_location(ref)
+        if location is None:
+            return  # no such object: MLflow answers RESOURCE_DOES_NOT_EXIST
+        if not in_store(location):
+            raise Refused(403, "forbidden", "this object's artifacts are not in mlpd's artifact store; mlpd serves artifacts only from there")
+        relative = one.get("path") or one.get("artifact_file_path") or ""
+        if relative:
+            self._check_store_path(location[len("mlflow-artifacts:/"):].strip("/") + "/" + relative)
+
+    def _check_store_path(self, relative: str) -> None:
+        """Refuse a read through a symbolic link in the artifact store. Only MLflow's proxy writes
+        there (regular files), so a link is never mlpd's: it is refused rather than followed."""
+        current = tracking.artifacts_dir(self.config.state_dir)
+        for part in [p for p in relative.split("/") if p]:
+            current = os.path.join(current, part)
+            try:
+                mode = os.lstat(current).st_mode
+            except OSError:
+                return  # absent: MLflow answers that itself
+            if stat.S_ISLNK(mode):
+                raise Refused(403, "forbidden", "the artifact path goes through a symbolic link; mlpd never follows links in its store")
+
+    def _job_tags(self, user: User) -> dict[str, str] | None:
+        """The tags of the job whose token this is (None for a person's token)."""
+        if not user.job_id:
             return None
-        row = self.store.query_one("SELECT label FROM tokens WHERE id = ?", [token_id])
-        label = (row or {}).get("label") or ""
-        if not label.startswith("job:"):
-            return None
-        job = jobs.get(self.store, label[4:])
+        job = jobs.get(self.store, user.job_id)
         if job is None or job["owner"] != user.name:
-            return None  # a token labelled like a job, but not that job's: no job tags
+            return None
         return job_tags(job, self.config["jobs.default_image"])
 
     # ------------------------------------------------------------ bodies
@@ -214,15 +277,17 @@ class MlflowMount:
             raise Refused(413, "too_large", f"request body over {MAX_JSON_BODY // (1024 * 1024)} MiB")
         stream = environ["wsgi.input"]
         data = stream.read(length) if length else (stream.read(MAX_JSON_BODY + 1) if environ.get("wsgi.input_terminated") else b"")
+        if len(data) > MAX_JSON_BODY:
+            raise Refused(413, "too_large", f"request body over {MAX_JSON_BODY // (1024 * 1024)} MiB")
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         if not data.strip():
             return {}
         try:
-            body = json.loads(data)
-        except ValueError:
-            raise Refused(400, "invalid_json", "the request body is not valid JSON") from None
+            body = strict_json.loads(data)
+        except strict_json.JsonError as exc:
+            raise Refused(400, "invalid_json", str(exc)) from None
         if not isinstance(body, dict):
             raise Refused(400, "invalid_body", "the request body must be a JSON object")
         return body

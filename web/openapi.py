@@ -34,6 +34,8 @@ def build_document() -> dict:
             }
             if doc.admin:
                 op["x-mlpd-admin"] = True
+            if doc.job_token:
+                op["x-mlpd-job-token"] = True
             params = re.findall(r"<(?:[^:>]+:)?([^>]+)>", doc.rule)
             if params:
                 op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from flask import Blueprint, g, request
 
+from mlpd import strict_json
+
 from mlpd.web.auth import require_user
 from mlpd.web.errors import ApiError
 
@@ -37,27 +39,37 @@ class RouteDoc:
     body: dict[str, Field] | None
     streaming: bool = False
     endpoint: str = ""
+    job_token: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 ROUTES: list[RouteDoc] = []
 
 
-def route(rule: str, methods: tuple[str, ...] = ("GET",), summary: str = "", admin: bool = False, body: dict[str, Field] | None = None, streaming: bool = False):
-    """Register an authenticated /api/v1 route; admin routes answer 403 to members."""
+def route(rule: str, methods: tuple[str, ...] = ("GET",), summary: str = "", admin: bool = False, body: dict[str, Field] | None = None,
+          streaming: bool = False, job_token: bool = False):
+    """Register an authenticated /api/v1 route; admin routes answer 403 to members.
+
+    A job's token (see mlpd.users.User) reaches only the routes marked ``job_token``: what
+    a job needs, never anything that makes credentials or outlives the job.
+    """
 
     def decorate(fn: Callable):
         endpoint = fn.__name__
 
         @functools.wraps(fn)
         def view(**kwargs):
+            if g.user.job_id and not job_token:
+                raise ApiError(403, "forbidden", f"a job's token (job {g.user.job_id}) cannot do this; it may read its own job "
+                                                 "and use MLflow. Use your own token ('mlpd login') outside the job")
             if admin and not g.user.is_admin:
                 raise ApiError(403, "forbidden", "this needs an admin token")
             return fn(**kwargs)
 
         view.mlpd_admin = admin  # type: ignore[attr-defined]
+        view.mlpd_job_token = job_token  # type: ignore[attr-defined]
         api.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=list(methods))
-        ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint))
+        ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint, job_token))
         return view
 
     return decorate
@@ -72,12 +84,28 @@ def _type_name(t) -> str:
     return _TYPE_NAMES.get(t, t.__name__)
 
 
+MAX_JSON_BODY = 1024 * 1024
+
+
+def request_json() -> Any:
+    """The request's JSON body (None when empty): at most MAX_JSON_BODY bytes, finite numbers, bounded depth."""
+    if (request.content_length or 0) > MAX_JSON_BODY:
+        raise ApiError(413, "too_large", f"the request body is over {MAX_JSON_BODY // 1024} KiB")
+    raw = request.stream.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise ApiError(413, "too_large", f"the request body is over {MAX_JSON_BODY // 1024} KiB")
+    if not raw.strip():
+        return None
+    try:
+        return strict_json.loads(raw)
+    except strict_json.JsonError as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
+
+
 def json_body(schema: dict[str, Field]) -> dict[str, Any]:
     """The request's JSON object, checked against schema; errors name the field."""
-    data = request.get_json(silent=True)
+    data = request_json()
     if data is None:
-        if request.content_length:
-            raise ApiError(400, "invalid_json", "the request body is not valid JSON")
         data = {}
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_body", "the request body must be a JSON object")

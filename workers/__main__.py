@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
+import time
 
 from mlpd.config import Config, load_config
 from mlpd.workers import loop, tasks
+
+
+def hold_controller_lock(state_dir: str, wait: float = 30.0):
+    """The worker's own lock: one controller per state directory, even for a worker started by hand."""
+    fh = open(os.path.join(state_dir, "worker.lock"), "a+")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fh
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                fh.close()
+                return None
+            time.sleep(0.2)
 
 
 def main() -> int:
@@ -18,6 +35,10 @@ def main() -> int:
     else:
         config = load_config()
     logging.basicConfig(level=config["server.log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    lock = hold_controller_lock(config.state_dir)
+    if lock is None:
+        logging.getLogger("mlpd.workers").error("another worker still acts on %s; not starting a second controller", config.state_dir)
+        return 1
     controller_loop = loop.ControllerLoop(config)
     tasks.wake_hook = controller_loop.wake
     controller_loop.start()

@@ -341,3 +341,31 @@ def test_existing_dest_refused_and_untouched(tmp_path):
     with pytest.raises(FileExistsError):
         extract_archive(archive, str(dest))
     assert (dest / "a.txt").read_text() == "old"
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_huge_extended_header_refused_before_it_is_read(tmp_path, kind):
+    """A small upload whose PAX (or GNU long-name) header claims 64 MiB is refused at once,
+    without reading the header into memory, and leaves nothing behind."""
+    import gzip
+    import resource
+    import time
+
+    size = 64 * 1024 * 1024
+    header = tarfile.TarInfo("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink")
+    header.type, header.size = kind, size
+    path = tmp_path / "bomb.tar.gz"
+    with gzip.open(path, "wb", compresslevel=9) as gz:
+        gz.write(header.tobuf(format=tarfile.USTAR_FORMAT))
+        block = b"7" * (1 << 20)
+        for _ in range(size >> 20):
+            gz.write(block)
+    assert path.stat().st_size < 1024 * 1024
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(CodeArchiveError, match="extended header of 64 MiB"):
+        extract_archive(str(path), str(tmp_path / "dest"))
+    assert time.monotonic() - started < 5
+    # ru_maxrss is in KiB: the header was never allocated (it would add 64 MiB).
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 * 1024
+    assert sorted(os.listdir(tmp_path)) == ["bomb.tar.gz"]

@@ -154,10 +154,11 @@ def test_bools_are_not_numbers():
     ("gpus", "two", "expected a whole number >= 0, got 'two'"),
     ("priority", 101, "must be at most 100"),
     ("priority", -101, "expected a whole number >= -100"),
-    ("cpus", 0, "expected a number > 0"),
-    ("cpus", 2000, "at most 1024"),
-    ("cpus", "lots", "expected a number > 0"),
-    ("memory", "1m", "must be at least 4.0 MiB"),
+    ("cpus", 0, "expected a number from 0.01 to 1024"),
+    ("cpus", 0.001, "expected a number from 0.01 to 1024"),
+    ("cpus", 2000, "to 1024"),
+    ("cpus", "lots", "expected a number from 0.01"),
+    ("memory", "1m", "must be at least 6.0 MiB"),
     ("memory", 0, "must be at least"),
     ("memory", "4 bananas", "cannot read '4 bananas' as a size"),
     ("memory", [1], "got list"),
@@ -274,3 +275,31 @@ def test_format_duration_round_trips():
 ])
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
+
+
+def test_every_field_has_a_cap_with_a_clear_error():
+    """A spec cannot carry a megabyte command, env or name into the database and every listing."""
+    huge = "x" * (200 * 1024)
+    for data, field in [({"command": ["echo", huge]}, "command[1]"),
+                        ({"command": ["true"] * 5000}, "command"),
+                        ({"command": ["true"], "env": {"BIG": huge}}, "env.BIG"),
+                        ({"command": ["true"], "env": {f"V{i}": "1" for i in range(2000)}}, "env"),
+                        ({"command": ["echo"] + ["y" * 100_000] * 6}, "command"),
+                        ({"command": ["true"], "name": huge}, "name"),
+                        ({"command": ["true"], "experiment": huge}, "experiment"),
+                        ({"command": ["true"], "image": huge}, "image")]:
+        with pytest.raises(SpecError) as info:
+            parse_spec(data)
+        assert info.value.field == field, (field, str(info.value)[:200])
+        assert len(str(info.value)) < 1200  # the value is not echoed back whole
+
+
+def test_host_limits_are_checked_at_submit():
+    from mlpd.jobspec import check_host_limits
+
+    spec, _ = parse_spec({"command": ["true"], "cpus": 8, "memory": "64g"})
+    with pytest.raises(SpecError, match="^cpus: asks for 8 CPUs but this host has 2"):
+        check_host_limits(spec, 2, 128 * 1024**3)
+    with pytest.raises(SpecError, match="^memory: asks for 64 GiB but this host has 16 GiB"):
+        check_host_limits(spec, 16, 16 * 1024**3)
+    check_host_limits(spec, 8, 64 * 1024**3)

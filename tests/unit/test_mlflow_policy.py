@@ -151,3 +151,39 @@ def test_bad_mlflow_settings_are_refused_with_the_key(key, value):
     with pytest.raises(ConfigError) as err:
         load_config(None, {key: value})
     assert err.value.key == key
+
+
+# ---------------------------------------------------------------- issue 9: the object checked is the object acted on
+
+
+def test_a_body_is_canonicalised_to_the_fields_mlflow_reads():
+    from mlpd.mlflow_policy import canonical_body
+
+    assert canonical_body({"runId": "a", "key": "k"}) == {"run_id": "a", "key": "k"}
+    assert canonical_body({"runUuid": "a"}) == {"run_uuid": "a", "run_id": "a"}
+    assert canonical_body({"experimentId": "3", "newName": "x"}) == {"experiment_id": "3", "new_name": "x"}
+    assert canonical_body({"run_id": "a", "run_uuid": "a"}) == {"run_id": "a", "run_uuid": "a"}
+    for twice in ({"runId": "a", "run_uuid": "b"}, {"run_id": "b", "runUuid": "a"}, {"runId": "a", "run_id": "b"},
+                  {"experimentId": "1", "experiment_id": "1"}, {"run_id": "a", "run_uuid": "b"}):
+        with pytest.raises(Refused) as info:
+            canonical_body(twice)
+        assert (info.value.status, info.value.code) == (400, "ambiguous_request"), twice
+
+
+def test_storage_locations_are_the_daemons():
+    from mlpd.mlflow_policy import check_create_locations, in_store
+
+    for body in ({"name": "e", "artifact_location": "/etc"}, {"name": "e", "artifact_location": "file:///tmp/x"},
+                 {"name": "e", "artifact_location": "mlflow-artifacts:/elsewhere"}):
+        with pytest.raises(Refused, match="artifact_location"):
+            check_create_locations("experiments/create", body)
+    check_create_locations("experiments/create", {"name": "e"})
+    check_create_locations("experiments/create", {"name": "e", "artifact_location": ""})
+    for source in ("/etc", "file:///etc", "http://10.0.0.1/x", "s3://b/k", "", None, 3):
+        with pytest.raises(Refused, match="source"):
+            check_create_locations("model-versions/create", {"name": "m", "source": source})
+    for source in ("runs:/abc/model", "models:/m-123", "mlflow-artifacts:/1/abc/artifacts/model"):
+        check_create_locations("model-versions/create", {"name": "m", "source": source})
+    assert in_store("mlflow-artifacts:/1/abc/artifacts") and in_store("mlflow-artifacts:/")
+    for outside in ("/etc", "file:///etc", "", None, "mlflow-artifacts:/../../etc", "s3://b/k"):
+        assert not in_store(outside), outside

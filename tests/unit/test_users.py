@@ -184,7 +184,7 @@ def test_listed_tokens_carry_no_secret(store):
     assert [t["user"] for t in everything] == ["alice", "bob"]
     assert [t["user"] for t in users.list_tokens(store, "bob")] == ["bob"]
     for row in everything:
-        assert set(row) == {"id", "user", "label", "created_at", "expires_at", "revoked_at", "last_used_at"}
+        assert set(row) == {"id", "user", "label", "created_at", "expires_at", "revoked_at", "last_used_at", "job_id"}
     dumped = json.dumps(everything)
     for token in (token_a, token_b):
         assert token.split("_", 2)[2] not in dumped

@@ -79,9 +79,9 @@ class Rule:
 class Refused(Exception):
     """A request mlpd answers itself: HTTP status, error code and a message for people."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, mlflow_code: str = ""):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.mlflow_code = status, code, message, mlflow_code
 
 
 def endpoint_of(path: str) -> tuple[str, str]:
@@ -158,6 +158,8 @@ def canonical_body(body: dict[str, Any]) -> dict[str, Any]:
         if name in out:
             raise Refused(400, "ambiguous_request", f"the body names {name!r} twice ({key!r} and another spelling); send it once")
         out[name] = value
+    for key in [k for k in out if k == "experiment_id" or k.endswith("_experiment_id")]:
+        out[key] = _experiment_id(key, out[key])
     run_id, run_uuid = out.get("run_id"), out.get("run_uuid")
     if run_id not in (None, "") and run_uuid not in (None, "") and run_id != run_uuid:
         raise Refused(400, "ambiguous_request", "the body names two runs (run_id and run_uuid differ); send run_id only")
@@ -166,16 +168,50 @@ def canonical_body(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_json_value(value: Any, depth: int = 0) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH (MLflow's parser recurses on it)."""
-    if depth > MAX_JSON_DEPTH:
-        raise Refused(400, "invalid_json", f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
-    if isinstance(value, dict):
-        for item in value.values():
-            check_json_value(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            check_json_value(item, depth + 1)
+def _experiment_id(key: str, value: Any) -> Any:
+    """An experiment id as plain ASCII digits: MLflow reads ids with int(), which also takes '0_7'
+    and fullwidth digits that a lookup by text would not find."""
+    if value in (None, ""):
+        return value
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if text is None or not re.fullmatch(r"[0-9]{1,18}", text):
+        raise Refused(400, "invalid_field", f"{key}: expected an experiment id of digits, got {str(value)[:40]!r}")
+    return str(int(text))
+
+
+def _field(item: Any, name: str) -> Any:
+    """A nested message's field under its proto name or its JSON name (refused when both are given)."""
+    if not isinstance(item, dict):
+        return None
+    camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+    if name in item and camel in item and camel != name:
+        raise Refused(400, "ambiguous_request", f"a nested field is named twice ({name!r} and {camel!r}); send it once")
+    return item.get(name, item.get(camel))
+
+
+def logged_models_named(body: dict[str, Any]) -> list[str]:
+    """Logged models a request body ties something to: model_id, each metric's and each listed model's
+    model_id, and a models:/m-... source. MLflow writes to (or shows on) each of them."""
+    found = [body.get("model_id")]
+    for key in ("metrics", "models"):
+        items = body.get(key)
+        if isinstance(items, list):
+            found += [_field(item, "model_id") for item in items]
+    source = body.get("source")
+    if isinstance(source, str):
+        match = re.fullmatch(r"models:/(m-[0-9a-f]+)", source)
+        if match:
+            found.append(match.group(1))
+    return [str(x) for x in found if x not in (None, "")]
+
+
+def trace_ids_named(body: dict[str, Any]) -> list[str]:
+    """Trace ids a trace upload names (MLflow's start_trace merges into an existing trace)."""
+    found = [body.get("request_id"), body.get("trace_id")]
+    trace = _field(body, "trace")
+    info = _field(trace, "trace_info")
+    found += [_field(info, "trace_id"), _field(info, "request_id")]
+    return [str(x) for x in found if x not in (None, "")]
 
 
 def artifact_read(path: str) -> tuple[str, str] | None:

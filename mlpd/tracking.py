@@ -309,6 +309,9 @@ class TrackingDb:
         row = self._one("SELECT artifact_location FROM logged_models WHERE model_id = ?", [model_id])
         return (row[0] or "") if row else None
 
+    def trace_exists(self, trace_id: str) -> bool:
+        return self._one("SELECT 1 FROM trace_info WHERE request_id = ?", [trace_id]) is not None
+
     def trace_artifact_location(self, request_id: str) -> str | None:
         """Where a trace's data is (None when MLflow has no such trace or keeps no location for it)."""
         row = self._one("SELECT value FROM trace_tags WHERE request_id = ? AND key = 'mlflow.artifactLocation'", [request_id])

@@ -29,7 +29,8 @@ from urllib.parse import parse_qs
 
 from mlpd import jobs, strict_json, tracking
 from mlpd.mlflow_policy import (PATH_PARAMS, artifact_read, READ_METHODS, Refused, Rule, artifact_target, canonical_body,
-                                check_create_locations, classify, endpoint_of, in_store, job_tags, may_change, protected_key,
+                                check_create_locations, classify, endpoint_of, in_store, job_tags, logged_models_named, may_change,
+                                protected_key, trace_ids_named,
                                 rewrite_create_run, rewrite_owned_create, tags_written, unsafe_path)
 from mlpd.users import User, authenticate
 
@@ -58,10 +59,15 @@ def presented_token(environ: dict[str, Any]) -> str | None:
     return None
 
 
-def _json_response(start_response: Callable, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+def _json_response(start_response: Callable, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = (),
+                   mlflow_code: str = "") -> list[bytes]:
+    """mlpd's JSON error; with mlflow_code, MLflow's own fields beside it, so MLflow clients read it too."""
     from http import HTTPStatus
 
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    payload: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if mlflow_code:
+        payload.update(error_code=mlflow_code, message=message)
+    body = json.dumps(payload).encode()
     start_response(f"{status} {HTTPStatus(status).phrase}",
                    [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
     return [body]
@@ -108,7 +114,7 @@ class MlflowMount:
                                                                           "the daemon log has the details", [("X-Request-Id", request_id)])
         except Refused as refusal:
             headers = [("WWW-Authenticate", 'Basic realm="mlpd"')] if refusal.status == 401 else []
-            result = _json_response(respond, refusal.status, refusal.code, refusal.message, headers)
+            result = _json_response(respond, refusal.status, refusal.code, refusal.message, headers, refusal.mlflow_code)
         log.info("%s %s %s %.1fms user=%s [%s]", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), seen["status"],
                  (time.monotonic() - started) * 1000, seen["user"], request_id)
         return result
@@ -157,7 +163,13 @@ class MlflowMount:
             body = canonical_body(self._json_body(environ))
             check_create_locations(endpoint, body)
             self._replace_body(environ, body)
-        if rule.action in ("read", "create"):
+        if rule.action == "read":
+            return
+        if rule.action == "create":
+            if not user.is_admin:
+                for trace_id in trace_ids_named(body):
+                    if self.db.trace_exists(trace_id):
+                        raise Refused(403, "forbidden", f"trace {trace_id!r} exists already; a trace is written once, by its creator")
             return
         if rule.action == "admin":
             if not user.is_admin:
@@ -179,12 +191,20 @@ class MlflowMount:
                 ref = (query.get(rule.ref[1:]) or [""])[0]
             elif rule.kind == "logged_model":
                 ref = rule.ref
+                named = body.get("model_id")
+                if named not in (None, "") and str(named) != ref:
+                    raise Refused(400, "ambiguous_request", "the body names another logged model than the path; send one")
             else:
                 value = body.get(rule.ref)
                 ref = "" if value is None else str(value)
             self._check_owner(rule.kind, ref, user, f"{method} {rule.endpoint}")
+        if rule.action in ("owned", "create_run", "create_owned") and not user.is_admin:
+            for model_id in logged_models_named(body):
+                self._check_owner("logged_model", model_id, user, f"{method} {rule.endpoint} naming a logged model")
 
     def _check_owner(self, kind: str, ref: str, user: User, what: str) -> None:
+        """Refuse unless user may change the object; one mlpd cannot find is refused too (for members),
+        since MLflow might find it under a spelling mlpd's lookup does not read."""
         if not ref:
             return  # MLflow itself refuses the request for its missing field
         if kind == "run":
@@ -197,10 +217,12 @@ class MlflowMount:
         else:
             found = self.db.logged_model(ref)
             owner = found[0] if found else None
+        label = kind.replace("_", " ")
         if owner is None:
-            return  # no such object: MLflow answers RESOURCE_DOES_NOT_EXIST
+            if user.is_admin:
+                return  # MLflow answers RESOURCE_DOES_NOT_EXIST
+            raise Refused(404, "not_found", f"no such {label} {ref[:100]!r} ({what})", mlflow_code="RESOURCE_DOES_NOT_EXIST")
         if not may_change(user.name, user.is_admin, owner):
-            label = kind.replace("_", " ")
             whose = f"belongs to {owner}" if owner else "has no owner (admins only)"
             raise Refused(403, "forbidden", f"{label} {ref!r} {whose}; members change only their own runs, experiments and models ({what})")
         if kind == "run" and user.job_id and self.db.run_job_id(ref) != user.job_id:

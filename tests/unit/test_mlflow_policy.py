@@ -187,3 +187,27 @@ def test_storage_locations_are_the_daemons():
     assert in_store("mlflow-artifacts:/1/abc/artifacts") and in_store("mlflow-artifacts:/")
     for outside in ("/etc", "file:///etc", "", None, "mlflow-artifacts:/../../etc", "s3://b/k"):
         assert not in_store(outside), outside
+
+
+def test_experiment_ids_are_plain_digits_as_mlflow_and_sqlite_both_read_them():
+    from mlpd.mlflow_policy import canonical_body
+
+    assert canonical_body({"experimentId": "007"}) == {"experiment_id": "7"}
+    assert canonical_body({"experiment_id": 12}) == {"experiment_id": "12"}
+    for bad in ("0_2", "\uff12", " 2", "2 ", "-1", "1e3", True, [1], "1" * 19):
+        with pytest.raises(Refused) as info:
+            canonical_body({"experiment_id": bad})
+        assert info.value.code == "invalid_field", bad
+
+
+def test_the_logged_models_and_traces_a_body_names_are_found_in_every_spelling():
+    from mlpd.mlflow_policy import logged_models_named, trace_ids_named
+
+    body = {"model_id": "m-1", "metrics": [{"key": "a", "modelId": "m-2"}, {"key": "b"}], "models": [{"model_id": "m-3"}],
+            "source": "models:/m-4"}
+    assert logged_models_named(body) == ["m-1", "m-2", "m-3", "m-4"]
+    assert logged_models_named({"source": "models:/churn/3"}) == []
+    assert trace_ids_named({"trace": {"trace_info": {"trace_id": "tr-1"}}}) == ["tr-1"]
+    assert trace_ids_named({"trace": {"traceInfo": {"traceId": "tr-2"}}}) == ["tr-2"]
+    with pytest.raises(Refused):
+        trace_ids_named({"trace": {"trace_info": {"trace_id": "a", "traceId": "b"}}})

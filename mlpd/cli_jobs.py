@@ -291,11 +291,11 @@ def images_build(force, local, config_file):
     if local:
         from mlpd.config import ConfigError, load_config
         from mlpd.image_catalog import build_missing
-        from mlpd.runtime import DockerRuntime, RuntimeFailure
+        from mlpd.runtime import RuntimeFailure, connect
 
         try:
             cfg = load_config(config_file)
-            for line in build_missing(DockerRuntime("host"), cfg, force=force):
+            for line in build_missing(connect("host"), cfg, force=force):
                 click.echo(line)
         except (ConfigError, RuntimeFailure) as exc:
             raise click.ClickException(str(exc))

@@ -10,7 +10,6 @@ not hold up the loop. Nothing here depends on a pass running exactly once.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -20,10 +19,10 @@ from typing import Any, Callable
 
 from mlpd import jobs
 from mlpd.config import Config
+from mlpd.gpu_state import stray_gpus
 from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, TERMINAL, JobState
-from mlpd.jobspec import format_bytes, format_duration
-from mlpd.runtime import ContainerState, DockerRuntime, ImageMissing, LaunchRequest, RuntimeFailure
+from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus
 from mlpd import quotas
 from mlpd.scheduler import Gpu, GpuLimit, Holding, Plan, Policy, QueuedJob, schedule
 from mlpd.store import Store
@@ -52,8 +51,7 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) 
     stray: set[str] = set()
     if config["gpus.avoid_stray"]:
         # GPUs someone uses outside mlpd take no new work until that use ends.
-        row = store.query_one("SELECT value FROM daemon_status WHERE key = 'gpus.stray'")
-        stray = set(json.loads(row["value"])) if row else set()
+        stray = set(stray_gpus(store))
     gpus = [Gpu(d.uuid, d.index, d.name, str(d.index) in drained or d.uuid in drained or d.uuid in stray,
                 "in use outside mlpd" if d.uuid in stray else "drained") for d in inventory.devices()]
     holdings = []
@@ -83,12 +81,15 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) 
 class JobController:
     """Reconciles jobs with containers and launches what the scheduler places."""
 
-    def __init__(self, store: Store, config: Config, runtime: DockerRuntime, inventory: GpuInventory, wake: Callable[[str], None] = lambda r: None):
+    def __init__(self, store: Store, config: Config, runtime: Runtime, inventory: GpuInventory, wake: Callable[[str], None] = lambda r: None,
+                 executor: Any = None):
+        """executor runs launches (submit(fn, *args)); by default a pool of 4 threads, so a slow
+        image start does not hold up the loop. Tests pass one that runs them inline."""
         self.store, self.config, self.runtime, self.inventory = store, config, runtime, inventory
         self.wake = wake
         self.launching: set[str] = set()
         self._lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
+        self.pool = executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
         self.next_deadline: float | None = None  # the earliest time limit among running jobs
 
     # ------------------------------------------------------------ one pass
@@ -124,23 +125,23 @@ class JobController:
         with self._lock:
             return job_id in self.launching
 
-    def _reconcile_job(self, job: dict[str, Any], c: ContainerState | None, now: float) -> None:
+    def _reconcile_job(self, job: dict[str, Any], c: WorkloadStatus | None, now: float) -> None:
         job_id = job["id"]
         if c is None:
             if job["state"] == JobState.STARTING.value:
                 self._launch(job)  # the daemon died between allocating and starting: start it now
             else:
-                jobs.transition(self.store, job_id, ACTIVE, JobState.LOST, reason="its container vanished (removed outside mlpd?)", ended_at=now)
+                jobs.transition(self.store, job_id, JobState.LOST, reason="its container vanished (removed outside mlpd?)", ended_at=now)
                 log.warning("job %s lost: container gone", job_id)
             return
-        if c.status == "created":
+        if c.phase == Phase.PENDING:
             self._launch(job)
             return
         if c.ended:
             self._finish(job, c)
             return
         if job["state"] == JobState.STARTING.value:
-            jobs.transition(self.store, job_id, [JobState.STARTING], JobState.RUNNING, started_at=c.started_at, container_id=c.id)
+            jobs.transition(self.store, job_id, JobState.RUNNING, started_at=c.started_at, container_id=c.id)
             job = jobs.get(self.store, job_id)
         started = job["started_at"] or c.started_at or now
         limit = effective_time_limit(job, self.config)
@@ -152,34 +153,26 @@ class JobController:
             if fresh and fresh.ended:
                 self._finish(job, fresh)
 
-    def _finish(self, job: dict[str, Any], c: ContainerState) -> None:
-        """Record how the job ended from Docker's own account, keep its log, remove the container."""
+    def _finish(self, job: dict[str, Any], c: WorkloadStatus) -> None:
+        """Record how the job ended from the runtime's own account, keep its log, remove the container."""
         job_id = job["id"]
+        job = jobs.get(self.store, job_id) or job  # a cancel may have come in since the pass read it
         directory = jobs.job_dir(self.config.state_dir, job_id)
         os.makedirs(directory, exist_ok=True)
         self.runtime.save_logs(job_id, os.path.join(directory, "log"))
-        limit = effective_time_limit(job, self.config)
         started = job["started_at"] or c.started_at
         ended = c.finished_at or time.time()
-        memory = job["spec"].get("memory")
-        if job["cancel_requested_by"]:
-            state, reason = JobState.CANCELLED, f"cancelled by {job['cancel_requested_by']}"
-        elif limit and started and ended - started >= limit - 0.5:
-            state, reason = JobState.TIMED_OUT, f"stopped after its time limit of {format_duration(limit)}"
-        elif c.oom_killed:
-            what = f" (limit {format_bytes(memory)})" if memory else ""
-            state, reason = JobState.FAILED, f"out of memory: the container was OOM-killed{what}"
-        elif c.exit_code == 0:
-            state, reason = JobState.SUCCEEDED, "exited with code 0"
-        else:
-            state, reason = JobState.FAILED, f"exited with code {c.exit_code}" + (f" ({c.error})" if c.error else "")
-        if jobs.transition(self.store, job_id, ACTIVE, state, reason=reason, at=ended, exit_code=c.exit_code,
+        if started is not None and ended < started:
+            ended = started  # Docker records a short container's end a few ms before its start at times
+        state, reason = jobs.classify_exit(c.exit_code, c.oom_killed, c.error, started, ended, effective_time_limit(job, self.config),
+                                           job["cancel_requested_by"], job["spec"].get("memory"))
+        if jobs.transition(self.store, job_id, state, reason=reason, at=ended, exit_code=c.exit_code,
                            ended_at=ended, started_at=started, container_id=c.id):
             log.info("job %s %s: %s", job_id, state.value, reason)
         jobs.revoke_job_tokens(self.store, job_id)  # the transition does it too; this also covers a replayed pass
         self.runtime.remove(job_id)
 
-    def _remove_orphan(self, job_id: str, c: ContainerState) -> None:
+    def _remove_orphan(self, job_id: str, c: WorkloadStatus) -> None:
         """Remove a container whose job has ended (or that no job of ours names); a job that is
         queued or active now (it moved on since the pass read the database) is left alone."""
         job = jobs.get(self.store, job_id)
@@ -203,7 +196,7 @@ class JobController:
         by_id = {j["id"]: j for j in queued}
         for placement in plan.placements:
             indices = [index_of[u] for u in placement.gpu_uuids]
-            if jobs.transition(self.store, placement.job_id, [JobState.QUEUED], JobState.STARTING,
+            if jobs.transition(self.store, placement.job_id, JobState.STARTING,
                                reason="", gpu_uuids=placement.gpu_uuids, gpu_indices=indices,
                                gpu_models=[model_of[u] for u in placement.gpu_uuids]):
                 job = dict(by_id[placement.job_id], state="starting", gpu_uuids=list(placement.gpu_uuids), gpu_indices=indices)
@@ -219,18 +212,24 @@ class JobController:
     def _launch_now(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
         try:
-            req = self.launch_request(job)
+            # The pass that asked for this launch read the job (and Docker) a moment ago; an earlier
+            # launch may have started, finished and removed the container since. Only a job that is
+            # still starting is started, so no job ever runs twice.
+            fresh = jobs.get(self.store, job_id)
+            if fresh is None or fresh["state"] != JobState.STARTING.value:
+                return
+            req = self.launch_request(fresh)
             state = self.runtime.start_job(req)
             if state.ended:
                 self._finish(jobs.get(self.store, job_id), state)
             else:
-                jobs.transition(self.store, job_id, [JobState.STARTING], JobState.RUNNING, started_at=state.started_at, container_id=state.id)
+                jobs.transition(self.store, job_id, JobState.RUNNING, started_at=state.started_at, container_id=state.id)
         except (ImageMissing, RuntimeFailure) as exc:
-            jobs.transition(self.store, job_id, [JobState.STARTING], JobState.FAILED, reason=str(exc), ended_at=time.time())
+            jobs.transition(self.store, job_id, JobState.FAILED, reason=str(exc), ended_at=time.time())
         except Exception as exc:
             log.exception("launching job %s failed", job_id)
             self.runtime.remove(job_id)
-            jobs.transition(self.store, job_id, [JobState.STARTING], JobState.FAILED, reason=f"mlpd could not start it: {exc}", ended_at=time.time())
+            jobs.transition(self.store, job_id, JobState.FAILED, reason=f"mlpd could not start it: {exc}", ended_at=time.time())
         finally:
             with self._lock:
                 self.launching.discard(job_id)

@@ -120,7 +120,7 @@ def resolve_container_listen(config: Config) -> Config:
     value = config["server.container_listen"]
     port = config["server.listen"].rpartition(":")[2]
     if value == "auto":
-        from mlpd.runtime import bridge_gateway
+        from mlpd.docker_runtime import bridge_gateway
 
         gateway = bridge_gateway(config["docker.host"])
         if not gateway:

@@ -56,7 +56,7 @@ def build_base(runtime, tag: str) -> Iterator[str]:
         return
     if not tag.startswith("mlpd/base"):
         yield f"base {tag}: pulling"
-        runtime.client.images.pull(tag)
+        runtime.pull_image(tag)
         yield f"base {tag}: pulled"
         return
     script = os.path.join(images_dir(), "base", "build.sh")

@@ -32,6 +32,43 @@ ACTIVE = (JobState.STARTING, JobState.RUNNING)
 TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT, JobState.LOST)
 STATE_NAMES = tuple(s.value for s in JobState)
 
+# The state machine: which state may follow which. Every change of state goes through
+# transition(), which allows exactly these (a compare-and-set on the state the table allows
+# before the target), so no caller keeps its own list. Who causes each: a member (or admin)
+# cancels a queued job; everything else is the controller's, from what the runtime reports.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.STARTING, JobState.CANCELLED}),
+    JobState.STARTING: frozenset({JobState.RUNNING, *TERMINAL}),
+    JobState.RUNNING: frozenset(TERMINAL),
+    **{state: frozenset() for state in TERMINAL},
+}
+
+
+def may_follow(to: JobState) -> tuple[JobState, ...]:
+    """The states a job may be in for a transition to `to`."""
+    return tuple(state for state, nexts in TRANSITIONS.items() if to in nexts)
+
+
+def classify_exit(exit_code: int | None, oom_killed: bool, error: str, started: float | None, ended: float,
+                  limit: float | None, cancelled_by: str | None, memory: int | None) -> tuple[JobState, str]:
+    """How a job ended, from the runtime's account: its final state and the reason people read.
+
+    A cancel or a time limit is recorded as the cause when mlpd stopped the workload (its exit
+    code is then the signal's); otherwise an OOM kill, a clean exit or a failure with its code.
+    """
+    from mlpd.jobspec import format_bytes, format_duration
+
+    if cancelled_by:
+        return JobState.CANCELLED, f"cancelled by {cancelled_by}"
+    if limit and started and ended - started >= limit - 0.5:
+        return JobState.TIMED_OUT, f"stopped after its time limit of {format_duration(limit)}"
+    if oom_killed:
+        what = f" (limit {format_bytes(memory)})" if memory else ""
+        return JobState.FAILED, f"out of memory: the container was OOM-killed{what}"
+    if exit_code == 0:
+        return JobState.SUCCEEDED, "exited with code 0"
+    return JobState.FAILED, f"exited with code {exit_code}" + (f" ({error})" if error else "")
+
 
 class JobError(Exception):
     """A job operation that cannot be done: (status, code, message) for the API."""
@@ -101,11 +138,13 @@ def in_states(store: Store, states: Iterable[JobState]) -> list[dict[str, Any]]:
     return [_decode(r) for r in store.query(f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(names))}) ORDER BY submitted_at", names)]
 
 
-def transition(store: Store, job_id: str, from_states: Iterable[JobState], to: JobState, actor: str = "mlpd",
-               reason: str = "", at: float | None = None, **fields: Any) -> bool:
-    """Move a job from one of from_states to `to` (compare-and-set); write the event; False if it was not in from_states."""
+def transition(store: Store, job_id: str, to: JobState, actor: str = "mlpd", reason: str = "", at: float | None = None,
+               only_from: Iterable[JobState] | None = None, **fields: Any) -> bool:
+    """Move a job to `to` if TRANSITIONS allows it from its current state (compare-and-set, one
+    transaction with its event and ledger rows); False when the job is in another state.
+    only_from narrows the allowed states further (never widens them)."""
     at = at if at is not None else time.time()
-    allowed = [s.value for s in from_states]
+    allowed = [s.value for s in may_follow(to) if only_from is None or s in set(only_from)]
     sets = {"state": to.value, "updated_at": time.time(), **fields}
     if reason:
         sets["reason"] = reason
@@ -172,16 +211,15 @@ def _book_allocations(db, job_id: str, state: JobState) -> None:
 def request_cancel(store: Store, job_id: str, actor: str) -> dict[str, Any]:
     """Cancel: a queued job ends at once; a starting or running one is stopped by the controller."""
     now = time.time()
+    if transition(store, job_id, JobState.CANCELLED, actor=actor, reason=f"cancelled by {actor} while queued", at=now,
+                  only_from=[JobState.QUEUED], ended_at=now, cancel_requested_by=actor):
+        return get(store, job_id)
     with store.write() as db:
         row = db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
         if not row:
             raise JobError(404, "not_found", f"no such job {job_id!r}")
         state = row[0]
-        if state == JobState.QUEUED.value:
-            db.execute("UPDATE jobs SET state = 'cancelled', reason = ?, ended_at = ?, cancel_requested_by = ?, updated_at = ? WHERE id = ?",
-                       [f"cancelled by {actor} while queued", now, actor, now, job_id])
-            record_event(db, actor, "job.cancelled", "job", job_id, at=now, reason=f"cancelled by {actor} while queued")
-        elif state in (JobState.STARTING.value, JobState.RUNNING.value):
+        if state in (JobState.STARTING.value, JobState.RUNNING.value):
             db.execute("UPDATE jobs SET cancel_requested_by = ?, updated_at = ? WHERE id = ? AND cancel_requested_by IS NULL", [actor, now, job_id])
             record_event(db, actor, "job.cancel_requested", "job", job_id, at=now)
         else:

@@ -1,24 +1,22 @@
-"""The Docker runtime: the only module that imports docker.
+"""The runtime interface: what the controller needs from a container engine, and nothing of Docker's.
 
-A narrow interface (start, inspect, stop, remove, logs, list by label) so that
-another backend (Kubernetes, say) is an addition. Every operation is idempotent:
-starting a job whose container exists returns it, stopping or removing one that
-is gone is a no-op, and a failed start leaves no container behind.
+A narrow interface (start, inspect, stop, remove, logs, list by this daemon's label,
+a stream of events, images) returning backend-neutral states, so that another backend
+(Kubernetes, say) is an addition: :mod:`mlpd.docker_runtime` is the real one and the
+only module that imports docker; :mod:`mlpd.memory_runtime` is a second, in-memory
+implementation for fast tests of the controller. One contract suite
+(tests/contract/test_runtime_contract.py) runs against both.
+
+Every operation is idempotent: starting a workload whose container exists returns it,
+stopping or removing one that is gone is a no-op, and a failed start leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import logging
+import enum
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
-
-import docker
-import docker.errors
-from docker.types import DeviceRequest
-
-log = logging.getLogger("mlpd.runtime")
+from typing import Callable, Iterator, Protocol
 
 LABEL_INSTANCE = "mlpd.instance"
 LABEL_KIND = "mlpd.kind"
@@ -28,21 +26,29 @@ LABEL_GPUS = "mlpd.gpu_uuids"
 
 
 class RuntimeFailure(Exception):
-    """A container operation failed; the message is for the job's owner."""
+    """A container operation failed; the message is for the workload's owner."""
 
 
 class ImageMissing(RuntimeFailure):
-    pass
+    """The image is not on this host and could not be pulled."""
+
+
+class Phase(str, enum.Enum):
+    """Where a workload's container is, in any backend's terms."""
+
+    PENDING = "pending"  # created, not started (a daemon that died between the two leaves this)
+    RUNNING = "running"
+    EXITED = "exited"    # ended: see exit_code, oom_killed and error
 
 
 @dataclass(frozen=True)
-class ContainerState:
-    """What Docker says about one job container."""
+class WorkloadStatus:
+    """What the runtime says about one workload's container. A container that is gone is None."""
 
     id: str
     name: str
     job_id: str
-    status: str                  # created, running, paused, restarting, exited, dead
+    phase: Phase
     exit_code: int | None
     oom_killed: bool
     started_at: float | None
@@ -52,12 +58,12 @@ class ContainerState:
 
     @property
     def ended(self) -> bool:
-        return self.status in ("exited", "dead")
+        return self.phase == Phase.EXITED
 
 
 @dataclass(frozen=True)
 class LaunchRequest:
-    """Everything needed to start one job container."""
+    """Everything needed to start one workload's container."""
 
     job_id: str
     owner: str
@@ -73,228 +79,67 @@ class LaunchRequest:
     pull: bool = True
 
 
-def _ts(value: str | None) -> float | None:
-    """Docker's RFC 3339 nanosecond timestamps; the zero time means 'never'."""
-    if not value or value.startswith("0001-"):
-        return None
-    value = value.rstrip("Z")
-    main, _, frac = value.partition(".")
-    dt = _dt.datetime.fromisoformat(main).replace(tzinfo=_dt.timezone.utc)
-    return dt.timestamp() + (float("0." + frac[:9]) if frac else 0.0)
-
-
 def container_name(job_id: str) -> str:
     return f"mlpd-job-{job_id}"
 
 
-def bridge_gateway(base_url: str = "") -> str | None:
-    """The host's address on Docker's default bridge (what host.docker.internal resolves to), or None.
+def container_env(req: LaunchRequest) -> dict[str, str]:
+    """The container's environment: the request's, then what mlpd sets over it.
 
-    Newer engines leave IPAM's Gateway out when it is the default; Docker then uses
-    the first address of the subnet, so that is the answer.
+    Set last, over the user's env: the NVIDIA toolkit honours NVIDIA_VISIBLE_DEVICES even in an
+    unprivileged container, so a user-set value would escape the allocation.
     """
-    import ipaddress
-
-    try:
-        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
-        try:
-            configs = client.networks.get("bridge").attrs.get("IPAM", {}).get("Config") or []
-        finally:
-            client.close()
-    except docker.errors.DockerException as exc:
-        log.warning("cannot ask Docker for its bridge network (%s)", exc)
-        return None
-    for item in configs:
-        if item.get("Gateway"):
-            return item["Gateway"]
-        try:
-            network = ipaddress.ip_network(item.get("Subnet", ""), strict=False)
-        except ValueError:
-            continue
-        if network.version == 4:
-            return str(next(network.hosts()))
-    return None
+    gpu_list = ",".join(req.gpu_uuids)
+    return {**req.env, "CUDA_VISIBLE_DEVICES": gpu_list, "NVIDIA_VISIBLE_DEVICES": gpu_list or "void",
+            "MLPD_JOB_ID": req.job_id, "MLPD_OUTPUTS": "/outputs"}
 
 
-class DockerRuntime:
-    """Job containers on the local Docker engine, labelled with this daemon's instance id."""
+class Runtime(Protocol):
+    """A container engine as the controller sees it (see the module docstring)."""
 
-    def __init__(self, instance: str, base_url: str = "", gpu_mode: str = "auto"):
-        self.instance = instance
-        try:
-            self.client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
-            self.client.ping()
-        except docker.errors.DockerException as exc:
-            raise RuntimeFailure(f"cannot reach the Docker engine ({exc}); is dockerd running?") from None
-        runtimes = self.client.info().get("Runtimes", {}) or {}
-        self.has_nvidia = "nvidia" in runtimes
-        if gpu_mode == "nvidia" and not self.has_nvidia:
-            raise RuntimeFailure("docker.gpu_runtime is 'nvidia' but the Docker engine has no NVIDIA runtime; install nvidia-container-toolkit")
-        self.use_device_requests = self.has_nvidia and gpu_mode != "none"
-        self._lock = threading.Lock()
+    instance: str
+    has_nvidia: bool
 
-    # ------------------------------------------------------------ inspect
-    def _state(self, c) -> ContainerState:
-        s = c.attrs.get("State", {})
-        return ContainerState(
-            id=c.id, name=c.name, job_id=c.labels.get(LABEL_JOB, ""), status=s.get("Status", c.status),
-            exit_code=s.get("ExitCode") if s.get("Status") in ("exited", "dead") else None,
-            oom_killed=bool(s.get("OOMKilled")), started_at=_ts(s.get("StartedAt")), finished_at=_ts(s.get("FinishedAt")),
-            error=s.get("Error", "") or "", labels=dict(c.labels),
-        )
+    def start_job(self, req: LaunchRequest) -> WorkloadStatus:
+        """Create and start the workload's container, pinned to its GPUs; idempotent.
+        Raises ImageMissing or RuntimeFailure, leaving no container behind."""
 
-    def list_jobs(self) -> dict[str, ContainerState]:
-        """This daemon's job containers, by job id."""
-        # ignore_removed: a container removed between the list and its inspect is simply gone, not an error.
-        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_KIND}=job"]},
-                                            ignore_removed=True)
-        return {s.job_id: s for s in map(self._state, found)}
+    def inspect(self, job_id: str) -> WorkloadStatus | None:
+        """The workload's container now, or None when there is none."""
 
-    def inspect(self, job_id: str) -> ContainerState | None:
-        try:
-            return self._state(self.client.containers.get(container_name(job_id)))
-        except docker.errors.NotFound:
-            return None
-
-    def image_present(self, image: str) -> bool:
-        try:
-            self.client.images.get(image)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
-
-    # ------------------------------------------------------------ act
-    def _ensure_image(self, image: str, pull: bool) -> None:
-        if self.image_present(image):
-            return
-        if not pull:
-            raise ImageMissing(f"image '{image}' not found on this host; build it ('mlpd images build') or ask an admin to pull it")
-        try:
-            log.info("pulling %s", image)
-            self.client.images.pull(image)
-        except docker.errors.DockerException as exc:
-            raise ImageMissing(f"image '{image}' not found on this host and could not be pulled ({str(exc).splitlines()[0][:200]})") from None
-
-    def start_job(self, req: LaunchRequest) -> ContainerState:
-        """Create and start the job's container, pinned to its GPUs; idempotent."""
-        name = container_name(req.job_id)
-        existing = self.inspect(req.job_id)
-        if existing and existing.status != "created":
-            return existing
-        self._ensure_image(req.image, req.pull)
-        gpu_list = ",".join(req.gpu_uuids)
-        # Set last, over the user's env: the toolkit honours NVIDIA_VISIBLE_DEVICES even in an
-        # unprivileged container, so a user-set value would escape the allocation.
-        env = {**req.env, "CUDA_VISIBLE_DEVICES": gpu_list, "NVIDIA_VISIBLE_DEVICES": gpu_list or "void",
-               "MLPD_JOB_ID": req.job_id, "MLPD_OUTPUTS": "/outputs"}
-        volumes = {req.outputs_dir: {"bind": "/outputs", "mode": "rw"}}
-        if req.code_dir:
-            volumes[req.code_dir] = {"bind": "/code", "mode": "ro"}
-        kwargs = dict(
-            image=req.image, command=list(req.command), name=name, detach=True, environment=env,
-            labels={LABEL_INSTANCE: self.instance, LABEL_KIND: "job", LABEL_OWNER: req.owner, LABEL_JOB: req.job_id, LABEL_GPUS: gpu_list},
-            user=req.user, working_dir="/code" if req.code_dir else "/outputs", volumes=volumes,
-            init=True, privileged=False, security_opt=["no-new-privileges"], cap_drop=["ALL"], pids_limit=4096,
-            extra_hosts={"host.docker.internal": "host-gateway"},
-            log_config={"type": "json-file", "config": {"max-size": "50m", "max-file": "2"}},
-        )
-        if req.memory:
-            kwargs.update(mem_limit=req.memory, memswap_limit=req.memory)
-        if req.cpus:
-            kwargs["nano_cpus"] = int(req.cpus * 1e9)
-        if req.gpu_uuids and self.use_device_requests:
-            kwargs["device_requests"] = [DeviceRequest(driver="nvidia", device_ids=list(req.gpu_uuids), capabilities=[["gpu"]])]
-        try:
-            if existing is None:
-                self.client.containers.create(**{k: v for k, v in kwargs.items() if k != "detach"})
-            container = self.client.containers.get(name)
-            container.start()
-            container.reload()
-        except docker.errors.ImageNotFound as exc:
-            self.remove(req.job_id)
-            raise ImageMissing(f"image '{req.image}' not found: {exc.explanation}") from None
-        except docker.errors.APIError as exc:
-            # A DeviceRequest on an engine without the NVIDIA runtime fails here, after create.
-            self.remove(req.job_id)
-            raise RuntimeFailure(f"the container could not start: {exc.explanation or exc}") from None
-        return self._state(container)
+    def list_jobs(self) -> dict[str, WorkloadStatus]:
+        """This daemon's workload containers (by its instance label), by job id."""
 
     def stop(self, job_id: str, timeout: int = 10) -> None:
         """SIGTERM, then SIGKILL after timeout; a container that is gone or stopped is fine."""
-        try:
-            self.client.containers.get(container_name(job_id)).stop(timeout=timeout)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code not in (304, 404, 409):
-                raise
 
     def remove(self, job_id: str) -> None:
-        """Remove the container (force); idempotent."""
-        try:
-            self.client.containers.get(container_name(job_id)).remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code not in (404, 409):
-                raise
+        """Remove the container (forcibly); idempotent."""
 
     def logs(self, job_id: str, follow: bool = False) -> Iterator[bytes]:
         """The container's combined output; with follow, until it exits. Empty if it is gone."""
-        try:
-            container = self.client.containers.get(container_name(job_id))
-        except docker.errors.NotFound:
-            return iter(())
-        if follow:
-            return container.logs(stream=True, follow=True, stdout=True, stderr=True)
-        return iter([container.logs(stdout=True, stderr=True)])
 
     def save_logs(self, job_id: str, path: str) -> bool:
-        """Copy the container's whole output to path (kept after the container is removed)."""
-        try:
-            data = self.client.containers.get(container_name(job_id)).logs(stdout=True, stderr=True)
-        except docker.errors.NotFound:
-            return False
-        with open(path + ".tmp", "wb") as fh:
-            fh.write(data)
-        import os
-
-        os.replace(path + ".tmp", path)
-        return True
+        """Copy the container's whole output to path; False when the container is gone."""
 
     def watch(self, on_change: Callable[[str], None], stop: threading.Event) -> None:
-        """Call on_change(job_id) on every start/die of this daemon's job containers (blocks; run in a thread)."""
-        while not stop.is_set():
-            try:
-                events = self.client.events(decode=True, filters={"type": "container", "label": [f"{LABEL_INSTANCE}={self.instance}"], "event": ["start", "die", "destroy", "oom"]})
-                for event in events:
-                    on_change(event.get("Actor", {}).get("Attributes", {}).get(LABEL_JOB, ""))
-                    if stop.is_set():
-                        break
-            except Exception as exc:  # the engine restarted or the stream broke: retry
-                log.warning("Docker event stream broke (%s); reconnecting", exc)
-                stop.wait(2)
+        """Call on_change(job_id) whenever one of this daemon's containers starts or ends; blocks until stop."""
 
-    # ------------------------------------------------------------ images
-    def list_images(self, prefix: str = "mlpd/") -> list[dict]:
-        out = []
-        for img in self.client.images.list():
-            for tag in img.tags:
-                if tag.startswith(prefix):
-                    out.append({"tag": tag, "id": img.short_id, "size": img.attrs.get("Size"), "created": img.attrs.get("Created")})
-        return sorted(out, key=lambda x: x["tag"])
+    def image_present(self, image: str) -> bool: ...
 
-    def image_labels(self, image: str) -> dict[str, str]:
-        """The image's labels ({} when it is absent)."""
-        try:
-            return dict(self.client.images.get(image).labels or {})
-        except docker.errors.ImageNotFound:
-            return {}
+    def list_images(self, prefix: str = "mlpd/") -> list[dict]: ...
+
+    def image_labels(self, image: str) -> dict[str, str]: ...
 
     def build_image(self, path: str, tag: str, buildargs: dict[str, str], labels: dict[str, str] | None = None) -> Iterator[str]:
         """Build an image from a directory; yields progress lines; raises RuntimeFailure on error."""
-        for chunk in self.client.api.build(path=path, tag=tag, buildargs=buildargs, labels=labels, rm=True, decode=True):
-            if "error" in chunk:
-                raise RuntimeFailure(f"building {tag} failed: {chunk['error'].strip()}")
-            if chunk.get("stream", "").strip():
-                yield chunk["stream"].rstrip()
+
+    def pull_image(self, image: str) -> None:
+        """Pull an image from its registry; raises ImageMissing when it cannot."""
+
+
+def connect(instance: str, base_url: str = "", gpu_mode: str = "auto") -> Runtime:
+    """The real runtime (Docker) for this daemon's instance; RuntimeFailure when the engine does not answer."""
+    from mlpd.docker_runtime import DockerRuntime
+
+    return DockerRuntime(instance, base_url, gpu_mode)

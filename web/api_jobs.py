@@ -11,6 +11,7 @@ import time
 from flask import Response, current_app, g, jsonify, request, stream_with_context
 
 from mlpd import jobs
+from mlpd.gpu_state import gpu_holders, read_instance_id, stray_gpus
 from mlpd.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import JobError, JobState
 from mlpd.jobspec import SpecError, check_host_limits, host_limits, parse_spec
@@ -34,26 +35,24 @@ def inventory():
 
 
 def runtime():
-    """A Docker runtime for reading logs and images; ApiError 503 when Docker does not answer."""
-    from mlpd.runtime import DockerRuntime, RuntimeFailure
+    """The runtime for reading logs and images; ApiError 503 when the engine does not answer."""
+    from mlpd.runtime import RuntimeFailure, connect
 
     with _lock:
         if "mlpd.runtime" not in current_app.extensions:
             cfg = config()
-            with open(os.path.join(cfg.state_dir, "instance_id")) as fh:
-                instance = fh.read().strip()
             try:
-                current_app.extensions["mlpd.runtime"] = DockerRuntime(instance, cfg["docker.host"], cfg["docker.gpu_runtime"])
+                current_app.extensions["mlpd.runtime"] = connect(read_instance_id(cfg.state_dir), cfg["docker.host"], cfg["docker.gpu_runtime"])
             except RuntimeFailure as exc:
                 raise ApiError(503, "docker_unavailable", str(exc)) from None
         return current_app.extensions["mlpd.runtime"]
 
 
 def wake(reason: str) -> None:
-    """Ask the worker's reconcile loop for a pass now (through huey)."""
-    from mlpd.workers.tasks import tasks_for
+    """Ask the worker's reconcile loop for a pass now (see mlpd.wakeup)."""
+    from mlpd.wakeup import wake as wake_worker
 
-    tasks_for(config()).wake_controller(reason)
+    wake_worker(config().state_dir, reason)
 
 
 def _visible_job(job_id: str) -> dict:
@@ -287,12 +286,7 @@ def upload_code(digest: str):
 def list_gpus():
     cfg = config()
     drained = {str(x) for x in cfg["gpus.drained"]}
-    holders = {}
-    for job in jobs.in_states(store(), jobs.ACTIVE):
-        for uuid in job["gpu_uuids"]:
-            holders[uuid] = {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"]}
-    from mlpd.workers.sampler import stray_gpus
-
+    holders = gpu_holders(store())
     stray = stray_gpus(store())
     out = []
     for d in inventory().devices():

@@ -8,23 +8,18 @@ rather than on the polling period.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 from mlpd.config import Config
 from mlpd.controller import JobController
+from mlpd.gpu_state import read_instance_id
 from mlpd.gpus import make_inventory
-from mlpd.runtime import DockerRuntime, RuntimeFailure
+from mlpd.runtime import RuntimeFailure, connect
 from mlpd.store import Store, set_status
 from mlpd.workers.sampler import GpuSampler
 
 log = logging.getLogger("mlpd.workers")
-
-
-def read_instance_id(state_dir: str) -> str:
-    with open(os.path.join(state_dir, "instance_id")) as fh:
-        return fh.read().strip()
 
 
 class ControllerLoop:
@@ -57,7 +52,7 @@ class ControllerLoop:
 
     def _connect(self) -> None:
         try:
-            runtime = DockerRuntime(read_instance_id(self.config.state_dir), self.config["docker.host"], self.config["docker.gpu_runtime"])
+            runtime = connect(read_instance_id(self.config.state_dir), self.config["docker.host"], self.config["docker.gpu_runtime"])
         except RuntimeFailure as exc:
             if self.docker_error != str(exc):
                 log.error("%s; jobs wait until it answers", exc)

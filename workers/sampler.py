@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from mlpd import jobs
 from mlpd.accounting import detect_stray, downsample
+from mlpd.gpu_state import STRAY_STATUS_KEY
 from mlpd.gpus import GpuInventory
 from mlpd.store import Store, record_event, set_status
 
@@ -54,7 +54,7 @@ class GpuSampler:
             for uuid in set(self.stray) - set(stray):
                 record_event(db, "mlpd", "gpu.stray_ended", "gpu", uuid)
         self.stray = stray
-        set_status(self.store, "gpus.stray", stray)
+        set_status(self.store, STRAY_STATUS_KEY, stray)
 
     def downsample_old(self, now: float) -> None:
         """Replace full-resolution samples older than a day by 5-minute averages."""
@@ -68,9 +68,3 @@ class GpuSampler:
             for uuid, samples in by_gpu.items():
                 for at, util, mem in downsample(samples, COARSE):
                     db.execute("INSERT INTO gpu_samples (at, gpu_uuid, utilization, memory_used, resolution) VALUES (?, ?, ?, ?, ?)", [at, uuid, util, mem, COARSE])
-
-
-def stray_gpus(store: Store) -> dict[str, list[int]]:
-    """The last recorded stray GPU use: {uuid: pids}."""
-    row = store.query_one("SELECT value FROM daemon_status WHERE key = 'gpus.stray'")
-    return json.loads(row["value"]) if row else {}

@@ -10,7 +10,8 @@ from mlpd.gpus import GpuInfo, GpuProcess
 from mlpd.jobs import submit
 from mlpd.jobspec import parse_spec
 from mlpd.store import Store
-from mlpd.workers.sampler import GpuSampler, stray_gpus
+from mlpd.gpu_state import stray_gpus
+from mlpd.workers.sampler import GpuSampler
 
 
 class FakeNvmlInventoryForTests:

@@ -1,0 +1,251 @@
+"""An in-memory runtime: the second implementation of :class:`mlpd.runtime.Runtime`.
+
+It exists so that the controller can be tested in milliseconds, with no Docker. It
+passes the same contract suite as the Docker runtime (tests/contract), which is what
+keeps it honest: where the two differ, the contract decides, and the contract is
+checked against the real engine.
+
+A workload "runs" a tiny subset of a shell, enough for tests to say what should happen:
+``true``, ``false``, ``sleep N``, ``echo WORDS`` (with ``$VAR`` and ``${VAR}`` from the
+container's environment), ``exit N``, and ``sh -c "A; B; C"`` over those. Time comes
+from ``clock`` (``time.time`` by default), so a test can move it by hand. Test hooks
+do what the outside world does to containers: :meth:`vanish` (removed outside mlpd),
+:meth:`leave_created` (a daemon killed between create and start), :meth:`oom_kill`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from mlpd.runtime import ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass
+class _Container:
+    id: str
+    name: str
+    instance: str
+    request: LaunchRequest
+    env: dict[str, str]
+    phase: Phase = Phase.PENDING
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+    output: list[str] = field(default_factory=list)
+    steps: list[tuple[str, object]] = field(default_factory=list)  # what is left to run
+    cursor: float = 0.0  # when the next step begins
+
+
+class MemoryRuntime:
+    """Job containers as Python objects; the same behaviour the contract suite asks of Docker."""
+
+    def __init__(self, instance: str = "memory", images: tuple[str, ...] = ("mlpd/train:latest",),
+                 clock: Callable[[], float] | None = None):
+        import time
+
+        self.instance = instance
+        self.clock = clock or time.time
+        self.images: dict[str, dict[str, str]] = {image: {} for image in images}
+        self.containers: dict[str, _Container] = {}
+        self.has_nvidia = False
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[str], None]] = []
+        self._serial = 0
+
+    # ------------------------------------------------------------ the outside world (tests)
+    def vanish(self, job_id: str) -> None:
+        """The container is removed by someone else (docker rm -f outside mlpd)."""
+        with self._lock:
+            self.containers.pop(container_name(job_id), None)
+        self._emit(job_id)
+
+    def leave_created(self, req: LaunchRequest) -> None:
+        """A container created but never started (the daemon died in between)."""
+        with self._lock:
+            self._create(req)
+
+    def oom_kill(self, job_id: str) -> None:
+        """The kernel kills the workload for its memory limit."""
+        with self._lock:
+            c = self.containers.get(container_name(job_id))
+            if c and c.phase == Phase.RUNNING:
+                self._end(c, 137, oom=True)
+
+    # ------------------------------------------------------------ inspect
+    def _status(self, c: _Container) -> WorkloadStatus:
+        return WorkloadStatus(id=c.id, name=c.name, job_id=c.request.job_id, phase=c.phase, exit_code=c.exit_code,
+                              oom_killed=c.oom_killed, started_at=c.started_at, finished_at=c.finished_at,
+                              labels={"mlpd.instance": c.instance, "mlpd.kind": "job", "mlpd.job_id": c.request.job_id,
+                                      "mlpd.owner": c.request.owner})
+
+    def list_jobs(self) -> dict[str, WorkloadStatus]:
+        with self._lock:
+            for c in list(self.containers.values()):
+                self._advance(c)
+            return {c.request.job_id: self._status(c) for c in self.containers.values() if c.instance == self.instance}
+
+    def inspect(self, job_id: str) -> WorkloadStatus | None:
+        with self._lock:
+            c = self.containers.get(container_name(job_id))
+            if c is None:
+                return None
+            self._advance(c)
+            return self._status(c)
+
+    # ------------------------------------------------------------ act
+    def start_job(self, req: LaunchRequest) -> WorkloadStatus:
+        with self._lock:
+            c = self.containers.get(container_name(req.job_id))
+            if c is not None and c.phase != Phase.PENDING:
+                self._advance(c)
+                return self._status(c)
+            if req.image not in self.images:
+                if c is not None:
+                    self.containers.pop(c.name, None)
+                raise ImageMissing(f"image '{req.image}' not found on this host; build it ('mlpd images build') or ask an admin to pull it")
+            c = c or self._create(req)
+            c.phase, c.started_at = Phase.RUNNING, self.clock()
+            c.cursor = c.started_at
+            try:
+                c.steps = _parse(req.command)
+            except ValueError as exc:
+                self.containers.pop(c.name, None)
+                raise RuntimeFailure(f"the container could not start: {exc}") from None
+            self._advance(c)
+            status = self._status(c)
+        self._emit(req.job_id)
+        return status
+
+    def _create(self, req: LaunchRequest) -> _Container:
+        self._serial += 1
+        c = _Container(id=f"mem{self.instance}{self._serial:08d}", name=container_name(req.job_id), instance=self.instance,
+                       request=req, env=container_env(req))
+        self.containers[c.name] = c
+        return c
+
+    def stop(self, job_id: str, timeout: int = 10) -> None:
+        with self._lock:
+            c = self.containers.get(container_name(job_id))
+            if c is None:
+                return
+            self._advance(c)
+            if c.phase == Phase.RUNNING:
+                self._end(c, 143)  # SIGTERM through the init process, as Docker reports it
+
+    def remove(self, job_id: str) -> None:
+        with self._lock:
+            removed = self.containers.pop(container_name(job_id), None)
+        if removed is not None:
+            self._emit(job_id)
+
+    def logs(self, job_id: str, follow: bool = False) -> Iterator[bytes]:
+        with self._lock:
+            c = self.containers.get(container_name(job_id))
+            if c is None:
+                return iter(())
+            self._advance(c)
+            return iter([("".join(c.output)).encode()])
+
+    def save_logs(self, job_id: str, path: str) -> bool:
+        with self._lock:
+            c = self.containers.get(container_name(job_id))
+            if c is None:
+                return False
+            data = "".join(c.output).encode()
+        with open(path + ".tmp", "wb") as fh:
+            fh.write(data)
+        os.replace(path + ".tmp", path)
+        return True
+
+    def watch(self, on_change: Callable[[str], None], stop: threading.Event) -> None:
+        with self._lock:
+            self._listeners.append(on_change)
+        stop.wait()
+        with self._lock:
+            self._listeners.remove(on_change)
+
+    def _emit(self, job_id: str) -> None:
+        for listener in list(self._listeners):
+            listener(job_id)
+
+    # ------------------------------------------------------------ images
+    def image_present(self, image: str) -> bool:
+        return image in self.images
+
+    def list_images(self, prefix: str = "mlpd/") -> list[dict]:
+        return [{"tag": t, "id": f"sha256:{abs(hash(t)) % 10**12:012d}", "size": 0, "created": None}
+                for t in sorted(self.images) if t.startswith(prefix)]
+
+    def image_labels(self, image: str) -> dict[str, str]:
+        return dict(self.images.get(image, {}))
+
+    def build_image(self, path: str, tag: str, buildargs: dict[str, str], labels: dict[str, str] | None = None) -> Iterator[str]:
+        if not os.path.isfile(os.path.join(path, "Dockerfile")):
+            raise RuntimeFailure(f"building {tag} failed: no Dockerfile in {path}")
+        yield f"Step 1/1 : (in memory) {tag}"
+        self.images[tag] = dict(labels or {})
+        yield f"Successfully tagged {tag}"
+
+    def pull_image(self, image: str) -> None:
+        raise ImageMissing(f"image '{image}' not found on this host and could not be pulled (the in-memory runtime has no registry)")
+
+    # ------------------------------------------------------------ the tiny shell
+    def _advance(self, c: _Container) -> None:
+        """Run the workload's steps up to the clock's now."""
+        while c.phase == Phase.RUNNING and c.steps:
+            kind, arg = c.steps[0]
+            if kind == "sleep":
+                until = c.cursor + float(arg)  # measured from the end of the step before
+                if self.clock() < until:
+                    return
+                c.cursor = until
+            elif kind == "echo":
+                c.output.append(_expand(str(arg), c.env) + "\n")
+            elif kind == "exit":
+                self._end(c, int(arg))
+                return
+            c.steps.pop(0)
+        if c.phase == Phase.RUNNING and not c.steps:
+            self._end(c, 0)
+
+    def _end(self, c: _Container, code: int, oom: bool = False) -> None:
+        c.phase, c.exit_code, c.oom_killed = Phase.EXITED, code, oom
+        c.finished_at = max(self.clock(), c.started_at or 0.0)
+        c.steps = []
+        self._emit(c.request.job_id)  # Docker's "die"
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
+def _parse(command: tuple[str, ...]) -> list[tuple[str, object]]:
+    """The steps of a command in the tiny shell; ValueError for anything else (as exec would fail)."""
+    if list(command[:2]) == ["sh", "-c"] and len(command) >= 3:
+        steps: list[tuple[str, object]] = []
+        for statement in command[2].split(";"):
+            words = shlex.split(statement)
+            if words:
+                steps += _parse(tuple(words))
+        return steps
+    program, args = command[0], list(command[1:])
+    if program == "true":
+        return []
+    if program == "false":
+        return [("exit", 1)]
+    if program == "sleep" and len(args) == 1:
+        return [("sleep", float(args[0]))]
+    if program == "echo":
+        return [("echo", " ".join(args))]
+    if program == "exit":
+        return [("exit", int(args[0]) if args else 0)]
+    raise ValueError(f'exec: "{program}": executable file not found in $PATH (the in-memory runtime runs only '
+                     "true, false, sleep, echo, exit and sh -c over them)")

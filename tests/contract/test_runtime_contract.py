@@ -1,0 +1,160 @@
+"""The runtime contract: one suite, run against Docker and against the in-memory runtime.
+
+The controller is written against mlpd.runtime.Runtime only; its fast unit tests use
+MemoryRuntime. This suite is what keeps the two implementations the same where the
+controller can tell: phases, exit codes, logs, idempotent start/stop/remove, listing by
+this daemon's instance, images, events and the GPU environment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import threading
+
+import pytest
+
+from helpers import needs_docker, wait_for
+from mlpd.runtime import ImageMissing, LaunchRequest, Phase, container_name
+
+IMAGE = "mlpd/train:latest"
+
+
+def _memory(instance):
+    from mlpd.memory_runtime import MemoryRuntime
+
+    return MemoryRuntime(instance, images=(IMAGE,))
+
+
+def _docker(instance):
+    from mlpd.docker_runtime import DockerRuntime
+
+    return DockerRuntime(instance, "", "auto")
+
+
+@pytest.fixture(params=["memory", pytest.param("docker", marks=[needs_docker, pytest.mark.docker])])
+def make_runtime(request):
+    """runtime(instance=None) -> a runtime of the parametrised kind; its containers are removed afterwards."""
+    made = []
+
+    def make(instance: str | None = None):
+        instance = instance or f"contract{secrets.token_hex(4)}"
+        runtime = _memory(instance) if request.param == "memory" else _docker(instance)
+        made.append(runtime)
+        return runtime
+
+    yield make
+    if request.param == "docker":
+        for runtime in made:
+            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=mlpd.instance={runtime.instance}"],
+                                 capture_output=True, text=True).stdout.split()
+            if ids:
+                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+
+
+def request(tmp_path, command, job_id=None, image=IMAGE, env=None, gpus=()):
+    outputs = tmp_path / f"out-{secrets.token_hex(3)}"
+    outputs.mkdir()
+    os.chmod(outputs, 0o777)
+    return LaunchRequest(job_id=job_id or secrets.token_hex(6), owner="alice", image=image, command=tuple(command),
+                         env=dict(env or {}), gpu_uuids=tuple(gpus), cpus=None, memory=None, user="1000:1000",
+                         code_dir=None, outputs_dir=str(outputs), pull=False)
+
+
+def ended(runtime, job_id, timeout=60):
+    return wait_for(lambda: (s := runtime.inspect(job_id)) is not None and s.phase == Phase.EXITED and s, timeout, 0.05, f"{job_id} to exit")
+
+
+def test_a_workload_runs_to_its_exit_code_with_its_output_kept(make_runtime, tmp_path):
+    rt = make_runtime()
+    req = request(tmp_path, ["sh", "-c", "echo hello $MLPD_JOB_ID; exit 3"])
+    started = rt.start_job(req)
+    assert started.job_id == req.job_id and started.name == container_name(req.job_id)
+    assert started.phase in (Phase.RUNNING, Phase.EXITED) and started.started_at is not None
+    done = ended(rt, req.job_id)
+    assert (done.exit_code, done.oom_killed) == (3, False)
+    assert done.finished_at is not None and done.finished_at >= done.started_at - 0.1
+    assert f"hello {req.job_id}" in b"".join(rt.logs(req.job_id)).decode()
+    path = tmp_path / "saved.log"
+    assert rt.save_logs(req.job_id, str(path)) and f"hello {req.job_id}" in path.read_text()
+    ok = request(tmp_path, ["true"])
+    rt.start_job(ok)
+    assert ended(rt, ok.job_id).exit_code == 0
+
+
+def test_the_gpu_environment_is_the_allocation_whatever_the_spec_says(make_runtime, tmp_path):
+    rt = make_runtime()
+    req = request(tmp_path, ["sh", "-c", "echo CUDA=$CUDA_VISIBLE_DEVICES NVIDIA=$NVIDIA_VISIBLE_DEVICES OUT=$MLPD_OUTPUTS"],
+                  env={"CUDA_VISIBLE_DEVICES": "0,1,2,3", "NVIDIA_VISIBLE_DEVICES": "all"}, gpus=("GPU-a", "GPU-b"))
+    if rt.has_nvidia:
+        pytest.skip("this engine has the NVIDIA runtime: declared GPU UUIDs would be refused by it")
+    rt.start_job(req)
+    ended(rt, req.job_id)
+    assert "CUDA=GPU-a,GPU-b NVIDIA=GPU-a,GPU-b OUT=/outputs" in b"".join(rt.logs(req.job_id)).decode()
+    none = request(tmp_path, ["sh", "-c", "echo NVIDIA=$NVIDIA_VISIBLE_DEVICES"])
+    rt.start_job(none)
+    ended(rt, none.job_id)
+    assert "NVIDIA=void" in b"".join(rt.logs(none.job_id)).decode()
+
+
+def test_start_stop_and_remove_are_idempotent(make_runtime, tmp_path):
+    rt = make_runtime()
+    req = request(tmp_path, ["sleep", "60"])
+    first = rt.start_job(req)
+    again = rt.start_job(req)
+    assert again.id == first.id and again.phase == Phase.RUNNING
+    assert list(rt.list_jobs()) == [req.job_id]
+    rt.stop(req.job_id, timeout=2)
+    stopped = ended(rt, req.job_id, timeout=30)
+    assert stopped.exit_code not in (0, None)
+    rt.stop(req.job_id, timeout=2)  # stopping a stopped workload: no error
+    rt.remove(req.job_id)
+    assert rt.inspect(req.job_id) is None and rt.list_jobs() == {}
+    rt.remove(req.job_id)  # removing a gone one: no error
+    rt.stop(req.job_id)
+    assert list(rt.logs(req.job_id)) == [] and rt.save_logs(req.job_id, str(tmp_path / "none")) is False
+
+
+def test_a_missing_image_leaves_no_container(make_runtime, tmp_path):
+    rt = make_runtime()
+    req = request(tmp_path, ["true"], image=f"mlpd/absent-{secrets.token_hex(3)}:1")
+    with pytest.raises(ImageMissing) as info:
+        rt.start_job(req)
+    assert req.image in str(info.value)
+    assert rt.inspect(req.job_id) is None and rt.list_jobs() == {}
+    assert not rt.image_present(req.image) and rt.image_present(IMAGE)
+
+
+def test_each_daemon_lists_only_its_own_workloads(make_runtime, tmp_path):
+    mine, theirs = make_runtime(), make_runtime()
+    if type(mine).__name__ == "MemoryRuntime":
+        theirs = mine.__class__(theirs.instance, images=(IMAGE,))
+        theirs.containers = mine.containers  # one engine, two daemons
+    a, b = request(tmp_path, ["sleep", "30"]), request(tmp_path, ["true"])
+    mine.start_job(a)
+    mine.start_job(b)
+    other = request(tmp_path, ["sleep", "30"])
+    theirs.start_job(other)
+    ended(mine, b.job_id)
+    listed = mine.list_jobs()
+    assert set(listed) == {a.job_id, b.job_id}
+    assert listed[a.job_id].phase == Phase.RUNNING and listed[b.job_id].phase == Phase.EXITED
+    assert listed[a.job_id].labels["mlpd.instance"] == mine.instance and listed[a.job_id].labels["mlpd.owner"] == "alice"
+    for rt, job in ((mine, a), (theirs, other)):
+        rt.stop(job.job_id, timeout=1)
+        rt.remove(job.job_id)
+
+
+def test_start_and_exit_are_reported_as_events(make_runtime, tmp_path):
+    rt = make_runtime()
+    seen, stop = [], threading.Event()
+    watcher = threading.Thread(target=rt.watch, args=(seen.append, stop), daemon=True)
+    watcher.start()
+    threading.Event().wait(0.5)  # the event stream is open
+    req = request(tmp_path, ["sh", "-c", "sleep 1; exit 0"])
+    rt.start_job(req)
+    ended(rt, req.job_id)
+    rt.list_jobs()
+    wait_for(lambda: seen.count(req.job_id) >= 2, 30, 0.05, "a start and an exit event")
+    stop.set()

@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import Any, Iterable
 
+from mlpd.errors import MlpdError
 from mlpd.jobspec import JobSpec
 from mlpd.store import Store, record_event
 
@@ -70,12 +71,8 @@ def classify_exit(exit_code: int | None, oom_killed: bool, error: str, started: 
     return JobState.FAILED, f"exited with code {exit_code}" + (f" ({error})" if error else "")
 
 
-class JobError(Exception):
-    """A job operation that cannot be done: (status, code, message) for the API."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class JobError(MlpdError):
+    """A job operation that cannot be done (a job already ended, not found)."""
 
 
 def new_job_id() -> str:

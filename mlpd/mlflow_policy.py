@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from mlpd.errors import MlpdError
+
 OWNER_TAG = "mlpd.owner"
 API_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/", "/api/3.0/mlflow/", "/ajax-api/3.0/mlflow/")
 ARTIFACT_PREFIXES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")
@@ -76,12 +78,13 @@ class Rule:
     endpoint: str = ""
 
 
-class Refused(Exception):
-    """A request mlpd answers itself: HTTP status, error code and a message for people."""
+class Refused(MlpdError):
+    """A request to MLflow that mlpd answers itself; mlflow_code adds MLflow's own error code
+    to the answer, for MLflow clients that look for it."""
 
     def __init__(self, status: int, code: str, message: str, mlflow_code: str = ""):
-        super().__init__(message)
-        self.status, self.code, self.message, self.mlflow_code = status, code, message, mlflow_code
+        super().__init__(status, code, message)
+        self.mlflow_code = mlflow_code
 
 
 def endpoint_of(path: str) -> tuple[str, str]:

@@ -32,8 +32,11 @@ class Quota:
         return f"{self.subject_kind} {self.subject}"
 
 
-class QuotaExceeded(Exception):
+class QuotaExceeded(MlpdError):
     """Work refused by a quota; the message names the limit, the usage and the reset."""
+
+    def __init__(self, message: str):
+        super().__init__(403, "quota_exceeded", message)
 
 
 # ---------------------------------------------------------------- ledger

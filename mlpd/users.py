@@ -16,18 +16,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from mlpd.errors import MlpdError
 from mlpd.store import Store, record_event
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ROLES = ("member", "admin")
 
 
-class UserError(ValueError):
-    """A user or token operation that cannot be done, with a message for people."""
+class UserError(MlpdError, ValueError):
+    """A user, token, team or quota operation that cannot be done, with a message for people."""
 
     def __init__(self, message: str, code: str = "invalid", status: int = 400):
-        super().__init__(message)
-        self.code, self.status = code, status
+        super().__init__(status, code, message)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from flask import g, jsonify, request
 import mlpd
 from mlpd import users
 from mlpd.web import store
-from mlpd.web.errors import ApiError, user_errors
+from mlpd.web.errors import ApiError
 from mlpd.web.routes import Field, json_body, route
 
 
@@ -37,8 +37,8 @@ def list_users():
 def add_user():
     body = json_body({"name": Field(str, True), "admin": Field(bool), "expires_in": Field((int, float))})
     role = "admin" if body.get("admin") else "member"
-    user = user_errors(lambda: users.add_user(store(), body["name"], role, actor=g.user.name))
-    token, record = user_errors(lambda: users.create_token(store(), user.name, "initial", body.get("expires_in"), actor=g.user.name))
+    user = users.add_user(store(), body["name"], role, actor=g.user.name)
+    token, record = users.create_token(store(), user.name, "initial", body.get("expires_in"), actor=g.user.name)
     return jsonify({"user": user.to_dict(), "token": token, "token_record": record}), 201
 
 
@@ -46,7 +46,7 @@ def add_user():
 def remove_user(name: str):
     if name == g.user.name:
         raise ApiError(400, "invalid", "you cannot remove yourself; ask another admin")
-    user_errors(lambda: users.remove_user(store(), name, actor=g.user.name))
+    users.remove_user(store(), name, actor=g.user.name)
     return jsonify({"removed": name})
 
 
@@ -69,14 +69,14 @@ def create_token():
     name = body.get("user") or g.user.name
     if name != g.user.name and not g.user.is_admin:
         raise ApiError(403, "forbidden", "only admins create tokens for other users")
-    token, record = user_errors(lambda: users.create_token(store(), name, body.get("label") or "", body.get("expires_in"), actor=g.user.name))
+    token, record = users.create_token(store(), name, body.get("label") or "", body.get("expires_in"), actor=g.user.name)
     return jsonify({"token": token, "token_record": record}), 201
 
 
 @route("/tokens/<token_id>", methods=("DELETE",), summary="Revoke a token (yours; admins any)")
 def revoke_token(token_id: str):
     owner = None if g.user.is_admin else g.user.name
-    return jsonify(user_errors(lambda: users.revoke_token(store(), token_id, actor=g.user.name, owner=owner)))
+    return jsonify(users.revoke_token(store(), token_id, actor=g.user.name, owner=owner))
 
 
 @route("/events", summary="The audit trail, newest first", admin=True)

@@ -13,7 +13,7 @@ from flask import Response, current_app, g, jsonify, request, stream_with_contex
 from mlpd import jobs
 from mlpd.gpu_state import gpu_holders, read_instance_id, stray_gpus
 from mlpd.codeship import CodeArchiveError, extract_archive
-from mlpd.jobs import JobError, JobState
+from mlpd.jobs import JobState
 from mlpd.jobspec import SpecError, check_host_limits, host_limits, parse_spec
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
@@ -107,10 +107,7 @@ def submit_job():
     check_admission(spec)
     from mlpd import quotas
 
-    try:
-        warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus)
-    except quotas.QuotaExceeded as exc:
-        raise ApiError(403, "quota_exceeded", str(exc)) from None
+    warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus)  # QuotaExceeded: 403
     job = jobs.submit(store(), g.user.name, spec, warnings)
     wake(f"submitted {job['id']}")
     return jsonify({"job": job_view(job), "warnings": warnings}), 201
@@ -166,10 +163,7 @@ def mlflow_runs(job_id: str) -> list[dict]:
 @route("/jobs/<job_id>/cancel", methods=("POST",), summary="Cancel a job")
 def cancel_job(job_id: str):
     _visible_job(job_id)
-    try:
-        job = jobs.request_cancel(store(), job_id, g.user.name)
-    except JobError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    job = jobs.request_cancel(store(), job_id, g.user.name)
     wake(f"cancel {job_id}")
     return jsonify({"job": job_view(job)})
 

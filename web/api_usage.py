@@ -12,7 +12,7 @@ from flask import Response, g, jsonify, request
 from mlpd import quotas
 from mlpd.accounting import GROUPINGS, busy_seconds, summarize
 from mlpd.web import config, store
-from mlpd.web.errors import ApiError, user_errors
+from mlpd.web.errors import ApiError
 from mlpd.web.routes import Field, json_body, route
 
 
@@ -119,7 +119,7 @@ def set_quota():
     if bool(body.get("user")) == bool(body.get("team")):
         raise ApiError(400, "invalid_field", "user: give exactly one of user or team")
     kind, subject = ("user", body["user"]) if body.get("user") else ("team", body["team"])
-    user_errors(lambda: quotas.set_quota(store(), kind, subject, body.get("gpu_hours"), body.get("max_gpus"), g.user.name))
+    quotas.set_quota(store(), kind, subject, body.get("gpu_hours"), body.get("max_gpus"), g.user.name)
     from mlpd.web.api_jobs import wake
 
     wake("quota changed")  # a raised quota lets waiting work start now
@@ -134,24 +134,24 @@ def list_teams():
 @route("/teams", methods=("POST",), summary="Create a team", admin=True, body={"name": Field(str, True)})
 def add_team():
     body = json_body({"name": Field(str, True)})
-    user_errors(lambda: quotas.add_team(store(), body["name"], g.user.name))
+    quotas.add_team(store(), body["name"], g.user.name)
     return jsonify({"team": body["name"]}), 201
 
 
 @route("/teams/<name>", methods=("DELETE",), summary="Remove a team (its members stay users)", admin=True)
 def remove_team(name: str):
-    user_errors(lambda: quotas.remove_team(store(), name, g.user.name))
+    quotas.remove_team(store(), name, g.user.name)
     return jsonify({"removed": name})
 
 
 @route("/teams/<name>/members", methods=("POST",), summary="Add a user to a team", admin=True, body={"user": Field(str, True)})
 def add_member(name: str):
     body = json_body({"user": Field(str, True)})
-    user_errors(lambda: quotas.set_membership(store(), name, body["user"], True, g.user.name))
+    quotas.set_membership(store(), name, body["user"], True, g.user.name)
     return jsonify({"team": name, "members": quotas.team_members(store(), name)})
 
 
 @route("/teams/<name>/members/<user>", methods=("DELETE",), summary="Remove a user from a team", admin=True)
 def remove_member(name: str, user: str):
-    user_errors(lambda: quotas.set_membership(store(), name, user, False, g.user.name))
+    quotas.set_membership(store(), name, user, False, g.user.name)
     return jsonify({"team": name, "members": quotas.team_members(store(), name)})

@@ -7,25 +7,13 @@ import logging
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
+from mlpd.errors import MlpdError
+
 log = logging.getLogger("mlpd.web")
 
 
-class ApiError(Exception):
-    """An error to answer with: HTTP status, a stable machine code and a message for people."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def user_errors(fn):
-    """Run fn, turning a users/teams/quotas UserError into the API's error."""
-    from mlpd.users import UserError
-
-    try:
-        return fn()
-    except UserError as exc:
-        raise ApiError(exc.status, exc.code, str(exc)) from None
+# The API raises mlpd's one error type; the name says where it is raised from.
+ApiError = MlpdError
 
 
 def error_response(status: int, code: str, message: str):
@@ -41,8 +29,8 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 def register_error_handlers(app: Flask) -> None:
     """Turn every error, including unmatched routes and crashes, into the JSON shape."""
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
+    @app.errorhandler(MlpdError)
+    def _mlpd_error(exc: MlpdError):
         return error_response(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)

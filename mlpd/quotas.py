@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from mlpd.accounting import Allocation, decayed_usage, format_reset, period_bounds  # noqa: F401  (period_bounds re-exported)
 from mlpd.config import Config
+from mlpd.errors import MlpdError
 from mlpd.store import Store, record_event
 from mlpd.users import UserError, check_name
 

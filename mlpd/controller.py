@@ -161,6 +161,8 @@ class JobController:
         limit = effective_time_limit(job, self.config)
         started = job["started_at"] or c.started_at
         ended = c.finished_at or time.time()
+        if started is not None and ended < started:
+            ended = started  # Docker records a short container's end a few ms before its start at times
         memory = job["spec"].get("memory")
         if job["cancel_requested_by"]:
             state, reason = JobState.CANCELLED, f"cancelled by {job['cancel_requested_by']}"
@@ -219,7 +221,13 @@ class JobController:
     def _launch_now(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
         try:
-            req = self.launch_request(job)
+            # The pass that asked for this launch read the job (and Docker) a moment ago; an earlier
+            # launch may have started, finished and removed the container since. Only a job that is
+            # still starting is started, so no job ever runs twice.
+            fresh = jobs.get(self.store, job_id)
+            if fresh is None or fresh["state"] != JobState.STARTING.value:
+                return
+            req = self.launch_request(fresh)
             state = self.runtime.start_job(req)
             if state.ended:
                 self._finish(jobs.get(self.store, job_id), state)

@@ -237,7 +237,7 @@ def record_event(db: sqlite_utils.Database, actor: str, action: str, object_kind
 
 
 def set_status(store: Store, key: str, value: Any) -> None:
-    """Record a piece of daemon status (e.g. the last reconcile) for /healthz and `mlpd doctor`."""
+    """Record a piece of daemon status (e.g. the last reconcile) for /healthz and the API."""
     with store.write() as db:
         db.execute(
             "INSERT INTO daemon_status (key, value, updated_at) VALUES (?, ?, ?) "

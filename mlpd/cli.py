@@ -87,16 +87,22 @@ def daemon(config_file: str | None, listen: str | None, state_dir: str | None, d
 @click.option("--token", help="The token (default: asked for, without echo).")
 def login(url: str | None, token: str | None) -> None:
     """Store the daemon URL and your token (0600) for later commands."""
-    from mlpd.client import DEFAULT_URL, Client, ClientError, save_credentials
+    from mlpd.client import DEFAULT_URL, Client, ClientError, normalize_url, save_credentials
 
-    url = url or os.environ.get("MLPD_URL") or DEFAULT_URL
+    try:
+        url = normalize_url(url or os.environ.get("MLPD_URL") or DEFAULT_URL)
+    except ClientError as exc:
+        raise click.ClickException(exc.message)
     if not token:
         if not sys.stdin.isatty():
             token = sys.stdin.readline().strip()
         else:
             token = click.prompt("Token", hide_input=True)
+    if not token:
+        raise click.ClickException("no token given: pass --token TOKEN, or the token on standard input "
+                                   "(an admin creates one with 'mlpd admin token create NAME')")
     try:
-        me = Client(url, token).get("/whoami")["user"]
+        me = Client(url, token, timeout=10).get("/whoami")["user"]
     except ClientError as exc:
         raise click.ClickException(f"login failed: {exc.message}")
     path = save_credentials(url, token)

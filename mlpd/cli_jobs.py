@@ -52,6 +52,15 @@ def upload_code(client, directory: str) -> str:
         os.unlink(packed.path)
 
 
+def read_requirements(path: str) -> str:
+    """A requirements file's text, for the job spec (the daemon builds the environment)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: cannot read it as a requirements file ({exc})")
+
+
 def _submit(spec: dict[str, Any], as_json: bool) -> None:
     result = _client().post("/jobs", spec)
     job = result["job"]
@@ -77,9 +86,14 @@ def _submit(spec: dict[str, Any], as_json: bool) -> None:
 @click.option("--experiment", help="MLflow experiment name.")
 @click.option("--code", "code_dir", default=".", show_default=True, type=click.Path(exists=True, file_okay=False), help="Directory to ship as the job's working directory.")
 @click.option("--no-code", is_flag=True, help="Do not ship any code.")
+@click.option("--requirements", "requirements_file", type=click.Path(exists=True, dir_okay=False),
+              help="A requirements.txt to install over the image (built once per image and file, then reused). "
+                   "Default: requirements.txt in the code directory, if there is one.")
+@click.option("--no-requirements", is_flag=True, help="Do not use the code directory's requirements.txt.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
-def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, experiment, code_dir, no_code, as_json, command):
+def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, experiment, code_dir, no_code, requirements_file,
+        no_requirements, as_json, command):
     """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py"""
     env_map = {}
     for item in env:
@@ -94,6 +108,10 @@ def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, e
             spec[key] = value
     if env_map:
         spec["env"] = env_map
+    if requirements_file is None and not no_requirements and not no_code and os.path.isfile(os.path.join(code_dir, "requirements.txt")):
+        requirements_file = os.path.join(code_dir, "requirements.txt")
+    if requirements_file is not None and not no_requirements:
+        spec["requirements"] = read_requirements(requirements_file)
     from mlpd.jobspec import SpecError, parse_spec
 
     try:
@@ -124,6 +142,10 @@ def submit(file, code_dir, as_json):
     rel = raw.pop("code_dir", None)
     if rel is not None and not isinstance(rel, str):
         raise click.ClickException(f"{file}: code_dir: expected a string path")
+    if "requirements" in raw:
+        if not isinstance(raw["requirements"], str):
+            raise click.ClickException(f"{file}: requirements: expected the path of a requirements file, relative to {file}")
+        raw["requirements"] = read_requirements(os.path.join(os.path.dirname(os.path.abspath(file)), raw["requirements"]))
     from mlpd.jobspec import parse_spec
 
     try:

@@ -30,6 +30,30 @@ class NotLoggedIn(ClientError):
     pass
 
 
+def normalize_url(url: str) -> str:
+    """The daemon's base URL from what a person typed: a scheme added when missing (http), and a
+    path that belongs under it (/mlflow, /api/v1, /healthz) dropped. ClientError for anything else."""
+    from urllib.parse import urlsplit
+
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise ClientError(f"{url!r}: expected an http:// or https:// URL of the daemon, e.g. http://127.0.0.1:8470", code="invalid_url")
+    if not parts.hostname:
+        raise ClientError(f"{url!r}: no host in the URL; e.g. http://127.0.0.1:8470", code="invalid_url")
+    try:
+        parts.port
+    except ValueError:
+        raise ClientError(f"{url!r}: the port is not a number from 1 to 65535", code="invalid_url") from None
+    path = parts.path.rstrip("/")
+    for suffix in ("/mlflow", "/api/v1", "/healthz"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
 def credentials_path() -> str:
     """Where `mlpd login` keeps the URL and token."""
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
@@ -91,10 +115,14 @@ class Client:
         url = path if path.startswith("http") else f"{self.url}/api/v1{path}"
         try:
             resp = self.session.request(method, url, stream=stream, timeout=timeout or self.timeout, **kwargs)
+        except requests.exceptions.SSLError:
+            raise ClientError(f"cannot talk TLS to {self.url}: the daemon speaks plain HTTP unless a proxy in front of it "
+                              f"serves HTTPS; try {self.url.replace('https://', 'http://', 1)}", code="unreachable") from None
         except requests.ConnectionError:
             raise ClientError(f"cannot reach the mlpd daemon at {self.url}: is it running? ('mlpd daemon', or 'systemctl status mlpd')", code="unreachable") from None
         except requests.Timeout:
-            raise ClientError(f"the mlpd daemon at {self.url} did not answer in time", code="timeout") from None
+            hint = f" (the daemon speaks plain HTTP: try {self.url.replace('https://', 'http://', 1)})" if self.url.startswith("https://") else ""
+            raise ClientError(f"the mlpd daemon at {self.url} did not answer in time{hint}", code="timeout") from None
         if resp.status_code >= 400:
             try:
                 err = resp.json()["error"]

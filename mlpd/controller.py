@@ -10,6 +10,7 @@ not hold up the loop. Nothing here depends on a pass running exactly once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 from mlpd import jobs
 from mlpd.config import Config
+from mlpd.environments import EnvironmentBuilder
 from mlpd.gpu_state import stray_gpus
 from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, TERMINAL, JobState
@@ -90,6 +92,7 @@ class JobController:
         self.launching: set[str] = set()
         self._lock = threading.Lock()
         self.pool = executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
+        self.environments = EnvironmentBuilder(runtime)
         self.next_deadline: float | None = None  # the earliest time limit among running jobs
 
     # ------------------------------------------------------------ one pass
@@ -219,6 +222,8 @@ class JobController:
             if fresh is None or fresh["state"] != JobState.STARTING.value:
                 return
             req = self.launch_request(fresh)
+            if fresh["spec"].get("requirements"):
+                req = self._with_environment(fresh, req)
             state = self.runtime.start_job(req)
             if state.ended:
                 self._finish(jobs.get(self.store, job_id), state)
@@ -234,6 +239,14 @@ class JobController:
             with self._lock:
                 self.launching.discard(job_id)
             self.wake(f"launched {job_id}")
+
+    def _with_environment(self, job: dict[str, Any], req: LaunchRequest) -> LaunchRequest:
+        """The request with its image replaced by the job's environment, built first if needed."""
+        jobs.set_reason(self.store, job["id"], "preparing its environment (image + requirements)")
+        log_path = os.path.join(jobs.job_dir(self.config.state_dir, job["id"]), "build.log")
+        image, built = self.environments.ensure(req.image, job["spec"]["requirements"], log_path, pull=req.pull)
+        jobs.set_reason(self.store, job["id"], "", event=("job.environment_built" if built else "job.environment_reused"), image=image)
+        return dataclasses.replace(req, image=image)
 
     def launch_request(self, job: dict[str, Any]) -> LaunchRequest:
         """Turn a job row into what the runtime needs: defaults applied, directories made."""

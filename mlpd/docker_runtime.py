@@ -233,6 +233,12 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             raise ImageMissing(f"image '{image}' could not be pulled ({str(exc).splitlines()[0][:200]})") from None
 
+    def image_id(self, image: str) -> str | None:
+        try:
+            return self.client.images.get(image).id
+        except docker.errors.ImageNotFound:
+            return None
+
     def image_labels(self, image: str) -> dict[str, str]:
         """The image's labels ({} when it is absent)."""
         try:

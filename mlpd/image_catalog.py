@@ -32,7 +32,7 @@ class ImageDef:
 
 def definitions(config) -> list[ImageDef]:
     """The images mlpd builds, in build order."""
-    return [ImageDef(config["jobs.default_image"], "train", "training jobs: Python 3, non-root user 1000")]
+    return [ImageDef(config["jobs.default_image"], "train", "training jobs: Python 3 (python), numpy, pandas, scikit-learn, scipy, matplotlib, the MLflow client; user 1000")]
 
 
 def image_status(runtime, config) -> list[dict]:

@@ -162,6 +162,14 @@ def transition(store: Store, job_id: str, to: JobState, actor: str = "mlpd", rea
     return True
 
 
+def set_reason(store: Store, job_id: str, reason: str, event: str = "", **detail: Any) -> None:
+    """Say what a starting job is doing (e.g. building its environment), and record it as an event if named."""
+    with store.write() as db:
+        db.execute("UPDATE jobs SET reason = ?, updated_at = ? WHERE id = ? AND state = 'starting'", [reason, time.time(), job_id])
+        if event:
+            record_event(db, "mlpd", event, "job", job_id, **detail)
+
+
 def job_token_label(job_id: str) -> str:
     """The label of the token a job's container gets (MLflow and API calls as the job's owner)."""
     return f"job:{job_id}"

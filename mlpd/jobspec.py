@@ -46,6 +46,7 @@ class JobSpec:
     priority: int = 0
     name: str | None = None
     experiment: str | None = None
+    requirements: str | None = None  # the text of a requirements.txt: the job runs in image + these (mlpd.environments)
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict with every field; ``parse_spec`` accepts it back unchanged."""
@@ -324,6 +325,16 @@ def parse_spec(data: Mapping[str, Any]) -> tuple[JobSpec, list[str]]:
         kw["name"] = name
     if "experiment" in raw:
         kw["experiment"] = _string("experiment", raw["experiment"], 255)
+    if "requirements" in raw:
+        from mlpd.environments import check_requirements
+
+        text = raw["requirements"]
+        if not isinstance(text, str):
+            raise SpecError("requirements", f"expected the text of a requirements file, got {_typename(text)}")
+        problem = check_requirements(text)
+        if problem:
+            raise SpecError("requirements", problem)
+        kw["requirements"] = text
     return JobSpec(**kw), warnings
 
 

@@ -184,6 +184,11 @@ class MemoryRuntime:
         return [{"tag": t, "id": f"sha256:{abs(hash(t)) % 10**12:012d}", "size": 0, "created": None}
                 for t in sorted(self.images) if t.startswith(prefix)]
 
+    def image_id(self, image: str) -> str | None:
+        import hashlib
+
+        return "sha256:" + hashlib.sha256(image.encode()).hexdigest() if image in self.images else None
+
     def image_labels(self, image: str) -> dict[str, str]:
         return dict(self.images.get(image, {}))
 

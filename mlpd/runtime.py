@@ -127,6 +127,9 @@ class Runtime(Protocol):
 
     def image_present(self, image: str) -> bool: ...
 
+    def image_id(self, image: str) -> str | None:
+        """The image's content id (changes when it is rebuilt), or None when it is absent."""
+
     def list_images(self, prefix: str = "mlpd/") -> list[dict]: ...
 
     def image_labels(self, image: str) -> dict[str, str]: ...

@@ -89,7 +89,9 @@ def check_admission(spec) -> None:
             raise ApiError(400, "invalid_field", f"gpu_model: no GPU of model {spec.gpu_model!r} on this host (models: {', '.join(models)})")
         if spec.gpus > len(usable):
             what = f" of model {spec.gpu_model!r}" if spec.gpu_model else ""
-            raise ApiError(400, "invalid_field", f"gpus: asks for {spec.gpus} GPUs but this host has {len(usable)}{what}")
+            hint = ("; run it on the CPU with --gpus 0 (gpus = 0), or, to try mlpd on a machine without NVIDIA GPUs, an admin "
+                    "can declare test GPUs (gpus.declare in mlpd.toml, or 'mlpd daemon --declare-gpus N')") if not devices else ""
+            raise ApiError(400, "invalid_field", f"gpus: asks for {spec.gpus} GPUs but this host has {len(usable)}{what}{hint}")
     if spec.code and not (os.path.isdir(jobs.code_dir(config().state_dir, spec.code)) and jobs.holds_code(store(), spec.code, g.user.name)):
         raise ApiError(400, "invalid_field", f"code: you have not uploaded a code archive {spec.code[:12]}...; upload it first "
                                              "(PUT /api/v1/code/DIGEST; 'mlpd run' does it for you)")
@@ -175,15 +177,20 @@ def job_logs(job_id: str):
     log_path = os.path.join(jobs.job_dir(config().state_dir, job_id), "log")
     st = store()
 
-    def saved():
+    def saved(path=log_path):
         try:
-            with open(log_path, "rb") as fh:
+            with open(path, "rb") as fh:
                 yield from iter(lambda: fh.read(65536), b"")
         except FileNotFoundError:
             return
 
     def generate():
+        # the environment's build (if the job brought requirements) comes first; it is written whole before the job starts
+        built = False
         while True:
+            if not built and (jobs.get(st, job_id)["state"] != JobState.STARTING.value or not follow):
+                built = True
+                yield from saved(os.path.join(os.path.dirname(log_path), "build.log"))
             job = jobs.get(st, job_id)
             if job["state"] in TERMINAL_NAMES:
                 # give the controller a moment to save the log of a job that just ended

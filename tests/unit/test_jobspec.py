@@ -98,10 +98,10 @@ def test_gpu_env_vars_stripped_with_warning(name):
 
 def test_to_dict_round_trips_through_json():
     s = spec(image="pytorch/pytorch:2.3.0", code=DIGEST, gpus=1, cpus=4, memory="1.5G",
-             env={"SEED": 7}, time_limit="2h", priority=10, name="run1", experiment="exp")
+             env={"SEED": 7}, time_limit="2h", priority=10, name="run1", experiment="exp", requirements="humanize==4.9.0\n")
     d = s.to_dict()
     assert set(d) == {"command", "image", "code", "gpus", "gpu_model", "cpus", "memory", "env",
-                      "time_limit", "priority", "name", "experiment"}
+                      "time_limit", "priority", "name", "experiment", "requirements"}
     again, warnings = parse_spec(json.loads(json.dumps(d)))
     assert again == s and warnings == []
     assert parse_spec(JobSpec(command=("x",)).to_dict())[0] == JobSpec(command=("x",))
@@ -303,3 +303,10 @@ def test_host_limits_are_checked_at_submit():
     with pytest.raises(SpecError, match="^memory: asks for 64 GiB but this host has 16 GiB"):
         check_host_limits(spec, 16, 16 * 1024**3)
     check_host_limits(spec, 8, 64 * 1024**3)
+
+
+@pytest.mark.parametrize("text, message", [("", "names no package"), ("# only a comment\n\n", "names no package"),
+                                           ("x" * (65 * 1024), "over 64 KiB"), ("a\0b", "NUL"), (["numpy"], "expected the text")])
+def test_requirements_are_text_naming_packages(text, message):
+    with pytest.raises(SpecError, match="^requirements: .*" + message):
+        parse_spec({"command": ["true"], "requirements": text})

@@ -299,3 +299,15 @@ def test_record_event_stores_detail_as_json(store):
         record_event(db, "host", "thing.poke", "thing", 42, at=123.0, why="test")
     assert events(store)[-1] == {"actor": "host", "action": "thing.poke", "object_kind": "thing", "object_id": "42", "detail": {"why": "test"}}
     assert store.query_one("SELECT at FROM events ORDER BY id DESC LIMIT 1")["at"] == 123.0
+
+
+def test_a_daemon_url_is_read_the_way_people_type_it():
+    from mlpd.client import ClientError, normalize_url
+
+    assert normalize_url("127.0.0.1:8470") == "http://127.0.0.1:8470"
+    assert normalize_url("http://box:8470/") == "http://box:8470"
+    assert normalize_url("http://box:8470/mlflow") == "http://box:8470"
+    assert normalize_url("https://ml.example.org/mlpd/api/v1/") == "https://ml.example.org/mlpd"
+    for bad in ("ftp://box", "http://", "http://box:99999", "box:port"):
+        with pytest.raises(ClientError):
+            normalize_url(bad)

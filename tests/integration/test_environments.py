@@ -1,0 +1,113 @@
+"""Environments a data scientist can work in: the default image's scientific stack, and requirements
+layered over an image once and reused. Real daemon, real Docker, real PyPI (through the host's CA).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from helpers import as_json, needs_docker, wait_for
+
+pytestmark = needs_docker
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+
+
+def new_user(daemon, prefix="e"):
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    return name, daemon.add_user(name)
+
+
+def wait_ended(daemon, token, job_id, timeout=600):
+    def ended():
+        job = daemon.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"]
+        return job if job["state"] in TERMINAL else None
+
+    return wait_for(ended, timeout, 0.5, f"job {job_id} to end")
+
+
+def run(daemon, token, directory, *args):
+    result = as_json(daemon.cli("run", "--json", *args, token=token, cwd=str(directory), timeout=300))
+    return result["job"]["id"]
+
+
+def test_requirements_are_built_once_reused_and_a_bad_one_fails_with_pips_message(daemon, tmp_path):
+    name, token = new_user(daemon)
+    project = tmp_path / "project"
+    project.mkdir()
+    # a marker makes these requirements this test's own, so the environment is built here, not found
+    marker = uuid.uuid4().hex[:8]
+    (project / "requirements.txt").write_text(f"# test {marker}\nhumanize==4.17.0\n")
+    (project / "use.py").write_text("import humanize\nprint('HUMANIZE', humanize.naturalsize(3_000_000))\n")
+    first = run(daemon, token, project, "--", "python", "use.py")  # python: on the PATH in the default image
+    job = wait_ended(daemon, token, first)
+    logs = daemon.api("GET", f"/api/v1/jobs/{first}/logs", token).text
+    assert job["state"] == "succeeded", f"{job['reason']}\n{logs[-3000:]}"
+    assert "HUMANIZE 3.0 MB" in logs
+    assert "building the environment mlpd/env:" in logs  # the build's output comes first in the job's log
+    history = [e["action"] for e in job["history"]] if "history" in job else \
+        [e["action"] for e in daemon.api("GET", f"/api/v1/jobs/{first}", token).json()["job"]["history"]]
+    assert "job.environment_built" in history
+
+    # the same requirements again: no build, and the job starts about as fast as one without requirements
+    started = time.monotonic()
+    second = run(daemon, token, project, "--", "python", "use.py")
+    wait_for(lambda: daemon.api("GET", f"/api/v1/jobs/{second}", token).json()["job"]["state"] != "queued"
+             and daemon.api("GET", f"/api/v1/jobs/{second}", token).json()["job"]["started_at"], 120, 0.1, "the second job to start")
+    again = wait_ended(daemon, token, second)
+    assert again["state"] == "succeeded"
+    shown = daemon.api("GET", f"/api/v1/jobs/{second}", token).json()["job"]
+    assert "job.environment_reused" in [e["action"] for e in shown["history"]]
+    assert "job.environment_built" not in [e["action"] for e in shown["history"]]
+    assert time.monotonic() - started < 60
+
+    # --no-requirements: the plain image, where humanize is missing
+    plain = run(daemon, token, project, "--no-requirements", "--", "python", "use.py")
+    assert wait_ended(daemon, token, plain)["state"] == "failed"
+
+    # a package that does not exist: the job fails, and `mlpd jobs show` carries pip's own message
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "requirements.txt").write_text(f"mlpd-no-such-package-{marker}==1.0\n")
+    (bad / "x.py").write_text("print('never')\n")
+    failed_id = run(daemon, token, bad, "--", "python", "x.py")
+    failed = wait_ended(daemon, token, failed_id)
+    assert failed["state"] == "failed"
+    assert "building its environment failed" in failed["reason"] and f"mlpd-no-such-package-{marker}" in failed["reason"]
+    assert "No matching distribution" in failed["reason"] or "Could not find a version" in failed["reason"], failed["reason"]
+    text = daemon.cli("jobs", "show", failed_id, token=token)
+    shown_text = text.stdout + text.stderr
+    assert text.returncode == 0 and ("No matching distribution" in shown_text or "Could not find" in shown_text), shown_text
+    assert "Traceback" not in shown_text
+
+
+TRAIN = """
+import mlflow, mlflow.sklearn
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+X, y = make_classification(n_samples=200, n_features=5, random_state=0)
+model = LogisticRegression(max_iter=200).fit(X, y)
+with mlflow.start_run() as run:
+    mlflow.log_metric("accuracy", model.score(X, y))
+    mlflow.sklearn.log_model(model, name="model", registered_model_name="{model_name}", input_example=X[:2])
+print("RUN", run.info.run_id)
+"""
+
+
+def test_the_default_image_trains_logs_and_registers_a_scikit_learn_model(daemon, tmp_path):
+    name, token = new_user(daemon)
+    model_name = f"churn-{name}"
+    (tmp_path / "train.py").write_text(TRAIN.replace("{model_name}", model_name))
+    job_id = run(daemon, token, tmp_path, "--", "python", "train.py")
+    job = wait_ended(daemon, token, job_id, timeout=300)
+    logs = daemon.api("GET", f"/api/v1/jobs/{job_id}/logs", token).text
+    assert job["state"] == "succeeded", f"{job['reason']}\n{logs[-3000:]}"
+    models = {m["name"]: m for m in as_json(daemon.cli("models", "--json", token=token))["models"]}
+    assert model_name in models, json.dumps(list(models))[:500]
+    version = models[model_name]["versions"][0]
+    run_id = next(line.split()[1] for line in logs.splitlines() if line.startswith("RUN "))
+    assert version["version"] == "1" and models[model_name]["owner"] == name
+    listed = daemon.cli("models", token=token)
+    assert listed.returncode == 0 and model_name in listed.stdout
+    assert run_id in json.dumps(models[model_name])

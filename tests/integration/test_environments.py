@@ -111,3 +111,28 @@ def test_the_default_image_trains_logs_and_registers_a_scikit_learn_model(daemon
     listed = daemon.cli("models", token=token)
     assert listed.returncode == 0 and model_name in listed.stdout
     assert run_id in json.dumps(models[model_name])
+
+
+def test_login_takes_the_url_as_people_type_it_and_says_what_is_wrong(daemon, tmp_path):
+    import subprocess
+
+    _, token = new_user(daemon)
+    env = {k: v for k, v in daemon.env().items() if not k.startswith("MLPD_")}
+    env.update(HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / ".config"))
+
+    def login(*args, stdin=""):
+        return subprocess.run([daemon.argv()[0], "login", *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+
+    for url in (f"127.0.0.1:{daemon.port}", f"{daemon.url}/mlflow", f"{daemon.url}/"):
+        done = login(url, "--token", token)
+        assert done.returncode == 0 and f"Logged in to {daemon.url} as" in done.stdout, (url, done.stderr)
+    started = time.monotonic()
+    for args, says in [(("ftp://box", "--token", token), "expected an http:// or https:// URL"),
+                       ((f"https://127.0.0.1:{daemon.port}", "--token", token), "plain HTTP"),
+                       ((daemon.url,), "no token given")]:
+        failed = login(*args)
+        assert failed.returncode != 0 and says in failed.stderr, (args, failed.stderr)
+        assert "Traceback" not in failed.stderr
+    assert time.monotonic() - started < 40  # https against plain HTTP no longer hangs for 30 s
+    nogpu = daemon.api("POST", "/api/v1/jobs", token, json={"command": ["true"], "gpus": 64})
+    assert nogpu.status_code == 400 and "gpus: asks for 64 GPUs" in nogpu.json()["error"]["message"]

@@ -110,6 +110,22 @@ def login(url: str | None, token: str | None) -> None:
 
 
 @main.command()
+def logout() -> None:
+    """Forget the stored URL and token (the token itself stays valid: 'mlpd admin token revoke' ends it)."""
+    from mlpd.client import credentials_path
+
+    path = credentials_path()
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        click.echo("not logged in (nothing stored)")
+        return
+    click.echo(f"logged out: removed {path}")
+    if os.environ.get("MLPD_TOKEN"):
+        click.echo("note: MLPD_URL/MLPD_TOKEN in your environment still log you in", err=True)
+
+
+@main.command()
 @json_option
 def whoami(as_json: bool) -> None:
     """Show who you are logged in as, and where."""

@@ -61,7 +61,7 @@ def read_requirements(path: str) -> str:
         raise click.ClickException(f"{path}: cannot read it as a requirements file ({exc})")
 
 
-def _submit(spec: dict[str, Any], as_json: bool) -> None:
+def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
     result = _client().post("/jobs", spec)
     job = result["job"]
     for warning in result.get("warnings", []):
@@ -71,6 +71,7 @@ def _submit(spec: dict[str, Any], as_json: bool) -> None:
     else:
         click.echo(f"submitted job {job['id']} ({job['state']}); follow it with: mlpd logs -f {job['id']}", err=True)
         click.echo(job["id"])
+    return job
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -90,10 +91,11 @@ def _submit(spec: dict[str, Any], as_json: bool) -> None:
               help="A requirements.txt to install over the image (built once per image and file, then reused). "
                    "Default: requirements.txt in the code directory, if there is one.")
 @click.option("--no-requirements", is_flag=True, help="Do not use the code directory's requirements.txt.")
+@click.option("-f", "--follow", is_flag=True, help="Then stream the job's output until it ends.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
 def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, experiment, code_dir, no_code, requirements_file,
-        no_requirements, as_json, command):
+        no_requirements, follow, as_json, command):
     """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py"""
     env_map = {}
     for item in env:
@@ -120,15 +122,20 @@ def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, e
         raise click.ClickException(str(exc))
     if not no_code:
         spec["code"] = upload_code(_client(), code_dir)
-    _submit(spec, as_json)
+    job = _submit(spec, as_json)
+    if follow:
+        stream_logs(_client(), job["id"], True)
 
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--code", "code_dir", type=click.Path(exists=True, file_okay=False), help="Directory to ship (default: the spec's code_dir, relative to the file, if set).")
+@click.option("--code", "code_dir", type=click.Path(exists=True, file_okay=False),
+              help="Directory to ship (default: the file's code_dir, relative to the file, else the file's own directory).")
+@click.option("--no-code", is_flag=True, help="Do not ship any code.")
+@click.option("--no-requirements", is_flag=True, help="Do not use the shipped directory's requirements.txt.")
 @json_option
-def submit(file, code_dir, as_json):
-    """Submit a job spec file (TOML; the same fields as 'mlpd run' flags)."""
+def submit(file, code_dir, no_code, no_requirements, as_json):
+    """Submit a job spec file (TOML; the same fields as 'mlpd run' flags). Ships the file's directory, like 'mlpd run'."""
     from mlpd.jobspec import SpecError
 
     with open(file, "rb") as fh:
@@ -139,6 +146,13 @@ def submit(file, code_dir, as_json):
         raw = tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{file}: not valid TOML: {exc}")
+    from mlpd.jobspec import parse_spec
+
+    try:
+        parse_spec({k: v for k, v in raw.items() if k not in ("code_dir", "requirements")} | {"command": raw.get("command", ["x"])},
+                   job_file=True)  # every unknown key at once, named as a job file names them
+    except SpecError as exc:
+        raise click.ClickException(f"{file}: {exc}")
     rel = raw.pop("code_dir", None)
     if rel is not None and not isinstance(rel, str):
         raise click.ClickException(f"{file}: code_dir: expected a string path")
@@ -146,17 +160,40 @@ def submit(file, code_dir, as_json):
         if not isinstance(raw["requirements"], str):
             raise click.ClickException(f"{file}: requirements: expected the path of a requirements file, relative to {file}")
         raw["requirements"] = read_requirements(os.path.join(os.path.dirname(os.path.abspath(file)), raw["requirements"]))
-    from mlpd.jobspec import parse_spec
 
     try:
         spec, _warnings = parse_spec(raw)
     except SpecError as exc:
         raise click.ClickException(f"{file}: {exc}")
     data = spec.to_dict()
-    directory = code_dir or (os.path.join(os.path.dirname(os.path.abspath(file)), rel) if rel else None)
+    here = os.path.dirname(os.path.abspath(file))
+    directory = None if no_code else (code_dir or (os.path.join(here, rel) if rel else here))
+    if directory and not os.path.isdir(directory):
+        raise click.ClickException(f"{file}: code_dir: {directory} is not a directory")
+    if directory and data.get("requirements") is None and not no_requirements and os.path.isfile(os.path.join(directory, "requirements.txt")):
+        data["requirements"] = read_requirements(os.path.join(directory, "requirements.txt"))
     if directory:
         data["code"] = upload_code(_client(), directory)
     _submit({k: v for k, v in data.items() if v is not None and v != {}}, as_json)
+
+
+def resolve_job(client, ref: str) -> str:
+    """A job id from a unique prefix of it (as 'mlpd jobs' shows ids); ClickException when none or several match."""
+    import re
+
+    if re.fullmatch(r"[0-9a-f]{12}", ref):
+        return ref
+    if not re.fullmatch(r"[0-9a-f]{1,11}", ref):
+        raise click.ClickException(f"{ref!r} is not a job id (12 hex characters, or the start of one)")
+    params: dict[str, Any] = {"limit": 10000}
+    if client.get("/whoami")["user"]["role"] == "admin":
+        params["all"] = 1
+    matches = [j["id"] for j in client.get("/jobs", params=params)["jobs"] if j["id"].startswith(ref)]
+    if not matches:
+        raise click.ClickException(f"no job of yours starts with {ref!r}; 'mlpd jobs' lists them")
+    if len(matches) > 1:
+        raise click.ClickException(f"{ref!r} matches {len(matches)} jobs ({', '.join(matches[:5])}); give more of the id")
+    return matches[0]
 
 
 def _gpus_text(job: dict) -> str:
@@ -191,8 +228,9 @@ def jobs(ctx, all_users, states, limit, as_json):
 @click.argument("job_id")
 @json_option
 def jobs_show(job_id, as_json):
-    """A job's spec, state history, GPUs and why it waits."""
-    job = _client().get(f"/jobs/{job_id}")["job"]
+    """A job's spec, state history, GPUs and why it waits (ID may be a unique prefix)."""
+    client = _client()
+    job = client.get(f"/jobs/{resolve_job(client, job_id)}")["job"]
     if as_json:
         emit_json({"job": job})
         return
@@ -231,10 +269,12 @@ def jobs_outputs(job_id, dest):
 
     from mlpd.codeship import extract_archive
 
+    client = _client()
+    job_id = resolve_job(client, job_id)
     dest = dest or f"outputs-{job_id}"
     if os.path.exists(dest):
         raise click.ClickException(f"{dest} already exists; choose another with -o")
-    resp = _client().request("GET", f"/jobs/{job_id}/outputs", stream=True, timeout=600)
+    resp = client.request("GET", f"/jobs/{job_id}/outputs", stream=True, timeout=600)
     with tempfile.NamedTemporaryFile(suffix=".tar.gz", delete=False) as tmp:
         for chunk in resp.iter_content(65536):
             tmp.write(chunk)
@@ -245,14 +285,47 @@ def jobs_outputs(job_id, dest):
     click.echo(f"{files} files in {dest}/")
 
 
+@jobs.command("rerun")
+@click.argument("job_id")
+@click.option("-f", "--follow", is_flag=True, help="Then stream its output until it ends.")
+@json_option
+def jobs_rerun(job_id, follow, as_json):
+    """Submit a job again with the same spec (and the same code). ID may be a unique prefix."""
+    client = _client()
+    spec = client.get(f"/jobs/{resolve_job(client, job_id)}")["job"]["spec"]
+    job = _submit({k: v for k, v in spec.items() if v is not None and v != {}}, as_json)
+    if follow:
+        stream_logs(client, job["id"], True)
+
+
 @click.command()
 @click.argument("job_id")
 @click.option("-f", "--follow", is_flag=True, help="Stream live until the job ends.")
-def logs(job_id, follow):
-    """A job's output (kept after it ends)."""
-    resp = _client().request("GET", f"/jobs/{job_id}/logs", stream=True, timeout=None if follow else 60, params={"follow": 1} if follow else {})
+@click.option("-n", "--tail", type=click.IntRange(min=0), help="Only the last N lines (of what is there now; with -f, then live).")
+def logs(job_id, follow, tail):
+    """A job's output (kept after it ends). ID may be a unique prefix."""
+    client = _client()
+    stream_logs(client, resolve_job(client, job_id), follow, tail)
+
+
+def stream_logs(client, job_id: str, follow: bool, tail: int | None = None) -> None:
+    """Write a job's output to stdout; with follow, until the job ends."""
     out = sys.stdout.buffer
+    if tail is not None:
+        saved = client.request("GET", f"/jobs/{job_id}/logs", timeout=60).content
+        lines = saved.splitlines(keepends=True)
+        out.write(b"".join(lines[-tail:] if tail else []))
+        out.flush()
+        if not follow:
+            return
+        skip = len(saved)  # the live stream starts from the beginning: drop what was shown
+    else:
+        skip = 0
+    resp = client.request("GET", f"/jobs/{job_id}/logs", stream=True, timeout=None if follow else 60, params={"follow": 1} if follow else {})
     for chunk in resp.iter_content(chunk_size=None):
+        if skip:
+            dropped, chunk = chunk[:skip], chunk[skip:]
+            skip -= len(dropped)
         out.write(chunk)
         out.flush()
 
@@ -262,7 +335,8 @@ def logs(job_id, follow):
 def cancel(job_ids):
     """Cancel jobs: queued ones at once, running ones are stopped."""
     c = _client()
-    for job_id in job_ids:
+    for ref in job_ids:
+        job_id = resolve_job(c, ref)
         job = c.post(f"/jobs/{job_id}/cancel")["job"]
         click.echo(f"{job_id}: {'cancelled' if job['state'] == 'cancelled' else 'stopping'}")
 

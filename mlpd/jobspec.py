@@ -249,19 +249,30 @@ def _env(value: Any, warnings: list[str]) -> Mapping[str, str]:
     return MappingProxyType(out)
 
 
-def _check_keys(data: Mapping[str, Any]) -> None:
+# In a job file the code is a directory (code_dir), not the API's digest of an uploaded archive.
+FILE_KEYS = tuple("code_dir" if k == "code" else k for k in ALLOWED)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...] = ALLOWED) -> None:
+    """Refuse forbidden keys (with the reason) and report every unknown key at once."""
+    unknown = []
     for key in data:
         if not isinstance(key, str):
             raise SpecError(repr(key), "keys must be strings")
         if key in FORBIDDEN:
             raise SpecError(key, FORBIDDEN[key])
-        if key not in ALLOWED:
-            close = difflib.get_close_matches(key, ALLOWED, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise SpecError(key, f"unknown key; {hint}allowed keys: {', '.join(ALLOWED)}")
+        if key not in allowed:
+            unknown.append(key)
+    if not unknown:
+        return
+    hints = [f"did you mean '{close[0]}'{'' if len(unknown) == 1 else f' for {key!r}'}?"
+             for key in unknown if (close := difflib.get_close_matches(key, allowed, n=1))]
+    hint = " ".join(hints) + " " if hints else ""
+    what = "unknown key" if len(unknown) == 1 else "unknown keys"
+    raise SpecError(", ".join(unknown), f"{what}; {hint}allowed keys: {', '.join(allowed)}")
 
 
-def parse_spec(data: Mapping[str, Any]) -> tuple[JobSpec, list[str]]:
+def parse_spec(data: Mapping[str, Any], job_file: bool = False) -> tuple[JobSpec, list[str]]:
     """Validate a raw mapping; return the spec and a list of warnings.
 
     Raises SpecError naming the field (dotted for nested items: ``env.1BAD``,
@@ -271,7 +282,7 @@ def parse_spec(data: Mapping[str, Any]) -> tuple[JobSpec, list[str]]:
     """
     if not isinstance(data, Mapping):
         raise SpecError("spec", f"expected a table/object of job settings, got {_typename(data)}")
-    _check_keys(data)
+    _check_keys(data, FILE_KEYS if job_file else ALLOWED)
     # None means "not given" so JSON clients may send null and to_dict() output round-trips.
     raw = {k: v for k, v in data.items() if v is not None}
     if "command" not in raw:

@@ -310,3 +310,11 @@ def test_host_limits_are_checked_at_submit():
 def test_requirements_are_text_naming_packages(text, message):
     with pytest.raises(SpecError, match="^requirements: .*" + message):
         parse_spec({"command": ["true"], "requirements": text})
+
+
+def test_every_unknown_key_is_reported_at_once_and_files_name_code_dir():
+    e = refused("gpu, zzz, timelimit", gpu=1, zzz=2, timelimit="1h")
+    assert "unknown keys; did you mean 'gpus' for 'gpu'? did you mean 'time_limit' for 'timelimit'?" in e.message
+    with pytest.raises(SpecError) as info:
+        parse_spec({"command": ["x"], "code": "a" * 64}, job_file=True)
+    assert info.value.field == "code" and "code_dir" in info.value.message and ", code," not in info.value.message

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -27,6 +28,8 @@ from mlpd.jobspec import format_bytes
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 IGNORE_FILES = (".gitignore", ".mlpdignore")  # later files win, so .mlpdignore can re-include
 ALWAYS_SKIPPED = (".git", "__pycache__")
+# Folders `mlpd jobs outputs ID` downloads into the working directory: results, not code.
+_DOWNLOADED_OUTPUTS = re.compile(r"outputs-[0-9a-f]{12}")
 MAX_MEMBERS = 200_000  # bounds work on an archive of millions of empty files
 MAX_HEADER_BYTES = 64 * 1024  # a PAX or GNU long-name header; real ones are a few hundred bytes
 
@@ -101,7 +104,7 @@ def iter_included_files(root: str) -> Iterator[str]:
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
-            if entry.name in ALWAYS_SKIPPED:
+            if entry.name in ALWAYS_SKIPPED or (_DOWNLOADED_OUTPUTS.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
                 continue
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             is_dir = entry.is_dir(follow_symlinks=False)

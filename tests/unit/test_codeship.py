@@ -369,3 +369,14 @@ def test_huge_extended_header_refused_before_it_is_read(tmp_path, kind):
     # ru_maxrss is in KiB: the header was never allocated (it would add 64 MiB).
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 * 1024
     assert sorted(os.listdir(tmp_path)) == ["bomb.tar.gz"]
+
+
+def test_downloaded_outputs_folders_are_not_shipped_as_code(tmp_path):
+    from mlpd.codeship import iter_included_files
+
+    (tmp_path / "train.py").write_text("x")
+    (tmp_path / "outputs-0123456789ab").mkdir()
+    (tmp_path / "outputs-0123456789ab" / "model.bin").write_text("big")
+    (tmp_path / "outputs-notajob").mkdir()
+    (tmp_path / "outputs-notajob" / "keep.txt").write_text("k")
+    assert list(iter_included_files(str(tmp_path))) == ["outputs-notajob/keep.txt", "train.py"]

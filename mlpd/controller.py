@@ -27,7 +27,7 @@ from mlpd.jobs import ACTIVE, TERMINAL, JobState
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus
 from mlpd import quotas
 from mlpd.scheduler import Gpu, GpuLimit, Holding, Plan, Policy, QueuedJob, schedule
-from mlpd.store import Store
+from mlpd.store import Store, record_event
 
 log = logging.getLogger("mlpd.controller")
 OVER_QUOTA_PRIORITY = -1000  # below the lowest priority a user can set (-100)
@@ -84,7 +84,7 @@ class JobController:
     """Reconciles jobs with containers and launches what the scheduler places."""
 
     def __init__(self, store: Store, config: Config, runtime: Runtime, inventory: GpuInventory, wake: Callable[[str], None] = lambda r: None,
-                 executor: Any = None):
+                 executor: Any = None, clock: Callable[[], float] = time.time):
         """executor runs launches (submit(fn, *args)); by default a pool of 4 threads, so a slow
         image start does not hold up the loop. Tests pass one that runs them inline."""
         self.store, self.config, self.runtime, self.inventory = store, config, runtime, inventory
@@ -92,7 +92,7 @@ class JobController:
         self.launching: set[str] = set()
         self._lock = threading.Lock()
         self.pool = executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
-        self.environments = EnvironmentBuilder(runtime)
+        self.environments = EnvironmentBuilder(runtime, clock)
         self.next_deadline: float | None = None  # the earliest time limit among running jobs
 
     # ------------------------------------------------------------ one pass
@@ -239,6 +239,19 @@ class JobController:
             with self._lock:
                 self.launching.discard(job_id)
             self.wake(f"launched {job_id}")
+
+    def prune_environments(self) -> list[str]:
+        """Remove job environments unused for environments.keep_days, or over environments.max_gb (least recently used first)."""
+        rows = self.store.query("""SELECT json_extract(detail, '$.image') AS image, MAX(at) AS at FROM events
+                                   WHERE action IN ('job.environment_built', 'job.environment_reused') GROUP BY image""")
+        removed = self.environments.prune(self.config["environments.keep_days"], self.config["environments.max_gb"],
+                                          {r["image"]: r["at"] for r in rows if r["image"]})
+        if removed:
+            with self.store.write() as db:
+                for tag in removed:
+                    record_event(db, "mlpd", "environment.removed", "image", tag)
+            log.info("removed unused job environments: %s", ", ".join(removed))
+        return removed
 
     def _with_environment(self, job: dict[str, Any], req: LaunchRequest) -> LaunchRequest:
         """The request with its image replaced by the job's environment, built first if needed."""

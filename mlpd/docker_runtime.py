@@ -223,8 +223,20 @@ class DockerRuntime:
         for img in self.client.images.list():
             for tag in img.tags:
                 if tag.startswith(prefix):
-                    out.append({"tag": tag, "id": img.short_id, "size": img.attrs.get("Size"), "created": img.attrs.get("Created")})
+                    out.append({"tag": tag, "id": img.short_id, "size": img.attrs.get("Size"), "created": img.attrs.get("Created"),
+                                "created_at": _ts(img.attrs.get("Created"))})
         return sorted(out, key=lambda x: x["tag"])
+
+    def remove_image(self, image: str) -> bool:
+        try:
+            self.client.images.remove(image)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                return False  # a container (even a stopped one) still uses it
+            raise
 
     def pull_image(self, image: str) -> None:
         """Pull an image from its registry; ImageMissing when it cannot be had."""

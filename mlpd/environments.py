@@ -68,11 +68,36 @@ def pip_errors(lines: list[str]) -> str:
     return " / ".join(errors[-3:]) if errors else " / ".join(line.strip() for line in lines[-3:] if line.strip())
 
 
+def environments_to_prune(images: list[dict], last_used: dict[str, float], now: float, keep_days: float,
+                          max_bytes: float, grace: float = 3600.0) -> list[str]:
+    """Which environment images to remove: those unused for keep_days, then the least recently used
+    until the rest fit in max_bytes. One used within grace seconds is never removed (a job may be
+    about to start with it). images: [{tag, size, created_at}]; last_used: {tag: when a job last used it}."""
+    def used(image: dict) -> float:
+        return max(last_used.get(image["tag"], 0.0), image.get("created_at") or 0.0)
+
+    candidates = sorted((i for i in images if i["tag"].startswith(ENV_REPOSITORY + ":")), key=used)
+    doomed = [i for i in candidates if now - used(i) > keep_days * 86400]
+    kept = [i for i in candidates if i not in doomed]
+    total = sum(i.get("size") or 0 for i in kept)
+    for image in kept:  # least recently used first
+        if total <= max_bytes:
+            break
+        if now - used(image) > grace:
+            doomed.append(image)
+            total -= image.get("size") or 0
+    return [i["tag"] for i in doomed]
+
+
 class EnvironmentBuilder:
     """Builds and reuses environments on one runtime; one build per environment at a time."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, clock=None):
+        import time
+
         self.runtime = runtime
+        self.clock = clock or time.time
+        self.last_used: dict[str, float] = {}  # this process's view; events carry it across restarts
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -91,6 +116,7 @@ class EnvironmentBuilder:
         base_id = self.runtime.image_id(base) or base
         tag = env_tag(base_id, requirements)
         with self._lock(tag):
+            self.last_used[tag] = self.clock()  # under the lock: a prune that follows sees this use
             if self.runtime.image_present(tag):
                 return tag, False
             tail: list[str] = []
@@ -107,6 +133,23 @@ class EnvironmentBuilder:
                     raise EnvironmentFailed(f"building its environment failed: {pip_errors(tail) or exc} "
                                             "(the whole build output is in the job's build log)") from None
             return tag, True
+
+    def prune(self, keep_days: float, max_gb: float, used_before: dict[str, float] | None = None) -> list[str]:
+        """Remove environments per environments_to_prune; returns those removed. A removal happens under
+        the environment's lock and only if it is still unused, so a job starting with it is never left
+        without its image (an image a container still uses is kept by the runtime too)."""
+        images = self.runtime.list_images(prefix=ENV_REPOSITORY + ":")
+        last = {**(used_before or {})}
+        for tag, at in self.last_used.items():
+            last[tag] = max(last.get(tag, 0.0), at)
+        removed = []
+        for tag in environments_to_prune(images, last, self.clock(), keep_days, max_gb * 1e9):
+            with self._lock(tag):
+                if self.last_used.get(tag, 0.0) > last.get(tag, 0.0):
+                    continue  # used since the decision
+                if self.runtime.remove_image(tag):
+                    removed.append(tag)
+        return removed
 
 
 @contextlib.contextmanager

@@ -54,6 +54,8 @@ class MemoryRuntime:
         self.instance = instance
         self.clock = clock or time.time
         self.images: dict[str, dict[str, str]] = {image: {} for image in images}
+        self.image_created: dict[str, float] = {}
+        self.image_sizes: dict[str, int] = {}  # tests set sizes to exercise disk limits
         self.containers: dict[str, _Container] = {}
         self.has_nvidia = False
         self._lock = threading.RLock()
@@ -181,8 +183,8 @@ class MemoryRuntime:
         return image in self.images
 
     def list_images(self, prefix: str = "mlpd/") -> list[dict]:
-        return [{"tag": t, "id": f"sha256:{abs(hash(t)) % 10**12:012d}", "size": 0, "created": None}
-                for t in sorted(self.images) if t.startswith(prefix)]
+        return [{"tag": t, "id": f"sha256:{abs(hash(t)) % 10**12:012d}", "size": self.image_sizes.get(t, 0), "created": None,
+                 "created_at": self.image_created.get(t)} for t in sorted(self.images) if t.startswith(prefix)]
 
     def image_id(self, image: str) -> str | None:
         import hashlib
@@ -197,7 +199,16 @@ class MemoryRuntime:
             raise RuntimeFailure(f"building {tag} failed: no Dockerfile in {path}")
         yield f"Step 1/1 : (in memory) {tag}"
         self.images[tag] = dict(labels or {})
+        self.image_created[tag] = self.clock()
         yield f"Successfully tagged {tag}"
+
+    def remove_image(self, image: str) -> bool:
+        with self._lock:
+            if image not in self.images or any(c.request.image == image for c in self.containers.values()):
+                return False
+            del self.images[image]
+            self.image_created.pop(image, None)
+            return True
 
     def pull_image(self, image: str) -> None:
         raise ImageMissing(f"image '{image}' not found on this host and could not be pulled (the in-memory runtime has no registry)")

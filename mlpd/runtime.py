@@ -140,6 +140,9 @@ class Runtime(Protocol):
     def pull_image(self, image: str) -> None:
         """Pull an image from its registry; raises ImageMissing when it cannot."""
 
+    def remove_image(self, image: str) -> bool:
+        """Remove an image; False (and nothing removed) when a container uses it or it is gone."""
+
 
 def connect(instance: str, base_url: str = "", gpu_mode: str = "auto") -> Runtime:
     """The real runtime (Docker) for this daemon's instance; RuntimeFailure when the engine does not answer."""

@@ -20,6 +20,7 @@ from mlpd.store import Store, set_status
 from mlpd.workers.sampler import GpuSampler
 
 log = logging.getLogger("mlpd.workers")
+PRUNE_INTERVAL = 3600.0  # job environments are pruned at most this often
 
 
 class ControllerLoop:
@@ -36,6 +37,7 @@ class ControllerLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self.passes = 0
+        self.last_prune = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -73,6 +75,12 @@ class ControllerLoop:
             log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
+            if time.time() - self.last_prune > PRUNE_INTERVAL:
+                self.last_prune = time.time()
+                try:
+                    self.controller.prune_environments()
+                except Exception:
+                    log.exception("pruning job environments failed; trying again in an hour")
         set_status(self.store, "worker.heartbeat", {"passes": self.passes, "docker_error": self.docker_error,
                                                      "gpus": self.inventory.kind, "at": time.time()})
 

@@ -158,3 +158,24 @@ def test_start_and_exit_are_reported_as_events(make_runtime, tmp_path):
     rt.list_jobs()
     wait_for(lambda: seen.count(req.job_id) >= 2, 30, 0.05, "a start and an exit event")
     stop.set()
+
+
+def test_an_image_is_built_and_removed_but_not_while_a_container_uses_it(make_runtime, tmp_path):
+    rt = make_runtime()
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nLABEL org.mlpd.contract=yes\n")
+    tag = f"mlpd/contract-{secrets.token_hex(4)}:1"
+    lines = list(rt.build_image(str(context), tag, {"BASE": IMAGE}, labels={"org.mlpd.test": "1"}))
+    assert lines and rt.image_present(tag) and rt.image_id(tag)
+    assert rt.image_labels(tag).get("org.mlpd.test") == "1"
+    assert tag in [i["tag"] for i in rt.list_images(prefix="mlpd/contract-")]
+    req = request(tmp_path, ["sleep", "30"], image=tag)
+    rt.start_job(req)
+    try:
+        assert rt.remove_image(tag) is False and rt.image_present(tag)  # in use
+    finally:
+        rt.stop(req.job_id, timeout=1)
+        rt.remove(req.job_id)
+    assert rt.remove_image(tag) is True and not rt.image_present(tag) and rt.image_id(tag) is None
+    assert rt.remove_image(tag) is False

@@ -57,7 +57,7 @@ def world(tmp_path):
 
     class World:
         def controller(self):
-            return JobController(store, cfg, runtime, inventory, executor=Inline())
+            return JobController(store, cfg, runtime, inventory, executor=Inline(), clock=clock)
 
         def submit(self, command, **spec):
             parsed, _ = parse_spec({"command": command, **spec})
@@ -230,3 +230,35 @@ def test_a_terminal_job_never_moves_again(world):
         assert not jobs.transition(world.store, j, to, reason="again")
     assert world.job(j)["state"] == "cancelled"
     assert json.dumps(world.events(j)) == json.dumps(["job.queued", "job.cancelled"])
+
+
+def test_environments_are_built_once_reused_and_pruned_by_age_and_size(world):
+    from mlpd.environments import environments_to_prune
+
+    c = world.controller()
+    first = world.submit(["true"], requirements="humanize==4.17.0\n")
+    c.reconcile(now=world.clock())
+    assert world.job(first)["state"] == "succeeded"
+    built = [t for t in world.runtime.images if t.startswith("mlpd/env:")]
+    assert len(built) == 1 and "job.environment_built" in world.events(first)
+    second = world.submit(["true"], requirements="humanize==4.17.0\n")
+    c.reconcile(now=world.clock())
+    assert "job.environment_reused" in world.events(second) and "job.environment_built" not in world.events(second)
+    other = world.submit(["true"], requirements="six==1.16.0\n")
+    c.reconcile(now=world.clock())
+    assert len([t for t in world.runtime.images if t.startswith("mlpd/env:")]) == 2
+    # nothing is old or big yet
+    assert c.prune_environments() == []
+    # a month later, only what was used recently stays
+    world.clock.advance(31 * 86400)
+    recent = world.submit(["true"], requirements="six==1.16.0\n")
+    c.reconcile(now=world.clock())
+    removed = c.prune_environments()
+    assert removed == built and world.job(recent)["state"] == "succeeded"
+    assert [t for t in world.runtime.images if t.startswith("mlpd/env:")] != built
+    # the pure rule: over the disk limit, least recently used first, never one used within the grace period
+    images = [{"tag": f"mlpd/env:{n}", "size": 10, "created_at": 0.0} for n in "abc"]
+    assert environments_to_prune(images, {"mlpd/env:a": 100.0, "mlpd/env:b": 8000.0, "mlpd/env:c": 9000.0}, 9500.0, 30, 15,
+                                 grace=3600) == ["mlpd/env:a"]
+    assert environments_to_prune(images, {"mlpd/env:a": 9400.0, "mlpd/env:b": 9400.0, "mlpd/env:c": 9400.0}, 9500.0, 30, 15) == []
+    assert other

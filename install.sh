@@ -121,6 +121,9 @@ if ! have_systemd; then
   say "daemon pid $(cat "$pid_file") (in $pid_file)"
 fi
 
+say "checking the host (mlpd doctor)"
+"$mlpd_bin" doctor --config "$config" || say "mlpd doctor found problems (above); mlpd runs, but fix them"
+
 if [ "$("$mlpd_bin" admin user list --state-dir "$state_dir" --json | "$prefix/venv/bin/python" -c 'import json,sys; print(sum(u["role"]=="admin" for u in json.load(sys.stdin)["users"]))')" = 0 ]; then
   token="$("$mlpd_bin" admin user add "$admin" --admin --state-dir "$state_dir" | tail -n 1)"
   say "created the first admin '$admin'. Log in with:"

@@ -110,6 +110,38 @@ def login(url: str | None, token: str | None) -> None:
 
 
 @main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Configuration file (default: $MLPD_CONFIG, then /etc/mlpd/mlpd.toml).")
+@click.option("--state-dir", help="State directory (overrides server.state_dir).")
+@click.option("--listen", help="The daemon's HOST:PORT (overrides server.listen).")
+@json_option
+def doctor(config_file: str | None, state_dir: str | None, listen: str | None, as_json: bool) -> None:
+    """Check this host for mlpd: engine, GPUs, images, state, disk, daemon, MLflow store, clock.
+
+    Run it on the daemon's host (as the daemon's user). Exit code 1 when something blocks work.
+    """
+    from mlpd.config import ConfigError, load_config
+    from mlpd.doctor import FAIL, as_json as doctor_json, run_checks
+
+    try:
+        cfg = load_config(config_file, {"server.state_dir": state_dir, "server.listen": listen})
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    checks = run_checks(cfg)
+    if as_json:
+        from mlpd.output import emit_json
+
+        emit_json(doctor_json(checks))
+    else:
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+        for check in checks:
+            click.echo(f"{marks[check.status]}  {check.name:<24} {check.detail}")
+            if check.fix:
+                click.echo(f"{'':<30}fix: {check.fix}")
+    if any(c.status == FAIL for c in checks):
+        sys.exit(1)
+
+
+@main.command()
 def logout() -> None:
     """Forget the stored URL and token (the token itself stays valid: 'mlpd admin token revoke' ends it)."""
     from mlpd.client import credentials_path

@@ -245,6 +245,9 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             raise ImageMissing(f"image '{image}' could not be pulled ({str(exc).splitlines()[0][:200]})") from None
 
+    def engine_info(self) -> dict:
+        return {"version": self.client.version().get("Version", "?"), "nvidia": self.has_nvidia}
+
     def image_id(self, image: str) -> str | None:
         try:
             return self.client.images.get(image).id

@@ -186,6 +186,9 @@ class MemoryRuntime:
         return [{"tag": t, "id": f"sha256:{abs(hash(t)) % 10**12:012d}", "size": self.image_sizes.get(t, 0), "created": None,
                  "created_at": self.image_created.get(t)} for t in sorted(self.images) if t.startswith(prefix)]
 
+    def engine_info(self) -> dict:
+        return {"version": "in-memory", "nvidia": self.has_nvidia}
+
     def image_id(self, image: str) -> str | None:
         import hashlib
 

@@ -125,6 +125,9 @@ class Runtime(Protocol):
     def watch(self, on_change: Callable[[str], None], stop: threading.Event) -> None:
         """Call on_change(job_id) whenever one of this daemon's containers starts or ends; blocks until stop."""
 
+    def engine_info(self) -> dict:
+        """{"version": the engine's version, "nvidia": whether it has the NVIDIA container runtime}."""
+
     def image_present(self, image: str) -> bool: ...
 
     def image_id(self, image: str) -> str | None:

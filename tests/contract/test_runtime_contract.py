@@ -179,3 +179,8 @@ def test_an_image_is_built_and_removed_but_not_while_a_container_uses_it(make_ru
         rt.remove(req.job_id)
     assert rt.remove_image(tag) is True and not rt.image_present(tag) and rt.image_id(tag) is None
     assert rt.remove_image(tag) is False
+
+
+def test_the_engine_describes_itself(make_runtime):
+    info = make_runtime().engine_info()
+    assert info["version"] and isinstance(info["nvidia"], bool)

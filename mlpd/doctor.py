@@ -1,0 +1,196 @@
+"""`mlpd doctor`: is this host ready to run mlpd's work, and if not, what to do about it.
+
+Each check says ok, warn (work runs, but something is off) or fail (work is blocked), with
+the detail it found and, when it is not ok, the fix. It runs on the host, beside the daemon:
+it reads the configuration and the state directory and asks the container engine, NVML and
+(when it runs) the daemon's /healthz, so it also works when the daemon does not start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+MIN_FREE_BYTES = 2 * 1024**3
+LOW_FREE_BYTES = 10 * 1024**3
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def run_checks(config, runtime_factory: Callable | None = None) -> list[Check]:
+    """Every check, in the order an admin would fix them."""
+    checks: list[Check] = []
+    runtime = None
+    try:
+        from mlpd.gpu_state import read_instance_id
+        from mlpd.runtime import connect
+
+        instance = read_instance_id(config.state_dir) if os.path.exists(os.path.join(config.state_dir, "instance_id")) else "doctor"
+        runtime = (runtime_factory or connect)(instance, config["docker.host"], config["docker.gpu_runtime"])
+        info = runtime.engine_info()
+        checks.append(Check("docker engine", OK, f"reachable, version {info.get('version', '?')}"))
+    except Exception as exc:  # the engine's own words are the detail
+        checks.append(Check("docker engine", FAIL, str(exc).splitlines()[0][:300],
+                            "start it: 'systemctl start docker' (or 'sudo ./install.sh --engine-only'); jobs wait until it answers"))
+    checks += _gpu_checks(config, runtime)
+    if runtime is not None:
+        checks += _image_checks(config, runtime)
+    checks += _state_checks(config)
+    checks.append(_daemon_check(config))
+    checks.append(_mlflow_check(config))
+    systemd = _systemd_check()
+    if systemd:
+        checks.append(systemd)
+    checks.append(_clock_check(config))
+    return checks
+
+
+def _gpu_checks(config, runtime) -> list[Check]:
+    from mlpd.gpus import make_inventory
+
+    out = []
+    inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"])
+    devices = inventory.devices()
+    if inventory.kind == "declared":
+        out.append(Check("gpus", WARN, f"{len(devices)} declared GPUs (gpus.declare): for trying mlpd, not real devices",
+                         "set gpus.declare = 0 on a machine with NVIDIA GPUs"))
+    elif devices:
+        names = ", ".join(f"{d.index}: {d.name} ({d.uuid})" for d in devices)
+        out.append(Check("gpus", OK, f"NVML sees {len(devices)}: {names}"))
+    else:
+        out.append(Check("gpus", WARN, "no NVIDIA driver or no GPU (NVML finds none): CPU-only work runs, GPU jobs are refused",
+                         "install the NVIDIA driver, or declare test GPUs (gpus.declare) to try mlpd without them"))
+    if devices and inventory.kind != "declared" and runtime is not None:
+        if runtime.engine_info().get("nvidia"):
+            out.append(Check("gpu pinning", OK, "the NVIDIA container runtime is installed: GPUs are pinned by UUID"))
+        else:
+            out.append(Check("gpu pinning", FAIL, "the engine has no NVIDIA runtime: containers cannot see the GPUs",
+                             "install nvidia-container-toolkit and run 'nvidia-ctk runtime configure --runtime=docker', then restart docker"))
+    return out
+
+
+def _image_checks(config, runtime) -> list[Check]:
+    from mlpd.image_catalog import SOURCE_LABEL, definitions, images_dir, source_digest
+
+    out = []
+    base = config["images.base"]
+    for d in definitions(config):
+        if not runtime.image_present(d.tag):
+            out.append(Check(f"image {d.tag}", FAIL, "missing: jobs that use it fail", "build it: 'mlpd images build --local'"))
+        elif runtime.image_labels(d.tag).get(SOURCE_LABEL) != source_digest(os.path.join(images_dir(), d.directory), base):
+            out.append(Check(f"image {d.tag}", WARN, f"built from other sources than this mlpd's images/{d.directory}",
+                             "rebuild it: 'mlpd images build --local'"))
+        else:
+            out.append(Check(f"image {d.tag}", OK, "present and current"))
+    return out
+
+
+def _state_checks(config) -> list[Check]:
+    out = []
+    state = config.state_dir
+    if not os.path.isdir(state):
+        return [Check("state directory", FAIL, f"{state} does not exist", "start the daemon once ('mlpd daemon') or run install.sh")]
+    mode = stat.S_IMODE(os.stat(state).st_mode)
+    if not os.access(state, os.W_OK):
+        out.append(Check("state directory", FAIL, f"{state} is not writable by this user", f"run as the daemon's user, or fix the owner of {state}"))
+    elif mode & 0o077:
+        out.append(Check("state directory", WARN, f"{state} has mode {mode:o}: other users can read tokens' hashes, code and outputs",
+                         f"chmod 700 {state}"))
+    else:
+        out.append(Check("state directory", OK, f"{state} (mode {mode:o})"))
+    free = shutil.disk_usage(state).free
+    gib = free / 1024**3
+    if free < MIN_FREE_BYTES:
+        out.append(Check("free disk", FAIL, f"{gib:.1f} GiB free under {state}", "free space: old job outputs (state/jobs), images ('docker image prune')"))
+    elif free < LOW_FREE_BYTES:
+        out.append(Check("free disk", WARN, f"{gib:.1f} GiB free under {state}", "free space before it runs out: job outputs, images"))
+    else:
+        out.append(Check("free disk", OK, f"{gib:.0f} GiB free under {state}"))
+    return out
+
+
+def _daemon_check(config) -> Check:
+    listen = config["server.listen"]
+    host, _, port = listen.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host.strip("[]")
+    url = f"http://{host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            health = json.load(resp)
+    except OSError as exc:
+        return Check("daemon", WARN, f"nothing answers on {listen} ({getattr(exc, 'reason', exc)})",
+                     "start it: 'systemctl start mlpd' or 'mlpd daemon --config FILE'")
+    if health.get("worker") != "ok":
+        return Check("daemon", WARN, f"answers on {listen} (version {health.get('version')}), but its worker is {health.get('worker')}",
+                     "see the daemon's log ('journalctl -u mlpd'): the worker reconciles and launches jobs")
+    extra = config["server.container_listen"]
+    return Check("daemon", OK, f"answers on {listen}, version {health.get('version')}, worker ok"
+                 + (f"; containers reach it on {extra}" if extra and extra != "auto" else "; containers reach it on the Docker bridge gateway"))
+
+
+def _mlflow_check(config) -> Check:
+    from mlpd import tracking
+
+    path = tracking.db_path(config.state_dir)
+    if not os.path.exists(path):
+        return Check("mlflow store", WARN, f"{path} does not exist yet", "the daemon creates it at its first start")
+    stamps = [n for n in os.listdir(tracking.mlflow_dir(config.state_dir)) if n.startswith(".schema-mlflow-")]
+    from importlib.metadata import version
+
+    expected = f".schema-mlflow-{version('mlflow')}"
+    if expected not in stamps:
+        return Check("mlflow store", WARN, f"{path} is at another MLflow's schema ({', '.join(stamps) or 'unknown'})",
+                     "restart the daemon: it upgrades the store at start (keeping a copy)")
+    try:
+        import sqlite3
+
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            runs = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    except Exception as exc:
+        return Check("mlflow store", FAIL, f"{path} cannot be read: {exc}", "check the file's owner and the disk")
+    return Check("mlflow store", OK, f"{path}: MLflow {version('mlflow')} schema, {runs} runs")
+
+
+def _systemd_check() -> Check | None:
+    if not (os.path.isdir("/run/systemd/system") and shutil.which("systemctl")):
+        return None
+    state = subprocess.run(["systemctl", "is-active", "mlpd"], capture_output=True, text=True).stdout.strip()
+    if state == "active":
+        return Check("systemd unit", OK, "mlpd.service is active")
+    return Check("systemd unit", WARN, f"mlpd.service is {state or 'not installed'}", "sudo ./install.sh, or 'systemctl start mlpd'")
+
+
+def _clock_check(config) -> Check:
+    now = time.time()
+    newest = None
+    db = os.path.join(config.state_dir, "mlpd.db")
+    if os.path.exists(db):
+        import sqlite3
+
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                newest = conn.execute("SELECT MAX(at) FROM events").fetchone()[0]
+        except sqlite3.Error:
+            newest = None
+    if newest and newest - now > 60:
+        return Check("clock", FAIL, f"the clock is {newest - now:.0f} s behind the newest event: GPU-hours and time limits would be wrong",
+                     "set the time (enable NTP: 'timedatectl set-ntp true')")
+    return Check("clock", OK, time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)))
+
+
+def as_json(checks: list[Check]) -> dict:
+    return {"ok": not any(c.status == FAIL for c in checks), "checks": [asdict(c) for c in checks]}

@@ -1,0 +1,41 @@
+"""mlpd doctor's checks, on the in-memory runtime and a real state directory: what is ok, what blocks work, and the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlpd.config import load_config
+from mlpd.doctor import FAIL, OK, WARN, as_json, run_checks
+from mlpd.memory_runtime import MemoryRuntime
+
+SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
+
+
+def checks_by_name(tmp_path, images=("mlpd/train:latest",), **overrides):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700, exist_ok=True)
+    cfg = load_config(SHIPPED, {"server.state_dir": str(state), "server.listen": "127.0.0.1:9", **overrides})
+    runtime = MemoryRuntime("doc", images=images)
+    return {c.name: c for c in run_checks(cfg, runtime_factory=lambda *a: runtime)}, cfg
+
+
+def test_a_missing_image_blocks_work_and_says_how_to_build_it(tmp_path):
+    checks, _ = checks_by_name(tmp_path, images=())
+    image = checks["image mlpd/train:latest"]
+    assert image.status == FAIL and "mlpd images build" in image.fix
+    assert checks["docker engine"].status == OK and "in-memory" in checks["docker engine"].detail
+    assert checks["daemon"].status == WARN and "nothing answers" in checks["daemon"].detail
+    assert as_json(list(checks.values()))["ok"] is False
+
+
+def test_state_permissions_declared_gpus_and_the_clock(tmp_path):
+    checks, cfg = checks_by_name(tmp_path, **{"gpus.declare": 2})
+    assert checks["state directory"].status == OK and checks["free disk"].status in (OK, WARN)
+    assert checks["gpus"].status == WARN and "declared" in checks["gpus"].detail
+    assert checks["clock"].status == OK
+    os.chmod(cfg.state_dir, 0o755)
+    checks, _ = checks_by_name(tmp_path)
+    assert checks["state directory"].status == WARN and "chmod 700" in checks["state directory"].fix
+    # an image built from other sources than this mlpd's is current no longer
+    assert checks["image mlpd/train:latest"].status == WARN and "rebuild" in checks["image mlpd/train:latest"].fix

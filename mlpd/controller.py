@@ -255,10 +255,12 @@ class JobController:
 
     def _with_environment(self, job: dict[str, Any], req: LaunchRequest) -> LaunchRequest:
         """The request with its image replaced by the job's environment, built first if needed."""
-        jobs.set_reason(self.store, job["id"], "preparing its environment (image + requirements)")
         log_path = os.path.join(jobs.job_dir(self.config.state_dir, job["id"]), "build.log")
-        image, built = self.environments.ensure(req.image, job["spec"]["requirements"], log_path, pull=req.pull)
+        image, built = self.environments.ensure(
+            req.image, job["spec"]["requirements"], log_path, pull=req.pull,
+            on_build=lambda tag: jobs.set_reason(self.store, job["id"], f"building its environment {tag} (image + requirements)"))
         jobs.set_reason(self.store, job["id"], "", event=("job.environment_built" if built else "job.environment_reused"), image=image)
+        log.info("job %s runs in %s (%s)", job["id"], image, "built now" if built else "reused")
         return dataclasses.replace(req, image=image)
 
     def launch_request(self, job: dict[str, Any]) -> LaunchRequest:

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from mlpd.runtime import ImageMissing, Runtime, RuntimeFailure
 
+log_module = logging.getLogger("mlpd.environments")
 ENV_REPOSITORY = "mlpd/env"
 MAX_REQUIREMENTS_BYTES = 64 * 1024
 LABEL_BASE = "org.mlpd.env.base"
@@ -105,20 +107,24 @@ class EnvironmentBuilder:
         with self._guard:
             return self._locks.setdefault(tag, threading.Lock())
 
-    def ensure(self, base: str, requirements: str, log_path: str, pull: bool = True) -> tuple[str, bool]:
+    def ensure(self, base: str, requirements: str, log_path: str, pull: bool = True,
+               on_build: Callable[[str], None] = lambda tag: None) -> tuple[str, bool]:
         """(the environment's image, whether it was built now): built from base and requirements
-        unless it exists already. Raises ImageMissing for a base that cannot be had, and
-        EnvironmentFailed with pip's message when the build fails."""
-        if not self.runtime.image_present(base):
+        unless it exists already (on_build(tag) is called first then). Raises ImageMissing for a
+        base that cannot be had, and EnvironmentFailed with pip's message when the build fails."""
+        base_id = self.runtime.image_id(base)
+        if base_id is None:
             if not pull:
                 raise ImageMissing(f"image '{base}' not found on this host")
             self.runtime.pull_image(base)
-        base_id = self.runtime.image_id(base) or base
+            base_id = self.runtime.image_id(base) or base
         tag = env_tag(base_id, requirements)
         with self._lock(tag):
             self.last_used[tag] = self.clock()  # under the lock: a prune that follows sees this use
             if self.runtime.image_present(tag):
                 return tag, False
+            on_build(tag)
+            log_module.info("building job environment %s from %s", tag, base)
             tail: list[str] = []
             with open(log_path, "a") as log, _context(requirements) as context:
                 log.write(f"mlpd: building the environment {tag} (from {base} and the job's requirements)\n")

@@ -195,3 +195,30 @@ def token_revoke(token_id: str, state_dir: str | None) -> None:
 
         _client().delete(f"/tokens/{token_id}")
     click.echo(f"revoked {token_id}")
+
+
+@admin.group()
+def gpus() -> None:
+    """GPUs: drain one (running work finishes, nothing new is placed on it) or undrain it."""
+
+
+@gpus.command("drain")
+@click.argument("gpu")
+@click.option("--reason", default="", help="Why, shown wherever the GPU is listed.")
+def gpus_drain(gpu: str, reason: str) -> None:
+    """Drain GPU (an index or UUID as 'mlpd gpus' shows them); takes effect at once and survives restarts."""
+    from mlpd.cli import _client
+
+    done = _client().post(f"/gpus/{gpu}/drain", {"reason": reason})
+    click.echo(f"GPU {done['index']} ({done['gpu']}) drained" + (f": {reason}" if reason else "") +
+               "; running work finishes, nothing new is placed on it. 'mlpd admin gpus undrain' reverses it")
+
+
+@gpus.command("undrain")
+@click.argument("gpu")
+def gpus_undrain(gpu: str) -> None:
+    """Let GPU take new work again."""
+    from mlpd.cli import _client
+
+    done = _client().post(f"/gpus/{gpu}/undrain")
+    click.echo(f"GPU {done['index']} ({done['gpu']}) takes new work again")

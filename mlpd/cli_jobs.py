@@ -353,7 +353,7 @@ def gpus(as_json):
     for g in result["gpus"]:
         holder = g["holder"]
         mem = f"{g['memory_used'] // 2**20}/{g['memory_total'] // 2**20} MiB" if g["memory_total"] else "-"
-        status = "drained" if g["drained"] else ("held" if holder else "free")
+        status = (g.get("drain_reason") or "drained") if g["drained"] else ("held" if holder else "free")
         if g.get("stray_pids"):
             status += f", STRAY use by pids {','.join(map(str, g['stray_pids']))}"
         rows.append((g["index"], g["name"] + (" (declared)" if g["declared"] else ""), g["uuid"], mem,

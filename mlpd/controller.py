@@ -21,7 +21,7 @@ from typing import Any, Callable
 from mlpd import jobs
 from mlpd.config import Config
 from mlpd.environments import EnvironmentBuilder
-from mlpd.gpu_state import stray_gpus
+from mlpd.gpu_state import drains, stray_gpus
 from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, TERMINAL, JobState
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus
@@ -49,13 +49,14 @@ def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
 
 def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> tuple[Plan, list[dict], list[Gpu]]:
     """Run the scheduler over the database's current view: (plan, queued jobs, GPUs)."""
-    drained = {str(x) for x in config["gpus.drained"]}
+    devices = inventory.devices()
+    drained = drains(store, config["gpus.drained"], devices)
     stray: set[str] = set()
     if config["gpus.avoid_stray"]:
         # GPUs someone uses outside mlpd take no new work until that use ends.
         stray = set(stray_gpus(store))
-    gpus = [Gpu(d.uuid, d.index, d.name, str(d.index) in drained or d.uuid in drained or d.uuid in stray,
-                "in use outside mlpd" if d.uuid in stray else "drained") for d in inventory.devices()]
+    gpus = [Gpu(d.uuid, d.index, d.name, d.uuid in drained or d.uuid in stray,
+                "in use outside mlpd" if d.uuid in stray else drained.get(d.uuid, "drained")) for d in devices]
     holdings = []
     for job in jobs.in_states(store, ACTIVE):
         limit = effective_time_limit(job, config)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 from mlpd import jobs
-from mlpd.store import Store
+from mlpd.errors import MlpdError
+from mlpd.store import Store, record_event
 
 STRAY_STATUS_KEY = "gpus.stray"
 
@@ -29,6 +31,40 @@ def gpu_holders(store: Store) -> dict[str, dict[str, Any]]:
         for uuid in job["gpu_uuids"]:
             holders[uuid] = {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"]}
     return holders
+
+
+def drains(store: Store, config_drained: list, devices: list) -> dict[str, str]:
+    """{gpu uuid: why it takes no new work} for every drained GPU: drained by an admin at run time
+    (with their reason) or listed in mlpd.toml's gpus.drained (by index or UUID)."""
+    listed = {str(x) for x in config_drained}
+    out = {d.uuid: "drained in mlpd.toml (gpus.drained)" for d in devices if str(d.index) in listed or d.uuid in listed}
+    for row in store.query("SELECT gpu_uuid, reason, actor FROM gpu_drains"):
+        out[row["gpu_uuid"]] = f"drained by {row['actor']}" + (f": {row['reason']}" if row["reason"] else "")
+    return out
+
+
+def find_gpu(devices: list, ref: str):
+    """The device an admin names by index or UUID (or a unique UUID prefix); MlpdError 404 otherwise."""
+    for d in devices:
+        if ref == str(d.index) or ref == d.uuid:
+            return d
+    matches = [d for d in devices if len(ref) >= 8 and d.uuid.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(f"{d.index} ({d.uuid})" for d in devices) or "none"
+    raise MlpdError(404, "not_found", f"no GPU {ref!r} on this host; GPUs: {known}")
+
+
+def set_drained(store: Store, gpu_uuid: str, drained: bool, actor: str, reason: str = "") -> None:
+    """Drain a GPU (running work finishes, nothing new is placed on it) or undrain it; idempotent, an event either way."""
+    with store.write() as db:
+        if drained:
+            db.execute("INSERT INTO gpu_drains (gpu_uuid, reason, actor, at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT(gpu_uuid) DO UPDATE SET reason = excluded.reason, actor = excluded.actor, at = excluded.at",
+                       [gpu_uuid, reason, actor, time.time()])
+        else:
+            db.execute("DELETE FROM gpu_drains WHERE gpu_uuid = ?", [gpu_uuid])
+        record_event(db, actor, "gpu.drained" if drained else "gpu.undrained", "gpu", gpu_uuid, reason=reason)
 
 
 def read_instance_id(state_dir: str) -> str:

@@ -153,12 +153,18 @@ def _migration_scopes(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_drains(db: sqlite_utils.Database) -> None:
+    """GPUs drained by an admin at run time (mlpd.toml's gpus.drained still counts too)."""
+    db.execute("CREATE TABLE gpu_drains (gpu_uuid TEXT PRIMARY KEY, reason TEXT NOT NULL, actor TEXT NOT NULL, at REAL NOT NULL)")
+
+
 # Append only: a migration, once shipped, never changes; add a new one instead.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _migration_initial),
     ("0002_jobs", _migration_jobs),
     ("0003_accounting", _migration_accounting),
     ("0004_scopes", _migration_scopes),
+    ("0005_drains", _migration_drains),
 )
 
 

@@ -11,13 +11,13 @@ import time
 from flask import Response, current_app, g, jsonify, request, stream_with_context
 
 from mlpd import jobs
-from mlpd.gpu_state import gpu_holders, read_instance_id, stray_gpus
+from mlpd.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
 from mlpd.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import JobState
 from mlpd.jobspec import SpecError, check_host_limits, host_limits, parse_spec
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
-from mlpd.web.routes import request_json, route
+from mlpd.web.routes import Field, json_body, request_json, route
 
 _lock = threading.Lock()
 TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
@@ -286,17 +286,35 @@ def upload_code(digest: str):
 @route("/gpus", summary="GPUs with who holds each")
 def list_gpus():
     cfg = config()
-    drained = {str(x) for x in cfg["gpus.drained"]}
+    drained = drains(store(), cfg["gpus.drained"], inventory().devices())
     holders = gpu_holders(store())
     stray = stray_gpus(store())
     out = []
     for d in inventory().devices():
         item = d.to_dict()
-        item["drained"] = str(d.index) in drained or d.uuid in drained
+        item["drained"] = d.uuid in drained
+        item["drain_reason"] = drained.get(d.uuid)
         item["holder"] = holders.get(d.uuid)
         item["stray_pids"] = stray.get(d.uuid, [])
         out.append(item)
     return jsonify({"gpus": out, "inventory": inventory().kind})
+
+
+@route("/gpus/<gpu>/drain", methods=("POST",), summary="Drain a GPU (index or UUID): running work finishes, nothing new is placed", admin=True,
+       body={"reason": Field(str, False, "why, shown wherever the GPU is")})
+def drain_gpu(gpu: str):
+    reason = (json_body({"reason": Field(str)}).get("reason") or "")[:500]
+    device = find_gpu(inventory().devices(), gpu)
+    set_drained(store(), device.uuid, True, g.user.name, reason)
+    return jsonify({"gpu": device.uuid, "index": device.index, "drained": True, "reason": reason})
+
+
+@route("/gpus/<gpu>/undrain", methods=("POST",), summary="Undrain a GPU: it takes new work again", admin=True)
+def undrain_gpu(gpu: str):
+    device = find_gpu(inventory().devices(), gpu)
+    set_drained(store(), device.uuid, False, g.user.name)
+    wake(f"undrained {device.uuid}")
+    return jsonify({"gpu": device.uuid, "index": device.index, "drained": False})
 
 
 @route("/images", summary="mlpd's images on this host")

@@ -262,3 +262,31 @@ def test_environments_are_built_once_reused_and_pruned_by_age_and_size(world):
                                  grace=3600) == ["mlpd/env:a"]
     assert environments_to_prune(images, {"mlpd/env:a": 9400.0, "mlpd/env:b": 9400.0, "mlpd/env:c": 9400.0}, 9500.0, 30, 15) == []
     assert other
+
+
+def test_a_drained_gpu_keeps_its_job_but_takes_no_new_work_until_undrained(world):
+    from mlpd.gpu_state import set_drained
+
+    c = world.controller()
+    holder = world.submit(["sleep", "10"], gpus=1)
+    c.reconcile(now=world.clock())
+    held = world.job(holder)["gpu_uuids"][0]
+    set_drained(world.store, held, True, "root", "fan noise")
+    waiting = world.submit(["sleep", "10"], gpus=2)
+    c.reconcile(now=world.clock.advance(1))
+    assert world.job(holder)["state"] == "running"  # running work finishes
+    c.reconcile(now=world.clock.advance(10))
+    assert world.job(holder)["state"] == "succeeded"
+    c.reconcile(now=world.clock.advance(1))
+    assert world.job(waiting)["state"] == "queued"  # both GPUs free, but one is drained
+    from mlpd.controller import plan_now
+    from mlpd.gpus import make_inventory
+
+    plan, _, _ = plan_now(world.store, make_inventory(2, "declared"), world.config, world.clock())
+    assert "drained by root: fan noise" in plan.waits[0].reason
+    one = world.submit(["true"], gpus=1)
+    c.reconcile(now=world.clock.advance(1))
+    assert world.job(one)["state"] == "succeeded" and world.job(one)["gpu_uuids"] != [held]
+    set_drained(world.store, held, False, "root")
+    c.reconcile(now=world.clock.advance(1))
+    assert world.job(waiting)["state"] == "running" and held in world.job(waiting)["gpu_uuids"]

@@ -222,3 +222,45 @@ def gpus_undrain(gpu: str) -> None:
 
     done = _client().post(f"/gpus/{gpu}/undrain")
     click.echo(f"GPU {done['index']} ({done['gpu']}) takes new work again")
+
+
+def _state_dir_of(state_dir: str | None, config_file: str | None) -> str:
+    if state_dir:
+        return state_dir
+    from mlpd.config import ConfigError, load_config
+
+    try:
+        return load_config(config_file).state_dir
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+
+
+@admin.command("backup")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--state-dir", type=click.Path(file_okay=False), help="The daemon's state directory (default: from the configuration).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Configuration file naming the state directory.")
+def backup_cmd(dest: str, state_dir: str | None, config_file: str | None) -> None:
+    """Back up the daemon's state into DEST while it runs (on the host, as the daemon's user)."""
+    from mlpd.backup import BackupError, backup
+
+    try:
+        for line in backup(_state_dir_of(state_dir, config_file), dest):
+            click.echo(line)
+    except BackupError as exc:
+        raise click.ClickException(str(exc))
+
+
+@admin.command("restore")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("--state-dir", type=click.Path(file_okay=False), help="The state directory to restore into (default: from the configuration).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Configuration file naming the state directory.")
+@click.option("--force", is_flag=True, help="Restore over existing state (moved aside first, not deleted).")
+def restore_cmd(source: str, state_dir: str | None, config_file: str | None, force: bool) -> None:
+    """Restore a backup onto a stopped daemon's state directory."""
+    from mlpd.backup import BackupError, restore
+
+    try:
+        for line in restore(source, _state_dir_of(state_dir, config_file), force):
+            click.echo(line)
+    except BackupError as exc:
+        raise click.ClickException(str(exc))

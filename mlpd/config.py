@@ -146,6 +146,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jobs.default_memory", str, "", "Memory limit for jobs that set none, e.g. '8g' ('' = no limit).", _memory),
     Setting("jobs.default_time_limit", str, "", "Time limit for jobs that set none, e.g. '24h' ('' = no limit).", _duration),
     Setting("jobs.max_code_mb", int, 200, "Largest code archive a job may upload, in MiB (1-10240).", _between(1, 10240)),
+    Setting("retention.job_days", (int, float), 30, "Logs and outputs of jobs that ended longer ago than this many days are removed (the job's record stays).", _between(0.01, 36500)),
+    Setting("retention.code_days", (int, float), 30, "Code archives no job used for this many days (and no queued or running job uses) are removed.", _between(0.01, 36500)),
     Setting("environments.keep_days", (int, float), 30, "Job environments (mlpd/env:*) not used for this many days are removed.", _between(0.01, 3650)),
     Setting("environments.max_gb", (int, float), 50, "Most disk all job environments together may use, in GB; the least recently used go first.", _between(0.1, 100000)),
     Setting("jobs.container_user", str, "1000:1000", "Numeric uid:gid job containers run as (never root: uid and gid 0 are refused).", _container_user),

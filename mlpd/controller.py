@@ -241,6 +241,16 @@ class JobController:
                 self.launching.discard(job_id)
             self.wake(f"launched {job_id}")
 
+    def apply_retention(self, now: float | None = None):
+        """Remove ended jobs' files and unused code archives past their retention (see mlpd.retention)."""
+        from mlpd import retention
+
+        done = retention.apply(self.store, self.config.state_dir, self.config["retention.job_days"], self.config["retention.code_days"], now)
+        if done.job_dirs or done.code:
+            log.info("retention removed the files of %d ended jobs and %d code archives (%.1f MB)", len(done.job_dirs), len(done.code),
+                     done.bytes / 1e6)
+        return done
+
     def prune_environments(self) -> list[str]:
         """Remove job environments unused for environments.keep_days, or over environments.max_gb (least recently used first)."""
         rows = self.store.query("""SELECT json_extract(detail, '$.image') AS image, MAX(at) AS at FROM events

@@ -56,7 +56,26 @@ def run_checks(config, runtime_factory: Callable | None = None) -> list[Check]:
     if systemd:
         checks.append(systemd)
     checks.append(_clock_check(config))
+    retention = _retention_check(config)
+    if retention:
+        checks.append(retention)
     return checks
+
+
+def _retention_check(config) -> Check | None:
+    if not os.path.exists(os.path.join(config.state_dir, "mlpd.db")):
+        return None
+    from mlpd import retention
+    from mlpd.store import Store
+
+    try:
+        due = retention.plan(Store(os.path.join(config.state_dir, "mlpd.db")), config.state_dir,
+                             config["retention.job_days"], config["retention.code_days"])
+    except Exception as exc:  # an older database (migrations run at the daemon's start)
+        return Check("retention", WARN, f"cannot tell ({str(exc)[:200]})", "start the daemon once so that it migrates its database")
+    return Check("retention", OK, f"due now: the files of {len(due.job_dirs)} ended jobs and {len(due.code)} code archives, "
+                              f"{due.bytes / 1e6:.1f} MB (removed hourly; retention.job_days = {config['retention.job_days']:g}, "
+                              f"code_days = {config['retention.code_days']:g})")
 
 
 def _gpu_checks(config, runtime) -> list[Check]:

@@ -197,6 +197,9 @@ def job_logs(job_id: str):
                 for _ in range(50):
                     if os.path.exists(log_path):
                         break
+                    if any(e["action"] == "job.files_removed" for e in jobs.history(st, job_id)):
+                        yield b"(this job's log and outputs were removed: it ended more than retention.job_days ago)\n"
+                        return
                     time.sleep(0.1)
                 yield from saved()
                 return

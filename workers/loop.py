@@ -79,8 +79,9 @@ class ControllerLoop:
                 self.last_prune = time.time()
                 try:
                     self.controller.prune_environments()
+                    self.controller.apply_retention()
                 except Exception:
-                    log.exception("pruning job environments failed; trying again in an hour")
+                    log.exception("pruning job environments or applying retention failed; trying again in an hour")
         set_status(self.store, "worker.heartbeat", {"passes": self.passes, "docker_error": self.docker_error,
                                                      "gpus": self.inventory.kind, "at": time.time()})
 

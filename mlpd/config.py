@@ -150,6 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retention.code_days", (int, float), 30, "Code archives no job used for this many days (and no queued or running job uses) are removed.", _between(0.01, 36500)),
     Setting("environments.keep_days", (int, float), 30, "Job environments (mlpd/env:*) not used for this many days are removed.", _between(0.01, 3650)),
     Setting("environments.max_gb", (int, float), 50, "Most disk all job environments together may use, in GB; the least recently used go first.", _between(0.1, 100000)),
+    Setting("jobs.min_free_gb", (int, float), 1, "Submissions are refused while the state directory's disk has less free space than this, in GB (running work goes on).", _between(0, 100000)),
     Setting("jobs.container_user", str, "1000:1000", "Numeric uid:gid job containers run as (never root: uid and gid 0 are refused).", _container_user),
     Setting("images.base", str, "mlpd/base:bookworm", "Base of mlpd's images: mlpd/base:* is built locally with debootstrap; any other name is pulled."),
     Setting("quotas.period", str, "month", "Period of GPU-hour quotas: day, week or month (UTC calendar).", _one_of("day", "week", "month")),

@@ -21,7 +21,7 @@ import urllib.request
 from typing import Any
 
 from mlpd.config import Config
-from mlpd.store import Store
+from mlpd.store import NewerDatabase, Store
 
 log = logging.getLogger("mlpd.daemon")
 RESOLVED_CONFIG_ENV = "MLPD_RESOLVED_CONFIG"  # mirrored in mlpd.web (which this module must not import)
@@ -163,7 +163,10 @@ class Daemon:
         self.lock = acquire_state_lock(state)
         check_port_free(self.config["server.listen"])
         ensure_instance_id(state)
-        applied = Store(self.config.db_path).migrate()
+        try:
+            applied = Store(self.config.db_path).migrate()
+        except NewerDatabase as exc:
+            raise DaemonError(str(exc)) from None
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         self.config = resolve_container_listen(self.config)

@@ -168,6 +168,10 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
 )
 
 
+class NewerDatabase(Exception):
+    """The state database comes from a newer mlpd; the message says what to do."""
+
+
 class Store:
     """The state database, shared by the web workers, the worker process and host-side admin commands."""
 
@@ -210,10 +214,19 @@ class Store:
         return rows[0] if rows else None
 
     def migrate(self) -> list[str]:
-        """Apply pending migrations in order, each in its own transaction; return the names applied."""
+        """Apply pending migrations in order, each in its own transaction; return the names applied.
+
+        Raises NewerDatabase, changing nothing, for a database a newer mlpd has migrated: this
+        release would not know what those migrations mean.
+        """
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with self.write() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        known = {name for name, _ in MIGRATIONS}
+        unknown = sorted(r["name"] for r in self.query("SELECT name FROM schema_migrations") if r["name"] not in known)
+        if unknown:
+            raise NewerDatabase(f"{self.path} was written by a newer mlpd (its migrations {', '.join(unknown)} are unknown to this "
+                                "release); upgrade mlpd, or restore a backup taken with this release ('mlpd admin restore')")
         applied = []
         for name, migration in MIGRATIONS:
             with self.write() as db:

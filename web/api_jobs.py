@@ -75,6 +75,18 @@ def job_view(job: dict) -> dict:
     }
 
 
+def check_disk() -> None:
+    """Refuse new work while the state directory's disk is nearly full (running work is not touched)."""
+    import shutil
+
+    cfg = config()
+    free = shutil.disk_usage(cfg.state_dir).free
+    if free < cfg["jobs.min_free_gb"] * 1e9:
+        raise ApiError(507, "disk_full", f"the daemon's disk is nearly full ({free / 1e9:.2f} GB free under its state directory, "
+                                         f"jobs.min_free_gb = {cfg['jobs.min_free_gb']:g}); new jobs are refused until an admin frees space "
+                                         "(old job outputs, images); running jobs go on")
+
+
 def check_admission(spec) -> None:
     """Refuse at submit what can never run on this host (clear error, nothing stored)."""
     try:
@@ -107,6 +119,7 @@ def submit_job():
     except SpecError as exc:
         raise ApiError(400, "invalid_field", str(exc)) from None
     check_admission(spec)
+    check_disk()
     from mlpd import quotas
 
     warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus)  # QuotaExceeded: 403
@@ -254,6 +267,7 @@ def code_status(digest: str):
 @route("/code/<digest>", methods=("PUT",), summary="Upload a code archive (.tar.gz body; content-addressed by its sha256; yours to run once sent)")
 def upload_code(digest: str):
     _check_digest(digest)
+    check_disk()
     cfg = config()
     dest = jobs.code_dir(cfg.state_dir, digest)
     if os.path.isdir(dest) and jobs.holds_code(store(), digest, g.user.name):

@@ -65,3 +65,17 @@ def test_a_migration_that_fails_leaves_the_database_as_it_was(tmp_path, monkeypa
     with sqlite3.connect(path) as db:
         assert "half_done" not in [r[1] for r in db.execute("PRAGMA table_info(jobs)")]
         assert [r[0] for r in db.execute("SELECT name FROM schema_migrations ORDER BY name")] == ["0001_initial", "0002_jobs", "0003_accounting"]
+
+
+def test_a_database_from_a_newer_mlpd_is_refused_and_left_as_it_is(tmp_path):
+    from mlpd.store import NewerDatabase
+
+    path = tmp_path / "mlpd.db"
+    shutil.copy(FIXTURE, path)
+    Store(str(path)).migrate()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_migrations (name, applied_at) VALUES ('0099_from_the_future', 0)")
+    before = rows(path)
+    with pytest.raises(NewerDatabase, match="newer mlpd .*0099_from_the_future.*upgrade mlpd"):
+        Store(str(path)).migrate()
+    assert rows(path) == before

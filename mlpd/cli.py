@@ -57,8 +57,16 @@ def main() -> None:
 @click.option("--listen", help="HOST:PORT to listen on (overrides server.listen).")
 @click.option("--state-dir", help="State directory (overrides server.state_dir).")
 @click.option("--declare-gpus", type=int, help="Declare N GPUs on a machine without NVIDIA GPUs, for a quick try (overrides gpus.declare).")
-def daemon(config_file: str | None, listen: str | None, state_dir: str | None, declare_gpus: int | None) -> None:
-    """Run the whole daemon in the foreground (what the systemd unit runs)."""
+@click.option("--background", is_flag=True, help="Start it detached (log in STATE_DIR/daemon.log); return once it answers. Without systemd.")
+@click.option("--stop", "stop_it", is_flag=True, help="Stop the daemon running on this state directory (SIGTERM; running jobs keep running).")
+@click.option("--status", "show_status", is_flag=True, help="Say whether a daemon runs on this state directory, and its pid.")
+def daemon(config_file: str | None, listen: str | None, state_dir: str | None, declare_gpus: int | None, background: bool,
+           stop_it: bool, show_status: bool) -> None:
+    """Run the whole daemon in the foreground (what the systemd unit runs), or --background / --stop / --status it.
+
+    The pid is the one in STATE_DIR/daemon.lock, which the daemon holds locked while it runs: a lock
+    nobody holds means no daemon, so the pid can never be stale.
+    """
     import logging
 
     from mlpd.config import ConfigError, load_config
@@ -69,6 +77,23 @@ def daemon(config_file: str | None, listen: str | None, state_dir: str | None, d
     except ConfigError as exc:
         click.echo(f"Error: configuration {exc}", err=True)
         sys.exit(2)
+    if stop_it or show_status or background:
+        from mlpd.daemon import running_pid, start_background, stop_running
+
+        try:
+            if show_status:
+                pid = running_pid(config.state_dir)
+                click.echo(f"mlpd daemon running, pid {pid} (state {config.state_dir})" if pid else f"no mlpd daemon on {config.state_dir}")
+                sys.exit(0 if pid else 3)
+            if stop_it:
+                click.echo(stop_running(config.state_dir))
+                return
+            argv = [a for a in sys.argv[1:] if a != "--background"]
+            click.echo(start_background(config, [sys.argv[0], *argv]))
+            return
+        except DaemonError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
     logging.basicConfig(level=config["server.log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     d = Daemon(config)
     try:

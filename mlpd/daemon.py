@@ -89,6 +89,64 @@ def acquire_state_lock(state_dir: str, wait: float = 30.0):
     return fh
 
 
+def running_pid(state_dir: str) -> int | None:
+    """The pid of the daemon on state_dir, or None: the lock tells whether one runs, not a pid file."""
+    path = os.path.join(state_dir, "daemon.lock")
+    try:
+        fh = open(path)
+    except FileNotFoundError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = fh.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
+
+
+def stop_running(state_dir: str, timeout: float = 30) -> str:
+    """SIGTERM the daemon on state_dir and wait until it and its processes have let go of the lock."""
+    pid = running_pid(state_dir)
+    if pid is None:
+        return f"no mlpd daemon runs on {state_dir}"
+    if pid > 0 and _alive(str(pid)):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running_pid(state_dir) is None:
+            return f"stopped the mlpd daemon (pid {pid}); running jobs keep running and are picked up at the next start"
+        time.sleep(0.2)
+    raise DaemonError(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s; see {os.path.join(state_dir, 'daemon.log')}")
+
+
+def start_background(config: Config, argv: list[str], timeout: float = 90) -> str:
+    """Start `mlpd daemon` detached (its own session, output to STATE_DIR/daemon.log); return once it answers."""
+    state = config.state_dir
+    if running_pid(state):
+        raise DaemonError(f"an mlpd daemon already runs on {state} (pid {running_pid(state)}); 'mlpd daemon --stop' first")
+    os.makedirs(state, mode=0o700, exist_ok=True)
+    log_path = os.path.join(state, "daemon.log")
+    with open(log_path, "ab") as log_fh:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{config['server.listen']}/healthz"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            with open(log_path, errors="replace") as fh:
+                tail = "".join(fh.readlines()[-5:])
+            raise DaemonError(f"the daemon exited ({proc.returncode}):\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return f"mlpd daemon running in the background, pid {proc.pid}, on http://{config['server.listen']}; log in {log_path}"
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise DaemonError(f"the daemon did not answer on {url} within {timeout:.0f}s; see {log_path}")
+
+
 def notify_systemd(message: str) -> None:
     """sd_notify without libsystemd: a datagram to $NOTIFY_SOCKET (Type=notify units)."""
     address = os.environ.get("NOTIFY_SOCKET")

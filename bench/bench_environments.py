@@ -41,153 +41,31 @@ import json
 import math
 import os
 import random
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import requests
+from benchlib import IMAGE, SHIPPED_CONFIG, TERMINAL, Daemon, JobClient, image_missing, log, median, ms, p90, print_table, ratio, times
 
-BIN = os.path.join(os.path.dirname(sys.executable), "mlpd")
-IMAGE = "mlpd/train:latest"  # the shipped jobs.default_image
-SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "mlpd.toml"
 PACKAGE = "humanize==4.17.0"
 PLAIN_COMMAND = ["python", "-c", "pass"]
 ENV_COMMAND = ["python", "-c", "import humanize"]
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
 RUNNING_OR_LATER = TERMINAL | {"running"}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def p90(xs: list[float]) -> float:
-    if not xs:
-        return float("nan")
-    if len(xs) == 1:
-        return xs[0]
-    return statistics.quantiles(xs, n=10, method="inclusive")[8]
-
-
-def ms(x: float | None) -> str:
-    return "n/a" if x is None or x != x else f"{x * 1000:.0f} ms"
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b and a == a and b == b else float("nan")
-
-
-def docker(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result
-
-
-# ---------------------------------------------------------------- the daemon under test
-
-
-class Daemon:
-    def __init__(self, base: Path):
-        self.base = base
-        self.state_dir = base / "state"
-        self.home = base / "home"
-        self.home.mkdir()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api = self.url + "/api/v1"
-        self.log_path = base / "daemon.log"
-        self.config = base / "mlpd.toml"
-        self.config.write_text(SHIPPED_CONFIG.read_text())
-        self.proc: subprocess.Popen | None = None
-        self.instance = ""
-        self.token = ""
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLPD_")}
-        env["HOME"] = str(self.home)
-        env["XDG_CONFIG_HOME"] = str(self.home / ".config")
-        return env
-
-    def start(self, timeout: float = 90) -> None:
-        argv = [BIN, "daemon", "--config", str(self.config), "--state-dir", str(self.state_dir), "--listen", f"127.0.0.1:{self.port}"]
-        self.log_fh = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log_fh, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).json().get("worker") == "ok":
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"daemon did not become healthy:\n{self.log_tail()}")
-        self.instance = (self.state_dir / "instance_id").read_text().strip()
-        result = subprocess.run([BIN, "admin", "user", "add", "bench", "--state-dir", str(self.state_dir)],
-                                capture_output=True, text=True, env=self.env(), timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"admin user add failed: {result.stderr}")
-        self.token = result.stdout.strip().splitlines()[-1]
-
-    def stop(self) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def session(self) -> requests.Session:
-        s = requests.Session()
-        s.headers["Authorization"] = f"Bearer {self.token}"
-        return s
 
 
 # ---------------------------------------------------------------- one job
 
 
-class Runner:
+class Runner(JobClient):
     def __init__(self, d: Daemon, requirements: str):
-        self.d = d
-        self.s = d.session()
+        super().__init__(d)
         self.requirements = requirements
 
     def spec(self, kind: str) -> dict:
         if kind == "plain":
             return {"command": PLAIN_COMMAND}
         return {"command": ENV_COMMAND, "requirements": self.requirements}
-
-    def job(self, job_id: str) -> dict:
-        r = self.s.get(f"{self.d.api}/jobs/{job_id}", timeout=30)
-        r.raise_for_status()
-        return r.json()["job"]
 
     def run(self, kind: str, timeout: float = 120, poll: float = 0.01) -> dict:
         """Submit one job of this kind; time POST → first GET that says running or later; wait until it
@@ -211,25 +89,10 @@ class Runner:
                 raise RuntimeError(f"{kind} job {job_id} not running after {timeout}s (state {job['state']}, reason {job.get('reason')!r})")
             time.sleep(poll)
         total = now_p - t0
-        job = self.wait_ended(job_id, timeout)
+        job = self.wait_ended(job_id, timeout, poll=0.05, container_poll=0.1)
         return {"kind": kind, "id": job_id, "total": total, "t0w": t0w, "endw": now_w, "post": t_resp - t0,
                 "polls": polls, "seen_state": seen_state, "state": job["state"], "reason": job.get("reason"),
                 **self.stamps(job)}
-
-    def wait_ended(self, job_id: str, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.job(job_id)
-            if job["state"] in TERMINAL:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"job {job_id} still {job['state']} after {timeout}s")
-            time.sleep(0.05)
-        while docker("ps", "-aq", "--filter", f"name=mlpd-job-{job_id}").stdout.strip():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"container of job {job_id} not removed")
-            time.sleep(0.1)
-        return job
 
     @staticmethod
     def stamps(job: dict) -> dict:
@@ -289,17 +152,15 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (state and daemon log)")
     args = ap.parse_args()
 
-    if docker("image", "inspect", IMAGE, check=False).returncode != 0:
-        print(f"error: image {IMAGE} is missing (mlpd images build --local)", file=sys.stderr)
+    if image_missing():
         return 2
     base = Path(tempfile.mkdtemp(prefix="mlpd-bench-env-"))
-    d = Daemon(base)
+    d = Daemon(base, SHIPPED_CONFIG.read_text())
     marker = f"{random.SystemRandom().getrandbits(64):016x}"
     requirements = f"# mlpd bench_environments {marker}\n{PACKAGE}\n"
     t_start = time.monotonic()
-    try:
-        log(f"starting daemon on {d.url} (state {d.state_dir})")
-        d.start()
+    with d.running(keep=args.keep):
+        d.token = d.add_user("bench")
         log(f"daemon ready, instance {d.instance}; building the environment (marker {marker})")
         runner = Runner(d, requirements)
 
@@ -363,22 +224,19 @@ def main() -> int:
         }
         f = figures
 
-        def rat(x: float) -> str:
-            return "n/a" if x != x else f"{x:.2f}x"
-
         rows = [
             ("first env job (builds mlpd/env), submit → running", ms(first["total"]), "—", "—"),
             ("  of which job.starting → job.environment_built (the build)", ms(f["first_build_daemon_build_s"]), "—", "—"),
-            (f"env job (reused) submit → running, client poll, median (n={len(ce)})", ms(median(ce)), f"plain: {ms(median(cp))}", rat(f["client_median_ratio"])),
-            ("env job (reused) submit → running, client poll, p90", ms(p90(ce)), f"plain: {ms(p90(cp))}", rat(f["client_p90_ratio"])),
-            (f"env job (reused) submitted_at → job.running event, median (n={len(de)}; plain n={len(dp)})", ms(median(de)), f"plain: {ms(median(dp))}", rat(f["daemon_median_ratio"])),
-            ("env job (reused) submitted_at → job.running event, p90", ms(p90(de)), f"plain: {ms(p90(dp))}", rat(f["daemon_p90_ratio"])),
-            (f"env job (reused) submitted_at → Docker StartedAt, every job, median (n={len(sae)}; plain n={len(sap)})", ms(median(sae)), f"plain: {ms(median(sap))}", rat(f["started_median_ratio"])),
-            ("env job (reused) submitted_at → Docker StartedAt, every job, p90", ms(p90(sae)), f"plain: {ms(p90(sap))}", rat(f["started_p90_ratio"])),
-            ("  POST → submitted_at (client + HTTP), env / plain", ms(median(se["client"])), f"plain: {ms(median(sp['client']))}", rat(ratio(median(se["client"]), median(sp["client"])))),
-            ("  submitted_at → job.starting (wake + scheduling), env / plain", ms(median(se["wake"])), f"plain: {ms(median(sp['wake']))}", rat(ratio(median(se["wake"]), median(sp["wake"])))),
+            (f"env job (reused) submit → running, client poll, median (n={len(ce)})", ms(median(ce)), f"plain: {ms(median(cp))}", times(f["client_median_ratio"])),
+            ("env job (reused) submit → running, client poll, p90", ms(p90(ce)), f"plain: {ms(p90(cp))}", times(f["client_p90_ratio"])),
+            (f"env job (reused) submitted_at → job.running event, median (n={len(de)}; plain n={len(dp)})", ms(median(de)), f"plain: {ms(median(dp))}", times(f["daemon_median_ratio"])),
+            ("env job (reused) submitted_at → job.running event, p90", ms(p90(de)), f"plain: {ms(p90(dp))}", times(f["daemon_p90_ratio"])),
+            (f"env job (reused) submitted_at → Docker StartedAt, every job, median (n={len(sae)}; plain n={len(sap)})", ms(median(sae)), f"plain: {ms(median(sap))}", times(f["started_median_ratio"])),
+            ("env job (reused) submitted_at → Docker StartedAt, every job, p90", ms(p90(sae)), f"plain: {ms(p90(sap))}", times(f["started_p90_ratio"])),
+            ("  POST → submitted_at (client + HTTP), env / plain", ms(median(se["client"])), f"plain: {ms(median(sp['client']))}", times(ratio(median(se["client"]), median(sp["client"])))),
+            ("  submitted_at → job.starting (wake + scheduling), env / plain", ms(median(se["wake"])), f"plain: {ms(median(sp['wake']))}", times(ratio(median(se["wake"]), median(sp["wake"])))),
             ("  job.starting → job.environment_reused (env step), median / p90", f"{ms(median(se['env']))} / {ms(p90(se['env']))}", "plain: none", "—"),
-            ("  → Docker StartedAt (container create + start), env / plain", ms(median(se["docker_start"])), f"plain: {ms(median(sp['docker_start']))}", rat(ratio(median(se["docker_start"]), median(sp["docker_start"])))),
+            ("  → Docker StartedAt (container create + start), env / plain", ms(median(se["docker_start"])), f"plain: {ms(median(sp['docker_start']))}", times(ratio(median(se["docker_start"]), median(sp["docker_start"])))),
             ("  StartedAt → job.running recorded, env / plain", ms(median(se["record"])), f"plain: {ms(median(sp['record']))}", "—"),
             ("  job.running → seen by the 10 ms poll, env / plain", ms(median(se["observe"])), f"plain: {ms(median(sp['observe']))}", "—"),
             ("env jobs without job.environment_reused (or with a build)", str(len(not_reused)), "0", "—"),
@@ -388,14 +246,11 @@ def main() -> int:
         print(f"## mlpd environment-reuse benchmark ({args.runs} interleaved rounds after {args.warmup} warm-up, "
               f"{os.cpu_count()} CPUs, base {IMAGE}, env {env_image}, loopback)")
         print()
-        print("| metric | value | baseline | ratio |")
-        print("|---|---|---|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
+        print_table(rows)
         print()
         aim = "met" if f["client_median_ratio"] < 1.05 and f["daemon_median_ratio"] < 1.05 else "NOT met"
         print(f"Aim (median env/plain under 1.05, by client poll and by the daemon's events): {aim} "
-              f"({rat(f['client_median_ratio'])} / {rat(f['daemon_median_ratio'])}). "
+              f"({times(f['client_median_ratio'])} / {times(f['daemon_median_ratio'])}). "
               "Segment medians do not add up exactly to the total median.")
         if len(dp) < len(plain) or len(de) < len(env):
             print(f"{len(plain) - len(dp)} plain and {len(env) - len(de)} env jobs had ended before their launch returned, so their "
@@ -405,25 +260,6 @@ def main() -> int:
               + (f", kept {base}" if args.keep else "") + ")")
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) and not math.isnan(v) else v) for k, v in figures.items()}))
         return 1 if (not_reused or failed) else 0
-    except BaseException:
-        log("benchmark failed; daemon log tail:\n" + d.log_tail())
-        raise
-    finally:
-        code = d.stop()
-        if code not in (0, None):
-            log(f"warning: the daemon exited {code} on SIGTERM")
-        if not d.instance:
-            try:
-                d.instance = (d.state_dir / "instance_id").read_text().strip()
-            except OSError:
-                pass
-        if d.instance:
-            ids = docker("ps", "-aq", "--filter", f"label=mlpd.instance={d.instance}", check=False).stdout.split()
-            if ids:
-                docker("rm", "-f", *ids, check=False)
-                log(f"removed {len(ids)} leftover containers")
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -37,164 +37,39 @@ import json
 import os
 import random
 import re
-import shutil
-import signal
-import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
-BIN = os.path.join(os.path.dirname(sys.executable), "mlpd")
-IMAGE = "mlpd/train:latest"
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def p90(xs):
-    if not xs:
-        return float("nan")
-    if len(xs) == 1:
-        return xs[0]
-    return statistics.quantiles(xs, n=10, method="inclusive")[8]
-
-
-def ms(x: float) -> str:
-    return "n/a" if x != x else f"{x * 1000:.0f} ms"
-
-
-def docker(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result
-
+from benchlib import BIN, IMAGE, TERMINAL, Daemon, JobClient, docker, image_missing, log, median, ms, p90, parallel, print_table, ratio, times
 
 # ---------------------------------------------------------------- the daemon under test
 
 
-class Daemon:
-    def __init__(self, base: Path, gpus: int = 2):
-        self.base = base
-        self.state_dir = base / "state"
-        self.home = base / "home"
-        self.home.mkdir()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api = self.url + "/api/v1"
-        self.log_path = base / "daemon.log"
-        self.gpus = gpus
-        self.proc: subprocess.Popen | None = None
-        self.token = ""
-        self.instance = ""
-
-    def env(self, token: str | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLPD_")}
-        env["HOME"] = str(self.home)
-        env["XDG_CONFIG_HOME"] = str(self.home / ".config")
-        if token:
-            env["MLPD_URL"], env["MLPD_TOKEN"] = self.url, token
-        return env
-
-    def start(self, timeout: float = 60) -> None:
-        argv = [BIN, "daemon", "--state-dir", str(self.state_dir), "--listen", f"127.0.0.1:{self.port}", "--declare-gpus", str(self.gpus)]
-        self.log_fh = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log_fh, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).json().get("worker") == "ok":
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"daemon did not become healthy:\n{self.log_tail()}")
-        self.instance = (self.state_dir / "instance_id").read_text().strip()
-        result = subprocess.run([BIN, "admin", "user", "add", "bench", "--admin", "--state-dir", str(self.state_dir)],
-                                capture_output=True, text=True, env=self.env(), timeout=60)
-        if result.returncode != 0:
-            raise RuntimeError(f"admin user add failed: {result.stderr}")
-        self.token = result.stdout.strip().splitlines()[-1]
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def session(self) -> requests.Session:
-        s = requests.Session()
-        s.headers["Authorization"] = f"Bearer {self.token}"
-        return s
-
-    def state_counts(self) -> dict[str, int]:
-        """Jobs per state, read from the state database (GET /jobs returns at most 200 rows)."""
-        con = sqlite3.connect(f"file:{self.state_dir / 'mlpd.db'}?mode=ro", uri=True, timeout=5)
-        try:
-            return dict(con.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
-        finally:
-            con.close()
-
-    def reconcile_passes(self) -> int | None:
-        """The worker's pass counter, from its heartbeat row (read-only)."""
-        try:
-            con = sqlite3.connect(f"file:{self.state_dir / 'mlpd.db'}?mode=ro", uri=True, timeout=5)
-            try:
-                row = con.execute("SELECT value FROM daemon_status WHERE key = 'worker.heartbeat'").fetchone()
-            finally:
-                con.close()
-            return json.loads(row[0])["passes"] if row else None
-        except (sqlite3.Error, ValueError, KeyError):
-            return None
+def reconcile_passes(d: Daemon) -> int | None:
+    """The worker's pass counter, from its heartbeat row (read-only)."""
+    try:
+        rows = d.query("SELECT value FROM daemon_status WHERE key = 'worker.heartbeat'")
+        return json.loads(rows[0][0])["passes"] if rows else None
+    except (sqlite3.Error, ValueError, KeyError):
+        return None
 
 
 # ---------------------------------------------------------------- latency
 
 
-class Latency:
+class Latency(JobClient):
     def __init__(self, d: Daemon, bench_label: str, outputs_dir: Path):
-        self.d = d
-        self.s = d.session()
+        super().__init__(d)
         self.label = bench_label
         self.outputs_dir = outputs_dir
         self.results: dict[str, list[dict]] = {"cli": [], "api": [], "docker": [], "docker_flags": []}
-
-    def job(self, job_id: str) -> dict:
-        r = self.s.get(f"{self.d.api}/jobs/{job_id}", timeout=30)
-        r.raise_for_status()
-        return r.json()["job"]
 
     def poll_running(self, job_id: str, timeout: float = 60) -> tuple[float, float, int]:
         """GET the job every 10 ms until it is running; (perf_counter, time.time) when the answer came, and #polls."""
@@ -215,19 +90,7 @@ class Latency:
     def finish_job(self, job_id: str, timeout: float = 60) -> dict:
         """Cancel, wait until the job has ended and its container is gone; return the job with its history."""
         self.s.post(f"{self.d.api}/jobs/{job_id}/cancel", timeout=30).raise_for_status()
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.job(job_id)
-            if job["state"] in TERMINAL:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"job {job_id} still {job['state']} {timeout}s after cancel")
-            time.sleep(0.02)
-        while docker("ps", "-aq", "--filter", f"name=mlpd-job-{job_id}").stdout.strip():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"container of job {job_id} not removed")
-            time.sleep(0.05)
-        return job
+        return self.wait_ended(job_id, timeout, poll=0.02, container_poll=0.05)
 
     @staticmethod
     def stamps(job: dict) -> dict:
@@ -334,51 +197,8 @@ def breakdown(rows: list[dict]) -> dict[str, list[float]]:
 # ---------------------------------------------------------------- throughput
 
 
-def parallel_requests(d: Daemon, n: int, threads: int, make_request) -> tuple[float, list[float], list]:
-    """n requests from `threads` threads (a warmed requests.Session each); (elapsed, per-request latencies, results)."""
-    sessions = [d.session() for _ in range(threads)]
-    for s in sessions:
-        s.get(f"{d.api}/whoami", timeout=30).raise_for_status()  # connect before the clock starts
-    counter = iter(range(n))
-    lock = threading.Lock()
-    barrier = threading.Barrier(threads + 1)
-    latencies: list[float] = []
-    results: list = []
-    errors: list[str] = []
-
-    def worker(s: requests.Session) -> None:
-        barrier.wait()
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t = time.perf_counter()
-            try:
-                value = make_request(s, i)
-            except Exception as exc:  # report, do not hang the barrier
-                errors.append(repr(exc))
-                return
-            dt = time.perf_counter() - t
-            with lock:
-                latencies.append(dt)
-                results.append(value)
-
-    pool = [threading.Thread(target=worker, args=(s,)) for s in sessions]
-    for t in pool:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
-    return elapsed, latencies, results
-
-
 def post_job(d: Daemon, spec: dict):
-    def call(s: requests.Session, _i: int) -> str:
+    def call(s: requests.Session) -> str:
         r = s.post(f"{d.api}/jobs", json=spec, timeout=60)
         if r.status_code != 201:
             raise RuntimeError(f"POST /jobs answered {r.status_code}: {r.text[:200]}")
@@ -399,27 +219,28 @@ def throughput(d: Daemon, queued: int, n: int, threads: int) -> dict:
     blocked = {"command": ["sleep", "600"], "gpus": 2, "image": IMAGE}
     ids = [holder_id]
     try:
-        _, _, filled = parallel_requests(d, queued, threads, post_job(d, blocked))
-        ids += filled
+        ids += parallel(d, queued, threads, post_job(d, blocked), check=True)["results"]
         n_queued = len(s.get(f"{d.api}/jobs", params={"all": 1, "state": "queued"}, timeout=60).json()["jobs"])
         if n_queued != queued:
             raise RuntimeError(f"expected {queued} queued jobs before timing, found {n_queued}")
         log(f"holder {holder_id} running, {n_queued} jobs queued behind it; submitting {n} more from {threads} threads")
 
-        passes0 = d.reconcile_passes()
+        passes0 = reconcile_passes(d)
         log_offset = d.log_path.stat().st_size
-        elapsed, lat, submitted = parallel_requests(d, n, threads, post_job(d, blocked))
-        ids += submitted
-        passes1 = d.reconcile_passes()
+        timed = parallel(d, n, threads, post_job(d, blocked), check=True)
+        elapsed, lat = timed["elapsed"], timed["latencies"]
+        ids += timed["results"]
+        passes1 = reconcile_passes(d)
         time.sleep(0.5)  # let the reconcile passes that the submits woke finish
-        passes2 = d.reconcile_passes()
+        passes2 = reconcile_passes(d)
         new_log = d.log_path.read_bytes()[log_offset:].decode(errors="replace")
         server_ms = [float(m) for m in re.findall(r"POST /api/v1/jobs 201 ([0-9.]+)ms", new_log)]
         counts = d.state_counts()
         api_listed = len(s.get(f"{d.api}/jobs", params={"all": 1, "state": "queued"}, timeout=60).json()["jobs"])
 
         # baseline: the same threads doing the cheapest authenticated call
-        w_elapsed, w_lat, _ = parallel_requests(d, n, threads, lambda sess, i: sess.get(f"{d.api}/whoami", timeout=30).raise_for_status())
+        whoami = parallel(d, n, threads, lambda sess: sess.get(f"{d.api}/whoami", timeout=30).raise_for_status(), check=True)
+        w_elapsed, w_lat = whoami["elapsed"], whoami["latencies"]
         return {
             "n": n, "queued": queued, "threads": threads, "elapsed": elapsed, "rate": n / elapsed, "lat": lat, "server_ms": server_ms,
             "passes": (passes1 - passes0) if None not in (passes0, passes1) else None,
@@ -452,29 +273,26 @@ def report(lat: Latency, tp: dict | None, cli_startup: list[float], runs: int, w
     dock_m, dock_p = median(tot["docker"]), p90(tot["docker"])
     bc, ba = breakdown(R["cli"]), breakdown(R["api"])
 
-    def ratio(a, b):
-        return "n/a" if not b or a != a or b != b else f"{a / b:.2f}x"
-
     rows = [
-        (f"mlpd run (CLI) submit→running, median (n={len(tot['cli'])})", ms(median(tot["cli"])), f"docker run -d: {ms(dock_m)}", ratio(median(tot["cli"]), dock_m)),
-        ("mlpd run (CLI) submit→running, p90", ms(p90(tot["cli"])), f"docker run -d: {ms(dock_p)}", ratio(p90(tot["cli"]), dock_p)),
-        (f"mlpd API POST→running, median (n={len(tot['api'])})", ms(median(tot["api"])), f"docker run -d: {ms(dock_m)}", ratio(median(tot["api"]), dock_m)),
-        ("mlpd API POST→running, p90", ms(p90(tot["api"])), f"docker run -d: {ms(dock_p)}", ratio(p90(tot["api"]), dock_p)),
-        ("docker run -d with mlpd's container flags →running, median", ms(median(tot["docker_flags"])), f"docker run -d: {ms(dock_m)}", ratio(median(tot["docker_flags"]), dock_m)),
-        ("docker run -d with mlpd's container flags →running, p90", ms(p90(tot["docker_flags"])), f"docker run -d: {ms(dock_p)}", ratio(p90(tot["docker_flags"]), dock_p)),
+        (f"mlpd run (CLI) submit→running, median (n={len(tot['cli'])})", ms(median(tot["cli"])), f"docker run -d: {ms(dock_m)}", times(ratio(median(tot["cli"]), dock_m))),
+        ("mlpd run (CLI) submit→running, p90", ms(p90(tot["cli"])), f"docker run -d: {ms(dock_p)}", times(ratio(p90(tot["cli"]), dock_p))),
+        (f"mlpd API POST→running, median (n={len(tot['api'])})", ms(median(tot["api"])), f"docker run -d: {ms(dock_m)}", times(ratio(median(tot["api"]), dock_m))),
+        ("mlpd API POST→running, p90", ms(p90(tot["api"])), f"docker run -d: {ms(dock_p)}", times(ratio(p90(tot["api"]), dock_p))),
+        ("docker run -d with mlpd's container flags →running, median", ms(median(tot["docker_flags"])), f"docker run -d: {ms(dock_m)}", times(ratio(median(tot["docker_flags"]), dock_m))),
+        ("docker run -d with mlpd's container flags →running, p90", ms(p90(tot["docker_flags"])), f"docker run -d: {ms(dock_p)}", times(ratio(p90(tot["docker_flags"]), dock_p))),
         ("  docker: `run -d` returns / then `inspect` says running (median)", f"{ms(median([r['client_done'] for r in R['docker']]))} / {ms(median([r['inspect'] for r in R['docker']]))}", "—", "—"),
-        ("  CLI: `mlpd run` process launch→exit (median)", ms(median([r["client_done"] for r in R["cli"]])), f"`mlpd -V` launch→exit: {ms(median(cli_startup))}", ratio(median([r["client_done"] for r in R["cli"]]), median(cli_startup))),
+        ("  CLI: `mlpd run` process launch→exit (median)", ms(median([r["client_done"] for r in R["cli"]])), f"`mlpd -V` launch→exit: {ms(median(cli_startup))}", times(ratio(median([r["client_done"] for r in R["cli"]]), median(cli_startup)))),
         ("  CLI: launch → submitted_at (CLI start-up + HTTP)", ms(median(bc["client"])), f"API: POST → submitted_at {ms(median(ba['client']))}", "—"),
         ("  queue → scheduled (submitted_at → job.starting; wake), CLI / API", f"{ms(median(bc['wake']))} / {ms(median(ba['wake']))}", "—", "—"),
         ("  wake, p90 / max (CLI+API runs)", f"{ms(p90(bc['wake'] + ba['wake']))} / {ms(max(bc['wake'] + ba['wake'], default=float('nan')))}", "—", "—"),
-        ("  container create+start (job.starting → Docker StartedAt), CLI / API", f"{ms(median(bc['launch']))} / {ms(median(ba['launch']))}", f"docker run -d (+flags) returns: {ms(median([r['client_done'] for r in R['docker_flags']]))}", ratio(median(bc["launch"] + ba["launch"]), median([r["client_done"] for r in R["docker_flags"]]))),
+        ("  container create+start (job.starting → Docker StartedAt), CLI / API", f"{ms(median(bc['launch']))} / {ms(median(ba['launch']))}", f"docker run -d (+flags) returns: {ms(median([r['client_done'] for r in R['docker_flags']]))}", times(ratio(median(bc["launch"] + ba["launch"]), median([r["client_done"] for r in R["docker_flags"]])))),
         ("  StartedAt → job.running recorded, CLI / API", f"{ms(median(bc['record']))} / {ms(median(ba['record']))}", "—", "—"),
         ("  job.running → seen by the 10 ms poll, CLI / API", f"{ms(median(bc['observe']))} / {ms(median(ba['observe']))}", "—", "—"),
     ]
     if tp:
         rows += [
-            (f"submit throughput, {tp['n']} POST /jobs from {tp['threads']} threads, {tp['queued']} queued", f"{tp['rate']:.1f} jobs/s", f"GET /whoami: {tp['whoami_rate']:.1f} req/s", ratio(tp["rate"], tp["whoami_rate"])),
-            ("  POST /jobs latency at the client, median / p90", f"{ms(median(tp['lat']))} / {ms(p90(tp['lat']))}", f"GET /whoami: {ms(median(tp['whoami_lat']))} / {ms(p90(tp['whoami_lat']))}", ratio(median(tp["lat"]), median(tp["whoami_lat"]))),
+            (f"submit throughput, {tp['n']} POST /jobs from {tp['threads']} threads, {tp['queued']} queued", f"{tp['rate']:.1f} jobs/s", f"GET /whoami: {tp['whoami_rate']:.1f} req/s", times(ratio(tp["rate"], tp["whoami_rate"]))),
+            ("  POST /jobs latency at the client, median / p90", f"{ms(median(tp['lat']))} / {ms(p90(tp['lat']))}", f"GET /whoami: {ms(median(tp['whoami_lat']))} / {ms(p90(tp['whoami_lat']))}", times(ratio(median(tp["lat"]), median(tp["whoami_lat"])))),
             ("  POST /jobs time in Flask (daemon log), median / p90", f"{median(tp['server_ms']):.1f} / {p90(tp['server_ms']):.1f} ms" if tp["server_ms"] else "n/a", "—", "—"),
             ("  reconcile passes run during the timed submits (+0.5 s after)", f"{tp['passes']} ({tp['passes_after']})", "—", "—"),
             ("  after: queued / running (state DB); queued jobs GET /jobs?state=queued lists", f"{tp['queued_after']} / {tp['running_after']}; {tp['api_listed']}", f"{tp['queued'] + tp['n']} / 1; {tp['queued'] + tp['n']}", "—"),
@@ -482,15 +300,12 @@ def report(lat: Latency, tp: dict | None, cli_startup: list[float], runs: int, w
     print()
     print(f"## mlpd job benchmark ({runs} interleaved rounds after {warmup} warm-up, image {IMAGE}, loopback)")
     print()
-    print("| metric | value | baseline | ratio |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(rows)
     print()
     cm, am = median(tot["cli"]), median(tot["api"])
     print(
-        f"Breakdown: `mlpd run` reaches running in {ms(cm)} (median) against {ms(dock_m)} for `docker run -d` ({ratio(cm, dock_m)}); "
-        f"through the API alone it is {ms(am)} ({ratio(am, dock_m)}), so the CLI process costs about {ms(cm - am)} "
+        f"Breakdown: `mlpd run` reaches running in {ms(cm)} (median) against {ms(dock_m)} for `docker run -d` ({times(ratio(cm, dock_m))}); "
+        f"through the API alone it is {ms(am)} ({times(ratio(am, dock_m))}), so the CLI process costs about {ms(cm - am)} "
         f"(launch → submitted_at {ms(median(bc['client']))} vs {ms(median(ba['client']))} for a POST from a warm Python process; "
         f"`mlpd -V` alone takes {ms(median(cli_startup))}). "
         f"Inside the daemon the job then waits {ms(median(bc['wake'] + ba['wake']))} (median, p90 {ms(p90(bc['wake'] + ba['wake']))}) from submitted_at to the "
@@ -514,19 +329,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=8)
     args = ap.parse_args()
 
-    if docker("image", "inspect", IMAGE, check=False).returncode != 0:
-        print(f"error: image {IMAGE} is missing (mlpd images build --local)", file=sys.stderr)
+    if image_missing():
         return 2
     base = Path(tempfile.mkdtemp(prefix="mlpd-bench-"))
     outputs = base / "outputs"
     outputs.mkdir()
     os.chmod(outputs, 0o777)
     bench_label = base.name
-    d = Daemon(base)
+    d = Daemon(base, daemon_args=("--declare-gpus", "2"))
     t_start = time.monotonic()
-    try:
-        log(f"starting daemon on {d.url} (state {d.state_dir})")
-        d.start()
+    with d.running(labels=(f"mlpd-bench={bench_label}",)):
+        d.token = d.add_user("bench", admin=True)
         log(f"daemon ready, instance {d.instance}")
         cli_startup = []
         for _ in range(5):
@@ -540,25 +353,6 @@ def main() -> int:
         report(lat, tp, cli_startup, args.runs, args.warmup)
         print(f"\n(total benchmark time {time.monotonic() - t_start:.0f} s; daemon {d.url}, instance {d.instance})")
         return 0
-    except BaseException:
-        log("benchmark failed; daemon log tail:\n" + d.log_tail())
-        raise
-    finally:
-        d.stop()
-        if not d.instance:
-            try:
-                d.instance = (d.state_dir / "instance_id").read_text().strip()
-            except OSError:
-                pass
-        leftovers = []
-        for label in ([f"mlpd.instance={d.instance}"] if d.instance else []) + [f"mlpd-bench={bench_label}"]:
-            ids = docker("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
-            if ids:
-                docker("rm", "-f", *ids, check=False)
-                leftovers.append(f"{len(ids)} with {label}")
-        if leftovers:
-            log("removed leftover containers: " + ", ".join(leftovers))
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

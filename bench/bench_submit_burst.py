@@ -30,34 +30,17 @@ import json
 import math
 import os
 import re
-import shutil
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import requests
 
-BIN = os.path.join(os.path.dirname(sys.executable), "mlpd")
-IMAGE = "mlpd/train:latest"
-SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "mlpd.toml"
+from benchlib import SHIPPED_CONFIG, Daemon, docker, image_missing, log, parallel, print_table, ratio
+
 COMMAND = ["sh", "-c", "echo $MLPD_JOB_ID >> /outputs/ran; echo ok"]
 ACTIVE = ("queued", "starting", "running")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -68,141 +51,27 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
 
 
-def ratio(a: float, b: float) -> float:
-    return a / b if b and a == a and b == b else float("nan")
-
-
 # ---------------------------------------------------------------- the daemon under test
 
 
-class Daemon:
-    def __init__(self, base: Path, reconcile_interval: float | None):
-        self.base = base
-        self.state_dir = base / "state"
-        self.home = base / "home"
-        self.home.mkdir()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api = self.url + "/api/v1"
-        self.log_path = base / "daemon.log"
-        self.config = base / "mlpd.toml"
-        text = SHIPPED_CONFIG.read_text()
-        if reconcile_interval is not None:
-            text, n = re.subn(r"(?m)^reconcile_interval\s*=.*$", f"reconcile_interval = {reconcile_interval}", text)
-            if n != 1:
-                raise SystemExit(f"{SHIPPED_CONFIG} has no reconcile_interval line to change")
-        self.config.write_text(text)
-        self.proc: subprocess.Popen | None = None
-        self.instance = ""
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLPD_")}
-        env["HOME"] = str(self.home)
-        env["XDG_CONFIG_HOME"] = str(self.home / ".config")
-        return env
-
-    def start(self, timeout: float = 90) -> None:
-        argv = [BIN, "daemon", "--config", str(self.config), "--state-dir", str(self.state_dir), "--listen", f"127.0.0.1:{self.port}"]
-        self.log_fh = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log_fh, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).json().get("worker") == "ok":
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"daemon did not become healthy:\n{self.log_tail()}")
-        self.instance = (self.state_dir / "instance_id").read_text().strip()
-
-    def add_user(self, name: str) -> str:
-        result = subprocess.run([BIN, "admin", "user", "add", name, "--state-dir", str(self.state_dir)],
-                                capture_output=True, text=True, env=self.env(), timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"admin user add {name} failed: {result.stderr}")
-        return result.stdout.strip().splitlines()[-1]
-
-    def stop(self) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def query(self, sql: str, params=()) -> list[tuple]:
-        """Read the state database (read-only; the API lists at most 10,000 rows and costs the daemon)."""
-        con = sqlite3.connect(f"file:{self.state_dir / 'mlpd.db'}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
+def config_text(reconcile_interval: float | None) -> str:
+    """The shipped mlpd.toml, with scheduler.reconcile_interval set when one is given."""
+    text = SHIPPED_CONFIG.read_text()
+    if reconcile_interval is not None:
+        text, n = re.subn(r"(?m)^reconcile_interval\s*=.*$", f"reconcile_interval = {reconcile_interval}", text)
+        if n != 1:
+            raise SystemExit(f"{SHIPPED_CONFIG} has no reconcile_interval line to change")
+    return text
 
 
 # ---------------------------------------------------------------- the load
 
 
-def burst(d: Daemon, tokens: list[str], n: int, threads: int, request) -> dict:
-    """n requests from `threads` threads (a warmed Session each, tokens round-robin); latencies and outcomes."""
-    sessions = []
-    for i in range(threads):
-        s = requests.Session()
-        s.headers["Authorization"] = f"Bearer {tokens[i % len(tokens)]}"
-        s.get(f"{d.api}/whoami", timeout=30).raise_for_status()  # connect before the clock starts
-        sessions.append(s)
-    lock = threading.Lock()
-    counter = iter(range(n))
-    barrier = threading.Barrier(threads + 1)
-    latencies: list[float] = []
-    results: list = []
-    errors: list[str] = []
-
-    def client(s: requests.Session) -> None:
-        barrier.wait()
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t = time.perf_counter()
-            try:
-                resp = request(s)
-            except requests.RequestException as exc:
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            dt = time.perf_counter() - t
-            with lock:
-                if 200 <= resp.status_code < 300:
-                    latencies.append(dt)
-                    results.append(resp)
-                else:
-                    errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
-
-    pool = [threading.Thread(target=client, args=(s,)) for s in sessions]
-    for t in pool:
-        t.start()
-    started_wall = time.time()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    for s in sessions:
-        s.close()
-    return {"elapsed": elapsed, "started_wall": started_wall, "t0": t0, "latencies": latencies, "results": results, "errors": errors}
+def ok(resp: requests.Response) -> requests.Response:
+    """resp, or an error for an answer other than 2xx."""
+    if not 200 <= resp.status_code < 300:
+        raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+    return resp
 
 
 def wait_finished(d: Daemon, ids: set[str], t0: float, timeout: float) -> tuple[float | None, dict[str, int]]:
@@ -210,7 +79,7 @@ def wait_finished(d: Daemon, ids: set[str], t0: float, timeout: float) -> tuple[
     deadline = time.monotonic() + timeout
     last_log = 0.0
     while True:
-        counts = dict(d.query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        counts = d.state_counts()
         done = sum(v for k, v in counts.items() if k not in ACTIVE)
         if done >= len(ids) and not any(counts.get(k) for k in ACTIVE):
             return time.perf_counter() - t0, counts
@@ -227,7 +96,7 @@ def settle(d: Daemon, timeout: float = 30) -> int:
     be about to write its ran file); return how many are left."""
     deadline = time.monotonic() + timeout
     while True:
-        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=mlpd.instance={d.instance}"], capture_output=True, text=True).stdout.split()
+        left = docker("ps", "-aq", "--filter", f"label=mlpd.instance={d.instance}", check=False).stdout.split()
         if not left or time.monotonic() > deadline:
             return len(left)
         time.sleep(0.5)
@@ -259,24 +128,19 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (state and daemon log)")
     args = ap.parse_args()
 
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode != 0:
-        print(f"error: image {IMAGE} is missing (mlpd images build --local)", file=sys.stderr)
+    if image_missing():
         return 2
     base = Path(tempfile.mkdtemp(prefix="mlpd-bench-burst-"))
-    d = Daemon(base, args.reconcile_interval)
+    d = Daemon(base, config_text(args.reconcile_interval))
     t_start = time.monotonic()
-    try:
-        log(f"starting daemon on {d.url} (state {d.state_dir})")
-        d.start()
+    with d.running(keep=args.keep):
         tokens = [d.add_user(f"bench{i}") for i in range(args.users)]
         log(f"daemon ready, instance {d.instance}; baseline: {args.jobs} GET /whoami from {args.threads} threads")
 
-        base_run = burst(d, tokens, args.jobs, args.threads, lambda s: s.get(f"{d.api}/whoami", timeout=60))
-        if base_run["errors"]:
-            raise RuntimeError(f"{len(base_run['errors'])} whoami requests failed, e.g. {base_run['errors'][0]}")
+        base_run = parallel(d, args.jobs, args.threads, lambda s: ok(s.get(f"{d.api}/whoami", timeout=60)), tokens, check=True)
 
         log(f"submitting {args.jobs} jobs from {args.threads} threads as {args.users} users")
-        sub = burst(d, tokens, args.jobs, args.threads, lambda s: s.post(f"{d.api}/jobs", json={"command": COMMAND}, timeout=60))
+        sub = parallel(d, args.jobs, args.threads, lambda s: ok(s.post(f"{d.api}/jobs", json={"command": COMMAND}, timeout=60)), tokens)
         ids = {r.json()["job"]["id"] for r in sub["results"]}
         log(f"{len(ids)} accepted in {sub['elapsed']:.1f}s ({len(sub['errors'])} errors); waiting for them to end")
         finished, counts = wait_finished(d, ids, sub["t0"], args.finish_timeout)
@@ -324,33 +188,11 @@ def main() -> int:
               f"reconcile_interval {args.reconcile_interval if args.reconcile_interval is not None else 'as shipped'}"
               + (f", kept {base}" if args.keep else ""))
         print()
-        print("| metric | value | baseline | ratio |")
-        print("|---|---|---|---|")
-        for row in table:
-            print("| " + " | ".join(row) + " |")
+        print_table(table)
         print()
         print(f"(total benchmark time {time.monotonic() - t_start:.0f} s; states {states})")
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()}))
         return 0
-    except BaseException:
-        log("benchmark failed; daemon log tail:\n" + d.log_tail())
-        raise
-    finally:
-        code = d.stop()
-        if code not in (0, None):
-            log(f"warning: the daemon exited {code} on SIGTERM")
-        if not d.instance:
-            try:
-                d.instance = (d.state_dir / "instance_id").read_text().strip()
-            except OSError:
-                pass
-        if d.instance:
-            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=mlpd.instance={d.instance}"], capture_output=True, text=True).stdout.split()
-            if ids:
-                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
-                log(f"removed {len(ids)} leftover containers")
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

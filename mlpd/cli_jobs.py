@@ -24,10 +24,24 @@ def upload_code(client, directory: str) -> str:
     from mlpd.client import ClientError
     from mlpd.codeship import CodeArchiveError, pack_directory
 
+    bar = None
+
+    def packing(done: int, total: int) -> None:
+        # A big tree takes seconds to pack before anything is sent: say so, on a terminal.
+        nonlocal bar
+        if bar is None and total > 16 * 1024 * 1024 and sys.stderr.isatty():
+            bar = click.progressbar(length=total, label="packing code", file=sys.stderr)
+            bar.__enter__()
+        if bar is not None:
+            bar.update(done - bar.pos)
+
     try:
-        packed = pack_directory(directory)
+        packed = pack_directory(directory, progress=packing)
     except CodeArchiveError as exc:
         raise click.ClickException(str(exc))
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
     try:
         try:
             client.get(f"/code/{packed.digest}")

@@ -201,6 +201,14 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.1, message: str
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
+def new_user(daemon: "RunningDaemon", prefix: str = "u") -> tuple[str, str]:
+    """A member with a unique name (prefix + 8 hex), created on the host; returns (name, token)."""
+    import uuid
+
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    return name, daemon.add_user(name)
+
+
 def as_json(result: subprocess.CompletedProcess):
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
     return json.loads(result.stdout)

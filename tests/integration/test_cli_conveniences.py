@@ -4,17 +4,12 @@ and `mlpd submit` shipping the job file's directory. Real daemon, real container
 from __future__ import annotations
 
 import json
-import uuid
 
-from helpers import as_json, needs_docker, wait_for
+from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
 
-
-def new_user(daemon, prefix="c"):
-    name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    return name, daemon.add_user(name)
 
 
 def state(daemon, token, job_id):

@@ -8,15 +8,11 @@ import json
 import time
 import uuid
 
-from helpers import as_json, needs_docker, wait_for
+from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
 
-
-def new_user(daemon, prefix="e"):
-    name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    return name, daemon.add_user(name)
 
 
 def wait_ended(daemon, token, job_id, timeout=600):

@@ -13,21 +13,16 @@ import signal
 import subprocess
 import tarfile
 import time
-import uuid
 
 import pytest
 import requests
 
-from helpers import as_json, needs_docker, wait_for
+from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
 
-
-def new_user(daemon, prefix="u"):
-    name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    return name, daemon.add_user(name)
 
 
 def submit(daemon, token, command, **spec):

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from helpers import as_json, needs_docker, wait_for
+from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
 API = "/mlflow/api/2.0/mlflow/"
@@ -26,10 +26,6 @@ AJAX = "/mlflow/ajax-api/2.0/mlflow/"
 ARTIFACTS = "/mlflow/api/2.0/mlflow-artifacts/artifacts/"
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
 
-
-def new_user(daemon, prefix="m"):
-    name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    return name, daemon.add_user(name)
 
 
 def mlflow(daemon, method, endpoint, token=None, prefix=API, **kwargs):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
 import io
 import json
 import os
@@ -18,9 +17,8 @@ import tempfile
 import time
 import uuid
 
-import pytest
 
-from helpers import needs_docker, wait_for
+from helpers import needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
 API = "/mlflow/api/2.0/mlflow/"
@@ -28,10 +26,6 @@ AJAX = "/mlflow/ajax-api/2.0/mlflow/"
 ARTIFACTS = "/mlflow/api/2.0/mlflow-artifacts/artifacts/"
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
 
-
-def new_user(daemon, prefix="s"):
-    name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    return name, daemon.add_user(name)
 
 
 def ok(resp):

@@ -102,11 +102,7 @@ class DockerRuntime:
             return None
 
     def image_present(self, image: str) -> bool:
-        try:
-            self.client.images.get(image)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
+        return self.image_id(image) is not None
 
     # ------------------------------------------------------------ act
     def _ensure_image(self, image: str, pull: bool) -> None:

@@ -36,10 +36,11 @@ TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 
 def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
-    """The job's own time limit, else the configured default, else none."""
+    """The job's own time limit, else the configured default (for jobs; a workspace is culled when
+    idle and a deployment runs until removed), else none."""
     if job["spec"].get("time_limit"):
         return float(job["spec"]["time_limit"])
-    default = config["jobs.default_time_limit"]
+    default = config["jobs.default_time_limit"] if job.get("kind", "job") == "job" else ""
     if default:
         from mlpd.jobspec import parse_duration
 
@@ -79,6 +80,12 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) 
     usage = quotas.fair_share_usage(store, config, now) if len(owners) > 1 else {}
     policy = Policy(backfill=config["scheduler.backfill"])
     return schedule(gpus, holdings, queue, now, policy, usage=usage, limits=list(limits.values())), queued, gpus
+
+
+# What each kind of workload adds to a job's launch request: (store, config, row, request) -> request.
+# A new kind is a spec, a row of kind K, and an entry here; scheduling, the ledger and
+# reconciliation are the same for every kind.
+KIND_LAUNCHERS = {"workspace": "mlpd.workspaces:launch_request"}
 
 
 class JobController:
@@ -169,7 +176,7 @@ class JobController:
         if started is not None and ended < started:
             ended = started  # Docker records a short container's end a few ms before its start at times
         state, reason = jobs.classify_exit(c.exit_code, c.oom_killed, c.error, started, ended, effective_time_limit(job, self.config),
-                                           job["cancel_requested_by"], job["spec"].get("memory"))
+                                           job["cancel_requested_by"], job["spec"].get("memory"), job.get("cancel_reason"))
         if jobs.transition(self.store, job_id, state, reason=reason, at=ended, exit_code=c.exit_code,
                            ended_at=ended, started_at=started, container_id=c.id):
             log.info("job %s %s: %s", job_id, state.value, reason)
@@ -275,7 +282,18 @@ class JobController:
         return dataclasses.replace(req, image=image)
 
     def launch_request(self, job: dict[str, Any]) -> LaunchRequest:
-        """Turn a job row into what the runtime needs: defaults applied, directories made."""
+        """Turn a workload row into what the runtime needs: the job's request (defaults applied,
+        directories made), then what its kind adds (see KIND_LAUNCHERS)."""
+        req = self._job_request(job)
+        kind = job.get("kind", "job")
+        if kind != "job":
+            import importlib
+
+            module, _, func = KIND_LAUNCHERS[kind].partition(":")
+            req = getattr(importlib.import_module(module), func)(self.store, self.config, job, req)
+        return req
+
+    def _job_request(self, job: dict[str, Any]) -> LaunchRequest:
         spec, cfg = job["spec"], self.config
         outputs = os.path.join(jobs.job_dir(cfg.state_dir, job["id"]), "outputs")
         os.makedirs(outputs, exist_ok=True)

@@ -89,9 +89,9 @@ class DockerRuntime:
         )
 
     def list_jobs(self) -> dict[str, WorkloadStatus]:
-        """This daemon's job containers, by job id."""
+        """This daemon's workload containers (every kind), by job id."""
         # ignore_removed: a container removed between the list and its inspect is simply gone, not an error.
-        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_KIND}=job"]},
+        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_INSTANCE}={self.instance}", LABEL_KIND]},
                                             ignore_removed=True)
         return {s.job_id: s for s in map(self._state, found)}
 
@@ -128,10 +128,13 @@ class DockerRuntime:
         volumes = {req.outputs_dir: {"bind": "/outputs", "mode": "rw"}}
         if req.code_dir:
             volumes[req.code_dir] = {"bind": "/code", "mode": "ro"}
+        for host_path, container_path, read_only in req.mounts:
+            volumes[host_path] = {"bind": container_path, "mode": "ro" if read_only else "rw"}
         kwargs = dict(
             image=req.image, command=list(req.command), name=name, detach=True, environment=env,
-            labels={LABEL_INSTANCE: self.instance, LABEL_KIND: "job", LABEL_OWNER: req.owner, LABEL_JOB: req.job_id, LABEL_GPUS: gpu_list},
-            user=req.user, working_dir="/code" if req.code_dir else "/outputs", volumes=volumes,
+            labels={LABEL_INSTANCE: self.instance, LABEL_KIND: req.kind, LABEL_OWNER: req.owner, LABEL_JOB: req.job_id, LABEL_GPUS: gpu_list},
+            user=req.user, working_dir=req.workdir or ("/code" if req.code_dir else "/outputs"), volumes=volumes,
+            ports={f"{cport}/tcp": (host_ip, host_port) for cport, host_ip, host_port in req.ports},
             init=True, privileged=False, security_opt=["no-new-privileges"], cap_drop=["ALL"], pids_limit=4096,
             extra_hosts={"host.docker.internal": "host-gateway"},
             log_config={"type": "json-file", "config": {"max-size": "50m", "max-file": "2"}},

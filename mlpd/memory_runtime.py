@@ -85,7 +85,7 @@ class MemoryRuntime:
     def _status(self, c: _Container) -> WorkloadStatus:
         return WorkloadStatus(id=c.id, name=c.name, job_id=c.request.job_id, phase=c.phase, exit_code=c.exit_code,
                               oom_killed=c.oom_killed, started_at=c.started_at, finished_at=c.finished_at,
-                              labels={"mlpd.instance": c.instance, "mlpd.kind": "job", "mlpd.job_id": c.request.job_id,
+                              labels={"mlpd.instance": c.instance, "mlpd.kind": c.request.kind, "mlpd.job_id": c.request.job_id,
                                       "mlpd.owner": c.request.owner})
 
     def list_jobs(self) -> dict[str, WorkloadStatus]:
@@ -113,6 +113,13 @@ class MemoryRuntime:
                 if c is not None:
                     self.containers.pop(c.name, None)
                 raise ImageMissing(f"image '{req.image}' not found on this host; build it ('mlpd images build') or ask an admin to pull it")
+            taken = {(ip, port) for other in self.containers.values() if other.phase == Phase.RUNNING and other.name != container_name(req.job_id)
+                     for _, ip, port in other.request.ports}
+            clash = [f"{ip}:{port}" for _, ip, port in req.ports if (ip, port) in taken]
+            if clash:
+                if c is not None:
+                    self.containers.pop(c.name, None)
+                raise RuntimeFailure(f"the container could not start: port {clash[0]} is already allocated")
             c = c or self._create(req)
             c.phase, c.started_at = Phase.RUNNING, self.clock()
             c.cursor = c.started_at

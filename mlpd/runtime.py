@@ -77,6 +77,10 @@ class LaunchRequest:
     code_dir: str | None
     outputs_dir: str
     pull: bool = True
+    kind: str = "job"  # the workload kind (job, workspace, deployment): the container's mlpd.kind label
+    ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host address, host port) to publish
+    mounts: tuple[tuple[str, str, bool], ...] = ()  # (host path, container path, read-only) beyond /outputs and /code
+    workdir: str | None = None  # default: /code when there is code, else /outputs
 
 
 def container_name(job_id: str) -> str:

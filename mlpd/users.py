@@ -158,8 +158,8 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
         return None
     token_id, secret = match.groups()
     row = store.query_one(
-        """SELECT t.secret_hash, t.expires_at, t.revoked_at, t.last_used_at, t.job_id, u.id, u.name, u.role, u.removed_at
-           FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?""",
+        """SELECT t.secret_hash, t.expires_at, t.revoked_at, t.last_used_at, t.job_id, u.id, u.name, u.role, u.removed_at, j.kind
+           FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN jobs j ON j.id = t.job_id WHERE t.id = ?""",
         [token_id],
     )
     now = now if now is not None else time.time()
@@ -173,6 +173,10 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
     if row["last_used_at"] is None or now - row["last_used_at"] > 60:
         with store.write() as db:
             db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", [now, token_id])
+    if row["kind"] == "workspace":
+        # A workspace session's token: its owner at their notebook, as a member (never as an
+        # admin), revoked with the session like a job's.
+        return User(row["id"], row["name"], "member", None)
     return User(row["id"], row["name"], row["role"], row["job_id"])
 
 

@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from helpers import needs_docker, wait_for
-from mlpd.runtime import ImageMissing, LaunchRequest, Phase, container_name
+from helpers import free_port, needs_docker, wait_for
+from mlpd.runtime import ImageMissing, RuntimeFailure, LaunchRequest, Phase, container_name
 
 IMAGE = "mlpd/train:latest"
 
@@ -55,13 +55,13 @@ def make_runtime(request):
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
-def request(tmp_path, command, job_id=None, image=IMAGE, env=None, gpus=()):
+def request(tmp_path, command, job_id=None, image=IMAGE, env=None, gpus=(), **extra):
     outputs = tmp_path / f"out-{secrets.token_hex(3)}"
     outputs.mkdir()
     os.chmod(outputs, 0o777)
     return LaunchRequest(job_id=job_id or secrets.token_hex(6), owner="alice", image=image, command=tuple(command),
                          env=dict(env or {}), gpu_uuids=tuple(gpus), cpus=None, memory=None, user="1000:1000",
-                         code_dir=None, outputs_dir=str(outputs), pull=False)
+                         code_dir=None, outputs_dir=str(outputs), pull=False, **extra)
 
 
 def ended(runtime, job_id, timeout=60):
@@ -144,6 +144,23 @@ def test_each_daemon_lists_only_its_own_workloads(make_runtime, tmp_path):
     for rt, job in ((mine, a), (theirs, other)):
         rt.stop(job.job_id, timeout=1)
         rt.remove(job.job_id)
+
+
+def test_every_kind_of_workload_is_listed_and_a_taken_host_port_fails_cleanly(make_runtime, tmp_path):
+    rt = make_runtime()
+    port = free_port()
+    ws = request(tmp_path, ["sleep", "30"], kind="workspace", ports=((8888, "127.0.0.1", port),))
+    rt.start_job(ws)
+    try:
+        assert rt.list_jobs()[ws.job_id].labels["mlpd.kind"] == "workspace"
+        clash = request(tmp_path, ["sleep", "30"], kind="workspace", ports=((8888, "127.0.0.1", port),))
+        with pytest.raises(RuntimeFailure) as info:
+            rt.start_job(clash)
+        assert str(port) in str(info.value)
+        assert rt.inspect(clash.job_id) is None and set(rt.list_jobs()) == {ws.job_id}
+    finally:
+        rt.stop(ws.job_id, timeout=1)
+        rt.remove(ws.job_id)
 
 
 def test_start_and_exit_are_reported_as_events(make_runtime, tmp_path):

@@ -270,11 +270,12 @@ def jupyter_activity(port: int, token: str, timeout: float = 3.0) -> Activity | 
     """Read a running server's activity from its own REST API (status, kernels, terminals); None when it does not answer."""
     import requests
 
-    base, headers = f"http://127.0.0.1:{port}/api", {"Authorization": f"token {token}"}
+    # no_track_activity: these reads must not count as the activity they measure.
+    base, headers, quiet = f"http://127.0.0.1:{port}/api", {"Authorization": f"token {token}"}, {"no_track_activity": "1"}
     try:
-        status = requests.get(f"{base}/status", headers=headers, timeout=timeout).json()
-        kernels = requests.get(f"{base}/kernels", headers=headers, timeout=timeout).json()
-        terminals = requests.get(f"{base}/terminals", headers=headers, timeout=timeout)
+        status = requests.get(f"{base}/status", headers=headers, params=quiet, timeout=timeout).json()
+        kernels = requests.get(f"{base}/kernels", headers=headers, params=quiet, timeout=timeout).json()
+        terminals = requests.get(f"{base}/terminals", headers=headers, params=quiet, timeout=timeout)
         terminals = terminals.json() if terminals.ok else []
     except (requests.RequestException, ValueError):
         return None
@@ -284,6 +285,17 @@ def jupyter_activity(port: int, token: str, timeout: float = 3.0) -> Activity | 
     busy = [k.get("id", "?") for k in kernels if k.get("execution_state") == "busy"]
     last = max((s for s in stamps if s), default=None)
     return Activity(last, bool(busy), f"kernel {busy[0]} busy" if busy else "")
+
+
+def server_answers(port: int, token: str, timeout: float = 1.0) -> bool:
+    """Whether the JupyterLab server on this loopback port answers its API with this token."""
+    import requests
+
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"},
+                            params={"no_track_activity": "1"}, timeout=timeout).ok
+    except requests.RequestException:
+        return False
 
 
 def gpus_busy(store: Store, gpu_uuids: Iterable[str], since: float) -> bool:

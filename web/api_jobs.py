@@ -186,7 +186,11 @@ def cancel_job(job_id: str):
 @route("/jobs/<job_id>/logs", summary="A job's output; ?follow=1 streams it live until the job ends", streaming=True, job_token=True)
 def job_logs(job_id: str):
     _visible_job(job_id)
-    follow = request.args.get("follow") in ("1", "true", "yes")
+    return logs_response(job_id, request.args.get("follow") in ("1", "true", "yes"))
+
+
+def logs_response(job_id: str, follow: bool) -> Response:
+    """A workload's output (build log first, then the container's, then the saved log once it ended); with follow, live."""
     log_path = os.path.join(jobs.job_dir(config().state_dir, job_id), "log")
     st = store()
 

@@ -38,6 +38,7 @@ class ControllerLoop:
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self.passes = 0
         self.last_prune = 0.0
+        self.last_cull = time.time()
 
     def start(self) -> None:
         self._thread.start()
@@ -75,6 +76,15 @@ class ControllerLoop:
             log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
+            if time.time() - self.last_cull >= float(self.config["workspaces.cull_interval"]):
+                self.last_cull = time.time()
+                try:
+                    from mlpd import workspaces
+
+                    if workspaces.cull_pass(self.store, self.config):
+                        self.wake("workspaces culled")
+                except Exception:
+                    log.exception("checking workspaces for idleness failed; trying again next interval")
             if time.time() - self.last_prune > PRUNE_INTERVAL:
                 self.last_prune = time.time()
                 try:

@@ -106,11 +106,21 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
                    "Default: requirements.txt in the code directory, if there is one.")
 @click.option("--no-requirements", is_flag=True, help="Do not use the code directory's requirements.txt.")
 @click.option("-f", "--follow", is_flag=True, help="Then stream the job's output until it ends.")
+@click.option("--param", "params", multiple=True, metavar="K=V",
+              help="For a notebook (mlpd run NB.ipynb): a value for its 'parameters' cell (repeatable); the executed notebook is kept in the outputs.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
 def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, experiment, code_dir, no_code, requirements_file,
-        no_requirements, follow, as_json, command):
-    """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py"""
+        no_requirements, follow, params, as_json, command):
+    """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py
+
+    A notebook runs headless with papermill in the workspace image: mlpd run train.ipynb --param epochs=2
+    (the executed notebook is kept in the job's outputs)."""
+    if command and command[0].endswith(".ipynb"):
+        command = notebook_command(command[0], params, command[1:])
+        image = image or NOTEBOOK_IMAGE
+    elif params:
+        raise click.UsageError("--param sets a notebook's parameters: mlpd run NOTEBOOK.ipynb --param K=V")
     env_map = {}
     for item in env:
         key, sep, value = item.partition("=")
@@ -139,6 +149,20 @@ def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, e
     job = _submit(spec, as_json)
     if follow:
         stream_logs(_client(), job["id"], True)
+
+
+NOTEBOOK_IMAGE = "mlpd/workspace:latest"  # workspaces.image's default: the same Python as workspaces, with papermill
+
+
+def notebook_command(notebook: str, params: tuple[str, ...], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """papermill NB /outputs/NB -p K V ...: executes a notebook in the job, keeping the executed copy in /outputs."""
+    argv = ["papermill", notebook, "/outputs/" + os.path.basename(notebook), "--kernel", "python3", "--log-output"]
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"expected NAME=VALUE with NAME a Python name, got {item!r}", param_hint="--param")
+        argv += ["-p", key, value]
+    return tuple(argv + list(extra))
 
 
 @click.command()

@@ -287,3 +287,36 @@ def test_a_killed_daemon_leaves_workspaces_running_reachable_and_booked_once(wsd
     stopped_row = wait_for(lambda: db.execute("SELECT start, end FROM allocations WHERE object_id = ? AND end IS NOT NULL",
                                               [w["session"]]).fetchone(), 30, 0.3, "the allocation to close")
     assert stopped_row[1] >= stopped_row[0]
+
+
+def test_a_notebook_runs_as_a_job_with_its_parameters_and_an_mlflow_run(wsd, tmp_path):
+    import tarfile
+
+    name, token = member(wsd)
+    code = tmp_path / "nb"
+    code.mkdir()
+    cells = [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "epochs = 1\n", "outputs": [], "execution_count": None},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "import mlflow\nwith mlflow.start_run() as run:\n    mlflow.log_param('epochs', epochs)\n"
+                   "    mlflow.log_metric('loss', 1.0 / epochs)\nprint('trained', epochs, 'epochs')\n"},
+    ]
+    (code / "train.ipynb").write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                  "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}))
+    r = wsd.cli("run", "--json", "--code", str(code), "train.ipynb", "--param", "epochs=2", token=token)
+    assert r.returncode == 0, r.stderr
+    job_id = json.loads(r.stdout)["job"]["id"]
+    job = wait_for(lambda: (j := wsd.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"])["state"] in ("succeeded", "failed") and j,
+                   180, 0.5, "the notebook job")
+    assert job["state"] == "succeeded", wsd.api("GET", f"/api/v1/jobs/{job_id}/logs", token).text
+    assert job["command"][:3] == ["papermill", "train.ipynb", "/outputs/train.ipynb"]
+    out = wsd.api("GET", f"/api/v1/jobs/{job_id}/outputs", token)
+    (tmp_path / "o.tgz").write_bytes(out.content)
+    with tarfile.open(tmp_path / "o.tgz") as tar:
+        executed = json.loads(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("train.ipynb"))).read())
+    text = json.dumps(executed)
+    assert "epochs = 2" in text and "trained 2 epochs" in text  # papermill's injected parameters, then the output
+    runs = job["mlflow_runs"]
+    assert len(runs) == 1
+    got = wsd.api("GET", f"/mlflow/api/2.0/mlflow/runs/get?run_id={runs[0]['run_id']}", token).json()["run"]["data"]
+    assert {"key": "epochs", "value": "2"} in got["params"]

@@ -235,5 +235,72 @@ def tunnel(name, run_it, local_port, ssh_user, ssh_host, ssh_port, identity, ssh
         proc.wait(timeout=5)
 
 
+
+
+@ws.command("ssh-config")
+@click.argument("name")
+@click.option("--ssh-user", default=None, help="Your login on the host (default: $USER).")
+@click.option("--ssh-host", default=None, help="The host to jump through (default: the daemon's server.ssh_host).")
+@click.option("--ssh-port", type=int, help="SSH port on the host.")
+@click.option("-i", "--identity", help="The private key of a key you registered with 'mlpd keys add' (IdentityFile).")
+def ssh_config(name, ssh_user, ssh_host, ssh_port, identity):
+    """A Host entry for ~/.ssh/config: SSH into the workspace itself (VS Code Remote-SSH, PyCharm), jumping through the host.
+
+    Register your public key first: mlpd keys add ~/.ssh/id_ed25519.pub"""
+    t = _client().get(f"/workspaces/{name}/tunnel")["tunnel"]
+    user = ssh_user or os.environ.get("USER") or getpass.getuser()
+    jump = f"{user}@{ssh_host or t['ssh_host']}" + (f":{ssh_port}" if ssh_port else "")
+    lines = [f"Host mlpd-{name}", "  HostName 127.0.0.1", f"  Port {t['ssh_port']}", "  User mlpd", f"  ProxyJump {jump}",
+             f"  HostKeyAlias mlpd-{name}-{t['ssh_port']}"]
+    if identity:
+        lines.append(f"  IdentityFile {identity}")
+    click.echo("\n".join(lines))
+    if t["state"] != "running":
+        click.echo(f"note: workspace {name} is {t['state']}; start it with 'mlpd ws start {name}'", err=True)
+
+
+@click.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def keys(ctx, as_json):
+    """Your SSH public keys, for SSH into your workspaces ('mlpd ws ssh-config')."""
+    if ctx.invoked_subcommand is not None:
+        return
+    data = _client().get("/keys")
+    if as_json:
+        emit_json(data)
+        return
+    if not data["keys"]:
+        click.echo("No keys. Add one: mlpd keys add ~/.ssh/id_ed25519.pub")
+        return
+    table([[k["id"], k["type"], k["fingerprint"], k["comment"], when(k["created_at"])] for k in data["keys"]],
+          ["ID", "TYPE", "FINGERPRINT", "COMMENT", "ADDED"])
+
+
+@keys.command("add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@json_option
+def keys_add(file, as_json):
+    """Register the public key in FILE (e.g. ~/.ssh/id_ed25519.pub); running workspaces accept it at once."""
+    if not file.endswith(".pub"):
+        click.echo("note: this file does not end in .pub; only the public half of a key belongs here", err=True)
+    with open(file, encoding="utf-8", errors="replace") as fh:
+        text = fh.read(20000)
+    data = _client().post("/keys", {"key": text})
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"added key {data['key']['id']} ({data['key']['fingerprint']})")
+
+
+@keys.command("rm")
+@click.argument("key_id")
+def keys_rm(key_id):
+    """Remove a key (by ID or fingerprint)."""
+    _client().delete(f"/keys/{key_id}")
+    click.echo(f"removed key {key_id}")
+
+
 def register(main: click.Group) -> None:
     main.add_command(ws)
+    main.add_command(keys)

@@ -190,6 +190,19 @@ class DockerRuntime:
             return container.logs(stream=True, follow=True, stdout=True, stderr=True)
         return iter([container.logs(stdout=True, stderr=True)])
 
+    def processes(self, job_id: str) -> list[str]:
+        """The command lines in the container (Docker's `top`); [] when it is gone or not running."""
+        try:
+            top = self.client.containers.get(container_name(job_id)).top()
+        except docker.errors.NotFound:
+            return []
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running
+                return []
+            raise
+        column = len(top.get("Titles") or []) - 1
+        return [row[column] for row in top.get("Processes") or [] if column >= 0]
+
     def save_logs(self, job_id: str, path: str) -> bool:
         """Copy the container's whole output to path (kept after the container is removed)."""
         try:

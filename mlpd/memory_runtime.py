@@ -163,6 +163,14 @@ class MemoryRuntime:
             self._advance(c)
             return iter([("".join(c.output)).encode()])
 
+    def processes(self, job_id: str) -> list[str]:
+        with self._lock:
+            c = self.containers.get(container_name(job_id))
+            if c is None:
+                return []
+            self._advance(c)
+            return [" ".join(c.request.command)] if c.phase == Phase.RUNNING else []
+
     def save_logs(self, job_id: str, path: str) -> bool:
         with self._lock:
             c = self.containers.get(container_name(job_id))

@@ -123,6 +123,9 @@ class Runtime(Protocol):
     def logs(self, job_id: str, follow: bool = False) -> Iterator[bytes]:
         """The container's combined output; with follow, until it exits. Empty if it is gone."""
 
+    def processes(self, job_id: str) -> list[str]:
+        """The command lines of the processes running in the workload's container ([] when it is not running)."""
+
     def save_logs(self, job_id: str, path: str) -> bool:
         """Copy the container's whole output to path; False when the container is gone."""
 

@@ -174,6 +174,7 @@ def _migration_workloads(db: sqlite_utils.Database) -> None:
             spec TEXT NOT NULL,
             token TEXT NOT NULL,
             port INTEGER NOT NULL UNIQUE,
+            ssh_port INTEGER NOT NULL UNIQUE,
             session TEXT,
             last_activity REAL,
             created_at REAL NOT NULL,

@@ -34,6 +34,7 @@ from mlpd.store import Store, record_event
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 JUPYTER_PORT = 8888
+SSH_PORT = 2222  # sshd in the workspace, as the container user, when its owner registered keys
 HOME = "/home/mlpd"  # the container user's home: the owner's persistent home is mounted here
 SPEC_KEYS = ("gpus", "gpu_model", "image", "requirements", "cpus", "memory")
 BUSY_UTILIZATION = 5.0  # percent: a GPU at least this busy counts as activity
@@ -49,10 +50,29 @@ def check_name(name: Any) -> str:
     return name
 
 
+# Before JupyterLab: sshd as the container user on SSH_PORT, when the image has it and the owner has
+# keys (mounted read-only at /etc/mlpd-ssh). Its host key lives in the home, so it stays the same
+# across sessions. In plain sh, so that any image with JupyterLab works (without sshd: no SSH).
+_START_SSHD = f"""
+if [ -x /usr/sbin/sshd ] && [ -s /etc/mlpd-ssh/authorized_keys ]; then
+  mkdir -p "$HOME/.mlpd" && chmod 700 "$HOME/.mlpd"
+  [ -f "$HOME/.mlpd/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$HOME/.mlpd/ssh_host_ed25519_key"
+  printf '%s\\n' "Port {SSH_PORT}" "HostKey $HOME/.mlpd/ssh_host_ed25519_key" "AuthorizedKeysFile /etc/mlpd-ssh/authorized_keys" \\
+    "PidFile /tmp/mlpd-sshd.pid" "UsePAM no" "PasswordAuthentication no" "KbdInteractiveAuthentication no" "StrictModes no" \\
+    "PermitUserEnvironment no" "AllowTcpForwarding yes" "X11Forwarding no" "PrintMotd no" "Subsystem sftp internal-sftp" \\
+    "SetEnv $(for v in MLPD_URL MLPD_TOKEN MLFLOW_TRACKING_URI MLFLOW_TRACKING_TOKEN MLFLOW_EXPERIMENT_NAME PYTHONPATH CUDA_VISIBLE_DEVICES NVIDIA_VISIBLE_DEVICES; do printf '"%s=%s" ' "$v" "$(printenv "$v" | tr -d '"')"; done)" \\
+    > /tmp/mlpd-sshd_config
+  /usr/sbin/sshd -f /tmp/mlpd-sshd_config -E /tmp/mlpd-sshd.log && echo "mlpd: sshd listening on {SSH_PORT}"
+fi
+exec "$@"
+"""
+
+
 def jupyter_command() -> list[str]:
     """The server each session runs: JupyterLab on all of the container's interfaces (only the
-    loopback port mlpd publishes reaches it), its token from JUPYTER_TOKEN, rooted at the home."""
-    return ["jupyter", "lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser", f"--ServerApp.root_dir={HOME}",
+    loopback port mlpd publishes reaches it), its token from JUPYTER_TOKEN, rooted at the home;
+    sshd beside it when the owner has registered keys."""
+    return ["sh", "-c", _START_SSHD, "mlpd-workspace", "jupyter", "lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser", f"--ServerApp.root_dir={HOME}",
             "--ServerApp.allow_remote_access=True", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=False"]
 
 
@@ -103,10 +123,10 @@ def list_workspaces(store: Store, owner: str | None = None) -> list[dict[str, An
     return [_decode(r) for r in store.query("SELECT * FROM workspaces ORDER BY owner, name")]
 
 
-def allocate_port(store: Store, port_range: str, bindable: Callable[[int], bool] | None = None) -> int:
+def allocate_port(store: Store, port_range: str, bindable: Callable[[int], bool] | None = None, exclude: Iterable[int] = ()) -> int:
     """A loopback port in the configured range that no workspace has and nothing listens on."""
     low, high = (int(x) for x in port_range.split("-"))
-    taken = {r["port"] for r in store.query("SELECT port FROM workspaces")}
+    taken = {p for r in store.query("SELECT port, ssh_port FROM workspaces") for p in (r["port"], r["ssh_port"])} | set(exclude)
     bindable = bindable or port_free
     candidates = [p for p in range(low, high + 1) if p not in taken]
     secrets.SystemRandom().shuffle(candidates)
@@ -125,15 +145,15 @@ def port_free(port: int) -> bool:
             return False
 
 
-def create(store: Store, owner: str, name: str, spec: dict[str, Any], port: int, now: float | None = None) -> dict[str, Any]:
+def create(store: Store, owner: str, name: str, spec: dict[str, Any], port: int, ssh_port: int, now: float | None = None) -> dict[str, Any]:
     """Store a new workspace and queue its first session; WorkspaceError 409 when the name is taken."""
     now = now or time.time()
     ws_id = secrets.token_hex(6)
     with store.write() as db:
         if db.execute("SELECT 1 FROM workspaces WHERE owner = ? AND name = ?", [owner, name]).fetchone():
             raise WorkspaceError(409, "exists", f"you already have a workspace {name!r}; start it with 'mlpd ws start {name}' or remove it first")
-        db.execute("INSERT INTO workspaces (id, owner, name, spec, token, port, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   [ws_id, owner, name, json.dumps(spec), secrets.token_urlsafe(24), port, now, now])
+        db.execute("INSERT INTO workspaces (id, owner, name, spec, token, port, ssh_port, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   [ws_id, owner, name, json.dumps(spec), secrets.token_urlsafe(24), port, ssh_port, now, now])
         record_event(db, owner, "workspace.created", "workspace", ws_id, at=now, name=name, spec=spec)
         _new_session(db, owner, ws_id, name, spec, now)
     return by_id(store, ws_id)
@@ -213,7 +233,7 @@ def view(ws: dict[str, Any], session: dict[str, Any] | None, timeout: float, now
         "gpus": {"count": ws["spec"]["gpus"], "indices": session["gpu_indices"] if session and state in ("starting", "running") else [],
                  "uuids": session["gpu_uuids"] if session and state in ("starting", "running") else []},
         "image": ws["spec"]["image"], "spec": ws["spec"], "port": ws["port"], "token": ws["token"],
-        "url": f"http://127.0.0.1:{ws['port']}/lab?token={ws['token']}",
+        "url": f"http://127.0.0.1:{ws['port']}/lab?token={ws['token']}", "ssh_port": ws["ssh_port"],
         "idle_seconds": idle, "idle_timeout": timeout,
         "cull_in_seconds": max(0.0, timeout - idle) if idle is not None else None,
         "started_at": session["started_at"] if session else None, "ended_at": session["ended_at"] if session and state == "stopped" else None,
@@ -308,10 +328,17 @@ def gpus_busy(store: Store, gpu_uuids: Iterable[str], since: float) -> bool:
     return bool(row and row["u"] is not None and row["u"] >= BUSY_UTILIZATION)
 
 
+def ssh_session_open(commands: Iterable[str]) -> bool:
+    """Whether sshd serves a logged-in session (its per-connection process is titled 'sshd: USER@TTY')."""
+    return any(c.startswith("sshd: ") and "@" in c for c in commands)
+
+
 def cull_pass(store: Store, config, now: float | None = None,
-              read_activity: Callable[[int, str], Activity | None] = jupyter_activity) -> list[str]:
+              read_activity: Callable[[int, str], Activity | None] = jupyter_activity,
+              processes: Callable[[str], list[str]] | None = None) -> list[str]:
     """Check every running workspace; record its last activity and stop those idle past their
-    timeout (reason 'culled: idle 4h'). Returns the culled workspaces' ids."""
+    timeout (reason 'culled: idle 4h'). processes(session id) lists the container's command lines
+    (an open SSH session is activity). Returns the culled workspaces' ids."""
     now = now or time.time()
     culled = []
     sample_window = 2 * float(config["gpus.sample_interval"]) + 1
@@ -322,6 +349,8 @@ def cull_pass(store: Store, config, now: float | None = None,
         activity = read_activity(ws["port"], ws["token"])
         if gpus_busy(store, session["gpu_uuids"], now - sample_window):
             activity = Activity(activity.last if activity else None, True, "GPU busy")
+        elif processes is not None and ssh_session_open(processes(session["id"])):
+            activity = Activity(activity.last if activity else None, True, "SSH session open")
         timeout = idle_timeout(store, config, ws["owner"])
         last, cull = cull_decision(ws["last_activity"], session["started_at"], activity, timeout, now)
         with store.write() as db:
@@ -367,11 +396,14 @@ def launch_request(store: Store, config, job: dict[str, Any], base: LaunchReques
         raise RuntimeFailure("its workspace was removed")
     import mlpd
 
+    from mlpd.sshkeys import write_authorized_keys
+
     home = home_dir(config.state_dir, job["owner"], config["jobs.container_user"])
+    keys = write_authorized_keys(store, config.state_dir, job["owner"])
     env = {**base.env, "HOME": HOME, "JUPYTER_TOKEN": ws["token"], "MLPD_WORKSPACE": ws["name"],
            "PYTHONPATH": "/opt/mlpd-client", "SHELL": "/bin/bash"}
     return dataclasses.replace(
         base, kind="workspace", env=env, workdir=HOME,
-        ports=((JUPYTER_PORT, "127.0.0.1", ws["port"]),),
-        mounts=((home, HOME, False), (os.path.dirname(os.path.abspath(mlpd.__file__)), "/opt/mlpd-client/mlpd", True)),
+        ports=((JUPYTER_PORT, "127.0.0.1", ws["port"]), (SSH_PORT, "127.0.0.1", ws["ssh_port"])),
+        mounts=((home, HOME, False), (keys, "/etc/mlpd-ssh", True), (os.path.dirname(os.path.abspath(mlpd.__file__)), "/opt/mlpd-client/mlpd", True)),
     )

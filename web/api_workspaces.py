@@ -94,7 +94,8 @@ def create_workspace():
     check_disk()
     warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"])  # QuotaExceeded: 403
     port = workspaces.allocate_port(store(), config()["workspaces.port_range"])
-    ws = workspaces.create(store(), g.user.name, name, spec, port)
+    ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
+    ws = workspaces.create(store(), g.user.name, name, spec, port, ssh_port)
     _start_now_or_fail(dict(ws, _new=True), bool(data.get("wait")))
     wake(f"workspace {ws['id']} created")
     return jsonify({"workspace": view(ws), "warnings": warnings}), 201
@@ -167,7 +168,7 @@ def workspace_tunnel(name: str):
     ws = _get(name)
     host = config()["server.ssh_host"] or socket.getfqdn()
     return jsonify({"tunnel": {"workspace": ws["name"], "ssh_host": host, "remote_host": "127.0.0.1", "remote_port": ws["port"],
-                               "token": ws["token"], "path": f"/lab?token={ws['token']}", "state": view(ws)["state"]}})
+                               "ssh_port": ws["ssh_port"], "token": ws["token"], "path": f"/lab?token={ws['token']}", "state": view(ws)["state"]}})
 
 
 IDLE_BODY = {"timeout": Field(str, doc="e.g. '12h'; null or '' for the host's workspaces.idle_timeout")}
@@ -190,3 +191,29 @@ def set_idle_timeout(user: str):
             raise ApiError(404, "not_found", f"no user {user!r}")
         record_event(db, g.user.name, "user.ws_idle_timeout", "user", user, seconds=seconds)
     return jsonify({"user": user, "idle_timeout": workspaces.idle_timeout(store(), config(), user)})
+
+
+KEY_BODY = {"key": Field(str, True, "one OpenSSH public key line (the contents of a .pub file)")}
+
+
+@route("/keys", summary="Your SSH public keys (for SSH into your workspaces)")
+def list_keys():
+    from mlpd import sshkeys
+
+    return jsonify({"keys": sshkeys.list_keys(store(), g.user.name)})
+
+
+@route("/keys", methods=("POST",), summary="Register an SSH public key (running workspaces accept it at once)", body=KEY_BODY)
+def add_key():
+    from mlpd import sshkeys
+
+    key = sshkeys.add_key(store(), config().state_dir, g.user.name, json_body(KEY_BODY)["key"])
+    return jsonify({"key": key}), 201
+
+
+@route("/keys/<key_id>", methods=("DELETE",), summary="Remove one of your SSH keys (by id or fingerprint)")
+def remove_key(key_id: str):
+    from mlpd import sshkeys
+
+    sshkeys.remove_key(store(), config().state_dir, g.user.name, key_id)
+    return jsonify({"removed": key_id})

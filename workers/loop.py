@@ -81,7 +81,7 @@ class ControllerLoop:
                 try:
                     from mlpd import workspaces
 
-                    if workspaces.cull_pass(self.store, self.config):
+                    if workspaces.cull_pass(self.store, self.config, processes=self.controller.runtime.processes):
                         self.wake("workspaces culled")
                 except Exception:
                     log.exception("checking workspaces for idleness failed; trying again next interval")

@@ -105,8 +105,10 @@ def test_start_stop_and_remove_are_idempotent(make_runtime, tmp_path):
     again = rt.start_job(req)
     assert again.id == first.id and again.phase == Phase.RUNNING
     assert list(rt.list_jobs()) == [req.job_id]
+    assert any("sleep 60" in p for p in rt.processes(req.job_id))
     rt.stop(req.job_id, timeout=2)
     stopped = ended(rt, req.job_id, timeout=30)
+    assert rt.processes(req.job_id) == []
     assert stopped.exit_code not in (0, None)
     rt.stop(req.job_id, timeout=2)  # stopping a stopped workload: no error
     rt.remove(req.job_id)

@@ -320,3 +320,46 @@ def test_a_notebook_runs_as_a_job_with_its_parameters_and_an_mlflow_run(wsd, tmp
     assert len(runs) == 1
     got = wsd.api("GET", f"/mlflow/api/2.0/mlflow/runs/get?run_id={runs[0]['run_id']}", token).json()["run"]["data"]
     assert {"key": "epochs", "value": "2"} in got["params"]
+
+
+def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(wsd, sshd, tmp_path):
+    import getpass
+
+    name, token = member(wsd)
+    other, otoken = member(wsd)
+    port, key = sshd
+    bad = wsd.cli("keys", "add", str(key), token=token)  # the private half is refused
+    assert bad.returncode == 1 and "public key" in bad.stderr
+    added = wsd.cli("keys", "add", f"{key}.pub", "--json", token=token)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["key"]["fingerprint"].startswith("SHA256:")
+    evil = wsd.api("POST", "/api/v1/keys", token, json={"key": 'command="sh" ' + (tmp_path / "x").name})
+    assert evil.status_code == 400
+    w = create(wsd, token, "ide")
+    cfg = wsd.cli("ws", "ssh-config", "ide", "--ssh-host", "127.0.0.1", "--ssh-port", str(port), "--ssh-user", getpass.getuser(),
+                  "-i", str(key), token=token)
+    assert cfg.returncode == 0, cfg.stderr
+    assert f"Port {w['ssh_port']}" in cfg.stdout and f"ProxyJump {getpass.getuser()}@127.0.0.1:{port}" in cfg.stdout
+    config = tmp_path / "ssh_config"
+    config.write_text(cfg.stdout + f"\nHost *\n  IdentityFile {key}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+                      "  BatchMode yes\n  LogLevel ERROR\n  ConnectTimeout 10\n")
+    run = subprocess.run(["ssh", "-F", str(config), "mlpd-ide", "id -u; pwd; mlpd whoami; echo CUDA=$CUDA_VISIBLE_DEVICES"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "1000" and lines[1] == "/home/mlpd" and lines[2].startswith(f"{name} (member)") and lines[3] == "CUDA="
+    # Another member's workspace (with an sshd for that member's own key) does not take this key.
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other_key")], check=True)
+    assert wsd.cli("keys", "add", str(tmp_path / "other_key.pub"), token=otoken).returncode == 0
+    wo = create(wsd, otoken, "ide")
+    cfg_other = wsd.cli("ws", "ssh-config", "ide", "--ssh-host", "127.0.0.1", "--ssh-port", str(port), "--ssh-user", getpass.getuser(),
+                        token=otoken).stdout.replace("Host mlpd-ide", "Host other-ide")
+    (tmp_path / "other").write_text(cfg_other + f"\nHost *\n  IdentityFile {key}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+                                    "  BatchMode yes\n  LogLevel ERROR\n")
+    denied = subprocess.run(["ssh", "-F", str(tmp_path / "other"), "other-ide", "true"], capture_output=True, text=True, timeout=60)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr, (wo["ssh_port"], denied.stderr)
+    assert wsd.cli("keys", "rm", json.loads(added.stdout)["key"]["id"], token=token).returncode == 0
+    gone = subprocess.run(["ssh", "-F", str(config), "mlpd-ide", "true"], capture_output=True, text=True, timeout=60)
+    assert gone.returncode != 0  # a removed key no longer opens it, without a restart
+    for tok in (token, otoken):
+        wsd.api("DELETE", "/api/v1/workspaces/ide", tok)

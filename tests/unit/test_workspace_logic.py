@@ -25,7 +25,7 @@ def test_activity_from_the_future_counts_as_now_not_later():
 
 
 def test_the_view_shows_idle_time_and_time_until_culling_only_while_running():
-    ws = {"id": "w1", "name": "lab", "owner": "alice", "spec": {"gpus": 1, "image": "img"}, "port": 20001, "token": "t",
+    ws = {"id": "w1", "name": "lab", "owner": "alice", "spec": {"gpus": 1, "image": "img"}, "port": 20001, "ssh_port": 20002, "token": "t",
           "session": "s1", "last_activity": 1030.0, "created_at": 900.0}
     running = {"id": "s1", "state": "running", "reason": "", "gpu_indices": [0], "gpu_uuids": ["GPU-0"], "started_at": 1000.0, "ended_at": None}
     v = workspaces.view(ws, running, 3600, 1100.0)
@@ -54,3 +54,9 @@ def test_names_are_plain():
 def test_jupyter_timestamps():
     assert workspaces.parse_jupyter_time("1970-01-01T00:01:00.000000Z") == 60.0
     assert workspaces.parse_jupyter_time("garbage") is None and workspaces.parse_jupyter_time(None) is None
+
+
+def test_an_open_ssh_session_is_told_from_the_listening_sshd():
+    assert workspaces.ssh_session_open(["sshd: mlpd@notty", "jupyter lab"])
+    assert workspaces.ssh_session_open(["sshd: mlpd@pts/0"])
+    assert not workspaces.ssh_session_open(["sshd: /usr/sbin/sshd -f /tmp/mlpd-sshd_config [listener] 0 of 10-100 startups", "bash"])

@@ -31,14 +31,14 @@ def _duration(seconds) -> str:
     return format_duration(seconds)
 
 
-def _print_list(items: list[dict]) -> None:
+def _print_list(items: list[dict], owners: bool = False) -> None:
     rows = []
     for w in items:
         gpus = ",".join(str(i) for i in w["gpus"]["indices"]) or (f"{w['gpus']['count']} wanted" if w["gpus"]["count"] else "-")
         idle = _duration(w["idle_seconds"]) if w["state"] == "running" else "-"
         cull = _duration(w["cull_in_seconds"]) if w["state"] == "running" else (w["reason"] or "-")
-        rows.append([w["name"], w["state"], gpus, idle, cull, w["url"] if w["state"] == "running" else "-"])
-    table(rows, ["NAME", "STATE", "GPUS", "IDLE", "CULLED IN / WHY STOPPED", "URL (on the host; 'mlpd ws tunnel NAME' from elsewhere)"])
+        rows.append(([w["owner"]] if owners else []) + [w["name"], w["state"], gpus, idle, cull, w["url"] if w["state"] == "running" else "-"])
+    table(rows, (["OWNER"] if owners else []) + ["NAME", "STATE", "GPUS", "IDLE", "CULLED IN / WHY STOPPED", "URL (on the host; 'mlpd ws tunnel NAME' from elsewhere)"])
 
 
 @click.group(invoke_without_command=True)
@@ -63,7 +63,7 @@ def ws(ctx, all_users, as_json):
     if not data["workspaces"]:
         click.echo("No workspaces. Create one: mlpd ws create NAME [--gpus N]")
         return
-    _print_list(data["workspaces"])
+    _print_list(data["workspaces"], owners=all_users)
 
 
 def _wait_running(client, name: str, timeout: float = 600) -> dict:
@@ -301,6 +301,16 @@ def keys_rm(key_id):
     click.echo(f"removed key {key_id}")
 
 
+@click.command("ws-idle-timeout")
+@click.argument("user")
+@click.argument("timeout", required=False)
+def admin_idle_timeout(user, timeout):
+    """Allow USER's workspaces a longer idle TIMEOUT (e.g. 12h) than the host's workspaces.idle_timeout; none resets it."""
+    data = _client().request("PUT", f"/users/{user}/workspace-idle-timeout", json={"timeout": timeout or None}).json()
+    click.echo(f"{user}: workspaces culled after {_duration(data['idle_timeout'])} idle")
+
+
 def register(main: click.Group) -> None:
     main.add_command(ws)
     main.add_command(keys)
+    main.commands["admin"].add_command(admin_idle_timeout)

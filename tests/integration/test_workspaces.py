@@ -41,8 +41,8 @@ def wsd(tmp_path_factory):
 def member(d, long_timeout=True):
     name, token = new_user(d, "w")
     if long_timeout:  # an admin allows this member longer than the host's 8 s
-        r = d.api("PUT", f"/api/v1/users/{name}/workspace-idle-timeout", d.admin_token, json={"timeout": "1h"})
-        assert r.status_code == 200 and r.json()["idle_timeout"] == 3600
+        r = d.cli("admin", "ws-idle-timeout", name, "1h")
+        assert r.returncode == 0 and "after 1h idle" in r.stdout, r.stderr
     return name, token
 
 
@@ -200,6 +200,7 @@ def test_members_cannot_reach_each_others_workspaces_and_homes(wsd):
         assert r.status_code == 404, (method, path, r.text)
         assert w["token"] not in r.text
     assert all(x["owner"] == bob for x in wsd.api("GET", "/api/v1/workspaces?all=1", btok).json()["workspaces"])
+    assert wsd.api("PUT", f"/api/v1/users/{bob}/workspace-idle-timeout", btok, json={"timeout": "99h"}).status_code == 403
     for bad in ({"mounts": ["/:/host"]}, {"volumes": {"/": "/host"}}, {"user": "0"}, {"privileged": True}):
         r = wsd.api("POST", "/api/v1/workspaces", btok, json={"name": "evil", **bad})
         assert r.status_code == 400, r.text

@@ -326,5 +326,7 @@ class JobController:
         spec = job["spec"]
         experiment = (spec.get("experiment") or spec.get("env", {}).get("MLFLOW_EXPERIMENT_NAME")
                       or self.config["mlflow.default_experiment"].format(owner=job["owner"]))
-        return {"MLFLOW_TRACKING_URI": url + tracking.PREFIX, "MLFLOW_TRACKING_TOKEN": token,
+        # MLflow's "View run ... at http://host.docker.internal:..." would name an address only containers
+        # resolve; the right links are in 'mlpd jobs show' and the web UI.
+        return {"MLFLOW_TRACKING_URI": url + tracking.PREFIX, "MLFLOW_TRACKING_TOKEN": token, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                 "MLPD_URL": url, "MLPD_TOKEN": token, "MLFLOW_EXPERIMENT_NAME": experiment}

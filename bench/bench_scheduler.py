@@ -184,7 +184,7 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
         calls += 1
 
         # ---- sanity checks on the plan
-        decided = [p.job_id for p in plan.placements] + [w.job_id for w in plan.waits]
+        decided = [p.job_id for p in plan.placements] + list(plan.waiting)
         if sorted(decided) != sorted(queue):
             violations.append(f"t={now:.0f}: plan does not decide every queued job exactly once")
         busy = {u for _, uuids in running.values() for u in uuids}
@@ -193,16 +193,14 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
                     or busy & set(p.gpu_uuids):
                 violations.append(f"t={now:.0f}: bad placement {p}")
             busy |= set(p.gpu_uuids)
-        if plan.waits:
-            head = min(plan.waits, key=lambda w: w.position)
-            if not policy.backfill:
-                # positions not in a Wait were placed; plain FIFO places nothing behind the head
-                waiting = {w.position for w in plan.waits}
-                if any(pos not in waiting for pos in range(head.position + 1, len(queue) + 1)):
-                    violations.append(f"t={now:.0f}: FIFO placed a job behind head {head.job_id}")
-            if head.estimated_start is not None:
-                prev = head_estimate.get(head.job_id, math.inf)
-                head_estimate[head.job_id] = min(prev, head.estimated_start)
+        if plan.waiting and not policy.backfill:
+            # plain FIFO (one priority, no fair share: submit order) places nothing behind its first waiting job
+            first = queue[plan.waiting[0]]
+            if any((queue[p.job_id].submitted_at, p.job_id) > (first.submitted_at, first.id) for p in plan.placements):
+                violations.append(f"t={now:.0f}: FIFO placed a job behind head {first.id}")
+        if plan.head is not None and plan.head.start is not None:
+            prev = head_estimate.get(plan.head.job_id, math.inf)
+            head_estimate[plan.head.job_id] = min(prev, plan.head.start)
 
         for p in plan.placements:
             j = by_id[p.job_id]

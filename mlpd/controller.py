@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from mlpd import jobs
 from mlpd.config import Config
@@ -47,8 +47,12 @@ def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
     return None
 
 
-def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> tuple[Plan, list[dict], list[Gpu]]:
-    """Run the scheduler over the database's current view: (plan, queued jobs, GPUs)."""
+def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float,
+             explain: bool | Collection[str] = False) -> tuple[Plan, list[dict], list[Gpu]]:
+    """Run the scheduler over the database's current view: (plan, queued jobs, GPUs).
+
+    `explain` as in scheduler.schedule: True explains every waiting job, a collection of ids those.
+    """
     devices = inventory.devices()
     drained = drains(store, config["gpus.drained"], devices)
     stray: set[str] = set()
@@ -78,7 +82,7 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) 
                        effective_time_limit(j, config)) for j in queued]
     usage = quotas.fair_share_usage(store, config, now) if len(owners) > 1 else {}
     policy = Policy(backfill=config["scheduler.backfill"])
-    return schedule(gpus, holdings, queue, now, policy, usage=usage, limits=list(limits.values())), queued, gpus
+    return schedule(gpus, holdings, queue, now, policy, usage=usage, limits=list(limits.values()), explain=explain), queued, gpus
 
 
 class JobController:

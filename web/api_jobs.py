@@ -147,7 +147,7 @@ def explain_wait(job_id: str) -> dict | None:
     """Why a queued job waits: position, blockers and an estimated start, from the scheduler itself."""
     from mlpd.controller import plan_now
 
-    plan, _, _ = plan_now(store(), inventory(), config(), time.time())
+    plan, _, _ = plan_now(store(), inventory(), config(), time.time(), explain=(job_id,))
     for wait in plan.waits:
         if wait.job_id == job_id:
             return {"position": wait.position, "reason": wait.reason, "estimated_start": wait.estimated_start,

@@ -135,7 +135,8 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
     held = 0
     finished: deque[Allocation] = deque()  # closed ledger rows, in order of end time
     start_of: dict[str, float] = {}
-    head_estimate: dict[str, float] = {}  # earliest start estimate a job got while it was the head
+    promised: dict[str, float] = {}  # the start time a job was promised when it became the head
+    reserved: dict[str, float] = {}  # the job holding the reservation -> since when (the daemon keeps it in jobs.reserved_at)
     violations: list[str] = []
     busy_q = avail_q = 0.0
     q_len_time = 0.0
@@ -177,7 +178,7 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
             usage_s += time.perf_counter() - t0
         queued = list(queue.values())
         t0 = time.perf_counter()
-        plan = schedule(GPUS, holdings, queued, now, policy, usage=usage)
+        plan = schedule(GPUS, holdings, queued, now, policy, usage=usage, reserved=reserved)
         dt = time.perf_counter() - t0
         sched_s += dt
         sched_max = max(sched_max, dt)
@@ -195,12 +196,13 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
             busy |= set(p.gpu_uuids)
         if plan.waiting and not policy.backfill:
             # plain FIFO (one priority, no fair share: submit order) places nothing behind its first waiting job
-            first = queue[plan.waiting[0]]
-            if any((queue[p.job_id].submitted_at, p.job_id) > (first.submitted_at, first.id) for p in plan.placements):
-                violations.append(f"t={now:.0f}: FIFO placed a job behind head {first.id}")
+            top = queue[plan.waiting[0]]
+            if any((queue[p.job_id].submitted_at, p.job_id) > (top.submitted_at, top.id) for p in plan.placements):
+                violations.append(f"t={now:.0f}: FIFO placed a job behind head {top.id}")
+        # As the controller does: the head keeps its reservation; no other job holds one.
+        reserved = {plan.head.job_id: reserved.get(plan.head.job_id, now)} if plan.head else {}
         if plan.head is not None and plan.head.start is not None:
-            prev = head_estimate.get(plan.head.job_id, math.inf)
-            head_estimate[plan.head.job_id] = min(prev, plan.head.start)
+            promised.setdefault(plan.head.job_id, plan.head.start)
 
         for p in plan.placements:
             j = by_id[p.job_id]
@@ -209,17 +211,19 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
             held += len(p.gpu_uuids)
             start_of[p.job_id] = now
             heapq.heappush(events, (now + j["run"], 0, p.job_id))
-            est = head_estimate.get(p.job_id)
-            if est is not None and now > est + 1e-6 and not policy.fair_share:
+            est = promised.get(p.job_id)
+            if est is not None and now > est + 1e-6:
                 violations.append(f"job {p.job_id} ({j['gpus']} GPUs) started {now - est:.0f} s after the "
-                                  f"estimate it got as head")
+                                  f"start it was promised as head")
 
     waits = sorted(start_of[j["id"]] - j["submit"] for j in trace)
     slow: dict[str, list[float]] = {}
+    slow_jobs: dict[str, list] = {}
     for j in trace:
         w = start_of[j["id"]] - j["submit"]
         slow.setdefault(j["owner"], []).append((w + j["run"]) / max(j["run"], SLOWDOWN_FLOOR))
-    per_user = [statistics.fmean(v) for v in slow.values()]
+        slow_jobs.setdefault(j["owner"], []).append(((w + j["run"]) / max(j["run"], SLOWDOWN_FLOOR), j["gpus"], j["run"], w))
+    per_user = [statistics.fmean(v) for _, v in sorted(slow.items())]
     jain = sum(per_user) ** 2 / (len(per_user) * sum(x * x for x in per_user))
     heavy = [start_of[j["id"]] - j["submit"] for j in trace if j["owner"] in HEAVY]
     light = [start_of[j["id"]] - j["submit"] for j in trace if j["owner"] not in HEAVY]
@@ -230,6 +234,8 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
         "p95_wait_h": waits[math.ceil(0.95 * len(waits)) - 1] / 3600,
         "max_wait_h": waits[-1] / 3600,
         "jain": jain,
+        "per_user": per_user,
+        "slow_jobs": slow_jobs,
         "heavy_h": statistics.fmean(heavy) / 3600,
         "light_h": statistics.fmean(light) / 3600,
         "big_h": statistics.fmean(big) / 3600 if big else float("nan"),

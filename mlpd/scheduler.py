@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 INF = math.inf
+MIN_EXPANSION_BASE = 600.0  # expansion counts a job shorter than 10 minutes as 10 minutes long
 
 
 @dataclass(frozen=True)
@@ -67,17 +68,22 @@ class QueuedJob:
 class Policy:
     """How the queue is ordered and whether jobs may overtake the head.
 
-    The priority score is weight_priority x the job's priority + weight_age x
-    min(1, age / max_age) + weight_fair_share x the owner's fair-share factor
-    (in [0, 1], only with fair_share). With the default weights one point of a
-    job's priority outranks any difference in age or fair share.
+    A job's priority score is the sum of
+      weight_priority x its own priority (-100..100; -1000 for work over its GPU-hours),
+      weight_age x min(1, waited / max_age),
+      weight_fair_share x its owner's fair-share factor in (0, 1] (only with fair_share),
+      weight_expansion x min(1, waited / (max_expansion x its time limit, 10 min at least)).
+    The defaults are mlpd.toml's (a test holds them equal): one point of a job's priority
+    outranks any difference in the other terms.
     """
     backfill: bool = True
     fair_share: bool = True
     weight_priority: float = 10000.0
     weight_age: float = 1000.0
-    weight_fair_share: float = 1000.0
-    max_age: float = 7 * 86400.0  # seconds of waiting after which age stops adding
+    max_age: float = 7 * 86400.0  # seconds
+    weight_fair_share: float = 100.0
+    weight_expansion: float = 1000.0
+    max_expansion: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class Wait:
     reason: str
     blocking: tuple[Holding, ...]
     estimated_start: float | None  # None: unknown (a blocker has no time limit) or never
+    reserved: bool = False  # it holds the reservation: estimated_start is a bound that backfill keeps
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,9 @@ def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: M
     score = policy.weight_priority * job.priority + policy.weight_age * age
     if policy.fair_share:
         score += policy.weight_fair_share * factors.get(job.owner, 1.0)
+    if now is not None and policy.weight_expansion:
+        base = max(job.time_limit or policy.max_age, MIN_EXPANSION_BASE) * policy.max_expansion
+        score += policy.weight_expansion * min(1.0, max(0.0, now - job.submitted_at) / base)
     return score
 
 
@@ -165,21 +175,8 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
     queue = list(queue)
     reserved = reserved or {}
     factors = fair_share_factors(usage, {j.owner for j in queue}) if usage and policy.fair_share else {}
-    w_prio, w_age, w_fs = policy.weight_priority, policy.weight_age, policy.weight_fair_share
-    fs_on = policy.fair_share
-    age_scale = 0.0 if now is None else (INF if policy.max_age <= 0 else 1.0 / policy.max_age)
-    keyed = []
-    for j in queue:
-        if j.id in reserved:
-            keyed.append((0, reserved[j.id], j.submitted_at, j.id, j))
-            continue
-        score = w_prio * j.priority
-        if age_scale:
-            age = (now - j.submitted_at) * age_scale if age_scale != INF else 1.0
-            score += w_age * (1.0 if age > 1.0 else age if age > 0.0 else 0.0)
-        if fs_on:
-            score += w_fs * factors.get(j.owner, 1.0)
-        keyed.append((1, -score, j.submitted_at, j.id, j))
+    keyed = [(0, reserved[j.id], j.submitted_at, j.id, j) if j.id in reserved
+             else (1, -priority_score(j, now, policy, factors), j.submitted_at, j.id, j) for j in queue]
     keyed.sort(key=lambda k: k[:4])
     return [k[4] for k in keyed]
 
@@ -394,15 +391,16 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
             if wanted:
                 blocking = tuple(h for g in chosen for h in holders.get(g.uuid, []))
                 waits.append(Wait(job.id, pos, _waiting_for(job, chosen, holders, gpus), blocking,
-                                  None if shadow == INF else shadow))
+                                  None if shadow == INF else shadow, reserved=True))
             if job.id == stop_at:
                 break
             continue
         if policy.backfill:
             # With an unknown shadow time the head may start any moment: nothing is harmless.
             harmless = job.time_limit is not None and head.shadow != INF and now + job.time_limit <= head.shadow
-            if n <= (cap if harmless else cap_outside).get(model, 0) and (
-                    harmless or _quota_room(job, lids, head_limits, head.job.gpus, held, limits)):
+            # Nor may it take the head's quota: the head could then not start when its GPUs free up.
+            if n <= (cap if harmless else cap_outside).get(model, 0) and _quota_room(
+                    job, lids, head_limits, head.job.gpus, held, limits):
                 if harmless:  # it ends before the head starts: idle reserved GPUs are the best place
                     place(job, _fit(job, free_for(job), prefer=head.reserved))
                 else:
@@ -423,7 +421,7 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
 
 def _quota_room(job: QueuedJob, lids: Sequence[int] | None, head_limits: frozenset[int], head_gpus: int,
                 held: Sequence[int], limits: Sequence[GpuLimit]) -> bool:
-    """True if the job, running past the head's start, leaves the head room in every quota they share."""
+    """True if the job leaves the head room in every concurrent-GPU quota they share."""
     return not lids or all(held[i] + job.gpus + head_gpus <= limits[i].max_gpus
                            for i in lids if i in head_limits)
 

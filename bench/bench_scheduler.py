@@ -42,6 +42,7 @@ it was the head) and violations are printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import math
 import random
@@ -51,7 +52,7 @@ import time
 from collections import deque
 
 from mlpd.accounting import Allocation, decayed_usage
-from mlpd.scheduler import Gpu, Holding, Policy, QueuedJob, schedule
+from mlpd.scheduler import Gpu, Holding, Policy, QueuedJob, explain, schedule
 
 N_GPUS = 8
 GPUS = [Gpu(f"GPU-{i:02d}", i, "A100") for i in range(N_GPUS)]
@@ -62,9 +63,9 @@ SIZES, SIZE_P = (1, 2, 4, 8), (0.70, 0.15, 0.10, 0.05)
 HALF_LIFE = 7 * 86400.0
 SLOWDOWN_FLOOR = 600.0  # bounded slowdown: runs shorter than 10 min count as 10 min
 POLICIES = (
-    ("fifo", "plain FIFO", Policy(backfill=False, fair_share=False)),
-    ("backfill", "FIFO + EASY backfill", Policy(backfill=True, fair_share=False)),
-    ("mlpd", "mlpd (backfill + fair share)", Policy(backfill=True, fair_share=True)),
+    ("fifo", "plain FIFO", Policy(backfill=False, fair_share=False, weight_expansion=0)),
+    ("backfill", "FIFO + EASY backfill", Policy(backfill=True, fair_share=False, weight_expansion=0)),
+    ("mlpd", "mlpd (EASY backfill + multifactor with fair share)", Policy()),
 )
 
 
@@ -250,26 +251,125 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- schedule() cost
+
+def load_scheduler_at(ref: str):
+    """mlpd.scheduler as it was at git ref `ref` (for a before/after ratio), or None without git."""
+    import importlib.util
+    import os
+    import subprocess
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        src = subprocess.run(["git", "-C", root, "show", f"{ref}:mlpd/scheduler.py"], capture_output=True, text=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = os.path.join(tempfile.mkdtemp(), "scheduler_before.py")
+    with open(path, "w") as fh:
+        fh.write(src)
+    spec = importlib.util.spec_from_file_location("scheduler_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scheduler_before"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def micro_state(n_queued: int, seed: int, free: int):
+    """A busy 8-GPU host (all but `free` GPUs held, ends spread over the next day) and n_queued jobs
+    drawn from the trace's distribution (sizes, time limits, 10 users), with fair-share usage."""
+    rng = random.Random(seed)
+    trace = make_trace(max(n_queued, 50), seed, 0.9)[:n_queued]
+    now = 30 * 86400.0
+    holdings = [Holding(g.uuid, f"run{g.index}", rng.choice(USERS), now + rng.uniform(60, 86400))
+                for g in GPUS[free:]]
+    queue = [QueuedJob(j["id"], j["owner"], j["gpus"], None, 0, now - rng.uniform(0, 86400), j["limit"]) for j in trace]
+    usage = {u: rng.uniform(0, 5e6) * w for u, w in zip(USERS, USER_WEIGHTS)}
+    return holdings, queue, now, usage
+
+
+def time_call(fn, repeat: int) -> float:
+    """Median wall time of fn() in seconds."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def micro(before_ref: str, repeat: int) -> None:
+    """schedule() with 30 and 400 queued jobs on 8 GPUs: this version (no explanations, as the daemon's
+    pass runs it; every job explained, as before), against the scheduler at before_ref."""
+    before = load_scheduler_at(before_ref) if before_ref else None
+    slow_repeat = max(5, repeat // 10)
+    print(f"schedule() on 8 GPUs, median of {repeat} calls ({slow_repeat} for the slow columns), fair share on, 10 users")
+    print()
+    cols = ["queued", "free GPUs", "schedule() (ms)", "schedule(explain=True) (ms)", "explain() one job (ms)"]
+    if before:
+        cols += [f"before ({before_ref}) (ms)", "ratio now / before"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    policy = Policy()
+    for n in (30, 400):
+        for free in (0, 2):
+            holdings, queue, now, usage = micro_state(n, 7, free)
+            fast = time_call(lambda: schedule(GPUS, holdings, queue, now, policy, usage=usage), repeat)
+            full = time_call(lambda: schedule(GPUS, holdings, queue, now, policy, usage=usage, explain=True), slow_repeat)
+            plan = schedule(GPUS, holdings, queue, now, policy, usage=usage)
+            last = plan.waiting[-1] if plan.waiting else queue[-1].id  # the worst case: the last in the queue
+            one = time_call(lambda: explain(GPUS, holdings, queue, now, last, policy, usage=usage), repeat)
+            row = [str(n), str(free), f"{fast * 1e3:.2f}", f"{full * 1e3:.2f}", f"{one * 1e3:.2f}"]
+            if before:
+                old_policy = before.Policy(backfill=True, fair_share=True)
+                old = time_call(lambda: before.schedule(before.GPUS if hasattr(before, "GPUS") else
+                                                        [before.Gpu(g.uuid, g.index, g.model) for g in GPUS],
+                                                        [before.Holding(*dataclasses.astuple(h)) for h in holdings],
+                                                        [before.QueuedJob(*dataclasses.astuple(q)) for q in queue],
+                                                        now, old_policy, usage=usage), slow_repeat)
+                row += [f"{old * 1e3:.2f}", f"{fast / old:.2f}x"]
+            print("| " + " | ".join(row) + " |")
+    print()
+
+
 # --------------------------------------------------------------------------- report
+
+TARGETS = (  # the issue's bar for mlpd (fair share on) against EASY backfill on the same trace
+    ("GPU allocation while queued >= EASY's", lambda r, e: r["allocation"] >= e["allocation"] - 1e-9),
+    ("p95 wait <= EASY's", lambda r, e: r["p95_wait_h"] <= e["p95_wait_h"] + 1e-9),
+    ("max wait <= 1.5x EASY's", lambda r, e: r["max_wait_h"] <= 1.5 * e["max_wait_h"] + 1e-9),
+    ("Jain over per-user slowdown >= 0.95", lambda r, e: r["jain"] >= 0.95),
+)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1, help="also replay this many traces (seed, seed+1, ...) and "
+                                                          "summarize the targets over them (default 1)")
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--load", type=float, default=0.90, help="offered load (default 0.90)")
+    ap.add_argument("--before", default="4ac6dba", help="git ref of the scheduler to compare schedule() time with "
+                                                        "('' = none; default: before issue 15)")
+    ap.add_argument("--repeat", type=int, default=200, help="calls per schedule() timing (default 200)")
+    ap.add_argument("--micro-only", action="store_true", help="only time schedule(); no trace replay")
     args = ap.parse_args()
     t_all = time.perf_counter()
+    micro(args.before, args.repeat)
+    if args.micro_only:
+        return
     trace = make_trace(args.jobs, args.seed, args.load)
     print("\n".join(describe_trace(trace)))
     print(f"fair share: decayed_usage, half-life {HALF_LIFE / 86400:.0f} days (mlpd's default), "
-          f"ledger window 4 half-lives")
+          f"ledger window 4 half-lives; mlpd's weights: the defaults of mlpd.toml")
     results = {}
     for key, _, policy in POLICIES:
         t0 = time.perf_counter()
         results[key] = r = simulate(trace, policy)
         print(f"  {key}: {r['calls']} schedule() calls, queue length mean {r['mean_q']:.0f} (while queued) / "
               f"max {r['max_q']}, simulated in {time.perf_counter() - t0:.1f} s")
-    base = results["fifo"]
+    easy = results["backfill"]
     print()
     print("| policy | GPU allocation while queued | mean wait (h) | p95 wait (h) | Jain (per-user mean slowdown) "
           "| mean wait heavy / light users (h) | mean wait 8-GPU jobs (h) | max wait (h) | makespan (days) "
@@ -284,13 +384,31 @@ def main() -> None:
               f"| {r['heavy_h']:.2f} / {r['light_h']:.2f} | {r['big_h']:.2f} | {r['max_wait_h']:.1f} "
               f"| {r['makespan_d']:.2f} | {cost} |")
     print()
-    print("| ratio vs plain FIFO | GPU allocation | mean wait | p95 wait | Jain | makespan | schedule() µs/call |")
+    print("| ratio vs EASY backfill | GPU allocation | mean wait | p95 wait | max wait | Jain | makespan |")
     print("|---|---|---|---|---|---|---|")
-    for key, label, _ in POLICIES[1:]:
+    for key, label, _ in POLICIES:
+        if key == "backfill":
+            continue
         r = results[key]
-        print(f"| {label} | {r['allocation'] / base['allocation']:.2f}x | {r['mean_wait_h'] / base['mean_wait_h']:.2f}x "
-              f"| {r['p95_wait_h'] / base['p95_wait_h']:.2f}x | {r['jain'] / base['jain']:.2f}x "
-              f"| {r['makespan_d'] / base['makespan_d']:.2f}x | {r['us_call'] / base['us_call']:.2f}x |")
+        print(f"| {label} | {r['allocation'] / easy['allocation']:.2f}x | {r['mean_wait_h'] / easy['mean_wait_h']:.2f}x "
+              f"| {r['p95_wait_h'] / easy['p95_wait_h']:.2f}x | {r['max_wait_h'] / easy['max_wait_h']:.2f}x "
+              f"| {r['jain'] / easy['jain']:.2f}x | {r['makespan_d'] / easy['makespan_d']:.2f}x |")
+    print()
+    mlpd = results["mlpd"]
+    print("targets (mlpd vs EASY, this trace): " + "; ".join(
+        f"{name}: {'met' if ok(mlpd, easy) else 'NOT met'}" for name, ok in TARGETS))
+    if args.seeds > 1:
+        met = {name: 0 for name, _ in TARGETS}
+        jains = []
+        for seed in range(args.seed, args.seed + args.seeds):
+            t = make_trace(args.jobs, seed, args.load)
+            e, m = simulate(t, POLICIES[1][2]), simulate(t, POLICIES[2][2])
+            jains.append((e["jain"], m["jain"]))
+            for name, ok in TARGETS:
+                met[name] += ok(m, e)
+        print(f"over {args.seeds} traces (seeds {args.seed}..{args.seed + args.seeds - 1}): "
+              + "; ".join(f"{name}: met on {k}" for name, k in met.items())
+              + "; Jain EASY / mlpd: " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in jains))
     print()
     bad = False
     for key, _, _ in POLICIES:
@@ -299,7 +417,8 @@ def main() -> None:
             bad = True
             print(f"SANITY {key}: {len(v)} violation(s); first: " + "; ".join(v[:3]))
     if not bad:
-        print("sanity checks: no violations (placements valid, FIFO never overtakes, EASY head estimates hold)")
+        print("sanity checks: no violations (placements valid, FIFO never overtakes, no head starts after the "
+              "start it was promised when it became the head)")
     print(f"total wall time {time.perf_counter() - t_all:.1f} s")
     sys.exit(1 if bad else 0)
 

@@ -159,7 +159,7 @@ def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: M
     if policy.fair_share:
         score += policy.weight_fair_share * factors.get(job.owner, 1.0)
     if now is not None and policy.weight_expansion:
-        base = max(job.time_limit or policy.max_age, MIN_EXPANSION_BASE) * policy.max_expansion
+        base = max(policy.max_age if job.time_limit is None else job.time_limit, MIN_EXPANSION_BASE) * policy.max_expansion
         score += policy.weight_expansion * min(1.0, max(0.0, now - job.submitted_at) / base)
     return score
 
@@ -175,8 +175,27 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
     queue = list(queue)
     reserved = reserved or {}
     factors = fair_share_factors(usage, {j.owner for j in queue}) if usage and policy.fair_share else {}
-    keyed = [(0, reserved[j.id], j.submitted_at, j.id, j) if j.id in reserved
-             else (1, -priority_score(j, now, policy, factors), j.submitted_at, j.id, j) for j in queue]
+    # priority_score, inlined: this runs for every queued job on every pass (a test holds them equal).
+    w_prio, w_age, w_fs, w_x = policy.weight_priority, policy.weight_age, policy.weight_fair_share, policy.weight_expansion
+    timed = now is not None
+    max_age, max_x, default_base = policy.max_age, policy.max_expansion, max(policy.max_age, MIN_EXPANSION_BASE)
+    fs_on = policy.fair_share
+    keyed = []
+    for j in queue:
+        if j.id in reserved:
+            keyed.append((0, reserved[j.id], j.submitted_at, j.id, j))
+            continue
+        score = w_prio * j.priority
+        waited = now - j.submitted_at if timed else 0.0
+        if timed:
+            score += w_age * (1.0 if max_age <= 0 or waited >= max_age else waited / max_age if waited > 0 else 0.0)
+        if fs_on:
+            score += w_fs * factors.get(j.owner, 1.0)
+        if timed and w_x:
+            base = max_x * (default_base if j.time_limit is None else
+                            j.time_limit if j.time_limit > MIN_EXPANSION_BASE else MIN_EXPANSION_BASE)
+            score += w_x * (1.0 if waited >= base else waited / base if waited > 0 else 0.0)
+        keyed.append((1, -score, j.submitted_at, j.id, j))
     keyed.sort(key=lambda k: k[:4])
     return [k[4] for k in keyed]
 
@@ -360,6 +379,9 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
             placements.append(Placement(job.id, ()))
             continue
         wanted = explain_all or job.id in explain_ids
+        if head is not None and not wanted and (not policy.backfill or not cap[None]):
+            waiting.append(job.id)  # no GPU is left that anyone behind the head could take
+            continue
         lids = limits_of.get(job.owner)
         if lids and any(n > limits[i].max_gpus or held[i] + n > limits[i].max_gpus for i in lids):
             # Quota, not capacity, stops it: it must not reserve GPUs and hold up others.

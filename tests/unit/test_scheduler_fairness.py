@@ -187,3 +187,16 @@ def test_policy_defaults_are_the_documented_settings(tmp_path):
     assert scheduler_policy(load_config(None, {"server.state_dir": str(tmp_path)})) == Policy()
     off = load_config(None, {"server.state_dir": str(tmp_path), "scheduler.fair_share": False, "scheduler.max_age": "1d"})
     assert scheduler_policy(off) == Policy(fair_share=False, max_age=86400.0)
+
+
+def test_queue_order_is_the_order_of_priority_score():
+    rng = random.Random(3)
+    for _ in range(200):
+        policy = Policy(fair_share=rng.random() < 0.7, max_age=rng.choice([0.0, 3600.0, 7 * 86400.0]),
+                        weight_expansion=rng.choice([0.0, 1000.0]), max_expansion=rng.choice([1.0, 100.0]))
+        queue = [QueuedJob(f"j{i}", rng.choice("abc"), 1, None, rng.randint(-1, 1), NOW - rng.uniform(-60, 86400),
+                           rng.choice([None, 60.0, 3600.0, 86400.0 * 30])) for i in range(rng.randint(1, 12))]
+        usage = {o: rng.uniform(0, 100) for o in "ab"}
+        factors = fair_share_factors(usage, {j.owner for j in queue})
+        expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors), j.submitted_at, j.id))
+        assert queue_order(queue, usage, now=NOW, policy=policy) == expected

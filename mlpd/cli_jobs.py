@@ -289,7 +289,10 @@ def jobs_show(job_id, as_json):
     if job.get("waiting"):
         w = job["waiting"]
         click.echo(f"{'waiting:':<12} position {w['position']} in the queue; {w['reason']}")
-        click.echo(f"{'est. start:':<12} {when(w['estimated_start']) if w['estimated_start'] else 'unknown (a holder has no time limit)'}")
+        start = when(w["estimated_start"]) if w["estimated_start"] else "unknown (a holder has no time limit)"
+        if w.get("reserved") and w["estimated_start"]:
+            start = f"{start} at the latest (GPUs are reserved for it)"
+        click.echo(f"{'est. start:':<12} {start}")
     for run in job.get("mlflow_runs") or []:
         click.echo(f"{'mlflow run:':<12} {run['url']}  ({run['name'] or run['run_id']}, {run['status'].lower()}{', deleted' if run['deleted'] else ''})")
     click.echo("history:")

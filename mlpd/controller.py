@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from mlpd import jobs
 from mlpd.config import Config
@@ -26,7 +26,8 @@ from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, TERMINAL, JobState
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus
 from mlpd import quotas
-from mlpd.scheduler import Gpu, GpuLimit, Holding, Plan, Policy, QueuedJob, schedule
+from mlpd.scheduler import Gpu, GpuLimit, Holding, Plan, Policy, QueuedJob, Wait, format_time, schedule
+from mlpd.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
 
 log = logging.getLogger("mlpd.controller")
@@ -48,8 +49,39 @@ def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
     return None
 
 
-def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> tuple[Plan, list[dict], list[Gpu]]:
-    """Run the scheduler over the database's current view: (plan, queued jobs, GPUs)."""
+def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float,
+             explain: bool | Collection[str] = False) -> tuple[Plan, list[dict], list[Gpu]]:
+    """Run the scheduler over the database's current view: (plan, queued jobs, GPUs).
+
+    `explain` as in scheduler.schedule: True explains every waiting job, a collection of ids those.
+    """
+    s = scheduler_inputs(store, inventory, config, now)
+    plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved,
+                    explain=explain)
+    return plan, s.queued, s.gpus
+
+
+def explain_now(store: Store, inventory: GpuInventory, config: Config, now: float, job_id: str) -> Wait | None:
+    """Why one queued job waits (None if it would start now); the scheduler stops at that job."""
+    s = scheduler_inputs(store, inventory, config, now)
+    return explain_job(s.gpus, s.holdings, s.queue, now, job_id, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved)
+
+
+@dataclasses.dataclass
+class SchedulerInputs:
+    """What the scheduler sees, read from the database and the GPU inventory."""
+    gpus: list[Gpu]
+    holdings: list[Holding]
+    queue: list[QueuedJob]
+    queued: list[dict]  # the queued job rows
+    policy: Policy
+    usage: dict[str, float]
+    limits: list[GpuLimit]
+    reserved: dict[str, float]
+
+
+def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now: float) -> SchedulerInputs:
+    """Read the scheduler's inputs: GPUs (drained and stray ones marked), holdings, the queue, quotas, usage."""
     devices = inventory.devices()
     drained = drains(store, config["gpus.drained"], devices)
     stray: set[str] = set()
@@ -77,9 +109,40 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) 
     queue = [QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
                        OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
                        effective_time_limit(j, config)) for j in queued]
-    usage = quotas.fair_share_usage(store, config, now) if len(owners) > 1 else {}
-    policy = Policy(backfill=config["scheduler.backfill"])
-    return schedule(gpus, holdings, queue, now, policy, usage=usage, limits=list(limits.values())), queued, gpus
+    policy = scheduler_policy(config)
+    usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
+    reserved = {j["id"]: j["reserved_at"] for j in queued if j.get("reserved_at") is not None}
+    return SchedulerInputs(gpus, holdings, queue, queued, policy, usage, list(limits.values()), reserved)
+
+
+def scheduler_policy(config: Config) -> Policy:
+    """The scheduler's policy from the scheduler.* settings."""
+    from mlpd.jobspec import parse_duration
+
+    return Policy(backfill=config["scheduler.backfill"], fair_share=config["scheduler.fair_share"],
+                  weight_priority=float(config["scheduler.weight_priority"]), weight_age=float(config["scheduler.weight_age"]),
+                  max_age=parse_duration(config["scheduler.max_age"]), weight_fair_share=float(config["scheduler.weight_fair_share"]),
+                  weight_expansion=float(config["scheduler.weight_expansion"]), max_expansion=float(config["scheduler.max_expansion"]))
+
+
+def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gpu], now: float) -> None:
+    """Record which queued job holds the reservation (jobs.reserved_at), so that later passes keep it
+    first whatever the priority order says; no other queued job holds one. Writes only on a change."""
+    head = plan.head.job_id if plan.head else None
+    stale = [j["id"] for j in queued if j.get("reserved_at") is not None and j["id"] != head]
+    new = head is not None and any(j["id"] == head and j.get("reserved_at") is None for j in queued)
+    if not stale and not new:
+        return
+    with store.write() as db:
+        for job_id in stale:  # it can no longer start (quota, drained GPUs): the reservation moves on
+            db.execute("UPDATE jobs SET reserved_at = NULL WHERE id = ? AND state = 'queued'", [job_id])
+        if new:
+            db.execute("UPDATE jobs SET reserved_at = ? WHERE id = ? AND state = 'queued'", [now, head])
+            index_of = {g.uuid: g.index for g in gpus}
+            indices = [index_of[u] for u in plan.head.gpu_uuids]
+            by = "an unknown time (a holder has no time limit)" if plan.head.start is None else f"{format_time(plan.head.start)} at the latest"
+            record_event(db, "mlpd", "job.reserved", "job", head, at=now, gpu_indices=indices, starts_by=plan.head.start,
+                         reason=f"GPUs {', '.join(map(str, indices))} reserved for it: it starts by {by}")
 
 
 # What each kind of workload adds to a job's launch request: (store, config, row, request) -> request.
@@ -202,6 +265,7 @@ class JobController:
         """Place queued jobs on free GPUs and launch them."""
         now = now or time.time()
         plan, queued, gpus = plan_now(self.store, self.inventory, self.config, now)
+        keep_reservation(self.store, plan, queued, gpus, now)
         index_of = {g.uuid: g.index for g in gpus}
         model_of = {g.uuid: g.model for g in gpus}
         by_id = {j["id"]: j for j in queued}

@@ -158,6 +158,11 @@ def _migration_drains(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE gpu_drains (gpu_uuid TEXT PRIMARY KEY, reason TEXT NOT NULL, actor TEXT NOT NULL, at REAL NOT NULL)")
 
 
+def _migration_scheduler(db: sqlite_utils.Database) -> None:
+    """The queued job holding the scheduler's reservation keeps it across passes (when it got it; NULL: none)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN reserved_at REAL")
+
+
 # Append only: a migration, once shipped, never changes; add a new one instead.
 def _migration_workloads(db: sqlite_utils.Database) -> None:
     """Workloads of several kinds in one table (jobs; sessions of workspaces; replicas of deployments),
@@ -202,6 +207,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0004_scopes", _migration_scopes),
     ("0005_drains", _migration_drains),
     ("0006_workloads", _migration_workloads),
+    ("0007_scheduler", _migration_scheduler),
 )
 
 

@@ -97,7 +97,7 @@ def create_workspace():
     ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
     ws = workspaces.create(store(), g.user.name, name, spec, port, ssh_port)
     _start_now_or_fail(dict(ws, _new=True), bool(data.get("wait")))
-    wake(f"workspace {ws['id']} created")
+    wake(f"submitted workspace {ws['id']}")
     return jsonify({"workspace": view(ws), "warnings": warnings}), 201
 
 
@@ -143,7 +143,7 @@ def start_workspace(name: str):
     ws = workspaces.start(store(), ws, g.user.name)
     if ws["session"] != before:
         _start_now_or_fail(ws, bool(data.get("wait")))
-    wake(f"workspace {ws['id']} started")
+    wake(f"submitted workspace {ws['id']} (start)")
     return jsonify({"workspace": view(workspaces.by_id(store(), ws["id"]))})
 
 

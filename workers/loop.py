@@ -21,6 +21,7 @@ from mlpd.workers.sampler import GpuSampler
 
 log = logging.getLogger("mlpd.workers")
 PRUNE_INTERVAL = 3600.0  # job environments are pruned at most this often
+SCHEDULE_ONLY = "submitted"  # wakes that need only the scheduler: nothing running changed, so Docker need not be listed
 
 
 class ControllerLoop:
@@ -37,6 +38,7 @@ class ControllerLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self.passes = 0
+        self._full = True  # the next pass reconciles with Docker (set by every wake but a submit's, and by each tick)
         self.last_prune = 0.0
         self.last_cull = time.time()
 
@@ -49,8 +51,11 @@ class ControllerLoop:
         self._thread.join(timeout=10)
 
     def wake(self, reason: str = "") -> None:
-        """Run a pass as soon as the current one ends."""
+        """Run a pass as soon as the current one ends. A wake for new work only ("submitted ...")
+        asks for a scheduling pass (the database alone); any other for a full reconciliation."""
         log.debug("woken: %s", reason)
+        if not reason.startswith(SCHEDULE_ONLY):
+            self._full = True
         self._wake.set()
 
     def _connect(self) -> None:
@@ -95,12 +100,25 @@ class ControllerLoop:
         set_status(self.store, "worker.heartbeat", {"passes": self.passes, "docker_error": self.docker_error,
                                                      "gpus": self.inventory.kind, "at": time.time()})
 
+    def schedule_once(self) -> None:
+        """A pass for new work only: place what is queued on free GPUs, from the database alone."""
+        if self.controller is None:
+            self.reconcile_once()
+            return
+        self.controller.schedule()
+
     def _run(self) -> None:
         interval = float(self.config["scheduler.reconcile_interval"])
+        last_full = 0.0
         while not self._stop.is_set():
             self._wake.clear()
+            full, self._full = self._full or time.monotonic() - last_full >= interval, False
             try:
-                self.reconcile_once()
+                if full:
+                    last_full = time.monotonic()
+                    self.reconcile_once()
+                else:
+                    self.schedule_once()
             except Exception:
                 log.exception("reconcile pass failed; retrying on the next tick")
             self.passes += 1
@@ -108,4 +126,5 @@ class ControllerLoop:
             deadline = self.controller.next_deadline if self.controller else None
             if deadline is not None:
                 timeout = min(interval, max(0.05, deadline - time.time()))  # stop a job at its time limit, not a tick later
-            self._wake.wait(timeout)
+            if not self._wake.wait(timeout):
+                self._full = True  # a tick: reconcile with Docker

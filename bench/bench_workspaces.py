@@ -410,6 +410,8 @@ def main() -> int:
             ("  still running afterwards; checked by the daemon's own pass before the timing", f"{f['still_running_after']} / {n}; {f['checked_by_daemon_before_timing']} / {n}", f"{n} / {n}", "—"),
             (f"  {n} workspaces: POSTs done / all answering", f"{cull['create_s']:.1f} s / {cull['all_answer_s']:.1f} s", "—", "—"),
         ]
+        if not lat["cli"]:  # --no-cli
+            rows = [r for r in rows if not r[0].startswith("CLI")]
         print()
         print(f"## mlpd workspaces benchmark ({args.rounds} interleaved rounds after {args.warmup} warm-up, {os.cpu_count()} CPUs, "
               f"image {WS_IMAGE}, loopback)")
@@ -424,7 +426,7 @@ def main() -> int:
             print(f"CHECK FAILED: {violations} workspaces culled or not running after the culling passes.")
         print(f"\n(total benchmark time {time.monotonic() - t_start:.0f} s; daemon {d.url}, instance {d.instance}"
               + (f", kept {base}" if args.keep else "") + ")")
-        print(json.dumps({k: (round(v, 3) if isinstance(v, float) and not math.isnan(v) else v) for k, v in f.items()}))
+        print(json.dumps({k: ((None if math.isnan(v) else round(v, 3)) if isinstance(v, float) else v) for k, v in f.items()}))
         return 1 if violations else 0
 
 

@@ -343,17 +343,39 @@ def jobs_rerun(job_id, follow, as_json):
 @click.argument("job_id")
 @click.option("-f", "--follow", is_flag=True, help="Stream live until the job ends.")
 @click.option("-n", "--tail", type=click.IntRange(min=0), help="Only the last N lines (of what is there now; with -f, then live).")
-def logs(job_id, follow, tail):
+@click.option("-t", "--timestamps", is_flag=True, help="Start each line with when it was written (UTC).")
+@click.option("--since", help="Only lines written since then: a duration ago (10m, 2h) or a time (2026-12-01T09:00, UTC).")
+def logs(job_id, follow, tail, timestamps, since):
     """A job's output (kept after it ends). ID may be a unique prefix."""
     client = _client()
-    stream_logs(client, resolve_job(client, job_id), follow, tail)
+    stream_logs(client, resolve_job(client, job_id), follow, tail, timestamps, parse_since(since) if since else None)
 
 
-def stream_logs(client, job_id: str, follow: bool, tail: int | None = None) -> None:
+def parse_since(text: str, now: float | None = None) -> float:
+    """--since: a duration ago ('10m', '2h') or a UTC time ('2026-12-01T09:00', '2026-12-01 09:00:00'); seconds since the epoch."""
+    import datetime as dt
+    import time
+
+    from mlpd.jobspec import parse_duration
+
+    try:
+        return (now if now is not None else time.time()) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"expected a duration such as 10m or 2h, or a time such as 2026-12-01T09:00 (UTC), got {text!r}",
+                                 param_hint="--since") from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+def stream_logs(client, job_id: str, follow: bool, tail: int | None = None, timestamps: bool = False, since: float | None = None) -> None:
     """Write a job's output to stdout; with follow, until the job ends."""
     out = sys.stdout.buffer
+    params = {**({"timestamps": 1} if timestamps else {}), **({"since": repr(since)} if since is not None else {})}
     if tail is not None:
-        saved = client.request("GET", f"/jobs/{job_id}/logs", timeout=60).content
+        saved = client.request("GET", f"/jobs/{job_id}/logs", timeout=60, params=params).content
         lines = saved.splitlines(keepends=True)
         out.write(b"".join(lines[-tail:] if tail else []))
         out.flush()
@@ -362,7 +384,7 @@ def stream_logs(client, job_id: str, follow: bool, tail: int | None = None) -> N
         skip = len(saved)  # the live stream starts from the beginning: drop what was shown
     else:
         skip = 0
-    resp = client.request("GET", f"/jobs/{job_id}/logs", stream=True, timeout=None if follow else 60, params={"follow": 1} if follow else {})
+    resp = client.request("GET", f"/jobs/{job_id}/logs", stream=True, timeout=None if follow else 60, params={**params, **({"follow": 1} if follow else {})})
     for chunk in resp.iter_content(chunk_size=None):
         if skip:
             dropped, chunk = chunk[:skip], chunk[skip:]

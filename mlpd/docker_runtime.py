@@ -180,15 +180,15 @@ class DockerRuntime:
             if exc.status_code not in (404, 409):
                 raise
 
-    def logs(self, job_id: str, follow: bool = False) -> Iterator[bytes]:
+    def logs(self, job_id: str, follow: bool = False, timestamps: bool = False) -> Iterator[bytes]:
         """The container's combined output; with follow, until it exits. Empty if it is gone."""
         try:
             container = self.client.containers.get(container_name(job_id))
         except docker.errors.NotFound:
             return iter(())
         if follow:
-            return container.logs(stream=True, follow=True, stdout=True, stderr=True)
-        return iter([container.logs(stdout=True, stderr=True)])
+            return container.logs(stream=True, follow=True, stdout=True, stderr=True, timestamps=timestamps)
+        return iter([container.logs(stdout=True, stderr=True, timestamps=timestamps)])
 
     def processes(self, job_id: str) -> list[str]:
         """The command lines in the container (Docker's `top`); [] when it is gone or not running."""
@@ -206,7 +206,7 @@ class DockerRuntime:
     def save_logs(self, job_id: str, path: str) -> bool:
         """Copy the container's whole output to path (kept after the container is removed)."""
         try:
-            data = self.client.containers.get(container_name(job_id)).logs(stdout=True, stderr=True)
+            data = self.client.containers.get(container_name(job_id)).logs(stdout=True, stderr=True, timestamps=True)
         except docker.errors.NotFound:
             return False
         with open(path + ".tmp", "wb") as fh:

@@ -39,7 +39,7 @@ class _Container:
     finished_at: float | None = None
     exit_code: int | None = None
     oom_killed: bool = False
-    output: list[str] = field(default_factory=list)
+    output: list[tuple[float, str]] = field(default_factory=list)  # (when, line)
     steps: list[tuple[str, object]] = field(default_factory=list)  # what is left to run
     cursor: float = 0.0  # when the next step begins
 
@@ -155,13 +155,13 @@ class MemoryRuntime:
         if removed is not None:
             self._emit(job_id)
 
-    def logs(self, job_id: str, follow: bool = False) -> Iterator[bytes]:
+    def logs(self, job_id: str, follow: bool = False, timestamps: bool = False) -> Iterator[bytes]:
         with self._lock:
             c = self.containers.get(container_name(job_id))
             if c is None:
                 return iter(())
             self._advance(c)
-            return iter([("".join(c.output)).encode()])
+            return iter([_joined(c.output, timestamps)])
 
     def processes(self, job_id: str) -> list[str]:
         with self._lock:
@@ -176,7 +176,7 @@ class MemoryRuntime:
             c = self.containers.get(container_name(job_id))
             if c is None:
                 return False
-            data = "".join(c.output).encode()
+            data = _joined(c.output, True)
         with open(path + ".tmp", "wb") as fh:
             fh.write(data)
         os.replace(path + ".tmp", path)
@@ -242,7 +242,7 @@ class MemoryRuntime:
                     return
                 c.cursor = until
             elif kind == "echo":
-                c.output.append(_expand(str(arg), c.env) + "\n")
+                c.output.append((c.cursor, _expand(str(arg), c.env) + "\n"))
             elif kind == "exit":
                 self._end(c, int(arg))
                 return
@@ -255,6 +255,12 @@ class MemoryRuntime:
         c.finished_at = max(self.clock(), c.started_at or 0.0)
         c.steps = []
         self._emit(c.request.job_id)  # Docker's "die"
+
+
+def _joined(output: list[tuple[float, str]], timestamps: bool) -> bytes:
+    from mlpd.runtime import format_timestamp
+
+    return "".join(f"{format_timestamp(t)} {line}" if timestamps else line for t, line in output).encode()
 
 
 def _expand(text: str, env: dict[str, str]) -> str:

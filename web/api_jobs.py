@@ -182,23 +182,45 @@ def cancel_job(job_id: str):
     return jsonify({"job": job_view(job)})
 
 
-@route("/jobs/<job_id>/logs", summary="A job's output; ?follow=1 streams it live until the job ends", streaming=True, job_token=True)
+@route("/jobs/<job_id>/logs", summary="A job's output; ?follow=1 streams it live until the job ends; ?timestamps=1 stamps each line; "
+       "?since=EPOCH_SECONDS only lines from then on", streaming=True, job_token=True)
 def job_logs(job_id: str):
     _visible_job(job_id)
     return logs_response(job_id, request.args.get("follow") in ("1", "true", "yes"))
 
 
+def _since_arg() -> float | None:
+    raw = request.args.get("since")
+    if raw in (None, ""):
+        return None
+    try:
+        since = float(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_field", "since: expected a time in seconds since the epoch, e.g. 1764558000") from None
+    if since != since or since in (float("inf"), float("-inf")):
+        raise ApiError(400, "invalid_field", "since: expected a finite number")
+    return since
+
+
 def logs_response(job_id: str, follow: bool) -> Response:
-    """A workload's output (build log first, then the container's, then the saved log once it ended); with follow, live."""
+    """A workload's output (build log first, then the container's, then the saved log once it ended); with follow, live.
+    ?timestamps=1 keeps each line's stamp; ?since= drops lines written before it."""
+    from mlpd import logtext
+
     log_path = os.path.join(jobs.job_dir(config().state_dir, job_id), "log")
     st = store()
+    timestamps, since = request.args.get("timestamps") in ("1", "true", "yes"), _since_arg()
+    stamped = timestamps or since is not None
 
-    def saved(path=log_path):
+    def raw_saved(path):
         try:
             with open(path, "rb") as fh:
                 yield from iter(lambda: fh.read(65536), b"")
         except FileNotFoundError:
             return
+
+    def saved(path=log_path):
+        yield from logtext.select(raw_saved(path), timestamps, since)
 
     def generate():
         # the environment's build (if the job brought requirements) comes first; it is written whole before the job starts
@@ -221,7 +243,8 @@ def logs_response(job_id: str, follow: bool) -> Response:
                 return
             if job["state"] == JobState.RUNNING.value or (job["state"] == JobState.STARTING.value and runtime().inspect(job_id)):
                 streamed = False
-                for chunk in runtime().logs(job_id, follow=follow):
+                live = runtime().logs(job_id, follow=follow, timestamps=stamped)
+                for chunk in (logtext.select(live, timestamps, since) if stamped else live):
                     streamed = True
                     yield chunk
                 if not follow:

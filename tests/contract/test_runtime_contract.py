@@ -80,6 +80,14 @@ def test_a_workload_runs_to_its_exit_code_with_its_output_kept(make_runtime, tmp
     assert f"hello {req.job_id}" in b"".join(rt.logs(req.job_id)).decode()
     path = tmp_path / "saved.log"
     assert rt.save_logs(req.job_id, str(path)) and f"hello {req.job_id}" in path.read_text()
+    from mlpd.logtext import stamp_of
+
+    stamped = b"".join(rt.logs(req.job_id, timestamps=True)).splitlines()
+    saved_lines = path.read_bytes().splitlines()
+    for line in stamped + saved_lines:  # every line stamped (saved logs always are), at a time within the run
+        t, end = stamp_of(line + b"\n")
+        assert end and done.started_at - 1 <= t <= done.finished_at + 1, line
+    assert [line[stamp_of(line)[1]:] for line in saved_lines] == [f"hello {req.job_id}".encode()]
     ok = request(tmp_path, ["true"])
     rt.start_job(ok)
     assert ended(rt, ok.job_id).exit_code == 0

@@ -123,8 +123,13 @@ ProtectSystem=strict
 ReadWritePaths=$state_dir
 ProtectHome=yes
 PrivateTmp=yes
-CapabilityBoundingSet=
-AmbientCapabilities=
+# The one capability it keeps. Containers run as another uid (jobs.container_user) and leave files in
+# the state directory that the daemon must read (outputs downloads, backups) and remove (retention)
+# even when a job made them private. ProtectSystem=strict still keeps its writes to the state directory.
+# Not CAP_CHOWN: a workspace home it cannot give to the container's uid is made 0777 instead, inside
+# the 0700 state directory.
+CapabilityBoundingSet=CAP_DAC_OVERRIDE
+AmbientCapabilities=CAP_DAC_OVERRIDE
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
@@ -145,10 +150,11 @@ WantedBy=multi-user.target
 UNIT
 }
 
-# Run a command as the daemon's user, as its unit does: same user and groups, no capabilities,
+# Run a command as the daemon's user, as its unit does: same user and groups, the one capability,
 # NoNewPrivileges, umask 022, the unit's environment and nothing of ours.
 as_daemon() {
-  (cd / && umask 022 && exec setpriv --reuid="$user" --regid="$user" --init-groups --no-new-privs --inh-caps=-all --bounding-set=-all \
+  (cd / && umask 022 && exec setpriv --reuid="$user" --regid="$user" --init-groups --no-new-privs \
+     --inh-caps=-all,+dac_override --ambient-caps=-all,+dac_override --bounding-set=-all,+dac_override \
      env -i PATH="$unit_path" HOME="$state_dir" LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 USER="$user" LOGNAME="$user" "$@")
 }
 
@@ -183,6 +189,7 @@ uninstall() {
   fi
   [ "$(readlink /usr/local/bin/mlpd 2>/dev/null)" = "$mlpd_bin" ] && rm -f /usr/local/bin/mlpd
   if [ -d "$venv" ]; then rm -rf "$venv"; say "removed $venv"; fi
+  rm -f "$prefix/mlpd.service"
   rmdir "$prefix" 2>/dev/null || true
   local instance containers
   instance="$(cat "$state_dir/instance_id" 2>/dev/null || true)"
@@ -232,6 +239,7 @@ if [ "$action" = uninstall ]; then uninstall "$purge"; exit 0; fi
 ensure_engine
 
 # -- the daemon's system user, in the docker group
+command -v setpriv >/dev/null || apt_install setpriv
 getent group docker >/dev/null || quietly groupadd --system docker
 if ! id -u "$user" >/dev/null 2>&1; then
   quietly useradd --system --user-group --home-dir "$state_dir" --no-create-home --shell /usr/sbin/nologin --comment "mlpd daemon" "$user"
@@ -285,8 +293,9 @@ url="http://$listen"
 # -- restart only when something changed, or the daemon does not run (as its user)
 pid="$(daemon_pid)"
 running_as="$([ -n "$pid" ] && ps -o user= -p "$pid" 2>/dev/null | tr -d ' ' || true)"
+# $prefix/mlpd.service is the unit the daemon last started under (also where systemd does not run)
 unit_changed=0
-if have_systemd && ! cmp -s <(render_unit) "$unit_file"; then unit_changed=1; fi
+if ! cmp -s <(render_unit) "$prefix/mlpd.service" || { have_systemd && ! cmp -s <(render_unit) "$unit_file"; }; then unit_changed=1; fi
 restart=0
 if [ "$package_changed$config_changed$unit_changed" != 000 ] || [ -z "$pid" ] || [ "$running_as" != "$user" ]; then restart=1; fi
 if [ "$restart" = 1 ] && [ -n "$pid" ]; then
@@ -338,6 +347,7 @@ else
   fi
   where="$state_dir/daemon.log"
 fi
+[ "$unit_changed" = 0 ] || render_unit >"$prefix/mlpd.service"
 rm -f /run/mlpd.pid  # an older install.sh kept a pid file there; the daemon's lock replaces it
 [ "$restart" = 1 ] || say "the daemon runs as $user (pid $pid) and is current: not restarted"
 

@@ -83,15 +83,19 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path):
     assert s["User"] == ["mlpd"] and s["SupplementaryGroups"] == ["docker"]
     assert s["ReadWritePaths"] == [str(state)]
     for key, value in {"Type": "notify", "KillMode": "mixed", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
-                       "ProtectHome": "yes", "PrivateTmp": "yes", "CapabilityBoundingSet": "", "StandardOutput": "journal"}.items():
+                       "ProtectHome": "yes", "PrivateTmp": "yes", "CapabilityBoundingSet": "CAP_DAC_OVERRIDE",
+                       "AmbientCapabilities": "CAP_DAC_OVERRIDE", "StandardOutput": "journal"}.items():
         assert s[key] == [value], key
 
 
 def as_unit_argv(settings: dict[str, list[str]], exec_start: list[str]) -> list[str]:
     """What systemd would do with the unit's credentials and environment, with setpriv."""
     env = " ".join(settings.get("Environment", [])).split()
+    caps = ",".join(["-all"] + [f"+{c.lower().removeprefix('cap_')}" for c in " ".join(settings["AmbientCapabilities"]).split()])
+    bounding = ",".join(["-all"] + [f"+{c.lower().removeprefix('cap_')}" for c in " ".join(settings["CapabilityBoundingSet"]).split()])
     return ["setpriv", f"--reuid={settings['User'][0]}", f"--regid={settings['Group'][0]}",
-            f"--groups={','.join(settings['SupplementaryGroups'])}", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
+            f"--groups={','.join(settings['SupplementaryGroups'])}", *(["--no-new-privs"] if settings["NoNewPrivileges"] == ["yes"] else []),
+            f"--inh-caps={caps}", f"--ambient-caps={caps}", f"--bounding-set={bounding}",
             "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", *env, *exec_start]
 
 
@@ -176,7 +180,9 @@ def test_the_daemon_as_its_unit_runs_it_answers_runs_a_job_and_leaves_containers
     (code / "pkg" / "train.py").write_text(
         "import os, time\n"
         "os.makedirs('/outputs/model', exist_ok=True)\n"
-        "open('/outputs/model/w.txt', 'w').write('weights')\n"
+        "os.makedirs('/outputs/model/private', mode=0o700)\n"
+        "open('/outputs/model/private/w.txt', 'w').write('weights')\n"
+        "os.chmod('/outputs/model/private/w.txt', 0o600)\n"
         "print('started as uid', os.getuid(), flush=True)\n"
         "time.sleep(float(os.environ['SLEEP']))\n"
         "print('finished', sorted(os.listdir('pkg')), flush=True)\n")
@@ -226,8 +232,10 @@ def test_the_daemon_as_its_unit_runs_it_answers_runs_a_job_and_leaves_containers
         assert job()["state"] == "succeeded", job()
         logs = subprocess.run([BIN, "logs", job_id], capture_output=True, text=True, env=client_env, timeout=60).stdout
         assert "started as uid 1000" in logs and "finished ['train.py']" in logs, logs
-        outputs = state / "jobs" / job_id / "outputs" / "model" / "w.txt"
-        assert outputs.read_text() == "weights"
+        # a file the job made private (uid 1000, 0600 in a 0700 directory) still reaches its owner
+        got = subprocess.run([BIN, "jobs", "outputs", job_id], capture_output=True, text=True, env=client_env, cwd=top, timeout=60)
+        assert got.returncode == 0, got.stderr
+        assert (top / f"outputs-{job_id}" / "model" / "private" / "w.txt").read_text() == "weights", got.stdout + got.stderr
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -209,7 +209,7 @@ uninstall() {
     say "kept: the Docker engine and mlpd's images ('docker image ls mlpd/*')"
   else
     [ -z "$containers" ] || say "$(echo "$containers" | wc -l) mlpd containers keep running; a new install picks them up (--purge removes them)"
-    say "kept the data: $state_dir, $config_dir, the user $user, the images (remove them with --uninstall --purge)"
+    say "kept the data: $state_dir, $config_dir and the user $user (--uninstall --purge removes them), and the images"
   fi
 }
 

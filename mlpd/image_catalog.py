@@ -79,8 +79,7 @@ def build_missing(runtime, config, force: bool = False) -> Iterator[str]:
     yield from build_base(runtime, base)
     rebuilt: set[str] = set()
     for d in definitions(config):
-        # An image built on another mlpd image is current only if that one is: its source digest names the other's id.
-        source = source_digest(os.path.join(images_dir(), d.directory), base + (f"+{runtime.image_id(d.built_on)}" if d.built_on else ""))
+        source = expected_source(runtime, config, d)
         if d.built_on in rebuilt:
             force = True
         if runtime.image_present(d.tag) and not force:
@@ -98,6 +97,13 @@ def build_missing(runtime, config, force: bool = False) -> Iterator[str]:
 
 
 SOURCE_LABEL = "org.mlpd.source"
+
+
+def expected_source(runtime, config, d: ImageDef) -> str:
+    """The source digest an up-to-date build of d carries: its directory and base, and for an image
+    built on another mlpd image, that image's id (so it is current only if that one is)."""
+    base = config["images.base"]
+    return source_digest(os.path.join(images_dir(), d.directory), base + (f"+{runtime.image_id(d.built_on)}" if d.built_on else ""))
 
 
 def source_digest(directory: str, base: str) -> str:

@@ -178,9 +178,3 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
         # admin), revoked with the session like a job's.
         return User(row["id"], row["name"], "member", None)
     return User(row["id"], row["name"], row["role"], row["job_id"])
-
-
-def count_admins(store: Store) -> int:
-    """Active admins (host-side bootstrap is allowed before the first one exists)."""
-    row = store.query_one("SELECT COUNT(*) AS n FROM users WHERE role = 'admin' AND removed_at IS NULL")
-    return row["n"] if row else 0

@@ -364,3 +364,18 @@ def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(ws
     assert gone.returncode != 0  # a removed key no longer opens it, without a restart
     for tok in (token, otoken):
         wsd.api("DELETE", "/api/v1/workspaces/ide", tok)
+
+
+def test_a_workspace_with_requirements_runs_in_its_environment(wsd, tmp_path):
+    name, token = member(wsd)
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text(f"# workspace test {uuid.uuid4().hex}\nhumanize==4.17.0\n")
+    made = wsd.cli("ws", "create", "envs", "--requirements", str(reqs), "--json", token=token, timeout=600)
+    assert made.returncode == 0, made.stderr
+    w = json.loads(made.stdout)["workspace"]
+    assert w["spec"]["requirements"] == reqs.read_text()
+    out = execute(w, kernel(w), "import humanize, jupyterlab; print(humanize.naturalsize(3000000), jupyterlab.__version__)")
+    assert out.strip() == "3.0 MB 4.6.6"
+    logs = wsd.cli("ws", "logs", "envs", token=token).stdout
+    assert "humanize" in logs  # the environment's build log comes first
+    wsd.api("DELETE", "/api/v1/workspaces/envs", token)

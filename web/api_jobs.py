@@ -30,7 +30,7 @@ def inventory():
             from mlpd.gpus import make_inventory
 
             cfg = config()
-            current_app.extensions["mlpd.inventory"] = make_inventory(cfg["gpus.declare"], cfg["gpus.declared_model"])
+            current_app.extensions["mlpd.inventory"] = make_inventory(cfg["gpus.declare"], cfg["gpus.declared_model"], store())
         return current_app.extensions["mlpd.inventory"]
 
 
@@ -102,7 +102,7 @@ def check_admission(spec) -> None:
         if spec.gpus > len(usable):
             what = f" of model {spec.gpu_model!r}" if spec.gpu_model else ""
             hint = ("; run it on the CPU with --gpus 0 (gpus = 0), or, to try mlpd on a machine without NVIDIA GPUs, an admin "
-                    "can declare test GPUs (gpus.declare in mlpd.toml, or 'mlpd daemon --declare-gpus N')") if not devices else ""
+                    "can declare test GPUs ('mlpd admin gpus declare N', at once)") if not devices else ""
             raise ApiError(400, "invalid_field", f"gpus: asks for {spec.gpus} GPUs but this host has {len(usable)}{what}{hint}")
     if spec.code and not (os.path.isdir(jobs.code_dir(config().state_dir, spec.code)) and jobs.holds_code(store(), spec.code, g.user.name)):
         raise ApiError(400, "invalid_field", f"code: you have not uploaded a code archive {spec.code[:12]}...; upload it first "
@@ -341,6 +341,37 @@ def list_gpus():
         item["stray_pids"] = stray.get(d.uuid, [])
         out.append(item)
     return jsonify({"gpus": out, "inventory": inventory().kind})
+
+
+DECLARE_BODY = {"count": Field(int, True, "how many GPUs to declare; 0 goes back to mlpd.toml's gpus.declare / the real GPUs"),
+                "model": Field(str, doc="the model name shown (default: gpus.declared_model)")}
+
+
+@route("/gpus/declare", methods=("POST",), summary="Declare test GPUs on a host without NVIDIA GPUs, at once and without a restart (0 undoes it)",
+       admin=True, body=DECLARE_BODY)
+def declare_gpus():
+    from mlpd.gpus import DECLARED_KEY
+    from mlpd.store import record_event, set_status
+
+    data = json_body(DECLARE_BODY)
+    count, model = data["count"], (data.get("model") or config()["gpus.declared_model"])[:128]
+    if not 0 <= count <= 64:
+        raise ApiError(400, "invalid_field", "count: expected 0 to 64")
+    inv = inventory()
+    if count and inv.base.kind == "nvml" and inv.base.devices():
+        raise ApiError(409, "real_gpus", f"this host has {len(inv.base.devices())} NVIDIA GPUs; declared GPUs are only for hosts without them")
+    held = gpu_holders(store())
+    if held:
+        raise ApiError(409, "gpus_in_use", f"{len(held)} GPUs are held by running work; declare GPUs when none are in use")
+    if count:
+        set_status(store(), DECLARED_KEY, {"count": count, "model": model})
+    else:
+        with store().write() as db:
+            db.execute("DELETE FROM daemon_status WHERE key = ?", [DECLARED_KEY])
+    with store().write() as db:
+        record_event(db, g.user.name, "gpus.declared", "gpu", "*", count=count, model=model)
+    wake("gpus declared")
+    return jsonify({"gpus": [d.to_dict() for d in inv.devices()], "inventory": inv.kind})
 
 
 @route("/gpus/<gpu>/drain", methods=("POST",), summary="Drain a GPU (index or UUID): running work finishes, nothing new is placed", admin=True,

@@ -30,7 +30,7 @@ class ControllerLoop:
     def __init__(self, config: Config):
         self.config = config
         self.store = Store(config.db_path)
-        self.inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"])
+        self.inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"], self.store)
         self.sampler = GpuSampler(self.store, self.inventory, float(config["gpus.sample_interval"]))
         self.controller: JobController | None = None
         self.docker_error: str | None = None

@@ -348,8 +348,9 @@ class JobController:
         for job in s.queue:  # in queue order below
             if job.id not in waiting_ids or job.gpus <= 0 or job.rank <= lowest:
                 continue
-            promised_late = plan.head is not None and plan.head.job_id == job.id and (
-                plan.head.start is None or plan.head.start > job.submitted_at + after)
+            # a head promised a start later than that need not wait to know it (an unknown start may be any moment)
+            promised_late = (plan.head is not None and plan.head.job_id == job.id and plan.head.start is not None
+                             and plan.head.start > job.submitted_at + after)
             if now >= job.submitted_at + after or promised_late:
                 due.append(job)
             else:  # look again when it has waited long enough

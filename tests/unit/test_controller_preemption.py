@@ -75,7 +75,7 @@ def test_a_production_job_preempts_the_latest_preemptible_job_which_runs_again_a
     prod = w.submit(["sleep", "100"], owner="bob", gpus=1, priority_class="production")
     w.tick(1)
     # it has not waited scheduler.preempt_after (5m) yet: nothing is preempted, and the loop knows when to look again
-    assert w.state(prod) == "queued" and w.state(new) == "running"
+    assert w.state(prod) == "queued" and w.state(new) == "running" and "preempt_requested" not in w.events(new)
     assert w.c.next_deadline == pytest.approx(w.job(prod)["submitted_at"] + 300)
     w.tick(300)
     # the latest started preemptible job was told to stop (SIGTERM; this one does not trap it, so it ended at once)
@@ -109,6 +109,18 @@ def test_a_production_job_preempts_the_latest_preemptible_job_which_runs_again_a
     w.tick(1)
     rows2 = w.ledger(new)
     assert rows2[0] == rows[0] and rows2[1]["end"] is not None
+
+
+def test_a_head_promised_a_start_later_than_preempt_after_preempts_at_once(world):
+    w = world(gpus=1)
+    victim = w.submit(["sleep", "7200"], gpus=1, priority_class="preemptible", time_limit="2h")
+    w.tick()
+    prod = w.submit(["sleep", "10"], owner="bob", gpus=1, priority_class="production")
+    w.tick(1)
+    # the production job could start in 2h at the latest, past its 5 minutes: no need to wait them out
+    assert "preempt_requested" in w.events(victim)
+    w.tick(1)
+    assert w.state(prod) == "running" and w.job(victim)["attempts"] == 2
 
 
 def test_the_grace_period_then_a_stop_and_workspaces_and_default_jobs_are_never_preempted(world):

@@ -98,6 +98,8 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
 @click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
 @click.option("--name", help="A name for the job.")
 @click.option("--priority", type=int, help="Higher runs first (-100..100).")
+@click.option("--priority-class", help="Its class, e.g. production or preemptible (the daemon's scheduler.priority_classes; "
+                                       "preemptible work may be stopped for higher classes and runs again with MLPD_ATTEMPT=2, ...).")
 @click.option("--experiment", help="MLflow experiment name.")
 @click.option("--code", "code_dir", default=".", show_default=True, type=click.Path(exists=True, file_okay=False), help="Directory to ship as the job's working directory.")
 @click.option("--no-code", is_flag=True, help="Do not ship any code.")
@@ -110,7 +112,7 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
               help="For a notebook (mlpd run NB.ipynb): a value for its 'parameters' cell (repeatable); the executed notebook is kept in the outputs.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
-def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, experiment, code_dir, no_code, requirements_file,
+def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, priority_class, experiment, code_dir, no_code, requirements_file,
         no_requirements, follow, params, as_json, command):
     """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py
 
@@ -129,7 +131,7 @@ def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, e
         env_map[key] = value
     spec: dict[str, Any] = {"command": list(command), "gpus": gpus}
     for key, value in (("gpu_model", gpu_model), ("image", image), ("cpus", cpus), ("memory", memory), ("time_limit", time_limit),
-                       ("name", name), ("priority", priority), ("experiment", experiment)):
+                       ("name", name), ("priority", priority), ("priority_class", priority_class), ("experiment", experiment)):
         if value is not None:
             spec[key] = value
     if env_map:
@@ -171,8 +173,9 @@ def notebook_command(notebook: str, params: tuple[str, ...], extra: tuple[str, .
               help="Directory to ship (default: the file's code_dir, relative to the file, else the file's own directory).")
 @click.option("--no-code", is_flag=True, help="Do not ship any code.")
 @click.option("--no-requirements", is_flag=True, help="Do not use the shipped directory's requirements.txt.")
+@click.option("--priority-class", help="Its class, over the file's priority_class.")
 @json_option
-def submit(file, code_dir, no_code, no_requirements, as_json):
+def submit(file, code_dir, no_code, no_requirements, priority_class, as_json):
     """Submit a job spec file (TOML; the same fields as 'mlpd run' flags). Ships the file's directory, like 'mlpd run'."""
     from mlpd.jobspec import SpecError
 
@@ -191,6 +194,8 @@ def submit(file, code_dir, no_code, no_requirements, as_json):
                    job_file=True)  # every unknown key at once, named as a job file names them
     except SpecError as exc:
         raise click.ClickException(f"{file}: {exc}")
+    if priority_class is not None:
+        raw["priority_class"] = priority_class
     rel = raw.pop("code_dir", None)
     if rel is not None and not isinstance(rel, str):
         raise click.ClickException(f"{file}: code_dir: expected a string path")
@@ -240,7 +245,7 @@ def _gpus_text(job: dict) -> str:
 
 @click.group(invoke_without_command=True)
 @click.option("--all", "all_users", is_flag=True, help="Everyone's jobs (admins).")
-@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable): queued, starting, running, succeeded, failed, cancelled, timed_out, lost.")
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable): queued, starting, running, succeeded, failed, cancelled, timed_out, lost, preempted.")
 @click.option("--limit", type=int, default=200, show_default=True, help="Show at most this many.")
 @json_option
 @click.pass_context
@@ -282,10 +287,16 @@ def jobs_show(job_id, as_json):
         ("gpus", f"{spec['gpus']} requested" + (f", indices {job['gpus']['indices']} ({', '.join(job['gpus']['uuids'])})" if job["gpus"]["uuids"] else "")),
         ("cpus", spec.get("cpus") or "-"), ("memory", format_bytes(spec["memory"]) if spec.get("memory") else "-"),
         ("time limit", format_duration(spec["time_limit"]) if spec.get("time_limit") else "-"), ("priority", job["priority"]),
+        ("class", job.get("priority_class", "-")), ("attempt", job.get("attempt", 1)),
         ("code", (spec.get("code") or "-")[:12]), ("submitted", when(job["submitted_at"])), ("started", when(job["started_at"])), ("ended", when(job["ended_at"])),
     ]
     for key, value in lines:
         click.echo(f"{key + ':':<12} {'-' if value is None else value}")
+    if job.get("preempting"):
+        click.echo(f"{'preempting:':<12} since {when(job['preempting']['since'])}: {job['preempting']['reason']} "
+                   "(SIGTERM sent; stopped after the grace period)")
+    for p in job.get("preemptions") or []:
+        click.echo(f"{'preempted:':<12} attempt {p['attempt']} at {when(p['at'])}: {p['reason']}")
     if job.get("waiting"):
         w = job["waiting"]
         click.echo(f"{'waiting:':<12} position {w['position']} in the queue; {w['reason']}")

@@ -140,6 +140,36 @@ def _port_range(value: str) -> str | None:
     return None
 
 
+def _class_names(value: list) -> str | None:
+    import re
+
+    for name in value:
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
+            return f"expected class names (a-z, 0-9, _ and -, at most 32), got {name!r}"
+    return None if len(set(value)) == len(value) else "a class is named twice"
+
+
+def _class_users(value: dict) -> str | None:
+    for name, users in value.items():
+        if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+            return f"{name}: expected a list of user names and 'team:NAME', got {users!r}"
+    return None
+
+
+def _check_classes(values: dict[str, Any], source: str) -> None:
+    """The priority class settings agree with each other (each key is checked alone first)."""
+    classes = values["scheduler.priority_classes"]
+    if not classes:
+        raise ConfigError(source, "scheduler.priority_classes", "name at least one class")
+    if values["scheduler.default_priority_class"] not in classes:
+        raise ConfigError(source, "scheduler.default_priority_class",
+                          f"{values['scheduler.default_priority_class']!r} is not in scheduler.priority_classes ({', '.join(classes)})")
+    for key in ("scheduler.preemptible_classes", "scheduler.priority_class_users"):
+        unknown = [c for c in values[key] if c not in classes]
+        if unknown:
+            raise ConfigError(source, key, f"{unknown[0]!r} is not in scheduler.priority_classes ({', '.join(classes)})")
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("server.listen", str, "127.0.0.1:8470", "Address the API and web UI listen on.", _listen),
     Setting("server.state_dir", str, "~/.local/share/mlpd", "Directory for the state database, logs, code and outputs."),
@@ -158,6 +188,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scheduler.weight_fair_share", (int, float), 100, "Priority score of a fair-share factor of 1 (an owner with no recent usage); 0.5 = their share used.", _non_negative),
     Setting("scheduler.weight_expansion", (int, float), 1000, "Priority score of a job whose wait reached scheduler.max_expansion times its time limit (less in proportion).", _non_negative),
     Setting("scheduler.max_expansion", (int, float), 100, "Wait, in multiples of a job's time limit (10 min at least), after which expansion adds no more.", _between(1, 1e6)),
+    Setting("scheduler.priority_classes", list, ["production", "default", "preemptible"], "Priority classes, highest first: a job of a higher class always goes ahead of one of a lower class.", _class_names),
+    Setting("scheduler.default_priority_class", str, "default", "The class of jobs that name none (and of workspaces and deployments)."),
+    Setting("scheduler.preemptible_classes", list, ["preemptible"], "Classes whose running jobs may be preempted by waiting work of a higher class (never workspaces or deployments).", _class_names),
+    Setting("scheduler.priority_class_users", dict, {"production": []}, "Who may use a class: class = [user names and \"team:NAME\"]; admins may use every class, a class not named here is open to everyone.", _class_users),
+    Setting("scheduler.preempt_after", str, "5m", "How long work of a higher class waits before it preempts preemptible jobs ('0' = at once).", _duration_nonempty),
+    Setting("scheduler.preempt_grace", str, "60s", "Between SIGTERM and the stop of a preempted job: its time to write a checkpoint.", _duration_nonempty),
     Setting("gpus.declare", int, 0, "Declare this many GPUs on a machine without NVIDIA GPUs (development and tests).", _non_negative),
     Setting("gpus.declared_model", str, "declared", "Model name shown for declared GPUs."),
     Setting("gpus.drained", list, [], "GPU indices or UUIDs that take no new work."),
@@ -293,4 +329,5 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
     values.update(validate(raw, source))
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     values.update(validate(flags, "command line"))
+    _check_classes(values, source)
     return Config(values, source)

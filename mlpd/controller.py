@@ -4,7 +4,8 @@ One pass: look at every job the database says is starting or running and at
 every container Docker has for this daemon; finish what ended (exit code, end
 time and reason from Docker), stop what was cancelled or ran out of time, mark
 lost what vanished, remove orphans; then ask the pure scheduler for placements
-and launch them. Launches run in a small thread pool so a slow image start does
+and launch them, and which preemptible jobs to preempt for waiting work of a higher
+class (SIGTERM now, a stop after the grace period, then back to the queue). Launches run in a small thread pool so a slow image start does
 not hold up the loop. Nothing here depends on a pass running exactly once.
 """
 
@@ -24,9 +25,11 @@ from mlpd.environments import EnvironmentBuilder
 from mlpd.gpu_state import drains, stray_gpus
 from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, TERMINAL, JobState
-from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus
+from mlpd.priority_classes import PriorityClasses
+from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd import quotas
-from mlpd.scheduler import Gpu, GpuLimit, Holding, Plan, Policy, QueuedJob, Wait, format_time, schedule
+from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, format_time,
+                            schedule, short_id)
 from mlpd.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
 
@@ -78,6 +81,8 @@ class SchedulerInputs:
     usage: dict[str, float]
     limits: list[GpuLimit]
     reserved: dict[str, float]
+    active: list[dict] = dataclasses.field(default_factory=list)  # the starting and running job rows
+    classes: PriorityClasses | None = None
 
 
 def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now: float) -> SchedulerInputs:
@@ -91,7 +96,8 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
     gpus = [Gpu(d.uuid, d.index, d.name, d.uuid in drained or d.uuid in stray,
                 "in use outside mlpd" if d.uuid in stray else drained.get(d.uuid, "drained")) for d in devices]
     holdings = []
-    for job in jobs.in_states(store, ACTIVE):
+    active = jobs.in_states(store, ACTIVE)
+    for job in active:
         limit = effective_time_limit(job, config)
         start = job["started_at"] or now
         for uuid in job["gpu_uuids"]:
@@ -106,13 +112,14 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                 limits[q.label] = GpuLimit(q.label, q.members, q.max_gpus)
         if quotas.over_gpu_hours(store, config, owner, now, applicable):
             demoted.add(owner)  # over its GPU-hours: runs only when nobody else waits
+    classes = PriorityClasses.from_config(config)
     queue = [QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
                        OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
-                       effective_time_limit(j, config)) for j in queued]
+                       effective_time_limit(j, config), classes.rank(classes.of(j))) for j in queued]
     policy = scheduler_policy(config)
     usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
     reserved = {j["id"]: j["reserved_at"] for j in queued if j.get("reserved_at") is not None}
-    return SchedulerInputs(gpus, holdings, queue, queued, policy, usage, list(limits.values()), reserved)
+    return SchedulerInputs(gpus, holdings, queue, queued, policy, usage, list(limits.values()), reserved, active, classes)
 
 
 def scheduler_policy(config: Config) -> Policy:
@@ -176,6 +183,8 @@ class JobController:
         between the two reads is never mistaken for a vanished container.
         """
         now = now or time.time()
+        for job in jobs.in_states(self.store, [JobState.PREEMPTED]):
+            self._requeue(job)  # the pass that preempted it stopped before requeueing it (a restart)
         active = jobs.in_states(self.store, ACTIVE)
         containers = self.runtime.list_jobs()
         self.next_deadline = None
@@ -201,6 +210,9 @@ class JobController:
 
     def _reconcile_job(self, job: dict[str, Any], c: WorkloadStatus | None, now: float) -> None:
         job_id = job["id"]
+        if c is not None and attempt_of(c) < job["attempts"]:
+            self.runtime.remove(job_id)  # an earlier attempt's container, left by a failed removal: never this attempt's
+            c = None
         if c is None:
             if job["state"] == JobState.STARTING.value:
                 self._launch(job)  # the daemon died between allocating and starting: start it now
@@ -221,8 +233,14 @@ class JobController:
         limit = effective_time_limit(job, self.config)
         if limit:
             self.next_deadline = min(self.next_deadline or started + limit, started + limit)
-        if job["cancel_requested_by"] or (limit and now - started >= limit):
-            self.runtime.stop(job_id, timeout=5)
+        preempting = job["preempt_requested_at"] is not None and not job["cancel_requested_by"]
+        if preempting:
+            grace_end = job["preempt_requested_at"] + self._grace()
+            if now < grace_end:
+                self.next_deadline = min(self.next_deadline or grace_end, grace_end)
+                return  # it is writing its checkpoint
+        if job["cancel_requested_by"] or (limit and now - started >= limit) or preempting:
+            self.runtime.stop(job_id, timeout=0 if preempting else 5)  # a preempted job had its grace period
             fresh = self.runtime.inspect(job_id)
             if fresh and fresh.ended:
                 self._finish(job, fresh)
@@ -238,13 +256,32 @@ class JobController:
         ended = c.finished_at or time.time()
         if started is not None and ended < started:
             ended = started  # Docker records a short container's end a few ms before its start at times
+        # A job that ended on its own before it was asked to make room (Docker's clock and ours may
+        # differ a little) ended as it would have anyway.
+        asked = job.get("preempt_requested_at")
+        preempted = job.get("preempt_reason") if asked is not None and (c.finished_at is None or c.finished_at >= asked - 1) else None
         state, reason = jobs.classify_exit(c.exit_code, c.oom_killed, c.error, started, ended, effective_time_limit(job, self.config),
-                                           job["cancel_requested_by"], job["spec"].get("memory"), job.get("cancel_reason"))
+                                           job["cancel_requested_by"], job["spec"].get("memory"), job.get("cancel_reason"),
+                                           preempted=preempted)
+        if state == JobState.PREEMPTED:
+            # Its attempt's log is kept beside the final one; GET /jobs/ID/logs shows them in order.
+            if os.path.exists(os.path.join(directory, "log")):
+                os.replace(os.path.join(directory, "log"), os.path.join(directory, f"attempt-{job['attempts']}.log"))
         if jobs.transition(self.store, job_id, state, reason=reason, at=ended, exit_code=c.exit_code,
                            ended_at=ended, started_at=started, container_id=c.id):
             log.info("job %s %s: %s", job_id, state.value, reason)
         jobs.revoke_job_tokens(self.store, job_id)  # the transition does it too; this also covers a replayed pass
         self.runtime.remove(job_id)
+        if state == JobState.PREEMPTED:
+            self._requeue(jobs.get(self.store, job_id))
+
+    def _requeue(self, job: dict[str, Any] | None) -> None:
+        """Queue a preempted job again, once its container is gone (its name is the next attempt's)."""
+        if job is None or job["state"] != JobState.PREEMPTED.value:
+            return
+        self.runtime.remove(job["id"])
+        if jobs.requeue(self.store, job["id"]):
+            log.info("job %s queued again for attempt %d", job["id"], job["attempts"] + 1)
 
     def _remove_orphan(self, job_id: str, c: WorkloadStatus) -> None:
         """Remove a container whose job has ended (or that no job of ours names); a job that is
@@ -262,9 +299,11 @@ class JobController:
 
     # ------------------------------------------------------------ scheduling
     def schedule(self, now: float | None = None) -> None:
-        """Place queued jobs on free GPUs and launch them."""
+        """Place queued jobs on free GPUs and launch them; preempt for waiting work of a higher class."""
         now = now or time.time()
-        plan, queued, gpus = plan_now(self.store, self.inventory, self.config, now)
+        s = scheduler_inputs(self.store, self.inventory, self.config, now)
+        plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved)
+        queued, gpus = s.queued, s.gpus
         keep_reservation(self.store, plan, queued, gpus, now)
         index_of = {g.uuid: g.index for g in gpus}
         model_of = {g.uuid: g.model for g in gpus}
@@ -276,6 +315,65 @@ class JobController:
                                gpu_models=[model_of[u] for u in placement.gpu_uuids]):
                 job = dict(by_id[placement.job_id], state="starting", gpu_uuids=list(placement.gpu_uuids), gpu_indices=indices)
                 self._launch(job)
+        if plan.waiting and s.classes.preemptible:
+            self._preempt(s, plan, now)
+
+    def _grace(self) -> float:
+        from mlpd.jobspec import parse_duration
+
+        return parse_duration(self.config["scheduler.preempt_grace"])
+
+    def _preempt(self, s: SchedulerInputs, plan: Plan, now: float) -> None:
+        """Preempt running preemptible jobs for waiting work of a higher class that could not start
+        within scheduler.preempt_after (or whose promised start is later than that); which ones is the
+        pure scheduler's choice (choose_preemptions). The victims get SIGTERM now; each pass after
+        the grace period stops what is left (see _reconcile_job)."""
+        from mlpd.jobspec import parse_duration
+
+        classes = s.classes
+        candidates, leaving = [], set()
+        for job in s.active:
+            if job["preempt_requested_at"] is not None:
+                leaving.add(job["id"])
+            elif (job["kind"] == "job" and job["state"] == JobState.RUNNING.value and job["gpu_uuids"] and not job["cancel_requested_by"]
+                  and classes.is_preemptible(classes.of(job))):
+                candidates.append(Preemptible(job["id"], job["owner"], tuple(job["gpu_uuids"]), job["started_at"] or now,
+                                              classes.rank(classes.of(job))))
+        if not candidates:
+            return
+        lowest = min(c.rank for c in candidates)
+        after = parse_duration(self.config["scheduler.preempt_after"])
+        waiting_ids = set(plan.waiting)
+        due = []
+        for job in s.queue:  # in queue order below
+            if job.id not in waiting_ids or job.gpus <= 0 or job.rank <= lowest:
+                continue
+            # a head promised a start later than that need not wait to know it (an unknown start may be any moment)
+            promised_late = (plan.head is not None and plan.head.job_id == job.id and plan.head.start is not None
+                             and plan.head.start > job.submitted_at + after)
+            if now >= job.submitted_at + after or promised_late:
+                due.append(job)
+            else:  # look again when it has waited long enough
+                self.next_deadline = min(self.next_deadline or job.submitted_at + after, job.submitted_at + after)
+        if not due:
+            return
+        order = {job_id: i for i, job_id in enumerate(plan.waiting)}
+        due.sort(key=lambda j: order[j.id])
+        chosen = choose_preemptions(s.gpus, s.holdings, due, candidates, now, leaving, s.limits)
+        if not chosen:
+            return
+        by_id = {j.id: j for j in due}
+        rows = {j["id"]: j for j in s.queued}
+        grace = self._grace()
+        for p in chosen:
+            waiting = rows[p.for_job]
+            cls = classes.of(waiting)
+            reason = (f"preempted for job {short_id(p.for_job)} of {waiting['owner']} (class {cls}, {by_id[p.for_job].gpus} GPU"
+                      f"{'' if by_id[p.for_job].gpus == 1 else 's'})")
+            if jobs.request_preemption(self.store, p.job_id, reason, p.for_job, at=now):
+                log.info("job %s %s; SIGTERM now, stopped after %gs", p.job_id, reason, grace)
+                self.runtime.terminate(p.job_id)
+                self.next_deadline = min(self.next_deadline or now + grace, now + grace)
 
     def _launch(self, job: dict[str, Any]) -> None:
         with self._lock:
@@ -293,6 +391,10 @@ class JobController:
             fresh = jobs.get(self.store, job_id)
             if fresh is None or fresh["state"] != JobState.STARTING.value:
                 return
+            if fresh["attempts"] > 1:
+                old = self.runtime.inspect(job_id)
+                if old is not None and attempt_of(old) < fresh["attempts"]:
+                    self.runtime.remove(job_id)  # the container name is the job's: an earlier attempt's must go first
             req = self.launch_request(fresh)
             if fresh["spec"].get("requirements"):
                 req = self._with_environment(fresh, req)
@@ -375,7 +477,7 @@ class JobController:
             job_id=job["id"], owner=job["owner"], image=spec.get("image") or cfg["jobs.default_image"],
             command=tuple(spec["command"]), env=env, gpu_uuids=tuple(job["gpu_uuids"]),
             cpus=spec.get("cpus") or (cfg["jobs.default_cpus"] or None), memory=memory,
-            user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs,
+            user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs, attempt=job.get("attempts") or 1,
         )
 
     def _tracking_env(self, job: dict[str, Any]) -> dict[str, str]:

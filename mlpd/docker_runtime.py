@@ -13,7 +13,7 @@ from docker.types import DeviceRequest
 
 log = logging.getLogger("mlpd.runtime")
 
-from mlpd.runtime import (LABEL_GPUS, LABEL_INSTANCE, LABEL_JOB, LABEL_KIND, LABEL_OWNER, ImageMissing, LaunchRequest, Phase,
+from mlpd.runtime import (LABEL_ATTEMPT, LABEL_GPUS, LABEL_INSTANCE, LABEL_JOB, LABEL_KIND, LABEL_OWNER, ImageMissing, LaunchRequest, Phase,
                           RuntimeFailure, WorkloadStatus, container_env, container_name)
 
 # Docker's container states, as phases: "created" never started; "paused" and "restarting" still hold the workload.
@@ -132,7 +132,8 @@ class DockerRuntime:
             volumes[host_path] = {"bind": container_path, "mode": "ro" if read_only else "rw"}
         kwargs = dict(
             image=req.image, command=list(req.command), name=name, detach=True, environment=env,
-            labels={LABEL_INSTANCE: self.instance, LABEL_KIND: req.kind, LABEL_OWNER: req.owner, LABEL_JOB: req.job_id, LABEL_GPUS: gpu_list},
+            labels={LABEL_INSTANCE: self.instance, LABEL_KIND: req.kind, LABEL_OWNER: req.owner, LABEL_JOB: req.job_id, LABEL_GPUS: gpu_list,
+                    LABEL_ATTEMPT: str(req.attempt)},
             user=req.user, working_dir=req.workdir or ("/code" if req.code_dir else "/outputs"), volumes=volumes,
             ports={f"{cport}/tcp": (host_ip, host_port) for cport, host_ip, host_port in req.ports},
             init=True, privileged=False, security_opt=["no-new-privileges"], cap_drop=["ALL"], pids_limit=4096,
@@ -168,6 +169,16 @@ class DockerRuntime:
             pass
         except docker.errors.APIError as exc:
             if exc.status_code not in (304, 404, 409):
+                raise
+
+    def terminate(self, job_id: str) -> None:
+        """SIGTERM to the container's init (docker-init passes it to the command); returns at once."""
+        try:
+            self.client.containers.get(container_name(job_id)).kill(signal="SIGTERM")
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):  # 409: not running
                 raise
 
     def remove(self, job_id: str) -> None:

@@ -27,6 +27,7 @@ class JobState(str, enum.Enum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
     LOST = "lost"
+    PREEMPTED = "preempted"  # stopped for work of a higher class; queued again at once (a new attempt)
 
 
 ACTIVE = (JobState.STARTING, JobState.RUNNING)
@@ -37,10 +38,13 @@ STATE_NAMES = tuple(s.value for s in JobState)
 # transition(), which allows exactly these (a compare-and-set on the state the table allows
 # before the target), so no caller keeps its own list. Who causes each: a member (or admin)
 # cancels a queued job; everything else is the controller's, from what the runtime reports.
+# A preempted job is neither active nor ended: its attempt ended (booked, container removed) and
+# it goes back to the queue with its history, as its next attempt.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.STARTING, JobState.CANCELLED}),
     JobState.STARTING: frozenset({JobState.RUNNING, *TERMINAL}),
-    JobState.RUNNING: frozenset(TERMINAL),
+    JobState.RUNNING: frozenset({*TERMINAL, JobState.PREEMPTED}),
+    JobState.PREEMPTED: frozenset({JobState.QUEUED, JobState.CANCELLED}),
     **{state: frozenset() for state in TERMINAL},
 }
 
@@ -51,16 +55,20 @@ def may_follow(to: JobState) -> tuple[JobState, ...]:
 
 
 def classify_exit(exit_code: int | None, oom_killed: bool, error: str, started: float | None, ended: float,
-                  limit: float | None, cancelled_by: str | None, memory: int | None, cancel_reason: str | None = None) -> tuple[JobState, str]:
+                  limit: float | None, cancelled_by: str | None, memory: int | None, cancel_reason: str | None = None,
+                  preempted: str | None = None) -> tuple[JobState, str]:
     """How a job ended, from the runtime's account: its final state and the reason people read.
 
-    A cancel or a time limit is recorded as the cause when mlpd stopped the workload (its exit
-    code is then the signal's); otherwise an OOM kill, a clean exit or a failure with its code.
+    A cancel, a preemption (`preempted`: why it was asked for) or a time limit is recorded as the
+    cause when mlpd stopped the workload (its exit code is then the signal's, or the one its
+    checkpointing handler chose); otherwise an OOM kill, a clean exit or a failure with its code.
     """
     from mlpd.jobspec import format_bytes, format_duration
 
     if cancelled_by:
         return JobState.CANCELLED, cancel_reason or f"cancelled by {cancelled_by}"
+    if preempted:
+        return JobState.PREEMPTED, preempted
     if limit and started and ended - started >= limit - 0.5:
         return JobState.TIMED_OUT, f"stopped after its time limit of {format_duration(limit)}"
     if oom_killed:
@@ -172,7 +180,7 @@ def transition(store: Store, job_id: str, to: JobState, actor: str = "mlpd", rea
         assignments = ", ".join(f"{k} = ?" for k in sets)
         db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*sets.values(), job_id])
         _book_allocations(db, job_id, to)
-        if to in TERMINAL:
+        if to in TERMINAL or to == JobState.PREEMPTED:  # a job's credentials end with its attempt
             _revoke_job_tokens(db, job_id, at)
         detail = {k: v for k, v in fields.items() if k in ("exit_code", "gpu_uuids", "gpu_indices", "started_at", "ended_at")}
         record_event(db, actor, f"job.{to.value}", "job", job_id, at=at, reason=reason, **detail)
@@ -213,22 +221,57 @@ def revoke_job_tokens(store: Store, job_id: str) -> None:
 def _book_allocations(db, job_id: str, state: JobState) -> None:
     """Keep the GPU ledger in step with the job, in the same transaction as its transition.
 
-    Rows open when the job runs (Docker's start time) and close when it ends (Docker's
-    end time); UNIQUE (kind, object_id, gpu_uuid) and the compare-and-set transition make
-    a repeated or replayed pass a no-op, so a restart never books twice or leaves a gap.
+    Rows open when the job runs (Docker's start time) and close when it ends or is preempted
+    (Docker's end time); each attempt of a preempted job has rows of its own. UNIQUE (kind,
+    object_id, attempt, gpu_uuid) and the compare-and-set transition make a repeated or replayed
+    pass a no-op, so a restart never books twice or leaves a gap.
     """
-    row = db.execute("SELECT owner, gpu_uuids, gpu_indices, gpu_models, started_at, ended_at, kind FROM jobs WHERE id = ?", [job_id]).fetchone()
+    row = db.execute("SELECT owner, gpu_uuids, gpu_indices, gpu_models, started_at, ended_at, kind, attempts FROM jobs WHERE id = ?",
+                     [job_id]).fetchone()
     owner, uuids, indices, models, started, ended = row[0], json.loads(row[1]), json.loads(row[2]), json.loads(row[3]), row[4], row[5]
-    kind = row[6]
-    if not uuids or started is None or state not in (JobState.RUNNING, *TERMINAL):
+    kind, attempt = row[6], row[7]
+    if not uuids or started is None or state not in (JobState.RUNNING, JobState.PREEMPTED, *TERMINAL):
         return
     models = models or ["unknown"] * len(uuids)
     for uuid, index, model in zip(uuids, indices, models):
-        db.execute("INSERT OR IGNORE INTO allocations (owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   [owner, kind, job_id, uuid, index, model, started])
-    if state in TERMINAL:
-        db.execute("UPDATE allocations SET end = ?, start = ? WHERE kind = ? AND object_id = ? AND end IS NULL",
-                   [max(ended or started, started), started, kind, job_id])
+        db.execute("INSERT OR IGNORE INTO allocations (owner, kind, object_id, attempt, gpu_uuid, gpu_index, gpu_model, start) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [owner, kind, job_id, attempt, uuid, index, model, started])
+    if state != JobState.RUNNING:
+        db.execute("UPDATE allocations SET end = ?, start = ? WHERE kind = ? AND object_id = ? AND attempt = ? AND end IS NULL",
+                   [max(ended or started, started), started, kind, job_id, attempt])
+
+
+def request_preemption(store: Store, job_id: str, reason: str, for_job: str, at: float | None = None) -> bool:
+    """Mark a running job for preemption (the controller then signals it, and stops it after the
+    grace period); False when it is no longer running, or already being cancelled or preempted."""
+    at = at if at is not None else time.time()
+    with store.write() as db:
+        done = db.execute("UPDATE jobs SET preempt_requested_at = ?, preempt_reason = ?, updated_at = ? WHERE id = ? AND state = 'running' "
+                          "AND preempt_requested_at IS NULL AND cancel_requested_by IS NULL", [at, reason, time.time(), job_id]).rowcount
+        if done:
+            record_event(db, "mlpd", "job.preempt_requested", "job", job_id, at=at, reason=reason, for_job=for_job)
+    return bool(done)
+
+
+def requeue(store: Store, job_id: str, at: float | None = None) -> bool:
+    """Queue a preempted job again as its next attempt, keeping its history, id, outputs and place
+    in the queue (its submit time); False when it is not preempted (already requeued, cancelled)."""
+    row = store.query_one("SELECT attempts FROM jobs WHERE id = ?", [job_id])
+    if row is None:
+        return False
+    attempt = row["attempts"] + 1
+    return transition(store, job_id, JobState.QUEUED, reason=f"queued again after preemption, for attempt {attempt}", at=at,
+                      only_from=[JobState.PREEMPTED], attempts=attempt, gpu_uuids=[], gpu_indices=[], gpu_models=[], started_at=None,
+                      ended_at=None, exit_code=None, container_id=None, preempt_requested_at=None, reserved_at=None)
+
+
+def preemptions(history_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """When and why the job was preempted, from its history: [{"at", "attempt", "reason"}], oldest first."""
+    out = []
+    for event in history_rows:
+        if event["action"] == "job.preempted":
+            out.append({"at": event["at"], "attempt": len(out) + 1, "reason": event["detail"].get("reason", "")})
+    return out
 
 
 def request_cancel(store: Store, job_id: str, actor: str, reason: str | None = None) -> dict[str, Any]:
@@ -236,7 +279,7 @@ def request_cancel(store: Store, job_id: str, actor: str, reason: str | None = N
     reason, when given, is what people read instead of 'cancelled by ACTOR' (e.g. 'culled: idle 4h')."""
     now = time.time()
     if transition(store, job_id, JobState.CANCELLED, actor=actor, reason=reason or f"cancelled by {actor} while queued", at=now,
-                  only_from=[JobState.QUEUED], ended_at=now, cancel_requested_by=actor, cancel_reason=reason):
+                  only_from=[JobState.QUEUED, JobState.PREEMPTED], ended_at=now, cancel_requested_by=actor, cancel_reason=reason):
         return get(store, job_id)
     with store.write() as db:
         row = db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()

@@ -46,6 +46,7 @@ class JobSpec:
     name: str | None = None
     experiment: str | None = None
     requirements: str | None = None  # the text of a requirements.txt: the job runs in image + these (mlpd.environments)
+    priority_class: str | None = None  # a class of scheduler.priority_classes; None: the default class
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict with every field; ``parse_spec`` accepts it back unchanged."""
@@ -328,6 +329,11 @@ def parse_spec(data: Mapping[str, Any], job_file: bool = False) -> tuple[JobSpec
         kw["time_limit"] = limit
     if "priority" in raw:
         kw["priority"] = _whole("priority", raw["priority"], -100, 100)
+    if "priority_class" in raw:
+        cls = raw["priority_class"]
+        if not isinstance(cls, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", cls):
+            raise SpecError("priority_class", f"expected a class name such as 'production' or 'preemptible', got {str(cls)[:40]!r}")
+        kw["priority_class"] = cls
     if "name" in raw:
         name = raw["name"]
         if not isinstance(name, str) or not _JOB_NAME.fullmatch(name):

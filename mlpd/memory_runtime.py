@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from mlpd.runtime import ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name
+from mlpd.runtime import LABEL_ATTEMPT, ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -42,6 +42,7 @@ class _Container:
     output: list[tuple[float, str]] = field(default_factory=list)  # (when, line)
     steps: list[tuple[str, object]] = field(default_factory=list)  # what is left to run
     cursor: float = 0.0  # when the next step begins
+    ignores_term: bool = False  # a process that neither ends nor exits on SIGTERM (only a stop ends it)
 
 
 class MemoryRuntime:
@@ -74,6 +75,13 @@ class MemoryRuntime:
         with self._lock:
             self._create(req)
 
+    def ignore_term(self, job_id: str) -> None:
+        """The workload ignores SIGTERM (a trap that never exits): only stop() ends it."""
+        with self._lock:
+            c = self.containers.get(container_name(job_id))
+            if c is not None:
+                c.ignores_term = True
+
     def oom_kill(self, job_id: str) -> None:
         """The kernel kills the workload for its memory limit."""
         with self._lock:
@@ -86,7 +94,7 @@ class MemoryRuntime:
         return WorkloadStatus(id=c.id, name=c.name, job_id=c.request.job_id, phase=c.phase, exit_code=c.exit_code,
                               oom_killed=c.oom_killed, started_at=c.started_at, finished_at=c.finished_at,
                               labels={"mlpd.instance": c.instance, "mlpd.kind": c.request.kind, "mlpd.job_id": c.request.job_id,
-                                      "mlpd.owner": c.request.owner})
+                                      "mlpd.owner": c.request.owner, LABEL_ATTEMPT: str(c.request.attempt)})
 
     def list_jobs(self) -> dict[str, WorkloadStatus]:
         with self._lock:
@@ -147,7 +155,17 @@ class MemoryRuntime:
                 return
             self._advance(c)
             if c.phase == Phase.RUNNING:
-                self._end(c, 143)  # SIGTERM through the init process, as Docker reports it
+                # SIGTERM through the init process, as Docker reports it; SIGKILL after the timeout for one that ignores it
+                self._end(c, 137 if c.ignores_term else 143)
+
+    def terminate(self, job_id: str) -> None:
+        with self._lock:
+            c = self.containers.get(container_name(job_id))
+            if c is None:
+                return
+            self._advance(c)
+            if c.phase == Phase.RUNNING and not c.ignores_term:
+                self._end(c, 143)  # the default action of SIGTERM, as the init process reports it
 
     def remove(self, job_id: str) -> None:
         with self._lock:

@@ -39,7 +39,7 @@ def _size(path: str) -> int:
 def plan(store: Store, state_dir: str, job_days: float, code_days: float, now: float | None = None) -> RetentionPlan:
     """What retention would remove now (nothing is removed here)."""
     now = now or time.time()
-    active = [s.value for s in (jobs.JobState.QUEUED, *jobs.ACTIVE)]
+    active = [s.value for s in (jobs.JobState.QUEUED, *jobs.ACTIVE, jobs.JobState.PREEMPTED)]  # preempted: on its way back to the queue
     old = store.query(f"""SELECT id FROM jobs WHERE state NOT IN ({','.join('?' * len(active))}) AND ended_at IS NOT NULL
                           AND ended_at < ?""", [*active, now - job_days * 86400])
     job_ids = [r["id"] for r in old if os.path.isdir(jobs.job_dir(state_dir, r["id"]))]

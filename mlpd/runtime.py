@@ -23,6 +23,7 @@ LABEL_KIND = "mlpd.kind"
 LABEL_OWNER = "mlpd.owner"
 LABEL_JOB = "mlpd.job_id"
 LABEL_GPUS = "mlpd.gpu_uuids"
+LABEL_ATTEMPT = "mlpd.attempt"
 
 
 class RuntimeFailure(Exception):
@@ -81,6 +82,7 @@ class LaunchRequest:
     ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host address, host port) to publish
     mounts: tuple[tuple[str, str, bool], ...] = ()  # (host path, container path, read-only) beyond /outputs and /code
     workdir: str | None = None  # default: /code when there is code, else /outputs
+    attempt: int = 1  # which run of the workload this is (a preempted job runs again): MLPD_ATTEMPT, label mlpd.attempt
 
 
 def container_name(job_id: str) -> str:
@@ -95,7 +97,13 @@ def container_env(req: LaunchRequest) -> dict[str, str]:
     """
     gpu_list = ",".join(req.gpu_uuids)
     return {**req.env, "CUDA_VISIBLE_DEVICES": gpu_list, "NVIDIA_VISIBLE_DEVICES": gpu_list or "void",
-            "MLPD_JOB_ID": req.job_id, "MLPD_OUTPUTS": "/outputs"}
+            "MLPD_JOB_ID": req.job_id, "MLPD_OUTPUTS": "/outputs", "MLPD_ATTEMPT": str(req.attempt)}
+
+
+def attempt_of(status: WorkloadStatus) -> int:
+    """Which attempt of its workload a container runs (label mlpd.attempt; 1 for containers made before it existed)."""
+    value = status.labels.get(LABEL_ATTEMPT, "1")
+    return int(value) if str(value).isdigit() else 1
 
 
 class Runtime(Protocol):
@@ -116,6 +124,10 @@ class Runtime(Protocol):
 
     def stop(self, job_id: str, timeout: int = 10) -> None:
         """SIGTERM, then SIGKILL after timeout; a container that is gone or stopped is fine."""
+
+    def terminate(self, job_id: str) -> None:
+        """Send SIGTERM to the workload (its init passes it on) and return at once: a preempted job's
+        cue to checkpoint. A container that is gone or not running is fine."""
 
     def remove(self, job_id: str) -> None:
         """Remove the container (forcibly); idempotent."""

@@ -8,7 +8,8 @@ a start time) is worked out only when asked for: `explain()` for one job, or
 
 The algorithm is EASY backfill over a multifactor priority order:
 
-- Order: a job that holds the reservation comes first; then by a priority
+- Order: by priority class first (a higher class always goes first); within a
+  class, a job that holds the reservation comes first; then by a priority
   score (as in Slurm's multifactor plugin), the sum of the job's own priority,
   its age and (with fair share) its owner's fair-share factor, each times a
   weight from the policy; ties by submit time, then id.
@@ -20,12 +21,15 @@ The algorithm is EASY backfill over a multifactor priority order:
 - The reservation sticks: the caller keeps which job holds it (`reserved`) and
   passes it back, so later passes put that job first whatever the order says.
   Backfill never delays it, so its start time never moves later (absent
-  failures): the time shown to the user is a bound.
+  failures and work of a higher class): the time shown to the user is a bound.
+- Preemption (`choose_preemptions`): which running preemptible jobs to stop so
+  that waiting work of a higher class can start; the caller decides when.
 
 No I/O and no clock reads: the caller passes `now`, which keeps this testable.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -62,6 +66,7 @@ class QueuedJob:
     priority: int  # the job's own priority; higher runs first
     submitted_at: float
     time_limit: float | None  # seconds; None = unlimited
+    rank: int = 0  # its priority class's rank (higher classes go first, whatever the score)
 
 
 @dataclass(frozen=True)
@@ -166,8 +171,9 @@ def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: M
 
 def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = None, *, now: float | None = None,
                 policy: Policy = Policy(), reserved: Mapping[str, float] | None = None) -> list[QueuedJob]:
-    """Return the jobs in scheduling order: those holding a reservation first (the earliest
-    reserved first), then by priority score desc, then submitted_at asc, then id.
+    """Return the jobs in scheduling order: by class rank desc; within a rank, those holding a
+    reservation first (the earliest reserved first), then by priority score desc, then
+    submitted_at asc, then id.
 
     `usage` is each owner's decayed recent GPU usage (only read with policy.fair_share);
     without `now` age adds nothing.
@@ -183,7 +189,7 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
     keyed = []
     for j in queue:
         if j.id in reserved:
-            keyed.append((0, reserved[j.id], j.submitted_at, j.id, j))
+            keyed.append((-j.rank, 0, reserved[j.id], j.submitted_at, j.id, j))
             continue
         score = w_prio * j.priority
         waited = now - j.submitted_at if timed else 0.0
@@ -195,9 +201,9 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
             base = max_x * (default_base if j.time_limit is None else
                             j.time_limit if j.time_limit > MIN_EXPANSION_BASE else MIN_EXPANSION_BASE)
             score += w_x * (1.0 if waited >= base else waited / base if waited > 0 else 0.0)
-        keyed.append((1, -score, j.submitted_at, j.id, j))
-    keyed.sort(key=lambda k: k[:4])
-    return [k[4] for k in keyed]
+        keyed.append((-j.rank, 1, -score, j.submitted_at, j.id, j))
+    keyed.sort(key=lambda k: k[:5])
+    return [k[5] for k in keyed]
 
 
 def short_id(job_id: str) -> str:
@@ -439,6 +445,130 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
         plan_head = Head(head.job.id, None if head.shadow == INF else head.shadow,
                          tuple(g.uuid for g in gpus if g.uuid in head.reserved))
     return Plan(tuple(placements), tuple(waits), plan_head, tuple(waiting))
+
+
+@dataclass(frozen=True)
+class Preemptible:
+    """A running job that may be preempted (its class is preemptible)."""
+    job_id: str
+    owner: str
+    gpu_uuids: tuple[str, ...]
+    started_at: float
+    rank: int  # its class's rank: only waiting work of a higher rank may preempt it
+
+
+@dataclass(frozen=True)
+class Preemption:
+    job_id: str   # the running job to preempt
+    for_job: str  # the waiting job it makes room for
+
+
+MAX_VICTIM_SETS = 5000  # sets of victims weighed per model group before settling for the greedy choice
+
+
+def choose_preemptions(gpus: Sequence[Gpu], holdings: Sequence[Holding], waiting: Sequence[QueuedJob],
+                       candidates: Sequence[Preemptible], now: float, leaving: Collection[str] = (),
+                       limits: Sequence[GpuLimit] = ()) -> tuple[Preemption, ...]:
+    """Which running jobs to preempt so that each waiting job can start; the caller says which may
+    (`waiting`, in queue order: those of a higher class that waited long enough).
+
+    For each waiting job, on the usable GPUs of one model: if the GPUs free now, or being freed
+    (`leaving`: jobs already told to stop), are enough, nothing more is preempted for it. Else the
+    fewest candidates of a lower rank whose GPUs make up the rest; among as many, those freeing the
+    fewest GPUs, then those losing the least work (GPU-seconds run so far: the latest started go
+    first). The GPUs so found are promised to that job and not counted again for the next one. A
+    job no preemption can help (too few usable GPUs of its model, over its concurrent-GPU quota)
+    preempts nothing.
+    """
+    usable = [g for g in sorted(gpus, key=lambda g: g.index) if not g.drained]
+    known = {g.uuid for g in gpus}
+    holders: dict[str, set[str]] = {}
+    for h in holdings:
+        if h.gpu_uuid in known:
+            holders.setdefault(h.gpu_uuid, set()).add(h.job_id)
+    leaving = set(leaving)
+    limits_of: dict[str, list[int]] = {}
+    for i, limit in enumerate(limits):
+        for m in limit.members:
+            limits_of.setdefault(m, []).append(i)
+    owners = {h.job_id: h.owner for h in holdings}
+    held = [0] * len(limits)
+    for h in holdings:
+        if h.job_id not in leaving:
+            for i in limits_of.get(h.owner, ()):
+                held[i] += 1
+    claimed: set[str] = set()
+    out: list[Preemption] = []
+
+    def open_now(g: Gpu) -> bool:
+        return g.uuid not in claimed and holders.get(g.uuid, set()) <= leaving
+
+    for job in waiting:
+        lids = limits_of.get(job.owner, ())
+        if job.gpus <= 0 or any(held[i] + job.gpus > limits[i].max_gpus for i in lids):
+            continue
+        best: tuple[tuple, list[str], tuple[Preemptible, ...]] | None = None
+        for group in _groups([g for g in usable if _matches(g, job)]).values():
+            if len(group) < job.gpus:
+                continue
+            free = [g.uuid for g in group if open_now(g)]
+            if len(free) >= job.gpus:
+                option = ((0, 0, 0.0), free[:job.gpus], ())
+            else:
+                victims = _fewest_victims(job, group, free, holders, leaving, claimed, candidates, now)
+                if victims is None:
+                    continue
+                ids = {c.job_id for c in victims}
+                freed = [g.uuid for g in group if g.uuid not in claimed and g.uuid not in free
+                         and holders.get(g.uuid, set()) - leaving <= ids]
+                lost = sum((now - c.started_at) * len(c.gpu_uuids) for c in victims)
+                option = ((len(victims), len(freed), lost), free + freed[:job.gpus - len(free)], victims)
+            if best is None or option[0] < best[0]:
+                best = option
+        if best is None:
+            continue
+        _, take, victims = best
+        claimed.update(take)
+        for c in victims:
+            leaving.add(c.job_id)
+            out.append(Preemption(c.job_id, job.id))
+            for i in limits_of.get(owners.get(c.job_id, c.owner), ()):
+                held[i] -= len(c.gpu_uuids)
+        for i in lids:
+            held[i] += job.gpus
+    return tuple(out)
+
+
+def _fewest_victims(job: QueuedJob, group: Sequence[Gpu], free: Sequence[str], holders: Mapping[str, set[str]],
+                    leaving: Collection[str], claimed: Collection[str], candidates: Sequence[Preemptible],
+                    now: float) -> tuple[Preemptible, ...] | None:
+    """The fewest lower-rank candidates whose GPUs in `group` make up what `free` lacks for the job
+    (ties: fewest GPUs freed, then least work lost); None when all of them together cannot."""
+    need = job.gpus - len(free)
+    in_group = {g.uuid for g in group if g.uuid not in claimed}
+    options: list[tuple[Preemptible, int]] = []
+    for c in candidates:
+        if c.rank >= job.rank or c.job_id in leaving:
+            continue
+        # a GPU is freed only when the candidate is its one holder still staying
+        mine = sum(1 for u in c.gpu_uuids if u in in_group and holders.get(u, set()) - set(leaving) <= {c.job_id})
+        if mine:
+            options.append((c, mine))
+    sizes = sorted((n for _, n in options), reverse=True)
+    if sum(sizes) < need:
+        return None
+    k = next(i for i in range(1, len(sizes) + 1) if sum(sizes[:i]) >= need)
+
+    def cost(combo) -> tuple:
+        return (sum(n for _, n in combo), sum((now - c.started_at) * len(c.gpu_uuids) for c, _ in combo),
+                sorted(c.job_id for c, _ in combo))
+
+    if math.comb(len(options), k) <= MAX_VICTIM_SETS:
+        combo = min((combo for combo in itertools.combinations(options, k) if sum(n for _, n in combo) >= need), key=cost)
+    else:  # too many sets to weigh: the largest first (still k of them), the latest started among equals
+        ordered = sorted(options, key=lambda o: (-o[1], (now - o[0].started_at) * len(o[0].gpu_uuids)))
+        combo = tuple(ordered[:k])
+    return tuple(c for c, _ in combo)
 
 
 def _quota_room(job: QueuedJob, lids: Sequence[int] | None, head_limits: frozenset[int], head_gpus: int,

@@ -200,6 +200,36 @@ def _migration_workloads(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_preemption(db: sqlite_utils.Database) -> None:
+    """Preemption by priority class: a job runs in attempts (jobs.attempts, 1 for the first run),
+    a preemption is asked for and then done (preempt_requested_at, preempt_reason), and the ledger
+    books each attempt on its own rows: allocations gains `attempt`, and its UNIQUE key with it
+    (SQLite cannot change a constraint in place, so the table is rebuilt, ids and rows kept)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE jobs ADD COLUMN preempt_requested_at REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN preempt_reason TEXT")
+    db.execute(
+        """CREATE TABLE allocations_new (
+            id INTEGER PRIMARY KEY,
+            owner TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            object_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 1,
+            gpu_uuid TEXT NOT NULL,
+            gpu_index INTEGER NOT NULL,
+            gpu_model TEXT NOT NULL,
+            start REAL NOT NULL,
+            end REAL,
+            UNIQUE (kind, object_id, attempt, gpu_uuid)
+        )"""
+    )
+    db.execute("""INSERT INTO allocations_new (id, owner, kind, object_id, attempt, gpu_uuid, gpu_index, gpu_model, start, end)
+                  SELECT id, owner, kind, object_id, 1, gpu_uuid, gpu_index, gpu_model, start, end FROM allocations""")
+    db.execute("DROP TABLE allocations")
+    db.execute("ALTER TABLE allocations_new RENAME TO allocations")
+    db.execute("CREATE INDEX allocations_time ON allocations (start, end)")
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _migration_initial),
     ("0002_jobs", _migration_jobs),
@@ -208,6 +238,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0005_drains", _migration_drains),
     ("0006_workloads", _migration_workloads),
     ("0007_scheduler", _migration_scheduler),
+    ("0010_preemption", _migration_preemption),
 )
 
 

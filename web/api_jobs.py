@@ -72,7 +72,26 @@ def job_view(job: dict) -> dict:
         "image": spec.get("image") or config()["jobs.default_image"], "command": spec["command"],
         "submitted_at": job["submitted_at"], "started_at": job["started_at"], "ended_at": job["ended_at"],
         "cancel_requested_by": job["cancel_requested_by"], "spec": spec,
+        "priority_class": _classes().of(job), "attempt": job["attempts"],
+        "preempting": None if job["preempt_requested_at"] is None or job["state"] not in ("starting", "running")
+        else {"since": job["preempt_requested_at"], "reason": job["preempt_reason"]},
     }
+
+
+def _classes():
+    from mlpd.priority_classes import PriorityClasses
+
+    return PriorityClasses.from_config(config())
+
+
+def check_priority_class(spec) -> None:
+    """Refuse a class that does not exist (400) or that the admins keep for others (403)."""
+    from mlpd import quotas
+
+    teams = quotas.teams_of(store()).get(g.user.name, []) if spec.priority_class else []
+    refusal = _classes().refusal(spec.priority_class, g.user.name, g.user.is_admin, teams)
+    if refusal:
+        raise ApiError(*refusal)
 
 
 def check_disk() -> None:
@@ -119,6 +138,7 @@ def submit_job():
     except SpecError as exc:
         raise ApiError(400, "invalid_field", str(exc)) from None
     check_admission(spec)
+    check_priority_class(spec)
     check_disk()
     from mlpd import quotas
 
@@ -159,6 +179,7 @@ def show_job(job_id: str):
     job = _visible_job(job_id)
     view = job_view(job)
     view["history"] = jobs.history(store(), job_id)
+    view["preemptions"] = jobs.preemptions(view["history"])
     view["waiting"] = explain_wait(job_id) if job["state"] == JobState.QUEUED.value else None
     view["mlflow_runs"] = mlflow_runs(job_id)
     return jsonify({"job": view})
@@ -222,6 +243,14 @@ def logs_response(job_id: str, follow: bool) -> Response:
     def saved(path=log_path):
         yield from logtext.select(raw_saved(path), timestamps, since)
 
+    def attempts_before(job: dict):
+        # the output of attempts that were preempted, each written whole when it ended
+        for n in range(1, job["attempts"]):
+            yield f"--- attempt {n} (preempted) ---\n".encode()
+            yield from saved(os.path.join(os.path.dirname(log_path), f"attempt-{n}.log"))
+        if job["attempts"] > 1:
+            yield f"--- attempt {job['attempts']} ---\n".encode()
+
     def generate():
         # the environment's build (if the job brought requirements) comes first; it is written whole before the job starts
         built = False
@@ -229,6 +258,7 @@ def logs_response(job_id: str, follow: bool) -> Response:
             if not built and (jobs.get(st, job_id)["state"] != JobState.STARTING.value or not follow):
                 built = True
                 yield from saved(os.path.join(os.path.dirname(log_path), "build.log"))
+                yield from attempts_before(jobs.get(st, job_id))
             job = jobs.get(st, job_id)
             if job["state"] in TERMINAL_NAMES:
                 # give the controller a moment to save the log of a job that just ended
@@ -251,12 +281,16 @@ def logs_response(job_id: str, follow: bool) -> Response:
                     return
                 if streamed:
                     # The container exited; end the stream once the job has ended too, so
-                    # that `mlpd logs -f && mlpd jobs show` sees the final state.
+                    # that `mlpd logs -f && mlpd jobs show` sees the final state. A preempted
+                    # job goes on: its next attempt's output follows under a header.
                     for _ in range(100):
-                        if jobs.get(st, job_id)["state"] in TERMINAL_NAMES:
+                        now_job = jobs.get(st, job_id)
+                        if now_job["state"] in TERMINAL_NAMES or now_job["attempts"] > job["attempts"]:
                             break
                         time.sleep(0.1)
-                    return
+                    if now_job["state"] in TERMINAL_NAMES or now_job["attempts"] == job["attempts"]:
+                        return
+                    yield f"--- attempt {job['attempts']} was preempted; attempt {now_job['attempts']} waits in the queue ---\n".encode()
             if not follow:
                 return
             time.sleep(0.2)

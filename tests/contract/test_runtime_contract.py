@@ -211,3 +211,17 @@ def test_an_image_is_built_and_removed_but_not_while_a_container_uses_it(make_ru
 def test_the_engine_describes_itself(make_runtime):
     info = make_runtime().engine_info()
     assert info["version"] and isinstance(info["nvidia"], bool)
+
+
+def test_terminate_sends_sigterm_and_returns_at_once_and_the_attempt_is_labelled(make_runtime, tmp_path):
+    rt = make_runtime()
+    req = request(tmp_path, ["sh", "-c", "echo attempt $MLPD_ATTEMPT; sleep 60"], attempt=3)
+    rt.start_job(req)
+    assert rt.inspect(req.job_id).labels["mlpd.attempt"] == "3"
+    rt.terminate(req.job_id)
+    done = ended(rt, req.job_id, timeout=20)
+    assert done.exit_code == 143  # SIGTERM's default action, passed on by the init process
+    assert "attempt 3" in b"".join(rt.logs(req.job_id)).decode()
+    rt.terminate(req.job_id)  # an ended workload: no error
+    rt.remove(req.job_id)
+    rt.terminate(req.job_id)  # a gone one: no error

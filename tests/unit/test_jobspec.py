@@ -99,16 +99,24 @@ def test_gpu_env_vars_stripped_with_warning(name):
 
 def test_to_dict_round_trips_through_json():
     s = spec(image="pytorch/pytorch:2.3.0", code=DIGEST, gpus=1, cpus=4, memory="1.5G",
-             env={"SEED": 7}, time_limit="2h", priority=10, name="run1", experiment="exp", requirements="humanize==4.9.0\n")
+             env={"SEED": 7}, time_limit="2h", priority=10, name="run1", experiment="exp", requirements="humanize==4.9.0\n",
+             priority_class="preemptible")
     d = s.to_dict()
     assert set(d) == {"command", "image", "code", "gpus", "gpu_model", "cpus", "memory", "env",
-                      "time_limit", "priority", "name", "experiment", "requirements"}
+                      "time_limit", "priority", "name", "experiment", "requirements", "priority_class"}
     again, warnings = parse_spec(json.loads(json.dumps(d)))
     assert again == s and warnings == []
     assert parse_spec(JobSpec(command=("x",)).to_dict())[0] == JobSpec(command=("x",))
 
 
 # ---------------------------------------------------------------- refusals
+
+
+def test_a_priority_class_is_a_name():
+    assert spec(priority_class="production").priority_class == "production"
+    for bad in ("", "Production", "x" * 40, 3, "a b"):
+        with pytest.raises(SpecError, match="^priority_class: expected a class name"):
+            parse_spec({"command": ["x"], "priority_class": bad})
 
 
 def test_command_required_and_checked():

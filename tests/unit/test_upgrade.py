@@ -45,6 +45,8 @@ def test_a_0_1_0_database_upgrades_with_every_row_intact(tmp_path):
     scoped = {t["label"]: t["job_id"] for t in after["tokens"]}
     assert all(job_id == label[4:] for label, job_id in scoped.items() if label.startswith("job:"))
     assert all(job_id is None for label, job_id in scoped.items() if not label.startswith("job:"))
+    # 0010_preemption: every job so far ran once, and its ledger rows are its first attempt's
+    assert {j["attempts"] for j in after["jobs"]} == {1} and {a["attempt"] for a in after["allocations"]} == {1}
     assert Store(str(path)).migrate() == []  # a second start changes nothing
 
 

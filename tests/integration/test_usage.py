@@ -125,10 +125,14 @@ def test_fair_share_runs_the_lighter_user_first(make_daemon):
     _, tc = new_user(d, "holder")
     holder = submit(d, tc, ["sleep", "3"], gpus=1)
     wait_state(d, tc, holder, "running")
+    # A higher-priority job is the head and holds the reservation, so that neither job below is
+    # the head alone when it is submitted (a head's reservation sticks, whatever fair share says later).
+    blocker = submit(d, tc, ["sleep", "1"], gpus=1, priority=10)
     h2 = submit(d, th, ["sleep", "1"], gpus=1)   # submitted first...
     l2 = submit(d, tl, ["sleep", "1"], gpus=1)   # ...but light has less recent usage
     first = wait_for(lambda: next((x for x in (h2, l2) if job(d, th if x == h2 else tl, x)["state"] != "queued"), None), 30, 0.1, "one to start")
     assert first == l2
+    assert wait_state(d, tc, blocker, TERMINAL)["state"] == "succeeded"
     assert wait_state(d, th, h2, TERMINAL, timeout=30)["state"] == "succeeded"
 
 

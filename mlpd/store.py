@@ -158,6 +158,28 @@ def _migration_drains(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE gpu_drains (gpu_uuid TEXT PRIMARY KEY, reason TEXT NOT NULL, actor TEXT NOT NULL, at REAL NOT NULL)")
 
 
+def _migration_ui(db: sqlite_utils.Database) -> None:
+    """Web UI logins: a password per user (slow hash), failed-login counts for lockout, and
+    server-side sessions (only a hash of the cookie's secret is stored, so a copy of the
+    database opens no session; logout and user removal end them at once)."""
+    db.execute("ALTER TABLE users ADD COLUMN password_hash TEXT")
+    db.execute("ALTER TABLE users ADD COLUMN password_changed_at REAL")
+    # Keyed by the name typed, existing or not, so a lockout says nothing about who exists.
+    db.execute("CREATE TABLE login_failures (name TEXT PRIMARY KEY, failures INTEGER NOT NULL, first_at REAL NOT NULL, locked_until REAL)")
+    db.execute(
+        """CREATE TABLE ui_sessions (
+            id_hash TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            csrf TEXT NOT NULL,
+            method TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_seen_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX ui_sessions_user ON ui_sessions (user_id)")
+
+
 # Append only: a migration, once shipped, never changes; add a new one instead.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _migration_initial),
@@ -165,6 +187,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0003_accounting", _migration_accounting),
     ("0004_scopes", _migration_scopes),
     ("0005_drains", _migration_drains),
+    ("0008_ui", _migration_ui),
 )
 
 

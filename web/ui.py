@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shlex
 import time
 from typing import Any
@@ -81,7 +82,7 @@ def bytes_filter(n: int | None) -> str:
 def _furniture() -> dict[str, Any]:
     nav = list(NAV) + ([("ui_admin.overview", "Admin")] if g.get("user") and g.user.is_admin else [])
     return {"csrf_token": ui_auth.csrf_token, "nav": nav, "user": g.get("user"), "static_version": _static_version(),
-            "meter": lambda p: Markup(ui_charts.meter(p)), "version": mlpd.__version__}
+            "meter": lambda p: Markup(ui_charts.meter(p)), "version": mlpd.__version__, "display_command": display_command}
 
 
 @ui.after_request
@@ -232,9 +233,24 @@ def job_list():
                            owner_filter=owner_filter, state_names=jobs.STATE_NAMES)
 
 
+_PLAIN_IN_DOUBLE_QUOTES = re.compile(r'[^"$`\\!]*')
+
+
+def display_command(argv) -> str:
+    """The command as a person would type it: shell quoting, in double quotes where that reads
+    better (python -c "print('hi')"); splitting it again gives the same arguments."""
+    out = []
+    for arg in argv:
+        quoted = shlex.quote(arg)
+        if quoted != arg and "'" in arg and _PLAIN_IN_DOUBLE_QUOTES.fullmatch(arg):
+            quoted = f'"{arg}"'
+        out.append(quoted)
+    return " ".join(out)
+
+
 def _spec_items(job: dict) -> list[tuple[str, str]]:
     spec = job["spec"]
-    items = [("image", spec.get("image") or config()["jobs.default_image"]), ("command", shlex.join(spec["command"])),
+    items = [("image", spec.get("image") or config()["jobs.default_image"]), ("command", display_command(spec["command"])),
              ("GPUs", str(spec["gpus"]) + (f" ({spec['gpu_model']})" if spec.get("gpu_model") else ""))]
     if spec.get("time_limit"):
         items.append(("time limit", format_duration(spec["time_limit"])))
@@ -429,6 +445,11 @@ def queue_waits(since: float, owner: str | None) -> list[tuple[str, float, float
     return [(day, sum(w) / len(w), max(w), len(w)) for day, w in sorted(by_day.items())]
 
 
+def _wait_points(waits, since: float, days: int) -> list[tuple[str, float]]:
+    mean = {day: m for day, m, _, _ in waits}
+    return [(d, mean.get(d, 0.0) / 60) for d in _day_labels(since, days)]
+
+
 @ui.route("/usage")
 def usage():
     from mlpd.web.api_jobs import inventory
@@ -449,7 +470,7 @@ def usage():
         "teams": Markup(ui_charts.hbars(f"GPU-hours per team, last {days} days", [(r["key"], r["gpu_hours"], r["busy_gpu_hours"]) for r in by_team])),
         "days": Markup(ui_charts.vbars(f"GPU-hours per day, last {days} days", day_points)),
         "util": Markup(ui_charts.lines("Utilization per GPU, last hour", [(f"GPU {d.index}", util.get(d.uuid, [])) for d in devices], now - 3600, now)),
-        "waits": Markup(ui_charts.vbars(f"Mean queue wait per day, last {days} days", [(d, mean / 60) for d, mean, _, _ in waits], unit="min")),
+        "waits": Markup(ui_charts.vbars(f"Mean queue wait per day, last {days} days", _wait_points(waits, since, days), unit="min")),
     }
     return render_template("usage.html", days=days, by_user=by_user, by_team=by_team, by_day=sorted(by_day.values(), key=lambda r: r["key"]),
                            waits=waits, charts=charts, currency=config()["pricing.currency"], periods=sorted(PERIODS, key=int))

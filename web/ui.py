@@ -387,16 +387,25 @@ def _field_of(message: str) -> str:
     return head if head in FORM_FIELDS else "_form"
 
 
+IMAGES_TTL = 30.0
+
+
 def _images() -> list[str]:
-    """The images the form offers: those on this host (not mlpd's base or built environments)."""
+    """The images the form offers: those on this host (not mlpd's base or built environments).
+    Listing them is slow on an engine with many images, so the list is kept for IMAGES_TTL seconds."""
     from mlpd.web.api_jobs import runtime
 
+    cached = current_app.extensions.get("mlpd.ui_images")
+    if cached and time.monotonic() - cached[0] < IMAGES_TTL:
+        return cached[1]
     try:
         tags = [i.get("tag") or "" for i in runtime().list_images(prefix="")]
     except Exception:  # no engine: the form still works, the check says why on submit
-        tags = []
+        return [config()["jobs.default_image"]]
     default = config()["jobs.default_image"]
-    return sorted({t for t in tags if t and "<none>" not in t and not t.startswith(("mlpd/base", "mlpd/env"))} | {default})
+    names = sorted({t for t in tags if t and "<none>" not in t and not t.startswith(("mlpd/base", "mlpd/env"))} | {default})
+    current_app.extensions["mlpd.ui_images"] = (time.monotonic(), names)
+    return names
 
 
 @ui.route("/jobs/new", methods=("GET", "POST"))

@@ -108,7 +108,8 @@ LAYOUT_CHECK = """() => {
       if (w > 2 && h > 2) { overlaps.push(name(a) + ' overlaps ' + name(b)); }
     }
   }
-  return {overflow: doc.scrollWidth - doc.clientWidth, overlaps: [...new Set(overlaps)].slice(0, 10)};
+  const wide = els.filter(e => e.getBoundingClientRect().right > doc.clientWidth + 1).map(name).slice(0, 5);
+  return {overflow: doc.scrollWidth - doc.clientWidth, wide: wide, overlaps: [...new Set(overlaps)].slice(0, 10)};
 }"""
 
 FIELDS_LABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
@@ -130,7 +131,7 @@ ACTIONS = f"""() => {{
 
 def check_layout(page, where: str) -> None:
     result = page.evaluate(LAYOUT_CHECK)
-    assert result["overflow"] <= 0, f"{where}: the page scrolls sideways by {result['overflow']}px"
+    assert result["overflow"] <= 0, f"{where}: the page scrolls sideways by {result['overflow']}px; too wide: {result['wide']}"
     assert not result["overlaps"], f"{where}: overlapping elements: {result['overlaps']}"
 
 
@@ -150,13 +151,17 @@ def snap(page, name: str) -> None:
 def keyboard_walk(page, where: str) -> None:
     """Tab through the page from the top: every link, button and field must take the focus."""
     wanted = set(page.evaluate(ACTIONS))
-    page.evaluate("() => { window.scrollTo(0, 0); if (document.activeElement) document.activeElement.blur(); }")
+    page.evaluate(f"""() => {{
+      window.scrollTo(0, 0);
+      if (document.activeElement) document.activeElement.blur();
+      window.__focused = [];
+      document.addEventListener('focusin', ev => window.__focused.push(({KEY})(ev.target)));
+    }}""")
     seen: set[str] = set()
-    for _ in range(len(wanted) * 2 + 10):
-        page.keyboard.press("Tab")
-        key = page.evaluate(f"() => {{ const e = document.activeElement; return e && e !== document.body ? ({KEY})(e) : null; }}")
-        if key:
-            seen.add(key)
+    for _ in range(3):
+        for _ in range(len(wanted) + 5):
+            page.keyboard.press("Tab")
+        seen |= set(page.evaluate("() => window.__focused"))
         if wanted <= seen:
             break
     assert wanted <= seen, f"{where}: not reachable with Tab: {sorted(wanted - seen)[:10]}"

@@ -19,11 +19,10 @@ TEXT = "#333"
 
 
 def _fmt(v: float) -> str:
-    if v >= 100:
-        return f"{v:.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}".rstrip("0").rstrip(".") if v else "0"
+    """A number for a chart label: three significant digits (0.002 stays 0.002, not 0)."""
+    if not v:
+        return "0"
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
 def _svg(width: int, height: int, title: str, body: list[str]) -> str:

@@ -242,7 +242,9 @@ from mlpd.cli_jobs import register as _register_jobs  # noqa: E402
 from mlpd.cli_usage import register as _register_usage  # noqa: E402
 
 from mlpd.cli_mlflow import register as _register_mlflow  # noqa: E402
+from mlpd.cli_ws import register as _register_ws  # noqa: E402
 
 _register_jobs(main)
 _register_usage(main, admin)
 _register_mlflow(main)
+_register_ws(main)

@@ -234,6 +234,17 @@ def gpus() -> None:
     """GPUs: drain one (running work finishes, nothing new is placed on it) or undrain it."""
 
 
+@gpus.command("declare")
+@click.argument("count", type=click.IntRange(0, 64))
+@click.option("--model", help="Model name shown for them (default: gpus.declared_model).")
+def gpus_declare(count: int, model: str | None) -> None:
+    """Declare COUNT test GPUs on a host without NVIDIA GPUs: at once, no restart, kept across restarts; 0 undoes it."""
+    from mlpd.cli import _client
+
+    done = _client().post("/gpus/declare", {"count": count, **({"model": model} if model else {})})
+    click.echo(f"{len(done['gpus'])} GPUs ({done['inventory']})" + ("" if count else ": back to mlpd.toml's gpus.declare or the real GPUs"))
+
+
 @gpus.command("drain")
 @click.argument("gpu")
 @click.option("--reason", default="", help="Why, shown wherever the GPU is listed.")

@@ -106,11 +106,21 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
                    "Default: requirements.txt in the code directory, if there is one.")
 @click.option("--no-requirements", is_flag=True, help="Do not use the code directory's requirements.txt.")
 @click.option("-f", "--follow", is_flag=True, help="Then stream the job's output until it ends.")
+@click.option("--param", "params", multiple=True, metavar="K=V",
+              help="For a notebook (mlpd run NB.ipynb): a value for its 'parameters' cell (repeatable); the executed notebook is kept in the outputs.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
 def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, experiment, code_dir, no_code, requirements_file,
-        no_requirements, follow, as_json, command):
-    """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py"""
+        no_requirements, follow, params, as_json, command):
+    """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py
+
+    A notebook runs headless with papermill in the workspace image: mlpd run train.ipynb --param epochs=2
+    (the executed notebook is kept in the job's outputs)."""
+    if command and command[0].endswith(".ipynb"):
+        command = notebook_command(command[0], params, command[1:])
+        image = image or NOTEBOOK_IMAGE
+    elif params:
+        raise click.UsageError("--param sets a notebook's parameters: mlpd run NOTEBOOK.ipynb --param K=V")
     env_map = {}
     for item in env:
         key, sep, value = item.partition("=")
@@ -139,6 +149,20 @@ def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, e
     job = _submit(spec, as_json)
     if follow:
         stream_logs(_client(), job["id"], True)
+
+
+NOTEBOOK_IMAGE = "mlpd/workspace:latest"  # workspaces.image's default: the same Python as workspaces, with papermill
+
+
+def notebook_command(notebook: str, params: tuple[str, ...], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """papermill NB /outputs/NB -p K V ...: executes a notebook in the job, keeping the executed copy in /outputs."""
+    argv = ["papermill", notebook, "/outputs/" + os.path.basename(notebook), "--kernel", "python3", "--log-output"]
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"expected NAME=VALUE with NAME a Python name, got {item!r}", param_hint="--param")
+        argv += ["-p", key, value]
+    return tuple(argv + list(extra))
 
 
 @click.command()
@@ -265,7 +289,10 @@ def jobs_show(job_id, as_json):
     if job.get("waiting"):
         w = job["waiting"]
         click.echo(f"{'waiting:':<12} position {w['position']} in the queue; {w['reason']}")
-        click.echo(f"{'est. start:':<12} {when(w['estimated_start']) if w['estimated_start'] else 'unknown (a holder has no time limit)'}")
+        start = when(w["estimated_start"]) if w["estimated_start"] else "unknown (a holder has no time limit)"
+        if w.get("reserved") and w["estimated_start"]:
+            start = f"{start} at the latest (GPUs are reserved for it)"
+        click.echo(f"{'est. start:':<12} {start}")
     for run in job.get("mlflow_runs") or []:
         click.echo(f"{'mlflow run:':<12} {run['url']}  ({run['name'] or run['run_id']}, {run['status'].lower()}{', deleted' if run['deleted'] else ''})")
     click.echo("history:")
@@ -316,17 +343,39 @@ def jobs_rerun(job_id, follow, as_json):
 @click.argument("job_id")
 @click.option("-f", "--follow", is_flag=True, help="Stream live until the job ends.")
 @click.option("-n", "--tail", type=click.IntRange(min=0), help="Only the last N lines (of what is there now; with -f, then live).")
-def logs(job_id, follow, tail):
+@click.option("-t", "--timestamps", is_flag=True, help="Start each line with when it was written (UTC).")
+@click.option("--since", help="Only lines written since then: a duration ago (10m, 2h) or a time (2026-12-01T09:00, UTC).")
+def logs(job_id, follow, tail, timestamps, since):
     """A job's output (kept after it ends). ID may be a unique prefix."""
     client = _client()
-    stream_logs(client, resolve_job(client, job_id), follow, tail)
+    stream_logs(client, resolve_job(client, job_id), follow, tail, timestamps, parse_since(since) if since else None)
 
 
-def stream_logs(client, job_id: str, follow: bool, tail: int | None = None) -> None:
+def parse_since(text: str, now: float | None = None) -> float:
+    """--since: a duration ago ('10m', '2h') or a UTC time ('2026-12-01T09:00', '2026-12-01 09:00:00'); seconds since the epoch."""
+    import datetime as dt
+    import time
+
+    from mlpd.jobspec import parse_duration
+
+    try:
+        return (now if now is not None else time.time()) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"expected a duration such as 10m or 2h, or a time such as 2026-12-01T09:00 (UTC), got {text!r}",
+                                 param_hint="--since") from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+def stream_logs(client, job_id: str, follow: bool, tail: int | None = None, timestamps: bool = False, since: float | None = None) -> None:
     """Write a job's output to stdout; with follow, until the job ends."""
     out = sys.stdout.buffer
+    params = {**({"timestamps": 1} if timestamps else {}), **({"since": repr(since)} if since is not None else {})}
     if tail is not None:
-        saved = client.request("GET", f"/jobs/{job_id}/logs", timeout=60).content
+        saved = client.request("GET", f"/jobs/{job_id}/logs", timeout=60, params=params).content
         lines = saved.splitlines(keepends=True)
         out.write(b"".join(lines[-tail:] if tail else []))
         out.flush()
@@ -335,7 +384,7 @@ def stream_logs(client, job_id: str, follow: bool, tail: int | None = None) -> N
         skip = len(saved)  # the live stream starts from the beginning: drop what was shown
     else:
         skip = 0
-    resp = client.request("GET", f"/jobs/{job_id}/logs", stream=True, timeout=None if follow else 60, params={"follow": 1} if follow else {})
+    resp = client.request("GET", f"/jobs/{job_id}/logs", stream=True, timeout=None if follow else 60, params={**params, **({"follow": 1} if follow else {})})
     for chunk in resp.iter_content(chunk_size=None):
         if skip:
             dropped, chunk = chunk[:skip], chunk[skip:]

@@ -86,18 +86,69 @@ def load_credentials() -> tuple[str | None, str | None]:
     return url or stored.get("url"), token or stored.get("token")
 
 
+class Response:
+    """An HTTP response (what the CLI needs of one): status_code, headers, content, text, json(), and
+    iter_content / iter_lines for streams read as they arrive."""
+
+    def __init__(self, raw, conn, stream: bool):
+        self.status_code, self.headers, self._raw, self._conn = raw.status, raw.headers, raw, conn
+        self._content: bytes | None = None
+        if not stream:
+            self._content = raw.read()
+            conn.close()
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = self._raw.read()
+            self._conn.close()
+        return self._content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(self.headers.get_content_charset() or "utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    def iter_content(self, chunk_size: int | None = None) -> Iterator[bytes]:
+        """The body in pieces as they arrive (chunk_size None: whatever the socket has)."""
+        if self._content is not None:
+            if self._content:
+                yield self._content
+            return
+        try:
+            while chunk := (self._raw.read1(65536) if chunk_size is None else self._raw.read(chunk_size)):
+                yield chunk
+        finally:
+            self._conn.close()
+
+    def iter_lines(self, decode_unicode: bool = False) -> Iterator[Any]:
+        pending = b""
+        for chunk in self.iter_content():
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", errors="replace") if decode_unicode else line
+        if pending:
+            yield pending.decode("utf-8", errors="replace") if decode_unicode else pending
+
+
 class Client:
-    """Calls /api/v1 with a token; raises ClientError with the daemon's message on failure."""
+    """Calls /api/v1 with a token; raises ClientError with the daemon's message on failure.
+
+    Plain http.client from the standard library, one connection per call: the CLI makes a few
+    calls per command, and importing an HTTP library would cost more than it saves."""
 
     def __init__(self, url: str, token: str | None, timeout: float = 30):
-        import requests
-
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     @classmethod
     def from_env(cls, url: str | None = None) -> "Client":
@@ -108,21 +159,51 @@ class Client:
             raise NotLoggedIn(f"not logged in: run 'mlpd login {url or 'http://HOST:PORT'}'", code="not_logged_in")
         return cls(url, token)
 
-    def request(self, method: str, path: str, stream: bool = False, timeout: float | None = None, **kwargs: Any):
-        """One API call; returns the response (2xx) or raises ClientError."""
-        import requests
+    def _send(self, method: str, url: str, stream: bool, timeout: float | None, params: dict | None = None, json_body: Any = None,
+              data: Any = None, headers: dict | None = None) -> Response:
+        import http.client
+        from urllib.parse import urlencode, urlsplit
+
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if params:
+            target += ("&" if "?" in target else "?") + urlencode({k: v for k, v in params.items() if v is not None}, doseq=True)
+        sent = {"User-Agent": "mlpd-cli", **self.headers, **(headers or {})}
+        body = data
+        if json_body is not None:
+            body, sent["Content-Type"] = json.dumps(json_body).encode(), "application/json"
+        if parts.scheme == "https":
+            import ssl
+
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                                                            context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        try:
+            conn.request(method, target, body=body, headers=sent)
+            return Response(conn.getresponse(), conn, stream)
+        except BaseException:
+            conn.close()
+            raise
+
+    def request(self, method: str, path: str, stream: bool = False, timeout: Any = "default", params: dict | None = None,
+                json: Any = None, data: Any = None, headers: dict | None = None) -> Response:
+        """One API call; returns the response (2xx) or raises ClientError. timeout: seconds the daemon may
+        stay silent (the client's default unless given; None: no limit, for live streams)."""
+        import socket
+        import ssl
 
         url = path if path.startswith("http") else f"{self.url}/api/v1{path}"
         try:
-            resp = self.session.request(method, url, stream=stream, timeout=timeout or self.timeout, **kwargs)
-        except requests.exceptions.SSLError:
+            resp = self._send(method, url, stream, self.timeout if timeout == "default" else timeout, params, json, data, headers)
+        except ssl.SSLError:
             raise ClientError(f"cannot talk TLS to {self.url}: the daemon speaks plain HTTP unless a proxy in front of it "
                               f"serves HTTPS; try {self.url.replace('https://', 'http://', 1)}", code="unreachable") from None
-        except requests.ConnectionError:
-            raise ClientError(f"cannot reach the mlpd daemon at {self.url}: is it running? ('mlpd daemon', or 'systemctl status mlpd')", code="unreachable") from None
-        except requests.Timeout:
+        except (socket.timeout, TimeoutError):
             hint = f" (the daemon speaks plain HTTP: try {self.url.replace('https://', 'http://', 1)})" if self.url.startswith("https://") else ""
             raise ClientError(f"the mlpd daemon at {self.url} did not answer in time{hint}", code="timeout") from None
+        except OSError:
+            raise ClientError(f"cannot reach the mlpd daemon at {self.url}: is it running? ('mlpd daemon', or 'systemctl status mlpd')", code="unreachable") from None
         if resp.status_code >= 400:
             try:
                 err = resp.json()["error"]

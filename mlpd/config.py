@@ -127,6 +127,19 @@ def _duration(value: str) -> str | None:
     return None
 
 
+def _duration_nonempty(value: str) -> str | None:
+    return "expected a duration such as '4h' or '30m'" if value == "" else _duration(value)
+
+
+def _port_range(value: str) -> str | None:
+    import re
+
+    m = re.fullmatch(r"(\d+)-(\d+)", value)
+    if not m or not (1024 <= int(m.group(1)) <= int(m.group(2)) <= 65535):
+        return "expected 'LOW-HIGH' with 1024 <= LOW <= HIGH <= 65535, e.g. '20000-29999'"
+    return None
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("server.listen", str, "127.0.0.1:8470", "Address the API and web UI listen on.", _listen),
     Setting("server.state_dir", str, "~/.local/share/mlpd", "Directory for the state database, logs, code and outputs."),
@@ -138,6 +151,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mlflow.allowed_hosts", list, [], "Extra Host header names the embedded MLflow accepts (e.g. this box's DNS name when server.listen is not loopback)."),
     Setting("scheduler.reconcile_interval", (int, float), 5.0, "Seconds between full reconciliations with Docker (0.1 to 3600).", _between(0.1, 3600)),
     Setting("scheduler.backfill", bool, True, "Let smaller jobs run ahead when they cannot delay the head of the queue."),
+    Setting("scheduler.fair_share", bool, True, "Add each owner's fair-share factor (less recent GPU usage: higher) to a job's priority score."),
+    Setting("scheduler.weight_priority", (int, float), 10000, "Priority score per point of a job's own priority (-100 to 100).", _non_negative),
+    Setting("scheduler.weight_age", (int, float), 1000, "Priority score of a job that has waited scheduler.max_age (less in proportion).", _non_negative),
+    Setting("scheduler.max_age", str, "7d", "Waiting time after which age adds no more to the priority score.", _duration),
+    Setting("scheduler.weight_fair_share", (int, float), 100, "Priority score of a fair-share factor of 1 (an owner with no recent usage); 0.5 = their share used.", _non_negative),
+    Setting("scheduler.weight_expansion", (int, float), 1000, "Priority score of a job whose wait reached scheduler.max_expansion times its time limit (less in proportion).", _non_negative),
+    Setting("scheduler.max_expansion", (int, float), 100, "Wait, in multiples of a job's time limit (10 min at least), after which expansion adds no more.", _between(1, 1e6)),
     Setting("gpus.declare", int, 0, "Declare this many GPUs on a machine without NVIDIA GPUs (development and tests).", _non_negative),
     Setting("gpus.declared_model", str, "declared", "Model name shown for declared GPUs."),
     Setting("gpus.drained", list, [], "GPU indices or UUIDs that take no new work."),
@@ -152,6 +172,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("environments.max_gb", (int, float), 50, "Most disk all job environments together may use, in GB; the least recently used go first.", _between(0.1, 100000)),
     Setting("jobs.min_free_gb", (int, float), 1, "Submissions are refused while the state directory's disk has less free space than this, in GB (running work goes on).", _between(0, 100000)),
     Setting("jobs.container_user", str, "1000:1000", "Numeric uid:gid job containers run as (never root: uid and gid 0 are refused).", _container_user),
+    Setting("workspaces.image", str, "mlpd/workspace:latest", "Image of workspaces that name none (JupyterLab on the training image; 'mlpd images build' builds it)."),
+    Setting("workspaces.idle_timeout", str, "4h", "A workspace with no activity (kernels, terminals, the server, busy GPUs) this long is stopped and its GPUs freed; admins may allow a user longer.", _duration_nonempty),
+    Setting("workspaces.cull_interval", (int, float), 60.0, "Seconds between idle checks of running workspaces (1 to 3600).", _between(1, 3600)),
+    Setting("workspaces.port_range", str, "20000-29999", "Loopback ports workspaces' JupyterLab servers are published on ('LOW-HIGH').", _port_range),
+    Setting("server.ssh_host", str, "", "The SSH host name users reach this machine by (for 'mlpd ws tunnel'); '' = this machine's fully qualified name."),
     Setting("images.base", str, "mlpd/base:bookworm", "Base of mlpd's images: mlpd/base:* is built locally with debootstrap; any other name is pulled."),
     Setting("quotas.period", str, "month", "Period of GPU-hour quotas: day, week or month (UTC calendar).", _one_of("day", "week", "month")),
     Setting("quotas.gpu_hours", (int, float), 0, "Default GPU-hours per user per period (0 = unlimited); per-user and per-team quotas are set with 'mlpd admin quota'.", _non_negative),

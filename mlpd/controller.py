@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from mlpd import jobs
 from mlpd.config import Config
@@ -26,7 +26,8 @@ from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, TERMINAL, JobState
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus
 from mlpd import quotas
-from mlpd.scheduler import Gpu, GpuLimit, Holding, Plan, Policy, QueuedJob, schedule
+from mlpd.scheduler import Gpu, GpuLimit, Holding, Plan, Policy, QueuedJob, Wait, format_time, schedule
+from mlpd.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
 
 log = logging.getLogger("mlpd.controller")
@@ -36,10 +37,11 @@ TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 
 def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
-    """The job's own time limit, else the configured default, else none."""
+    """The job's own time limit, else the configured default (for jobs; a workspace is culled when
+    idle and a deployment runs until removed), else none."""
     if job["spec"].get("time_limit"):
         return float(job["spec"]["time_limit"])
-    default = config["jobs.default_time_limit"]
+    default = config["jobs.default_time_limit"] if job.get("kind", "job") == "job" else ""
     if default:
         from mlpd.jobspec import parse_duration
 
@@ -47,8 +49,39 @@ def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
     return None
 
 
-def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> tuple[Plan, list[dict], list[Gpu]]:
-    """Run the scheduler over the database's current view: (plan, queued jobs, GPUs)."""
+def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float,
+             explain: bool | Collection[str] = False) -> tuple[Plan, list[dict], list[Gpu]]:
+    """Run the scheduler over the database's current view: (plan, queued jobs, GPUs).
+
+    `explain` as in scheduler.schedule: True explains every waiting job, a collection of ids those.
+    """
+    s = scheduler_inputs(store, inventory, config, now)
+    plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved,
+                    explain=explain)
+    return plan, s.queued, s.gpus
+
+
+def explain_now(store: Store, inventory: GpuInventory, config: Config, now: float, job_id: str) -> Wait | None:
+    """Why one queued job waits (None if it would start now); the scheduler stops at that job."""
+    s = scheduler_inputs(store, inventory, config, now)
+    return explain_job(s.gpus, s.holdings, s.queue, now, job_id, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved)
+
+
+@dataclasses.dataclass
+class SchedulerInputs:
+    """What the scheduler sees, read from the database and the GPU inventory."""
+    gpus: list[Gpu]
+    holdings: list[Holding]
+    queue: list[QueuedJob]
+    queued: list[dict]  # the queued job rows
+    policy: Policy
+    usage: dict[str, float]
+    limits: list[GpuLimit]
+    reserved: dict[str, float]
+
+
+def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now: float) -> SchedulerInputs:
+    """Read the scheduler's inputs: GPUs (drained and stray ones marked), holdings, the queue, quotas, usage."""
     devices = inventory.devices()
     drained = drains(store, config["gpus.drained"], devices)
     stray: set[str] = set()
@@ -76,9 +109,46 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float) 
     queue = [QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
                        OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
                        effective_time_limit(j, config)) for j in queued]
-    usage = quotas.fair_share_usage(store, config, now) if len(owners) > 1 else {}
-    policy = Policy(backfill=config["scheduler.backfill"])
-    return schedule(gpus, holdings, queue, now, policy, usage=usage, limits=list(limits.values())), queued, gpus
+    policy = scheduler_policy(config)
+    usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
+    reserved = {j["id"]: j["reserved_at"] for j in queued if j.get("reserved_at") is not None}
+    return SchedulerInputs(gpus, holdings, queue, queued, policy, usage, list(limits.values()), reserved)
+
+
+def scheduler_policy(config: Config) -> Policy:
+    """The scheduler's policy from the scheduler.* settings."""
+    from mlpd.jobspec import parse_duration
+
+    return Policy(backfill=config["scheduler.backfill"], fair_share=config["scheduler.fair_share"],
+                  weight_priority=float(config["scheduler.weight_priority"]), weight_age=float(config["scheduler.weight_age"]),
+                  max_age=parse_duration(config["scheduler.max_age"]), weight_fair_share=float(config["scheduler.weight_fair_share"]),
+                  weight_expansion=float(config["scheduler.weight_expansion"]), max_expansion=float(config["scheduler.max_expansion"]))
+
+
+def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gpu], now: float) -> None:
+    """Record which queued job holds the reservation (jobs.reserved_at), so that later passes keep it
+    first whatever the priority order says; no other queued job holds one. Writes only on a change."""
+    head = plan.head.job_id if plan.head else None
+    stale = [j["id"] for j in queued if j.get("reserved_at") is not None and j["id"] != head]
+    new = head is not None and any(j["id"] == head and j.get("reserved_at") is None for j in queued)
+    if not stale and not new:
+        return
+    with store.write() as db:
+        for job_id in stale:  # it can no longer start (quota, drained GPUs): the reservation moves on
+            db.execute("UPDATE jobs SET reserved_at = NULL WHERE id = ? AND state = 'queued'", [job_id])
+        if new:
+            db.execute("UPDATE jobs SET reserved_at = ? WHERE id = ? AND state = 'queued'", [now, head])
+            index_of = {g.uuid: g.index for g in gpus}
+            indices = [index_of[u] for u in plan.head.gpu_uuids]
+            by = "an unknown time (a holder has no time limit)" if plan.head.start is None else f"{format_time(plan.head.start)} at the latest"
+            record_event(db, "mlpd", "job.reserved", "job", head, at=now, gpu_indices=indices, starts_by=plan.head.start,
+                         reason=f"GPUs {', '.join(map(str, indices))} reserved for it: it starts by {by}")
+
+
+# What each kind of workload adds to a job's launch request: (store, config, row, request) -> request.
+# A new kind is a spec, a row of kind K, and an entry here; scheduling, the ledger and
+# reconciliation are the same for every kind.
+KIND_LAUNCHERS = {"workspace": "mlpd.workspaces:launch_request"}
 
 
 class JobController:
@@ -169,7 +239,7 @@ class JobController:
         if started is not None and ended < started:
             ended = started  # Docker records a short container's end a few ms before its start at times
         state, reason = jobs.classify_exit(c.exit_code, c.oom_killed, c.error, started, ended, effective_time_limit(job, self.config),
-                                           job["cancel_requested_by"], job["spec"].get("memory"))
+                                           job["cancel_requested_by"], job["spec"].get("memory"), job.get("cancel_reason"))
         if jobs.transition(self.store, job_id, state, reason=reason, at=ended, exit_code=c.exit_code,
                            ended_at=ended, started_at=started, container_id=c.id):
             log.info("job %s %s: %s", job_id, state.value, reason)
@@ -195,6 +265,7 @@ class JobController:
         """Place queued jobs on free GPUs and launch them."""
         now = now or time.time()
         plan, queued, gpus = plan_now(self.store, self.inventory, self.config, now)
+        keep_reservation(self.store, plan, queued, gpus, now)
         index_of = {g.uuid: g.index for g in gpus}
         model_of = {g.uuid: g.model for g in gpus}
         by_id = {j["id"]: j for j in queued}
@@ -275,7 +346,18 @@ class JobController:
         return dataclasses.replace(req, image=image)
 
     def launch_request(self, job: dict[str, Any]) -> LaunchRequest:
-        """Turn a job row into what the runtime needs: defaults applied, directories made."""
+        """Turn a workload row into what the runtime needs: the job's request (defaults applied,
+        directories made), then what its kind adds (see KIND_LAUNCHERS)."""
+        req = self._job_request(job)
+        kind = job.get("kind", "job")
+        if kind != "job":
+            import importlib
+
+            module, _, func = KIND_LAUNCHERS[kind].partition(":")
+            req = getattr(importlib.import_module(module), func)(self.store, self.config, job, req)
+        return req
+
+    def _job_request(self, job: dict[str, Any]) -> LaunchRequest:
         spec, cfg = job["spec"], self.config
         outputs = os.path.join(jobs.job_dir(cfg.state_dir, job["id"]), "outputs")
         os.makedirs(outputs, exist_ok=True)
@@ -308,5 +390,7 @@ class JobController:
         spec = job["spec"]
         experiment = (spec.get("experiment") or spec.get("env", {}).get("MLFLOW_EXPERIMENT_NAME")
                       or self.config["mlflow.default_experiment"].format(owner=job["owner"]))
-        return {"MLFLOW_TRACKING_URI": url + tracking.PREFIX, "MLFLOW_TRACKING_TOKEN": token,
+        # MLflow's "View run ... at http://host.docker.internal:..." would name an address only containers
+        # resolve; the right links are in 'mlpd jobs show' and the web UI.
+        return {"MLFLOW_TRACKING_URI": url + tracking.PREFIX, "MLFLOW_TRACKING_TOKEN": token, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                 "MLPD_URL": url, "MLPD_TOKEN": token, "MLFLOW_EXPERIMENT_NAME": experiment}

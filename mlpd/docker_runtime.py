@@ -89,9 +89,9 @@ class DockerRuntime:
         )
 
     def list_jobs(self) -> dict[str, WorkloadStatus]:
-        """This daemon's job containers, by job id."""
+        """This daemon's workload containers (every kind), by job id."""
         # ignore_removed: a container removed between the list and its inspect is simply gone, not an error.
-        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_INSTANCE}={self.instance}", f"{LABEL_KIND}=job"]},
+        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_INSTANCE}={self.instance}", LABEL_KIND]},
                                             ignore_removed=True)
         return {s.job_id: s for s in map(self._state, found)}
 
@@ -128,10 +128,13 @@ class DockerRuntime:
         volumes = {req.outputs_dir: {"bind": "/outputs", "mode": "rw"}}
         if req.code_dir:
             volumes[req.code_dir] = {"bind": "/code", "mode": "ro"}
+        for host_path, container_path, read_only in req.mounts:
+            volumes[host_path] = {"bind": container_path, "mode": "ro" if read_only else "rw"}
         kwargs = dict(
             image=req.image, command=list(req.command), name=name, detach=True, environment=env,
-            labels={LABEL_INSTANCE: self.instance, LABEL_KIND: "job", LABEL_OWNER: req.owner, LABEL_JOB: req.job_id, LABEL_GPUS: gpu_list},
-            user=req.user, working_dir="/code" if req.code_dir else "/outputs", volumes=volumes,
+            labels={LABEL_INSTANCE: self.instance, LABEL_KIND: req.kind, LABEL_OWNER: req.owner, LABEL_JOB: req.job_id, LABEL_GPUS: gpu_list},
+            user=req.user, working_dir=req.workdir or ("/code" if req.code_dir else "/outputs"), volumes=volumes,
+            ports={f"{cport}/tcp": (host_ip, host_port) for cport, host_ip, host_port in req.ports},
             init=True, privileged=False, security_opt=["no-new-privileges"], cap_drop=["ALL"], pids_limit=4096,
             extra_hosts={"host.docker.internal": "host-gateway"},
             log_config={"type": "json-file", "config": {"max-size": "50m", "max-file": "2"}},
@@ -177,20 +180,33 @@ class DockerRuntime:
             if exc.status_code not in (404, 409):
                 raise
 
-    def logs(self, job_id: str, follow: bool = False) -> Iterator[bytes]:
+    def logs(self, job_id: str, follow: bool = False, timestamps: bool = False) -> Iterator[bytes]:
         """The container's combined output; with follow, until it exits. Empty if it is gone."""
         try:
             container = self.client.containers.get(container_name(job_id))
         except docker.errors.NotFound:
             return iter(())
         if follow:
-            return container.logs(stream=True, follow=True, stdout=True, stderr=True)
-        return iter([container.logs(stdout=True, stderr=True)])
+            return container.logs(stream=True, follow=True, stdout=True, stderr=True, timestamps=timestamps)
+        return iter([container.logs(stdout=True, stderr=True, timestamps=timestamps)])
+
+    def processes(self, job_id: str) -> list[str]:
+        """The command lines in the container (Docker's `top`); [] when it is gone or not running."""
+        try:
+            top = self.client.containers.get(container_name(job_id)).top()
+        except docker.errors.NotFound:
+            return []
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running
+                return []
+            raise
+        column = len(top.get("Titles") or []) - 1
+        return [row[column] for row in top.get("Processes") or [] if column >= 0]
 
     def save_logs(self, job_id: str, path: str) -> bool:
         """Copy the container's whole output to path (kept after the container is removed)."""
         try:
-            data = self.client.containers.get(container_name(job_id)).logs(stdout=True, stderr=True)
+            data = self.client.containers.get(container_name(job_id)).logs(stdout=True, stderr=True, timestamps=True)
         except docker.errors.NotFound:
             return False
         with open(path + ".tmp", "wb") as fh:

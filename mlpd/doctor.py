@@ -103,14 +103,13 @@ def _gpu_checks(config, runtime) -> list[Check]:
 
 
 def _image_checks(config, runtime) -> list[Check]:
-    from mlpd.image_catalog import SOURCE_LABEL, definitions, images_dir, source_digest
+    from mlpd.image_catalog import SOURCE_LABEL, definitions, expected_source
 
     out = []
-    base = config["images.base"]
     for d in definitions(config):
         if not runtime.image_present(d.tag):
             out.append(Check(f"image {d.tag}", FAIL, "missing: jobs that use it fail", "build it: 'mlpd images build --local'"))
-        elif runtime.image_labels(d.tag).get(SOURCE_LABEL) != source_digest(os.path.join(images_dir(), d.directory), base):
+        elif runtime.image_labels(d.tag).get(SOURCE_LABEL) != expected_source(runtime, config, d):
             out.append(Check(f"image {d.tag}", WARN, f"built from other sources than this mlpd's images/{d.directory}",
                              "rebuild it: 'mlpd images build --local'"))
         else:

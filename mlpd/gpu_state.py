@@ -25,11 +25,13 @@ def stray_gpus(store: Store) -> dict[str, list[int]]:
 
 
 def gpu_holders(store: Store) -> dict[str, dict[str, Any]]:
-    """{gpu uuid: {job_id, owner, since}} for every GPU an active job holds."""
+    """{gpu uuid: {job_id, owner, since, kind, workload}} for every GPU an active workload holds (a job,
+    a workspace's session, a deployment's replica: kind says which, workload names the workspace or deployment)."""
     holders = {}
     for job in jobs.in_states(store, jobs.ACTIVE):
         for uuid in job["gpu_uuids"]:
-            holders[uuid] = {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"]}
+            holders[uuid] = {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"],
+                             "kind": job.get("kind", "job"), "workload": job.get("workload")}
     return holders
 
 

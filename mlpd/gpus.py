@@ -112,8 +112,43 @@ class NvmlInventory:
         return out
 
 
-def make_inventory(declare: int = 0, declared_model: str = "declared") -> GpuInventory:
-    """Declared devices when asked for, else NVML (empty without a driver)."""
+DECLARED_KEY = "gpus.declared"  # daemon_status: {"count", "model"} set by 'mlpd admin gpus declare'
+
+
+class SwitchableInventory:
+    """The host's GPUs as configured (gpus.declare, else NVML), unless an admin declared GPUs at run
+    time ('mlpd admin gpus declare N', kept in the state database): then those, at once in every
+    process of the daemon and across restarts. Declared GPUs are only for hosts without NVIDIA GPUs."""
+
+    def __init__(self, store, declare: int, declared_model: str):
+        self.store = store
+        self.base: GpuInventory = DeclaredInventory(declare, declared_model) if declare > 0 else NvmlInventory()
+        self._cache: tuple[str, GpuInventory] | None = None
+
+    def _override(self) -> GpuInventory | None:
+        row = self.store.query_one("SELECT value FROM daemon_status WHERE key = ?", [DECLARED_KEY])
+        if row is None:
+            return None
+        if self._cache is None or self._cache[0] != row["value"]:
+            import json
+
+            value = json.loads(row["value"])
+            self._cache = (row["value"], DeclaredInventory(int(value["count"]), value.get("model") or "declared"))
+        return self._cache[1]
+
+    @property
+    def kind(self) -> str:
+        return (self._override() or self.base).kind
+
+    def devices(self) -> list[GpuInfo]:
+        return (self._override() or self.base).devices()
+
+
+def make_inventory(declare: int = 0, declared_model: str = "declared", store=None) -> GpuInventory:
+    """Declared devices when asked for, else NVML (empty without a driver); with the state database,
+    what an admin declared at run time wins (SwitchableInventory)."""
+    if store is not None:
+        return SwitchableInventory(store, declare, declared_model)
     if declare > 0:
         return DeclaredInventory(declare, declared_model)
     return NvmlInventory()

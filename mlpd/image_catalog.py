@@ -28,11 +28,14 @@ class ImageDef:
     tag: str
     directory: str  # under images/
     description: str
+    built_on: str = ""  # the mlpd image this one starts FROM (build arg TRAIN); "" = the base (build arg BASE)
 
 
 def definitions(config) -> list[ImageDef]:
     """The images mlpd builds, in build order."""
-    return [ImageDef(config["jobs.default_image"], "train", "training jobs: Python 3 (python), numpy, pandas, scikit-learn, scipy, matplotlib, the MLflow client; user 1000")]
+    train = config["jobs.default_image"]
+    return [ImageDef(train, "train", "training jobs: Python 3 (python), numpy, pandas, scikit-learn, scipy, matplotlib, the MLflow client; user 1000"),
+            ImageDef(config["workspaces.image"], "workspace", "workspaces: JupyterLab, ipykernel and papermill on the training image", built_on=train)]
 
 
 def image_status(runtime, config) -> list[dict]:
@@ -74,8 +77,11 @@ def build_missing(runtime, config, force: bool = False) -> Iterator[str]:
     """Build the base (if needed) and every mlpd image that is missing (all with force); yields progress."""
     base = config["images.base"]
     yield from build_base(runtime, base)
+    rebuilt: set[str] = set()
     for d in definitions(config):
-        source = source_digest(os.path.join(images_dir(), d.directory), base)
+        source = expected_source(runtime, config, d)
+        if d.built_on in rebuilt:
+            force = True
         if runtime.image_present(d.tag) and not force:
             if runtime.image_labels(d.tag).get(SOURCE_LABEL) == source:
                 yield f"{d.tag}: present"
@@ -83,12 +89,21 @@ def build_missing(runtime, config, force: bool = False) -> Iterator[str]:
             yield f"{d.tag}: present but built from other sources than images/{d.directory}: rebuilding"
         yield f"{d.tag}: building from images/{d.directory}"
         with build_context(os.path.join(images_dir(), d.directory)) as context:
-            for line in runtime.build_image(context, d.tag, {"BASE": base}, labels={SOURCE_LABEL: source}):
+            args = {"TRAIN": d.built_on} if d.built_on else {"BASE": base}
+            for line in runtime.build_image(context, d.tag, args, labels={SOURCE_LABEL: source}):
                 yield "  " + line
+        rebuilt.add(d.tag)
         yield f"{d.tag}: built"
 
 
 SOURCE_LABEL = "org.mlpd.source"
+
+
+def expected_source(runtime, config, d: ImageDef) -> str:
+    """The source digest an up-to-date build of d carries: its directory and base, and for an image
+    built on another mlpd image, that image's id (so it is current only if that one is)."""
+    base = config["images.base"]
+    return source_digest(os.path.join(images_dir(), d.directory), base + (f"+{runtime.image_id(d.built_on)}" if d.built_on else ""))
 
 
 def source_digest(directory: str, base: str) -> str:

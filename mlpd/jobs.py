@@ -51,7 +51,7 @@ def may_follow(to: JobState) -> tuple[JobState, ...]:
 
 
 def classify_exit(exit_code: int | None, oom_killed: bool, error: str, started: float | None, ended: float,
-                  limit: float | None, cancelled_by: str | None, memory: int | None) -> tuple[JobState, str]:
+                  limit: float | None, cancelled_by: str | None, memory: int | None, cancel_reason: str | None = None) -> tuple[JobState, str]:
     """How a job ended, from the runtime's account: its final state and the reason people read.
 
     A cancel or a time limit is recorded as the cause when mlpd stopped the workload (its exit
@@ -60,7 +60,7 @@ def classify_exit(exit_code: int | None, oom_killed: bool, error: str, started: 
     from mlpd.jobspec import format_bytes, format_duration
 
     if cancelled_by:
-        return JobState.CANCELLED, f"cancelled by {cancelled_by}"
+        return JobState.CANCELLED, cancel_reason or f"cancelled by {cancelled_by}"
     if limit and started and ended - started >= limit - 0.5:
         return JobState.TIMED_OUT, f"stopped after its time limit of {format_duration(limit)}"
     if oom_killed:
@@ -79,17 +79,31 @@ def new_job_id() -> str:
     return secrets.token_hex(6)
 
 
-def submit(store: Store, owner: str, spec: JobSpec, warnings: Iterable[str] = (), now: float | None = None) -> dict[str, Any]:
-    """Queue a job; returns its row."""
+KINDS = ("job", "workspace", "deployment")
+
+
+def submit(store: Store, owner: str, spec: JobSpec, warnings: Iterable[str] = (), now: float | None = None,
+           kind: str = "job", workload: str | None = None, db=None) -> dict[str, Any]:
+    """Queue a workload; returns its row. A job is its own workload; a workspace's session or a
+    deployment's replica names its workspace or deployment (workload). With db, inside that
+    transaction (the caller reads the row afterwards)."""
+    assert kind in KINDS
     now = now or time.time()
     job_id = new_job_id()
-    with store.write() as db:
+
+    def insert(db) -> None:
         db.execute(
-            """INSERT INTO jobs (id, owner, name, spec, state, priority, submitted_at, updated_at)
-               VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)""",
-            [job_id, owner, spec.name, json.dumps(spec.to_dict()), spec.priority, now, now],
+            """INSERT INTO jobs (id, owner, name, spec, state, priority, submitted_at, updated_at, kind, workload)
+               VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)""",
+            [job_id, owner, spec.name, json.dumps(spec.to_dict()), spec.priority, now, now, kind, workload],
         )
-        record_event(db, owner, "job.queued", "job", job_id, at=now, warnings=list(warnings))
+        record_event(db, owner, "job.queued", "job", job_id, at=now, warnings=list(warnings), kind=kind, workload=workload)
+
+    if db is not None:
+        insert(db)
+        return {"id": job_id}
+    with store.write() as db:
+        insert(db)
     return get(store, job_id)
 
 
@@ -115,9 +129,12 @@ def visible(store: Store, job_id: str, user_name: str, is_admin: bool) -> dict[s
     return job
 
 
-def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200) -> list[dict[str, Any]]:
-    """Jobs newest first, optionally one owner's and in some states."""
+def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200, kind: str | None = "job") -> list[dict[str, Any]]:
+    """Jobs newest first (workloads of `kind`; None for every kind), optionally one owner's and in some states."""
     where, params = [], []
+    if kind:
+        where.append("kind = ?")
+        params.append(kind)
     if owner:
         where.append("owner = ?")
         params.append(owner)
@@ -200,24 +217,26 @@ def _book_allocations(db, job_id: str, state: JobState) -> None:
     end time); UNIQUE (kind, object_id, gpu_uuid) and the compare-and-set transition make
     a repeated or replayed pass a no-op, so a restart never books twice or leaves a gap.
     """
-    row = db.execute("SELECT owner, gpu_uuids, gpu_indices, gpu_models, started_at, ended_at FROM jobs WHERE id = ?", [job_id]).fetchone()
+    row = db.execute("SELECT owner, gpu_uuids, gpu_indices, gpu_models, started_at, ended_at, kind FROM jobs WHERE id = ?", [job_id]).fetchone()
     owner, uuids, indices, models, started, ended = row[0], json.loads(row[1]), json.loads(row[2]), json.loads(row[3]), row[4], row[5]
+    kind = row[6]
     if not uuids or started is None or state not in (JobState.RUNNING, *TERMINAL):
         return
     models = models or ["unknown"] * len(uuids)
     for uuid, index, model in zip(uuids, indices, models):
-        db.execute("INSERT OR IGNORE INTO allocations (owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start) VALUES (?, 'job', ?, ?, ?, ?, ?)",
-                   [owner, job_id, uuid, index, model, started])
+        db.execute("INSERT OR IGNORE INTO allocations (owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   [owner, kind, job_id, uuid, index, model, started])
     if state in TERMINAL:
-        db.execute("UPDATE allocations SET end = ?, start = ? WHERE kind = 'job' AND object_id = ? AND end IS NULL",
-                   [max(ended or started, started), started, job_id])
+        db.execute("UPDATE allocations SET end = ?, start = ? WHERE kind = ? AND object_id = ? AND end IS NULL",
+                   [max(ended or started, started), started, kind, job_id])
 
 
-def request_cancel(store: Store, job_id: str, actor: str) -> dict[str, Any]:
-    """Cancel: a queued job ends at once; a starting or running one is stopped by the controller."""
+def request_cancel(store: Store, job_id: str, actor: str, reason: str | None = None) -> dict[str, Any]:
+    """Cancel: a queued job ends at once; a starting or running one is stopped by the controller.
+    reason, when given, is what people read instead of 'cancelled by ACTOR' (e.g. 'culled: idle 4h')."""
     now = time.time()
-    if transition(store, job_id, JobState.CANCELLED, actor=actor, reason=f"cancelled by {actor} while queued", at=now,
-                  only_from=[JobState.QUEUED], ended_at=now, cancel_requested_by=actor):
+    if transition(store, job_id, JobState.CANCELLED, actor=actor, reason=reason or f"cancelled by {actor} while queued", at=now,
+                  only_from=[JobState.QUEUED], ended_at=now, cancel_requested_by=actor, cancel_reason=reason):
         return get(store, job_id)
     with store.write() as db:
         row = db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
@@ -225,8 +244,9 @@ def request_cancel(store: Store, job_id: str, actor: str) -> dict[str, Any]:
             raise JobError(404, "not_found", f"no such job {job_id!r}")
         state = row[0]
         if state in (JobState.STARTING.value, JobState.RUNNING.value):
-            db.execute("UPDATE jobs SET cancel_requested_by = ?, updated_at = ? WHERE id = ? AND cancel_requested_by IS NULL", [actor, now, job_id])
-            record_event(db, actor, "job.cancel_requested", "job", job_id, at=now)
+            db.execute("UPDATE jobs SET cancel_requested_by = ?, cancel_reason = ?, updated_at = ? WHERE id = ? AND cancel_requested_by IS NULL",
+                       [actor, reason, now, job_id])
+            record_event(db, actor, "job.cancel_requested", "job", job_id, at=now, reason=reason)
         else:
             raise JobError(409, "already_ended", f"job {job_id} already ended ({state})")
     return get(store, job_id)

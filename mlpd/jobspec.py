@@ -13,7 +13,6 @@ import difflib
 import math
 import re
 import shlex
-import tomllib
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -362,17 +361,3 @@ def check_host_limits(spec: JobSpec, cpus: int, memory: int) -> None:
         raise SpecError("cpus", f"asks for {spec.cpus:g} CPUs but this host has {cpus}")
     if spec.memory is not None and spec.memory > memory:
         raise SpecError("memory", f"asks for {format_bytes(spec.memory)} but this host has {format_bytes(memory)}")
-
-
-def parse_spec_toml(text: str | bytes, source: str = "job.toml") -> tuple[JobSpec, list[str]]:
-    """Parse a TOML job file, then :func:`parse_spec` its top-level table (an ``[env]`` table gives env).
-
-    A TOML syntax error raises ``SpecError(field=source, message=<tomllib's message>)``.
-    """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(source, str(e)) from None
-    return parse_spec(data)

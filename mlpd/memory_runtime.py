@@ -39,7 +39,7 @@ class _Container:
     finished_at: float | None = None
     exit_code: int | None = None
     oom_killed: bool = False
-    output: list[str] = field(default_factory=list)
+    output: list[tuple[float, str]] = field(default_factory=list)  # (when, line)
     steps: list[tuple[str, object]] = field(default_factory=list)  # what is left to run
     cursor: float = 0.0  # when the next step begins
 
@@ -85,7 +85,7 @@ class MemoryRuntime:
     def _status(self, c: _Container) -> WorkloadStatus:
         return WorkloadStatus(id=c.id, name=c.name, job_id=c.request.job_id, phase=c.phase, exit_code=c.exit_code,
                               oom_killed=c.oom_killed, started_at=c.started_at, finished_at=c.finished_at,
-                              labels={"mlpd.instance": c.instance, "mlpd.kind": "job", "mlpd.job_id": c.request.job_id,
+                              labels={"mlpd.instance": c.instance, "mlpd.kind": c.request.kind, "mlpd.job_id": c.request.job_id,
                                       "mlpd.owner": c.request.owner})
 
     def list_jobs(self) -> dict[str, WorkloadStatus]:
@@ -113,6 +113,13 @@ class MemoryRuntime:
                 if c is not None:
                     self.containers.pop(c.name, None)
                 raise ImageMissing(f"image '{req.image}' not found on this host; build it ('mlpd images build') or ask an admin to pull it")
+            taken = {(ip, port) for other in self.containers.values() if other.phase == Phase.RUNNING and other.name != container_name(req.job_id)
+                     for _, ip, port in other.request.ports}
+            clash = [f"{ip}:{port}" for _, ip, port in req.ports if (ip, port) in taken]
+            if clash:
+                if c is not None:
+                    self.containers.pop(c.name, None)
+                raise RuntimeFailure(f"the container could not start: port {clash[0]} is already allocated")
             c = c or self._create(req)
             c.phase, c.started_at = Phase.RUNNING, self.clock()
             c.cursor = c.started_at
@@ -148,20 +155,28 @@ class MemoryRuntime:
         if removed is not None:
             self._emit(job_id)
 
-    def logs(self, job_id: str, follow: bool = False) -> Iterator[bytes]:
+    def logs(self, job_id: str, follow: bool = False, timestamps: bool = False) -> Iterator[bytes]:
         with self._lock:
             c = self.containers.get(container_name(job_id))
             if c is None:
                 return iter(())
             self._advance(c)
-            return iter([("".join(c.output)).encode()])
+            return iter([_joined(c.output, timestamps)])
+
+    def processes(self, job_id: str) -> list[str]:
+        with self._lock:
+            c = self.containers.get(container_name(job_id))
+            if c is None:
+                return []
+            self._advance(c)
+            return [" ".join(c.request.command)] if c.phase == Phase.RUNNING else []
 
     def save_logs(self, job_id: str, path: str) -> bool:
         with self._lock:
             c = self.containers.get(container_name(job_id))
             if c is None:
                 return False
-            data = "".join(c.output).encode()
+            data = _joined(c.output, True)
         with open(path + ".tmp", "wb") as fh:
             fh.write(data)
         os.replace(path + ".tmp", path)
@@ -227,7 +242,7 @@ class MemoryRuntime:
                     return
                 c.cursor = until
             elif kind == "echo":
-                c.output.append(_expand(str(arg), c.env) + "\n")
+                c.output.append((c.cursor, _expand(str(arg), c.env) + "\n"))
             elif kind == "exit":
                 self._end(c, int(arg))
                 return
@@ -240,6 +255,12 @@ class MemoryRuntime:
         c.finished_at = max(self.clock(), c.started_at or 0.0)
         c.steps = []
         self._emit(c.request.job_id)  # Docker's "die"
+
+
+def _joined(output: list[tuple[float, str]], timestamps: bool) -> bytes:
+    from mlpd.runtime import format_timestamp
+
+    return "".join(f"{format_timestamp(t)} {line}" if timestamps else line for t, line in output).encode()
 
 
 def _expand(text: str, env: dict[str, str]) -> str:

@@ -77,6 +77,10 @@ class LaunchRequest:
     code_dir: str | None
     outputs_dir: str
     pull: bool = True
+    kind: str = "job"  # the workload kind (job, workspace, deployment): the container's mlpd.kind label
+    ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host address, host port) to publish
+    mounts: tuple[tuple[str, str, bool], ...] = ()  # (host path, container path, read-only) beyond /outputs and /code
+    workdir: str | None = None  # default: /code when there is code, else /outputs
 
 
 def container_name(job_id: str) -> str:
@@ -116,11 +120,16 @@ class Runtime(Protocol):
     def remove(self, job_id: str) -> None:
         """Remove the container (forcibly); idempotent."""
 
-    def logs(self, job_id: str, follow: bool = False) -> Iterator[bytes]:
-        """The container's combined output; with follow, until it exits. Empty if it is gone."""
+    def logs(self, job_id: str, follow: bool = False, timestamps: bool = False) -> Iterator[bytes]:
+        """The container's combined output; with follow, until it exits. Empty if it is gone. With
+        timestamps, each line starts with when it was written (RFC 3339, UTC, then a space)."""
+
+    def processes(self, job_id: str) -> list[str]:
+        """The command lines of the processes running in the workload's container ([] when it is not running)."""
 
     def save_logs(self, job_id: str, path: str) -> bool:
-        """Copy the container's whole output to path; False when the container is gone."""
+        """Copy the container's whole output to path, each line with its timestamp (as logs(timestamps=True));
+        False when the container is gone."""
 
     def watch(self, on_change: Callable[[str], None], stop: threading.Event) -> None:
         """Call on_change(job_id) whenever one of this daemon's containers starts or ends; blocks until stop."""
@@ -152,3 +161,12 @@ def connect(instance: str, base_url: str = "", gpu_mode: str = "auto") -> Runtim
     from mlpd.docker_runtime import DockerRuntime
 
     return DockerRuntime(instance, base_url, gpu_mode)
+
+
+def format_timestamp(t: float) -> str:
+    """RFC 3339 in UTC with nanoseconds, as Docker stamps log lines: 2026-12-01T03:04:05.123456789Z."""
+    import datetime as _dt
+
+    whole = int(t)
+    stamp = _dt.datetime.fromtimestamp(whole, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{int(round((t - whole) * 1e9)):09d}Z"

@@ -1,12 +1,26 @@
 """GPU scheduler: a pure function from the host's state to placements.
 
 `schedule()` takes the GPUs, who holds them, the queue, the policy and the
-current time, and returns which queued jobs start now (and on which GPUs) plus,
-for every job that must wait, a human explanation and an estimated start.
+current time, and returns which queued jobs start now (and on which GPUs) and
+which job holds the reservation. Why a job waits (a sentence, its blockers and
+a start time) is worked out only when asked for: `explain()` for one job, or
+`schedule(..., explain=True)` for all of them.
 
-The algorithm is strict priority + FIFO with optional EASY backfill: the first
-job that does not fit gets a reservation on the GPUs that free earliest, and a
-later job may only jump ahead if it cannot delay that reservation.
+The algorithm is EASY backfill over a multifactor priority order:
+
+- Order: a job that holds the reservation comes first; then by a priority
+  score (as in Slurm's multifactor plugin), the sum of the job's own priority,
+  its age and (with fair share) its owner's fair-share factor, each times a
+  weight from the policy; ties by submit time, then id.
+- The first job that does not fit (the head) reserves GPUs: the earliest time
+  enough GPUs of one model are free (its shadow time), on the GPUs that free
+  up by then, preferring those busy now, so GPUs free now stay usable by long
+  jobs. A later job may start if it ends before the shadow time, or if it fits
+  on free GPUs outside the reservation (EASY backfill).
+- The reservation sticks: the caller keeps which job holds it (`reserved`) and
+  passes it back, so later passes put that job first whatever the order says.
+  Backfill never delays it, so its start time never moves later (absent
+  failures): the time shown to the user is a bound.
 
 No I/O and no clock reads: the caller passes `now`, which keeps this testable.
 """
@@ -15,9 +29,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 INF = math.inf
+MIN_EXPANSION_BASE = 600.0  # expansion counts a job shorter than 10 minutes as 10 minutes long
 
 
 @dataclass(frozen=True)
@@ -44,15 +59,31 @@ class QueuedJob:
     owner: str
     gpus: int  # 0 = CPU-only
     gpu_model: str | None  # None: any model, but all GPUs of the job share one model
-    priority: int  # higher runs first
+    priority: int  # the job's own priority; higher runs first
     submitted_at: float
     time_limit: float | None  # seconds; None = unlimited
 
 
 @dataclass(frozen=True)
 class Policy:
+    """How the queue is ordered and whether jobs may overtake the head.
+
+    A job's priority score is the sum of
+      weight_priority x its own priority (-100..100; -1000 for work over its GPU-hours),
+      weight_age x min(1, waited / max_age),
+      weight_fair_share x its owner's fair-share factor in (0, 1] (only with fair_share),
+      weight_expansion x min(1, waited / (max_expansion x its time limit, 10 min at least)).
+    The defaults are mlpd.toml's (a test holds them equal): one point of a job's priority
+    outranks any difference in the other terms.
+    """
     backfill: bool = True
-    fair_share: bool = True  # among equal priorities, less recent usage goes first
+    fair_share: bool = True
+    weight_priority: float = 10000.0
+    weight_age: float = 1000.0
+    max_age: float = 7 * 86400.0  # seconds
+    weight_fair_share: float = 100.0
+    weight_expansion: float = 1000.0
+    max_expansion: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -76,12 +107,23 @@ class Wait:
     reason: str
     blocking: tuple[Holding, ...]
     estimated_start: float | None  # None: unknown (a blocker has no time limit) or never
+    reserved: bool = False  # it holds the reservation: estimated_start is a bound that backfill keeps
+
+
+@dataclass(frozen=True)
+class Head:
+    """The job holding the reservation: it starts by `start` at the latest (None: unknown)."""
+    job_id: str
+    start: float | None
+    gpu_uuids: tuple[str, ...]  # the GPUs reserved for it, ordered by GPU index
 
 
 @dataclass(frozen=True)
 class Plan:
     placements: tuple[Placement, ...]
-    waits: tuple[Wait, ...]
+    waits: tuple[Wait, ...] = ()  # explanations: of every waiting job with explain=True, else of those asked for
+    head: Head | None = None
+    waiting: tuple[str, ...] = ()  # every job not placed, in queue order
 
 
 @dataclass(frozen=True)
@@ -93,11 +135,69 @@ class _Head:
     reserved: frozenset[str]
 
 
-def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = None) -> list[QueuedJob]:
-    """Return the jobs in scheduling order: priority desc, then (fair share) the owner's
-    decayed recent usage asc, then submitted_at asc, then id."""
-    usage = usage or {}
-    return sorted(queue, key=lambda j: (-j.priority, usage.get(j.owner, 0.0), j.submitted_at, j.id))
+def fair_share_factors(usage: Mapping[str, float], owners: Iterable[str] = ()) -> dict[str, float]:
+    """Each user's fair-share factor in (0, 1], as in Slurm's classic formula 2^(-U/S).
+
+    U is the user's part of all decayed usage and S its part of the shares:
+    every user who has used GPUs recently or has work queued has an equal
+    share. A user who used nothing gets 1, one who used exactly their share 0.5.
+    """
+    users = set(owners) | {u for u, x in usage.items() if x > 0}
+    total = sum(x for x in usage.values() if x > 0)
+    if total <= 0:
+        return dict.fromkeys(users, 1.0)
+    n = len(users)
+    return {u: 2.0 ** (-max(usage.get(u, 0.0), 0.0) / total * n) for u in users}
+
+
+def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: Mapping[str, float]) -> float:
+    """The job's multifactor priority score (higher goes first); `factors` from fair_share_factors."""
+    age = 0.0
+    if now is not None:
+        age = 1.0 if policy.max_age <= 0 else min(1.0, max(0.0, now - job.submitted_at) / policy.max_age)
+    score = policy.weight_priority * job.priority + policy.weight_age * age
+    if policy.fair_share:
+        score += policy.weight_fair_share * factors.get(job.owner, 1.0)
+    if now is not None and policy.weight_expansion:
+        base = max(policy.max_age if job.time_limit is None else job.time_limit, MIN_EXPANSION_BASE) * policy.max_expansion
+        score += policy.weight_expansion * min(1.0, max(0.0, now - job.submitted_at) / base)
+    return score
+
+
+def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = None, *, now: float | None = None,
+                policy: Policy = Policy(), reserved: Mapping[str, float] | None = None) -> list[QueuedJob]:
+    """Return the jobs in scheduling order: those holding a reservation first (the earliest
+    reserved first), then by priority score desc, then submitted_at asc, then id.
+
+    `usage` is each owner's decayed recent GPU usage (only read with policy.fair_share);
+    without `now` age adds nothing.
+    """
+    queue = list(queue)
+    reserved = reserved or {}
+    factors = fair_share_factors(usage, {j.owner for j in queue}) if usage and policy.fair_share else {}
+    # priority_score, inlined: this runs for every queued job on every pass (a test holds them equal).
+    w_prio, w_age, w_fs, w_x = policy.weight_priority, policy.weight_age, policy.weight_fair_share, policy.weight_expansion
+    timed = now is not None
+    max_age, max_x, default_base = policy.max_age, policy.max_expansion, max(policy.max_age, MIN_EXPANSION_BASE)
+    fs_on = policy.fair_share
+    keyed = []
+    for j in queue:
+        if j.id in reserved:
+            keyed.append((0, reserved[j.id], j.submitted_at, j.id, j))
+            continue
+        score = w_prio * j.priority
+        waited = now - j.submitted_at if timed else 0.0
+        if timed:
+            score += w_age * (1.0 if max_age <= 0 or waited >= max_age else waited / max_age if waited > 0 else 0.0)
+        if fs_on:
+            score += w_fs * factors.get(j.owner, 1.0)
+        if timed and w_x:
+            base = max_x * (default_base if j.time_limit is None else
+                            j.time_limit if j.time_limit > MIN_EXPANSION_BASE else MIN_EXPANSION_BASE)
+            score += w_x * (1.0 if waited >= base else waited / base if waited > 0 else 0.0)
+        keyed.append((1, -score, j.submitted_at, j.id, j))
+    keyed.sort(key=lambda k: k[:4])
+    return [k[4] for k in keyed]
 
 
 def short_id(job_id: str) -> str:
@@ -131,48 +231,87 @@ def _groups(gpus: Sequence[Gpu]) -> dict[str, list[Gpu]]:
     return groups
 
 
-def _fit(job: QueuedJob, free: Sequence[Gpu]) -> tuple[Gpu, ...] | None:
-    """Lowest-index GPUs of the first model group (by lowest index) that fits."""
+def _fit(job: QueuedJob, free: Sequence[Gpu], prefer: Collection[str] = ()) -> tuple[Gpu, ...] | None:
+    """GPUs of the first model group (by lowest index) that fits: those in `prefer`
+    first, then the lowest indices; returned ordered by index."""
     for group in _groups(free).values():
         if len(group) >= job.gpus:
-            return tuple(group[:job.gpus])
+            if prefer:
+                group = sorted(group, key=lambda g: (g.uuid not in prefer, g.index))
+            return tuple(sorted(group[:job.gpus], key=lambda g: g.index))
     return None
 
 
 def _earliest(job: QueuedJob, usable: Sequence[Gpu],
               free_at: Callable[[Gpu], float]) -> tuple[float, tuple[Gpu, ...]]:
-    """Earliest time enough GPUs of one model are free, and which GPUs those are.
+    """Earliest time enough GPUs of one model are free, and which GPUs to reserve then.
 
-    Caller guarantees some model group is large enough. Ties between groups go
-    to the group with the lowest index, so the result is deterministic.
+    Of the GPUs that are free by that time, the ones that free up latest are
+    reserved (the highest indices among equals), so GPUs free sooner stay
+    usable by work that runs past it. Caller guarantees some model group is
+    large enough. Ties between groups go to the group with the lowest index.
     """
     best: tuple[float, tuple[Gpu, ...]] | None = None
     for group in _groups(usable).values():
         if len(group) < job.gpus:
             continue
-        chosen = sorted(group, key=lambda g: (free_at(g), g.index))[:job.gpus]
-        t = max(free_at(g) for g in chosen)
-        if best is None or t < best[0]:
-            best = (t, tuple(sorted(chosen, key=lambda g: g.index)))
+        t = sorted(free_at(g) for g in group)[job.gpus - 1]
+        if best is not None and t >= best[0]:
+            continue
+        ready = [g for g in group if free_at(g) <= t]
+        chosen = sorted(ready, key=lambda g: (-free_at(g), -g.index))[:job.gpus]
+        best = (t, tuple(sorted(chosen, key=lambda g: g.index)))
     assert best is not None
     return best
 
 
+def _caps(free_by_model: Mapping[str, list[Gpu]], exclude: Collection[str] = ()) -> dict[str | None, int]:
+    """Most GPUs a job can get now, per model and (key None) in any one model."""
+    caps: dict[str | None, int] = {}
+    for model, free in free_by_model.items():
+        caps[model] = sum(1 for g in free if g.uuid not in exclude) if exclude else len(free)
+    caps[None] = max(caps.values(), default=0)
+    return caps
+
+
 def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob],
              now: float, policy: Policy = Policy(), usage: Mapping[str, float] | None = None,
-             limits: Sequence[GpuLimit] = ()) -> Plan:
-    """Decide which queued jobs start now and explain why the others wait.
+             limits: Sequence[GpuLimit] = (), reserved: Mapping[str, float] | None = None,
+             explain: bool | Collection[str] = False) -> Plan:
+    """Decide which queued jobs start now, and which job holds the reservation.
 
     Walks the queue in `queue_order`. Jobs that fit are placed on the
     lowest-index free GPUs of one model. The first job that does not fit (the
-    head) reserves the GPUs that free earliest; with `policy.backfill` a later
-    job may still start if it cannot delay the head's start (EASY backfill).
-    Every job not placed gets exactly one `Wait`.
+    head) reserves GPUs (see `_earliest`); with `policy.backfill` a later job
+    may still start if it cannot delay the head's start (EASY backfill).
 
-    With `policy.fair_share`, `usage` (each owner's decayed recent GPU usage)
-    orders jobs of equal priority. `limits` are concurrent-GPU quotas: a job that
-    would take its owner (or team) over one waits without reserving GPUs.
+    `reserved` maps the jobs that hold a reservation (from earlier passes) to
+    when they got it: they go first. `usage` (each owner's decayed recent GPU
+    usage) feeds fair share. `limits` are concurrent-GPU quotas: a job that
+    would take its owner (or team) over one waits without reserving GPUs, and
+    backfill never takes the head's quota group past what the head needs.
+
+    `explain`: True gives every waiting job a `Wait` (the sentence, blockers and
+    an estimated start); a collection of ids gives those jobs one; by default
+    none, which keeps a pass over a long queue cheap.
     """
+    return _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, explain, None)
+
+
+def explain(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob], now: float,
+            job_id: str, policy: Policy = Policy(), usage: Mapping[str, float] | None = None,
+            limits: Sequence[GpuLimit] = (), reserved: Mapping[str, float] | None = None) -> Wait | None:
+    """Why one queued job waits, as `schedule(..., explain=True)` would say; None if it would start now.
+
+    Stops at that job: the jobs behind it cannot change its answer.
+    """
+    plan = _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, (job_id,), job_id)
+    return next((w for w in plan.waits if w.job_id == job_id), None)
+
+
+def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob], now: float,
+          policy: Policy, usage: Mapping[str, float] | None, limits: Sequence[GpuLimit],
+          reserved: Mapping[str, float] | None, explain: bool | Collection[str], stop_at: str | None) -> Plan:
     gpus = sorted(gpus, key=lambda g: g.index)
     by_uuid = {g.uuid: g for g in gpus}
     holders: dict[str, list[Holding]] = {}
@@ -189,77 +328,138 @@ def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Q
         # An overdue holder is still there; the best guess is "any moment now".
         return max(now, *(h.ends_by for h in hs))
 
-    placements: list[Placement] = []
-    waits: list[Wait] = []
-    head: _Head | None = None
-    owner_of = {h.job_id: h.owner for hs in holders.values() for h in hs}
-    held_jobs: dict[str, list[str]] = {}
+    usable_by_model: dict[str, list[Gpu]] = {}
+    for g in gpus:
+        if not g.drained:
+            usable_by_model.setdefault(g.model, []).append(g)
+    largest: dict[str | None, int] = {m: len(grp) for m, grp in usable_by_model.items()}
+    largest[None] = max(largest.values(), default=0)
+    free_by_model = {m: [g for g in grp if g.uuid not in holders] for m, grp in usable_by_model.items()}
+    cap = _caps(free_by_model)
+    cap_outside = cap  # free GPUs outside the head's reservation
+
+    # Concurrent-GPU quotas: GPUs held per limit, kept up to date as jobs are placed.
+    limits_of: dict[str, list[int]] = {}
+    for i, limit in enumerate(limits):
+        for m in limit.members:
+            limits_of.setdefault(m, []).append(i)
+    held = [0] * len(limits)
     for hs in holders.values():
         for h in hs:
-            held_jobs.setdefault(h.owner, []).append(h.job_id)
+            for i in limits_of.get(h.owner, ()):
+                held[i] += 1
 
-    def quota_block(job: QueuedJob) -> str | None:
-        for limit in limits:
-            if job.owner not in limit.members:
-                continue
-            held = [j for m in limit.members for j in held_jobs.get(m, [])]
-            if job.gpus > limit.max_gpus:
-                return (f"can never run: asks for {_gpus_word(job.gpus)} but the concurrent GPU quota of "
-                        f"{limit.name} is {limit.max_gpus}")
-            if len(held) + job.gpus > limit.max_gpus:
-                jobs_ = ", ".join(sorted({f"job {short_id(j)} ({owner_of.get(j, '?')})" for j in held}))
-                return (f"at the concurrent GPU quota of {limit.name}: {limit.max_gpus} GPUs at most, "
-                        f"{len(held)} held ({jobs_}); it starts when some are released")
-        return None
+    explain_all = explain is True
+    explain_ids = frozenset() if explain is True or explain is False else frozenset(explain)
+    placements: list[Placement] = []
+    waiting: list[str] = []
+    waits: list[Wait] = []
+    head: _Head | None = None
+    head_limits: frozenset[int] = frozenset()
 
-    for pos, job in enumerate(queue_order(queue, usage if policy.fair_share else None), start=1):
-        if job.gpus <= 0:  # CPU-only work never competes for GPUs
+    def place(job: QueuedJob, chosen: Sequence[Gpu]) -> None:
+        nonlocal cap, cap_outside
+        placements.append(Placement(job.id, tuple(g.uuid for g in chosen)))
+        # Placed work holds its GPUs like running work for the rest of this call.
+        ends = None if job.time_limit is None else now + job.time_limit
+        for g in chosen:
+            holders[g.uuid] = [Holding(g.uuid, job.id, job.owner, ends)]
+            free_by_model[g.model].remove(g)
+        for i in limits_of.get(job.owner, ()):
+            held[i] += job.gpus
+        cap = _caps(free_by_model)
+        cap_outside = cap if head is None else _caps(free_by_model, head.reserved)
+
+    def free_for(job: QueuedJob) -> list[Gpu]:
+        return [g for m, grp in free_by_model.items() if job.gpu_model in (None, m) for g in grp]
+
+    for pos, job in enumerate(queue_order(queue, usage, now=now, policy=policy, reserved=reserved), start=1):
+        n = job.gpus
+        if n <= 0:  # CPU-only work never competes for GPUs
             placements.append(Placement(job.id, ()))
             continue
-        blocked = quota_block(job)
-        if blocked:
+        wanted = explain_all or job.id in explain_ids
+        if head is not None and not wanted and (not policy.backfill or not cap[None]):
+            waiting.append(job.id)  # no GPU is left that anyone behind the head could take
+            continue
+        lids = limits_of.get(job.owner)
+        if lids and any(n > limits[i].max_gpus or held[i] + n > limits[i].max_gpus for i in lids):
             # Quota, not capacity, stops it: it must not reserve GPUs and hold up others.
-            waits.append(Wait(job.id, pos, blocked, (), None))
+            waiting.append(job.id)
+            if wanted:
+                waits.append(Wait(job.id, pos, _quota_reason(job, [limits[i] for i in lids], holders), (), None))
+            if job.id == stop_at:
+                break
             continue
-        usable = [g for g in gpus if not g.drained and _matches(g, job)]
-        largest = max((len(grp) for grp in _groups(usable).values()), default=0)
-        if largest < job.gpus:
+        model = job.gpu_model
+        if n > largest.get(model, 0):
             # It can never run here, so it must not reserve GPUs and block others.
-            waits.append(_never_wait(job, pos, gpus, largest))
-            continue
-        free = [g for g in usable if g.uuid not in holders]
-        if head is None:
-            chosen = _fit(job, free)
-        elif policy.backfill:
-            chosen = _fit(job, free if _harmless(job, head, now)
-                          else [g for g in free if g.uuid not in head.reserved])
-        else:
-            chosen = None  # plain FIFO: nobody overtakes the head
-        if chosen:
-            placements.append(Placement(job.id, tuple(g.uuid for g in chosen)))
-            # Placed work holds its GPUs like running work for the rest of this call.
-            ends = None if job.time_limit is None else now + job.time_limit
-            for g in chosen:
-                holders[g.uuid] = [Holding(g.uuid, job.id, job.owner, ends)]
-                held_jobs.setdefault(job.owner, []).append(job.id)
-            owner_of[job.id] = job.owner
+            waiting.append(job.id)
+            if wanted:
+                waits.append(_never_wait(job, pos, gpus, largest.get(model, 0)))
+            if job.id == stop_at:
+                break
             continue
         if head is None:
-            shadow, reserved = _earliest(job, usable, free_at)
-            head = _Head(job, pos, shadow, frozenset(g.uuid for g in reserved))
-            blocking = tuple(h for g in reserved for h in holders.get(g.uuid, []))
-            reason = _waiting_for(job, reserved, holders, gpus)
-            waits.append(Wait(job.id, pos, reason, blocking, None if shadow == INF else shadow))
-        else:
-            waits.append(_later_wait(job, pos, head, usable, free, holders, gpus, free_at,
+            if n <= cap.get(model, 0):
+                place(job, _fit(job, free_for(job)))
+                continue
+            usable = [g for m, grp in usable_by_model.items() if model in (None, m) for g in grp]
+            shadow, chosen = _earliest(job, usable, free_at)
+            head = _Head(job, pos, shadow, frozenset(g.uuid for g in chosen))
+            head_limits = frozenset(lids or ())
+            cap_outside = _caps(free_by_model, head.reserved)
+            waiting.append(job.id)
+            if wanted:
+                blocking = tuple(h for g in chosen for h in holders.get(g.uuid, []))
+                waits.append(Wait(job.id, pos, _waiting_for(job, chosen, holders, gpus), blocking,
+                                  None if shadow == INF else shadow, reserved=True))
+            if job.id == stop_at:
+                break
+            continue
+        if policy.backfill:
+            # With an unknown shadow time the head may start any moment: nothing is harmless.
+            harmless = job.time_limit is not None and head.shadow != INF and now + job.time_limit <= head.shadow
+            # Nor may it take the head's quota: the head could then not start when its GPUs free up.
+            if n <= (cap if harmless else cap_outside).get(model, 0) and _quota_room(
+                    job, lids, head_limits, head.job.gpus, held, limits):
+                if harmless:  # it ends before the head starts: idle reserved GPUs are the best place
+                    place(job, _fit(job, free_for(job), prefer=head.reserved))
+                else:
+                    place(job, _fit(job, [g for g in free_for(job) if g.uuid not in head.reserved]))
+                continue
+        waiting.append(job.id)
+        if wanted:
+            waits.append(_later_wait(job, pos, head, free_for(job), holders, gpus, usable_by_model, free_at,
                                      now, policy))
-    return Plan(tuple(placements), tuple(waits))
+        if job.id == stop_at:
+            break
+    plan_head = None
+    if head is not None:
+        plan_head = Head(head.job.id, None if head.shadow == INF else head.shadow,
+                         tuple(g.uuid for g in gpus if g.uuid in head.reserved))
+    return Plan(tuple(placements), tuple(waits), plan_head, tuple(waiting))
 
 
-def _harmless(job: QueuedJob, head: _Head, now: float) -> bool:
-    """True if the job is sure to end before the head's reserved GPUs are needed."""
-    return (job.time_limit is not None and math.isfinite(head.shadow)
-            and now + job.time_limit <= head.shadow)
+def _quota_room(job: QueuedJob, lids: Sequence[int] | None, head_limits: frozenset[int], head_gpus: int,
+                held: Sequence[int], limits: Sequence[GpuLimit]) -> bool:
+    """True if the job leaves the head room in every concurrent-GPU quota they share."""
+    return not lids or all(held[i] + job.gpus + head_gpus <= limits[i].max_gpus
+                           for i in lids if i in head_limits)
+
+
+def _quota_reason(job: QueuedJob, limits: Sequence[GpuLimit], holders: dict[str, list[Holding]]) -> str:
+    for limit in limits:
+        if job.gpus > limit.max_gpus:
+            return (f"can never run: asks for {_gpus_word(job.gpus)} but the concurrent GPU quota of "
+                    f"{limit.name} is {limit.max_gpus}")
+    for limit in limits:
+        hs = [h for hs in holders.values() for h in hs if h.owner in limit.members]
+        if len(hs) + job.gpus > limit.max_gpus:
+            jobs_ = ", ".join(sorted({f"job {short_id(h.job_id)} ({h.owner})" for h in hs}))
+            return (f"at the concurrent GPU quota of {limit.name}: {limit.max_gpus} GPUs at most, "
+                    f"{len(hs)} held ({jobs_}); it starts when some are released")
+    return "at its concurrent GPU quota"
 
 
 def _describe_holders(gpu: Gpu, holders: dict[str, list[Holding]]) -> str:
@@ -298,10 +498,11 @@ def _never_wait(job: QueuedJob, pos: int, gpus: Sequence[Gpu], largest: int) -> 
     return Wait(job.id, pos, reason, (), None)
 
 
-def _later_wait(job: QueuedJob, pos: int, head: _Head, usable: Sequence[Gpu],
-                free: Sequence[Gpu], holders: dict[str, list[Holding]], gpus: Sequence[Gpu],
+def _later_wait(job: QueuedJob, pos: int, head: _Head, free: Sequence[Gpu], holders: dict[str, list[Holding]],
+                gpus: Sequence[Gpu], usable_by_model: Mapping[str, list[Gpu]],
                 free_at: Callable[[Gpu], float], now: float, policy: Policy) -> Wait:
     """Wait for a job queued behind the head (which holds the only reservation)."""
+    usable = [g for m, grp in usable_by_model.items() if job.gpu_model in (None, m) for g in grp]
     head_ref = f"job {short_id(head.job.id)} (position {head.position})"
     head_start = ("an unknown time" if head.shadow == INF
                   else f"{format_time(head.shadow)} at the latest")

@@ -158,6 +158,11 @@ def _migration_drains(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE gpu_drains (gpu_uuid TEXT PRIMARY KEY, reason TEXT NOT NULL, actor TEXT NOT NULL, at REAL NOT NULL)")
 
 
+def _migration_scheduler(db: sqlite_utils.Database) -> None:
+    """The queued job holding the scheduler's reservation keeps it across passes (when it got it; NULL: none)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN reserved_at REAL")
+
+
 def _migration_ui(db: sqlite_utils.Database) -> None:
     """Web UI logins: a password per user (slow hash), failed-login counts for lockout, and
     server-side sessions (only a hash of the cookie's secret is stored, so a copy of the
@@ -181,12 +186,50 @@ def _migration_ui(db: sqlite_utils.Database) -> None:
 
 
 # Append only: a migration, once shipped, never changes; add a new one instead.
+def _migration_workloads(db: sqlite_utils.Database) -> None:
+    """Workloads of several kinds in one table (jobs; sessions of workspaces; replicas of deployments),
+    so that they share the scheduler, the runtime, the ledger and reconciliation; and workspaces."""
+    db.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'job'")
+    db.execute("ALTER TABLE jobs ADD COLUMN workload TEXT")  # the workspace or deployment this row runs
+    db.execute("ALTER TABLE jobs ADD COLUMN cancel_reason TEXT")  # why it was stopped, when not simply 'cancelled by X'
+    db.execute("CREATE INDEX jobs_kind ON jobs (kind, state)")
+    db.execute(
+        """CREATE TABLE workspaces (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            name TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            token TEXT NOT NULL,
+            port INTEGER NOT NULL UNIQUE,
+            ssh_port INTEGER NOT NULL UNIQUE,
+            session TEXT,
+            last_activity REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (owner, name)
+        )"""
+    )
+    db.execute("ALTER TABLE users ADD COLUMN ws_idle_timeout REAL")  # an admin's longer idle timeout for this user
+    db.execute(
+        """CREATE TABLE ssh_keys (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (owner, fingerprint)
+        )"""
+    )
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _migration_initial),
     ("0002_jobs", _migration_jobs),
     ("0003_accounting", _migration_accounting),
     ("0004_scopes", _migration_scopes),
     ("0005_drains", _migration_drains),
+    ("0006_workloads", _migration_workloads),
+    ("0007_scheduler", _migration_scheduler),
     ("0008_ui", _migration_ui),
 )
 

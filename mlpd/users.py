@@ -165,8 +165,8 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
         return None
     token_id, secret = match.groups()
     row = store.query_one(
-        """SELECT t.secret_hash, t.expires_at, t.revoked_at, t.last_used_at, t.job_id, u.id, u.name, u.role, u.removed_at
-           FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?""",
+        """SELECT t.secret_hash, t.expires_at, t.revoked_at, t.last_used_at, t.job_id, u.id, u.name, u.role, u.removed_at, j.kind
+           FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN jobs j ON j.id = t.job_id WHERE t.id = ?""",
         [token_id],
     )
     now = now if now is not None else time.time()
@@ -180,13 +180,21 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
     if row["last_used_at"] is None or now - row["last_used_at"] > 60:
         with store.write() as db:
             db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", [now, token_id])
+    if row["kind"] == "workspace":
+        # A workspace session's token: its owner at their notebook, as a member (never as an
+        # admin), revoked with the session like a job's.
+        return User(row["id"], row["name"], "member", None)
     return User(row["id"], row["name"], row["role"], row["job_id"])
 
 
-def count_admins(store: Store) -> int:
-    """Active admins (host-side bootstrap is allowed before the first one exists)."""
-    row = store.query_one("SELECT COUNT(*) AS n FROM users WHERE role = 'admin' AND removed_at IS NULL")
-    return row["n"] if row else 0
+def authenticate_personal(store: Store, token: str) -> User | None:
+    """The user of a person's own token, or None; for a web login. A job's or a workspace session's
+    token is refused: a web session would outlive the workload whose credential it is."""
+    user = authenticate(store, token)
+    if user is None:
+        return None
+    row = store.query_one("SELECT job_id FROM tokens WHERE id = ?", [token.split("_")[1]])
+    return user if row and row["job_id"] is None else None
 
 
 # ---------------------------------------------------------------- passwords (web UI)

@@ -75,7 +75,7 @@ def create_app(cfg: Config | None = None) -> Flask:
     web_log.setLevel(cfg["server.log_level"].upper())
 
     from mlpd.web import errors, routes
-    from mlpd.web import api_admin, api_jobs, api_usage, metrics, openapi, ui_password_api  # noqa: F401  (they register routes)
+    from mlpd.web import api_admin, api_jobs, api_usage, api_workspaces, metrics, openapi, ui_password_api  # noqa: F401  (they register routes)
     from mlpd.web import ui
 
     errors.register_error_handlers(app)

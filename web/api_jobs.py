@@ -30,7 +30,7 @@ def inventory():
             from mlpd.gpus import make_inventory
 
             cfg = config()
-            current_app.extensions["mlpd.inventory"] = make_inventory(cfg["gpus.declare"], cfg["gpus.declared_model"])
+            current_app.extensions["mlpd.inventory"] = make_inventory(cfg["gpus.declare"], cfg["gpus.declared_model"], store())
         return current_app.extensions["mlpd.inventory"]
 
 
@@ -102,7 +102,7 @@ def check_admission(spec) -> None:
         if spec.gpus > len(usable):
             what = f" of model {spec.gpu_model!r}" if spec.gpu_model else ""
             hint = ("; run it on the CPU with --gpus 0 (gpus = 0), or, to try mlpd on a machine without NVIDIA GPUs, an admin "
-                    "can declare test GPUs (gpus.declare in mlpd.toml, or 'mlpd daemon --declare-gpus N')") if not devices else ""
+                    "can declare test GPUs ('mlpd admin gpus declare N', at once)") if not devices else ""
             raise ApiError(400, "invalid_field", f"gpus: asks for {spec.gpus} GPUs but this host has {len(usable)}{what}{hint}")
     if spec.code and not (os.path.isdir(jobs.code_dir(config().state_dir, spec.code)) and jobs.holds_code(store(), spec.code, g.user.name)):
         raise ApiError(400, "invalid_field", f"code: you have not uploaded a code archive {spec.code[:12]}...; upload it first "
@@ -152,14 +152,13 @@ def list_jobs():
 
 def explain_wait(job_id: str) -> dict | None:
     """Why a queued job waits: position, blockers and an estimated start, from the scheduler itself."""
-    from mlpd.controller import plan_now
+    from mlpd.controller import explain_now
 
-    plan, _, _ = plan_now(store(), inventory(), config(), time.time())
-    for wait in plan.waits:
-        if wait.job_id == job_id:
-            return {"position": wait.position, "reason": wait.reason, "estimated_start": wait.estimated_start,
-                    "blocking": [{"gpu_uuid": h.gpu_uuid, "job_id": h.job_id, "owner": h.owner, "ends_by": h.ends_by} for h in wait.blocking]}
-    return None
+    wait = explain_now(store(), inventory(), config(), time.time(), job_id)
+    if wait is None:
+        return None
+    return {"position": wait.position, "reason": wait.reason, "estimated_start": wait.estimated_start, "reserved": wait.reserved,
+            "blocking": [{"gpu_uuid": h.gpu_uuid, "job_id": h.job_id, "owner": h.owner, "ends_by": h.ends_by} for h in wait.blocking]}
 
 
 @route("/jobs/<job_id>", summary="One job: spec, state history, GPUs and why it waits", job_token=True)
@@ -190,23 +189,45 @@ def cancel_job(job_id: str):
     return jsonify({"job": job_view(job)})
 
 
-@route("/jobs/<job_id>/logs", summary="A job's output; ?follow=1 streams it live until the job ends", streaming=True, job_token=True)
+@route("/jobs/<job_id>/logs", summary="A job's output; ?follow=1 streams it live until the job ends; ?timestamps=1 stamps each line; "
+       "?since=EPOCH_SECONDS only lines from then on", streaming=True, job_token=True)
 def job_logs(job_id: str):
-    return log_stream(job_id, request.args.get("follow") in ("1", "true", "yes"))
-
-
-def log_stream(job_id: str, follow: bool) -> Response:
-    """A job's output as a streamed text response (live until the job ends when follow), for g.user."""
     _visible_job(job_id)
+    return logs_response(job_id, request.args.get("follow") in ("1", "true", "yes"))
+
+
+def _since_arg() -> float | None:
+    raw = request.args.get("since")
+    if raw in (None, ""):
+        return None
+    try:
+        since = float(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_field", "since: expected a time in seconds since the epoch, e.g. 1764558000") from None
+    if since != since or since in (float("inf"), float("-inf")):
+        raise ApiError(400, "invalid_field", "since: expected a finite number")
+    return since
+
+
+def logs_response(job_id: str, follow: bool) -> Response:
+    """A workload's output (build log first, then the container's, then the saved log once it ended); with follow, live.
+    ?timestamps=1 keeps each line's stamp; ?since= drops lines written before it."""
+    from mlpd import logtext
+
     log_path = os.path.join(jobs.job_dir(config().state_dir, job_id), "log")
     st = store()
+    timestamps, since = request.args.get("timestamps") in ("1", "true", "yes"), _since_arg()
+    stamped = timestamps or since is not None
 
-    def saved(path=log_path):
+    def raw_saved(path):
         try:
             with open(path, "rb") as fh:
                 yield from iter(lambda: fh.read(65536), b"")
         except FileNotFoundError:
             return
+
+    def saved(path=log_path):
+        yield from logtext.select(raw_saved(path), timestamps, since)
 
     def generate():
         # the environment's build (if the job brought requirements) comes first; it is written whole before the job starts
@@ -229,7 +250,8 @@ def log_stream(job_id: str, follow: bool) -> Response:
                 return
             if job["state"] == JobState.RUNNING.value or (job["state"] == JobState.STARTING.value and runtime().inspect(job_id)):
                 streamed = False
-                for chunk in runtime().logs(job_id, follow=follow):
+                live = runtime().logs(job_id, follow=follow, timestamps=stamped)
+                for chunk in (logtext.select(live, timestamps, since) if stamped else live):
                     streamed = True
                     yield chunk
                 if not follow:
@@ -326,6 +348,37 @@ def list_gpus():
         item["stray_pids"] = stray.get(d.uuid, [])
         out.append(item)
     return jsonify({"gpus": out, "inventory": inventory().kind})
+
+
+DECLARE_BODY = {"count": Field(int, True, "how many GPUs to declare; 0 goes back to mlpd.toml's gpus.declare / the real GPUs"),
+                "model": Field(str, doc="the model name shown (default: gpus.declared_model)")}
+
+
+@route("/gpus/declare", methods=("POST",), summary="Declare test GPUs on a host without NVIDIA GPUs, at once and without a restart (0 undoes it)",
+       admin=True, body=DECLARE_BODY)
+def declare_gpus():
+    from mlpd.gpus import DECLARED_KEY
+    from mlpd.store import record_event, set_status
+
+    data = json_body(DECLARE_BODY)
+    count, model = data["count"], (data.get("model") or config()["gpus.declared_model"])[:128]
+    if not 0 <= count <= 64:
+        raise ApiError(400, "invalid_field", "count: expected 0 to 64")
+    inv = inventory()
+    if count and inv.base.kind == "nvml" and inv.base.devices():
+        raise ApiError(409, "real_gpus", f"this host has {len(inv.base.devices())} NVIDIA GPUs; declared GPUs are only for hosts without them")
+    held = gpu_holders(store())
+    if held:
+        raise ApiError(409, "gpus_in_use", f"{len(held)} GPUs are held by running work; declare GPUs when none are in use")
+    if count:
+        set_status(store(), DECLARED_KEY, {"count": count, "model": model})
+    else:
+        with store().write() as db:
+            db.execute("DELETE FROM daemon_status WHERE key = ?", [DECLARED_KEY])
+    with store().write() as db:
+        record_event(db, g.user.name, "gpus.declared", "gpu", "*", count=count, model=model)
+    wake("gpus declared")
+    return jsonify({"gpus": [d.to_dict() for d in inv.devices()], "inventory": inv.kind})
 
 
 @route("/gpus/<gpu>/drain", methods=("POST",), summary="Drain a GPU (index or UUID): running work finishes, nothing new is placed", admin=True,

@@ -303,10 +303,10 @@ def job(job_id: str):
 @ui.route("/jobs/<job_id>/log")
 def job_log(job_id: str):
     """The job's output (streamed live with ?follow=1), through the same stream as the API's logs."""
-    from mlpd.web.api_jobs import log_stream
+    from mlpd.web.api_jobs import logs_response
 
     _visible_job(job_id)
-    return log_stream(job_id, request.args.get("follow") == "1")
+    return logs_response(job_id, request.args.get("follow") == "1")
 
 
 @ui.route("/jobs/<job_id>/state")

@@ -131,9 +131,9 @@ def register(bp: Blueprint) -> None:
     @bp.route("/login/token", methods=("POST",))
     def login_token():
         check_csrf(request.cookies.get(LOGIN_CSRF_COOKIE, ""))
-        user = users.authenticate(_store(), request.form.get("token", "").strip()[:200])
-        if user is None or user.job_id:
-            return _login_page(401, token_error="that token is invalid, revoked or expired (a job's token cannot log in here)")
+        user = users.authenticate_personal(_store(), request.form.get("token", "").strip()[:200])
+        if user is None:
+            return _login_page(401, token_error="that token is invalid, revoked or expired (a job's or a workspace's token cannot log in here)")
         return _start_session(user, "token")
 
     @bp.route("/logout", methods=("POST",))

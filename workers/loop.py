@@ -21,6 +21,7 @@ from mlpd.workers.sampler import GpuSampler
 
 log = logging.getLogger("mlpd.workers")
 PRUNE_INTERVAL = 3600.0  # job environments are pruned at most this often
+SCHEDULE_ONLY = "submitted"  # wakes that need only the scheduler: nothing running changed, so Docker need not be listed
 
 
 class ControllerLoop:
@@ -29,7 +30,7 @@ class ControllerLoop:
     def __init__(self, config: Config):
         self.config = config
         self.store = Store(config.db_path)
-        self.inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"])
+        self.inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"], self.store)
         self.sampler = GpuSampler(self.store, self.inventory, float(config["gpus.sample_interval"]))
         self.controller: JobController | None = None
         self.docker_error: str | None = None
@@ -37,7 +38,9 @@ class ControllerLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self.passes = 0
+        self._full = True  # the next pass reconciles with Docker (set by every wake but a submit's, and by each tick)
         self.last_prune = 0.0
+        self.last_cull = time.time()
 
     def start(self) -> None:
         self._thread.start()
@@ -48,8 +51,11 @@ class ControllerLoop:
         self._thread.join(timeout=10)
 
     def wake(self, reason: str = "") -> None:
-        """Run a pass as soon as the current one ends."""
+        """Run a pass as soon as the current one ends. A wake for new work only ("submitted ...")
+        asks for a scheduling pass (the database alone); any other for a full reconciliation."""
         log.debug("woken: %s", reason)
+        if not reason.startswith(SCHEDULE_ONLY):
+            self._full = True
         self._wake.set()
 
     def _connect(self) -> None:
@@ -75,6 +81,15 @@ class ControllerLoop:
             log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
+            if time.time() - self.last_cull >= float(self.config["workspaces.cull_interval"]):
+                self.last_cull = time.time()
+                try:
+                    from mlpd import workspaces
+
+                    if workspaces.cull_pass(self.store, self.config, processes=self.controller.runtime.processes):
+                        self.wake("workspaces culled")
+                except Exception:
+                    log.exception("checking workspaces for idleness failed; trying again next interval")
             if time.time() - self.last_prune > PRUNE_INTERVAL:
                 self.last_prune = time.time()
                 try:
@@ -85,12 +100,25 @@ class ControllerLoop:
         set_status(self.store, "worker.heartbeat", {"passes": self.passes, "docker_error": self.docker_error,
                                                      "gpus": self.inventory.kind, "at": time.time()})
 
+    def schedule_once(self) -> None:
+        """A pass for new work only: place what is queued on free GPUs, from the database alone."""
+        if self.controller is None:
+            self.reconcile_once()
+            return
+        self.controller.schedule()
+
     def _run(self) -> None:
         interval = float(self.config["scheduler.reconcile_interval"])
+        last_full = 0.0
         while not self._stop.is_set():
             self._wake.clear()
+            full, self._full = self._full or time.monotonic() - last_full >= interval, False
             try:
-                self.reconcile_once()
+                if full:
+                    last_full = time.monotonic()
+                    self.reconcile_once()
+                else:
+                    self.schedule_once()
             except Exception:
                 log.exception("reconcile pass failed; retrying on the next tick")
             self.passes += 1
@@ -98,4 +126,5 @@ class ControllerLoop:
             deadline = self.controller.next_deadline if self.controller else None
             if deadline is not None:
                 timeout = min(interval, max(0.05, deadline - time.time()))  # stop a job at its time limit, not a tick later
-            self._wake.wait(timeout)
+            if not self._wake.wait(timeout):
+                self._full = True  # a tick: reconcile with Docker

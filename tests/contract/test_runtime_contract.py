@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from helpers import needs_docker, wait_for
-from mlpd.runtime import ImageMissing, LaunchRequest, Phase, container_name
+from helpers import free_port, needs_docker, wait_for
+from mlpd.runtime import ImageMissing, RuntimeFailure, LaunchRequest, Phase, container_name
 
 IMAGE = "mlpd/train:latest"
 
@@ -55,13 +55,13 @@ def make_runtime(request):
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
-def request(tmp_path, command, job_id=None, image=IMAGE, env=None, gpus=()):
+def request(tmp_path, command, job_id=None, image=IMAGE, env=None, gpus=(), **extra):
     outputs = tmp_path / f"out-{secrets.token_hex(3)}"
     outputs.mkdir()
     os.chmod(outputs, 0o777)
     return LaunchRequest(job_id=job_id or secrets.token_hex(6), owner="alice", image=image, command=tuple(command),
                          env=dict(env or {}), gpu_uuids=tuple(gpus), cpus=None, memory=None, user="1000:1000",
-                         code_dir=None, outputs_dir=str(outputs), pull=False)
+                         code_dir=None, outputs_dir=str(outputs), pull=False, **extra)
 
 
 def ended(runtime, job_id, timeout=60):
@@ -80,6 +80,14 @@ def test_a_workload_runs_to_its_exit_code_with_its_output_kept(make_runtime, tmp
     assert f"hello {req.job_id}" in b"".join(rt.logs(req.job_id)).decode()
     path = tmp_path / "saved.log"
     assert rt.save_logs(req.job_id, str(path)) and f"hello {req.job_id}" in path.read_text()
+    from mlpd.logtext import stamp_of
+
+    stamped = b"".join(rt.logs(req.job_id, timestamps=True)).splitlines()
+    saved_lines = path.read_bytes().splitlines()
+    for line in stamped + saved_lines:  # every line stamped (saved logs always are), at a time within the run
+        t, end = stamp_of(line + b"\n")
+        assert end and done.started_at - 1 <= t <= done.finished_at + 1, line
+    assert [line[stamp_of(line)[1]:] for line in saved_lines] == [f"hello {req.job_id}".encode()]
     ok = request(tmp_path, ["true"])
     rt.start_job(ok)
     assert ended(rt, ok.job_id).exit_code == 0
@@ -105,8 +113,10 @@ def test_start_stop_and_remove_are_idempotent(make_runtime, tmp_path):
     again = rt.start_job(req)
     assert again.id == first.id and again.phase == Phase.RUNNING
     assert list(rt.list_jobs()) == [req.job_id]
+    assert any("sleep 60" in p for p in rt.processes(req.job_id))
     rt.stop(req.job_id, timeout=2)
     stopped = ended(rt, req.job_id, timeout=30)
+    assert rt.processes(req.job_id) == []
     assert stopped.exit_code not in (0, None)
     rt.stop(req.job_id, timeout=2)  # stopping a stopped workload: no error
     rt.remove(req.job_id)
@@ -144,6 +154,23 @@ def test_each_daemon_lists_only_its_own_workloads(make_runtime, tmp_path):
     for rt, job in ((mine, a), (theirs, other)):
         rt.stop(job.job_id, timeout=1)
         rt.remove(job.job_id)
+
+
+def test_every_kind_of_workload_is_listed_and_a_taken_host_port_fails_cleanly(make_runtime, tmp_path):
+    rt = make_runtime()
+    port = free_port()
+    ws = request(tmp_path, ["sleep", "30"], kind="workspace", ports=((8888, "127.0.0.1", port),))
+    rt.start_job(ws)
+    try:
+        assert rt.list_jobs()[ws.job_id].labels["mlpd.kind"] == "workspace"
+        clash = request(tmp_path, ["sleep", "30"], kind="workspace", ports=((8888, "127.0.0.1", port),))
+        with pytest.raises(RuntimeFailure) as info:
+            rt.start_job(clash)
+        assert str(port) in str(info.value)
+        assert rt.inspect(clash.job_id) is None and set(rt.list_jobs()) == {ws.job_id}
+    finally:
+        rt.stop(ws.job_id, timeout=1)
+        rt.remove(ws.job_id)
 
 
 def test_start_and_exit_are_reported_as_events(make_runtime, tmp_path):

@@ -64,3 +64,27 @@ def test_logout_forgets_the_stored_login(daemon, tmp_path):
     assert out.returncode == 0 and "logged out" in out.stdout
     after = subprocess.run([mlpd, "whoami"], env=env, capture_output=True, text=True)
     assert after.returncode != 0 and "mlpd login" in after.stderr
+
+
+def test_logs_with_timestamps_and_since_live_and_after_the_job_ended(daemon):
+    from mlpd.logtext import stamp_of
+
+    _, token = new_user(daemon)
+    job_id = as_json(daemon.cli("run", "--no-code", "--json", "--", "sh", "-c", "echo one; sleep 2; echo two; sleep 20", token=token))["job"]["id"]
+    live = wait_for(lambda: (r := daemon.cli("logs", "-t", job_id, token=token)).stdout.count("\n") >= 2 and r, 60, 0.3, "two lines")
+    stamped = live.stdout.splitlines()
+    (t1, n1), (t2, n2) = stamp_of(stamped[0].encode()), stamp_of(stamped[1].encode())
+    assert n1 and n2 and stamped[0][n1:] == "one" and stamped[1][n2:] == "two" and 1.5 < t2 - t1 < 10
+    between = f"{(t1 + t2) / 2:.3f}"
+    import datetime as dt
+
+    since = dt.datetime.fromtimestamp(float(between), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    assert daemon.cli("logs", "--since", since, job_id, token=token).stdout == "two\n"  # live, from Docker
+    assert daemon.cli("cancel", job_id, token=token).returncode == 0
+    wait_for(lambda: daemon.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"]["state"] == "cancelled", 60, 0.3, "cancelled")
+    assert daemon.cli("logs", job_id, token=token).stdout == "one\ntwo\n"  # the saved log, stamps stripped
+    assert daemon.cli("logs", "-t", job_id, token=token).stdout.splitlines() == stamped
+    assert daemon.cli("logs", "--since", since, job_id, token=token).stdout == "two\n"
+    assert daemon.cli("logs", "--since", "1d", job_id, token=token).stdout == "one\ntwo\n"
+    bad = daemon.cli("logs", "--since", "yesterday-ish", job_id, token=token)
+    assert bad.returncode == 2 and "--since" in bad.stderr

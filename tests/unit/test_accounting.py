@@ -117,18 +117,18 @@ def test_fair_share_never_overrides_priority():
 def test_concurrent_gpu_quota_makes_a_job_wait_without_blocking_others():
     limits = [GpuLimit("user alice", frozenset({"alice"}), 1)]
     holding = [Holding("G0", "running", "alice", None)]
-    plan = schedule(GPUS + [Gpu("G2", 2, "A100")], holding, [q("a2", "alice", at=1), q("b1", "bob", at=2)], now=10, limits=limits)
+    plan = schedule(GPUS + [Gpu("G2", 2, "A100")], holding, [q("a2", "alice", at=1), q("b1", "bob", at=2)], now=10, limits=limits, explain=True)
     assert [p.job_id for p in plan.placements] == ["b1"]
     wait = plan.waits[0]
     assert wait.job_id == "a2" and "concurrent GPU quota of user alice: 1 GPUs at most, 1 held" in wait.reason
 
 
 def test_a_job_larger_than_its_quota_can_never_run():
-    plan = schedule(GPUS, [], [q("big", "alice", gpus=2)], now=0, limits=[GpuLimit("team vision", frozenset({"alice", "bob"}), 1)])
+    plan = schedule(GPUS, [], [q("big", "alice", gpus=2)], now=0, limits=[GpuLimit("team vision", frozenset({"alice", "bob"}), 1)], explain=True)
     assert not plan.placements and "can never run" in plan.waits[0].reason and "team vision" in plan.waits[0].reason
 
 
 def test_team_quota_counts_every_member():
     limits = [GpuLimit("team vision", frozenset({"alice", "bob"}), 1)]
-    plan = schedule(GPUS, [Holding("G0", "x", "bob", None)], [q("a", "alice")], now=0, limits=limits)
+    plan = schedule(GPUS, [Holding("G0", "x", "bob", None)], [q("a", "alice")], now=0, limits=limits, explain=True)
     assert not plan.placements and "team vision" in plan.waits[0].reason

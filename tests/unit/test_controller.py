@@ -282,7 +282,7 @@ def test_a_drained_gpu_keeps_its_job_but_takes_no_new_work_until_undrained(world
     from mlpd.controller import plan_now
     from mlpd.gpus import make_inventory
 
-    plan, _, _ = plan_now(world.store, make_inventory(2, "declared"), world.config, world.clock())
+    plan, _, _ = plan_now(world.store, make_inventory(2, "declared"), world.config, world.clock(), explain=True)
     assert "drained by root: fan noise" in plan.waits[0].reason
     one = world.submit(["true"], gpus=1)
     c.reconcile(now=world.clock.advance(1))

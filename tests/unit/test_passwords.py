@@ -132,3 +132,11 @@ def test_a_session_sees_role_changes_at_once_and_a_jobs_token_cannot_open_one(st
     assert users.get_session(store, secret).user.is_admin
     with pytest.raises(UserError):
         users.create_session(store, users.User(user.id, "alice", "member", job_id="abc"), "token")
+
+
+def test_only_a_persons_own_token_opens_a_web_session(store):
+    own, _ = users.create_token(store, "alice", "laptop")
+    jobs_token, _ = users.create_token(store, "alice", "job:abc", job_id="abc")
+    assert users.authenticate_personal(store, own).name == "alice"
+    assert users.authenticate(store, jobs_token) is not None and users.authenticate_personal(store, jobs_token) is None
+    assert users.authenticate_personal(store, "not-a-token") is None

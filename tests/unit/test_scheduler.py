@@ -2,8 +2,13 @@
 import random
 
 from mlpd.scheduler import (
-    Gpu, Holding, Placement, Plan, Policy, QueuedJob, format_time, queue_order, schedule,
+    Gpu, Head, Holding, Placement, Plan, Policy, QueuedJob, explain, format_time, queue_order, schedule,
 )
+
+def explained(*args, **kwargs):
+    """schedule() with every waiting job explained (the daemon asks for that only in `jobs show`)."""
+    return schedule(*args, explain=True, **kwargs)
+
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 HOUR = 3600.0
@@ -35,7 +40,7 @@ def test_priority_beats_fifo():
     early_low = job("low", priority=0, submitted_at=1)
     late_high = job("high", priority=5, submitted_at=2)
     assert [j.id for j in queue_order([early_low, late_high])] == ["high", "low"]
-    plan = schedule(gpus(1), [], [early_low, late_high], NOW)
+    plan = explained(gpus(1), [], [early_low, late_high], NOW)
     assert placed(plan) == {"high": ("GPU-0",)}
     assert wait_of(plan, "low").position == 2
 
@@ -43,14 +48,14 @@ def test_priority_beats_fifo():
 def test_fifo_within_a_priority_then_id_breaks_ties():
     jobs = [job("c", submitted_at=2), job("b", submitted_at=1), job("a", submitted_at=2)]
     assert [j.id for j in queue_order(jobs)] == ["b", "a", "c"]
-    plan = schedule(gpus(1), [], jobs, NOW)
+    plan = explained(gpus(1), [], jobs, NOW)
     assert placed(plan) == {"b": ("GPU-0",)}
 
 
 # --- basic placement and explanations ---------------------------------------------
 
 def test_two_one_gpu_jobs_use_different_gpus_and_a_third_waits_for_the_earliest_end():
-    plan = schedule(gpus(2), [], [job("j1", submitted_at=1, time_limit=2 * HOUR, owner="alice"),
+    plan = explained(gpus(2), [], [job("j1", submitted_at=1, time_limit=2 * HOUR, owner="alice"),
                                   job("j2", submitted_at=2, time_limit=HOUR, owner="bob"),
                                   job("j3", submitted_at=3)], NOW)
     assert placed(plan) == {"j1": ("GPU-0",), "j2": ("GPU-1",)}
@@ -64,7 +69,7 @@ def test_two_one_gpu_jobs_use_different_gpus_and_a_third_waits_for_the_earliest_
 def test_wait_reason_names_owner_short_job_id_and_latest_end():
     holdings = [Holding("GPU-1", "7f3a9c2e-long-uuid", "alice", NOW + 2 * HOUR),
                 Holding("GPU-3", "91cc04ab-long-uuid", "bob", None)]
-    plan = schedule(gpus(4), holdings, [job("x", gpus=2, model=A100, time_limit=HOUR),
+    plan = explained(gpus(4), holdings, [job("x", gpus=2, model=A100, time_limit=HOUR),
                                         job("big", gpus=4, submitted_at=1)], NOW)
     assert placed(plan) == {"x": ("GPU-0", "GPU-2")}
     w = wait_of(plan, "big")
@@ -83,44 +88,44 @@ def test_times_are_utc_rounded_up_to_the_minute():
 
 
 def test_positions_number_the_whole_queue_including_placed_jobs():
-    plan = schedule(gpus(1), [], [job(f"j{i}", submitted_at=i) for i in range(4)], NOW)
+    plan = explained(gpus(1), [], [job(f"j{i}", submitted_at=i) for i in range(4)], NOW)
     assert [(w.job_id, w.position) for w in plan.waits] == [("j1", 2), ("j2", 3), ("j3", 4)]
 
 
 def test_cpu_only_jobs_are_always_placed():
     holdings = [Holding("GPU-0", "busy", "alice", None)]
-    plan = schedule(gpus(1), holdings,
+    plan = explained(gpus(1), holdings,
                     [job("gpu", priority=9), job("cpu", gpus=0, priority=0)], NOW,
                     Policy(backfill=False))
     assert placed(plan) == {"cpu": ()}
-    assert schedule([], [], [job("cpu", gpus=0)], NOW).placements == (Placement("cpu", ()),)
+    assert explained([], [], [job("cpu", gpus=0)], NOW).placements == (Placement("cpu", ()),)
 
 
 # --- model matching and drained GPUs ------------------------------------------------
 
 def test_job_asking_for_a_model_never_gets_another_model():
     mixed = gpus(2, A100) + gpus(2, H100, start=2)
-    plan = schedule(mixed, [], [job("h", gpus=1, model=H100)], NOW)
+    plan = explained(mixed, [], [job("h", gpus=1, model=H100)], NOW)
     assert placed(plan) == {"h": ("GPU-2",)}
 
 
 def test_multi_gpu_job_never_spans_two_models():
     mixed = gpus(2, A100) + gpus(2, H100, start=2)
     holdings = [Holding("GPU-0", "a", "alice", NOW + HOUR), Holding("GPU-2", "b", "bob", NOW + HOUR)]
-    plan = schedule(mixed, holdings, [job("pair", gpus=2)], NOW)
+    plan = explained(mixed, holdings, [job("pair", gpus=2)], NOW)
     assert placed(plan) == {}  # GPU-1 (A100) + GPU-3 (H100) are free but can't be combined
     assert wait_of(plan, "pair").estimated_start == NOW + HOUR
 
 
 def test_model_group_with_lowest_first_index_wins():
     mixed = gpus(2, H100) + gpus(2, A100, start=2)
-    plan = schedule(mixed, [], [job("pair", gpus=2), job("next", gpus=2, submitted_at=1)], NOW)
+    plan = explained(mixed, [], [job("pair", gpus=2), job("next", gpus=2, submitted_at=1)], NOW)
     assert placed(plan) == {"pair": ("GPU-0", "GPU-1"), "next": ("GPU-2", "GPU-3")}
 
 
 def test_drained_gpus_take_no_new_work_and_are_named_in_the_reason():
     holdings = [Holding("GPU-0", "old", "alice", NOW + HOUR)]
-    plan = schedule(gpus(2, drained={1}), holdings, [job("j")], NOW)
+    plan = explained(gpus(2, drained={1}), holdings, [job("j")], NOW)
     assert placed(plan) == {}
     w = wait_of(plan, "j")
     assert "GPU 1 drained" in w.reason
@@ -129,13 +134,13 @@ def test_drained_gpus_take_no_new_work_and_are_named_in_the_reason():
 
 def test_drained_gpu_still_counts_its_holder_but_is_never_reused():
     holdings = [Holding("GPU-0", "old", "alice", NOW + HOUR)]
-    plan = schedule(gpus(1, drained={0}), holdings, [job("j")], NOW)
+    plan = explained(gpus(1, drained={0}), holdings, [job("j")], NOW)
     w = wait_of(plan, "j")
     assert w.estimated_start is None and "can never run" in w.reason
 
 
 def test_job_larger_than_the_host_waits_forever_and_does_not_block_others():
-    plan = schedule(gpus(2, drained={1}), [], [job("huge", gpus=4, priority=9, model=A100),
+    plan = explained(gpus(2, drained={1}), [], [job("huge", gpus=4, priority=9, model=A100),
                                                job("small", gpus=1)], NOW, Policy(backfill=False))
     assert placed(plan) == {"small": ("GPU-0",)}
     w = wait_of(plan, "huge")
@@ -153,7 +158,7 @@ def head_scenario():
 
 def test_backfill_places_a_short_job_that_ends_before_the_shadow_time():
     g, h = head_scenario()
-    plan = schedule(g, h, [job("head", gpus=2, priority=1), job("short", time_limit=HOUR)], NOW)
+    plan = explained(g, h, [job("head", gpus=2, priority=1), job("short", time_limit=HOUR)], NOW)
     assert placed(plan) == {"short": ("GPU-0",)}
     assert wait_of(plan, "head").estimated_start == NOW + 2 * HOUR
 
@@ -162,7 +167,7 @@ def test_backfill_never_delays_the_head_with_a_long_or_unlimited_job():
     g, h = head_scenario()
     queue = [job("head", gpus=2, priority=1), job("long", time_limit=3 * HOUR, submitted_at=1),
              job("forever", submitted_at=2)]
-    plan = schedule(g, h, queue, NOW)
+    plan = explained(g, h, queue, NOW)
     assert placed(plan) == {}
     assert "reserved for job head" in wait_of(plan, "long").reason
     assert "no time limit" in wait_of(plan, "forever").reason
@@ -171,14 +176,14 @@ def test_backfill_never_delays_the_head_with_a_long_or_unlimited_job():
 def test_backfill_may_use_gpus_outside_the_reservation_without_a_time_limit():
     g = gpus(2, A100) + gpus(1, H100, start=2)
     h = [Holding("GPU-1", "run", "alice", NOW + 2 * HOUR)]
-    plan = schedule(g, h, [job("head", gpus=2, priority=1, model=A100), job("forever")], NOW)
+    plan = explained(g, h, [job("head", gpus=2, priority=1, model=A100), job("forever")], NOW)
     assert placed(plan) == {"forever": ("GPU-2",)}  # head reserved GPU-0 + GPU-1
 
 
 def test_unknown_shadow_time_only_allows_gpus_outside_the_reservation():
     g = gpus(2)
     h = [Holding("GPU-1", "run", "alice", None)]
-    plan = schedule(g, h, [job("head", gpus=2, priority=1), job("short", time_limit=60)], NOW)
+    plan = explained(g, h, [job("head", gpus=2, priority=1), job("short", time_limit=60)], NOW)
     assert placed(plan) == {}
     assert wait_of(plan, "head").estimated_start is None
     assert wait_of(plan, "short").estimated_start is None
@@ -191,20 +196,64 @@ def test_only_the_first_blocked_job_gets_a_reservation():
     # is blocked too; had it a reservation (GPU-0, 2, 3 at +1h) the 3h job would delay it.
     queue = [job("head", gpus=4, priority=2), job("second", gpus=3, priority=1),
              job("third", time_limit=3 * HOUR)]
-    plan = schedule(g, h, queue, NOW)
+    plan = explained(g, h, queue, NOW)
     assert placed(plan) == {"third": ("GPU-2",)}
     assert wait_of(plan, "head").estimated_start == NOW + 5 * HOUR
     # Without the big head, "second" becomes the head and keeps the 3h job out.
-    plan = schedule(g, h, queue[1:], NOW)
+    plan = explained(g, h, queue[1:], NOW)
     assert placed(plan) == {}
     assert wait_of(plan, "second").estimated_start == NOW + HOUR
+
+
+def test_easy_backfill_runs_a_long_job_on_gpus_the_head_will_not_need():
+    # GPUs 0-3 free, 4-7 free in 1 h; the head wants 6. In an hour 8 GPUs are free, so 2 of the
+    # 4 free now are spare: a 2-GPU job that runs 10 h starts now without delaying the head.
+    holdings = [Holding(f"GPU-{i}", f"r{i}", "alice", NOW + HOUR) for i in range(4, 8)]
+    plan = explained(gpus(8), holdings, [job("head", gpus=6, priority=1),
+                                         job("long", gpus=2, time_limit=10 * HOUR)], NOW)
+    assert placed(plan) == {"long": ("GPU-0", "GPU-1")}
+    assert plan.head.job_id == "head" and plan.head.start == NOW + HOUR
+    assert plan.head.gpu_uuids == tuple(f"GPU-{i}" for i in range(2, 8))  # busy ones first, then the highest free
+    assert wait_of(plan, "head").estimated_start == NOW + HOUR
+
+
+def test_a_third_long_job_would_delay_the_head_and_waits():
+    holdings = [Holding(f"GPU-{i}", f"r{i}", "alice", NOW + HOUR) for i in range(4, 8)]
+    plan = explained(gpus(8), holdings, [job("head", gpus=6, priority=1), job("long", gpus=2, time_limit=10 * HOUR),
+                                         job("more", gpus=1, time_limit=10 * HOUR)], NOW)
+    assert placed(plan) == {"long": ("GPU-0", "GPU-1")}
+    assert "reserved for job head" in wait_of(plan, "more").reason
+
+
+def test_a_short_backfill_job_takes_reserved_gpus_and_leaves_spare_ones_for_long_jobs():
+    holdings = [Holding(f"GPU-{i}", f"r{i}", "alice", NOW + HOUR) for i in range(4, 8)]
+    queue = [job("head", gpus=6, priority=1), job("short", gpus=2, time_limit=HOUR / 2, submitted_at=1),
+             job("long", gpus=2, time_limit=10 * HOUR, submitted_at=2)]
+    plan = explained(gpus(8), holdings, queue, NOW)
+    assert placed(plan) == {"short": ("GPU-2", "GPU-3"), "long": ("GPU-0", "GPU-1")}
+
+
+def test_plan_names_no_head_when_everything_fits():
+    plan = schedule(gpus(2), [], [job("a"), job("b", submitted_at=1)], NOW)
+    assert plan.head is None and plan.waiting == () and plan.waits == ()
+
+
+def test_explanations_only_when_asked():
+    g, h = head_scenario()
+    queue = [job("head", gpus=2, priority=1), job("long", time_limit=3 * HOUR, submitted_at=1)]
+    plan = schedule(g, h, queue, NOW)
+    assert plan.waits == () and plan.waiting == ("head", "long")
+    assert plan.head == Head("head", NOW + 2 * HOUR, ("GPU-0", "GPU-1"))
+    assert [w.job_id for w in schedule(g, h, queue, NOW, explain={"long"}).waits] == ["long"]
+    assert explain(g, h, queue, NOW, "long") == wait_of(explained(g, h, queue, NOW), "long")
+    assert explain(g, h, queue, NOW, "nope") is None
 
 
 def test_backfill_off_is_plain_fifo():
     g, h = head_scenario()
     queue = [job("head", gpus=2, priority=1, time_limit=HOUR), job("short", time_limit=60),
              job("cpu", gpus=0)]
-    plan = schedule(g, h, queue, NOW, Policy(backfill=False))
+    plan = explained(g, h, queue, NOW, Policy(backfill=False))
     assert placed(plan) == {"cpu": ()}  # the short job would have been backfilled
     w = wait_of(plan, "short")
     assert "ahead in the queue and backfill is off" in w.reason
@@ -213,7 +262,7 @@ def test_backfill_off_is_plain_fifo():
 
 def test_later_jobs_estimate_no_earlier_than_the_head():
     g, h = head_scenario()
-    plan = schedule(g, h, [job("head", gpus=2, priority=1, time_limit=HOUR),
+    plan = explained(g, h, [job("head", gpus=2, priority=1, time_limit=HOUR),
                            job("after", gpus=2)], NOW)
     assert wait_of(plan, "after").estimated_start == NOW + 3 * HOUR  # head runs 2h..3h
 
@@ -236,7 +285,7 @@ def test_property_backfill_never_delays_the_head():
     rng = random.Random(1234)
     for _ in range(500):
         gs, holdings, queue = _random_scenario(rng)
-        plan = schedule(gs, holdings, queue, NOW)
+        plan = explained(gs, holdings, queue, NOW)
         by_id = {j.id: j for j in queue}
         # Every job is either placed or waits, exactly once.
         assert sorted(list(placed(plan)) + [w.job_id for w in plan.waits]) == sorted(by_id)
@@ -250,7 +299,7 @@ def test_property_backfill_never_delays_the_head():
             Holding(u, p.job_id, "x", None if by_id[p.job_id].time_limit is None
                     else NOW + by_id[p.job_id].time_limit)
             for p in plan.placements for u in p.gpu_uuids]
-        again = schedule(gs, now_held, [by_id[head.job_id]], NOW)
+        again = explained(gs, now_held, [by_id[head.job_id]], NOW)
         assert again.placements == ()
         assert again.waits[0].estimated_start is not None
         assert again.waits[0].estimated_start <= head.estimated_start
@@ -260,7 +309,7 @@ def test_placements_use_free_gpus_only_and_one_model_per_job():
     rng = random.Random(99)
     for _ in range(500):
         gs, holdings, queue = _random_scenario(rng)
-        plan = schedule(gs, holdings, queue, NOW, Policy(backfill=rng.random() < 0.5))
+        plan = explained(gs, holdings, queue, NOW, Policy(backfill=rng.random() < 0.5))
         by_uuid = {g.uuid: g for g in gs}
         held = {h.gpu_uuid for h in holdings}
         used = [u for p in plan.placements for u in p.gpu_uuids]
@@ -279,8 +328,8 @@ def test_same_input_gives_same_output():
     rng = random.Random(7)
     for _ in range(200):
         gs, holdings, queue = _random_scenario(rng)
-        first = schedule(gs, holdings, queue, NOW)
+        first = explained(gs, holdings, queue, NOW)
         shuffled = list(queue)
         rng.shuffle(shuffled)
-        assert schedule(gs, holdings, shuffled, NOW) == first
+        assert explained(gs, holdings, shuffled, NOW) == first
         assert isinstance(first, Plan)

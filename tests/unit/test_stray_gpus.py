@@ -44,7 +44,7 @@ def test_stray_use_is_recorded_kept_from_new_work_and_cleared(tmp_path):
 
     spec2, _ = parse_spec({"command": ["true"], "gpus": 2})
     two = submit(store, "alice", spec2)
-    plan, _, _ = plan_now(store, inventory, config, 1001.0)
+    plan, _, _ = plan_now(store, inventory, config, 1001.0, explain=True)
     wait = [w for w in plan.waits if w.job_id == two["id"]][0]
     assert "GPU 0 in use outside mlpd" in wait.reason  # the stray GPU counts as unavailable
 

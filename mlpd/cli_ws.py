@@ -1,0 +1,316 @@
+"""`mlpd ws`: workspaces (JupyterLab on pinned GPUs, with a persistent home, reached through SSH)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+
+import click
+
+from mlpd.output import emit_json, table, when
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
+
+
+def _client():
+    from mlpd.cli import _client as make
+
+    return make()
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    from mlpd.jobspec import format_duration
+
+    return format_duration(seconds)
+
+
+def _print_list(items: list[dict], owners: bool = False) -> None:
+    rows = []
+    for w in items:
+        gpus = ",".join(str(i) for i in w["gpus"]["indices"]) or (f"{w['gpus']['count']} wanted" if w["gpus"]["count"] else "-")
+        idle = _duration(w["idle_seconds"]) if w["state"] == "running" else "-"
+        cull = _duration(w["cull_in_seconds"]) if w["state"] == "running" else (w["reason"] or "-")
+        rows.append(([w["owner"]] if owners else []) + [w["name"], w["state"], gpus, idle, cull, w["url"] if w["state"] == "running" else "-"])
+    table(rows, (["OWNER"] if owners else []) + ["NAME", "STATE", "GPUS", "IDLE", "CULLED IN / WHY STOPPED", "URL (on the host; 'mlpd ws tunnel NAME' from elsewhere)"])
+
+
+@click.group(invoke_without_command=True)
+@click.option("--all", "all_users", is_flag=True, help="Everyone's workspaces (admins).")
+@json_option
+@click.pass_context
+def ws(ctx, all_users, as_json):
+    """Workspaces: your JupyterLab servers on pinned GPUs, with a home that persists.
+
+    \b
+    mlpd ws create lab --gpus 1      start one (fails at once if no GPU is free; --wait queues)
+    mlpd ws                          list: state, GPUs, idle time, time until culling, URL
+    mlpd ws tunnel lab --run         forward it to this machine over SSH and print the URL
+    mlpd ws stop|start|rm lab        stop (home kept), start again, remove
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    data = _client().get("/workspaces", params={"all": 1} if all_users else {})
+    if as_json:
+        emit_json(data)
+        return
+    if not data["workspaces"]:
+        click.echo("No workspaces. Create one: mlpd ws create NAME [--gpus N]")
+        return
+    _print_list(data["workspaces"], owners=all_users)
+
+
+def _wait_running(client, name: str, timeout: float = 600) -> dict:
+    """Wait until the workspace's server answers its API (the daemon checks) or its session ends."""
+    deadline, said = time.time() + timeout, ""
+    while time.time() < deadline:
+        w = client.get(f"/workspaces/{name}")["workspace"]
+        if w["state"] == "stopped":
+            raise click.ClickException(f"workspace {name} stopped: {w['reason'] or 'its server exited'}; see 'mlpd ws logs {name}'")
+        if w["state"] == "running" and w.get("ready"):
+            return w
+        msg = f"{w['state']}" + (f" ({w['reason']})" if w["reason"] else "") + (", JupyterLab starting" if w["state"] == "running" else "")
+        if msg != said:
+            click.echo(f"workspace {name}: {msg}...", err=True)
+            said = msg
+        time.sleep(0.3)
+    raise click.ClickException(f"workspace {name} is not up after {timeout:.0f} s; see 'mlpd ws logs {name}'")
+
+
+@ws.command("create")
+@click.argument("name")
+@click.option("--gpus", type=int, default=0, show_default=True, help="GPUs to pin to it.")
+@click.option("--gpu-model", help="Only GPUs of this model.")
+@click.option("--image", help="Image (default: the daemon's workspaces.image, JupyterLab on the training image).")
+@click.option("--requirements", "requirements_file", type=click.Path(exists=True, dir_okay=False), help="A requirements.txt installed into the image (built once, reused).")
+@click.option("--cpus", type=float, help="CPU limit.")
+@click.option("--memory", help="Memory limit, e.g. 16g.")
+@click.option("--wait", is_flag=True, help="If its GPUs are not free, wait in the queue (otherwise fail at once, saying who holds them).")
+@click.option("--no-wait-ready", is_flag=True, help="Return once it is created, without waiting for JupyterLab to answer.")
+@json_option
+def create(name, gpus, gpu_model, image, requirements_file, cpus, memory, wait, no_wait_ready, as_json):
+    """Create a workspace NAME and start it: JupyterLab with your home at /home/mlpd."""
+    body = {"name": name, "gpus": gpus, "gpu_model": gpu_model, "image": image, "cpus": cpus, "memory": memory, "wait": wait}
+    if requirements_file:
+        with open(requirements_file, encoding="utf-8") as fh:
+            body["requirements"] = fh.read()
+    client = _client()
+    data = client.post("/workspaces", {k: v for k, v in body.items() if v is not None})
+    w = data["workspace"]
+    for note in data.get("warnings", []):
+        click.echo(f"note: {note}", err=True)
+    if not no_wait_ready:
+        w = _wait_running(client, name)
+    if as_json:
+        emit_json({"workspace": w})
+        return
+    click.echo(f"workspace {name}: {w['state']}" + (f" on GPU {','.join(map(str, w['gpus']['indices']))}" if w["gpus"]["indices"] else ""))
+    click.echo(f"  on the host:   {w['url']}")
+    click.echo(f"  from elsewhere: mlpd ws tunnel {name} --run")
+
+
+@ws.command("start")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="If its GPUs are not free, wait in the queue.")
+@json_option
+def start(name, wait, as_json):
+    """Start a stopped workspace again (same home, port and token)."""
+    client = _client()
+    client.post(f"/workspaces/{name}/start", {"wait": wait})
+    w = _wait_running(client, name)
+    if as_json:
+        emit_json({"workspace": w})
+        return
+    click.echo(f"workspace {name}: {w['state']}; {w['url']}")
+
+
+@ws.command("stop")
+@click.argument("name")
+@json_option
+def stop(name, as_json):
+    """Stop a workspace: its GPUs are freed; its home, port and token stay."""
+    data = _client().post(f"/workspaces/{name}/stop")
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"workspace {name}: stopping (start it again with 'mlpd ws start {name}')")
+
+
+@ws.command("rm")
+@click.argument("name")
+@json_option
+def rm(name, as_json):
+    """Remove a workspace (stopped first). Your home, shared by all your workspaces, stays."""
+    data = _client().delete(f"/workspaces/{name}")
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"workspace {name} removed (your home stays)")
+
+
+@ws.command("show")
+@click.argument("name")
+@json_option
+def show(name, as_json):
+    """One workspace: state, GPUs, idle time, time until culling, history."""
+    w = _client().get(f"/workspaces/{name}")["workspace"]
+    if as_json:
+        emit_json({"workspace": w})
+        return
+    click.echo(f"{w['name']}: {w['state']}" + (f" ({w['reason']})" if w["reason"] else ""))
+    click.echo(f"  image {w['image']}, GPUs {w['gpus']['count']}" + (f" on {','.join(map(str, w['gpus']['indices']))}" if w["gpus"]["indices"] else ""))
+    if w["state"] == "running":
+        click.echo(f"  idle {_duration(w['idle_seconds'])}; culled after {_duration(w['idle_timeout'])} idle (in {_duration(w['cull_in_seconds'])})")
+        click.echo(f"  {w['url']}")
+    for e in w.get("history", []):
+        click.echo(f"  {when(e['at'])}  {e['actor']:<10} {e['action']}" + (f"  {e['detail'].get('reason')}" if e["detail"].get("reason") else ""))
+
+
+@ws.command("logs")
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming.")
+def logs(name, follow):
+    """The JupyterLab server's output (current or last session)."""
+    client = _client()
+    resp = client.request("GET", f"/workspaces/{name}/logs", stream=True, timeout=None if follow else 60, params={"follow": 1} if follow else {})
+    for chunk in resp.iter_content(chunk_size=None):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+
+def free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@ws.command("tunnel")
+@click.argument("name")
+@click.option("--run", "run_it", is_flag=True, help="Run the SSH tunnel now (until Ctrl-C) on a free local port.")
+@click.option("--local-port", type=int, help="Local port (default: the workspace's port when printing, a free one with --run).")
+@click.option("--ssh-user", default=None, help="Your login on the host (default: $USER).")
+@click.option("--ssh-host", default=None, help="The host to SSH to (default: the daemon's server.ssh_host).")
+@click.option("--ssh-port", type=int, help="SSH port on the host.")
+@click.option("-i", "--identity", type=click.Path(dir_okay=False), help="SSH private key.")
+@click.option("-o", "ssh_options", multiple=True, help="Extra ssh -o OPTION (repeatable).")
+@json_option
+def tunnel(name, run_it, local_port, ssh_user, ssh_host, ssh_port, identity, ssh_options, as_json):
+    """Reach a workspace through SSH: prints the ssh command and the URL (with its token); --run runs it."""
+    t = _client().get(f"/workspaces/{name}/tunnel")["tunnel"]
+    if t["state"] != "running":
+        click.echo(f"note: workspace {name} is {t['state']}; start it with 'mlpd ws start {name}'", err=True)
+    local = local_port or (free_local_port() if run_it else t["remote_port"])
+    user = ssh_user or os.environ.get("USER") or getpass.getuser()
+    host = ssh_host or t["ssh_host"]
+    argv = ["ssh", "-N", "-L", f"{local}:{t['remote_host']}:{t['remote_port']}"]
+    if ssh_port:
+        argv += ["-p", str(ssh_port)]
+    if identity:
+        argv += ["-i", identity]
+    for option in ssh_options:
+        argv += ["-o", option]
+    argv += ["-o", "ExitOnForwardFailure=yes", f"{user}@{host}"]
+    url = f"http://127.0.0.1:{local}{t['path']}"
+    if as_json and not run_it:
+        emit_json({"tunnel": dict(t, command=argv, local_port=local, url=url)})
+        return
+    click.echo(("running: " if run_it else "") + " ".join(shlex.quote(a) for a in argv), err=run_it)
+    click.echo(f"then open: {url}" if not run_it else f"open: {url}  (Ctrl-C ends the tunnel)", err=run_it)
+    if not run_it:
+        return
+    if as_json:
+        emit_json({"tunnel": dict(t, command=argv, local_port=local, url=url)})
+    sys.stdout.flush()
+    proc = subprocess.Popen(argv)
+    try:
+        sys.exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+
+
+@ws.command("ssh-config")
+@click.argument("name")
+@click.option("--ssh-user", default=None, help="Your login on the host (default: $USER).")
+@click.option("--ssh-host", default=None, help="The host to jump through (default: the daemon's server.ssh_host).")
+@click.option("--ssh-port", type=int, help="SSH port on the host.")
+@click.option("-i", "--identity", help="The private key of a key you registered with 'mlpd keys add' (IdentityFile).")
+def ssh_config(name, ssh_user, ssh_host, ssh_port, identity):
+    """A Host entry for ~/.ssh/config: SSH into the workspace itself (VS Code Remote-SSH, PyCharm), jumping through the host.
+
+    Register your public key first: mlpd keys add ~/.ssh/id_ed25519.pub"""
+    t = _client().get(f"/workspaces/{name}/tunnel")["tunnel"]
+    user = ssh_user or os.environ.get("USER") or getpass.getuser()
+    jump = f"{user}@{ssh_host or t['ssh_host']}" + (f":{ssh_port}" if ssh_port else "")
+    lines = [f"Host mlpd-{name}", "  HostName 127.0.0.1", f"  Port {t['ssh_port']}", "  User mlpd", f"  ProxyJump {jump}",
+             f"  HostKeyAlias mlpd-{name}-{t['ssh_port']}"]
+    if identity:
+        lines.append(f"  IdentityFile {identity}")
+    click.echo("\n".join(lines))
+    if t["state"] != "running":
+        click.echo(f"note: workspace {name} is {t['state']}; start it with 'mlpd ws start {name}'", err=True)
+
+
+@click.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def keys(ctx, as_json):
+    """Your SSH public keys, for SSH into your workspaces ('mlpd ws ssh-config')."""
+    if ctx.invoked_subcommand is not None:
+        return
+    data = _client().get("/keys")
+    if as_json:
+        emit_json(data)
+        return
+    if not data["keys"]:
+        click.echo("No keys. Add one: mlpd keys add ~/.ssh/id_ed25519.pub")
+        return
+    table([[k["id"], k["type"], k["fingerprint"], k["comment"], when(k["created_at"])] for k in data["keys"]],
+          ["ID", "TYPE", "FINGERPRINT", "COMMENT", "ADDED"])
+
+
+@keys.command("add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@json_option
+def keys_add(file, as_json):
+    """Register the public key in FILE (e.g. ~/.ssh/id_ed25519.pub); running workspaces accept it at once."""
+    if not file.endswith(".pub"):
+        click.echo("note: this file does not end in .pub; only the public half of a key belongs here", err=True)
+    with open(file, encoding="utf-8", errors="replace") as fh:
+        text = fh.read(20000)
+    data = _client().post("/keys", {"key": text})
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"added key {data['key']['id']} ({data['key']['fingerprint']})")
+
+
+@keys.command("rm")
+@click.argument("key_id")
+def keys_rm(key_id):
+    """Remove a key (by ID or fingerprint)."""
+    _client().delete(f"/keys/{key_id}")
+    click.echo(f"removed key {key_id}")
+
+
+@click.command("ws-idle-timeout")
+@click.argument("user")
+@click.argument("timeout", required=False)
+def admin_idle_timeout(user, timeout):
+    """Allow USER's workspaces a longer idle TIMEOUT (e.g. 12h) than the host's workspaces.idle_timeout; none resets it."""
+    data = _client().request("PUT", f"/users/{user}/workspace-idle-timeout", json={"timeout": timeout or None}).json()
+    click.echo(f"{user}: workspaces culled after {_duration(data['idle_timeout'])} idle")
+
+
+def register(main: click.Group) -> None:
+    main.add_command(ws)
+    main.add_command(keys)
+    main.commands["admin"].add_command(admin_idle_timeout)

@@ -1,0 +1,202 @@
+"""Specs for mlpd.scheduler's multifactor order and sticky reservations: the start time promised
+to the head is kept, over passes, whatever fair share, age and later arrivals say."""
+import random
+
+from mlpd.scheduler import (
+    Gpu, GpuLimit, Holding, Policy, QueuedJob, fair_share_factors, priority_score, queue_order, schedule,
+)
+
+NOW = 1_800_000_000.0
+HOUR = 3600.0
+A100, H100 = "NVIDIA A100", "NVIDIA H100"
+
+
+def gpus(n, model=A100):
+    return [Gpu(f"GPU-{i}", i, model) for i in range(n)]
+
+
+def job(id, owner, gpus=1, time_limit=None, submitted_at=NOW, priority=0):
+    return QueuedJob(id, owner, gpus, None, priority, submitted_at, time_limit)
+
+
+def placed(plan):
+    return {p.job_id: p.gpu_uuids for p in plan.placements}
+
+
+def keep(plan, reserved, now):
+    """What the controller does after a pass (jobs.reserved_at): the head keeps its reservation."""
+    return {plan.head.job_id: reserved.get(plan.head.job_id, now)} if plan.head else {}
+
+
+# --- the order ---------------------------------------------------------------------
+
+def test_fair_share_factor_is_one_for_no_usage_and_half_for_a_fair_share():
+    f = fair_share_factors({"heavy": 300.0, "even": 100.0, "idle": 0.0}, owners={"new", "idle"})
+    assert f["idle"] == f["new"] == 1.0
+    assert f["even"] == 2 ** -1  # a quarter of the usage, a quarter of the shares (4 users)
+    assert f["heavy"] == 2 ** -3
+    assert fair_share_factors({}, {"a"}) == {"a": 1.0}
+
+
+def test_score_sums_weighted_priority_age_fair_share_and_expansion():
+    p = Policy(weight_priority=10, weight_age=100, max_age=10 * HOUR, weight_fair_share=1000,
+               weight_expansion=10000, max_expansion=4)
+    j = job("j", "alice", time_limit=HOUR, submitted_at=NOW - 2 * HOUR, priority=3)
+    # 3 x 10 + 0.2 x 100 + 0.5 x 1000 + (2 h / (4 x 1 h)) x 10000
+    assert priority_score(j, NOW, p, {"alice": 0.5}) == 30 + 20 + 500 + 5000
+    assert priority_score(j, NOW, Policy(fair_share=False, weight_priority=10, weight_age=0, weight_expansion=0), {}) == 30
+
+
+def test_age_lets_an_old_job_of_a_heavy_user_pass_a_new_job_of_a_light_user():
+    usage = {"heavy": 1e6, "light": 1.0}
+    old = job("old", "heavy", time_limit=HOUR, submitted_at=NOW - 3 * 86400)
+    new = job("new", "light", time_limit=HOUR, submitted_at=NOW)
+    p = Policy(weight_expansion=0)
+    assert [j.id for j in queue_order([old, new], usage, now=NOW, policy=p)] == ["old", "new"]
+    young = job("old", "heavy", time_limit=HOUR, submitted_at=NOW - 60)
+    assert [j.id for j in queue_order([young, new], usage, now=NOW, policy=p)] == ["new", "old"]
+
+
+def test_fair_share_off_is_priority_then_submit_order():
+    usage = {"heavy": 1e6, "light": 1.0}
+    queue = [job("h", "heavy", submitted_at=NOW - 10), job("l", "light", submitted_at=NOW - 5)]
+    assert [j.id for j in queue_order(queue, usage, now=NOW, policy=Policy(fair_share=False))] == ["h", "l"]
+    assert [j.id for j in queue_order(queue, usage, now=NOW, policy=Policy())] == ["l", "h"]
+
+
+def test_a_reserved_job_goes_first_whatever_its_score():
+    queue = [job("low", "heavy", priority=-5), job("high", "light", priority=50)]
+    assert [j.id for j in queue_order(queue, {"heavy": 1e9}, now=NOW, reserved={"low": NOW - 1})] == ["low", "high"]
+
+
+# --- the issue's minimal case ----------------------------------------------------------
+
+def test_the_heavy_users_head_job_starts_when_promised_though_a_light_user_arrives():
+    # All 8 GPUs busy: 0-3 until +1 h, 4-7 until +3 h. The heavy user's 4-GPU job is the head,
+    # promised +1 h. A light user then submits an 8-GPU 1 h job and a 4-GPU 2 h job.
+    g = gpus(8)
+    busy = [Holding(f"GPU-{i}", f"r{i}", "carol", NOW + (HOUR if i < 4 else 3 * HOUR)) for i in range(8)]
+    heavy = job("heavy4", "heavy", gpus=4, time_limit=2 * HOUR, submitted_at=NOW)
+    usage = {"heavy": 1e6, "light": 10.0, "carol": 1e5}
+    plan = schedule(g, busy, [heavy], NOW, usage=usage)
+    assert plan.head.job_id == "heavy4" and plan.head.start == NOW + HOUR
+    reserved = keep(plan, {}, NOW)
+
+    light = [job("light8", "light", gpus=8, time_limit=HOUR, submitted_at=NOW + 60),
+             job("light4", "light", gpus=4, time_limit=2 * HOUR, submitted_at=NOW + 61)]
+    plan = schedule(g, busy, [heavy] + light, NOW + 120, usage=usage, reserved=reserved, explain=True)
+    assert placed(plan) == {}
+    assert plan.head.job_id == "heavy4" and plan.head.start == NOW + HOUR
+    assert [w.job_id for w in plan.waits if w.reserved] == ["heavy4"]
+    reserved = keep(plan, reserved, NOW + 120)
+
+    at = NOW + HOUR
+    freed = [h for h in busy if h.ends_by > at]
+    plan = schedule(g, freed, [heavy] + light, at, usage=usage, reserved=reserved)
+    assert placed(plan) == {"heavy4": ("GPU-0", "GPU-1", "GPU-2", "GPU-3")}  # at +1 h, as promised
+    # Without the reservation the light user's 8-GPU job becomes the head at +1 h, its 4-GPU job
+    # backfills onto GPUs 0-3, and the heavy user would start only at +4 h.
+    plan = schedule(g, freed, [heavy] + light, at, usage=usage)
+    assert placed(plan) == {"light4": ("GPU-0", "GPU-1", "GPU-2", "GPU-3")}
+
+
+def test_backfill_leaves_the_head_room_in_its_quota():
+    limit = [GpuLimit("user alice", frozenset({"alice"}), 3)]
+    g = gpus(4)
+    busy = [Holding("GPU-3", "r", "bob", NOW + HOUR), Holding("GPU-2", "r2", "bob", NOW + HOUR)]
+    queue = [job("head", "alice", gpus=3, time_limit=HOUR), job("short", "alice", gpus=1, time_limit=HOUR / 2, submitted_at=NOW + 1),
+             job("other", "carol", gpus=1, time_limit=HOUR / 2, submitted_at=NOW + 2)]
+    plan = schedule(g, busy, queue, NOW, limits=limit, policy=Policy(fair_share=False))
+    assert plan.head.job_id == "head"
+    # alice's own short job would leave her head no quota if GPUs free early; carol's goes onto a reserved GPU
+    assert placed(plan) == {"other": ("GPU-1",)}
+
+
+# --- over random scenarios ---------------------------------------------------------
+
+def _simulate(rng, policy):
+    """Replay random arrivals and completions through schedule(), keeping reservations as the
+    controller does; check every pass that backfill cannot delay the head, and at every start
+    that no head starts after the time it was promised when it became the head."""
+    models = [A100] if rng.random() < 0.7 else [A100, H100]
+    gs = [Gpu(f"GPU-{i}", i, rng.choice(models)) for i in range(rng.randint(2, 8))]
+    owners = ["ann", "bo", "cy"]
+    limits = [GpuLimit("user bo", frozenset({"bo"}), rng.randint(2, 4))] if rng.random() < 0.3 else []
+    arrivals = []
+    t = NOW
+    for i in range(rng.randint(5, 25)):
+        t += rng.choice([0, 0, 60, 600, 1800])
+        limit = rng.choice([None, 600.0, 1800.0, 3600.0, 4 * 3600.0]) if rng.random() < 0.9 else None
+        run = (limit or 6 * 3600.0) * rng.uniform(0.05, 1.0)  # jobs end by their time limit (no failures)
+        model = rng.choice([None, None, A100]) if len(models) > 1 else None
+        arrivals.append((t, QueuedJob(f"j{i}", rng.choice(owners), rng.choice([0, 1, 1, 1, 2, 2, 3, 4, 8]), model,
+                                      rng.choice([0, 0, 0, 1]), t, limit), run))
+    queue, running, reserved, promised, started = {}, {}, {}, {}, {}
+    events = sorted({a[0] for a in arrivals})
+    runtime = {q.id: run for _, q, run in arrivals}
+    usage = {o: rng.uniform(0, 1e5) for o in owners}
+    for _ in range(500):
+        if not events:
+            break
+        now = events.pop(0)
+        for jid in [j for j, (end, _, _, _) in running.items() if end <= now]:
+            del running[jid]
+        for at, q, _ in arrivals:
+            if at == now:
+                queue[q.id] = q
+        for o in owners:  # usage moves between passes: the order churns
+            usage[o] = max(0.0, usage[o] + rng.uniform(-2e4, 2e4))
+        holdings = [Holding(u, jid, q.owner, None if q.time_limit is None else st + q.time_limit)
+                    for jid, (_, st, q, uuids) in running.items() for u in uuids]
+        plan = schedule(gs, holdings, list(queue.values()), now, policy, usage=usage, limits=limits, reserved=reserved)
+        reserved = keep(plan, reserved, now)
+        if plan.head is not None and plan.head.start is not None:
+            promised.setdefault(plan.head.job_id, plan.head.start)
+            # Backfill never delays the head: alone, with everything placed now holding its GPUs,
+            # it could start no earlier than it will.
+            held_now = holdings + [Holding(u, p.job_id, queue[p.job_id].owner,
+                                           None if queue[p.job_id].time_limit is None else now + queue[p.job_id].time_limit)
+                                   for p in plan.placements for u in p.gpu_uuids]
+            alone = schedule(gs, held_now, [queue[plan.head.job_id]], now, policy, limits=limits, explain=True)
+            assert alone.placements == () and alone.head.start is not None
+            assert alone.head.start <= plan.head.start
+        for p in plan.placements:
+            q = queue.pop(p.job_id)
+            assert p.job_id not in promised or now <= promised[p.job_id], (p.job_id, now - promised[p.job_id])
+            started[p.job_id] = now
+            running[p.job_id] = (now + runtime[p.job_id], now, q, p.gpu_uuids)
+            events.append(now + runtime[p.job_id])
+        events = sorted(set(events))
+    return started, promised
+
+
+def test_property_no_head_starts_later_than_promised_and_backfill_never_delays_it():
+    rng = random.Random(15)
+    kept = 0
+    for _ in range(150):
+        policy = rng.choice([Policy(), Policy(fair_share=False), Policy(weight_fair_share=5000, weight_age=0)])
+        started, promised = _simulate(rng, policy)
+        kept += sum(1 for j in promised if j in started)
+    assert kept > 150  # the property was exercised on many heads that went on to start
+
+
+def test_policy_defaults_are_the_documented_settings(tmp_path):
+    from mlpd.config import load_config
+    from mlpd.controller import scheduler_policy
+
+    assert scheduler_policy(load_config(None, {"server.state_dir": str(tmp_path)})) == Policy()
+    off = load_config(None, {"server.state_dir": str(tmp_path), "scheduler.fair_share": False, "scheduler.max_age": "1d"})
+    assert scheduler_policy(off) == Policy(fair_share=False, max_age=86400.0)
+
+
+def test_queue_order_is_the_order_of_priority_score():
+    rng = random.Random(3)
+    for _ in range(200):
+        policy = Policy(fair_share=rng.random() < 0.7, max_age=rng.choice([0.0, 3600.0, 7 * 86400.0]),
+                        weight_expansion=rng.choice([0.0, 1000.0]), max_expansion=rng.choice([1.0, 100.0]))
+        queue = [QueuedJob(f"j{i}", rng.choice("abc"), 1, None, rng.randint(-1, 1), NOW - rng.uniform(-60, 86400),
+                           rng.choice([None, 60.0, 3600.0, 86400.0 * 30])) for i in range(rng.randint(1, 12))]
+        usage = {o: rng.uniform(0, 100) for o in "ab"}
+        factors = fair_share_factors(usage, {j.owner for j in queue})
+        expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors), j.submitted_at, j.id))
+        assert queue_order(queue, usage, now=NOW, policy=policy) == expected

@@ -1,0 +1,62 @@
+"""The pure parts of workspaces: the culling decision, the view, what a workspace may ask for."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlpd import workspaces
+from mlpd.workspaces import Activity, WorkspaceError, cull_decision
+
+
+def test_idle_past_the_timeout_is_culled_and_activity_moves_the_clock():
+    assert cull_decision(None, 1000.0, None, 60, 1059.0) == (1000.0, False)
+    assert cull_decision(None, 1000.0, None, 60, 1060.0) == (1000.0, True)  # no answer: judged from the session's start
+    assert cull_decision(None, 1000.0, Activity(1050.0, False), 60, 1100.0) == (1050.0, False)
+    assert cull_decision(1050.0, 1000.0, Activity(None, False), 60, 1110.0) == (1050.0, True)
+
+
+def test_a_busy_kernel_or_gpu_is_never_culled_whatever_the_last_activity():
+    assert cull_decision(None, 0.0, Activity(1.0, True), 60, 10_000.0) == (10_000.0, False)
+
+
+def test_activity_from_the_future_counts_as_now_not_later():
+    last, cull = cull_decision(None, 0.0, Activity(5_000.0, False), 60, 1_000.0)
+    assert last == 1_000.0 and not cull
+
+
+def test_the_view_shows_idle_time_and_time_until_culling_only_while_running():
+    ws = {"id": "w1", "name": "lab", "owner": "alice", "spec": {"gpus": 1, "image": "img"}, "port": 20001, "ssh_port": 20002, "token": "t",
+          "session": "s1", "last_activity": 1030.0, "created_at": 900.0}
+    running = {"id": "s1", "state": "running", "reason": "", "gpu_indices": [0], "gpu_uuids": ["GPU-0"], "started_at": 1000.0, "ended_at": None}
+    v = workspaces.view(ws, running, 3600, 1100.0)
+    assert (v["state"], v["idle_seconds"], v["cull_in_seconds"], v["gpus"]["indices"]) == ("running", 70.0, 3530.0, [0])
+    assert v["url"] == "http://127.0.0.1:20001/lab?token=t"
+    ended = dict(running, state="cancelled", reason="culled: idle 1h", ended_at=1200.0)
+    v = workspaces.view(ws, ended, 3600, 1300.0)
+    assert (v["state"], v["reason"], v["idle_seconds"], v["cull_in_seconds"], v["gpus"]["indices"]) == ("stopped", "culled: idle 1h", None, None, [])
+
+
+@pytest.mark.parametrize("body, field", [({"mounts": ["/:/x"]}, "mounts"), ({"volumes": {}}, "volumes"), ({"user": "0"}, "user"),
+                                         ({"command": ["sh"]}, "command"), ({"gpus": -1}, "gpus"), ({"env": {"A": "b"}}, "env")])
+def test_a_workspace_may_ask_only_for_resources_and_an_image(body, field):
+    with pytest.raises(WorkspaceError) as info:
+        workspaces.parse_workspace_spec(body, "mlpd/workspace:latest")
+    assert info.value.message.startswith(field)
+
+
+def test_names_are_plain():
+    assert workspaces.check_name("lab-2") == "lab-2"
+    for bad in ("", "Lab", "-x", "a/b", "a" * 41, 3):
+        with pytest.raises(WorkspaceError):
+            workspaces.check_name(bad)
+
+
+def test_jupyter_timestamps():
+    assert workspaces.parse_jupyter_time("1970-01-01T00:01:00.000000Z") == 60.0
+    assert workspaces.parse_jupyter_time("garbage") is None and workspaces.parse_jupyter_time(None) is None
+
+
+def test_an_open_ssh_session_is_told_from_the_listening_sshd():
+    assert workspaces.ssh_session_open(["sshd: mlpd@notty", "jupyter lab"])
+    assert workspaces.ssh_session_open(["sshd: mlpd@pts/0"])
+    assert not workspaces.ssh_session_open(["sshd: /usr/sbin/sshd -f /tmp/mlpd-sshd_config [listener] 0 of 10-100 startups", "bash"])

@@ -128,7 +128,7 @@ def not_found(anything: str):
 def _visible_job(job_id: str) -> dict:
     """The job if g.user may see it; 404 otherwise (as if it did not exist), as the API does."""
     job = jobs.visible(store(), job_id, g.user.name, g.user.is_admin)
-    if job is None:
+    if job is None or job.get("kind", "job") != "job":  # a workspace's session is not a job page
         raise MlpdError(404, "not_found", f"no such job {job_id[:40]!r}, or it is not yours")
     return job
 
@@ -138,7 +138,17 @@ def _mine(owner: str) -> bool:
 
 
 def _job_label(job: dict | None, job_id: str) -> str:
-    return (job or {}).get("name") or f"job {job_id}"
+    """How a workload is named on the page: a job by its name or id, a workspace's session by its workspace."""
+    job = job or {}
+    kind = job.get("kind", "job")
+    if kind != "job":
+        return f"{kind} {job.get('workload') or job_id}"
+    return job.get("name") or f"job {job_id}"
+
+
+def _links(job: dict | None, owner: str) -> bool:
+    """Whether the page may link to this workload's job page (the user's own, or an admin's; jobs only)."""
+    return _mine(owner) and (job or {}).get("kind", "job") == "job"
 
 
 def gpu_rows(now: float) -> list[dict[str, Any]]:
@@ -158,7 +168,7 @@ def gpu_rows(now: float) -> list[dict[str, Any]]:
         if holder:
             job = jobs.get(st, holder["job_id"])
             limit = effective_time_limit(job, cfg) if job else None
-            holder = dict(holder, label=_job_label(job, holder["job_id"]), mine=_mine(holder["owner"]),
+            holder = dict(holder, label=_job_label(job, holder["job_id"]), mine=_links(job, holder["owner"]),
                           until=(job["started_at"] + limit) if job and job["started_at"] and limit else None,
                           state=job["state"] if job else "")
         points = samples.get(d.uuid, [])
@@ -186,7 +196,7 @@ def queue_view(now: float) -> dict[str, Any]:
     from mlpd.controller import plan_now
     from mlpd.web.api_jobs import inventory
 
-    plan, queued, _ = plan_now(store(), inventory(), config(), now)
+    plan, queued, _ = plan_now(store(), inventory(), config(), now, explain=True)
     by_id = {j["id"]: j for j in queued}
     waits = []
     for w in sorted(plan.waits, key=lambda w: w.position):
@@ -194,8 +204,9 @@ def queue_view(now: float) -> dict[str, Any]:
         if job is None:
             continue
         mine = _mine(job["owner"])
-        waits.append({"position": w.position, "id": w.job_id, "owner": job["owner"], "label": _job_label(job, w.job_id) if mine else "job",
-                      "gpus": job["spec"]["gpus"], "estimated_start": w.estimated_start, "reason": w.reason if mine else "", "mine": mine})
+        label = _job_label(job, w.job_id) if mine else job.get("kind", "job")
+        waits.append({"position": w.position, "id": w.job_id, "owner": job["owner"], "label": label, "gpus": job["spec"]["gpus"],
+                      "estimated_start": w.estimated_start, "reason": w.reason if mine else "", "mine": _links(job, job["owner"])})
     starts = [w.estimated_start for w in plan.waits if w.estimated_start is not None]
     return {"depth": len(queued), "starting_now": len(plan.placements), "waits": waits,
             "next_start": now if plan.placements else (min(starts) if starts else None)}

@@ -167,6 +167,21 @@ def doctor(config_file: str | None, state_dir: str | None, listen: str | None, a
 
 
 @main.command()
+@click.option("--password-stdin", is_flag=True, help="Read the current and the new password from two lines of standard input (for scripts).")
+def password(password_stdin: bool) -> None:
+    """Change your password for the web UI (an admin sets the first one)."""
+    from mlpd.cli_admin import read_new_password
+
+    if password_stdin:
+        old = sys.stdin.readline().rstrip("\r\n")
+    else:
+        old = click.prompt("Current password", hide_input=True)
+    new = read_new_password(password_stdin)
+    who = _client().post("/password", {"old": old, "new": new})["user"]
+    click.echo(f"password of {who} changed; your other web sessions were logged out")
+
+
+@main.command()
 def logout() -> None:
     """Forget the stored URL and token (the token itself stays valid: 'mlpd admin token revoke' ends it)."""
     from mlpd.client import credentials_path

@@ -56,7 +56,7 @@ def admin() -> None:
 
 @admin.group()
 def user() -> None:
-    """Users: add, list, rm."""
+    """Users: add, list, rm, password."""
 
 
 @user.command("add")
@@ -124,6 +124,38 @@ def user_rm(name: str, state_dir: str | None) -> None:
 
         _client().delete(f"/users/{name}")
     click.echo(f"removed {name}")
+
+
+def read_new_password(from_stdin: bool, prompt: str = "New password") -> str:
+    """A new password: the first line of stdin with --password-stdin (scripts), else typed twice, hidden."""
+    if from_stdin:
+        import sys
+
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+
+
+@user.command("password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input (for scripts).")
+@state_dir_option
+def user_password(name: str, password_stdin: bool, state_dir: str | None) -> None:
+    """Set NAME's password for the web UI (ends their web sessions and clears a lockout); they can change it later."""
+    from mlpd import users
+
+    password = read_new_password(password_stdin)
+    try:
+        users.check_password_strength(password, name)
+    except users.UserError as exc:
+        raise click.ClickException(exc.message)
+    if state_dir:
+        store = _store(state_dir)
+        _host(lambda: users.set_password(store, name, password, actor="host"))
+    else:
+        from mlpd.cli import _client
+
+        _client().post(f"/users/{name}/password", {"password": password})
+    click.echo(f"password of {name} set; they log in to the web UI with it (and can change it with 'mlpd password')")
 
 
 @admin.group()

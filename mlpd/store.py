@@ -163,6 +163,28 @@ def _migration_scheduler(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN reserved_at REAL")
 
 
+def _migration_ui(db: sqlite_utils.Database) -> None:
+    """Web UI logins: a password per user (slow hash), failed-login counts for lockout, and
+    server-side sessions (only a hash of the cookie's secret is stored, so a copy of the
+    database opens no session; logout and user removal end them at once)."""
+    db.execute("ALTER TABLE users ADD COLUMN password_hash TEXT")
+    db.execute("ALTER TABLE users ADD COLUMN password_changed_at REAL")
+    # Keyed by the name typed, existing or not, so a lockout says nothing about who exists.
+    db.execute("CREATE TABLE login_failures (name TEXT PRIMARY KEY, failures INTEGER NOT NULL, first_at REAL NOT NULL, locked_until REAL)")
+    db.execute(
+        """CREATE TABLE ui_sessions (
+            id_hash TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            csrf TEXT NOT NULL,
+            method TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_seen_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX ui_sessions_user ON ui_sessions (user_id)")
+
+
 # Append only: a migration, once shipped, never changes; add a new one instead.
 def _migration_workloads(db: sqlite_utils.Database) -> None:
     """Workloads of several kinds in one table (jobs; sessions of workspaces; replicas of deployments),
@@ -238,6 +260,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0005_drains", _migration_drains),
     ("0006_workloads", _migration_workloads),
     ("0007_scheduler", _migration_scheduler),
+    ("0008_ui", _migration_ui),
     ("0010_preemption", _migration_preemption),
 )
 

@@ -1,8 +1,14 @@
-"""Users and API tokens.
+"""Users, API tokens, web passwords and web sessions.
 
 A token looks like ``mlpd_<id>_<secret>``: the id finds the row, the secret is
 checked against its SHA-256 hash (tokens are random and long, so a slow password
 hash buys nothing). Only the hash is stored; the full token is shown once.
+
+Passwords (for the web UI only; the API takes tokens) are chosen by people, so they
+are stored with scrypt, a slow memory-hard hash, in werkzeug's format. Five failed
+logins for one name lock it for a while. A web session is a random secret in a
+cookie; the database keeps its SHA-256 hash, so logout, a password change and user
+removal end sessions at once.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ def remove_user(store: Store, name: str, actor: str = "host") -> None:
             raise UserError(f"no such user {name!r}", code="not_found", status=404)
         db.execute("UPDATE users SET removed_at = ? WHERE id = ?", [now, row[0]])
         db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", [now, row[0]])
+        db.execute("DELETE FROM ui_sessions WHERE user_id = ?", [row[0]])
         record_event(db, actor, "user.remove", "user", name)
 
 
@@ -178,3 +185,202 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
         # admin), revoked with the session like a job's.
         return User(row["id"], row["name"], "member", None)
     return User(row["id"], row["name"], row["role"], row["job_id"])
+
+
+def authenticate_personal(store: Store, token: str) -> User | None:
+    """The user of a person's own token, or None; for a web login. A job's or a workspace session's
+    token is refused: a web session would outlive the workload whose credential it is."""
+    user = authenticate(store, token)
+    if user is None:
+        return None
+    row = store.query_one("SELECT job_id FROM tokens WHERE id = ?", [token.split("_")[1]])
+    return user if row and row["job_id"] is None else None
+
+
+# ---------------------------------------------------------------- passwords (web UI)
+
+PASSWORD_MIN = 10
+PASSWORD_MAX = 1024  # a cap before hashing: scrypt's cost grows with the input
+LOCKOUT_FAILURES = 5
+LOCKOUT_SECONDS = 15 * 60
+FAILURE_WINDOW = 15 * 60
+_SCRYPT = (2**15, 8, 1)  # N, r, p: werkzeug's default, ~32 MiB and ~0.1 s per hash
+
+
+class LoginRefused(UserError):
+    """A login that did not succeed; the message never says whether the name exists."""
+
+
+def hash_password(password: str) -> str:
+    """A salted scrypt hash in werkzeug's format (``scrypt:N:r:p$salt$hex``)."""
+    n, r, p = _SCRYPT
+    salt = secrets.token_urlsafe(12)
+    digest = hashlib.scrypt(password.encode(), salt=salt.encode(), n=n, r=r, p=p, maxmem=132 * n * r)
+    return f"scrypt:{n}:{r}:{p}${salt}${digest.hex()}"
+
+
+def verify_password(stored: str | None, password: str) -> bool:
+    """Whether password matches a hash from hash_password (False for no hash or another format)."""
+    if not stored or len(password) > PASSWORD_MAX:
+        return False
+    try:
+        method, salt, expected = stored.split("$", 2)
+        kind, n, r, p = method.split(":")
+        n, r, p = int(n), int(r), int(p)
+    except ValueError:
+        return False
+    if kind != "scrypt" or n > 2**20 or r > 16 or p > 4:
+        return False
+    digest = hashlib.scrypt(password.encode(), salt=salt.encode(), n=n, r=r, p=p, maxmem=132 * n * r)
+    return hmac.compare_digest(digest.hex(), expected)
+
+
+_DUMMY_HASH: list[str] = []
+
+
+def _spend_a_hash(password: str) -> None:
+    """Hash once when there is nothing to check, so a missing user takes as long as a wrong password."""
+    if not _DUMMY_HASH:
+        _DUMMY_HASH.append(hash_password(secrets.token_urlsafe(16)))
+    verify_password(_DUMMY_HASH[0], password)
+
+
+def check_password_strength(password: str, name: str = "") -> None:
+    """Refuse a password that is too short, too long, or the user's name; UserError says why."""
+    if not isinstance(password, str) or len(password) < PASSWORD_MIN:
+        raise UserError(f"password: use at least {PASSWORD_MIN} characters")
+    if len(password) > PASSWORD_MAX:
+        raise UserError(f"password: at most {PASSWORD_MAX} characters")
+    if name and password.strip().lower() == name.lower():
+        raise UserError("password: must not be your user name")
+
+
+def set_password(store: Store, name: str, password: str, actor: str = "host") -> None:
+    """Set a user's web password (an admin, or the user), clear their lockout and end their web sessions."""
+    check_password_strength(password, name)
+    hashed = hash_password(password)
+    with store.write() as db:
+        row = db.execute("SELECT id FROM users WHERE name = ? AND removed_at IS NULL", [name]).fetchone()
+        if not row:
+            raise UserError(f"no such user {name!r}", code="not_found", status=404)
+        db.execute("UPDATE users SET password_hash = ?, password_changed_at = ? WHERE id = ?", [hashed, time.time(), row[0]])
+        db.execute("DELETE FROM login_failures WHERE name = ?", [name])
+        db.execute("DELETE FROM ui_sessions WHERE user_id = ?", [row[0]])
+        record_event(db, actor, "user.password_set", "user", name)
+
+
+def _lock_message(locked_until: float, now: float) -> str:
+    minutes = max(1, math.ceil((locked_until - now) / 60))
+    return (f"too many failed logins: this account is locked for {minutes} more minute{'s' if minutes > 1 else ''}; "
+            "try again later, or ask an admin to set a new password")
+
+
+def _record_failure(store: Store, name: str, now: float) -> float | None:
+    """Count a failed login for name; return the time the lock ends if this failure locks it."""
+    with store.write() as db:
+        row = db.execute("SELECT failures, first_at FROM login_failures WHERE name = ?", [name]).fetchone()
+        failures, first_at = (row[0] + 1, row[1]) if row and now - row[1] < FAILURE_WINDOW else (1, now)
+        locked_until = now + LOCKOUT_SECONDS if failures >= LOCKOUT_FAILURES else None
+        db.execute("INSERT INTO login_failures (name, failures, first_at, locked_until) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT(name) DO UPDATE SET failures = excluded.failures, first_at = excluded.first_at, "
+                   "locked_until = excluded.locked_until", [name, failures, first_at, locked_until])
+        if locked_until:
+            record_event(db, "mlpd", "user.locked", "user", name, failures=failures, until=locked_until)
+    return locked_until
+
+
+def locked_until(store: Store, name: str, now: float | None = None) -> float | None:
+    """When the lock on this login name ends, or None when it is not locked."""
+    now = now if now is not None else time.time()
+    row = store.query_one("SELECT locked_until FROM login_failures WHERE name = ?", [name[:64]])
+    return row["locked_until"] if row and row["locked_until"] and row["locked_until"] > now else None
+
+
+def login_with_password(store: Store, name: str, password: str, now: float | None = None) -> User:
+    """The user whose name and password these are; LoginRefused (401, or 429 while locked) otherwise.
+
+    A locked name is refused even with the right password until the lock ends.
+    """
+    now = now if now is not None else time.time()
+    name = (name or "").strip()[:64]
+    until = locked_until(store, name, now)
+    if until:
+        raise LoginRefused(_lock_message(until, now), code="locked", status=429)
+    row = store.query_one("SELECT id, name, role, password_hash FROM users WHERE name = ? AND removed_at IS NULL", [name])
+    if row is None or not row["password_hash"]:
+        _spend_a_hash(password or "")
+        ok = False
+    else:
+        ok = verify_password(row["password_hash"], password or "")
+    if not ok:
+        until = _record_failure(store, name, now)
+        if until:
+            raise LoginRefused(_lock_message(until, now), code="locked", status=429)
+        raise LoginRefused("wrong user name or password (or no password is set: ask an admin, or log in with a token)",
+                           code="unauthorized", status=401)
+    with store.write() as db:
+        db.execute("DELETE FROM login_failures WHERE name = ?", [name])
+    return User(row["id"], row["name"], row["role"])
+
+
+def change_password(store: Store, name: str, old: str, new: str) -> None:
+    """A user changes their own password, proving the old one (a wrong one counts toward the lockout)."""
+    check_password_strength(new, name)
+    try:
+        login_with_password(store, name, old)
+    except LoginRefused as exc:
+        if exc.code == "locked":
+            raise
+        raise UserError("old: that is not your current password", code="wrong_password", status=403) from None
+    set_password(store, name, new, actor=name)
+
+
+# ---------------------------------------------------------------- web sessions
+
+SESSION_IDLE = 12 * 3600
+SESSION_MAX = 7 * 86400
+
+
+@dataclass(frozen=True)
+class Session:
+    """A web session: whose it is and the CSRF token its forms carry."""
+
+    user: User
+    csrf: str
+    method: str  # how it logged in: password or token
+
+
+def create_session(store: Store, user: User, method: str, now: float | None = None) -> tuple[str, Session]:
+    """Start a web session for user; return (the cookie's secret, shown once; the session)."""
+    if user.job_id:
+        raise UserError("a job's token cannot open a web session", code="forbidden", status=403)
+    now = now if now is not None else time.time()
+    secret, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    with store.write() as db:
+        db.execute("DELETE FROM ui_sessions WHERE expires_at <= ? OR last_seen_at <= ?", [now, now - SESSION_IDLE])
+        db.execute("INSERT INTO ui_sessions (id_hash, user_id, csrf, method, created_at, last_seen_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   [_hash(secret), user.id, csrf, method, now, now, now + SESSION_MAX])
+        record_event(db, user.name, "user.login", "user", user.name, method=method)
+    return secret, Session(user, csrf, method)
+
+
+def get_session(store: Store, secret: str, now: float | None = None) -> Session | None:
+    """The live session a cookie's secret belongs to (its user as they are now), or None."""
+    if not secret or len(secret) > 128:
+        return None
+    now = now if now is not None else time.time()
+    row = store.query_one(
+        """SELECT s.csrf, s.method, s.last_seen_at, s.expires_at, u.id, u.name, u.role, u.removed_at
+           FROM ui_sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?""", [_hash(secret)])
+    if not row or row["removed_at"] is not None or row["expires_at"] <= now or now - row["last_seen_at"] > SESSION_IDLE:
+        return None
+    if now - row["last_seen_at"] > 60:
+        with store.write() as db:
+            db.execute("UPDATE ui_sessions SET last_seen_at = ? WHERE id_hash = ?", [now, _hash(secret)])
+    return Session(User(row["id"], row["name"], row["role"]), row["csrf"], row["method"])
+
+
+def end_session(store: Store, secret: str) -> None:
+    """Log out: the session is gone (idempotent)."""
+    with store.write() as db:
+        db.execute("DELETE FROM ui_sessions WHERE id_hash = ?", [_hash(secret or "")])

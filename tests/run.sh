@@ -15,4 +15,13 @@ python="${MLPD_PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
 .venv/bin/mlpd images build --local --config mlpd.toml
+# The browser tests (tests/browser) drive Debian's chromium through Playwright; Playwright's own
+# browser downloads are never used (no such download is reachable here).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "tests/run.sh: chromium is missing and this is not root; the browser tests will be skipped (apt-get install chromium)" >&2
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -1,4 +1,4 @@
-"""The Flask app: the JSON API under /api/v1 and /healthz.
+"""The Flask app: the JSON API under /api/v1, the web UI under /ui, and /healthz.
 
 ``create_app()`` has no import-time side effects; gunicorn calls it once per
 worker through ``mlpd.web.wsgi``.
@@ -75,10 +75,12 @@ def create_app(cfg: Config | None = None) -> Flask:
     web_log.setLevel(cfg["server.log_level"].upper())
 
     from mlpd.web import errors, routes
-    from mlpd.web import api_admin, api_jobs, api_usage, api_workspaces, metrics, openapi  # noqa: F401  (they register routes)
+    from mlpd.web import api_admin, api_jobs, api_usage, api_workspaces, metrics, openapi, ui_password_api  # noqa: F401  (they register routes)
+    from mlpd.web import ui
 
     errors.register_error_handlers(app)
     app.register_blueprint(routes.api)
+    ui.install(app)  # the web UI: /ui pages (sessions, CSRF), / redirects there
 
     @app.before_request
     def _start():

@@ -128,11 +128,9 @@ def check_admission(spec) -> None:
                                              "(PUT /api/v1/code/DIGEST; 'mlpd run' does it for you)")
 
 
-@route("/jobs", methods=("POST",), summary="Submit a job (the job spec as JSON; see mlpd.jobspec)")
-def submit_job():
-    data = request_json()
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_body", "the request body must be a JSON object (a job spec)")
+def create_job(data: dict) -> tuple[dict, list[str]]:
+    """Validate, admit and queue a job spec for g.user (the API and the web form both submit here):
+    (the job row, warnings); ApiError naming the field otherwise, with nothing stored."""
     try:
         spec, warnings = parse_spec(data)
     except SpecError as exc:
@@ -145,6 +143,15 @@ def submit_job():
     warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus)  # QuotaExceeded: 403
     job = jobs.submit(store(), g.user.name, spec, warnings)
     wake(f"submitted {job['id']}")
+    return job, warnings
+
+
+@route("/jobs", methods=("POST",), summary="Submit a job (the job spec as JSON; see mlpd.jobspec)")
+def submit_job():
+    data = request_json()
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "the request body must be a JSON object (a job spec)")
+    job, warnings = create_job(data)
     return jsonify({"job": job_view(job), "warnings": warnings}), 201
 
 

@@ -57,18 +57,14 @@ def busy_map(store_, allocs, until: float) -> dict:
 USAGE_COLUMNS = ("key", "gpu_hours", "busy_gpu_hours", "cost", "allocations")
 
 
-@route("/usage", summary="GPU-hours from the ledger: ?by=user|team|day|kind|gpu_model&since=&until=&user=&team=&format=csv (members: themselves)")
-def usage():
-    now = time.time()
+def usage_rows(by: str, since: float, until: float, user: str | None = None, team: str | None = None) -> list[dict]:
+    """GPU-hours from the ledger grouped `by`, as g.user may see them (members: only their own);
+    the API and the web UI's usage page both read it here."""
     st, cfg = store(), config()
-    by = request.args.get("by", "user")
     if by not in GROUPINGS:
         raise ApiError(400, "invalid_field", f"by: expected one of {', '.join(GROUPINGS)}")
-    since = _time_arg("since", quotas.period_bounds(now, cfg["quotas.period"])[0])
-    until = _time_arg("until", now)
     if until <= since:
         raise ApiError(400, "invalid_field", "until: must be after since")
-    user, team = request.args.get("user"), request.args.get("team")
     if not g.user.is_admin:
         if (user and user != g.user.name) or team:
             raise ApiError(403, "forbidden", "members see their own usage only")
@@ -86,15 +82,32 @@ def usage():
     if team and by == "team":
         teams = {u: [team] for u in owners or []}
     rows = summarize(allocs, since, until, by, teams, cfg["pricing.gpu_hour"], busy_map(st, allocs, until))
-    data = [{"key": r.key, "gpu_hours": r.gpu_hours, "busy_gpu_hours": r.busy_gpu_hours, "cost": r.cost, "allocations": r.allocations} for r in rows]
+    return [{"key": r.key, "gpu_hours": r.gpu_hours, "busy_gpu_hours": r.busy_gpu_hours, "cost": r.cost, "allocations": r.allocations} for r in rows]
+
+
+def usage_csv(by: str, data: list[dict]) -> Response:
+    """Usage rows as a CSV download (one header row: the grouping, then USAGE_COLUMNS)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([by, *USAGE_COLUMNS[1:]])
+    for r in data:
+        writer.writerow([r["key"], f"{r['gpu_hours']:.6f}", "" if r["busy_gpu_hours"] is None else f"{r['busy_gpu_hours']:.6f}",
+                         "" if r["cost"] is None else f"{r['cost']:.4f}", r["allocations"]])
+    return Response(buf.getvalue(), mimetype="text/csv")
+
+
+@route("/usage", summary="GPU-hours from the ledger: ?by=user|team|day|kind|gpu_model&since=&until=&user=&team=&format=csv (members: themselves)")
+def usage():
+    now = time.time()
+    cfg = config()
+    by = request.args.get("by", "user")
+    if by not in GROUPINGS:
+        raise ApiError(400, "invalid_field", f"by: expected one of {', '.join(GROUPINGS)}")
+    since = _time_arg("since", quotas.period_bounds(now, cfg["quotas.period"])[0])
+    until = _time_arg("until", now)
+    data = usage_rows(by, since, until, request.args.get("user"), request.args.get("team"))
     if request.args.get("format") == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow([by, *USAGE_COLUMNS[1:]])
-        for r in data:
-            writer.writerow([r["key"], f"{r['gpu_hours']:.6f}", "" if r["busy_gpu_hours"] is None else f"{r['busy_gpu_hours']:.6f}",
-                             "" if r["cost"] is None else f"{r['cost']:.4f}", r["allocations"]])
-        return Response(buf.getvalue(), mimetype="text/csv")
+        return usage_csv(by, data)
     return jsonify({"by": by, "since": since, "until": until, "currency": cfg["pricing.currency"], "rows": data})
 
 

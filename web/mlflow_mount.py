@@ -73,6 +73,19 @@ def _json_response(start_response: Callable, status: int, code: str, message: st
     return [body]
 
 
+def _page_request(environ: dict[str, Any]) -> bool:
+    """A browser navigating to a page (not a script or an MLflow client): GET asking for HTML."""
+    return environ.get("REQUEST_METHOD") == "GET" and "text/html" in environ.get("HTTP_ACCEPT", "")
+
+
+def _redirect_to_login(start_response: Callable, environ: dict[str, Any]) -> list[bytes]:
+    from urllib.parse import quote
+
+    target = "/ui/login?next=" + quote(environ.get("PATH_INFO") or tracking.PREFIX + "/", safe="/")
+    start_response("303 See Other", [("Location", target), ("Content-Length", "0"), ("Cache-Control", "no-store")])
+    return []
+
+
 class MlflowMount:
     """WSGI middleware: /mlflow/... to MLflow through mlpd's rules; everything else to mlpd's app."""
 
@@ -113,6 +126,9 @@ class MlflowMount:
                 result = _json_response(start_response, 500, "internal", f"MLflow failed on this request (request id {request_id}); "
                                                                           "the daemon log has the details", [("X-Request-Id", request_id)])
         except Refused as refusal:
+            if refusal.status == 401 and _page_request(environ):
+                # a person opening MLflow in a browser logs in on mlpd's page, then comes back here
+                return _redirect_to_login(start_response, environ)
             headers = [("WWW-Authenticate", 'Basic realm="mlpd"')] if refusal.status == 401 else []
             result = _json_response(respond, refusal.status, refusal.code, refusal.message, headers, refusal.mlflow_code)
         log.info("%s %s %s %.1fms user=%s [%s]", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), seen["status"],
@@ -123,6 +139,17 @@ class MlflowMount:
     def _authenticate(self, environ: dict[str, Any]) -> User:
         token = presented_token(environ)
         if not token:
+            # A browser logged in to mlpd's web UI: the same user, under the same rules. A change made
+            # with the session cookie must come from this site's pages (MLflow's UI posts with fetch).
+            from mlpd.web.ui_auth import same_origin, session_from_environ
+
+            session = session_from_environ(environ, self.store)
+            if session is not None:
+                if environ.get("REQUEST_METHOD", "GET").upper() not in READ_METHODS and not same_origin(environ):
+                    raise Refused(403, "forbidden", "a change with the web session must come from this site's own pages; "
+                                                    "scripts send a token (MLFLOW_TRACKING_TOKEN)")
+                environ["mlpd.user"] = session.user
+                return session.user
             raise Refused(401, "unauthorized", "no token: MLflow clients set MLFLOW_TRACKING_TOKEN (eval \"$(mlpd env)\"); "
                                                "browsers log in with any user name and the mlpd token as password")
         user = authenticate(self.store, token)

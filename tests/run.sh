@@ -9,7 +9,7 @@ if ! docker info >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; th
 fi
 # A real OpenSSH server (the workspace tunnel tests start their own on a loopback port).
 if ! [ -x /usr/sbin/sshd ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
 fi
 python="${MLPD_PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv

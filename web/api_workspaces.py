@@ -85,7 +85,14 @@ def _start_now_or_fail(ws: dict, wait: bool) -> None:
 
 @route("/workspaces", methods=("POST",), summary="Create a workspace (and start it)", body=CREATE_BODY)
 def create_workspace():
-    data = json_body(CREATE_BODY)
+    ws, warnings = create_for_user(json_body(CREATE_BODY))
+    wake(f"submitted workspace {ws['id']}")
+    return jsonify({"workspace": view(ws), "warnings": warnings}), 201
+
+
+def create_for_user(data: dict) -> tuple[dict, list[str]]:
+    """Create a workspace for g.user from a checked body (the API's and the web form's one path);
+    MlpdError naming the field when it cannot be made, and nothing left behind."""
     name = workspaces.check_name(data.get("name"))
     spec = workspaces.parse_workspace_spec({k: v for k, v in data.items() if v is not None}, config()["workspaces.image"])
     from mlpd.web.api_jobs import check_admission
@@ -97,8 +104,7 @@ def create_workspace():
     ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
     ws = workspaces.create(store(), g.user.name, name, spec, port, ssh_port)
     _start_now_or_fail(dict(ws, _new=True), bool(data.get("wait")))
-    wake(f"submitted workspace {ws['id']}")
-    return jsonify({"workspace": view(ws), "warnings": warnings}), 201
+    return ws, warnings
 
 
 @route("/workspaces", summary="List your workspaces (admins: ?all=1 for everyone's)")

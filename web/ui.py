@@ -31,7 +31,8 @@ ui_auth.register(ui)
 
 # The navigation bar: (endpoint, label). Workspaces and deployments add their pages here when
 # they land, e.g. NAV.insert(3, ("ui.workspaces", "Workspaces")); admins also see "Admin".
-NAV: list[tuple[str, str]] = [("ui.dashboard", "Dashboard"), ("ui.job_list", "Jobs"), ("ui.submit", "Submit a job"), ("ui.usage", "Usage")]
+NAV: list[tuple[str, str]] = [("ui.dashboard", "Dashboard"), ("ui.job_list", "Jobs"), ("ui.submit", "Submit a job"),
+                              ("ui.workspace_list", "Workspaces"), ("ui.usage", "Usage")]
 
 TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
 ACTIVE_NAMES = frozenset(s.value for s in jobs.ACTIVE)
@@ -283,6 +284,8 @@ def _spec_items(job: dict) -> list[tuple[str, str]]:
 def _saved_log(job_id: str) -> str:
     """The tail of an ended job's saved log (build log first), as text."""
     folder = jobs.job_dir(config().state_dir, job_id)
+    from mlpd import logtext
+
     chunks = []
     for name in ("build.log", "log"):
         try:
@@ -291,6 +294,7 @@ def _saved_log(job_id: str) -> str:
                 size = fh.tell()
                 fh.seek(max(0, size - LOG_TAIL_BYTES))
                 data = fh.read(LOG_TAIL_BYTES)
+                data = b"".join(logtext.select([data], timestamps=False))  # saved logs carry Docker's stamps
                 chunks.append((b"(... earlier output cut ...)\n" if size > LOG_TAIL_BYTES else b"") + data)
         except (FileNotFoundError, IsADirectoryError):
             continue
@@ -510,6 +514,7 @@ def usage_csv():
 
 def install(app) -> None:
     """Register the UI on the app: /ui pages, /ui/admin pages, and / sending browsers to the dashboard."""
+    from mlpd.web import ui_workspaces  # noqa: F401  (its pages are on the ui blueprint)
     from mlpd.web.ui_admin import ui_admin
 
     app.register_blueprint(ui)

@@ -421,3 +421,60 @@ def test_pages_have_labels_and_keyboard_reach_and_screenshots_show_no_broken_lay
     page.goto(daemon.url + "/ui/admin/users")
     snap(page, "admin-users")
     ctx.close()
+
+
+def test_a_member_runs_a_workspace_from_its_page_and_nobody_else_can_open_it(daemon, browser):
+    name, token, password = member(daemon, "wsp")
+    other, other_token, other_password = member(daemon, "wso")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = ctx.new_page()
+    login(page, daemon, name, password)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Workspaces").click()
+    page.wait_for_url(re.compile(r".*/ui/workspaces$"))
+    check_accessibility(page, "/ui/workspaces")
+    page.get_by_label("Name").fill("Bad Name")
+    page.get_by_role("button", name="Create and start").click()
+    assert "Nothing was created" in page.locator("#form-error").inner_text()
+    assert page.locator("#name-error").is_visible()
+    assert daemon.api("GET", "/api/v1/workspaces", token).json()["workspaces"] == []
+    page.get_by_label("Name").fill("nb")
+    page.get_by_role("button", name="Create and start").click()
+    page.wait_for_url(re.compile(r".*/ui/workspaces/nb$"))
+
+    def running():
+        page.reload()
+        return page.locator("#ws-state").inner_text() == "running" and "answering" in page.content()
+    wait_for(running, 120, 1.0, "the workspace to answer")
+    ws = daemon.api("GET", "/api/v1/workspaces/nb", token).json()["workspace"]
+    assert page.locator("#ws-tunnel-cli").inner_text() == "mlpd ws tunnel nb --run"
+    assert f"127.0.0.1:{ws['port']}" in page.locator("#ws-tunnel").inner_text() and ws["token"] in page.locator("#ws-url").inner_text()
+    check_accessibility(page, "/ui/workspaces/nb")
+    snap(page, "workspace")
+
+    # Another member: no page, no actions, by any URL.
+    octx = browser.new_context(viewport={"width": 1280, "height": 800})
+    opage = octx.new_page()
+    login(opage, daemon, other, other_password)
+    for path in ("/ui/workspaces/nb", f"/ui/workspaces/nb?owner={name}"):
+        resp = opage.goto(daemon.url + path)
+        assert resp.status == 404 and ws["token"] not in opage.content(), path
+    opage.goto(daemon.url + "/ui/workspaces")
+    assert "nb" not in opage.locator("main").inner_text().split()
+    csrf = opage.evaluate("() => document.querySelector('input[name=csrf]').value")
+    resp = octx.request.post(daemon.url + f"/ui/workspaces/nb/stop?owner={name}", form={"csrf": csrf})
+    assert resp.status == 404
+    resp = ctx.request.post(daemon.url + "/ui/workspaces/nb/stop", form={"csrf": "wrong"})
+    assert resp.status == 403  # the owner's own session, without its CSRF token
+    assert daemon.api("GET", "/api/v1/workspaces/nb", token).json()["workspace"]["state"] == "running"
+    octx.close()
+
+    page.get_by_role("button", name="Stop").click()
+    def stopped():
+        page.reload()
+        return page.locator("#ws-state").inner_text() == "stopped"
+    wait_for(stopped, 60, 1.0, "stopped")
+    assert page.locator("#ws-reason").inner_text() == f"stopped by {name}"
+    page.get_by_role("button", name="Remove").click()
+    page.wait_for_url(re.compile(r".*/ui/workspaces$"))
+    assert daemon.api("GET", "/api/v1/workspaces/nb", token).status_code == 404
+    ctx.close()

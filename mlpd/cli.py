@@ -231,3 +231,7 @@ from mlpd.cli_mlflow import register as _register_mlflow  # noqa: E402
 _register_jobs(main)
 _register_usage(main, admin)
 _register_mlflow(main)
+
+from mlpd.cli_serving import register as _register_serving  # noqa: E402
+
+_register_serving(main)

@@ -21,6 +21,7 @@ from mlpd.workers.sampler import GpuSampler
 
 log = logging.getLogger("mlpd.workers")
 PRUNE_INTERVAL = 3600.0  # job environments are pruned at most this often
+SERVING_BUSY_INTERVAL = 0.5  # seconds between passes while a deployment rolls out or drains
 
 
 class ControllerLoop:
@@ -38,6 +39,8 @@ class ControllerLoop:
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self.passes = 0
         self.last_prune = 0.0
+        self.serving = None  # mlpd.serving.ServingPass, once Docker answers
+        self.serving_busy = False  # a rollout or a drain is in progress: pass more often
 
     def start(self) -> None:
         self._thread.start()
@@ -75,6 +78,14 @@ class ControllerLoop:
             log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
+            try:
+                if self.serving is None:
+                    from mlpd.serving import ServingPass
+
+                    self.serving = ServingPass(self.store, self.config, self.wake)
+                self.serving_busy = self.serving.run()
+            except Exception:
+                log.exception("the serving pass failed; trying again on the next tick")
             if time.time() - self.last_prune > PRUNE_INTERVAL:
                 self.last_prune = time.time()
                 try:
@@ -98,4 +109,6 @@ class ControllerLoop:
             deadline = self.controller.next_deadline if self.controller else None
             if deadline is not None:
                 timeout = min(interval, max(0.05, deadline - time.time()))  # stop a job at its time limit, not a tick later
+            if self.serving_busy:
+                timeout = min(timeout, SERVING_BUSY_INTERVAL)  # switch traffic within a second of a new version answering /ping
             self._wake.wait(timeout)

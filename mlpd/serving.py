@@ -1,0 +1,574 @@
+"""Deployments: a model from mlpd's MLflow registry served by local containers behind a stable endpoint.
+
+A deployment is a named object of one owner (a model URI, how many replicas, GPUs, whether it
+follows an alias). Each model version it serves is a *revision*; each container of a revision
+is a *replica*: a workload row of kind ``deployment`` in the jobs table, so the scheduler
+places it, the runtime starts it (hardened and labelled like every container), the ledger
+books its GPUs (kind deployment) and reconciliation finishes it exactly like a job. A replica
+runs MLflow's own scoring server (``/ping``, ``/invocations``) on the model's files, which the
+daemon copied out of its store into a directory the container mounts read-only, in an
+environment built from the model's logged requirements (:mod:`mlpd.environments`). It gets no
+credentials. Its port is published on 127.0.0.1 only.
+
+Clients call ``/serve/NAME/invocations`` on the daemon (``mlpd.web.serving_proxy``), which passes
+each request to a healthy replica of the current revision. The worker's pass
+(:func:`serving_pass`) checks every replica's ``/ping``, notices an alias that moved, and carries
+out what :func:`mlpd.serving_rollout.plan` decides: start, switch traffic, drain, roll back,
+restart. Traffic moves in one transaction (``deployments.current``), so a request sees either
+the old revision or the new one, never neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from typing import Any, Callable
+
+from mlpd import jobs
+from mlpd.errors import MlpdError
+from mlpd.jobspec import SpecError, parse_duration, parse_spec
+from mlpd.runtime import LaunchRequest, RuntimeFailure
+from mlpd.serving_models import ModelError, ModelStore, copy_model, parse_uri, read_store_file, serving_requirements
+from mlpd.serving_rollout import Action, Replica, Revision, plan
+from mlpd.store import Store, record_event
+
+log = logging.getLogger("mlpd.serving")
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+SERVER_PORT = 8080  # the scoring server's port inside the container
+MODEL_DIR = "/model"
+MAX_REPLICAS = 16
+REPLICA_PRIORITY = 100  # the highest a job can have: a replica (a restart above all) is placed first
+AUTH_MODES = ("token", "none")
+SPEC_KEYS = ("gpus", "gpu_model", "cpus", "memory", "replicas", "auth")
+KEY_PREFIX = "mlpdk_"
+PING_TIMEOUT = 2.0
+TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
+
+
+class DeploymentError(MlpdError):
+    """A deployment operation that cannot be done."""
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise DeploymentError(400, "invalid_field", "name: expected 1-40 lowercase letters, digits and '-', starting with a letter or digit")
+    return name
+
+
+def default_name(uri: str) -> str:
+    """A deployment name from a model URI: the registered model's name, made a valid name."""
+    ref = parse_uri(uri)
+    base = ref.name or (f"run-{ref.run_id[:8]}" if ref.run_id else (ref.model_id or "model")[:14])
+    name = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")[:40].strip("-")
+    return name or "model"
+
+
+def scoring_command() -> list[str]:
+    """MLflow's pyfunc scoring server (what ``mlflow models serve --env-manager local`` runs), on all of
+    the container's interfaces: only the loopback port mlpd publishes reaches it from the host."""
+    return ["python3", "-m", "uvicorn", "--host", "0.0.0.0", "--port", str(SERVER_PORT), "--timeout-keep-alive", "75",
+            "--no-access-log", "mlflow.pyfunc.scoring_server.app:app"]
+
+
+def parse_deployment_spec(data: dict[str, Any]) -> dict[str, Any]:
+    """Validate what a deployment asks for (GPUs, CPUs and memory by the job spec's rules); a dict to store."""
+    extra = sorted(set(data) - set(SPEC_KEYS))
+    if extra:
+        raise DeploymentError(400, "invalid_field", f"{extra[0]}: not a deployment setting; expected one of {', '.join(SPEC_KEYS)}")
+    replicas = data.get("replicas", 1)
+    if replicas is None:
+        replicas = 1
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
+        raise DeploymentError(400, "invalid_field", f"replicas: expected a whole number from 1 to {MAX_REPLICAS}")
+    auth = data.get("auth") or "token"
+    if auth not in AUTH_MODES:
+        raise DeploymentError(400, "invalid_field", f"auth: expected one of {', '.join(AUTH_MODES)}")
+    body = {k: data[k] for k in ("gpus", "gpu_model", "cpus", "memory") if data.get(k) is not None}
+    try:
+        spec, _ = parse_spec({**body, "command": scoring_command()})
+    except SpecError as exc:
+        raise DeploymentError(400, "invalid_field", str(exc)) from None
+    return {"gpus": spec.gpus, "gpu_model": spec.gpu_model, "cpus": spec.cpus, "memory": spec.memory, "replicas": replicas, "auth": auth}
+
+
+def replica_spec(dep: dict[str, Any], rev: dict[str, Any], config, slot: int):
+    """The workload spec of one replica: the scoring server, the deployment's resources, the model's requirements."""
+    body: dict[str, Any] = {k: dep["spec"][k] for k in ("gpus", "gpu_model", "cpus", "memory") if dep["spec"].get(k) is not None}
+    body.update(command=scoring_command(), name=f"serve-{dep['name']}-{slot}", priority=REPLICA_PRIORITY,
+                image=config["jobs.default_image"])
+    if rev.get("requirements"):
+        body["requirements"] = rev["requirements"]
+    spec, _ = parse_spec(body)
+    return spec
+
+
+# ------------------------------------------------------------------ rows
+def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    row = dict(row)
+    row["spec"] = json.loads(row["spec"])
+    row["follow_alias"] = bool(row["follow_alias"])
+    return row
+
+
+def get(store: Store, name: str) -> dict[str, Any] | None:
+    return _decode(store.query_one("SELECT * FROM deployments WHERE name = ?", [name]))
+
+
+def by_id(store: Store, dep_id: str) -> dict[str, Any] | None:
+    return _decode(store.query_one("SELECT * FROM deployments WHERE id = ?", [dep_id]))
+
+
+def visible(store: Store, name: str, user_name: str, is_admin: bool) -> dict[str, Any] | None:
+    """The deployment if this user may see it (their own; any for admins); None otherwise, as if absent."""
+    dep = get(store, name) if isinstance(name, str) else None
+    if dep is None or (not is_admin and dep["owner"] != user_name):
+        return None
+    return dep
+
+
+def list_deployments(store: Store, owner: str | None = None) -> list[dict[str, Any]]:
+    if owner:
+        return [_decode(r) for r in store.query("SELECT * FROM deployments WHERE owner = ? ORDER BY name", [owner])]
+    return [_decode(r) for r in store.query("SELECT * FROM deployments ORDER BY owner, name")]
+
+
+def revisions(store: Store, dep_id: str) -> list[dict[str, Any]]:
+    """A deployment's revisions, oldest first."""
+    return store.query("SELECT * FROM deployment_revisions WHERE deployment = ? ORDER BY seq", [dep_id])
+
+
+def replicas(store: Store, dep_id: str) -> list[dict[str, Any]]:
+    """A deployment's replicas with their workload's state, oldest first."""
+    return store.query("""SELECT r.*, j.state, j.reason, j.started_at, j.ended_at, j.gpu_indices
+                          FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id
+                          WHERE r.deployment = ? ORDER BY r.created_at, r.slot""", [dep_id])
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_matches(dep: dict[str, Any], presented: str) -> bool:
+    """Whether a presented bearer value is this deployment's key (constant time)."""
+    return presented.startswith(KEY_PREFIX) and hmac.compare_digest(dep["key_hash"], hash_key(presented))
+
+
+# ------------------------------------------------------------------ changes
+def resolve(store_state_dir: str, uri: str) -> tuple[Any, dict[str, Any]]:
+    """(the parsed URI, the revision fields it resolves to now): ModelError 400/403/404 for a model
+    that cannot be served. Members read every model in mlpd's MLflow (a team shares results), so
+    whoever can read a model may serve it; its files must be in mlpd's own store."""
+    ref = parse_uri(uri)
+    models = ModelStore(store_state_dir)
+    found = models.resolve(ref)
+    requirements = serving_requirements(read_store_file(store_state_dir, found.location, "requirements.txt"))
+    if read_store_file(store_state_dir, found.location, "MLmodel") is None:
+        raise ModelError(404, "not_found", f"{found.uri} has no MLmodel file: it is not an MLflow model")
+    return ref, {"model_uri": found.uri, "model_name": found.name, "model_version": found.version, "run_id": found.run_id,
+                 "location": found.location, "requirements": requirements}
+
+
+def _add_revision(db, dep_id: str, fields: dict[str, Any], now: float) -> str:
+    seq = (db.execute("SELECT MAX(seq) FROM deployment_revisions WHERE deployment = ?", [dep_id]).fetchone()[0] or 0) + 1
+    rev_id = secrets.token_hex(6)
+    db.execute("""INSERT INTO deployment_revisions (id, deployment, seq, model_uri, model_name, model_version, run_id, location,
+                  requirements, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'rolling', ?)""",
+               [rev_id, dep_id, seq, fields["model_uri"], fields["model_name"], fields["model_version"], fields["run_id"],
+                fields["location"], fields["requirements"], now])
+    return rev_id
+
+
+def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str, Any], follow_alias: bool | None = None,
+           now: float | None = None) -> tuple[dict[str, Any], str]:
+    """Store a new deployment and its first revision (the worker starts its replicas); returns (deployment,
+    its key, shown once). DeploymentError 409 when the name is taken; ModelError when the model cannot be served."""
+    now = now or time.time()
+    ref, fields = resolve(config.state_dir, uri)
+    follow = bool(ref.alias) if follow_alias is None else bool(follow_alias)
+    if follow and not ref.alias:
+        raise DeploymentError(400, "invalid_field", "follow_alias: the model URI names no alias (use models:/NAME@ALIAS)")
+    key = KEY_PREFIX + secrets.token_urlsafe(24)
+    dep_id = secrets.token_hex(6)
+    with store.write() as db:
+        if db.execute("SELECT 1 FROM deployments WHERE name = ?", [name]).fetchone():
+            raise DeploymentError(409, "exists", f"a deployment named {name!r} exists (names are endpoints, one per daemon); "
+                                                 "choose another with --name, or update it with 'mlpd deployments update'")
+        db.execute("""INSERT INTO deployments (id, owner, name, model_uri, follow_alias, followed_version, spec, key_hash, created_at, updated_at)
+                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   [dep_id, owner, name, uri, int(follow), fields["model_version"] if follow else None, json.dumps(spec), hash_key(key), now, now])
+        rev_id = _add_revision(db, dep_id, fields, now)
+        record_event(db, owner, "deployment.created", "deployment", dep_id, at=now, name=name, model=uri, serves=fields["model_uri"],
+                     revision=rev_id, spec=spec, follow_alias=follow)
+    return by_id(store, dep_id), key
+
+
+def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | None = None, follow_alias: bool | None = None,
+           now: float | None = None) -> dict[str, Any]:
+    """Roll out another model (or the same URI resolved again): a new revision that takes the traffic once
+    healthy. A rollout still in progress is superseded."""
+    now = now or time.time()
+    uri = uri or dep["model_uri"]
+    ref, fields = resolve(config.state_dir, uri)
+    follow = bool(ref.alias) if follow_alias is None else bool(follow_alias)
+    if follow and not ref.alias:
+        raise DeploymentError(400, "invalid_field", "follow_alias: the model URI names no alias (use models:/NAME@ALIAS)")
+    with store.write() as db:
+        db.execute("UPDATE deployments SET model_uri = ?, follow_alias = ?, followed_version = ?, updated_at = ? WHERE id = ?",
+                   [uri, int(follow), fields["model_version"] if follow else None, now, dep["id"]])
+        rev_id = _add_revision(db, dep["id"], fields, now)
+        record_event(db, actor, "deployment.update", "deployment", dep["id"], at=now, model=uri, serves=fields["model_uri"], revision=rev_id)
+    return by_id(store, dep["id"])
+
+
+def rotate_key(store: Store, dep: dict[str, Any], actor: str) -> str:
+    """Replace the deployment's key; the old one stops working at once. Returns the new key (shown once)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(24)
+    with store.write() as db:
+        db.execute("UPDATE deployments SET key_hash = ?, updated_at = ? WHERE id = ?", [hash_key(key), time.time(), dep["id"]])
+        record_event(db, actor, "deployment.key_rotated", "deployment", dep["id"])
+    return key
+
+
+def remove(store: Store, config, dep: dict[str, Any], actor: str) -> None:
+    """Stop every replica and forget the deployment; its endpoint answers 404 from now on."""
+    for rep in replicas(store, dep["id"]):
+        if rep["state"] not in TERMINAL_NAMES:
+            _stop(store, rep["job_id"], actor, f"deployment {dep['name']} removed by {actor}")
+    with store.write() as db:
+        db.execute("DELETE FROM deployment_replicas WHERE deployment = ?", [dep["id"]])
+        db.execute("DELETE FROM deployment_revisions WHERE deployment = ?", [dep["id"]])
+        db.execute("DELETE FROM deployments WHERE id = ?", [dep["id"]])
+        record_event(db, actor, "deployment.removed", "deployment", dep["id"], name=dep["name"], owner=dep["owner"])
+    # The replicas' containers may still read the model while they stop; the pass removes directories
+    # of deployments that no longer exist once nothing of theirs runs (see remove_unused_dirs).
+
+
+def _stop(store: Store, job_id: str, actor: str, reason: str) -> None:
+    try:
+        jobs.request_cancel(store, job_id, actor, reason=reason)
+    except MlpdError as exc:
+        if exc.status not in (404, 409):  # gone or ended meanwhile: nothing to stop
+            raise
+
+
+# ------------------------------------------------------------------ the view
+def revision_label(rev: dict[str, Any]) -> str:
+    return f"version {rev['model_version']}" if rev.get("model_version") else rev["model_uri"]
+
+
+def state_of(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, Any]]) -> tuple[str, int]:
+    """(the deployment's state, its healthy replicas of the current revision)."""
+    wanted = dep["spec"]["replicas"]
+    healthy = sum(1 for r in reps if r["revision"] == dep["current"] and r["healthy"] and r["state"] == "running")
+    rolling = any(r["state"] == "rolling" for r in revs)
+    if dep["current"] is None:
+        return ("starting" if rolling else "failed"), 0
+    if rolling:
+        return "rolling_out", healthy
+    if healthy >= wanted:
+        return "serving", healthy
+    return ("unavailable" if healthy == 0 else "degraded"), healthy
+
+
+def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, Any]], base_url: str, detail: bool = False) -> dict[str, Any]:
+    """The stable JSON form of a deployment (detail adds every revision and replica)."""
+    state, healthy = state_of(dep, revs, reps)
+    by_id = {r["id"]: r for r in revs}
+    current = by_id.get(dep["current"])
+    rolling = next((r for r in reversed(revs) if r["state"] == "rolling"), None)
+
+    def rev_view(r: dict[str, Any] | None) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        return {"id": r["id"], "seq": r["seq"], "model": r["model_uri"], "model_name": r["model_name"], "version": r["model_version"],
+                "run_id": r["run_id"], "state": r["state"], "reason": r["reason"], "created_at": r["created_at"],
+                "switched_at": r["switched_at"], "ended_at": r["ended_at"]}
+
+    live = [r for r in reps if r["state"] not in TERMINAL_NAMES]
+    out = {
+        "id": dep["id"], "name": dep["name"], "owner": dep["owner"], "model": dep["model_uri"], "follow_alias": dep["follow_alias"],
+        "state": state, "endpoint": f"{base_url.rstrip('/')}/serve/{dep['name']}/invocations",
+        "serving": rev_view(current), "rolling_out": rev_view(rolling),
+        "health": f"{healthy}/{dep['spec']['replicas']}", "replicas": dep["spec"]["replicas"], "healthy_replicas": healthy,
+        "restarts": dep["restarts"], "last_error": dep["last_error"], "auth": dep["spec"]["auth"], "spec": dep["spec"],
+        "created_at": dep["created_at"], "updated_at": dep["updated_at"],
+        "replica_list": [{"slot": r["slot"], "job_id": r["job_id"], "revision": by_id[r["revision"]]["seq"] if r["revision"] in by_id else None,
+                          "version": by_id[r["revision"]]["model_version"] if r["revision"] in by_id else None,
+                          "state": r["state"], "healthy": bool(r["healthy"]), "port": r["port"], "last_ok_at": r["last_ok_at"],
+                          "last_check_error": r["last_check_error"], "gpus": json.loads(r["gpu_indices"] or "[]")} for r in live],
+    }
+    if detail:
+        out["revisions"] = [rev_view(r) for r in revs]
+        out["history"] = [{"job_id": r["job_id"], "slot": r["slot"], "revision": by_id[r["revision"]]["seq"] if r["revision"] in by_id else None,
+                           "state": r["state"], "reason": r["reason"], "started_at": r["started_at"], "ended_at": r["ended_at"]}
+                          for r in reps if r["state"] in TERMINAL_NAMES][-20:]
+    return out
+
+
+# ------------------------------------------------------------------ the container
+def model_dir(state_dir: str, dep_id: str, rev_id: str) -> str:
+    return os.path.join(state_dir, "serving", dep_id, rev_id, "model")
+
+
+_copy_lock = threading.Lock()
+
+
+def ensure_model_dir(state_dir: str, dep_id: str, rev_id: str, location: str) -> str:
+    """The revision's copy of its model's files (copied from the store on first use; replicas share it)."""
+    path = model_dir(state_dir, dep_id, rev_id)
+    with _copy_lock:
+        if os.path.isdir(path):
+            return path
+        os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+        os.chmod(os.path.dirname(path), 0o711)
+        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        try:
+            size = copy_model(state_dir, location, tmp)
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("copied model %s (%.1f MB) for deployment %s", location, size / 1e6, dep_id)
+    return path
+
+
+def launch_request(store: Store, config, job: dict[str, Any], base: LaunchRequest) -> LaunchRequest:
+    """A replica's container: the model's files read-only at /model, the scoring server's port published on
+    127.0.0.1, and no credentials."""
+    import dataclasses
+
+    rep = store.query_one("""SELECT r.port, r.revision, v.location, v.deployment FROM deployment_replicas r
+                             JOIN deployment_revisions v ON v.id = r.revision WHERE r.job_id = ?""", [job["id"]])
+    if rep is None:
+        raise RuntimeFailure("its deployment was removed")
+    try:
+        path = ensure_model_dir(config.state_dir, rep["deployment"], rep["revision"], rep["location"])
+    except ModelError as exc:
+        raise RuntimeFailure(f"the model's files could not be copied from mlpd's store: {exc.message}") from None
+    env = {k: v for k, v in base.env.items() if not k.startswith(("MLFLOW_", "MLPD_"))}
+    env.update({"__pyfunc_model_path__": MODEL_DIR, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "60", "GUNICORN_CMD_ARGS": ""})
+    return dataclasses.replace(base, kind="deployment", env=env, workdir="/tmp", ports=((SERVER_PORT, "127.0.0.1", rep["port"]),),
+                               mounts=((path, MODEL_DIR, True),))
+
+
+# ------------------------------------------------------------------ the worker's pass
+def allocate_port(store: Store, port_range: str, taken_now: set[int], bindable: Callable[[int], bool] | None = None) -> int:
+    """A loopback port in serving.port_range that no live replica has and nothing listens on."""
+    from mlpd.workspaces import port_free
+
+    low, high = (int(x) for x in port_range.split("-"))
+    taken = set(taken_now) | {r["port"] for r in store.query(
+        "SELECT r.port FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id WHERE j.state NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')")}
+    bindable = bindable or port_free
+    candidates = [p for p in range(low, high + 1) if p not in taken]
+    secrets.SystemRandom().shuffle(candidates)
+    for port in candidates[:200]:
+        if bindable(port):
+            return port
+    raise DeploymentError(503, "no_port", f"no free loopback port left in serving.port_range ({port_range}); remove unused deployments")
+
+
+def ping(port: int, timeout: float = PING_TIMEOUT) -> str:
+    """'' when the replica's scoring server answers /ping with 200, else why not."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/ping")
+        resp = conn.getresponse()
+        resp.read()
+        return "" if resp.status == 200 else f"/ping answered {resp.status}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"/ping failed: {exc.__class__.__name__}: {exc}"[:300]
+    finally:
+        conn.close()
+
+
+def _log_tail(state_dir: str, job_id: str, lines: int = 1) -> str:
+    """The last lines of an ended replica's saved log (the daemon's own file): why a model failed to load."""
+    path = os.path.join(jobs.job_dir(state_dir, job_id), "log")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(0, size - 8192))
+        text = fh.read().decode("utf-8", "replace")
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    return " / ".join(kept[-lines:])[:400]
+
+
+class ServingPass:
+    """The worker's periodic serving work (one instance per worker process): health checks, alias
+    follow-ups, rollouts and restarts. :meth:`run` is one pass; it returns whether a rollout or a
+    drain is in progress (the loop then runs passes more often, so traffic switches within a second)."""
+
+    def __init__(self, store: Store, config, wake: Callable[[str], None] = lambda reason: None,
+                 check: Callable[[int], str] = ping):
+        self.store, self.config, self.wake, self.check = store, config, wake, check
+
+    def run(self, now: float | None = None) -> bool:
+        busy = False
+        for dep in list_deployments(self.store):
+            try:
+                busy |= self.run_one(dep, now or time.time())
+            except Exception:
+                log.exception("serving pass failed for deployment %s; trying again on the next pass", dep["name"])
+        self.remove_unused_dirs()
+        return busy
+
+    def run_one(self, dep: dict[str, Any], now: float) -> bool:
+        if dep["follow_alias"]:
+            self.follow_alias(dep, now)
+        self.check_health(dep, now)
+        revs = revisions(self.store, dep["id"])
+        reps = replicas(self.store, dep["id"])
+        live_revs = [r for r in revs if r["state"] in ("rolling", "serving", "draining") or
+                     any(p["revision"] == r["id"] and p["state"] not in TERMINAL_NAMES for p in reps)]
+        actions = plan([Revision(r["id"], r["seq"], r["state"], revision_label(r), r["drain_until"]) for r in live_revs],
+                       [Replica(p["job_id"], p["revision"], p["slot"], p["state"], bool(p["healthy"]), p["created_at"], p["started_at"],
+                                p["ended_at"], p["reason"] or "") for p in reps],
+                       dep["spec"]["replicas"], now, parse_duration(self.config["serving.start_timeout"]))
+        by_id = {r["id"]: r for r in revs}
+        taken: set[int] = set()
+        for action in actions:
+            self.apply(dep, by_id[action.revision], action, now, taken)
+        return any(r["state"] in ("rolling", "draining") for r in revs)
+
+    # -------------------------------------------------------------- looking
+    def follow_alias(self, dep: dict[str, Any], now: float) -> None:
+        """Roll out the version the followed alias points to now, once per move of the alias
+        (followed_version is the alias's version last acted on: a version that failed is not retried
+        until the alias moves again)."""
+        ref = parse_uri(dep["model_uri"])
+        version = ModelStore(self.config.state_dir).alias_version(ref.name, ref.alias)
+        if version is None or version == dep["followed_version"]:
+            return
+        current = self.store.query_one("SELECT model_version FROM deployment_revisions WHERE id = ?", [dep["current"]]) if dep["current"] else None
+        fields = None
+        if not (current and current["model_version"] == version):
+            try:
+                _, fields = resolve(self.config.state_dir, f"models:/{ref.name}/{version}")
+            except ModelError as exc:
+                fields = None
+                refused = f"alias {ref.alias} moved to version {version}, which cannot be served: {exc.message}"
+        with self.store.write() as db:
+            if db.execute("SELECT 1 FROM deployments WHERE id = ? AND followed_version IS ?", [dep["id"], dep["followed_version"]]).fetchone() is None:
+                return  # changed meanwhile (an update): the next pass looks again
+            db.execute("UPDATE deployments SET followed_version = ?, updated_at = ? WHERE id = ?", [version, now, dep["id"]])
+            rev_id = None
+            if current and current["model_version"] == version:
+                # The alias went back to what serves: drop a rollout in progress, if any.
+                db.execute("""UPDATE deployment_revisions SET state = 'failed', reason = ?, ended_at = ? WHERE deployment = ?
+                              AND state = 'rolling'""", [f"alias {ref.alias} moved back to version {version}", now, dep["id"]])
+            elif fields is None:
+                db.execute("UPDATE deployments SET last_error = ? WHERE id = ?", [refused, dep["id"]])
+            else:
+                rev_id = _add_revision(db, dep["id"], fields, now)
+            record_event(db, "mlpd", "deployment.alias_moved", "deployment", dep["id"], at=now, alias=ref.alias, version=version, revision=rev_id)
+        log.info("deployment %s: alias %s now points to version %s", dep["name"], ref.alias, version)
+
+    def check_health(self, dep: dict[str, Any], now: float) -> None:
+        """Ping every running replica; record what it said (an ended replica is unhealthy)."""
+        for rep in replicas(self.store, dep["id"]):
+            if rep["state"] == "running":
+                error = self.check(rep["port"])
+            elif rep["healthy"] or (rep["state"] in TERMINAL_NAMES and rep["last_check_at"] is None):
+                error = f"its container {rep['state']}"
+            else:
+                continue
+            with self.store.write() as db:
+                db.execute("""UPDATE deployment_replicas SET healthy = ?, last_check_at = ?, last_check_error = ?,
+                              last_ok_at = CASE WHEN ? THEN ? ELSE last_ok_at END WHERE job_id = ?""",
+                           [int(not error), now, error, int(not error), now, rep["job_id"]])
+
+    # -------------------------------------------------------------- acting
+    def apply(self, dep: dict[str, Any], rev: dict[str, Any], action: Action, now: float, taken: set[int]) -> None:
+        label = revision_label(rev)
+        if action.kind in ("start", "restart"):
+            port = allocate_port(self.store, self.config["serving.port_range"], taken)
+            taken.add(port)
+            spec = replica_spec(dep, rev, self.config, action.slot)
+            with self.store.write() as db:
+                if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state IN ('rolling', 'serving')", [rev["id"]]).fetchone():
+                    return
+                job_id = jobs.submit(None, dep["owner"], spec, now=now, kind="deployment", workload=dep["id"], db=db)["id"]
+                db.execute("INSERT INTO deployment_replicas (job_id, deployment, revision, slot, port, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           [job_id, dep["id"], rev["id"], action.slot, port, now])
+                if action.kind == "restart":
+                    tail = _log_tail(self.config.state_dir, action.job_id)
+                    error = f"{label}: {action.reason}" + (f" (last log line: {tail})" if tail else "")
+                    db.execute("UPDATE deployments SET restarts = restarts + 1, last_error = ?, updated_at = ? WHERE id = ?", [error, now, dep["id"]])
+                    record_event(db, "mlpd", "deployment.replica_restarted", "deployment", dep["id"], at=now, slot=action.slot,
+                                 old=action.job_id, new=job_id, reason=action.reason)
+            log.info("deployment %s: %s replica %d of %s as %s on port %d", dep["name"], action.kind, action.slot, label, job_id, port)
+            self.wake(f"deployment {dep['name']} replica")
+        elif action.kind == "switch":
+            drain_until = now + parse_duration(self.config["serving.drain"])
+            with self.store.write() as db:
+                if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state = 'rolling'", [rev["id"]]).fetchone():
+                    return
+                db.execute("UPDATE deployment_revisions SET state = 'draining', drain_until = ? WHERE deployment = ? AND state = 'serving'",
+                           [drain_until, dep["id"]])
+                db.execute("UPDATE deployment_revisions SET state = 'serving', switched_at = ? WHERE id = ?", [now, rev["id"]])
+                db.execute("UPDATE deployments SET current = ?, last_error = '', updated_at = ? WHERE id = ?", [rev["id"], now, dep["id"]])
+                record_event(db, "mlpd", "deployment.switched", "deployment", dep["id"], at=now, revision=rev["id"], model=rev["model_uri"])
+            log.info("deployment %s: traffic switched to %s (%s)", dep["name"], label, rev["model_uri"])
+        elif action.kind == "fail":
+            with self.store.write() as db:
+                if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state = 'rolling'", [rev["id"]]).fetchone():
+                    return
+                failed = [r["job_id"] for r in replicas(self.store, dep["id"]) if r["revision"] == rev["id"] and r["state"] in TERMINAL_NAMES]
+                tail = _log_tail(self.config.state_dir, failed[-1]) if failed else ""
+                reason = action.reason + (f" (last log line: {tail})" if tail else "")
+                db.execute("UPDATE deployment_revisions SET state = 'failed', reason = ?, ended_at = ? WHERE id = ?", [reason, now, rev["id"]])
+                what = "rolled back; the previous version keeps serving" if dep["current"] else "failed to start"
+                db.execute("UPDATE deployments SET last_error = ?, updated_at = ? WHERE id = ?", [f"{label} {what}: {reason}", now, dep["id"]])
+                record_event(db, "mlpd", "deployment.rolled_back", "deployment", dep["id"], at=now, revision=rev["id"], reason=reason)
+            log.warning("deployment %s: %s %s: %s", dep["name"], label, "rolled back" if dep["current"] else "failed", reason)
+        elif action.kind == "stop":
+            _stop(self.store, action.job_id, "mlpd", action.reason)
+            self.wake(f"deployment {dep['name']} stop")
+        elif action.kind == "retire":
+            with self.store.write() as db:
+                db.execute("UPDATE deployment_revisions SET state = 'retired', ended_at = ? WHERE id = ? AND state = 'draining'", [now, rev["id"]])
+                record_event(db, "mlpd", "deployment.retired", "deployment", dep["id"], at=now, revision=rev["id"])
+
+    def _note(self, dep: dict[str, Any], message: str, event: str) -> None:
+        if dep["last_error"] == message:
+            return
+        with self.store.write() as db:
+            db.execute("UPDATE deployments SET last_error = ?, updated_at = ? WHERE id = ?", [message, time.time(), dep["id"]])
+            record_event(db, "mlpd", event, "deployment", dep["id"], message=message)
+
+    def remove_unused_dirs(self) -> None:
+        """Remove the model copies of revisions that are over, and of removed deployments, once nothing of theirs runs."""
+        root = os.path.join(self.config.state_dir, "serving")
+        if not os.path.isdir(root):
+            return
+        live = "j.state NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')"
+        keep = {(r["deployment"], r["id"]) for r in self.store.query(
+            f"""SELECT deployment, id FROM deployment_revisions WHERE state IN ('rolling', 'serving', 'draining')
+                UNION SELECT r.deployment, r.revision FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id WHERE {live}""")}
+        existing = {r["id"] for r in self.store.query("SELECT id FROM deployments")}
+        running = {r["workload"] for r in self.store.query(f"SELECT DISTINCT j.workload FROM jobs j WHERE j.kind = 'deployment' AND {live}")}
+        for dep_id in os.listdir(root):
+            dep_path = os.path.join(root, dep_id)
+            if dep_id not in existing:
+                if dep_id not in running:  # removed, and its last replica has stopped
+                    shutil.rmtree(dep_path, ignore_errors=True)
+                continue
+            for rev_id in os.listdir(dep_path):
+                if (dep_id, rev_id.split(".tmp-")[0]) not in keep:
+                    shutil.rmtree(os.path.join(dep_path, rev_id), ignore_errors=True)

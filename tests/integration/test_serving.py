@@ -210,6 +210,21 @@ def test_a_killed_replica_is_restarted_and_the_restart_reported(world):
     assert "restarts  1" in shown.stdout
 
 
+def test_a_daemon_killed_and_restarted_adopts_its_replicas_which_serve_throughout(world):
+    import signal
+
+    d = world["daemon"]
+    before = show(world)
+    replica = before["replica_list"][0]
+    d.stop(signal.SIGKILL)
+    direct = requests.post(f"http://127.0.0.1:{replica['port']}/invocations", json=INPUT, timeout=30)
+    assert direct.status_code == 200  # the replica does not depend on the daemon
+    d.start()
+    after = wait_for(lambda: (x := show(world))["state"] == "serving" and x, 60, 0.5, "the deployment after the restart")
+    assert after["replica_list"][0]["job_id"] == replica["job_id"] and after["restarts"] == before["restarts"]
+    assert predict(world).status_code == 200
+
+
 def test_other_members_see_nothing_and_serve_only_what_exists(world):
     d = world["daemon"]
     _, other = new_user(d, "bob")

@@ -144,6 +144,11 @@ def deployments_show(name, as_json):
     click.echo("  versions:")
     for rev in reversed(dep["revisions"][-10:]):
         click.echo(f"    #{rev['seq']} {_version_text(rev):<24} {rev['state']:<9} {rev['reason']}")
+    if dep.get("requests"):
+        click.echo("  requests (through the endpoint):")
+        for m in dep["requests"]:
+            click.echo(f"    #{m['revision']} v{m['version'] or '?'}: {m['requests']} requests, {m['errors']} errors, mean {m['mean_ms']} ms, "
+                       f"p50 <= {m['p50_ms_at_most']} ms, p99 <= {m['p99_ms_at_most']} ms")
 
 
 @deployments.command("logs")

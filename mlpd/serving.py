@@ -245,6 +245,7 @@ def remove(store: Store, config, dep: dict[str, Any], actor: str) -> None:
         if rep["state"] not in TERMINAL_NAMES:
             _stop(store, rep["job_id"], actor, f"deployment {dep['name']} removed by {actor}")
     with store.write() as db:
+        db.execute("DELETE FROM deployment_metrics WHERE deployment = ?", [dep["id"]])
         db.execute("DELETE FROM deployment_replicas WHERE deployment = ?", [dep["id"]])
         db.execute("DELETE FROM deployment_revisions WHERE deployment = ?", [dep["id"]])
         db.execute("DELETE FROM deployments WHERE id = ?", [dep["id"]])
@@ -259,6 +260,61 @@ def _stop(store: Store, job_id: str, actor: str, reason: str) -> None:
     except MlpdError as exc:
         if exc.status not in (404, 409):  # gone or ended meanwhile: nothing to stop
             raise
+
+
+# ------------------------------------------------------------------ request metrics
+# Upper bounds (seconds) of the endpoint's latency histogram; the last bucket is everything above.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def add_request_counts(store: Store, source: str, counts: dict[tuple[str, str], list]) -> None:
+    """Add one web worker's counts ({(deployment, revision): [requests, errors, seconds, buckets]}) to its rows."""
+    now = time.time()
+    with store.write() as db:
+        for (dep_id, rev_id), (requests, errors, seconds, buckets) in counts.items():
+            row = db.execute("SELECT buckets FROM deployment_metrics WHERE deployment = ? AND revision = ? AND source = ?",
+                             [dep_id, rev_id, source]).fetchone()
+            if row is None:
+                db.execute("""INSERT INTO deployment_metrics (deployment, revision, source, requests, errors, seconds, buckets, updated_at)
+                              SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM deployments WHERE id = ?)""",
+                           [dep_id, rev_id, source, requests, errors, seconds, json.dumps(buckets), now, dep_id])
+            else:
+                merged = [a + b for a, b in zip(json.loads(row[0]), buckets)]
+                db.execute("""UPDATE deployment_metrics SET requests = requests + ?, errors = errors + ?, seconds = seconds + ?, buckets = ?,
+                              updated_at = ? WHERE deployment = ? AND revision = ? AND source = ?""",
+                           [requests, errors, seconds, json.dumps(merged), now, dep_id, rev_id, source])
+
+
+def request_metrics(store: Store, dep_id: str | None = None) -> list[dict[str, Any]]:
+    """The endpoint's counts per deployment and revision, summed over web workers: requests, errors (answers of
+    400 and above, the model's own included), total seconds to the replica's answer, and the histogram's bucket counts."""
+    where, params = ("WHERE m.deployment = ?", [dep_id]) if dep_id else ("", [])
+    rows = store.query(f"""SELECT m.deployment, m.revision, d.name, v.model_version, v.seq, m.requests, m.errors, m.seconds, m.buckets
+                           FROM deployment_metrics m JOIN deployments d ON d.id = m.deployment
+                           LEFT JOIN deployment_revisions v ON v.id = m.revision {where}""", params)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        item = out.setdefault((r["deployment"], r["revision"]), {
+            "deployment": r["name"], "revision": r["seq"], "version": r["model_version"], "requests": 0, "errors": 0, "seconds": 0.0,
+            "buckets": [0] * (len(LATENCY_BUCKETS) + 1)})
+        item["requests"] += r["requests"]
+        item["errors"] += r["errors"]
+        item["seconds"] += r["seconds"]
+        item["buckets"] = [a + b for a, b in zip(item["buckets"], json.loads(r["buckets"]))]
+    return sorted(out.values(), key=lambda x: (x["deployment"], x["revision"] or 0))
+
+
+def latency_quantile(buckets: list[int], q: float) -> float | None:
+    """The histogram's estimate of a latency quantile (the upper bound of the bucket it falls in); None without requests."""
+    total = sum(buckets)
+    if not total:
+        return None
+    seen = 0
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets):
+        seen += count
+        if seen >= q * total:
+            return bound
+    return float("inf")
 
 
 # ------------------------------------------------------------------ the view
@@ -280,8 +336,13 @@ def state_of(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[st
     return ("unavailable" if healthy == 0 else "degraded"), healthy
 
 
-def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, Any]], base_url: str, detail: bool = False) -> dict[str, Any]:
-    """The stable JSON form of a deployment (detail adds every revision and replica)."""
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None or seconds == float("inf") else round(seconds * 1000, 1)
+
+
+def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, Any]], base_url: str, detail: bool = False,
+         metrics: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The stable JSON form of a deployment (detail adds every revision, ended replicas and the endpoint's request counts)."""
     state, healthy = state_of(dep, revs, reps)
     by_id = {r["id"]: r for r in revs}
     current = by_id.get(dep["current"])
@@ -309,6 +370,10 @@ def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, A
     }
     if detail:
         out["revisions"] = [rev_view(r) for r in revs]
+        out["requests"] = [{**{k: m[k] for k in ("revision", "version", "requests", "errors")},
+                            "mean_ms": round(1000 * m["seconds"] / m["requests"], 2) if m["requests"] else None,
+                            "p50_ms_at_most": _ms(latency_quantile(m["buckets"], 0.5)), "p99_ms_at_most": _ms(latency_quantile(m["buckets"], 0.99))}
+                           for m in metrics]
         out["history"] = [{"job_id": r["job_id"], "slot": r["slot"], "revision": by_id[r["revision"]]["seq"] if r["revision"] in by_id else None,
                            "state": r["state"], "reason": r["reason"], "started_at": r["started_at"], "ended_at": r["ended_at"]}
                           for r in reps if r["state"] in TERMINAL_NAMES][-20:]

@@ -250,6 +250,21 @@ def _migration_serving(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX deployment_replicas_revision ON deployment_replicas (revision)")
+    # Request counts of the stable endpoint, one row per deployment, revision and web worker process
+    # (each adds its own counts every few seconds; the totals are the sums).
+    db.execute(
+        """CREATE TABLE deployment_metrics (
+            deployment TEXT NOT NULL,
+            revision TEXT NOT NULL,
+            source TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            seconds REAL NOT NULL DEFAULT 0,
+            buckets TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (deployment, revision, source)
+        )"""
+    )
     db.execute("CREATE INDEX deployment_revisions_deployment ON deployment_revisions (deployment, state)")
 
 

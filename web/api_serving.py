@@ -32,7 +32,8 @@ def _visible(name: str) -> dict:
 
 def _view(dep: dict, detail: bool = False) -> dict:
     st = store()
-    return serving.view(dep, serving.revisions(st, dep["id"]), serving.replicas(st, dep["id"]), request.host_url, detail)
+    metrics = serving.request_metrics(st, dep["id"]) if detail else []
+    return serving.view(dep, serving.revisions(st, dep["id"]), serving.replicas(st, dep["id"]), request.host_url, detail, metrics)
 
 
 def _spec_of(data: dict) -> tuple[dict, object]:

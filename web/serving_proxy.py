@@ -17,10 +17,12 @@ The caller's Authorization header is never passed to the model.
 
 from __future__ import annotations
 
+import bisect
 import http.client
 import json
 import logging
 import random
+import secrets
 import threading
 import time
 from http import HTTPStatus
@@ -38,6 +40,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "transfer-encoding", "upgrade", "server", "date"})
 UPSTREAM_TIMEOUT = 120.0
 CHUNK = 64 * 1024
+FLUSH_INTERVAL = 2.0  # seconds between additions of this worker's request counts to the state database
 
 
 def _error(start_response: Callable, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
@@ -74,6 +77,43 @@ class _Streamed:
             self.conn.close()
 
 
+class RequestCounts:
+    """This web worker's request counts per deployment and revision, added to the state database every few
+    seconds by a thread of its own (a write per request would serialise the endpoint on SQLite's lock)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.source = secrets.token_hex(6)  # this process: its rows are its own, so adding to them never races
+        self.pending: dict[tuple[str, str], list] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def record(self, dep_id: str, rev_id: str, status: int, seconds: float) -> None:
+        with self.lock:
+            entry = self.pending.setdefault((dep_id, rev_id), [0, 0, 0.0, [0] * (len(serving.LATENCY_BUCKETS) + 1)])
+            entry[0] += 1
+            entry[1] += status >= 400
+            entry[2] += seconds
+            entry[3][bisect.bisect_left(serving.LATENCY_BUCKETS, seconds)] += 1
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="serving-counts", daemon=True)
+                self.thread.start()
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        if pending:
+            try:
+                serving.add_request_counts(self.store, self.source, pending)
+            except Exception:
+                log.exception("could not record %d deployments' request counts; they are lost", len(pending))
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            self.flush()
+
+
 class ServeMount:
     """WSGI middleware: /serve/NAME/... to a replica of that deployment; everything else to the wrapped app."""
 
@@ -81,6 +121,7 @@ class ServeMount:
         self.app, self.config, self.store = app, config, store
         self.max_body = config["serving.max_body_mb"] * 1024 * 1024
         self.pool = _Pool()
+        self.counts = RequestCounts(store)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable):
         path = environ.get("PATH_INFO") or ""
@@ -115,17 +156,22 @@ class ServeMount:
         if body or method == "POST":
             headers["Content-Length"] = str(len(body))
         random.shuffle(ports)
+        started = time.monotonic()
         for port in ports:
             answer = self._forward(port, method, endpoint, body, headers)
             if answer == "timeout":
+                self.counts.record(dep["id"], dep["current"], 504, time.monotonic() - started)
                 return _error(start_response, 504, "timeout", f"the model of {name!r} did not answer within {UPSTREAM_TIMEOUT:g}s")
             if answer is not None:
                 resp, conn = answer
+                if endpoint == "invocations":
+                    self.counts.record(dep["id"], dep["current"], resp.status, time.monotonic() - started)
                 out = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP]
                 out.append(("X-Mlpd-Model-Version", str(dep["model_version"] or "")))
                 out.append(("X-Mlpd-Revision", str(dep["seq"])))
                 start_response(f"{resp.status} {resp.reason}", out)
                 return _Streamed(resp, conn, lambda c=conn, p=port: self._release(p, c))
+        self.counts.record(dep["id"], dep["current"], 502, time.monotonic() - started)
         return _error(start_response, 502, "bad_gateway", f"no replica of deployment {name!r} accepted the request; try again, "
                                                           f"or see 'mlpd deployments show {name}'", [("Retry-After", "1")])
 
@@ -191,3 +237,29 @@ class ServeMount:
         if old is not None and old is not conn:
             old.close()
         self.pool.conns[port] = conn
+
+
+class ServingCollector:
+    """The endpoint's request counts in /metrics, per deployment and model version (read from the state database,
+    so every web worker reports the same numbers)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        labels = ["deployment", "version", "revision"]
+        requests = CounterMetricFamily("mlpd_serving_requests", "Requests to /serve/NAME/invocations that reached a replica (or found none)", labels=labels)
+        errors = CounterMetricFamily("mlpd_serving_errors", "Of those, answers with status 400 or above (the model's own included)", labels=labels)
+        latency = HistogramMetricFamily("mlpd_serving_request_seconds", "Time from the request to the replica's answer", labels=labels)
+        for m in serving.request_metrics(self.store):
+            values = [m["deployment"], str(m["version"] or ""), str(m["revision"] or "")]
+            requests.add_metric(values, m["requests"])
+            errors.add_metric(values, m["errors"])
+            cumulative, running = [], 0
+            for bound, count in zip((*serving.LATENCY_BUCKETS, float("inf")), m["buckets"]):
+                running += count
+                cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+            latency.add_metric(values, cumulative, m["seconds"])
+        yield from (requests, errors, latency)

@@ -225,6 +225,36 @@ def test_a_daemon_killed_and_restarted_adopts_its_replicas_which_serve_throughou
     assert predict(world).status_code == 200
 
 
+def test_the_endpoint_counts_requests_and_errors_per_version_with_no_work_from_the_user(world):
+    d = world["daemon"]
+
+    def counts():
+        dep = show(world)
+        mine = [m for m in dep["requests"] if m["version"] == dep["serving"]["version"]]
+        return (sum(m["requests"] for m in mine), sum(m["errors"] for m in mine))
+
+    time.sleep(3)  # the web workers add their counts every 2 s: let the earlier tests' requests land first
+    requests_before, errors_before = counts()
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {world['token']}"
+    url = f"{d.url}/serve/{world['deployment']}/invocations"
+    statuses = [session.post(url, json=INPUT, timeout=30).status_code for _ in range(90)]
+    statuses += [session.post(url, data=b'{"not": "an input"}', headers={"Content-Type": "application/json"}, timeout=30).status_code
+                 for _ in range(10)]
+    assert statuses.count(200) == 90 and statuses.count(400) == 10
+    wait_for(lambda: counts() == (requests_before + 100, errors_before + 10), 15, 0.5, "the counts of 100 requests, 10 of them errors")
+    dep = show(world)
+    current = next(m for m in dep["requests"] if m["revision"] == dep["serving"]["seq"])
+    assert current["mean_ms"] > 0 and current["p99_ms_at_most"] >= current["p50_ms_at_most"] > 0
+    shown = d.cli("deployments", "show", world["deployment"], token=world["token"])
+    assert f"v2: {current['requests']} requests, {current['errors']} errors" in shown.stdout, shown.stdout
+    scraped = d.api("GET", "/metrics", d.admin_token).text
+    lines = [x for x in scraped.splitlines() if x.startswith("mlpd_serving_requests_total{") and f'deployment="{world["deployment"]}"' in x
+             and 'version="2"' in x]  # one per revision that served version 2
+    assert sum(float(x.rsplit(" ", 1)[1]) for x in lines) == requests_before + 100
+    assert "mlpd_serving_request_seconds_bucket{" in scraped
+
+
 def test_other_members_see_nothing_and_serve_only_what_exists(world):
     d = world["daemon"]
     _, other = new_user(d, "bob")

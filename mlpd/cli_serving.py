@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
-SETTLED = ("serving", "failed", "degraded", "unavailable")
+SETTLED = ("serving", "canary", "failed", "degraded", "unavailable")
 
 
 def _client():
@@ -36,6 +36,9 @@ def _summary(dep: dict) -> list[str]:
              f"  serving   {_version_text(dep['serving'])}"]
     if dep["rolling_out"]:
         lines.append(f"  rolling   {_version_text(dep['rolling_out'])} (waiting for /ping)")
+    if dep.get("canary"):
+        lines.append(f"  canary    {_version_text(dep['canary'])} takes {dep['canary']['percent']}% of the requests "
+                     f"('mlpd deployments promote {dep['name']}' or 'rollback')")
     lines.append(f"  endpoint  {dep['endpoint']}  (auth: {dep['auth']})")
     if dep["restarts"]:
         lines.append(f"  restarts  {dep['restarts']}")
@@ -173,14 +176,16 @@ def deployments_logs(name, slot, job_id, follow):
 @click.argument("name")
 @click.option("--model", "model_uri", help="The model URI to roll out (default: the deployment's own, resolved again).")
 @click.option("--follow-alias/--no-follow-alias", default=None, help="Follow the URI's alias from now on (default: on for models:/NAME@ALIAS).")
+@click.option("--canary", type=click.IntRange(1, 99), help="Send this percentage of requests to the new version until 'promote' or 'rollback'.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the new version serves or is rolled back.")
 @click.option("--timeout", type=float, default=900, show_default=True, help="With --wait, give up waiting after this many seconds.")
 @json_option
-def deployments_update(name, model_uri, follow_alias, wait, timeout, as_json):
+def deployments_update(name, model_uri, follow_alias, canary, wait, timeout, as_json):
     """Roll out another version: it takes the traffic once it answers /ping; the old one then stops.
-    A version that does not start is rolled back, and the old one keeps serving."""
+    A version that does not start is rolled back, and the old one keeps serving. With --canary P it
+    takes P% of the requests until 'mlpd deployments promote' or 'rollback'."""
     client = _client()
-    body = {"model": model_uri, "follow_alias": follow_alias}
+    body = {"model": model_uri, "follow_alias": follow_alias, "canary": canary}
     dep = client.post(f"/deployments/{name}/update", {k: v for k, v in body.items() if v is not None})["deployment"]
     rolling = dep["revisions"][-1]["seq"] if dep["revisions"] else None
     if wait:
@@ -195,6 +200,31 @@ def deployments_update(name, model_uri, follow_alias, wait, timeout, as_json):
         if rev and rev["state"] == "failed":
             click.echo(f"rolled back: {rev['reason']}", err=True)
             sys.exit(1)
+
+
+@deployments.command("promote")
+@click.argument("name")
+@json_option
+def deployments_promote(name, as_json):
+    """The canary takes all the traffic; the version it shared it with drains and stops."""
+    dep = _client().post(f"/deployments/{name}/promote")["deployment"]
+    if as_json:
+        _emit({"deployment": dep})
+    else:
+        click.echo("\n".join(_summary(dep)))
+
+
+@deployments.command("rollback")
+@click.argument("name")
+@json_option
+def deployments_rollback(name, as_json):
+    """Drop the canary (or a rollout still in progress): its replicas stop, the serving version keeps all the traffic."""
+    result = _client().post(f"/deployments/{name}/rollback")
+    if as_json:
+        _emit(result)
+    else:
+        click.echo(f"rolled back {result['rolled_back']}")
+        click.echo("\n".join(_summary(result["deployment"])))
 
 
 @deployments.command("rm")

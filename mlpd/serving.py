@@ -178,13 +178,13 @@ def resolve(store_state_dir: str, uri: str) -> tuple[Any, dict[str, Any]]:
                  "location": found.location, "requirements": requirements}
 
 
-def _add_revision(db, dep_id: str, fields: dict[str, Any], now: float) -> str:
+def _add_revision(db, dep_id: str, fields: dict[str, Any], now: float, canary: int | None = None) -> str:
     seq = (db.execute("SELECT MAX(seq) FROM deployment_revisions WHERE deployment = ?", [dep_id]).fetchone()[0] or 0) + 1
     rev_id = secrets.token_hex(6)
     db.execute("""INSERT INTO deployment_revisions (id, deployment, seq, model_uri, model_name, model_version, run_id, location,
-                  requirements, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'rolling', ?)""",
+                  requirements, canary_percent, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'rolling', ?)""",
                [rev_id, dep_id, seq, fields["model_uri"], fields["model_name"], fields["model_version"], fields["run_id"],
-                fields["location"], fields["requirements"], now])
+                fields["location"], fields["requirements"], canary, now])
     return rev_id
 
 
@@ -213,10 +213,14 @@ def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str
 
 
 def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | None = None, follow_alias: bool | None = None,
-           now: float | None = None) -> dict[str, Any]:
+           now: float | None = None, canary: int | None = None) -> dict[str, Any]:
     """Roll out another model (or the same URI resolved again): a new revision that takes the traffic once
-    healthy. A rollout still in progress is superseded."""
+    healthy (with canary, that share of it, until promote or rollback). A rollout still in progress is superseded."""
     now = now or time.time()
+    if canary is not None and (isinstance(canary, bool) or not isinstance(canary, int) or not 1 <= canary <= 99):
+        raise DeploymentError(400, "invalid_field", "canary: expected the percentage of requests for the new version, 1 to 99")
+    if canary is not None and dep["current"] is None:
+        raise DeploymentError(409, "nothing_serves", "a canary needs a version that serves the rest of the traffic; update without --canary")
     uri = uri or dep["model_uri"]
     ref, fields = resolve(config.state_dir, uri)
     follow = bool(ref.alias) if follow_alias is None else bool(follow_alias)
@@ -225,9 +229,43 @@ def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | Non
     with store.write() as db:
         db.execute("UPDATE deployments SET model_uri = ?, follow_alias = ?, followed_version = ?, updated_at = ? WHERE id = ?",
                    [uri, int(follow), fields["model_version"] if follow else None, now, dep["id"]])
-        rev_id = _add_revision(db, dep["id"], fields, now)
-        record_event(db, actor, "deployment.update", "deployment", dep["id"], at=now, model=uri, serves=fields["model_uri"], revision=rev_id)
+        rev_id = _add_revision(db, dep["id"], fields, now, canary)
+        record_event(db, actor, "deployment.update", "deployment", dep["id"], at=now, model=uri, serves=fields["model_uri"], revision=rev_id,
+                     canary=canary)
     return by_id(store, dep["id"])
+
+
+def promote(store: Store, config, dep: dict[str, Any], actor: str, now: float | None = None) -> None:
+    """The canary takes all the traffic; the version it shared it with drains and stops. 409 without a canary."""
+    now = now or time.time()
+    drain_until = now + parse_duration(config["serving.drain"])
+    with store.write() as db:
+        row = db.execute("SELECT canary FROM deployments WHERE id = ?", [dep["id"]]).fetchone()
+        if not row or not row[0]:
+            raise DeploymentError(409, "no_canary", f"deployment {dep['name']} has no canary to promote")
+        db.execute("UPDATE deployment_revisions SET state = 'draining', drain_until = ? WHERE deployment = ? AND state = 'serving'",
+                   [drain_until, dep["id"]])
+        db.execute("UPDATE deployment_revisions SET state = 'serving', switched_at = ? WHERE id = ?", [now, row[0]])
+        db.execute("UPDATE deployments SET current = ?, canary = NULL, updated_at = ? WHERE id = ?", [row[0], now, dep["id"]])
+        record_event(db, actor, "deployment.promoted", "deployment", dep["id"], at=now, revision=row[0])
+
+
+def rollback(store: Store, dep: dict[str, Any], actor: str, now: float | None = None) -> str:
+    """Drop the canary (or a rollout still waiting for /ping): its replicas stop, the serving version keeps
+    all the traffic. Returns what was rolled back; 409 when there is nothing to roll back."""
+    now = now or time.time()
+    with store.write() as db:
+        rows = db.execute("SELECT id, model_version, model_uri FROM deployment_revisions WHERE deployment = ? AND state IN ('canary', 'rolling')",
+                          [dep["id"]]).fetchall()
+        if not rows:
+            raise DeploymentError(409, "nothing_to_roll_back", f"deployment {dep['name']} has no canary and no rollout in progress")
+        labels = [f"version {r[1]}" if r[1] else r[2] for r in rows]
+        db.execute("""UPDATE deployment_revisions SET state = 'failed', reason = ?, ended_at = ? WHERE deployment = ?
+                      AND state IN ('canary', 'rolling')""", [f"rolled back by {actor}", now, dep["id"]])
+        db.execute("UPDATE deployments SET canary = NULL, last_error = ?, updated_at = ? WHERE id = ?",
+                   [f"{', '.join(labels)} rolled back by {actor}", now, dep["id"]])
+        record_event(db, actor, "deployment.rolled_back", "deployment", dep["id"], at=now, revisions=[r[0] for r in rows], reason="by request")
+    return ", ".join(labels)
 
 
 def rotate_key(store: Store, dep: dict[str, Any], actor: str) -> str:
@@ -331,6 +369,8 @@ def state_of(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[st
         return ("starting" if rolling else "failed"), 0
     if rolling:
         return "rolling_out", healthy
+    if dep.get("canary"):
+        return "canary", healthy
     if healthy >= wanted:
         return "serving", healthy
     return ("unavailable" if healthy == 0 else "degraded"), healthy
@@ -352,6 +392,7 @@ def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, A
         if r is None:
             return None
         return {"id": r["id"], "seq": r["seq"], "model": r["model_uri"], "model_name": r["model_name"], "version": r["model_version"],
+                "canary_percent": r["canary_percent"],
                 "run_id": r["run_id"], "state": r["state"], "reason": r["reason"], "created_at": r["created_at"],
                 "switched_at": r["switched_at"], "ended_at": r["ended_at"]}
 
@@ -360,6 +401,7 @@ def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, A
         "id": dep["id"], "name": dep["name"], "owner": dep["owner"], "model": dep["model_uri"], "follow_alias": dep["follow_alias"],
         "state": state, "endpoint": f"{base_url.rstrip('/')}/serve/{dep['name']}/invocations",
         "serving": rev_view(current), "rolling_out": rev_view(rolling),
+        "canary": {**rev_view(by_id[dep["canary"]]), "percent": by_id[dep["canary"]]["canary_percent"]} if dep.get("canary") in by_id else None,
         "health": f"{healthy}/{dep['spec']['replicas']}", "replicas": dep["spec"]["replicas"], "healthy_replicas": healthy,
         "restarts": dep["restarts"], "last_error": dep["last_error"], "auth": dep["spec"]["auth"], "spec": dep["spec"],
         "created_at": dep["created_at"], "updated_at": dep["updated_at"],
@@ -499,7 +541,7 @@ class ServingPass:
         self.check_health(dep, now)
         revs = revisions(self.store, dep["id"])
         reps = replicas(self.store, dep["id"])
-        live_revs = [r for r in revs if r["state"] in ("rolling", "serving", "draining") or
+        live_revs = [r for r in revs if r["state"] in ("rolling", "serving", "canary", "draining") or
                      any(p["revision"] == r["id"] and p["state"] not in TERMINAL_NAMES for p in reps)]
         actions = plan([Revision(r["id"], r["seq"], r["state"], revision_label(r), r["drain_until"]) for r in live_revs],
                        [Replica(p["job_id"], p["revision"], p["slot"], p["state"], bool(p["healthy"]), p["created_at"], p["started_at"],
@@ -566,7 +608,7 @@ class ServingPass:
             taken.add(port)
             spec = replica_spec(dep, rev, self.config, action.slot)
             with self.store.write() as db:
-                if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state IN ('rolling', 'serving')", [rev["id"]]).fetchone():
+                if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state IN ('rolling', 'serving', 'canary')", [rev["id"]]).fetchone():
                     return
                 job_id = jobs.submit(None, dep["owner"], spec, now=now, kind="deployment", workload=dep["id"], db=db)["id"]
                 db.execute("INSERT INTO deployment_replicas (job_id, deployment, revision, slot, port, created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -581,15 +623,24 @@ class ServingPass:
             self.wake(f"deployment {dep['name']} replica")
         elif action.kind == "switch":
             drain_until = now + parse_duration(self.config["serving.drain"])
+            canary = rev["canary_percent"]
             with self.store.write() as db:
                 if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state = 'rolling'", [rev["id"]]).fetchone():
                     return
-                db.execute("UPDATE deployment_revisions SET state = 'draining', drain_until = ? WHERE deployment = ? AND state = 'serving'",
-                           [drain_until, dep["id"]])
-                db.execute("UPDATE deployment_revisions SET state = 'serving', switched_at = ? WHERE id = ?", [now, rev["id"]])
-                db.execute("UPDATE deployments SET current = ?, last_error = '', updated_at = ? WHERE id = ?", [rev["id"], now, dep["id"]])
-                record_event(db, "mlpd", "deployment.switched", "deployment", dep["id"], at=now, revision=rev["id"], model=rev["model_uri"])
-            log.info("deployment %s: traffic switched to %s (%s)", dep["name"], label, rev["model_uri"])
+                # A new canary replaces an earlier one; a full switch ends any canary too.
+                db.execute("UPDATE deployment_revisions SET state = 'draining', drain_until = ? WHERE deployment = ? AND state IN (?, 'canary')",
+                           [drain_until, dep["id"], "canary" if canary else "serving"])
+                if canary:
+                    db.execute("UPDATE deployment_revisions SET state = 'canary', switched_at = ? WHERE id = ?", [now, rev["id"]])
+                    db.execute("UPDATE deployments SET canary = ?, last_error = '', updated_at = ? WHERE id = ?", [rev["id"], now, dep["id"]])
+                else:
+                    db.execute("UPDATE deployment_revisions SET state = 'serving', switched_at = ? WHERE id = ?", [now, rev["id"]])
+                    db.execute("UPDATE deployments SET current = ?, canary = NULL, last_error = '', updated_at = ? WHERE id = ?",
+                               [rev["id"], now, dep["id"]])
+                record_event(db, "mlpd", "deployment.switched", "deployment", dep["id"], at=now, revision=rev["id"], model=rev["model_uri"],
+                             canary=canary)
+            log.info("deployment %s: %s %s (%s)", dep["name"], f"{canary}% of the traffic to" if canary else "traffic switched to", label,
+                     rev["model_uri"])
         elif action.kind == "fail":
             with self.store.write() as db:
                 if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state = 'rolling'", [rev["id"]]).fetchone():
@@ -624,7 +675,7 @@ class ServingPass:
             return
         live = "j.state NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')"
         keep = {(r["deployment"], r["id"]) for r in self.store.query(
-            f"""SELECT deployment, id FROM deployment_revisions WHERE state IN ('rolling', 'serving', 'draining')
+            f"""SELECT deployment, id FROM deployment_revisions WHERE state IN ('rolling', 'serving', 'canary', 'draining')
                 UNION SELECT r.deployment, r.revision FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id WHERE {live}""")}
         existing = {r["id"] for r in self.store.query("SELECT id FROM deployments")}
         running = {r["workload"] for r in self.store.query(f"SELECT DISTINCT j.workload FROM jobs j WHERE j.kind = 'deployment' AND {live}")}

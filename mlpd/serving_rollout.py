@@ -4,11 +4,11 @@ A deployment has revisions (one model version each) and replicas (one workload r
 revision and slot). Each pass of the worker looks at them as they are now and decides:
 
 - a revision that is rolling out gets a replica per slot; once every slot answers /ping it
-  takes the traffic (``switch``), and the revision it replaces drains;
+  takes the traffic (``switch``; a canary takes its share of it), and the revision it replaces drains;
 - a rolling revision whose replica ends (a crash at start, a failed environment build) or that
   does not answer /ping within the start timeout is rolled back (``fail``), with the reason;
-- a serving revision's replica that ended is started again (``restart``), with a backoff that
-  grows while it keeps crashing;
+- a serving (or canary) revision's replica that ended is started again (``restart``), with a
+  backoff that grows while it keeps crashing;
 - a draining revision is stopped once its drain time has passed, and retired when its replicas
   have ended; anything left of a failed or retired revision is stopped.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
-LIVE_REVISIONS = ("rolling", "serving")
+LIVE_REVISIONS = ("rolling", "serving", "canary")
 RESTART_WINDOW = 600.0  # crashes of a slot within this many seconds make its restart wait longer
 MAX_BACKOFF = 60.0
 
@@ -30,7 +30,7 @@ MAX_BACKOFF = 60.0
 class Revision:
     id: str
     seq: int
-    state: str  # rolling | serving | draining | retired | failed
+    state: str  # rolling | serving | canary | draining | retired | failed
     label: str  # for people: "version 3", "runs:/.../model"
     drain_until: float | None = None
 

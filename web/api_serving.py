@@ -73,6 +73,7 @@ def show_deployment(name: str):
 UPDATE_BODY = {
     "model": Field(str, False, "The model URI to roll out (default: the deployment's own, resolved again)"),
     "follow_alias": Field(bool, False, "Follow the URI's alias from now on (default: true for models:/NAME@ALIAS)"),
+    "canary": Field(int, False, "Send this percentage of requests (1-99) to the new version until promote or rollback"),
 }
 
 
@@ -81,9 +82,25 @@ UPDATE_BODY = {
 def update_deployment(name: str):
     dep = _visible(name)
     data = json_body(UPDATE_BODY)
-    dep = serving.update(store(), config(), dep, g.user.name, data.get("model"), data.get("follow_alias"))
+    dep = serving.update(store(), config(), dep, g.user.name, data.get("model"), data.get("follow_alias"), canary=data.get("canary"))
     wake(f"deployment {name} updated")
     return jsonify({"deployment": _view(dep, detail=True)})
+
+
+@route("/deployments/<name>/promote", methods=("POST",), summary="The canary takes all the traffic; the version it shared it with stops")
+def promote_deployment(name: str):
+    dep = _visible(name)
+    serving.promote(store(), config(), dep, g.user.name)
+    wake(f"deployment {name} promoted")
+    return jsonify({"deployment": _view(serving.by_id(store(), dep["id"]), detail=True)})
+
+
+@route("/deployments/<name>/rollback", methods=("POST",), summary="Drop the canary (or a rollout in progress); the serving version keeps all the traffic")
+def rollback_deployment(name: str):
+    dep = _visible(name)
+    what = serving.rollback(store(), dep, g.user.name)
+    wake(f"deployment {name} rolled back")
+    return jsonify({"rolled_back": what, "deployment": _view(serving.by_id(store(), dep["id"]), detail=True)})
 
 
 @route("/deployments/<name>/key", methods=("POST",), summary="Replace the deployment's key (the old one stops working); answers the new key once")

@@ -139,13 +139,20 @@ class ServeMount:
             return _error(start_response, 404, "not_found", f"no such endpoint; a deployment answers {', '.join('/serve/NAME/' + e for e in ENDPOINTS)}")
         if method != ENDPOINTS[endpoint] and not (method == "HEAD" and ENDPOINTS[endpoint] == "GET"):
             return _error(start_response, 405, "method_not_allowed", f"/{endpoint} takes {ENDPOINTS[endpoint]}", [("Allow", ENDPOINTS[endpoint])])
-        dep = self.store.query_one("""SELECT d.id, d.owner, d.key_hash, d.spec, d.current, v.model_version, v.seq FROM deployments d
-                                      LEFT JOIN deployment_revisions v ON v.id = d.current WHERE d.name = ?""", [name])
+        dep = self.store.query_one("""SELECT d.id, d.owner, d.key_hash, d.spec, d.current, d.canary, v.model_version, v.seq,
+                                      c.model_version AS canary_version, c.seq AS canary_seq, c.canary_percent FROM deployments d
+                                      LEFT JOIN deployment_revisions v ON v.id = d.current
+                                      LEFT JOIN deployment_revisions c ON c.id = d.canary WHERE d.name = ?""", [name])
         refused = self._refuse(environ, dep, name)
         if refused:
             return _error(start_response, *refused)
-        ports = [r["port"] for r in self.store.query("""SELECT r.port FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id
-                                                        WHERE r.revision = ? AND r.healthy = 1 AND j.state = 'running'""", [dep["current"]])]
+        target, version, seq = dep["current"], dep["model_version"], dep["seq"]
+        if dep["canary"] and random.random() * 100 < (dep["canary_percent"] or 0):
+            target, version, seq = dep["canary"], dep["canary_version"], dep["canary_seq"]
+        ports = self._ports(target)
+        if not ports and target != dep["current"]:  # the canary has no healthy replica now: the rest of the traffic's version answers
+            target, version, seq = dep["current"], dep["model_version"], dep["seq"]
+            ports = self._ports(target)
         if not ports:
             return _error(start_response, 503, "unavailable", f"deployment {name!r} has no healthy replica now; "
                                                               f"see 'mlpd deployments show {name}'", [("Retry-After", "2")])
@@ -160,20 +167,27 @@ class ServeMount:
         for port in ports:
             answer = self._forward(port, method, endpoint, body, headers)
             if answer == "timeout":
-                self.counts.record(dep["id"], dep["current"], 504, time.monotonic() - started)
+                self.counts.record(dep["id"], target, 504, time.monotonic() - started)
                 return _error(start_response, 504, "timeout", f"the model of {name!r} did not answer within {UPSTREAM_TIMEOUT:g}s")
             if answer is not None:
                 resp, conn = answer
                 if endpoint == "invocations":
-                    self.counts.record(dep["id"], dep["current"], resp.status, time.monotonic() - started)
+                    self.counts.record(dep["id"], target, resp.status, time.monotonic() - started)
                 out = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP]
-                out.append(("X-Mlpd-Model-Version", str(dep["model_version"] or "")))
-                out.append(("X-Mlpd-Revision", str(dep["seq"])))
+                out.append(("X-Mlpd-Model-Version", str(version or "")))
+                out.append(("X-Mlpd-Revision", str(seq)))
                 start_response(f"{resp.status} {resp.reason}", out)
                 return _Streamed(resp, conn, lambda c=conn, p=port: self._release(p, c))
-        self.counts.record(dep["id"], dep["current"], 502, time.monotonic() - started)
+        self.counts.record(dep["id"], target, 502, time.monotonic() - started)
         return _error(start_response, 502, "bad_gateway", f"no replica of deployment {name!r} accepted the request; try again, "
                                                           f"or see 'mlpd deployments show {name}'", [("Retry-After", "1")])
+
+    def _ports(self, revision: str | None) -> list[int]:
+        """The loopback ports of a revision's replicas that answered their last /ping and run."""
+        if revision is None:
+            return []
+        return [r["port"] for r in self.store.query("""SELECT r.port FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id
+                                                       WHERE r.revision = ? AND r.healthy = 1 AND j.state = 'running'""", [revision])]
 
     def _refuse(self, environ: dict[str, Any], dep: dict[str, Any] | None, name: str) -> tuple | None:
         """(status, code, message, headers) for a caller who may not call this deployment; None to go on."""

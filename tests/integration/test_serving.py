@@ -255,6 +255,34 @@ def test_the_endpoint_counts_requests_and_errors_per_version_with_no_work_from_t
     assert "mlpd_serving_request_seconds_bucket{" in scraped
 
 
+def test_a_canary_at_20_percent_takes_about_a_fifth_of_the_requests_until_promoted(world):
+    d, token = world["daemon"], world["token"]
+    result = d.cli("deployments", "update", world["deployment"], "--model", f"models:/{world['model']}/1", "--canary", "20", "--json",
+                   token=token, timeout=600)
+    dep = as_json(result)["deployment"]
+    assert dep["state"] == "canary" and dep["canary"]["version"] == "1" and dep["canary"]["percent"] == 20, dep
+    assert dep["serving"]["version"] == "2"
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    versions = []
+    for _ in range(500):
+        r = session.post(f"{d.url}/serve/{world['deployment']}/invocations", json=INPUT, timeout=30)
+        assert r.status_code == 200
+        versions.append((r.headers["X-Mlpd-Model-Version"], round(r.json()["predictions"][0], 6)))
+    assert {v for v in versions} == {("1", 2.0), ("2", 3.0)}
+    canary = sum(1 for v, _ in versions if v == "1")
+    print(f"canary at 20%: {canary} of 500 requests")
+    assert 60 <= canary <= 140, canary  # 100 expected; the binomial's standard deviation is about 9
+    shown = d.cli("deployments", "show", world["deployment"], token=token)
+    assert "canary    churn" in shown.stdout and "takes 20% of the requests" in shown.stdout, shown.stdout
+    promoted = as_json(d.cli("deployments", "promote", world["deployment"], "--json", token=token))["deployment"]
+    assert promoted["serving"]["version"] == "1" and promoted["canary"] is None
+    assert {session.post(f"{d.url}/serve/{world['deployment']}/invocations", json=INPUT, timeout=30).headers["X-Mlpd-Model-Version"]
+            for _ in range(20)} == {"1"}
+    nothing = d.cli("deployments", "rollback", world["deployment"], token=token)
+    assert nothing.returncode == 1 and "no canary and no rollout in progress" in nothing.stderr
+
+
 def test_other_members_see_nothing_and_serve_only_what_exists(world):
     d = world["daemon"]
     _, other = new_user(d, "bob")

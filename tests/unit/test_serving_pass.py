@@ -58,10 +58,10 @@ def world(tmp_path, monkeypatch):
                               VALUES ('d1', 'alice', 'churn', 'models:/churn/1', ?, 'x', ?, ?)""", [__import__("json").dumps(spec), T0, T0])
             self.roll(1)
 
-        def roll(self, n: int):
+        def roll(self, n: int, canary: int | None = None):
             with store.write() as db:
                 serving._add_revision(db, "d1", {"model_uri": f"models:/churn/{n}", "model_name": "churn", "model_version": str(n), "run_id": None,
-                                                 "location": LOCATION.format(n=n), "requirements": None}, clock["now"])
+                                                 "location": LOCATION.format(n=n), "requirements": None}, clock["now"], canary)
 
         def dep(self):
             d = serving.by_id(store, "d1")
@@ -151,3 +151,28 @@ def test_removing_stops_every_replica_and_forgets_the_deployment(world):
     world.step(passes=2)
     assert serving.by_id(world.store, "d1") is None and jobs.get(world.store, job)["state"] == "cancelled"
     assert not os.path.exists(os.path.join(world.cfg.state_dir, "serving", "d1"))
+
+
+def test_a_canary_shares_the_traffic_until_promoted_or_rolled_back(world):
+    world.deploy()
+    world.step(passes=2)
+    world.roll(2, canary=20)
+    world.step(passes=2)
+    dep = world.dep()
+    assert dep["state"] == "canary" and dep["canary"]["version"] == "2" and dep["canary"]["percent"] == 20 and dep["serving"]["version"] == "1"
+    assert sorted(r["version"] for r in dep["replica_list"]) == ["1", "2"]  # both run; the proxy splits the requests
+    serving.promote(world.store, world.cfg, serving.by_id(world.store, "d1"), "alice", now=world.clock["now"])
+    world.step(seconds=25, passes=2)
+    dep = world.dep()
+    assert dep["state"] == "serving" and dep["serving"]["version"] == "2" and [r["version"] for r in dep["replica_list"]] == ["2"]
+    world.roll(3, canary=50)
+    world.step(passes=2)
+    assert world.dep()["canary"]["version"] == "3"
+    assert serving.rollback(world.store, serving.by_id(world.store, "d1"), "alice") == "version 3"
+    world.step(passes=2)
+    dep = world.dep()
+    assert dep["canary"] is None and dep["serving"]["version"] == "2" and [r["version"] for r in dep["replica_list"]] == ["2"]
+    assert dep["revisions"][-1]["reason"] == "rolled back by alice" and dep["last_error"] == "version 3 rolled back by alice"
+    with pytest.raises(serving.DeploymentError) as err:
+        serving.promote(world.store, world.cfg, serving.by_id(world.store, "d1"), "alice")
+    assert err.value.status == 409

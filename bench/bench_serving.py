@@ -70,7 +70,7 @@ def tree_cpu(root: int) -> float:
         except OSError:
             continue
         stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
-    wanted, total, changed = {root}, 0.0, True
+    wanted, changed = {root}, True
     while changed:
         changed = False
         for pid, (ppid, _) in stats.items():

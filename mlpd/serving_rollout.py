@@ -85,7 +85,7 @@ def plan(revisions: list[Revision], replicas: list[Replica], wanted: int, now: f
     for rev in revisions:
         mine = [r for r in replicas if r.revision == rev.id]
         if rev.state == "rolling" and rev is not newest_rolling:
-            actions.append(Action("fail", rev.id, reason=f"superseded by a newer version before it took traffic"))
+            actions.append(Action("fail", rev.id, reason="superseded by a newer version before it took traffic"))
             continue
         if rev.state in LIVE_REVISIONS:
             actions += _live(rev, replicas, wanted, now, start_timeout)
@@ -95,7 +95,7 @@ def plan(revisions: list[Revision], replicas: list[Replica], wanted: int, now: f
         elif rev.state == "draining":
             if rev.drain_until is None or now >= rev.drain_until:
                 live = [r for r in mine if not r.ended]
-                actions += [Action("stop", rev.id, r.slot, r.job_id, f"replaced: its traffic moved to a newer version") for r in live]
+                actions += [Action("stop", rev.id, r.slot, r.job_id, "replaced: its traffic moved to a newer version") for r in live]
                 if not live:
                     actions.append(Action("retire", rev.id))
         else:  # failed or retired: nothing of it should run

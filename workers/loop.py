@@ -39,7 +39,7 @@ class ControllerLoop:
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self.passes = 0
         self.last_prune = 0.0
-        self.serving = None  # mlpd.serving.ServingPass, once Docker answers
+        self.serving = None  # mlpd.serving_pass.ServingPass, once Docker answers
         self.serving_busy = False  # a rollout or a drain is in progress: pass more often
 
     def start(self) -> None:
@@ -80,7 +80,7 @@ class ControllerLoop:
             self.controller.reconcile()
             try:
                 if self.serving is None:
-                    from mlpd.serving import ServingPass
+                    from mlpd.serving_pass import ServingPass
 
                     self.serving = ServingPass(self.store, self.config, self.wake)
                 self.serving_busy = self.serving.run()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpd import jobs, serving, tracking
+from mlpd import jobs, serving, serving_pass, tracking
 from mlpd.config import load_config
 from mlpd.controller import JobController
 from mlpd.gpus import make_inventory
@@ -37,7 +37,7 @@ def world(tmp_path, monkeypatch):
     runtime = MemoryRuntime("test", clock=lambda: clock["now"])
     controller = JobController(store, cfg, runtime, make_inventory(2, "declared"), executor=Inline(), clock=lambda: clock["now"])
     unhealthy: set[int] = set()
-    sp = serving.ServingPass(store, cfg, check=lambda port: "/ping failed: refused" if port in unhealthy else "")
+    sp = serving_pass.ServingPass(store, cfg, check=lambda port: "/ping failed: refused" if port in unhealthy else "")
     for n in (1, 2, 3):
         model = os.path.join(tracking.artifacts_dir(cfg.state_dir), "1", "models", f"m-{n}", "artifacts")
         os.makedirs(model)

@@ -248,3 +248,7 @@ _register_jobs(main)
 _register_usage(main, admin)
 _register_mlflow(main)
 _register_ws(main)
+
+from mlpd.cli_serving import register as _register_serving  # noqa: E402
+
+_register_serving(main)

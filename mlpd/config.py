@@ -115,6 +115,13 @@ def _memory(value: str) -> str | None:
     return None if size >= MIN_MEMORY else f"must be at least {format_bytes(MIN_MEMORY)} (Docker's minimum), got {value!r}"
 
 
+def _loopback_port_range(value: str) -> str | None:
+    low, sep, high = value.partition("-")
+    if not sep or not low.isdigit() or not high.isdigit() or not 1024 <= int(low) <= int(high) < 65536:
+        return "expected LOW-HIGH ports from 1024 to 65535, e.g. '31000-31999'"
+    return None
+
+
 def _duration(value: str) -> str | None:
     if value == "":
         return None
@@ -226,6 +233,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpus.avoid_stray", bool, True, "Give no new work to a GPU that a process outside mlpd is using."),
     Setting("docker.host", str, "", "Docker engine address ('' = DOCKER_HOST or the local socket)."),
     Setting("docker.gpu_runtime", str, "auto", "GPU pinning: 'auto' detects the NVIDIA runtime, 'nvidia' requires it, 'none' only sets CUDA_VISIBLE_DEVICES.", _one_of("auto", "nvidia", "none")),
+    Setting("serving.port_range", str, "31000-31999", "Loopback ports for model-serving replicas (LOW-HIGH); the stable endpoint is /serve/NAME on the daemon's address.", _loopback_port_range),
+    Setting("serving.start_timeout", str, "5m", "How long a new model version may take from its container's start to answering /ping before it is rolled back.", _duration),
+    Setting("serving.drain", str, "20s", "How long a replaced version keeps running after traffic moved off it, so requests in flight finish.", _duration),
+    Setting("serving.max_body_mb", int, 64, "Largest request body the stable endpoint passes to a model, in MiB (1-4096).", _between(1, 4096)),
 )
 
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}

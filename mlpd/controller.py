@@ -155,7 +155,7 @@ def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gp
 # What each kind of workload adds to a job's launch request: (store, config, row, request) -> request.
 # A new kind is a spec, a row of kind K, and an entry here; scheduling, the ledger and
 # reconciliation are the same for every kind.
-KIND_LAUNCHERS = {"workspace": "mlpd.workspaces:launch_request"}
+KIND_LAUNCHERS = {"workspace": "mlpd.workspaces:launch_request", "deployment": "mlpd.serving:launch_request"}
 
 
 class JobController:
@@ -472,7 +472,9 @@ class JobController:
             from mlpd.jobspec import parse_memory
 
             memory = parse_memory(cfg["jobs.default_memory"])
-        env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.get("env", {}), **self._tracking_env(job)}
+        # A model-serving replica gets no credentials: the daemon copies its model out of the store for it.
+        tracking = self._tracking_env(job) if job.get("kind", "job") != "deployment" else {}
+        env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.get("env", {}), **tracking}
         return LaunchRequest(
             job_id=job["id"], owner=job["owner"], image=spec.get("image") or cfg["jobs.default_image"],
             command=tuple(spec["command"]), env=env, gpu_uuids=tuple(job["gpu_uuids"]),

@@ -252,6 +252,82 @@ def _migration_preemption(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX allocations_time ON allocations (start, end)")
 
 
+def _migration_serving(db: sqlite_utils.Database) -> None:
+    """Deployments (a registered model served behind a stable endpoint), their revisions (one model
+    version each: rolling out, serving, draining, retired or failed) and their replicas (a workload row
+    of kind deployment each, with the loopback port it publishes and what its last health check saw)."""
+    db.execute(
+        """CREATE TABLE deployments (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            name TEXT NOT NULL UNIQUE,
+            model_uri TEXT NOT NULL,
+            follow_alias INTEGER NOT NULL DEFAULT 0,
+            followed_version TEXT,
+            spec TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            current TEXT,
+            canary TEXT,
+            restarts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE deployment_revisions (
+            id TEXT PRIMARY KEY,
+            deployment TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            model_uri TEXT NOT NULL,
+            model_name TEXT,
+            model_version TEXT,
+            run_id TEXT,
+            location TEXT NOT NULL,
+            requirements TEXT,
+            canary_percent INTEGER,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            switched_at REAL,
+            drain_until REAL,
+            ended_at REAL,
+            UNIQUE (deployment, seq)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE deployment_replicas (
+            job_id TEXT PRIMARY KEY,
+            deployment TEXT NOT NULL,
+            revision TEXT NOT NULL,
+            slot INTEGER NOT NULL,
+            port INTEGER NOT NULL,
+            healthy INTEGER NOT NULL DEFAULT 0,
+            last_ok_at REAL,
+            last_check_at REAL,
+            last_check_error TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX deployment_replicas_revision ON deployment_replicas (revision)")
+    # Request counts of the stable endpoint, one row per deployment, revision and web worker process
+    # (each adds its own counts every few seconds; the totals are the sums).
+    db.execute(
+        """CREATE TABLE deployment_metrics (
+            deployment TEXT NOT NULL,
+            revision TEXT NOT NULL,
+            source TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            seconds REAL NOT NULL DEFAULT 0,
+            buckets TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (deployment, revision, source)
+        )"""
+    )
+    db.execute("CREATE INDEX deployment_revisions_deployment ON deployment_revisions (deployment, state)")
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _migration_initial),
     ("0002_jobs", _migration_jobs),
@@ -261,6 +337,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0006_workloads", _migration_workloads),
     ("0007_scheduler", _migration_scheduler),
     ("0008_ui", _migration_ui),
+    ("0009_serving", _migration_serving),
     ("0010_preemption", _migration_preemption),
 )
 

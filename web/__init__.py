@@ -77,6 +77,7 @@ def create_app(cfg: Config | None = None) -> Flask:
     from mlpd.web import errors, routes
     from mlpd.web import api_admin, api_jobs, api_usage, api_workspaces, metrics, openapi, ui_password_api  # noqa: F401  (they register routes)
     from mlpd.web import ui
+    from mlpd.web import api_serving  # noqa: F401  (deployments)
 
     errors.register_error_handlers(app)
     app.register_blueprint(routes.api)
@@ -101,6 +102,10 @@ def create_app(cfg: Config | None = None) -> Flask:
 
     # /mlflow/... goes to MLflow's own app (loaded on first use) through mlpd's auth, before Flask.
     app.wsgi_app = MlflowMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])
+    from mlpd.web.serving_proxy import ServeMount
+
+    # /serve/NAME/... goes to a healthy replica of that deployment, before Flask (the stable endpoint).
+    app.wsgi_app = ServeMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])
 
     @app.get("/healthz")
     def healthz():

@@ -81,4 +81,7 @@ def install(app: Flask) -> None:
                 raise ApiError(403, "forbidden", "/metrics needs an admin token (or set metrics.public = true)")
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_StateCollector(store(), inventory()))
+        from mlpd.web.serving_proxy import ServingCollector
+
+        registry.register(ServingCollector(store()))
         return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")

@@ -22,6 +22,7 @@ from mlpd.workers.sampler import GpuSampler
 log = logging.getLogger("mlpd.workers")
 PRUNE_INTERVAL = 3600.0  # job environments are pruned at most this often
 SCHEDULE_ONLY = "submitted"  # wakes that need only the scheduler: nothing running changed, so Docker need not be listed
+SERVING_BUSY_INTERVAL = 0.5  # seconds between passes while a deployment rolls out or drains
 
 
 class ControllerLoop:
@@ -41,6 +42,8 @@ class ControllerLoop:
         self._full = True  # the next pass reconciles with Docker (set by every wake but a submit's, and by each tick)
         self.last_prune = 0.0
         self.last_cull = time.time()
+        self.serving = None  # mlpd.serving_pass.ServingPass, once Docker answers
+        self.serving_busy = False  # a rollout or a drain is in progress: pass more often
 
     def start(self) -> None:
         self._thread.start()
@@ -90,6 +93,14 @@ class ControllerLoop:
                         self.wake("workspaces culled")
                 except Exception:
                     log.exception("checking workspaces for idleness failed; trying again next interval")
+            try:
+                if self.serving is None:
+                    from mlpd.serving_pass import ServingPass
+
+                    self.serving = ServingPass(self.store, self.config, self.wake)
+                self.serving_busy = self.serving.run()
+            except Exception:
+                log.exception("the serving pass failed; trying again on the next tick")
             if time.time() - self.last_prune > PRUNE_INTERVAL:
                 self.last_prune = time.time()
                 try:
@@ -126,5 +137,7 @@ class ControllerLoop:
             deadline = self.controller.next_deadline if self.controller else None
             if deadline is not None:
                 timeout = min(interval, max(0.05, deadline - time.time()))  # stop a job at its time limit, not a tick later
+            if self.serving_busy:
+                timeout = min(timeout, SERVING_BUSY_INTERVAL)  # switch traffic within a second of a new version answering /ping
             if not self._wake.wait(timeout):
                 self._full = True  # a tick: reconcile with Docker

@@ -1,0 +1,149 @@
+"""Deployments: registered models served behind a stable endpoint (see mlpd.serving)."""
+
+from __future__ import annotations
+
+from flask import g, jsonify, request
+
+from mlpd import serving
+from mlpd.web import config, store
+from mlpd.web.api_jobs import check_admission, check_disk, wake
+from mlpd.web.errors import ApiError
+from mlpd.web.routes import Field, json_body, route
+
+CREATE_BODY = {
+    "model": Field(str, True, "MLflow model URI: models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/RUN_ID/PATH"),
+    "name": Field(str, False, "Deployment name, the endpoint's /serve/NAME (default: the model's name); one per daemon"),
+    "gpus": Field(int, False, "GPUs per replica (default 0)"),
+    "gpu_model": Field(str, False, "Only GPUs of this model"),
+    "cpus": Field((int, float), False, "CPU limit per replica"),
+    "memory": Field(str, False, "Memory limit per replica, e.g. 4g"),
+    "replicas": Field(int, False, "Replicas of each version (1-16, default 1)"),
+    "follow_alias": Field(bool, False, "Roll out the version the alias points to whenever it moves (default: true for models:/NAME@ALIAS)"),
+    "auth": Field(str, False, "Who may call the endpoint: 'token' (the owner's or an admin's mlpd token, or the deployment's key; default) or 'none'"),
+}
+
+
+def _visible(name: str) -> dict:
+    dep = serving.visible(store(), name, g.user.name, g.user.is_admin)
+    if dep is None:
+        raise ApiError(404, "not_found", f"no such deployment {name[:60]!r}")
+    return dep
+
+
+def _view(dep: dict, detail: bool = False) -> dict:
+    st = store()
+    metrics = serving.request_metrics(st, dep["id"]) if detail else []
+    return serving.view(dep, serving.revisions(st, dep["id"]), serving.replicas(st, dep["id"]), request.host_url, detail, metrics)
+
+
+def _spec_of(data: dict) -> tuple[dict, object]:
+    spec = serving.parse_deployment_spec({k: data[k] for k in ("gpus", "gpu_model", "cpus", "memory", "replicas", "auth") if k in data})
+    job_spec = serving.replica_spec({"name": "x", "spec": spec}, {}, config(), 0)
+    return spec, job_spec
+
+
+@route("/deployments", methods=("POST",), summary="Serve a model: a deployment with a stable endpoint /serve/NAME/invocations; "
+                                                  "answers its key once", body=CREATE_BODY)
+def create_deployment():
+    data = json_body(CREATE_BODY)
+    uri = data["model"]
+    name = serving.check_name(data.get("name") or serving.default_name(uri))
+    spec, job_spec = _spec_of(data)
+    check_admission(job_spec)
+    check_disk()
+    from mlpd import quotas
+
+    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"])  # QuotaExceeded: 403
+    dep, key = serving.create(store(), config(), g.user.name, name, uri, spec, data.get("follow_alias"))
+    wake(f"deployment {name} created")
+    return jsonify({"deployment": _view(dep), "key": key, "warnings": warnings}), 201
+
+
+@route("/deployments", summary="List deployments (yours; admins ?all=1): model and version, state, endpoint, health, replicas")
+def list_deployments():
+    owner = None if (g.user.is_admin and request.args.get("all")) else g.user.name
+    return jsonify({"deployments": [_view(d) for d in serving.list_deployments(store(), owner)]})
+
+
+@route("/deployments/<name>", summary="A deployment: state, serving and rolling-out versions, replicas and their health, restarts, last error")
+def show_deployment(name: str):
+    return jsonify({"deployment": _view(_visible(name), detail=True)})
+
+
+UPDATE_BODY = {
+    "model": Field(str, False, "The model URI to roll out (default: the deployment's own, resolved again)"),
+    "follow_alias": Field(bool, False, "Follow the URI's alias from now on (default: true for models:/NAME@ALIAS)"),
+    "canary": Field(int, False, "Send this percentage of requests (1-99) to the new version until promote or rollback"),
+}
+
+
+@route("/deployments/<name>/update", methods=("POST",), summary="Roll out another model version: it takes the traffic once it "
+                                                                  "answers /ping; one that does not is rolled back", body=UPDATE_BODY)
+def update_deployment(name: str):
+    dep = _visible(name)
+    data = json_body(UPDATE_BODY)
+    dep = serving.update(store(), config(), dep, g.user.name, data.get("model"), data.get("follow_alias"), canary=data.get("canary"))
+    wake(f"deployment {name} updated")
+    return jsonify({"deployment": _view(dep, detail=True)})
+
+
+@route("/deployments/<name>/promote", methods=("POST",), summary="The canary takes all the traffic; the version it shared it with stops")
+def promote_deployment(name: str):
+    dep = _visible(name)
+    serving.promote(store(), config(), dep, g.user.name)
+    wake(f"deployment {name} promoted")
+    return jsonify({"deployment": _view(serving.by_id(store(), dep["id"]), detail=True)})
+
+
+@route("/deployments/<name>/rollback", methods=("POST",), summary="Drop the canary (or a rollout in progress); the serving version keeps all the traffic")
+def rollback_deployment(name: str):
+    dep = _visible(name)
+    what = serving.rollback(store(), dep, g.user.name)
+    wake(f"deployment {name} rolled back")
+    return jsonify({"rolled_back": what, "deployment": _view(serving.by_id(store(), dep["id"]), detail=True)})
+
+
+@route("/deployments/<name>/key", methods=("POST",), summary="Replace the deployment's key (the old one stops working); answers the new key once")
+def rotate_deployment_key(name: str):
+    dep = _visible(name)
+    key = serving.rotate_key(store(), dep, g.user.name)
+    return jsonify({"key": key})
+
+
+@route("/deployments/<name>/logs", summary="A replica's output (?slot=N, default 0, of the version serving or rolling out; "
+                                           "?job=ID for any of its replicas); ?follow=1 streams it", streaming=True)
+def deployment_logs(name: str):
+    dep = _visible(name)
+    reps = serving.replicas(store(), dep["id"])
+    job_id = request.args.get("job")
+    if job_id:
+        if job_id not in {r["job_id"] for r in reps}:
+            raise ApiError(404, "not_found", f"deployment {name!r} has no replica {job_id[:20]!r}")
+    else:
+        try:
+            slot = int(request.args.get("slot", 0))
+        except ValueError:
+            raise ApiError(400, "invalid_field", "slot: expected a whole number") from None
+        revs = {r["id"]: r for r in serving.revisions(store(), dep["id"])}
+        rolling = [r["id"] for r in revs.values() if r["state"] == "rolling"]
+        order = ([dep["current"]] if dep["current"] else []) + rolling + [r["id"] for r in sorted(revs.values(), key=lambda r: -r["seq"])]
+        found = None
+        for rev_id in order:
+            mine = [r for r in reps if r["revision"] == rev_id and r["slot"] == slot]
+            if mine:
+                found = mine[-1]
+                break
+        if found is None:
+            raise ApiError(404, "not_found", f"deployment {name!r} has no replica in slot {slot} yet")
+        job_id = found["job_id"]
+    from mlpd.web.api_jobs import job_logs
+
+    return job_logs(job_id=job_id)
+
+
+@route("/deployments/<name>", methods=("DELETE",), summary="Remove a deployment: its replicas stop, its endpoint answers 404")
+def remove_deployment(name: str):
+    dep = _visible(name)
+    serving.remove(store(), config(), dep, g.user.name)
+    wake(f"deployment {name} removed")
+    return jsonify({"removed": name})

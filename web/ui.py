@@ -32,7 +32,7 @@ ui_auth.register(ui)
 # The navigation bar: (endpoint, label). Workspaces and deployments add their pages here when
 # they land, e.g. NAV.insert(3, ("ui.workspaces", "Workspaces")); admins also see "Admin".
 NAV: list[tuple[str, str]] = [("ui.dashboard", "Dashboard"), ("ui.job_list", "Jobs"), ("ui.submit", "Submit a job"),
-                              ("ui.workspace_list", "Workspaces"), ("ui.usage", "Usage")]
+                              ("ui.workspace_list", "Workspaces"), ("ui.deployment_list", "Models served"), ("ui.usage", "Usage")]
 
 TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
 ACTIVE_NAMES = frozenset(s.value for s in jobs.ACTIVE)
@@ -514,7 +514,7 @@ def usage_csv():
 
 def install(app) -> None:
     """Register the UI on the app: /ui pages, /ui/admin pages, and / sending browsers to the dashboard."""
-    from mlpd.web import ui_workspaces  # noqa: F401  (its pages are on the ui blueprint)
+    from mlpd.web import ui_serving, ui_workspaces  # noqa: F401  (their pages are on the ui blueprint)
     from mlpd.web.ui_admin import ui_admin
 
     app.register_blueprint(ui)

@@ -478,3 +478,21 @@ def test_a_member_runs_a_workspace_from_its_page_and_nobody_else_can_open_it(dae
     page.wait_for_url(re.compile(r".*/ui/workspaces$"))
     assert daemon.api("GET", "/api/v1/workspaces/nb", token).status_code == 404
     ctx.close()
+
+
+def test_the_models_served_page_refuses_a_bad_model_uri_next_to_the_field(daemon, browser):
+    name, token, password = member(daemon, "dep")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = ctx.new_page()
+    login(page, daemon, name, password)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Models served").click()
+    page.wait_for_url(re.compile(r".*/ui/deployments$"))
+    check_accessibility(page, "/ui/deployments")
+    page.get_by_label("Model URI").fill("s3://bucket/model")
+    page.get_by_role("button", name="Serve").click()
+    assert "Nothing was created" in page.locator("#form-error").inner_text()
+    assert page.locator("#model-error").is_visible()
+    assert daemon.api("GET", "/api/v1/deployments", token).json()["deployments"] == []
+    assert page.goto(daemon.url + "/ui/deployments/nosuch").status == 404
+    snap(page.goto(daemon.url + "/ui/deployments") and page, "deployments")
+    ctx.close()

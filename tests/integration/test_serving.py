@@ -122,6 +122,17 @@ def test_serve_a_registered_model_and_get_predictions_from_the_stable_endpoint(w
                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     assert bad.status_code == 400 and "error_code" in bad.json()  # MLflow's own answer to a malformed input, passed through
 
+    # the web UI's pages show it to its owner (a token login)
+    import re as _re
+
+    web = requests.Session()
+    form = web.get(f"{d.url}/ui/login", timeout=30).text
+    csrf = _re.findall(r'name="csrf" value="([^"]+)"', form)[-1]
+    assert web.post(f"{d.url}/ui/login/token", data={"csrf": csrf, "token": token, "next": ""}, timeout=30).ok
+    page = web.get(f"{d.url}/ui/deployments/{world['deployment']}", timeout=30)
+    assert page.status_code == 200 and "version 1" in page.text and dep["endpoint"] in page.text, page.text[:2000]
+    assert world["deployment"] in web.get(f"{d.url}/ui/deployments", timeout=30).text
+
     # the replica: MLflow's scoring server on a loopback port, labelled, non-root, with no credentials
     replica = dep["replica_list"][0]
     direct = requests.post(f"http://127.0.0.1:{replica['port']}/invocations", json=INPUT, timeout=30)

@@ -1,0 +1,77 @@
+"""The web UI's deployment pages: a member's served models (list, serve a model from the registry,
+a deployment's versions, replicas, health and request numbers; promote, roll back, remove).
+Every action goes through the same functions as the JSON API (web/api_serving.py, mlpd.serving)."""
+
+from __future__ import annotations
+
+from flask import g, redirect, render_template, request, url_for
+
+from mlpd import serving
+from mlpd.errors import MlpdError
+from mlpd.web import config, store
+from mlpd.web.ui import ui
+
+
+def _mine(name: str) -> dict:
+    dep = serving.visible(store(), name, g.user.name, g.user.is_admin)
+    if dep is None:
+        raise MlpdError(404, "not_found", f"no deployment {name[:60]!r}")
+    return dep
+
+
+@ui.route("/deployments", methods=("GET", "POST"))
+def deployment_list():
+    from mlpd import quotas
+    from mlpd.web.api_jobs import check_admission, check_disk, wake
+    from mlpd.web.api_serving import _spec_of, _view
+
+    values = {k: request.form.get(k, "").strip() for k in ("model", "name", "gpus")} if request.method == "POST" else {}
+    errors: dict[str, str] = {}
+    key = None
+    if request.method == "POST":
+        try:
+            if not values["model"]:
+                raise MlpdError(400, "invalid_field", "model: a model URI is needed, e.g. models:/churn@prod")
+            try:
+                gpus = int(values["gpus"] or 0)
+            except ValueError:
+                raise MlpdError(400, "invalid_field", f"gpus: expected a whole number, got {values['gpus']!r}") from None
+            name = serving.check_name(values["name"] or serving.default_name(values["model"]))
+            spec, job_spec = _spec_of({"gpus": gpus})
+            check_admission(job_spec)
+            check_disk()
+            quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"])
+            dep, key = serving.create(store(), config(), g.user.name, name, values["model"], spec, None)
+            wake(f"deployment {name} created")
+        except MlpdError as exc:
+            field, _, rest = exc.message.partition(": ")
+            errors[field if field in ("model", "name", "gpus") and rest else "_form"] = rest if field in ("model", "name", "gpus") and rest else exc.message
+    everyone = g.user.is_admin and request.args.get("all") == "1"
+    rows = [_view(d) for d in serving.list_deployments(store(), None if everyone else g.user.name)]
+    return render_template("deployments.html", rows=rows, values=values, errors=errors, key=key, everyone=everyone), 400 if errors else 200
+
+
+@ui.route("/deployments/<name>")
+def deployment(name: str):
+    from mlpd.web.api_serving import _view
+
+    return render_template("deployment.html", d=_view(_mine(name), detail=True))
+
+
+@ui.route("/deployments/<name>/<action>", methods=("POST",))
+def deployment_action(name: str, action: str):
+    from mlpd.web.api_jobs import wake
+
+    dep = _mine(name)
+    if action == "remove":
+        serving.remove(store(), config(), dep, g.user.name)
+        wake(f"deployment {name} removed")
+        return redirect(url_for("ui.deployment_list"), code=303)
+    if action == "promote":
+        serving.promote(store(), config(), dep, g.user.name)
+    elif action == "rollback":
+        serving.rollback(store(), dep, g.user.name)
+    else:
+        raise MlpdError(404, "not_found", "no such action")
+    wake(f"deployment {name} {action}")
+    return redirect(url_for("ui.deployment", name=name), code=303)

@@ -159,7 +159,7 @@ class ServeMount:
         body = self._body(environ)
         if body is None:
             return _error(start_response, 413, "too_large", f"the request body is over serving.max_body_mb ({self.config['serving.max_body_mb']} MiB)")
-        headers = {name.replace("HTTP_", "").replace("_", "-").title(): environ[name] for name in PASSED_REQUEST_HEADERS if environ.get(name)}
+        headers = {key.replace("HTTP_", "").replace("_", "-").title(): environ[key] for key in PASSED_REQUEST_HEADERS if environ.get(key)}
         if body or method == "POST":
             headers["Content-Length"] = str(len(body))
         random.shuffle(ports)

@@ -292,6 +292,7 @@ def test_a_canary_at_20_percent_takes_about_a_fifth_of_the_requests_until_promot
             for _ in range(20)} == {"1"}
     nothing = d.cli("deployments", "rollback", world["deployment"], token=token)
     assert nothing.returncode == 1 and "no canary and no rollout in progress" in nothing.stderr
+    wait_for(lambda: len(show(world)["replica_list"]) == 1, 60, 0.5, "the version the canary replaced to stop")
 
 
 def test_other_members_see_nothing_and_serve_only_what_exists(world):
@@ -321,7 +322,7 @@ def test_removing_a_deployment_stops_it_and_frees_its_endpoint(world):
     dep = show(world)
     assert d.cli("deployments", "rm", world["deployment"], token=token).returncode == 0
     assert predict(world).status_code == 404
-    job = dep["replica_list"][0]["job_id"]
+    job = next(r["job_id"] for r in dep["replica_list"] if r["version"] == dep["serving"]["version"])
     wait_for(lambda: subprocess.run(["docker", "inspect", f"mlpd-job-{job}"], capture_output=True).returncode != 0, 60, 0.5,
              "the replica's container to go")
     state = d.api("GET", f"/api/v1/jobs/{job}", token).json()["job"]

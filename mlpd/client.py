@@ -180,7 +180,10 @@ class Client:
         else:
             conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         try:
-            conn.request(method, target, body=body, headers=sent)
+            try:
+                conn.request(method, target, body=body, headers=sent)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon answered before reading the whole body (e.g. 413 for an upload too big): read that answer
             return Response(conn.getresponse(), conn, stream)
         except BaseException:
             conn.close()

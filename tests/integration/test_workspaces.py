@@ -214,7 +214,7 @@ def test_members_cannot_reach_each_others_workspaces_and_homes(wsd):
         homes[who] = [m["Source"] for m in mounts if m["Destination"] == "/home/mlpd"]
         assert homes[who] == [str(wsd.state_dir / "homes" / who)]
         ports = subprocess.run(["docker", "port", f"mlpd-job-{x['session']}"], capture_output=True, text=True).stdout
-        assert ports.strip() == f"8888/tcp -> 127.0.0.1:{x['port']}"  # published on loopback only
+        assert sorted(ports.split("\n")[:2]) == sorted([f"8888/tcp -> 127.0.0.1:{x['port']}", f"2222/tcp -> 127.0.0.1:{x['ssh_port']}"]), ports  # loopback only
     assert "alice-only.txt" not in execute(wb, kernel(wb), "import os; print(sorted(os.listdir('/home/mlpd')))")
     assert (wsd.state_dir / "homes" / alice / "alice-only.txt").exists()
     for tok in (atok, btok):

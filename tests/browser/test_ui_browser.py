@@ -442,7 +442,7 @@ def test_a_member_runs_a_workspace_from_its_page_and_nobody_else_can_open_it(dae
     page.wait_for_url(re.compile(r".*/ui/workspaces/nb$"))
 
     def running():
-        page.reload()
+        page.goto(daemon.url + "/ui/workspaces/nb")
         return page.locator("#ws-state").inner_text() == "running" and "answering" in page.content()
     wait_for(running, 120, 1.0, "the workspace to answer")
     ws = daemon.api("GET", "/api/v1/workspaces/nb", token).json()["workspace"]
@@ -468,9 +468,11 @@ def test_a_member_runs_a_workspace_from_its_page_and_nobody_else_can_open_it(dae
     assert daemon.api("GET", "/api/v1/workspaces/nb", token).json()["workspace"]["state"] == "running"
     octx.close()
 
-    page.get_by_role("button", name="Stop").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Stop").click()  # a form post, answered with a redirect to the page
+
     def stopped():
-        page.reload()
+        page.goto(daemon.url + "/ui/workspaces/nb")
         return page.locator("#ws-state").inner_text() == "stopped"
     wait_for(stopped, 60, 1.0, "stopped")
     assert page.locator("#ws-reason").inner_text() == f"stopped by {name}"

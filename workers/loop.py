@@ -42,6 +42,7 @@ class ControllerLoop:
         self._full = True  # the next pass reconciles with Docker (set by every wake but a submit's, and by each tick)
         self.last_prune = 0.0
         self.last_cull = time.time()
+        self._culling = threading.Thread()  # the idle check of workspaces in progress, if any
         self.serving = None  # mlpd.serving_pass.ServingPass, once Docker answers
         self.serving_busy = False  # a rollout or a drain is in progress: pass more often
 
@@ -84,15 +85,12 @@ class ControllerLoop:
             log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
-            if time.time() - self.last_cull >= float(self.config["workspaces.cull_interval"]):
+            if time.time() - self.last_cull >= float(self.config["workspaces.cull_interval"]) and not self._culling.is_alive():
+                # On a thread of its own: it waits on each workspace's JupyterLab, which its owner can stop
+                # answering (kill -STOP in the container); reconciliation must not wait with it.
                 self.last_cull = time.time()
-                try:
-                    from mlpd import workspaces
-
-                    if workspaces.cull_pass(self.store, self.config, processes=self.controller.runtime.processes):
-                        self.wake("workspaces culled")
-                except Exception:
-                    log.exception("checking workspaces for idleness failed; trying again next interval")
+                self._culling = threading.Thread(target=self._cull, name="workspace-idle-check", daemon=True)
+                self._culling.start()
             try:
                 if self.serving is None:
                     from mlpd.serving_pass import ServingPass
@@ -110,6 +108,16 @@ class ControllerLoop:
                     log.exception("pruning job environments or applying retention failed; trying again in an hour")
         set_status(self.store, "worker.heartbeat", {"passes": self.passes, "docker_error": self.docker_error,
                                                      "gpus": self.inventory.kind, "at": time.time()})
+
+    def _cull(self) -> None:
+        """Stop workspaces idle past their timeout (mlpd.workspaces.cull_pass); wake the loop when one was."""
+        from mlpd import workspaces
+
+        try:
+            if workspaces.cull_pass(self.store, self.config, processes=self.controller.runtime.processes):
+                self.wake("workspaces culled")
+        except Exception:
+            log.exception("checking workspaces for idleness failed; trying again next interval")
 
     def schedule_once(self) -> None:
         """A pass for new work only: place what is queued on free GPUs, from the database alone."""

@@ -47,3 +47,36 @@ def test_a_submit_wakes_only_the_scheduler_and_anything_else_a_full_pass(tmp_pat
             assert loop.calls[before:] == [expected], (reason, loop.calls)
     finally:
         loop.stop()
+
+
+def test_a_workspace_server_that_never_answers_does_not_hold_up_reconciliation(tmp_path, monkeypatch):
+    """A member can stop their own JupyterLab (kill -STOP inside the container): the idle check then
+    waits on it, and must do so beside the reconcile loop, not in it."""
+    from mlpd import workspaces
+
+    shipped = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
+    config = load_config(shipped, {"server.state_dir": str(tmp_path), "workspaces.cull_interval": 1})
+    release, entered = threading.Event(), threading.Event()
+
+    def hung_cull_pass(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return []
+
+    monkeypatch.setattr(workspaces, "cull_pass", hung_cull_pass)
+    loop = ControllerLoop(config)
+    loop.store.migrate()
+    reconciled = []
+    loop.controller = type("C", (), {"reconcile": lambda self: reconciled.append(1), "next_deadline": None,
+                                      "runtime": type("R", (), {"processes": lambda self, job_id: []})(),
+                                      "prune_environments": lambda self: [], "apply_retention": lambda self: None})()
+    loop.serving = type("S", (), {"run": lambda self: False})()
+    loop.last_cull = 0.0
+    try:
+        done = threading.Thread(target=lambda: (loop.reconcile_once(), loop.reconcile_once()))
+        done.start()
+        done.join(10)
+        assert not done.is_alive() and reconciled == [1, 1], "reconcile passes waited for a hung workspace server"
+        assert entered.wait(10)  # the idle check did run, on its own thread
+    finally:
+        release.set()

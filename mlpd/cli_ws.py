@@ -184,6 +184,14 @@ def logs(name, follow):
         sys.stdout.buffer.flush()
 
 
+def _reach(name: str, ssh_user: str | None, ssh_host: str | None) -> tuple[dict, str, str]:
+    """The workspace's tunnel facts from the daemon, your login and the host to SSH to (a note when it is not running)."""
+    t = _client().get(f"/workspaces/{name}/tunnel")["tunnel"]
+    if t["state"] != "running":
+        click.echo(f"note: workspace {name} is {t['state']}; start it with 'mlpd ws start {name}'", err=True)
+    return t, ssh_user or os.environ.get("USER") or getpass.getuser(), ssh_host or t["ssh_host"]
+
+
 def free_local_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -202,12 +210,8 @@ def free_local_port() -> int:
 @json_option
 def tunnel(name, run_it, local_port, ssh_user, ssh_host, ssh_port, identity, ssh_options, as_json):
     """Reach a workspace through SSH: prints the ssh command and the URL (with its token); --run runs it."""
-    t = _client().get(f"/workspaces/{name}/tunnel")["tunnel"]
-    if t["state"] != "running":
-        click.echo(f"note: workspace {name} is {t['state']}; start it with 'mlpd ws start {name}'", err=True)
+    t, user, host = _reach(name, ssh_user, ssh_host)
     local = local_port or (free_local_port() if run_it else t["remote_port"])
-    user = ssh_user or os.environ.get("USER") or getpass.getuser()
-    host = ssh_host or t["ssh_host"]
     argv = ["ssh", "-N", "-L", f"{local}:{t['remote_host']}:{t['remote_port']}"]
     if ssh_port:
         argv += ["-p", str(ssh_port)]
@@ -247,16 +251,13 @@ def ssh_config(name, ssh_user, ssh_host, ssh_port, identity):
     """A Host entry for ~/.ssh/config: SSH into the workspace itself (VS Code Remote-SSH, PyCharm), jumping through the host.
 
     Register your public key first: mlpd keys add ~/.ssh/id_ed25519.pub"""
-    t = _client().get(f"/workspaces/{name}/tunnel")["tunnel"]
-    user = ssh_user or os.environ.get("USER") or getpass.getuser()
-    jump = f"{user}@{ssh_host or t['ssh_host']}" + (f":{ssh_port}" if ssh_port else "")
+    t, user, host = _reach(name, ssh_user, ssh_host)
+    jump = f"{user}@{host}" + (f":{ssh_port}" if ssh_port else "")
     lines = [f"Host mlpd-{name}", "  HostName 127.0.0.1", f"  Port {t['ssh_port']}", "  User mlpd", f"  ProxyJump {jump}",
              f"  HostKeyAlias mlpd-{name}-{t['ssh_port']}"]
     if identity:
         lines.append(f"  IdentityFile {identity}")
     click.echo("\n".join(lines))
-    if t["state"] != "running":
-        click.echo(f"note: workspace {name} is {t['state']}; start it with 'mlpd ws start {name}'", err=True)
 
 
 @click.group(invoke_without_command=True)

@@ -21,7 +21,7 @@ import urllib.request
 from typing import Any
 
 from mlpd.config import Config
-from mlpd.store import NewerDatabase, Store
+from mlpd.store import MigrationError, Store
 
 log = logging.getLogger("mlpd.daemon")
 RESOLVED_CONFIG_ENV = "MLPD_RESOLVED_CONFIG"  # mirrored in mlpd.web (which this module must not import)
@@ -223,7 +223,7 @@ class Daemon:
         ensure_instance_id(state)
         try:
             applied = Store(self.config.db_path).migrate()
-        except NewerDatabase as exc:
+        except MigrationError as exc:  # a newer database, or a migration that failed (and changed nothing)
             raise DaemonError(str(exc)) from None
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))

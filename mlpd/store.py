@@ -1,49 +1,57 @@
-"""The state database: one SQLite file, WAL, one connection per thread, versioned migrations.
+"""The state database: one SQLite file, WAL, one connection per thread, migrations by sqlite-utils.
 
 Read-modify-write goes through ``Store.write()``, which opens ``BEGIN IMMEDIATE`` so
 that concurrent writers queue on the busy timeout instead of failing with
 "database is locked" when a deferred transaction tries to upgrade.
+
+Migrations are named functions in ``MIGRATIONS`` (append only), run by sqlite-utils'
+own ``Migrations`` and recorded in its ``_sqlite_migrations`` table. They build tables
+with the sqlite-utils table API (``db[name].create``, ``add_column``, ``create_index``,
+``transform``); raw SQL remains only where that API cannot say the schema exactly.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sqlite3
-import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
+def _sqlite_utils():
+    """sqlite-utils, imported on first use rather than with this module.
 
-def _import_sqlite_utils():
-    """Import sqlite-utils without pandas and numpy.
-
-    sqlite-utils imports them when present (MLflow installs both) only to map their
-    types in insert(); mlpd never inserts such values, and the import would add about
-    half a second to every host-side CLI call and daemon start.
+    It imports pandas and numpy when they are installed (MLflow installs both), about half a
+    second; commands that import the store but never open the database (``mlpd daemon
+    --status``, ``--stop``) need not pay for that.
     """
-    hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]  (makes `import name` raise ImportError)
-    try:
-        import sqlite_utils as module
-    finally:
-        for name in hidden:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
-    return module
+    import sqlite_utils
 
+    return sqlite_utils
 
-sqlite_utils = _import_sqlite_utils()
 
 BUSY_TIMEOUT_MS = 10_000
+MIGRATION_SET = "mlpd"  # this application's rows in sqlite-utils' _sqlite_migrations table
+
+# Where the table API falls short, so a migration keeps raw SQL for that statement:
+# - CHECK constraints: Table.create() takes none (users.role, quotas.subject_kind);
+# - UNIQUE constraints: Table.create() takes none, and create_index(unique=True) makes a
+#   named index where the schema has a constraint (a different schema, and a different
+#   answer to a later transform());
+# - changing a UNIQUE constraint: transform() keeps the constraints it finds (0010).
+# Migrations run inside one transaction (see Store.migrate); transform() in one refuses a
+# table that other tables reference with ON DELETE actions (teams), see sqlite-utils' docs.
 
 
 def _migration_initial(db: sqlite_utils.Database) -> None:
-    db.execute(
+    db.execute(  # raw SQL: a UNIQUE and a CHECK constraint
         """CREATE TABLE users (
             id INTEGER PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
@@ -52,61 +60,36 @@ def _migration_initial(db: sqlite_utils.Database) -> None:
             removed_at REAL
         )"""
     )
-    db.execute(
-        """CREATE TABLE tokens (
-            id TEXT PRIMARY KEY,
-            user_id INTEGER NOT NULL REFERENCES users(id),
-            secret_hash TEXT NOT NULL,
-            label TEXT NOT NULL DEFAULT '',
-            created_at REAL NOT NULL,
-            expires_at REAL,
-            revoked_at REAL,
-            last_used_at REAL
-        )"""
+    db["tokens"].create(
+        {"id": str, "user_id": int, "secret_hash": str, "label": str, "created_at": float, "expires_at": float,
+         "revoked_at": float, "last_used_at": float},
+        pk="id", foreign_keys=[("user_id", "users", "id")], not_null={"user_id", "secret_hash", "label", "created_at"},
+        defaults={"label": ""},
     )
-    db.execute(
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY,
-            at REAL NOT NULL,
-            actor TEXT NOT NULL,
-            action TEXT NOT NULL,
-            object_kind TEXT NOT NULL,
-            object_id TEXT NOT NULL,
-            detail TEXT NOT NULL DEFAULT '{}'
-        )"""
+    db["events"].create(
+        {"id": int, "at": float, "actor": str, "action": str, "object_kind": str, "object_id": str, "detail": str},
+        pk="id", not_null={"at", "actor", "action", "object_kind", "object_id", "detail"}, defaults={"detail": "{}"},
     )
-    db.execute("CREATE INDEX events_object ON events (object_kind, object_id)")
-    db.execute("CREATE TABLE daemon_status (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL)")
+    db["events"].create_index(["object_kind", "object_id"], index_name="events_object")
+    db["daemon_status"].create({"key": str, "value": str, "updated_at": float}, pk="key", not_null={"value", "updated_at"})
 
 
 def _migration_jobs(db: sqlite_utils.Database) -> None:
-    db.execute(
-        """CREATE TABLE jobs (
-            id TEXT PRIMARY KEY,
-            owner TEXT NOT NULL,
-            name TEXT,
-            spec TEXT NOT NULL,
-            state TEXT NOT NULL,
-            reason TEXT NOT NULL DEFAULT '',
-            exit_code INTEGER,
-            priority INTEGER NOT NULL DEFAULT 0,
-            gpu_uuids TEXT NOT NULL DEFAULT '[]',
-            gpu_indices TEXT NOT NULL DEFAULT '[]',
-            container_id TEXT,
-            cancel_requested_by TEXT,
-            submitted_at REAL NOT NULL,
-            started_at REAL,
-            ended_at REAL,
-            updated_at REAL NOT NULL
-        )"""
+    db["jobs"].create(
+        {"id": str, "owner": str, "name": str, "spec": str, "state": str, "reason": str, "exit_code": int, "priority": int,
+         "gpu_uuids": str, "gpu_indices": str, "container_id": str, "cancel_requested_by": str, "submitted_at": float,
+         "started_at": float, "ended_at": float, "updated_at": float},
+        pk="id",
+        not_null={"owner", "spec", "state", "reason", "priority", "gpu_uuids", "gpu_indices", "submitted_at", "updated_at"},
+        defaults={"reason": "", "priority": 0, "gpu_uuids": "[]", "gpu_indices": "[]"},
     )
-    db.execute("CREATE INDEX jobs_state ON jobs (state)")
-    db.execute("CREATE INDEX jobs_owner ON jobs (owner)")
+    db["jobs"].create_index(["state"], index_name="jobs_state")
+    db["jobs"].create_index(["owner"], index_name="jobs_owner")
 
 
 def _migration_accounting(db: sqlite_utils.Database) -> None:
-    db.execute("ALTER TABLE jobs ADD COLUMN gpu_models TEXT NOT NULL DEFAULT '[]'")
-    db.execute(
+    db["jobs"].add_column("gpu_models", str, not_null_default="[]")
+    db.execute(  # raw SQL: a UNIQUE constraint
         """CREATE TABLE allocations (
             id INTEGER PRIMARY KEY,
             owner TEXT NOT NULL,
@@ -120,10 +103,13 @@ def _migration_accounting(db: sqlite_utils.Database) -> None:
             UNIQUE (kind, object_id, gpu_uuid)
         )"""
     )
-    db.execute("CREATE INDEX allocations_time ON allocations (start, end)")
-    db.execute("CREATE TABLE teams (name TEXT PRIMARY KEY, created_at REAL NOT NULL)")
-    db.execute("CREATE TABLE team_members (team TEXT NOT NULL REFERENCES teams(name) ON DELETE CASCADE, user TEXT NOT NULL, PRIMARY KEY (team, user))")
-    db.execute(
+    db["allocations"].create_index(["start", "end"], index_name="allocations_time")
+    db["teams"].create({"name": str, "created_at": float}, pk="name", not_null={"created_at"})
+    db["team_members"].create(
+        {"team": str, "user": str}, pk=("team", "user"), not_null={"team", "user"},
+        foreign_keys=[_sqlite_utils().db.ForeignKey("team_members", "team", "teams", "name", on_delete="CASCADE")],
+    )
+    db.execute(  # raw SQL: a CHECK constraint
         """CREATE TABLE quotas (
             subject_kind TEXT NOT NULL CHECK (subject_kind IN ('user', 'team')),
             subject TEXT NOT NULL,
@@ -133,67 +119,60 @@ def _migration_accounting(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (subject_kind, subject)
         )"""
     )
-    db.execute("CREATE TABLE gpu_samples (at REAL NOT NULL, gpu_uuid TEXT NOT NULL, utilization REAL NOT NULL, memory_used REAL NOT NULL, resolution REAL NOT NULL)")
-    db.execute("CREATE INDEX gpu_samples_at ON gpu_samples (gpu_uuid, at)")
+    db["gpu_samples"].create(
+        {"at": float, "gpu_uuid": str, "utilization": float, "memory_used": float, "resolution": float},
+        not_null={"at", "gpu_uuid", "utilization", "memory_used", "resolution"},
+    )
+    db["gpu_samples"].create_index(["gpu_uuid", "at"], index_name="gpu_samples_at")
 
 
 def _migration_scopes(db: sqlite_utils.Database) -> None:
     """Job-scoped tokens (a column, not a label a member could also write) and code archives owned by their uploaders."""
-    db.execute("ALTER TABLE tokens ADD COLUMN job_id TEXT")
+    db["tokens"].add_column("job_id", str)
     # Tokens minted for jobs so far carried only their label; scoping them can only take power away.
     db.execute("UPDATE tokens SET job_id = substr(label, 5) WHERE label LIKE 'job:%'")
-    db.execute("CREATE INDEX tokens_job ON tokens (job_id)")
-    db.execute(
-        """CREATE TABLE code_owners (
-            digest TEXT NOT NULL,
-            owner TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            PRIMARY KEY (digest, owner)
-        )"""
-    )
+    db["tokens"].create_index(["job_id"], index_name="tokens_job")
+    db["code_owners"].create({"digest": str, "owner": str, "created_at": float}, pk=("digest", "owner"),
+                             not_null={"digest", "owner", "created_at"})
 
 
 def _migration_drains(db: sqlite_utils.Database) -> None:
     """GPUs drained by an admin at run time (mlpd.toml's gpus.drained still counts too)."""
-    db.execute("CREATE TABLE gpu_drains (gpu_uuid TEXT PRIMARY KEY, reason TEXT NOT NULL, actor TEXT NOT NULL, at REAL NOT NULL)")
+    db["gpu_drains"].create({"gpu_uuid": str, "reason": str, "actor": str, "at": float}, pk="gpu_uuid",
+                            not_null={"reason", "actor", "at"})
 
 
 def _migration_scheduler(db: sqlite_utils.Database) -> None:
     """The queued job holding the scheduler's reservation keeps it across passes (when it got it; NULL: none)."""
-    db.execute("ALTER TABLE jobs ADD COLUMN reserved_at REAL")
+    db["jobs"].add_column("reserved_at", float)
 
 
 def _migration_ui(db: sqlite_utils.Database) -> None:
     """Web UI logins: a password per user (slow hash), failed-login counts for lockout, and
     server-side sessions (only a hash of the cookie's secret is stored, so a copy of the
     database opens no session; logout and user removal end them at once)."""
-    db.execute("ALTER TABLE users ADD COLUMN password_hash TEXT")
-    db.execute("ALTER TABLE users ADD COLUMN password_changed_at REAL")
+    db["users"].add_column("password_hash", str)
+    db["users"].add_column("password_changed_at", float)
     # Keyed by the name typed, existing or not, so a lockout says nothing about who exists.
-    db.execute("CREATE TABLE login_failures (name TEXT PRIMARY KEY, failures INTEGER NOT NULL, first_at REAL NOT NULL, locked_until REAL)")
-    db.execute(
-        """CREATE TABLE ui_sessions (
-            id_hash TEXT PRIMARY KEY,
-            user_id INTEGER NOT NULL REFERENCES users(id),
-            csrf TEXT NOT NULL,
-            method TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            last_seen_at REAL NOT NULL,
-            expires_at REAL NOT NULL
-        )"""
+    db["login_failures"].create({"name": str, "failures": int, "first_at": float, "locked_until": float}, pk="name",
+                                not_null={"failures", "first_at"})
+    db["ui_sessions"].create(
+        {"id_hash": str, "user_id": int, "csrf": str, "method": str, "created_at": float, "last_seen_at": float,
+         "expires_at": float},
+        pk="id_hash", foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "csrf", "method", "created_at", "last_seen_at", "expires_at"},
     )
-    db.execute("CREATE INDEX ui_sessions_user ON ui_sessions (user_id)")
+    db["ui_sessions"].create_index(["user_id"], index_name="ui_sessions_user")
 
 
-# Append only: a migration, once shipped, never changes; add a new one instead.
 def _migration_workloads(db: sqlite_utils.Database) -> None:
     """Workloads of several kinds in one table (jobs; sessions of workspaces; replicas of deployments),
     so that they share the scheduler, the runtime, the ledger and reconciliation; and workspaces."""
-    db.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'job'")
-    db.execute("ALTER TABLE jobs ADD COLUMN workload TEXT")  # the workspace or deployment this row runs
-    db.execute("ALTER TABLE jobs ADD COLUMN cancel_reason TEXT")  # why it was stopped, when not simply 'cancelled by X'
-    db.execute("CREATE INDEX jobs_kind ON jobs (kind, state)")
-    db.execute(
+    db["jobs"].add_column("kind", str, not_null_default="job")
+    db["jobs"].add_column("workload", str)  # the workspace or deployment this row runs
+    db["jobs"].add_column("cancel_reason", str)  # why it was stopped, when not simply 'cancelled by X'
+    db["jobs"].create_index(["kind", "state"], index_name="jobs_kind")
+    db.execute(  # raw SQL: UNIQUE constraints
         """CREATE TABLE workspaces (
             id TEXT PRIMARY KEY,
             owner TEXT NOT NULL,
@@ -209,8 +188,8 @@ def _migration_workloads(db: sqlite_utils.Database) -> None:
             UNIQUE (owner, name)
         )"""
     )
-    db.execute("ALTER TABLE users ADD COLUMN ws_idle_timeout REAL")  # an admin's longer idle timeout for this user
-    db.execute(
+    db["users"].add_column("ws_idle_timeout", float)  # an admin's longer idle timeout for this user
+    db.execute(  # raw SQL: a UNIQUE constraint
         """CREATE TABLE ssh_keys (
             id TEXT PRIMARY KEY,
             owner TEXT NOT NULL,
@@ -226,10 +205,11 @@ def _migration_preemption(db: sqlite_utils.Database) -> None:
     """Preemption by priority class: a job runs in attempts (jobs.attempts, 1 for the first run),
     a preemption is asked for and then done (preempt_requested_at, preempt_reason), and the ledger
     books each attempt on its own rows: allocations gains `attempt`, and its UNIQUE key with it
-    (SQLite cannot change a constraint in place, so the table is rebuilt, ids and rows kept)."""
-    db.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
-    db.execute("ALTER TABLE jobs ADD COLUMN preempt_requested_at REAL")
-    db.execute("ALTER TABLE jobs ADD COLUMN preempt_reason TEXT")
+    (SQLite cannot change a constraint in place, nor can transform(), so the table is rebuilt in
+    raw SQL, ids and rows kept)."""
+    db["jobs"].add_column("attempts", int, not_null_default=1)
+    db["jobs"].add_column("preempt_requested_at", float)
+    db["jobs"].add_column("preempt_reason", str)
     db.execute(
         """CREATE TABLE allocations_new (
             id INTEGER PRIMARY KEY,
@@ -247,16 +227,16 @@ def _migration_preemption(db: sqlite_utils.Database) -> None:
     )
     db.execute("""INSERT INTO allocations_new (id, owner, kind, object_id, attempt, gpu_uuid, gpu_index, gpu_model, start, end)
                   SELECT id, owner, kind, object_id, 1, gpu_uuid, gpu_index, gpu_model, start, end FROM allocations""")
-    db.execute("DROP TABLE allocations")
-    db.execute("ALTER TABLE allocations_new RENAME TO allocations")
-    db.execute("CREATE INDEX allocations_time ON allocations (start, end)")
+    db["allocations"].drop()
+    db.rename_table("allocations_new", "allocations")
+    db["allocations"].create_index(["start", "end"], index_name="allocations_time")
 
 
 def _migration_serving(db: sqlite_utils.Database) -> None:
     """Deployments (a registered model served behind a stable endpoint), their revisions (one model
     version each: rolling out, serving, draining, retired or failed) and their replicas (a workload row
     of kind deployment each, with the loopback port it publishes and what its last health check saw)."""
-    db.execute(
+    db.execute(  # raw SQL: a UNIQUE constraint
         """CREATE TABLE deployments (
             id TEXT PRIMARY KEY,
             owner TEXT NOT NULL,
@@ -274,7 +254,7 @@ def _migration_serving(db: sqlite_utils.Database) -> None:
             updated_at REAL NOT NULL
         )"""
     )
-    db.execute(
+    db.execute(  # raw SQL: a UNIQUE constraint
         """CREATE TABLE deployment_revisions (
             id TEXT PRIMARY KEY,
             deployment TEXT NOT NULL,
@@ -295,40 +275,29 @@ def _migration_serving(db: sqlite_utils.Database) -> None:
             UNIQUE (deployment, seq)
         )"""
     )
-    db.execute(
-        """CREATE TABLE deployment_replicas (
-            job_id TEXT PRIMARY KEY,
-            deployment TEXT NOT NULL,
-            revision TEXT NOT NULL,
-            slot INTEGER NOT NULL,
-            port INTEGER NOT NULL,
-            healthy INTEGER NOT NULL DEFAULT 0,
-            last_ok_at REAL,
-            last_check_at REAL,
-            last_check_error TEXT NOT NULL DEFAULT '',
-            created_at REAL NOT NULL
-        )"""
+    db["deployment_replicas"].create(
+        {"job_id": str, "deployment": str, "revision": str, "slot": int, "port": int, "healthy": int, "last_ok_at": float,
+         "last_check_at": float, "last_check_error": str, "created_at": float},
+        pk="job_id",
+        not_null={"deployment", "revision", "slot", "port", "healthy", "last_check_error", "created_at"},
+        defaults={"healthy": 0, "last_check_error": ""},
     )
-    db.execute("CREATE INDEX deployment_replicas_revision ON deployment_replicas (revision)")
+    db["deployment_replicas"].create_index(["revision"], index_name="deployment_replicas_revision")
     # Request counts of the stable endpoint, one row per deployment, revision and web worker process
     # (each adds its own counts every few seconds; the totals are the sums).
-    db.execute(
-        """CREATE TABLE deployment_metrics (
-            deployment TEXT NOT NULL,
-            revision TEXT NOT NULL,
-            source TEXT NOT NULL,
-            requests INTEGER NOT NULL DEFAULT 0,
-            errors INTEGER NOT NULL DEFAULT 0,
-            seconds REAL NOT NULL DEFAULT 0,
-            buckets TEXT NOT NULL,
-            updated_at REAL NOT NULL,
-            PRIMARY KEY (deployment, revision, source)
-        )"""
+    db["deployment_metrics"].create(
+        {"deployment": str, "revision": str, "source": str, "requests": int, "errors": int, "seconds": float,
+         "buckets": str, "updated_at": float},
+        pk=("deployment", "revision", "source"),
+        not_null={"deployment", "revision", "source", "requests", "errors", "seconds", "buckets", "updated_at"},
+        defaults={"requests": 0, "errors": 0, "seconds": 0},
     )
-    db.execute("CREATE INDEX deployment_revisions_deployment ON deployment_revisions (deployment, state)")
+    db["deployment_revisions"].create_index(["deployment", "state"], index_name="deployment_revisions_deployment")
 
 
-MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
+# In the order they apply. Append only: a shipped migration never changes what it builds
+# (tests/unit/test_store_schema.py holds 0001..0010 to tests/fixtures/schema-0010.sql); add a new one.
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", _migration_initial),
     ("0002_jobs", _migration_jobs),
     ("0003_accounting", _migration_accounting),
@@ -339,11 +308,57 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0008_ui", _migration_ui),
     ("0009_serving", _migration_serving),
     ("0010_preemption", _migration_preemption),
-)
+]
 
 
-class NewerDatabase(Exception):
+class MigrationError(Exception):
+    """The state database cannot be brought to this release's schema; the message says why and what to do."""
+
+
+class NewerDatabase(MigrationError):
     """The state database comes from a newer mlpd; the message says what to do."""
+
+
+class MigrationFailed(MigrationError):
+    """A migration raised; every migration of that start was rolled back."""
+
+
+def _migration_set() -> sqlite_utils.Migrations:
+    """MIGRATIONS as a sqlite-utils Migrations set, each raising MigrationFailed with its name."""
+    migrations = _sqlite_utils().Migrations(MIGRATION_SET)
+    for name, migration in MIGRATIONS:
+        migrations(name=name)(_named(name, migration))
+    return migrations
+
+
+def _named(name: str, migration: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+    def run(db: sqlite_utils.Database) -> None:
+        try:
+            migration(db)
+        except Exception as exc:
+            raise MigrationFailed(f"migration {name} failed: {type(exc).__name__}: {exc}") from exc
+
+    return run
+
+
+def _adopt_schema_migrations(db: sqlite_utils.Database, migrations: sqlite_utils.Migrations) -> None:
+    """Move the record of a database migrated before sqlite-utils' Migrations (mlpd's own
+    schema_migrations table) into _sqlite_migrations: same names, same order, same times.
+
+    The old table is dropped, not kept beside the new one: a release that still reads it (0.1.0)
+    then finds no record, tries to create its tables again and stops, instead of running
+    unaware on a schema newer than it knows.
+    """
+    if not db["schema_migrations"].exists():
+        return
+    migrations.ensure_migrations_table(db)
+    db[migrations.migrations_table].insert_all(
+        ({"migration_set": MIGRATION_SET, "name": row["name"],
+          "applied_at": str(datetime.datetime.fromtimestamp(row["applied_at"], datetime.timezone.utc))}
+         for row in db["schema_migrations"].rows_where(order_by="applied_at, name")),
+        ignore=True,
+    )
+    db["schema_migrations"].drop()
 
 
 class Store:
@@ -363,9 +378,17 @@ class Store:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            db = sqlite_utils.Database(conn)
+            # No sqlite-utils plugins: whatever else is installed in the venv gets no hook on the state database.
+            db = _sqlite_utils().Database(conn, execute_plugins=False)
             self._local.db, self._local.pid = db, os.getpid()
         return db
+
+    def close(self) -> None:
+        """Close this thread's connection (the next use opens a new one)."""
+        db = getattr(self._local, "db", None)
+        if db is not None and getattr(self._local, "pid", None) == os.getpid():
+            db.close()
+        self._local.db = None
 
     @contextmanager
     def write(self) -> Iterator[sqlite_utils.Database]:
@@ -388,57 +411,58 @@ class Store:
         return rows[0] if rows else None
 
     def migrate(self) -> list[str]:
-        """Apply pending migrations in order, each in its own transaction; return the names applied.
+        """Apply pending migrations in order; return the names applied.
 
-        Raises NewerDatabase, changing nothing, for a database a newer mlpd has migrated: this
-        release would not know what those migrations mean.
+        They apply in one BEGIN IMMEDIATE transaction, each in a savepoint of its own (sqlite-utils'
+        Migrations runs each in db.atomic(), which nests): a second process migrating at the same
+        moment waits, then finds nothing pending, and a migration that fails (MigrationFailed) leaves
+        the database exactly as it was before this call. Raises NewerDatabase, changing nothing, for
+        a database a newer mlpd has migrated: this release would not know what those migrations mean.
         """
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        migrations = _migration_set()
         with self.write() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-        known = {name for name, _ in MIGRATIONS}
-        unknown = sorted(r["name"] for r in self.query("SELECT name FROM schema_migrations") if r["name"] not in known)
-        if unknown:
-            raise NewerDatabase(f"{self.path} was written by a newer mlpd (its migrations {', '.join(unknown)} are unknown to this "
-                                "release); upgrade mlpd, or restore a backup taken with this release ('mlpd admin restore')")
-        applied = []
-        for name, migration in MIGRATIONS:
-            with self.write() as db:
-                if db.execute("SELECT 1 FROM schema_migrations WHERE name = ?", [name]).fetchone():
-                    continue
-                migration(db)
-                db.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", [name, time.time()])
-                applied.append(name)
-        return applied
+            _adopt_schema_migrations(db, migrations)
+            known = {name for name, _ in MIGRATIONS}
+            unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+            if unknown:
+                raise NewerDatabase(f"{self.path} was written by a newer mlpd (its migrations {', '.join(sorted(unknown))} are unknown "
+                                    "to this release); upgrade mlpd, or restore a backup taken with this release ('mlpd admin restore')")
+            pending = [m.name for m in migrations.pending(db)]
+            try:
+                migrations.apply(db)
+            except MigrationFailed as exc:
+                raise MigrationFailed(f"{self.path}: {exc}; nothing was changed (the database is as it was before this "
+                                      "start): fix the cause and start again, or keep running the release that wrote it") from exc.__cause__
+        return pending
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied to this database, in the order they were applied."""
+        if not os.path.exists(self.path):
+            return []
+        db = self.db
+        legacy = [row["name"] for row in db["schema_migrations"].rows_where(order_by="applied_at, name")] \
+            if db["schema_migrations"].exists() else []
+        return legacy + [m.name for m in _migration_set().applied(db)]
 
     def pending_migrations(self) -> list[str]:
         """Names of migrations not yet applied (the daemon applies them at start)."""
-        if not os.path.exists(self.path):
-            return [name for name, _ in MIGRATIONS]
-        if "schema_migrations" not in self.db.table_names():
-            return [name for name, _ in MIGRATIONS]
-        done = {row["name"] for row in self.query("SELECT name FROM schema_migrations")}
+        done = set(self.applied_migrations())
         return [name for name, _ in MIGRATIONS if name not in done]
 
 
 def record_event(db: sqlite_utils.Database, actor: str, action: str, object_kind: str, object_id: str, at: float | None = None, **detail: Any) -> None:
     """Append one row to the audit trail; call inside the transaction that makes the change."""
-    db.execute(
-        "INSERT INTO events (at, actor, action, object_kind, object_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
-        [at if at is not None else time.time(), actor, action, object_kind, str(object_id), json.dumps(detail, sort_keys=True)],
-    )
+    db["events"].insert({"at": at if at is not None else time.time(), "actor": actor, "action": action, "object_kind": object_kind,
+                         "object_id": str(object_id), "detail": json.dumps(detail, sort_keys=True)})
 
 
 def set_status(store: Store, key: str, value: Any) -> None:
     """Record a piece of daemon status (e.g. the last reconcile) for /healthz and the API."""
     with store.write() as db:
-        db.execute(
-            "INSERT INTO daemon_status (key, value, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            [key, json.dumps(value), time.time()],
-        )
+        db["daemon_status"].upsert({"key": key, "value": json.dumps(value), "updated_at": time.time()}, pk="key")
 
 
 def get_status(store: Store) -> dict[str, Any]:
     """All daemon status entries with the time each was written."""
-    return {row["key"]: {"value": json.loads(row["value"]), "updated_at": row["updated_at"]} for row in store.query("SELECT * FROM daemon_status")}
+    return {row["key"]: {"value": json.loads(row["value"]), "updated_at": row["updated_at"]} for row in store.db["daemon_status"].rows}

@@ -61,8 +61,7 @@ def test_migrations_apply_once(tmp_path):
     assert s.migrate() == []
     # a second process (a new Store on the same file) applies nothing either
     assert Store(s.path).migrate() == []
-    rows = s.query("SELECT name FROM schema_migrations ORDER BY name")
-    assert [r["name"] for r in rows] == sorted(name for name, _ in MIGRATIONS)
+    assert s.applied_migrations() == [name for name, _ in MIGRATIONS]
     assert {"users", "tokens", "events", "daemon_status"} <= set(s.db.table_names())
 
 

@@ -20,10 +20,13 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlpd.errors import MlpdError
 from mlpd.store import Store, record_event
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ROLES = ("member", "admin")
@@ -64,22 +67,35 @@ def check_name(name: str) -> None:
         raise UserError(f"invalid user name {name!r}: use a lowercase letter, then lowercase letters, digits, '-' or '_' (at most 32)")
 
 
+def _active_user(db: Database, name: str, select: str = "*") -> dict[str, Any] | None:
+    """The row of the active (not removed) user with this name, or None."""
+    return next(db["users"].rows_where("name = ? AND removed_at IS NULL", [name], select=select), None)
+
+
+def _active_user_id(db: Database, name: str) -> int:
+    """The id of the active user with this name; UserError (404) when there is none."""
+    row = _active_user(db, name, "id")
+    if not row:
+        raise UserError(f"no such user {name!r}", code="not_found", status=404)
+    return row["id"]
+
+
 def add_user(store: Store, name: str, role: str = "member", actor: str = "host") -> User:
     """Create a user. Names are never reused, even after removal, so old records stay unambiguous."""
     check_name(name)
     if role not in ROLES:
         raise UserError(f"invalid role {role!r}: expected member or admin")
     with store.write() as db:
-        if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
+        if db["users"].count_where("name = ?", [name]):
             raise UserError(f"user {name!r} already exists", code="conflict", status=409)
-        cur = db.execute("INSERT INTO users (name, role, created_at) VALUES (?, ?, ?)", [name, role, time.time()])
+        user_id = db["users"].insert({"name": name, "role": role, "created_at": time.time()}).last_pk
         record_event(db, actor, "user.add", "user", name, role=role)
-        return User(cur.lastrowid, name, role)
+        return User(user_id, name, role)
 
 
 def get_user(store: Store, name: str) -> User | None:
     """The active user with this name, or None."""
-    row = store.query_one("SELECT id, name, role FROM users WHERE name = ? AND removed_at IS NULL", [name])
+    row = _active_user(store.db, name, "id, name, role")
     return User(**row) if row else None
 
 
@@ -98,12 +114,10 @@ def remove_user(store: Store, name: str, actor: str = "host") -> None:
     """Remove a user and revoke all their tokens; their past records keep the name."""
     now = time.time()
     with store.write() as db:
-        row = db.execute("SELECT id FROM users WHERE name = ? AND removed_at IS NULL", [name]).fetchone()
-        if not row:
-            raise UserError(f"no such user {name!r}", code="not_found", status=404)
-        db.execute("UPDATE users SET removed_at = ? WHERE id = ?", [now, row[0]])
-        db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", [now, row[0]])
-        db.execute("DELETE FROM ui_sessions WHERE user_id = ?", [row[0]])
+        user_id = _active_user_id(db, name)
+        db["users"].update(user_id, {"removed_at": now})
+        db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", [now, user_id])
+        db["ui_sessions"].delete_where("user_id = ?", [user_id])
         record_event(db, actor, "user.remove", "user", name)
 
 
@@ -120,13 +134,8 @@ def create_token(store: Store, name: str, label: str = "", expires_in: float | N
     now = time.time()
     expires_at = now + expires_in if expires_in else None
     with store.write() as db:
-        row = db.execute("SELECT id FROM users WHERE name = ? AND removed_at IS NULL", [name]).fetchone()
-        if not row:
-            raise UserError(f"no such user {name!r}", code="not_found", status=404)
-        db.execute(
-            "INSERT INTO tokens (id, user_id, secret_hash, label, created_at, expires_at, job_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [token_id, row[0], _hash(secret), label, now, expires_at, job_id],
-        )
+        db["tokens"].insert({"id": token_id, "user_id": _active_user_id(db, name), "secret_hash": _hash(secret), "label": label,
+                             "created_at": now, "expires_at": expires_at, "job_id": job_id})
         record_event(db, actor, "token.create", "token", token_id, user=name, label=label, expires_at=expires_at, job_id=job_id)
     record = {"id": token_id, "user": name, "label": label, "created_at": now, "expires_at": expires_at, "revoked_at": None,
               "last_used_at": None, "job_id": job_id}
@@ -153,7 +162,7 @@ def revoke_token(store: Store, token_id: str, actor: str = "host", owner: str | 
         if not row or (owner is not None and row[1] != owner):
             raise UserError(f"no such token {token_id!r}", code="not_found", status=404)
         if row[2] is None:
-            db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", [time.time(), token_id])
+            db["tokens"].update(token_id, {"revoked_at": time.time()})
             record_event(db, actor, "token.revoke", "token", token_id, user=row[1])
     return {"id": token_id, "user": row[1], "revoked": True}
 
@@ -179,7 +188,7 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
     # Writing last_used_at on every request would serialise all requests on the write lock.
     if row["last_used_at"] is None or now - row["last_used_at"] > 60:
         with store.write() as db:
-            db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", [now, token_id])
+            db["tokens"].update(token_id, {"last_used_at": now})  # tokens are revoked, never deleted
     if row["kind"] == "workspace":
         # A workspace session's token: its owner at their notebook, as a member (never as an
         # admin), revoked with the session like a job's.
@@ -193,7 +202,7 @@ def authenticate_personal(store: Store, token: str) -> User | None:
     user = authenticate(store, token)
     if user is None:
         return None
-    row = store.query_one("SELECT job_id FROM tokens WHERE id = ?", [token.split("_")[1]])
+    row = next(store.db["tokens"].rows_where("id = ?", [token.split("_")[1]], select="job_id"), None)
     return user if row and row["job_id"] is None else None
 
 
@@ -260,12 +269,10 @@ def set_password(store: Store, name: str, password: str, actor: str = "host") ->
     check_password_strength(password, name)
     hashed = hash_password(password)
     with store.write() as db:
-        row = db.execute("SELECT id FROM users WHERE name = ? AND removed_at IS NULL", [name]).fetchone()
-        if not row:
-            raise UserError(f"no such user {name!r}", code="not_found", status=404)
-        db.execute("UPDATE users SET password_hash = ?, password_changed_at = ? WHERE id = ?", [hashed, time.time(), row[0]])
-        db.execute("DELETE FROM login_failures WHERE name = ?", [name])
-        db.execute("DELETE FROM ui_sessions WHERE user_id = ?", [row[0]])
+        user_id = _active_user_id(db, name)
+        db["users"].update(user_id, {"password_hash": hashed, "password_changed_at": time.time()})
+        db["login_failures"].delete_where("name = ?", [name])
+        db["ui_sessions"].delete_where("user_id = ?", [user_id])
         record_event(db, actor, "user.password_set", "user", name)
 
 
@@ -278,12 +285,10 @@ def _lock_message(locked_until: float, now: float) -> str:
 def _record_failure(store: Store, name: str, now: float) -> float | None:
     """Count a failed login for name; return the time the lock ends if this failure locks it."""
     with store.write() as db:
-        row = db.execute("SELECT failures, first_at FROM login_failures WHERE name = ?", [name]).fetchone()
-        failures, first_at = (row[0] + 1, row[1]) if row and now - row[1] < FAILURE_WINDOW else (1, now)
+        row = next(db["login_failures"].rows_where("name = ?", [name]), None)
+        failures, first_at = (row["failures"] + 1, row["first_at"]) if row and now - row["first_at"] < FAILURE_WINDOW else (1, now)
         locked_until = now + LOCKOUT_SECONDS if failures >= LOCKOUT_FAILURES else None
-        db.execute("INSERT INTO login_failures (name, failures, first_at, locked_until) VALUES (?, ?, ?, ?) "
-                   "ON CONFLICT(name) DO UPDATE SET failures = excluded.failures, first_at = excluded.first_at, "
-                   "locked_until = excluded.locked_until", [name, failures, first_at, locked_until])
+        db["login_failures"].upsert({"name": name, "failures": failures, "first_at": first_at, "locked_until": locked_until}, pk="name")
         if locked_until:
             record_event(db, "mlpd", "user.locked", "user", name, failures=failures, until=locked_until)
     return locked_until
@@ -292,7 +297,7 @@ def _record_failure(store: Store, name: str, now: float) -> float | None:
 def locked_until(store: Store, name: str, now: float | None = None) -> float | None:
     """When the lock on this login name ends, or None when it is not locked."""
     now = now if now is not None else time.time()
-    row = store.query_one("SELECT locked_until FROM login_failures WHERE name = ?", [name[:64]])
+    row = next(store.db["login_failures"].rows_where("name = ?", [name[:64]], select="locked_until"), None)
     return row["locked_until"] if row and row["locked_until"] and row["locked_until"] > now else None
 
 
@@ -306,7 +311,7 @@ def login_with_password(store: Store, name: str, password: str, now: float | Non
     until = locked_until(store, name, now)
     if until:
         raise LoginRefused(_lock_message(until, now), code="locked", status=429)
-    row = store.query_one("SELECT id, name, role, password_hash FROM users WHERE name = ? AND removed_at IS NULL", [name])
+    row = _active_user(store.db, name, "id, name, role, password_hash")
     if row is None or not row["password_hash"]:
         _spend_a_hash(password or "")
         ok = False
@@ -319,7 +324,7 @@ def login_with_password(store: Store, name: str, password: str, now: float | Non
         raise LoginRefused("wrong user name or password (or no password is set: ask an admin, or log in with a token)",
                            code="unauthorized", status=401)
     with store.write() as db:
-        db.execute("DELETE FROM login_failures WHERE name = ?", [name])
+        db["login_failures"].delete_where("name = ?", [name])
     return User(row["id"], row["name"], row["role"])
 
 
@@ -357,9 +362,9 @@ def create_session(store: Store, user: User, method: str, now: float | None = No
     now = now if now is not None else time.time()
     secret, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     with store.write() as db:
-        db.execute("DELETE FROM ui_sessions WHERE expires_at <= ? OR last_seen_at <= ?", [now, now - SESSION_IDLE])
-        db.execute("INSERT INTO ui_sessions (id_hash, user_id, csrf, method, created_at, last_seen_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   [_hash(secret), user.id, csrf, method, now, now, now + SESSION_MAX])
+        db["ui_sessions"].delete_where("expires_at <= ? OR last_seen_at <= ?", [now, now - SESSION_IDLE])
+        db["ui_sessions"].insert({"id_hash": _hash(secret), "user_id": user.id, "csrf": csrf, "method": method, "created_at": now,
+                                  "last_seen_at": now, "expires_at": now + SESSION_MAX})
         record_event(db, user.name, "user.login", "user", user.name, method=method)
     return secret, Session(user, csrf, method)
 
@@ -376,6 +381,7 @@ def get_session(store: Store, secret: str, now: float | None = None) -> Session 
         return None
     if now - row["last_seen_at"] > 60:
         with store.write() as db:
+            # A plain UPDATE: a logout since the read may have ended it, and Table.update() raises for a missing row.
             db.execute("UPDATE ui_sessions SET last_seen_at = ? WHERE id_hash = ?", [now, _hash(secret)])
     return Session(User(row["id"], row["name"], row["role"]), row["csrf"], row["method"])
 
@@ -383,4 +389,4 @@ def get_session(store: Store, secret: str, now: float | None = None) -> Session 
 def end_session(store: Store, secret: str) -> None:
     """Log out: the session is gone (idempotent)."""
     with store.write() as db:
-        db.execute("DELETE FROM ui_sessions WHERE id_hash = ?", [_hash(secret or "")])
+        db["ui_sessions"].delete_where("id_hash = ?", [_hash(secret or "")])

@@ -19,23 +19,36 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
-
-if TYPE_CHECKING:
-    import sqlite_utils
+import sys
+from typing import Any, Callable, Iterator
 
 
-def _sqlite_utils():
-    """sqlite-utils, imported on first use rather than with this module.
+def _import_sqlite_utils():
+    """Import sqlite-utils without pandas and numpy.
 
-    It imports pandas and numpy when they are installed (MLflow installs both), about half a
-    second; commands that import the store but never open the database (``mlpd daemon
-    --status``, ``--stop``) need not pay for that.
+    sqlite-utils imports both whenever they are installed (MLflow installs them), only to map
+    their types in insert(); mlpd never inserts such values. Importing them costs every process
+    that opens the state database about half a second of CPU: measured with
+    bench/bench_store.py, a daemon start answers in about half the time and a host-side
+    `mlpd admin ... --state-dir` in about a quarter. So they are hidden from that one import
+    (`sys.modules[name] = None` makes `import name` raise ImportError) and put back at once:
+    a later `import pandas` (MLflow's, in a web worker) works as usual. This runs at this
+    module's import, before any thread of ours exists; imported lazily from a request thread,
+    it could hide pandas from another thread importing MLflow at that moment.
     """
-    import sqlite_utils
+    hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import sqlite_utils as module
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return module
 
-    return sqlite_utils
 
+sqlite_utils = _import_sqlite_utils()
 
 BUSY_TIMEOUT_MS = 10_000
 MIGRATION_SET = "mlpd"  # this application's rows in sqlite-utils' _sqlite_migrations table
@@ -107,7 +120,7 @@ def _migration_accounting(db: sqlite_utils.Database) -> None:
     db["teams"].create({"name": str, "created_at": float}, pk="name", not_null={"created_at"})
     db["team_members"].create(
         {"team": str, "user": str}, pk=("team", "user"), not_null={"team", "user"},
-        foreign_keys=[_sqlite_utils().db.ForeignKey("team_members", "team", "teams", "name", on_delete="CASCADE")],
+        foreign_keys=[sqlite_utils.db.ForeignKey("team_members", "team", "teams", "name", on_delete="CASCADE")],
     )
     db.execute(  # raw SQL: a CHECK constraint
         """CREATE TABLE quotas (
@@ -325,7 +338,7 @@ class MigrationFailed(MigrationError):
 
 def _migration_set() -> sqlite_utils.Migrations:
     """MIGRATIONS as a sqlite-utils Migrations set, each raising MigrationFailed with its name."""
-    migrations = _sqlite_utils().Migrations(MIGRATION_SET)
+    migrations = sqlite_utils.Migrations(MIGRATION_SET)
     for name, migration in MIGRATIONS:
         migrations(name=name)(_named(name, migration))
     return migrations
@@ -379,7 +392,7 @@ class Store:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             # No sqlite-utils plugins: whatever else is installed in the venv gets no hook on the state database.
-            db = _sqlite_utils().Database(conn, execute_plugins=False)
+            db = sqlite_utils.Database(conn, execute_plugins=False)
             self._local.db, self._local.pid = db, os.getpid()
         return db
 

@@ -410,10 +410,12 @@ class Store:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failed COMMIT (disk full) can leave the transaction open; some errors end it themselves.
+            if db.conn.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
         """Rows as dicts."""
@@ -434,19 +436,23 @@ class Store:
         """
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         migrations = _migration_set()
-        with self.write() as db:
-            _adopt_schema_migrations(db, migrations)
-            known = {name for name, _ in MIGRATIONS}
-            unknown = [m.name for m in migrations.applied(db) if m.name not in known]
-            if unknown:
-                raise NewerDatabase(f"{self.path} was written by a newer mlpd (its migrations {', '.join(sorted(unknown))} are unknown "
-                                    "to this release); upgrade mlpd, or restore a backup taken with this release ('mlpd admin restore')")
-            pending = [m.name for m in migrations.pending(db)]
-            try:
+        try:
+            with self.write() as db:
+                _adopt_schema_migrations(db, migrations)
+                known = {name for name, _ in MIGRATIONS}
+                unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+                if unknown:
+                    raise NewerDatabase(f"{self.path} was written by a newer mlpd (its migrations {', '.join(sorted(unknown))} are "
+                                        "unknown to this release); upgrade mlpd, or restore a backup taken with this release "
+                                        "('mlpd admin restore')")
+                pending = [m.name for m in migrations.pending(db)]
                 migrations.apply(db)
-            except MigrationFailed as exc:
-                raise MigrationFailed(f"{self.path}: {exc}; nothing was changed (the database is as it was before this "
-                                      "start): fix the cause and start again, or keep running the release that wrote it") from exc.__cause__
+        except NewerDatabase:
+            raise
+        except (MigrationFailed, sqlite3.Error) as exc:
+            what = str(exc) if isinstance(exc, MigrationFailed) else f"migrating failed: {type(exc).__name__}: {exc}"
+            raise MigrationFailed(f"{self.path}: {what}; nothing was changed (the database is as it was before this start): "
+                                  "fix the cause and start again, or keep running the release that wrote it") from (exc.__cause__ or exc)
         return pending
 
     def applied_migrations(self) -> list[str]:

@@ -211,3 +211,19 @@ def test_the_daemon_start_says_which_migration_failed_and_that_nothing_changed(t
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
     assert "migration 0011_broken failed: RuntimeError: disk full" in lines[0] and "nothing was changed" in lines[0]
     assert dump(state / "mlpd.db") == before
+
+
+def test_an_empty_record_left_by_an_older_release_is_dropped_and_nothing_else_changes(tmp_path):
+    """0.1.0 started on an upgraded database creates an empty schema_migrations, then stops on
+    'table users already exists'; the next start of this release drops that table and applies nothing."""
+    path = tmp_path / "mlpd.db"
+    shutil.copy(FIXTURE, path)
+    Store(str(path)).migrate()
+    before = dump(path)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    with pytest.raises(sqlite3.OperationalError, match="already exists"):
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    assert Store(str(path)).migrate() == []
+    assert dump(path) == before

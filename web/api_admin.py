@@ -10,7 +10,10 @@ import mlpd
 from mlpd import users
 from mlpd.web import store
 from mlpd.web.errors import ApiError
-from mlpd.web.routes import Field, json_body, route
+from mlpd.web.routes import Area, Field, json_body
+
+area = Area("admin")  # registered by the app factory (mlpd.web.create_app)
+route = area.route
 
 
 @route("/whoami", summary="The user the token belongs to", job_token=True)
@@ -35,7 +38,7 @@ def list_users():
        body={"name": Field(str, True, "user name"), "admin": Field(bool, False, "make the user an admin"),
              "expires_in": Field((int, float), False, "token lifetime in seconds")})
 def add_user():
-    body = json_body({"name": Field(str, True), "admin": Field(bool), "expires_in": Field((int, float))})
+    body = json_body()
     role = "admin" if body.get("admin") else "member"
     user = users.add_user(store(), body["name"], role, actor=g.user.name)
     token, record = users.create_token(store(), user.name, "initial", body.get("expires_in"), actor=g.user.name)
@@ -65,7 +68,7 @@ def list_tokens():
        body={"user": Field(str, False, "whose token (admins only)"), "label": Field(str, False, "what it is for"),
              "expires_in": Field((int, float), False, "lifetime in seconds")})
 def create_token():
-    body = json_body({"user": Field(str), "label": Field(str), "expires_in": Field((int, float))})
+    body = json_body()
     name = body.get("user") or g.user.name
     if name != g.user.name and not g.user.is_admin:
         raise ApiError(403, "forbidden", "only admins create tokens for other users")

@@ -27,10 +27,11 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 pytestmark = [needs_docker, pytest.mark.skipif(not shutil.which(CHROMIUM) and os.environ.get("CI") != "true",
                                                reason="needs Debian's chromium (tests/run.sh installs it)")]
 
-# Trains until SIGTERM; exits at once on it, so the preemption does not wait for the grace period.
+# Trains and ignores SIGTERM, so it is stopped at the end of the grace period: long enough to see
+# the page say it is being preempted.
 TRAIN = textwrap.dedent("""\
     import os, signal, sys, time
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM: no checkpoint here", flush=True))
     print("attempt", os.environ["MLPD_ATTEMPT"], "training", flush=True)
     while True:
         time.sleep(0.1)
@@ -60,7 +61,7 @@ def login(page, d, name: str, password: str) -> None:
 
 def test_the_job_page_shows_the_class_the_attempt_and_each_preemption(make_daemon, tmp_path):
     cfg = tmp_path / "mlpd.toml"
-    cfg.write_text('[scheduler]\npreempt_after = "0"\npreempt_grace = "20s"\n')
+    cfg.write_text('[scheduler]\npreempt_after = "0"\npreempt_grace = "15s"\n')
     d = make_daemon(["--declare-gpus", "1"], config_file=cfg)
     alice, alice_token = new_user(d, "alice")
     bob, bob_token = new_user(d, "bob")
@@ -72,7 +73,7 @@ def test_the_job_page_shows_the_class_the_attempt_and_each_preemption(make_daemo
     wait_for(lambda: "training" in d.api("GET", f"/api/v1/jobs/{train}/logs", alice_token).text, 60, 0.2, "attempt 1 to train")
     prod = as_json(d.cli("run", "--no-code", "--gpus", "1", "--priority-class", "production", "--json", "--",
                          "sleep", "30", token=bob_token))["job"]["id"]
-    wait_for(lambda: job(d, alice_token, train)["attempt"] == 2, 60, 0.2, "the preemptible job to be preempted and queued again")
+    wait_for(lambda: job(d, alice_token, train)["preempting"], 30, 0.1, "the preemption to be asked for")
 
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -80,6 +81,12 @@ def test_the_job_page_shows_the_class_the_attempt_and_each_preemption(make_daemo
             page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
             page.set_default_timeout(15000)
             login(page, d, alice, web_password(d, alice))
+            page.goto(f"{d.url}/ui/jobs/{train}")
+            # within the grace period (15 s from the preemption's request): SIGTERM sent, not stopped yet
+            preempting = page.locator("#preempting").inner_text()
+            assert preempting.startswith("Being preempted since ") and f"for job {prod[:8]} of {bob} (class production" in preempting
+            assert page.locator("#job-attempt").inner_text() == "1" and page.locator("#preemptions li.preemption").count() == 0
+            wait_for(lambda: job(d, alice_token, train)["attempt"] == 2, 60, 0.2, "the preemptible job to be stopped and queued again")
             page.goto(f"{d.url}/ui/jobs/{train}")
             assert page.locator("#job-class").inner_text() == "preemptible"
             assert page.locator("#job-attempt").inner_text() == "2"

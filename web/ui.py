@@ -301,7 +301,7 @@ def _saved_log(job_id: str) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def preemption_rows(job: dict, history: list[dict]) -> list[dict[str, Any]]:
+def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
     """Each time the job was preempted, oldest first: the attempt stopped, when, why (which job of
     which class it made way for, as `mlpd jobs show` says it) and that job's id when g.user may see it."""
     out, for_job = [], None
@@ -329,7 +329,7 @@ def job(job_id: str):
     history = jobs.history(store(), job_id)
     preempting = job["preempt_requested_at"] is not None and job["state"] in ("starting", "running")
     return render_template("job.html", job=job, spec_items=_spec_items(job), history=history, waiting=waiting,
-                           priority_class=PriorityClasses.from_config(config()).of(job), preemptions=preemption_rows(job, history),
+                           priority_class=PriorityClasses.from_config(config()).of(job), preemptions=preemption_rows(history),
                            preempting=preempting, runs=mlflow_runs(job_id), terminal=terminal, log=_saved_log(job_id) if terminal else "",
                            duration=((job["ended_at"] or time.time()) - job["started_at"]) if job["started_at"] else None)
 

@@ -1,4 +1,4 @@
-"""Identity, users, tokens and the audit trail."""
+"""Identity, users, tokens, priority-class grants and the audit trail."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flask import g, jsonify, request
 
 import mlpd
 from mlpd import users
-from mlpd.web import store
+from mlpd.web import config, store
 from mlpd.web.errors import ApiError
 from mlpd.web.routes import Area, Field, json_body
 
@@ -96,3 +96,37 @@ def events():
     for row in rows:
         row["detail"] = json.loads(row["detail"])
     return jsonify({"events": rows})
+
+
+def _priority_classes():
+    from mlpd.priority_classes import PriorityClasses
+
+    return PriorityClasses.from_config(config())
+
+
+@route("/admin/priority-classes", summary="Priority classes, highest first: rank, default, preemptible, and who may use each "
+       "(mlpd.toml's scheduler.priority_class_users and the grants; admins may use every class)", admin=True)
+def list_priority_classes():
+    from mlpd.priority_classes import listing
+
+    return jsonify(listing(store(), _priority_classes()))
+
+
+GRANT_BODY = {"user": Field(str, True, 'the user, or "team:NAME" for a team\'s members')}
+
+
+@route("/admin/priority-classes/<name>/grants", methods=("POST",), admin=True, body=GRANT_BODY,
+       summary="Let a user (or team:NAME) use a priority class, from their next submit on (idempotent)")
+def grant_priority_class(name: str):
+    from mlpd.priority_classes import grant
+
+    done = grant(store(), _priority_classes(), json_body(GRANT_BODY)["user"], name, g.user.name)
+    return jsonify(done), 201 if done["granted"] else 200
+
+
+@route("/admin/priority-classes/<name>/grants/<user>", methods=("DELETE",), admin=True,
+       summary="Take back a grant of a priority class (queued work keeps its class; the next submit is checked without it)")
+def revoke_priority_class(name: str, user: str):
+    from mlpd.priority_classes import revoke
+
+    return jsonify(revoke(store(), _priority_classes(), user, name, g.user.name))

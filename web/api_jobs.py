@@ -88,11 +88,10 @@ def _classes():
 
 
 def check_priority_class(spec) -> None:
-    """Refuse a class that does not exist (400) or that the admins keep for others (403)."""
-    from mlpd import quotas
+    """Refuse a class that does not exist (400) or that the admins keep for others (403): mlpd.toml and the grants."""
+    from mlpd.priority_classes import submit_refusal
 
-    teams = quotas.teams_of(store()).get(g.user.name, []) if spec.priority_class else []
-    refusal = _classes().refusal(spec.priority_class, g.user.name, g.user.is_admin, teams)
+    refusal = submit_refusal(store(), config(), spec.priority_class, g.user.name, g.user.is_admin)
     if refusal:
         raise ApiError(*refusal)
 

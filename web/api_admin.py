@@ -120,7 +120,7 @@ GRANT_BODY = {"user": Field(str, True, 'the user, or "team:NAME" for a team\'s m
 def grant_priority_class(name: str):
     from mlpd.priority_classes import grant
 
-    done = grant(store(), _priority_classes(), json_body(GRANT_BODY)["user"], name, g.user.name)
+    done = grant(store(), _priority_classes(), json_body()["user"], name, g.user.name)
     return jsonify(done), 201 if done["granted"] else 200
 
 

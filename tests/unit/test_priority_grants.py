@@ -63,6 +63,14 @@ def test_a_grant_to_a_team_covers_its_members(store, config):
     assert refusal(store, config, "research", "alice")[:2] == (403, "class_not_allowed")
 
 
+def test_a_team_made_again_under_a_removed_teams_name_does_not_inherit_its_grants(store, config):
+    pc.grant(store, classes(config), "team:vision", "research", "root")
+    quotas.remove_team(store, "vision", "root")
+    quotas.add_team(store, "vision", "root")
+    quotas.set_membership(store, "vision", "alice", True, "root")
+    assert refusal(store, config, "research", "alice")[:2] == (403, "class_not_allowed")
+
+
 def test_granting_twice_changes_nothing_and_each_change_is_in_the_audit_trail(store, config):
     assert pc.grant(store, classes(config), "alice", "research", "root")["granted"] is True
     assert pc.grant(store, classes(config), "alice", "research", "zoe")["granted"] is False

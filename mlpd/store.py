@@ -16,10 +16,10 @@ import datetime
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 from contextlib import contextmanager
-import sys
 from typing import Any, Callable, Iterator
 
 
@@ -308,6 +308,13 @@ def _migration_serving(db: sqlite_utils.Database) -> None:
     db["deployment_revisions"].create_index(["deployment", "state"], index_name="deployment_revisions_deployment")
 
 
+def _migration_priority_grants(db: sqlite_utils.Database) -> None:
+    """Priority classes granted by an admin at run time (`mlpd admin priority-class grant`): a user or
+    "team:NAME" may use the class, besides those mlpd.toml's scheduler.priority_class_users names."""
+    db["priority_grants"].create({"class": str, "subject": str, "actor": str, "granted_at": float}, pk=("class", "subject"),
+                                 not_null={"class", "subject", "actor", "granted_at"})
+
+
 # In the order they apply. Append only: a shipped migration never changes what it builds
 # (tests/unit/test_store_schema.py holds 0001..0010 to tests/fixtures/schema-0010.sql); add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -321,6 +328,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0008_ui", _migration_ui),
     ("0009_serving", _migration_serving),
     ("0010_preemption", _migration_preemption),
+    ("0011_priority_grants", _migration_priority_grants),
 ]
 
 

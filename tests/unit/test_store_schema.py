@@ -127,3 +127,27 @@ def test_the_comparison_sees_a_changed_default_a_lost_check_and_a_renamed_index(
         conn.executescript(variant)
         assert describe(conn) != released_schema()
         conn.close()
+
+
+# 0011_priority_grants as it first landed on main (raw SQL), before it moved to the table API.
+PRIORITY_GRANTS_0011 = """CREATE TABLE priority_grants (
+    class TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    granted_at REAL NOT NULL,
+    PRIMARY KEY (class, subject)
+)"""
+
+
+def test_0011_builds_what_its_first_raw_sql_built(tmp_path):
+    """Head (0001..0011) is the released schema plus 0011's table exactly as main first wrote it."""
+    assert MIGRATIONS[10][0] == "0011_priority_grants"
+    path = tmp_path / "head.db"
+    Store(str(path)).migrate()
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(SCHEMA_0010.read_text() + PRIORITY_GRANTS_0011 + ";")
+        expected = describe(conn)
+    finally:
+        conn.close()
+    assert "priority_grants" in expected and describe_file(path) == expected

@@ -39,7 +39,7 @@ def test_a_database_held_by_another_writer_is_reported_in_one_line_and_left_alon
     path = tmp_path / "mlpd.db"
     Store(str(path)).migrate()
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 200)
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS + [("0011_more", lambda db: db["more"].create({"id": int}))])
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS + [("0099_more", lambda db: db["more"].create({"id": int}))])
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
@@ -52,5 +52,5 @@ def test_a_database_held_by_another_writer_is_reported_in_one_line_and_left_alon
     assert "\n" not in message and str(path) in message
     assert "OperationalError: database is locked" in message and "nothing was changed" in message
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 10_000)
-    assert Store(str(path)).pending_migrations() == ["0011_more"]
-    assert Store(str(path)).migrate() == ["0011_more"]
+    assert Store(str(path)).pending_migrations() == ["0099_more"]
+    assert Store(str(path)).migrate() == ["0099_more"]

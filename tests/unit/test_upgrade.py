@@ -96,16 +96,16 @@ def broken_after_creating_a_table(db):
 
 
 def test_a_migration_that_fails_leaves_the_database_as_it_was(tmp_path, monkeypatch):
-    """Upgrading 0.1.0 runs 0004..0010 and then a broken 0011: nothing of it stays, byte for byte."""
+    """Upgrading 0.1.0 runs 0004..0010 and then a broken 0099: nothing of it stays, byte for byte."""
     path = tmp_path / "mlpd.db"
     shutil.copy(FIXTURE, path)
     before, before_dump, before_digest = rows(path), dump(path), digest(path)
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + [("0011_broken", broken_after_creating_a_table)])
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + [("0099_broken", broken_after_creating_a_table)])
     store = Store(str(path))
     with pytest.raises(MigrationFailed) as failed:
         store.migrate()
     message = str(failed.value)
-    assert "migration 0011_broken failed: RuntimeError: disk full" in message and "nothing was changed" in message
+    assert "migration 0099_broken failed: RuntimeError: disk full" in message and "nothing was changed" in message
     assert str(path) in message and "\n" not in message
     assert isinstance(failed.value.__cause__, RuntimeError)
     store.close()
@@ -150,12 +150,12 @@ def test_a_migration_can_transform_a_table_and_stays_atomic(tmp_path, monkeypatc
         retype(db)
         raise ValueError("no")
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + [("0011_retype", retype_then_fail)])
-    with pytest.raises(MigrationFailed, match="0011_retype failed: ValueError: no"):
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + [("0099_retype", retype_then_fail)])
+    with pytest.raises(MigrationFailed, match="0099_retype failed: ValueError: no"):
         Store(str(path)).migrate()
     assert dump(path) == before_dump
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + [("0011_retype", retype)])
-    assert Store(str(path)).migrate() == ["0011_retype"]
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + [("0099_retype", retype)])
+    assert Store(str(path)).migrate() == ["0099_retype"]
     after = rows(path)
     with sqlite3.connect(path) as db:
         assert [r[1] for r in db.execute("PRAGMA table_info(jobs)")][:2] == ["id", "state"]
@@ -202,14 +202,14 @@ def test_the_daemon_start_says_which_migration_failed_and_that_nothing_changed(t
     before = dump(state / "mlpd.db")
     config = tmp_path / "mlpd.toml"
     config.write_text("")
-    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + [("0011_broken", broken_after_creating_a_table)])
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + [("0099_broken", broken_after_creating_a_table)])
     result = CliRunner().invoke(main, ["daemon", "--config", str(config), "--state-dir", str(state),
                                        "--listen", f"127.0.0.1:{free_port()}"])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
-    assert "migration 0011_broken failed: RuntimeError: disk full" in lines[0] and "nothing was changed" in lines[0]
+    assert "migration 0099_broken failed: RuntimeError: disk full" in lines[0] and "nothing was changed" in lines[0]
     assert dump(state / "mlpd.db") == before
 
 

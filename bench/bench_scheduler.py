@@ -43,6 +43,7 @@ daemon's pass calls it (no explanations), with every job explained, explain() of
 the scheduler at git ref --before (default: before issue 15), as a ratio.
 
     .venv/bin/python bench/bench_scheduler.py [--seed 1] [--seeds 1] [--jobs 2000] [--load 0.9] [--micro-only]
+                                              [--policy weight_size=0,...]   (override mlpd's Policy fields)
 """
 
 from __future__ import annotations
@@ -346,6 +347,26 @@ TARGETS = (  # the issue's bar for mlpd (fair share on) against EASY backfill on
 )
 
 
+def parse_policy(text: str) -> dict[str, float | bool]:
+    """"weight_size=0,fair_share=false" -> {"weight_size": 0.0, "fair_share": False}; ValueError on a bad item."""
+    fields = {f.name: f.type for f in dataclasses.fields(Policy)}
+    out: dict[str, float | bool] = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--policy: {item!r} is not FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        if fields[name] == "bool":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--policy: {name} takes true or false, not {value!r}")
+            out[name] = value.lower() == "true"
+        else:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise ValueError(f"--policy: {name} takes a number, not {value!r}") from None
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1)
@@ -357,7 +378,16 @@ def main() -> None:
                                                         "('' = none; default: before issue 15)")
     ap.add_argument("--repeat", type=int, default=200, help="calls per schedule() timing (default 200)")
     ap.add_argument("--micro-only", action="store_true", help="only time schedule(); no trace replay")
+    ap.add_argument("--policy", default="", metavar="FIELD=VALUE,...",
+                    help="override fields of mlpd's Policy for the mlpd row, e.g. weight_size=0 (default: none)")
     args = ap.parse_args()
+    global POLICIES
+    if args.policy:
+        try:
+            overrides = parse_policy(args.policy)
+        except ValueError as e:
+            ap.error(str(e))
+        POLICIES = POLICIES[:2] + (("mlpd", f"mlpd ({args.policy})", dataclasses.replace(POLICIES[2][2], **overrides)),)
     t_all = time.perf_counter()
     micro(args.before, args.repeat)
     if args.micro_only:
@@ -411,7 +441,8 @@ def main() -> None:
                 met[name] += ok(m, e)
         print(f"over {args.seeds} traces (seeds {args.seed}..{args.seed + args.seeds - 1}): "
               + "; ".join(f"{name}: met on {k}" for name, k in met.items())
-              + "; Jain EASY / mlpd: " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in jains))
+              + "; Jain EASY / mlpd: " + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in jains)
+              + f" (mean {statistics.fmean(a for a, _ in jains):.3f}/{statistics.fmean(b for _, b in jains):.3f})")
     print()
     bad = False
     for key, _, _ in POLICIES:

@@ -308,14 +308,14 @@ def micro(before_ref: str, repeat: int) -> None:
     pass runs it; every job explained, as before), against the scheduler at before_ref."""
     before = load_scheduler_at(before_ref) if before_ref else None
     slow_repeat = max(5, repeat // 10)
-    print(f"schedule() on 8 GPUs, median of {repeat} calls ({slow_repeat} for the slow columns), fair share on, 10 users")
+    print(f"schedule() on 8 GPUs, median of {repeat} calls ({slow_repeat} for the slow columns), {POLICIES[2][1]}, 10 users")
     print()
     cols = ["queued", "free GPUs", "schedule() (ms)", "schedule(explain=True) (ms)", "explain() one job (ms)"]
     if before:
         cols += [f"before ({before_ref}) (ms)", "ratio now / before"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
-    policy = Policy()
+    policy = POLICIES[2][2]  # mlpd's row: the defaults, or as --policy sets them
     for n in (30, 400):
         for free in (0, 2):
             holdings, queue, now, usage = micro_state(n, 7, free)

@@ -91,7 +91,7 @@ class Policy:
     weight_fair_share: float = 100.0
     weight_expansion: float = 1000.0
     max_expansion: float = 100.0
-    weight_size: float = 5000.0
+    weight_size: float = 0.0
     size_time: float = 3600.0  # seconds
 
 

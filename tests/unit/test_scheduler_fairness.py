@@ -85,7 +85,7 @@ def test_score_adds_weighted_size_only_with_the_host_size():
 def test_size_puts_a_wide_short_job_ahead_of_an_older_narrow_long_one():
     old = job("narrow", "a", gpus=1, time_limit=10 * HOUR, submitted_at=NOW - 2 * HOUR)
     wide = job("wide", "b", gpus=8, time_limit=600.0, submitted_at=NOW)
-    assert [j.id for j in queue_order([old, wide], {}, now=NOW, host_gpus=8)] == ["narrow", "wide"]
+    assert [j.id for j in queue_order([old, wide], {}, now=NOW, policy=Policy(weight_size=0), host_gpus=8)] == ["narrow", "wide"]
     p = Policy(weight_size=5000)
     assert [j.id for j in queue_order([old, wide], {}, now=NOW, policy=p, host_gpus=8)] == ["wide", "narrow"]
     # a long wide job gets little: 8/8 x 1 h / 100 h x 5000 = 50 < 2 h of age and expansion of the narrow one
@@ -98,7 +98,7 @@ def test_with_size_the_wide_short_job_holds_the_reservation_and_the_host_drains_
     busy = [Holding("GPU-0", "run", "c", NOW + HOUR)]
     narrow = job("narrow", "a", gpus=1, time_limit=10 * HOUR, submitted_at=NOW - HOUR)
     wide = job("wide", "b", gpus=2, time_limit=600.0, submitted_at=NOW - 60)
-    plain = schedule(g, busy, [narrow, wide], NOW, Policy())
+    plain = schedule(g, busy, [narrow, wide], NOW, Policy(weight_size=0))
     assert placed(plain) == {"narrow": ("GPU-1",)} and plain.head.job_id == "wide"
     assert plain.head.start == NOW + 10 * HOUR  # behind the narrow job's 10 hours
     sized = schedule(g, busy, [narrow, wide], NOW, Policy(weight_size=5000))

@@ -293,6 +293,11 @@ def micro_state(n_queued: int, seed: int, free: int):
     return holdings, queue, now, usage
 
 
+def as_before(cls, obj):
+    """obj as the older scheduler's dataclass cls: the fields it has (later ones, e.g. rank, left out)."""
+    return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)})
+
+
 def time_call(fn, repeat: int) -> float:
     """Median wall time of fn() in seconds."""
     times = []
@@ -329,8 +334,8 @@ def micro(before_ref: str, repeat: int) -> None:
                 old_policy = before.Policy(backfill=True, fair_share=True)
                 old = time_call(lambda: before.schedule(before.GPUS if hasattr(before, "GPUS") else
                                                         [before.Gpu(g.uuid, g.index, g.model) for g in GPUS],
-                                                        [before.Holding(*dataclasses.astuple(h)) for h in holdings],
-                                                        [before.QueuedJob(*dataclasses.astuple(q)) for q in queue],
+                                                        [as_before(before.Holding, h) for h in holdings],
+                                                        [as_before(before.QueuedJob, q) for q in queue],
                                                         now, old_policy, usage=usage), slow_repeat)
                 row += [f"{old * 1e3:.2f}", f"{fast / old:.2f}x"]
             print("| " + " | ".join(row) + " |")

@@ -38,7 +38,10 @@ Sanity checks run on every plan (placed GPUs free and distinct, one decision per
 never overtakes its head, no head starts after the start it was promised when it became the head)
 and violations are printed. The issue-15 targets for mlpd against EASY are printed as met or not.
 
-Before the replay, schedule() is timed on a busy 8-GPU host with 30 and 400 queued jobs: as the
+--policy FIELD=VALUE,... replays the mlpd row with those Policy fields changed (e.g. weight_size=5000);
+the other rows stay as they are.
+
+Before the replay, schedule() is timed (with the mlpd row's policy) on a busy 8-GPU host with 30 and 400 queued jobs: as the
 daemon's pass calls it (no explanations), with every job explained, explain() of the last job, and
 the scheduler at git ref --before (default: before issue 15), as a ratio.
 

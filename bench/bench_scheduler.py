@@ -38,11 +38,15 @@ Sanity checks run on every plan (placed GPUs free and distinct, one decision per
 never overtakes its head, no head starts after the start it was promised when it became the head)
 and violations are printed. The issue-15 targets for mlpd against EASY are printed as met or not.
 
-Before the replay, schedule() is timed on a busy 8-GPU host with 30 and 400 queued jobs: as the
+--policy FIELD=VALUE,... replays the mlpd row with those Policy fields changed (e.g. weight_size=5000);
+the other rows stay as they are.
+
+Before the replay, schedule() is timed (with the mlpd row's policy) on a busy 8-GPU host with 30 and 400 queued jobs: as the
 daemon's pass calls it (no explanations), with every job explained, explain() of the last job, and
 the scheduler at git ref --before (default: before issue 15), as a ratio.
 
     .venv/bin/python bench/bench_scheduler.py [--seed 1] [--seeds 1] [--jobs 2000] [--load 0.9] [--micro-only]
+                                              [--policy weight_size=0,...]   (override mlpd's Policy fields)
 """
 
 from __future__ import annotations
@@ -292,6 +296,11 @@ def micro_state(n_queued: int, seed: int, free: int):
     return holdings, queue, now, usage
 
 
+def as_before(cls, obj):
+    """obj as the older scheduler's dataclass cls: the fields it has (later ones, e.g. rank, left out)."""
+    return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)})
+
+
 def time_call(fn, repeat: int) -> float:
     """Median wall time of fn() in seconds."""
     times = []
@@ -307,14 +316,14 @@ def micro(before_ref: str, repeat: int) -> None:
     pass runs it; every job explained, as before), against the scheduler at before_ref."""
     before = load_scheduler_at(before_ref) if before_ref else None
     slow_repeat = max(5, repeat // 10)
-    print(f"schedule() on 8 GPUs, median of {repeat} calls ({slow_repeat} for the slow columns), fair share on, 10 users")
+    print(f"schedule() on 8 GPUs, median of {repeat} calls ({slow_repeat} for the slow columns), {POLICIES[2][1]}, 10 users")
     print()
     cols = ["queued", "free GPUs", "schedule() (ms)", "schedule(explain=True) (ms)", "explain() one job (ms)"]
     if before:
         cols += [f"before ({before_ref}) (ms)", "ratio now / before"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
-    policy = Policy()
+    policy = POLICIES[2][2]  # mlpd's row: the defaults, or as --policy sets them
     for n in (30, 400):
         for free in (0, 2):
             holdings, queue, now, usage = micro_state(n, 7, free)
@@ -328,8 +337,8 @@ def micro(before_ref: str, repeat: int) -> None:
                 old_policy = before.Policy(backfill=True, fair_share=True)
                 old = time_call(lambda: before.schedule(before.GPUS if hasattr(before, "GPUS") else
                                                         [before.Gpu(g.uuid, g.index, g.model) for g in GPUS],
-                                                        [before.Holding(*dataclasses.astuple(h)) for h in holdings],
-                                                        [before.QueuedJob(*dataclasses.astuple(q)) for q in queue],
+                                                        [as_before(before.Holding, h) for h in holdings],
+                                                        [as_before(before.QueuedJob, q) for q in queue],
                                                         now, old_policy, usage=usage), slow_repeat)
                 row += [f"{old * 1e3:.2f}", f"{fast / old:.2f}x"]
             print("| " + " | ".join(row) + " |")
@@ -346,6 +355,26 @@ TARGETS = (  # the issue's bar for mlpd (fair share on) against EASY backfill on
 )
 
 
+def parse_policy(text: str) -> dict[str, float | bool]:
+    """"weight_size=0,fair_share=false" -> {"weight_size": 0.0, "fair_share": False}; ValueError on a bad item."""
+    fields = {f.name: f.type for f in dataclasses.fields(Policy)}
+    out: dict[str, float | bool] = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--policy: {item!r} is not FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        if fields[name] == "bool":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--policy: {name} takes true or false, not {value!r}")
+            out[name] = value.lower() == "true"
+        else:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise ValueError(f"--policy: {name} takes a number, not {value!r}") from None
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1)
@@ -357,7 +386,16 @@ def main() -> None:
                                                         "('' = none; default: before issue 15)")
     ap.add_argument("--repeat", type=int, default=200, help="calls per schedule() timing (default 200)")
     ap.add_argument("--micro-only", action="store_true", help="only time schedule(); no trace replay")
+    ap.add_argument("--policy", default="", metavar="FIELD=VALUE,...",
+                    help="override fields of mlpd's Policy for the mlpd row, e.g. weight_size=0 (default: none)")
     args = ap.parse_args()
+    global POLICIES
+    if args.policy:
+        try:
+            overrides = parse_policy(args.policy)
+        except ValueError as e:
+            ap.error(str(e))
+        POLICIES = POLICIES[:2] + (("mlpd", f"mlpd ({args.policy})", dataclasses.replace(POLICIES[2][2], **overrides)),)
     t_all = time.perf_counter()
     micro(args.before, args.repeat)
     if args.micro_only:
@@ -411,7 +449,8 @@ def main() -> None:
                 met[name] += ok(m, e)
         print(f"over {args.seeds} traces (seeds {args.seed}..{args.seed + args.seeds - 1}): "
               + "; ".join(f"{name}: met on {k}" for name, k in met.items())
-              + "; Jain EASY / mlpd: " + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in jains))
+              + "; Jain EASY / mlpd: " + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in jains)
+              + f" (mean {statistics.fmean(a for a, _ in jains):.3f}/{statistics.fmean(b for _, b in jains):.3f})")
     print()
     bad = False
     for key, _, _ in POLICIES:

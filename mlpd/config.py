@@ -195,6 +195,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scheduler.weight_fair_share", (int, float), 100, "Priority score of a fair-share factor of 1 (an owner with no recent usage); 0.5 = their share used.", _non_negative),
     Setting("scheduler.weight_expansion", (int, float), 1000, "Priority score of a job whose wait reached scheduler.max_expansion times its time limit (less in proportion).", _non_negative),
     Setting("scheduler.max_expansion", (int, float), 100, "Wait, in multiples of a job's time limit (10 min at least), after which expansion adds no more.", _between(1, 1e6)),
+    Setting("scheduler.weight_size", (int, float), 0, "Priority score of a job asking for all GPUs of one model with a time limit of scheduler.size_time or less (less in proportion to its GPUs, and to size_time / its time limit beyond it); 0 = off.", _non_negative),
+    Setting("scheduler.size_time", str, "1h", "Time limit up to which a job's size counts in full in the job-size factor.", _duration_nonempty),
     Setting("scheduler.priority_classes", list, ["production", "default", "preemptible"], "Priority classes, highest first: a job of a higher class always goes ahead of one of a lower class.", _class_names),
     Setting("scheduler.default_priority_class", str, "default", "The class of jobs that name none (and of workspaces and deployments)."),
     Setting("scheduler.preemptible_classes", list, ["preemptible"], "Classes whose running jobs may be preempted by waiting work of a higher class (never workspaces or deployments).", _class_names),

@@ -131,7 +131,8 @@ def scheduler_policy(config: Config) -> Policy:
     return Policy(backfill=config["scheduler.backfill"], fair_share=config["scheduler.fair_share"],
                   weight_priority=float(config["scheduler.weight_priority"]), weight_age=float(config["scheduler.weight_age"]),
                   max_age=parse_duration(config["scheduler.max_age"]), weight_fair_share=float(config["scheduler.weight_fair_share"]),
-                  weight_expansion=float(config["scheduler.weight_expansion"]), max_expansion=float(config["scheduler.max_expansion"]))
+                  weight_expansion=float(config["scheduler.weight_expansion"]), max_expansion=float(config["scheduler.max_expansion"]),
+                  weight_size=float(config["scheduler.weight_size"]), size_time=parse_duration(config["scheduler.size_time"]))
 
 
 def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gpu], now: float) -> None:

@@ -11,8 +11,9 @@ The algorithm is EASY backfill over a multifactor priority order:
 - Order: by priority class first (a higher class always goes first); within a
   class, a job that holds the reservation comes first; then by a priority
   score (as in Slurm's multifactor plugin), the sum of the job's own priority,
-  its age and (with fair share) its owner's fair-share factor, each times a
-  weight from the policy; ties by submit time, then id.
+  its age, (with fair share) its owner's fair-share factor, its expansion and
+  its size (wide, short jobs first), each times a weight from the policy; ties
+  by submit time, then id.
 - The first job that does not fit (the head) reserves GPUs: the earliest time
   enough GPUs of one model are free (its shadow time), on the GPUs that free
   up by then, preferring those busy now, so GPUs free now stay usable by long
@@ -77,7 +78,8 @@ class Policy:
       weight_priority x its own priority (-100..100; -1000 for work over its GPU-hours),
       weight_age x min(1, waited / max_age),
       weight_fair_share x its owner's fair-share factor in (0, 1] (only with fair_share),
-      weight_expansion x min(1, waited / (max_expansion x its time limit, 10 min at least)).
+      weight_expansion x min(1, waited / (max_expansion x its time limit, 10 min at least)),
+      weight_size x its job-size factor (its share of the host's GPUs, less for time limits over size_time).
     The defaults are mlpd.toml's (a test holds them equal): one point of a job's priority
     outranks any difference in the other terms.
     """
@@ -89,6 +91,8 @@ class Policy:
     weight_fair_share: float = 100.0
     weight_expansion: float = 1000.0
     max_expansion: float = 100.0
+    weight_size: float = 0.0
+    size_time: float = 3600.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,21 @@ def fair_share_factors(usage: Mapping[str, float], owners: Iterable[str] = ()) -
     return {u: 2.0 ** (-max(usage.get(u, 0.0), 0.0) / total * n) for u in users}
 
 
-def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: Mapping[str, float]) -> float:
-    """The job's multifactor priority score (higher goes first); `factors` from fair_share_factors."""
+def size_factor(job: QueuedJob, host_gpus: int, size_time: float, max_age: float) -> float:
+    """The job-size factor in [0, 1]: its share of the host's GPUs, in full for a time limit of
+    size_time or less, else times size_time / its time limit (10 minutes at least; no limit counts
+    as max_age). As Slurm's job-size factor with SMALL_RELATIVE_TO_TIME, inverted: wide, short jobs
+    score highest, so they reach the head and start draining the host sooner. 0 without GPUs."""
+    if job.gpus <= 0 or host_gpus <= 0:
+        return 0.0
+    limit = max(max_age if job.time_limit is None else job.time_limit, MIN_EXPANSION_BASE)
+    return min(1.0, job.gpus / host_gpus) * (1.0 if limit <= size_time else size_time / limit)
+
+
+def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: Mapping[str, float],
+                   host_gpus: int = 0) -> float:
+    """The job's multifactor priority score (higher goes first); `factors` from fair_share_factors;
+    `host_gpus` the most GPUs of one model the host has (the job-size factor needs it; 0: no size term)."""
     age = 0.0
     if now is not None:
         age = 1.0 if policy.max_age <= 0 else min(1.0, max(0.0, now - job.submitted_at) / policy.max_age)
@@ -166,17 +183,20 @@ def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: M
     if now is not None and policy.weight_expansion:
         base = max(policy.max_age if job.time_limit is None else job.time_limit, MIN_EXPANSION_BASE) * policy.max_expansion
         score += policy.weight_expansion * min(1.0, max(0.0, now - job.submitted_at) / base)
+    if policy.weight_size:
+        score += policy.weight_size * size_factor(job, host_gpus, policy.size_time, policy.max_age)
     return score
 
 
 def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = None, *, now: float | None = None,
-                policy: Policy = Policy(), reserved: Mapping[str, float] | None = None) -> list[QueuedJob]:
+                policy: Policy = Policy(), reserved: Mapping[str, float] | None = None,
+                host_gpus: int = 0) -> list[QueuedJob]:
     """Return the jobs in scheduling order: by class rank desc; within a rank, those holding a
     reservation first (the earliest reserved first), then by priority score desc, then
     submitted_at asc, then id.
 
     `usage` is each owner's decayed recent GPU usage (only read with policy.fair_share);
-    without `now` age adds nothing.
+    without `now` age adds nothing; without `host_gpus` (the most GPUs of one model) job size adds nothing.
     """
     queue = list(queue)
     reserved = reserved or {}
@@ -186,6 +206,8 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
     timed = now is not None
     max_age, max_x, default_base = policy.max_age, policy.max_expansion, max(policy.max_age, MIN_EXPANSION_BASE)
     fs_on = policy.fair_share
+    w_size = policy.weight_size if host_gpus > 0 else 0.0
+    size_time = policy.size_time
     keyed = []
     for j in queue:
         if j.id in reserved:
@@ -201,6 +223,10 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
             base = max_x * (default_base if j.time_limit is None else
                             j.time_limit if j.time_limit > MIN_EXPANSION_BASE else MIN_EXPANSION_BASE)
             score += w_x * (1.0 if waited >= base else waited / base if waited > 0 else 0.0)
+        if w_size and j.gpus > 0:  # size_factor, inlined
+            limit = max(max_age if j.time_limit is None else j.time_limit, MIN_EXPANSION_BASE)
+            score += w_size * (j.gpus / host_gpus if j.gpus < host_gpus else 1.0) * (
+                1.0 if limit <= size_time else size_time / limit)
         keyed.append((-j.rank, 1, -score, j.submitted_at, j.id, j))
     keyed.sort(key=lambda k: k[:5])
     return [k[5] for k in keyed]
@@ -379,7 +405,8 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
     def free_for(job: QueuedJob) -> list[Gpu]:
         return [g for m, grp in free_by_model.items() if job.gpu_model in (None, m) for g in grp]
 
-    for pos, job in enumerate(queue_order(queue, usage, now=now, policy=policy, reserved=reserved), start=1):
+    for pos, job in enumerate(queue_order(queue, usage, now=now, policy=policy, reserved=reserved,
+                                                 host_gpus=largest[None]), start=1):
         n = job.gpus
         if n <= 0:  # CPU-only work never competes for GPUs
             placements.append(Placement(job.id, ()))

@@ -3,7 +3,7 @@ to the head is kept, over passes, whatever fair share, age and later arrivals sa
 import random
 
 from mlpd.scheduler import (
-    Gpu, GpuLimit, Holding, Policy, QueuedJob, fair_share_factors, priority_score, queue_order, schedule,
+    Gpu, GpuLimit, Holding, Policy, QueuedJob, fair_share_factors, priority_score, queue_order, schedule, size_factor,
 )
 
 NOW = 1_800_000_000.0
@@ -62,6 +62,47 @@ def test_fair_share_off_is_priority_then_submit_order():
     queue = [job("h", "heavy", submitted_at=NOW - 10), job("l", "light", submitted_at=NOW - 5)]
     assert [j.id for j in queue_order(queue, usage, now=NOW, policy=Policy(fair_share=False))] == ["h", "l"]
     assert [j.id for j in queue_order(queue, usage, now=NOW, policy=Policy())] == ["l", "h"]
+
+
+def test_size_factor_is_the_share_of_the_host_in_full_up_to_size_time_then_less():
+    assert size_factor(job("w", "a", gpus=8, time_limit=300.0), 8, HOUR, 7 * 86400) == 1.0
+    assert size_factor(job("w", "a", gpus=8, time_limit=HOUR), 8, HOUR, 7 * 86400) == 1.0
+    assert size_factor(job("h", "a", gpus=4, time_limit=2 * HOUR), 8, HOUR, 7 * 86400) == 0.5 * 0.5
+    assert size_factor(job("n", "a", gpus=1, time_limit=600.0), 8, HOUR, 7 * 86400) == 1 / 8
+    assert size_factor(job("u", "a", gpus=8, time_limit=None), 8, HOUR, 7 * 86400) == HOUR / (7 * 86400)
+    assert size_factor(job("x", "a", gpus=16, time_limit=60.0), 8, HOUR, 7 * 86400) == 1.0  # capped at the host
+    assert size_factor(job("c", "a", gpus=0, time_limit=60.0), 8, HOUR, 7 * 86400) == 0.0  # CPU-only
+    assert size_factor(job("w", "a", gpus=8, time_limit=60.0), 0, HOUR, 7 * 86400) == 0.0  # host unknown
+
+
+def test_score_adds_weighted_size_only_with_the_host_size():
+    p = Policy(fair_share=False, weight_age=0, weight_expansion=0, weight_size=1000, size_time=HOUR)
+    j = job("j", "alice", gpus=2, time_limit=4 * HOUR)
+    assert priority_score(j, NOW, p, {}, host_gpus=8) == 1000 * (2 / 8) * (1 / 4)
+    assert priority_score(j, NOW, p, {}) == 0  # without the host's size, no size term
+
+
+def test_size_puts_a_wide_short_job_ahead_of_an_older_narrow_long_one():
+    old = job("narrow", "a", gpus=1, time_limit=10 * HOUR, submitted_at=NOW - 2 * HOUR)
+    wide = job("wide", "b", gpus=8, time_limit=600.0, submitted_at=NOW)
+    assert [j.id for j in queue_order([old, wide], {}, now=NOW, policy=Policy(weight_size=0), host_gpus=8)] == ["narrow", "wide"]
+    p = Policy(weight_size=5000)
+    assert [j.id for j in queue_order([old, wide], {}, now=NOW, policy=p, host_gpus=8)] == ["wide", "narrow"]
+    # a long wide job gets little: 8/8 x 1 h / 100 h x 5000 = 50 < 2 h of age and expansion of the narrow one
+    long_wide = job("long", "b", gpus=8, time_limit=100 * HOUR, submitted_at=NOW)
+    assert [j.id for j in queue_order([old, long_wide], {}, now=NOW, policy=p, host_gpus=8)] == ["narrow", "long"]
+
+
+def test_with_size_the_wide_short_job_holds_the_reservation_and_the_host_drains_for_it():
+    g = gpus(2)
+    busy = [Holding("GPU-0", "run", "c", NOW + HOUR)]
+    narrow = job("narrow", "a", gpus=1, time_limit=10 * HOUR, submitted_at=NOW - HOUR)
+    wide = job("wide", "b", gpus=2, time_limit=600.0, submitted_at=NOW - 60)
+    plain = schedule(g, busy, [narrow, wide], NOW, Policy(weight_size=0))
+    assert placed(plain) == {"narrow": ("GPU-1",)} and plain.head.job_id == "wide"
+    assert plain.head.start == NOW + 10 * HOUR  # behind the narrow job's 10 hours
+    sized = schedule(g, busy, [narrow, wide], NOW, Policy(weight_size=5000))
+    assert placed(sized) == {} and sized.head.job_id == "wide" and sized.head.start == NOW + HOUR
 
 
 def test_a_reserved_job_goes_first_whatever_its_score():
@@ -174,7 +215,8 @@ def test_property_no_head_starts_later_than_promised_and_backfill_never_delays_i
     rng = random.Random(15)
     kept = 0
     for _ in range(150):
-        policy = rng.choice([Policy(), Policy(fair_share=False), Policy(weight_fair_share=5000, weight_age=0)])
+        policy = rng.choice([Policy(), Policy(fair_share=False), Policy(weight_fair_share=5000, weight_age=0),
+                             Policy(weight_size=5000)])
         started, promised = _simulate(rng, policy)
         kept += sum(1 for j in promised if j in started)
     assert kept > 150  # the property was exercised on many heads that went on to start
@@ -187,6 +229,19 @@ def test_policy_defaults_are_the_documented_settings(tmp_path):
     assert scheduler_policy(load_config(None, {"server.state_dir": str(tmp_path)})) == Policy()
     off = load_config(None, {"server.state_dir": str(tmp_path), "scheduler.fair_share": False, "scheduler.max_age": "1d"})
     assert scheduler_policy(off) == Policy(fair_share=False, max_age=86400.0)
+    sized = load_config(None, {"server.state_dir": str(tmp_path), "scheduler.weight_size": 2000, "scheduler.size_time": "30m"})
+    assert scheduler_policy(sized) == Policy(weight_size=2000.0, size_time=1800.0)
+
+
+def test_bad_size_settings_are_refused_in_one_line(tmp_path):
+    import pytest
+    from mlpd.config import ConfigError, load_config
+
+    for key, value, words in (("scheduler.weight_size", -1, "scheduler.weight_size"),
+                              ("scheduler.size_time", "soon", "scheduler.size_time")):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, {"server.state_dir": str(tmp_path), key: value})
+        assert words in str(info.value) and "\n" not in str(info.value)
 
 
 def test_queue_order_is_the_order_of_priority_score():
@@ -200,3 +255,18 @@ def test_queue_order_is_the_order_of_priority_score():
         factors = fair_share_factors(usage, {j.owner for j in queue})
         expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors), j.submitted_at, j.id))
         assert queue_order(queue, usage, now=NOW, policy=policy) == expected
+
+
+def test_queue_order_is_the_order_of_priority_score_with_job_size():
+    rng = random.Random(4)
+    for _ in range(200):
+        policy = Policy(weight_size=rng.choice([0.0, 50.0, 5000.0]), size_time=rng.choice([0.0, 600.0, 3600.0]),
+                        max_age=rng.choice([0.0, 7 * 86400.0]))
+        host = rng.choice([0, 1, 4, 8])
+        queue = [QueuedJob(f"j{i}", rng.choice("abc"), rng.choice([0, 1, 2, 4, 8, 16]), None, 0,
+                           NOW - rng.uniform(-60, 86400), rng.choice([None, 60.0, 3600.0, 86400.0 * 30]))
+                 for i in range(rng.randint(1, 12))]
+        usage = {o: rng.uniform(0, 100) for o in "ab"}
+        factors = fair_share_factors(usage, {j.owner for j in queue})
+        expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors, host), j.submitted_at, j.id))
+        assert queue_order(queue, usage, now=NOW, policy=policy, host_gpus=host) == expected

@@ -170,7 +170,7 @@ def doctor(config_file: str | None, state_dir: str | None, listen: str | None, a
 @click.option("--password-stdin", is_flag=True, help="Read the current and the new password from two lines of standard input (for scripts).")
 def password(password_stdin: bool) -> None:
     """Change your password for the web UI (an admin sets the first one)."""
-    from mlpd.cli_admin import read_new_password
+    from mlpd.cli.admin import read_new_password
 
     if password_stdin:
         old = sys.stdin.readline().rstrip("\r\n")
@@ -234,21 +234,21 @@ def version(as_json: bool) -> None:
 
 # ---------------------------------------------------------------- admin
 
-from mlpd.cli_admin import admin  # noqa: E402
+from mlpd.cli.admin import admin  # noqa: E402
 
 main.add_command(admin)
 
-from mlpd.cli_jobs import register as _register_jobs  # noqa: E402
-from mlpd.cli_usage import register as _register_usage  # noqa: E402
+from mlpd.cli.jobs import register as _register_jobs  # noqa: E402
+from mlpd.cli.usage import register as _register_usage  # noqa: E402
 
-from mlpd.cli_mlflow import register as _register_mlflow  # noqa: E402
-from mlpd.cli_ws import register as _register_ws  # noqa: E402
+from mlpd.cli.mlflow import register as _register_mlflow  # noqa: E402
+from mlpd.cli.ws import register as _register_ws  # noqa: E402
 
 _register_jobs(main)
 _register_usage(main, admin)
 _register_mlflow(main)
 _register_ws(main)
 
-from mlpd.cli_serving import register as _register_serving  # noqa: E402
+from mlpd.cli.serving import register as _register_serving  # noqa: E402
 
 _register_serving(main)

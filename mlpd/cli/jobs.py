@@ -8,15 +8,8 @@ from typing import Any
 
 import click
 
+from mlpd.cli.common import _client, json_option
 from mlpd.output import emit_json, table, when
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
-
-
-def _client():
-    from mlpd.cli import _client as make
-
-    return make()
 
 
 def upload_code(client, directory: str) -> str:
@@ -477,9 +470,3 @@ def images_build(force, local, config_file):
         failed = failed or line.startswith("ERROR:")
     if failed:
         sys.exit(1)
-
-
-def register(main: click.Group) -> None:
-    """Add the job commands to the top-level group."""
-    for command in (run, submit, jobs, logs, cancel, gpus, images):
-        main.add_command(command)

@@ -7,6 +7,7 @@ only when a command of it runs; these tests keep that map, the modules and `mlpd
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,16 @@ def test_run_imports_only_what_run_needs():
     assert not loaded & {"mlpd.cli.admin", "mlpd.cli.mlflow", "mlpd.cli.serving", "mlpd.cli.usage", "mlpd.cli.ws",
                          "mlpd.cli.daemon", "mlpd.cli.identity", "mlpd.codeship", "requests", "tarfile", "tomllib",
                          "importlib.metadata"}, loaded
+
+
+def test_shell_completion_offers_every_command_also_the_lazy_ones():
+    def complete(words: str, cword: int) -> list[str]:
+        env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(cword), "_MLPD_COMPLETE": "bash_complete"}
+        out = subprocess.run([sys.executable, "-c", "from mlpd.cli import main; main(prog_name='mlpd')"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [line.split(",", 1)[1] for line in out.stdout.splitlines()]
+
+    assert complete("mlpd ", 1) == sorted(COMMANDS)
+    assert {"quota", "team", "ws-idle-timeout", "user", "token"} <= set(complete("mlpd admin ", 2))
+    assert complete("mlpd run --no-c", 2) == ["--no-code"]

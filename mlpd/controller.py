@@ -5,19 +5,21 @@ every container Docker has for this daemon; finish what ended (exit code, end
 time and reason from Docker), stop what was cancelled or ran out of time, mark
 lost what vanished, remove orphans; then ask the pure scheduler for placements
 and launch them, and which preemptible jobs to preempt for waiting work of a higher
-class (SIGTERM now, a stop after the grace period, then back to the queue). Launches run in a small thread pool so a slow image start does
-not hold up the loop. Nothing here depends on a pass running exactly once.
+class (SIGTERM now, a stop after the grace period, then back to the queue). Launches and stops are
+handed to `dispatch` (in the daemon: huey tasks, see mlpd.workers.tasks), so a slow image start or a
+container that takes its time to stop does not hold up the loop; both are idempotent, and nothing
+here depends on a pass, a launch or a stop running exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Iterator
 
 from mlpd import jobs
 from mlpd.config import Config
@@ -162,14 +164,15 @@ class JobController:
     """Reconciles jobs with containers and launches what the scheduler places."""
 
     def __init__(self, store: Store, config: Config, runtime: Runtime, inventory: GpuInventory, wake: Callable[[str], None] = lambda r: None,
-                 executor: Any = None, clock: Callable[[], float] = time.time):
-        """executor runs launches (submit(fn, *args)); by default a pool of 4 threads, so a slow
-        image start does not hold up the loop. Tests pass one that runs them inline."""
+                 dispatch: Callable[..., None] | None = None, clock: Callable[[], float] = time.time):
+        """dispatch(action, job_id, *args) has `run_<action>(job_id, *args)` (launch, stop) run later,
+        off the loop; the worker enqueues a huey task. Without one (tests) they run at once, inline."""
         self.store, self.config, self.runtime, self.inventory = store, config, runtime, inventory
         self.wake = wake
-        self.launching: set[str] = set()
+        self.launching: set[str] = set()  # jobs with a launch or a stop asked for and not yet done
+        self._running: set[str] = set()  # jobs whose launch or stop is executing now
         self._lock = threading.Lock()
-        self.pool = executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix="launch")
+        self.dispatch = dispatch or (lambda action, job_id, *args: getattr(self, f"run_{action}")(job_id, *args))
         self.environments = EnvironmentBuilder(runtime, clock)
         self.next_deadline: float | None = None  # the earliest time limit among running jobs
 
@@ -240,10 +243,7 @@ class JobController:
                 self.next_deadline = min(self.next_deadline or grace_end, grace_end)
                 return  # it is writing its checkpoint
         if job["cancel_requested_by"] or (limit and now - started >= limit) or preempting:
-            self.runtime.stop(job_id, timeout=0 if preempting else 5)  # a preempted job had its grace period
-            fresh = self.runtime.inspect(job_id)
-            if fresh and fresh.ended:
-                self._finish(job, fresh)
+            self._hand_off("stop", job_id, 0 if preempting else 5)  # a preempted job had its grace period
 
     def _finish(self, job: dict[str, Any], c: WorkloadStatus) -> None:
         """Record how the job ended from the runtime's own account, keep its log, remove the container."""
@@ -376,14 +376,60 @@ class JobController:
                 self.next_deadline = min(self.next_deadline or now + grace, now + grace)
 
     def _launch(self, job: dict[str, Any]) -> None:
-        with self._lock:
-            if job["id"] in self.launching:
-                return
-            self.launching.add(job["id"])
-        self.pool.submit(self._launch_now, job)
+        self._hand_off("launch", job["id"])
 
-    def _launch_now(self, job: dict[str, Any]) -> None:
-        job_id = job["id"]
+    def _hand_off(self, action: str, job_id: str, *args: Any) -> None:
+        """Ask for run_<action>(job_id, *args) once: not again while one is asked for or running."""
+        with self._lock:
+            if job_id in self.launching:
+                return
+            self.launching.add(job_id)
+        try:
+            self.dispatch(action, job_id, *args)
+        except Exception:
+            with self._lock:
+                self.launching.discard(job_id)
+            raise
+
+    @contextlib.contextmanager
+    def _claim(self, job_id: str) -> Iterator[bool]:
+        """Whether this thread may act on the job now: False while another launch or stop of it runs
+        (a task left in huey's queue by an earlier worker can meet a new one for the same job)."""
+        with self._lock:
+            mine = job_id not in self._running
+            self._running.add(job_id)
+            self.launching.add(job_id)
+        try:
+            yield mine
+        finally:
+            if mine:
+                with self._lock:
+                    self._running.discard(job_id)
+                    self.launching.discard(job_id)
+                self.wake(f"done {job_id}")
+
+    def run_stop(self, job_id: str, timeout: float) -> None:
+        """Stop the job's container (SIGTERM, then SIGKILL after `timeout`) and record how it ended.
+        Idempotent: a job that has ended already, or whose container is gone, is left to the next pass."""
+        with self._claim(job_id) as mine:
+            if not mine:
+                return
+            job = jobs.get(self.store, job_id)
+            if job is None or job["state"] not in ACTIVE_NAMES:
+                return
+            self.runtime.stop(job_id, timeout=timeout)
+            fresh = self.runtime.inspect(job_id)
+            if fresh is not None and fresh.ended and attempt_of(fresh) >= job["attempts"]:
+                self._finish(job, fresh)
+
+    def run_launch(self, job_id: str) -> None:
+        """Start the job's container if the job is still starting. Idempotent: run twice, or after the
+        job moved on, it does nothing more."""
+        with self._claim(job_id) as mine:
+            if mine:
+                self._launch_now(job_id)
+
+    def _launch_now(self, job_id: str) -> None:
         try:
             # The pass that asked for this launch read the job (and Docker) a moment ago; an earlier
             # launch may have started, finished and removed the container since. Only a job that is
@@ -409,10 +455,6 @@ class JobController:
             log.exception("launching job %s failed", job_id)
             self.runtime.remove(job_id)
             jobs.transition(self.store, job_id, JobState.FAILED, reason=f"mlpd could not start it: {exc}", ended_at=time.time())
-        finally:
-            with self._lock:
-                self.launching.discard(job_id)
-            self.wake(f"launched {job_id}")
 
     def apply_retention(self, now: float | None = None):
         """Remove ended jobs' files and unused code archives past their retention (see mlpd.retention)."""

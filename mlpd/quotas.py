@@ -103,6 +103,7 @@ def remove_team(store: Store, name: str, actor: str) -> None:
             raise UserError(f"no such team {name!r}", code="not_found", status=404)
         db.execute("DELETE FROM team_members WHERE team = ?", [name])
         db.execute("DELETE FROM quotas WHERE subject_kind = 'team' AND subject = ?", [name])
+        db.execute("DELETE FROM priority_grants WHERE subject = ?", [f"team:{name}"])  # a team made again later starts with none
         db.execute("DELETE FROM teams WHERE name = ?", [name])
         record_event(db, actor, "team.remove", "team", name)
 

@@ -328,6 +328,20 @@ def _migration_serving(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX deployment_revisions_deployment ON deployment_revisions (deployment, state)")
 
 
+def _migration_priority_grants(db: sqlite_utils.Database) -> None:
+    """Priority classes granted by an admin at run time (`mlpd admin priority-class grant`): a user or
+    "team:NAME" may use the class, besides those mlpd.toml's scheduler.priority_class_users names."""
+    db.execute(
+        """CREATE TABLE priority_grants (
+            class TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            granted_at REAL NOT NULL,
+            PRIMARY KEY (class, subject)
+        )"""
+    )
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _migration_initial),
     ("0002_jobs", _migration_jobs),
@@ -339,6 +353,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0008_ui", _migration_ui),
     ("0009_serving", _migration_serving),
     ("0010_preemption", _migration_preemption),
+    ("0011_priority_grants", _migration_priority_grants),
 )
 
 

@@ -74,13 +74,14 @@ def create_app(cfg: Config | None = None) -> Flask:
         web_log.addHandler(handler)
     web_log.setLevel(cfg["server.log_level"].upper())
 
-    from mlpd.web import errors, routes
-    from mlpd.web import api_admin, api_jobs, api_usage, api_workspaces, metrics, openapi, ui_password_api  # noqa: F401  (they register routes)
-    from mlpd.web import ui
-    from mlpd.web import api_serving  # noqa: F401  (deployments)
+    from mlpd.web import (api_admin, api_jobs, api_serving, api_usage, api_workspaces, errors, metrics, openapi, ui,
+                          ui_password_api)
 
     errors.register_error_handlers(app)
-    app.register_blueprint(routes.api)
+    # The API, one blueprint per area (each declares its routes with its area.route).
+    for area in (api_admin.area, api_jobs.area, api_usage.area, api_workspaces.area, api_serving.area, ui_password_api.area,
+                 openapi.area):
+        app.register_blueprint(area.blueprint)
     ui.install(app)  # the web UI: /ui pages (sessions, CSRF), / redirects there
 
     @app.before_request

@@ -1,4 +1,4 @@
-"""Identity, users, tokens and the audit trail."""
+"""Identity, users, tokens, priority-class grants and the audit trail."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from flask import g, jsonify, request
 
 import mlpd
 from mlpd import users
-from mlpd.web import store
+from mlpd.web import config, store
 from mlpd.web.errors import ApiError
-from mlpd.web.routes import Field, json_body, route
+from mlpd.web.routes import Area, Field, json_body
+
+area = Area("admin")  # registered by the app factory (mlpd.web.create_app)
+route = area.route
 
 
 @route("/whoami", summary="The user the token belongs to", job_token=True)
@@ -35,7 +38,7 @@ def list_users():
        body={"name": Field(str, True, "user name"), "admin": Field(bool, False, "make the user an admin"),
              "expires_in": Field((int, float), False, "token lifetime in seconds")})
 def add_user():
-    body = json_body({"name": Field(str, True), "admin": Field(bool), "expires_in": Field((int, float))})
+    body = json_body()
     role = "admin" if body.get("admin") else "member"
     user = users.add_user(store(), body["name"], role, actor=g.user.name)
     token, record = users.create_token(store(), user.name, "initial", body.get("expires_in"), actor=g.user.name)
@@ -65,7 +68,7 @@ def list_tokens():
        body={"user": Field(str, False, "whose token (admins only)"), "label": Field(str, False, "what it is for"),
              "expires_in": Field((int, float), False, "lifetime in seconds")})
 def create_token():
-    body = json_body({"user": Field(str), "label": Field(str), "expires_in": Field((int, float))})
+    body = json_body()
     name = body.get("user") or g.user.name
     if name != g.user.name and not g.user.is_admin:
         raise ApiError(403, "forbidden", "only admins create tokens for other users")
@@ -93,3 +96,37 @@ def events():
     for row in rows:
         row["detail"] = json.loads(row["detail"])
     return jsonify({"events": rows})
+
+
+def _priority_classes():
+    from mlpd.priority_classes import PriorityClasses
+
+    return PriorityClasses.from_config(config())
+
+
+@route("/admin/priority-classes", summary="Priority classes, highest first: rank, default, preemptible, and who may use each "
+       "(mlpd.toml's scheduler.priority_class_users and the grants; admins may use every class)", admin=True)
+def list_priority_classes():
+    from mlpd.priority_classes import listing
+
+    return jsonify(listing(store(), _priority_classes()))
+
+
+GRANT_BODY = {"user": Field(str, True, 'the user, or "team:NAME" for a team\'s members')}
+
+
+@route("/admin/priority-classes/<name>/grants", methods=("POST",), admin=True, body=GRANT_BODY,
+       summary="Let a user (or team:NAME) use a priority class, from their next submit on (idempotent)")
+def grant_priority_class(name: str):
+    from mlpd.priority_classes import grant
+
+    done = grant(store(), _priority_classes(), json_body()["user"], name, g.user.name)
+    return jsonify(done), 201 if done["granted"] else 200
+
+
+@route("/admin/priority-classes/<name>/grants/<user>", methods=("DELETE",), admin=True,
+       summary="Take back a grant of a priority class (queued work keeps its class; the next submit is checked without it)")
+def revoke_priority_class(name: str, user: str):
+    from mlpd.priority_classes import revoke
+
+    return jsonify(revoke(store(), _priority_classes(), user, name, g.user.name))

@@ -17,7 +17,10 @@ from mlpd.jobs import JobState
 from mlpd.jobspec import SpecError, check_host_limits, host_limits, parse_spec
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
-from mlpd.web.routes import Field, json_body, request_json, route
+from mlpd.web.routes import Area, Field, json_body, request_json
+
+area = Area("jobs")  # registered by the app factory (mlpd.web.create_app)
+route = area.route
 
 _lock = threading.Lock()
 TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
@@ -85,11 +88,10 @@ def _classes():
 
 
 def check_priority_class(spec) -> None:
-    """Refuse a class that does not exist (400) or that the admins keep for others (403)."""
-    from mlpd import quotas
+    """Refuse a class that does not exist (400) or that the admins keep for others (403): mlpd.toml and the grants."""
+    from mlpd.priority_classes import submit_refusal
 
-    teams = quotas.teams_of(store()).get(g.user.name, []) if spec.priority_class else []
-    refusal = _classes().refusal(spec.priority_class, g.user.name, g.user.is_admin, teams)
+    refusal = submit_refusal(store(), config(), spec.priority_class, g.user.name, g.user.is_admin)
     if refusal:
         raise ApiError(*refusal)
 
@@ -394,7 +396,7 @@ def declare_gpus():
     from mlpd.gpus import DECLARED_KEY
     from mlpd.store import record_event, set_status
 
-    data = json_body(DECLARE_BODY)
+    data = json_body()
     count, model = data["count"], (data.get("model") or config()["gpus.declared_model"])[:128]
     if not 0 <= count <= 64:
         raise ApiError(400, "invalid_field", "count: expected 0 to 64")
@@ -418,7 +420,7 @@ def declare_gpus():
 @route("/gpus/<gpu>/drain", methods=("POST",), summary="Drain a GPU (index or UUID): running work finishes, nothing new is placed", admin=True,
        body={"reason": Field(str, False, "why, shown wherever the GPU is")})
 def drain_gpu(gpu: str):
-    reason = (json_body({"reason": Field(str)}).get("reason") or "")[:500]
+    reason = (json_body().get("reason") or "")[:500]
     device = find_gpu(inventory().devices(), gpu)
     set_drained(store(), device.uuid, True, g.user.name, reason)
     return jsonify({"gpu": device.uuid, "index": device.index, "drained": True, "reason": reason})

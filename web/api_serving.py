@@ -8,7 +8,10 @@ from mlpd import serving
 from mlpd.web import config, store
 from mlpd.web.api_jobs import check_admission, check_disk, wake
 from mlpd.web.errors import ApiError
-from mlpd.web.routes import Field, json_body, route
+from mlpd.web.routes import Area, Field, json_body
+
+area = Area("serving")  # registered by the app factory (mlpd.web.create_app)
+route = area.route
 
 CREATE_BODY = {
     "model": Field(str, True, "MLflow model URI: models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/RUN_ID/PATH"),
@@ -45,7 +48,7 @@ def _spec_of(data: dict) -> tuple[dict, object]:
 @route("/deployments", methods=("POST",), summary="Serve a model: a deployment with a stable endpoint /serve/NAME/invocations; "
                                                   "answers its key once", body=CREATE_BODY)
 def create_deployment():
-    data = json_body(CREATE_BODY)
+    data = json_body()
     uri = data["model"]
     name = serving.check_name(data.get("name") or serving.default_name(uri))
     spec, job_spec = _spec_of(data)
@@ -81,7 +84,7 @@ UPDATE_BODY = {
                                                                   "answers /ping; one that does not is rolled back", body=UPDATE_BODY)
 def update_deployment(name: str):
     dep = _visible(name)
-    data = json_body(UPDATE_BODY)
+    data = json_body()
     dep = serving.update(store(), config(), dep, g.user.name, data.get("model"), data.get("follow_alias"), canary=data.get("canary"))
     wake(f"deployment {name} updated")
     return jsonify({"deployment": _view(dep, detail=True)})

@@ -13,7 +13,10 @@ from mlpd import quotas
 from mlpd.accounting import GROUPINGS, busy_seconds, summarize
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
-from mlpd.web.routes import Field, json_body, route
+from mlpd.web.routes import Area, Field, json_body
+
+area = Area("usage")  # registered by the app factory (mlpd.web.create_app)
+route = area.route
 
 
 def _time_arg(name: str, default: float) -> float:
@@ -128,7 +131,7 @@ def list_quotas():
 @route("/quotas", methods=("POST",), summary="Set a user's or team's quota (0 = unlimited; both null clears it)", admin=True,
        body={"user": Field(str), "team": Field(str), "gpu_hours": Field((int, float)), "max_gpus": Field(int)})
 def set_quota():
-    body = json_body({"user": Field(str), "team": Field(str), "gpu_hours": Field((int, float)), "max_gpus": Field(int)})
+    body = json_body()
     if bool(body.get("user")) == bool(body.get("team")):
         raise ApiError(400, "invalid_field", "user: give exactly one of user or team")
     kind, subject = ("user", body["user"]) if body.get("user") else ("team", body["team"])
@@ -146,7 +149,7 @@ def list_teams():
 
 @route("/teams", methods=("POST",), summary="Create a team", admin=True, body={"name": Field(str, True)})
 def add_team():
-    body = json_body({"name": Field(str, True)})
+    body = json_body()
     quotas.add_team(store(), body["name"], g.user.name)
     return jsonify({"team": body["name"]}), 201
 
@@ -159,7 +162,7 @@ def remove_team(name: str):
 
 @route("/teams/<name>/members", methods=("POST",), summary="Add a user to a team", admin=True, body={"user": Field(str, True)})
 def add_member(name: str):
-    body = json_body({"user": Field(str, True)})
+    body = json_body()
     quotas.set_membership(store(), name, body["user"], True, g.user.name)
     return jsonify({"team": name, "members": quotas.team_members(store(), name)})
 

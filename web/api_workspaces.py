@@ -13,7 +13,10 @@ from mlpd.jobs import JobState
 from mlpd.web import config, store
 from mlpd.web.api_jobs import check_disk, inventory, logs_response, wake
 from mlpd.web.errors import ApiError
-from mlpd.web.routes import Field, json_body, route
+from mlpd.web.routes import Area, Field, json_body
+
+area = Area("workspaces")  # registered by the app factory (mlpd.web.create_app)
+route = area.route
 
 CREATE_BODY = {
     "name": Field(str, True, "1-40 lowercase letters, digits and '-'"),
@@ -85,7 +88,7 @@ def _start_now_or_fail(ws: dict, wait: bool) -> None:
 
 @route("/workspaces", methods=("POST",), summary="Create a workspace (and start it)", body=CREATE_BODY)
 def create_workspace():
-    ws, warnings = create_for_user(json_body(CREATE_BODY))
+    ws, warnings = create_for_user(json_body())
     wake(f"submitted workspace {ws['id']}")
     return jsonify({"workspace": view(ws), "warnings": warnings}), 201
 
@@ -141,7 +144,7 @@ def stop_workspace(name: str):
 
 @route("/workspaces/<name>/start", methods=("POST",), summary="Start a stopped workspace (same home, port and token)", body=START_BODY)
 def start_workspace(name: str):
-    data = json_body(START_BODY)
+    data = json_body()
     ws = _get(name)
     check_disk()
     quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"])
@@ -185,7 +188,7 @@ def set_idle_timeout(user: str):
     from mlpd.jobspec import parse_duration
     from mlpd.store import record_event
 
-    data = json_body(IDLE_BODY)
+    data = json_body()
     seconds = None
     if data.get("timeout"):
         try:
@@ -213,7 +216,7 @@ def list_keys():
 def add_key():
     from mlpd import sshkeys
 
-    key = sshkeys.add_key(store(), config().state_dir, g.user.name, json_body(KEY_BODY)["key"])
+    key = sshkeys.add_key(store(), config().state_dir, g.user.name, json_body()["key"])
     return jsonify({"key": key}), 201
 
 

@@ -7,7 +7,10 @@ import re
 from flask import jsonify
 
 import mlpd
-from mlpd.web.routes import ROUTES, route
+from mlpd.web.routes import Area, ROUTES
+
+area = Area("openapi")  # registered by the app factory (mlpd.web.create_app)
+route = area.route
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 

@@ -1,4 +1,5 @@
-"""Route declaration for the JSON API: one decorator registers a route and documents it.
+"""Route declaration for the JSON API: each area (jobs, workspaces, ...) is a blueprint, and one
+decorator (area.route) registers a route, declares its request body and documents it.
 
 The OpenAPI document is built from these declarations, and a test checks it
 against the routes the app really serves, so the two cannot drift.
@@ -10,16 +11,12 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from flask import Blueprint, g, request
+from flask import Blueprint, current_app, g, request
 
 from mlpd import strict_json
 
 from mlpd.web.auth import require_user
 from mlpd.web.errors import ApiError
-
-api = Blueprint("api", __name__, url_prefix="/api/v1")
-api.before_request(require_user)
-
 
 @dataclass(frozen=True)
 class Field:
@@ -46,33 +43,44 @@ class RouteDoc:
 ROUTES: list[RouteDoc] = []
 
 
-def route(rule: str, methods: tuple[str, ...] = ("GET",), summary: str = "", admin: bool = False, body: dict[str, Field] | None = None,
-          streaming: bool = False, job_token: bool = False):
-    """Register an authenticated /api/v1 route; admin routes answer 403 to members.
+class Area:
+    """One area of the API (jobs, workspaces, admin, ...): its own blueprint under /api/v1, which the
+    app factory registers by name (mlpd.web.create_app). Its routes are declared with area.route."""
 
-    A job's token (see mlpd.users.User) reaches only the routes marked ``job_token``: what
-    a job needs, never anything that makes credentials or outlives the job.
-    """
+    def __init__(self, name: str):
+        self.name = name
+        self.blueprint = Blueprint(f"api_{name}", __name__, url_prefix="/api/v1")
+        self.blueprint.before_request(require_user)
 
-    def decorate(fn: Callable):
-        endpoint = fn.__name__
+    def route(self, rule: str, methods: tuple[str, ...] = ("GET",), summary: str = "", admin: bool = False,
+              body: dict[str, Field] | None = None, streaming: bool = False, job_token: bool = False):
+        """Register an authenticated /api/v1 route; admin routes answer 403 to members.
 
-        @functools.wraps(fn)
-        def view(**kwargs):
-            if g.user.job_id and not job_token:
-                raise ApiError(403, "forbidden", f"a job's token (job {g.user.job_id}) cannot do this; it may read its own job "
-                                                 "and use MLflow. Use your own token ('mlpd login') outside the job")
-            if admin and not g.user.is_admin:
-                raise ApiError(403, "forbidden", "this needs an admin token")
-            return fn(**kwargs)
+        A job's token (see mlpd.users.User) reaches only the routes marked ``job_token``: what
+        a job needs, never anything that makes credentials or outlives the job. ``body`` declares
+        the JSON request body once: json_body() checks a request against it and OpenAPI documents it.
+        """
 
-        view.mlpd_admin = admin  # type: ignore[attr-defined]
-        view.mlpd_job_token = job_token  # type: ignore[attr-defined]
-        api.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=list(methods))
-        ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint, job_token))
-        return view
+        def decorate(fn: Callable):
+            endpoint = fn.__name__
 
-    return decorate
+            @functools.wraps(fn)
+            def view(**kwargs):
+                if g.user.job_id and not job_token:
+                    raise ApiError(403, "forbidden", f"a job's token (job {g.user.job_id}) cannot do this; it may read its own job "
+                                                     "and use MLflow. Use your own token ('mlpd login') outside the job")
+                if admin and not g.user.is_admin:
+                    raise ApiError(403, "forbidden", "this needs an admin token")
+                return fn(**kwargs)
+
+            view.mlpd_admin = admin  # type: ignore[attr-defined]
+            view.mlpd_job_token = job_token  # type: ignore[attr-defined]
+            view.mlpd_body = body  # type: ignore[attr-defined]  (what json_body() checks)
+            self.blueprint.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=list(methods))
+            ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint, job_token))
+            return view
+
+        return decorate
 
 
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "an object"}
@@ -102,8 +110,10 @@ def request_json() -> Any:
         raise ApiError(400, "invalid_json", str(exc)) from None
 
 
-def json_body(schema: dict[str, Field]) -> dict[str, Any]:
-    """The request's JSON object, checked against schema; errors name the field."""
+def json_body(schema: dict[str, Field] | None = None) -> dict[str, Any]:
+    """The request's JSON object, checked against the body its route declares (or `schema`); errors name the field."""
+    if schema is None:
+        schema = getattr(current_app.view_functions[request.endpoint], "mlpd_body", None) or {}
     data = request_json()
     if data is None:
         data = {}

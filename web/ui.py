@@ -301,8 +301,24 @@ def _saved_log(job_id: str) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
+    """Each time the job was preempted, oldest first: the attempt stopped, when, why (which job of
+    which class it made way for, as `mlpd jobs show` says it) and that job's id when g.user may see it."""
+    out, for_job = [], None
+    for event in history:
+        if event["action"] == "job.preempt_requested":
+            for_job = event["detail"].get("for_job")
+        elif event["action"] == "job.preempted":
+            visible = for_job and jobs.visible(store(), for_job, g.user.name, g.user.is_admin) is not None
+            out.append({"attempt": len(out) + 1, "at": event["at"], "reason": event["detail"].get("reason", ""),
+                        "for_job": for_job if visible else None})
+            for_job = None
+    return out
+
+
 @ui.route("/jobs/<job_id>")
 def job(job_id: str):
+    from mlpd.priority_classes import PriorityClasses
     from mlpd.web.api_jobs import explain_wait, mlflow_runs
 
     job = _visible_job(job_id)
@@ -310,8 +326,11 @@ def job(job_id: str):
     if waiting and not g.user.is_admin:
         waiting["blocking"] = [dict(b, job_id=b["job_id"] if b["owner"] == g.user.name else "") for b in waiting["blocking"]]
     terminal = job["state"] in TERMINAL_NAMES
-    return render_template("job.html", job=job, spec_items=_spec_items(job), history=jobs.history(store(), job_id), waiting=waiting,
-                           runs=mlflow_runs(job_id), terminal=terminal, log=_saved_log(job_id) if terminal else "",
+    history = jobs.history(store(), job_id)
+    preempting = job["preempt_requested_at"] is not None and job["state"] in ("starting", "running")
+    return render_template("job.html", job=job, spec_items=_spec_items(job), history=history, waiting=waiting,
+                           priority_class=PriorityClasses.from_config(config()).of(job), preemptions=preemption_rows(history),
+                           preempting=preempting, runs=mlflow_runs(job_id), terminal=terminal, log=_saved_log(job_id) if terminal else "",
                            duration=((job["ended_at"] or time.time()) - job["started_at"]) if job["started_at"] else None)
 
 

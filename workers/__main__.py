@@ -10,7 +10,7 @@ import time
 
 from mlpd.config import Config, load_config
 from mlpd.wakeup import WakeListener
-from mlpd.workers import loop, tasks
+from mlpd.workers import loop
 
 
 def hold_controller_lock(state_dir: str, wait: float = 30.0):
@@ -41,12 +41,11 @@ def main() -> int:
         logging.getLogger("mlpd.workers").error("another worker still acts on %s; not starting a second controller", config.state_dir)
         return 1
     controller_loop = loop.ControllerLoop(config)
-    tasks.wake_hook = controller_loop.wake
     listener = WakeListener(config.state_dir, controller_loop.wake)
     listener.start()  # the API's wake-ups after a submit or a cancel (mlpd.wakeup)
     controller_loop.start()
     # huey's consumer owns the main thread and its signal handling; SIGTERM stops both.
-    consumer = tasks.tasks_for(config).huey.create_consumer(workers=2, worker_type="thread", initial_delay=0.05, backoff=1.5, max_delay=0.1, periodic=False)
+    consumer = controller_loop.tasks.consumer()
     try:
         consumer.run()
     finally:

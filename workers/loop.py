@@ -1,8 +1,9 @@
 """The reconcile loop: every few seconds, and at once when woken, bring the world in line with the database.
 
-Woken by Docker events (a job container started or died) and by the huey task
-the API enqueues on submit and cancel, so the scheduler reacts within a second
-rather than on the polling period.
+Woken by Docker events (a job container started or died), by the API after a submit or a cancel
+(a datagram, mlpd.wakeup), and by its own huey tasks when a launch or a stop is done, so the
+scheduler reacts within milliseconds rather than on the polling period. What takes time (launches,
+stops, the idle check of workspaces, housekeeping) it hands to huey (mlpd.workers.tasks).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from mlpd.gpus import make_inventory
 from mlpd.runtime import RuntimeFailure, connect
 from mlpd.store import Store, set_status
 from mlpd.workers.sampler import GpuSampler
+from mlpd.workers.tasks import Tasks
 
 log = logging.getLogger("mlpd.workers")
-PRUNE_INTERVAL = 3600.0  # job environments are pruned at most this often
 SCHEDULE_ONLY = "submitted"  # wakes that need only the scheduler: nothing running changed, so Docker need not be listed
 SERVING_BUSY_INTERVAL = 0.5  # seconds between passes while a deployment rolls out or drains
 
@@ -40,9 +41,8 @@ class ControllerLoop:
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self.passes = 0
         self._full = True  # the next pass reconciles with Docker (set by every wake but a submit's, and by each tick)
-        self.last_prune = 0.0
         self.last_cull = time.time()
-        self._culling = threading.Thread()  # the idle check of workspaces in progress, if any
+        self.tasks = Tasks(config, self)
         self.serving = None  # mlpd.serving_pass.ServingPass, once Docker answers
         self.serving_busy = False  # a rollout or a drain is in progress: pass more often
 
@@ -71,9 +71,10 @@ class ControllerLoop:
             self.docker_error = str(exc)
             return
         self.docker_error = None
-        self.controller = JobController(self.store, self.config, runtime, self.inventory, self.wake)
+        self.controller = JobController(self.store, self.config, runtime, self.inventory, self.wake, dispatch=self.tasks.dispatch)
         threading.Thread(target=runtime.watch, args=(lambda job_id: self.wake(f"docker event {job_id}"), self._stop), name="docker-events", daemon=True).start()
         log.info("connected to Docker (NVIDIA runtime: %s); %d GPUs (%s)", runtime.has_nvidia, len(self.inventory.devices()), self.inventory.kind)
+        self.tasks.housekeeping()  # once at start; then hourly (a huey periodic task)
 
     def reconcile_once(self) -> None:
         """One pass: reconcile jobs with Docker and schedule; record a heartbeat either way."""
@@ -85,12 +86,11 @@ class ControllerLoop:
             log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
-            if time.time() - self.last_cull >= float(self.config["workspaces.cull_interval"]) and not self._culling.is_alive():
-                # On a thread of its own: it waits on each workspace's JupyterLab, which its owner can stop
+            if time.time() - self.last_cull >= float(self.config["workspaces.cull_interval"]) and not self.tasks.culling():
+                # A huey task: it waits on each workspace's JupyterLab, which its owner can stop
                 # answering (kill -STOP in the container); reconciliation must not wait with it.
                 self.last_cull = time.time()
-                self._culling = threading.Thread(target=self._cull, name="workspace-idle-check", daemon=True)
-                self._culling.start()
+                self.tasks.cull_workspaces()
             try:
                 if self.serving is None:
                     from mlpd.serving_pass import ServingPass
@@ -99,25 +99,31 @@ class ControllerLoop:
                 self.serving_busy = self.serving.run()
             except Exception:
                 log.exception("the serving pass failed; trying again on the next tick")
-            if time.time() - self.last_prune > PRUNE_INTERVAL:
-                self.last_prune = time.time()
-                try:
-                    self.controller.prune_environments()
-                    self.controller.apply_retention()
-                except Exception:
-                    log.exception("pruning job environments or applying retention failed; trying again in an hour")
         set_status(self.store, "worker.heartbeat", {"passes": self.passes, "docker_error": self.docker_error,
                                                      "gpus": self.inventory.kind, "at": time.time()})
 
-    def _cull(self) -> None:
-        """Stop workspaces idle past their timeout (mlpd.workspaces.cull_pass); wake the loop when one was."""
+    def cull_workspaces(self) -> None:
+        """Stop workspaces idle past their timeout (mlpd.workspaces.cull_pass); wake the loop when one was.
+        Run by the huey task of that name."""
         from mlpd import workspaces
 
+        if self.controller is None:
+            return
         try:
             if workspaces.cull_pass(self.store, self.config, processes=self.controller.runtime.processes):
                 self.wake("workspaces culled")
         except Exception:
             log.exception("checking workspaces for idleness failed; trying again next interval")
+
+    def housekeeping(self) -> None:
+        """Prune unused job environments and apply retention (the hourly huey task, and once at start)."""
+        if self.controller is None:
+            return
+        try:
+            self.controller.prune_environments()
+            self.controller.apply_retention()
+        except Exception:
+            log.exception("pruning job environments or applying retention failed; trying again in an hour")
 
     def schedule_once(self) -> None:
         """A pass for new work only: place what is queued on free GPUs, from the database alone."""

@@ -312,3 +312,8 @@ def restore_cmd(source: str, state_dir: str | None, config_file: str | None, for
             click.echo(line)
     except BackupError as exc:
         raise click.ClickException(str(exc))
+
+
+from mlpd.cli_pclass import priority_class  # noqa: E402  (its own module: `mlpd admin priority-class`)
+
+admin.add_command(priority_class)

@@ -38,13 +38,6 @@ class Clock:
         return self.now
 
 
-class Inline:
-    """An executor that runs each launch at once, inside the pass that asked for it."""
-
-    def submit(self, fn, *args):
-        fn(*args)
-
-
 @pytest.fixture
 def world(tmp_path):
     cfg = load_config(SHIPPED, overrides={"server.state_dir": str(tmp_path / "state"), "server.container_listen": "",
@@ -57,7 +50,7 @@ def world(tmp_path):
 
     class World:
         def controller(self):
-            return JobController(store, cfg, runtime, inventory, executor=Inline(), clock=clock)
+            return JobController(store, cfg, runtime, inventory, clock=clock)
 
         def submit(self, command, **spec):
             parsed, _ = parse_spec({"command": command, **spec})

@@ -19,7 +19,7 @@ from mlpd.jobspec import parse_spec
 from mlpd.memory_runtime import MemoryRuntime
 from mlpd.runtime import container_name
 from mlpd.store import Store
-from test_controller import SHIPPED, Clock, Inline
+from test_controller import SHIPPED, Clock
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def world(tmp_path):
         class World:
             def __init__(self):
                 self.store, self.config, self.clock, self.runtime = store, cfg, clock, runtime
-                self.c = JobController(store, cfg, runtime, make_inventory(gpus, "declared"), executor=Inline(), clock=clock)
+                self.c = JobController(store, cfg, runtime, make_inventory(gpus, "declared"), clock=clock)
 
             def submit(self, command, owner="alice", kind="job", **spec):
                 parsed, _ = parse_spec({"command": command, **spec})

@@ -46,3 +46,27 @@ def test_dependencies_point_inward():
     web = {f for f in imports() if f.startswith("web/")}
     assert not (importers("mlpd.web") & core) and not (importers("mlpd.workers") & core)
     assert not (importers("mlpd.workers") & web)
+
+
+def test_each_request_body_is_declared_once_in_its_route():
+    """json_body() checks a request against the body its route declares (which OpenAPI documents);
+    a view that passed its own schema could accept what the documentation does not say."""
+    explicit = []
+    for path in (ROOT / "web").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "json_body" and (node.args or node.keywords):
+                explicit.append(f"{path.name}:{node.lineno}")
+    assert explicit == []
+
+
+def test_each_api_area_is_its_own_blueprint_registered_by_the_app_factory(tmp_path):
+    from mlpd.config import load_config
+    from mlpd.web import create_app
+    from mlpd.web.routes import ROUTES
+
+    app = create_app(load_config(str(ROOT / "mlpd.toml"), {"server.state_dir": str(tmp_path)}))
+    served = {(r.rule, m) for r in app.url_map.iter_rules() if r.rule.startswith("/api/v1/") for m in r.methods - {"HEAD", "OPTIONS"}}
+    declared = {("/api/v1" + d.rule, m) for d in ROUTES for m in d.methods}
+    assert served == declared
+    areas = {r.endpoint.split(".")[0] for r in app.url_map.iter_rules() if r.rule.startswith("/api/v1/")}
+    assert {"api_jobs", "api_workspaces", "api_serving", "api_admin", "api_usage"} <= areas

@@ -17,11 +17,6 @@ SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
 T0 = 1_800_000_000.0
 
 
-class Inline:
-    def submit(self, fn, *args):
-        fn(*args)
-
-
 def test_the_head_keeps_its_reservation_and_its_start_time(tmp_path):
     now = [T0]
     cfg = load_config(SHIPPED, overrides={"server.state_dir": str(tmp_path), "server.container_listen": "", "gpus.declare": 2})
@@ -29,7 +24,7 @@ def test_the_head_keeps_its_reservation_and_its_start_time(tmp_path):
     store.migrate()
     runtime = MemoryRuntime("test", clock=lambda: now[0])
     inventory = make_inventory(2, "declared")
-    c = JobController(store, cfg, runtime, inventory, executor=Inline(), clock=lambda: now[0])
+    c = JobController(store, cfg, runtime, inventory, clock=lambda: now[0])
 
     def submit(command, owner="alice", **spec):
         now[0] += 1

@@ -22,11 +22,6 @@ T0 = 1_800_000_000.0
 LOCATION = "mlflow-artifacts:/1/models/m-{n}/artifacts"
 
 
-class Inline:
-    def submit(self, fn, *args):
-        fn(*args)
-
-
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     monkeypatch.setattr(serving, "scoring_command", lambda: ["sleep", "100000"])
@@ -35,7 +30,7 @@ def world(tmp_path, monkeypatch):
     store.migrate()
     clock = {"now": T0}
     runtime = MemoryRuntime("test", clock=lambda: clock["now"])
-    controller = JobController(store, cfg, runtime, make_inventory(2, "declared"), executor=Inline(), clock=lambda: clock["now"])
+    controller = JobController(store, cfg, runtime, make_inventory(2, "declared"), clock=lambda: clock["now"])
     unhealthy: set[int] = set()
     sp = serving_pass.ServingPass(store, cfg, check=lambda port: "/ping failed: refused" if port in unhealthy else "")
     for n in (1, 2, 3):

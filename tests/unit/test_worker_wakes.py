@@ -36,7 +36,7 @@ def test_a_submit_wakes_only_the_scheduler_and_anything_else_a_full_pass(tmp_pat
         while loop.calls != ["full"] and time.monotonic() < deadline:  # the first pass reconciles
             time.sleep(0.01)
         for reason, expected in (("submitted abc", "schedule"), ("submitted workspace w1", "schedule"), ("cancel abc", "full"),
-                                 ("docker event abc", "full"), ("launched abc", "full")):
+                                 ("docker event abc", "full"), ("done abc", "full")):
             loop.seen.clear()
             before = len(loop.calls)
             loop.wake(reason)
@@ -72,11 +72,18 @@ def test_a_workspace_server_that_never_answers_does_not_hold_up_reconciliation(t
                                       "prune_environments": lambda self: [], "apply_retention": lambda self: None})()
     loop.serving = type("S", (), {"run": lambda self: False})()
     loop.last_cull = 0.0
+    consumer = loop.tasks.consumer()  # the worker's huey consumer, its threads without its signal handling
+    consumer.start()
     try:
         done = threading.Thread(target=lambda: (loop.reconcile_once(), loop.reconcile_once()))
         done.start()
         done.join(10)
         assert not done.is_alive() and reconciled == [1, 1], "reconcile passes waited for a hung workspace server"
-        assert entered.wait(10)  # the idle check did run, on its own thread
+        assert entered.wait(10)  # the idle check did run, as a huey task
+        loop.last_cull = 0.0
+        loop.tasks.cull_workspaces()  # asked for again while the first still hangs: it does not pile up
+        loop.reconcile_once()
+        assert reconciled == [1, 1, 1] and loop.tasks.culling()
     finally:
         release.set()
+        consumer.stop(graceful=True)

@@ -51,6 +51,7 @@ def _parse_expiry(expires: str | None) -> float | None:
 
 
 @click.group(cls=LazyGroup, lazy_subcommands={
+    "priority-class": "mlpd.cli.pclass:priority_class",
     "quota": "mlpd.cli.usage:admin_quota",
     "team": "mlpd.cli.usage:admin_team",
     "ws-idle-timeout": "mlpd.cli.ws:admin_idle_timeout",
@@ -312,8 +313,3 @@ def restore_cmd(source: str, state_dir: str | None, config_file: str | None, for
             click.echo(line)
     except BackupError as exc:
         raise click.ClickException(str(exc))
-
-
-from mlpd.cli_pclass import priority_class  # noqa: E402  (its own module: `mlpd admin priority-class`)
-
-admin.add_command(priority_class)

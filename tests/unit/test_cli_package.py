@@ -38,7 +38,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_no_module_of_the_package_imports_the_package_itself():
     modules = sorted(p for p in CLI_DIR.glob("*.py") if p.name != "__init__.py")
-    assert {p.stem for p in modules} >= {"common", "jobs", "admin", "daemon", "identity", "mlflow", "serving", "usage", "ws"}
+    assert {p.stem for p in modules} >= {"common", "jobs", "admin", "daemon", "identity", "mlflow", "serving", "usage", "ws", "pclass"}
     offenders = {p.name: sorted(n for n in imported_modules(p) if n == "mlpd.cli") for p in modules}
     assert {name: found for name, found in offenders.items() if found} == {}
 
@@ -69,7 +69,7 @@ def test_every_lazy_name_resolves_to_a_command_of_that_name_in_its_module():
     groups = [(main, COMMANDS)]
     admin = main.get_command(click.Context(main), "admin")
     groups.append((admin, admin.lazy_subcommands))
-    assert set(admin.lazy_subcommands) == {"quota", "team", "ws-idle-timeout"}
+    assert set(admin.lazy_subcommands) == {"priority-class", "quota", "team", "ws-idle-timeout"}
     for group, lazy in groups:
         for name, target in lazy.items():
             module, attr = target.split(":")
@@ -89,7 +89,7 @@ def test_run_imports_only_what_run_needs():
     )
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert "mlpd.cli.jobs" in loaded
-    assert not loaded & {"mlpd.cli.admin", "mlpd.cli.mlflow", "mlpd.cli.serving", "mlpd.cli.usage", "mlpd.cli.ws",
+    assert not loaded & {"mlpd.cli.admin", "mlpd.cli.pclass", "mlpd.cli.mlflow", "mlpd.cli.serving", "mlpd.cli.usage", "mlpd.cli.ws",
                          "mlpd.cli.daemon", "mlpd.cli.identity", "mlpd.codeship", "requests", "tarfile", "tomllib",
                          "importlib.metadata"}, loaded
 

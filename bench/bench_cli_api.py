@@ -1,12 +1,14 @@
 """Benchmark: how fast the `mlpd` CLI answers and how many authenticated API calls the daemon serves.
 
-    .venv/bin/python bench/bench_cli_api.py [--threads 16] [--requests 3000] [--seconds 15] [--runs 10]
+    .venv/bin/python bench/bench_cli_api.py [--threads 16] [--requests 3000] [--seconds 15] [--runs 20]
 
 Starts its own daemon (temporary state directory, a free loopback port), creates a user on
 the host, measures, stops the daemon, and prints one Markdown table:
 
-- CLI start-up: median wall time of `mlpd --help`, `mlpd whoami` and a host-side
-  `mlpd admin user list --state-dir` against `python -c pass` on the same interpreter.
+- CLI start-up: median wall time and CPU time (user + system, steadier than wall time on a
+  loaded machine) of `mlpd --help`, `mlpd -V`, `mlpd whoami`, `mlpd run --no-code` (a submit;
+  the daemon declares one GPU and drains it, so the jobs queue and no container starts) and a
+  host-side `mlpd admin user list --state-dir`, against `python -c pass` on the same interpreter.
 - API: requests/s and p50/p99 latency of an authenticated GET /api/v1/whoami from N client
   threads (one requests.Session each), against GET /healthz (no token) with the same load.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -38,18 +41,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def median_wall(argv: list[str], env: dict[str, str], runs: int) -> float:
-    """Median seconds of `argv` over runs (after one warm-up run), failing loudly if it fails."""
-    times = []
+def children_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process's waited-for children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def median_wall(argv: list[str], env: dict[str, str], runs: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of `argv` over runs (after one warm-up run), failing loudly if it fails."""
+    times, cpu = [], []
     for i in range(runs + 1):
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), children_cpu()
         result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-        took = time.perf_counter() - started
+        took, used = time.perf_counter() - started, children_cpu() - cpu_before
         if result.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} exited {result.returncode}: {result.stderr}")
         if i:
             times.append(took)
-    return statistics.median(times)
+            cpu.append(used)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def load(url: str, headers: dict[str, str], threads: int, max_requests: int, max_seconds: float) -> dict[str, float]:
@@ -100,7 +110,7 @@ def load(url: str, headers: dict[str, str], threads: int, max_requests: int, max
 
 def start_daemon(state: str, port: int, env: dict[str, str], log_path: str) -> subprocess.Popen:
     log = open(log_path, "wb")
-    proc = subprocess.Popen([BIN, "daemon", "--state-dir", state, "--listen", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen([BIN, "daemon", "--state-dir", state, "--listen", f"127.0.0.1:{port}", "--declare-gpus", "1"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -132,7 +142,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="Keep the temporary directory (state and daemon log).")
     args = parser.parse_args()
 
@@ -145,7 +155,7 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 
-    added = subprocess.run([BIN, "admin", "user", "add", "bench", "--state-dir", state], env=env, capture_output=True, text=True, timeout=120)
+    added = subprocess.run([BIN, "admin", "user", "add", "bench", "--admin", "--state-dir", state], env=env, capture_output=True, text=True, timeout=120)
     if added.returncode != 0:
         raise SystemExit(f"could not create the bench user: {added.stderr}")
     token = added.stdout.strip().splitlines()[-1]
@@ -153,14 +163,21 @@ def main() -> int:
     rows: list[tuple[str, str, str, str]] = []
     try:
         user_env = {**env, "MLPD_URL": url, "MLPD_TOKEN": token}
-        baseline = median_wall([sys.executable, "-c", "pass"], env, args.runs)
+        # the one declared GPU drained: `mlpd run --gpus 1` is a real submit that queues, and no container starts
+        drained = subprocess.run([BIN, "admin", "gpus", "drain", "0", "--reason", "bench"], env=user_env, capture_output=True, text=True, timeout=60)
+        if drained.returncode != 0:
+            raise SystemExit(f"could not drain the declared GPU: {drained.stderr}")
+        baseline, baseline_cpu = median_wall([sys.executable, "-c", "pass"], env, args.runs)
         for label, argv, run_env in (
-            ("`mlpd --help` wall time", [BIN, "--help"], env),
-            ("`mlpd whoami` wall time", [BIN, "whoami"], user_env),
-            ("`mlpd admin user list --state-dir` wall time", [BIN, "admin", "user", "list", "--state-dir", state], env),
+            ("`mlpd --help`", [BIN, "--help"], env),
+            ("`mlpd -V`", [BIN, "-V"], env),
+            ("`mlpd whoami`", [BIN, "whoami"], user_env),
+            ("`mlpd run --no-code --gpus 1 -- true` (submit; queued)", [BIN, "run", "--no-code", "--gpus", "1", "--", "true"], user_env),
+            ("`mlpd admin user list --state-dir`", [BIN, "admin", "user", "list", "--state-dir", state], env),
         ):
-            value = median_wall(argv, run_env, args.runs)
-            rows.append((f"{label} (median of {args.runs})", f"{value * 1000:.0f} ms", f"{baseline * 1000:.0f} ms (`python -c pass`)", f"{value / baseline:.1f}x"))
+            value, cpu = median_wall(argv, run_env, args.runs)
+            rows.append((f"{label} wall time (median of {args.runs})", f"{value * 1000:.0f} ms", f"{baseline * 1000:.0f} ms (`python -c pass`)", f"{value / baseline:.1f}x"))
+            rows.append((f"{label} CPU time (median of {args.runs})", f"{cpu * 1000:.0f} ms", f"{baseline_cpu * 1000:.0f} ms (`python -c pass`)", f"{cpu / baseline_cpu:.1f}x"))
 
         health = load(f"{url}/healthz", {}, args.threads, args.requests, args.seconds)
         whoami = load(f"{url}/api/v1/whoami", {"Authorization": f"Bearer {token}"}, args.threads, args.requests, args.seconds)

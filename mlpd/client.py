@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Iterator
 
 DEFAULT_URL = "http://127.0.0.1:8470"
@@ -141,8 +142,10 @@ class Response:
 class Client:
     """Calls /api/v1 with a token; raises ClientError with the daemon's message on failure.
 
-    Plain http.client from the standard library, one connection per call: the CLI makes a few
-    calls per command, and importing an HTTP library would cost more than it saves."""
+    One connection per call, and no HTTP library: the CLI makes a few calls per command, and
+    importing one would cost more than it saves. Plain http:// (the daemon itself) is spoken by
+    _send_plain over a socket; http.client, whose imports (email, ssl) cost a CLI command about a
+    quarter of its start-up, is loaded only for https:// (a proxy in front of the daemon)."""
 
     def __init__(self, url: str, token: str | None, timeout: float = 30):
         self.url = url.rstrip("/")
@@ -161,7 +164,6 @@ class Client:
 
     def _send(self, method: str, url: str, stream: bool, timeout: float | None, params: dict | None = None, json_body: Any = None,
               data: Any = None, headers: dict | None = None) -> Response:
-        import http.client
         from urllib.parse import urlencode, urlsplit
 
         parts = urlsplit(url)
@@ -172,13 +174,12 @@ class Client:
         body = data
         if json_body is not None:
             body, sent["Content-Type"] = json.dumps(json_body).encode(), "application/json"
-        if parts.scheme == "https":
-            import ssl
+        if parts.scheme != "https":
+            return _send_plain(method, parts, target, body, sent, timeout, stream)
+        import http.client
+        import ssl
 
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
-                                                                            context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context())
         try:
             try:
                 conn.request(method, target, body=body, headers=sent)
@@ -193,19 +194,18 @@ class Client:
                 json: Any = None, data: Any = None, headers: dict | None = None) -> Response:
         """One API call; returns the response (2xx) or raises ClientError. timeout: seconds the daemon may
         stay silent (the client's default unless given; None: no limit, for live streams)."""
-        import socket
-        import ssl
-
         url = path if path.startswith("http") else f"{self.url}/api/v1{path}"
         try:
             resp = self._send(method, url, stream, self.timeout if timeout == "default" else timeout, params, json, data, headers)
-        except ssl.SSLError:
-            raise ClientError(f"cannot talk TLS to {self.url}: the daemon speaks plain HTTP unless a proxy in front of it "
-                              f"serves HTTPS; try {self.url.replace('https://', 'http://', 1)}", code="unreachable") from None
-        except (socket.timeout, TimeoutError):
-            hint = f" (the daemon speaks plain HTTP: try {self.url.replace('https://', 'http://', 1)})" if self.url.startswith("https://") else ""
-            raise ClientError(f"the mlpd daemon at {self.url} did not answer in time{hint}", code="timeout") from None
-        except OSError:
+        except OSError as exc:
+            # ssl is loaded only by an https:// call; a plain-HTTP call cannot raise its errors (and need not import it)
+            ssl = sys.modules.get("ssl")
+            if ssl is not None and isinstance(exc, ssl.SSLError):
+                raise ClientError(f"cannot talk TLS to {self.url}: the daemon speaks plain HTTP unless a proxy in front of it "
+                                  f"serves HTTPS; try {self.url.replace('https://', 'http://', 1)}", code="unreachable") from None
+            if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+                hint = f" (the daemon speaks plain HTTP: try {self.url.replace('https://', 'http://', 1)})" if self.url.startswith("https://") else ""
+                raise ClientError(f"the mlpd daemon at {self.url} did not answer in time{hint}", code="timeout") from None
             raise ClientError(f"cannot reach the mlpd daemon at {self.url}: is it running? ('mlpd daemon', or 'systemctl status mlpd')", code="unreachable") from None
         if resp.status_code >= 400:
             try:
@@ -235,3 +235,194 @@ class Client:
         resp = self.request("GET", path, stream=True, timeout=3600 * 24, params=params)
         for line in resp.iter_lines(decode_unicode=True):
             yield line
+
+
+# ---------------------------------------------------------------- plain HTTP/1.1 over a socket
+
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+
+
+class Headers:
+    """Response headers: case-insensitive get / [] (None when absent), items(), and the charset."""
+
+    def __init__(self, pairs: list[tuple[str, str]]):
+        self._pairs = pairs
+
+    def get(self, name: str, default: Any = None) -> Any:
+        name = name.lower()
+        return next((v for k, v in self._pairs if k.lower() == name), default)
+
+    def __getitem__(self, name: str) -> str | None:
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        found = [v for k, v in self._pairs if k.lower() == name.lower()]
+        return found or failobj
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._pairs)
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self._pairs]
+
+    def get_content_charset(self, failobj: Any = None) -> Any:
+        for param in (self.get("content-type") or "").split(";")[1:]:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "charset" and value.strip().strip('"'):
+                return value.strip().strip('"').lower()
+        return failobj
+
+
+class _PlainResponse:
+    """One HTTP/1.1 response read from a socket: status, headers, and the body by Content-Length,
+    chunked, or up to the close (the request says Connection: close). read / read1 as http.client's."""
+
+    def __init__(self, sock, method: str):
+        self._sock, self._fp = sock, sock.makefile("rb")
+        while True:
+            self.status = self._status_line()
+            pairs = self._header_lines()
+            if not 100 <= self.status < 200:
+                break  # 1xx (100 Continue): another status line follows
+        self.headers = Headers(pairs)
+        self._left: int | None = None  # bytes left of the body (length) or of the current chunk (chunked)
+        self._chunked = "chunked" in (self.headers.get("transfer-encoding") or "").lower()
+        self._done = False
+        if method == "HEAD" or self.status in (204, 304):
+            self._done = True
+        elif not self._chunked and self.headers.get("content-length") is not None:
+            try:
+                self._left = int(self.headers["content-length"])
+            except ValueError:
+                raise ConnectionError(f"bad Content-Length from the daemon: {self.headers['content-length']!r}") from None
+            self._done = self._left == 0
+
+    def _line(self) -> bytes:
+        line = self._fp.readline(_MAX_LINE + 1)
+        if len(line) > _MAX_LINE:
+            raise ConnectionError("the daemon sent a header line longer than 64 KiB")
+        return line
+
+    def _status_line(self) -> int:
+        line = self._line()
+        if not line:
+            raise ConnectionError("the daemon closed the connection without an answer")
+        version, _, rest = line.decode("latin-1").partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/") or not code.isdigit():
+            raise ConnectionError(f"not an HTTP answer: {line[:80]!r}")
+        return int(code)
+
+    def _header_lines(self) -> list[tuple[str, str]]:
+        pairs: list[tuple[str, str]] = []
+        while (line := self._line()) not in (b"\r\n", b"\n", b""):
+            if len(pairs) >= _MAX_HEADERS:
+                raise ConnectionError(f"the daemon sent more than {_MAX_HEADERS} headers")
+            name, _, value = line.decode("latin-1").partition(":")
+            pairs.append((name.strip(), value.strip()))
+        return pairs
+
+    def read1(self, n: int = 65536) -> bytes:
+        """Up to n bytes of the body, as soon as some arrive; b"" at its end."""
+        if self._done:
+            return b""
+        if self._chunked:
+            if not self._left:
+                if self._left == 0:
+                    self._line()  # the CRLF after the previous chunk's data
+                size = self._line().split(b";", 1)[0].strip()
+                try:
+                    self._left = int(size, 16)
+                except ValueError:
+                    raise ConnectionError(f"bad chunk size from the daemon: {size[:20]!r}") from None
+                if self._left == 0:
+                    while self._line() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    self._done = True
+                    return b""
+            data = self._fp.read1(min(n, self._left))
+        elif self._left is not None:
+            data = self._fp.read1(min(n, self._left))
+        else:
+            data = self._fp.read1(n)
+            self._done = not data
+            return data
+        if not data:
+            raise ConnectionError("the daemon closed the connection in the middle of its answer")
+        self._left -= len(data)
+        if self._left == 0 and not self._chunked:
+            self._done = True
+        return data
+
+    def read(self, n: int | None = None) -> bytes:
+        """n bytes of the body (fewer only at its end); all of the rest when n is None."""
+        parts, got = [], 0
+        while n is None or got < n:
+            data = self.read1(65536 if n is None else n - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._fp.close()
+        self._sock.close()
+
+
+def _blocks(body: Any) -> Iterator[bytes]:
+    """A streamed request body (a file or an iterable of bytes) in pieces."""
+    if hasattr(body, "read"):
+        while block := body.read(256 * 1024):
+            yield block.encode("iso-8859-1") if isinstance(block, str) else block
+    else:
+        for block in body:
+            yield block.encode("iso-8859-1") if isinstance(block, str) else bytes(block)
+
+
+def _send_plain(method: str, parts: Any, target: str, body: Any, headers: dict[str, str], timeout: float | None,
+                stream: bool) -> Response:
+    """One request over plain HTTP/1.1 (Connection: close) and its response, as http.client would send
+    it: Content-Length for bytes, chunked transfer for a file or an iterable without a Content-Length."""
+    import socket
+
+    host = parts.hostname or ""
+    sent = {"Host": parts.netloc.rpartition("@")[2], "Accept-Encoding": "identity", "Connection": "close", **headers}
+    if isinstance(body, str):
+        body = body.encode("iso-8859-1")
+    if body is None:
+        if method in ("POST", "PUT", "PATCH"):
+            sent["Content-Length"] = "0"
+    elif isinstance(body, (bytes, bytearray, memoryview)):
+        sent["Content-Length"] = str(len(body))
+    elif not any(k.lower() == "content-length" for k in sent):
+        sent["Transfer-Encoding"] = "chunked"
+    for name, value in sent.items():
+        if any(c in f"{name}{value}" for c in "\r\n\0"):
+            raise ValueError(f"invalid header {name!r}: it holds a line break")
+    head = "".join([f"{method} {target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in sent.items()), "\r\n"]).encode("latin-1")
+    # an ASCII host as bytes: getaddrinfo would otherwise load the idna codec to encode it
+    sock = socket.create_connection((host.encode() if host.isascii() else host, parts.port or 80), timeout=timeout)
+    try:
+        try:
+            if body is None or isinstance(body, (bytes, bytearray, memoryview)):
+                sock.sendall(head + bytes(body or b""))
+            else:
+                sock.sendall(head)
+                chunked = sent.get("Transfer-Encoding") == "chunked"
+                for block in _blocks(body):
+                    if block:
+                        sock.sendall(b"%X\r\n%b\r\n" % (len(block), block) if chunked else block)
+                if chunked:
+                    sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon answered before reading the whole body (e.g. 413 for an upload too big): read that answer
+        raw = _PlainResponse(sock, method)
+        return Response(raw, raw, stream)
+    except BaseException:
+        sock.close()
+        raise

@@ -88,3 +88,21 @@ def test_logs_with_timestamps_and_since_live_and_after_the_job_ended(daemon):
     assert daemon.cli("logs", "--since", "1d", job_id, token=token).stdout == "one\ntwo\n"
     bad = daemon.cli("logs", "--since", "yesterday-ish", job_id, token=token)
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_a_bad_spec_is_the_same_one_line_error_with_and_without_code(daemon, tmp_path):
+    # with code the CLI refuses before packing it; with --no-code the daemon refuses: one message
+    from mlpd.jobspec import SpecError, parse_spec
+
+    _, token = new_user(daemon)
+    try:
+        parse_spec({"command": ["true"], "gpus": 0, "memory": "1k"})
+    except SpecError as exc:
+        expected = f"Error: {exc}"
+    else:
+        raise AssertionError("memory = 1k should be refused")
+    for flags in (["--no-code"], ["--code", str(tmp_path)]):
+        refused = daemon.cli("run", *flags, "--memory", "1k", "--", "true", token=token, cwd=str(tmp_path))
+        assert refused.returncode == 1 and refused.stderr.strip() == expected, (flags, refused.stderr)
+    jobs = daemon.api("GET", "/api/v1/jobs", token).json()["jobs"]
+    assert jobs == []  # nothing was queued either way

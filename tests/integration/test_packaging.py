@@ -45,7 +45,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
     wheel = wheels[0]
 
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("mlpd/__init__.py", "mlpd/cli.py", "mlpd/web/__init__.py", "mlpd/web/wsgi.py",
+    for required in ("mlpd/__init__.py", "mlpd/cli/__init__.py", "mlpd/cli/jobs.py", "mlpd/web/__init__.py", "mlpd/web/wsgi.py",
                      "mlpd/workers/__init__.py", "mlpd/workers/__main__.py", "mlpd/images/__init__.py"):
         assert required in names, f"{required} missing from {wheel.name}"
     # web/ and workers/ are mapped into the mlpd namespace, never shipped as top-level packages

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlpd.cli_jobs import parse_since
+from mlpd.cli.jobs import parse_since
 from mlpd.logtext import lines, select, stamp_of
 from mlpd.runtime import format_timestamp
 

@@ -16,9 +16,8 @@ from typing import Any, Iterator
 
 import click
 
+from mlpd.cli.common import json_option
 from mlpd.output import emit_json, table, when
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
 
 
 def _credentials() -> tuple[str, str]:
@@ -200,9 +199,3 @@ def models_alias(name: str, version: str, alias: str, as_json: bool) -> None:
         emit_json({"model": model})
         return
     click.echo(f"models:/{name}@{alias} -> version {model['aliases'].get(alias, version)}")
-
-
-def register(main: click.Group) -> None:
-    """Add the MLflow commands to the top-level group."""
-    for command in (env, experiments, runs, models):
-        main.add_command(command)

@@ -8,14 +8,9 @@ from typing import Any
 
 import click
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
+from mlpd.cli.common import _client, json_option
+
 SETTLED = ("serving", "canary", "failed", "degraded", "unavailable")
-
-
-def _client():
-    from mlpd.client import Client
-
-    return Client.from_env()
 
 
 def _emit(data: Any) -> None:
@@ -249,8 +244,3 @@ def deployments_key(name, as_json):
         _emit({"key": key})
     else:
         click.echo(key)
-
-
-def register(main: click.Group) -> None:
-    main.add_command(serve)
-    main.add_command(deployments)

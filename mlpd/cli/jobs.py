@@ -8,15 +8,8 @@ from typing import Any
 
 import click
 
+from mlpd.cli.common import _client, json_option
 from mlpd.output import emit_json, table, when
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
-
-
-def _client():
-    from mlpd.cli import _client as make
-
-    return make()
 
 
 def upload_code(client, directory: str) -> str:
@@ -140,14 +133,16 @@ def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, p
         requirements_file = os.path.join(code_dir, "requirements.txt")
     if requirements_file is not None and not no_requirements:
         spec["requirements"] = read_requirements(requirements_file)
-    from mlpd.jobspec import SpecError, parse_spec
-
-    try:
-        parse_spec(spec)  # refuse a bad spec before uploading anything
-    except SpecError as exc:
-        raise click.ClickException(str(exc))
     if not no_code:
+        from mlpd.jobspec import SpecError, parse_spec
+
+        try:
+            parse_spec(spec)  # refuse a bad spec before packing and uploading the code
+        except SpecError as exc:
+            raise click.ClickException(str(exc))
         spec["code"] = upload_code(_client(), code_dir)
+    # without code the daemon's own parse_spec answers first, with the same message (importing
+    # jobspec here would cost about a sixth of the CLI's start-up)
     job = _submit(spec, as_json)
     if follow:
         stream_logs(_client(), job["id"], True)
@@ -477,9 +472,3 @@ def images_build(force, local, config_file):
         failed = failed or line.startswith("ERROR:")
     if failed:
         sys.exit(1)
-
-
-def register(main: click.Group) -> None:
-    """Add the job commands to the top-level group."""
-    for command in (run, submit, jobs, logs, cancel, gpus, images):
-        main.add_command(command)

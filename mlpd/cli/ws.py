@@ -12,15 +12,8 @@ import time
 
 import click
 
+from mlpd.cli.common import _client, json_option
 from mlpd.output import emit_json, table, when
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
-
-
-def _client():
-    from mlpd.cli import _client as make
-
-    return make()
 
 
 def _duration(seconds) -> str:
@@ -239,8 +232,6 @@ def tunnel(name, run_it, local_port, ssh_user, ssh_host, ssh_port, identity, ssh
         proc.wait(timeout=5)
 
 
-
-
 @ws.command("ssh-config")
 @click.argument("name")
 @click.option("--ssh-user", default=None, help="Your login on the host (default: $USER).")
@@ -309,9 +300,3 @@ def admin_idle_timeout(user, timeout):
     """Allow USER's workspaces a longer idle TIMEOUT (e.g. 12h) than the host's workspaces.idle_timeout; none resets it."""
     data = _client().request("PUT", f"/users/{user}/workspace-idle-timeout", json={"timeout": timeout or None}).json()
     click.echo(f"{user}: workspaces culled after {_duration(data['idle_timeout'])} idle")
-
-
-def register(main: click.Group) -> None:
-    main.add_command(ws)
-    main.add_command(keys)
-    main.commands["admin"].add_command(admin_idle_timeout)

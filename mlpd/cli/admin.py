@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from mlpd.cli.common import LazyGroup
 from mlpd.output import emit_json, table, when
 
 state_dir_option = click.option(
@@ -49,7 +50,12 @@ def _parse_expiry(expires: str | None) -> float | None:
         raise click.BadParameter(str(exc), param_hint="--expires")
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy_subcommands={
+    "priority-class": "mlpd.cli.pclass:priority_class",
+    "quota": "mlpd.cli.usage:admin_quota",
+    "team": "mlpd.cli.usage:admin_team",
+    "ws-idle-timeout": "mlpd.cli.ws:admin_idle_timeout",
+})
 def admin() -> None:
     """Administration: users and tokens (admins only)."""
 
@@ -76,7 +82,7 @@ def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | No
         _host(lambda: users.add_user(store, name, role, actor="host"))
         token, record = _host(lambda: users.create_token(store, name, "initial", expires_in, actor="host"))
     else:
-        from mlpd.cli import _client
+        from mlpd.cli.common import _client
 
         body: dict[str, Any] = {"name": name, "admin": is_admin}
         if expires_in is not None:
@@ -100,7 +106,7 @@ def user_list(state_dir: str | None, as_json: bool) -> None:
 
         rows = users.list_users(_store(state_dir))
     else:
-        from mlpd.cli import _client
+        from mlpd.cli.common import _client
 
         rows = _client().get("/users")["users"]
     if as_json:
@@ -120,7 +126,7 @@ def user_rm(name: str, state_dir: str | None) -> None:
         store = _store(state_dir)
         _host(lambda: users.remove_user(store, name, actor="host"))
     else:
-        from mlpd.cli import _client
+        from mlpd.cli.common import _client
 
         _client().delete(f"/users/{name}")
     click.echo(f"removed {name}")
@@ -152,7 +158,7 @@ def user_password(name: str, password_stdin: bool, state_dir: str | None) -> Non
         store = _store(state_dir)
         _host(lambda: users.set_password(store, name, password, actor="host"))
     else:
-        from mlpd.cli import _client
+        from mlpd.cli.common import _client
 
         _client().post(f"/users/{name}/password", {"password": password})
     click.echo(f"password of {name} set; they log in to the web UI with it (and can change it with 'mlpd password')")
@@ -177,7 +183,7 @@ def token_create(name: str, label: str, expires: str | None, state_dir: str | No
 
         tok, record = _host(lambda: users.create_token(_store(state_dir), name, label, expires_in, actor="host"))
     else:
-        from mlpd.cli import _client
+        from mlpd.cli.common import _client
 
         body: dict[str, Any] = {"user": name, "label": label}
         if expires_in is not None:
@@ -202,7 +208,7 @@ def token_list(name: str | None, state_dir: str | None, as_json: bool) -> None:
 
         rows = users.list_tokens(_store(state_dir), name)
     else:
-        from mlpd.cli import _client
+        from mlpd.cli.common import _client
 
         rows = _client().get("/tokens", params={"user": name} if name else {"all": 1})["tokens"]
     if as_json:
@@ -223,7 +229,7 @@ def token_revoke(token_id: str, state_dir: str | None) -> None:
 
         _host(lambda: users.revoke_token(_store(state_dir), token_id, actor="host"))
     else:
-        from mlpd.cli import _client
+        from mlpd.cli.common import _client
 
         _client().delete(f"/tokens/{token_id}")
     click.echo(f"revoked {token_id}")
@@ -239,7 +245,7 @@ def gpus() -> None:
 @click.option("--model", help="Model name shown for them (default: gpus.declared_model).")
 def gpus_declare(count: int, model: str | None) -> None:
     """Declare COUNT test GPUs on a host without NVIDIA GPUs: at once, no restart, kept across restarts; 0 undoes it."""
-    from mlpd.cli import _client
+    from mlpd.cli.common import _client
 
     done = _client().post("/gpus/declare", {"count": count, **({"model": model} if model else {})})
     click.echo(f"{len(done['gpus'])} GPUs ({done['inventory']})" + ("" if count else ": back to mlpd.toml's gpus.declare or the real GPUs"))
@@ -250,7 +256,7 @@ def gpus_declare(count: int, model: str | None) -> None:
 @click.option("--reason", default="", help="Why, shown wherever the GPU is listed.")
 def gpus_drain(gpu: str, reason: str) -> None:
     """Drain GPU (an index or UUID as 'mlpd gpus' shows them); takes effect at once and survives restarts."""
-    from mlpd.cli import _client
+    from mlpd.cli.common import _client
 
     done = _client().post(f"/gpus/{gpu}/drain", {"reason": reason})
     click.echo(f"GPU {done['index']} ({done['gpu']}) drained" + (f": {reason}" if reason else "") +
@@ -261,7 +267,7 @@ def gpus_drain(gpu: str, reason: str) -> None:
 @click.argument("gpu")
 def gpus_undrain(gpu: str) -> None:
     """Let GPU take new work again."""
-    from mlpd.cli import _client
+    from mlpd.cli.common import _client
 
     done = _client().post(f"/gpus/{gpu}/undrain")
     click.echo(f"GPU {done['index']} ({done['gpu']}) takes new work again")
@@ -307,8 +313,3 @@ def restore_cmd(source: str, state_dir: str | None, config_file: str | None, for
             click.echo(line)
     except BackupError as exc:
         raise click.ClickException(str(exc))
-
-
-from mlpd.cli_pclass import priority_class  # noqa: E402  (its own module: `mlpd admin priority-class`)
-
-admin.add_command(priority_class)

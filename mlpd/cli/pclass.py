@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import click
 
+from mlpd.cli.common import _client
 from mlpd.output import emit_json, table, when
-
-
-def _client():
-    from mlpd.cli import _client as make
-
-    return make()
 
 
 def _quote(part: str) -> str:

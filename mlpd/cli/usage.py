@@ -6,15 +6,8 @@ from typing import Any
 
 import click
 
+from mlpd.cli.common import _client, json_option
 from mlpd.output import emit_json, table, when
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
-
-
-def _client():
-    from mlpd.cli import _client as make
-
-    return make()
 
 
 @click.command()
@@ -152,10 +145,3 @@ def member_rm(team, user):
     """Remove USER from TEAM."""
     members = _client().delete(f"/teams/{team}/members/{user}")["members"]
     click.echo(f"{team}: {', '.join(members) or '(no members)'}")
-
-
-def register(main: click.Group, admin: click.Group) -> None:
-    main.add_command(usage)
-    main.add_command(quota)
-    admin.add_command(admin_quota)
-    admin.add_command(admin_team)

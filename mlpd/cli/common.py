@@ -1,0 +1,62 @@
+"""What every `mlpd` command module shares: the lazy group, the error handling, `_client()`, `--json`.
+
+Nothing here imports a command module or `mlpd.cli` itself, so the package has no import circle:
+`mlpd.cli` (the top-level group) names its commands as "module:attr" strings and imports a module
+only when one of its commands runs (or `--help` and shell completion list them).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+import click
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are "module:attr" strings, imported on first use (click's LazyGroup).
+
+    Commands added the ordinary way (`@group.command()`) live beside the lazy ones; listings are
+    sorted over both, as a plain click.Group sorts its own.
+    """
+
+    def __init__(self, *args: Any, lazy_subcommands: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_subcommands = dict(lazy_subcommands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_subcommands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_subcommands and cmd_name not in self.commands:
+            self.add_command(self._load(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def _load(self, cmd_name: str) -> click.Command:
+        module_name, attr = self.lazy_subcommands[cmd_name].split(":")
+        command = getattr(import_module(module_name), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy_subcommands[cmd_name]} is not a click command")
+        return command
+
+
+class MlpdGroup(LazyGroup):
+    """Turns client errors into one-line messages that say what to do next."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from mlpd.client import ClientError
+
+        try:
+            return super().invoke(ctx)
+        except ClientError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            ctx.exit(1)
+
+
+def _client():
+    from mlpd.client import Client
+
+    return Client.from_env()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")

@@ -142,7 +142,7 @@ def test_the_first_tracked_run_runs_as_written(readme_daemon, tmp_path):
     # the MLflow run: the job's, with the README's params and one accuracy per epoch
     (mlflow_run,) = mlflow_runs_of(d, job_id)
     params = {p["key"]: p["value"] for p in mlflow_run["data"].get("params", [])}
-    assert params == {"epochs": "3", "lr": "0.01"}
+    assert params == {"epochs": "3", "lr": "0.1"}
     run_id = mlflow_run["info"]["run_id"]
     history = d.api("GET", "/mlflow/api/2.0/mlflow/metrics/get-history", d.admin_token,
                     params={"run_id": run_id, "metric_key": "accuracy"}).json()["metrics"]
@@ -192,7 +192,7 @@ def test_the_tour_and_the_job_file_run_as_written(readme_daemon, tmp_path):
         (mlflow_run,) = mlflow_runs_of(d, job["id"])
         params = {p["key"]: p["value"] for p in mlflow_run["data"].get("params", [])}
         expected = ({"epochs": "3", "lr": job_file["env"]["LR"]} if line.startswith("mlpd submit job.toml")
-                    else {"epochs": "5", "lr": "0.01"})
+                    else {"epochs": "5", "lr": "0.1"})
         assert params == expected, (line, params)
 
     after = versions(d, project)

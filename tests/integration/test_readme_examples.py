@@ -198,3 +198,14 @@ def test_the_tour_and_the_job_file_run_as_written(readme_daemon, tmp_path):
     after = versions(d, project)
     assert len(after) == before + len(jobs), (len(after), before, len(jobs))
     assert {v["run_id"] for v in after} >= {mlflow_runs_of(d, j["id"])[0]["info"]["run_id"] for j in jobs.values()}
+
+
+def test_an_optional_image_the_daemon_does_not_know_is_refused_before_any_build(readme_daemon):
+    """`mlpd images build --with NAME` (the tour's `images` line) goes through the daemon: a name it does
+    not know is a 400 with the known names, not a build that fails later."""
+    d = readme_daemon
+    refused = d.api("POST", "/api/v1/images/build", d.admin_token, params={"with": "pytorch,tensorflow"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == {"code": "invalid_field", "message": "with: unknown optional image 'tensorflow': known are pytorch"}
+    cli = subprocess.run([BIN, "images", "build", "--with", "tensorflow"], env=d.env(d.admin_token), capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and "'tensorflow'" in cli.stderr and "Traceback" not in cli.stderr

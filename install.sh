@@ -11,6 +11,8 @@
 #                                          system user, and this instance's containers
 #   ./install.sh --print-unit              print the systemd unit this install would write, and exit
 #   sudo ./install.sh --engine-only        only the Docker engine and debootstrap (used by tests/run.sh)
+#   sudo ./install.sh --timings            as the first form, each step's line led by the seconds since the start
+#                                          (the install log always has them, as [+SECONDS] lines)
 #
 # Settings (environment): MLPD_PREFIX (/opt/mlpd), MLPD_STATE_DIR (/var/lib/mlpd), MLPD_CONFIG_DIR
 # (/etc/mlpd), MLPD_LISTEN (127.0.0.1:8470), MLPD_ADMIN (admin), MLPD_USER (mlpd, the daemon's system
@@ -34,7 +36,12 @@ mlpd_bin="$venv/bin/mlpd"
 config="$config_dir/mlpd.toml"
 unit_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-say() { printf '==> %s\n' "$*"; }
+timings=0
+# Each step's line; in the install log with the seconds since the start (phase times of a fresh install).
+say() {
+  if [ "$timings" = 1 ]; then printf '==> [%5ss] %s\n' "$SECONDS" "$*"; else printf '==> %s\n' "$*"; fi
+  [ ! -w "$install_log" ] || printf '[+%ss] ==> %s\n' "$SECONDS" "$*" >>"$install_log"
+}
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 log_start=0
 failed() {
@@ -220,6 +227,7 @@ for arg in "$@"; do
     --uninstall) action=uninstall ;;
     --purge) purge=1 ;;
     --print-unit) action=print-unit ;;
+    --timings) timings=1 ;;
     -h|--help) sed -n '2,/^set /p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $arg (see ./install.sh --help)" ;;
   esac

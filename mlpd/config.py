@@ -156,6 +156,18 @@ def _class_names(value: list) -> str | None:
     return None if len(set(value)) == len(value) else "a class is named twice"
 
 
+def _image_name(value: str) -> str | None:
+    return None if value.strip() and not any(c.isspace() for c in value) else f"expected 'auto', 'local' or an image name, got {value!r}"
+
+
+def _optional_images(value: list) -> str | None:
+    known = ("pytorch",)  # mlpd.image_catalog.EXTRAS
+    for name in value:
+        if name not in known:
+            return f"expected a list of optional images ({', '.join(known)}), got {name!r}"
+    return None
+
+
 def _class_users(value: dict) -> str | None:
     for name, users in value.items():
         if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
@@ -223,6 +235,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workspaces.port_range", str, "20000-29999", "Loopback ports workspaces' JupyterLab servers are published on ('LOW-HIGH').", _port_range),
     Setting("server.ssh_host", str, "", "The SSH host name users reach this machine by (for 'mlpd ws tunnel'); '' = this machine's fully qualified name."),
     Setting("images.base", str, "mlpd/base:bookworm", "Base of mlpd's images: mlpd/base:* is built locally with debootstrap; any other name is pulled."),
+    Setting("images.extra", list, [], "Optional images 'mlpd images build' also builds (and 'mlpd doctor' checks): \"pytorch\" (mlpd/pytorch:latest, several GB).", _optional_images),
+    Setting("images.pytorch_base", str, "auto", "Base of mlpd/pytorch: 'auto' (a pinned CUDA base from a registry on a host with the NVIDIA runtime, else the training image), 'local' (always the training image), or an image name to pull.", _image_name),
     Setting("quotas.period", str, "month", "Period of GPU-hour quotas: day, week or month (UTC calendar).", _one_of("day", "week", "month")),
     Setting("quotas.gpu_hours", (int, float), 0, "Default GPU-hours per user per period (0 = unlimited); per-user and per-team quotas are set with 'mlpd admin quota'.", _non_negative),
     Setting("quotas.max_gpus", int, 0, "Default most GPUs one user may hold at once (0 = unlimited).", _non_negative),

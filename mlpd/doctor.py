@@ -106,10 +106,11 @@ def _image_checks(config, runtime) -> list[Check]:
     from mlpd.image_catalog import SOURCE_LABEL, definitions, expected_source
 
     out = []
-    for d in definitions(config):
+    nvidia = bool(config["images.extra"]) and bool(runtime.engine_info().get("nvidia"))
+    for d in definitions(config, nvidia=nvidia):
         if not runtime.image_present(d.tag):
             out.append(Check(f"image {d.tag}", FAIL, "missing: jobs that use it fail", "build it: 'mlpd images build --local'"))
-        elif runtime.image_labels(d.tag).get(SOURCE_LABEL) != expected_source(runtime, config, d):
+        elif runtime.image_labels(d.tag).get(SOURCE_LABEL) not in {expected_source(runtime, config, x) for x in (d, d.fallback) if x}:
             out.append(Check(f"image {d.tag}", WARN, f"built from other sources than this mlpd's images/{d.directory}",
                              "rebuild it: 'mlpd images build --local'"))
         else:

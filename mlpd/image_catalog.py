@@ -29,13 +29,59 @@ class ImageDef:
     directory: str  # under images/
     description: str
     built_on: str = ""  # the mlpd image this one starts FROM (build arg TRAIN); "" = the base (build arg BASE)
+    args: tuple[tuple[str, str], ...] = ()  # when set: every build arg, instead of TRAIN/BASE above
+    pull: str = ""  # a registry image the build starts from, pulled first
+    fallback: "ImageDef | None" = None  # built instead when pull cannot be had
+
+    def build_args(self, base: str) -> dict[str, str]:
+        """The build args `docker build` gets for this image (base: images.base)."""
+        if self.args:
+            return dict(self.args)
+        return {"TRAIN": self.built_on} if self.built_on else {"BASE": base}
 
 
-def definitions(config) -> list[ImageDef]:
-    """The images mlpd builds, in build order."""
+# The optional images: not built unless asked for (`mlpd images build --with NAME`, images.extra).
+EXTRAS = ("pytorch",)
+PYTORCH_TAG = "mlpd/pytorch:latest"
+# A CUDA runtime base whose CUDA matches the torch wheel variant (cu126), on Ubuntu 24.04 for Python
+# 3.12 (the scientific stack's pins need 3.11 or newer). torch's own version is pinned in
+# images/pytorch/Dockerfile.
+PYTORCH_CUDA_BASE = "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04"
+PYTORCH_CUDA_VARIANT = "cu126"
+
+
+def pytorch_definition(config, nvidia: bool) -> ImageDef:
+    """Which PyTorch image to build on this host (images.pytorch_base; nvidia: the engine has the
+    NVIDIA runtime). "auto": on a GPU host, the pinned CUDA base from a registry, falling back to the
+    training image when it cannot be pulled; elsewhere the training image with the CPU wheel.
+    "local": always the training image (the locally bootstrapped base), with the CUDA wheel on a GPU
+    host. Any other name: that image, pulled, with the CUDA wheel."""
+    setting = config["images.pytorch_base"]
     train = config["jobs.default_image"]
-    return [ImageDef(train, "train", "training jobs: Python 3 (python), numpy, pandas, scikit-learn, scipy, matplotlib, the MLflow client; user 1000"),
-            ImageDef(config["workspaces.image"], "workspace", "workspaces: JupyterLab, ipykernel and papermill on the training image", built_on=train)]
+    variant = PYTORCH_CUDA_VARIANT if nvidia else "cpu"
+    local = ImageDef(PYTORCH_TAG, "pytorch", f"PyTorch ({variant} wheel) on the training image", built_on=train,
+                     args=(("BASE", train), ("TORCH_VARIANT", variant), ("INSTALL_STACK", "0")))
+    if setting == "local" or (setting == "auto" and not nvidia):
+        return local
+    base = PYTORCH_CUDA_BASE if setting == "auto" else setting
+    return ImageDef(PYTORCH_TAG, "pytorch", f"PyTorch ({PYTORCH_CUDA_VARIANT} wheel) on {base}, with the training image's stack",
+                    args=(("BASE", base), ("TORCH_VARIANT", PYTORCH_CUDA_VARIANT), ("INSTALL_STACK", "1")),
+                    pull=base, fallback=local if setting == "auto" else None)
+
+
+def definitions(config, extra: tuple[str, ...] | list[str] = (), nvidia: bool = False) -> list[ImageDef]:
+    """The images mlpd builds, in build order: the default ones, then the optional ones named in
+    extra or in images.extra (nvidia: whether the engine has the NVIDIA runtime)."""
+    train = config["jobs.default_image"]
+    out = [ImageDef(train, "train", "training jobs: Python 3 (python), numpy, pandas, scikit-learn, scipy, matplotlib, the MLflow client; user 1000"),
+           ImageDef(config["workspaces.image"], "workspace", "workspaces: JupyterLab, ipykernel and papermill on the training image", built_on=train)]
+    wanted = set(extra) | set(config["images.extra"])
+    unknown = sorted(wanted - set(EXTRAS))
+    if unknown:
+        raise ValueError(f"unknown optional image {unknown[0]!r}: known are {', '.join(EXTRAS)}")
+    if "pytorch" in wanted:
+        out.append(pytorch_definition(config, nvidia))
+    return out
 
 
 def image_status(runtime, config) -> list[dict]:
@@ -44,7 +90,7 @@ def image_status(runtime, config) -> list[dict]:
     out = []
     base = config["images.base"]
     out.append({"tag": base, "role": "base", "present": base in present, **({k: present[base][k] for k in ("id", "size", "created")} if base in present else {})})
-    for d in definitions(config):
+    for d in definitions(config, nvidia=bool(config["images.extra"]) and runtime.engine_info().get("nvidia")):
         item = {"tag": d.tag, "role": d.directory, "present": d.tag in present, "description": d.description}
         if d.tag in present:
             item.update({k: present[d.tag][k] for k in ("id", "size", "created")})
@@ -73,12 +119,28 @@ def build_base(runtime, tag: str) -> Iterator[str]:
         raise RuntimeFailure(f"building the base image {tag} failed (exit {proc.returncode}); see the lines above")
 
 
-def build_missing(runtime, config, force: bool = False) -> Iterator[str]:
-    """Build the base (if needed) and every mlpd image that is missing (all with force); yields progress."""
+def build_missing(runtime, config, force: bool = False, extra: tuple[str, ...] | list[str] = ()) -> Iterator[str]:
+    """Build the base (if needed) and every mlpd image that is missing (all with force), the optional
+    images in extra and images.extra included; yields progress."""
+    from mlpd.runtime import RuntimeFailure
+
     base = config["images.base"]
+    try:
+        wanted = definitions(config, extra, nvidia=bool(runtime.engine_info().get("nvidia")) if extra or config["images.extra"] else False)
+    except ValueError as exc:
+        raise RuntimeFailure(str(exc)) from None
     yield from build_base(runtime, base)
     rebuilt: set[str] = set()
-    for d in definitions(config):
+    for d in wanted:
+        if d.pull and not runtime.image_present(d.pull):
+            yield f"{d.tag}: pulling its base {d.pull}"
+            try:
+                runtime.pull_image(d.pull)
+            except RuntimeFailure as exc:
+                if d.fallback is None:
+                    raise RuntimeFailure(f"{d.tag}: {exc}; set images.pytorch_base = \"local\" to build it on the training image") from None
+                yield f"{d.tag}: {exc}: building it on the training image instead"
+                d = d.fallback
         source = expected_source(runtime, config, d)
         if d.built_on in rebuilt:
             force = True
@@ -89,8 +151,7 @@ def build_missing(runtime, config, force: bool = False) -> Iterator[str]:
             yield f"{d.tag}: present but built from other sources than images/{d.directory}: rebuilding"
         yield f"{d.tag}: building from images/{d.directory}"
         with build_context(os.path.join(images_dir(), d.directory)) as context:
-            args = {"TRAIN": d.built_on} if d.built_on else {"BASE": base}
-            for line in runtime.build_image(context, d.tag, args, labels={SOURCE_LABEL: source}):
+            for line in runtime.build_image(context, d.tag, d.build_args(base), labels={SOURCE_LABEL: source}):
                 yield "  " + line
         rebuilt.add(d.tag)
         yield f"{d.tag}: built"
@@ -103,6 +164,8 @@ def expected_source(runtime, config, d: ImageDef) -> str:
     """The source digest an up-to-date build of d carries: its directory and base, and for an image
     built on another mlpd image, that image's id (so it is current only if that one is)."""
     base = config["images.base"]
+    if d.args:  # which base and wheel it was built with are part of its source
+        base += "+" + ",".join(f"{k}={v}" for k, v in d.args)
     return source_digest(os.path.join(images_dir(), d.directory), base + (f"+{runtime.image_id(d.built_on)}" if d.built_on else ""))
 
 

@@ -443,14 +443,18 @@ def list_images():
 
 @route("/images/build", methods=("POST",), summary="Build the images that are missing (streams progress)", admin=True, streaming=True)
 def build_images():
-    from mlpd.image_catalog import build_missing
+    from mlpd.image_catalog import EXTRAS, build_missing
 
     rt, cfg = runtime(), config()
     force = request.args.get("force") in ("1", "true")
+    extra = [name for name in request.args.get("with", "").split(",") if name]
+    unknown = [name for name in extra if name not in EXTRAS]
+    if unknown:
+        raise ApiError(400, "invalid_field", f"with: unknown optional image {unknown[0]!r}: known are {', '.join(EXTRAS)}")
 
     def generate():
         try:
-            for line in build_missing(rt, cfg, force=force):
+            for line in build_missing(rt, cfg, force=force, extra=extra):
                 yield line + "\n"
         except Exception as exc:  # the response has started: report in-band
             yield f"ERROR: {exc}\n"

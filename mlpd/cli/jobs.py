@@ -450,7 +450,8 @@ def images(ctx, as_json):
 @click.option("--force", is_flag=True, help="Rebuild mlpd's images even when present (the base is kept).")
 @click.option("--local", "local", is_flag=True, help="Build on this host against the local Docker engine, without the daemon (install scripts, CI).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="With --local: the configuration naming the images.")
-def images_build(force, local, config_file):
+@click.option("--with", "extra", multiple=True, type=click.Choice(["pytorch"]), help="Also an optional image: pytorch (mlpd/pytorch:latest, several GB; see images.pytorch_base).")
+def images_build(force, local, config_file, extra):
     """Build the images that are missing, with progress (admins)."""
     if local:
         from mlpd.config import ConfigError, load_config
@@ -459,13 +460,13 @@ def images_build(force, local, config_file):
 
         try:
             cfg = load_config(config_file)
-            for line in build_missing(connect("host"), cfg, force=force):
+            for line in build_missing(connect("host"), cfg, force=force, extra=extra):
                 click.echo(line)
         except (ConfigError, RuntimeFailure) as exc:
             raise click.ClickException(str(exc))
         return
     c = _client()
-    resp = c.request("POST", "/images/build", stream=True, timeout=3600, params={"force": 1} if force else {})
+    resp = c.request("POST", "/images/build", stream=True, timeout=3600, params={**({"force": 1} if force else {}), **({"with": ",".join(extra)} if extra else {})})
     failed = False
     for line in resp.iter_lines(decode_unicode=True):
         click.echo(line)

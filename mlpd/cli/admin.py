@@ -20,12 +20,15 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 def _store(state_dir: str):
     import os
 
-    from mlpd.store import Store
+    from mlpd.store import MigrationError, Store
 
     path = os.path.join(os.path.abspath(os.path.expanduser(state_dir)), "mlpd.db")
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     store = Store(path)
-    store.migrate()
+    try:
+        store.migrate()
+    except MigrationError as exc:  # a newer release's database, or a migration that failed (nothing changed)
+        raise click.ClickException(str(exc)) from None
     return store
 
 

@@ -227,3 +227,22 @@ def test_an_empty_record_left_by_an_older_release_is_dropped_and_nothing_else_ch
             db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
     assert Store(str(path)).migrate() == []
     assert dump(path) == before
+
+
+def test_a_host_side_admin_command_on_a_newer_database_says_so_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from mlpd.cli import main
+
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copy(FIXTURE, state / "mlpd.db")
+    Store(str(state / "mlpd.db")).migrate()
+    with sqlite3.connect(state / "mlpd.db") as db:
+        db.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('mlpd', '0099_from_the_future', '')")
+    before = dump(state / "mlpd.db")
+    result = CliRunner().invoke(main, ["admin", "user", "list", "--state-dir", str(state)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and "0099_from_the_future" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert dump(state / "mlpd.db") == before

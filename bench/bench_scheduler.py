@@ -23,7 +23,10 @@ daemon keeps it (jobs.reserved_at). Three policies replay the same trace:
             on; usage = accounting.decayed_usage over the simulated ledger (one Allocation per GPU per
             job, open while running), half-life 7 days (mlpd's default scheduler.fair_share_half_life,
             not scaled: the trace spans several weeks), over the allocations of the last 4
-            half-lives, as mlpd.quotas.fair_share_usage does.
+            half-lives, as mlpd.quotas.fair_share_usage does; and each owner's mean bounded slowdown
+            = scheduler.owner_slowdowns over the jobs started in the last 4 half-lives (half-life:
+            mlpd's scheduler.slowdown_half_life; --slowdown-half-life) and the queued ones, as
+            mlpd.quotas.fair_share_slowdown does.
 
 Metrics:
   - GPU allocation while queued: held GPU-time / (8 x time), integrated only over the intervals in
@@ -33,7 +36,7 @@ Metrics:
     slowdown, slowdown = (wait + run) / max(run, 10 min); 1.0 = every user is slowed down alike;
   - makespan = last completion - first arrival, in days;
   - schedule() cost: mean (and max) wall time of one call, measured around the call only; for
-    mlpd also the decayed_usage() call that the daemon makes before every pass.
+    mlpd also the decayed_usage() and owner_slowdowns() calls that the daemon makes before every pass.
 Sanity checks run on every plan (placed GPUs free and distinct, one decision per queued job, FIFO
 never overtakes its head, no head starts after the start it was promised when it became the head)
 and violations are printed. The issue-15 targets for mlpd against EASY are printed as met or not.
@@ -62,7 +65,9 @@ import time
 from collections import deque
 
 from mlpd.accounting import Allocation, decayed_usage
-from mlpd.scheduler import Gpu, Holding, Policy, QueuedJob, explain, schedule
+from mlpd.config import SETTINGS_BY_KEY
+from mlpd.jobspec import parse_duration
+from mlpd.scheduler import Gpu, Holding, Policy, QueuedJob, explain, owner_slowdowns, schedule
 
 N_GPUS = 8
 GPUS = [Gpu(f"GPU-{i:02d}", i, "A100") for i in range(N_GPUS)]
@@ -71,6 +76,8 @@ USER_WEIGHTS = [36, 24, 8, 7, 6, 5, 5, 4, 3, 2]  # two heavy users: ~60 % of sub
 HEAVY = set(USERS[:2])
 SIZES, SIZE_P = (1, 2, 4, 8), (0.70, 0.15, 0.10, 0.05)
 HALF_LIFE = 7 * 86400.0
+SLOWDOWN_HALF_LIFE_DEFAULT = SETTINGS_BY_KEY["scheduler.slowdown_half_life"].default  # mlpd's (--slowdown-half-life)
+SLOWDOWN_HALF_LIFE = parse_duration(SLOWDOWN_HALF_LIFE_DEFAULT)
 SLOWDOWN_FLOOR = 600.0  # bounded slowdown: runs shorter than 10 min count as 10 min
 POLICIES = (
     ("fifo", "plain FIFO", Policy(backfill=False, fair_share=False, weight_expansion=0)),
@@ -188,8 +195,16 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
             usage = decayed_usage(ledger, now, HALF_LIFE)
             usage_s += time.perf_counter() - t0
         queued = list(queue.values())
+        slowdown = None
+        if policy.fair_share and policy.weight_slowdown:  # as mlpd.quotas.fair_share_slowdown reads it
+            t0 = time.perf_counter()
+            history = [(by_id[jid]["owner"], by_id[jid]["submit"], st,
+                        None if jid in running else st + by_id[jid]["run"])
+                       for jid, st in start_of.items() if st >= now - 4 * SLOWDOWN_HALF_LIFE]
+            slowdown = owner_slowdowns(history, queued, now, SLOWDOWN_HALF_LIFE, policy.max_age)
+            usage_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        plan = schedule(GPUS, holdings, queued, now, policy, usage=usage, reserved=reserved)
+        plan = schedule(GPUS, holdings, queued, now, policy, usage=usage, reserved=reserved, slowdown=slowdown)
         dt = time.perf_counter() - t0
         sched_s += dt
         sched_max = max(sched_max, dt)
@@ -388,8 +403,11 @@ def main() -> None:
     ap.add_argument("--micro-only", action="store_true", help="only time schedule(); no trace replay")
     ap.add_argument("--policy", default="", metavar="FIELD=VALUE,...",
                     help="override fields of mlpd's Policy for the mlpd row, e.g. weight_size=0 (default: none)")
+    ap.add_argument("--slowdown-half-life", default=SLOWDOWN_HALF_LIFE_DEFAULT, metavar="DURATION",
+                    help=f"scheduler.slowdown_half_life for the mlpd row (default: mlpd's, {SLOWDOWN_HALF_LIFE_DEFAULT})")
     args = ap.parse_args()
-    global POLICIES
+    global POLICIES, SLOWDOWN_HALF_LIFE
+    SLOWDOWN_HALF_LIFE = parse_duration(args.slowdown_half_life)
     if args.policy:
         try:
             overrides = parse_policy(args.policy)
@@ -403,7 +421,8 @@ def main() -> None:
     trace = make_trace(args.jobs, args.seed, args.load)
     print("\n".join(describe_trace(trace)))
     print(f"fair share: decayed_usage, half-life {HALF_LIFE / 86400:.0f} days (mlpd's default), "
-          f"ledger window 4 half-lives; mlpd's weights: the defaults of mlpd.toml")
+          f"ledger window 4 half-lives; owner_slowdowns, half-life {SLOWDOWN_HALF_LIFE / 86400:g} days; "
+          "mlpd's weights: the defaults of mlpd.toml")
     results = {}
     for key, _, policy in POLICIES:
         t0 = time.perf_counter()
@@ -420,7 +439,7 @@ def main() -> None:
         r = results[key]
         cost = f"{r['us_call']:.0f} ({r['ms_max']:.1f})"
         if r["usage_us"] is not None:
-            cost += f" + decayed_usage {r['usage_us']:.0f}"
+            cost += f" + fair-share inputs {r['usage_us']:.0f}"
         print(f"| {label} | {r['allocation']:.3f} | {r['mean_wait_h']:.2f} | {r['p95_wait_h']:.2f} | {r['jain']:.3f} "
               f"| {r['heavy_h']:.2f} / {r['light_h']:.2f} | {r['big_h']:.2f} | {r['max_wait_h']:.1f} "
               f"| {r['makespan_d']:.2f} | {cost} |")

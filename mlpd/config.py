@@ -205,6 +205,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scheduler.weight_age", (int, float), 1000, "Priority score of a job that has waited scheduler.max_age (less in proportion).", _non_negative),
     Setting("scheduler.max_age", str, "7d", "Waiting time after which age adds no more to the priority score.", _duration),
     Setting("scheduler.weight_fair_share", (int, float), 100, "Priority score of a fair-share factor of 1 (an owner with no recent usage); 0.5 = their share used.", _non_negative),
+    Setting("scheduler.weight_slowdown", (int, float), 3000, "Priority score of the slowdown factor of 1, the owner whose recent work was slowed down most by waiting (less in proportion; only with fair_share); 0 = off.", _non_negative),
+    Setting("scheduler.slowdown_half_life", str, "30d", "Half-life of past jobs in the slowdown factor: a job that started a half-life ago counts half.", _duration_nonempty),
     Setting("scheduler.weight_expansion", (int, float), 1000, "Priority score of a job whose wait reached scheduler.max_expansion times its time limit (less in proportion).", _non_negative),
     Setting("scheduler.max_expansion", (int, float), 100, "Wait, in multiples of a job's time limit (10 min at least), after which expansion adds no more.", _between(1, 1e6)),
     Setting("scheduler.weight_size", (int, float), 0, "Priority score of a job asking for all GPUs of one model with a time limit of scheduler.size_time or less (less in proportion to its GPUs, and to size_time / its time limit beyond it); 0 = off.", _non_negative),

@@ -61,7 +61,7 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float,
     `explain` as in scheduler.schedule: True explains every waiting job, a collection of ids those.
     """
     s = scheduler_inputs(store, inventory, config, now)
-    plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved,
+    plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown,
                     explain=explain)
     return plan, s.queued, s.gpus
 
@@ -69,7 +69,7 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float,
 def explain_now(store: Store, inventory: GpuInventory, config: Config, now: float, job_id: str) -> Wait | None:
     """Why one queued job waits (None if it would start now); the scheduler stops at that job."""
     s = scheduler_inputs(store, inventory, config, now)
-    return explain_job(s.gpus, s.holdings, s.queue, now, job_id, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved)
+    return explain_job(s.gpus, s.holdings, s.queue, now, job_id, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown)
 
 
 @dataclasses.dataclass
@@ -85,6 +85,7 @@ class SchedulerInputs:
     reserved: dict[str, float]
     active: list[dict] = dataclasses.field(default_factory=list)  # the starting and running job rows
     classes: PriorityClasses | None = None
+    slowdown: dict[str, float] = dataclasses.field(default_factory=dict)  # each owner's recent mean slowdown
 
 
 def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now: float) -> SchedulerInputs:
@@ -120,8 +121,11 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                        effective_time_limit(j, config), classes.rank(classes.of(j))) for j in queued]
     policy = scheduler_policy(config)
     usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
+    slowdown = (quotas.fair_share_slowdown(store, config, now, queue, policy.max_age)
+                if policy.fair_share and policy.weight_slowdown and len(owners) > 1 else {})
     reserved = {j["id"]: j["reserved_at"] for j in queued if j.get("reserved_at") is not None}
-    return SchedulerInputs(gpus, holdings, queue, queued, policy, usage, list(limits.values()), reserved, active, classes)
+    return SchedulerInputs(gpus, holdings, queue, queued, policy, usage, list(limits.values()), reserved, active, classes,
+                           slowdown)
 
 
 def scheduler_policy(config: Config) -> Policy:
@@ -132,7 +136,8 @@ def scheduler_policy(config: Config) -> Policy:
                   weight_priority=float(config["scheduler.weight_priority"]), weight_age=float(config["scheduler.weight_age"]),
                   max_age=parse_duration(config["scheduler.max_age"]), weight_fair_share=float(config["scheduler.weight_fair_share"]),
                   weight_expansion=float(config["scheduler.weight_expansion"]), max_expansion=float(config["scheduler.max_expansion"]),
-                  weight_size=float(config["scheduler.weight_size"]), size_time=parse_duration(config["scheduler.size_time"]))
+                  weight_size=float(config["scheduler.weight_size"]), size_time=parse_duration(config["scheduler.size_time"]),
+                  weight_slowdown=float(config["scheduler.weight_slowdown"]))
 
 
 def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gpu], now: float) -> None:
@@ -303,7 +308,7 @@ class JobController:
         """Place queued jobs on free GPUs and launch them; preempt for waiting work of a higher class."""
         now = now or time.time()
         s = scheduler_inputs(self.store, self.inventory, self.config, now)
-        plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved)
+        plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown)
         queued, gpus = s.queued, s.gpus
         keep_reservation(self.store, plan, queued, gpus, now)
         index_of = {g.uuid: g.index for g in gpus}

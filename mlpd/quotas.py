@@ -7,15 +7,19 @@ admission decision, with messages that say the limit, the usage and the reset.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from mlpd.accounting import Allocation, decayed_usage, format_reset, period_bounds  # noqa: F401  (period_bounds re-exported)
 from mlpd.config import Config
 from mlpd.errors import MlpdError
 from mlpd.store import Store, record_event
 from mlpd.users import UserError, check_name
+
+if TYPE_CHECKING:
+    from mlpd.scheduler import QueuedJob
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,42 @@ def fair_share_usage(store: Store, config: Config, now: float) -> dict[str, floa
 
     half_life = parse_duration(config["scheduler.fair_share_half_life"])
     return decayed_usage(allocations(store, now - 4 * half_life), now, half_life)
+
+
+# Each owner's weighted sum of bounded slowdowns (num) and of weights (den) over the GPU jobs that
+# started since :since (by the index on started_at, 0012, named: left to itself SQLite scans all
+# of jobs_owner to group, or takes jobs_kind, which nearly every row matches), each weighted 2^(-age of its start / half-life) = exp((start - now) k).
+# A running job counts its run so far. Summed in SQLite: a pass reads one row per owner.
+FAIR_SHARE_SLOWDOWN_SQL = """
+SELECT owner, SUM(w * s) AS num, SUM(w) AS den FROM (
+  SELECT owner, exp((started_at - :now) * :k) AS w,
+         max(1.0, (max(0.0, started_at - submitted_at) + max(0.0, coalesce(ended_at, :now) - started_at))
+                  / max(coalesce(ended_at, :now) - started_at, :floor)) AS s
+  FROM jobs INDEXED BY jobs_started_at WHERE started_at >= :since AND kind = 'job' AND gpu_uuids != '[]'
+) GROUP BY owner"""
+
+
+def fair_share_slowdown(store: Store, config: Config, now: float, queue: Sequence[QueuedJob],
+                        max_age: float) -> dict[str, float]:
+    """Each owner's recent mean bounded slowdown (mlpd.scheduler.owner_slowdowns) over the GPU jobs
+    that started in the last four half-lives and the queued ones."""
+    import math
+
+    from mlpd.jobspec import parse_duration
+    from mlpd.scheduler import MIN_EXPANSION_BASE, owner_slowdowns
+
+    half_life = parse_duration(config["scheduler.slowdown_half_life"])
+    params = {"now": now, "k": math.log(2) / half_life, "floor": MIN_EXPANSION_BASE, "since": now - 4 * half_life}
+    try:
+        sums = {r["owner"]: (r["num"], r["den"]) for r in store.query(FAIR_SHARE_SLOWDOWN_SQL, params)}
+    except sqlite3.OperationalError as e:  # an SQLite built without its math functions (exp, 3.35+)
+        if "exp" not in str(e):
+            raise
+        rows = store.query("SELECT owner, submitted_at, started_at, ended_at FROM jobs INDEXED BY jobs_started_at "
+                           "WHERE started_at >= ? AND kind = 'job' AND gpu_uuids != '[]'", [params["since"]])
+        return owner_slowdowns([(r["owner"], r["submitted_at"], r["started_at"], r["ended_at"]) for r in rows],
+                               queue, now, half_life, max_age)
+    return owner_slowdowns((), queue, now, half_life, max_age, sums=sums)
 
 
 # ---------------------------------------------------------------- teams

@@ -78,6 +78,7 @@ class Policy:
       weight_priority x its own priority (-100..100; -1000 for work over its GPU-hours),
       weight_age x min(1, waited / max_age),
       weight_fair_share x its owner's fair-share factor in (0, 1] (only with fair_share),
+      weight_slowdown x its owner's slowdown factor in [0, 1] (only with fair_share),
       weight_expansion x min(1, waited / (max_expansion x its time limit, 10 min at least)),
       weight_size x its job-size factor (its share of the host's GPUs, less for time limits over size_time).
     The defaults are mlpd.toml's (a test holds them equal): one point of a job's priority
@@ -93,6 +94,7 @@ class Policy:
     max_expansion: float = 100.0
     weight_size: float = 0.0
     size_time: float = 3600.0  # seconds
+    weight_slowdown: float = 3000.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,48 @@ def fair_share_factors(usage: Mapping[str, float], owners: Iterable[str] = ()) -
     return {u: 2.0 ** (-max(usage.get(u, 0.0), 0.0) / total * n) for u in users}
 
 
+def owner_slowdowns(history: Iterable[tuple[str, float, float, float | None]], queue: Iterable[QueuedJob],
+                    now: float, half_life: float, max_age: float,
+                    sums: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
+    """Each owner's recent mean bounded slowdown, the second half of fair share.
+
+    A job's bounded slowdown is max(1, (wait + run) / max(run, 10 min)): 1 for a job that started at once,
+    100 for a 10-minute job that waited 16 hours. `history` holds (owner, submitted_at, started_at,
+    ended_at or None while it runs) of GPU jobs that started; a running job counts its run so far,
+    and each job is weighted by 2^(-age of its start / half_life). Each queued job counts with
+    weight 1 and its expected slowdown so far, (waited + time limit) / max(time limit, 10 min)
+    (no limit counts as max_age), so an owner whose work waits now rises at once. CPU-only jobs
+    do not count. `sums`: the history already summed per owner, (weighted slowdowns, weights), as
+    mlpd.quotas.fair_share_slowdown reads it from SQLite.
+    """
+    num: dict[str, float] = {u: n for u, (n, _) in (sums or {}).items()}
+    den: dict[str, float] = {u: d for u, (_, d) in (sums or {}).items()}
+    for owner, submitted, started, ended in history:
+        run = max(0.0, (now if ended is None else ended) - started)
+        w = 0.5 ** (max(0.0, now - started) / half_life) if half_life > 0 else 1.0
+        num[owner] = num.get(owner, 0.0) + w * max(1.0, (max(0.0, started - submitted) + run) / max(run, MIN_EXPANSION_BASE))
+        den[owner] = den.get(owner, 0.0) + w
+    for j in queue:
+        if j.gpus <= 0:
+            continue
+        limit = max_age if j.time_limit is None else j.time_limit
+        num[j.owner] = num.get(j.owner, 0.0) + max(1.0, (max(0.0, now - j.submitted_at) + limit) / max(limit, MIN_EXPANSION_BASE))
+        den[j.owner] = den.get(j.owner, 0.0) + 1.0
+    return {u: num[u] / den[u] for u in num if den[u] > 0}
+
+
+def slowdown_factors(slowdown: Mapping[str, float], owners: Iterable[str] = ()) -> dict[str, float]:
+    """Each owner's slowdown factor in [0, 1]: (s - 1) / (s_max - 1) of their mean slowdown s
+    (from owner_slowdowns; an owner with none counts as 1), s_max the largest: the owner whose work
+    has been slowed down most gets 1, one whose work never waited 0 (all 0 when nobody waited).
+    As finish-time fairness (Themis, NSDI '20): who has been served worst goes first."""
+    users = set(owners) | set(slowdown)
+    top = max((slowdown.get(u, 1.0) for u in users), default=1.0)
+    if top <= 1.0:
+        return dict.fromkeys(users, 0.0)
+    return {u: max(0.0, slowdown.get(u, 1.0) - 1.0) / (top - 1.0) for u in users}
+
+
 def size_factor(job: QueuedJob, host_gpus: int, size_time: float, max_age: float) -> float:
     """The job-size factor in [0, 1]: its share of the host's GPUs, in full for a time limit of
     size_time or less, else times size_time / its time limit (10 minutes at least; no limit counts
@@ -171,15 +215,18 @@ def size_factor(job: QueuedJob, host_gpus: int, size_time: float, max_age: float
 
 
 def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: Mapping[str, float],
-                   host_gpus: int = 0) -> float:
-    """The job's multifactor priority score (higher goes first); `factors` from fair_share_factors;
-    `host_gpus` the most GPUs of one model the host has (the job-size factor needs it; 0: no size term)."""
+                   host_gpus: int = 0, slowdown: Mapping[str, float] | None = None) -> float:
+    """The job's multifactor priority score (higher goes first); `factors` from fair_share_factors,
+    `slowdown` from slowdown_factors; `host_gpus` the most GPUs of one model the host has (the
+    job-size factor needs it; 0: no size term)."""
     age = 0.0
     if now is not None:
         age = 1.0 if policy.max_age <= 0 else min(1.0, max(0.0, now - job.submitted_at) / policy.max_age)
     score = policy.weight_priority * job.priority + policy.weight_age * age
     if policy.fair_share:
         score += policy.weight_fair_share * factors.get(job.owner, 1.0)
+        if slowdown and policy.weight_slowdown:
+            score += policy.weight_slowdown * slowdown.get(job.owner, 0.0)
     if now is not None and policy.weight_expansion:
         base = max(policy.max_age if job.time_limit is None else job.time_limit, MIN_EXPANSION_BASE) * policy.max_expansion
         score += policy.weight_expansion * min(1.0, max(0.0, now - job.submitted_at) / base)
@@ -190,12 +237,13 @@ def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: M
 
 def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = None, *, now: float | None = None,
                 policy: Policy = Policy(), reserved: Mapping[str, float] | None = None,
-                host_gpus: int = 0) -> list[QueuedJob]:
+                host_gpus: int = 0, slowdown: Mapping[str, float] | None = None) -> list[QueuedJob]:
     """Return the jobs in scheduling order: by class rank desc; within a rank, those holding a
     reservation first (the earliest reserved first), then by priority score desc, then
     submitted_at asc, then id.
 
-    `usage` is each owner's decayed recent GPU usage (only read with policy.fair_share);
+    `usage` is each owner's decayed recent GPU usage and `slowdown` each owner's recent mean
+    slowdown (owner_slowdowns), both only read with policy.fair_share;
     without `now` age adds nothing; without `host_gpus` (the most GPUs of one model) job size adds nothing.
     """
     queue = list(queue)
@@ -208,6 +256,8 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
     fs_on = policy.fair_share
     w_size = policy.weight_size if host_gpus > 0 else 0.0
     size_time = policy.size_time
+    w_sd = policy.weight_slowdown if slowdown and fs_on else 0.0
+    sfac = slowdown_factors(slowdown, {j.owner for j in queue}) if w_sd else {}
     keyed = []
     for j in queue:
         if j.id in reserved:
@@ -223,6 +273,8 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
             base = max_x * (default_base if j.time_limit is None else
                             j.time_limit if j.time_limit > MIN_EXPANSION_BASE else MIN_EXPANSION_BASE)
             score += w_x * (1.0 if waited >= base else waited / base if waited > 0 else 0.0)
+        if w_sd:
+            score += w_sd * sfac.get(j.owner, 0.0)
         if w_size and j.gpus > 0:  # size_factor, inlined
             limit = max(max_age if j.time_limit is None else j.time_limit, MIN_EXPANSION_BASE)
             score += w_size * (j.gpus / host_gpus if j.gpus < host_gpus else 1.0) * (
@@ -309,7 +361,7 @@ def _caps(free_by_model: Mapping[str, list[Gpu]], exclude: Collection[str] = ())
 def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob],
              now: float, policy: Policy = Policy(), usage: Mapping[str, float] | None = None,
              limits: Sequence[GpuLimit] = (), reserved: Mapping[str, float] | None = None,
-             explain: bool | Collection[str] = False) -> Plan:
+             explain: bool | Collection[str] = False, slowdown: Mapping[str, float] | None = None) -> Plan:
     """Decide which queued jobs start now, and which job holds the reservation.
 
     Walks the queue in `queue_order`. Jobs that fit are placed on the
@@ -327,23 +379,25 @@ def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Q
     an estimated start); a collection of ids gives those jobs one; by default
     none, which keeps a pass over a long queue cheap.
     """
-    return _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, explain, None)
+    return _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, explain, None, slowdown)
 
 
 def explain(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob], now: float,
             job_id: str, policy: Policy = Policy(), usage: Mapping[str, float] | None = None,
-            limits: Sequence[GpuLimit] = (), reserved: Mapping[str, float] | None = None) -> Wait | None:
+            limits: Sequence[GpuLimit] = (), reserved: Mapping[str, float] | None = None,
+            slowdown: Mapping[str, float] | None = None) -> Wait | None:
     """Why one queued job waits, as `schedule(..., explain=True)` would say; None if it would start now.
 
     Stops at that job: the jobs behind it cannot change its answer.
     """
-    plan = _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, (job_id,), job_id)
+    plan = _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, (job_id,), job_id, slowdown)
     return next((w for w in plan.waits if w.job_id == job_id), None)
 
 
 def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob], now: float,
           policy: Policy, usage: Mapping[str, float] | None, limits: Sequence[GpuLimit],
-          reserved: Mapping[str, float] | None, explain: bool | Collection[str], stop_at: str | None) -> Plan:
+          reserved: Mapping[str, float] | None, explain: bool | Collection[str], stop_at: str | None,
+          slowdown: Mapping[str, float] | None = None) -> Plan:
     gpus = sorted(gpus, key=lambda g: g.index)
     by_uuid = {g.uuid: g for g in gpus}
     holders: dict[str, list[Holding]] = {}
@@ -405,7 +459,7 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
     def free_for(job: QueuedJob) -> list[Gpu]:
         return [g for m, grp in free_by_model.items() if job.gpu_model in (None, m) for g in grp]
 
-    for pos, job in enumerate(queue_order(queue, usage, now=now, policy=policy, reserved=reserved,
+    for pos, job in enumerate(queue_order(queue, usage, now=now, policy=policy, reserved=reserved, slowdown=slowdown,
                                                  host_gpus=largest[None]), start=1):
         n = job.gpus
         if n <= 0:  # CPU-only work never competes for GPUs

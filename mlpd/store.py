@@ -315,6 +315,11 @@ def _migration_priority_grants(db: sqlite_utils.Database) -> None:
                                  not_null={"class", "subject", "actor", "granted_at"})
 
 
+def _migration_jobs_started_at(db: sqlite_utils.Database) -> None:
+    """The scheduler reads each owner's recently started jobs every pass (the slowdown factor of fair share)."""
+    db["jobs"].create_index(["started_at"], index_name="jobs_started_at")
+
+
 # In the order they apply. Append only: a shipped migration never changes what it builds
 # (tests/unit/test_store_schema.py holds 0001..0010 to tests/fixtures/schema-0010.sql); add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -329,6 +334,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0009_serving", _migration_serving),
     ("0010_preemption", _migration_preemption),
     ("0011_priority_grants", _migration_priority_grants),
+    ("0012_jobs_started_at", _migration_jobs_started_at),
 ]
 
 

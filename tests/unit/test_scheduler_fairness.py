@@ -3,7 +3,8 @@ to the head is kept, over passes, whatever fair share, age and later arrivals sa
 import random
 
 from mlpd.scheduler import (
-    Gpu, GpuLimit, Holding, Policy, QueuedJob, fair_share_factors, priority_score, queue_order, schedule, size_factor,
+    Gpu, GpuLimit, Holding, Policy, QueuedJob, fair_share_factors, owner_slowdowns, priority_score, queue_order, schedule, size_factor,
+    slowdown_factors,
 )
 
 NOW = 1_800_000_000.0
@@ -270,3 +271,70 @@ def test_queue_order_is_the_order_of_priority_score_with_job_size():
         factors = fair_share_factors(usage, {j.owner for j in queue})
         expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors, host), j.submitted_at, j.id))
         assert queue_order(queue, usage, now=NOW, policy=policy, host_gpus=host) == expected
+
+
+# --- the slowdown factor (fair share's second half) ----------------------------------
+
+def test_owner_slowdown_is_the_weighted_mean_of_bounded_slowdowns():
+    half = 86400.0
+    history = [
+        ("alice", NOW - 5 * HOUR, NOW - 4 * HOUR, NOW - 2 * HOUR),   # waited 1 h, ran 2 h: 1.5
+        ("alice", NOW - 3 * HOUR, NOW - HOUR, None),                  # waited 2 h, running 1 h: 3
+        ("bob", NOW - 60.0, NOW - 60.0, NOW - 30.0),                  # no wait; 30 s counts as 10 min: 1
+        ("bob", NOW - half - 1140.0, NOW - half, NOW - half + 60.0),  # waited 19 min, ran 1 (counts 10), a half-life ago: 2
+    ]
+    s = owner_slowdowns(history, [], NOW, half, 7 * 86400.0)
+    w = 0.5 ** (4 * HOUR / half)
+    w2 = 0.5 ** (HOUR / half)
+    assert abs(s["alice"] - (w * 1.5 + w2 * 3.0) / (w + w2)) < 1e-9
+    w3 = 0.5 ** (60.0 / half)
+    assert abs(s["bob"] - (w3 * 1.0 + 0.5 * 2.0) / (w3 + 0.5)) < 1e-9
+
+
+def test_queued_work_counts_with_its_slowdown_so_far_and_cpu_jobs_not_at_all():
+    queue = [job("q", "carol", time_limit=HOUR, submitted_at=NOW - 3 * HOUR),   # (3 h + 1 h) / 1 h = 4
+             job("n", "dave", time_limit=None, submitted_at=NOW - 7 * 86400.0),  # no limit: max_age, (7 d + 7 d) / 7 d = 2
+             QueuedJob("cpu", "erin", 0, None, 0, NOW - 86400.0, 60.0)]
+    s = owner_slowdowns([], queue, NOW, 86400.0, 7 * 86400.0)
+    assert s == {"carol": 4.0, "dave": 2.0}
+
+
+def test_slowdown_factor_is_one_for_the_most_slowed_down_owner_and_zero_for_none():
+    f = slowdown_factors({"a": 5.0, "b": 3.0, "c": 1.0}, owners={"d"})
+    assert f == {"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.0}
+    assert slowdown_factors({"a": 1.0}, {"b"}) == {"a": 0.0, "b": 0.0}  # nobody waited: no one goes ahead
+
+
+def test_the_owner_slowed_down_most_goes_first_only_with_fair_share():
+    # bob used less (usage fair share favours him) but alice's work has waited far longer for its length
+    usage = {"alice": 100.0, "bob": 10.0}
+    slowdown = {"alice": 40.0, "bob": 2.0}
+    a, b = job("a", "alice", time_limit=HOUR), job("b", "bob", time_limit=HOUR)
+    p = Policy(weight_expansion=0, weight_age=0)
+    assert [j.id for j in queue_order([b, a], usage, now=NOW, policy=p, slowdown=slowdown)] == ["a", "b"]
+    assert [j.id for j in queue_order([b, a], usage, now=NOW, policy=p)] == ["b", "a"]
+    off = Policy(weight_expansion=0, weight_age=0, weight_slowdown=0)
+    assert [j.id for j in queue_order([b, a], usage, now=NOW, policy=off, slowdown=slowdown)] == ["b", "a"]
+    no_fs = Policy(fair_share=False, weight_expansion=0, weight_age=0)
+    # without fair share neither usage nor slowdown counts: submit order, then id
+    assert [j.id for j in queue_order([b, a], usage, now=NOW, policy=no_fs, slowdown=slowdown)] == ["a", "b"]
+    later_a = job("a", "alice", time_limit=HOUR, submitted_at=NOW + 1)
+    assert [j.id for j in queue_order([later_a, b], usage, now=NOW + 1, policy=no_fs, slowdown=slowdown)] == ["b", "a"]
+    # a job's own priority still outranks any slowdown
+    urgent = job("u", "bob", time_limit=HOUR, priority=1)
+    assert queue_order([a, urgent], usage, now=NOW, policy=p, slowdown=slowdown)[0].id == "u"
+
+
+def test_queue_order_is_the_order_of_priority_score_with_slowdown():
+    rng = random.Random(5)
+    for _ in range(200):
+        policy = Policy(fair_share=rng.random() < 0.8, weight_slowdown=rng.choice([0.0, 300.0, 3000.0]))
+        queue = [QueuedJob(f"j{i}", rng.choice("abcd"), rng.choice([0, 1, 2]), None, rng.randint(-1, 1),
+                           NOW - rng.uniform(-60, 86400), rng.choice([None, 60.0, 3600.0]))
+                 for i in range(rng.randint(1, 12))]
+        usage = {o: rng.uniform(0, 100) for o in "ab"}
+        slowdown = {o: rng.uniform(1, 50) for o in rng.sample("abcd", rng.randint(0, 4))}
+        factors = fair_share_factors(usage, {j.owner for j in queue})
+        sf = slowdown_factors(slowdown, {j.owner for j in queue}) if slowdown else {}
+        expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors, slowdown=sf), j.submitted_at, j.id))
+        assert queue_order(queue, usage, now=NOW, policy=policy, slowdown=slowdown) == expected

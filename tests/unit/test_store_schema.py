@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from mlpd.quotas import FAIR_SHARE_SLOWDOWN_SQL
 from mlpd.store import MIGRATIONS, Store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -139,9 +140,12 @@ PRIORITY_GRANTS_0011 = """CREATE TABLE priority_grants (
 )"""
 
 
-def test_0011_builds_what_its_first_raw_sql_built(tmp_path):
-    """Head (0001..0011) is the released schema plus 0011's table exactly as main first wrote it."""
+def test_0011_builds_what_its_first_raw_sql_built(tmp_path, monkeypatch):
+    """0001..0011 is the released schema plus 0011's table exactly as main first wrote it."""
+    import mlpd.store as store_module
+
     assert MIGRATIONS[10][0] == "0011_priority_grants"
+    monkeypatch.setattr(store_module, "MIGRATIONS", list(MIGRATIONS[:11]))
     path = tmp_path / "head.db"
     Store(str(path)).migrate()
     conn = sqlite3.connect(":memory:")
@@ -151,3 +155,29 @@ def test_0011_builds_what_its_first_raw_sql_built(tmp_path):
     finally:
         conn.close()
     assert "priority_grants" in expected and describe_file(path) == expected
+
+
+def test_0012_adds_an_index_on_jobs_started_at_and_nothing_else(tmp_path, monkeypatch):
+    import mlpd.store as store_module
+
+    assert MIGRATIONS[11][0] == "0012_jobs_started_at"
+    monkeypatch.setattr(store_module, "MIGRATIONS", list(MIGRATIONS[:11]))
+    before = tmp_path / "before.db"
+    Store(str(before)).migrate()
+    monkeypatch.setattr(store_module, "MIGRATIONS", list(MIGRATIONS[:12]))
+    Store(str(before)).migrate()  # the upgrade
+    after = describe_file(before)
+    monkeypatch.setattr(store_module, "MIGRATIONS", list(MIGRATIONS[:11]))
+    old = tmp_path / "old.db"
+    Store(str(old)).migrate()
+    expected = describe_file(old)
+    assert after != expected
+    conn = sqlite3.connect(before)
+    try:
+        plan = " ".join(r[-1] for r in conn.execute(
+            "EXPLAIN QUERY PLAN " + FAIR_SHARE_SLOWDOWN_SQL, {"now": 0.0, "k": 1.0, "floor": 600.0, "since": 0.0}))
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(jobs)")}
+    finally:
+        conn.close()
+    assert "jobs_started_at" in plan
+    assert indexes - {"jobs_started_at"} == {r[1] for r in sqlite3.connect(old).execute("PRAGMA index_list(jobs)")}

@@ -36,6 +36,9 @@ from mlpd.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
 
 log = logging.getLogger("mlpd.controller")
+# A launch or stop handed off this long ago that has not begun counts as lost (its huey task never
+# ran): the next pass asks again. A copy that does run late finds the work done (tasks are idempotent).
+HANDOFF_LOST_AFTER = 300.0  # seconds
 OVER_QUOTA_PRIORITY = -1000  # below the lowest priority a user can set (-100)
 ACTIVE_NAMES = frozenset(s.value for s in ACTIVE)
 TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
@@ -175,9 +178,11 @@ class JobController:
         off the loop; the worker enqueues a huey task. Without one (tests) they run at once, inline."""
         self.store, self.config, self.runtime, self.inventory = store, config, runtime, inventory
         self.wake = wake
-        self.launching: set[str] = set()  # jobs with a launch or a stop asked for and not yet done
+        # jobs with a launch or a stop asked for and not yet done -> when it was asked for (clock)
+        self.launching: dict[str, float] = {}
         self._running: set[str] = set()  # jobs whose launch or stop is executing now
         self._lock = threading.Lock()
+        self._clock = clock
         self.dispatch = dispatch or (lambda action, job_id, *args: getattr(self, f"run_{action}")(job_id, *args))
         self.environments = EnvironmentBuilder(runtime, clock)
         self.next_deadline: float | None = None  # the earliest time limit among running jobs
@@ -215,7 +220,12 @@ class JobController:
 
     def _is_launching(self, job_id: str) -> bool:
         with self._lock:
-            return job_id in self.launching
+            return job_id in self.launching and not self._lost(job_id)
+
+    def _lost(self, job_id: str) -> bool:
+        """A launch or stop asked for HANDOFF_LOST_AFTER ago that has not begun: its task was lost
+        (huey could not run it), so the next pass takes the job up again. Hold self._lock."""
+        return job_id not in self._running and self._clock() - self.launching[job_id] >= HANDOFF_LOST_AFTER
 
     def _reconcile_job(self, job: dict[str, Any], c: WorkloadStatus | None, now: float) -> None:
         job_id = job["id"]
@@ -387,14 +397,14 @@ class JobController:
     def _hand_off(self, action: str, job_id: str, *args: Any) -> None:
         """Ask for run_<action>(job_id, *args) once: not again while one is asked for or running."""
         with self._lock:
-            if job_id in self.launching:
+            if job_id in self.launching and not self._lost(job_id):
                 return
-            self.launching.add(job_id)
+            self.launching[job_id] = self._clock()
         try:
             self.dispatch(action, job_id, *args)
         except Exception:
             with self._lock:
-                self.launching.discard(job_id)
+                self.launching.pop(job_id, None)
             raise
 
     @contextlib.contextmanager
@@ -404,14 +414,14 @@ class JobController:
         with self._lock:
             mine = job_id not in self._running
             self._running.add(job_id)
-            self.launching.add(job_id)
+            self.launching.setdefault(job_id, self._clock())
         try:
             yield mine
         finally:
             if mine:
                 with self._lock:
                     self._running.discard(job_id)
-                    self.launching.discard(job_id)
+                    self.launching.pop(job_id, None)
                 self.wake(f"done {job_id}")
 
     def run_stop(self, job_id: str, timeout: float) -> None:

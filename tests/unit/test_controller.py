@@ -287,3 +287,21 @@ def test_a_drained_gpu_keeps_its_job_but_takes_no_new_work_until_undrained(world
     set_drained(world.store, held, False, "root")
     c.reconcile(now=world.clock.advance(1))
     assert world.job(waiting)["state"] == "running" and held in world.job(waiting)["gpu_uuids"]
+
+
+def test_a_launch_whose_task_was_lost_is_asked_for_again_after_a_while(world):
+    from mlpd.controller import HANDOFF_LOST_AFTER
+
+    asked = []
+    c = world.controller()
+    c.dispatch = lambda action, job_id, *args: asked.append((action, job_id))  # the task is lost: it never runs
+    j = world.submit(["sleep", "100"])
+    c.reconcile(now=world.clock())
+    assert asked == [("launch", j)] and world.job(j)["state"] == "starting"
+    c.reconcile(now=world.clock.advance(HANDOFF_LOST_AFTER / 2))
+    assert asked == [("launch", j)]  # not yet: it may only be waiting for a free worker thread
+    world.clock.advance(HANDOFF_LOST_AFTER / 2)
+    c.dispatch = lambda action, job_id, *args: (asked.append((action, job_id)), getattr(c, f"run_{action}")(job_id, *args))
+    c.reconcile(now=world.clock())
+    assert asked == [("launch", j), ("launch", j)]
+    assert world.job(j)["state"] == "running" and not c.launching

@@ -300,7 +300,7 @@ def load_scheduler_at(ref: str):
 
 def micro_state(n_queued: int, seed: int, free: int):
     """A busy 8-GPU host (all but `free` GPUs held, ends spread over the next day) and n_queued jobs
-    drawn from the trace's distribution (sizes, time limits, 10 users), with fair-share usage."""
+    drawn from the trace's distribution (sizes, time limits, 10 users), with fair-share usage and slowdowns."""
     rng = random.Random(seed)
     trace = make_trace(max(n_queued, 50), seed, 0.9)[:n_queued]
     now = 30 * 86400.0
@@ -308,7 +308,8 @@ def micro_state(n_queued: int, seed: int, free: int):
                 for g in GPUS[free:]]
     queue = [QueuedJob(j["id"], j["owner"], j["gpus"], None, 0, now - rng.uniform(0, 86400), j["limit"]) for j in trace]
     usage = {u: rng.uniform(0, 5e6) * w for u, w in zip(USERS, USER_WEIGHTS)}
-    return holdings, queue, now, usage
+    slowdown = {u: rng.uniform(1, 40) for u in USERS}
+    return holdings, queue, now, usage, slowdown
 
 
 def as_before(cls, obj):
@@ -326,6 +327,50 @@ def time_call(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
+def inputs_cost(repeat: int) -> None:
+    """What the daemon pays before each pass for fair share's slowdown factor: quotas.fair_share_slowdown
+    (one aggregate query on the index of jobs.started_at) on a real SQLite state database holding N GPU
+    jobs started over the window (4 half-lives), against reading those rows and summing them in Python
+    (what it does on an SQLite without math functions)."""
+    import json
+    import tempfile
+
+    from mlpd import quotas
+    from mlpd.config import load_config
+    from mlpd.store import Store
+
+    print(f"fair share's inputs per pass, real SQLite, median of {repeat} calls, 30 jobs queued by 10 users")
+    print()
+    print("| GPU jobs started in the window | fair_share_slowdown (ms) | rows summed in Python (ms) | ratio |")
+    print("|---|---|---|---|")
+    for n in (2000, 20000):
+        state = tempfile.mkdtemp(prefix="mlpd-bench-")
+        cfg = load_config(None, {"server.state_dir": state})
+        store = Store(cfg.db_path)
+        store.migrate()
+        rng = random.Random(n)
+        now = 1_800_000_000.0
+        window = 4 * SLOWDOWN_HALF_LIFE
+        with store.write() as db:
+            for i in range(n):
+                start = now - rng.uniform(0, window)
+                db.execute("INSERT INTO jobs (id, owner, spec, state, submitted_at, started_at, ended_at, updated_at, kind, "
+                           "gpu_uuids) VALUES (?, ?, ?, 'succeeded', ?, ?, ?, ?, 'job', ?)",
+                           [f"j{i:06d}", rng.choice(USERS), json.dumps({"command": ["python", "train.py"], "gpus": 1}),
+                            start - rng.expovariate(1 / 3600), start, start + rng.expovariate(1 / 2400), start, '["GPU-00"]'])
+        queue = [QueuedJob(f"q{i}", USERS[i % 10], 1, None, 0, now - 600, 3600.0) for i in range(30)]
+        max_age = POLICIES[2][2].max_age
+        sql = time_call(lambda: quotas.fair_share_slowdown(store, cfg, now, queue, max_age), repeat)
+        real = quotas.FAIR_SHARE_SLOWDOWN_SQL
+        quotas.FAIR_SHARE_SLOWDOWN_SQL = real.replace("exp(", "no_exp(")  # as an SQLite without math functions
+        try:
+            py = time_call(lambda: quotas.fair_share_slowdown(store, cfg, now, queue, max_age), max(3, repeat // 10))
+        finally:
+            quotas.FAIR_SHARE_SLOWDOWN_SQL = real
+        print(f"| {n} | {sql * 1e3:.2f} | {py * 1e3:.2f} | {sql / py:.2f}x |")
+    print()
+
+
 def micro(before_ref: str, repeat: int) -> None:
     """schedule() with 30 and 400 queued jobs on 8 GPUs: this version (no explanations, as the daemon's
     pass runs it; every job explained, as before), against the scheduler at before_ref."""
@@ -341,12 +386,13 @@ def micro(before_ref: str, repeat: int) -> None:
     policy = POLICIES[2][2]  # mlpd's row: the defaults, or as --policy sets them
     for n in (30, 400):
         for free in (0, 2):
-            holdings, queue, now, usage = micro_state(n, 7, free)
-            fast = time_call(lambda: schedule(GPUS, holdings, queue, now, policy, usage=usage), repeat)
-            full = time_call(lambda: schedule(GPUS, holdings, queue, now, policy, usage=usage, explain=True), slow_repeat)
-            plan = schedule(GPUS, holdings, queue, now, policy, usage=usage)
+            holdings, queue, now, usage, slowdown = micro_state(n, 7, free)
+            fast = time_call(lambda: schedule(GPUS, holdings, queue, now, policy, usage=usage, slowdown=slowdown), repeat)
+            full = time_call(lambda: schedule(GPUS, holdings, queue, now, policy, usage=usage, slowdown=slowdown,
+                                              explain=True), slow_repeat)
+            plan = schedule(GPUS, holdings, queue, now, policy, usage=usage, slowdown=slowdown)
             last = plan.waiting[-1] if plan.waiting else queue[-1].id  # the worst case: the last in the queue
-            one = time_call(lambda: explain(GPUS, holdings, queue, now, last, policy, usage=usage), repeat)
+            one = time_call(lambda: explain(GPUS, holdings, queue, now, last, policy, usage=usage, slowdown=slowdown), repeat)
             row = [str(n), str(free), f"{fast * 1e3:.2f}", f"{full * 1e3:.2f}", f"{one * 1e3:.2f}"]
             if before:
                 old_policy = before.Policy(backfill=True, fair_share=True)
@@ -416,6 +462,7 @@ def main() -> None:
         POLICIES = POLICIES[:2] + (("mlpd", f"mlpd ({args.policy})", dataclasses.replace(POLICIES[2][2], **overrides)),)
     t_all = time.perf_counter()
     micro(args.before, args.repeat)
+    inputs_cost(max(5, args.repeat // 10))
     if args.micro_only:
         return
     trace = make_trace(args.jobs, args.seed, args.load)

@@ -87,8 +87,8 @@ class Policy:
     backfill: bool = True
     fair_share: bool = True
     weight_priority: float = 10000.0
-    weight_age: float = 1000.0
-    max_age: float = 7 * 86400.0  # seconds
+    weight_age: float = 4000.0
+    max_age: float = 14 * 86400.0  # seconds
     weight_fair_share: float = 100.0
     weight_expansion: float = 1000.0
     max_expansion: float = 100.0

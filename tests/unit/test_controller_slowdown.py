@@ -61,7 +61,7 @@ def test_the_controller_reads_each_owners_slowdown_from_started_and_queued_jobs(
     submit(store, "dave", T0 - 2 * HOUR)   # queued 2 h, limit 1 h: 3 so far
     submit(store, "carol", T0)
     s = scheduler_inputs(store, inventory, cfg, T0).slowdown
-    w_c, w_d = 0.5 ** (10 / (30 * 24)), 0.5 ** (5 / (30 * 24))  # 30-day half-life, by start
+    w_c, w_d = 0.5 ** (10 / (21 * 24)), 0.5 ** (5 / (21 * 24))  # 21-day half-life (the default), by start
     assert s["carol"] == pytest.approx((w_c * 11.0 + 1.0) / (w_c + 1.0))
     assert s["dave"] == pytest.approx((w_d * 1.0 + 3.0) / (w_d + 1.0))
 

@@ -223,10 +223,13 @@ def test_property_no_head_starts_later_than_promised_and_backfill_never_delays_i
     assert kept > 150  # the property was exercised on many heads that went on to start
 
 
-def test_policy_defaults_are_the_documented_settings(tmp_path):
+def test_policy_defaults_are_the_documented_settings(tmp_path, monkeypatch):
+    import mlpd.config
     from mlpd.config import load_config
     from mlpd.controller import scheduler_policy
 
+    # the built-in defaults, not an installed host's /etc/mlpd/mlpd.toml (an upgrade keeps the admin's values)
+    monkeypatch.setattr(mlpd.config, "SYSTEM_CONFIG", str(tmp_path / "absent.toml"))
     assert scheduler_policy(load_config(None, {"server.state_dir": str(tmp_path)})) == Policy()
     off = load_config(None, {"server.state_dir": str(tmp_path), "scheduler.fair_share": False, "scheduler.max_age": "1d"})
     assert scheduler_policy(off) == Policy(fair_share=False, max_age=86400.0)

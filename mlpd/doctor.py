@@ -56,10 +56,29 @@ def run_checks(config, runtime_factory: Callable | None = None) -> list[Check]:
     if systemd:
         checks.append(systemd)
     checks.append(_clock_check(config))
+    checks.append(_scheduler_check(config))
     retention = _retention_check(config)
     if retention:
         checks.append(retention)
     return checks
+
+
+def _scheduler_check(config) -> Check:
+    """Fair share must not outweigh age: else a job of the user it favours least can wait without
+    end behind others' work (the defaults: age 4000 against 3000 + 100)."""
+    if not config["scheduler.fair_share"]:
+        return Check("scheduler", OK, "fair share off: priority, age and expansion order the queue")
+    fair = float(config["scheduler.weight_slowdown"]) + float(config["scheduler.weight_fair_share"])
+    age = float(config["scheduler.weight_age"])
+    if age < fair:
+        return Check("scheduler", WARN,
+                     f"scheduler.weight_age ({age:g}) is below fair share's weights (weight_slowdown + weight_fair_share "
+                     f"= {fair:g}): a job of the user fair share favours least can wait past max_age "
+                     f"({config['scheduler.max_age']}) behind others' work",
+                     f"set scheduler.weight_age = {max(4000.0, fair):g} (and max_age = \"14d\", the defaults) in mlpd.toml, "
+                     "then restart the daemon")
+    return Check("scheduler", OK, f"fair share on (usage and slowdown); a job that waited {config['scheduler.max_age']} "
+                                  "outranks any fair-share difference")
 
 
 def _retention_check(config) -> Check | None:

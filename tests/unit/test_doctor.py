@@ -39,3 +39,15 @@ def test_state_permissions_declared_gpus_and_the_clock(tmp_path):
     assert checks["state directory"].status == WARN and "chmod 700" in checks["state directory"].fix
     # an image built from other sources than this mlpd's is current no longer
     assert checks["image mlpd/train:latest"].status == WARN and "rebuild" in checks["image mlpd/train:latest"].fix
+
+
+def test_an_upgraded_config_whose_age_weight_fair_share_outweighs_gets_a_warning_and_the_fix(tmp_path):
+    checks, _ = checks_by_name(tmp_path)
+    assert checks["scheduler"].status == OK  # the shipped mlpd.toml
+    checks, _ = checks_by_name(tmp_path, **{"scheduler.weight_age": 1000, "scheduler.max_age": "7d"})  # 0.1's values
+    assert checks["scheduler"].status == WARN and "max_age (7d)" in checks["scheduler"].detail
+    assert "scheduler.weight_age = 4000" in checks["scheduler"].fix
+    checks, _ = checks_by_name(tmp_path, **{"scheduler.weight_age": 1000, "scheduler.weight_slowdown": 0})
+    assert checks["scheduler"].status == OK  # usage alone (100) cannot hold an old job back
+    checks, _ = checks_by_name(tmp_path, **{"scheduler.weight_age": 0, "scheduler.fair_share": False})
+    assert checks["scheduler"].status == OK

@@ -30,8 +30,8 @@ from mlpd.jobs import ACTIVE, TERMINAL, JobState
 from mlpd.priority_classes import PriorityClasses
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd import quotas
-from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, format_time,
-                            schedule, short_id)
+from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
+                            format_time, schedule, score_terms, short_id, slowdown_factors)
 from mlpd.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
 
@@ -71,8 +71,31 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float,
 
 def explain_now(store: Store, inventory: GpuInventory, config: Config, now: float, job_id: str) -> Wait | None:
     """Why one queued job waits (None if it would start now); the scheduler stops at that job."""
+    return why_waiting(store, inventory, config, now, job_id)[0]
+
+
+def why_waiting(store: Store, inventory: GpuInventory, config: Config, now: float,
+                job_id: str) -> tuple[Wait | None, dict[str, Any] | None]:
+    """explain_now's answer, and the job's place in the order: its priority class and the terms of
+    its priority score (scheduler.score_terms) with their sum; None for a job not queued."""
     s = scheduler_inputs(store, inventory, config, now)
-    return explain_job(s.gpus, s.holdings, s.queue, now, job_id, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown)
+    wait = explain_job(s.gpus, s.holdings, s.queue, now, job_id, s.policy, usage=s.usage, limits=s.limits,
+                       reserved=s.reserved, slowdown=s.slowdown)
+    job = next((q for q in s.queue if q.id == job_id), None)
+    if job is None:
+        return wait, None
+    owners = {q.owner for q in s.queue}
+    factors = fair_share_factors(s.usage, owners) if s.usage and s.policy.fair_share else {}
+    slow = slowdown_factors(s.slowdown, owners) if s.slowdown and s.policy.fair_share else None
+    usable: dict[str, int] = {}
+    for g in s.gpus:
+        if not g.drained:
+            usable[g.model] = usable.get(g.model, 0) + 1
+    terms = score_terms(job, now, s.policy, factors, max(usable.values(), default=0), slow)
+    row = next(j for j in s.queued if j["id"] == job_id)
+    klass = s.classes.of(row) if s.classes is not None else None
+    return wait, {"score": sum(terms.values()), "terms": terms, "priority_class": klass,
+                  "reserved": job_id in s.reserved}
 
 
 @dataclasses.dataclass

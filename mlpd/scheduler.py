@@ -214,25 +214,32 @@ def size_factor(job: QueuedJob, host_gpus: int, size_time: float, max_age: float
     return min(1.0, job.gpus / host_gpus) * (1.0 if limit <= size_time else size_time / limit)
 
 
-def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: Mapping[str, float],
-                   host_gpus: int = 0, slowdown: Mapping[str, float] | None = None) -> float:
-    """The job's multifactor priority score (higher goes first); `factors` from fair_share_factors,
-    `slowdown` from slowdown_factors; `host_gpus` the most GPUs of one model the host has (the
-    job-size factor needs it; 0: no size term)."""
-    age = 0.0
+def score_terms(job: QueuedJob, now: float | None, policy: Policy, factors: Mapping[str, float],
+                host_gpus: int = 0, slowdown: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The terms of the job's priority score, each times its weight, as `mlpd jobs show` lists them:
+    priority, age, fair_share (usage), slowdown, expansion, size. A term that is off is left out."""
+    terms: dict[str, float] = {"priority": policy.weight_priority * job.priority}
     if now is not None:
         age = 1.0 if policy.max_age <= 0 else min(1.0, max(0.0, now - job.submitted_at) / policy.max_age)
-    score = policy.weight_priority * job.priority + policy.weight_age * age
+        terms["age"] = policy.weight_age * age
     if policy.fair_share:
-        score += policy.weight_fair_share * factors.get(job.owner, 1.0)
+        terms["fair_share"] = policy.weight_fair_share * factors.get(job.owner, 1.0)
         if slowdown and policy.weight_slowdown:
-            score += policy.weight_slowdown * slowdown.get(job.owner, 0.0)
+            terms["slowdown"] = policy.weight_slowdown * slowdown.get(job.owner, 0.0)
     if now is not None and policy.weight_expansion:
         base = max(policy.max_age if job.time_limit is None else job.time_limit, MIN_EXPANSION_BASE) * policy.max_expansion
-        score += policy.weight_expansion * min(1.0, max(0.0, now - job.submitted_at) / base)
+        terms["expansion"] = policy.weight_expansion * min(1.0, max(0.0, now - job.submitted_at) / base)
     if policy.weight_size:
-        score += policy.weight_size * size_factor(job, host_gpus, policy.size_time, policy.max_age)
-    return score
+        terms["size"] = policy.weight_size * size_factor(job, host_gpus, policy.size_time, policy.max_age)
+    return terms
+
+
+def priority_score(job: QueuedJob, now: float | None, policy: Policy, factors: Mapping[str, float],
+                   host_gpus: int = 0, slowdown: Mapping[str, float] | None = None) -> float:
+    """The job's multifactor priority score (higher goes first): the sum of its score_terms. `factors`
+    from fair_share_factors, `slowdown` from slowdown_factors; `host_gpus` the most GPUs of one model
+    the host has (the job-size factor needs it; 0: no size term)."""
+    return sum(score_terms(job, now, policy, factors, host_gpus, slowdown).values())
 
 
 def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = None, *, now: float | None = None,

@@ -174,13 +174,14 @@ def list_jobs():
 
 def explain_wait(job_id: str) -> dict | None:
     """Why a queued job waits: position, blockers and an estimated start, from the scheduler itself."""
-    from mlpd.controller import explain_now
+    from mlpd.controller import why_waiting
 
-    wait = explain_now(store(), inventory(), config(), time.time(), job_id)
+    wait, priority = why_waiting(store(), inventory(), config(), time.time(), job_id)
     if wait is None:
         return None
     return {"position": wait.position, "reason": wait.reason, "estimated_start": wait.estimated_start, "reserved": wait.reserved,
-            "blocking": [{"gpu_uuid": h.gpu_uuid, "job_id": h.job_id, "owner": h.owner, "ends_by": h.ends_by} for h in wait.blocking]}
+            "blocking": [{"gpu_uuid": h.gpu_uuid, "job_id": h.job_id, "owner": h.owner, "ends_by": h.ends_by} for h in wait.blocking],
+            "priority": priority}
 
 
 @route("/jobs/<job_id>", summary="One job: spec, state history, GPUs and why it waits", job_token=True)

@@ -299,12 +299,31 @@ def jobs_show(job_id, as_json):
         if w.get("reserved") and w["estimated_start"]:
             start = f"{start} at the latest (GPUs are reserved for it)"
         click.echo(f"{'est. start:':<12} {start}")
+        if w.get("priority"):
+            click.echo(f"{'priority:':<12} {priority_text(w['priority'])}")
     for run in job.get("mlflow_runs") or []:
         click.echo(f"{'mlflow run:':<12} {run['url']}  ({run['name'] or run['run_id']}, {run['status'].lower()}{', deleted' if run['deleted'] else ''})")
     click.echo("history:")
     for event in job["history"]:
         reason = event["detail"].get("reason") or ""
         click.echo(f"  {when(event['at'])}  {event['action'].removeprefix('job.'):<16} {event['actor']:<10} {reason}")
+
+
+PRIORITY_TERMS = (("priority", "own priority"), ("age", "age"), ("fair_share", "fair share (usage)"),
+                  ("slowdown", "fair share (slowdown)"), ("expansion", "expansion"), ("size", "size"))
+
+
+def priority_text(p: dict) -> str:
+    """E.g. "score 5212 = age 120 + fair share (usage) 85 + fair share (slowdown) 3000 + expansion 2007";
+    the terms that are 0 are left out. A job holding the reservation goes first whatever its score."""
+    terms = p.get("terms") or {}
+    parts = [f"{label} {terms[key]:.0f}" for key, label in PRIORITY_TERMS if round(terms.get(key, 0))]
+    text = f"score {p['score']:.0f}" + (" = " + " + ".join(parts) if parts else "")
+    if p.get("priority_class"):
+        text += f"; class {p['priority_class']}"
+    if p.get("reserved"):
+        text += "; holds the reservation, so it goes first whatever the score"
+    return text
 
 
 @jobs.command("outputs")

@@ -257,6 +257,14 @@ def test_the_dashboard_shows_who_holds_each_gpu_and_the_queue_with_its_next_star
     playwright_api.expect(queue).to_have_count(1)
     playwright_api.expect(queue.first.get_by_role("link", name="alice-next")).to_be_visible()
     snap(page, "dashboard")
+    # the waiting job's own page: why it waits, and its place in the order (the terms of its score)
+    job_page = context.new_page()
+    job_page.goto(f"{daemon.url}/ui/jobs/{waiting}")
+    priority = job_page.locator("#priority")
+    playwright_api.expect(priority).to_contain_text("Priority score")
+    text = priority.text_content()
+    assert re.fullmatch(r"Priority score -?\d+( = .+)?; it holds the reservation, so it goes first whatever the score\.", text.strip()), text
+    job_page.close()
 
     # live: when bob's job ends, alice's waiting job takes his GPU and the page shows it without a reload
     page.evaluate("() => { window.__same_page = true; }")

@@ -85,6 +85,11 @@ def test_two_jobs_share_two_gpus_and_a_third_waits_then_starts_quickly(daemon, c
     assert f"job {a[:8]}" in shown.stdout or f"job {b[:8]}" in shown.stdout  # names the holder
     waiting = job(daemon, token, c)["waiting"]
     assert waiting["estimated_start"] is not None and {h["job_id"] for h in waiting["blocking"]} <= {a, b}
+    # its place in the order: the terms of its priority score, as `mlpd jobs show` prints them
+    prio = waiting["priority"]
+    assert prio["priority_class"] == "default" and prio["reserved"] is True  # the only waiting job: the head
+    assert prio["score"] == pytest.approx(sum(prio["terms"].values())) and {"priority", "age", "expansion"} <= set(prio["terms"])
+    assert "priority:" in shown.stdout and "holds the reservation" in shown.stdout
 
     ended_a = wait_state(daemon, token, a, "succeeded")
     jc = wait_state(daemon, token, c, TERMINAL | {"running"})

@@ -102,3 +102,25 @@ def test_weight_slowdown_0_leaves_submit_order(tmp_path):
     controller.reconcile(now=T0)
     state = {j: jobs.get(store, j)["state"] for j in (bob, dave, carol)}
     assert state[carol] == "queued" and state[bob] != "queued" and state[dave] != "queued"
+
+
+def test_why_waiting_gives_the_terms_of_the_score_that_ordered_the_queue(tmp_path):
+    from mlpd.controller import why_waiting
+
+    store, cfg, inventory, controller, _ = make_world(tmp_path)
+    history(store)
+    hold = submit(store, "bob", T0 - 10, gpus=2)
+    controller.reconcile(now=T0 - 10)
+    dave = submit(store, "dave", T0 - 2 * HOUR)
+    carol = submit(store, "carol", T0)
+    controller.reconcile(now=T0)  # the pass gives the head (carol, slowed down most) the reservation
+    wait, prio = why_waiting(store, inventory, cfg, T0, dave)
+    assert jobs.get(store, hold)["state"] != "queued" and wait is not None
+    assert set(prio["terms"]) == {"priority", "age", "fair_share", "slowdown", "expansion"}
+    assert prio["score"] == pytest.approx(sum(prio["terms"].values()))
+    assert prio["priority_class"] == "default"
+    _, carols = why_waiting(store, inventory, cfg, T0, carol)
+    assert carols["terms"]["slowdown"] == pytest.approx(3000)  # carol's work was slowed down most
+    assert 0 < prio["terms"]["slowdown"] < carols["terms"]["slowdown"]
+    assert carols["reserved"] and not prio["reserved"]
+    assert why_waiting(store, inventory, cfg, T0, hold) == (None, None)  # not queued

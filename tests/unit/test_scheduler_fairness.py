@@ -4,7 +4,7 @@ import random
 
 from mlpd.scheduler import (
     Gpu, GpuLimit, Holding, Policy, QueuedJob, fair_share_factors, owner_slowdowns, priority_score, queue_order, schedule, size_factor,
-    slowdown_factors,
+    score_terms, slowdown_factors,
 )
 
 NOW = 1_800_000_000.0
@@ -177,6 +177,7 @@ def _simulate(rng, policy):
     events = sorted({a[0] for a in arrivals})
     runtime = {q.id: run for _, q, run in arrivals}
     usage = {o: rng.uniform(0, 1e5) for o in owners}
+    slowdown = {o: rng.uniform(1, 50) for o in owners}
     for _ in range(500):
         if not events:
             break
@@ -186,11 +187,13 @@ def _simulate(rng, policy):
         for at, q, _ in arrivals:
             if at == now:
                 queue[q.id] = q
-        for o in owners:  # usage moves between passes: the order churns
+        for o in owners:  # usage and slowdowns move between passes: the order churns
             usage[o] = max(0.0, usage[o] + rng.uniform(-2e4, 2e4))
+            slowdown[o] = max(1.0, slowdown[o] + rng.uniform(-10, 10))
         holdings = [Holding(u, jid, q.owner, None if q.time_limit is None else st + q.time_limit)
                     for jid, (_, st, q, uuids) in running.items() for u in uuids]
-        plan = schedule(gs, holdings, list(queue.values()), now, policy, usage=usage, limits=limits, reserved=reserved)
+        plan = schedule(gs, holdings, list(queue.values()), now, policy, usage=usage, limits=limits, reserved=reserved,
+                        slowdown=slowdown)
         reserved = keep(plan, reserved, now)
         if plan.head is not None and plan.head.start is not None:
             promised.setdefault(plan.head.job_id, plan.head.start)
@@ -341,3 +344,13 @@ def test_queue_order_is_the_order_of_priority_score_with_slowdown():
         sf = slowdown_factors(slowdown, {j.owner for j in queue}) if slowdown else {}
         expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors, slowdown=sf), j.submitted_at, j.id))
         assert queue_order(queue, usage, now=NOW, policy=policy, slowdown=slowdown) == expected
+
+
+def test_score_terms_are_what_mlpd_jobs_show_lists_and_sum_to_the_score():
+    p = Policy(weight_size=500)
+    j = job("j", "alice", gpus=4, time_limit=HOUR, submitted_at=NOW - 7 * 86400, priority=-1)
+    terms = score_terms(j, NOW, p, {"alice": 0.5}, host_gpus=8, slowdown={"alice": 0.25})
+    assert terms == {"priority": -10000, "age": 4000 * 0.5, "fair_share": 50, "slowdown": 750,
+                     "expansion": 1000, "size": 500 * 0.5}
+    assert sum(terms.values()) == priority_score(j, NOW, p, {"alice": 0.5}, 8, {"alice": 0.25})
+    assert set(score_terms(j, NOW, Policy(fair_share=False), {})) == {"priority", "age", "expansion"}

@@ -154,6 +154,30 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                            slowdown)
 
 
+def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> list[dict[str, Any]]:
+    """Each user's standing in fair share, as the next pass weighs it (`mlpd fair-share`): decayed
+    GPU-hours and the usage factor, mean bounded slowdown and the slowdown factor, queued GPU jobs,
+    and what the two factors add to the score of each of their jobs. Users with recent usage, recent
+    GPU jobs or queued GPU work; the most favoured first."""
+    s = scheduler_inputs(store, inventory, config, now)
+    p = s.policy
+    gpu_queue = [q for q in s.queue if q.gpus > 0]
+    owners = {q.owner for q in gpu_queue}
+    usage = quotas.fair_share_usage(store, config, now)
+    slowdown = quotas.fair_share_slowdown(store, config, now, gpu_queue, p.max_age)
+    usage_f = fair_share_factors(usage, owners)
+    slow_f = slowdown_factors(slowdown, owners)
+    rows = []
+    for user in sorted(set(usage_f) | set(slow_f)):
+        score = p.weight_fair_share * usage_f.get(user, 1.0) + p.weight_slowdown * slow_f.get(user, 0.0)
+        rows.append({"user": user, "usage_gpu_hours": max(usage.get(user, 0.0), 0.0) / 3600,
+                     "usage_factor": usage_f.get(user, 1.0), "slowdown": slowdown.get(user, 1.0),
+                     "slowdown_factor": slow_f.get(user, 0.0), "queued": sum(1 for q in gpu_queue if q.owner == user),
+                     "score": score if p.fair_share else 0.0})
+    rows.sort(key=lambda r: (-r["score"], r["user"]))
+    return rows
+
+
 def scheduler_policy(config: Config) -> Policy:
     """The scheduler's policy from the scheduler.* settings."""
     from mlpd.jobspec import parse_duration

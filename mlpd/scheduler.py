@@ -38,6 +38,7 @@ from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 INF = math.inf
 MIN_EXPANSION_BASE = 600.0  # expansion counts a job shorter than 10 minutes as 10 minutes long
+SLOWDOWN_SCALE_FLOOR = 2.0  # slowdown_factors scales by the largest mean slowdown, but by at least this
 
 
 @dataclass(frozen=True)
@@ -193,13 +194,13 @@ def owner_slowdowns(history: Iterable[tuple[str, float, float, float | None]], q
 
 def slowdown_factors(slowdown: Mapping[str, float], owners: Iterable[str] = ()) -> dict[str, float]:
     """Each owner's slowdown factor in [0, 1]: (s - 1) / (s_max - 1) of their mean slowdown s
-    (from owner_slowdowns; an owner with none counts as 1), s_max the largest: the owner whose work
-    has been slowed down most gets 1, one whose work never waited 0 (all 0 when nobody waited).
+    (from owner_slowdowns; an owner with none counts as 1), s_max the largest but at least
+    SLOWDOWN_SCALE_FLOOR: the owner whose work has been slowed down most gets 1, one whose work never
+    waited 0; while nobody's work has waited as long as it ran, the factors stay small (seconds of
+    waiting must not reorder the queue by the full weight).
     As finish-time fairness (Themis, NSDI '20): who has been served worst goes first."""
     users = set(owners) | set(slowdown)
-    top = max((slowdown.get(u, 1.0) for u in users), default=1.0)
-    if top <= 1.0:
-        return dict.fromkeys(users, 0.0)
+    top = max(max((slowdown.get(u, 1.0) for u in users), default=1.0), SLOWDOWN_SCALE_FLOOR)
     return {u: max(0.0, slowdown.get(u, 1.0) - 1.0) / (top - 1.0) for u in users}
 
 

@@ -120,6 +120,20 @@ def my_quota():
     return jsonify({"user": user, "over_quota": config()["quotas.over_quota"], "quotas": quotas.status(store(), config(), user)})
 
 
+@route("/fair-share", summary="Each user's standing in fair share: decayed usage and its factor, mean slowdown and its factor, queued GPU jobs, the score they add (members: themselves)")
+def fair_share():
+    from mlpd.controller import fair_share_now
+    from mlpd.web.api_jobs import inventory
+
+    cfg = config()
+    rows = fair_share_now(store(), inventory(), cfg, time.time())
+    if not g.user.is_admin:
+        rows = [r for r in rows if r["user"] == g.user.name]
+    return jsonify({"fair_share": cfg["scheduler.fair_share"], "users": rows,
+                     "weights": {"fair_share": cfg["scheduler.weight_fair_share"], "slowdown": cfg["scheduler.weight_slowdown"]},
+                     "half_lives": {"usage": cfg["scheduler.fair_share_half_life"], "slowdown": cfg["scheduler.slowdown_half_life"]}})
+
+
 @route("/quotas", summary="Per-user and per-team quotas", admin=True)
 def list_quotas():
     cfg = config()

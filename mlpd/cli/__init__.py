@@ -23,6 +23,7 @@ COMMANDS = {
     "doctor": "mlpd.cli.daemon:doctor",
     "env": "mlpd.cli.mlflow:env",
     "experiments": "mlpd.cli.mlflow:experiments",
+    "fair-share": "mlpd.cli.usage:fair_share",
     "gpus": "mlpd.cli.jobs:gpus",
     "images": "mlpd.cli.jobs:images",
     "jobs": "mlpd.cli.jobs:jobs",

@@ -145,3 +145,28 @@ def member_rm(team, user):
     """Remove USER from TEAM."""
     members = _client().delete(f"/teams/{team}/members/{user}")["members"]
     click.echo(f"{team}: {', '.join(members) or '(no members)'}")
+
+
+@click.command("fair-share")
+@json_option
+def fair_share(as_json):
+    """Each user's standing in fair share, as the scheduler weighs it next (members: themselves).
+
+    \b
+    usage       decayed GPU-hours (half-life scheduler.fair_share_half_life) and the factor 2^(-U/S)
+    slowdown    mean bounded slowdown of recent GPU jobs and queued ones, and its factor
+                (1 = the user whose work waited most for its length)
+    score       what the two factors add to each of the user's queued jobs' priority score
+    """
+    result = _client().get("/fair-share")
+    if as_json:
+        emit_json(result)
+        return
+    if not result["fair_share"]:
+        click.echo("fair share is off (scheduler.fair_share = false): priority, age and expansion order the queue")
+    if not result["users"]:
+        click.echo("no recent GPU usage, GPU jobs or queued GPU work")
+        return
+    table([(r["user"], f"{r['usage_gpu_hours']:.1f}", f"{r['usage_factor']:.2f}", f"{r['slowdown']:.1f}",
+            f"{r['slowdown_factor']:.2f}", r["queued"], f"{r['score']:.0f}") for r in result["users"]],
+          ["user", "usage (gpu-h)", "usage factor", "slowdown", "slowdown factor", "queued", "score"])

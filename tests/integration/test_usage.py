@@ -136,6 +136,32 @@ def test_fair_share_runs_the_lighter_user_first(make_daemon):
     assert wait_state(d, th, h2, TERMINAL, timeout=30)["state"] == "succeeded"
 
 
+def test_fair_share_shows_each_users_factors_to_admins_and_members_their_own(make_daemon):
+    d = make_daemon(["--declare-gpus", "1"])
+    heavy, th = new_user(d, "heavy")
+    light, tl = new_user(d, "light")
+    used = submit(d, th, ["sleep", "2"], gpus=1)
+    wait_state(d, th, used, TERMINAL)
+    holder = submit(d, th, ["sleep", "30"], gpus=1)
+    wait_state(d, th, holder, "running")
+    queued = submit(d, tl, ["sleep", "1"], gpus=1)
+    admin = d.api("GET", "/api/v1/fair-share", d.admin_token).json()
+    rows = {r["user"]: r for r in admin["users"]}
+    assert admin["fair_share"] is True and admin["weights"] == {"fair_share": 100, "slowdown": 3000}
+    assert rows[heavy]["usage_gpu_hours"] > 0 and rows[heavy]["usage_factor"] < rows[light]["usage_factor"] == 1.0
+    assert rows[light]["queued"] == 1 and rows[heavy]["queued"] == 0
+    assert [r["user"] for r in admin["users"]][0] == light  # the most favoured first
+    mine = d.api("GET", "/api/v1/fair-share", th).json()["users"]
+    assert [r["user"] for r in mine] == [heavy]  # a member sees their own standing only
+    shown = d.cli("fair-share", token=tl)
+    assert shown.returncode == 0, shown.stderr
+    assert light in shown.stdout and heavy not in shown.stdout and "SLOWDOWN FACTOR" in shown.stdout
+    as_admin = as_json(d.cli("fair-share", "--json"))
+    assert {r["user"] for r in as_admin["users"]} >= {heavy, light}
+    d.api("POST", f"/api/v1/jobs/{holder}/cancel", th)
+    assert wait_state(d, tl, queued, TERMINAL)["state"] == "succeeded"
+
+
 def test_metrics_are_valid_prometheus_exposition(daemon):
     name, token = new_user(daemon)
     j = submit(daemon, token, ["sleep", "20"], gpus=1)

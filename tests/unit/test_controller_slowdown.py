@@ -124,3 +124,24 @@ def test_why_waiting_gives_the_terms_of_the_score_that_ordered_the_queue(tmp_pat
     assert 0 < prio["terms"]["slowdown"] < carols["terms"]["slowdown"]
     assert carols["reserved"] and not prio["reserved"]
     assert why_waiting(store, inventory, cfg, T0, hold) == (None, None)  # not queued
+
+
+def test_fair_share_now_lists_each_users_factors_most_favoured_first(tmp_path):
+    from mlpd.controller import fair_share_now
+
+    store, cfg, inventory, _, _ = make_world(tmp_path)
+    history(store)
+    submit(store, "dave", T0 - 2 * HOUR)
+    submit(store, "carol", T0)
+    submit(store, "carol", T0, gpus=0)  # CPU-only work is not GPU work queued
+    rows = fair_share_now(store, inventory, cfg, T0)
+    by_user = {r["user"]: r for r in rows}
+    assert [r["user"] for r in rows] == ["carol", "dave"]  # carol's work was slowed down most
+    carol, dave = by_user["carol"], by_user["dave"]
+    assert carol["slowdown_factor"] == 1.0 and 0 < dave["slowdown_factor"] < 1
+    assert carol["queued"] == 1 and dave["queued"] == 1
+    assert carol["usage_factor"] == dave["usage_factor"] == 1.0 and carol["usage_gpu_hours"] == 0.0  # no ledger rows
+    assert carol["score"] == pytest.approx(100 * 1.0 + 3000 * 1.0)
+    assert dave["score"] == pytest.approx(100 + 3000 * dave["slowdown_factor"])
+    off = make_world(tmp_path / "off", **{"scheduler.fair_share": False})
+    assert all(r["score"] == 0.0 for r in fair_share_now(off[0], off[2], off[1], T0))

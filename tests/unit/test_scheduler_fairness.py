@@ -309,6 +309,10 @@ def test_slowdown_factor_is_one_for_the_most_slowed_down_owner_and_zero_for_none
     f = slowdown_factors({"a": 5.0, "b": 3.0, "c": 1.0}, owners={"d"})
     assert f == {"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.0}
     assert slowdown_factors({"a": 1.0}, {"b"}) == {"a": 0.0, "b": 0.0}  # nobody waited: no one goes ahead
+    # seconds of waiting (slowdowns a hair above 1) must not reorder the queue by the whole weight
+    tiny = slowdown_factors({"a": 1.000002, "b": 1.000001})
+    assert tiny["a"] < 1e-5 and tiny["b"] < 1e-5
+    assert slowdown_factors({"a": 1.5, "b": 1.0}) == {"a": 0.5, "b": 0.0}  # scaled as if the worst were 2
 
 
 def test_the_owner_slowed_down_most_goes_first_only_with_fair_share():

@@ -11,7 +11,8 @@ The algorithm is EASY backfill over a multifactor priority order:
 - Order: by priority class first (a higher class always goes first); within a
   class, a job that holds the reservation comes first; then by a priority
   score (as in Slurm's multifactor plugin), the sum of the job's own priority,
-  its age, (with fair share) its owner's fair-share factor, its expansion and
+  its age, (with fair share) its owner's two fair-share factors (recent usage,
+  and how much their recent work was slowed down by waiting), its expansion and
   its size (wide, short jobs first), each times a weight from the policy; ties
   by submit time, then id.
 - The first job that does not fit (the head) reserves GPUs: the earliest time
@@ -379,7 +380,7 @@ def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Q
 
     `reserved` maps the jobs that hold a reservation (from earlier passes) to
     when they got it: they go first. `usage` (each owner's decayed recent GPU
-    usage) feeds fair share. `limits` are concurrent-GPU quotas: a job that
+    usage) and `slowdown` (each owner's recent mean slowdown, owner_slowdowns) feed fair share. `limits` are concurrent-GPU quotas: a job that
     would take its owner (or team) over one waits without reserving GPUs, and
     backfill never takes the head's quota group past what the head needs.
 

@@ -242,7 +242,10 @@ class Daemon:
         with open(resolved + ".tmp", "w") as fh:
             fh.write(self.config.to_json())
         os.replace(resolved + ".tmp", resolved)
-        self.env = {**os.environ, RESOLVED_CONFIG_ENV: resolved, "PYTHONUNBUFFERED": "1"}
+        # NOTIFY_SOCKET stays with the daemon: it alone tells systemd it is ready (NotifyAccess=main).
+        # gunicorn would send its own READY=1 (journal: "reception only permitted for main PID").
+        self.env = {**{k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+                    RESOLVED_CONFIG_ENV: resolved, "PYTHONUNBUFFERED": "1"}
 
     def container_bind(self) -> str | None:
         """The second address gunicorn binds for job containers, if one is needed."""

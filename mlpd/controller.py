@@ -163,8 +163,9 @@ def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: f
     p = s.policy
     gpu_queue = [q for q in s.queue if q.gpus > 0]
     owners = {q.owner for q in gpu_queue}
-    usage = quotas.fair_share_usage(store, config, now)
-    slowdown = quotas.fair_share_slowdown(store, config, now, gpu_queue, p.max_age)
+    # scheduler_inputs reads these only when two or more users have GPU work queued
+    usage = s.usage or quotas.fair_share_usage(store, config, now)
+    slowdown = s.slowdown or quotas.fair_share_slowdown(store, config, now, gpu_queue, p.max_age)
     usage_f = fair_share_factors(usage, owners)
     slow_f = slowdown_factors(slowdown, owners)
     rows = []

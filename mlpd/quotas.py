@@ -78,9 +78,10 @@ def fair_share_usage(store: Store, config: Config, now: float) -> dict[str, floa
 
 
 # Each owner's weighted sum of bounded slowdowns (num) and of weights (den) over the GPU jobs that
-# started since :since (by the index on started_at, 0012, named: left to itself SQLite scans all
-# of jobs_owner to group, or takes jobs_kind, which nearly every row matches), each weighted 2^(-age of its start / half-life) = exp((start - now) k).
-# A running job counts its run so far. Summed in SQLite: a pass reads one row per owner.
+# started since :since, each weighted 2^(-age of its start / half-life) = exp((start - now) k); a
+# running job counts its run so far. Summed in SQLite: a pass reads one row per owner. The index on
+# started_at (0012) is named: left to itself SQLite scans all of jobs_owner to group, or takes
+# jobs_kind, which nearly every row matches.
 FAIR_SHARE_SLOWDOWN_SQL = """
 SELECT owner, SUM(w * s) AS num, SUM(w) AS den FROM (
   SELECT owner, exp((started_at - :now) * :k) AS w,

@@ -149,8 +149,8 @@ def test_systemd_starts_the_unit_sandboxed_and_a_stop_leaves_its_jobs_running():
             return json.loads(shown.stdout)["job"]
 
         deadline = time.monotonic() + 90
-        while job()["state"] != "running":
-            assert time.monotonic() < deadline and job()["state"] in ("queued", "starting"), job()
+        while (seen := job())["state"] != "running":  # one read per round: a second one may see it running
+            assert time.monotonic() < deadline and seen["state"] in ("queued", "starting"), seen
             time.sleep(0.5)
         container = docker("ps", "-q", "--filter", f"label=mlpd.job_id={job_id}").stdout.strip()
         assert container
@@ -165,10 +165,10 @@ def test_systemd_starts_the_unit_sandboxed_and_a_stop_leaves_its_jobs_running():
         assert job()["state"] == "running"  # adopted by the next start
         assert inside(venv_mlpd, "cancel", job_id, env=client).returncode == 0
         deadline = time.monotonic() + 60
-        while job()["state"] == "running":
-            assert time.monotonic() < deadline
+        while (seen := job())["state"] == "running":
+            assert time.monotonic() < deadline, seen
             time.sleep(0.5)
-        assert job()["state"] == "cancelled"
+        assert seen["state"] == "cancelled", seen
     finally:
         subprocess.run(["docker", "exec", name, "systemctl", "stop", "mlpd"], capture_output=True, timeout=60)
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)

@@ -13,6 +13,7 @@ here depends on a pass, a launch or a stop running exactly once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -31,7 +32,7 @@ from mlpd.priority_classes import PriorityClasses
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd import quotas
 from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
-                            format_time, schedule, score_terms, short_id, slowdown_factors)
+                            format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
 from mlpd.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
 
@@ -112,6 +113,7 @@ class SchedulerInputs:
     active: list[dict] = dataclasses.field(default_factory=list)  # the starting and running job rows
     classes: PriorityClasses | None = None
     slowdown: dict[str, float] = dataclasses.field(default_factory=dict)  # each owner's recent mean slowdown
+    waiting: list[QueuedJob] = dataclasses.field(default_factory=list)  # the queued GPU jobs the slowdown counts
 
 
 def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now: float) -> SchedulerInputs:
@@ -147,11 +149,12 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                        effective_time_limit(j, config), classes.rank(classes.of(j))) for j in queued]
     policy = scheduler_policy(config)
     usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
-    slowdown = (quotas.fair_share_slowdown(store, config, now, queue, policy.max_age)
+    waiting = waiting_for_the_host(queue, holdings, list(limits.values()), demoted)
+    slowdown = (quotas.fair_share_slowdown(store, config, now, waiting, policy.max_age)
                 if policy.fair_share and policy.weight_slowdown and len(owners) > 1 else {})
     reserved = {j["id"]: j["reserved_at"] for j in queued if j.get("reserved_at") is not None}
     return SchedulerInputs(gpus, holdings, queue, queued, policy, usage, list(limits.values()), reserved, active, classes,
-                           slowdown)
+                           slowdown, waiting)
 
 
 def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> list[dict[str, Any]]:
@@ -165,15 +168,18 @@ def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: f
     owners = {q.owner for q in gpu_queue}
     # scheduler_inputs reads these only when two or more users have GPU work queued
     usage = s.usage or quotas.fair_share_usage(store, config, now)
-    slowdown = s.slowdown or quotas.fair_share_slowdown(store, config, now, gpu_queue, p.max_age)
+    slowdown = s.slowdown or quotas.fair_share_slowdown(store, config, now, s.waiting, p.max_age)
     usage_f = fair_share_factors(usage, owners)
     slow_f = slowdown_factors(slowdown, owners)
+    queued = collections.Counter(q.owner for q in gpu_queue)
+    for_the_host = collections.Counter(q.owner for q in s.waiting)
     rows = []
     for user in sorted(set(usage_f) | set(slow_f)):
         score = p.weight_fair_share * usage_f.get(user, 1.0) + p.weight_slowdown * slow_f.get(user, 0.0)
         rows.append({"user": user, "usage_gpu_hours": max(usage.get(user, 0.0), 0.0) / 3600,
                      "usage_factor": usage_f.get(user, 1.0), "slowdown": slowdown.get(user, 1.0),
-                     "slowdown_factor": slow_f.get(user, 0.0), "queued": sum(1 for q in gpu_queue if q.owner == user),
+                     "slowdown_factor": slow_f.get(user, 0.0), "queued": queued[user],
+                     "queued_for_quota": queued[user] - for_the_host[user],
                      "score": score if p.fair_share else 0.0})
     rows.sort(key=lambda r: (-r["score"], r["user"]))
     return rows

@@ -21,6 +21,7 @@ from typing import Callable
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIN_FREE_BYTES = 2 * 1024**3
 LOW_FREE_BYTES = 10 * 1024**3
+TEMP_DIRS = ("/tmp", "/var/tmp")  # the unit's PrivateTmp=yes hides both from the daemon
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,12 @@ def _state_checks(config) -> list[Check]:
                          f"chmod 700 {state}"))
     else:
         out.append(Check("state directory", OK, f"{state} (mode {mode:o})"))
+    real = os.path.realpath(state)
+    scratch = next((t for t in TEMP_DIRS if real == t or real.startswith(t + "/")), None)
+    if scratch:
+        out.append(Check("state location", WARN, f"{state} is under {scratch}: the systemd unit (PrivateTmp) gives the daemon "
+                         f"an empty {scratch} of its own, so the service cannot start on it, and {scratch} may be emptied at boot",
+                         "set server.state_dir to a lasting directory (install.sh's default is /var/lib/mlpd)"))
     free = shutil.disk_usage(state).free
     gib = free / 1024**3
     if free < MIN_FREE_BYTES:

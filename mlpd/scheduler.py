@@ -193,6 +193,37 @@ def owner_slowdowns(history: Iterable[tuple[str, float, float, float | None]], q
     return {u: num[u] / den[u] for u in num if den[u] > 0}
 
 
+def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding], limits: Sequence[GpuLimit] = (),
+                         over_quota: Iterable[str] = ()) -> list[QueuedJob]:
+    """The queued GPU jobs that wait for the host, not for their owner's own quotas: the ones fair
+    share's slowdown counts (owner_slowdowns). Left out: every job of an owner over their GPU-hours
+    (`over_quota`: they run only when nobody else waits), and a job for which the owner's
+    concurrent-GPU limits have no room, counting the GPUs they hold now and those of the jobs the
+    same limits hold queued before it (in submit order). Otherwise a member could raise their own
+    slowdown factor, and with it the priority of all their work, by queueing more than their quota
+    lets run."""
+    skip = set(over_quota)
+    limits_of: dict[str, list[int]] = {}
+    for i, limit in enumerate(limits):
+        for m in limit.members:
+            limits_of.setdefault(m, []).append(i)
+    taken = [0] * len(limits)
+    for h in holdings:
+        for i in limits_of.get(h.owner, ()):
+            taken[i] += 1
+    out = []
+    for j in sorted(queue, key=lambda q: (q.submitted_at, q.id)):
+        if j.gpus <= 0 or j.owner in skip:
+            continue
+        lids = limits_of.get(j.owner, ())
+        if any(taken[i] + j.gpus > limits[i].max_gpus for i in lids):
+            continue  # waits for its owner's own quota
+        for i in lids:
+            taken[i] += j.gpus
+        out.append(j)
+    return out
+
+
 def slowdown_factors(slowdown: Mapping[str, float], owners: Iterable[str] = ()) -> dict[str, float]:
     """Each owner's slowdown factor in [0, 1]: (s - 1) / (s_max - 1) of their mean slowdown s
     (from owner_slowdowns; an owner with none counts as 1), s_max the largest but at least

@@ -155,7 +155,8 @@ def fair_share(as_json):
     \b
     usage       decayed GPU-hours (half-life scheduler.fair_share_half_life) and the factor 2^(-U/S)
     slowdown    mean bounded slowdown of recent GPU jobs and queued ones, and its factor
-                (1 = the user whose work waited most for its length)
+                (1 = the user whose work waited most for its length); queued GPU jobs that
+                wait for the user's own quota ("N for quota") do not count
     score       what the two factors add to each of the user's queued jobs' priority score
     """
     result = _client().get("/fair-share")
@@ -168,5 +169,10 @@ def fair_share(as_json):
         click.echo("no recent GPU usage, GPU jobs or queued GPU work")
         return
     table([(r["user"], f"{r['usage_gpu_hours']:.1f}", f"{r['usage_factor']:.2f}", f"{r['slowdown']:.1f}",
-            f"{r['slowdown_factor']:.2f}", r["queued"], f"{r['score']:.0f}") for r in result["users"]],
+            f"{r['slowdown_factor']:.2f}", _queued(r), f"{r['score']:.0f}") for r in result["users"]],
           ["user", "usage (gpu-h)", "usage factor", "slowdown", "slowdown factor", "queued", "score"])
+
+
+def _queued(row: dict) -> str:
+    held = row.get("queued_for_quota", 0)
+    return f"{row['queued']} ({held} for quota)" if held else str(row["queued"])

@@ -149,7 +149,7 @@ def test_fair_share_shows_each_users_factors_to_admins_and_members_their_own(mak
     rows = {r["user"]: r for r in admin["users"]}
     assert admin["fair_share"] is True and admin["weights"] == {"fair_share": 100, "slowdown": 3000}
     assert rows[heavy]["usage_gpu_hours"] > 0 and rows[heavy]["usage_factor"] < rows[light]["usage_factor"] == 1.0
-    assert rows[light]["queued"] == 1 and rows[heavy]["queued"] == 0
+    assert rows[light]["queued"] == 1 and rows[heavy]["queued"] == 0 and rows[light]["queued_for_quota"] == 0
     assert [r["user"] for r in admin["users"]][0] == light  # the most favoured first
     mine = d.api("GET", "/api/v1/fair-share", th).json()["users"]
     assert [r["user"] for r in mine] == [heavy]  # a member sees their own standing only

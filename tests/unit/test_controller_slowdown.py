@@ -145,3 +145,20 @@ def test_fair_share_now_lists_each_users_factors_most_favoured_first(tmp_path):
     assert dave["score"] == pytest.approx(100 + 3000 * dave["slowdown_factor"])
     off = make_world(tmp_path / "off", **{"scheduler.fair_share": False})
     assert all(r["score"] == 0.0 for r in fair_share_now(off[0], off[2], off[1], T0))
+
+
+def test_work_queued_beyond_the_owners_own_quota_does_not_raise_their_slowdown(tmp_path):
+    from mlpd.controller import fair_share_now
+
+    # everyone may hold 1 GPU at once: dave queues five jobs, four of which wait for his own quota
+    store, cfg, inventory, _, _ = make_world(tmp_path, **{"quotas.max_gpus": 1, "quotas.over_quota": "queue"})
+    history(store)
+    for _ in range(5):
+        submit(store, "dave", T0 - 2 * HOUR)
+    submit(store, "carol", T0)
+    s = scheduler_inputs(store, inventory, cfg, T0)
+    w_d = 0.5 ** (5 / (21 * 24))
+    assert s.slowdown["dave"] == pytest.approx((w_d * 1.0 + 3.0) / (w_d + 1.0))  # one queued job counts, not five
+    assert [q.owner for q in s.waiting] == ["dave", "carol"]
+    dave = next(r for r in fair_share_now(store, inventory, cfg, T0) if r["user"] == "dave")
+    assert dave["queued"] == 5 and dave["queued_for_quota"] == 4

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from mlpd.config import load_config
@@ -51,3 +53,19 @@ def test_an_upgraded_config_whose_age_weight_fair_share_outweighs_gets_a_warning
     assert checks["scheduler"].status == OK  # usage alone (100) cannot hold an old job back
     checks, _ = checks_by_name(tmp_path, **{"scheduler.weight_age": 0, "scheduler.fair_share": False})
     assert checks["scheduler"].status == OK
+
+
+
+def test_a_state_directory_under_tmp_gets_a_warning_that_the_unit_cannot_use_it():
+    lasting = "/var/lib" if os.access("/var/lib", os.W_OK) else str(Path.home())
+    tops = [Path(tempfile.mkdtemp(prefix="mlpd-doctor-test-", dir=d)) for d in ("/tmp", "/var/tmp", lasting)]
+    try:
+        for top in tops[:2]:
+            checks, _ = checks_by_name(top)
+            assert checks["state location"].status == WARN and "PrivateTmp" in checks["state location"].detail
+            assert "/var/lib/mlpd" in checks["state location"].fix
+        checks, _ = checks_by_name(tops[2])
+        assert "state location" not in checks and checks["state directory"].status == OK
+    finally:
+        for top in tops:
+            shutil.rmtree(top, ignore_errors=True)

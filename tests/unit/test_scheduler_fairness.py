@@ -4,7 +4,7 @@ import random
 
 from mlpd.scheduler import (
     Gpu, GpuLimit, Holding, Policy, QueuedJob, fair_share_factors, owner_slowdowns, priority_score, queue_order, schedule, size_factor,
-    score_terms, slowdown_factors,
+    score_terms, slowdown_factors, waiting_for_the_host,
 )
 
 NOW = 1_800_000_000.0
@@ -303,6 +303,25 @@ def test_queued_work_counts_with_its_slowdown_so_far_and_cpu_jobs_not_at_all():
              QueuedJob("cpu", "erin", 0, None, 0, NOW - 86400.0, 60.0)]
     s = owner_slowdowns([], queue, NOW, 86400.0, 7 * 86400.0)
     assert s == {"carol": 4.0, "dave": 2.0}
+
+
+def test_queued_work_held_by_its_owners_own_quota_does_not_count_as_slowed_down():
+    # dave may hold 2 GPUs, holds 1 and queues three 1-GPU jobs: the first waits for the host, the
+    # other two for dave's own quota; team "vision" (carol, erin) may hold 2, erin's 2-GPU job was
+    # queued before carol's; frank is over his GPU-hours: none of his work counts
+    limits = [GpuLimit("user dave", frozenset({"dave"}), 2), GpuLimit("team vision", frozenset({"carol", "erin"}), 2)]
+    holdings = [Holding("GPU-0", "r", "dave", None)]
+    queue = [job("d3", "dave", submitted_at=NOW - 1), job("d1", "dave", submitted_at=NOW - 3), job("d2", "dave", submitted_at=NOW - 2),
+             job("c1", "carol", submitted_at=NOW - 1), job("e1", "erin", gpus=2, submitted_at=NOW - 5),
+             job("f1", "frank", submitted_at=NOW - 9), job("big", "gina", gpus=8, submitted_at=NOW - 9),
+             QueuedJob("cpu", "dave", 0, None, 0, NOW - 9, 60.0)]
+    counted = waiting_for_the_host(queue, holdings, limits, over_quota={"frank"})
+    assert [j.id for j in counted] == ["big", "e1", "d1"]
+    # so queueing more than the quota lets run raises nothing
+    base = owner_slowdowns([], [job("d1", "dave", time_limit=HOUR, submitted_at=NOW - 3 * HOUR)], NOW, 86400.0, 7 * 86400.0)
+    many = [job(f"d{i}", "dave", time_limit=HOUR, submitted_at=NOW - 3 * HOUR + i) for i in range(20)]
+    assert owner_slowdowns([], waiting_for_the_host(many, holdings, limits), NOW, 86400.0, 7 * 86400.0) == base
+    assert waiting_for_the_host(many, holdings, ()) == sorted(many, key=lambda j: j.submitted_at)  # no quotas: all count
 
 
 def test_slowdown_factor_is_one_for_the_most_slowed_down_owner_and_zero_for_none():

@@ -203,14 +203,7 @@ def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding]
     slowdown factor, and with it the priority of all their work, by queueing more than their quota
     lets run."""
     skip = set(over_quota)
-    limits_of: dict[str, list[int]] = {}
-    for i, limit in enumerate(limits):
-        for m in limit.members:
-            limits_of.setdefault(m, []).append(i)
-    taken = [0] * len(limits)
-    for h in holdings:
-        for i in limits_of.get(h.owner, ()):
-            taken[i] += 1
+    limits_of, taken = _quota_ledger(limits, holdings)
     out = []
     for j in sorted(queue, key=lambda q: (q.submitted_at, q.id)):
         if j.gpus <= 0 or j.owner in skip:
@@ -222,6 +215,20 @@ def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding]
             taken[i] += j.gpus
         out.append(j)
     return out
+
+
+def _quota_ledger(limits: Sequence[GpuLimit], holdings: Iterable[Holding]) -> tuple[dict[str, list[int]], list[int]]:
+    """For concurrent-GPU quotas: each user's limits (indexes into `limits`) and the GPUs each limit's
+    members hold in `holdings` (one per GPU held)."""
+    limits_of: dict[str, list[int]] = {}
+    for i, limit in enumerate(limits):
+        for m in limit.members:
+            limits_of.setdefault(m, []).append(i)
+    held = [0] * len(limits)
+    for h in holdings:
+        for i in limits_of.get(h.owner, ()):
+            held[i] += 1
+    return limits_of, held
 
 
 def slowdown_factors(slowdown: Mapping[str, float], owners: Iterable[str] = ()) -> dict[str, float]:
@@ -465,15 +472,7 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
     cap_outside = cap  # free GPUs outside the head's reservation
 
     # Concurrent-GPU quotas: GPUs held per limit, kept up to date as jobs are placed.
-    limits_of: dict[str, list[int]] = {}
-    for i, limit in enumerate(limits):
-        for m in limit.members:
-            limits_of.setdefault(m, []).append(i)
-    held = [0] * len(limits)
-    for hs in holders.values():
-        for h in hs:
-            for i in limits_of.get(h.owner, ()):
-                held[i] += 1
+    limits_of, held = _quota_ledger(limits, (h for hs in holders.values() for h in hs))
 
     explain_all = explain is True
     explain_ids = frozenset() if explain is True or explain is False else frozenset(explain)
@@ -608,16 +607,8 @@ def choose_preemptions(gpus: Sequence[Gpu], holdings: Sequence[Holding], waiting
         if h.gpu_uuid in known:
             holders.setdefault(h.gpu_uuid, set()).add(h.job_id)
     leaving = set(leaving)
-    limits_of: dict[str, list[int]] = {}
-    for i, limit in enumerate(limits):
-        for m in limit.members:
-            limits_of.setdefault(m, []).append(i)
+    limits_of, held = _quota_ledger(limits, (h for h in holdings if h.job_id not in leaving))
     owners = {h.job_id: h.owner for h in holdings}
-    held = [0] * len(limits)
-    for h in holdings:
-        if h.job_id not in leaving:
-            for i in limits_of.get(h.owner, ()):
-                held[i] += 1
     claimed: set[str] = set()
     out: list[Preemption] = []
 

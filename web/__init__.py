@@ -107,6 +107,10 @@ def create_app(cfg: Config | None = None) -> Flask:
 
     # /serve/NAME/... goes to a healthy replica of that deployment, before Flask (the stable endpoint).
     app.wsgi_app = ServeMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])
+    from mlpd.web.content_guard import ContentGuard
+
+    # Outermost: what a member's code wrote (a model's answer, an artifact, a log) never runs on this origin.
+    app.wsgi_app = ContentGuard(app.wsgi_app)
 
     @app.get("/healthz")
     def healthz():

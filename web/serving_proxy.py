@@ -36,8 +36,11 @@ log = logging.getLogger("mlpd.web.serving")
 PREFIX = "/serve/"
 ENDPOINTS = {"invocations": "POST", "ping": "GET", "health": "GET", "version": "GET"}
 PASSED_REQUEST_HEADERS = ("CONTENT_TYPE", "HTTP_ACCEPT", "HTTP_CONTENT_ENCODING", "HTTP_ACCEPT_ENCODING")
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-                        "transfer-encoding", "upgrade", "server", "date"})
+# The only headers of a replica's answer that reach the client: what describes the body. A model's
+# code writes the rest, and on mlpd's origin a Set-Cookie, Location, Refresh or Link would act for it
+# (mlpd.web.content_guard adds the sandbox and nosniff headers to what is left).
+PASSED_RESPONSE_HEADERS = frozenset({"content-type", "content-length", "content-encoding", "cache-control", "etag",
+                                     "last-modified", "vary", "retry-after"})
 UPSTREAM_TIMEOUT = 120.0
 CHUNK = 64 * 1024
 FLUSH_INTERVAL = 2.0  # seconds between additions of this worker's request counts to the state database
@@ -173,7 +176,7 @@ class ServeMount:
                 resp, conn = answer
                 if endpoint == "invocations":
                     self.counts.record(dep["id"], target, resp.status, time.monotonic() - started)
-                out = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP]
+                out = [(k, v) for k, v in resp.getheaders() if k.lower() in PASSED_RESPONSE_HEADERS]
                 out.append(("X-Mlpd-Model-Version", str(version or "")))
                 out.append(("X-Mlpd-Revision", str(seq)))
                 start_response(f"{resp.status} {resp.reason}", out)

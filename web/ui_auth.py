@@ -14,7 +14,7 @@ import hmac
 import secrets
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
 
@@ -87,6 +87,9 @@ def safe_next(target: str | None) -> str:
         return default
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return default
+    # A browser resolves dot segments (also written %2e) before it asks: /ui/../serve/x is /serve/x.
+    if any(segment in (".", "..") for segment in unquote(parts.path).split("/")):
         return default
     if not (parts.path.startswith("/ui/") or parts.path == "/ui" or parts.path == "/mlflow" or parts.path.startswith("/mlflow/")):
         return default

@@ -48,6 +48,10 @@ class User:
     name: str
     role: str
     job_id: str | None = None
+    # Set when it came with a workspace session's token: the owner at their notebook, as a member,
+    # who may do a member's work there but never make or change credentials (routes marked
+    # ``credentials`` in mlpd.web.routes refuse it); the token is revoked when the session ends.
+    session_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -192,7 +196,7 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
     if row["kind"] == "workspace":
         # A workspace session's token: its owner at their notebook, as a member (never as an
         # admin), revoked with the session like a job's.
-        return User(row["id"], row["name"], "member", None)
+        return User(row["id"], row["name"], "member", None, row["job_id"])
     return User(row["id"], row["name"], row["role"], row["job_id"])
 
 

@@ -21,6 +21,8 @@ def whoami():
     out = {"user": g.user.to_dict()}
     if g.user.job_id:
         out["job_id"] = g.user.job_id  # a job's token (see mlpd.users.User)
+    if g.user.session_id:
+        out["workspace_session"] = g.user.session_id  # a workspace session's token: a member, no credentials
     return jsonify(out)
 
 
@@ -53,7 +55,7 @@ def remove_user(name: str):
     return jsonify({"removed": name})
 
 
-@route("/tokens", summary="List tokens (yours; admins: ?user=NAME or ?all=1)")
+@route("/tokens", summary="List tokens (yours; admins: ?user=NAME or ?all=1)", credentials=True)
 def list_tokens():
     name = request.args.get("user")
     if request.args.get("all") and g.user.is_admin:
@@ -66,7 +68,7 @@ def list_tokens():
 
 @route("/tokens", methods=("POST",), summary="Create a token (for yourself; admins for anyone)",
        body={"user": Field(str, False, "whose token (admins only)"), "label": Field(str, False, "what it is for"),
-             "expires_in": Field((int, float), False, "lifetime in seconds")})
+             "expires_in": Field((int, float), False, "lifetime in seconds")}, credentials=True)
 def create_token():
     body = json_body()
     name = body.get("user") or g.user.name
@@ -76,7 +78,7 @@ def create_token():
     return jsonify({"token": token, "token_record": record}), 201
 
 
-@route("/tokens/<token_id>", methods=("DELETE",), summary="Revoke a token (yours; admins any)")
+@route("/tokens/<token_id>", methods=("DELETE",), summary="Revoke a token (yours; admins any)", credentials=True)
 def revoke_token(token_id: str):
     owner = None if g.user.is_admin else g.user.name
     return jsonify(users.revoke_token(store(), token_id, actor=g.user.name, owner=owner))

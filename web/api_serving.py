@@ -106,7 +106,8 @@ def rollback_deployment(name: str):
     return jsonify({"rolled_back": what, "deployment": _view(serving.by_id(store(), dep["id"]), detail=True)})
 
 
-@route("/deployments/<name>/key", methods=("POST",), summary="Replace the deployment's key (the old one stops working); answers the new key once")
+@route("/deployments/<name>/key", methods=("POST",), summary="Replace the deployment's key (the old one stops working); answers the new key once",
+       credentials=True)
 def rotate_deployment_key(name: str):
     dep = _visible(name)
     key = serving.rotate_key(store(), dep, g.user.name)

@@ -212,7 +212,8 @@ def list_keys():
     return jsonify({"keys": sshkeys.list_keys(store(), g.user.name)})
 
 
-@route("/keys", methods=("POST",), summary="Register an SSH public key (running workspaces accept it at once)", body=KEY_BODY)
+@route("/keys", methods=("POST",), summary="Register an SSH public key (running workspaces accept it at once)", body=KEY_BODY,
+       credentials=True)
 def add_key():
     from mlpd import sshkeys
 
@@ -220,7 +221,7 @@ def add_key():
     return jsonify({"key": key}), 201
 
 
-@route("/keys/<key_id>", methods=("DELETE",), summary="Remove one of your SSH keys (by id or fingerprint)")
+@route("/keys/<key_id>", methods=("DELETE",), summary="Remove one of your SSH keys (by id or fingerprint)", credentials=True)
 def remove_key(key_id: str):
     from mlpd import sshkeys
 

@@ -39,6 +39,8 @@ def build_document() -> dict:
                 op["x-mlpd-admin"] = True
             if doc.job_token:
                 op["x-mlpd-job-token"] = True
+            if doc.credentials:
+                op["x-mlpd-credentials"] = True  # a workspace session's token is refused here
             params = re.findall(r"<(?:[^:>]+:)?([^>]+)>", doc.rule)
             if params:
                 op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]

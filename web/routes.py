@@ -37,6 +37,7 @@ class RouteDoc:
     streaming: bool = False
     endpoint: str = ""
     job_token: bool = False
+    credentials: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -53,8 +54,13 @@ class Area:
         self.blueprint.before_request(require_user)
 
     def route(self, rule: str, methods: tuple[str, ...] = ("GET",), summary: str = "", admin: bool = False,
-              body: dict[str, Field] | None = None, streaming: bool = False, job_token: bool = False):
+              body: dict[str, Field] | None = None, streaming: bool = False, job_token: bool = False,
+              credentials: bool = False):
         """Register an authenticated /api/v1 route; admin routes answer 403 to members.
+
+        A ``credentials`` route makes, lists or changes credentials (tokens, SSH keys, passwords,
+        deployment keys): a workspace session's token never reaches it, so nothing a notebook's
+        code does with that token outlives the session or acts beyond it.
 
         A job's token (see mlpd.users.User) reaches only the routes marked ``job_token``: what
         a job needs, never anything that makes credentials or outlives the job. ``body`` declares
@@ -69,15 +75,19 @@ class Area:
                 if g.user.job_id and not job_token:
                     raise ApiError(403, "forbidden", f"a job's token (job {g.user.job_id}) cannot do this; it may read its own job "
                                                      "and use MLflow. Use your own token ('mlpd login') outside the job")
+                if credentials and g.user.session_id:
+                    raise ApiError(403, "forbidden", "a workspace session's token cannot make or change tokens, keys or passwords; "
+                                                     "use your own token ('mlpd login') outside the workspace")
                 if admin and not g.user.is_admin:
                     raise ApiError(403, "forbidden", "this needs an admin token")
                 return fn(**kwargs)
 
             view.mlpd_admin = admin  # type: ignore[attr-defined]
             view.mlpd_job_token = job_token  # type: ignore[attr-defined]
+            view.mlpd_credentials = credentials  # type: ignore[attr-defined]
             view.mlpd_body = body  # type: ignore[attr-defined]  (what json_body() checks)
             self.blueprint.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=list(methods))
-            ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint, job_token))
+            ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint, job_token, credentials))
             return view
 
         return decorate

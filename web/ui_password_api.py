@@ -24,7 +24,7 @@ def set_user_password(name: str):
     return jsonify({"user": name, "password_set": True})
 
 
-@route("/password", methods=("POST",), summary="Change your own web UI password (the current one is checked; failures count toward the lockout)",
+@route("/password", methods=("POST",), summary="Change your own web UI password (the current one is checked; failures count toward the lockout)", credentials=True,
        body={"old": Field(str, True, "your current password"), "new": Field(str, True, f"at least {users.PASSWORD_MIN} characters")})
 def change_own_password():
     body = json_body()

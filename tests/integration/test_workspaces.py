@@ -380,3 +380,37 @@ def test_a_workspace_with_requirements_runs_in_its_environment(wsd, tmp_path):
     logs = wsd.cli("ws", "logs", "envs", token=token).stdout
     assert "humanize" in logs  # the environment's build log comes first
     wsd.api("DELETE", "/api/v1/workspaces/envs", token)
+
+
+def test_an_admins_workspace_session_token_acts_as_a_member_mints_nothing_and_dies_with_the_session(wsd):
+    """Issue 22, break 3: from inside an admin's workspace, POST /api/v1/tokens made a permanent admin token."""
+    admin_name = f"a{uuid.uuid4().hex[:8]}"
+    r = wsd.api("POST", "/api/v1/users", wsd.admin_token, json={"name": admin_name, "admin": True})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert wsd.cli("admin", "ws-idle-timeout", admin_name, "1h").returncode == 0
+    w = create(wsd, token, "adminlab")
+    out = execute(w, kernel(w), """
+import json, os, urllib.request, urllib.error
+def call(method, path, body=None):
+    req = urllib.request.Request(os.environ["MLPD_URL"] + "/api/v1" + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": "Bearer " + os.environ["MLPD_TOKEN"], "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+print(json.dumps({"token": os.environ["MLPD_TOKEN"], "whoami": call("GET", "/whoami"), "mint": call("POST", "/tokens", {"label": "keep"}),
+                  "list": call("GET", "/tokens")[0], "key": call("POST", "/keys", {"key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJx7 me"})[0],
+                  "password": call("POST", "/password", {"old": "x", "new": "y" * 20})[0], "users": call("GET", "/users")[0],
+                  "jobs": call("GET", "/jobs")[0]}))
+""")
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["whoami"][0] == 200 and seen["whoami"][1]["user"]["role"] == "member", seen["whoami"]
+    assert seen["mint"][0] == 403 and "workspace session" in seen["mint"][1]["error"]["message"], seen["mint"]
+    assert (seen["list"], seen["key"], seen["password"], seen["users"]) == (403, 403, 403, 403), seen
+    assert seen["jobs"] == 200  # a member's own work goes on from the notebook
+    assert wsd.api("POST", "/api/v1/workspaces/adminlab/stop", token).status_code == 200
+    stopped(wsd, token, "adminlab")
+    assert wsd.api("GET", "/api/v1/whoami", seen["token"]).status_code == 401  # the session's token died with it
+    wsd.api("DELETE", "/api/v1/workspaces/adminlab", token)

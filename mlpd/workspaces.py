@@ -8,7 +8,7 @@ request, not a second controller.
 
 Its state is its current session's: queued, starting, running; when the session has ended the
 workspace is ``stopped`` (by its owner, culled for idleness, or because the server exited), and
-``start`` runs a new session with the same home, port and token.
+``start`` runs a new session with the same home, and a new Jupyter token and loopback ports.
 
 The pure parts (idle time, the culling decision, the view) take ``now``; reading Jupyter's API
 is :func:`jupyter_activity`, the one place that talks to the server.
@@ -165,15 +165,27 @@ def _new_session(db, owner: str, ws_id: str, name: str, spec: dict[str, Any], no
     return session
 
 
-def start(store: Store, ws: dict[str, Any], actor: str, now: float | None = None) -> dict[str, Any]:
-    """Run a new session unless one is queued or running (idempotent)."""
+def start(store: Store, ws: dict[str, Any], actor: str, now: float | None = None, port_range: str | None = None) -> dict[str, Any]:
+    """Run a new session unless one is queued or running (idempotent).
+
+    Every session has a Jupyter token of its own, and (given port_range) loopback ports of its own:
+    while a workspace is stopped another local account may bind its old port, and whoever answers
+    there would receive the owner's token from their own bookmark; a token that changes with each
+    session is worth nothing to them."""
     now = now or time.time()
+    ports = None
+    if port_range:
+        port = allocate_port(store, port_range, exclude=[ws["port"], ws["ssh_port"]])
+        ports = (port, allocate_port(store, port_range, exclude=[ws["port"], ws["ssh_port"], port]))
     with store.write() as db:
         row = db.execute("SELECT session FROM workspaces WHERE id = ?", [ws["id"]]).fetchone()
         current = row[0] if row else None
         state = db.execute("SELECT state FROM jobs WHERE id = ?", [current]).fetchone() if current else None
         if state and state[0] not in TERMINAL_NAMES:
             return by_id(store, ws["id"])
+        db.execute("UPDATE workspaces SET token = ? WHERE id = ?", [secrets.token_urlsafe(24), ws["id"]])
+        if ports:
+            db.execute("UPDATE workspaces SET port = ?, ssh_port = ? WHERE id = ?", [*ports, ws["id"]])
         _new_session(db, ws["owner"], ws["id"], ws["name"], ws["spec"], now)
         record_event(db, actor, "workspace.started", "workspace", ws["id"], at=now)
     return by_id(store, ws["id"])
@@ -384,6 +396,22 @@ def home_dir(state_dir: str, owner: str, uid_gid: str) -> str:
     return path
 
 
+def _ports_still_free(store: Store, config, ws: dict[str, Any]) -> dict[str, Any]:
+    """The workspace, with a port that something else took since it was chosen replaced by a free one."""
+    port, ssh_port = ws["port"], ws["ssh_port"]
+    if port_free(port) and port_free(ssh_port):
+        return ws
+    taken = [port, ssh_port]
+    if not port_free(port):
+        port = allocate_port(store, config["workspaces.port_range"], exclude=taken)
+    if not port_free(ssh_port):
+        ssh_port = allocate_port(store, config["workspaces.port_range"], exclude=taken + [port])
+    with store.write() as db:
+        db.execute("UPDATE workspaces SET port = ?, ssh_port = ? WHERE id = ?", [port, ssh_port, ws["id"]])
+        record_event(db, "mlpd", "workspace.port_replaced", "workspace", ws["id"], old=[ws["port"], ws["ssh_port"]], new=[port, ssh_port])
+    return by_id(store, ws["id"])
+
+
 def launch_request(store: Store, config, job: dict[str, Any], base: LaunchRequest) -> LaunchRequest:
     """A session's container: the job's request plus the home, the published loopback port, the
     Jupyter token, and the mlpd CLI (the daemon's package, read-only)."""
@@ -398,6 +426,7 @@ def launch_request(store: Store, config, job: dict[str, Any], base: LaunchReques
 
     from mlpd.sshkeys import write_authorized_keys
 
+    ws = _ports_still_free(store, config, ws)
     home = home_dir(config.state_dir, job["owner"], config["jobs.container_user"])
     keys = write_authorized_keys(store, config.state_dir, job["owner"])
     env = {**base.env, "HOME": HOME, "JUPYTER_TOKEN": ws["token"], "MLPD_WORKSPACE": ws["name"],

@@ -142,14 +142,14 @@ def stop_workspace(name: str):
     return jsonify({"workspace": view(ws)})
 
 
-@route("/workspaces/<name>/start", methods=("POST",), summary="Start a stopped workspace (same home, port and token)", body=START_BODY)
+@route("/workspaces/<name>/start", methods=("POST",), summary="Start a stopped workspace (same home; a new Jupyter token and loopback ports)", body=START_BODY)
 def start_workspace(name: str):
     data = json_body()
     ws = _get(name)
     check_disk()
     quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"])
     before = ws["session"]
-    ws = workspaces.start(store(), ws, g.user.name)
+    ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
     if ws["session"] != before:
         _start_now_or_fail(ws, bool(data.get("wait")))
     wake(f"submitted workspace {ws['id']} (start)")

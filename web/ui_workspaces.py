@@ -100,7 +100,7 @@ def _act(name: str, action: str):
 
         quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"])
         before = ws["session"]
-        ws = workspaces.start(store(), ws, g.user.name)
+        ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
         if ws["session"] != before:
             _start_now_or_fail(ws, request.form.get("wait") == "1")
     elif action == "remove":

@@ -124,9 +124,20 @@ def test_a_home_survives_stop_start_and_recreate_and_the_server_needs_its_token(
     assert r.status_code == 200
     w2 = stopped(wsd, token, "lab")
     assert w2["reason"] == f"stopped by {name}" and w2["gpus"]["indices"] == []
-    assert wsd.api("POST", "/api/v1/workspaces/lab/start", token, json={}).status_code == 200
-    w3 = ready(wsd, token, "lab")
-    assert (w3["port"], w3["token"]) == (w["port"], w["token"]) and w3["session"] != w["session"]
+    # issue 22, break 7: another local account takes the stopped workspace's port, waiting for the owner's token
+    import socket as _socket
+
+    squatter = _socket.socket()
+    squatter.bind(("127.0.0.1", w["port"]))
+    squatter.listen()
+    try:
+        assert wsd.api("POST", "/api/v1/workspaces/lab/start", token, json={}).status_code == 200
+        w3 = ready(wsd, token, "lab")
+    finally:
+        squatter.close()
+    assert w3["port"] != w["port"] and w3["ssh_port"] != w["ssh_port"] and w3["session"] != w["session"]
+    assert w3["token"] != w["token"]  # a token the squatter might have read is worth nothing now
+    assert jupyter({**w3, "token": w["token"]}, "/api/kernels").status_code == 403
     assert execute(w3, kernel(w3), "print(open('/home/mlpd/note.txt').read())").strip() == secret
     assert wsd.api("DELETE", "/api/v1/workspaces/lab", token).status_code == 200
     assert wsd.api("GET", "/api/v1/workspaces/lab", token).status_code == 404

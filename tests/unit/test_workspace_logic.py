@@ -60,3 +60,29 @@ def test_an_open_ssh_session_is_told_from_the_listening_sshd():
     assert workspaces.ssh_session_open(["sshd: mlpd@notty", "jupyter lab"])
     assert workspaces.ssh_session_open(["sshd: mlpd@pts/0"])
     assert not workspaces.ssh_session_open(["sshd: /usr/sbin/sshd -f /tmp/mlpd-sshd_config [listener] 0 of 10-100 startups", "bash"])
+
+
+def test_a_port_something_else_took_is_replaced_at_launch_and_the_replacement_recorded(tmp_path):
+    """Issue 22, break 7: a stopped workspace's port taken by another local account is replaced, not failed on."""
+    import socket
+
+    from mlpd.config import load_config
+    from mlpd.store import Store
+
+    cfg = load_config(None, {"server.state_dir": str(tmp_path), "workspaces.port_range": "41000-41999"})
+    store = Store(cfg.db_path)
+    store.migrate()
+    port = workspaces.allocate_port(store, "41000-41999")
+    ssh_port = workspaces.allocate_port(store, "41000-41999", exclude=[port])
+    ws = workspaces.create(store, "alice", "lab", {"gpus": 0, "image": "img"}, port, ssh_port)
+    assert workspaces._ports_still_free(store, cfg, ws) == ws  # both free: nothing changes
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    try:
+        moved = workspaces._ports_still_free(store, cfg, ws)
+    finally:
+        squatter.close()
+    assert moved["port"] != port and 41000 <= moved["port"] <= 41999 and moved["ssh_port"] == ssh_port
+    assert workspaces.by_id(store, ws["id"])["port"] == moved["port"]
+    assert store.query("SELECT action FROM events WHERE action = 'workspace.port_replaced'")

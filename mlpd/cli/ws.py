@@ -113,7 +113,7 @@ def create(name, gpus, gpu_model, image, requirements_file, cpus, memory, wait, 
 @click.option("--wait", is_flag=True, help="If its GPUs are not free, wait in the queue.")
 @json_option
 def start(name, wait, as_json):
-    """Start a stopped workspace again (same home, port and token)."""
+    """Start a stopped workspace again (same home; a new Jupyter token and loopback ports: see `mlpd ws tunnel`)."""
     client = _client()
     client.post(f"/workspaces/{name}/start", {"wait": wait})
     w = _wait_running(client, name)
@@ -127,7 +127,7 @@ def start(name, wait, as_json):
 @click.argument("name")
 @json_option
 def stop(name, as_json):
-    """Stop a workspace: its GPUs are freed; its home, port and token stay."""
+    """Stop a workspace: its GPUs are freed; its home and settings stay (the next start gets a new token and ports)."""
     data = _client().post(f"/workspaces/{name}/stop")
     if as_json:
         emit_json(data)

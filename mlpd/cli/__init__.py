@@ -47,7 +47,8 @@ COMMANDS = {
 
 @click.group(cls=MlpdGroup, lazy_subcommands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--client-version", prog_name="mlpd")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """mlpd: the ML platform daemon for one GPU box.
 
     \b
@@ -55,3 +56,7 @@ def main() -> None:
     Train:        mlpd run --gpus 1 -- python train.py
     Watch:        mlpd jobs, mlpd logs -f ID
     """
+    if ctx.invoked_subcommand != "daemon":
+        from mlpd import termsafe
+
+        termsafe.install()  # a job's text is shown, never obeyed by the terminal (mlpd.termsafe)

@@ -370,10 +370,11 @@ def jobs_rerun(job_id, follow, as_json):
 @click.option("-n", "--tail", type=click.IntRange(min=0), help="Only the last N lines (of what is there now; with -f, then live).")
 @click.option("-t", "--timestamps", is_flag=True, help="Start each line with when it was written (UTC).")
 @click.option("--since", help="Only lines written since then: a duration ago (10m, 2h) or a time (2026-12-01T09:00, UTC).")
-def logs(job_id, follow, tail, timestamps, since):
+@click.option("--raw", is_flag=True, help="The bytes as the job wrote them, escape sequences included (default: shown as text).")
+def logs(job_id, follow, tail, timestamps, since, raw):
     """A job's output (kept after it ends). ID may be a unique prefix."""
     client = _client()
-    stream_logs(client, resolve_job(client, job_id), follow, tail, timestamps, parse_since(since) if since else None)
+    stream_logs(client, resolve_job(client, job_id), follow, tail, timestamps, parse_since(since) if since else None, raw=raw)
 
 
 def parse_since(text: str, now: float | None = None) -> float:
@@ -395,9 +396,12 @@ def parse_since(text: str, now: float | None = None) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
-def stream_logs(client, job_id: str, follow: bool, tail: int | None = None, timestamps: bool = False, since: float | None = None) -> None:
-    """Write a job's output to stdout; with follow, until the job ends."""
-    out = sys.stdout.buffer
+def stream_logs(client, job_id: str, follow: bool, tail: int | None = None, timestamps: bool = False, since: float | None = None,
+                raw: bool = False) -> None:
+    """Write a job's output to stdout (as text: mlpd.termsafe; raw: the bytes); with follow, until the job ends."""
+    from mlpd import termsafe
+
+    out = termsafe.raw_stdout() if raw else sys.stdout.buffer
     params = {**({"timestamps": 1} if timestamps else {}), **({"since": repr(since)} if since is not None else {})}
     if tail is not None:
         saved = client.request("GET", f"/jobs/{job_id}/logs", timeout=60, params=params).content

@@ -154,17 +154,21 @@ def deployments_show(name, as_json):
 @click.option("--slot", type=int, default=0, show_default=True, help="Which replica (of the version serving, else the one rolling out).")
 @click.option("--job", "job_id", help="A replica by its job id (any version, also one that ended).")
 @click.option("-f", "--follow", is_flag=True, help="Stream live.")
-def deployments_logs(name, slot, job_id, follow):
+@click.option("--raw", is_flag=True, help="The bytes as written, escape sequences included (default: shown as text).")
+def deployments_logs(name, slot, job_id, follow, raw):
     """A replica's output: the scoring server's log (the environment's build first)."""
     params: dict[str, Any] = {"slot": slot}
     if job_id:
         params = {"job": job_id}
     if follow:
         params["follow"] = 1
+    from mlpd import termsafe
+
     resp = _client().request("GET", f"/deployments/{name}/logs", params=params, stream=True, timeout=3600 * 24 if follow else 60)
+    out = termsafe.raw_stdout() if raw else sys.stdout.buffer
     for chunk in resp.iter_content(chunk_size=None):
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
+        out.write(chunk)
+        out.flush()
 
 
 @deployments.command("update")

@@ -168,13 +168,17 @@ def show(name, as_json):
 @ws.command("logs")
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming.")
-def logs(name, follow):
+@click.option("--raw", is_flag=True, help="The bytes as written, escape sequences included (default: shown as text).")
+def logs(name, follow, raw):
     """The JupyterLab server's output (current or last session)."""
+    from mlpd import termsafe
+
     client = _client()
     resp = client.request("GET", f"/workspaces/{name}/logs", stream=True, timeout=None if follow else 60, params={"follow": 1} if follow else {})
+    out = termsafe.raw_stdout() if raw else sys.stdout.buffer
     for chunk in resp.iter_content(chunk_size=None):
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
+        out.write(chunk)
+        out.flush()
 
 
 def _reach(name: str, ssh_user: str | None, ssh_host: str | None) -> tuple[dict, str, str]:

@@ -176,6 +176,27 @@ def resolve(store_state_dir: str, uri: str) -> tuple[Any, dict[str, Any]]:
                  "location": found.location, "requirements": requirements}
 
 
+def check_follow(state_dir: str, ref, follow: bool, owner: str, follow_foreign: bool) -> str | None:
+    """Whose versions a deployment that follows an alias will run (None when it follows nothing).
+
+    Following an alias hands the choice of code to whoever moves it: the model's owner. When that is
+    not the deployment's owner, a member could make a colleague's endpoint run their code by
+    registering a version and moving the alias; so it is refused unless asked for by name
+    (follow_foreign), and the answer says whose versions it will run."""
+    if not follow:
+        return None
+    from mlpd.serving_models import ModelStore
+
+    model_owner = ModelStore(state_dir).model_owner(ref.name)
+    if model_owner != owner and not follow_foreign:
+        whose = f"{model_owner}'s" if model_owner else "an admin's (it has no owner)"
+        raise DeploymentError(403, "foreign_alias",
+                              f"{ref.uri} is {whose} model: following its alias runs whatever version its owner points it at next. "
+                              f"Pin a version (models:/{ref.name}/N, or --no-follow-alias), or pass --follow-foreign "
+                              f"(follow_foreign: true) to accept {model_owner or 'an admin'}'s versions")
+    return model_owner
+
+
 def _add_revision(db, dep_id: str, fields: dict[str, Any], now: float, canary: int | None = None) -> str:
     seq = (db.execute("SELECT MAX(seq) FROM deployment_revisions WHERE deployment = ?", [dep_id]).fetchone()[0] or 0) + 1
     rev_id = secrets.token_hex(6)
@@ -187,7 +208,7 @@ def _add_revision(db, dep_id: str, fields: dict[str, Any], now: float, canary: i
 
 
 def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str, Any], follow_alias: bool | None = None,
-           now: float | None = None) -> tuple[dict[str, Any], str]:
+           now: float | None = None, follow_foreign: bool = False) -> tuple[dict[str, Any], str]:
     """Store a new deployment and its first revision (the worker starts its replicas); returns (deployment,
     its key, shown once). DeploymentError 409 when the name is taken; ModelError when the model cannot be served."""
     now = now or time.time()
@@ -195,6 +216,7 @@ def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str
     follow = bool(ref.alias) if follow_alias is None else bool(follow_alias)
     if follow and not ref.alias:
         raise DeploymentError(400, "invalid_field", "follow_alias: the model URI names no alias (use models:/NAME@ALIAS)")
+    follows = check_follow(config.state_dir, ref, follow, owner, follow_foreign)
     key = KEY_PREFIX + secrets.token_urlsafe(24)
     dep_id = secrets.token_hex(6)
     with store.write() as db:
@@ -206,12 +228,12 @@ def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str
                    [dep_id, owner, name, uri, int(follow), fields["model_version"] if follow else None, json.dumps(spec), hash_key(key), now, now])
         rev_id = _add_revision(db, dep_id, fields, now)
         record_event(db, owner, "deployment.created", "deployment", dep_id, at=now, name=name, model=uri, serves=fields["model_uri"],
-                     revision=rev_id, spec=spec, follow_alias=follow)
+                     revision=rev_id, spec=spec, follow_alias=follow, **({"follows_versions_of": follows} if follows not in (None, owner) else {}))
     return by_id(store, dep_id), key
 
 
 def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | None = None, follow_alias: bool | None = None,
-           now: float | None = None, canary: int | None = None) -> dict[str, Any]:
+           now: float | None = None, canary: int | None = None, follow_foreign: bool = False) -> dict[str, Any]:
     """Roll out another model (or the same URI resolved again): a new revision that takes the traffic once
     healthy (with canary, that share of it, until promote or rollback). A rollout still in progress is superseded."""
     now = now or time.time()
@@ -224,6 +246,8 @@ def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | Non
     follow = bool(ref.alias) if follow_alias is None else bool(follow_alias)
     if follow and not ref.alias:
         raise DeploymentError(400, "invalid_field", "follow_alias: the model URI names no alias (use models:/NAME@ALIAS)")
+    if uri != dep["model_uri"] or not dep["follow_alias"]:  # a deployment keeps what it was allowed to follow
+        check_follow(config.state_dir, ref, follow, dep["owner"], follow_foreign)
     with store.write() as db:
         db.execute("UPDATE deployments SET model_uri = ?, follow_alias = ?, followed_version = ?, updated_at = ? WHERE id = ?",
                    [uri, int(follow), fields["model_version"] if follow else None, now, dep["id"]])

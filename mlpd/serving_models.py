@@ -106,6 +106,11 @@ class ModelStore:
         finally:
             conn.close()
 
+    def model_owner(self, name: str) -> str:
+        """Who owns a registered model (its mlpd.owner tag; '' when it has none: then it is an admin's)."""
+        row = self._one("SELECT value FROM registered_model_tags WHERE name = ? AND key = 'mlpd.owner'", [name])
+        return row[0] if row else ""
+
     def alias_version(self, name: str, alias: str) -> str | None:
         """The version an alias of a registered model points to now (None: no such alias)."""
         row = self._one("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", [name, alias])

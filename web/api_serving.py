@@ -23,6 +23,7 @@ CREATE_BODY = {
     "replicas": Field(int, False, "Replicas of each version (1-16, default 1)"),
     "follow_alias": Field(bool, False, "Roll out the version the alias points to whenever it moves (default: true for models:/NAME@ALIAS)"),
     "auth": Field(str, False, "Who may call the endpoint: 'token' (the owner's or an admin's mlpd token, or the deployment's key; default) or 'none'"),
+    "follow_foreign": Field(bool, False, "Follow the alias of a model someone else owns (refused without it: they choose what it runs)"),
 }
 
 
@@ -57,7 +58,8 @@ def create_deployment():
     from mlpd import quotas
 
     warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"])  # QuotaExceeded: 403
-    dep, key = serving.create(store(), config(), g.user.name, name, uri, spec, data.get("follow_alias"))
+    dep, key = serving.create(store(), config(), g.user.name, name, uri, spec, data.get("follow_alias"),
+                              follow_foreign=bool(data.get("follow_foreign")))
     wake(f"deployment {name} created")
     return jsonify({"deployment": _view(dep), "key": key, "warnings": warnings}), 201
 
@@ -77,6 +79,7 @@ UPDATE_BODY = {
     "model": Field(str, False, "The model URI to roll out (default: the deployment's own, resolved again)"),
     "follow_alias": Field(bool, False, "Follow the URI's alias from now on (default: true for models:/NAME@ALIAS)"),
     "canary": Field(int, False, "Send this percentage of requests (1-99) to the new version until promote or rollback"),
+    "follow_foreign": Field(bool, False, "Follow the alias of a model someone else owns (refused without it: they choose what it runs)"),
 }
 
 
@@ -85,7 +88,8 @@ UPDATE_BODY = {
 def update_deployment(name: str):
     dep = _visible(name)
     data = json_body()
-    dep = serving.update(store(), config(), dep, g.user.name, data.get("model"), data.get("follow_alias"), canary=data.get("canary"))
+    dep = serving.update(store(), config(), dep, g.user.name, data.get("model"), data.get("follow_alias"), canary=data.get("canary"),
+                         follow_foreign=bool(data.get("follow_foreign")))
     wake(f"deployment {name} updated")
     return jsonify({"deployment": _view(dep, detail=True)})
 

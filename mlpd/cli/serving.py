@@ -70,12 +70,13 @@ def _wait(client, name: str, timeout: float, until_version: str | None = None) -
 @click.option("--replicas", type=click.IntRange(1, 16), default=1, show_default=True, help="Replicas of each version.")
 @click.option("--follow-alias/--no-follow-alias", default=None,
               help="Roll out the version the alias points to whenever it moves (default: on for models:/NAME@ALIAS).")
+@click.option("--follow-foreign", is_flag=True, help="Follow the alias of a model another member owns (they then choose what it runs).")
 @click.option("--auth", type=click.Choice(["token", "none"]), default="token", show_default=True,
               help="'token': callers send your mlpd token or the deployment's key; 'none': open to whoever reaches the daemon.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it serves (or fails).")
 @click.option("--timeout", type=float, default=900, show_default=True, help="With --wait, give up waiting after this many seconds.")
 @json_option
-def serve(model_uri, name, gpus, gpu_model, cpus, memory, replicas, follow_alias, auth, wait, timeout, as_json):
+def serve(model_uri, name, gpus, gpu_model, cpus, memory, replicas, follow_alias, follow_foreign, auth, wait, timeout, as_json):
     """Serve an MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model) at a stable endpoint.
 
     \b
@@ -85,7 +86,7 @@ def serve(model_uri, name, gpus, gpu_model, cpus, memory, replicas, follow_alias
     """
     client = _client()
     body = {"model": model_uri, "name": name, "gpus": gpus, "gpu_model": gpu_model, "cpus": cpus, "memory": memory,
-            "replicas": replicas, "follow_alias": follow_alias, "auth": auth}
+            "replicas": replicas, "follow_alias": follow_alias, "auth": auth, "follow_foreign": follow_foreign or None}
     result = client.post("/deployments", {k: v for k, v in body.items() if v is not None})
     dep = result["deployment"]
     for note in result.get("warnings", []):
@@ -176,15 +177,16 @@ def deployments_logs(name, slot, job_id, follow, raw):
 @click.option("--model", "model_uri", help="The model URI to roll out (default: the deployment's own, resolved again).")
 @click.option("--follow-alias/--no-follow-alias", default=None, help="Follow the URI's alias from now on (default: on for models:/NAME@ALIAS).")
 @click.option("--canary", type=click.IntRange(1, 99), help="Send this percentage of requests to the new version until 'promote' or 'rollback'.")
+@click.option("--follow-foreign", is_flag=True, help="Follow the alias of a model another member owns (they then choose what it runs).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the new version serves or is rolled back.")
 @click.option("--timeout", type=float, default=900, show_default=True, help="With --wait, give up waiting after this many seconds.")
 @json_option
-def deployments_update(name, model_uri, follow_alias, canary, wait, timeout, as_json):
+def deployments_update(name, model_uri, follow_alias, canary, follow_foreign, wait, timeout, as_json):
     """Roll out another version: it takes the traffic once it answers /ping; the old one then stops.
     A version that does not start is rolled back, and the old one keeps serving. With --canary P it
     takes P% of the requests until 'mlpd deployments promote' or 'rollback'."""
     client = _client()
-    body = {"model": model_uri, "follow_alias": follow_alias, "canary": canary}
+    body = {"model": model_uri, "follow_alias": follow_alias, "canary": canary, "follow_foreign": follow_foreign or None}
     dep = client.post(f"/deployments/{name}/update", {k: v for k, v in body.items() if v is not None})["deployment"]
     rolling = dep["revisions"][-1]["seq"] if dep["revisions"] else None
     if wait:

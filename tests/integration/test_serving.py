@@ -317,6 +317,25 @@ def test_other_members_see_nothing_and_serve_only_what_exists(world):
     assert show(world)["state"] == "serving"  # untouched
 
 
+def test_following_another_members_alias_is_refused_unless_asked_for_by_name(world):
+    """Issue 22, break 12: a deployment following another member's alias ran whatever that member registered next."""
+    d = world["daemon"]
+    _, other = new_user(d, "carol")
+    refused = d.cli("serve", f"models:/{world['model']}@prod", "--name", "carols", "--no-wait", token=other)
+    assert refused.returncode == 1 and f"{world['user']}'s model" in refused.stderr and "--follow-foreign" in refused.stderr, refused.stderr
+    assert d.api("GET", "/api/v1/deployments/carols", other).status_code == 404  # nothing half-made
+    pinned = d.api("POST", "/api/v1/deployments", other, json={"model": f"models:/{world['model']}/1", "name": "carols", "replicas": 1})
+    assert pinned.status_code == 201, pinned.text  # a pinned version is theirs to serve: it never changes under them
+    assert d.api("DELETE", "/api/v1/deployments/carols", other).status_code == 200
+    accepted = d.api("POST", "/api/v1/deployments", other, json={"model": f"models:/{world['model']}@prod", "name": "carols2",
+                                                                 "follow_foreign": True})
+    assert accepted.status_code == 201 and accepted.json()["deployment"]["follow_alias"] is True, accepted.text
+    events = d.api("GET", "/api/v1/events?limit=50", d.admin_token).json()["events"]
+    assert any(e["action"] == "deployment.created" and e["detail"].get("follows_versions_of") == world["user"] for e in events)
+    assert d.api("DELETE", "/api/v1/deployments/carols2", other).status_code == 200
+    assert show(world)["state"] == "serving"  # the owner's own deployment follows their own alias, untouched
+
+
 def test_removing_a_deployment_stops_it_and_frees_its_endpoint(world):
     d, token = world["daemon"], world["token"]
     dep = show(world)

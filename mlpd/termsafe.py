@@ -64,21 +64,19 @@ class TerminalFilter(io.RawIOBase):
         self.target.flush()
 
 
-_RAW: dict[str, BinaryIO] = {}
-
-
 def install() -> None:
     """Route this process's sys.stdout and sys.stderr through a TerminalFilter (idempotent)."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
-        if name in _RAW or not hasattr(stream, "buffer"):
+        if getattr(stream, "mlpd_raw", None) is not None or not hasattr(stream, "buffer"):
             continue
-        _RAW[name] = stream.buffer
         stream.flush()
         filtered = io.BufferedWriter(TerminalFilter(stream.buffer), buffer_size=8192)
-        setattr(sys, name, io.TextIOWrapper(filtered, encoding="utf-8", errors="replace", line_buffering=True, write_through=True))
+        wrapper = io.TextIOWrapper(filtered, encoding="utf-8", errors="replace", line_buffering=True, write_through=True)
+        wrapper.mlpd_raw = stream.buffer  # type: ignore[attr-defined]
+        setattr(sys, name, wrapper)
 
 
 def raw_stdout() -> BinaryIO:
     """The process's own stdout, unfiltered (for --raw)."""
-    return _RAW.get("stdout") or sys.stdout.buffer
+    return getattr(sys.stdout, "mlpd_raw", None) or sys.stdout.buffer

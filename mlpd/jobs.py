@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from mlpd.errors import MlpdError
 from mlpd.jobspec import JobSpec
 from mlpd.store import Store, record_event
+from mlpd.termsafe import strip_controls
 
 
 class JobState(str, enum.Enum):
@@ -166,6 +167,7 @@ def transition(store: Store, job_id: str, to: JobState, actor: str = "mlpd", rea
     transaction with its event and ledger rows); False when the job is in another state.
     only_from narrows the allowed states further (never widens them)."""
     at = at if at is not None else time.time()
+    reason = strip_controls(reason)  # a reason may quote the job's own output (pip's, the container's): text, not commands
     allowed = [s.value for s in may_follow(to) if only_from is None or s in set(only_from)]
     sets = {"state": to.value, "updated_at": time.time(), **fields}
     if reason:
@@ -189,6 +191,7 @@ def transition(store: Store, job_id: str, to: JobState, actor: str = "mlpd", rea
 
 def set_reason(store: Store, job_id: str, reason: str, event: str = "", **detail: Any) -> None:
     """Say what a starting job is doing (e.g. building its environment), and record it as an event if named."""
+    reason = strip_controls(reason)
     with store.write() as db:
         db.execute("UPDATE jobs SET reason = ?, updated_at = ? WHERE id = ? AND state = 'starting'", [reason, time.time(), job_id])
         if event:

@@ -305,3 +305,12 @@ def test_a_launch_whose_task_was_lost_is_asked_for_again_after_a_while(world):
     c.reconcile(now=world.clock())
     assert asked == [("launch", j), ("launch", j)]
     assert world.job(j)["state"] == "running" and not c.launching
+
+
+def test_a_reason_that_quotes_a_jobs_output_keeps_its_text_and_loses_its_escape_sequences(world):
+    """Issue 22 (break 11's class) and issue 23 item 7: a reason reached terminals and pages with raw escape codes."""
+    j = world.submit(["true"])
+    jobs.set_reason(world.store, j, "x")  # only a starting job takes a reason this way: nothing changes here
+    assert jobs.transition(world.store, j, JobState.CANCELLED, reason="building failed: \x1b[91mERROR: No matching distribution\x1b[0m\x07")
+    assert world.job(j)["reason"] == "building failed: ERROR: No matching distribution"
+    assert jobs.history(world.store, j)[-1]["detail"]["reason"] == "building failed: ERROR: No matching distribution"

@@ -40,6 +40,7 @@ COMMANDS = {
     "submit": "mlpd.cli.jobs:submit",
     "usage": "mlpd.cli.usage:usage",
     "version": "mlpd.cli.identity:version",
+    "wait": "mlpd.cli.jobs:wait",
     "whoami": "mlpd.cli.identity:whoami",
     "ws": "mlpd.cli.ws:ws",
 }

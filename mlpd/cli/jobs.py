@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from mlpd.cli.common import _client, json_option
+from mlpd.cli.job_end import EXIT_STATUS_TABLE
 from mlpd.output import emit_json, table, when
 
 
@@ -100,7 +102,7 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
               help="A requirements.txt to install over the image (built once per image and file, then reused). "
                    "Default: requirements.txt in the code directory, if there is one.")
 @click.option("--no-requirements", is_flag=True, help="Do not use the code directory's requirements.txt.")
-@click.option("-f", "--follow", is_flag=True, help="Then stream the job's output until it ends.")
+@click.option("-f", "--follow", is_flag=True, help="Then stream the job's output until it ends; exits with how it ended (see 'mlpd wait --help').")
 @click.option("--param", "params", multiple=True, metavar="K=V",
               help="For a notebook (mlpd run NB.ipynb): a value for its 'parameters' cell (repeatable); the executed notebook is kept in the outputs.")
 @json_option
@@ -145,7 +147,15 @@ def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, p
     # jobspec here would cost about a sixth of the CLI's start-up)
     job = _submit(spec, as_json)
     if follow:
-        stream_logs(_client(), job["id"], True)
+        follow_to_end(_client(), job["id"])
+
+
+def follow_to_end(client, job_id: str, **options) -> None:
+    """Stream a job's output until it ends, then say how it ended and exit with its status (mlpd.cli.job_end)."""
+    from mlpd.cli.job_end import finish
+
+    stream_logs(client, job_id, True, **options)
+    finish(client, job_id)
 
 
 NOTEBOOK_IMAGE = "mlpd/workspace:latest"  # workspaces.image's default: the same Python as workspaces, with papermill
@@ -169,8 +179,9 @@ def notebook_command(notebook: str, params: tuple[str, ...], extra: tuple[str, .
 @click.option("--no-code", is_flag=True, help="Do not ship any code.")
 @click.option("--no-requirements", is_flag=True, help="Do not use the shipped directory's requirements.txt.")
 @click.option("--priority-class", help="Its class, over the file's priority_class.")
+@click.option("-f", "--follow", is_flag=True, help="Then stream the job's output until it ends; exits with how it ended (see 'mlpd wait --help').")
 @json_option
-def submit(file, code_dir, no_code, no_requirements, priority_class, as_json):
+def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_json):
     """Submit a job spec file (TOML; the same fields as 'mlpd run' flags). Ships the file's directory, like 'mlpd run'."""
     from mlpd.jobspec import SpecError
 
@@ -212,7 +223,9 @@ def submit(file, code_dir, no_code, no_requirements, priority_class, as_json):
         data["requirements"] = read_requirements(os.path.join(directory, "requirements.txt"))
     if directory:
         data["code"] = upload_code(_client(), directory)
-    _submit({k: v for k, v in data.items() if v is not None and v != {}}, as_json)
+    job = _submit({k: v for k, v in data.items() if v is not None and v != {}}, as_json)
+    if follow:
+        follow_to_end(_client(), job["id"])
 
 
 def resolve_job(client, ref: str) -> str:
@@ -353,7 +366,7 @@ def jobs_outputs(job_id, dest):
 
 @jobs.command("rerun")
 @click.argument("job_id")
-@click.option("-f", "--follow", is_flag=True, help="Then stream its output until it ends.")
+@click.option("-f", "--follow", is_flag=True, help="Then stream its output until it ends; exits with how it ended (see 'mlpd wait --help').")
 @json_option
 def jobs_rerun(job_id, follow, as_json):
     """Submit a job again with the same spec (and the same code). ID may be a unique prefix."""
@@ -361,12 +374,12 @@ def jobs_rerun(job_id, follow, as_json):
     spec = client.get(f"/jobs/{resolve_job(client, job_id)}")["job"]["spec"]
     job = _submit({k: v for k, v in spec.items() if v is not None and v != {}}, as_json)
     if follow:
-        stream_logs(client, job["id"], True)
+        follow_to_end(client, job["id"])
 
 
 @click.command()
 @click.argument("job_id")
-@click.option("-f", "--follow", is_flag=True, help="Stream live until the job ends.")
+@click.option("-f", "--follow", is_flag=True, help="Stream live until the job ends; exits with how it ended (see 'mlpd wait --help').")
 @click.option("-n", "--tail", type=click.IntRange(min=0), help="Only the last N lines (of what is there now; with -f, then live).")
 @click.option("-t", "--timestamps", is_flag=True, help="Start each line with when it was written (UTC).")
 @click.option("--since", help="Only lines written since then: a duration ago (10m, 2h) or a time (2026-12-01T09:00, UTC).")
@@ -374,7 +387,12 @@ def jobs_rerun(job_id, follow, as_json):
 def logs(job_id, follow, tail, timestamps, since, raw):
     """A job's output (kept after it ends). ID may be a unique prefix."""
     client = _client()
-    stream_logs(client, resolve_job(client, job_id), follow, tail, timestamps, parse_since(since) if since else None, raw=raw)
+    job_id = resolve_job(client, job_id)
+    options = dict(tail=tail, timestamps=timestamps, since=parse_since(since) if since else None, raw=raw)
+    if follow:
+        follow_to_end(client, job_id, **options)
+    else:
+        stream_logs(client, job_id, False, **options)
 
 
 def parse_since(text: str, now: float | None = None) -> float:
@@ -422,15 +440,90 @@ def stream_logs(client, job_id: str, follow: bool, tail: int | None = None, time
         out.flush()
 
 
+CANCEL_WAIT = 120.0  # seconds: a running job gets SIGTERM, then is killed after a few seconds
+
+
 @click.command()
 @click.argument("job_ids", nargs=-1, required=True)
-def cancel(job_ids):
-    """Cancel jobs: queued ones at once, running ones are stopped."""
+@click.option("--no-wait", is_flag=True, help="Return at once, while running jobs are still being stopped.")
+def cancel(job_ids, no_wait):
+    """Cancel jobs: queued ones at once; running ones are stopped, and cancel returns once they have ended
+    (so that 'mlpd cancel ID && mlpd jobs rerun ID' finds their GPUs free)."""
+    from mlpd.cli.job_end import TERMINAL, wait_for_end
+
     c = _client()
-    for ref in job_ids:
-        job_id = resolve_job(c, ref)
+    ids = [resolve_job(c, ref) for ref in job_ids]
+    stopping = []
+    for job_id in ids:
         job = c.post(f"/jobs/{job_id}/cancel")["job"]
-        click.echo(f"{job_id}: {'cancelled' if job['state'] == 'cancelled' else 'stopping'}")
+        if job["state"] in TERMINAL:
+            click.echo(f"{job_id}: {job['state'].replace('_', ' ')}")
+        else:
+            stopping.append(job_id)
+            if no_wait:
+                click.echo(f"{job_id}: stopping ('mlpd wait {job_id}' waits for it to end)")
+    if no_wait:
+        return
+    still = []
+    for job_id in stopping:
+        job = wait_for_end(c, job_id, timeout=CANCEL_WAIT, interval=0.2)
+        if job["state"] in TERMINAL:
+            click.echo(f"{job_id}: {job['state'].replace('_', ' ')}" + (f" ({job['reason']})" if job["state"] != "cancelled" else ""))
+        else:
+            still.append(job_id)
+    if still:
+        raise click.ClickException(f"{', '.join(still)} still stopping after {CANCEL_WAIT:.0f} s; 'mlpd wait {' '.join(still)}' waits for them")
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--timeout", help="Stop waiting after this long (e.g. 30m); jobs that have not ended then exit 75 or 76.")
+@json_option
+def wait(job_ids, timeout, as_json):
+    """Wait until the jobs have ended; exit with the worst of their ends. IDs may be unique prefixes.
+
+    Each job's end is one line on stderr (mlpd: job ID failed: exited with code 1). The exit
+    status, also of 'run -f', 'submit -f', 'logs -f' and 'jobs rerun -f', is in the table below.
+    """
+    import time
+
+    from mlpd.cli.job_end import TERMINAL, outcome, worst
+
+    limit = None
+    if timeout is not None:
+        from mlpd.jobspec import parse_duration
+
+        try:
+            limit = parse_duration(timeout)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--timeout") from None
+    c = _client()
+    ids = list(dict.fromkeys(resolve_job(c, ref) for ref in job_ids))
+    deadline = None if limit is None else time.monotonic() + limit
+    ended: dict[str, dict] = {}
+    while True:
+        for job_id in ids:
+            if job_id not in ended:
+                job = c.get(f"/jobs/{job_id}")["job"]
+                if job["state"] in TERMINAL:
+                    ended[job_id] = job
+                    if not as_json:
+                        click.echo(outcome(job).line, err=True)
+        if len(ended) == len(ids) or (deadline is not None and time.monotonic() >= deadline):
+            break
+        time.sleep(0.5)
+    jobs_seen = [ended.get(job_id) or c.get(f"/jobs/{job_id}")["job"] for job_id in ids]
+    ends = [outcome(job) for job in jobs_seen]
+    for end in ends:
+        if end.job_id not in ended and not as_json:
+            click.echo(end.line, err=True)
+    if as_json:
+        emit_json({"jobs": [{"id": e.job_id, "state": j["state"], "reason": j["reason"], "exit_code": j["exit_code"], "exit_status": e.status}
+                            for e, j in zip(ends, jobs_seen)], "exit_status": worst(ends).status})
+    raise click.exceptions.Exit(worst(ends).status)
+
+
+wait.help = inspect.cleandoc(wait.help) + "\n\n\b\n" + "\n".join(f"{code:>6}  {meaning}" for code, meaning in EXIT_STATUS_TABLE)
 
 
 @click.command()

@@ -165,13 +165,42 @@ def _new_session(db, owner: str, ws_id: str, name: str, spec: dict[str, Any], no
     return session
 
 
-def start(store: Store, ws: dict[str, Any], actor: str, now: float | None = None, port_range: str | None = None) -> dict[str, Any]:
-    """Run a new session unless one is queued or running (idempotent).
+STOP_WAIT = 60.0  # seconds a start waits for a stopping session to end (the controller stops it within seconds)
+
+
+def stopping(store: Store, ws: dict[str, Any]) -> bool:
+    """Whether the workspace's session is being stopped: its cancel is requested and it has not ended yet."""
+    session = ws.get("session") and jobs.get(store, ws["session"])
+    return bool(session and session["state"] not in TERMINAL_NAMES and session["cancel_requested_by"])
+
+
+def wait_stopped(store: Store, ws: dict[str, Any], timeout: float = STOP_WAIT,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """The workspace once a stop in progress has ended (at once when none is); WorkspaceError 409
+    'stopping' if it has not ended within timeout seconds. `mlpd ws stop lab && mlpd ws start lab`
+    and a start pressed right after a stop need this: a start that found the session still running
+    would keep it, and it would then end as stopped."""
+    deadline = clock() + timeout
+    while True:
+        fresh = by_id(store, ws["id"]) or ws
+        if not stopping(store, fresh):
+            return fresh
+        if clock() >= deadline:
+            raise WorkspaceError(409, "stopping", f"workspace {ws['name']} is still stopping after {timeout:.0f} s; "
+                                                  f"start it again in a moment ('mlpd ws start {ws['name']}')")
+        sleep(0.2)
+
+
+def start(store: Store, ws: dict[str, Any], actor: str, now: float | None = None, port_range: str | None = None,
+          stop_wait: float = STOP_WAIT) -> dict[str, Any]:
+    """Run a new session unless one is queued or running (idempotent); a session being stopped is
+    waited for first (up to stop_wait seconds, see wait_stopped), and then a new one starts.
 
     Every session has a Jupyter token of its own, and (given port_range) loopback ports of its own:
     while a workspace is stopped another local account may bind its old port, and whoever answers
     there would receive the owner's token from their own bookmark; a token that changes with each
     session is worth nothing to them."""
+    ws = wait_stopped(store, ws, stop_wait)
     now = now or time.time()
     ports = None
     if port_range:

@@ -145,7 +145,7 @@ def stop_workspace(name: str):
 @route("/workspaces/<name>/start", methods=("POST",), summary="Start a stopped workspace (same home; a new Jupyter token and loopback ports)", body=START_BODY)
 def start_workspace(name: str):
     data = json_body()
-    ws = _get(name)
+    ws = workspaces.wait_stopped(store(), _get(name))  # a stop in progress ends first: its GPUs are free again for the quota check
     check_disk()
     quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"])
     before = ws["session"]

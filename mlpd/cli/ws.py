@@ -115,7 +115,7 @@ def create(name, gpus, gpu_model, image, requirements_file, cpus, memory, wait, 
 def start(name, wait, as_json):
     """Start a stopped workspace again (same home; a new Jupyter token and loopback ports: see `mlpd ws tunnel`)."""
     client = _client()
-    client.post(f"/workspaces/{name}/start", {"wait": wait})
+    client.post(f"/workspaces/{name}/start", {"wait": wait}, timeout=START_TIMEOUT)  # the daemon first waits for a stop in progress
     w = _wait_running(client, name)
     if as_json:
         emit_json({"workspace": w})
@@ -123,16 +123,41 @@ def start(name, wait, as_json):
     click.echo(f"workspace {name}: {w['state']}; {w['url']}")
 
 
+START_TIMEOUT = 90  # seconds: a start waits on the daemon for a stop in progress (mlpd.workspaces.STOP_WAIT) before it starts
+STOP_TIMEOUT = 120.0  # seconds: the server gets SIGTERM and is killed after a few seconds
+
+
+def _stop_and_wait(client, name: str) -> dict:
+    """Stop the workspace and wait until it has stopped; its view."""
+    w = client.post(f"/workspaces/{name}/stop")["workspace"]
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while w["state"] != "stopped":
+        if time.monotonic() >= deadline:
+            raise click.ClickException(f"workspace {name} is still stopping after {STOP_TIMEOUT:.0f} s; see 'mlpd ws show {name}'")
+        time.sleep(0.2)
+        w = client.get(f"/workspaces/{name}")["workspace"]
+    return w
+
+
 @ws.command("stop")
 @click.argument("name")
+@click.option("--no-wait", is_flag=True, help="Return at once, while the server is still being stopped.")
 @json_option
-def stop(name, as_json):
-    """Stop a workspace: its GPUs are freed; its home and settings stay (the next start gets a new token and ports)."""
-    data = _client().post(f"/workspaces/{name}/stop")
+def stop(name, no_wait, as_json):
+    """Stop a workspace and return once it has stopped: its GPUs are freed; its home and settings stay
+    (the next start gets a new token and ports)."""
+    client = _client()
+    if no_wait:
+        w = client.post(f"/workspaces/{name}/stop")["workspace"]
+    else:
+        w = _stop_and_wait(client, name)
     if as_json:
-        emit_json(data)
+        emit_json({"workspace": w})
         return
-    click.echo(f"workspace {name}: stopping (start it again with 'mlpd ws start {name}')")
+    if w["state"] == "stopped":
+        click.echo(f"workspace {name}: stopped (start it again with 'mlpd ws start {name}')")
+    else:
+        click.echo(f"workspace {name}: stopping (a start now waits for the stop, then starts it again)")
 
 
 @ws.command("rm")
@@ -140,7 +165,9 @@ def stop(name, as_json):
 @json_option
 def rm(name, as_json):
     """Remove a workspace (stopped first). Your home, shared by all your workspaces, stays."""
-    data = _client().delete(f"/workspaces/{name}")
+    client = _client()
+    _stop_and_wait(client, name)  # so that 'mlpd ws rm lab && mlpd ws create lab --gpus 1' finds its GPUs free
+    data = client.delete(f"/workspaces/{name}")
     if as_json:
         emit_json(data)
         return

@@ -128,6 +128,8 @@ def test_a_home_survives_stop_start_and_recreate_and_the_server_needs_its_token(
     import socket as _socket
 
     squatter = _socket.socket()
+    # as servers do: without it the bind fails while a connection the stopped server closed is in TIME_WAIT
+    squatter.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
     squatter.bind(("127.0.0.1", w["port"]))
     squatter.listen()
     try:
@@ -170,6 +172,31 @@ def sshd(tmp_path):
     yield port, tmp_path / "user_key"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def test_ws_stop_and_start_as_the_readme_chains_them_restart_it_every_time(wsd):
+    name, token = member(wsd)
+    w = create(wsd, token, "again", gpus=1)
+    stop = wsd.cli("ws", "stop", "again", token=token)
+    assert stop.returncode == 0 and "workspace again: stopped" in stop.stdout, stop.stderr
+    shown = wsd.api("GET", "/api/v1/workspaces/again", token).json()["workspace"]
+    assert shown["state"] == "stopped" and shown["gpus"]["indices"] == []  # stopped when stop returned, its GPU free
+    start = wsd.cli("ws", "start", "again", token=token)
+    assert start.returncode == 0 and "workspace again: running" in start.stdout, start.stderr
+    # Without waiting for the stop, a start right after it waits for the stop on the daemon, then starts.
+    before = wsd.api("GET", "/api/v1/workspaces/again", token).json()["workspace"]
+    assert before["session"] != w["session"]
+    quick = wsd.cli("ws", "stop", "--no-wait", "again", token=token)
+    assert quick.returncode == 0 and "stopping" in quick.stdout, quick.stderr
+    again = wsd.api("POST", "/api/v1/workspaces/again/start", token, json={})
+    assert again.status_code == 200, again.text
+    w3 = ready(wsd, token, "again")
+    assert w3["session"] != before["session"] and w3["gpus"]["indices"]
+    stopped_one = wsd.api("GET", f"/api/v1/jobs/{before['session']}", token).json()["job"]
+    assert stopped_one["state"] == "cancelled" and stopped_one["reason"] == f"stopped by {name}"
+    assert wsd.cli("ws", "stop", "again", token=token).returncode == 0
+    assert wsd.cli("ws", "stop", "again", token=token).returncode == 0  # stopping a stopped one is a no-op
+    wsd.api("DELETE", "/api/v1/workspaces/again", token)
 
 
 def test_ws_tunnel_run_forwards_a_local_port_to_jupyterlab_through_a_real_sshd(wsd, sshd):

@@ -86,3 +86,41 @@ def test_a_port_something_else_took_is_replaced_at_launch_and_the_replacement_re
     assert moved["port"] != port and 41000 <= moved["port"] <= 41999 and moved["ssh_port"] == ssh_port
     assert workspaces.by_id(store, ws["id"])["port"] == moved["port"]
     assert store.query("SELECT action FROM events WHERE action = 'workspace.port_replaced'")
+
+
+def test_a_start_during_a_stop_waits_for_the_stop_then_starts_a_new_session(tmp_path):
+    """Issue 23: `mlpd ws stop lab && mlpd ws start lab` — a start that found the stopping session would keep it, and it ended as stopped."""
+    from mlpd import jobs
+    from mlpd.config import load_config
+    from mlpd.jobs import JobState
+    from mlpd.store import Store
+
+    cfg = load_config(None, {"server.state_dir": str(tmp_path), "workspaces.port_range": "42000-42999"})
+    store = Store(cfg.db_path)
+    store.migrate()
+    ws = workspaces.create(store, "alice", "lab", {"gpus": 0, "image": "img"}, 42001, 42002)
+    first = ws["session"]
+    jobs.transition(store, first, JobState.STARTING, actor="mlpd")
+    jobs.transition(store, first, JobState.RUNNING, actor="mlpd", started_at=1.0)
+    assert not workspaces.stopping(store, ws)
+    assert workspaces.start(store, ws, "alice")["session"] == first  # running and not stopping: nothing to do
+    workspaces.stop(store, ws, "alice", "stopped by alice")
+    assert workspaces.stopping(store, workspaces.by_id(store, ws["id"]))
+
+    def controller_stops_it(seconds):  # the controller ends the session while the start waits
+        jobs.transition(store, first, JobState.CANCELLED, actor="mlpd", reason="stopped by alice", ended_at=2.0)
+
+    started = workspaces.start(store, workspaces.wait_stopped(store, ws, sleep=controller_stops_it), "alice", port_range="42000-42999")
+    assert started["session"] != first and jobs.get(store, started["session"])["state"] == "queued"
+    assert jobs.get(store, first)["state"] == "cancelled"
+    # a stop that does not end in time is a clear 409, not a start that ends as stopped
+    workspaces.stop(store, started, "alice", "stopped by alice")
+    second = workspaces.by_id(store, ws["id"])
+    assert not workspaces.stopping(store, second)  # a queued session is cancelled at once: nothing to wait for
+    again = workspaces.start(store, second, "alice")
+    jobs.transition(store, again["session"], JobState.STARTING, actor="mlpd")
+    workspaces.stop(store, again, "alice", "stopped by alice")
+    clock = iter([0.0, 0.0, 100.0, 100.0])
+    with pytest.raises(WorkspaceError) as exc:
+        workspaces.wait_stopped(store, again, timeout=60, clock=lambda: next(clock), sleep=lambda s: None)
+    assert exc.value.code == "stopping" and exc.value.status == 409 and "still stopping" in exc.value.message

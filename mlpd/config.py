@@ -235,7 +235,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workspaces.idle_timeout", str, "4h", "A workspace with no activity (kernels, terminals, the server, busy GPUs) this long is stopped and its GPUs freed; admins may allow a user longer.", _duration_nonempty),
     Setting("workspaces.cull_interval", (int, float), 60.0, "Seconds between idle checks of running workspaces (1 to 3600).", _between(1, 3600)),
     Setting("workspaces.port_range", str, "20000-29999", "Loopback ports workspaces' JupyterLab servers are published on ('LOW-HIGH').", _port_range),
-    Setting("server.ssh_host", str, "", "The SSH host name users reach this machine by (for 'mlpd ws tunnel'); '' = this machine's fully qualified name."),
+    Setting("server.ssh_host", str, "", "The SSH host name users reach this machine by (for 'mlpd ws tunnel'); '' = the host name each client reaches the daemon by."),
     Setting("images.base", str, "mlpd/base:bookworm", "Base of mlpd's images: mlpd/base:* is built locally with debootstrap; any other name is pulled."),
     Setting("images.extra", list, [], "Optional images 'mlpd images build' also builds (and 'mlpd doctor' checks): \"pytorch\" (mlpd/pytorch:latest, several GB).", _optional_images),
     Setting("images.pytorch_base", str, "auto", "Base of mlpd/pytorch: 'auto' (a pinned CUDA base from a registry on a host with the NVIDIA runtime, else the training image), 'local' (always the training image), or an image name to pull.", _image_name),

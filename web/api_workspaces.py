@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import time
+from urllib.parse import urlsplit
 
 from flask import g, jsonify, request
 
@@ -175,7 +175,9 @@ def workspace_logs(name: str):
 @route("/workspaces/<name>/tunnel", summary="How to reach a workspace through SSH: host, loopback port, token")
 def workspace_tunnel(name: str):
     ws = _get(name)
-    host = config()["server.ssh_host"] or socket.getfqdn()
+    # the name the client reached the daemon by (the host of its MLPD_URL) unless an admin set one: this
+    # machine's own name (getfqdn) is often 'localhost' or one that only resolves here
+    host = config()["server.ssh_host"] or urlsplit(request.host_url).hostname
     return jsonify({"tunnel": {"workspace": ws["name"], "ssh_host": host, "remote_host": "127.0.0.1", "remote_port": ws["port"],
                                "ssh_port": ws["ssh_port"], "token": ws["token"], "path": f"/lab?token={ws['token']}", "state": view(ws)["state"]}})
 

@@ -209,11 +209,29 @@ def logs(name, follow, raw):
 
 
 def _reach(name: str, ssh_user: str | None, ssh_host: str | None) -> tuple[dict, str, str]:
-    """The workspace's tunnel facts from the daemon, your login and the host to SSH to (a note when it is not running)."""
+    """The workspace's tunnel facts from the daemon, your login and the host to SSH to (a note when it is not running).
+
+    The host is --ssh-host, else the daemon's answer: server.ssh_host where an admin set it, else
+    the name this client reached the daemon by (the host of MLPD_URL or the stored login)."""
     t = _client().get(f"/workspaces/{name}/tunnel")["tunnel"]
     if t["state"] != "running":
         click.echo(f"note: workspace {name} is {t['state']}; start it with 'mlpd ws start {name}'", err=True)
     return t, ssh_user or os.environ.get("USER") or getpass.getuser(), ssh_host or t["ssh_host"]
+
+
+def on_the_daemons_host() -> bool:
+    """Whether this client reaches the daemon on a loopback address: then it runs on this machine,
+    and so do the workspaces, whose ports are bound to 127.0.0.1 here (no tunnel is needed)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(_client().url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def free_local_port() -> int:
@@ -222,20 +240,40 @@ def free_local_port() -> int:
         return s.getsockname()[1]
 
 
+def local_port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 @ws.command("tunnel")
 @click.argument("name")
 @click.option("--run", "run_it", is_flag=True, help="Run the SSH tunnel now (until Ctrl-C) on a free local port.")
-@click.option("--local-port", type=int, help="Local port (default: the workspace's port when printing, a free one with --run).")
+@click.option("--local-port", type=int, help="Local port (default: the workspace's port when printing, if free here; a free one with --run).")
 @click.option("--ssh-user", default=None, help="Your login on the host (default: $USER).")
-@click.option("--ssh-host", default=None, help="The host to SSH to (default: the daemon's server.ssh_host).")
+@click.option("--ssh-host", default=None, help="The host to SSH to (default: the daemon's server.ssh_host, else the host you reach the daemon by).")
 @click.option("--ssh-port", type=int, help="SSH port on the host.")
 @click.option("-i", "--identity", type=click.Path(dir_okay=False), help="SSH private key.")
 @click.option("-o", "ssh_options", multiple=True, help="Extra ssh -o OPTION (repeatable).")
 @json_option
 def tunnel(name, run_it, local_port, ssh_user, ssh_host, ssh_port, identity, ssh_options, as_json):
-    """Reach a workspace through SSH: prints the ssh command and the URL (with its token); --run runs it."""
+    """Reach a workspace through SSH: prints the ssh command and the URL (with its token); --run runs it.
+
+    On the daemon's own host (you reach the daemon on a loopback address) no tunnel is needed: it
+    prints the workspace's URL (give --ssh-host to tunnel anyway, e.g. through a forwarded daemon port)."""
     t, user, host = _reach(name, ssh_user, ssh_host)
-    local = local_port or (free_local_port() if run_it else t["remote_port"])
+    if not ssh_host and on_the_daemons_host():
+        url = f"http://127.0.0.1:{t['remote_port']}{t['path']}"
+        if as_json:
+            emit_json({"tunnel": dict(t, command=None, local_port=t["remote_port"], url=url, needed=False)})
+            return
+        click.echo(f"workspace {name} runs on this machine: no tunnel is needed", err=True)
+        click.echo(f"open: {url}")
+        return
+    local = local_port or (t["remote_port"] if not run_it and local_port_free(t["remote_port"]) else free_local_port())
     argv = ["ssh", "-N", "-L", f"{local}:{t['remote_host']}:{t['remote_port']}"]
     if ssh_port:
         argv += ["-p", str(ssh_port)]
@@ -246,21 +284,48 @@ def tunnel(name, run_it, local_port, ssh_user, ssh_host, ssh_port, identity, ssh
     argv += ["-o", "ExitOnForwardFailure=yes", f"{user}@{host}"]
     url = f"http://127.0.0.1:{local}{t['path']}"
     if as_json and not run_it:
-        emit_json({"tunnel": dict(t, command=argv, local_port=local, url=url)})
+        emit_json({"tunnel": dict(t, command=argv, local_port=local, url=url, needed=True)})
         return
     click.echo(("running: " if run_it else "") + " ".join(shlex.quote(a) for a in argv), err=run_it)
     click.echo(f"then open: {url}" if not run_it else f"open: {url}  (Ctrl-C ends the tunnel)", err=run_it)
     if not run_it:
         return
     if as_json:
-        emit_json({"tunnel": dict(t, command=argv, local_port=local, url=url)})
+        emit_json({"tunnel": dict(t, command=argv, local_port=local, url=url, needed=True)})
     sys.stdout.flush()
+    sys.exit(run_forwarding_signals(argv))
+
+
+def run_forwarding_signals(argv: list[str], grace: float = 5.0) -> int:
+    """Run argv until it exits; SIGINT, SIGTERM and SIGHUP to this process are passed on to it (and
+    it is killed if it has not exited grace seconds later), so that ending `mlpd ws tunnel --run`
+    ends its ssh too. 0 when it ended because of such a signal, else its own exit status."""
+    import signal
+
     proc = subprocess.Popen(argv)
+    asked: list[int] = []
+
+    def forward(signum, _frame):
+        asked.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    deadline = None
     try:
-        sys.exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=5)
+        while True:
+            try:
+                code = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if asked:
+                    deadline = deadline or time.monotonic() + grace
+                    if time.monotonic() >= deadline:
+                        proc.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if asked else code
 
 
 @ws.command("ssh-config")

@@ -205,27 +205,104 @@ def test_ws_tunnel_run_forwards_a_local_port_to_jupyterlab_through_a_real_sshd(w
     name, token = member(wsd)
     w = create(wsd, token, "tun")
     port, key = sshd
-    printed = wsd.cli("ws", "tunnel", "tun", token=token)
+    # On the daemon's own host (MLPD_URL on loopback) no tunnel is needed: the URL works as it is.
+    here = wsd.cli("ws", "tunnel", "tun", token=token)
+    assert here.returncode == 0, here.stderr
+    assert "no tunnel is needed" in here.stderr and "ssh" not in here.stdout
+    assert here.stdout.strip() == f"open: http://127.0.0.1:{w['port']}/lab?token={w['token']}"
+    # Told to tunnel anyway, it never offers the workspace's own port, which is taken on this host.
+    printed = wsd.cli("ws", "tunnel", "tun", "--ssh-host", "127.0.0.1", token=token)
     assert printed.returncode == 0, printed.stderr
-    assert f"ssh -N -L {w['port']}:127.0.0.1:{w['port']} " in printed.stdout and f"/lab?token={w['token']}" in printed.stdout
-    local = free_port()
-    proc = subprocess.Popen([BIN, "ws", "tunnel", "tun", "--run", "--local-port", str(local), "--ssh-host", "127.0.0.1",
-                             "--ssh-port", str(port), "--ssh-user", getpass.getuser(), "-i", str(key), "-o", "StrictHostKeyChecking=no",
-                             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"],
-                            env=wsd.env(token), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def through():
-            try:
-                return requests.get(f"http://127.0.0.1:{local}/api/status", headers={"Authorization": f"token {w['token']}"}, timeout=3).ok
-            except requests.RequestException:
-                assert proc.poll() is None, proc.stderr.read()
-                return False
-        wait_for(through, 30, 0.3, "JupyterLab through the tunnel")
-        assert requests.get(f"http://127.0.0.1:{local}/api/kernels", timeout=5).status_code == 403  # the tunnel is no way around the token
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
+    shown_local = int(printed.stdout.split("ssh -N -L ", 1)[1].split(":", 1)[0])
+    assert shown_local != w["port"] and f":127.0.0.1:{w['port']} " in printed.stdout and f"/lab?token={w['token']}" in printed.stdout
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        local = free_port()
+        proc = subprocess.Popen([BIN, "ws", "tunnel", "tun", "--run", "--local-port", str(local), "--ssh-host", "127.0.0.1",
+                                 "--ssh-port", str(port), "--ssh-user", getpass.getuser(), "-i", str(key), "-o", "StrictHostKeyChecking=no",
+                                 "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"],
+                                env=wsd.env(token), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            def through():
+                try:
+                    return requests.get(f"http://127.0.0.1:{local}/api/status", headers={"Authorization": f"token {w['token']}"}, timeout=3).ok
+                except requests.RequestException:
+                    assert proc.poll() is None, proc.stderr.read()
+                    return False
+            wait_for(through, 30, 0.3, "JupyterLab through the tunnel")
+            assert requests.get(f"http://127.0.0.1:{local}/api/kernels", timeout=5).status_code == 403  # the tunnel is no way around the token
+            ssh = children(proc.pid)
+            assert ssh, "no ssh child"
+        finally:
+            proc.send_signal(sig)
+            proc.wait(timeout=10)
+        assert proc.returncode == 0, (sig, proc.returncode, proc.stderr.read())
+        wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read() for pid in ssh),
+                 10, 0.1, f"ssh to end with mlpd ws tunnel --run ({sig!r})")
     wsd.api("DELETE", "/api/v1/workspaces/tun", token)
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is pid (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def test_ws_tunnel_names_the_host_the_client_reached_the_daemon_by(wsd):
+    """Not this machine's own name (getfqdn: often 'localhost'), but the host of MLPD_URL, unless server.ssh_host is set."""
+    import socket as _socket
+    import threading
+
+    name, token = member(wsd)
+    w = create(wsd, token, "far")
+    addr = next((a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+                 if "." in a and not a.startswith("127.")), None)
+    if addr is None:
+        pytest.skip("this host has no non-loopback IPv4 address")
+    # the daemon listens on loopback: a small forwarder stands in for reaching it from another machine
+    listener = _socket.create_server((addr, 0))
+    fwd_port = listener.getsockname()[1]
+
+    def pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(_socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            up = _socket.create_connection(("127.0.0.1", wsd.port))
+            threading.Thread(target=pipe, args=(conn, up), daemon=True).start()
+            threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        env = dict(wsd.env(token), MLPD_URL=f"http://{addr}:{fwd_port}")
+        out = subprocess.run([BIN, "ws", "tunnel", "far", "--ssh-user", "nina"], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert f":127.0.0.1:{w['port']} " in out.stdout and out.stdout.split("\n")[0].endswith(f" nina@{addr}"), out.stdout
+        assert "localhost" not in out.stdout
+    finally:
+        listener.close()
+    wsd.api("DELETE", "/api/v1/workspaces/far", token)
 
 
 def test_members_cannot_reach_each_others_workspaces_and_homes(wsd):

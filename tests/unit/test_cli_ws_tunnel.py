@@ -1,0 +1,40 @@
+"""`mlpd ws tunnel --run` ends its ssh when it is ended itself (SIGINT, SIGTERM, SIGHUP)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_tunnel_is_passed_on_to_its_child_which_ends_with_it(tmp_path, sig):
+    pidfile = tmp_path / "child"
+    code = ("import sys; from mlpd.cli.ws import run_forwarding_signals; "
+            f"sys.exit(run_forwarding_signals(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 60']))")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    proc.send_signal(sig)
+    assert proc.wait(timeout=10) == 0
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{child}") and "zombie" not in open(f"/proc/{child}/status").read():
+        assert time.monotonic() < deadline, "the child outlived the tunnel"
+        time.sleep(0.05)
+
+
+def test_a_child_that_ignores_the_signal_is_killed_after_the_grace_period(tmp_path):
+    code = ("import sys; from mlpd.cli.ws import run_forwarding_signals; "
+            "sys.exit(run_forwarding_signals(['sh', '-c', 'trap \"\" TERM; sleep 20 & wait'], grace=0.5))")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    time.sleep(1.0)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0 and time.monotonic() - started < 5

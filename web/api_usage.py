@@ -117,7 +117,12 @@ def usage():
 @route("/quota", summary="Your quotas, usage this period and when it resets (admins: ?user=)")
 def my_quota():
     user = request.args.get("user") if g.user.is_admin and request.args.get("user") else g.user.name
-    return jsonify({"user": user, "over_quota": config()["quotas.over_quota"], "quotas": quotas.status(store(), config(), user)})
+    cfg, now = config(), time.time()
+    start, reset = quotas.period_bounds(now, cfg["quotas.period"])
+    # the user's own usage this period, quota or not (a quota's row counts its team's members too)
+    usage = {"period": cfg["quotas.period"], "period_start": start, "resets_at": reset,
+             "gpu_hours_used": round(quotas.gpu_hours_used(store(), [user], start, now), 4), "gpus_held": quotas.held_gpus(store(), [user])}
+    return jsonify({"user": user, "over_quota": cfg["quotas.over_quota"], "quotas": quotas.status(store(), cfg, user, now), "usage": usage})
 
 
 @route("/fair-share", summary="Each user's standing in fair share: decayed usage and its factor, mean slowdown and its factor, queued GPU jobs, the score they add (members: themselves)")

@@ -38,6 +38,11 @@ def usage(user, team, since, until, by, as_json, as_csv):
           [by, "gpu-hours", "busy", "cost", "allocations"])
 
 
+def gpu_hours_text(hours: float) -> str:
+    """GPU-hours for people: two decimals, and a short job's few seconds not shown as 0.00."""
+    return f"{hours:.2f}" if hours >= 0.01 or hours == 0 else f"{hours:.2g}"
+
+
 @click.command()
 @click.option("--user", help="Another user's quota (admins).")
 @json_option
@@ -47,12 +52,17 @@ def quota(user, as_json):
     if as_json:
         emit_json(result)
         return
-    if not result["quotas"]:
+    if result["quotas"]:
+        table([(q["subject"], f"{q['gpu_hours_used']:.2f} / {q['gpu_hours_limit']:g}" if q["gpu_hours_limit"] else f"{q['gpu_hours_used']:.2f} / -",
+                f"{q['gpus_held']} / {q['max_gpus']}" if q["max_gpus"] else f"{q['gpus_held']} / -", q["period"], when(q["resets_at"]))
+               for q in result["quotas"]],
+              ["quota of", "gpu-hours used/limit", "gpus held/max", "period", "resets"])
+    else:
         click.echo(f"{result['user']}: no quota")
-        return
-    table([(q["subject"], f"{q['gpu_hours_used']:.2f} / {q['gpu_hours_limit']:g}" if q["gpu_hours_limit"] else f"{q['gpu_hours_used']:.2f} / -",
-            f"{q['gpus_held']} / {q['max_gpus']}" if q["max_gpus"] else f"{q['gpus_held']} / -", q["period"], when(q["resets_at"])) for q in result["quotas"]],
-          ["quota of", "gpu-hours used/limit", "gpus held/max", "period", "resets"])
+    u = result.get("usage")
+    if u and not result["quotas"]:
+        click.echo(f"GPU-hours used this {u['period']}: {gpu_hours_text(u['gpu_hours_used'])} (since {when(u['period_start'])}); "
+                   f"GPUs held now: {u['gpus_held']}; the period resets {when(u['resets_at'])}")
 
 
 @click.group("quota")

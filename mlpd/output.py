@@ -30,3 +30,19 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
     if not rows:
         click.echo("(none)")
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """A count with its noun as people write it: "1 file", "2 files", "0 errors" (words: an irregular plural)."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
+
+
+def duration(seconds: float | None) -> str:
+    """A duration for people: "-" for none, "under a second" rather than "0.0072s", else whole units ("1h30m", "45s")."""
+    if seconds is None:
+        return "-"
+    if 0 < abs(seconds) < 1:
+        return "under a second"
+    from mlpd.jobspec import format_duration
+
+    return format_duration(round(seconds))

@@ -60,7 +60,14 @@ def _parse_expiry(expires: str | None) -> float | None:
     "ws-idle-timeout": "mlpd.cli.ws:admin_idle_timeout",
 })
 def admin() -> None:
-    """Administration: users and tokens (admins only)."""
+    """Administration (admins only): user, token, team, quota, priority-class, gpus, ws-idle-timeout, backup, restore.
+
+    \b
+    mlpd admin user add NAME            a user (and their first token)
+    mlpd admin quota set --user U ...   GPU-hours per period, most GPUs at once
+    mlpd admin gpus drain GPU           running work finishes, nothing new is placed
+    mlpd admin backup DIR               an online snapshot (on the host)
+    """
 
 
 @admin.group()
@@ -240,7 +247,7 @@ def token_revoke(token_id: str, state_dir: str | None) -> None:
 
 @admin.group()
 def gpus() -> None:
-    """GPUs: drain one (running work finishes, nothing new is placed on it) or undrain it."""
+    """GPUs: declare test GPUs on a host without NVIDIA GPUs; drain one (running work finishes, nothing new is placed on it) or undrain it."""
 
 
 @gpus.command("declare")

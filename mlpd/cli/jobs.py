@@ -11,7 +11,7 @@ import click
 
 from mlpd.cli.common import _client, json_option
 from mlpd.cli.job_end import EXIT_STATUS_TABLE
-from mlpd.output import emit_json, table, when
+from mlpd.output import emit_json, plural, table, when
 
 
 def upload_code(client, directory: str) -> str:
@@ -40,7 +40,7 @@ def upload_code(client, directory: str) -> str:
     try:
         try:
             client.get(f"/code/{packed.digest}")
-            click.echo(f"code: {packed.files} files, {packed.size} bytes (already on the daemon)", err=True)
+            click.echo(f"code: {plural(packed.files, 'file')}, {plural(packed.size, 'byte')} (already on the daemon)", err=True)
             return packed.digest
         except ClientError as exc:
             if exc.status != 404:
@@ -55,7 +55,7 @@ def upload_code(client, directory: str) -> str:
                     client.request("PUT", f"/code/{packed.digest}", data=chunks(), headers={"Content-Type": "application/gzip"}, timeout=600)
             else:
                 client.request("PUT", f"/code/{packed.digest}", data=fh, headers={"Content-Type": "application/gzip", "Content-Length": str(packed.size)}, timeout=600)
-        click.echo(f"code: {packed.files} files, {packed.size} bytes uploaded", err=True)
+        click.echo(f"code: {plural(packed.files, 'file')}, {plural(packed.size, 'byte')} uploaded", err=True)
         return packed.digest
     finally:
         os.unlink(packed.path)
@@ -258,7 +258,7 @@ def _gpus_text(job: dict) -> str:
 @json_option
 @click.pass_context
 def jobs(ctx, all_users, states, limit, as_json):
-    """List your jobs (newest first); 'mlpd jobs show ID' for one."""
+    """List your jobs (newest first); 'mlpd jobs show ID' for one, 'jobs outputs ID' for its /outputs, 'jobs rerun ID' to run it again."""
     if ctx.invoked_subcommand:
         return
     params: dict[str, Any] = {"state": ",".join(states), "limit": limit} if states else {"limit": limit}
@@ -361,7 +361,7 @@ def jobs_outputs(job_id, dest):
         files = extract_archive(tmp.name, dest)
     finally:
         os.unlink(tmp.name)
-    click.echo(f"{files} files in {dest}/")
+    click.echo(f"{plural(files, 'file')} in {dest}/")
 
 
 @jobs.command("rerun")

@@ -67,7 +67,7 @@ def quota(user, as_json):
 
 @click.group("quota")
 def admin_quota():
-    """Quotas per user and per team."""
+    """Quotas per user and per team: set one, list them (and the defaults)."""
 
 
 @admin_quota.command("set")
@@ -104,7 +104,7 @@ def quota_list(as_json):
 
 @click.group("team")
 def admin_team():
-    """Teams: usage rolls up by team, and teams can have quotas."""
+    """Teams: add, rm, list, and their member add|rm; usage rolls up by team, and teams can have quotas."""
 
 
 @admin_team.command("add")
@@ -136,7 +136,7 @@ def team_list(as_json):
 
 @admin_team.group("member")
 def team_member():
-    """Team membership."""
+    """Team membership: add or rm a member."""
 
 
 @team_member.command("add")

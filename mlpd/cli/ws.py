@@ -13,15 +13,11 @@ import time
 import click
 
 from mlpd.cli.common import _client, json_option
-from mlpd.output import emit_json, table, when
+from mlpd.output import duration, emit_json, table, when
 
 
 def _duration(seconds) -> str:
-    if seconds is None:
-        return "-"
-    from mlpd.jobspec import format_duration
-
-    return format_duration(seconds)
+    return duration(seconds)
 
 
 def _print_list(items: list[dict], owners: bool = False) -> None:
@@ -46,6 +42,8 @@ def ws(ctx, all_users, as_json):
     mlpd ws                          list: state, GPUs, idle time, time until culling, URL
     mlpd ws tunnel lab --run         forward it to this machine over SSH and print the URL
     mlpd ws stop|start|rm lab        stop (home kept), start again, remove
+    mlpd ws show|logs lab            its state and history; its JupyterLab output
+    mlpd ws ssh-config lab           a ~/.ssh/config entry for VS Code or PyCharm
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -351,7 +349,7 @@ def ssh_config(name, ssh_user, ssh_host, ssh_port, identity):
 @json_option
 @click.pass_context
 def keys(ctx, as_json):
-    """Your SSH public keys, for SSH into your workspaces ('mlpd ws ssh-config')."""
+    """Your SSH public keys, for SSH into your workspaces ('mlpd ws ssh-config'): add one, rm one, or list them."""
     if ctx.invoked_subcommand is not None:
         return
     data = _client().get("/keys")

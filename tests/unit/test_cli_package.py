@@ -105,3 +105,27 @@ def test_shell_completion_offers_every_command_also_the_lazy_ones():
     assert complete("mlpd ", 1) == sorted(COMMANDS)
     assert {"quota", "team", "ws-idle-timeout", "user", "token"} <= set(complete("mlpd admin ", 2))
     assert complete("mlpd run --no-c", 2) == ["--no-code"]
+
+
+# mlpd/cli/serving.py is edited on another branch (issue 23); remove this once its group's help names them.
+HELP_GAPS = {("deployments",): {"key", "logs", "promote", "rm", "rollback", "show", "update"}}
+
+
+def test_every_groups_help_names_each_of_its_commands():
+    """`mlpd admin --help` said "users and tokens" and `admin gpus --help` "drain or undrain": a group's
+    own text names every command in it (the root's is a start-here list; its Commands section lists all)."""
+    import re
+
+    missing = {}
+
+    def walk(group: click.Group, path: tuple[str, ...]) -> None:
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            if path and not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", group.help or ""):
+                missing.setdefault(path, set()).add(name)
+            if isinstance(command, click.Group):
+                walk(command, path + (name,))
+
+    walk(main, ())
+    assert missing == HELP_GAPS

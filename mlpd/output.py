@@ -38,11 +38,12 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """A duration for people: "-" for none, "under a second" rather than "0.0072s", else whole units ("1h30m", "45s")."""
+    """A duration for people: "-" for none, "<1s" rather than "0.0072s", else whole units ("1h30m", "45s");
+    one word, so that a table's columns stay columns."""
     if seconds is None:
         return "-"
     if 0 < abs(seconds) < 1:
-        return "under a second"
+        return "<1s"
     from mlpd.jobspec import format_duration
 
     return format_duration(round(seconds))

@@ -12,5 +12,5 @@ def test_a_count_takes_the_singular_only_for_one():
 
 def test_durations_are_whole_units_never_fractions_of_a_second():
     assert duration(None) == "-"
-    assert duration(0.0072) == "under a second"
+    assert duration(0.0072) == "<1s"
     assert duration(0) == "0s" and duration(45.4) == "45s" and duration(5400) == "1h30m"

@@ -24,6 +24,7 @@ EXIT_TIMED_OUT = 73
 EXIT_LOST = 74  # its container vanished
 EXIT_PREEMPTED = 75  # preempted and waiting in the queue for its next attempt when mlpd stopped waiting (EX_TEMPFAIL)
 EXIT_NOT_ENDED = 76  # still queued, starting or running when `mlpd wait --timeout` ran out
+EXIT_INTERRUPTED = 130  # Ctrl-C stopped the following (not the job), as shells report an interrupted command
 
 # The table the README and `mlpd wait --help` give; a unit test keeps both in step with the constants.
 EXIT_STATUS_TABLE = (
@@ -36,6 +37,7 @@ EXIT_STATUS_TABLE = (
     (str(EXIT_LOST), "the job was lost (its container vanished)"),
     (str(EXIT_PREEMPTED), "mlpd wait --timeout: the job was preempted and waits for its next attempt"),
     (str(EXIT_NOT_ENDED), "mlpd wait --timeout: the job is still queued or running"),
+    (str(EXIT_INTERRUPTED), "Ctrl-C stopped the waiting or following; the job goes on"),
 )
 
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
@@ -57,7 +59,7 @@ class Outcome:
 
 def outcome(job: dict) -> Outcome:
     """The exit status and the stderr line for a job as the API shows it (any state)."""
-    state, reason, code = job["state"], (job.get("reason") or "").strip(), job.get("exit_code")
+    state, reason, code = job["state"], " ".join((job.get("reason") or "").split()), job.get("exit_code")  # one line, whatever pip wrote
 
     def said(what: str, detail: str = reason) -> str:
         return f"mlpd: job {job['id']} {what}" + (f": {detail}" if detail else "")

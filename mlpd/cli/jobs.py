@@ -152,10 +152,16 @@ def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, p
 
 def follow_to_end(client, job_id: str, **options) -> None:
     """Stream a job's output until it ends, then say how it ended and exit with its status (mlpd.cli.job_end)."""
-    from mlpd.cli.job_end import finish
+    from mlpd.cli.job_end import EXIT_INTERRUPTED, finish
 
-    stream_logs(client, job_id, True, **options)
-    finish(client, job_id)
+    try:
+        stream_logs(client, job_id, True, **options)
+        finish(client, job_id)
+    except KeyboardInterrupt:
+        # Ctrl-C ends the following, not the job: say so, and how to pick it up again
+        click.echo(f"\nmlpd: stopped following job {job_id}; it goes on ('mlpd logs -f {job_id}', 'mlpd wait {job_id}', "
+                   f"'mlpd cancel {job_id}')", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
 
 
 NOTEBOOK_IMAGE = "mlpd/workspace:latest"  # workspaces.image's default: the same Python as workspaces, with papermill
@@ -487,7 +493,7 @@ def wait(job_ids, timeout, as_json):
     """
     import time
 
-    from mlpd.cli.job_end import TERMINAL, outcome, worst
+    from mlpd.cli.job_end import EXIT_INTERRUPTED, TERMINAL, outcome, worst
 
     limit = None
     if timeout is not None:
@@ -501,17 +507,21 @@ def wait(job_ids, timeout, as_json):
     ids = list(dict.fromkeys(resolve_job(c, ref) for ref in job_ids))
     deadline = None if limit is None else time.monotonic() + limit
     ended: dict[str, dict] = {}
-    while True:
-        for job_id in ids:
-            if job_id not in ended:
-                job = c.get(f"/jobs/{job_id}")["job"]
-                if job["state"] in TERMINAL:
-                    ended[job_id] = job
-                    if not as_json:
-                        click.echo(outcome(job).line, err=True)
-        if len(ended) == len(ids) or (deadline is not None and time.monotonic() >= deadline):
-            break
-        time.sleep(0.5)
+    try:
+        while True:
+            for job_id in ids:
+                if job_id not in ended:
+                    job = c.get(f"/jobs/{job_id}")["job"]
+                    if job["state"] in TERMINAL:
+                        ended[job_id] = job
+                        if not as_json:
+                            click.echo(outcome(job).line, err=True)
+            if len(ended) == len(ids) or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo(f"\nmlpd: stopped waiting; {len(ids) - len(ended)} of the jobs had not ended (they go on)", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     jobs_seen = [ended.get(job_id) or c.get(f"/jobs/{job_id}")["job"] for job_id in ids]
     ends = [outcome(job) for job in jobs_seen]
     for end in ends:

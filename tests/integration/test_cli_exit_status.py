@@ -83,3 +83,31 @@ def test_cancel_returns_once_the_job_has_ended_and_a_follower_exits_72(daemon):
     assert followed.returncode == 72, (followed.returncode, followed.stderr)
     assert last_line(followed.stderr).startswith(f"mlpd: job {job_id} was cancelled"), followed.stderr
     assert daemon.cli("wait", job_id, token=token).returncode == 72
+
+
+def test_a_failed_environment_build_exits_71(daemon, tmp_path):
+    _, token = new_user(daemon)
+    (tmp_path / "requirements.txt").write_text("mlpd-no-such-package-anywhere==0.0.1\n")
+    (tmp_path / "t.py").write_text("print('never')\n")
+    built = daemon.cli("run", "-f", "--", "python", "t.py", token=token, cwd=str(tmp_path), timeout=400)
+    assert built.returncode == 71, (built.returncode, built.stderr)
+    assert last_line(built.stderr).startswith(f"mlpd: job {job_id_of(built)} failed: building its environment failed: "), built.stderr
+
+
+def test_ctrl_c_stops_the_following_not_the_job_and_says_so(daemon):
+    import signal
+    import subprocess
+
+    from conftest import BIN
+
+    _, token = new_user(daemon)
+    job_id = job_id_of(daemon.cli("run", "--no-code", "--", "sh", "-c", "echo up; sleep 300", token=token))
+    wait_for(lambda: state(daemon, token, job_id)["state"] == "running", 120, 0.2, "the job to run")
+    proc = subprocess.Popen([BIN, "logs", "-f", job_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env(token))
+    assert proc.stdout.readline() == "up\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert f"mlpd: stopped following job {job_id}; it goes on" in err and "Traceback" not in err, err
+    assert state(daemon, token, job_id)["state"] == "running"
+    assert daemon.cli("cancel", job_id, token=token).returncode == 0

@@ -23,6 +23,8 @@ def test_each_end_has_its_status_and_one_line():
          "mlpd: job 8e946a85c1d2 failed: building its environment failed: ERROR: No matching distribution found for nope"),
         (job("cancelled", "cancelled by nina", 143), 72, "mlpd: job 8e946a85c1d2 was cancelled: cancelled by nina"),
         (job("timed_out", "stopped after its time limit of 2h", 143), 73, "mlpd: job 8e946a85c1d2 timed out: stopped after its time limit of 2h"),
+        (job("failed", "building its environment failed: ERROR: a\n / ERROR: b\n (see the build log)"), 71,
+         "mlpd: job 8e946a85c1d2 failed: building its environment failed: ERROR: a / ERROR: b (see the build log)"),
         (job("lost", "its container vanished"), 74, "mlpd: job 8e946a85c1d2 was lost: its container vanished"),
         (job("queued", "", None, attempt=2), 75, "mlpd: job 8e946a85c1d2 was preempted and has not ended: attempt 2 waits to run"),
         (job("running"), 76, "mlpd: job 8e946a85c1d2 has not ended: it is running"),

@@ -4,6 +4,7 @@ Real daemon, real containers, the CLI as typed."""
 
 from __future__ import annotations
 
+import json
 import time
 
 from helpers import needs_docker, new_user, wait_for
@@ -64,6 +65,10 @@ def test_fixed_statuses_for_time_limit_and_image_and_wait_takes_the_worst(daemon
     assert sorted(lines) == sorted([f"mlpd: job {ok} succeeded", f"mlpd: job {bad} failed: exited with code 5",
                                     f"mlpd: job {job_id_of(timed)} timed out: stopped after its time limit of 2s"]), lines
     assert daemon.cli("wait", ok, token=token).returncode == 0
+    as_json = daemon.cli("wait", "--json", ok, bad, token=token)
+    data = json.loads(as_json.stdout)
+    assert as_json.returncode == 5 and data["exit_status"] == 5 and as_json.stderr == ""
+    assert [(j["id"], j["state"], j["exit_status"]) for j in data["jobs"]] == [(ok, "succeeded", 0), (bad, "failed", 5)]
     long = job_id_of(daemon.cli("run", "--no-code", "--", "sleep", "60", token=token))
     started = time.monotonic()
     pending = daemon.cli("wait", "--timeout", "1s", long, token=token)

@@ -238,6 +238,17 @@ def free_local_port() -> int:
         return s.getsockname()[1]
 
 
+def _refused(port: int) -> bool:
+    """Whether nothing listens on this loopback port (a connection is refused)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
 def local_port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -264,6 +275,12 @@ def tunnel(name, run_it, local_port, ssh_user, ssh_host, ssh_port, identity, ssh
     prints the workspace's URL (give --ssh-host to tunnel anyway, e.g. through a forwarded daemon port)."""
     t, user, host = _reach(name, ssh_user, ssh_host)
     if not ssh_host and on_the_daemons_host():
+        if t["state"] == "running" and _refused(t["remote_port"]):
+            # the daemon answers on loopback but its workspace port does not: this is not the daemon's host,
+            # the daemon is reached through a forwarded port
+            raise click.ClickException(f"the daemon is reached on a loopback address, but workspace {name}'s port "
+                                       f"{t['remote_port']} does not answer here: if you reach the daemon through a "
+                                       f"tunnel of your own, name its host: mlpd ws tunnel {name} --ssh-host HOST")
         url = f"http://127.0.0.1:{t['remote_port']}{t['path']}"
         if as_json:
             emit_json({"tunnel": dict(t, command=None, local_port=t["remote_port"], url=url, needed=False)})

@@ -238,6 +238,13 @@ def test_ws_tunnel_run_forwards_a_local_port_to_jupyterlab_through_a_real_sshd(w
         assert proc.returncode == 0, (sig, proc.returncode, proc.stderr.read())
         wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read() for pid in ssh),
                  10, 0.1, f"ssh to end with mlpd ws tunnel --run ({sig!r})")
+    # A daemon on loopback whose running workspace does not answer here is one reached through a
+    # tunnel of the user's own (played by pointing the row at a port nothing listens on): no "no tunnel needed".
+    with sqlite3.connect(wsd.state_dir / "mlpd.db") as db:
+        db.execute("UPDATE workspaces SET port = ? WHERE id = ?", [free_port(), w["id"]])
+    elsewhere = wsd.cli("ws", "tunnel", "tun", token=token)
+    assert elsewhere.returncode == 1 and "no tunnel is needed" not in elsewhere.stderr, elsewhere.stderr
+    assert "--ssh-host HOST" in elsewhere.stderr and "does not answer here" in elsewhere.stderr, elsewhere.stderr
     wsd.api("DELETE", "/api/v1/workspaces/tun", token)
 
 

@@ -52,17 +52,16 @@ def quota(user, as_json):
     if as_json:
         emit_json(result)
         return
-    if result["quotas"]:
-        table([(q["subject"], f"{q['gpu_hours_used']:.2f} / {q['gpu_hours_limit']:g}" if q["gpu_hours_limit"] else f"{q['gpu_hours_used']:.2f} / -",
-                f"{q['gpus_held']} / {q['max_gpus']}" if q["max_gpus"] else f"{q['gpus_held']} / -", q["period"], when(q["resets_at"]))
-               for q in result["quotas"]],
-              ["quota of", "gpu-hours used/limit", "gpus held/max", "period", "resets"])
-    else:
+    if not result["quotas"]:
         click.echo(f"{result['user']}: no quota")
-    u = result.get("usage")
-    if u and not result["quotas"]:
-        click.echo(f"GPU-hours used this {u['period']}: {gpu_hours_text(u['gpu_hours_used'])} (since {when(u['period_start'])}); "
-                   f"GPUs held now: {u['gpus_held']}; the period resets {when(u['resets_at'])}")
+        u = result.get("usage")
+        if u:
+            click.echo(f"GPU-hours used this {u['period']}: {gpu_hours_text(u['gpu_hours_used'])} (since {when(u['period_start'])}); "
+                       f"GPUs held now: {u['gpus_held']}; the period resets {when(u['resets_at'])}")
+        return
+    table([(q["subject"], f"{gpu_hours_text(q['gpu_hours_used'])} / {q['gpu_hours_limit']:g}" if q["gpu_hours_limit"] else f"{gpu_hours_text(q['gpu_hours_used'])} / -",
+            f"{q['gpus_held']} / {q['max_gpus']}" if q["max_gpus"] else f"{q['gpus_held']} / -", q["period"], when(q["resets_at"])) for q in result["quotas"]],
+          ["quota of", "gpu-hours used/limit", "gpus held/max", "period", "resets"])
 
 
 @click.group("quota")

@@ -111,7 +111,8 @@ def create(name, gpus, gpu_model, image, requirements_file, cpus, memory, wait, 
 @click.option("--wait", is_flag=True, help="If its GPUs are not free, wait in the queue.")
 @json_option
 def start(name, wait, as_json):
-    """Start a stopped workspace again (same home; a new Jupyter token and loopback ports: see `mlpd ws tunnel`)."""
+    """Start a stopped workspace again (same home; a new Jupyter token and loopback ports: see `mlpd ws tunnel`).
+    A stop still under way is waited for first."""
     client = _client()
     client.post(f"/workspaces/{name}/start", {"wait": wait}, timeout=START_TIMEOUT)  # the daemon first waits for a stop in progress
     w = _wait_running(client, name)

@@ -31,6 +31,8 @@ from mlpd.jobs import ACTIVE, TERMINAL, JobState
 from mlpd.priority_classes import PriorityClasses
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd import quotas
+from mlpd.jobspec import host_limits
+from mlpd.resource_caps import ResourceCap, Use, effective_limits, use_of
 from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
                             format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
 from mlpd.scheduler import explain as explain_job
@@ -66,7 +68,7 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float,
     """
     s = scheduler_inputs(store, inventory, config, now)
     plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown,
-                    explain=explain)
+                    explain=explain, caps=s.caps, running=s.running)
     return plan, s.queued, s.gpus
 
 
@@ -81,7 +83,7 @@ def why_waiting(store: Store, inventory: GpuInventory, config: Config, now: floa
     its priority score (scheduler.score_terms) with their sum; None for a job not queued."""
     s = scheduler_inputs(store, inventory, config, now)
     wait = explain_job(s.gpus, s.holdings, s.queue, now, job_id, s.policy, usage=s.usage, limits=s.limits,
-                       reserved=s.reserved, slowdown=s.slowdown)
+                       reserved=s.reserved, slowdown=s.slowdown, caps=s.caps, running=s.running)
     job = next((q for q in s.queue if q.id == job_id), None)
     if job is None:
         return wait, None
@@ -114,6 +116,8 @@ class SchedulerInputs:
     classes: PriorityClasses | None = None
     slowdown: dict[str, float] = dataclasses.field(default_factory=dict)  # each owner's recent mean slowdown
     waiting: list[QueuedJob] = dataclasses.field(default_factory=list)  # the queued GPU jobs the slowdown counts
+    caps: list[ResourceCap] = dataclasses.field(default_factory=list)  # owners' CPU, memory and workload caps
+    running: list[Use] = dataclasses.field(default_factory=list)  # what active work holds of them
 
 
 def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now: float) -> SchedulerInputs:
@@ -135,18 +139,25 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
             holdings.append(Holding(uuid, job["id"], job["owner"], start + limit if limit else None))
     queued = jobs.in_states(store, [JobState.QUEUED])
     owners = sorted({j["owner"] for j in queued if j["spec"]["gpus"]})
-    limits, demoted = {}, set()
-    for owner in owners:
+    limits, demoted, caps = {}, set(), {}
+    for owner in sorted({j["owner"] for j in queued}):
         applicable = quotas.quotas_for(store, config, owner)
         for q in applicable:
-            if q.max_gpus:
+            if q.max_gpus and owner in owners:
                 limits[q.label] = GpuLimit(q.label, q.members, q.max_gpus)
-        if quotas.over_gpu_hours(store, config, owner, now, applicable):
+            if q.resource_cap:
+                caps[q.label] = q.resource_cap
+        if owner in owners and quotas.over_gpu_hours(store, config, owner, now, applicable):
             demoted.add(owner)  # over its GPU-hours: runs only when nobody else waits
+    host = host_limits()
+    running = [use_of(j["owner"], j["spec"], config, host) for j in active]
     classes = PriorityClasses.from_config(config)
-    queue = [QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
-                       OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
-                       effective_time_limit(j, config), classes.rank(classes.of(j))) for j in queued]
+    queue = []
+    for j in queued:
+        use = use_of(j["owner"], j["spec"], config, host)
+        queue.append(QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
+                               OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
+                               effective_time_limit(j, config), classes.rank(classes.of(j)), use.cpus, use.memory))
     policy = scheduler_policy(config)
     usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
     waiting = waiting_for_the_host(queue, holdings, list(limits.values()), demoted)
@@ -154,7 +165,7 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                 if policy.fair_share and policy.weight_slowdown and len(owners) > 1 else {})
     reserved = {j["id"]: j["reserved_at"] for j in queued if j.get("reserved_at") is not None}
     return SchedulerInputs(gpus, holdings, queue, queued, policy, usage, list(limits.values()), reserved, active, classes,
-                           slowdown, waiting)
+                           slowdown, waiting, list(caps.values()), running)
 
 
 def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> list[dict[str, Any]]:
@@ -372,7 +383,8 @@ class JobController:
         """Place queued jobs on free GPUs and launch them; preempt for waiting work of a higher class."""
         now = now or time.time()
         s = scheduler_inputs(self.store, self.inventory, self.config, now)
-        plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown)
+        plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown,
+                        caps=s.caps, running=s.running)
         queued, gpus = s.queued, s.gpus
         keep_reservation(self.store, plan, queued, gpus, now)
         index_of = {g.uuid: g.index for g in gpus}
@@ -579,18 +591,14 @@ class JobController:
         code = jobs.code_dir(cfg.state_dir, spec["code"]) if spec.get("code") else None
         if code and not os.path.isdir(code):
             raise RuntimeFailure(f"code archive {spec['code'][:12]} is not on the daemon (upload it again with 'mlpd run')")
-        memory = spec.get("memory")
-        if memory is None and cfg["jobs.default_memory"]:
-            from mlpd.jobspec import parse_memory
-
-            memory = parse_memory(cfg["jobs.default_memory"])
+        cpus, memory = effective_limits(spec, cfg, host_limits())
         # A model-serving replica gets no credentials: the daemon copies its model out of the store for it.
         tracking = self._tracking_env(job) if job.get("kind", "job") != "deployment" else {}
         env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.get("env", {}), **tracking}
         return LaunchRequest(
             job_id=job["id"], owner=job["owner"], image=spec.get("image") or cfg["jobs.default_image"],
             command=tuple(spec["command"]), env=env, gpu_uuids=tuple(job["gpu_uuids"]),
-            cpus=spec.get("cpus") or (cfg["jobs.default_cpus"] or None), memory=memory,
+            cpus=cpus, memory=memory,
             user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs, attempt=job.get("attempts") or 1,
         )
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from mlpd.accounting import Allocation, decayed_usage, format_reset, period_bounds  # noqa: F401  (period_bounds re-exported)
 from mlpd.config import Config
 from mlpd.errors import MlpdError
+from mlpd.resource_caps import CapLedger, ResourceCap, Use, never_fits, use_of
 from mlpd.store import Store, record_event
 from mlpd.users import UserError, check_name
 
@@ -31,10 +32,22 @@ class Quota:
     gpu_hours: float | None  # per period; None/0 = unlimited
     max_gpus: int | None     # None/0 = unlimited
     members: frozenset[str]
+    # Concurrent CPU, memory and workload-count caps over every kind of work (the configured
+    # defaults, per user; see mlpd.resource_caps). None = unlimited.
+    max_cpus: float | None = None
+    max_memory: int | None = None
+    max_jobs: int | None = None
 
     @property
     def label(self) -> str:
         return f"{self.subject_kind} {self.subject}"
+
+    @property
+    def resource_cap(self) -> ResourceCap | None:
+        """Its CPU, memory and workload caps for the scheduler, or None when it has none."""
+        if self.max_cpus is None and self.max_memory is None and self.max_jobs is None:
+            return None
+        return ResourceCap(self.label, self.members, self.max_cpus, self.max_memory, self.max_jobs)
 
 
 class QuotaExceeded(MlpdError):
@@ -196,15 +209,71 @@ def quotas_for(store: Store, config: Config, user: str) -> list[Quota]:
     """Every quota that applies to the user: their own (or the configured default) and their teams'."""
     rows = {(r["subject_kind"], r["subject"]): r for r in store.query("SELECT * FROM quotas")}
     own = rows.get(("user", user))
+    cpus, memory, count = default_caps(config)
     out = [Quota("user", user,
                  own["gpu_hours"] if own else (config["quotas.gpu_hours"] or None),
                  own["max_gpus"] if own else (config["quotas.max_gpus"] or None),
-                 frozenset([user]))]
+                 frozenset([user]), cpus, memory, count)]
     for team in teams_of(store).get(user, []):
         row = rows.get(("team", team))
         if row:
             out.append(Quota("team", team, row["gpu_hours"], row["max_gpus"], frozenset(team_members(store, team))))
-    return [q for q in out if q.gpu_hours or q.max_gpus]
+    return [q for q in out if q.gpu_hours or q.max_gpus or q.resource_cap]
+
+
+def default_caps(config: Config) -> tuple[float | None, int | None, int | None]:
+    """The configured per-user CPU, memory and workload caps (quotas.max_cpus, max_memory, max_jobs); None = unlimited."""
+    from mlpd.jobspec import parse_memory
+
+    return (float(config["quotas.max_cpus"]) or None, parse_memory(config["quotas.max_memory"]) if config["quotas.max_memory"] else None,
+            config["quotas.max_jobs"] or None)
+
+
+def running_uses(store: Store, config: Config, owners: Iterable[str] | None = None) -> list[Use]:
+    """What the running work (every kind) of the owners (all when None) holds of their CPU, memory and workload caps."""
+    import json
+
+    from mlpd.jobspec import host_limits
+
+    host = host_limits()
+    sql, params = "SELECT owner, spec FROM jobs WHERE state IN ('starting', 'running')", []
+    if owners is not None:
+        owners = list(owners)
+        if not owners:
+            return []
+        sql += f" AND owner IN ({','.join('?' * len(owners))})"
+        params = owners
+    return [use_of(r["owner"], json.loads(r["spec"]), config, host) for r in store.query(sql, params)]
+
+
+def admit_resources(store: Store, config: Config, user: str, specs: Sequence[dict[str, Any]],
+                    applicable: list[Quota] | None = None) -> list[str]:
+    """Check new work (one spec per workload it starts: a job, a workspace, each replica) against the
+    user's CPU, memory and workload caps. Work that could never fit is refused whatever the mode
+    (QuotaExceeded); over the caps now it is refused with quotas.over_quota = "refuse", else it
+    waits in the queue and the notes say why."""
+    from mlpd.jobspec import host_limits
+
+    applicable = applicable if applicable is not None else quotas_for(store, config, user)
+    caps = [c for c in (q.resource_cap for q in applicable) if c is not None]
+    if not caps or not specs:
+        return []
+    host = host_limits()
+    uses = [use_of(user, spec, config, host) for spec in specs]
+    for use in uses:
+        never = never_fits(caps, use)
+        if never:
+            raise QuotaExceeded(never + "; ask for less (--cpus, --memory) or ask an admin to raise the quota")
+    members = set().union(*(c.members for c in caps))
+    ledger = CapLedger(caps, running_uses(store, config, members))
+    for use in uses:
+        why = ledger.refusal(use)
+        if why:
+            if config["quotas.over_quota"] == "refuse":
+                raise QuotaExceeded(why + "; wait for your running work to end (or stop some), or ask an admin to raise it")
+            return [why + "; it waits in the queue until some of your running work ends"]
+        ledger.take(use)
+    return []
 
 
 def held_gpus(store: Store, members: Iterable[str]) -> int:
@@ -221,10 +290,15 @@ def status(store: Store, config: Config, user: str, now: float | None = None, ap
     start, reset = period_bounds(now, config["quotas.period"])
     out = []
     for q in applicable if applicable is not None else quotas_for(store, config, user):
-        out.append({"subject": q.label, "period": config["quotas.period"], "gpu_hours_limit": q.gpu_hours or None,
-                    "gpu_hours_used": round(gpu_hours_used(store, q.members, start, now), 4),
-                    "max_gpus": q.max_gpus or None, "gpus_held": held_gpus(store, q.members),
-                    "period_start": start, "resets_at": reset})
+        row = {"subject": q.label, "period": config["quotas.period"], "gpu_hours_limit": q.gpu_hours or None,
+               "gpu_hours_used": round(gpu_hours_used(store, q.members, start, now), 4),
+               "max_gpus": q.max_gpus or None, "gpus_held": held_gpus(store, q.members),
+               "period_start": start, "resets_at": reset}
+        if q.resource_cap:
+            uses = running_uses(store, config, q.members)
+            row.update({"max_cpus": q.max_cpus, "cpus_held": sum(u.cpus for u in uses), "max_memory": q.max_memory,
+                        "memory_held": sum(u.memory for u in uses), "max_jobs": q.max_jobs, "jobs_running": len(uses)})
+        out.append(row)
     return out
 
 

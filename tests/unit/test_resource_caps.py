@@ -1,0 +1,128 @@
+"""Caps per member (issue 22, items 8): default CPU and memory limits on work that names none, and
+each member's concurrent CPUs, memory and workloads, over every kind, on the in-memory runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlpd import jobs, quotas
+from mlpd.config import load_config
+from mlpd.controller import JobController, why_waiting
+from mlpd.gpus import make_inventory
+from mlpd.jobspec import host_limits, parse_memory, parse_spec
+from mlpd.memory_runtime import MemoryRuntime
+from mlpd.resource_caps import CapLedger, ResourceCap, Use, effective_limits
+from mlpd.store import Store
+from mlpd.users import add_user
+
+SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self):
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def world(tmp_path, **overrides):
+    cfg = load_config(SHIPPED, overrides={"server.state_dir": str(tmp_path / "state"), "server.container_listen": "", **overrides})
+    store = Store(cfg.db_path)
+    store.migrate()
+    clock = Clock()
+    runtime = MemoryRuntime("test", clock=clock)
+    controller = JobController(store, cfg, runtime, make_inventory(0, "declared"), clock=clock)
+    return cfg, store, clock, runtime, controller
+
+
+def submit(store, clock, owner, command, **spec):
+    parsed, _ = parse_spec({"command": command, **spec})
+    clock.advance(0.001)
+    return jobs.submit(store, owner, parsed, now=clock())["id"]
+
+
+def test_work_that_names_no_limits_gets_the_default_cpu_and_memory_limits(tmp_path):
+    cfg, store, clock, runtime, c = world(tmp_path)
+    job = submit(store, clock, "alice", ["sleep", "60"])
+    c.reconcile(now=clock())
+    req = next(x.request for x in runtime.containers.values() if x.request.job_id == job)
+    host_cpus, host_memory = host_limits()
+    assert req.cpus == min(2.0, host_cpus) and req.memory == min(parse_memory("8g"), host_memory)
+
+
+def test_a_default_larger_than_the_host_is_clamped_to_it():
+    cfg = load_config(SHIPPED, overrides={"jobs.default_cpus": 4096, "jobs.default_memory": "100000g"})
+    assert effective_limits({}, cfg, (8, 2**34)) == (8.0, 2**34)
+    assert effective_limits({"cpus": 0.5, "memory": 2**20 * 64}, cfg, (8, 2**34)) == (0.5, 2**26)
+    off = load_config(SHIPPED, overrides={"jobs.default_cpus": 0, "jobs.default_memory": ""})
+    assert effective_limits({}, off, (8, 2**34)) == (None, None)
+
+
+def test_twenty_cpu_only_jobs_of_one_member_run_only_up_to_their_caps_and_the_rest_wait_with_the_reason(tmp_path):
+    cfg, store, clock, runtime, c = world(tmp_path, **{"quotas.max_jobs": 3, "jobs.default_cpus": 0.5,
+                                                      "jobs.default_memory": "64m", "quotas.max_cpus": 100})
+    ids = [submit(store, clock, "alice", ["sleep", "600"]) for _ in range(20)]
+    other = submit(store, clock, "bob", ["sleep", "600"])
+    c.reconcile(now=clock())
+    states = [jobs.get(store, i)["state"] for i in ids]
+    assert states.count("running") == 3 and states.count("queued") == 17
+    assert jobs.get(store, other)["state"] == "running"  # another member's work is not held up
+    wait, _ = why_waiting(store, make_inventory(0, "declared"), cfg, clock(), ids[-1])
+    assert "concurrent workload quota of user alice: 3 running at most" in wait.reason
+    # one ends: exactly one more starts
+    running = [i for i in ids if jobs.get(store, i)["state"] == "running"]
+    runtime.stop(running[0])
+    c.reconcile(now=clock.advance(1))
+    states = [jobs.get(store, i)["state"] for i in ids]
+    assert states.count("running") == 3 and states.count("queued") == 16
+
+
+def test_the_cpu_and_memory_caps_count_every_kind_and_the_defaults(tmp_path):
+    cfg, store, clock, runtime, c = world(tmp_path, **{"quotas.max_jobs": 0, "quotas.max_cpus": 1, "jobs.default_cpus": 0.5,
+                                                      "jobs.default_memory": "64m", "quotas.max_memory": "1g"})
+    a, b, d = (submit(store, clock, "alice", ["sleep", "600"]) for _ in range(3))
+    c.reconcile(now=clock())
+    assert [jobs.get(store, i)["state"] for i in (a, b, d)] == ["running", "running", "queued"]
+    wait, _ = why_waiting(store, make_inventory(0, "declared"), cfg, clock(), d)
+    assert "concurrent CPU quota of user alice: 1 CPUs at most, 1 held by running work" in wait.reason
+    cfg2, store2, clock2, runtime2, c2 = world(tmp_path / "2", **{"quotas.max_memory": "100m", "jobs.default_memory": "64m"})
+    a2, b2 = (submit(store2, clock2, "alice", ["sleep", "600"]) for _ in range(2))
+    c2.reconcile(now=clock2())
+    assert [jobs.get(store2, i)["state"] for i in (a2, b2)] == ["running", "queued"]
+
+
+def test_a_workspace_or_replica_row_counts_against_the_same_caps():
+    ledger = CapLedger([ResourceCap("user alice", frozenset({"alice"}), cpus=4, memory=None, jobs=2)],
+                       [Use("alice", 2, 0), Use("bob", 64, 0)])
+    assert ledger.refusal(Use("alice", 2, 0)) is None
+    ledger.take(Use("alice", 2, 0))
+    assert "workload quota" in ledger.refusal(Use("alice", 0.1, 0))
+    assert ledger.refusal(Use("carol", 999, 0)) is None
+    assert ledger.refusal(Use("alice", 8, 0)).startswith("can never run: cpus: asks for 8 CPUs")
+
+
+def test_admission_refuses_work_that_could_never_fit_and_in_refuse_mode_work_over_the_caps(tmp_path):
+    cfg, store, clock, runtime, c = world(tmp_path, **{"quotas.max_cpus": 2, "quotas.max_jobs": 1, "jobs.default_memory": "64m"})
+    add_user(store, "alice", "member", "admin")
+    with pytest.raises(quotas.QuotaExceeded, match="cpus: asks for 4 CPUs but the concurrent CPU quota of user alice is 2"):
+        quotas.admit_resources(store, cfg, "alice", [{"cpus": 4.0}])
+    assert quotas.admit_resources(store, cfg, "alice", [{"cpus": 1.0}]) == []
+    submit(store, clock, "alice", ["sleep", "600"], cpus=1)
+    c.reconcile(now=clock())
+    notes = quotas.admit_resources(store, cfg, "alice", [{"cpus": 1.0}])
+    assert notes and "workload quota of user alice: 1 running at most" in notes[0] and "waits in the queue" in notes[0]
+    refuse = load_config(SHIPPED, overrides={"server.state_dir": str(tmp_path / "state"), "quotas.max_jobs": 1,
+                                             "quotas.over_quota": "refuse"})
+    with pytest.raises(quotas.QuotaExceeded, match="1 running at most.*wait for your running work to end"):
+        quotas.admit_resources(store, refuse, "alice", [{"cpus": 1.0}])
+    # a deployment's replicas are admitted together
+    with pytest.raises(quotas.QuotaExceeded):
+        quotas.admit_resources(store, refuse, "bob", [{"cpus": 1.0}, {"cpus": 1.0}])

@@ -315,12 +315,17 @@ def over_gpu_hours(store: Store, config: Config, user: str, now: float, applicab
     return None
 
 
-def admit(store: Store, config: Config, user: str, gpus: int, now: float | None = None) -> list[str]:
-    """Check a new job against the user's quotas: raise QuotaExceeded (refuse), or return notes (queue mode)."""
+def admit(store: Store, config: Config, user: str, gpus: int, now: float | None = None,
+          work: Sequence[dict[str, Any]] | None = None) -> list[str]:
+    """Check new work against the user's quotas: raise QuotaExceeded (refuse), or return notes (queue mode).
+
+    `work`: the spec (its cpus and memory) of each workload it starts (a job, a workspace, each
+    replica of a deployment); None = one workload with the default limits. Its CPU, memory and
+    workload caps are checked whether or not it asks for GPUs (admit_resources)."""
     now = now or time.time()
+    notes = admit_resources(store, config, user, [{}] if work is None else list(work))
     if gpus <= 0:
-        return []
-    notes = []
+        return notes
     refuse = config["quotas.over_quota"] == "refuse"
     for s in status(store, config, user, now):
         if s["max_gpus"] and gpus > s["max_gpus"]:

@@ -74,11 +74,20 @@ def job_view(job: dict) -> dict:
         "gpus": {"count": spec["gpus"], "indices": job["gpu_indices"], "uuids": job["gpu_uuids"]},
         "image": spec.get("image") or config()["jobs.default_image"], "command": spec["command"],
         "submitted_at": job["submitted_at"], "started_at": job["started_at"], "ended_at": job["ended_at"],
-        "cancel_requested_by": job["cancel_requested_by"], "spec": spec,
+        "cancel_requested_by": job["cancel_requested_by"], "spec": spec, "limits": effective_limits_view(spec),
         "priority_class": _classes().of(job), "attempt": job["attempts"],
         "preempting": None if job["preempt_requested_at"] is None or job["state"] not in ("starting", "running")
         else {"since": job["preempt_requested_at"], "reason": job["preempt_reason"]},
     }
+
+
+def effective_limits_view(spec: dict) -> dict:
+    """The CPU and memory limits the workload's container gets (its own, else the defaults; None = none)."""
+    from mlpd.resource_caps import effective_limits
+
+    cpus, memory = effective_limits(spec, config(), host_limits())
+    return {"cpus": cpus, "memory": memory, "cpus_default": spec.get("cpus") is None and cpus is not None,
+            "memory_default": spec.get("memory") is None and memory is not None}
 
 
 def _classes():
@@ -142,7 +151,8 @@ def create_job(data: dict) -> tuple[dict, list[str]]:
     check_disk()
     from mlpd import quotas
 
-    warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus)  # QuotaExceeded: 403
+    warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus,  # QuotaExceeded: 403
+                                       work=[{"cpus": spec.cpus, "memory": spec.memory}])
     job = jobs.submit(store(), g.user.name, spec, warnings)
     wake(f"submitted {job['id']}")
     return job, warnings
@@ -359,7 +369,7 @@ def upload_code(digest: str):
             if h.hexdigest() != digest:
                 raise ApiError(400, "digest_mismatch", f"digest: the body's sha256 is {h.hexdigest()}, not {digest}")
             try:
-                files = extract_archive(tmp.name, dest, max_bytes=limit)
+                files = extract_archive(tmp.name, dest, max_bytes=limit, max_members=cfg["jobs.max_code_files"])
             except FileExistsError:
                 files = None  # stored already (by someone else, or a concurrent upload): same content
             except CodeArchiveError as exc:

@@ -56,7 +56,8 @@ def create_deployment():
     check_disk()
     from mlpd import quotas
 
-    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"])  # QuotaExceeded: 403
+    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"],  # QuotaExceeded: 403
+                            work=[spec] * spec["replicas"])
     dep, key = serving.create(store(), config(), g.user.name, name, uri, spec, data.get("follow_alias"))
     wake(f"deployment {name} created")
     return jsonify({"deployment": _view(dep), "key": key, "warnings": warnings}), 201

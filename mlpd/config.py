@@ -227,7 +227,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jobs.default_time_limit", str, "", "Time limit for jobs that set none, e.g. '24h' ('' = no limit).", _duration),
     Setting("jobs.max_code_mb", int, 200, "Largest code archive a job may upload, in MiB (1-10240).", _between(1, 10240)),
     Setting("jobs.max_code_files", int, 20000, "Most members (files, directories, links) one code archive may hold (1-1000000).", _between(1, 1000000)),
-    Setting("jobs.max_outputs_gb", (int, float), 50, "Most a running job's /outputs may hold, in GB: a job over it is stopped and fails with the reason (0 = no cap).", _non_negative),
+    Setting("jobs.max_outputs_gb", (int, float), 50, "Most a running job's /outputs may hold, in GB: a job over it is stopped with the reason, its outputs kept (0 = no cap).", _non_negative),
     Setting("retention.job_days", (int, float), 30, "Logs and outputs of jobs that ended longer ago than this many days are removed (the job's record stays).", _between(0.01, 36500)),
     Setting("retention.code_days", (int, float), 30, "Code archives no job used for this many days (and no queued or running job uses) are removed.", _between(0.01, 36500)),
     Setting("environments.keep_days", (int, float), 30, "Job environments (mlpd/env:*) not used for this many days are removed.", _between(0.01, 3650)),

@@ -232,6 +232,8 @@ def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gp
 # A new kind is a spec, a row of kind K, and an entry here; scheduling, the ledger and
 # reconciliation are the same for every kind.
 KIND_LAUNCHERS = {"workspace": "mlpd.workspaces:launch_request", "deployment": "mlpd.serving:launch_request"}
+OUTPUTS_CHECK_INTERVAL = 60.0  # seconds between measurements of one running job's /outputs (jobs.max_outputs_gb)
+INF_TIME = float("inf")
 
 
 class JobController:
@@ -251,6 +253,7 @@ class JobController:
         self.dispatch = dispatch or (lambda action, job_id, *args: getattr(self, f"run_{action}")(job_id, *args))
         self.environments = EnvironmentBuilder(runtime, clock)
         self.next_deadline: float | None = None  # the earliest time limit among running jobs
+        self._outputs_measured: dict[str, float] = {}  # running job -> when its /outputs was last measured (now)
 
     # ------------------------------------------------------------ one pass
     def reconcile(self, now: float | None = None) -> None:
@@ -323,8 +326,30 @@ class JobController:
             if now < grace_end:
                 self.next_deadline = min(self.next_deadline or grace_end, grace_end)
                 return  # it is writing its checkpoint
+        if not job["cancel_requested_by"] and not preempting and self._over_outputs_cap(job, now):
+            job = jobs.get(self.store, job_id) or job
         if job["cancel_requested_by"] or (limit and now - started >= limit) or preempting:
             self._hand_off("stop", job_id, 0 if preempting else 5)  # a preempted job had its grace period
+
+    def _over_outputs_cap(self, job: dict[str, Any], now: float) -> bool:
+        """Measure a running job's /outputs (at most every OUTPUTS_CHECK_INTERVAL); one over
+        jobs.max_outputs_gb is asked to stop, with the reason recorded (its outputs are kept)."""
+        from mlpd.disk import tree_size
+
+        cap_gb = self.config["jobs.max_outputs_gb"]
+        if not cap_gb or now - self._outputs_measured.get(job["id"], -INF_TIME) < OUTPUTS_CHECK_INTERVAL:
+            return False
+        self._outputs_measured[job["id"]] = now
+        for gone in [j for j, at in self._outputs_measured.items() if now - at > 10 * OUTPUTS_CHECK_INTERVAL]:
+            del self._outputs_measured[gone]  # ended jobs
+        size = tree_size(os.path.join(jobs.job_dir(self.config.state_dir, job["id"]), "outputs"), timeout=20)
+        if size is None or size <= cap_gb * 1e9:
+            return False
+        reason = (f"stopped by mlpd: its /outputs holds {size / 1e9:.2f} GB, over the cap of {cap_gb:g} GB (jobs.max_outputs_gb); "
+                  "what it wrote is kept ('mlpd jobs outputs ID')")
+        log.warning("job %s: %s", job["id"], reason)
+        jobs.request_cancel(self.store, job["id"], "mlpd", reason)
+        return True
 
     def _finish(self, job: dict[str, Any], c: WorkloadStatus) -> None:
         """Record how the job ended from the runtime's own account, keep its log, remove the container."""
@@ -342,7 +367,8 @@ class JobController:
         asked = job.get("preempt_requested_at")
         preempted = job.get("preempt_reason") if asked is not None and (c.finished_at is None or c.finished_at >= asked - 1) else None
         state, reason = jobs.classify_exit(c.exit_code, c.oom_killed, c.error, started, ended, effective_time_limit(job, self.config),
-                                           job["cancel_requested_by"], job["spec"].get("memory"), job.get("cancel_reason"),
+                                           job["cancel_requested_by"], effective_limits(job["spec"], self.config, host_limits())[1],
+                                           job.get("cancel_reason"),
                                            preempted=preempted)
         if state == JobState.PREEMPTED:
             # Its attempt's log is kept beside the final one; GET /jobs/ID/logs shows them in order.

@@ -105,16 +105,15 @@ def check_priority_class(spec) -> None:
         raise ApiError(*refusal)
 
 
-def check_disk() -> None:
-    """Refuse new work while the state directory's disk is nearly full (running work is not touched)."""
-    import shutil
+def check_disk(incoming: int = 0, what: str = "new work") -> None:
+    """Refuse new work (and an upload of `incoming` bytes) while the state directory's disk is nearly
+    full (running work is not touched)."""
+    from mlpd.disk import free_space_refusal
 
     cfg = config()
-    free = shutil.disk_usage(cfg.state_dir).free
-    if free < cfg["jobs.min_free_gb"] * 1e9:
-        raise ApiError(507, "disk_full", f"the daemon's disk is nearly full ({free / 1e9:.2f} GB free under its state directory, "
-                                         f"jobs.min_free_gb = {cfg['jobs.min_free_gb']:g}); new jobs are refused until an admin frees space "
-                                         "(old job outputs, images); running jobs go on")
+    problem = free_space_refusal(cfg.state_dir, cfg["jobs.min_free_gb"], incoming, what)
+    if problem:
+        raise ApiError(507, "disk_full", problem)
 
 
 def check_admission(spec) -> None:
@@ -347,7 +346,7 @@ def code_status(digest: str):
 @route("/code/<digest>", methods=("PUT",), summary="Upload a code archive (.tar.gz body; content-addressed by its sha256; yours to run once sent)")
 def upload_code(digest: str):
     _check_digest(digest)
-    check_disk()
+    check_disk(request.content_length or 0, "a code archive")
     cfg = config()
     dest = jobs.code_dir(cfg.state_dir, digest)
     if os.path.isdir(dest) and jobs.holds_code(store(), digest, g.user.name):

@@ -126,3 +126,33 @@ def test_admission_refuses_work_that_could_never_fit_and_in_refuse_mode_work_ove
     # a deployment's replicas are admitted together
     with pytest.raises(quotas.QuotaExceeded):
         quotas.admit_resources(store, refuse, "bob", [{"cpus": 1.0}, {"cpus": 1.0}])
+
+
+def test_a_job_whose_outputs_grow_over_the_cap_is_stopped_with_the_reason_and_its_outputs_kept(tmp_path):
+    cfg, store, clock, runtime, c = world(tmp_path, **{"jobs.max_outputs_gb": 0.002})  # 2 MB
+    big, small = submit(store, clock, "alice", ["sleep", "600"]), submit(store, clock, "alice", ["sleep", "600"])
+    c.reconcile(now=clock())
+    assert jobs.get(store, big)["state"] == "running"
+    outputs = Path(jobs.job_dir(cfg.state_dir, big)) / "outputs"
+    (outputs / "sub").mkdir()
+    (outputs / "sub" / "data.bin").write_bytes(b"x" * 3_000_000)
+    (Path(jobs.job_dir(cfg.state_dir, small)) / "outputs" / "ok.bin").write_bytes(b"x" * 100_000)
+    c.reconcile(now=clock.advance(1))
+    c.reconcile(now=clock.advance(1))
+    row = jobs.get(store, big)
+    assert row["state"] == "cancelled", row
+    assert row["reason"].startswith("stopped by mlpd: its /outputs holds")
+    assert "over the cap of 0.002 GB (jobs.max_outputs_gb)" in row["reason"] and "kept" in row["reason"]
+    assert (outputs / "sub" / "data.bin").stat().st_size == 3_000_000  # nothing lost
+    assert jobs.get(store, small)["state"] == "running"
+
+
+def test_outputs_are_measured_without_following_links(tmp_path):
+    from mlpd.disk import tree_size
+
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "big").write_bytes(b"x" * 2_000_000)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "outside")
+    assert tree_size(str(tmp_path / "out")) < 100_000
+    assert tree_size(str(tmp_path / "missing")) == 0

@@ -157,6 +157,7 @@ def remove_team(store: Store, name: str, actor: str) -> None:
             raise UserError(f"no such team {name!r}", code="not_found", status=404)
         db.execute("DELETE FROM team_members WHERE team = ?", [name])
         db.execute("DELETE FROM quotas WHERE subject_kind = 'team' AND subject = ?", [name])
+        db.execute("DELETE FROM resource_caps WHERE subject_kind = 'team' AND subject = ?", [name])
         db.execute("DELETE FROM priority_grants WHERE subject = ?", [f"team:{name}"])  # a team made again later starts with none
         db.execute("DELETE FROM teams WHERE name = ?", [name])
         record_event(db, actor, "team.remove", "team", name)
@@ -208,17 +209,54 @@ def set_quota(store: Store, subject_kind: str, subject: str, gpu_hours: float | 
 def quotas_for(store: Store, config: Config, user: str) -> list[Quota]:
     """Every quota that applies to the user: their own (or the configured default) and their teams'."""
     rows = {(r["subject_kind"], r["subject"]): r for r in store.query("SELECT * FROM quotas")}
+    caps = {(r["subject_kind"], r["subject"]): r for r in store.query("SELECT * FROM resource_caps")}
     own = rows.get(("user", user))
-    cpus, memory, count = default_caps(config)
     out = [Quota("user", user,
                  own["gpu_hours"] if own else (config["quotas.gpu_hours"] or None),
                  own["max_gpus"] if own else (config["quotas.max_gpus"] or None),
-                 frozenset([user]), cpus, memory, count)]
+                 frozenset([user]), *_caps_of(caps.get(("user", user)), default_caps(config)))]
     for team in teams_of(store).get(user, []):
-        row = rows.get(("team", team))
-        if row:
-            out.append(Quota("team", team, row["gpu_hours"], row["max_gpus"], frozenset(team_members(store, team))))
+        row, cap_row = rows.get(("team", team)), caps.get(("team", team))
+        if row or cap_row:
+            out.append(Quota("team", team, row["gpu_hours"] if row else None, row["max_gpus"] if row else None,
+                             frozenset(team_members(store, team)), *_caps_of(cap_row, (None, None, None))))
     return [q for q in out if q.gpu_hours or q.max_gpus or q.resource_cap]
+
+
+def _caps_of(row: dict[str, Any] | None, defaults: tuple[float | None, int | None, int | None]) -> tuple[float | None, int | None, int | None]:
+    """(max_cpus, max_memory, max_jobs) from a resource_caps row: NULL = the default, 0 = unlimited (None)."""
+    if row is None:
+        return defaults
+    out = []
+    for key, default in zip(("max_cpus", "max_memory", "max_jobs"), defaults):
+        value = row[key]
+        out.append(default if value is None else (value or None))
+    return out[0], out[1], out[2]
+
+
+def set_caps(store: Store, subject_kind: str, subject: str, actor: str, max_cpus: float | None = None,
+             max_memory: int | None = None, max_jobs: int | None = None, clear: bool = False) -> None:
+    """Set a user's or team's concurrent CPU, memory and workload caps: only those given change
+    (0 = unlimited); clear=True goes back to the configured defaults (a team: none)."""
+    for name, value in (("max_cpus", max_cpus), ("max_memory", max_memory), ("max_jobs", max_jobs)):
+        if value is not None and (value < 0 or value != value):
+            raise UserError(f"{name}: must be >= 0 (0 means unlimited)")
+    with store.write() as db:
+        table = "users" if subject_kind == "user" else "teams"
+        extra = " AND removed_at IS NULL" if subject_kind == "user" else ""
+        if not db.execute(f"SELECT 1 FROM {table} WHERE name = ?{extra}", [subject]).fetchone():
+            raise UserError(f"no such {subject_kind} {subject!r}", code="not_found", status=404)
+        if clear:
+            db.execute("DELETE FROM resource_caps WHERE subject_kind = ? AND subject = ?", [subject_kind, subject])
+        else:
+            db.execute("INSERT OR IGNORE INTO resource_caps (subject_kind, subject, updated_at) VALUES (?, ?, ?)",
+                       [subject_kind, subject, time.time()])
+            for name, value in (("max_cpus", max_cpus), ("max_memory", max_memory), ("max_jobs", max_jobs)):
+                if value is not None:
+                    db.execute(f"UPDATE resource_caps SET {name} = ?, updated_at = ? WHERE subject_kind = ? AND subject = ?",
+                               [value, time.time(), subject_kind, subject])
+        record_event(db, actor, "quota.caps_set", subject_kind, subject, max_cpus=max_cpus, max_memory=max_memory,
+                     max_jobs=max_jobs, clear=clear)
 
 
 def default_caps(config: Config) -> tuple[float | None, int | None, int | None]:

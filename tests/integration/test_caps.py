@@ -122,6 +122,12 @@ def test_work_without_limits_gets_the_defaults_and_the_workload_cap_refuses_at_s
     assert second.json()["error"]["code"] == "quota_exceeded"
     assert "concurrent workload quota of user " + name in second.json()["error"]["message"]
     assert [j["id"] for j in d.api("GET", "/api/v1/jobs", token).json()["jobs"]] == [job["id"]]  # nothing stored
-    d.api("POST", f"/api/v1/jobs/{job['id']}/cancel", token)
-    wait_for(lambda: d.api("GET", f"/api/v1/jobs/{job['id']}", token).json()["job"]["state"] == "cancelled", 60, 0.2, "the cancel")
+    mine = d.cli("quota", token=token)
+    assert "RUNNING/MAX" in mine.stdout and re.search(r"\b1 / 1\b", mine.stdout), mine.stdout
+    raised = d.cli("admin", "quota", "set", "--user", name, "--max-jobs", "2", "--max-memory", "32g")
+    assert raised.returncode == 0, raised.stderr
+    listed = d.cli("admin", "quota", "list")
+    assert name in listed.stdout and "32 GiB" in listed.stdout, listed.stdout
     assert d.api("POST", "/api/v1/jobs", token, json={"command": ["true"]}).status_code == 201
+    assert d.cli("admin", "quota", "set", "--user", name, "--clear").returncode == 0
+    assert d.api("POST", "/api/v1/jobs", token, json={"command": ["true"]}).status_code == 403  # back to the default of 1

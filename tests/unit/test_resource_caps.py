@@ -156,3 +156,47 @@ def test_outputs_are_measured_without_following_links(tmp_path):
     (tmp_path / "out" / "link").symlink_to(tmp_path / "outside")
     assert tree_size(str(tmp_path / "out")) < 100_000
     assert tree_size(str(tmp_path / "missing")) == 0
+
+
+def test_per_user_and_per_team_caps_override_the_defaults_and_clear_back_to_them(tmp_path):
+    cfg, store, clock, runtime, c = world(tmp_path, **{"quotas.max_cpus": 16, "quotas.max_jobs": 10})
+    for name in ("alice", "bob"):
+        add_user(store, name, "member", "admin")
+    quotas.add_team(store, "vision", "admin")
+    quotas.set_membership(store, "vision", "alice", True, "admin")
+    quotas.set_membership(store, "vision", "bob", True, "admin")
+    own = lambda u: next(q for q in quotas.quotas_for(store, cfg, u) if q.subject_kind == "user")  # noqa: E731
+    assert (own("alice").max_cpus, own("alice").max_jobs) == (16.0, 10)
+    quotas.set_caps(store, "user", "alice", "admin", max_cpus=4)
+    quotas.set_caps(store, "user", "alice", "admin", max_jobs=0)  # 0 = unlimited; max_cpus stays
+    assert (own("alice").max_cpus, own("alice").max_jobs, own("alice").max_memory) == (4.0, None, parse_memory("64g"))
+    quotas.set_caps(store, "team", "vision", "admin", max_jobs=3)
+    team = next(q for q in quotas.quotas_for(store, cfg, "bob") if q.subject_kind == "team")
+    assert team.resource_cap == ResourceCap("team vision", frozenset({"alice", "bob"}), None, None, 3)
+    quotas.set_caps(store, "user", "alice", "admin", clear=True)
+    assert (own("alice").max_cpus, own("alice").max_jobs) == (16.0, 10)
+    with pytest.raises(Exception, match="no such user"):
+        quotas.set_caps(store, "user", "nobody", "admin", max_jobs=1)
+    with pytest.raises(Exception, match="max_cpus: must be >= 0"):
+        quotas.set_caps(store, "user", "bob", "admin", max_cpus=-1)
+    # the team's cap holds the members' work together in the scheduler
+    for owner in ("alice", "bob", "alice", "bob"):
+        submit(store, clock, owner, ["sleep", "600"])
+    c.reconcile(now=clock())
+    assert len([j for j in jobs.in_states(store, [jobs.JobState.RUNNING])]) == 3
+
+
+def test_0013_adds_the_resource_caps_table_and_nothing_else(tmp_path, monkeypatch):
+    import sqlite3
+
+    import mlpd.store as store_module
+
+    migrations = list(store_module.MIGRATIONS)
+    assert migrations[12][0] == "0013_resource_caps"
+    monkeypatch.setattr(store_module, "MIGRATIONS", migrations[:12])
+    Store(str(tmp_path / "a.db")).migrate()
+    monkeypatch.setattr(store_module, "MIGRATIONS", migrations[:13])
+    before = {r[0] for r in sqlite3.connect(tmp_path / "a.db").execute("SELECT name FROM sqlite_master")}
+    Store(str(tmp_path / "a.db")).migrate()
+    after = {r[0] for r in sqlite3.connect(tmp_path / "a.db").execute("SELECT name FROM sqlite_master")}
+    assert after - before == {"resource_caps", "sqlite_autoindex_resource_caps_1"}

@@ -32,7 +32,7 @@ from mlpd.priority_classes import PriorityClasses
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd import quotas
 from mlpd.jobspec import host_limits
-from mlpd.resource_caps import ResourceCap, Use, effective_limits, use_of
+from mlpd.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
 from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
                             format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
 from mlpd.scheduler import explain as explain_job
@@ -160,7 +160,7 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                                effective_time_limit(j, config), classes.rank(classes.of(j)), use.cpus, use.memory))
     policy = scheduler_policy(config)
     usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
-    waiting = waiting_for_the_host(queue, holdings, list(limits.values()), demoted)
+    waiting = waiting_for_the_host(queue, holdings, list(limits.values()), demoted, list(caps.values()), running)
     slowdown = (quotas.fair_share_slowdown(store, config, now, waiting, policy.max_age)
                 if policy.fair_share and policy.weight_slowdown and len(owners) > 1 else {})
     reserved = {j["id"]: j["reserved_at"] for j in queued if j.get("reserved_at") is not None}
@@ -452,10 +452,13 @@ class JobController:
         lowest = min(c.rank for c in candidates)
         after = parse_duration(self.config["scheduler.preempt_after"])
         waiting_ids = set(plan.waiting)
+        caps = CapLedger(s.caps, s.running) if s.caps else None
         due = []
         for job in s.queue:  # in queue order below
             if job.id not in waiting_ids or job.gpus <= 0 or job.rank <= lowest:
                 continue
+            if caps and caps.refusal(Use(job.owner, job.cpus, job.memory)):
+                continue  # its owner's own CPU, memory or workload caps hold it: no preemption helps
             # a head promised a start later than that need not wait to know it (an unknown start may be any moment)
             promised_late = (plan.head is not None and plan.head.job_id == job.id and plan.head.start is not None
                              and plan.head.start > job.submitted_at + after)

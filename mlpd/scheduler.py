@@ -198,16 +198,18 @@ def owner_slowdowns(history: Iterable[tuple[str, float, float, float | None]], q
 
 
 def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding], limits: Sequence[GpuLimit] = (),
-                         over_quota: Iterable[str] = ()) -> list[QueuedJob]:
+                         over_quota: Iterable[str] = (), caps: Sequence[ResourceCap] = (),
+                         running: Sequence[Use] = ()) -> list[QueuedJob]:
     """The queued GPU jobs that wait for the host, not for their owner's own quotas: the ones fair
     share's slowdown counts (owner_slowdowns). Left out: every job of an owner over their GPU-hours
     (`over_quota`: they run only when nobody else waits), and a job for which the owner's
     concurrent-GPU limits have no room, counting the GPUs they hold now and those of the jobs the
     same limits hold queued before it (in submit order). Otherwise a member could raise their own
     slowdown factor, and with it the priority of all their work, by queueing more than their quota
-    lets run."""
+    lets run. Likewise for their CPU, memory and workload caps (`caps`, `running`)."""
     skip = set(over_quota)
     limits_of, taken = _quota_ledger(limits, holdings)
+    ledger = CapLedger(caps, running) if caps else None
     out = []
     for j in sorted(queue, key=lambda q: (q.submitted_at, q.id)):
         if j.gpus <= 0 or j.owner in skip:
@@ -215,8 +217,13 @@ def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding]
         lids = limits_of.get(j.owner, ())
         if any(taken[i] + j.gpus > limits[i].max_gpus for i in lids):
             continue  # waits for its owner's own quota
+        use = Use(j.owner, j.cpus, j.memory)
+        if ledger and ledger.refusal(use):
+            continue  # waits for its owner's own caps
         for i in lids:
             taken[i] += j.gpus
+        if ledger:
+            ledger.take(use)
         out.append(j)
     return out
 

@@ -200,3 +200,15 @@ def test_0013_adds_the_resource_caps_table_and_nothing_else(tmp_path, monkeypatc
     Store(str(tmp_path / "a.db")).migrate()
     after = {r[0] for r in sqlite3.connect(tmp_path / "a.db").execute("SELECT name FROM sqlite_master")}
     assert after - before == {"resource_caps", "sqlite_autoindex_resource_caps_1"}
+
+
+def test_work_held_by_its_owners_caps_neither_counts_as_waiting_for_the_host_nor_reserves_gpus():
+    from mlpd.scheduler import Gpu, QueuedJob, schedule, waiting_for_the_host
+
+    caps = [ResourceCap("user alice", frozenset({"alice"}), cpus=None, memory=None, jobs=1)]
+    running = [Use("alice", 1, 0)]
+    queue = [QueuedJob("a1", "alice", 1, None, 0, T0, 3600, 0, 1.0, 0), QueuedJob("b1", "bob", 1, None, 0, T0 + 1, 3600, 0, 1.0, 0)]
+    assert [j.id for j in waiting_for_the_host(queue, [], caps=caps, running=running)] == ["b1"]
+    plan = schedule([Gpu("g0", 0, "m")], [], queue, T0 + 2, caps=caps, running=running, explain=True)
+    assert [p.job_id for p in plan.placements] == ["b1"] and plan.head is None  # alice's job reserves nothing
+    assert "concurrent workload quota of user alice" in next(w.reason for w in plan.waits if w.job_id == "a1")

@@ -81,6 +81,12 @@ def test_uploads_over_the_artifact_cap_or_the_disk_reserve_and_archives_of_many_
     error = json.loads(body)["error"]
     assert error["code"] == "too_large" and "mlflow.max_artifact_mb" in error["message"] and "1 MiB" in error["message"]
     assert raw_put(d, f"{base}/ok.bin", token, b"y" * 500_000)[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)  # no length: it could not be capped before writing
+    conn.request("PUT", f"{base}/chunked.bin", body=iter([b"c" * 1000] * 3), headers={"Authorization": f"Bearer {token}"},
+                 encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 411 and json.loads(resp.read())["error"]["code"] == "length_required"
+    conn.close()
     filler = fill_until(small_disk, 30_500_000)  # 30.5 MB free; the reserve is 30 MB
     status, body = raw_put(d, f"{base}/full.bin", token, b"z" * 900_000)
     assert status == 507, body[:300]

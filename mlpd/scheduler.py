@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
+from mlpd.resource_caps import CapLedger, ResourceCap, Use
+
 INF = math.inf
 MIN_EXPANSION_BASE = 600.0  # expansion counts a job shorter than 10 minutes as 10 minutes long
 SLOWDOWN_SCALE_FLOOR = 2.0  # slowdown_factors scales by the largest mean slowdown, but by at least this
@@ -70,6 +72,8 @@ class QueuedJob:
     submitted_at: float
     time_limit: float | None  # seconds; None = unlimited
     rank: int = 0  # its priority class's rank (higher classes go first, whatever the score)
+    cpus: float = 0.0  # what it counts against its owner's CPU and memory caps (mlpd.resource_caps.use_of)
+    memory: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,16 +198,18 @@ def owner_slowdowns(history: Iterable[tuple[str, float, float, float | None]], q
 
 
 def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding], limits: Sequence[GpuLimit] = (),
-                         over_quota: Iterable[str] = ()) -> list[QueuedJob]:
+                         over_quota: Iterable[str] = (), caps: Sequence[ResourceCap] = (),
+                         running: Sequence[Use] = ()) -> list[QueuedJob]:
     """The queued GPU jobs that wait for the host, not for their owner's own quotas: the ones fair
     share's slowdown counts (owner_slowdowns). Left out: every job of an owner over their GPU-hours
     (`over_quota`: they run only when nobody else waits), and a job for which the owner's
     concurrent-GPU limits have no room, counting the GPUs they hold now and those of the jobs the
     same limits hold queued before it (in submit order). Otherwise a member could raise their own
     slowdown factor, and with it the priority of all their work, by queueing more than their quota
-    lets run."""
+    lets run. Likewise for their CPU, memory and workload caps (`caps`, `running`)."""
     skip = set(over_quota)
     limits_of, taken = _quota_ledger(limits, holdings)
+    ledger = CapLedger(caps, running) if caps else None
     out = []
     for j in sorted(queue, key=lambda q: (q.submitted_at, q.id)):
         if j.gpus <= 0 or j.owner in skip:
@@ -211,8 +217,13 @@ def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding]
         lids = limits_of.get(j.owner, ())
         if any(taken[i] + j.gpus > limits[i].max_gpus for i in lids):
             continue  # waits for its owner's own quota
+        use = Use(j.owner, j.cpus, j.memory)
+        if ledger and ledger.refusal(use):
+            continue  # waits for its owner's own caps
         for i in lids:
             taken[i] += j.gpus
+        if ledger:
+            ledger.take(use)
         out.append(j)
     return out
 
@@ -408,7 +419,8 @@ def _caps(free_by_model: Mapping[str, list[Gpu]], exclude: Collection[str] = ())
 def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob],
              now: float, policy: Policy = Policy(), usage: Mapping[str, float] | None = None,
              limits: Sequence[GpuLimit] = (), reserved: Mapping[str, float] | None = None,
-             explain: bool | Collection[str] = False, slowdown: Mapping[str, float] | None = None) -> Plan:
+             explain: bool | Collection[str] = False, slowdown: Mapping[str, float] | None = None,
+             caps: Sequence[ResourceCap] = (), running: Sequence[Use] = ()) -> Plan:
     """Decide which queued jobs start now, and which job holds the reservation.
 
     Walks the queue in `queue_order`. Jobs that fit are placed on the
@@ -420,32 +432,37 @@ def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Q
     when they got it: they go first. `usage` (each owner's decayed recent GPU
     usage) and `slowdown` (each owner's recent mean slowdown, owner_slowdowns) feed fair share. `limits` are concurrent-GPU quotas: a job that
     would take its owner (or team) over one waits without reserving GPUs, and
-    backfill never takes the head's quota group past what the head needs.
+    backfill never takes the head's quota group past what the head needs. `caps` are
+    concurrent CPU, memory and workload-count caps over every kind of work (GPU or not), `running`
+    what running work holds of them: a job over one waits, like one over a GPU quota.
 
     `explain`: True gives every waiting job a `Wait` (the sentence, blockers and
     an estimated start); a collection of ids gives those jobs one; by default
     none, which keeps a pass over a long queue cheap.
     """
-    return _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, explain, None, slowdown)
+    return _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, explain, None, slowdown, caps, running)
 
 
 def explain(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob], now: float,
             job_id: str, policy: Policy = Policy(), usage: Mapping[str, float] | None = None,
             limits: Sequence[GpuLimit] = (), reserved: Mapping[str, float] | None = None,
-            slowdown: Mapping[str, float] | None = None) -> Wait | None:
+            slowdown: Mapping[str, float] | None = None, caps: Sequence[ResourceCap] = (),
+            running: Sequence[Use] = ()) -> Wait | None:
     """Why one queued job waits, as `schedule(..., explain=True)` would say; None if it would start now.
 
     Stops at that job: the jobs behind it cannot change its answer.
     """
-    plan = _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, (job_id,), job_id, slowdown)
+    plan = _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, (job_id,), job_id, slowdown, caps, running)
     return next((w for w in plan.waits if w.job_id == job_id), None)
 
 
 def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob], now: float,
           policy: Policy, usage: Mapping[str, float] | None, limits: Sequence[GpuLimit],
           reserved: Mapping[str, float] | None, explain: bool | Collection[str], stop_at: str | None,
-          slowdown: Mapping[str, float] | None = None) -> Plan:
+          slowdown: Mapping[str, float] | None = None, caps: Sequence[ResourceCap] = (),
+          running: Sequence[Use] = ()) -> Plan:
     gpus = sorted(gpus, key=lambda g: g.index)
+    ledger = CapLedger(caps, running) if caps else None
     by_uuid = {g.uuid: g for g in gpus}
     holders: dict[str, list[Holding]] = {}
     for h in holdings:
@@ -492,6 +509,8 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
             free_by_model[g.model].remove(g)
         for i in limits_of.get(job.owner, ()):
             held[i] += job.gpus
+        if ledger:
+            ledger.take(Use(job.owner, job.cpus, job.memory))
         cap = _caps(free_by_model)
         cap_outside = cap if head is None else _caps(free_by_model, head.reserved)
 
@@ -501,10 +520,23 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
     for pos, job in enumerate(queue_order(queue, usage, now=now, policy=policy, reserved=reserved, slowdown=slowdown,
                                                  host_gpus=largest[None]), start=1):
         n = job.gpus
+        wanted = explain_all or job.id in explain_ids
+        use = Use(job.owner, job.cpus, job.memory)
+        over_cap = ledger.refusal(use) if ledger else None
+        if over_cap:
+            # Its owner's CPU, memory or workload cap stops it: like a GPU quota, it reserves nothing.
+            waiting.append(job.id)
+            if wanted:
+                tail = "" if over_cap.startswith("can never run") else "; it starts when some of its owner's running work ends"
+                waits.append(Wait(job.id, pos, over_cap + tail, (), None))
+            if job.id == stop_at:
+                break
+            continue
         if n <= 0:  # CPU-only work never competes for GPUs
             placements.append(Placement(job.id, ()))
+            if ledger:
+                ledger.take(use)
             continue
-        wanted = explain_all or job.id in explain_ids
         if head is not None and not wanted and (not policy.backfill or not cap[None]):
             waiting.append(job.id)  # no GPU is left that anyone behind the head could take
             continue

@@ -74,11 +74,20 @@ def job_view(job: dict) -> dict:
         "gpus": {"count": spec["gpus"], "indices": job["gpu_indices"], "uuids": job["gpu_uuids"]},
         "image": spec.get("image") or config()["jobs.default_image"], "command": spec["command"],
         "submitted_at": job["submitted_at"], "started_at": job["started_at"], "ended_at": job["ended_at"],
-        "cancel_requested_by": job["cancel_requested_by"], "spec": spec,
+        "cancel_requested_by": job["cancel_requested_by"], "spec": spec, "limits": effective_limits_view(spec),
         "priority_class": _classes().of(job), "attempt": job["attempts"],
         "preempting": None if job["preempt_requested_at"] is None or job["state"] not in ("starting", "running")
         else {"since": job["preempt_requested_at"], "reason": job["preempt_reason"]},
     }
+
+
+def effective_limits_view(spec: dict) -> dict:
+    """The CPU and memory limits the workload's container gets (its own, else the defaults; None = none)."""
+    from mlpd.resource_caps import effective_limits
+
+    cpus, memory = effective_limits(spec, config(), host_limits())
+    return {"cpus": cpus, "memory": memory, "cpus_default": spec.get("cpus") is None and cpus is not None,
+            "memory_default": spec.get("memory") is None and memory is not None}
 
 
 def _classes():
@@ -96,16 +105,15 @@ def check_priority_class(spec) -> None:
         raise ApiError(*refusal)
 
 
-def check_disk() -> None:
-    """Refuse new work while the state directory's disk is nearly full (running work is not touched)."""
-    import shutil
+def check_disk(incoming: int = 0, what: str = "new work") -> None:
+    """Refuse new work (and an upload of `incoming` bytes) while the state directory's disk is nearly
+    full (running work is not touched)."""
+    from mlpd.disk import free_space_refusal
 
     cfg = config()
-    free = shutil.disk_usage(cfg.state_dir).free
-    if free < cfg["jobs.min_free_gb"] * 1e9:
-        raise ApiError(507, "disk_full", f"the daemon's disk is nearly full ({free / 1e9:.2f} GB free under its state directory, "
-                                         f"jobs.min_free_gb = {cfg['jobs.min_free_gb']:g}); new jobs are refused until an admin frees space "
-                                         "(old job outputs, images); running jobs go on")
+    problem = free_space_refusal(cfg.state_dir, cfg["jobs.min_free_gb"], incoming, what)
+    if problem:
+        raise ApiError(507, "disk_full", problem)
 
 
 def check_admission(spec) -> None:
@@ -142,7 +150,8 @@ def create_job(data: dict) -> tuple[dict, list[str]]:
     check_disk()
     from mlpd import quotas
 
-    warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus)  # QuotaExceeded: 403
+    warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus,  # QuotaExceeded: 403
+                                       work=[{"cpus": spec.cpus, "memory": spec.memory}])
     job = jobs.submit(store(), g.user.name, spec, warnings)
     wake(f"submitted {job['id']}")
     return job, warnings
@@ -337,7 +346,7 @@ def code_status(digest: str):
 @route("/code/<digest>", methods=("PUT",), summary="Upload a code archive (.tar.gz body; content-addressed by its sha256; yours to run once sent)")
 def upload_code(digest: str):
     _check_digest(digest)
-    check_disk()
+    check_disk(request.content_length or 0, "a code archive")
     cfg = config()
     dest = jobs.code_dir(cfg.state_dir, digest)
     if os.path.isdir(dest) and jobs.holds_code(store(), digest, g.user.name):
@@ -359,7 +368,7 @@ def upload_code(digest: str):
             if h.hexdigest() != digest:
                 raise ApiError(400, "digest_mismatch", f"digest: the body's sha256 is {h.hexdigest()}, not {digest}")
             try:
-                files = extract_archive(tmp.name, dest, max_bytes=limit)
+                files = extract_archive(tmp.name, dest, max_bytes=limit, max_members=cfg["jobs.max_code_files"])
             except FileExistsError:
                 files = None  # stored already (by someone else, or a concurrent upload): same content
             except CodeArchiveError as exc:

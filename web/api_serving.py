@@ -57,7 +57,8 @@ def create_deployment():
     check_disk()
     from mlpd import quotas
 
-    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"])  # QuotaExceeded: 403
+    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"],  # QuotaExceeded: 403
+                            work=[spec] * spec["replicas"])
     dep, key = serving.create(store(), config(), g.user.name, name, uri, spec, data.get("follow_alias"),
                               follow_foreign=bool(data.get("follow_foreign")))
     wake(f"deployment {name} created")

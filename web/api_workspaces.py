@@ -102,7 +102,7 @@ def create_for_user(data: dict) -> tuple[dict, list[str]]:
 
     check_admission(workspaces.session_spec(spec, name))
     check_disk()
-    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"])  # QuotaExceeded: 403
+    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"], work=[spec])  # QuotaExceeded: 403
     port = workspaces.allocate_port(store(), config()["workspaces.port_range"])
     ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
     ws = workspaces.create(store(), g.user.name, name, spec, port, ssh_port)
@@ -147,7 +147,7 @@ def start_workspace(name: str):
     data = json_body()
     ws = _get(name)
     check_disk()
-    quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"])
+    quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
     before = ws["session"]
     ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
     if ws["session"] != before:

@@ -262,6 +262,18 @@ def jobs(ctx, all_users, states, limit, as_json):
           ["id", "name", "owner", "state", "gpus", "submitted", "reason"])
 
 
+
+def _limit_lines(job: dict, spec: dict) -> list[tuple[str, str]]:
+    """The CPU and memory limits the container gets, marked where they are the daemon's defaults."""
+    from mlpd.jobspec import format_bytes
+
+    limits = job.get("limits") or {"cpus": spec.get("cpus"), "memory": spec.get("memory")}
+    cpus = f"{limits['cpus']:g}" if limits.get("cpus") else "no limit"
+    memory = format_bytes(limits["memory"]) if limits.get("memory") else "no limit"
+    return [("cpus", cpus + (" (default)" if limits.get("cpus_default") else "")),
+            ("memory", memory + (" (default)" if limits.get("memory_default") else ""))]
+
+
 @jobs.command("show")
 @click.argument("job_id")
 @json_option
@@ -280,7 +292,7 @@ def jobs_show(job_id, as_json):
         ("state", job["state"] + (f": {job['reason']}" if job["reason"] else "")),
         ("exit code", job["exit_code"]), ("image", job["image"]), ("command", " ".join(job["command"])),
         ("gpus", f"{spec['gpus']} requested" + (f", indices {job['gpus']['indices']} ({', '.join(job['gpus']['uuids'])})" if job["gpus"]["uuids"] else "")),
-        ("cpus", spec.get("cpus") or "-"), ("memory", format_bytes(spec["memory"]) if spec.get("memory") else "-"),
+        *_limit_lines(job, spec),
         ("time limit", format_duration(spec["time_limit"]) if spec.get("time_limit") else "-"), ("priority", job["priority"]),
         ("class", job.get("priority_class", "-")), ("attempt", job.get("attempt", 1)),
         ("code", (spec.get("code") or "-")[:12]), ("submitted", when(job["submitted_at"])), ("started", when(job["started_at"])), ("ended", when(job["ended_at"])),

@@ -203,7 +203,13 @@ def build_context(directory: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="mlpd-build-") as tmp:
         context = os.path.join(tmp, "context")
         shutil.copytree(directory, context)
-        bundle = os.environ.get("MLPD_BUILD_CA_BUNDLE") or next((p for p in HOST_CA_BUNDLES if os.path.exists(p)), None)
-        if bundle and os.path.exists(bundle):
+        bundle = host_ca_bundle()
+        if bundle:
             shutil.copyfile(bundle, os.path.join(context, "host-ca.crt"))
         yield context
+
+
+def host_ca_bundle() -> str | None:
+    """The host's CA bundle (MLPD_BUILD_CA_BUNDLE, else the distribution's), as a real path; None when there is none."""
+    bundle = os.environ.get("MLPD_BUILD_CA_BUNDLE") or next((p for p in HOST_CA_BUNDLES if os.path.exists(p)), None)
+    return os.path.realpath(bundle) if bundle and os.path.exists(bundle) else None

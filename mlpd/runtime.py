@@ -85,6 +85,36 @@ class LaunchRequest:
     attempt: int = 1  # which run of the workload this is (a preempted job runs again): MLPD_ATTEMPT, label mlpd.attempt
 
 
+# A build's limits (BuildRequest): roomy enough for pip to compile an sdist, bounded like a job.
+BUILD_MEMORY = 8 * 1024**3
+BUILD_PIDS = 4096
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """An image made by running a command in a container from base and committing what it wrote.
+
+    The container is hardened like a job's (the request's non-root user, no capabilities,
+    no-new-privileges, pids and memory limits, mlpd's isolated network): whatever the command
+    runs (a package's build backend, say) has no more power than the job that asked for it.
+    """
+
+    base: str
+    tag: str
+    command: tuple[str, ...]
+    user: str  # numeric uid:gid the command runs as; also the image's user
+    directory: str  # made before the command runs, owned by user (where it installs); its working directory
+    files: tuple[tuple[str, str], ...] = ()  # (name, text) put in directory before it runs, owned by user, mode 0600
+    env: dict[str, str] = field(default_factory=dict)  # set while it runs and in the image; "$PATH" in a value is the base's PATH
+    labels: dict[str, str] = field(default_factory=dict)  # the image's labels (the base's are kept)
+    ca_bundle: str | None = None  # a host file mounted read-only at CA_BUNDLE_MOUNT while it runs
+    memory: int = BUILD_MEMORY
+    pids: int = BUILD_PIDS
+
+
+CA_BUNDLE_MOUNT = "/etc/mlpd-host-ca.crt"
+
+
 def container_name(job_id: str) -> str:
     return f"mlpd-job-{job_id}"
 
@@ -160,6 +190,11 @@ class Runtime(Protocol):
 
     def build_image(self, path: str, tag: str, buildargs: dict[str, str], labels: dict[str, str] | None = None) -> Iterator[str]:
         """Build an image from a directory; yields progress lines; raises RuntimeFailure on error."""
+
+    def build_by_running(self, req: BuildRequest) -> Iterator[str]:
+        """Make req.tag by running req.command in a hardened container from req.base (see BuildRequest)
+        and committing it with req.env, req.user and req.labels; yields the command's output lines.
+        Raises RuntimeFailure when it exits non-zero (no image made); the container never outlives the call."""
 
     def pull_image(self, image: str) -> None:
         """Pull an image from its registry; raises ImageMissing when it cannot."""

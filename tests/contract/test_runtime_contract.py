@@ -225,3 +225,29 @@ def test_terminate_sends_sigterm_and_returns_at_once_and_the_attempt_is_labelled
     rt.terminate(req.job_id)  # an ended workload: no error
     rt.remove(req.job_id)
     rt.terminate(req.job_id)  # a gone one: no error
+
+
+def test_an_image_is_made_by_running_a_command_and_a_failed_run_makes_none(make_runtime, tmp_path):
+    from mlpd.runtime import BuildRequest
+
+    rt = make_runtime()
+    tag = f"mlpd/contract-{secrets.token_hex(4)}:1"
+    build = BuildRequest(base=IMAGE, tag=tag, command=("sh", "-c", "echo building with $MLPD_NOTE; exit 0"), user="1000:1000",
+                         directory="/opt/mlpd-contract", files=(("note.txt", "hello\n"),),
+                         env={"MLPD_NOTE": "a-note", "PATH": "/opt/mlpd-contract/bin:$PATH"}, labels={"org.mlpd.test": "built"})
+    lines = list(rt.build_by_running(build))
+    assert "building with a-note" in lines
+    assert rt.image_present(tag) and rt.image_labels(tag)["org.mlpd.test"] == "built"
+    assert rt.list_jobs() == {}  # a build is no workload
+    req = request(tmp_path, ["sh", "-c", "echo note=$MLPD_NOTE path=$PATH"], image=tag)
+    rt.start_job(req)
+    ended(rt, req.job_id)
+    out = b"".join(rt.logs(req.job_id)).decode()
+    assert "note=a-note" in out and "path=/opt/mlpd-contract/bin:/" in out, out  # the base's PATH after the build's
+    rt.remove(req.job_id)
+    assert rt.remove_image(tag)
+    failing = BuildRequest(base=IMAGE, tag=tag, command=("sh", "-c", "echo broken; exit 3"), user="1000:1000", directory="/opt/mlpd-contract")
+    with pytest.raises(RuntimeFailure) as info:
+        list(rt.build_by_running(failing))
+    assert "code 3" in str(info.value)
+    assert not rt.image_present(tag) and rt.list_jobs() == {}

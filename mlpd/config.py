@@ -64,9 +64,9 @@ def _between(low: float, high: float) -> Callable[[float], str | None]:
 def _container_user(value: str) -> str | None:
     uid, sep, gid = value.partition(":")
     if not (uid.isdigit() and sep and gid.isdigit()):
-        return "expected numeric UID:GID, e.g. '1000:1000' (a name could map to root inside an image)"
+        return "expected numeric UID:GID, e.g. '65200:65200' (a name could map to root inside an image)"
     if int(uid) == 0 or int(gid) == 0:
-        return "job containers never run as root (uid 0 or gid 0); use e.g. '1000:1000'"
+        return "job containers never run as root (uid 0 or gid 0); use e.g. '65200:65200'"
     return None
 
 
@@ -230,7 +230,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("environments.keep_days", (int, float), 30, "Job environments (mlpd/env:*) not used for this many days are removed.", _between(0.01, 3650)),
     Setting("environments.max_gb", (int, float), 50, "Most disk all job environments together may use, in GB; the least recently used go first.", _between(0.1, 100000)),
     Setting("jobs.min_free_gb", (int, float), 1, "Submissions are refused while the state directory's disk has less free space than this, in GB (running work goes on).", _between(0, 100000)),
-    Setting("jobs.container_user", str, "1000:1000", "Numeric uid:gid job containers run as (never root: uid and gid 0 are refused).", _container_user),
+    Setting("jobs.container_user", str, "65200:65200", "Numeric uid:gid every container of a member runs as: a uid no host account "
+            "that can log in has (never root: uid and gid 0 are refused).", _container_user),
     Setting("workspaces.image", str, "mlpd/workspace:latest", "Image of workspaces that name none (JupyterLab on the training image; 'mlpd images build' builds it)."),
     Setting("workspaces.idle_timeout", str, "4h", "A workspace with no activity (kernels, terminals, the server, busy GPUs) this long is stopped and its GPUs freed; admins may allow a user longer.", _duration_nonempty),
     Setting("workspaces.cull_interval", (int, float), 60.0, "Seconds between idle checks of running workspaces (1 to 3600).", _between(1, 3600)),

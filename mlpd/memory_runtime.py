@@ -61,7 +61,7 @@ class MemoryRuntime:
         self.image_created: dict[str, float] = {}
         self.image_sizes: dict[str, int] = {}  # tests set sizes to exercise disk limits
         self.image_env: dict[str, dict[str, str]] = {}  # what a built image sets in its containers' environment
-        self.builds: list[BuildRequest] = []  # every build_by_running, for tests to look at
+        self.build_requests: list[BuildRequest] = []  # every build_by_running, for tests to look at
         self.containers: dict[str, _Container] = {}
         self.has_nvidia = False
         self._lock = threading.RLock()
@@ -246,7 +246,7 @@ class MemoryRuntime:
     def build_by_running(self, req: BuildRequest) -> Iterator[str]:
         if req.base not in self.images:
             raise ImageMissing(f"image '{req.base}' not found on this host")
-        self.builds.append(req)
+        self.build_requests.append(req)
         env = {k: v.replace("$PATH", "/usr/local/bin:/usr/bin:/bin") for k, v in req.env.items()}
         try:
             steps = _parse(req.command)

@@ -124,7 +124,7 @@ StandardError=journal
 SyslogIdentifier=mlpd
 
 # Sandbox. The daemon writes only its state directory; it reads its venv and config, talks to the engine
-# over its socket, binds a loopback port (and one on Docker's bridge for containers), and reads GPUs
+# over its socket, binds a loopback port (and one on mlpd's Docker network for containers), and reads GPUs
 # through NVML (/dev/nvidia*, which is why PrivateDevices is not set).
 NoNewPrivileges=yes
 ProtectSystem=strict

@@ -195,7 +195,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.workers", int, 2, "gunicorn worker processes (1-64).", _between(1, 64)),
     Setting("server.threads", int, 16, "Threads per gunicorn worker, 1-256 (log streams hold one each).", _between(1, 256)),
     Setting("server.log_level", str, "info", "Daemon log level.", _one_of("debug", "info", "warning", "error")),
-    Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the Docker bridge gateway on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
+    Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the gateway of mlpd's Docker network (mlpd-isolated, which every container joins) on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
     Setting("mlflow.default_experiment", str, "jobs-{owner}", "MLflow experiment of jobs that name none ({owner} is the job's owner).", _experiment_template),
     Setting("mlflow.allowed_hosts", list, [], "Extra Host header names the embedded MLflow accepts (e.g. this box's DNS name when server.listen is not loopback)."),
     Setting("scheduler.reconcile_interval", (int, float), 5.0, "Seconds between full reconciliations with Docker (0.1 to 3600).", _between(0.1, 3600)),

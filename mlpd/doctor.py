@@ -233,7 +233,7 @@ def _daemon_check(config) -> Check:
                      "see the daemon's log ('journalctl -u mlpd'): the worker reconciles and launches jobs")
     extra = config["server.container_listen"]
     return Check("daemon", OK, f"answers on {listen}, version {health.get('version')}, worker ok"
-                 + (f"; containers reach it on {extra}" if extra and extra != "auto" else "; containers reach it on the Docker bridge gateway"))
+                 + (f"; containers reach it on {extra}" if extra and extra != "auto" else "; containers reach it on the gateway of mlpd's network (mlpd-isolated)"))
 
 
 def _mlflow_check(config) -> Check:

@@ -312,7 +312,7 @@ class DockerRuntime:
             raise ImageMissing(f"image '{image}' could not be pulled ({str(exc).splitlines()[0][:200]})") from None
 
     def engine_info(self) -> dict:
-        return {"version": self.client.version().get("Version", "?"), "nvidia": self.has_nvidia}
+        return {"version": self.client.version().get("Version", "?"), "nvidia": self.has_nvidia, "gateway": self.gateway}
 
     def image_id(self, image: str) -> str | None:
         try:

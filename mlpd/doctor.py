@@ -50,6 +50,9 @@ def run_checks(config, runtime_factory: Callable | None = None) -> list[Check]:
     checks += _gpu_checks(config, runtime)
     if runtime is not None:
         checks += _image_checks(config, runtime)
+        network = container_network_check(config["server.container_listen"], runtime.engine_info().get("gateway"))
+        if network:
+            checks.append(network)
     checks += _state_checks(config)
     checks.append(job_user_check(config["jobs.container_user"], _host_accounts(config["jobs.container_user"])))
     checks.append(_daemon_check(config))
@@ -97,6 +100,22 @@ def _retention_check(config) -> Check | None:
     return Check("retention", OK, f"due now: the files of {len(due.job_dirs)} ended jobs and {len(due.code)} code archives, "
                               f"{due.bytes / 1e6:.1f} MB (removed hourly; retention.job_days = {config['retention.job_days']:g}, "
                               f"code_days = {config['retention.code_days']:g})")
+
+
+def container_network_check(container_listen: str, gateway: str | None) -> Check | None:
+    """Whether containers can reach the daemon: every container is on mlpd's network, where host.docker.internal
+    is its gateway, so a server.container_listen set to another address (Docker's default bridge, 172.17.0.1,
+    before mlpd had its own network) is one they cannot reach. None when there is no network to ask about."""
+    if gateway is None:
+        return None
+    host = container_listen.rpartition(":")[0] if ":" in container_listen else container_listen
+    if container_listen in ("auto", "") or host == gateway:
+        return Check("container network", OK, f"containers are on mlpd-isolated (no traffic between them); they reach the "
+                                              f"daemon as host.docker.internal = {gateway}")
+    return Check("container network", WARN,
+                 f"server.container_listen is {container_listen}, but containers are on mlpd-isolated, where host.docker.internal "
+                 f"is {gateway}: they cannot reach the daemon (MLflow, the API)",
+                 "set server.container_listen = \"auto\" in mlpd.toml and restart the daemon")
 
 
 NO_LOGIN_SHELLS = ("nologin", "false")

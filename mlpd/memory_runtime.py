@@ -64,6 +64,7 @@ class MemoryRuntime:
         self.build_requests: list[BuildRequest] = []  # every build_by_running, for tests to look at
         self.containers: dict[str, _Container] = {}
         self.has_nvidia = False
+        self.gateway: str | None = None  # no network in memory; tests may set one
         self._lock = threading.RLock()
         self._listeners: list[Callable[[str], None]] = []
         self._serial = 0
@@ -225,7 +226,7 @@ class MemoryRuntime:
                  "created_at": self.image_created.get(t)} for t in sorted(self.images) if t.startswith(prefix)]
 
     def engine_info(self) -> dict:
-        return {"version": "in-memory", "nvidia": self.has_nvidia}
+        return {"version": "in-memory", "nvidia": self.has_nvidia, "gateway": self.gateway}
 
     def image_id(self, image: str) -> str | None:
         import hashlib

@@ -177,7 +177,8 @@ class Runtime(Protocol):
         """Call on_change(job_id) whenever one of this daemon's containers starts or ends; blocks until stop."""
 
     def engine_info(self) -> dict:
-        """{"version": the engine's version, "nvidia": whether it has the NVIDIA container runtime}."""
+        """{"version": the engine's version, "nvidia": whether it has the NVIDIA container runtime, "gateway": the
+        host's address on the network every container joins (what host.docker.internal is there), or None}."""
 
     def image_present(self, image: str) -> bool: ...
 

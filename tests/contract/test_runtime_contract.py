@@ -211,6 +211,7 @@ def test_an_image_is_built_and_removed_but_not_while_a_container_uses_it(make_ru
 def test_the_engine_describes_itself(make_runtime):
     info = make_runtime().engine_info()
     assert info["version"] and isinstance(info["nvidia"], bool)
+    assert info["gateway"] is None or info["gateway"].count(".") == 3  # the host's IPv4 address on mlpd's network
 
 
 def test_terminate_sends_sigterm_and_returns_at_once_and_the_attempt_is_labelled(make_runtime, tmp_path):

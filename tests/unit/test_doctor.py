@@ -99,3 +99,15 @@ def test_the_shipped_job_uid_is_no_login_account_on_this_host(tmp_path):
     checks, cfg = checks_by_name(tmp_path)
     assert cfg["jobs.container_user"] == "65200:65200"
     assert checks["job uid"].status == OK, checks["job uid"]
+
+
+def test_a_container_listen_address_off_mlpds_network_gets_a_warning_and_the_fix(tmp_path):
+    from mlpd.doctor import container_network_check
+
+    assert container_network_check("auto", "10.77.0.1").status == OK and "10.77.0.1" in container_network_check("auto", "10.77.0.1").detail
+    assert container_network_check("10.77.0.1:8470", "10.77.0.1").status == OK
+    stale = container_network_check("172.17.0.1", "10.77.0.1")  # pinned to docker0 before mlpd had its own network
+    assert stale.status == WARN and "cannot reach the daemon" in stale.detail and 'container_listen = "auto"' in stale.fix
+    assert container_network_check("auto", None) is None  # the in-memory runtime has no network
+    checks, _ = checks_by_name(tmp_path)
+    assert "container network" not in checks

@@ -123,10 +123,13 @@ def container_env(req: LaunchRequest) -> dict[str, str]:
     """The container's environment: the request's, then what mlpd sets over it.
 
     Set last, over the user's env: the NVIDIA toolkit honours NVIDIA_VISIBLE_DEVICES even in an
-    unprivileged container, so a user-set value would escape the allocation.
+    unprivileged container, so a user-set value would escape the allocation. Set first, under it:
+    USER and LOGNAME, the owner's name, because the container's uid (jobs.container_user) need not be
+    in an image's /etc/passwd, and Python's getpass.getuser() (which MLflow calls for every run) fails
+    without either.
     """
     gpu_list = ",".join(req.gpu_uuids)
-    return {**req.env, "CUDA_VISIBLE_DEVICES": gpu_list, "NVIDIA_VISIBLE_DEVICES": gpu_list or "void",
+    return {"USER": req.owner, "LOGNAME": req.owner, **req.env, "CUDA_VISIBLE_DEVICES": gpu_list, "NVIDIA_VISIBLE_DEVICES": gpu_list or "void",
             "MLPD_JOB_ID": req.job_id, "MLPD_OUTPUTS": "/outputs", "MLPD_ATTEMPT": str(req.attempt)}
 
 

@@ -100,10 +100,11 @@ def test_the_gpu_environment_is_the_allocation_whatever_the_spec_says(make_runti
     rt.start_job(req)
     ended(rt, req.job_id)
     assert "CUDA=GPU-a,GPU-b NVIDIA=GPU-a,GPU-b OUT=/outputs" in b"".join(rt.logs(req.job_id)).decode()
-    none = request(tmp_path, ["sh", "-c", "echo NVIDIA=$NVIDIA_VISIBLE_DEVICES"])
+    none = request(tmp_path, ["sh", "-c", "echo NVIDIA=$NVIDIA_VISIBLE_DEVICES USER=$USER LOGNAME=$LOGNAME"])
     rt.start_job(none)
     ended(rt, none.job_id)
-    assert "NVIDIA=void" in b"".join(rt.logs(none.job_id)).decode()
+    # USER and LOGNAME name the owner: the container's uid need not be in the image's /etc/passwd (getpass)
+    assert "NVIDIA=void USER=alice LOGNAME=alice" in b"".join(rt.logs(none.job_id)).decode()
 
 
 def test_start_stop_and_remove_are_idempotent(make_runtime, tmp_path):

@@ -45,6 +45,18 @@ def test_requirements_are_built_once_reused_and_a_bad_one_fails_with_pips_messag
     history = [e["action"] for e in job["history"]] if "history" in job else \
         [e["action"] for e in daemon.api("GET", f"/api/v1/jobs/{first}", token).json()["job"]["history"]]
     assert "job.environment_built" in history
+    # the environment is the base's configuration with the packages' paths, as the job uid, and nothing of the
+    # container it was built in (its command, mounts or labels)
+    import re
+    import subprocess
+
+    tag = re.search(r"building the environment (mlpd/env:[0-9a-f]+)", logs).group(1)
+    image, base = (json.loads(subprocess.run(["docker", "image", "inspect", name], capture_output=True, text=True).stdout)[0]["Config"]
+                   for name in (tag, "mlpd/train:latest"))
+    assert image["User"] == "65200:65200" and image["Cmd"] == base["Cmd"] and image["WorkingDir"] == base["WorkingDir"]
+    assert not image.get("Volumes") and not image.get("Entrypoint")
+    assert "PYTHONUSERBASE=/opt/mlpd-env" in image["Env"] and any(e.startswith("PATH=/opt/mlpd-env/bin:") for e in image["Env"])
+    assert not [k for k in image["Labels"] if k.startswith("mlpd.")] and image["Labels"]["org.mlpd.env.requirements"] == tag.split(":")[1]
 
     # the same requirements again: no build, and the job starts about as fast as one without requirements
     started = time.monotonic()

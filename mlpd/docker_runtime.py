@@ -39,6 +39,7 @@ def _ts(value: str | None) -> float | None:
 # isolates each container from all others, so nothing is gained by more (and Docker's address pools hold only
 # about thirty bridge networks).
 NETWORK = "mlpd-isolated"
+MAX_BUILD_LINE = 16 * 1024  # bytes of one line of a build's output
 LABEL_NETWORK = "org.mlpd.network"
 _ICC = "com.docker.network.bridge.enable_icc"
 
@@ -359,19 +360,29 @@ class DockerRuntime:
             pids_limit=req.pids, mem_limit=req.memory, memswap_limit=req.memory,
             network=NETWORK, extra_hosts={"host.docker.internal": self.gateway},
             log_config={"type": "json-file", "config": {"max-size": "50m", "max-file": "2"}})
+        fired = threading.Event()
+        timer = threading.Timer(req.timeout, _kill_quietly, (container, fired))
+        timer.daemon = True
         try:
             container.put_archive("/", _directory_tar(req.directory, req.user, req.files))
             container.start()
+            timer.start()
             pending = b""
             for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
+                if len(pending) > MAX_BUILD_LINE:  # a line without end is passed on in pieces, never held whole
+                    lines, pending = lines + [pending], b""
                 for line in lines:
-                    yield line.decode("utf-8", "replace").rstrip()
+                    yield line[:MAX_BUILD_LINE].decode("utf-8", "replace").rstrip()
             if pending.strip():
                 yield pending.decode("utf-8", "replace").rstrip()
             code = container.wait().get("StatusCode")
+            timer.cancel()
+            timed_out = fired.is_set()
             container.reload()
+            if timed_out:
+                raise RuntimeFailure(f"building {req.tag} failed: it took longer than {req.timeout / 60:g} minutes")
             if code != 0:
                 why = " (out of memory: it may use %d MiB)" % (req.memory // 2**20) if container.attrs["State"].get("OOMKilled") else ""
                 raise RuntimeFailure(f"building {req.tag} failed: the build exited with code {code}{why}")
@@ -383,6 +394,7 @@ class DockerRuntime:
         except docker.errors.APIError as exc:
             raise RuntimeFailure(f"building {req.tag} failed: {exc.explanation or exc}") from None
         finally:
+            timer.cancel()
             self._remove_container(name)
 
     def _remove_container(self, name: str) -> None:
@@ -393,6 +405,14 @@ class DockerRuntime:
         except docker.errors.APIError as exc:
             if exc.status_code not in (404, 409):
                 raise
+
+
+def _kill_quietly(container, fired: threading.Event) -> None:
+    fired.set()  # first: the build's wait() returns as soon as the kill lands
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        pass  # it ended just now
 
 
 def _directory_tar(directory: str, user: str, files: tuple[tuple[str, str], ...]) -> bytes:

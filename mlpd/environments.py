@@ -32,6 +32,7 @@ from mlpd.runtime import CA_BUNDLE_MOUNT, BuildRequest, ImageMissing, Runtime, R
 log_module = logging.getLogger("mlpd.environments")
 ENV_REPOSITORY = "mlpd/env"
 MAX_REQUIREMENTS_BYTES = 64 * 1024
+MAX_BUILD_LOG_BYTES = 16 * 2**20  # of a build's output in the job's build.log (pip's last lines are kept apart)
 LABEL_BASE = "org.mlpd.env.base"
 LABEL_REQUIREMENTS = "org.mlpd.env.requirements"
 
@@ -136,11 +137,15 @@ class EnvironmentBuilder:
             request = build_request(base, tag, requirements, user, labels={LABEL_BASE: base_id, LABEL_REQUIREMENTS: tag.rpartition(":")[2]})
             with open(log_path, "a") as log:
                 log.write(f"mlpd: building the environment {tag} (from {base} and the job's requirements)\n")
+                written = 0
                 try:
                     for line in self.runtime.build_by_running(request):
-                        log.write(line + "\n")
-                        log.flush()
                         tail = (tail + [line])[-50:]
+                        if written <= MAX_BUILD_LOG_BYTES:
+                            written += len(line) + 1
+                            log.write(line + "\n" if written <= MAX_BUILD_LOG_BYTES else
+                                      f"mlpd: the build's output is over {MAX_BUILD_LOG_BYTES // 2**20} MiB; the rest is not kept\n")
+                            log.flush()
                 except RuntimeFailure as exc:
                     log.write(f"mlpd: {exc}\n")
                     raise EnvironmentFailed(f"building its environment failed: {pip_errors(tail) or exc} "

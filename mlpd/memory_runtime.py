@@ -253,8 +253,13 @@ class MemoryRuntime:
             steps = _parse(req.command)
         except ValueError:
             steps = [("echo", f"(in memory) {' '.join(req.command)[:200]}")]
+        took = 0.0
         for kind, arg in steps:
-            if kind == "echo":
+            if kind == "sleep":
+                took += float(str(arg))
+                if took > req.timeout:
+                    raise RuntimeFailure(f"building {req.tag} failed: it took longer than {req.timeout / 60:g} minutes")
+            elif kind == "echo":
                 yield _expand(str(arg), env)
             elif kind == "exit" and int(arg) != 0:
                 raise RuntimeFailure(f"building {req.tag} failed: the build exited with code {arg}")

@@ -88,6 +88,7 @@ class LaunchRequest:
 # A build's limits (BuildRequest): roomy enough for pip to compile an sdist, bounded like a job.
 BUILD_MEMORY = 8 * 1024**3
 BUILD_PIDS = 4096
+BUILD_TIMEOUT = 2 * 3600.0  # seconds; a build that never ends would hold its job (and a launch thread) for ever
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class BuildRequest:
     ca_bundle: str | None = None  # a host file mounted read-only at CA_BUNDLE_MOUNT while it runs
     memory: int = BUILD_MEMORY
     pids: int = BUILD_PIDS
+    timeout: float = BUILD_TIMEOUT  # then the container is killed and the build fails
 
 
 CA_BUNDLE_MOUNT = "/etc/mlpd-host-ca.crt"

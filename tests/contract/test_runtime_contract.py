@@ -253,3 +253,8 @@ def test_an_image_is_made_by_running_a_command_and_a_failed_run_makes_none(make_
         list(rt.build_by_running(failing))
     assert "code 3" in str(info.value)
     assert not rt.image_present(tag) and rt.list_jobs() == {}
+    endless = BuildRequest(base=IMAGE, tag=tag, command=("sh", "-c", "echo waiting; sleep 600"), user="1000:1000",
+                           directory="/opt/mlpd-contract", timeout=3)
+    with pytest.raises(RuntimeFailure) as info:
+        list(rt.build_by_running(endless))
+    assert "took longer than" in str(info.value) and not rt.image_present(tag)

@@ -46,3 +46,23 @@ def test_a_failed_build_fails_with_pips_error_lines_and_leaves_no_image(tmp_path
     assert "No matching distribution found for mlpd-nope==1.0" in str(info.value)
     assert "exited with code 1" in log.read_text()
     assert rt.list_images(prefix="mlpd/env:") == []
+
+
+class ChattyBuild(MemoryRuntime):
+    def build_by_running(self, req):
+        for i in range(40):
+            yield f"{i:04d} " + "x" * 100_000
+        yield "ERROR: the last words"
+        raise RuntimeFailure(f"building {req.tag} failed: the build exited with code 1")
+
+
+def test_a_builds_output_in_the_log_is_capped_but_pips_last_lines_still_give_the_reason(tmp_path, monkeypatch):
+    import mlpd.environments as environments
+
+    monkeypatch.setattr(environments, "MAX_BUILD_LOG_BYTES", 1_000_000)
+    log = tmp_path / "build.log"
+    with pytest.raises(EnvironmentFailed) as info:
+        EnvironmentBuilder(ChattyBuild(images=(BASE,))).ensure(BASE, "x\n", str(log), "65200:65200")
+    assert "ERROR: the last words" in str(info.value)
+    text = log.read_text()
+    assert len(text) < 1_200_000 and "the rest is not kept" in text and "0039 " not in text

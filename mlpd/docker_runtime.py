@@ -345,7 +345,10 @@ class DockerRuntime:
         pids and memory limits, mlpd's isolated network. The committed image takes the base's configuration
         (command, entrypoint, working directory) with req.env, req.user and req.labels over it, and nothing of
         the build container's (its command, labels or mounts)."""
-        base = self.client.images.get(req.base)  # ImageNotFound is the caller's to avoid: it checks the base first
+        try:
+            base = self.client.images.get(req.base)
+        except docker.errors.ImageNotFound:
+            raise ImageMissing(f"image '{req.base}' not found on this host") from None
         config = base.attrs.get("Config") or {}
         base_env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
         path = base_env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -354,12 +357,16 @@ class DockerRuntime:
         self._remove_container(name)  # a leftover of a daemon stopped mid-build
         # A Mount, not volumes=: docker-py turns volumes into the config's Volumes too, which the commit would keep.
         mounts = [Mount(CA_BUNDLE_MOUNT, req.ca_bundle, type="bind", read_only=True)] if req.ca_bundle else []
-        container = self.client.containers.create(
-            image=req.base, command=list(req.command), name=name, environment=env, user=req.user, working_dir=req.directory,
-            mounts=mounts, init=True, privileged=False, security_opt=["no-new-privileges"], cap_drop=["ALL"],
-            pids_limit=req.pids, mem_limit=req.memory, memswap_limit=req.memory,
-            network=NETWORK, extra_hosts={"host.docker.internal": self.gateway},
-            log_config={"type": "json-file", "config": {"max-size": "50m", "max-file": "2"}})
+        try:
+            container = self.client.containers.create(
+                image=req.base, command=list(req.command), name=name, environment=env, user=req.user, working_dir=req.directory,
+                mounts=mounts, init=True, privileged=False, security_opt=["no-new-privileges"], cap_drop=["ALL"],
+                pids_limit=req.pids, mem_limit=req.memory, memswap_limit=req.memory,
+                network=NETWORK, extra_hosts={"host.docker.internal": self.gateway},
+                log_config={"type": "json-file", "config": {"max-size": "50m", "max-file": "2"}})
+        except docker.errors.APIError as exc:
+            self._remove_container(name)
+            raise RuntimeFailure(f"building {req.tag} failed: {exc.explanation or exc}") from None
         fired = threading.Event()
         timer = threading.Timer(req.timeout, _kill_quietly, (container, fired))
         timer.daemon = True

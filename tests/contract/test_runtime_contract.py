@@ -253,6 +253,9 @@ def test_an_image_is_made_by_running_a_command_and_a_failed_run_makes_none(make_
         list(rt.build_by_running(failing))
     assert "code 3" in str(info.value)
     assert not rt.image_present(tag) and rt.list_jobs() == {}
+    with pytest.raises(ImageMissing):
+        list(rt.build_by_running(BuildRequest(base=f"mlpd/absent-{secrets.token_hex(3)}:1", tag=tag, command=("true",), user="1000:1000",
+                                              directory="/opt/mlpd-contract")))
     endless = BuildRequest(base=IMAGE, tag=tag, command=("sh", "-c", "echo waiting; sleep 600"), user="1000:1000",
                            directory="/opt/mlpd-contract", timeout=3)
     with pytest.raises(RuntimeFailure) as info:

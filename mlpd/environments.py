@@ -17,6 +17,9 @@ makes the base's python find the packages ahead of its own, PATH gains PREFIX/bi
 is the job uid. The host's CA bundle is mounted read-only so pip reaches the index through a
 TLS-inspecting proxy. The job uid is part of the environment's name, so changing jobs.container_user
 builds anew. A base whose python cannot use a user scheme (a virtualenv) fails with pip's message.
+In a workspace with requirements, what is already in the home's ~/.local stays importable (after the
+environment's packages), but `pip install` in a session goes to PREFIX and lasts only that session:
+lasting packages belong in the requirements.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ LABEL_REQUIREMENTS = "org.mlpd.env.requirements"
 # (its user site comes before the system's packages) and their commands are on the PATH.
 PREFIX = "/opt/mlpd-env"
 REQUIREMENTS_FILE = ".requirements.txt"  # in PREFIX while pip runs; removed before the commit
+# PYTHONUSERBASE moves the user site from ~/.local to PREFIX; this .pth (in PREFIX's site) keeps what a
+# person installed in their home (a workspace's persistent ~/.local) importable, after the environment.
+HOME_PACKAGES_PTH = ('import os, site, sys; d = os.path.expanduser("~/.local/lib/python%d.%d/site-packages" % sys.version_info[:2]); '
+                     'os.path.isdir(d) and site.addsitedir(d)')
 BUILD_SCRIPT = f"""\
 set -e
 cert=/etc/ssl/certs/ca-certificates.crt; [ -s {CA_BUNDLE_MOUNT} ] && cert={CA_BUNDLE_MOUNT}
@@ -47,6 +54,9 @@ echo "mlpd: pip install as uid $(id -u), into {PREFIX}"
 python3 -m pip install --user --break-system-packages --no-cache-dir --disable-pip-version-check --progress-bar off \\
   --no-warn-script-location --cert "$cert" -r {PREFIX}/{REQUIREMENTS_FILE}
 rm -f {PREFIX}/{REQUIREMENTS_FILE}
+site="$(python3 -c 'import site; print(site.getusersitepackages())')"
+mkdir -p "$site"
+echo {HOME_PACKAGES_PTH!r} > "$site/mlpd-home-packages.pth"
 """
 
 

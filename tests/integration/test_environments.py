@@ -57,6 +57,13 @@ def test_requirements_are_built_once_reused_and_a_bad_one_fails_with_pips_messag
     assert not image.get("Volumes") and not image.get("Entrypoint")
     assert "PYTHONUSERBASE=/opt/mlpd-env" in image["Env"] and any(e.startswith("PATH=/opt/mlpd-env/bin:") for e in image["Env"])
     assert not [k for k in image["Labels"] if k.startswith("mlpd.")] and image["Labels"]["org.mlpd.env.requirements"] == tag.split(":")[1]
+    # what a person installed in their home (a workspace's ~/.local) is still importable, after the environment
+    probe = ("mkdir -p $HOME/.local/lib/python3.11/site-packages && echo 'X = 1' > $HOME/.local/lib/python3.11/site-packages/mine.py "
+             "&& python3 -c 'import mine, humanize, sys; print(\"MINE\", mine.X, sys.path.index(humanize.__path__[0].rsplit(\"/\", 1)[0]) < "
+             "sys.path.index(mine.__file__.rsplit(\"/\", 1)[0]))'")
+    done = subprocess.run(["docker", "run", "--rm", "--network", "none", "-e", "HOME=/tmp/h", tag, "sh", "-c", probe],
+                          capture_output=True, text=True, timeout=120)
+    assert "MINE 1 True" in done.stdout, done.stdout + done.stderr
 
     # the same requirements again: no build, and the job starts about as fast as one without requirements
     started = time.monotonic()

@@ -330,7 +330,7 @@ class DockerRuntime:
 
     def build_image(self, path: str, tag: str, buildargs: dict[str, str], labels: dict[str, str] | None = None) -> Iterator[str]:
         """Build an image from a directory; yields progress lines; raises RuntimeFailure on error."""
-        for chunk in self.client.api.build(path=path, tag=tag, buildargs=buildargs, labels=labels, rm=True, decode=True):
+        for chunk in self.client.api.build(path=path, tag=tag, buildargs=buildargs, labels=labels, rm=True, forcerm=True, decode=True):
             if "error" in chunk:
                 raise RuntimeFailure(f"building {tag} failed: {chunk['error'].strip()}")
             if chunk.get("stream", "").strip():

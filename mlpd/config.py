@@ -64,9 +64,9 @@ def _between(low: float, high: float) -> Callable[[float], str | None]:
 def _container_user(value: str) -> str | None:
     uid, sep, gid = value.partition(":")
     if not (uid.isdigit() and sep and gid.isdigit()):
-        return "expected numeric UID:GID, e.g. '1000:1000' (a name could map to root inside an image)"
+        return "expected numeric UID:GID, e.g. '65200:65200' (a name could map to root inside an image)"
     if int(uid) == 0 or int(gid) == 0:
-        return "job containers never run as root (uid 0 or gid 0); use e.g. '1000:1000'"
+        return "job containers never run as root (uid 0 or gid 0); use e.g. '65200:65200'"
     return None
 
 
@@ -195,7 +195,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.workers", int, 2, "gunicorn worker processes (1-64).", _between(1, 64)),
     Setting("server.threads", int, 16, "Threads per gunicorn worker, 1-256 (log streams hold one each).", _between(1, 256)),
     Setting("server.log_level", str, "info", "Daemon log level.", _one_of("debug", "info", "warning", "error")),
-    Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the Docker bridge gateway on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
+    Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the gateway of mlpd's Docker network (mlpd-isolated, which every container joins) on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
     Setting("mlflow.default_experiment", str, "jobs-{owner}", "MLflow experiment of jobs that name none ({owner} is the job's owner).", _experiment_template),
     Setting("mlflow.max_artifact_mb", int, 1024, "Largest file one MLflow artifact upload may be, in MiB (1-1048576); the state directory's disk also keeps jobs.min_free_gb free.", _between(1, 1048576)),
     Setting("mlflow.allowed_hosts", list, [], "Extra Host header names the embedded MLflow accepts (e.g. this box's DNS name when server.listen is not loopback)."),
@@ -233,7 +233,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("environments.keep_days", (int, float), 30, "Job environments (mlpd/env:*) not used for this many days are removed.", _between(0.01, 3650)),
     Setting("environments.max_gb", (int, float), 50, "Most disk all job environments together may use, in GB; the least recently used go first.", _between(0.1, 100000)),
     Setting("jobs.min_free_gb", (int, float), 1, "Submissions are refused while the state directory's disk has less free space than this, in GB (running work goes on).", _between(0, 100000)),
-    Setting("jobs.container_user", str, "1000:1000", "Numeric uid:gid job containers run as (never root: uid and gid 0 are refused).", _container_user),
+    Setting("jobs.container_user", str, "65200:65200", "Numeric uid:gid every container of a member runs as: a uid no host account "
+            "that can log in has (never root: uid and gid 0 are refused).", _container_user),
     Setting("workspaces.image", str, "mlpd/workspace:latest", "Image of workspaces that name none (JupyterLab on the training image; 'mlpd images build' builds it)."),
     Setting("workspaces.idle_timeout", str, "4h", "A workspace with no activity (kernels, terminals, the server, busy GPUs) this long is stopped and its GPUs freed; admins may allow a user longer.", _duration_nonempty),
     Setting("workspaces.cull_interval", (int, float), 60.0, "Seconds between idle checks of running workspaces (1 to 3600).", _between(1, 3600)),

@@ -594,7 +594,7 @@ class JobController:
         """The request with its image replaced by the job's environment, built first if needed."""
         log_path = os.path.join(jobs.job_dir(self.config.state_dir, job["id"]), "build.log")
         image, built = self.environments.ensure(
-            req.image, job["spec"]["requirements"], log_path, pull=req.pull,
+            req.image, job["spec"]["requirements"], log_path, req.user, pull=req.pull,
             on_build=lambda tag: jobs.set_reason(self.store, job["id"], f"building its environment {tag} (image + requirements)"))
         jobs.set_reason(self.store, job["id"], "", event=("job.environment_built" if built else "job.environment_reused"), image=image)
         log.info("job %s runs in %s (%s)", job["id"], image, "built now" if built else "reused")

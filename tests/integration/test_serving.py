@@ -138,7 +138,7 @@ def test_serve_a_registered_model_and_get_predictions_from_the_stable_endpoint(w
     direct = requests.post(f"http://127.0.0.1:{replica['port']}/invocations", json=INPUT, timeout=30)
     assert direct.status_code == 200 and direct.json() == answer.json()
     inspect = json.loads(subprocess.run(["docker", "inspect", f"mlpd-job-{replica['job_id']}"], capture_output=True, text=True).stdout)[0]
-    assert inspect["Config"]["Labels"]["mlpd.kind"] == "deployment" and inspect["Config"]["User"] == "1000:1000"
+    assert inspect["Config"]["Labels"]["mlpd.kind"] == "deployment" and inspect["Config"]["User"] == "65200:65200"
     env = dict(e.split("=", 1) for e in inspect["Config"]["Env"])
     assert not [k for k in env if k.startswith(("MLFLOW_TRACKING", "MLPD_TOKEN"))], env
     assert inspect["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"

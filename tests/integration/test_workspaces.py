@@ -360,7 +360,7 @@ def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(ws
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0] == "1000" and lines[1] == "/home/mlpd" and lines[2].startswith(f"{name} (member)") and lines[3] == "CUDA="
+    assert lines[0] == "65200" and lines[1] == "/home/mlpd" and lines[2].startswith(f"{name} (member)") and lines[3] == "CUDA="
     # Another member's workspace (with an sshd for that member's own key) does not take this key.
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other_key")], check=True)
     assert wsd.cli("keys", "add", str(tmp_path / "other_key.pub"), token=otoken).returncode == 0

@@ -22,6 +22,7 @@ import shutil
 HEADER_TIMEOUT = 10  # seconds for a client to send a request's headers
 BODY_TIMEOUT = 30  # seconds allowed between two reads of a request body
 SEND_TIMEOUT = 60  # seconds allowed between two writes a client accepts
+KEEPALIVE = "60s:10s:3"  # idle time, interval and count of TCP keepalive probes on client connections
 MAX_CONNECTIONS = 4096  # connections the front holds at once (more wait in the kernel's backlog)
 SOCKET_NAME = "web.sock"
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
@@ -56,7 +57,9 @@ def socket_path(run_dir: str) -> str:
 
 
 def _listen_line(address: str) -> str:
-    return f"    listen {address};"
+    # TCP keepalive probes find a client that vanished without closing (its machine gone): nginx
+    # then closes the connection to gunicorn too, and a silent log stream ends within ~90 s.
+    return f"    listen {address} so_keepalive={KEEPALIVE};"
 
 
 def _json_error(code: str, message: str) -> str:

@@ -12,7 +12,7 @@ from mlpd import front
 
 def test_the_configuration_buffers_requests_times_out_slow_clients_and_streams_responses(tmp_path):
     text = front.config_text(str(tmp_path), ["127.0.0.1:8470", "172.17.0.1:8470"], 201)
-    for line in ("listen 127.0.0.1:8470;", "listen 172.17.0.1:8470;", f"client_header_timeout {front.HEADER_TIMEOUT}s;",
+    for line in ("listen 127.0.0.1:8470 so_keepalive=60s:10s:3;", "listen 172.17.0.1:8470 so_keepalive=60s:10s:3;", f"client_header_timeout {front.HEADER_TIMEOUT}s;",
                  f"client_body_timeout {front.BODY_TIMEOUT}s;", "proxy_request_buffering on;", "proxy_buffering off;",
                  "client_max_body_size 201m;", f"proxy_pass http://unix:{tmp_path / 'web.sock'}:;", "proxy_set_header Host $http_host;"):
         assert line in text

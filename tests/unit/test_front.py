@@ -45,3 +45,26 @@ def test_the_setting_chooses_the_front(monkeypatch):
 def test_a_socket_path_too_long_is_refused_naming_the_setting(tmp_path):
     with pytest.raises(front.FrontError, match="server.state_dir"):
         front.socket_path(str(tmp_path / ("x" * 120)))
+
+
+def test_with_a_front_gunicorn_binds_only_its_socket_and_the_front_takes_both_addresses(tmp_path, monkeypatch):
+    from mlpd.config import SETTINGS, Config
+    from mlpd.daemon import Daemon
+
+    monkeypatch.setattr(front, "find_nginx", lambda: "/usr/sbin/nginx")
+    values = {**{st.key: st.default for st in SETTINGS}, "server.state_dir": str(tmp_path), "server.listen": "127.0.0.1:8470", "server.container_listen": "172.17.0.1:8470"}
+    d = Daemon(Config(values, "test"))
+    run = tmp_path / "run"
+    run.mkdir()
+    d.prepare_front(str(run))
+    commands = d._commands()
+    web = commands["web"]
+    assert [web[i + 1] for i, a in enumerate(web) if a == "--bind"] == [f"unix:{run / 'web.sock'}"]
+    assert commands["front"][0] == "/usr/sbin/nginx"
+    conf = (run / "nginx.conf").read_text()
+    assert "listen 127.0.0.1:8470 " in conf and "listen 172.17.0.1:8470 " in conf
+    # without one, gunicorn binds both addresses itself, as before
+    d = Daemon(Config({**values, "server.front": "none"}, "test"))
+    d.prepare_front(str(run))
+    web = d._commands()["web"]
+    assert [web[i + 1] for i, a in enumerate(web) if a == "--bind"] == ["127.0.0.1:8470", "172.17.0.1:8470"] and "front" not in d._commands()

@@ -357,6 +357,8 @@ def logs_response(job_id: str, follow: bool) -> Response:
         attempt, offset, pending = None, 0, b""
         while True:
             job = jobs.get(st, job_id)
+            if job is None:
+                return  # removed meanwhile
             if attempt is None and job["state"] != JobState.STARTING.value:
                 # the environment's build (if the job brought requirements) is written whole before the job starts
                 yield from saved(os.path.join(directory, "build.log"))

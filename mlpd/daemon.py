@@ -266,7 +266,8 @@ class Daemon:
                 return
             listens = [self.config["server.listen"], *([self.container_bind()] if self.container_bind() else [])]
             max_body_mb = max(self.config["jobs.max_code_mb"] + 1, self.config["serving.max_body_mb"])
-            self.front_conf = front.write_config(run_dir, listens, max_body_mb, self.config["server.log_level"])
+            self.front_conf = front.write_config(run_dir, listens, max_body_mb, self.config["server.log_level"],
+                                                 self.config["mlflow.max_artifact_mb"])
             self.web_socket = front.socket_path(run_dir)
         except front.FrontError as exc:
             raise DaemonError(str(exc)) from None

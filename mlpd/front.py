@@ -62,12 +62,41 @@ def _listen_line(address: str) -> str:
     return f"    listen {address} so_keepalive={KEEPALIVE};"
 
 
-def _json_error(code: str, message: str) -> str:
-    return json.dumps({"error": {"code": code, "message": message}})
+def _json_error(code: str, message: str, mlflow_code: str = "") -> str:
+    payload: dict = {"error": {"code": code, "message": message}}
+    if mlflow_code:  # MLflow's own fields beside mlpd's, as mlpd.web.mlflow_mount answers, so MLflow clients read it too
+        payload.update(error_code=mlflow_code, message=message)
+    text = json.dumps(payload)
+    assert "'" not in text and "$" not in text, text  # nginx quotes it in single quotes and expands $variables
+    return text
 
 
-def config_text(run_dir: str, listens: list[str], max_body_mb: int, log_level: str = "info") -> str:
-    """nginx.conf for the front: listen on the given HOST:PORTs, pass whole requests to the socket."""
+def _proxied(run_dir: str, body_mb: int, too_large: str) -> list[str]:
+    """The lines of a location that passes whole requests to gunicorn and streams what comes back."""
+    return [
+        f"      client_max_body_size {body_mb}m;",
+        f"      proxy_pass http://unix:{socket_path(run_dir)}:;",  # no URI part: the request URI goes on as sent
+        "      proxy_http_version 1.1;",
+        "      proxy_set_header Host $http_host;",
+        "      proxy_set_header X-Real-IP $remote_addr;",
+        "      proxy_request_buffering on;",
+        "      proxy_buffering off;",
+        "      proxy_redirect off;",
+        "      proxy_connect_timeout 10s;",
+        "      proxy_send_timeout 60s;",
+        "      proxy_read_timeout 1d;",
+        f"      error_page 413 {too_large};",
+        "      error_page 502 504 @unavailable;",
+    ]
+
+
+def config_text(run_dir: str, listens: list[str], max_body_mb: int, log_level: str = "info", max_artifact_mb: int | None = None) -> str:
+    """nginx.conf for the front: listen on the given HOST:PORTs, pass whole requests to the socket.
+
+    /mlflow takes bodies up to max_artifact_mb (mlflow.max_artifact_mb) and refuses a chunked one
+    (411): the front buffers every body before the daemon sees it, so only a length said up front
+    lets an upload be refused before it is written (mlpd.web.mlflow_mount does the same).
+    """
     temp = os.path.join(run_dir, "nginx")
     level = {"debug": "info", "info": "warn", "warning": "warn", "error": "error"}.get(log_level, "warn")
     user = ""
@@ -76,9 +105,31 @@ def config_text(run_dir: str, listens: list[str], max_body_mb: int, log_level: s
 
         user = f"user {pwd.getpwuid(0).pw_name};"  # its workers reach the daemon's 0700 state directory as the daemon does
     too_large = _json_error("too_large", f"the request body is over {max_body_mb} MiB")
-    # (nginx quotes these in single quotes: no apostrophes)
     unavailable = _json_error("unavailable", "the web processes of the daemon are not answering; try again in a moment "
                                              "(an admin sees why in the daemon log)")
+    mlflow: list[str] = []
+    if max_artifact_mb is not None:
+        artifact_too_large = _json_error("too_large", f"an upload to MLflow is over the {max_artifact_mb} MiB limit of one upload "
+                                                      "(mlflow.max_artifact_mb); split it, or ask an admin to raise it", "RESOURCE_EXHAUSTED")
+        length_required = _json_error("length_required", "an artifact upload must say its size (Content-Length); "
+                                                         "MLflow clients do, a chunked upload is refused", "INVALID_PARAMETER_VALUE")
+        mlflow = [
+            "    location /mlflow {",
+            "      if ($http_transfer_encoding) {",
+            "        return 411;",
+            "      }",
+            "      error_page 411 @length_required;",
+            *_proxied(run_dir, max(max_body_mb, max_artifact_mb), "@artifact_too_large"),
+            "    }",
+            "    location @artifact_too_large {",
+            "      default_type application/json;",
+            f"      return 413 '{artifact_too_large}';",
+            "    }",
+            "    location @length_required {",
+            "      default_type application/json;",
+            f"      return 411 '{length_required}';",
+            "    }",
+        ]
     lines = [
         "daemon off;",
         "worker_processes 1;",
@@ -98,27 +149,15 @@ def config_text(run_dir: str, listens: list[str], max_body_mb: int, log_level: s
         f"  send_timeout {SEND_TIMEOUT}s;",
         "  keepalive_timeout 30s;",
         "  reset_timedout_connection on;",
-        f"  client_max_body_size {max_body_mb}m;",
         "  client_body_buffer_size 1m;",
         "  large_client_header_buffers 4 32k;",
         "  underscores_in_headers on;",
         "  server {",
         *(_listen_line(address) for address in listens),
         "    location / {",
-        f"      proxy_pass http://unix:{socket_path(run_dir)}:;",
-        "      proxy_http_version 1.1;",
-        "      proxy_set_header Host $http_host;",
-        "      proxy_set_header X-Real-IP $remote_addr;",
-        "      proxy_request_buffering on;",
-        "      proxy_buffering off;",
-        "      proxy_redirect off;",
-        "      proxy_connect_timeout 10s;",
-        "      proxy_send_timeout 60s;",
-        "      proxy_read_timeout 1d;",
-        "      proxy_intercept_errors off;",
-        "      error_page 413 @too_large;",
-        "      error_page 502 504 @unavailable;",
+        *_proxied(run_dir, max_body_mb, "@too_large"),
         "    }",
+        *mlflow,
         "    location @too_large {",
         "      default_type application/json;",
         f"      return 413 '{too_large}';",
@@ -134,13 +173,13 @@ def config_text(run_dir: str, listens: list[str], max_body_mb: int, log_level: s
     return "\n".join(line for line in lines if line)
 
 
-def write_config(run_dir: str, listens: list[str], max_body_mb: int, log_level: str = "info") -> str:
+def write_config(run_dir: str, listens: list[str], max_body_mb: int, log_level: str = "info", max_artifact_mb: int | None = None) -> str:
     """Write run/nginx.conf (and its temp directories); return its path."""
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(run_dir, "nginx", kind), mode=0o700, exist_ok=True)
     path = os.path.join(run_dir, "nginx.conf")
     with open(path + ".tmp", "w") as fh:
-        fh.write(config_text(run_dir, listens, max_body_mb, log_level))
+        fh.write(config_text(run_dir, listens, max_body_mb, log_level, max_artifact_mb))
     os.replace(path + ".tmp", path)
     return path
 

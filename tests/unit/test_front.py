@@ -19,6 +19,14 @@ def test_the_configuration_buffers_requests_times_out_slow_clients_and_streams_r
     # the request URI goes to the app as the client sent it (no URI part in proxy_pass: nothing re-normalised)
     assert "web.sock:/" not in text
     assert '{"error": {"code": "too_large"' in text
+    assert "location /mlflow" not in text
+
+
+def test_mlflow_takes_artifacts_up_to_their_cap_and_refuses_a_chunked_body_before_writing_it(tmp_path):
+    text = front.config_text(str(tmp_path), ["127.0.0.1:8470"], 201, max_artifact_mb=1024)
+    mlflow = text[text.index("location /mlflow {"):text.index("location @artifact_too_large")]
+    assert "client_max_body_size 1024m;" in mlflow and "if ($http_transfer_encoding)" in mlflow and "return 411;" in mlflow
+    assert '"code": "length_required"' in text and "(mlflow.max_artifact_mb)" in text and '"error_code": "RESOURCE_EXHAUSTED"' in text
 
 
 def test_nginx_accepts_the_configuration(tmp_path):
@@ -26,7 +34,7 @@ def test_nginx_accepts_the_configuration(tmp_path):
     if binary is None:
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
     run = tmp_path / "run"
-    conf = front.write_config(str(run), ["127.0.0.1:1"], 10)
+    conf = front.write_config(str(run), ["127.0.0.1:1"], 10, max_artifact_mb=1024)
     out = subprocess.run([*front.command(binary, str(run), conf), "-t"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert oct(os.stat(run / "nginx" / "client_body").st_mode & 0o777) == "0o700"

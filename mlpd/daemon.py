@@ -305,7 +305,10 @@ class Daemon:
 
     def _gunicorn_binds(self) -> list[str]:
         if self.front:
-            return ["--bind", f"unix:{self.web_socket}"]  # only the front connects; the addresses are the front's
+            from mlpd.front import GUNICORN_KEEPALIVE
+
+            # only the front connects; the addresses are the front's
+            return ["--bind", f"unix:{self.web_socket}", "--keep-alive", str(GUNICORN_KEEPALIVE)]
         return ["--bind", self.config["server.listen"], *(["--bind", self.container_bind()] if self.container_bind() else [])]
 
     def _start(self, name: str, argv: list[str]) -> None:

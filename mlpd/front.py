@@ -23,6 +23,8 @@ HEADER_TIMEOUT = 10  # seconds for a client to send a request's headers
 BODY_TIMEOUT = 30  # seconds allowed between two reads of a request body
 SEND_TIMEOUT = 60  # seconds allowed between two writes a client accepts
 KEEPALIVE = "60s:10s:3"  # idle time, interval and count of TCP keepalive probes on client connections
+UPSTREAM_IDLE = 2  # seconds nginx keeps an idle connection to gunicorn (gunicorn's --keep-alive is longer)
+GUNICORN_KEEPALIVE = 10
 MAX_CONNECTIONS = 4096  # connections the front holds at once (more wait in the kernel's backlog)
 SOCKET_NAME = "web.sock"
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
@@ -75,8 +77,9 @@ def _proxied(run_dir: str, body_mb: int, too_large: str) -> list[str]:
     """The lines of a location that passes whole requests to gunicorn and streams what comes back."""
     return [
         f"      client_max_body_size {body_mb}m;",
-        f"      proxy_pass http://unix:{socket_path(run_dir)}:;",  # no URI part: the request URI goes on as sent
+        "      proxy_pass http://mlpd_web;",  # no URI part: the request URI goes on as sent
         "      proxy_http_version 1.1;",
+        "      proxy_set_header Connection \"\";",
         "      proxy_set_header Host $http_host;",
         "      proxy_set_header X-Real-IP $remote_addr;",
         "      proxy_request_buffering on;",
@@ -152,6 +155,15 @@ def config_text(run_dir: str, listens: list[str], max_body_mb: int, log_level: s
         "  client_body_buffer_size 1m;",
         "  large_client_header_buffers 4 32k;",
         "  underscores_in_headers on;",
+        # Kept-alive connections to gunicorn: one that answered before it read a body (a refusal by
+        # size or disk) reads and drops the rest before the next request, so nginx can send it all
+        # and pass the answer on; on a closed connection nginx would answer 502 instead. nginx lets
+        # an idle one go before gunicorn would (--keep-alive), so it never sends on one being closed.
+        "  upstream mlpd_web {",
+        f"    server unix:{socket_path(run_dir)};",
+        "    keepalive 32;",
+        f"    keepalive_timeout {UPSTREAM_IDLE}s;",
+        "  }",
         "  server {",
         *(_listen_line(address) for address in listens),
         "    location / {",

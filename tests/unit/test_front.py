@@ -14,7 +14,7 @@ def test_the_configuration_buffers_requests_times_out_slow_clients_and_streams_r
     text = front.config_text(str(tmp_path), ["127.0.0.1:8470", "172.17.0.1:8470"], 201)
     for line in ("listen 127.0.0.1:8470 so_keepalive=60s:10s:3;", "listen 172.17.0.1:8470 so_keepalive=60s:10s:3;", f"client_header_timeout {front.HEADER_TIMEOUT}s;",
                  f"client_body_timeout {front.BODY_TIMEOUT}s;", "proxy_request_buffering on;", "proxy_buffering off;",
-                 "client_max_body_size 201m;", f"proxy_pass http://unix:{tmp_path / 'web.sock'}:;", "proxy_set_header Host $http_host;"):
+                 "client_max_body_size 201m;", f"server unix:{tmp_path / 'web.sock'};", "proxy_pass http://mlpd_web;", "proxy_set_header Host $http_host;"):
         assert line in text
     # the request URI goes to the app as the client sent it (no URI part in proxy_pass: nothing re-normalised)
     assert "web.sock:/" not in text
@@ -67,7 +67,7 @@ def test_with_a_front_gunicorn_binds_only_its_socket_and_the_front_takes_both_ad
     d.prepare_front(str(run))
     commands = d._commands()
     web = commands["web"]
-    assert [web[i + 1] for i, a in enumerate(web) if a == "--bind"] == [f"unix:{run / 'web.sock'}"]
+    assert [web[i + 1] for i, a in enumerate(web) if a == "--bind"] == [f"unix:{run / 'web.sock'}"] and "--keep-alive" in web
     assert commands["front"][0] == "/usr/sbin/nginx"
     conf = (run / "nginx.conf").read_text()
     assert "listen 127.0.0.1:8470 " in conf and "listen 172.17.0.1:8470 " in conf

@@ -195,6 +195,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.workers", int, 2, "gunicorn worker processes (1-64).", _between(1, 64)),
     Setting("server.threads", int, 16, "Threads per gunicorn worker, 1-256 (log streams hold one each).", _between(1, 256)),
     Setting("server.log_level", str, "info", "Daemon log level.", _one_of("debug", "info", "warning", "error")),
+    Setting("server.log_streams_per_user", int, 4, "Live log streams (logs -f, a log page) one user may follow at once, 1-64; more get 429.", _between(1, 64)),
+    Setting("server.front", str, "auto", "The front that reads each request whole before a web thread sees it (slow clients time out there): 'nginx', 'none', or 'auto' = nginx when installed.", _one_of("auto", "nginx", "none")),
     Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the gateway of mlpd's Docker network (mlpd-isolated, which every container joins) on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
     Setting("mlflow.default_experiment", str, "jobs-{owner}", "MLflow experiment of jobs that name none ({owner} is the job's owner).", _experiment_template),
     Setting("mlflow.max_artifact_mb", int, 1024, "Largest file one MLflow artifact upload may be, in MiB (1-1048576); the state directory's disk also keeps jobs.min_free_gb free.", _between(1, 1048576)),

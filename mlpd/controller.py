@@ -28,6 +28,7 @@ from mlpd.environments import EnvironmentBuilder
 from mlpd.gpu_state import drains, stray_gpus
 from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, TERMINAL, JobState
+from mlpd.logtext import live_log_path
 from mlpd.priority_classes import PriorityClasses
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd import quotas
@@ -358,6 +359,7 @@ class JobController:
         directory = jobs.job_dir(self.config.state_dir, job_id)
         os.makedirs(directory, exist_ok=True)
         self.runtime.save_logs(job_id, os.path.join(directory, "log"))
+        keep_live_logs(directory, job.get("attempts") or 1)
         started = job["started_at"] or c.started_at
         ended = c.finished_at or time.time()
         if started is not None and ended < started:
@@ -647,3 +649,18 @@ class JobController:
         # resolve; the right links are in 'mlpd jobs show' and the web UI.
         return {"MLFLOW_TRACKING_URI": url + tracking.PREFIX, "MLFLOW_TRACKING_TOKEN": token, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                 "MLPD_URL": url, "MLPD_TOKEN": token, "MLFLOW_EXPERIMENT_NAME": experiment}
+
+
+def keep_live_logs(directory: str, attempt: int) -> None:
+    """Drop the worker's running copies of a workload's output (mlpd.workers.live_logs) once its log
+    is saved: the saved log holds the same bytes. When Docker had no log to give (the container
+    vanished), the running copy of this attempt becomes the saved log."""
+    saved = os.path.join(directory, "log")
+    for name in os.listdir(directory):
+        if not (name.startswith("live-") and name.endswith(".log")):
+            continue
+        path = os.path.join(directory, name)
+        if path == live_log_path(directory, attempt) and not os.path.exists(saved):
+            os.replace(path, saved)
+        else:
+            os.unlink(path)

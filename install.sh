@@ -247,6 +247,8 @@ if [ "$action" = engine ]; then ensure_engine; exit 0; fi
 if [ "$action" = uninstall ]; then uninstall "$purge"; exit 0; fi
 
 ensure_engine
+# The daemon's front (server.front): nginx reads each request whole, so slow clients hold no web thread.
+command -v nginx >/dev/null 2>&1 || apt_install nginx-light
 
 # -- the daemon's system user, in the docker group
 command -v setpriv >/dev/null || apt_install setpriv

@@ -27,7 +27,7 @@ def _version_text(rev: dict | None) -> str:
 
 def _summary(dep: dict) -> list[str]:
     lines = [f"{dep['name']}: {dep['state']}  ({dep['health']} replicas healthy)",
-             f"  model     {dep['model']}" + ("  (follows the alias)" if dep["follow_alias"] else ""),
+             f"  model     {dep['model']}" + (f"  (follows {dep['requested']})" if dep["follow_alias"] and dep.get("requested") else ""),
              f"  serving   {_version_text(dep['serving'])}"]
     if dep["rolling_out"]:
         lines.append(f"  rolling   {_version_text(dep['rolling_out'])} (waiting for /ping)")
@@ -37,6 +37,8 @@ def _summary(dep: dict) -> list[str]:
     lines.append(f"  endpoint  {dep['endpoint']}  (auth: {dep['auth']})")
     if dep["restarts"]:
         lines.append(f"  restarts  {dep['restarts']}")
+    if dep.get("last_change"):
+        lines.append(f"  last      {dep['last_change']}")
     if dep["last_error"]:
         lines.append(f"  error     {dep['last_error']}")
     return lines
@@ -139,7 +141,7 @@ def deployments_show(name, as_json):
     click.echo("  replicas:")
     for r in dep["replica_list"]:
         health = "healthy" if r["healthy"] else (r["last_check_error"] or "not checked yet")
-        click.echo(f"    slot {r['slot']}  v{r['version'] or '?'}  {r['state']:<8} 127.0.0.1:{r['port']}  {health}  (job {r['job_id']})")
+        click.echo(f"    replica {r['slot']}  v{r['version'] or '?'}  {r['state']:<8} 127.0.0.1:{r['port']}  {health}  (job {r['job_id']})")
     click.echo("  versions:")
     for rev in reversed(dep["revisions"][-10:]):
         click.echo(f"    #{rev['seq']} {_version_text(rev):<24} {rev['state']:<9} {rev['reason']}")
@@ -198,7 +200,7 @@ def deployments_update(name, model_uri, follow_alias, canary, follow_foreign, wa
     click.echo("\n".join(_summary(dep)))
     if wait and rolling is not None:
         rev = next((r for r in dep["revisions"] if r["seq"] == rolling), None)
-        if rev and rev["state"] == "failed":
+        if rev and rev["state"] == "failed":  # (superseded or rolled_back: someone chose it; not an error)
             click.echo(f"rolled back: {rev['reason']}", err=True)
             sys.exit(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -128,6 +129,23 @@ def deployments(ctx, all_users, as_json):
           ["NAME", *(["OWNER"] if all_users else []), "MODEL", "STATE", "ENDPOINT", "HEALTHY", "RESTARTS"])
 
 
+def _echo_input(schema: dict | None) -> None:
+    """The model's input columns and an example request that runs as written (MLPD_TOKEN set)."""
+    if not schema:
+        return
+    if schema.get("inputs"):
+        cols = ", ".join(f"{c['name'] or '(unnamed)'} ({c['type']}{'' if c.get('required', True) else ', optional'})" for c in schema["inputs"])
+        click.echo(f"  input     {cols}")
+    elif schema.get("note"):
+        click.echo(f"  input     unknown: {schema['note']}")
+    if schema.get("example") is not None:
+        click.echo(f"  example   ({schema['note']})")
+        click.echo(f"    {json.dumps(schema['example'], separators=(',', ':'))}")
+        if schema.get("curl"):
+            click.echo("  request   (export MLPD_TOKEN=your token, or the deployment's key, first)")
+            click.echo(f"    {schema['curl']}")
+
+
 @deployments.command("show")
 @click.argument("name")
 @json_option
@@ -142,6 +160,7 @@ def deployments_show(name, as_json):
     for r in dep["replica_list"]:
         health = "healthy" if r["healthy"] else (r["last_check_error"] or "not checked yet")
         click.echo(f"    replica {r['slot']}  v{r['version'] or '?'}  {r['state']:<8} 127.0.0.1:{r['port']}  {health}  (job {r['job_id']})")
+    _echo_input(dep.get("input"))
     click.echo("  versions:")
     for rev in reversed(dep["revisions"][-10:]):
         click.echo(f"    #{rev['seq']} {_version_text(rev):<24} {rev['state']:<9} {rev['reason']}")

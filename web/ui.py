@@ -550,3 +550,8 @@ def install(app) -> None:
     @app.get("/")
     def root():
         return redirect(url_for("ui.dashboard"))
+
+    @app.get("/favicon.ico")
+    def favicon():
+        """Browsers ask for /favicon.ico on any page that names none (the API's, MLflow's): the same icon."""
+        return redirect(url_for("ui.static", filename="favicon.svg"), 301)

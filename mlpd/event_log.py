@@ -44,9 +44,12 @@ def page(store: Store, f: EventFilter) -> tuple[list[dict[str, Any]], int | None
         where.append("actor = ?")
         params.append(f.actor)
     if f.object:
-        # An id, or the name of a workspace or deployment (its events are keyed by id).
+        # An id, or the name of a workspace or deployment: its events (keyed by its id) and those of its
+        # sessions or replicas (workload rows that name it).
         ids = [r["id"] for r in store.query("SELECT id FROM workspaces WHERE name = ? UNION SELECT id FROM deployments WHERE name = ?",
                                             [f.object, f.object])]
+        if ids:
+            ids += [r["id"] for r in store.query(f"SELECT id FROM jobs WHERE workload IN ({','.join('?' * len(ids))})", ids)]
         where.append(f"object_id IN ({','.join('?' * (1 + len(ids)))})")
         params += [f.object, *ids]
     if f.before is not None:

@@ -156,10 +156,10 @@ def deployments_show(name, as_json):
         _emit({"deployment": dep})
         return
     click.echo("\n".join(_summary(dep)))
-    click.echo("  replicas:")
+    click.echo(f"  replicas: (logs: 'mlpd deployments logs {dep['name']} --slot N' or '--job ID')")
     for r in dep["replica_list"]:
         health = "healthy" if r["healthy"] else (r["last_check_error"] or "not checked yet")
-        click.echo(f"    replica {r['slot']}  v{r['version'] or '?'}  {r['state']:<8} 127.0.0.1:{r['port']}  {health}  (job {r['job_id']})")
+        click.echo(f"    replica {r['slot']}  v{r['version'] or '?'}  {r['state']:<8} 127.0.0.1:{r['port']}  {health}  (--job {r['job_id']})")
     _echo_input(dep.get("input"))
     click.echo("  versions:")
     for rev in reversed(dep["revisions"][-10:]):

@@ -68,3 +68,12 @@ def test_a_gpu_held_by_a_workspace_or_a_replica_is_named_by_it_and_so_is_the_wai
     assert ws["session"][:8] not in reason and replica[:8] not in reason
     name = names_of(store, [jobs.get(store, queued)])[queued]
     assert name.label() == f"job train ({queued})"
+
+
+def test_the_gpus_column_of_mlpd_jobs_is_a_count_with_the_gpus_held_named():
+    from mlpd.cli.jobs import _gpus_text
+
+    assert _gpus_text({"gpus": {"count": 0, "indices": [], "uuids": []}}) == "-"
+    assert _gpus_text({"gpus": {"count": 1, "indices": [0], "uuids": ["u"]}}) == "1 (GPU 0)"  # not "0", which reads as none
+    assert _gpus_text({"gpus": {"count": 2, "indices": [0, 3], "uuids": ["u", "v"]}}) == "2 (GPUs 0,3)"
+    assert _gpus_text({"gpus": {"count": 2, "indices": [], "uuids": []}}) == "2"  # queued: none held yet

@@ -442,7 +442,8 @@ class JobController:
         for p in chosen:
             waiting = rows[p.for_job]
             cls = classes.of(waiting)
-            reason = (f"preempted for {by_id[p.for_job].label or 'job ' + short_id(p.for_job) + ' of ' + waiting['owner']} (class {cls}, {by_id[p.for_job].gpus} GPU"
+            for_whom = by_id[p.for_job].label or f"job {short_id(p.for_job)} of {waiting['owner']}"
+            reason = (f"preempted for {for_whom} (class {cls}, {by_id[p.for_job].gpus} GPU"
                       f"{'' if by_id[p.for_job].gpus == 1 else 's'})")
             if jobs.request_preemption(self.store, p.job_id, reason, p.for_job, at=now):
                 log.info("job %s %s; SIGTERM now, stopped after %gs", p.job_id, reason, grace)

@@ -78,8 +78,9 @@ def name_objects(store: Store, rows: list[dict[str, Any]]) -> None:
         jobs_by_id = {j["id"]: j for j in store.query(
             f"SELECT id, owner, kind, name, workload FROM jobs WHERE id IN ({','.join('?' * len(job_ids))})", job_ids)}
     names = names_of(store, jobs_by_id.values())
-    ws = {r["id"]: r for r in store.query("SELECT id, name, owner FROM workspaces")} if any(r["object_kind"] == "workspace" for r in rows) else {}
-    deps = {r["id"]: r["name"] for r in store.query("SELECT id, name FROM deployments")} if any(r["object_kind"] == "deployment" for r in rows) else {}
+    kinds = {r["object_kind"] for r in rows}
+    ws = {r["id"]: r for r in store.query("SELECT id, name, owner FROM workspaces")} if "workspace" in kinds else {}
+    deps = {r["id"]: r["name"] for r in store.query("SELECT id, name FROM deployments")} if "deployment" in kinds else {}
     for r in rows:
         oid = r["object_id"]
         if r["object_kind"] == "job" and oid in names:

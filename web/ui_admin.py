@@ -7,7 +7,6 @@ routes, with the admin as the actor, so the audit trail reads the same either wa
 
 from __future__ import annotations
 
-import json
 import time
 
 from flask import Blueprint, abort, g, render_template, request

@@ -406,7 +406,10 @@ def state_of(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[st
     healthy = sum(1 for r in reps if r["revision"] == dep["current"] and r["healthy"] and r["state"] == "running")
     rolling = any(r["state"] == "rolling" for r in revs)
     if dep["current"] is None:
-        return ("starting" if rolling else "failed"), 0
+        if rolling:
+            return "starting", 0
+        # Nothing ever served: say so as it happened (someone rolled the only version back), not as an error.
+        return ("rolled_back" if revs and revs[-1]["state"] == "rolled_back" else "failed"), 0
     if rolling:
         return "rolling_out", healthy
     if dep.get("canary"):

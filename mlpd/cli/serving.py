@@ -11,7 +11,7 @@ import click
 
 from mlpd.cli.common import _client, json_option
 
-SETTLED = ("serving", "canary", "failed", "degraded", "unavailable")
+SETTLED = ("serving", "canary", "failed", "rolled_back", "degraded", "unavailable")
 
 
 def _emit(data: Any) -> None:

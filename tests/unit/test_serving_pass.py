@@ -179,3 +179,13 @@ def test_a_canary_shares_the_traffic_until_promoted_or_rolled_back(world):
     with pytest.raises(serving.DeploymentError) as err:
         serving.promote(world.store, world.cfg, serving.by_id(world.store, "d1"), "alice")
     assert err.value.status == 409
+
+
+def test_a_first_version_rolled_back_before_it_served_leaves_a_deployment_rolled_back_not_failed(world):
+    world.deploy()
+    world.step()  # rolling out, not yet answering
+    assert serving.rollback(world.store, serving.by_id(world.store, "d1"), "alice", now=world.clock["now"]) == "version 1"
+    world.step(passes=2)
+    dep = world.dep()
+    assert dep["state"] == "rolled_back" and dep["last_error"] == "" and dep["last_change"] == "version 1 rolled back by alice"
+    assert dep["replica_list"] == []

@@ -38,6 +38,7 @@ from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, Q
                             format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
 from mlpd.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
+from mlpd.workload_names import names_of
 
 log = logging.getLogger("mlpd.controller")
 # A launch or stop handed off this long ago that has not begun counts as lost (its huey task never
@@ -133,12 +134,14 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                 "in use outside mlpd" if d.uuid in stray else drained.get(d.uuid, "drained")) for d in devices]
     holdings = []
     active = jobs.in_states(store, ACTIVE)
+    queued = jobs.in_states(store, [JobState.QUEUED])
+    names = names_of(store, active + queued)  # how the scheduler's messages name each workload
     for job in active:
         limit = effective_time_limit(job, config)
         start = job["started_at"] or now
         for uuid in job["gpu_uuids"]:
-            holdings.append(Holding(uuid, job["id"], job["owner"], start + limit if limit else None))
-    queued = jobs.in_states(store, [JobState.QUEUED])
+            holdings.append(Holding(uuid, job["id"], job["owner"], start + limit if limit else None,
+                                    names[job["id"]].label(with_owner=True)))
     owners = sorted({j["owner"] for j in queued if j["spec"]["gpus"]})
     limits, demoted, caps = {}, set(), {}
     for owner in sorted({j["owner"] for j in queued}):
@@ -158,7 +161,8 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
         use = use_of(j["owner"], j["spec"], config, host)
         queue.append(QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
                                OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
-                               effective_time_limit(j, config), classes.rank(classes.of(j)), use.cpus, use.memory))
+                               effective_time_limit(j, config), classes.rank(classes.of(j)), use.cpus, use.memory,
+                               names[j["id"]].label(with_owner=True)))
     policy = scheduler_policy(config)
     usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
     waiting = waiting_for_the_host(queue, holdings, list(limits.values()), demoted, list(caps.values()), running)
@@ -481,7 +485,8 @@ class JobController:
         for p in chosen:
             waiting = rows[p.for_job]
             cls = classes.of(waiting)
-            reason = (f"preempted for job {short_id(p.for_job)} of {waiting['owner']} (class {cls}, {by_id[p.for_job].gpus} GPU"
+            for_whom = by_id[p.for_job].label or f"job {short_id(p.for_job)} of {waiting['owner']}"
+            reason = (f"preempted for {for_whom} (class {cls}, {by_id[p.for_job].gpus} GPU"
                       f"{'' if by_id[p.for_job].gpus == 1 else 's'})")
             if jobs.request_preemption(self.store, p.job_id, reason, p.for_job, at=now):
                 log.info("job %s %s; SIGTERM now, stopped after %gs", p.job_id, reason, grace)

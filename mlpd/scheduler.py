@@ -38,6 +38,8 @@ from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from mlpd.resource_caps import CapLedger, ResourceCap, Use
+from mlpd.workload_names import label as workload_label
+from mlpd.workload_names import short_id as workload_short_id
 
 INF = math.inf
 MIN_EXPANSION_BASE = 600.0  # expansion counts a job shorter than 10 minutes as 10 minutes long
@@ -60,6 +62,7 @@ class Holding:
     job_id: str
     owner: str
     ends_by: float | None  # latest end (start + time limit); None = no time limit
+    label: str = ""  # how messages name the holder (mlpd.workload_names, with its owner); "" = a job by id
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class QueuedJob:
     rank: int = 0  # its priority class's rank (higher classes go first, whatever the score)
     cpus: float = 0.0  # what it counts against its owner's CPU and memory caps (mlpd.resource_caps.use_of)
     memory: int = 0
+    label: str = ""  # how messages name it (mlpd.workload_names, with its owner); "" = a job by id
 
 
 @dataclass(frozen=True)
@@ -343,8 +347,15 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
 
 
 def short_id(job_id: str) -> str:
-    """Return the short form of a job id used in human messages."""
-    return job_id[:8]
+    """Return the short form of a job id used in human messages (as 'mlpd jobs' lists it)."""
+    return workload_short_id(job_id)
+
+
+def name_of(work: Holding | QueuedJob) -> str:
+    """How a message names the work that holds a GPU or waits: its label (a workspace, a deployment's
+    replica, a named job, with the owner), else the job by id and owner."""
+    job_id = work.job_id if isinstance(work, Holding) else work.id
+    return work.label or workload_label("job", job_id, work.owner, with_owner=True)
 
 
 def format_time(t: float) -> str:
@@ -505,7 +516,7 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
         # Placed work holds its GPUs like running work for the rest of this call.
         ends = None if job.time_limit is None else now + job.time_limit
         for g in chosen:
-            holders[g.uuid] = [Holding(g.uuid, job.id, job.owner, ends)]
+            holders[g.uuid] = [Holding(g.uuid, job.id, job.owner, ends, job.label)]
             free_by_model[g.model].remove(g)
         for i in limits_of.get(job.owner, ()):
             held[i] += job.gpus
@@ -730,7 +741,7 @@ def _quota_reason(job: QueuedJob, limits: Sequence[GpuLimit], holders: dict[str,
     for limit in limits:
         hs = [h for hs in holders.values() for h in hs if h.owner in limit.members]
         if len(hs) + job.gpus > limit.max_gpus:
-            jobs_ = ", ".join(sorted({f"job {short_id(h.job_id)} ({h.owner})" for h in hs}))
+            jobs_ = ", ".join(sorted({name_of(h) for h in hs}))
             return (f"at the concurrent GPU quota of {limit.name}: {limit.max_gpus} GPUs at most, "
                     f"{len(hs)} held ({jobs_}); it starts when some are released")
     return "at its concurrent GPU quota"
@@ -741,7 +752,7 @@ def _describe_holders(gpu: Gpu, holders: dict[str, list[Holding]]) -> str:
     for h in holders[gpu.uuid]:
         until = (", no time limit" if h.ends_by is None
                  else f" until {format_time(h.ends_by)} at the latest")
-        parts.append(f"{h.owner} (job {short_id(h.job_id)}){until}")
+        parts.append(f"{name_of(h)}{until}")
     return f"GPU {gpu.index} held by " + " and ".join(parts)
 
 
@@ -777,7 +788,7 @@ def _later_wait(job: QueuedJob, pos: int, head: _Head, free: Sequence[Gpu], hold
                 free_at: Callable[[Gpu], float], now: float, policy: Policy) -> Wait:
     """Wait for a job queued behind the head (which holds the only reservation)."""
     usable = [g for m, grp in usable_by_model.items() if job.gpu_model in (None, m) for g in grp]
-    head_ref = f"job {short_id(head.job.id)} (position {head.position})"
+    head_ref = f"{name_of(head.job)} (position {head.position})"
     head_start = ("an unknown time" if head.shadow == INF
                   else f"{format_time(head.shadow)} at the latest")
     if _fit(job, free) is not None:

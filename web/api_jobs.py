@@ -11,6 +11,7 @@ import time
 from flask import Response, current_app, g, jsonify, request, stream_with_context
 
 from mlpd import jobs
+from mlpd.scheduler import name_of as name_of_holder
 from mlpd.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
 from mlpd.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import JobState
@@ -189,7 +190,8 @@ def explain_wait(job_id: str) -> dict | None:
     if wait is None:
         return None
     return {"position": wait.position, "reason": wait.reason, "estimated_start": wait.estimated_start, "reserved": wait.reserved,
-            "blocking": [{"gpu_uuid": h.gpu_uuid, "job_id": h.job_id, "owner": h.owner, "ends_by": h.ends_by} for h in wait.blocking],
+            "blocking": [{"gpu_uuid": h.gpu_uuid, "job_id": h.job_id, "owner": h.owner, "ends_by": h.ends_by, "label": name_of_holder(h)}
+                         for h in wait.blocking],
             "priority": priority}
 
 

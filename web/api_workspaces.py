@@ -76,7 +76,7 @@ def _start_now_or_fail(ws: dict, wait: bool) -> None:
     for gpu in gpus:
         if gpu.uuid in holders:
             h = holders[gpu.uuid]
-            held.append(f"GPU {gpu.index} by {h['owner']} ({h['kind']} {h['job_id']})")
+            held.append(f"GPU {gpu.index} held by {h['label']}")
         elif gpu.uuid in drained or gpu.drained:
             held.append(f"GPU {gpu.index} {drained.get(gpu.uuid) or gpu.drain_reason}")
     queued = jobs.in_states(store(), [JobState.QUEUED])

@@ -228,14 +228,19 @@ def resolve_job(client, ref: str) -> str:
         params["all"] = 1
     matches = [j["id"] for j in client.get("/jobs", params=params)["jobs"] if j["id"].startswith(ref)]
     if not matches:
-        raise click.ClickException(f"no job of yours starts with {ref!r}; 'mlpd jobs' lists them")
+        raise click.ClickException(f"no job of yours starts with {ref!r}; 'mlpd jobs' lists them (a workspace or a deployment "
+                                   "is shown by name: 'mlpd ws show NAME', 'mlpd deployments show NAME')")
     if len(matches) > 1:
         raise click.ClickException(f"{ref!r} matches {len(matches)} jobs ({', '.join(matches[:5])}); give more of the id")
     return matches[0]
 
 
 def _gpus_text(job: dict) -> str:
-    return ",".join(map(str, job["gpus"]["indices"])) or (f"({job['gpus']['count']})" if job["gpus"]["count"] else "-")
+    """How many GPUs a job asks for, and which it holds: "2 (GPUs 0,3)", "1", or "-" for none."""
+    count, indices = job["gpus"]["count"], job["gpus"]["indices"]
+    if not count:
+        return "-"
+    return f"{count} (GPU{'s' if len(indices) > 1 else ''} {','.join(map(str, indices))})" if indices else str(count)
 
 
 @click.group(invoke_without_command=True)
@@ -460,9 +465,10 @@ def gpus(as_json):
         status = (g.get("drain_reason") or "drained") if g["drained"] else ("held" if holder else "free")
         if g.get("stray_pids"):
             status += f", STRAY use by pids {','.join(map(str, g['stray_pids']))}"
-        rows.append((g["index"], g["name"] + (" (declared)" if g["declared"] else ""), g["uuid"], mem,
+        model = g["name"] if not g["declared"] else ("declared" if g["name"] == "declared" else f"{g['name']} (declared)")
+        rows.append((g["index"], model, g["uuid"], mem,
                      f"{g['utilization']}%" if g["utilization"] is not None else "-", status,
-                     f"{holder['owner']} job {holder['job_id']}" if holder else "-"))
+                     (holder.get("label") or f"job {holder['job_id']} of {holder['owner']}") if holder else "-"))
     table(rows, ["index", "model", "uuid", "memory", "util", "status", "holder"])
 
 

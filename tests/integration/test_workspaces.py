@@ -268,7 +268,7 @@ def test_a_workspace_wanting_busy_gpus_fails_at_once_naming_holders_or_waits_for
     wait_for(lambda: wsd.api("GET", f"/api/v1/jobs/{job_id}", jtok).json()["job"]["state"] == "running", 60, 0.2, "the job to run")
     refused = wsd.cli("ws", "create", "gpu", "--gpus", "1", token=token)
     assert refused.returncode == 1
-    assert "only 0 are free" in refused.stderr and f"by {jobber} (job {job_id})" in refused.stderr and "--wait" in refused.stderr
+    assert "only 0 are free" in refused.stderr and f"held by job {job_id[:12]} of {jobber}" in refused.stderr and "--wait" in refused.stderr
     assert wsd.api("GET", "/api/v1/workspaces/gpu", token).status_code == 404  # nothing was left behind
     waiting = subprocess.Popen([BIN, "ws", "create", "gpu", "--gpus", "1", "--wait", "--json"], env=wsd.env(token),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

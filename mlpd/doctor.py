@@ -170,17 +170,27 @@ def _gpu_checks(config, runtime) -> list[Check]:
     from mlpd.gpus import make_inventory
 
     out = []
-    inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"])
-    devices = inventory.devices()
+    store = None
+    db = os.path.join(config.state_dir, "mlpd.db")
+    if os.access(db, os.R_OK):  # GPUs an admin declared at run time ('mlpd admin gpus declare') are in the state database
+        from mlpd.store import Store
+
+        store = Store(db)
+    inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"], store)
+    try:
+        devices = inventory.devices()
+    except Exception:  # an older database: the daemon migrates it at start
+        inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"])
+        devices = inventory.devices()
     if inventory.kind == "declared":
-        out.append(Check("gpus", WARN, f"{len(devices)} declared GPUs (gpus.declare): for trying mlpd, not real devices",
-                         "set gpus.declare = 0 on a machine with NVIDIA GPUs"))
+        out.append(Check("gpus", WARN, f"{len(devices)} declared GPUs: for trying mlpd, not real devices; GPU jobs run on them",
+                         "on a machine with NVIDIA GPUs: 'mlpd admin gpus declare 0' (and gpus.declare = 0 in mlpd.toml)"))
     elif devices:
         names = ", ".join(f"{d.index}: {d.name} ({d.uuid})" for d in devices)
         out.append(Check("gpus", OK, f"NVML sees {len(devices)}: {names}"))
     else:
         out.append(Check("gpus", WARN, "no NVIDIA driver or no GPU (NVML finds none): CPU-only work runs, GPU jobs are refused",
-                         "install the NVIDIA driver, or declare test GPUs (gpus.declare) to try mlpd without them"))
+                         "install the NVIDIA driver, or declare test GPUs to try mlpd without them: 'mlpd admin gpus declare 2'"))
     if devices and inventory.kind != "declared" and runtime is not None:
         if runtime.engine_info().get("nvidia"):
             out.append(Check("gpu pinning", OK, "the NVIDIA container runtime is installed: GPUs are pinned by UUID"))

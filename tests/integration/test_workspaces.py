@@ -341,6 +341,7 @@ def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(ws
     name, token = member(wsd)
     other, otoken = member(wsd)
     port, key = sshd
+    w = create(wsd, token, "ide")  # issue 23 item 6: the first key, added while the workspace runs, works at once
     bad = wsd.cli("keys", "add", str(key), token=token)  # the private half is refused
     assert bad.returncode == 1 and "public key" in bad.stderr
     added = wsd.cli("keys", "add", f"{key}.pub", "--json", token=token)
@@ -348,7 +349,6 @@ def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(ws
     assert json.loads(added.stdout)["key"]["fingerprint"].startswith("SHA256:")
     evil = wsd.api("POST", "/api/v1/keys", token, json={"key": 'command="sh" ' + (tmp_path / "x").name})
     assert evil.status_code == 400
-    w = create(wsd, token, "ide")
     cfg = wsd.cli("ws", "ssh-config", "ide", "--ssh-host", "127.0.0.1", "--ssh-port", str(port), "--ssh-user", getpass.getuser(),
                   "-i", str(key), token=token)
     assert cfg.returncode == 0, cfg.stderr
@@ -376,6 +376,30 @@ def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(ws
     assert gone.returncode != 0  # a removed key no longer opens it, without a restart
     for tok in (token, otoken):
         wsd.api("DELETE", "/api/v1/workspaces/ide", tok)
+
+
+def test_the_jupyterlab_terminal_runs_bash_in_the_home_with_mlflow_set(wsd):
+    """Issue 23 item 5: JupyterLab had no terminal (terminalsAvailable false, /api/terminals 404)."""
+    import websocket
+
+    name, token = member(wsd)
+    w = create(wsd, token, "term")
+    created = jupyter(w, "/api/terminals", "POST")
+    assert created.status_code == 200, created.text
+    term = created.json()["name"]
+    ws = websocket.create_connection(f"ws://127.0.0.1:{w['port']}/terminals/websocket/{term}?token={w['token']}", timeout=30)
+    ws.send(json.dumps(["stdin", "echo SHELL=$0 HOME=$HOME PWD=$(pwd) URI=$MLFLOW_TRACKING_URI; mlpd whoami\r"]))
+    out, deadline = "", time.monotonic() + 30
+    while "(member)" not in out and time.monotonic() < deadline:
+        msg = json.loads(ws.recv())
+        if msg[0] == "stdout":
+            out += msg[1]
+    ws.close()
+    assert "SHELL=/bin/bash" in out and "HOME=/home/mlpd PWD=/home/mlpd" in out and "URI=http" in out, out
+    assert f"{name} (member)" in out, out
+    listed = jupyter(w, "/api/terminals").json()
+    assert [t["name"] for t in listed] == [term] and listed[0].get("last_activity")  # what culling reads as activity
+    wsd.api("DELETE", "/api/v1/workspaces/term", token)
 
 
 def test_a_workspace_with_requirements_runs_in_its_environment(wsd, tmp_path):

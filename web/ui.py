@@ -306,7 +306,9 @@ def _saved_log(job_id: str) -> str:
                 chunks.append((b"(... earlier output cut ...)\n" if size > LOG_TAIL_BYTES else b"") + data)
         except (FileNotFoundError, IsADirectoryError):
             continue
-    return b"".join(chunks).decode("utf-8", "replace")
+    from mlpd.termsafe import strip_controls
+
+    return strip_controls(b"".join(chunks).decode("utf-8", "replace"))
 
 
 def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:

@@ -234,8 +234,9 @@ def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gp
 
 
 # What each kind of workload adds to a job's launch request: (store, config, row, request) -> request.
-# A new kind is a spec, a row of kind K, and an entry here; scheduling, the ledger and
-# reconciliation are the same for every kind.
+# Scheduling, the ledger and reconciliation are the same for every kind, but a new kind today is
+# more than an entry here: its own API, UI and CLI modules, and kind branches in the controller,
+# priority classes, quotas and users (issue 24 names each; the redesign makes a kind one module).
 KIND_LAUNCHERS = {"workspace": "mlpd.workspaces:launch_request", "deployment": "mlpd.serving:launch_request"}
 OUTPUTS_CHECK_INTERVAL = 60.0  # seconds between measurements of one running job's /outputs (jobs.max_outputs_gb)
 INF_TIME = float("inf")

@@ -1,7 +1,7 @@
 """The runtime interface: what the controller needs from a container engine, and nothing of Docker's.
 
-A narrow interface (start, inspect, stop, remove, logs, list by this daemon's label,
-a stream of events, images) returning backend-neutral states, so that another backend
+A narrow interface (start, inspect, stop, terminate, remove, logs, processes, list by this
+daemon's label, a watch for changes, images and environment builds) returning backend-neutral states, so that another backend
 (Kubernetes, say) is an addition: :mod:`mlpd.docker_runtime` is the real one and the
 only module that imports docker; :mod:`mlpd.memory_runtime` is a second, in-memory
 implementation for fast tests of the controller. One contract suite

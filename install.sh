@@ -16,7 +16,7 @@
 #
 # Settings (environment): MLPD_PREFIX (/opt/mlpd), MLPD_STATE_DIR (/var/lib/mlpd), MLPD_CONFIG_DIR
 # (/etc/mlpd), MLPD_LISTEN (127.0.0.1:8470), MLPD_ADMIN (admin), MLPD_USER (mlpd, the daemon's system
-# user), MLPD_PYTHON (/usr/bin/python3, 3.11 or newer), MLPD_INSTALL_LOG (/var/log/mlpd-install.log).
+# user), MLPD_JOBS_USER (mlpd-jobs, the no-login account containers run as), MLPD_PYTHON (/usr/bin/python3, 3.11 or newer), MLPD_INSTALL_LOG (/var/log/mlpd-install.log).
 # MLPD_STATE_DIR and MLPD_LISTEN seed a new config file; an existing one is kept and its values win.
 set -Eeuo pipefail
 umask 022  # the venv and the config must be readable by the daemon's user, whatever root's umask is
@@ -28,6 +28,7 @@ config_dir="${MLPD_CONFIG_DIR:-/etc/mlpd}"
 listen="${MLPD_LISTEN:-127.0.0.1:8470}"
 admin="${MLPD_ADMIN:-admin}"
 user="${MLPD_USER:-mlpd}"
+jobs_user="${MLPD_JOBS_USER:-mlpd-jobs}"
 if [ -n "${MLPD_PYTHON:-}" ]; then python="$MLPD_PYTHON"; elif [ -x /usr/bin/python3 ]; then python=/usr/bin/python3; else python=python3; fi
 install_log="${MLPD_INSTALL_LOG:-/var/log/mlpd-install.log}"
 unit_file=/etc/systemd/system/mlpd.service
@@ -123,7 +124,7 @@ StandardError=journal
 SyslogIdentifier=mlpd
 
 # Sandbox. The daemon writes only its state directory; it reads its venv and config, talks to the engine
-# over its socket, binds a loopback port (and one on Docker's bridge for containers), and reads GPUs
+# over its socket, binds a loopback port (and one on mlpd's Docker network for containers), and reads GPUs
 # through NVML (/dev/nvidia*, which is why PrivateDevices is not set).
 NoNewPrivileges=yes
 ProtectSystem=strict
@@ -213,6 +214,7 @@ uninstall() {
     rm -rf "$state_dir" "$config_dir"
     say "removed $state_dir and $config_dir"
     if id -u "$user" >/dev/null 2>&1; then quietly userdel "$user"; say "removed the system user $user"; fi
+    if id -u "$jobs_user" >/dev/null 2>&1; then quietly userdel "$jobs_user"; say "removed the account $jobs_user"; fi
     say "kept: the Docker engine and mlpd's images ('docker image ls mlpd/*')"
   else
     [ -z "$containers" ] || say "$(echo "$containers" | wc -l) mlpd containers keep running; a new install picks them up (--purge removes them)"
@@ -245,6 +247,8 @@ if [ "$action" = engine ]; then ensure_engine; exit 0; fi
 if [ "$action" = uninstall ]; then uninstall "$purge"; exit 0; fi
 
 ensure_engine
+# The daemon's front (server.front): nginx reads each request whole, so slow clients hold no web thread.
+command -v nginx >/dev/null 2>&1 || apt_install nginx-light
 
 # -- the daemon's system user, in the docker group
 command -v setpriv >/dev/null || apt_install setpriv
@@ -297,6 +301,38 @@ fi
 if [ "$(stat -c '%U:%G %a' "$config")" != "root:$user 640" ]; then chown "root:$user" "$config"; chmod 0640 "$config"; fi
 read -r listen state_dir < <("$venv/bin/python" -c 'import sys; from mlpd.config import load_config; c = load_config(sys.argv[1]); print(c["server.listen"], c.state_dir)' "$config")
 url="http://$listen"
+
+# -- the account every container of a member runs as (jobs.container_user): a system account with no login
+#    shell and no home, so that nobody who logs in here shares the uid of the jobs' processes (and could read
+#    their tokens in /proc/PID/environ). It gets the configured uid:gid when no account has that uid (the
+#    default, 65200:65200, is in a range no account uses); a config whose uid is a login account's (0.x's
+#    1000:1000, say) is moved to this account, with the workspace homes that uid owned.
+is_login_shell() { case "$(basename "${1:-/bin/sh}")" in nologin|false) return 1 ;; *) return 0 ;; esac; }
+read -r job_uid job_gid < <("$venv/bin/python" -c 'import sys; from mlpd.config import load_config; print(*load_config(sys.argv[1])["jobs.container_user"].split(":"))' "$config")
+if ! id -u "$jobs_user" >/dev/null 2>&1; then
+  if getent passwd "$job_uid" >/dev/null; then
+    getent group "$jobs_user" >/dev/null || quietly groupadd --system "$jobs_user"
+    quietly useradd --system --gid "$jobs_user" --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --comment "mlpd jobs" "$jobs_user"
+  else
+    getent group "$job_gid" >/dev/null || quietly groupadd --gid "$job_gid" "$jobs_user"
+    quietly useradd --uid "$job_uid" --gid "$job_gid" --no-create-home --no-log-init --home-dir /nonexistent --shell /usr/sbin/nologin --comment "mlpd jobs" "$jobs_user"
+  fi
+  say "created the no-login account $jobs_user (uid $(id -u "$jobs_user")) for containers"
+fi
+if [ "$(id -u "$jobs_user")" != "$job_uid" ] && is_login_shell "$(getent passwd "$job_uid" | cut -d: -f7)" && getent passwd "$job_uid" >/dev/null; then
+  old_uid="$job_uid"
+  job_uid="$(id -u "$jobs_user")" job_gid="$(id -g "$jobs_user")"
+  if grep -q '^container_user *=' "$config"; then
+    sed -i "s|^container_user *=.*|container_user = \"$job_uid:$job_gid\"|" "$config"
+  elif grep -q '^\[jobs\]' "$config"; then
+    sed -i "s|^\[jobs\]|[jobs]\ncontainer_user = \"$job_uid:$job_gid\"|" "$config"
+  else
+    printf '\n[jobs]\ncontainer_user = "%s"\n' "$job_uid:$job_gid" >>"$config"
+  fi
+  [ ! -d "$state_dir/homes" ] || find "$state_dir/homes" -xdev -uid "$old_uid" -exec chown -h "$job_uid:$job_gid" {} +
+  config_changed=1
+  say "jobs.container_user was uid $old_uid, a login account's: set to $jobs_user ($job_uid:$job_gid) in $config"
+fi
 
 # -- restart only when something changed, or the daemon does not run (as its user)
 pid="$(daemon_pid)"

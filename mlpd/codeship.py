@@ -30,7 +30,7 @@ IGNORE_FILES = (".gitignore", ".mlpdignore")  # later files win, so .mlpdignore 
 ALWAYS_SKIPPED = (".git", "__pycache__")
 # Folders `mlpd jobs outputs ID` downloads into the working directory: results, not code.
 _DOWNLOADED_OUTPUTS = re.compile(r"outputs-[0-9a-f]{12}")
-MAX_MEMBERS = 200_000  # bounds work on an archive of millions of empty files
+MAX_MEMBERS = 20_000  # bounds work (and inodes) on an archive of many empty files; jobs.max_code_files on the daemon
 MAX_HEADER_BYTES = 64 * 1024  # a PAX or GNU long-name header; real ones are a few hundred bytes
 
 
@@ -250,13 +250,14 @@ def _make_parents(tmp: str, rel: str, member: str) -> None:
 
 
 def extract_archive(archive_path: str, dest: str, max_bytes: int = DEFAULT_MAX_BYTES,
-                    max_unpacked_bytes: int = 4 * DEFAULT_MAX_BYTES) -> int:
+                    max_unpacked_bytes: int = 4 * DEFAULT_MAX_BYTES, max_members: int = MAX_MEMBERS) -> int:
     """Safely extract an uploaded (possibly hostile) tar.gz into dest, which must not exist yet.
 
     Refuses, with CodeArchiveError naming the member: absolute paths, '..'
     components, hard links, symlinks whose target escapes dest, devices and
-    fifos, duplicate paths, and more than max_unpacked_bytes in total (or an
-    archive over max_bytes). Extracts into a temp sibling of dest and renames it
+    fifos, duplicate paths, more than max_unpacked_bytes in total, more than
+    max_members members (counted as they are read, so an archive of many empty
+    files costs bounded work and inodes), or an archive over max_bytes. Extracts into a temp sibling of dest and renames it
     into place only when all is valid, so a failure leaves nothing behind. Files
     get 0644 (0755 if executable), dirs 0755. Returns the number of files
     (symlinks included, as pack_directory counts them). Raises FileExistsError
@@ -271,7 +272,7 @@ def extract_archive(archive_path: str, dest: str, max_bytes: int = DEFAULT_MAX_B
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.", suffix=".partial", dir=os.path.dirname(dest))
     try:
-        files = _extract_into(archive_path, tmp, max_unpacked_bytes)
+        files = _extract_into(archive_path, tmp, max_unpacked_bytes, max_members)
         os.chmod(tmp, 0o755)
         os.rename(tmp, dest)
         return files
@@ -280,7 +281,7 @@ def extract_archive(archive_path: str, dest: str, max_bytes: int = DEFAULT_MAX_B
         raise
 
 
-def _extract_into(archive_path: str, tmp: str, max_unpacked_bytes: int) -> int:
+def _extract_into(archive_path: str, tmp: str, max_unpacked_bytes: int, max_members: int = MAX_MEMBERS) -> int:
     files = unpacked = count = 0
     links: list[str] = []
     try:
@@ -291,8 +292,9 @@ def _extract_into(archive_path: str, tmp: str, max_unpacked_bytes: int) -> int:
         try:
             for m in tar:
                 count += 1
-                if count > MAX_MEMBERS:
-                    raise CodeArchiveError(f"{m.name}: more than {MAX_MEMBERS} entries in the archive")
+                if count > max_members:
+                    raise CodeArchiveError(f"{m.name}: the archive has more than {max_members} members (files, directories "
+                                           "and links; jobs.max_code_files); add generated or bulky folders to .mlpdignore")
                 rel = _check_member(m)
                 if not rel:
                     continue  # the archive's own "./" entry

@@ -64,9 +64,9 @@ def _between(low: float, high: float) -> Callable[[float], str | None]:
 def _container_user(value: str) -> str | None:
     uid, sep, gid = value.partition(":")
     if not (uid.isdigit() and sep and gid.isdigit()):
-        return "expected numeric UID:GID, e.g. '1000:1000' (a name could map to root inside an image)"
+        return "expected numeric UID:GID, e.g. '65200:65200' (a name could map to root inside an image)"
     if int(uid) == 0 or int(gid) == 0:
-        return "job containers never run as root (uid 0 or gid 0); use e.g. '1000:1000'"
+        return "job containers never run as root (uid 0 or gid 0); use e.g. '65200:65200'"
     return None
 
 
@@ -195,8 +195,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.workers", int, 2, "gunicorn worker processes (1-64).", _between(1, 64)),
     Setting("server.threads", int, 16, "Threads per gunicorn worker, 1-256 (log streams hold one each).", _between(1, 256)),
     Setting("server.log_level", str, "info", "Daemon log level.", _one_of("debug", "info", "warning", "error")),
-    Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the Docker bridge gateway on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
+    Setting("server.log_streams_per_user", int, 4, "Live log streams (logs -f, a log page) one user may follow at once, 1-64; more get 429.", _between(1, 64)),
+    Setting("server.front", str, "auto", "The front that reads each request whole before a web thread sees it (slow clients time out there): 'nginx', 'none', or 'auto' = nginx when installed.", _one_of("auto", "nginx", "none")),
+    Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the gateway of mlpd's Docker network (mlpd-isolated, which every container joins) on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
     Setting("mlflow.default_experiment", str, "jobs-{owner}", "MLflow experiment of jobs that name none ({owner} is the job's owner).", _experiment_template),
+    Setting("mlflow.max_artifact_mb", int, 1024, "Largest file one MLflow artifact upload may be, in MiB (1-1048576); the state directory's disk also keeps jobs.min_free_gb free.", _between(1, 1048576)),
     Setting("mlflow.allowed_hosts", list, [], "Extra Host header names the embedded MLflow accepts (e.g. this box's DNS name when server.listen is not loopback)."),
     Setting("scheduler.reconcile_interval", (int, float), 5.0, "Seconds between full reconciliations with Docker (0.1 to 3600).", _between(0.1, 3600)),
     Setting("scheduler.backfill", bool, True, "Let smaller jobs run ahead when they cannot delay the head of the queue."),
@@ -221,16 +224,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpus.declared_model", str, "declared", "Model name shown for declared GPUs."),
     Setting("gpus.drained", list, [], "GPU indices or UUIDs that take no new work."),
     Setting("jobs.default_image", str, "mlpd/train:latest", "Image used when a job names none."),
-    Setting("jobs.default_cpus", (int, float), 0, "CPU limit for jobs that set none (0 = no limit).", _non_negative),
-    Setting("jobs.default_memory", str, "", "Memory limit for jobs that set none, e.g. '8g' ('' = no limit).", _memory),
+    Setting("jobs.default_cpus", (int, float), 2, "CPU limit of work that sets none: jobs, notebook jobs, workspaces, model-serving replicas (0 = no limit; never more than the host has).", _non_negative),
+    Setting("jobs.default_memory", str, "8g", "Memory limit of work that sets none, e.g. '8g': jobs, notebook jobs, workspaces, model-serving replicas ('' = no limit; never more than the host has).", _memory),
     Setting("jobs.default_time_limit", str, "", "Time limit for jobs that set none, e.g. '24h' ('' = no limit).", _duration),
     Setting("jobs.max_code_mb", int, 200, "Largest code archive a job may upload, in MiB (1-10240).", _between(1, 10240)),
+    Setting("jobs.max_code_files", int, 20000, "Most members (files, directories, links) one code archive may hold (1-1000000).", _between(1, 1000000)),
+    Setting("jobs.max_outputs_gb", (int, float), 50, "Most a running job's /outputs may hold, in GB: a job over it is stopped with the reason, its outputs kept (0 = no cap).", _non_negative),
     Setting("retention.job_days", (int, float), 30, "Logs and outputs of jobs that ended longer ago than this many days are removed (the job's record stays).", _between(0.01, 36500)),
     Setting("retention.code_days", (int, float), 30, "Code archives no job used for this many days (and no queued or running job uses) are removed.", _between(0.01, 36500)),
     Setting("environments.keep_days", (int, float), 30, "Job environments (mlpd/env:*) not used for this many days are removed.", _between(0.01, 3650)),
     Setting("environments.max_gb", (int, float), 50, "Most disk all job environments together may use, in GB; the least recently used go first.", _between(0.1, 100000)),
     Setting("jobs.min_free_gb", (int, float), 1, "Submissions are refused while the state directory's disk has less free space than this, in GB (running work goes on).", _between(0, 100000)),
-    Setting("jobs.container_user", str, "1000:1000", "Numeric uid:gid job containers run as (never root: uid and gid 0 are refused).", _container_user),
+    Setting("jobs.container_user", str, "65200:65200", "Numeric uid:gid every container of a member runs as: a uid no host account "
+            "that can log in has (never root: uid and gid 0 are refused).", _container_user),
     Setting("workspaces.image", str, "mlpd/workspace:latest", "Image of workspaces that name none (JupyterLab on the training image; 'mlpd images build' builds it)."),
     Setting("workspaces.idle_timeout", str, "4h", "A workspace with no activity (kernels, terminals, the server, busy GPUs) this long is stopped and its GPUs freed; admins may allow a user longer.", _duration_nonempty),
     Setting("workspaces.cull_interval", (int, float), 60.0, "Seconds between idle checks of running workspaces (1 to 3600).", _between(1, 3600)),
@@ -242,6 +248,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("quotas.period", str, "month", "Period of GPU-hour quotas: day, week or month (UTC calendar).", _one_of("day", "week", "month")),
     Setting("quotas.gpu_hours", (int, float), 0, "Default GPU-hours per user per period (0 = unlimited); per-user and per-team quotas are set with 'mlpd admin quota'.", _non_negative),
     Setting("quotas.max_gpus", int, 0, "Default most GPUs one user may hold at once (0 = unlimited).", _non_negative),
+    Setting("quotas.max_cpus", (int, float), 16, "Default most CPUs one user's running work (jobs, workspaces, replicas) may have at once, by their CPU limits (0 = unlimited).", _non_negative),
+    Setting("quotas.max_memory", str, "64g", "Default most memory one user's running work may have at once, by their memory limits ('' = unlimited).", _memory),
+    Setting("quotas.max_jobs", int, 10, "Default most workloads (jobs, workspaces, replicas) one user may run at once (0 = unlimited).", _non_negative),
     Setting("quotas.over_quota", str, "queue", "What happens to work over a quota: 'queue' (waits; over GPU-hours runs at the lowest priority) or 'refuse' (refused at submit).", _one_of("queue", "refuse")),
     Setting("scheduler.fair_share_half_life", str, "7d", "Half-life of past usage in fair share: among equal priorities, less recent usage goes first.", _duration),
     Setting("pricing.gpu_hour", dict, {}, "Price of one GPU-hour per GPU model, for cost reports, e.g. {\"NVIDIA H100 80GB HBM3\" = 2.5}.", _prices),

@@ -28,13 +28,17 @@ from mlpd.environments import EnvironmentBuilder
 from mlpd.gpu_state import drains, stray_gpus
 from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, TERMINAL, JobState
+from mlpd.logtext import live_log_path
 from mlpd.priority_classes import PriorityClasses
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd import quotas
+from mlpd.jobspec import host_limits
+from mlpd.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
 from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
                             format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
 from mlpd.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
+from mlpd.workload_names import names_of
 
 log = logging.getLogger("mlpd.controller")
 # A launch or stop handed off this long ago that has not begun counts as lost (its huey task never
@@ -66,7 +70,7 @@ def plan_now(store: Store, inventory: GpuInventory, config: Config, now: float,
     """
     s = scheduler_inputs(store, inventory, config, now)
     plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown,
-                    explain=explain)
+                    explain=explain, caps=s.caps, running=s.running)
     return plan, s.queued, s.gpus
 
 
@@ -81,7 +85,7 @@ def why_waiting(store: Store, inventory: GpuInventory, config: Config, now: floa
     its priority score (scheduler.score_terms) with their sum; None for a job not queued."""
     s = scheduler_inputs(store, inventory, config, now)
     wait = explain_job(s.gpus, s.holdings, s.queue, now, job_id, s.policy, usage=s.usage, limits=s.limits,
-                       reserved=s.reserved, slowdown=s.slowdown)
+                       reserved=s.reserved, slowdown=s.slowdown, caps=s.caps, running=s.running)
     job = next((q for q in s.queue if q.id == job_id), None)
     if job is None:
         return wait, None
@@ -114,6 +118,8 @@ class SchedulerInputs:
     classes: PriorityClasses | None = None
     slowdown: dict[str, float] = dataclasses.field(default_factory=dict)  # each owner's recent mean slowdown
     waiting: list[QueuedJob] = dataclasses.field(default_factory=list)  # the queued GPU jobs the slowdown counts
+    caps: list[ResourceCap] = dataclasses.field(default_factory=list)  # owners' CPU, memory and workload caps
+    running: list[Use] = dataclasses.field(default_factory=list)  # what active work holds of them
 
 
 def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now: float) -> SchedulerInputs:
@@ -128,33 +134,43 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                 "in use outside mlpd" if d.uuid in stray else drained.get(d.uuid, "drained")) for d in devices]
     holdings = []
     active = jobs.in_states(store, ACTIVE)
+    queued = jobs.in_states(store, [JobState.QUEUED])
+    names = names_of(store, active + queued)  # how the scheduler's messages name each workload
     for job in active:
         limit = effective_time_limit(job, config)
         start = job["started_at"] or now
         for uuid in job["gpu_uuids"]:
-            holdings.append(Holding(uuid, job["id"], job["owner"], start + limit if limit else None))
-    queued = jobs.in_states(store, [JobState.QUEUED])
+            holdings.append(Holding(uuid, job["id"], job["owner"], start + limit if limit else None,
+                                    names[job["id"]].label(with_owner=True)))
     owners = sorted({j["owner"] for j in queued if j["spec"]["gpus"]})
-    limits, demoted = {}, set()
-    for owner in owners:
+    limits, demoted, caps = {}, set(), {}
+    for owner in sorted({j["owner"] for j in queued}):
         applicable = quotas.quotas_for(store, config, owner)
         for q in applicable:
-            if q.max_gpus:
+            if q.max_gpus and owner in owners:
                 limits[q.label] = GpuLimit(q.label, q.members, q.max_gpus)
-        if quotas.over_gpu_hours(store, config, owner, now, applicable):
+            if q.resource_cap:
+                caps[q.label] = q.resource_cap
+        if owner in owners and quotas.over_gpu_hours(store, config, owner, now, applicable):
             demoted.add(owner)  # over its GPU-hours: runs only when nobody else waits
+    host = host_limits()
+    running = [use_of(j["owner"], j["spec"], config, host) for j in active]
     classes = PriorityClasses.from_config(config)
-    queue = [QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
-                       OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
-                       effective_time_limit(j, config), classes.rank(classes.of(j))) for j in queued]
+    queue = []
+    for j in queued:
+        use = use_of(j["owner"], j["spec"], config, host)
+        queue.append(QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
+                               OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
+                               effective_time_limit(j, config), classes.rank(classes.of(j)), use.cpus, use.memory,
+                               names[j["id"]].label(with_owner=True)))
     policy = scheduler_policy(config)
     usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
-    waiting = waiting_for_the_host(queue, holdings, list(limits.values()), demoted)
+    waiting = waiting_for_the_host(queue, holdings, list(limits.values()), demoted, list(caps.values()), running)
     slowdown = (quotas.fair_share_slowdown(store, config, now, waiting, policy.max_age)
                 if policy.fair_share and policy.weight_slowdown and len(owners) > 1 else {})
     reserved = {j["id"]: j["reserved_at"] for j in queued if j.get("reserved_at") is not None}
     return SchedulerInputs(gpus, holdings, queue, queued, policy, usage, list(limits.values()), reserved, active, classes,
-                           slowdown, waiting)
+                           slowdown, waiting, list(caps.values()), running)
 
 
 def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: float) -> list[dict[str, Any]]:
@@ -218,9 +234,12 @@ def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gp
 
 
 # What each kind of workload adds to a job's launch request: (store, config, row, request) -> request.
-# A new kind is a spec, a row of kind K, and an entry here; scheduling, the ledger and
-# reconciliation are the same for every kind.
+# Scheduling, the ledger and reconciliation are the same for every kind, but a new kind today is
+# more than an entry here: its own API, UI and CLI modules, and kind branches in the controller,
+# priority classes, quotas and users (issue 24 names each; the redesign makes a kind one module).
 KIND_LAUNCHERS = {"workspace": "mlpd.workspaces:launch_request", "deployment": "mlpd.serving:launch_request"}
+OUTPUTS_CHECK_INTERVAL = 60.0  # seconds between measurements of one running job's /outputs (jobs.max_outputs_gb)
+INF_TIME = float("inf")
 
 
 class JobController:
@@ -240,6 +259,7 @@ class JobController:
         self.dispatch = dispatch or (lambda action, job_id, *args: getattr(self, f"run_{action}")(job_id, *args))
         self.environments = EnvironmentBuilder(runtime, clock)
         self.next_deadline: float | None = None  # the earliest time limit among running jobs
+        self._outputs_measured: dict[str, float] = {}  # running job -> when its /outputs was last measured (now)
 
     # ------------------------------------------------------------ one pass
     def reconcile(self, now: float | None = None) -> None:
@@ -312,8 +332,30 @@ class JobController:
             if now < grace_end:
                 self.next_deadline = min(self.next_deadline or grace_end, grace_end)
                 return  # it is writing its checkpoint
+        if not job["cancel_requested_by"] and not preempting and self._over_outputs_cap(job, now):
+            job = jobs.get(self.store, job_id) or job
         if job["cancel_requested_by"] or (limit and now - started >= limit) or preempting:
             self._hand_off("stop", job_id, 0 if preempting else 5)  # a preempted job had its grace period
+
+    def _over_outputs_cap(self, job: dict[str, Any], now: float) -> bool:
+        """Measure a running job's /outputs (at most every OUTPUTS_CHECK_INTERVAL); one over
+        jobs.max_outputs_gb is asked to stop, with the reason recorded (its outputs are kept)."""
+        from mlpd.disk import tree_size
+
+        cap_gb = self.config["jobs.max_outputs_gb"]
+        if not cap_gb or now - self._outputs_measured.get(job["id"], -INF_TIME) < OUTPUTS_CHECK_INTERVAL:
+            return False
+        self._outputs_measured[job["id"]] = now
+        for gone in [j for j, at in self._outputs_measured.items() if now - at > 10 * OUTPUTS_CHECK_INTERVAL]:
+            del self._outputs_measured[gone]  # ended jobs
+        size = tree_size(os.path.join(jobs.job_dir(self.config.state_dir, job["id"]), "outputs"), timeout=20)
+        if size is None or size <= cap_gb * 1e9:
+            return False
+        reason = (f"stopped by mlpd: its /outputs holds {size / 1e9:.2f} GB, over the cap of {cap_gb:g} GB (jobs.max_outputs_gb); "
+                  "what it wrote is kept ('mlpd jobs outputs ID')")
+        log.warning("job %s: %s", job["id"], reason)
+        jobs.request_cancel(self.store, job["id"], "mlpd", reason)
+        return True
 
     def _finish(self, job: dict[str, Any], c: WorkloadStatus) -> None:
         """Record how the job ended from the runtime's own account, keep its log, remove the container."""
@@ -322,6 +364,7 @@ class JobController:
         directory = jobs.job_dir(self.config.state_dir, job_id)
         os.makedirs(directory, exist_ok=True)
         self.runtime.save_logs(job_id, os.path.join(directory, "log"))
+        keep_live_logs(directory, job.get("attempts") or 1)
         started = job["started_at"] or c.started_at
         ended = c.finished_at or time.time()
         if started is not None and ended < started:
@@ -331,7 +374,8 @@ class JobController:
         asked = job.get("preempt_requested_at")
         preempted = job.get("preempt_reason") if asked is not None and (c.finished_at is None or c.finished_at >= asked - 1) else None
         state, reason = jobs.classify_exit(c.exit_code, c.oom_killed, c.error, started, ended, effective_time_limit(job, self.config),
-                                           job["cancel_requested_by"], job["spec"].get("memory"), job.get("cancel_reason"),
+                                           job["cancel_requested_by"], effective_limits(job["spec"], self.config, host_limits())[1],
+                                           job.get("cancel_reason"),
                                            preempted=preempted)
         if state == JobState.PREEMPTED:
             # Its attempt's log is kept beside the final one; GET /jobs/ID/logs shows them in order.
@@ -372,7 +416,8 @@ class JobController:
         """Place queued jobs on free GPUs and launch them; preempt for waiting work of a higher class."""
         now = now or time.time()
         s = scheduler_inputs(self.store, self.inventory, self.config, now)
-        plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown)
+        plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown,
+                        caps=s.caps, running=s.running)
         queued, gpus = s.queued, s.gpus
         keep_reservation(self.store, plan, queued, gpus, now)
         index_of = {g.uuid: g.index for g in gpus}
@@ -414,10 +459,13 @@ class JobController:
         lowest = min(c.rank for c in candidates)
         after = parse_duration(self.config["scheduler.preempt_after"])
         waiting_ids = set(plan.waiting)
+        caps = CapLedger(s.caps, s.running) if s.caps else None
         due = []
         for job in s.queue:  # in queue order below
             if job.id not in waiting_ids or job.gpus <= 0 or job.rank <= lowest:
                 continue
+            if caps and caps.refusal(Use(job.owner, job.cpus, job.memory)):
+                continue  # its owner's own CPU, memory or workload caps hold it: no preemption helps
             # a head promised a start later than that need not wait to know it (an unknown start may be any moment)
             promised_late = (plan.head is not None and plan.head.job_id == job.id and plan.head.start is not None
                              and plan.head.start > job.submitted_at + after)
@@ -438,7 +486,8 @@ class JobController:
         for p in chosen:
             waiting = rows[p.for_job]
             cls = classes.of(waiting)
-            reason = (f"preempted for job {short_id(p.for_job)} of {waiting['owner']} (class {cls}, {by_id[p.for_job].gpus} GPU"
+            for_whom = by_id[p.for_job].label or f"job {short_id(p.for_job)} of {waiting['owner']}"
+            reason = (f"preempted for {for_whom} (class {cls}, {by_id[p.for_job].gpus} GPU"
                       f"{'' if by_id[p.for_job].gpus == 1 else 's'})")
             if jobs.request_preemption(self.store, p.job_id, reason, p.for_job, at=now):
                 log.info("job %s %s; SIGTERM now, stopped after %gs", p.job_id, reason, grace)
@@ -553,7 +602,7 @@ class JobController:
         """The request with its image replaced by the job's environment, built first if needed."""
         log_path = os.path.join(jobs.job_dir(self.config.state_dir, job["id"]), "build.log")
         image, built = self.environments.ensure(
-            req.image, job["spec"]["requirements"], log_path, pull=req.pull,
+            req.image, job["spec"]["requirements"], log_path, req.user, pull=req.pull,
             on_build=lambda tag: jobs.set_reason(self.store, job["id"], f"building its environment {tag} (image + requirements)"))
         jobs.set_reason(self.store, job["id"], "", event=("job.environment_built" if built else "job.environment_reused"), image=image)
         log.info("job %s runs in %s (%s)", job["id"], image, "built now" if built else "reused")
@@ -579,18 +628,14 @@ class JobController:
         code = jobs.code_dir(cfg.state_dir, spec["code"]) if spec.get("code") else None
         if code and not os.path.isdir(code):
             raise RuntimeFailure(f"code archive {spec['code'][:12]} is not on the daemon (upload it again with 'mlpd run')")
-        memory = spec.get("memory")
-        if memory is None and cfg["jobs.default_memory"]:
-            from mlpd.jobspec import parse_memory
-
-            memory = parse_memory(cfg["jobs.default_memory"])
+        cpus, memory = effective_limits(spec, cfg, host_limits())
         # A model-serving replica gets no credentials: the daemon copies its model out of the store for it.
         tracking = self._tracking_env(job) if job.get("kind", "job") != "deployment" else {}
         env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.get("env", {}), **tracking}
         return LaunchRequest(
             job_id=job["id"], owner=job["owner"], image=spec.get("image") or cfg["jobs.default_image"],
             command=tuple(spec["command"]), env=env, gpu_uuids=tuple(job["gpu_uuids"]),
-            cpus=spec.get("cpus") or (cfg["jobs.default_cpus"] or None), memory=memory,
+            cpus=cpus, memory=memory,
             user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs, attempt=job.get("attempts") or 1,
         )
 
@@ -610,3 +655,18 @@ class JobController:
         # resolve; the right links are in 'mlpd jobs show' and the web UI.
         return {"MLFLOW_TRACKING_URI": url + tracking.PREFIX, "MLFLOW_TRACKING_TOKEN": token, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                 "MLPD_URL": url, "MLPD_TOKEN": token, "MLFLOW_EXPERIMENT_NAME": experiment}
+
+
+def keep_live_logs(directory: str, attempt: int) -> None:
+    """Drop the worker's running copies of a workload's output (mlpd.workers.live_logs) once its log
+    is saved: the saved log holds the same bytes. When Docker had no log to give (the container
+    vanished), the running copy of this attempt becomes the saved log."""
+    saved = os.path.join(directory, "log")
+    for name in os.listdir(directory):
+        if not (name.startswith("live-") and name.endswith(".log")):
+            continue
+        path = os.path.join(directory, name)
+        if path == live_log_path(directory, attempt) and not os.path.exists(saved):
+            os.replace(path, saved)
+        else:
+            os.unlink(path)

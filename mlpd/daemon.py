@@ -1,4 +1,8 @@
-"""`mlpd daemon`: gunicorn (the Flask app) and the worker process, supervised in the foreground.
+"""`mlpd daemon`: the front (nginx), gunicorn (the Flask app) and the worker process, supervised in the foreground.
+
+The front (mlpd.front) takes the network connections and passes whole requests to gunicorn's
+Unix socket, so that a slow or silent client holds no web thread; without one (server.front =
+"none", or "auto" where nginx is not installed) gunicorn binds the addresses itself.
 
 This module imports neither flask nor huey: it starts them as child processes.
 The children get PR_SET_PDEATHSIG so that a daemon killed with SIGKILL does not
@@ -213,6 +217,7 @@ class Daemon:
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
         self.env: dict[str, Any] = {}
+        self.front: str | None = None  # the nginx binary when a front runs
 
     def prepare(self) -> None:
         """State directory, lock, migrations and the resolved config for the children."""
@@ -238,6 +243,7 @@ class Daemon:
             raise DaemonError(str(exc)) from None
         run_dir = os.path.join(state, "run")
         os.makedirs(run_dir, exist_ok=True)
+        self.prepare_front(run_dir)
         resolved = os.path.join(run_dir, "config.json")
         with open(resolved + ".tmp", "w") as fh:
             fh.write(self.config.to_json())
@@ -246,6 +252,25 @@ class Daemon:
         # gunicorn would send its own READY=1 (journal: "reception only permitted for main PID").
         self.env = {**{k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
                     RESOLVED_CONFIG_ENV: resolved, "PYTHONUNBUFFERED": "1"}
+
+    def prepare_front(self, run_dir: str) -> None:
+        """Choose the front (server.front) and write its configuration; DaemonError when it cannot run."""
+        from mlpd import front
+
+        try:
+            self.front = front.choose(self.config["server.front"])
+            if self.front is None:
+                if self.config["server.front"] == "auto":
+                    log.warning("no nginx installed (apt-get install nginx-light): gunicorn takes the connections itself, "
+                                "so slow or silent clients can hold every web thread (server.front)")
+                return
+            listens = [self.config["server.listen"], *([self.container_bind()] if self.container_bind() else [])]
+            max_body_mb = max(self.config["jobs.max_code_mb"] + 1, self.config["serving.max_body_mb"])
+            self.front_conf = front.write_config(run_dir, listens, max_body_mb, self.config["server.log_level"],
+                                                 self.config["mlflow.max_artifact_mb"])
+            self.web_socket = front.socket_path(run_dir)
+        except front.FrontError as exc:
+            raise DaemonError(str(exc)) from None
 
     def container_bind(self) -> str | None:
         """The second address gunicorn binds for job containers, if one is needed."""
@@ -262,8 +287,7 @@ class Daemon:
             "--worker-class", "gthread",
             "--workers", str(c["server.workers"]),
             "--threads", str(c["server.threads"]),
-            "--bind", c["server.listen"],
-            *(["--bind", self.container_bind()] if self.container_bind() else []),
+            *self._gunicorn_binds(),
             "--graceful-timeout", "5",
             "--timeout", "0",  # log streams are long-lived; gthread workers heartbeat on their own
             "--log-level", c["server.log_level"],
@@ -272,7 +296,20 @@ class Daemon:
             "--control-socket", os.path.join(c.state_dir, "run", "gunicorn.ctl"),
             "mlpd.web.wsgi:app",
         ]
-        return {"web": gunicorn, "worker": [sys.executable, "-m", "mlpd.workers"]}
+        commands = {"web": gunicorn, "worker": [sys.executable, "-m", "mlpd.workers"]}
+        if self.front:
+            from mlpd.front import command
+
+            commands["front"] = command(self.front, os.path.join(c.state_dir, "run"), self.front_conf)
+        return commands
+
+    def _gunicorn_binds(self) -> list[str]:
+        if self.front:
+            from mlpd.front import GUNICORN_KEEPALIVE
+
+            # only the front connects; the addresses are the front's
+            return ["--bind", f"unix:{self.web_socket}", "--keep-alive", str(GUNICORN_KEEPALIVE)]
+        return ["--bind", self.config["server.listen"], *(["--bind", self.container_bind()] if self.container_bind() else [])]
 
     def _start(self, name: str, argv: list[str]) -> None:
         # cwd is the state directory: `python -m` and gunicorn put the cwd first on sys.path, and a

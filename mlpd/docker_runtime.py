@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import threading
 from typing import Callable, Iterator
 
 import docker
 import docker.errors
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, Mount
 
 log = logging.getLogger("mlpd.runtime")
 
-from mlpd.runtime import (LABEL_ATTEMPT, LABEL_GPUS, LABEL_INSTANCE, LABEL_JOB, LABEL_KIND, LABEL_OWNER, ImageMissing, LaunchRequest, Phase,
-                          RuntimeFailure, WorkloadStatus, container_env, container_name)
+from mlpd.runtime import (CA_BUNDLE_MOUNT, LABEL_ATTEMPT, LABEL_GPUS, LABEL_INSTANCE, LABEL_JOB, LABEL_KIND, LABEL_OWNER, BuildRequest,
+                          ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name)
 
 # Docker's container states, as phases: "created" never started; "paused" and "restarting" still hold the workload.
 _PHASES = {"created": Phase.PENDING, "running": Phase.RUNNING, "paused": Phase.RUNNING, "restarting": Phase.RUNNING,
@@ -31,25 +32,52 @@ def _ts(value: str | None) -> float | None:
     return dt.timestamp() + (float("0." + frac[:9]) if frac else 0.0)
 
 
-def bridge_gateway(base_url: str = "") -> str | None:
-    """The host's address on Docker's default bridge (what host.docker.internal resolves to), or None.
+# Every container mlpd starts (jobs, workspaces, replicas, environment builds) joins this bridge network,
+# made by mlpd with inter-container traffic off: a container reaches the host (the daemon listens on the
+# network's gateway for them, see server.container_listen), the package index and the internet, and no other
+# container, whoever owns it. One network for the host, shared by every mlpd instance on the engine: ICC off
+# isolates each container from all others, so nothing is gained by more (and Docker's address pools hold only
+# about thirty bridge networks).
+NETWORK = "mlpd-isolated"
+MAX_BUILD_LINE = 16 * 1024  # bytes of one line of a build's output
+LABEL_NETWORK = "org.mlpd.network"
+_ICC = "com.docker.network.bridge.enable_icc"
 
-    Newer engines leave IPAM's Gateway out when it is the default; Docker then uses
-    the first address of the subnet, so that is the answer.
-    """
+
+def _client(base_url: str = ""):
+    return docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+
+
+def ensure_network(client) -> str:
+    """Make mlpd's isolated network unless it exists (idempotent, safe to race); returns its gateway address.
+    Raises RuntimeFailure when a network of that name lets containers talk to each other."""
+    for attempt in range(2):
+        found = sorted((n for n in client.networks.list(names=[NETWORK]) if n.name == NETWORK), key=lambda n: n.attrs.get("Created", ""))
+        if found:
+            network = client.networks.get(found[0].id)
+            if (network.attrs.get("Options") or {}).get(_ICC) != "false":
+                raise RuntimeFailure(f"the Docker network '{NETWORK}' lets containers reach each other (it was not made by mlpd); "
+                                     f"remove it ('docker network rm {NETWORK}') and mlpd makes its own")
+            gateway = _gateway(network.attrs)
+            if gateway:
+                return gateway
+            raise RuntimeFailure(f"the Docker network '{NETWORK}' has no IPv4 gateway; remove it ('docker network rm {NETWORK}')")
+        try:
+            client.networks.create(NETWORK, driver="bridge", options={_ICC: "false"}, labels={LABEL_NETWORK: "isolated"},
+                                   check_duplicate=True)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409 or attempt:  # 409: another process made it just now
+                raise RuntimeFailure(f"cannot make the Docker network '{NETWORK}' ({exc.explanation or exc})") from None
+    raise RuntimeFailure(f"cannot make the Docker network '{NETWORK}'")
+
+
+def _gateway(attrs: dict) -> str | None:
+    """A network's IPv4 gateway. Newer engines leave IPAM's Gateway out when it is the default; Docker
+    then uses the first address of the subnet, so that is the answer."""
     import ipaddress
 
-    try:
-        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
-        try:
-            configs = client.networks.get("bridge").attrs.get("IPAM", {}).get("Config") or []
-        finally:
-            client.close()
-    except docker.errors.DockerException as exc:
-        log.warning("cannot ask Docker for its bridge network (%s)", exc)
-        return None
-    for item in configs:
-        if item.get("Gateway"):
+    for item in attrs.get("IPAM", {}).get("Config") or []:
+        if item.get("Gateway") and ":" not in item["Gateway"]:
             return item["Gateway"]
         try:
             network = ipaddress.ip_network(item.get("Subnet", ""), strict=False)
@@ -60,16 +88,32 @@ def bridge_gateway(base_url: str = "") -> str | None:
     return None
 
 
+def bridge_gateway(base_url: str = "") -> str | None:
+    """The host's address on mlpd's isolated network (made if missing): where host.docker.internal points
+    in mlpd's containers, so the daemon's second address (server.container_listen "auto"). None when
+    Docker cannot be asked."""
+    try:
+        client = _client(base_url)
+        try:
+            return ensure_network(client)
+        finally:
+            client.close()
+    except (docker.errors.DockerException, RuntimeFailure) as exc:
+        log.warning("cannot set up mlpd's Docker network (%s)", exc)
+        return None
+
+
 class DockerRuntime:
     """Job containers on the local Docker engine, labelled with this daemon's instance id."""
 
     def __init__(self, instance: str, base_url: str = "", gpu_mode: str = "auto"):
         self.instance = instance
         try:
-            self.client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+            self.client = _client(base_url)
             self.client.ping()
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(f"cannot reach the Docker engine ({exc}); is dockerd running?") from None
+        self.gateway = ensure_network(self.client)  # host.docker.internal in every container
         runtimes = self.client.info().get("Runtimes", {}) or {}
         self.has_nvidia = "nvidia" in runtimes
         if gpu_mode == "nvidia" and not self.has_nvidia:
@@ -137,7 +181,7 @@ class DockerRuntime:
             user=req.user, working_dir=req.workdir or ("/code" if req.code_dir else "/outputs"), volumes=volumes,
             ports={f"{cport}/tcp": (host_ip, host_port) for cport, host_ip, host_port in req.ports},
             init=True, privileged=False, security_opt=["no-new-privileges"], cap_drop=["ALL"], pids_limit=4096,
-            extra_hosts={"host.docker.internal": "host-gateway"},
+            network=NETWORK, extra_hosts={"host.docker.internal": self.gateway},  # not "host-gateway": that is docker0's
             log_config={"type": "json-file", "config": {"max-size": "50m", "max-file": "2"}},
         )
         if req.memory:
@@ -269,7 +313,7 @@ class DockerRuntime:
             raise ImageMissing(f"image '{image}' could not be pulled ({str(exc).splitlines()[0][:200]})") from None
 
     def engine_info(self) -> dict:
-        return {"version": self.client.version().get("Version", "?"), "nvidia": self.has_nvidia}
+        return {"version": self.client.version().get("Version", "?"), "nvidia": self.has_nvidia, "gateway": self.gateway}
 
     def image_id(self, image: str) -> str | None:
         try:
@@ -286,8 +330,112 @@ class DockerRuntime:
 
     def build_image(self, path: str, tag: str, buildargs: dict[str, str], labels: dict[str, str] | None = None) -> Iterator[str]:
         """Build an image from a directory; yields progress lines; raises RuntimeFailure on error."""
-        for chunk in self.client.api.build(path=path, tag=tag, buildargs=buildargs, labels=labels, rm=True, decode=True):
+        for chunk in self.client.api.build(path=path, tag=tag, buildargs=buildargs, labels=labels, rm=True, forcerm=True, decode=True):
             if "error" in chunk:
                 raise RuntimeFailure(f"building {tag} failed: {chunk['error'].strip()}")
             if chunk.get("stream", "").strip():
                 yield chunk["stream"].rstrip()
+
+    def build_by_running(self, req: BuildRequest) -> Iterator[str]:
+        """Run req.command in a hardened container from req.base, then commit it as req.tag (see BuildRequest).
+
+        Not `docker build`: a Dockerfile's RUN steps run as whatever user the Dockerfile says, with Docker's
+        default capabilities (NET_RAW among them), on the default bridge, none of which a member's build
+        should have. Here the container is created like a job's: req.user, no capabilities, no-new-privileges,
+        pids and memory limits, mlpd's isolated network. The committed image takes the base's configuration
+        (command, entrypoint, working directory) with req.env, req.user and req.labels over it, and nothing of
+        the build container's (its command, labels or mounts)."""
+        try:
+            base = self.client.images.get(req.base)
+        except docker.errors.ImageNotFound:
+            raise ImageMissing(f"image '{req.base}' not found on this host") from None
+        config = base.attrs.get("Config") or {}
+        base_env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+        path = base_env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        env = {k: v.replace("$PATH", path) for k, v in req.env.items()}
+        name = "mlpd-build-" + hashlib.sha256(f"{self.instance}\0{req.tag}".encode()).hexdigest()[:16]
+        self._remove_container(name)  # a leftover of a daemon stopped mid-build
+        # A Mount, not volumes=: docker-py turns volumes into the config's Volumes too, which the commit would keep.
+        mounts = [Mount(CA_BUNDLE_MOUNT, req.ca_bundle, type="bind", read_only=True)] if req.ca_bundle else []
+        try:
+            container = self.client.containers.create(
+                image=req.base, command=list(req.command), name=name, environment=env, user=req.user, working_dir=req.directory,
+                mounts=mounts, init=True, privileged=False, security_opt=["no-new-privileges"], cap_drop=["ALL"],
+                pids_limit=req.pids, mem_limit=req.memory, memswap_limit=req.memory,
+                network=NETWORK, extra_hosts={"host.docker.internal": self.gateway},
+                log_config={"type": "json-file", "config": {"max-size": "50m", "max-file": "2"}})
+        except docker.errors.APIError as exc:
+            self._remove_container(name)
+            raise RuntimeFailure(f"building {req.tag} failed: {exc.explanation or exc}") from None
+        fired = threading.Event()
+        timer = threading.Timer(req.timeout, _kill_quietly, (container, fired))
+        timer.daemon = True
+        try:
+            container.put_archive("/", _directory_tar(req.directory, req.user, req.files))
+            container.start()
+            timer.start()
+            pending = b""
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                if len(pending) > MAX_BUILD_LINE:  # a line without end is passed on in pieces, never held whole
+                    lines, pending = lines + [pending], b""
+                for line in lines:
+                    yield line[:MAX_BUILD_LINE].decode("utf-8", "replace").rstrip()
+            if pending.strip():
+                yield pending.decode("utf-8", "replace").rstrip()
+            code = container.wait().get("StatusCode")
+            timer.cancel()
+            timed_out = fired.is_set()
+            container.reload()
+            if timed_out:
+                raise RuntimeFailure(f"building {req.tag} failed: it took longer than {req.timeout / 60:g} minutes")
+            if code != 0:
+                why = " (out of memory: it may use %d MiB)" % (req.memory // 2**20) if container.attrs["State"].get("OOMKilled") else ""
+                raise RuntimeFailure(f"building {req.tag} failed: the build exited with code {code}{why}")
+            repository, _, tag = req.tag.rpartition(":")
+            labels = {**(config.get("Labels") or {}), **req.labels}
+            container.commit(repository=repository, tag=tag, conf={
+                "Env": [f"{k}={v}" for k, v in {**base_env, **env}.items()], "User": req.user, "Labels": labels,
+                "Cmd": config.get("Cmd"), "Entrypoint": config.get("Entrypoint"), "WorkingDir": config.get("WorkingDir") or "/"})
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"building {req.tag} failed: {exc.explanation or exc}") from None
+        finally:
+            timer.cancel()
+            self._remove_container(name)
+
+    def _remove_container(self, name: str) -> None:
+        try:
+            self.client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):
+                raise
+
+
+def _kill_quietly(container, fired: threading.Event) -> None:
+    fired.set()  # first: the build's wait() returns as soon as the kill lands
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        pass  # it ended just now
+
+
+def _directory_tar(directory: str, user: str, files: tuple[tuple[str, str], ...]) -> bytes:
+    """A tar of directory (0755) and its files (0600), all owned by user (numeric uid:gid), to unpack at /."""
+    import io
+    import tarfile
+
+    uid, gid = (int(x) for x in user.split(":"))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo(directory.strip("/"))
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, uid, gid
+        tar.addfile(info)
+        for name, text in files:
+            data = text.encode()
+            info = tarfile.TarInfo(f"{directory.strip('/')}/{name}")
+            info.size, info.mode, info.uid, info.gid = len(data), 0o600, uid, gid
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()

@@ -50,7 +50,11 @@ def run_checks(config, runtime_factory: Callable | None = None) -> list[Check]:
     checks += _gpu_checks(config, runtime)
     if runtime is not None:
         checks += _image_checks(config, runtime)
+        network = container_network_check(config["server.container_listen"], runtime.engine_info().get("gateway"))
+        if network:
+            checks.append(network)
     checks += _state_checks(config)
+    checks.append(job_user_check(config["jobs.container_user"], _host_accounts(config["jobs.container_user"])))
     checks.append(_daemon_check(config))
     checks.append(_mlflow_check(config))
     systemd = _systemd_check()
@@ -98,21 +102,95 @@ def _retention_check(config) -> Check | None:
                               f"code_days = {config['retention.code_days']:g})")
 
 
+def container_network_check(container_listen: str, gateway: str | None) -> Check | None:
+    """Whether containers can reach the daemon: every container is on mlpd's network, where host.docker.internal
+    is its gateway, so a server.container_listen set to another address (Docker's default bridge, 172.17.0.1,
+    before mlpd had its own network) is one they cannot reach. None when there is no network to ask about."""
+    if gateway is None:
+        return None
+    host = container_listen.rpartition(":")[0] if ":" in container_listen else container_listen
+    if container_listen in ("auto", "") or host == gateway:
+        return Check("container network", OK, f"containers are on mlpd-isolated (no traffic between them); they reach the "
+                                              f"daemon as host.docker.internal = {gateway}")
+    return Check("container network", WARN,
+                 f"server.container_listen is {container_listen}, but containers are on mlpd-isolated, where host.docker.internal "
+                 f"is {gateway}: they cannot reach the daemon (MLflow, the API)",
+                 "set server.container_listen = \"auto\" in mlpd.toml and restart the daemon")
+
+
+NO_LOGIN_SHELLS = ("nologin", "false")
+
+
+def job_user_check(container_user: str, passwd: str) -> Check:
+    """Whether the uid jobs run as (jobs.container_user) is a host account that can log in (passwd: the
+    host's accounts as /etc/passwd text). Such an account shares the uid of every job and workspace
+    process, so it can read their environments (/proc/PID/environ: MLPD_TOKEN, JUPYTER_TOKEN), signal
+    them and open their files: that fails. An account with no login shell (nologin, false) is fine."""
+    uid = container_user.split(":")[0]
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) < 7 or fields[2] != uid:
+            continue
+        name, shell = fields[0], fields[6].strip() or "/bin/sh"  # an empty shell field means /bin/sh
+        if os.path.basename(shell) in NO_LOGIN_SHELLS:
+            return Check("job uid", OK, f"jobs run as uid {uid}, the account {name} (no login: {shell})")
+        return Check("job uid", FAIL,
+                     f"jobs run as uid {uid} (jobs.container_user), which is the login account {name} ({shell}): {name} can "
+                     "read every job's and workspace's tokens (/proc/PID/environ) and signal their processes",
+                     "run 'sudo ./install.sh' (it makes the no-login account mlpd-jobs and sets jobs.container_user to it), or set "
+                     f"jobs.container_user to a uid no account uses (the default is {_default_job_user()}); then 'mlpd images build "
+                     "--local' and restart the daemon")
+    return Check("job uid", OK, f"jobs run as uid {uid}, which no host account uses")
+
+
+def _default_job_user() -> str:
+    from mlpd.config import SETTINGS_BY_KEY
+
+    return SETTINGS_BY_KEY["jobs.container_user"].default
+
+
+def _host_accounts(container_user: str) -> str:
+    """/etc/passwd, plus the job uid's entry from the name service when only it knows (LDAP, SSSD)."""
+    import pwd
+
+    try:
+        with open("/etc/passwd") as fh:
+            text = fh.read()
+    except OSError:
+        text = ""
+    try:
+        entry = pwd.getpwuid(int(container_user.split(":")[0]))
+        text += f"\n{entry.pw_name}:x:{entry.pw_uid}:{entry.pw_gid}:{entry.pw_gecos}:{entry.pw_dir}:{entry.pw_shell}"
+    except (KeyError, ValueError):
+        pass
+    return text
+
+
 def _gpu_checks(config, runtime) -> list[Check]:
     from mlpd.gpus import make_inventory
 
     out = []
-    inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"])
-    devices = inventory.devices()
+    store = None
+    db = os.path.join(config.state_dir, "mlpd.db")
+    if os.access(db, os.R_OK):  # GPUs an admin declared at run time ('mlpd admin gpus declare') are in the state database
+        from mlpd.store import Store
+
+        store = Store(db)
+    inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"], store)
+    try:
+        devices = inventory.devices()
+    except Exception:  # an older database: the daemon migrates it at start
+        inventory = make_inventory(config["gpus.declare"], config["gpus.declared_model"])
+        devices = inventory.devices()
     if inventory.kind == "declared":
-        out.append(Check("gpus", WARN, f"{len(devices)} declared GPUs (gpus.declare): for trying mlpd, not real devices",
-                         "set gpus.declare = 0 on a machine with NVIDIA GPUs"))
+        out.append(Check("gpus", WARN, f"{len(devices)} declared GPUs: for trying mlpd, not real devices; GPU jobs run on them",
+                         "on a machine with NVIDIA GPUs: 'mlpd admin gpus declare 0' (and gpus.declare = 0 in mlpd.toml)"))
     elif devices:
         names = ", ".join(f"{d.index}: {d.name} ({d.uuid})" for d in devices)
         out.append(Check("gpus", OK, f"NVML sees {len(devices)}: {names}"))
     else:
         out.append(Check("gpus", WARN, "no NVIDIA driver or no GPU (NVML finds none): CPU-only work runs, GPU jobs are refused",
-                         "install the NVIDIA driver, or declare test GPUs (gpus.declare) to try mlpd without them"))
+                         "install the NVIDIA driver, or declare test GPUs to try mlpd without them: 'mlpd admin gpus declare 2'"))
     if devices and inventory.kind != "declared" and runtime is not None:
         if runtime.engine_info().get("nvidia"):
             out.append(Check("gpu pinning", OK, "the NVIDIA container runtime is installed: GPUs are pinned by UUID"))
@@ -184,7 +262,7 @@ def _daemon_check(config) -> Check:
                      "see the daemon's log ('journalctl -u mlpd'): the worker reconciles and launches jobs")
     extra = config["server.container_listen"]
     return Check("daemon", OK, f"answers on {listen}, version {health.get('version')}, worker ok"
-                 + (f"; containers reach it on {extra}" if extra and extra != "auto" else "; containers reach it on the Docker bridge gateway"))
+                 + (f"; containers reach it on {extra}" if extra and extra != "auto" else "; containers reach it on the gateway of mlpd's network (mlpd-isolated)"))
 
 
 def _mlflow_check(config) -> Check:

@@ -2,43 +2,61 @@
 
 A job that brings requirements (``mlpd run --requirements FILE``, a requirements.txt in its
 code directory, or ``requirements`` in a job file) runs in ``mlpd/env:HASH``, where HASH
-covers the base image's id and the requirements' text: the first job with that pair builds
-it (pip install -r, with the host's CA bundle, as the train image is built), every later one
-reuses it. The build runs in the job's launch, so it counts as the job's ``starting`` phase
-and never holds up other jobs' placement; its output goes to the job's ``build.log``, and a
+covers the base image's id, the requirements' text and the job uid: the first job with those
+builds it, every later one reuses it. The build runs in the job's launch, so it counts as the
+job's ``starting`` phase and never holds up other jobs' placement; its output goes to the job's ``build.log``, and a
 failure fails the job with pip's own error lines as the reason.
+
+How it is built: not with `docker build`, whose RUN steps would run pip (and so any package's build
+backend, which is code a member chose) as root with Docker's default capabilities on the default
+bridge, where it can sniff or spoof its neighbours. Instead the runtime runs a container from the base
+image hardened exactly like the job's (the job uid, no capabilities, no-new-privileges, pids and memory
+limits, mlpd's isolated network; :meth:`mlpd.runtime.Runtime.build_by_running`) in which pip installs
+with its user scheme into PREFIX, a directory the job uid owns, and commits it: PYTHONUSERBASE=PREFIX
+makes the base's python find the packages ahead of its own, PATH gains PREFIX/bin, and the image's user
+is the job uid. The host's CA bundle is mounted read-only so pip reaches the index through a
+TLS-inspecting proxy. The job uid is part of the environment's name, so changing jobs.container_user
+builds anew. A base whose python cannot use a user scheme (a virtualenv) fails with pip's message.
+In a workspace with requirements, what is already in the home's ~/.local stays importable (after the
+environment's packages), but `pip install` in a session goes to PREFIX and lasts only that session:
+lasting packages belong in the requirements.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import threading
-from typing import Callable, Iterator
+from typing import Callable
 
-from mlpd.runtime import ImageMissing, Runtime, RuntimeFailure
+from mlpd.runtime import CA_BUNDLE_MOUNT, BuildRequest, ImageMissing, Runtime, RuntimeFailure
 
 log_module = logging.getLogger("mlpd.environments")
 ENV_REPOSITORY = "mlpd/env"
 MAX_REQUIREMENTS_BYTES = 64 * 1024
+MAX_BUILD_LOG_BYTES = 16 * 2**20  # of a build's output in the job's build.log (pip's last lines are kept apart)
 LABEL_BASE = "org.mlpd.env.base"
 LABEL_REQUIREMENTS = "org.mlpd.env.requirements"
 
-DOCKERFILE = """\
-# An mlpd job environment: the job's image plus its requirements (built by mlpd.environments).
-ARG BASE
-FROM ${BASE}
-USER 0:0
-COPY requirements.txt host-ca.cr[t] /tmp/mlpd-env/
-RUN cert=/etc/ssl/certs/ca-certificates.crt; [ -f /tmp/mlpd-env/host-ca.crt ] && cert=/tmp/mlpd-env/host-ca.crt; \\
-    python3 -m pip install --break-system-packages --no-cache-dir --disable-pip-version-check --progress-bar off \\
-      --cert "$cert" -r /tmp/mlpd-env/requirements.txt \\
- && rm -rf /tmp/mlpd-env
-USER 1000:1000
+# Where an environment's packages go: pip's user scheme with this base, so the base's python finds them
+# (its user site comes before the system's packages) and their commands are on the PATH.
+PREFIX = "/opt/mlpd-env"
+REQUIREMENTS_FILE = ".requirements.txt"  # in PREFIX while pip runs; removed before the commit
+# PYTHONUSERBASE moves the user site from ~/.local to PREFIX; this .pth (in PREFIX's site) keeps what a
+# person installed in their home (a workspace's persistent ~/.local) importable, after the environment.
+HOME_PACKAGES_PTH = ('import os, site, sys; d = os.path.expanduser("~/.local/lib/python%d.%d/site-packages" % sys.version_info[:2]); '
+                     'os.path.isdir(d) and site.addsitedir(d)')
+BUILD_SCRIPT = f"""\
+set -e
+cert=/etc/ssl/certs/ca-certificates.crt; [ -s {CA_BUNDLE_MOUNT} ] && cert={CA_BUNDLE_MOUNT}
+echo "mlpd: pip install as uid $(id -u), into {PREFIX}"
+python3 -m pip install --user --break-system-packages --no-cache-dir --disable-pip-version-check --progress-bar off \\
+  --no-warn-script-location --cert "$cert" -r {PREFIX}/{REQUIREMENTS_FILE}
+rm -f {PREFIX}/{REQUIREMENTS_FILE}
+site="$(python3 -c 'import site; print(site.getusersitepackages())')"
+mkdir -p "$site"
+echo {HOME_PACKAGES_PTH!r} > "$site/mlpd-home-packages.pth"
 """
 
 
@@ -57,10 +75,10 @@ def check_requirements(text: str) -> str | None:
     return None
 
 
-def env_tag(base_image_id: str, requirements: str) -> str:
-    """The derived image's name: the same base image and requirements give the same name."""
+def env_tag(base_image_id: str, requirements: str, user: str) -> str:
+    """The derived image's name: the same base image, requirements and build uid give the same name."""
     normal = "\n".join(line.rstrip() for line in requirements.strip().splitlines())
-    digest = hashlib.sha256(f"{base_image_id}\0{normal}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{base_image_id}\0{normal}\0{user}".encode()).hexdigest()[:16]
     return f"{ENV_REPOSITORY}:{digest}"
 
 
@@ -107,10 +125,10 @@ class EnvironmentBuilder:
         with self._guard:
             return self._locks.setdefault(tag, threading.Lock())
 
-    def ensure(self, base: str, requirements: str, log_path: str, pull: bool = True,
+    def ensure(self, base: str, requirements: str, log_path: str, user: str, pull: bool = True,
                on_build: Callable[[str], None] = lambda tag: None) -> tuple[str, bool]:
-        """(the environment's image, whether it was built now): built from base and requirements
-        unless it exists already (on_build(tag) is called first then). Raises ImageMissing for a
+        """(the environment's image, whether it was built now): built from base and requirements as
+        user (the job uid, numeric uid:gid) unless it exists already (on_build(tag) is called first then). Raises ImageMissing for a
         base that cannot be had, and EnvironmentFailed with pip's message when the build fails."""
         base_id = self.runtime.image_id(base)
         if base_id is None:
@@ -118,7 +136,7 @@ class EnvironmentBuilder:
                 raise ImageMissing(f"image '{base}' not found on this host")
             self.runtime.pull_image(base)
             base_id = self.runtime.image_id(base) or base
-        tag = env_tag(base_id, requirements)
+        tag = env_tag(base_id, requirements, user)
         with self._lock(tag):
             self.last_used[tag] = self.clock()  # under the lock: a prune that follows sees this use
             if self.runtime.image_present(tag):
@@ -126,14 +144,18 @@ class EnvironmentBuilder:
             on_build(tag)
             log_module.info("building job environment %s from %s", tag, base)
             tail: list[str] = []
-            with open(log_path, "a") as log, _context(requirements) as context:
+            request = build_request(base, tag, requirements, user, labels={LABEL_BASE: base_id, LABEL_REQUIREMENTS: tag.rpartition(":")[2]})
+            with open(log_path, "a") as log:
                 log.write(f"mlpd: building the environment {tag} (from {base} and the job's requirements)\n")
+                written = 0
                 try:
-                    for line in self.runtime.build_image(context, tag, {"BASE": base},
-                                                         labels={LABEL_BASE: base_id, LABEL_REQUIREMENTS: tag.rpartition(":")[2]}):
-                        log.write(line + "\n")
-                        log.flush()
+                    for line in self.runtime.build_by_running(request):
                         tail = (tail + [line])[-50:]
+                        if written <= MAX_BUILD_LOG_BYTES:
+                            written += len(line) + 1
+                            log.write(line + "\n" if written <= MAX_BUILD_LOG_BYTES else
+                                      f"mlpd: the build's output is over {MAX_BUILD_LOG_BYTES // 2**20} MiB; the rest is not kept\n")
+                            log.flush()
                 except RuntimeFailure as exc:
                     log.write(f"mlpd: {exc}\n")
                     raise EnvironmentFailed(f"building its environment failed: {pip_errors(tail) or exc} "
@@ -158,14 +180,10 @@ class EnvironmentBuilder:
         return removed
 
 
-@contextlib.contextmanager
-def _context(requirements: str) -> Iterator[str]:
-    from mlpd.image_catalog import build_context
+def build_request(base: str, tag: str, requirements: str, user: str, labels: dict[str, str]) -> BuildRequest:
+    """How an environment is built (see the module docstring): pip, as user, into PREFIX."""
+    from mlpd.image_catalog import host_ca_bundle
 
-    with tempfile.TemporaryDirectory(prefix="mlpd-env-") as tmp:
-        with open(os.path.join(tmp, "Dockerfile"), "w") as fh:
-            fh.write(DOCKERFILE)
-        with open(os.path.join(tmp, "requirements.txt"), "w") as fh:
-            fh.write(requirements.strip() + "\n")
-        with build_context(tmp) as context:
-            yield context
+    return BuildRequest(base=base, tag=tag, command=("sh", "-c", BUILD_SCRIPT), user=user, directory=PREFIX,
+                        files=((REQUIREMENTS_FILE, requirements.strip() + "\n"),),
+                        env={"PYTHONUSERBASE": PREFIX, "PATH": f"{PREFIX}/bin:$PATH"}, labels=labels, ca_bundle=host_ca_bundle())

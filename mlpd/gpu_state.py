@@ -14,6 +14,7 @@ from typing import Any
 from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.store import Store, record_event
+from mlpd.workload_names import names_of
 
 STRAY_STATUS_KEY = "gpus.stray"
 
@@ -25,13 +26,16 @@ def stray_gpus(store: Store) -> dict[str, list[int]]:
 
 
 def gpu_holders(store: Store) -> dict[str, dict[str, Any]]:
-    """{gpu uuid: {job_id, owner, since, kind, workload}} for every GPU an active workload holds (a job,
-    a workspace's session, a deployment's replica: kind says which, workload names the workspace or deployment)."""
+    """{gpu uuid: {job_id, owner, since, kind, workload, name, replica, label, show}} for every GPU an active
+    workload holds (a job, a workspace's session, a deployment's replica: kind says which, workload is the
+    workspace's or deployment's id; label names it as people read it, show is the command that looks it up)."""
     holders = {}
-    for job in jobs.in_states(store, jobs.ACTIVE):
+    active = jobs.in_states(store, jobs.ACTIVE)
+    names = names_of(store, active)
+    for job in active:
         for uuid in job["gpu_uuids"]:
             holders[uuid] = {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"],
-                             "kind": job.get("kind", "job"), "workload": job.get("workload")}
+                             "kind": job.get("kind", "job"), "workload": job.get("workload"), **names[job["id"]].to_dict()}
     return holders
 
 

@@ -33,11 +33,12 @@ class ImageDef:
     pull: str = ""  # a registry image the build starts from, pulled first
     fallback: "ImageDef | None" = None  # built instead when pull cannot be had
 
-    def build_args(self, base: str) -> dict[str, str]:
-        """The build args `docker build` gets for this image (base: images.base)."""
-        if self.args:
-            return dict(self.args)
-        return {"TRAIN": self.built_on} if self.built_on else {"BASE": base}
+    def build_args(self, base: str, job_user: str) -> dict[str, str]:
+        """The build args `docker build` gets for this image (base: images.base; job_user: jobs.container_user,
+        the uid:gid of the account the image makes and runs as)."""
+        uid, _, gid = job_user.partition(":")
+        own = dict(self.args) if self.args else ({"TRAIN": self.built_on} if self.built_on else {"BASE": base})
+        return {**own, "JOB_UID": uid, "JOB_GID": gid}
 
 
 # The optional images: not built unless asked for (`mlpd images build --with NAME`, images.extra).
@@ -73,7 +74,8 @@ def definitions(config, extra: tuple[str, ...] | list[str] = (), nvidia: bool = 
     """The images mlpd builds, in build order: the default ones, then the optional ones named in
     extra or in images.extra (nvidia: whether the engine has the NVIDIA runtime)."""
     train = config["jobs.default_image"]
-    out = [ImageDef(train, "train", "training jobs: Python 3 (python), numpy, pandas, scikit-learn, scipy, matplotlib, the MLflow client; user 1000"),
+    out = [ImageDef(train, "train", "training jobs: Python 3 (python), numpy, pandas, scikit-learn, scipy, matplotlib, the MLflow client; "
+                    "user jobs.container_user"),
            ImageDef(config["workspaces.image"], "workspace", "workspaces: JupyterLab, ipykernel and papermill on the training image", built_on=train)]
     wanted = set(extra) | set(config["images.extra"])
     unknown = sorted(wanted - set(EXTRAS))
@@ -151,7 +153,7 @@ def build_missing(runtime, config, force: bool = False, extra: tuple[str, ...] |
             yield f"{d.tag}: present but built from other sources than images/{d.directory}: rebuilding"
         yield f"{d.tag}: building from images/{d.directory}"
         with build_context(os.path.join(images_dir(), d.directory)) as context:
-            for line in runtime.build_image(context, d.tag, d.build_args(base), labels={SOURCE_LABEL: source}):
+            for line in runtime.build_image(context, d.tag, d.build_args(base, config["jobs.container_user"]), labels={SOURCE_LABEL: source}):
                 yield "  " + line
         rebuilt.add(d.tag)
         yield f"{d.tag}: built"
@@ -161,9 +163,9 @@ SOURCE_LABEL = "org.mlpd.source"
 
 
 def expected_source(runtime, config, d: ImageDef) -> str:
-    """The source digest an up-to-date build of d carries: its directory and base, and for an image
+    """The source digest an up-to-date build of d carries: its directory, base and job uid, and for an image
     built on another mlpd image, that image's id (so it is current only if that one is)."""
-    base = config["images.base"]
+    base = config["images.base"] + "+user=" + config["jobs.container_user"]
     if d.args:  # which base and wheel it was built with are part of its source
         base += "+" + ",".join(f"{k}={v}" for k, v in d.args)
     return source_digest(os.path.join(images_dir(), d.directory), base + (f"+{runtime.image_id(d.built_on)}" if d.built_on else ""))
@@ -203,7 +205,13 @@ def build_context(directory: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="mlpd-build-") as tmp:
         context = os.path.join(tmp, "context")
         shutil.copytree(directory, context)
-        bundle = os.environ.get("MLPD_BUILD_CA_BUNDLE") or next((p for p in HOST_CA_BUNDLES if os.path.exists(p)), None)
-        if bundle and os.path.exists(bundle):
+        bundle = host_ca_bundle()
+        if bundle:
             shutil.copyfile(bundle, os.path.join(context, "host-ca.crt"))
         yield context
+
+
+def host_ca_bundle() -> str | None:
+    """The host's CA bundle (MLPD_BUILD_CA_BUNDLE, else the distribution's), as a real path; None when there is none."""
+    bundle = os.environ.get("MLPD_BUILD_CA_BUNDLE") or next((p for p in HOST_CA_BUNDLES if os.path.exists(p)), None)
+    return os.path.realpath(bundle) if bundle and os.path.exists(bundle) else None

@@ -253,23 +253,33 @@ def _env(value: Any, warnings: list[str]) -> Mapping[str, str]:
 FILE_KEYS = tuple("code_dir" if k == "code" else k for k in ALLOWED)
 
 
+MAX_KEYS_REPORTED = 5  # unknown keys named (and close-match searched) in one error; the rest are counted
+MAX_KEY_SHOWN = 40  # characters of an unknown key quoted back
+
+
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...] = ALLOWED) -> None:
-    """Refuse forbidden keys (with the reason) and report every unknown key at once."""
+    """Refuse forbidden keys (with the reason) and report the unknown keys at once: the first
+    MAX_KEYS_REPORTED by name (with a close match each), the rest counted, so that a body full
+    of keys costs a pass over them and a short message, not a search per key."""
     unknown = []
+    count = 0
     for key in data:
         if not isinstance(key, str):
-            raise SpecError(repr(key), "keys must be strings")
+            raise SpecError(repr(key)[:MAX_KEY_SHOWN], "keys must be strings")
         if key in FORBIDDEN:
             raise SpecError(key, FORBIDDEN[key])
         if key not in allowed:
-            unknown.append(key)
+            count += 1
+            if len(unknown) < MAX_KEYS_REPORTED:
+                unknown.append(key if len(key) <= MAX_KEY_SHOWN else key[:MAX_KEY_SHOWN] + "...")
     if not unknown:
         return
-    hints = [f"did you mean '{close[0]}'{'' if len(unknown) == 1 else f' for {key!r}'}?"
+    hints = [f"did you mean '{close[0]}'{'' if count == 1 else f' for {key!r}'}?"
              for key in unknown if (close := difflib.get_close_matches(key, allowed, n=1))]
     hint = " ".join(hints) + " " if hints else ""
-    what = "unknown key" if len(unknown) == 1 else "unknown keys"
-    raise SpecError(", ".join(unknown), f"{what}; {hint}allowed keys: {', '.join(allowed)}")
+    what = "unknown key" if count == 1 else "unknown keys"
+    more = f" and {count - len(unknown)} more" if count > len(unknown) else ""
+    raise SpecError(", ".join(unknown) + more, f"{what}; {hint}allowed keys: {', '.join(allowed)}")
 
 
 def parse_spec(data: Mapping[str, Any], job_file: bool = False) -> tuple[JobSpec, list[str]]:

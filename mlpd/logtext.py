@@ -6,6 +6,7 @@ environment's build log) pass through unchanged unless a --since asks for stampe
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 from typing import Iterable, Iterator
 
@@ -42,3 +43,9 @@ def select(chunks: Iterable[bytes], timestamps: bool, since: float | None = None
         if since is not None and (t is None or t < since):
             continue
         yield line if timestamps or not end else line[end:]
+
+
+def live_log_path(job_dir: str, attempt: int) -> str:
+    """The file a running attempt's output is copied to by the worker (mlpd.workers.live_logs) and
+    read from by log followers: Docker's stamped stream, the same bytes as the log saved at the end."""
+    return os.path.join(job_dir, f"live-{attempt}.log")

@@ -7,7 +7,10 @@ checked against the real engine.
 
 A workload "runs" a tiny subset of a shell, enough for tests to say what should happen:
 ``true``, ``false``, ``sleep N``, ``echo WORDS`` (with ``$VAR`` and ``${VAR}`` from the
-container's environment), ``exit N``, and ``sh -c "A; B; C"`` over those. Time comes
+container's environment), ``exit N``, and ``sh -c "A; B; C"`` over those. A build
+(:meth:`build_by_running`) runs its command in the same tiny shell, except that a program the
+tiny shell does not know (pip, say) is taken to succeed with one line of output: nothing can be
+installed in memory, and the controller only needs to see a build succeed or fail. Time comes
 from ``clock`` (``time.time`` by default), so a test can move it by hand. Test hooks
 do what the outside world does to containers: :meth:`vanish` (removed outside mlpd),
 :meth:`leave_created` (a daemon killed between create and start), :meth:`oom_kill`.
@@ -22,7 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from mlpd.runtime import LABEL_ATTEMPT, ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name
+from mlpd.runtime import LABEL_ATTEMPT, BuildRequest, ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -57,8 +60,11 @@ class MemoryRuntime:
         self.images: dict[str, dict[str, str]] = {image: {} for image in images}
         self.image_created: dict[str, float] = {}
         self.image_sizes: dict[str, int] = {}  # tests set sizes to exercise disk limits
+        self.image_env: dict[str, dict[str, str]] = {}  # what a built image sets in its containers' environment
+        self.build_requests: list[BuildRequest] = []  # every build_by_running, for tests to look at
         self.containers: dict[str, _Container] = {}
         self.has_nvidia = False
+        self.gateway: str | None = None  # no network in memory; tests may set one
         self._lock = threading.RLock()
         self._listeners: list[Callable[[str], None]] = []
         self._serial = 0
@@ -144,7 +150,7 @@ class MemoryRuntime:
     def _create(self, req: LaunchRequest) -> _Container:
         self._serial += 1
         c = _Container(id=f"mem{self.instance}{self._serial:08d}", name=container_name(req.job_id), instance=self.instance,
-                       request=req, env=container_env(req))
+                       request=req, env={**self.image_env.get(req.image, {}), **container_env(req)})
         self.containers[c.name] = c
         return c
 
@@ -220,7 +226,7 @@ class MemoryRuntime:
                  "created_at": self.image_created.get(t)} for t in sorted(self.images) if t.startswith(prefix)]
 
     def engine_info(self) -> dict:
-        return {"version": "in-memory", "nvidia": self.has_nvidia}
+        return {"version": "in-memory", "nvidia": self.has_nvidia, "gateway": self.gateway}
 
     def image_id(self, image: str) -> str | None:
         import hashlib
@@ -238,12 +244,39 @@ class MemoryRuntime:
         self.image_created[tag] = self.clock()
         yield f"Successfully tagged {tag}"
 
+    def build_by_running(self, req: BuildRequest) -> Iterator[str]:
+        if req.base not in self.images:
+            raise ImageMissing(f"image '{req.base}' not found on this host")
+        self.build_requests.append(req)
+        env = {k: v.replace("$PATH", "/usr/local/bin:/usr/bin:/bin") for k, v in req.env.items()}
+        try:
+            steps = _parse(req.command)
+        except ValueError:
+            steps = [("echo", f"(in memory) {' '.join(req.command)[:200]}")]
+        took = 0.0
+        for kind, arg in steps:
+            if kind == "sleep":
+                took += float(str(arg))
+                if took > req.timeout:
+                    raise RuntimeFailure(f"building {req.tag} failed: it took longer than {req.timeout / 60:g} minutes")
+            elif kind == "echo":
+                yield _expand(str(arg), env)
+            elif kind == "exit" and int(arg) != 0:
+                raise RuntimeFailure(f"building {req.tag} failed: the build exited with code {arg}")
+            elif kind == "exit":
+                break
+        with self._lock:
+            self.images[req.tag] = {**self.images[req.base], **req.labels}
+            self.image_env[req.tag] = {**self.image_env.get(req.base, {}), **env}
+            self.image_created[req.tag] = self.clock()
+
     def remove_image(self, image: str) -> bool:
         with self._lock:
             if image not in self.images or any(c.request.image == image for c in self.containers.values()):
                 return False
             del self.images[image]
             self.image_created.pop(image, None)
+            self.image_env.pop(image, None)
             return True
 
     def pull_image(self, image: str) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from mlpd.accounting import Allocation, decayed_usage, format_reset, period_bounds  # noqa: F401  (period_bounds re-exported)
 from mlpd.config import Config
 from mlpd.errors import MlpdError
+from mlpd.resource_caps import CapLedger, ResourceCap, Use, never_fits, use_of
 from mlpd.store import Store, record_event
 from mlpd.users import UserError, check_name
 
@@ -31,10 +32,22 @@ class Quota:
     gpu_hours: float | None  # per period; None/0 = unlimited
     max_gpus: int | None     # None/0 = unlimited
     members: frozenset[str]
+    # Concurrent CPU, memory and workload-count caps over every kind of work (the configured
+    # defaults, per user; see mlpd.resource_caps). None = unlimited.
+    max_cpus: float | None = None
+    max_memory: int | None = None
+    max_jobs: int | None = None
 
     @property
     def label(self) -> str:
         return f"{self.subject_kind} {self.subject}"
+
+    @property
+    def resource_cap(self) -> ResourceCap | None:
+        """Its CPU, memory and workload caps for the scheduler, or None when it has none."""
+        if self.max_cpus is None and self.max_memory is None and self.max_jobs is None:
+            return None
+        return ResourceCap(self.label, self.members, self.max_cpus, self.max_memory, self.max_jobs)
 
 
 class QuotaExceeded(MlpdError):
@@ -144,6 +157,7 @@ def remove_team(store: Store, name: str, actor: str) -> None:
             raise UserError(f"no such team {name!r}", code="not_found", status=404)
         db.execute("DELETE FROM team_members WHERE team = ?", [name])
         db.execute("DELETE FROM quotas WHERE subject_kind = 'team' AND subject = ?", [name])
+        db.execute("DELETE FROM resource_caps WHERE subject_kind = 'team' AND subject = ?", [name])
         db.execute("DELETE FROM priority_grants WHERE subject = ?", [f"team:{name}"])  # a team made again later starts with none
         db.execute("DELETE FROM teams WHERE name = ?", [name])
         record_event(db, actor, "team.remove", "team", name)
@@ -195,16 +209,109 @@ def set_quota(store: Store, subject_kind: str, subject: str, gpu_hours: float | 
 def quotas_for(store: Store, config: Config, user: str) -> list[Quota]:
     """Every quota that applies to the user: their own (or the configured default) and their teams'."""
     rows = {(r["subject_kind"], r["subject"]): r for r in store.query("SELECT * FROM quotas")}
+    caps = {(r["subject_kind"], r["subject"]): r for r in store.query("SELECT * FROM resource_caps")}
     own = rows.get(("user", user))
     out = [Quota("user", user,
                  own["gpu_hours"] if own else (config["quotas.gpu_hours"] or None),
                  own["max_gpus"] if own else (config["quotas.max_gpus"] or None),
-                 frozenset([user]))]
+                 frozenset([user]), *_caps_of(caps.get(("user", user)), default_caps(config)))]
     for team in teams_of(store).get(user, []):
-        row = rows.get(("team", team))
-        if row:
-            out.append(Quota("team", team, row["gpu_hours"], row["max_gpus"], frozenset(team_members(store, team))))
-    return [q for q in out if q.gpu_hours or q.max_gpus]
+        row, cap_row = rows.get(("team", team)), caps.get(("team", team))
+        if row or cap_row:
+            out.append(Quota("team", team, row["gpu_hours"] if row else None, row["max_gpus"] if row else None,
+                             frozenset(team_members(store, team)), *_caps_of(cap_row, (None, None, None))))
+    return [q for q in out if q.gpu_hours or q.max_gpus or q.resource_cap]
+
+
+def _caps_of(row: dict[str, Any] | None, defaults: tuple[float | None, int | None, int | None]) -> tuple[float | None, int | None, int | None]:
+    """(max_cpus, max_memory, max_jobs) from a resource_caps row: NULL = the default, 0 = unlimited (None)."""
+    if row is None:
+        return defaults
+    out = []
+    for key, default in zip(("max_cpus", "max_memory", "max_jobs"), defaults):
+        value = row[key]
+        out.append(default if value is None else (value or None))
+    return out[0], out[1], out[2]
+
+
+def set_caps(store: Store, subject_kind: str, subject: str, actor: str, max_cpus: float | None = None,
+             max_memory: int | None = None, max_jobs: int | None = None, clear: bool = False) -> None:
+    """Set a user's or team's concurrent CPU, memory and workload caps: only those given change
+    (0 = unlimited); clear=True goes back to the configured defaults (a team: none)."""
+    for name, value in (("max_cpus", max_cpus), ("max_memory", max_memory), ("max_jobs", max_jobs)):
+        if value is not None and (value < 0 or value != value):
+            raise UserError(f"{name}: must be >= 0 (0 means unlimited)")
+    with store.write() as db:
+        table = "users" if subject_kind == "user" else "teams"
+        extra = " AND removed_at IS NULL" if subject_kind == "user" else ""
+        if not db.execute(f"SELECT 1 FROM {table} WHERE name = ?{extra}", [subject]).fetchone():
+            raise UserError(f"no such {subject_kind} {subject!r}", code="not_found", status=404)
+        if clear:
+            db.execute("DELETE FROM resource_caps WHERE subject_kind = ? AND subject = ?", [subject_kind, subject])
+        else:
+            db.execute("INSERT OR IGNORE INTO resource_caps (subject_kind, subject, updated_at) VALUES (?, ?, ?)",
+                       [subject_kind, subject, time.time()])
+            for name, value in (("max_cpus", max_cpus), ("max_memory", max_memory), ("max_jobs", max_jobs)):
+                if value is not None:
+                    db.execute(f"UPDATE resource_caps SET {name} = ?, updated_at = ? WHERE subject_kind = ? AND subject = ?",
+                               [value, time.time(), subject_kind, subject])
+        record_event(db, actor, "quota.caps_set", subject_kind, subject, max_cpus=max_cpus, max_memory=max_memory,
+                     max_jobs=max_jobs, clear=clear)
+
+
+def default_caps(config: Config) -> tuple[float | None, int | None, int | None]:
+    """The configured per-user CPU, memory and workload caps (quotas.max_cpus, max_memory, max_jobs); None = unlimited."""
+    from mlpd.jobspec import parse_memory
+
+    return (float(config["quotas.max_cpus"]) or None, parse_memory(config["quotas.max_memory"]) if config["quotas.max_memory"] else None,
+            config["quotas.max_jobs"] or None)
+
+
+def running_uses(store: Store, config: Config, owners: Iterable[str] | None = None) -> list[Use]:
+    """What the running work (every kind) of the owners (all when None) holds of their CPU, memory and workload caps."""
+    import json
+
+    from mlpd.jobspec import host_limits
+
+    host = host_limits()
+    sql, params = "SELECT owner, spec FROM jobs WHERE state IN ('starting', 'running')", []
+    if owners is not None:
+        owners = list(owners)
+        if not owners:
+            return []
+        sql += f" AND owner IN ({','.join('?' * len(owners))})"
+        params = owners
+    return [use_of(r["owner"], json.loads(r["spec"]), config, host) for r in store.query(sql, params)]
+
+
+def admit_resources(store: Store, config: Config, user: str, specs: Sequence[dict[str, Any]],
+                    applicable: list[Quota] | None = None) -> list[str]:
+    """Check new work (one spec per workload it starts: a job, a workspace, each replica) against the
+    user's CPU, memory and workload caps. Work that could never fit is refused whatever the mode
+    (QuotaExceeded); over the caps now it is refused with quotas.over_quota = "refuse", else it
+    waits in the queue and the notes say why."""
+    from mlpd.jobspec import host_limits
+
+    applicable = applicable if applicable is not None else quotas_for(store, config, user)
+    caps = [c for c in (q.resource_cap for q in applicable) if c is not None]
+    if not caps or not specs:
+        return []
+    host = host_limits()
+    uses = [use_of(user, spec, config, host) for spec in specs]
+    for use in uses:
+        never = never_fits(caps, use)
+        if never:
+            raise QuotaExceeded(never + "; ask for less (--cpus, --memory) or ask an admin to raise the quota")
+    members = set().union(*(c.members for c in caps))
+    ledger = CapLedger(caps, running_uses(store, config, members))
+    for use in uses:
+        why = ledger.refusal(use)
+        if why:
+            if config["quotas.over_quota"] == "refuse":
+                raise QuotaExceeded(why + "; wait for your running work to end (or stop some), or ask an admin to raise it")
+            return [why + "; it waits in the queue until some of your running work ends"]
+        ledger.take(use)
+    return []
 
 
 def held_gpus(store: Store, members: Iterable[str]) -> int:
@@ -221,10 +328,15 @@ def status(store: Store, config: Config, user: str, now: float | None = None, ap
     start, reset = period_bounds(now, config["quotas.period"])
     out = []
     for q in applicable if applicable is not None else quotas_for(store, config, user):
-        out.append({"subject": q.label, "period": config["quotas.period"], "gpu_hours_limit": q.gpu_hours or None,
-                    "gpu_hours_used": round(gpu_hours_used(store, q.members, start, now), 4),
-                    "max_gpus": q.max_gpus or None, "gpus_held": held_gpus(store, q.members),
-                    "period_start": start, "resets_at": reset})
+        row = {"subject": q.label, "period": config["quotas.period"], "gpu_hours_limit": q.gpu_hours or None,
+               "gpu_hours_used": round(gpu_hours_used(store, q.members, start, now), 4),
+               "max_gpus": q.max_gpus or None, "gpus_held": held_gpus(store, q.members),
+               "period_start": start, "resets_at": reset}
+        if q.resource_cap:
+            uses = running_uses(store, config, q.members)
+            row.update({"max_cpus": q.max_cpus, "cpus_held": sum(u.cpus for u in uses), "max_memory": q.max_memory,
+                        "memory_held": sum(u.memory for u in uses), "max_jobs": q.max_jobs, "jobs_running": len(uses)})
+        out.append(row)
     return out
 
 
@@ -241,12 +353,17 @@ def over_gpu_hours(store: Store, config: Config, user: str, now: float, applicab
     return None
 
 
-def admit(store: Store, config: Config, user: str, gpus: int, now: float | None = None) -> list[str]:
-    """Check a new job against the user's quotas: raise QuotaExceeded (refuse), or return notes (queue mode)."""
+def admit(store: Store, config: Config, user: str, gpus: int, now: float | None = None,
+          work: Sequence[dict[str, Any]] | None = None) -> list[str]:
+    """Check new work against the user's quotas: raise QuotaExceeded (refuse), or return notes (queue mode).
+
+    `work`: the spec (its cpus and memory) of each workload it starts (a job, a workspace, each
+    replica of a deployment); None = one workload with the default limits. Its CPU, memory and
+    workload caps are checked whether or not it asks for GPUs (admit_resources)."""
     now = now or time.time()
+    notes = admit_resources(store, config, user, [{}] if work is None else list(work))
     if gpus <= 0:
-        return []
-    notes = []
+        return notes
     refuse = config["quotas.over_quota"] == "refuse"
     for s in status(store, config, user, now):
         if s["max_gpus"] and gpus > s["max_gpus"]:

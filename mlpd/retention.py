@@ -36,10 +36,14 @@ def _size(path: str) -> int:
     return total
 
 
+# The states whose files and code are never removed; preempted: on its way back to the queue.
+KEPT_STATES = tuple(s.value for s in (jobs.JobState.QUEUED, *jobs.ACTIVE, jobs.JobState.PREEMPTED))
+
+
 def plan(store: Store, state_dir: str, job_days: float, code_days: float, now: float | None = None) -> RetentionPlan:
     """What retention would remove now (nothing is removed here)."""
     now = now or time.time()
-    active = [s.value for s in (jobs.JobState.QUEUED, *jobs.ACTIVE, jobs.JobState.PREEMPTED)]  # preempted: on its way back to the queue
+    active = list(KEPT_STATES)
     old = store.query(f"""SELECT id FROM jobs WHERE state NOT IN ({','.join('?' * len(active))}) AND ended_at IS NOT NULL
                           AND ended_at < ?""", [*active, now - job_days * 86400])
     job_ids = [r["id"] for r in old if os.path.isdir(jobs.job_dir(state_dir, r["id"]))]
@@ -54,9 +58,11 @@ def plan(store: Store, state_dir: str, job_days: float, code_days: float, now: f
     return RetentionPlan(job_ids, code, freed)
 
 
-def apply(store: Store, state_dir: str, job_days: float, code_days: float, now: float | None = None) -> RetentionPlan:
-    """Remove what plan() names, re-checking each job's state just before; returns what was removed."""
-    chosen = plan(store, state_dir, job_days, code_days, now)
+def apply(store: Store, state_dir: str, job_days: float, code_days: float, now: float | None = None,
+          chosen: RetentionPlan | None = None) -> RetentionPlan:
+    """Remove what plan() names (or chosen, a plan made earlier), re-checking each job's and archive's
+    use just before; returns what was removed."""
+    chosen = chosen or plan(store, state_dir, job_days, code_days, now)
     removed_jobs = []
     for job_id in chosen.job_dirs:
         job = jobs.get(store, job_id)
@@ -67,8 +73,8 @@ def apply(store: Store, state_dir: str, job_days: float, code_days: float, now: 
     removed_code = []
     for digest in chosen.code:
         with store.write() as db:
-            still = db.execute("""SELECT 1 FROM jobs WHERE json_extract(spec, '$.code') = ? AND state IN ('queued', 'starting', 'running')""",
-                               [digest]).fetchone()
+            still = db.execute(f"""SELECT 1 FROM jobs WHERE json_extract(spec, '$.code') = ?
+                                   AND state IN ({','.join('?' * len(KEPT_STATES))})""", [digest, *KEPT_STATES]).fetchone()
             if still:
                 continue
             db.execute("DELETE FROM code_owners WHERE digest = ?", [digest])

@@ -1,7 +1,7 @@
 """The runtime interface: what the controller needs from a container engine, and nothing of Docker's.
 
-A narrow interface (start, inspect, stop, remove, logs, list by this daemon's label,
-a stream of events, images) returning backend-neutral states, so that another backend
+A narrow interface (start, inspect, stop, terminate, remove, logs, processes, list by this
+daemon's label, a watch for changes, images and environment builds) returning backend-neutral states, so that another backend
 (Kubernetes, say) is an addition: :mod:`mlpd.docker_runtime` is the real one and the
 only module that imports docker; :mod:`mlpd.memory_runtime` is a second, in-memory
 implementation for fast tests of the controller. One contract suite
@@ -85,6 +85,38 @@ class LaunchRequest:
     attempt: int = 1  # which run of the workload this is (a preempted job runs again): MLPD_ATTEMPT, label mlpd.attempt
 
 
+# A build's limits (BuildRequest): roomy enough for pip to compile an sdist, bounded like a job.
+BUILD_MEMORY = 8 * 1024**3
+BUILD_PIDS = 4096
+BUILD_TIMEOUT = 2 * 3600.0  # seconds; a build that never ends would hold its job (and a launch thread) for ever
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """An image made by running a command in a container from base and committing what it wrote.
+
+    The container is hardened like a job's (the request's non-root user, no capabilities,
+    no-new-privileges, pids and memory limits, mlpd's isolated network): whatever the command
+    runs (a package's build backend, say) has no more power than the job that asked for it.
+    """
+
+    base: str
+    tag: str
+    command: tuple[str, ...]
+    user: str  # numeric uid:gid the command runs as; also the image's user
+    directory: str  # made before the command runs, owned by user (where it installs); its working directory
+    files: tuple[tuple[str, str], ...] = ()  # (name, text) put in directory before it runs, owned by user, mode 0600
+    env: dict[str, str] = field(default_factory=dict)  # set while it runs and in the image; "$PATH" in a value is the base's PATH
+    labels: dict[str, str] = field(default_factory=dict)  # the image's labels (the base's are kept)
+    ca_bundle: str | None = None  # a host file mounted read-only at CA_BUNDLE_MOUNT while it runs
+    memory: int = BUILD_MEMORY
+    pids: int = BUILD_PIDS
+    timeout: float = BUILD_TIMEOUT  # then the container is killed and the build fails
+
+
+CA_BUNDLE_MOUNT = "/etc/mlpd-host-ca.crt"
+
+
 def container_name(job_id: str) -> str:
     return f"mlpd-job-{job_id}"
 
@@ -93,10 +125,13 @@ def container_env(req: LaunchRequest) -> dict[str, str]:
     """The container's environment: the request's, then what mlpd sets over it.
 
     Set last, over the user's env: the NVIDIA toolkit honours NVIDIA_VISIBLE_DEVICES even in an
-    unprivileged container, so a user-set value would escape the allocation.
+    unprivileged container, so a user-set value would escape the allocation. Set first, under it:
+    USER and LOGNAME, the owner's name, because the container's uid (jobs.container_user) need not be
+    in an image's /etc/passwd, and Python's getpass.getuser() (which MLflow calls for every run) fails
+    without either.
     """
     gpu_list = ",".join(req.gpu_uuids)
-    return {**req.env, "CUDA_VISIBLE_DEVICES": gpu_list, "NVIDIA_VISIBLE_DEVICES": gpu_list or "void",
+    return {"USER": req.owner, "LOGNAME": req.owner, **req.env, "CUDA_VISIBLE_DEVICES": gpu_list, "NVIDIA_VISIBLE_DEVICES": gpu_list or "void",
             "MLPD_JOB_ID": req.job_id, "MLPD_OUTPUTS": "/outputs", "MLPD_ATTEMPT": str(req.attempt)}
 
 
@@ -147,7 +182,8 @@ class Runtime(Protocol):
         """Call on_change(job_id) whenever one of this daemon's containers starts or ends; blocks until stop."""
 
     def engine_info(self) -> dict:
-        """{"version": the engine's version, "nvidia": whether it has the NVIDIA container runtime}."""
+        """{"version": the engine's version, "nvidia": whether it has the NVIDIA container runtime, "gateway": the
+        host's address on the network every container joins (what host.docker.internal is there), or None}."""
 
     def image_present(self, image: str) -> bool: ...
 
@@ -160,6 +196,11 @@ class Runtime(Protocol):
 
     def build_image(self, path: str, tag: str, buildargs: dict[str, str], labels: dict[str, str] | None = None) -> Iterator[str]:
         """Build an image from a directory; yields progress lines; raises RuntimeFailure on error."""
+
+    def build_by_running(self, req: BuildRequest) -> Iterator[str]:
+        """Make req.tag by running req.command in a hardened container from req.base (see BuildRequest)
+        and committing it with req.env, req.user and req.labels; yields the command's output lines.
+        Raises RuntimeFailure when it exits non-zero (no image made); the container never outlives the call."""
 
     def pull_image(self, image: str) -> None:
         """Pull an image from its registry; raises ImageMissing when it cannot."""

@@ -37,6 +37,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
+from mlpd.resource_caps import CapLedger, ResourceCap, Use
+from mlpd.workload_names import label as workload_label
+from mlpd.workload_names import short_id as workload_short_id
+
 INF = math.inf
 MIN_EXPANSION_BASE = 600.0  # expansion counts a job shorter than 10 minutes as 10 minutes long
 SLOWDOWN_SCALE_FLOOR = 2.0  # slowdown_factors scales by the largest mean slowdown, but by at least this
@@ -58,6 +62,7 @@ class Holding:
     job_id: str
     owner: str
     ends_by: float | None  # latest end (start + time limit); None = no time limit
+    label: str = ""  # how messages name the holder (mlpd.workload_names, with its owner); "" = a job by id
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class QueuedJob:
     submitted_at: float
     time_limit: float | None  # seconds; None = unlimited
     rank: int = 0  # its priority class's rank (higher classes go first, whatever the score)
+    cpus: float = 0.0  # what it counts against its owner's CPU and memory caps (mlpd.resource_caps.use_of)
+    memory: int = 0
+    label: str = ""  # how messages name it (mlpd.workload_names, with its owner); "" = a job by id
 
 
 @dataclass(frozen=True)
@@ -194,16 +202,18 @@ def owner_slowdowns(history: Iterable[tuple[str, float, float, float | None]], q
 
 
 def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding], limits: Sequence[GpuLimit] = (),
-                         over_quota: Iterable[str] = ()) -> list[QueuedJob]:
+                         over_quota: Iterable[str] = (), caps: Sequence[ResourceCap] = (),
+                         running: Sequence[Use] = ()) -> list[QueuedJob]:
     """The queued GPU jobs that wait for the host, not for their owner's own quotas: the ones fair
     share's slowdown counts (owner_slowdowns). Left out: every job of an owner over their GPU-hours
     (`over_quota`: they run only when nobody else waits), and a job for which the owner's
     concurrent-GPU limits have no room, counting the GPUs they hold now and those of the jobs the
     same limits hold queued before it (in submit order). Otherwise a member could raise their own
     slowdown factor, and with it the priority of all their work, by queueing more than their quota
-    lets run."""
+    lets run. Likewise for their CPU, memory and workload caps (`caps`, `running`)."""
     skip = set(over_quota)
     limits_of, taken = _quota_ledger(limits, holdings)
+    ledger = CapLedger(caps, running) if caps else None
     out = []
     for j in sorted(queue, key=lambda q: (q.submitted_at, q.id)):
         if j.gpus <= 0 or j.owner in skip:
@@ -211,8 +221,13 @@ def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding]
         lids = limits_of.get(j.owner, ())
         if any(taken[i] + j.gpus > limits[i].max_gpus for i in lids):
             continue  # waits for its owner's own quota
+        use = Use(j.owner, j.cpus, j.memory)
+        if ledger and ledger.refusal(use):
+            continue  # waits for its owner's own caps
         for i in lids:
             taken[i] += j.gpus
+        if ledger:
+            ledger.take(use)
         out.append(j)
     return out
 
@@ -332,8 +347,15 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
 
 
 def short_id(job_id: str) -> str:
-    """Return the short form of a job id used in human messages."""
-    return job_id[:8]
+    """Return the short form of a job id used in human messages (as 'mlpd jobs' lists it)."""
+    return workload_short_id(job_id)
+
+
+def name_of(work: Holding | QueuedJob) -> str:
+    """How a message names the work that holds a GPU or waits: its label (a workspace, a deployment's
+    replica, a named job, with the owner), else the job by id and owner."""
+    job_id = work.job_id if isinstance(work, Holding) else work.id
+    return work.label or workload_label("job", job_id, work.owner, with_owner=True)
 
 
 def format_time(t: float) -> str:
@@ -408,7 +430,8 @@ def _caps(free_by_model: Mapping[str, list[Gpu]], exclude: Collection[str] = ())
 def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob],
              now: float, policy: Policy = Policy(), usage: Mapping[str, float] | None = None,
              limits: Sequence[GpuLimit] = (), reserved: Mapping[str, float] | None = None,
-             explain: bool | Collection[str] = False, slowdown: Mapping[str, float] | None = None) -> Plan:
+             explain: bool | Collection[str] = False, slowdown: Mapping[str, float] | None = None,
+             caps: Sequence[ResourceCap] = (), running: Sequence[Use] = ()) -> Plan:
     """Decide which queued jobs start now, and which job holds the reservation.
 
     Walks the queue in `queue_order`. Jobs that fit are placed on the
@@ -420,32 +443,37 @@ def schedule(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Q
     when they got it: they go first. `usage` (each owner's decayed recent GPU
     usage) and `slowdown` (each owner's recent mean slowdown, owner_slowdowns) feed fair share. `limits` are concurrent-GPU quotas: a job that
     would take its owner (or team) over one waits without reserving GPUs, and
-    backfill never takes the head's quota group past what the head needs.
+    backfill never takes the head's quota group past what the head needs. `caps` are
+    concurrent CPU, memory and workload-count caps over every kind of work (GPU or not), `running`
+    what running work holds of them: a job over one waits, like one over a GPU quota.
 
     `explain`: True gives every waiting job a `Wait` (the sentence, blockers and
     an estimated start); a collection of ids gives those jobs one; by default
     none, which keeps a pass over a long queue cheap.
     """
-    return _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, explain, None, slowdown)
+    return _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, explain, None, slowdown, caps, running)
 
 
 def explain(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob], now: float,
             job_id: str, policy: Policy = Policy(), usage: Mapping[str, float] | None = None,
             limits: Sequence[GpuLimit] = (), reserved: Mapping[str, float] | None = None,
-            slowdown: Mapping[str, float] | None = None) -> Wait | None:
+            slowdown: Mapping[str, float] | None = None, caps: Sequence[ResourceCap] = (),
+            running: Sequence[Use] = ()) -> Wait | None:
     """Why one queued job waits, as `schedule(..., explain=True)` would say; None if it would start now.
 
     Stops at that job: the jobs behind it cannot change its answer.
     """
-    plan = _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, (job_id,), job_id, slowdown)
+    plan = _plan(gpus, holdings, queue, now, policy, usage, limits, reserved, (job_id,), job_id, slowdown, caps, running)
     return next((w for w in plan.waits if w.job_id == job_id), None)
 
 
 def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[QueuedJob], now: float,
           policy: Policy, usage: Mapping[str, float] | None, limits: Sequence[GpuLimit],
           reserved: Mapping[str, float] | None, explain: bool | Collection[str], stop_at: str | None,
-          slowdown: Mapping[str, float] | None = None) -> Plan:
+          slowdown: Mapping[str, float] | None = None, caps: Sequence[ResourceCap] = (),
+          running: Sequence[Use] = ()) -> Plan:
     gpus = sorted(gpus, key=lambda g: g.index)
+    ledger = CapLedger(caps, running) if caps else None
     by_uuid = {g.uuid: g for g in gpus}
     holders: dict[str, list[Holding]] = {}
     for h in holdings:
@@ -488,10 +516,12 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
         # Placed work holds its GPUs like running work for the rest of this call.
         ends = None if job.time_limit is None else now + job.time_limit
         for g in chosen:
-            holders[g.uuid] = [Holding(g.uuid, job.id, job.owner, ends)]
+            holders[g.uuid] = [Holding(g.uuid, job.id, job.owner, ends, job.label)]
             free_by_model[g.model].remove(g)
         for i in limits_of.get(job.owner, ()):
             held[i] += job.gpus
+        if ledger:
+            ledger.take(Use(job.owner, job.cpus, job.memory))
         cap = _caps(free_by_model)
         cap_outside = cap if head is None else _caps(free_by_model, head.reserved)
 
@@ -501,10 +531,23 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
     for pos, job in enumerate(queue_order(queue, usage, now=now, policy=policy, reserved=reserved, slowdown=slowdown,
                                                  host_gpus=largest[None]), start=1):
         n = job.gpus
+        wanted = explain_all or job.id in explain_ids
+        use = Use(job.owner, job.cpus, job.memory)
+        over_cap = ledger.refusal(use) if ledger else None
+        if over_cap:
+            # Its owner's CPU, memory or workload cap stops it: like a GPU quota, it reserves nothing.
+            waiting.append(job.id)
+            if wanted:
+                tail = "" if over_cap.startswith("can never run") else "; it starts when some of its owner's running work ends"
+                waits.append(Wait(job.id, pos, over_cap + tail, (), None))
+            if job.id == stop_at:
+                break
+            continue
         if n <= 0:  # CPU-only work never competes for GPUs
             placements.append(Placement(job.id, ()))
+            if ledger:
+                ledger.take(use)
             continue
-        wanted = explain_all or job.id in explain_ids
         if head is not None and not wanted and (not policy.backfill or not cap[None]):
             waiting.append(job.id)  # no GPU is left that anyone behind the head could take
             continue
@@ -698,7 +741,7 @@ def _quota_reason(job: QueuedJob, limits: Sequence[GpuLimit], holders: dict[str,
     for limit in limits:
         hs = [h for hs in holders.values() for h in hs if h.owner in limit.members]
         if len(hs) + job.gpus > limit.max_gpus:
-            jobs_ = ", ".join(sorted({f"job {short_id(h.job_id)} ({h.owner})" for h in hs}))
+            jobs_ = ", ".join(sorted({name_of(h) for h in hs}))
             return (f"at the concurrent GPU quota of {limit.name}: {limit.max_gpus} GPUs at most, "
                     f"{len(hs)} held ({jobs_}); it starts when some are released")
     return "at its concurrent GPU quota"
@@ -709,7 +752,7 @@ def _describe_holders(gpu: Gpu, holders: dict[str, list[Holding]]) -> str:
     for h in holders[gpu.uuid]:
         until = (", no time limit" if h.ends_by is None
                  else f" until {format_time(h.ends_by)} at the latest")
-        parts.append(f"{h.owner} (job {short_id(h.job_id)}){until}")
+        parts.append(f"{name_of(h)}{until}")
     return f"GPU {gpu.index} held by " + " and ".join(parts)
 
 
@@ -745,7 +788,7 @@ def _later_wait(job: QueuedJob, pos: int, head: _Head, free: Sequence[Gpu], hold
                 free_at: Callable[[Gpu], float], now: float, policy: Policy) -> Wait:
     """Wait for a job queued behind the head (which holds the only reservation)."""
     usable = [g for m, grp in usable_by_model.items() if job.gpu_model in (None, m) for g in grp]
-    head_ref = f"job {short_id(head.job.id)} (position {head.position})"
+    head_ref = f"{name_of(head.job)} (position {head.position})"
     head_start = ("an unknown time" if head.shadow == INF
                   else f"{format_time(head.shadow)} at the latest")
     if _fit(job, free) is not None:

@@ -265,9 +265,12 @@ def promote(store: Store, config, dep: dict[str, Any], actor: str, now: float | 
         row = db.execute("SELECT canary FROM deployments WHERE id = ?", [dep["id"]]).fetchone()
         if not row or not row[0]:
             raise DeploymentError(409, "no_canary", f"deployment {dep['name']} has no canary to promote")
-        db.execute("UPDATE deployment_revisions SET state = 'draining', drain_until = ? WHERE deployment = ? AND state = 'serving'",
-                   [drain_until, dep["id"]])
-        db.execute("UPDATE deployment_revisions SET state = 'serving', switched_at = ? WHERE id = ?", [now, row[0]])
+        promoted = db.execute("SELECT model_version, model_uri FROM deployment_revisions WHERE id = ?", [row[0]]).fetchone()
+        label = f"version {promoted[0]}" if promoted[0] else promoted[1]
+        db.execute("UPDATE deployment_revisions SET state = 'draining', drain_until = ?, reason = ? WHERE deployment = ? AND state = 'serving'",
+                   [drain_until, f"replaced by {label} (promoted by {actor})", dep["id"]])
+        db.execute("UPDATE deployment_revisions SET state = 'serving', switched_at = ?, reason = ? WHERE id = ?",
+                   [now, f"promoted by {actor}", row[0]])
         db.execute("UPDATE deployments SET current = ?, canary = NULL, updated_at = ? WHERE id = ?", [row[0], now, dep["id"]])
         record_event(db, actor, "deployment.promoted", "deployment", dep["id"], at=now, revision=row[0])
 
@@ -282,10 +285,13 @@ def rollback(store: Store, dep: dict[str, Any], actor: str, now: float | None = 
         if not rows:
             raise DeploymentError(409, "nothing_to_roll_back", f"deployment {dep['name']} has no canary and no rollout in progress")
         labels = [f"version {r[1]}" if r[1] else r[2] for r in rows]
-        db.execute("""UPDATE deployment_revisions SET state = 'failed', reason = ?, ended_at = ? WHERE deployment = ?
+        db.execute("""UPDATE deployment_revisions SET state = 'rolled_back', reason = ?, ended_at = ? WHERE deployment = ?
                       AND state IN ('canary', 'rolling')""", [f"rolled back by {actor}", now, dep["id"]])
-        db.execute("UPDATE deployments SET canary = NULL, last_error = ?, updated_at = ? WHERE id = ?",
-                   [f"{', '.join(labels)} rolled back by {actor}", now, dep["id"]])
+        # A deliberate rollback is no error; and the deployment's model is again what serves (unless it follows an alias).
+        serving_uri = db.execute("SELECT model_uri FROM deployment_revisions WHERE id = ?", [dep["current"]]).fetchone()
+        db.execute("UPDATE deployments SET canary = NULL, last_error = '', model_uri = CASE WHEN follow_alias = 1 OR ? IS NULL "
+                   "THEN model_uri ELSE ? END, updated_at = ? WHERE id = ?",
+                   [serving_uri[0] if serving_uri else None, serving_uri[0] if serving_uri else None, now, dep["id"]])
         record_event(db, actor, "deployment.rolled_back", "deployment", dep["id"], at=now, revisions=[r[0] for r in rows], reason="by request")
     return ", ".join(labels)
 
@@ -382,13 +388,28 @@ def revision_label(rev: dict[str, Any]) -> str:
     return f"version {rev['model_version']}" if rev.get("model_version") else rev["model_uri"]
 
 
+def last_change(revs: list[dict[str, Any]]) -> str:
+    """What last happened to the deployment's versions, as people say it: "version 2 rolled back by nina",
+    "version 3 superseded by version 4 before it took traffic", "version 2 promoted by nina" ("" for none)."""
+    ended = [r for r in revs if r["state"] in ("rolled_back", "superseded") and r["ended_at"]]
+    promoted = [r for r in revs if r["reason"].startswith("promoted by") and r["switched_at"]]
+    events = [(r["ended_at"], r) for r in ended] + [(r["switched_at"], r) for r in promoted]
+    if not events:
+        return ""
+    _, rev = max(events, key=lambda e: e[0])
+    return f"{revision_label(rev)} {rev['reason']}"
+
+
 def state_of(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, Any]]) -> tuple[str, int]:
     """(the deployment's state, its healthy replicas of the current revision)."""
     wanted = dep["spec"]["replicas"]
     healthy = sum(1 for r in reps if r["revision"] == dep["current"] and r["healthy"] and r["state"] == "running")
     rolling = any(r["state"] == "rolling" for r in revs)
     if dep["current"] is None:
-        return ("starting" if rolling else "failed"), 0
+        if rolling:
+            return "starting", 0
+        # Nothing ever served: say so as it happened (someone rolled the only version back), not as an error.
+        return ("rolled_back" if revs and revs[-1]["state"] == "rolled_back" else "failed"), 0
     if rolling:
         return "rolling_out", healthy
     if dep.get("canary"):
@@ -420,7 +441,10 @@ def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, A
 
     live = [r for r in reps if r["state"] not in TERMINAL_NAMES]
     out = {
-        "id": dep["id"], "name": dep["name"], "owner": dep["owner"], "model": dep["model_uri"], "follow_alias": dep["follow_alias"],
+        # model: what serves now (a rollout or a canary is beside it); requested: what the deployment was
+        # last asked to serve (an alias it follows, or the version being rolled out).
+        "id": dep["id"], "name": dep["name"], "owner": dep["owner"], "model": current["model_uri"] if current else dep["model_uri"],
+        "requested": dep["model_uri"], "follow_alias": dep["follow_alias"], "last_change": last_change(revs),
         "state": state, "endpoint": f"{base_url.rstrip('/')}/serve/{dep['name']}/invocations",
         "serving": rev_view(current), "rolling_out": rev_view(rolling),
         "canary": {**rev_view(by_id[dep["canary"]]), "percent": by_id[dep["canary"]]["canary_percent"]} if dep.get("canary") in by_id else None,

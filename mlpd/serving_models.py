@@ -14,12 +14,14 @@ link there is never mlpd's, and it is refused rather than followed. Every size h
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import sqlite3
 import stat
 from dataclasses import dataclass
+from typing import Any
 
 from mlpd import tracking
 from mlpd.errors import MlpdError
@@ -276,3 +278,76 @@ def serving_requirements(text: str | None) -> str | None:
             continue
         kept.append(bare)
     return "\n".join(kept) + "\n" if kept else None
+
+
+# ---------------------------------------------------------------- what a model takes
+
+EXAMPLE_LIMIT = 64 * 1024  # a stored request example larger than this is not shown
+_PLACEHOLDER = {"double": 0.0, "float": 0.0, "long": 0, "integer": 0, "boolean": False, "string": "text", "binary": "",
+                "datetime": "2026-01-01T00:00:00"}
+
+
+def input_schema(state_dir: str, location: str) -> dict[str, Any]:
+    """What a model in mlpd's store takes, from its MLmodel (signature, saved input example): {"inputs":
+    [{"name", "type", "required"}] or None, "outputs": same or None, "example": a request body for
+    /invocations or None, "note": how the example was made or why there is none}. Read without following
+    links; a model without a signature says so rather than failing."""
+    import yaml  # MLflow's own dependency; loaded only here
+
+    out: dict[str, Any] = {"inputs": None, "outputs": None, "example": None, "note": ""}
+    try:
+        text = read_store_file(state_dir, location, "MLmodel")
+    except ModelError as exc:
+        out["note"] = exc.message
+        return out
+    try:
+        meta = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError:
+        meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
+    signature = meta.get("signature") if isinstance(meta.get("signature"), dict) else {}
+    for key in ("inputs", "outputs"):
+        try:
+            cols = json.loads(signature.get(key) or "null")
+        except (TypeError, ValueError):
+            cols = None
+        if isinstance(cols, list):
+            out[key] = [{"name": c.get("name"), "type": c.get("type") if c.get("type") != "tensor" else
+                         f"tensor {(c.get('tensor-spec') or {}).get('dtype', '')} {(c.get('tensor-spec') or {}).get('shape', '')}".strip(),
+                         "required": c.get("required", True)} for c in cols if isinstance(c, dict)]
+    info = meta.get("saved_input_example_info") if isinstance(meta.get("saved_input_example_info"), dict) else {}
+    serving_path = info.get("serving_input_path")
+    if isinstance(serving_path, str) and "/" not in serving_path:
+        try:
+            saved = read_store_file(state_dir, location, serving_path, limit=EXAMPLE_LIMIT)
+            out["example"] = json.loads(saved) if saved else None
+            out["note"] = "the input example logged with the model" if out["example"] is not None else ""
+        except (ModelError, ValueError):
+            out["example"] = None
+    if out["example"] is None and out["inputs"] and all(c["name"] for c in out["inputs"]) \
+            and not any(c["type"].startswith("tensor") for c in out["inputs"]):
+        out["example"] = {"dataframe_split": {"columns": [c["name"] for c in out["inputs"]],
+                                              "data": [[_PLACEHOLDER.get(c["type"], None) for c in out["inputs"]]]}}
+        out["note"] = "made from the model's signature (placeholder values)"
+    if out["inputs"] is None and not out["note"]:
+        out["note"] = "the model was logged without a signature: see how it was trained, or log it with input_example="
+    return out
+
+
+def input_of(state_dir: str, dep: dict[str, Any], revs: list[dict[str, Any]], endpoint: str) -> dict[str, Any]:
+    """What the model that serves (else the one rolling out) takes: its input columns and an example request
+    (the body, and a curl command that runs as written once MLPD_TOKEN is set, or with the deployment's key)."""
+    by_id = {r["id"]: r for r in revs}
+    rev = by_id.get(dep["current"]) or next((r for r in reversed(revs) if r["state"] == "rolling"), None)
+    if rev is None:
+        return {"inputs": None, "outputs": None, "example": None, "note": "no version serves yet", "curl": ""}
+    schema = input_schema(state_dir, rev["location"])
+    schema["version"] = rev["model_version"]
+    curl = ""
+    if schema["example"] is not None:
+        auth = "" if dep["spec"].get("auth") == "none" else ' -H "Authorization: Bearer $MLPD_TOKEN"'
+        body = json.dumps(schema["example"], separators=(",", ":")).replace("'", "'\\''")
+        curl = f"curl -sS -X POST {endpoint}{auth} -H 'Content-Type: application/json' -d '{body}'"
+    schema["curl"] = curl
+    return schema

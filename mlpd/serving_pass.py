@@ -137,7 +137,7 @@ class ServingPass:
             rev_id = None
             if current and current["model_version"] == version:
                 # The alias went back to what serves: drop a rollout in progress, if any.
-                db.execute("""UPDATE deployment_revisions SET state = 'failed', reason = ?, ended_at = ? WHERE deployment = ?
+                db.execute("""UPDATE deployment_revisions SET state = 'superseded', reason = ?, ended_at = ? WHERE deployment = ?
                               AND state = 'rolling'""", [f"alias {ref.alias} moved back to version {version}", now, dep["id"]])
             elif fields is None:
                 db.execute("UPDATE deployments SET last_error = ? WHERE id = ?", [refused, dep["id"]])
@@ -188,8 +188,8 @@ class ServingPass:
                 if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state = 'rolling'", [rev["id"]]).fetchone():
                     return
                 # A new canary replaces an earlier one; a full switch ends any canary too.
-                db.execute("UPDATE deployment_revisions SET state = 'draining', drain_until = ? WHERE deployment = ? AND state IN (?, 'canary')",
-                           [drain_until, dep["id"], "canary" if canary else "serving"])
+                db.execute("""UPDATE deployment_revisions SET state = 'draining', drain_until = ?, reason = ? WHERE deployment = ?
+                              AND state IN (?, 'canary')""", [drain_until, f"replaced by {label}", dep["id"], "canary" if canary else "serving"])
                 if canary:
                     db.execute("UPDATE deployment_revisions SET state = 'canary', switched_at = ? WHERE id = ?", [now, rev["id"]])
                     db.execute("UPDATE deployments SET canary = ?, last_error = '', updated_at = ? WHERE id = ?", [rev["id"], now, dep["id"]])
@@ -201,6 +201,11 @@ class ServingPass:
                              canary=canary)
             log.info("deployment %s: %s %s (%s)", dep["name"], f"{canary}% of the traffic to" if canary else "traffic switched to", label,
                      rev["model_uri"])
+        elif action.kind == "supersede":  # not an error: a newer rollout replaced it
+            with self.store.write() as db:
+                if db.execute("UPDATE deployment_revisions SET state = 'superseded', reason = ?, ended_at = ? WHERE id = ? AND state = 'rolling'",
+                              [action.reason, now, rev["id"]]).rowcount:
+                    record_event(db, "mlpd", "deployment.superseded", "deployment", dep["id"], at=now, revision=rev["id"], reason=action.reason)
         elif action.kind == "fail":
             with self.store.write() as db:
                 if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state = 'rolling'", [rev["id"]]).fetchone():

@@ -22,6 +22,16 @@ from dataclasses import dataclass
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
 LIVE_REVISIONS = ("rolling", "serving", "canary")
+# A revision's states, what each says happened (the API and the UI show these words):
+#   rolling      its replicas start; it takes no traffic until every one answers /ping
+#   serving      it takes the traffic (canary: a share of it, beside the serving one)
+#   draining     a newer version took its traffic (replaced, or promoted over it); it stops after the drain time
+#   retired      it served and was replaced (its reason says by what)
+#   failed       it could not start or answer /ping, and was rolled back by mlpd (its reason says why)
+#   rolled_back  someone rolled it back on purpose (its reason says who)
+#   superseded   a newer version (or the alias moving back) replaced it before it took traffic
+ENDED_REVISIONS = ("retired", "failed", "rolled_back", "superseded")
+REVISION_STATES = (*LIVE_REVISIONS, "draining", *ENDED_REVISIONS)
 RESTART_WINDOW = 600.0  # crashes of a slot within this many seconds make its restart wait longer
 MAX_BACKOFF = 60.0
 
@@ -30,7 +40,7 @@ MAX_BACKOFF = 60.0
 class Revision:
     id: str
     seq: int
-    state: str  # rolling | serving | canary | draining | retired | failed
+    state: str  # one of REVISION_STATES
     label: str  # for people: "version 3", "runs:/.../model"
     drain_until: float | None = None
 
@@ -55,7 +65,8 @@ class Replica:
 @dataclass(frozen=True)
 class Action:
     """One step: start (a replica for revision/slot), restart (the same, after a crash), stop (job_id),
-    switch (revision takes the traffic), fail (revision is rolled back), retire (revision is done)."""
+    switch (revision takes the traffic), fail (revision could not start: rolled back by mlpd), supersede (a newer
+    rollout replaces one still rolling out), retire (revision is done)."""
 
     kind: str
     revision: str = ""
@@ -85,7 +96,7 @@ def plan(revisions: list[Revision], replicas: list[Replica], wanted: int, now: f
     for rev in revisions:
         mine = [r for r in replicas if r.revision == rev.id]
         if rev.state == "rolling" and rev is not newest_rolling:
-            actions.append(Action("fail", rev.id, reason="superseded by a newer version before it took traffic"))
+            actions.append(Action("supersede", rev.id, reason=f"superseded by {newest_rolling.label} before it took traffic"))
             continue
         if rev.state in LIVE_REVISIONS:
             actions += _live(rev, replicas, wanted, now, start_timeout)
@@ -98,8 +109,8 @@ def plan(revisions: list[Revision], replicas: list[Replica], wanted: int, now: f
                 actions += [Action("stop", rev.id, r.slot, r.job_id, "replaced: its traffic moved to a newer version") for r in live]
                 if not live:
                     actions.append(Action("retire", rev.id))
-        else:  # failed or retired: nothing of it should run
-            actions += [Action("stop", rev.id, r.slot, r.job_id, f"{rev.label} was {rev.state}") for r in mine if not r.ended]
+        else:  # ended (ENDED_REVISIONS): nothing of it should run
+            actions += [Action("stop", rev.id, r.slot, r.job_id, f"{rev.label} was {rev.state.replace('_', ' ')}") for r in mine if not r.ended]
     return actions
 
 

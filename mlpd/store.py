@@ -322,6 +322,13 @@ def _migration_jobs_started_at(db: sqlite_utils.Database) -> None:
                             index_name="jobs_started_at")
 
 
+def _migration_resource_caps(db: sqlite_utils.Database) -> None:
+    """Per-user and per-team concurrent CPU, memory and workload caps (`mlpd admin quota set --max-cpus
+    ...`), beside the GPU quotas: NULL = the configured default (quotas.max_*; none for a team), 0 = unlimited."""
+    db["resource_caps"].create({"subject_kind": str, "subject": str, "max_cpus": float, "max_memory": int, "max_jobs": int,
+                                "updated_at": float}, pk=("subject_kind", "subject"), not_null={"subject_kind", "subject", "updated_at"})
+
+
 # In the order they apply. Append only: a shipped migration never changes what it builds
 # (tests/unit/test_store_schema.py holds 0001..0010 to tests/fixtures/schema-0010.sql); add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -337,6 +344,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0010_preemption", _migration_preemption),
     ("0011_priority_grants", _migration_priority_grants),
     ("0012_jobs_started_at", _migration_jobs_started_at),
+    ("0013_resource_caps", _migration_resource_caps),
 ]
 
 

@@ -54,7 +54,7 @@ def check_name(name: Any) -> str:
 # keys (mounted read-only at /etc/mlpd-ssh). Its host key lives in the home, so it stays the same
 # across sessions. In plain sh, so that any image with JupyterLab works (without sshd: no SSH).
 _START_SSHD = f"""
-if [ -x /usr/sbin/sshd ] && [ -s /etc/mlpd-ssh/authorized_keys ]; then
+if [ -x /usr/sbin/sshd ] && [ -d /etc/mlpd-ssh ]; then
   mkdir -p "$HOME/.mlpd" && chmod 700 "$HOME/.mlpd"
   [ -f "$HOME/.mlpd/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$HOME/.mlpd/ssh_host_ed25519_key"
   printf '%s\\n' "Port {SSH_PORT}" "HostKey $HOME/.mlpd/ssh_host_ed25519_key" "AuthorizedKeysFile /etc/mlpd-ssh/authorized_keys" \\
@@ -71,7 +71,7 @@ exec "$@"
 def jupyter_command() -> list[str]:
     """The server each session runs: JupyterLab on all of the container's interfaces (only the
     loopback port mlpd publishes reaches it), its token from JUPYTER_TOKEN, rooted at the home;
-    sshd beside it when the owner has registered keys."""
+    sshd beside it, which reads the owner's registered keys at each login (a key added later works at once)."""
     return ["sh", "-c", _START_SSHD, "mlpd-workspace", "jupyter", "lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser", f"--ServerApp.root_dir={HOME}",
             "--ServerApp.allow_remote_access=True", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=False"]
 

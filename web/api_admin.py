@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from flask import g, jsonify, request
 
@@ -84,20 +83,19 @@ def revoke_token(token_id: str):
     return jsonify(users.revoke_token(store(), token_id, actor=g.user.name, owner=owner))
 
 
-@route("/events", summary="The audit trail, newest first", admin=True)
+@route("/events", summary="The audit trail, newest first, a page at a time: ?action= (a prefix), ?actor=, ?object_id= "
+                         "(or a workspace's/deployment's name), ?limit= (100), ?before= (next_before of the previous page)", admin=True)
 def events():
+    from mlpd.event_log import EventFilter, page
+
     try:
         limit = max(1, min(int(request.args.get("limit", 100)), 1000))
+        before = int(request.args["before"]) if request.args.get("before") else None
     except ValueError:
-        raise ApiError(400, "invalid_field", "limit: expected a whole number") from None
-    sql, params = "SELECT * FROM events", []
-    if request.args.get("object_id"):
-        sql += " WHERE object_id = ?"
-        params.append(request.args["object_id"])
-    rows = store().query(sql + " ORDER BY id DESC LIMIT ?", params + [limit])
-    for row in rows:
-        row["detail"] = json.loads(row["detail"])
-    return jsonify({"events": rows})
+        raise ApiError(400, "invalid_field", "limit, before: expected a whole number") from None
+    rows, next_before = page(store(), EventFilter(action=request.args.get("action", ""), actor=request.args.get("actor", ""),
+                                                  object=request.args.get("object_id", ""), before=before, limit=limit))
+    return jsonify({"events": rows, "next_before": next_before})
 
 
 def _priority_classes():

@@ -11,6 +11,7 @@ import time
 from flask import Response, current_app, g, jsonify, request, stream_with_context
 
 from mlpd import jobs
+from mlpd.scheduler import name_of as name_of_holder
 from mlpd.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
 from mlpd.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import JobState
@@ -74,11 +75,20 @@ def job_view(job: dict) -> dict:
         "gpus": {"count": spec["gpus"], "indices": job["gpu_indices"], "uuids": job["gpu_uuids"]},
         "image": spec.get("image") or config()["jobs.default_image"], "command": spec["command"],
         "submitted_at": job["submitted_at"], "started_at": job["started_at"], "ended_at": job["ended_at"],
-        "cancel_requested_by": job["cancel_requested_by"], "spec": spec,
+        "cancel_requested_by": job["cancel_requested_by"], "spec": spec, "limits": effective_limits_view(spec),
         "priority_class": _classes().of(job), "attempt": job["attempts"],
         "preempting": None if job["preempt_requested_at"] is None or job["state"] not in ("starting", "running")
         else {"since": job["preempt_requested_at"], "reason": job["preempt_reason"]},
     }
+
+
+def effective_limits_view(spec: dict) -> dict:
+    """The CPU and memory limits the workload's container gets (its own, else the defaults; None = none)."""
+    from mlpd.resource_caps import effective_limits
+
+    cpus, memory = effective_limits(spec, config(), host_limits())
+    return {"cpus": cpus, "memory": memory, "cpus_default": spec.get("cpus") is None and cpus is not None,
+            "memory_default": spec.get("memory") is None and memory is not None}
 
 
 def _classes():
@@ -96,16 +106,15 @@ def check_priority_class(spec) -> None:
         raise ApiError(*refusal)
 
 
-def check_disk() -> None:
-    """Refuse new work while the state directory's disk is nearly full (running work is not touched)."""
-    import shutil
+def check_disk(incoming: int = 0, what: str = "new work") -> None:
+    """Refuse new work (and an upload of `incoming` bytes) while the state directory's disk is nearly
+    full (running work is not touched)."""
+    from mlpd.disk import free_space_refusal
 
     cfg = config()
-    free = shutil.disk_usage(cfg.state_dir).free
-    if free < cfg["jobs.min_free_gb"] * 1e9:
-        raise ApiError(507, "disk_full", f"the daemon's disk is nearly full ({free / 1e9:.2f} GB free under its state directory, "
-                                         f"jobs.min_free_gb = {cfg['jobs.min_free_gb']:g}); new jobs are refused until an admin frees space "
-                                         "(old job outputs, images); running jobs go on")
+    problem = free_space_refusal(cfg.state_dir, cfg["jobs.min_free_gb"], incoming, what)
+    if problem:
+        raise ApiError(507, "disk_full", problem)
 
 
 def check_admission(spec) -> None:
@@ -142,7 +151,8 @@ def create_job(data: dict) -> tuple[dict, list[str]]:
     check_disk()
     from mlpd import quotas
 
-    warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus)  # QuotaExceeded: 403
+    warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus,  # QuotaExceeded: 403
+                                       work=[{"cpus": spec.cpus, "memory": spec.memory}])
     job = jobs.submit(store(), g.user.name, spec, warnings)
     wake(f"submitted {job['id']}")
     return job, warnings
@@ -180,7 +190,8 @@ def explain_wait(job_id: str) -> dict | None:
     if wait is None:
         return None
     return {"position": wait.position, "reason": wait.reason, "estimated_start": wait.estimated_start, "reserved": wait.reserved,
-            "blocking": [{"gpu_uuid": h.gpu_uuid, "job_id": h.job_id, "owner": h.owner, "ends_by": h.ends_by} for h in wait.blocking],
+            "blocking": [{"gpu_uuid": h.gpu_uuid, "job_id": h.job_id, "owner": h.owner, "ends_by": h.ends_by, "label": name_of_holder(h)}
+                         for h in wait.blocking],
             "priority": priority}
 
 
@@ -233,15 +244,68 @@ def _since_arg() -> float | None:
     return since
 
 
+LOG_POLL_INTERVAL = 0.25  # seconds between looks at a live log file (and at whether its reader is still there)
+LOG_READ_MAX = 1 << 20  # bytes read from a log file at once
+
+
+def _stream_slots():
+    from mlpd.web.log_streams import StreamSlots
+
+    with _lock:
+        if "mlpd.log_streams" not in current_app.extensions:
+            cfg = config()
+            current_app.extensions["mlpd.log_streams"] = StreamSlots(cfg.state_dir, cfg["server.threads"] // 2)
+        return current_app.extensions["mlpd.log_streams"]
+
+
+def client_gone(sock) -> bool:
+    """Whether the peer of a streaming response has closed its end: checked without sending anything
+    (a readable socket with nothing to read is at its end), so a silent log stream notices at once."""
+    import select
+    import socket
+
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def _read_from(path: str, offset: int, limit: int = LOG_READ_MAX) -> bytes:
+    """Up to limit bytes of the file from offset (b"" when it is missing); never through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, OSError):
+        return b""
+    with os.fdopen(fd, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(limit)
+
+
 def logs_response(job_id: str, follow: bool) -> Response:
     """A workload's output (build log first, then the container's, then the saved log once it ended); with follow, live.
-    ?timestamps=1 keeps each line's stamp; ?since= drops lines written before it."""
-    from mlpd import logtext
+    ?timestamps=1 keeps each line's stamp; ?since= drops lines written before it.
 
-    log_path = os.path.join(jobs.job_dir(config().state_dir, job_id), "log")
+    Following polls the file the worker copies the running container's output to
+    (mlpd.workers.live_logs), never Docker, and ends when the workload ends or the client has
+    gone; each user may follow server.log_streams_per_user streams at once (429 beyond)."""
+    from mlpd import logtext
+    from mlpd.web.log_streams import StreamsBusy
+
+    directory = jobs.job_dir(config().state_dir, job_id)
+    log_path = os.path.join(directory, "log")
     st = store()
     timestamps, since = request.args.get("timestamps") in ("1", "true", "yes"), _since_arg()
     stamped = timestamps or since is not None
+    release = None
+    sock = request.environ.get("gunicorn.socket")
+    if follow:
+        try:
+            release = _stream_slots().acquire(g.user.name, config()["server.log_streams_per_user"])
+        except StreamsBusy as exc:
+            raise ApiError(429, "too_many_streams", str(exc)) from None
 
     def raw_saved(path):
         try:
@@ -257,55 +321,84 @@ def logs_response(job_id: str, follow: bool) -> Response:
         # the output of attempts that were preempted, each written whole when it ended
         for n in range(1, job["attempts"]):
             yield f"--- attempt {n} (preempted) ---\n".encode()
-            yield from saved(os.path.join(os.path.dirname(log_path), f"attempt-{n}.log"))
+            yield from saved(os.path.join(directory, f"attempt-{n}.log"))
         if job["attempts"] > 1:
             yield f"--- attempt {job['attempts']} ---\n".encode()
 
-    def generate():
-        # the environment's build (if the job brought requirements) comes first; it is written whole before the job starts
-        built = False
-        while True:
-            if not built and (jobs.get(st, job_id)["state"] != JobState.STARTING.value or not follow):
-                built = True
-                yield from saved(os.path.join(os.path.dirname(log_path), "build.log"))
-                yield from attempts_before(jobs.get(st, job_id))
-            job = jobs.get(st, job_id)
-            if job["state"] in TERMINAL_NAMES:
-                # give the controller a moment to save the log of a job that just ended
-                for _ in range(50):
-                    if os.path.exists(log_path):
-                        break
-                    if any(e["action"] == "job.files_removed" for e in jobs.history(st, job_id)):
-                        yield b"(this job's log and outputs were removed: it ended more than retention.job_days ago)\n"
-                        return
-                    time.sleep(0.1)
-                yield from saved()
-                return
-            if job["state"] == JobState.RUNNING.value or (job["state"] == JobState.STARTING.value and runtime().inspect(job_id)):
-                streamed = False
-                live = runtime().logs(job_id, follow=follow, timestamps=stamped)
-                for chunk in (logtext.select(live, timestamps, since) if stamped else live):
-                    streamed = True
-                    yield chunk
-                if not follow:
-                    return
-                if streamed:
-                    # The container exited; end the stream once the job has ended too, so
-                    # that `mlpd logs -f && mlpd jobs show` sees the final state. A preempted
-                    # job goes on: its next attempt's output follows under a header.
-                    for _ in range(100):
-                        now_job = jobs.get(st, job_id)
-                        if now_job["state"] in TERMINAL_NAMES or now_job["attempts"] > job["attempts"]:
-                            break
-                        time.sleep(0.1)
-                    if now_job["state"] in TERMINAL_NAMES or now_job["attempts"] == job["attempts"]:
-                        return
-                    yield f"--- attempt {job['attempts']} was preempted; attempt {now_job['attempts']} waits in the queue ---\n".encode()
-            if not follow:
-                return
-            time.sleep(0.2)
+    def snapshot():
+        # not following: the build log, then what the container has written so far, or the saved log once it ended
+        job = jobs.get(st, job_id)
+        yield from saved(os.path.join(directory, "build.log"))
+        yield from attempts_before(job)
+        if job["state"] in TERMINAL_NAMES:
+            yield from saved_when_written()
+        elif job["state"] == JobState.RUNNING.value or (job["state"] == JobState.STARTING.value and runtime().inspect(job_id)):
+            live = runtime().logs(job_id, follow=False, timestamps=stamped)
+            yield from (logtext.select(live, timestamps, since) if stamped else live)
 
-    return Response(stream_with_context(generate()), mimetype="text/plain", headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+    def saved_when_written(offset: int = 0, pending: bytes = b""):
+        # give the controller a moment to save the log of a job that just ended
+        for _ in range(50):
+            if os.path.exists(log_path):
+                break
+            if any(e["action"] == "job.files_removed" for e in jobs.history(st, job_id)):
+                yield b"(this job's log and outputs were removed: it ended more than retention.job_days ago)\n"
+                return
+            time.sleep(0.1)
+        yield from logtext.select(rest_of(log_path, offset, pending), timestamps, since)
+
+    def rest_of(path: str, offset: int, pending: bytes):
+        yield pending
+        while chunk := _read_from(path, offset):
+            offset += len(chunk)
+            yield chunk
+
+    def follow_live():
+        # The live file holds the same bytes as the log saved at the end: having read `offset` bytes
+        # of one, go on at `offset` of the other. Whole lines only until the end (stamps are per line).
+        attempt, offset, pending = None, 0, b""
+        while True:
+            job = jobs.get(st, job_id)
+            if job is None:
+                return  # removed meanwhile
+            if attempt is None and job["state"] != JobState.STARTING.value:
+                # the environment's build (if the job brought requirements) is written whole before the job starts
+                yield from saved(os.path.join(directory, "build.log"))
+                yield from attempts_before(job)
+                attempt = job["attempts"] or 1
+            if job["state"] in TERMINAL_NAMES:
+                yield from saved_when_written(offset, pending)
+                return
+            if attempt is not None and (job["attempts"] or 1) != attempt:
+                # preempted: the rest of that attempt's saved log, then the next attempt's output
+                yield from logtext.select(rest_of(os.path.join(directory, f"attempt-{attempt}.log"), offset, pending), timestamps, since)
+                yield f"--- attempt {attempt} was preempted; attempt {job['attempts']} waits in the queue ---\n".encode()
+                attempt, offset, pending = job["attempts"], 0, b""
+            if attempt is not None:
+                data = _read_from(logtext.live_log_path(directory, attempt), offset)
+                if data:
+                    offset += len(data)
+                    data, cut = pending + data, (pending + data).rfind(b"\n") + 1
+                    data, pending = data[:cut], data[cut:]
+                    yield from logtext.select([data], timestamps, since)
+                    continue
+            if client_gone(sock):
+                return
+            time.sleep(LOG_POLL_INTERVAL)
+
+    def generate():
+        try:
+            if follow:
+                yield b""  # the headers go out now, so a client sees its stream open even while the workload is silent
+            yield from (follow_live() if follow else snapshot())
+        finally:
+            if release:
+                release()
+
+    response = Response(stream_with_context(generate()), mimetype="text/plain", headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+    if release:
+        response.call_on_close(release)  # also when the stream never started
+    return response
 
 
 @route("/jobs/<job_id>/outputs", summary="A job's /outputs directory as a .tar.gz", streaming=True, job_token=True)
@@ -337,7 +430,7 @@ def code_status(digest: str):
 @route("/code/<digest>", methods=("PUT",), summary="Upload a code archive (.tar.gz body; content-addressed by its sha256; yours to run once sent)")
 def upload_code(digest: str):
     _check_digest(digest)
-    check_disk()
+    check_disk(request.content_length or 0, "a code archive")
     cfg = config()
     dest = jobs.code_dir(cfg.state_dir, digest)
     if os.path.isdir(dest) and jobs.holds_code(store(), digest, g.user.name):
@@ -359,7 +452,7 @@ def upload_code(digest: str):
             if h.hexdigest() != digest:
                 raise ApiError(400, "digest_mismatch", f"digest: the body's sha256 is {h.hexdigest()}, not {digest}")
             try:
-                files = extract_archive(tmp.name, dest, max_bytes=limit)
+                files = extract_archive(tmp.name, dest, max_bytes=limit, max_members=cfg["jobs.max_code_files"])
             except FileExistsError:
                 files = None  # stored already (by someone else, or a concurrent upload): same content
             except CodeArchiveError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import g, jsonify, request
 
 from mlpd import serving
+from mlpd.serving_models import input_of
 from mlpd.web import config, store
 from mlpd.web.api_jobs import check_admission, check_disk, wake
 from mlpd.web.errors import ApiError
@@ -37,7 +38,11 @@ def _visible(name: str) -> dict:
 def _view(dep: dict, detail: bool = False) -> dict:
     st = store()
     metrics = serving.request_metrics(st, dep["id"]) if detail else []
-    return serving.view(dep, serving.revisions(st, dep["id"]), serving.replicas(st, dep["id"]), request.host_url, detail, metrics)
+    revs = serving.revisions(st, dep["id"])
+    out = serving.view(dep, revs, serving.replicas(st, dep["id"]), request.host_url, detail, metrics)
+    if detail:
+        out["input"] = input_of(config().state_dir, dep, revs, out["endpoint"])
+    return out
 
 
 def _spec_of(data: dict) -> tuple[dict, object]:
@@ -57,7 +62,8 @@ def create_deployment():
     check_disk()
     from mlpd import quotas
 
-    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"])  # QuotaExceeded: 403
+    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"],  # QuotaExceeded: 403
+                            work=[spec] * spec["replicas"])
     dep, key = serving.create(store(), config(), g.user.name, name, uri, spec, data.get("follow_alias"),
                               follow_foreign=bool(data.get("follow_foreign")))
     wake(f"deployment {name} created")

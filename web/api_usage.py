@@ -142,23 +142,55 @@ def fair_share():
 @route("/quotas", summary="Per-user and per-team quotas", admin=True)
 def list_quotas():
     cfg = config()
+    cpus, memory, count = quotas.default_caps(cfg)
     return jsonify({"defaults": {"period": cfg["quotas.period"], "gpu_hours": cfg["quotas.gpu_hours"] or None, "max_gpus": cfg["quotas.max_gpus"] or None,
-                                 "over_quota": cfg["quotas.over_quota"]},
-                    "quotas": store().query("SELECT subject_kind, subject, gpu_hours, max_gpus, updated_at FROM quotas ORDER BY subject_kind, subject")})
+                                 "over_quota": cfg["quotas.over_quota"], "max_cpus": cpus, "max_memory": memory, "max_jobs": count},
+                    "quotas": store().query("SELECT subject_kind, subject, gpu_hours, max_gpus, updated_at FROM quotas ORDER BY subject_kind, subject"),
+                    "caps": store().query("SELECT subject_kind, subject, max_cpus, max_memory, max_jobs, updated_at FROM resource_caps "
+                                          "ORDER BY subject_kind, subject")})
 
 
-@route("/quotas", methods=("POST",), summary="Set a user's or team's quota (0 = unlimited; both null clears it)", admin=True,
-       body={"user": Field(str), "team": Field(str), "gpu_hours": Field((int, float)), "max_gpus": Field(int)})
+CAP_KEYS = ("max_cpus", "max_memory", "max_jobs")
+
+
+def _memory_cap(value) -> int | None:
+    """A memory cap from the body: bytes or a size like "64g"; 0 = unlimited."""
+    from mlpd.jobspec import MIN_MEMORY, format_bytes, parse_memory
+
+    if value is None or value in (0, "0"):
+        return value if value is None else 0
+    try:
+        size = parse_memory(value)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_field", f"max_memory: {exc}") from None
+    if size < MIN_MEMORY:
+        raise ApiError(400, "invalid_field", f"max_memory: at least {format_bytes(MIN_MEMORY)} (or 0 for unlimited), got {value!r}")
+    return size
+
+
+@route("/quotas", methods=("POST",), summary="Set a user's or team's quota (0 = unlimited; GPU fields both null clear them; "
+       "CPU, memory and workload caps change only where given; clear = back to the defaults)", admin=True,
+       body={"user": Field(str), "team": Field(str), "gpu_hours": Field((int, float)), "max_gpus": Field(int),
+             "max_cpus": Field((int, float)), "max_memory": Field((str, int)), "max_jobs": Field(int), "clear": Field(bool)})
 def set_quota():
     body = json_body()
     if bool(body.get("user")) == bool(body.get("team")):
         raise ApiError(400, "invalid_field", "user: give exactly one of user or team")
     kind, subject = ("user", body["user"]) if body.get("user") else ("team", body["team"])
-    quotas.set_quota(store(), kind, subject, body.get("gpu_hours"), body.get("max_gpus"), g.user.name)
+    caps_given = any(body.get(k) is not None for k in CAP_KEYS)
+    memory = _memory_cap(body.get("max_memory"))
+    if body.get("clear") or not caps_given or "gpu_hours" in body or "max_gpus" in body:
+        quotas.set_quota(store(), kind, subject, None if body.get("clear") else body.get("gpu_hours"),
+                         None if body.get("clear") else body.get("max_gpus"), g.user.name)
+    if body.get("clear"):
+        quotas.set_caps(store(), kind, subject, g.user.name, clear=True)
+    elif caps_given:
+        quotas.set_caps(store(), kind, subject, g.user.name, body.get("max_cpus"), memory, body.get("max_jobs"))
     from mlpd.web.api_jobs import wake
 
     wake("quota changed")  # a raised quota lets waiting work start now
-    return jsonify({"subject_kind": kind, "subject": subject, "gpu_hours": body.get("gpu_hours"), "max_gpus": body.get("max_gpus")})
+    return jsonify({"subject_kind": kind, "subject": subject, "gpu_hours": body.get("gpu_hours"), "max_gpus": body.get("max_gpus"),
+                    "max_cpus": body.get("max_cpus"), "max_memory": memory, "max_jobs": body.get("max_jobs")})
 
 
 @route("/teams", summary="Teams and their members")

@@ -76,7 +76,7 @@ def _start_now_or_fail(ws: dict, wait: bool) -> None:
     for gpu in gpus:
         if gpu.uuid in holders:
             h = holders[gpu.uuid]
-            held.append(f"GPU {gpu.index} by {h['owner']} ({h['kind']} {h['job_id']})")
+            held.append(f"GPU {gpu.index} held by {h['label']}")
         elif gpu.uuid in drained or gpu.drained:
             held.append(f"GPU {gpu.index} {drained.get(gpu.uuid) or gpu.drain_reason}")
     queued = jobs.in_states(store(), [JobState.QUEUED])
@@ -102,7 +102,7 @@ def create_for_user(data: dict) -> tuple[dict, list[str]]:
 
     check_admission(workspaces.session_spec(spec, name))
     check_disk()
-    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"])  # QuotaExceeded: 403
+    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"], work=[spec])  # QuotaExceeded: 403
     port = workspaces.allocate_port(store(), config()["workspaces.port_range"])
     ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
     ws = workspaces.create(store(), g.user.name, name, spec, port, ssh_port)
@@ -147,7 +147,7 @@ def start_workspace(name: str):
     data = json_body()
     ws = workspaces.wait_stopped(store(), _get(name))  # a stop in progress ends first: its GPUs are free again for the quota check
     check_disk()
-    quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"])
+    quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
     before = ws["session"]
     ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
     if ws["session"] != before:

@@ -183,6 +183,8 @@ class MlflowMount:
             self._check_store_path(endpoint[len("artifacts/"):])
         if method in READ_METHODS:
             return
+        if (family == "artifacts" and endpoint.startswith("artifacts/")) or (family == "api" and endpoint == "upload-artifact"):
+            self._check_upload_size(environ)
         # Every body MLflow will parse as JSON is parsed here first, canonicalised, checked and passed
         # on exactly as checked: the object mlpd authorizes is the object MLflow acts on.
         body: dict[str, Any] = {}
@@ -228,6 +230,29 @@ class MlflowMount:
         if rule.action in ("owned", "create_run", "create_owned") and not user.is_admin:
             for model_id in logged_models_named(body):
                 self._check_owner("logged_model", model_id, user, f"{method} {rule.endpoint} naming a logged model")
+
+    def _check_upload_size(self, environ: dict[str, Any]) -> None:
+        """An artifact upload MLflow would write into the store: refused before a byte is read when it
+        names no length (411), is over mlflow.max_artifact_mb (413), or would leave the disk under
+        jobs.min_free_gb (507). The server reads no more than the length it names."""
+        from mlpd.disk import free_space_refusal
+
+        limit_mb = self.config["mlflow.max_artifact_mb"]
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise Refused(411, "length_required", "an artifact upload must say its size (Content-Length); "
+                                                  "MLflow's clients do, a chunked upload is refused")
+        if length > limit_mb * 1024 * 1024:
+            raise Refused(413, "too_large", f"artifact of {length / 2**20:.1f} MiB is over the {limit_mb} MiB limit of one upload "
+                                            "(mlflow.max_artifact_mb); split it, or ask an admin to raise it", "RESOURCE_EXHAUSTED")
+        artifacts = tracking.artifacts_dir(self.config.state_dir)
+        problem = free_space_refusal(artifacts if os.path.isdir(artifacts) else self.config.state_dir,
+                                     self.config["jobs.min_free_gb"], length, "an artifact upload")
+        if problem:
+            raise Refused(507, "disk_full", problem, "RESOURCE_EXHAUSTED")
 
     def _check_owner(self, kind: str, ref: str, user: User, what: str) -> None:
         """Refuse unless user may change the object; one mlpd cannot find is refused too (for members),

@@ -132,7 +132,8 @@ def json_body(schema: dict[str, Field] | None = None) -> dict[str, Any]:
     for name, value in data.items():
         spec = schema.get(name)
         if spec is None:
-            raise ApiError(400, "invalid_field", f"{name}: unknown field; expected one of: {', '.join(sorted(schema))}")
+            shown = name if len(name) <= 40 else name[:40] + "..."  # a key may be as long as the body: quote a bounded part
+            raise ApiError(400, "invalid_field", f"{shown}: unknown field; expected one of: {', '.join(sorted(schema))}")
         wrong_bool = isinstance(value, bool) and spec.type is not bool and not (isinstance(spec.type, tuple) and bool in spec.type)
         if value is not None and (wrong_bool or not isinstance(value, spec.type)):
             raise ApiError(400, "invalid_field", f"{name}: expected {_type_name(spec.type)}, got {type(value).__name__}")

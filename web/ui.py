@@ -24,6 +24,7 @@ from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.jobs import JobState
 from mlpd.jobspec import format_bytes, format_duration
+from mlpd.workload_names import name_of, short_id
 from mlpd.web import config, store, ui_auth, ui_charts
 
 ui = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
@@ -139,17 +140,24 @@ def _mine(owner: str) -> bool:
 
 
 def _job_label(job: dict | None, job_id: str) -> str:
-    """How a workload is named on the page: a job by its name or id, a workspace's session by its workspace."""
-    job = job or {}
-    kind = job.get("kind", "job")
-    if kind != "job":
-        return f"{kind} {job.get('workload') or job_id}"
-    return job.get("name") or f"job {job_id}"
+    """How a workload is named on the page (mlpd.workload_names: a job by its name and id, a workspace
+    by its name and owner, a deployment's replica by the deployment and slot)."""
+    if not job:
+        return f"job {short_id(job_id)}"
+    return name_of(store(), job).label()
 
 
-def _links(job: dict | None, owner: str) -> bool:
-    """Whether the page may link to this workload's job page (the user's own, or an admin's; jobs only)."""
-    return _mine(owner) and (job or {}).get("kind", "job") == "job"
+def _workload_url(job: dict | None, owner: str) -> str:
+    """The page of this workload if the user may open it (their own, or any for an admin): a job's
+    page, a workspace's or a deployment's; "" otherwise."""
+    if not job or not _mine(owner):
+        return ""
+    name = name_of(store(), job)
+    if name.kind == "workspace" and name.name:
+        return url_for("ui.workspace", name=name.name, **({} if owner == g.user.name else {"owner": owner}))
+    if name.kind == "deployment" and name.name:
+        return url_for("ui.deployment", name=name.name)
+    return url_for("ui.job", job_id=job["id"]) if name.kind == "job" else ""
 
 
 def gpu_rows(now: float) -> list[dict[str, Any]]:
@@ -169,7 +177,7 @@ def gpu_rows(now: float) -> list[dict[str, Any]]:
         if holder:
             job = jobs.get(st, holder["job_id"])
             limit = effective_time_limit(job, cfg) if job else None
-            holder = dict(holder, label=_job_label(job, holder["job_id"]), mine=_links(job, holder["owner"]),
+            holder = dict(holder, label=_job_label(job, holder["job_id"]), url=_workload_url(job, holder["owner"]),
                           until=(job["started_at"] + limit) if job and job["started_at"] and limit else None,
                           state=job["state"] if job else "")
         points = samples.get(d.uuid, [])
@@ -205,9 +213,9 @@ def queue_view(now: float) -> dict[str, Any]:
         if job is None:
             continue
         mine = _mine(job["owner"])
-        label = _job_label(job, w.job_id) if mine else job.get("kind", "job")
+        label = _job_label(job, w.job_id) if mine else job.get("kind", "job")  # others' job names are theirs
         waits.append({"position": w.position, "id": w.job_id, "owner": job["owner"], "label": label, "gpus": job["spec"]["gpus"],
-                      "estimated_start": w.estimated_start, "reason": w.reason if mine else "", "mine": _links(job, job["owner"])})
+                      "estimated_start": w.estimated_start, "reason": w.reason if mine else "", "url": _workload_url(job, job["owner"])})
     starts = [w.estimated_start for w in plan.waits if w.estimated_start is not None]
     return {"depth": len(queued), "starting_now": len(plan.placements), "waits": waits,
             "next_start": now if plan.placements else (min(starts) if starts else None)}
@@ -298,7 +306,9 @@ def _saved_log(job_id: str) -> str:
                 chunks.append((b"(... earlier output cut ...)\n" if size > LOG_TAIL_BYTES else b"") + data)
         except (FileNotFoundError, IsADirectoryError):
             continue
-    return b"".join(chunks).decode("utf-8", "replace")
+    from mlpd.termsafe import strip_controls
+
+    return strip_controls(b"".join(chunks).decode("utf-8", "replace"))
 
 
 def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
@@ -542,3 +552,8 @@ def install(app) -> None:
     @app.get("/")
     def root():
         return redirect(url_for("ui.dashboard"))
+
+    @app.get("/favicon.ico")
+    def favicon():
+        """Browsers ask for /favicon.ico on any page that names none (the API's, MLflow's): the same icon."""
+        return redirect(url_for("ui.static", filename="favicon.svg"), 301)

@@ -7,7 +7,6 @@ routes, with the admin as the actor, so the audit trail reads the same either wa
 
 from __future__ import annotations
 
-import json
 import time
 
 from flask import Blueprint, abort, g, render_template, request
@@ -51,14 +50,23 @@ def _act(fn, done: str) -> tuple[str, str]:
     return done, ""
 
 
+def workload_counts(st) -> dict[str, dict[str, int]]:
+    """{kind: {"queued": n, "running": n}} for jobs, workspaces (their sessions) and deployments (their replicas)."""
+    out = {kind: {"queued": 0, "running": 0} for kind in ("job", "workspace", "deployment")}
+    for r in st.query("SELECT kind, CASE WHEN state = 'queued' THEN 'queued' ELSE 'running' END AS s, COUNT(*) AS n FROM jobs "
+                      "WHERE state IN ('queued', 'starting', 'running') GROUP BY kind, s"):
+        out.setdefault(r["kind"] or "job", {"queued": 0, "running": 0})[r["s"]] += r["n"]
+    return out
+
+
 @ui_admin.route("/")
 def overview():
     st = store()
     counts = {
         "users": len(users.list_users(st)),
         "teams": len(quotas.list_teams(st)),
-        "queued": st.query_one("SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued'")["n"],
-        "running": st.query_one("SELECT COUNT(*) AS n FROM jobs WHERE state IN ('starting', 'running')")["n"],
+        # Per kind of workload: a workspace's session and a deployment's replica are not jobs.
+        "by_kind": workload_counts(st),
         "locked": st.query_one("SELECT COUNT(*) AS n FROM login_failures WHERE locked_until > ?", [time.time()])["n"],
     }
     return _page("admin_overview.html", counts=counts)
@@ -214,12 +222,16 @@ def gpus_page():
 
 @ui_admin.route("/events")
 def events_page():
-    object_id = request.args.get("object_id", "").strip()[:100]
-    sql, params = "SELECT * FROM events", []
-    if object_id:
-        sql += " WHERE object_id = ?"
-        params.append(object_id)
-    rows = store().query(sql + " ORDER BY id DESC LIMIT 300", params)
-    for r in rows:
-        r["detail"] = json.loads(r["detail"])
-    return _page("admin_events.html", rows=rows, object_id=object_id)
+    """The audit trail, a page at a time (newest first), filtered by action prefix, actor and object."""
+    from mlpd.event_log import PAGE_SIZE, EventFilter, page
+
+    args = request.args
+    try:
+        before = int(args["before"]) if args.get("before") else None
+    except ValueError:
+        before = None
+    f = EventFilter(action=args.get("action", "").strip()[:100], actor=args.get("actor", "").strip()[:100],
+                    object=(args.get("object") or args.get("object_id") or "").strip()[:100], before=before, limit=PAGE_SIZE)
+    rows, next_before = page(store(), f)
+    filters = {k: v for k, v in (("action", f.action), ("actor", f.actor), ("object", f.object)) if v}
+    return _page("admin_events.html", rows=rows, f=f, filters=filters, next_before=next_before)

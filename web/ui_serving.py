@@ -40,7 +40,7 @@ def deployment_list():
             spec, job_spec = _spec_of({"gpus": gpus})
             check_admission(job_spec)
             check_disk()
-            quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"])
+            quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"], work=[spec] * spec["replicas"])
             dep, key = serving.create(store(), config(), g.user.name, name, values["model"], spec, None)
             wake(f"deployment {name} created")
         except MlpdError as exc:

@@ -98,7 +98,7 @@ def _act(name: str, action: str):
         from mlpd.web.api_workspaces import _start_now_or_fail
         from mlpd import quotas
 
-        quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"])
+        quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
         before = ws["session"]
         ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
         if ws["session"] != before:

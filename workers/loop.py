@@ -18,6 +18,7 @@ from mlpd.gpu_state import read_instance_id
 from mlpd.gpus import make_inventory
 from mlpd.runtime import RuntimeFailure, connect
 from mlpd.store import Store, set_status
+from mlpd.workers.live_logs import LiveLogs
 from mlpd.workers.sampler import GpuSampler
 from mlpd.workers.tasks import Tasks
 
@@ -45,6 +46,7 @@ class ControllerLoop:
         self.tasks = Tasks(config, self)
         self.serving = None  # mlpd.serving_pass.ServingPass, once Docker answers
         self.serving_busy = False  # a rollout or a drain is in progress: pass more often
+        self.live_logs = LiveLogs(config.state_dir)  # running output copied to files that log followers poll
 
     def start(self) -> None:
         self._thread.start()
@@ -86,6 +88,10 @@ class ControllerLoop:
             log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
+            try:
+                self.live_logs.follow_running(self.store, self.controller.runtime)
+            except Exception:
+                log.exception("starting the live log copiers failed; trying again on the next pass")
             if time.time() - self.last_cull >= float(self.config["workspaces.cull_interval"]) and not self.tasks.culling():
                 # A huey task: it waits on each workspace's JupyterLab, which its owner can stop
                 # answering (kill -STOP in the container); reconciliation must not wait with it.

@@ -20,7 +20,8 @@ whatever the database still says should happen.
 Waking: the queue is a SQLite table that huey's workers would poll. The tasks are enqueued by the
 worker process itself, so the storage below also wakes a waiting consumer thread directly when a task
 is enqueued in this process (`WakingSqliteStorage`), and polls the file only as a fallback for tasks
-enqueued elsewhere; a launch starts within a millisecond of the pass that placed the job.
+enqueued elsewhere; a launch starts a few milliseconds after the pass that placed the job (5.8 ms
+measured in a review), not a polling interval later.
 """
 
 from __future__ import annotations

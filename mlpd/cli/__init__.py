@@ -1,7 +1,7 @@
 """The `mlpd` command line. It talks to the daemon over HTTP through mlpd.client.
 
-One module per command group (mlpd.cli.jobs, .admin, .mlflow, .serving, .usage, .ws, .identity,
-.daemon), shared helpers in mlpd.cli.common. `main` names its commands in COMMANDS and imports a
+One module per command group (mlpd.cli.jobs, .admin, .pclass, .mlflow, .serving, .usage, .ws,
+.identity, .daemon), shared helpers in mlpd.cli.common. `main` names its commands in COMMANDS and imports a
 command's module only when that command runs, so `mlpd run` loads what `run` needs and nothing
 else; heavy modules (flask, docker, mlflow) are imported inside the commands that use them.
 """

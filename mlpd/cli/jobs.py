@@ -247,14 +247,19 @@ def resolve_job(client, ref: str) -> str:
         params["all"] = 1
     matches = [j["id"] for j in client.get("/jobs", params=params)["jobs"] if j["id"].startswith(ref)]
     if not matches:
-        raise click.ClickException(f"no job of yours starts with {ref!r}; 'mlpd jobs' lists them")
+        raise click.ClickException(f"no job of yours starts with {ref!r}; 'mlpd jobs' lists them (a workspace or a deployment "
+                                   "is shown by name: 'mlpd ws show NAME', 'mlpd deployments show NAME')")
     if len(matches) > 1:
         raise click.ClickException(f"{ref!r} matches {len(matches)} jobs ({', '.join(matches[:5])}); give more of the id")
     return matches[0]
 
 
 def _gpus_text(job: dict) -> str:
-    return ",".join(map(str, job["gpus"]["indices"])) or (f"({job['gpus']['count']})" if job["gpus"]["count"] else "-")
+    """How many GPUs a job asks for, and which it holds: "2 (GPUs 0,3)", "1", or "-" for none."""
+    count, indices = job["gpus"]["count"], job["gpus"]["indices"]
+    if not count:
+        return "-"
+    return f"{count} (GPU{'s' if len(indices) > 1 else ''} {','.join(map(str, indices))})" if indices else str(count)
 
 
 @click.group(invoke_without_command=True)
@@ -281,6 +286,18 @@ def jobs(ctx, all_users, states, limit, as_json):
           ["id", "name", "owner", "state", "gpus", "submitted", "reason"])
 
 
+
+def _limit_lines(job: dict, spec: dict) -> list[tuple[str, str]]:
+    """The CPU and memory limits the container gets, marked where they are the daemon's defaults."""
+    from mlpd.jobspec import format_bytes
+
+    limits = job.get("limits") or {"cpus": spec.get("cpus"), "memory": spec.get("memory")}
+    cpus = f"{limits['cpus']:g}" if limits.get("cpus") else "no limit"
+    memory = format_bytes(limits["memory"]) if limits.get("memory") else "no limit"
+    return [("cpus", cpus + (" (default)" if limits.get("cpus_default") else "")),
+            ("memory", memory + (" (default)" if limits.get("memory_default") else ""))]
+
+
 @jobs.command("show")
 @click.argument("job_id")
 @json_option
@@ -299,7 +316,7 @@ def jobs_show(job_id, as_json):
         ("state", job["state"] + (f": {job['reason']}" if job["reason"] else "")),
         ("exit code", job["exit_code"]), ("image", job["image"]), ("command", " ".join(job["command"])),
         ("gpus", f"{spec['gpus']} requested" + (f", indices {job['gpus']['indices']} ({', '.join(job['gpus']['uuids'])})" if job["gpus"]["uuids"] else "")),
-        ("cpus", spec.get("cpus") or "-"), ("memory", format_bytes(spec["memory"]) if spec.get("memory") else "-"),
+        *_limit_lines(job, spec),
         ("time limit", format_duration(spec["time_limit"]) if spec.get("time_limit") else "-"), ("priority", job["priority"]),
         ("class", job.get("priority_class", "-")), ("attempt", job.get("attempt", 1)),
         ("code", (spec.get("code") or "-")[:12]), ("submitted", when(job["submitted_at"])), ("started", when(job["started_at"])), ("ended", when(job["ended_at"])),
@@ -551,9 +568,10 @@ def gpus(as_json):
         status = (g.get("drain_reason") or "drained") if g["drained"] else ("held" if holder else "free")
         if g.get("stray_pids"):
             status += f", STRAY use by pids {','.join(map(str, g['stray_pids']))}"
-        rows.append((g["index"], g["name"] + (" (declared)" if g["declared"] else ""), g["uuid"], mem,
+        model = g["name"] if not g["declared"] else ("declared" if g["name"] == "declared" else f"{g['name']} (declared)")
+        rows.append((g["index"], model, g["uuid"], mem,
                      f"{g['utilization']}%" if g["utilization"] is not None else "-", status,
-                     f"{holder['owner']} job {holder['job_id']}" if holder else "-"))
+                     (holder.get("label") or f"job {holder['job_id']} of {holder['owner']}") if holder else "-"))
     table(rows, ["index", "model", "uuid", "memory", "util", "status", "holder"])
 
 

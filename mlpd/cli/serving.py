@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -10,7 +11,7 @@ import click
 
 from mlpd.cli.common import _client, json_option
 
-SETTLED = ("serving", "canary", "failed", "degraded", "unavailable")
+SETTLED = ("serving", "canary", "failed", "rolled_back", "degraded", "unavailable")
 
 
 def _emit(data: Any) -> None:
@@ -27,7 +28,7 @@ def _version_text(rev: dict | None) -> str:
 
 def _summary(dep: dict) -> list[str]:
     lines = [f"{dep['name']}: {dep['state']}  ({dep['health']} replicas healthy)",
-             f"  model     {dep['model']}" + ("  (follows the alias)" if dep["follow_alias"] else ""),
+             f"  model     {dep['model']}" + (f"  (follows {dep['requested']})" if dep["follow_alias"] and dep.get("requested") else ""),
              f"  serving   {_version_text(dep['serving'])}"]
     if dep["rolling_out"]:
         lines.append(f"  rolling   {_version_text(dep['rolling_out'])} (waiting for /ping)")
@@ -37,6 +38,8 @@ def _summary(dep: dict) -> list[str]:
     lines.append(f"  endpoint  {dep['endpoint']}  (auth: {dep['auth']})")
     if dep["restarts"]:
         lines.append(f"  restarts  {dep['restarts']}")
+    if dep.get("last_change"):
+        lines.append(f"  last      {dep['last_change']}")
     if dep["last_error"]:
         lines.append(f"  error     {dep['last_error']}")
     return lines
@@ -126,6 +129,23 @@ def deployments(ctx, all_users, as_json):
           ["NAME", *(["OWNER"] if all_users else []), "MODEL", "STATE", "ENDPOINT", "HEALTHY", "RESTARTS"])
 
 
+def _echo_input(schema: dict | None) -> None:
+    """The model's input columns and an example request that runs as written (MLPD_TOKEN set)."""
+    if not schema:
+        return
+    if schema.get("inputs"):
+        cols = ", ".join(f"{c['name'] or '(unnamed)'} ({c['type']}{'' if c.get('required', True) else ', optional'})" for c in schema["inputs"])
+        click.echo(f"  input     {cols}")
+    elif schema.get("note"):
+        click.echo(f"  input     unknown: {schema['note']}")
+    if schema.get("example") is not None:
+        click.echo(f"  example   ({schema['note']})")
+        click.echo(f"    {json.dumps(schema['example'], separators=(',', ':'))}")
+        if schema.get("curl"):
+            click.echo("  request   (export MLPD_TOKEN=your token, or the deployment's key, first)")
+            click.echo(f"    {schema['curl']}")
+
+
 @deployments.command("show")
 @click.argument("name")
 @json_option
@@ -136,10 +156,11 @@ def deployments_show(name, as_json):
         _emit({"deployment": dep})
         return
     click.echo("\n".join(_summary(dep)))
-    click.echo("  replicas:")
+    click.echo(f"  replicas: (logs: 'mlpd deployments logs {dep['name']} --slot N' or '--job ID')")
     for r in dep["replica_list"]:
         health = "healthy" if r["healthy"] else (r["last_check_error"] or "not checked yet")
-        click.echo(f"    slot {r['slot']}  v{r['version'] or '?'}  {r['state']:<8} 127.0.0.1:{r['port']}  {health}  (job {r['job_id']})")
+        click.echo(f"    replica {r['slot']}  v{r['version'] or '?'}  {r['state']:<8} 127.0.0.1:{r['port']}  {health}  (--job {r['job_id']})")
+    _echo_input(dep.get("input"))
     click.echo("  versions:")
     for rev in reversed(dep["revisions"][-10:]):
         click.echo(f"    #{rev['seq']} {_version_text(rev):<24} {rev['state']:<9} {rev['reason']}")
@@ -198,7 +219,7 @@ def deployments_update(name, model_uri, follow_alias, canary, follow_foreign, wa
     click.echo("\n".join(_summary(dep)))
     if wait and rolling is not None:
         rev = next((r for r in dep["revisions"] if r["seq"] == rolling), None)
-        if rev and rev["state"] == "failed":
+        if rev and rev["state"] == "failed":  # (superseded or rolled_back: someone chose it; not an error)
             click.echo(f"rolled back: {rev['reason']}", err=True)
             sys.exit(1)
 

@@ -59,9 +59,18 @@ def quota(user, as_json):
             click.echo(f"GPU-hours used this {u['period']}: {gpu_hours_text(u['gpu_hours_used'])} (since {when(u['period_start'])}); "
                        f"GPUs held now: {u['gpus_held']}; the period resets {when(u['resets_at'])}")
         return
+    from mlpd.jobspec import format_bytes
+
+    def held(q, used, limit, fmt=lambda v: f"{v:g}"):
+        if used not in q:
+            return "-"
+        return f"{fmt(q[used])} / {fmt(q[limit]) if q[limit] else '-'}"
+
     table([(q["subject"], f"{gpu_hours_text(q['gpu_hours_used'])} / {q['gpu_hours_limit']:g}" if q["gpu_hours_limit"] else f"{gpu_hours_text(q['gpu_hours_used'])} / -",
-            f"{q['gpus_held']} / {q['max_gpus']}" if q["max_gpus"] else f"{q['gpus_held']} / -", q["period"], when(q["resets_at"])) for q in result["quotas"]],
-          ["quota of", "gpu-hours used/limit", "gpus held/max", "period", "resets"])
+            f"{q['gpus_held']} / {q['max_gpus']}" if q["max_gpus"] else f"{q['gpus_held']} / -",
+            held(q, "cpus_held", "max_cpus"), held(q, "memory_held", "max_memory", format_bytes), held(q, "jobs_running", "max_jobs"),
+            q["period"], when(q["resets_at"])) for q in result["quotas"]],
+          ["quota of", "gpu-hours used/limit", "gpus held/max", "cpus held/max", "memory held/max", "running/max", "period", "resets"])
 
 
 @click.group("quota")
@@ -74,17 +83,28 @@ def admin_quota():
 @click.option("--team", help="The team (its members together).")
 @click.option("--gpu-hours", type=float, help="GPU-hours per period (0 = unlimited).")
 @click.option("--max-gpus", type=int, help="Most GPUs held at once (0 = unlimited).")
-@click.option("--clear", is_flag=True, help="Remove the quota (back to the configured default).")
-def quota_set(user, team, gpu_hours, max_gpus, clear):
-    """Set a quota; work waiting on it starts at once when it is raised."""
+@click.option("--max-cpus", type=float, help="Most CPUs (by CPU limits) of running work at once: jobs, workspaces, replicas (0 = unlimited).")
+@click.option("--max-memory", help="Most memory (by memory limits) of running work at once, e.g. 64g (0 = unlimited).")
+@click.option("--max-jobs", type=int, help="Most workloads running at once: jobs, workspaces, replicas (0 = unlimited).")
+@click.option("--clear", is_flag=True, help="Remove the quota and caps (back to the configured defaults).")
+def quota_set(user, team, gpu_hours, max_gpus, max_cpus, max_memory, max_jobs, clear):
+    """Set a quota; work waiting on it starts at once when it is raised. The CPU, memory and job
+    caps change only where given; --gpu-hours and --max-gpus are set together (one left out = unlimited)."""
     if bool(user) == bool(team):
         raise click.UsageError("give exactly one of --user or --team")
-    if not clear and gpu_hours is None and max_gpus is None:
-        raise click.UsageError("give --gpu-hours and/or --max-gpus (or --clear)")
+    caps = {"max_cpus": max_cpus, "max_memory": max_memory, "max_jobs": max_jobs}
+    if not clear and gpu_hours is None and max_gpus is None and all(v is None for v in caps.values()):
+        raise click.UsageError("give --gpu-hours, --max-gpus, --max-cpus, --max-memory and/or --max-jobs (or --clear)")
     body = {"user": user} if user else {"team": team}
-    body.update({"gpu_hours": None if clear else gpu_hours, "max_gpus": None if clear else max_gpus})
+    if clear:
+        body["clear"] = True
+    else:
+        if gpu_hours is not None or max_gpus is not None:
+            body.update({"gpu_hours": gpu_hours, "max_gpus": max_gpus})
+        body.update({k: v for k, v in caps.items() if v is not None})
     _client().post("/quotas", body)
-    click.echo(f"quota of {'user ' + user if user else 'team ' + team}: " + ("cleared" if clear else f"gpu_hours={gpu_hours} max_gpus={max_gpus}"))
+    what = "cleared" if clear else " ".join(f"{k}={v}" for k, v in body.items() if k not in ("user", "team"))
+    click.echo(f"quota of {'user ' + user if user else 'team ' + team}: {what}")
 
 
 @admin_quota.command("list")
@@ -95,10 +115,19 @@ def quota_list(as_json):
     if as_json:
         emit_json(result)
         return
+    from mlpd.jobspec import format_bytes
+
     d = result["defaults"]
-    click.echo(f"defaults: gpu_hours={d['gpu_hours'] or '-'} per {d['period']}, max_gpus={d['max_gpus'] or '-'}, over quota: {d['over_quota']}")
+    memory = lambda v: "-" if v is None else ("unlimited" if v == 0 else format_bytes(v))  # noqa: E731
+    click.echo(f"defaults: gpu_hours={d['gpu_hours'] or '-'} per {d['period']}, max_gpus={d['max_gpus'] or '-'}, "
+               f"max_cpus={format(d['max_cpus'], 'g') if d.get('max_cpus') else '-'}, max_memory={memory(d.get('max_memory'))}, max_jobs={d.get('max_jobs') or '-'}, "
+               f"over quota: {d['over_quota']}")
     table([(q["subject_kind"], q["subject"], q["gpu_hours"], q["max_gpus"], when(q["updated_at"])) for q in result["quotas"]],
           ["kind", "subject", "gpu-hours", "max gpus", "updated"])
+    if result.get("caps"):
+        click.echo("caps (empty = the default, 0 = unlimited):")
+        table([(c["subject_kind"], c["subject"], c["max_cpus"], memory(c["max_memory"]) if c["max_memory"] is not None else None,
+                c["max_jobs"], when(c["updated_at"])) for c in result["caps"]], ["kind", "subject", "max cpus", "max memory", "max jobs", "updated"])
 
 
 @click.group("team")

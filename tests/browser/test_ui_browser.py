@@ -7,6 +7,7 @@ its own users. Screenshots go to test-artifacts/browser/ (ignored by git); CI ke
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -506,3 +507,24 @@ def test_the_models_served_page_refuses_a_bad_model_uri_next_to_the_field(daemon
     assert page.goto(daemon.url + "/ui/deployments/nosuch").status == 404
     snap(page.goto(daemon.url + "/ui/deployments") and page, "deployments")
     ctx.close()
+
+
+def test_a_jobs_colour_codes_reach_no_page_or_api_text_field(daemon, context):
+    """Issue 23 item 7 / issue 22 break 11: escape sequences from job output showed in pages (as boxes) and reasons."""
+    name, token, password = member(daemon, "colour")
+    script = ("import sys, time; print('\\x1b[31mred live\\x1b[0m\\x1b]0;title\\x07', flush=True); time.sleep(4); "
+              "print('\\x1b[32mgreen saved\\x1b[0m', flush=True); sys.exit('\\x1b[91mERROR: it failed\\x1b[0m')")
+    job_id = submit_api(daemon, token, ["python3", "-c", script])
+    page = context.new_page()
+    login(page, daemon, name, password)
+    wait_for(lambda: job_state(daemon, token, job_id) == "running", 60, 0.2, "the job to run")
+    page.goto(f"{daemon.url}/ui/jobs/{job_id}")
+    page.wait_for_function("document.getElementById('log').textContent.includes('red live')", timeout=20000)
+    assert "\x1b" not in page.eval_on_selector("#log", "e => e.textContent")  # the live log, as the page's script shows it
+    wait_for(lambda: job_state(daemon, token, job_id) == "failed", 60, 0.2, "the job to end")
+    page.goto(f"{daemon.url}/ui/jobs/{job_id}")
+    text = page.eval_on_selector("#log", "e => e.textContent")
+    assert "green saved" in text and "\x1b" not in text and "\x1b" not in page.content()  # the saved log
+    job = daemon.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"]
+    assert "\x1b" not in json.dumps(job, ensure_ascii=False)
+    page.close()

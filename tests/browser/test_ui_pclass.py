@@ -84,7 +84,7 @@ def test_the_job_page_shows_the_class_the_attempt_and_each_preemption(make_daemo
             page.goto(f"{d.url}/ui/jobs/{train}")
             # within the grace period (15 s from the preemption's request): SIGTERM sent, not stopped yet
             preempting = page.locator("#preempting").inner_text()
-            assert preempting.startswith("Being preempted since ") and f"for job {prod[:8]} of {bob} (class production" in preempting
+            assert preempting.startswith("Being preempted since ") and f"for job {prod[:12]} of {bob} (class production" in preempting
             assert page.locator("#job-attempt").inner_text() == "1" and page.locator("#preemptions li.preemption").count() == 0
             wait_for(lambda: job(d, alice_token, train)["attempt"] == 2, 60, 0.2, "the preemptible job to be stopped and queued again")
             page.goto(f"{d.url}/ui/jobs/{train}")
@@ -93,7 +93,7 @@ def test_the_job_page_shows_the_class_the_attempt_and_each_preemption(make_daemo
             items = page.locator("#preemptions li.preemption")
             assert items.count() == 1
             text = items.first.inner_text()
-            assert text.startswith("Attempt 1 preempted ") and f"preempted for job {prod[:8]} of {bob} (class production, 1 GPU)" in text
+            assert text.startswith("Attempt 1 preempted ") and f"preempted for job {prod[:12]} of {bob} (class production, 1 GPU)" in text
             assert items.first.locator("a").count() == 0  # bob's job is not alice's to open
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "job-preempted.png"), full_page=True)

@@ -100,10 +100,11 @@ def test_the_gpu_environment_is_the_allocation_whatever_the_spec_says(make_runti
     rt.start_job(req)
     ended(rt, req.job_id)
     assert "CUDA=GPU-a,GPU-b NVIDIA=GPU-a,GPU-b OUT=/outputs" in b"".join(rt.logs(req.job_id)).decode()
-    none = request(tmp_path, ["sh", "-c", "echo NVIDIA=$NVIDIA_VISIBLE_DEVICES"])
+    none = request(tmp_path, ["sh", "-c", "echo NVIDIA=$NVIDIA_VISIBLE_DEVICES USER=$USER LOGNAME=$LOGNAME"])
     rt.start_job(none)
     ended(rt, none.job_id)
-    assert "NVIDIA=void" in b"".join(rt.logs(none.job_id)).decode()
+    # USER and LOGNAME name the owner: the container's uid need not be in the image's /etc/passwd (getpass)
+    assert "NVIDIA=void USER=alice LOGNAME=alice" in b"".join(rt.logs(none.job_id)).decode()
 
 
 def test_start_stop_and_remove_are_idempotent(make_runtime, tmp_path):
@@ -211,6 +212,7 @@ def test_an_image_is_built_and_removed_but_not_while_a_container_uses_it(make_ru
 def test_the_engine_describes_itself(make_runtime):
     info = make_runtime().engine_info()
     assert info["version"] and isinstance(info["nvidia"], bool)
+    assert info["gateway"] is None or info["gateway"].count(".") == 3  # the host's IPv4 address on mlpd's network
 
 
 def test_terminate_sends_sigterm_and_returns_at_once_and_the_attempt_is_labelled(make_runtime, tmp_path):
@@ -225,3 +227,37 @@ def test_terminate_sends_sigterm_and_returns_at_once_and_the_attempt_is_labelled
     rt.terminate(req.job_id)  # an ended workload: no error
     rt.remove(req.job_id)
     rt.terminate(req.job_id)  # a gone one: no error
+
+
+def test_an_image_is_made_by_running_a_command_and_a_failed_run_makes_none(make_runtime, tmp_path):
+    from mlpd.runtime import BuildRequest
+
+    rt = make_runtime()
+    tag = f"mlpd/contract-{secrets.token_hex(4)}:1"
+    build = BuildRequest(base=IMAGE, tag=tag, command=("sh", "-c", "echo building with $MLPD_NOTE; exit 0"), user="1000:1000",
+                         directory="/opt/mlpd-contract", files=(("note.txt", "hello\n"),),
+                         env={"MLPD_NOTE": "a-note", "PATH": "/opt/mlpd-contract/bin:$PATH"}, labels={"org.mlpd.test": "built"})
+    lines = list(rt.build_by_running(build))
+    assert "building with a-note" in lines
+    assert rt.image_present(tag) and rt.image_labels(tag)["org.mlpd.test"] == "built"
+    assert rt.list_jobs() == {}  # a build is no workload
+    req = request(tmp_path, ["sh", "-c", "echo note=$MLPD_NOTE path=$PATH"], image=tag)
+    rt.start_job(req)
+    ended(rt, req.job_id)
+    out = b"".join(rt.logs(req.job_id)).decode()
+    assert "note=a-note" in out and "path=/opt/mlpd-contract/bin:/" in out, out  # the base's PATH after the build's
+    rt.remove(req.job_id)
+    assert rt.remove_image(tag)
+    failing = BuildRequest(base=IMAGE, tag=tag, command=("sh", "-c", "echo broken; exit 3"), user="1000:1000", directory="/opt/mlpd-contract")
+    with pytest.raises(RuntimeFailure) as info:
+        list(rt.build_by_running(failing))
+    assert "code 3" in str(info.value)
+    assert not rt.image_present(tag) and rt.list_jobs() == {}
+    with pytest.raises(ImageMissing):
+        list(rt.build_by_running(BuildRequest(base=f"mlpd/absent-{secrets.token_hex(3)}:1", tag=tag, command=("true",), user="1000:1000",
+                                              directory="/opt/mlpd-contract")))
+    endless = BuildRequest(base=IMAGE, tag=tag, command=("sh", "-c", "echo waiting; sleep 600"), user="1000:1000",
+                           directory="/opt/mlpd-contract", timeout=3)
+    with pytest.raises(RuntimeFailure) as info:
+        list(rt.build_by_running(endless))
+    assert "took longer than" in str(info.value) and not rt.image_present(tag)

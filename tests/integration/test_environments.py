@@ -45,6 +45,25 @@ def test_requirements_are_built_once_reused_and_a_bad_one_fails_with_pips_messag
     history = [e["action"] for e in job["history"]] if "history" in job else \
         [e["action"] for e in daemon.api("GET", f"/api/v1/jobs/{first}", token).json()["job"]["history"]]
     assert "job.environment_built" in history
+    # the environment is the base's configuration with the packages' paths, as the job uid, and nothing of the
+    # container it was built in (its command, mounts or labels)
+    import re
+    import subprocess
+
+    tag = re.search(r"building the environment (mlpd/env:[0-9a-f]+)", logs).group(1)
+    image, base = (json.loads(subprocess.run(["docker", "image", "inspect", name], capture_output=True, text=True).stdout)[0]["Config"]
+                   for name in (tag, "mlpd/train:latest"))
+    assert image["User"] == "65200:65200" and image["Cmd"] == base["Cmd"] and image["WorkingDir"] == base["WorkingDir"]
+    assert not image.get("Volumes") and not image.get("Entrypoint")
+    assert "PYTHONUSERBASE=/opt/mlpd-env" in image["Env"] and any(e.startswith("PATH=/opt/mlpd-env/bin:") for e in image["Env"])
+    assert not [k for k in image["Labels"] if k.startswith("mlpd.")] and image["Labels"]["org.mlpd.env.requirements"] == tag.split(":")[1]
+    # what a person installed in their home (a workspace's ~/.local) is still importable, after the environment
+    probe = ("mkdir -p $HOME/.local/lib/python3.11/site-packages && echo 'X = 1' > $HOME/.local/lib/python3.11/site-packages/mine.py "
+             "&& python3 -c 'import mine, humanize, sys; print(\"MINE\", mine.X, sys.path.index(humanize.__path__[0].rsplit(\"/\", 1)[0]) < "
+             "sys.path.index(mine.__file__.rsplit(\"/\", 1)[0]))'")
+    done = subprocess.run(["docker", "run", "--rm", "--network", "none", "-e", "HOME=/tmp/h", tag, "sh", "-c", probe],
+                          capture_output=True, text=True, timeout=120)
+    assert "MINE 1 True" in done.stdout, done.stdout + done.stderr
 
     # the same requirements again: no build, and the job starts about as fast as one without requirements
     started = time.monotonic()
@@ -132,3 +151,80 @@ def test_login_takes_the_url_as_people_type_it_and_says_what_is_wrong(daemon, tm
     assert time.monotonic() - started < 40  # https against plain HTTP no longer hangs for 30 s
     nogpu = daemon.api("POST", "/api/v1/jobs", token, json={"command": ["true"], "gpus": 64})
     assert nogpu.status_code == 400 and "gpus: asks for 64 GPUs" in nogpu.json()["error"]["message"]
+
+
+PROBE_SETUP = """\
+import sys
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+import os
+gateway = next(line.split()[2] for line in open("/proc/net/route") if line.split()[1] == "00000000")
+gateway = ".".join(str(int(gateway[i:i + 2], 16)) for i in (6, 4, 2, 0))
+sys.stderr.write("MLPD-PROBE uid=%d cap_eff=%s no_new_privs=%s gateway=%s\\n"
+                 % (os.getuid(), status["CapEff"].strip(), status["NoNewPrivs"].strip(), gateway))
+sys.exit(1)
+"""
+
+
+def _host_address() -> str:
+    """This host's outbound address: reachable from a container on any bridge network."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.1", 9))  # no packet is sent; the kernel picks the route's source address
+        return sock.getsockname()[0]
+
+
+def test_an_environment_build_runs_without_root_or_capabilities(daemon, tmp_path):
+    """A requirement's build backend is a member's code: it runs as the job uid, with no capabilities and
+    no-new-privileges (issue 22: an sdist's setup.py ARP-spoofed a neighbour from a root build)."""
+    import http.server
+    import io
+    import tarfile
+    import threading
+
+    marker = uuid.uuid4().hex[:8]
+    sdist = io.BytesIO()
+    with tarfile.open(fileobj=sdist, mode="w:gz") as tar:
+        for name, text in ((f"probe{marker}-0.1/setup.py", PROBE_SETUP),
+                           (f"probe{marker}-0.1/PKG-INFO", f"Metadata-Version: 2.1\nName: probe{marker}\nVersion: 0.1\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    body = sdist.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        name, token = new_user(daemon)
+        project = tmp_path / "probe"
+        project.mkdir()
+        url = f"http://{_host_address()}:{server.server_address[1]}/probe{marker}-0.1.tar.gz"
+        (project / "requirements.txt").write_text(f"probe{marker} @ {url}\n")
+        (project / "x.py").write_text("print('never')\n")
+        job = wait_ended(daemon, token, run(daemon, token, project, "--", "python", "x.py"))
+        logs = daemon.api("GET", f"/api/v1/jobs/{job['id']}/logs", token).text
+        probe = next((line for line in logs.splitlines() if "MLPD-PROBE uid=" in line and "%d" not in line), None)
+        assert job["state"] == "failed" and probe, f"{job['reason']}\n{logs[-3000:]}"
+        fields = dict(item.split("=") for item in probe.split("MLPD-PROBE ", 1)[1].split())
+        assert fields["uid"] != "0", probe
+        assert int(fields["cap_eff"], 16) == 0, probe
+        assert fields["no_new_privs"] == "1", probe
+        import subprocess
+
+        isolated = subprocess.run(["docker", "network", "inspect", "mlpd-isolated", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
+                                  capture_output=True, text=True).stdout.split()
+        assert fields["gateway"] in isolated, (probe, isolated)  # on mlpd's isolated network, not the default bridge
+        leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", "name=mlpd-build-"], capture_output=True, text=True).stdout.split()
+        assert leftovers == []  # the build's container does not outlive it
+    finally:
+        server.shutdown()

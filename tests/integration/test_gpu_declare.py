@@ -26,6 +26,12 @@ def test_an_admin_declares_gpus_without_a_restart_and_they_stay_declared(make_da
     job = as_json(d.cli("run", "--no-code", "--gpus", "2", "--json", "--", "sh", "-c", "echo CUDA=$CUDA_VISIBLE_DEVICES", token=token))["job"]["id"]
     ran = wait_for(lambda: (j := d.api("GET", f"/api/v1/jobs/{job}", token).json()["job"])["state"] == "succeeded" and j, 60, 0.3, "the job")
     assert ran["gpus"]["uuids"] == ["DECLARED-0000", "DECLARED-0001"]  # the worker saw the declaration too
+    # issue 23 item 2: doctor said "no NVIDIA driver or no GPU ... GPU jobs are refused" after a declaration
+    import json
+
+    doctor = {c["name"]: c for c in json.loads(d.host_cli("doctor", "--json", "--listen", f"127.0.0.1:{d.port}").stdout)["checks"]}
+    assert "2 declared GPUs" in doctor["gpus"]["detail"] and "refused" not in doctor["gpus"]["detail"], doctor["gpus"]
+    assert "mlpd admin gpus declare 0" in doctor["gpus"]["fix"]
     d.stop()
     d.start()
     assert len(as_json(d.cli("gpus", "--json"))["gpus"]) == 2

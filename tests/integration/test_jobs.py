@@ -230,7 +230,7 @@ def test_gpu_escape_hatches_are_refused_or_stripped(daemon):
     running = wait_state(daemon, token, j, TERMINAL | {"running"})
     uuid_ = running["gpus"]["uuids"][0]
     done = wait_state(daemon, token, j, TERMINAL)
-    assert f"C={uuid_} N={uuid_} U=1000" in logs(daemon, token, j), logs(daemon, token, j)
+    assert f"C={uuid_} N={uuid_} U=65200" in logs(daemon, token, j), logs(daemon, token, j)
     assert done["state"] == "succeeded"
 
 
@@ -241,7 +241,7 @@ def test_container_is_locked_down_and_labelled(daemon, cleanup):
     running = wait_state(daemon, token, j, "running")
     c = container_of(j)
     host = c["HostConfig"]
-    assert c["Config"]["User"] == "1000:1000" and host["Privileged"] is False and host["Init"] is True
+    assert c["Config"]["User"] == "65200:65200" and host["Privileged"] is False and host["Init"] is True
     assert "no-new-privileges" in host["SecurityOpt"] and host["CapDrop"] == ["ALL"]
     assert host["Memory"] == 256 * 2**20 and host["NanoCpus"] == 5 * 10**8
     assert not any("docker.sock" in (m.get("Source") or "") for m in c["Mounts"])

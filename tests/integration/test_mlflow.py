@@ -125,6 +125,8 @@ def test_a_jobs_plain_mlflow_run_is_recorded_with_metric_mlpd_tags_and_user(daem
     # the CLI lists it; the job's own token died with the job
     listed = as_json(daemon.cli("runs", "--experiment", f"jobs-{name}", "--json", token=token))["runs"]
     assert [(r["run_id"], r["user"], r["job_id"], r["metrics"]) for r in listed] == [(run["info"]["run_id"], name, job["id"], {"loss": 0.5})]
+    assert listed[0]["experiment"] == f"jobs-{name}"  # issue 23 item 11: runs named their experiment by id only
+    assert f"jobs-{name}" in daemon.cli("runs", token=token).stdout
     assert f"jobs-{name}" in {e["name"] for e in as_json(daemon.cli("experiments", "--json", token=token))["experiments"]}
     tokens = as_json(daemon.cli("admin", "token", "list", "--json", token=token))["tokens"]
     job_tokens = [t for t in tokens if t["label"] == f"job:{job['id']}"]

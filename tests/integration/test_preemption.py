@@ -78,7 +78,7 @@ def test_a_production_job_preempts_a_checkpointing_job_that_resumes_as_attempt_2
     wait_state(d, bob_token, prod, {"running", "succeeded"})
     again = job(d, alice_token, train)
     assert again["attempt"] == 2 and again["state"] in ("queued", "starting", "running", "succeeded")
-    assert len(again["preemptions"]) == 1 and f"preempted for job {prod[:8]} of {bob} (class production" in again["preemptions"][0]["reason"]
+    assert len(again["preemptions"]) == 1 and f"preempted for job {prod[:12]} of {bob} (class production" in again["preemptions"][0]["reason"]
     wait_state(d, bob_token, prod, "succeeded")
     done = wait_state(d, alice_token, train, {"succeeded", "failed"}, timeout=90)
     assert done["state"] == "succeeded" and done["attempt"] == 2
@@ -93,7 +93,7 @@ def test_a_production_job_preempts_a_checkpointing_job_that_resumes_as_attempt_2
     show = d.cli("jobs", "show", train, token=alice_token)
     assert show.returncode == 0, show.stderr
     assert "attempt:     2" in show.stdout and "class:       preemptible" in show.stdout
-    assert f"preempted:   attempt 1 at " in show.stdout and f"for job {prod[:8]} of {bob}" in show.stdout
+    assert f"preempted:   attempt 1 at " in show.stdout and f"for job {prod[:12]} of {bob}" in show.stdout
 
     # the ledger: one row per attempt, each closed, no overlap with each other or with the production job's row
     db = sqlite3.connect(d.state_dir / "mlpd.db")

@@ -231,8 +231,8 @@ def test_the_daemon_as_its_unit_runs_it_answers_runs_a_job_and_leaves_containers
             time.sleep(0.5)
         assert seen["state"] == "succeeded", seen
         logs = subprocess.run([BIN, "logs", job_id], capture_output=True, text=True, env=client_env, timeout=60).stdout
-        assert "started as uid 1000" in logs and "finished ['train.py']" in logs, logs
-        # a file the job made private (uid 1000, 0600 in a 0700 directory) still reaches its owner
+        assert "started as uid 65200" in logs and "finished ['train.py']" in logs, logs
+        # a file the job made private (uid 65200, 0600 in a 0700 directory) still reaches its owner
         got = subprocess.run([BIN, "jobs", "outputs", job_id], capture_output=True, text=True, env=client_env, cwd=top, timeout=60)
         assert got.returncode == 0, got.stderr
         assert (top / f"outputs-{job_id}" / "model" / "private" / "w.txt").read_text() == "weights", got.stdout + got.stderr

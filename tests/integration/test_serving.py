@@ -138,7 +138,7 @@ def test_serve_a_registered_model_and_get_predictions_from_the_stable_endpoint(w
     direct = requests.post(f"http://127.0.0.1:{replica['port']}/invocations", json=INPUT, timeout=30)
     assert direct.status_code == 200 and direct.json() == answer.json()
     inspect = json.loads(subprocess.run(["docker", "inspect", f"mlpd-job-{replica['job_id']}"], capture_output=True, text=True).stdout)[0]
-    assert inspect["Config"]["Labels"]["mlpd.kind"] == "deployment" and inspect["Config"]["User"] == "1000:1000"
+    assert inspect["Config"]["Labels"]["mlpd.kind"] == "deployment" and inspect["Config"]["User"] == "65200:65200"
     env = dict(e.split("=", 1) for e in inspect["Config"]["Env"])
     assert not [k for k in env if k.startswith(("MLFLOW_TRACKING", "MLPD_TOKEN"))], env
     assert inspect["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
@@ -146,6 +146,18 @@ def test_serve_a_registered_model_and_get_predictions_from_the_stable_endpoint(w
 
     listed = d.cli("deployments", token=token)
     assert listed.returncode == 0 and world["deployment"] in listed.stdout and "serving" in listed.stdout
+
+    # what the model takes, and a request that runs as written once MLPD_TOKEN is set (the token or the key)
+    shown = d.cli("deployments", "show", world["deployment"], token=token)
+    assert "input     x (double)" in shown.stdout and "MLPD_TOKEN" in shown.stdout, shown.stdout
+    taken = show(world)["input"]
+    assert taken["inputs"] == [{"name": "x", "type": "double", "required": True}] and taken["version"] == "1", taken
+    assert taken["example"] == {"dataframe_split": {"columns": ["x"], "data": [[0.0], [1.0]]}}, taken
+    for secret in (token, world["key"]):
+        ran = subprocess.run(["sh", "-c", taken["curl"]], env={"PATH": "/usr/bin:/bin", "MLPD_TOKEN": secret},
+                             capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0 and [round(p, 6) for p in json.loads(ran.stdout)["predictions"]] == [0.0, 2.0], (ran.stdout, ran.stderr)
+    assert "x" in web.get(f"{d.url}/ui/deployments/{world['deployment']}", timeout=30).text.split('id="dep-input"', 1)[1]
 
 
 def test_moving_the_alias_rolls_over_with_no_failed_request(world):

@@ -379,7 +379,7 @@ def test_a_workspace_wanting_busy_gpus_fails_at_once_naming_holders_or_waits_for
     wait_for(lambda: wsd.api("GET", f"/api/v1/jobs/{job_id}", jtok).json()["job"]["state"] == "running", 60, 0.2, "the job to run")
     refused = wsd.cli("ws", "create", "gpu", "--gpus", "1", token=token)
     assert refused.returncode == 1
-    assert "only 0 are free" in refused.stderr and f"by {jobber} (job {job_id})" in refused.stderr and "--wait" in refused.stderr
+    assert "only 0 are free" in refused.stderr and f"held by job {job_id[:12]} of {jobber}" in refused.stderr and "--wait" in refused.stderr
     assert wsd.api("GET", "/api/v1/workspaces/gpu", token).status_code == 404  # nothing was left behind
     waiting = subprocess.Popen([BIN, "ws", "create", "gpu", "--gpus", "1", "--wait", "--json"], env=wsd.env(token),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -452,6 +452,7 @@ def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(ws
     name, token = member(wsd)
     other, otoken = member(wsd)
     port, key = sshd
+    w = create(wsd, token, "ide")  # issue 23 item 6: the first key, added while the workspace runs, works at once
     bad = wsd.cli("keys", "add", str(key), token=token)  # the private half is refused
     assert bad.returncode == 1 and "public key" in bad.stderr
     added = wsd.cli("keys", "add", f"{key}.pub", "--json", token=token)
@@ -459,7 +460,6 @@ def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(ws
     assert json.loads(added.stdout)["key"]["fingerprint"].startswith("SHA256:")
     evil = wsd.api("POST", "/api/v1/keys", token, json={"key": 'command="sh" ' + (tmp_path / "x").name})
     assert evil.status_code == 400
-    w = create(wsd, token, "ide")
     cfg = wsd.cli("ws", "ssh-config", "ide", "--ssh-host", "127.0.0.1", "--ssh-port", str(port), "--ssh-user", getpass.getuser(),
                   "-i", str(key), token=token)
     assert cfg.returncode == 0, cfg.stderr
@@ -471,7 +471,7 @@ def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(ws
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0] == "1000" and lines[1] == "/home/mlpd" and lines[2].startswith(f"{name} (member)") and lines[3] == "CUDA="
+    assert lines[0] == "65200" and lines[1] == "/home/mlpd" and lines[2].startswith(f"{name} (member)") and lines[3] == "CUDA="
     # Another member's workspace (with an sshd for that member's own key) does not take this key.
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other_key")], check=True)
     assert wsd.cli("keys", "add", str(tmp_path / "other_key.pub"), token=otoken).returncode == 0
@@ -487,6 +487,30 @@ def test_ssh_into_the_workspace_itself_through_the_host_with_a_registered_key(ws
     assert gone.returncode != 0  # a removed key no longer opens it, without a restart
     for tok in (token, otoken):
         wsd.api("DELETE", "/api/v1/workspaces/ide", tok)
+
+
+def test_the_jupyterlab_terminal_runs_bash_in_the_home_with_mlflow_set(wsd):
+    """Issue 23 item 5: JupyterLab had no terminal (terminalsAvailable false, /api/terminals 404)."""
+    import websocket
+
+    name, token = member(wsd)
+    w = create(wsd, token, "term")
+    created = jupyter(w, "/api/terminals", "POST")
+    assert created.status_code == 200, created.text
+    term = created.json()["name"]
+    ws = websocket.create_connection(f"ws://127.0.0.1:{w['port']}/terminals/websocket/{term}?token={w['token']}", timeout=30)
+    ws.send(json.dumps(["stdin", "echo SHELL=$0 HOME=$HOME PWD=$(pwd) URI=$MLFLOW_TRACKING_URI; mlpd whoami\r"]))
+    out, deadline = "", time.monotonic() + 30
+    while "(member)" not in out and time.monotonic() < deadline:
+        msg = json.loads(ws.recv())
+        if msg[0] == "stdout":
+            out += msg[1]
+    ws.close()
+    assert "SHELL=/bin/bash" in out and "HOME=/home/mlpd PWD=/home/mlpd" in out and "URI=http" in out, out
+    assert f"{name} (member)" in out, out
+    listed = jupyter(w, "/api/terminals").json()
+    assert [t["name"] for t in listed] == [term] and listed[0].get("last_activity")  # what culling reads as activity
+    wsd.api("DELETE", "/api/v1/workspaces/term", token)
 
 
 def test_a_workspace_with_requirements_runs_in_its_environment(wsd, tmp_path):

@@ -380,3 +380,25 @@ def test_downloaded_outputs_folders_are_not_shipped_as_code(tmp_path):
     (tmp_path / "outputs-notajob").mkdir()
     (tmp_path / "outputs-notajob" / "keep.txt").write_text("k")
     assert list(iter_included_files(str(tmp_path))) == ["outputs-notajob/keep.txt", "train.py"]
+
+
+def _empty_members_archive(path, n):
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for i in range(n):
+            tar.addfile(tarfile.TarInfo(f"f{i}"))
+    return path
+
+
+def test_an_archive_of_many_empty_members_is_refused_while_read_and_leaves_nothing(tmp_path):
+    # Issue 22: 200,000 empty members in a 1.2 MB archive were accepted (inodes); the default cap is 20,000.
+    archive = _empty_members_archive(tmp_path / "many.tar.gz", 20_001)
+    dest = tmp_path / "store" / "code"
+    with pytest.raises(CodeArchiveError, match=r"more than 20000 members .*jobs.max_code_files.*\.mlpdignore"):
+        extract_archive(str(archive), str(dest))
+    assert not dest.exists() and os.listdir(tmp_path / "store") == []
+    small = _empty_members_archive(tmp_path / "small.tar.gz", 11)
+    with pytest.raises(CodeArchiveError, match="more than 10 members"):
+        extract_archive(str(small), str(dest), max_members=10)
+    assert extract_archive(str(small), str(dest), max_members=11) == 11

@@ -88,7 +88,7 @@ def test_a_production_job_preempts_the_latest_preemptible_job_which_runs_again_a
     assert w.events(new) == ["queued", "starting", "running", "preempt_requested", "preempted", "queued", "reserved"]
     preempted = jobs.preemptions(jobs.history(w.store, new))
     assert len(preempted) == 1 and preempted[0]["attempt"] == 1
-    assert preempted[0]["reason"] == f"preempted for job {prod[:8]} of bob (class production, 1 GPU)"
+    assert preempted[0]["reason"] == f"preempted for job {prod[:12]} of bob (class production, 1 GPU)"
     assert w.state(prod) == "running"
     assert w.job(prod)["gpu_uuids"] == [w.ledger(new)[0]["gpu_uuid"]]  # it took the preempted job's GPU
     # attempt 1's output is kept beside the job's log; its token died with the attempt

@@ -69,3 +69,45 @@ def test_a_state_directory_under_tmp_gets_a_warning_that_the_unit_cannot_use_it(
     finally:
         for top in tops:
             shutil.rmtree(top, ignore_errors=True)
+
+
+PASSWD = """\
+root:x:0:0:root:/root:/bin/bash
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+cloudsdk:x:1000:1000::/home/cloudsdk:/bin/bash
+olduser:x:1001:1001::/home/olduser:
+mlpd-jobs:x:998:998:mlpd jobs:/nonexistent:/usr/sbin/nologin
+ghost:x:997:997::/:/bin/false
+"""
+
+
+def test_a_job_uid_that_is_a_login_account_fails_with_the_fix_and_a_no_login_or_unused_one_is_ok():
+    from mlpd.doctor import job_user_check
+
+    login = job_user_check("1000:1000", PASSWD)
+    assert login.status == FAIL and "cloudsdk" in login.detail and "/proc/PID/environ" in login.detail
+    assert "install.sh" in login.fix and "jobs.container_user" in login.fix and "mlpd images build" in login.fix
+    assert job_user_check("1001:1001", PASSWD).status == FAIL  # an empty shell is /bin/sh
+    for uid in ("998:998", "997:997"):
+        check = job_user_check(uid, PASSWD)
+        assert check.status == OK and "no login" in check.detail, check
+    unused = job_user_check("65200:65200", PASSWD)
+    assert unused.status == OK and "no host account" in unused.detail
+
+
+def test_the_shipped_job_uid_is_no_login_account_on_this_host(tmp_path):
+    checks, cfg = checks_by_name(tmp_path)
+    assert cfg["jobs.container_user"] == "65200:65200"
+    assert checks["job uid"].status == OK, checks["job uid"]
+
+
+def test_a_container_listen_address_off_mlpds_network_gets_a_warning_and_the_fix(tmp_path):
+    from mlpd.doctor import container_network_check
+
+    assert container_network_check("auto", "10.77.0.1").status == OK and "10.77.0.1" in container_network_check("auto", "10.77.0.1").detail
+    assert container_network_check("10.77.0.1:8470", "10.77.0.1").status == OK
+    stale = container_network_check("172.17.0.1", "10.77.0.1")  # pinned to docker0 before mlpd had its own network
+    assert stale.status == WARN and "cannot reach the daemon" in stale.detail and 'container_listen = "auto"' in stale.fix
+    assert container_network_check("auto", None) is None  # the in-memory runtime has no network
+    checks, _ = checks_by_name(tmp_path)
+    assert "container network" not in checks

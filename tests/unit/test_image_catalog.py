@@ -20,6 +20,7 @@ from mlpd.runtime import RuntimeFailure
 
 PYTORCH_DOCKERFILE = os.path.join(images_dir(), "pytorch", "Dockerfile")
 TRAIN_DOCKERFILE = os.path.join(images_dir(), "train", "Dockerfile")
+JOB_ARGS = {"JOB_UID": "65200", "JOB_GID": "65200"}  # the default jobs.container_user, passed to every build
 
 
 def config(tmp_path, images: str = "") -> object:
@@ -55,8 +56,9 @@ def test_by_default_only_the_training_and_workspace_images_are_built(tmp_path):
     rt = RecordingRuntime(nvidia=True, registry=(PYTORCH_CUDA_BASE,))
     lines = list(build_missing(rt, cfg))
     assert set(rt.builds) == {"mlpd/train:latest", "mlpd/workspace:latest"} and rt.pulled == []
-    assert rt.builds["mlpd/train:latest"] == {"BASE": "mlpd/base:bookworm"}
-    assert rt.builds["mlpd/workspace:latest"] == {"TRAIN": "mlpd/train:latest"}
+    job = {"JOB_UID": "65200", "JOB_GID": "65200"}  # jobs.container_user
+    assert rt.builds["mlpd/train:latest"] == {"BASE": "mlpd/base:bookworm", **job}
+    assert rt.builds["mlpd/workspace:latest"] == {"TRAIN": "mlpd/train:latest", **job}
     assert not any("pytorch" in line for line in lines)
 
 
@@ -78,27 +80,29 @@ def test_pytorch_is_built_when_asked_for_by_flag_or_by_config(tmp_path):
 def test_which_base_wheel_and_build_args_the_pytorch_image_gets(tmp_path, setting, nvidia, base, variant, stack, pull, fallback):
     d = pytorch_definition(config(tmp_path, f'pytorch_base = "{setting}"'), nvidia)
     assert d.tag == PYTORCH_TAG and d.directory == "pytorch" and d.pull == pull
-    assert d.build_args("mlpd/base:bookworm") == {"BASE": base, "TORCH_VARIANT": variant, "INSTALL_STACK": stack}
+    assert d.build_args("mlpd/base:bookworm", "65200:65201") == {"BASE": base, "TORCH_VARIANT": variant, "INSTALL_STACK": stack,
+                                                                "JOB_UID": "65200", "JOB_GID": "65201"}
     # built on the training image: rebuilt when that one is, as the workspace image is
     assert d.built_on == ("mlpd/train:latest" if base == "mlpd/train:latest" else "")
     if fallback is None:
         assert d.fallback is None
     else:
-        assert d.fallback.build_args("x") == {"BASE": "mlpd/train:latest", "TORCH_VARIANT": fallback, "INSTALL_STACK": "0"}
+        assert d.fallback.build_args("x", "65200:65200") == {"BASE": "mlpd/train:latest", "TORCH_VARIANT": fallback, "INSTALL_STACK": "0",
+                                                             "JOB_UID": "65200", "JOB_GID": "65200"}
 
 
 def test_a_gpu_host_with_a_registry_pulls_the_cuda_base(tmp_path):
     rt = RecordingRuntime(nvidia=True, registry=(PYTORCH_CUDA_BASE,))
     lines = list(build_missing(rt, config(tmp_path), extra=["pytorch"]))
     assert rt.pulled == [PYTORCH_CUDA_BASE]
-    assert rt.builds[PYTORCH_TAG] == {"BASE": PYTORCH_CUDA_BASE, "TORCH_VARIANT": PYTORCH_CUDA_VARIANT, "INSTALL_STACK": "1"}
+    assert rt.builds[PYTORCH_TAG] == {"BASE": PYTORCH_CUDA_BASE, "TORCH_VARIANT": PYTORCH_CUDA_VARIANT, "INSTALL_STACK": "1", **JOB_ARGS}
     assert f"{PYTORCH_TAG}: built" in lines
 
 
 def test_a_gpu_host_without_a_registry_builds_it_on_the_training_image(tmp_path):
     rt = RecordingRuntime(nvidia=True)
     lines = list(build_missing(rt, config(tmp_path, 'extra = ["pytorch"]')))
-    assert rt.builds[PYTORCH_TAG] == {"BASE": "mlpd/train:latest", "TORCH_VARIANT": PYTORCH_CUDA_VARIANT, "INSTALL_STACK": "0"}
+    assert rt.builds[PYTORCH_TAG] == {"BASE": "mlpd/train:latest", "TORCH_VARIANT": PYTORCH_CUDA_VARIANT, "INSTALL_STACK": "0", **JOB_ARGS}
     assert any("could not be pulled" in line and "building it on the training image instead" in line for line in lines), lines
     # built once; the next run finds it current (the fallback's sources are what it carries)
     again = list(build_missing(rt, config(tmp_path, 'extra = ["pytorch"]')))
@@ -115,7 +119,7 @@ def test_a_named_base_that_cannot_be_pulled_fails_with_what_to_do(tmp_path):
 def test_a_cpu_host_gets_the_cpu_wheel_and_switching_variant_means_a_rebuild(tmp_path):
     rt = RecordingRuntime(nvidia=False)
     list(build_missing(rt, config(tmp_path), extra=["pytorch"]))
-    assert rt.builds[PYTORCH_TAG] == {"BASE": "mlpd/train:latest", "TORCH_VARIANT": "cpu", "INSTALL_STACK": "0"}
+    assert rt.builds[PYTORCH_TAG] == {"BASE": "mlpd/train:latest", "TORCH_VARIANT": "cpu", "INSTALL_STACK": "0", **JOB_ARGS}
     cfg = config(tmp_path)
     assert expected_source(rt, cfg, pytorch_definition(cfg, False)) != expected_source(rt, cfg, pytorch_definition(cfg, True).fallback)
 
@@ -137,7 +141,28 @@ def test_the_pytorch_dockerfile_pins_its_versions():
     assert {"BASE", "TORCH_VARIANT", "INSTALL_STACK"} <= set(args)
     cuda = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-cudnn-runtime-ubuntu\d+\.\d+", PYTORCH_CUDA_BASE)
     assert cuda and PYTORCH_CUDA_VARIANT == f"cu{cuda.group(1)}{cuda.group(2)}"
-    assert "USER 1000:1000" in text
+    assert "USER ${JOB_UID}:${JOB_GID}" in text
+
+
+def test_every_image_makes_and_runs_as_the_configured_job_account(tmp_path):
+    """The images carry an account of jobs.container_user's uid (sshd and getpass need one) and run as it;
+    a changed uid makes them stale."""
+    import re as _re
+
+    from mlpd.image_catalog import definitions, expected_source, images_dir
+    from mlpd.memory_runtime import MemoryRuntime
+
+    cfg = config(tmp_path, "")
+    for d in definitions(cfg):
+        assert {"JOB_UID": "65200", "JOB_GID": "65200"}.items() <= d.build_args("mlpd/base:bookworm", cfg["jobs.container_user"]).items()
+    for name in ("train", "workspace", "pytorch"):
+        text = open(os.path.join(images_dir(), name, "Dockerfile")).read()
+        assert _re.findall(r"^USER (.*)$", text, _re.M)[-1] == "${JOB_UID}:${JOB_GID}", name
+        assert "ARG JOB_UID=65200" in text and "1000" not in text.replace("10000", ""), name
+    rt = MemoryRuntime("x", images=())
+    train = definitions(cfg)[0]
+    other = load_config(str(tmp_path / "mlpd.toml"), {"jobs.container_user": "65300:65300"})
+    assert expected_source(rt, cfg, train) != expected_source(rt, other, train)
 
 
 def test_unknown_optional_images_are_refused_by_config_and_by_the_cli(tmp_path):

@@ -50,3 +50,22 @@ def test_old_ended_jobs_lose_their_files_live_ones_never_and_unused_code_goes(tm
     assert jobs.get(store, ended_old)["state"] == "cancelled"  # the record stays
     assert "job.files_removed" in [e["action"] for e in jobs.history(store, ended_old)]
     assert retention.apply(store, state, 30, 30, now).job_dirs == []  # nothing twice
+
+
+def test_code_a_job_uses_after_the_plan_is_kept_in_every_state_the_plan_keeps(tmp_path):
+    """Issue 23 item 13: apply's re-check left out 'preempted', which the plan itself keeps."""
+    state = str(tmp_path)
+    store = Store(os.path.join(state, "mlpd.db"))
+    store.migrate()
+    now = time.time()
+    digest = "c" * 64
+    os.makedirs(jobs.code_dir(state, digest))
+    due = retention.plan(store, state, 30, 30, now + 40 * DAY)
+    assert due.code == [digest]  # nothing uses it when the plan is made
+    spec, _ = parse_spec({"command": ["true"], "code": digest})
+    job_id = jobs.submit(store, "alice", spec, now=now)["id"]  # then a job takes it, and is preempted at once
+    jobs.transition(store, job_id, JobState.STARTING, gpu_uuids=[], gpu_indices=[])
+    jobs.transition(store, job_id, JobState.RUNNING, started_at=now)
+    assert jobs.transition(store, job_id, JobState.PREEMPTED, reason="for a production job")
+    done = retention.apply(store, state, 30, 30, now + 40 * DAY, chosen=due)
+    assert done.code == [] and os.path.isdir(jobs.code_dir(state, digest))

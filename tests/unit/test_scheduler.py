@@ -63,23 +63,34 @@ def test_two_one_gpu_jobs_use_different_gpus_and_a_third_waits_for_the_earliest_
     assert w.position == 3
     assert w.estimated_start == NOW + HOUR  # bob's job ends first
     assert {h.owner for h in w.blocking} == {"bob"}
-    assert "bob (job j2) until" in w.reason and "at the latest" in w.reason
+    assert "job j2 of bob until" in w.reason and "at the latest" in w.reason
 
 
 def test_wait_reason_names_owner_short_job_id_and_latest_end():
-    holdings = [Holding("GPU-1", "7f3a9c2e-long-uuid", "alice", NOW + 2 * HOUR),
-                Holding("GPU-3", "91cc04ab-long-uuid", "bob", None)]
+    holdings = [Holding("GPU-1", "7f3a9c2e4b1d", "alice", NOW + 2 * HOUR),
+                Holding("GPU-3", "91cc04ab5e2f", "bob", None)]
     plan = explained(gpus(4), holdings, [job("x", gpus=2, model=A100, time_limit=HOUR),
                                         job("big", gpus=4, submitted_at=1)], NOW)
     assert placed(plan) == {"x": ("GPU-0", "GPU-2")}
     w = wait_of(plan, "big")
     assert w.position == 2
-    assert f"GPU 1 held by alice (job 7f3a9c2e) until {format_time(NOW + 2 * HOUR)} at the latest" \
+    # The whole id as 'mlpd jobs' lists it, so 'mlpd jobs show' finds it.
+    assert f"GPU 1 held by job 7f3a9c2e4b1d of alice until {format_time(NOW + 2 * HOUR)} at the latest" \
         in w.reason
-    assert "GPU 3 held by bob (job 91cc04ab), no time limit" in w.reason
+    assert "GPU 3 held by job 91cc04ab5e2f of bob, no time limit" in w.reason
     assert w.reason.startswith("waiting for 4 GPUs (NVIDIA A100)")
     assert w.estimated_start is None  # bob's job has no end
-    assert {h.job_id for h in w.blocking} >= {"7f3a9c2e-long-uuid", "91cc04ab-long-uuid"}
+    assert {h.job_id for h in w.blocking} >= {"7f3a9c2e4b1d", "91cc04ab5e2f"}
+
+
+def test_wait_reason_names_a_workspace_and_a_replica_by_their_names_not_their_session_ids():
+    holdings = [Holding("GPU-0", "8e946a850fbf", "nina", None, "workspace lab (nina)"),
+                Holding("GPU-1", "1234abcd5678", "omar", None, "deployment iris, replica 0 (omar)")]
+    plan = explained(gpus(2), holdings, [job("big", gpus=2)], NOW)
+    w = wait_of(plan, "big")
+    assert "GPU 0 held by workspace lab (nina), no time limit" in w.reason
+    assert "GPU 1 held by deployment iris, replica 0 (omar), no time limit" in w.reason
+    assert "8e946a85" not in w.reason
 
 
 def test_times_are_utc_rounded_up_to_the_minute():

@@ -87,3 +87,65 @@ def test_links_in_the_store_are_refused_never_followed(tmp_path):
     os.rename(model, model + "-real")
     os.symlink(model + "-real", model)
     assert read_store_file(str(tmp_path), location, "requirements.txt") is None
+
+
+# ---------------------------------------------------------------- what a model takes (deployments show)
+
+MLMODEL = """flavors:
+  python_function:
+    loader_module: mlflow.sklearn
+saved_input_example_info:
+  artifact_path: input_example.json
+  pandas_orient: split
+  serving_input_path: serving_input_example.json
+  type: dataframe
+signature:
+  inputs: '[{"type": "double", "name": "x", "required": true}, {"type": "double",
+    "name": "y", "required": true}]'
+  outputs: '[{"type": "double", "required": true}]'
+  params: null
+"""
+
+
+def _model(tmp_path, files: dict[str, str]) -> tuple[str, str]:
+    state = str(tmp_path / "state")
+    path = os.path.join(tracking.artifacts_dir(state), "1", "models", "m-1", "artifacts")
+    os.makedirs(path)
+    for name, text in files.items():
+        with open(os.path.join(path, name), "w") as fh:
+            fh.write(text)
+    return state, "mlflow-artifacts:/1/models/m-1/artifacts"
+
+
+def test_the_input_columns_and_example_come_from_the_models_signature_and_saved_example(tmp_path):
+    from mlpd.serving_models import input_of, input_schema
+
+    example = '{"dataframe_split": {"columns": ["x", "y"], "data": [[1.0, 0.5]]}}'
+    state, location = _model(tmp_path, {"MLmodel": MLMODEL, "serving_input_example.json": example})
+    schema = input_schema(state, location)
+    assert schema["inputs"] == [{"name": "x", "type": "double", "required": True}, {"name": "y", "type": "double", "required": True}]
+    assert schema["example"] == {"dataframe_split": {"columns": ["x", "y"], "data": [[1.0, 0.5]]}}
+    assert schema["note"] == "the input example logged with the model"
+    dep = {"current": "r1", "spec": {"auth": "token"}}
+    shown = input_of(state, dep, [{"id": "r1", "state": "serving", "location": location, "model_version": "2"}],
+                     "http://127.0.0.1:8080/serve/iris/invocations")
+    assert shown["version"] == "2"
+    assert shown["curl"] == ("curl -sS -X POST http://127.0.0.1:8080/serve/iris/invocations -H \"Authorization: Bearer $MLPD_TOKEN\" "
+                             "-H 'Content-Type: application/json' -d '{\"dataframe_split\":{\"columns\":[\"x\",\"y\"],\"data\":[[1.0,0.5]]}}'")
+
+
+def test_without_a_saved_example_one_is_made_from_the_signature_and_without_a_signature_it_says_so(tmp_path):
+    from mlpd.serving_models import input_schema
+
+    state, location = _model(tmp_path, {"MLmodel": MLMODEL.replace("serving_input_path: serving_input_example.json", "")})
+    schema = input_schema(state, location)
+    assert schema["example"] == {"dataframe_split": {"columns": ["x", "y"], "data": [[0.0, 0.0]]}}
+    assert "placeholder" in schema["note"]
+    bare = tmp_path / "bare"
+    state, location = _model(bare, {"MLmodel": "flavors: {}\n"})
+    schema = input_schema(state, location)
+    assert schema["inputs"] is None and schema["example"] is None and "without a signature" in schema["note"]
+    link = tmp_path / "link"
+    state, location = _model(link, {"MLmodel": MLMODEL})
+    os.symlink("/etc/passwd", os.path.join(tracking.artifacts_dir(state), "1", "models", "m-1", "artifacts", "serving_input_example.json"))
+    assert input_schema(state, location)["example"] == {"dataframe_split": {"columns": ["x", "y"], "data": [[0.0, 0.0]]}}  # no link followed

@@ -120,8 +120,11 @@ def test_a_version_that_never_answers_is_rolled_back_and_the_old_one_keeps_servi
     world.step(seconds=301, passes=3)  # past serving.start_timeout (5m); then its replica is stopped
     dep = world.dep()
     assert dep["serving"]["version"] == "1" and dep["state"] == "serving"
-    assert [r["state"] for r in dep["revisions"]] == ["serving", "failed", "failed"]
-    assert "did not answer /ping within 300s" in dep["revisions"][2]["reason"] and "superseded" in dep["revisions"][1]["reason"]
+    # Version 2 did not fail: version 3 replaced it before it took traffic. Version 3 failed.
+    assert [r["state"] for r in dep["revisions"]] == ["serving", "superseded", "failed"]
+    assert "did not answer /ping within 300s" in dep["revisions"][2]["reason"]
+    assert dep["revisions"][1]["reason"] == "superseded by version 3 before it took traffic"
+    assert dep["last_change"] == "version 2 superseded by version 3 before it took traffic"
     assert dep["last_error"].startswith("version 3 rolled back; the previous version keeps serving")
     assert [r["version"] for r in dep["replica_list"]] == ["1"]
 
@@ -163,11 +166,26 @@ def test_a_canary_shares_the_traffic_until_promoted_or_rolled_back(world):
     world.roll(3, canary=50)
     world.step(passes=2)
     assert world.dep()["canary"]["version"] == "3"
-    assert serving.rollback(world.store, serving.by_id(world.store, "d1"), "alice") == "version 3"
+    assert serving.rollback(world.store, serving.by_id(world.store, "d1"), "alice", now=world.clock["now"]) == "version 3"
     world.step(passes=2)
     dep = world.dep()
     assert dep["canary"] is None and dep["serving"]["version"] == "2" and [r["version"] for r in dep["replica_list"]] == ["2"]
-    assert dep["revisions"][-1]["reason"] == "rolled back by alice" and dep["last_error"] == "version 3 rolled back by alice"
+    # A deliberate rollback says what happened, and is no error; the model named is the one that serves.
+    assert dep["revisions"][-1]["state"] == "rolled_back" and dep["revisions"][-1]["reason"] == "rolled back by alice"
+    assert dep["last_error"] == "" and dep["last_change"] == "version 3 rolled back by alice" and dep["state"] == "serving"
+    assert dep["model"] == "models:/churn/2" and dep["requested"] == "models:/churn/2"
+    assert [(r["version"], r["state"], r["reason"]) for r in dep["revisions"][:2]] == [
+        ("1", "retired", "replaced by version 2 (promoted by alice)"), ("2", "serving", "promoted by alice")]
     with pytest.raises(serving.DeploymentError) as err:
         serving.promote(world.store, world.cfg, serving.by_id(world.store, "d1"), "alice")
     assert err.value.status == 409
+
+
+def test_a_first_version_rolled_back_before_it_served_leaves_a_deployment_rolled_back_not_failed(world):
+    world.deploy()
+    world.step()  # rolling out, not yet answering
+    assert serving.rollback(world.store, serving.by_id(world.store, "d1"), "alice", now=world.clock["now"]) == "version 1"
+    world.step(passes=2)
+    dep = world.dep()
+    assert dep["state"] == "rolled_back" and dep["last_error"] == "" and dep["last_change"] == "version 1 rolled back by alice"
+    assert dep["replica_list"] == []

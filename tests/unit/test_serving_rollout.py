@@ -84,7 +84,14 @@ def test_a_draining_revision_stops_after_its_drain_and_then_retires():
 def test_an_older_rollout_is_superseded_by_a_newer_one():
     revisions = [rev("cur", 1, "serving"), rev("v2", 2, "rolling"), rev("v3", 3, "rolling")]
     actions = plan(revisions, [rep("c0", "cur"), rep("a0", "v2", healthy=False)], 1, NOW, TIMEOUT)
-    assert ("fail", "v2", 0, "") in kinds(actions) and ("start", "v3", 0, "") in kinds(actions)
+    assert ("supersede", "v2", 0, "") in kinds(actions) and ("start", "v3", 0, "") in kinds(actions)
+
+
+def test_nothing_of_a_rolled_back_or_superseded_revision_keeps_running():
+    revisions = [rev("back", 3, "rolled_back"), rev("sup", 2, "superseded"), rev("cur", 1, "serving")]
+    replicas = [rep("b0", "back"), rep("s0", "sup"), rep("c0", "cur")]
+    stops = [(a.job_id, a.reason) for a in plan(revisions, replicas, 1, NOW, TIMEOUT) if a.kind == "stop"]
+    assert sorted(stops) == [("b0", "version 3 was rolled back"), ("s0", "version 2 was superseded")]
 
 
 def test_nothing_of_a_failed_or_retired_revision_keeps_running():

@@ -19,6 +19,8 @@ function poll(el) {
 }
 
 var MAX_LOG = 1024 * 1024;
+// Terminal escape sequences and control characters in a job's output are shown as nothing (as mlpd.termsafe does).
+var CONTROLS = /\x1b(?:\[[0-?]*[ -\/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|[ -\/]*[0-~])|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]/g;
 
 function followLog(pre) {
   // Stream the job's output into the page; when the job ends, reload to show its final state.
@@ -27,7 +29,7 @@ function followLog(pre) {
   function say(text) { if (status) { status.textContent = text; } }
   function append(text) {
     var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 24;
-    pre.textContent += text;
+    pre.textContent += text.replace(CONTROLS, "");
     if (pre.textContent.length > MAX_LOG) { pre.textContent = pre.textContent.slice(-MAX_LOG); }
     if (atEnd) { pre.scrollTop = pre.scrollHeight; }
   }

@@ -1,0 +1,100 @@
+"""How a person reads the name of a workload, in one place for every surface (CLI, API text, UI, events).
+
+A workload row (the jobs table) is a job, a workspace's session or a deployment's replica. Its id
+is an implementation detail for the last two: a person knows ``workspace lab (nina)`` and
+``deployment iris, replica 0``, and looks them up with ``mlpd ws show lab`` and ``mlpd deployments
+show iris``. A job is named by its name where it has one, always with the start of its id, which
+``mlpd jobs show`` resolves (a unique prefix is enough).
+
+:func:`label` is pure (plain data in, text out); :func:`names_of` reads what it needs (workspace and
+deployment names, replica slots) for many rows in two queries, so a page of rows costs no more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+SHORT_ID = 12  # as 'mlpd jobs' lists ids; 'mlpd jobs show' takes any unique prefix
+
+
+def short_id(job_id: str) -> str:
+    """The start of a job id that people read (and 'mlpd jobs show' resolves)."""
+    return (job_id or "")[:SHORT_ID]
+
+
+@dataclass(frozen=True)
+class WorkloadName:
+    """What names one workload row: its kind, id and owner, and the name a person knows it by."""
+    kind: str  # job, workspace or deployment
+    job_id: str
+    owner: str
+    name: str | None = None  # a job's own name, or the workspace's / deployment's name
+    replica: int | None = None  # a deployment replica's slot ('mlpd deployments logs --slot')
+
+    def label(self, with_owner: bool = False) -> str:
+        """E.g. ``workspace lab (nina)``, ``deployment iris, replica 0``, ``job train (8e946a850fbf)``
+        (with its owner: ``job 8e946a850fbf of nina``, ``deployment iris, replica 0 (nina)``).
+
+        with_owner adds whose it is where the label does not say it already (a workspace's name is
+        its owner's, so it always does)."""
+        if self.kind == "workspace":
+            return f"workspace {self.name or short_id(self.job_id)} ({self.owner})"
+        if self.kind == "deployment":
+            text = f"deployment {self.name or short_id(self.job_id)}"
+            if self.replica is not None:
+                text += f", replica {self.replica}"
+            return text + (f" ({self.owner})" if with_owner else "")
+        text = f"job {self.name} ({short_id(self.job_id)})" if self.name else f"job {short_id(self.job_id)}"
+        return text + (f" of {self.owner}" if with_owner else "")
+
+    def show_command(self) -> str:
+        """The command that shows this workload (what a message that names it suggests)."""
+        if self.kind == "workspace":
+            return f"mlpd ws show {self.name}" if self.name else f"mlpd jobs show {short_id(self.job_id)}"
+        if self.kind == "deployment":
+            return f"mlpd deployments show {self.name}" if self.name else f"mlpd jobs show {short_id(self.job_id)}"
+        return f"mlpd jobs show {short_id(self.job_id)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API's form: label (with owner), the workload's name and kind, and the command to look it up."""
+        return {"kind": self.kind, "name": self.name, "replica": self.replica, "label": self.label(with_owner=True),
+                "show": self.show_command()}
+
+
+def label(kind: str, job_id: str, owner: str, name: str | None = None, replica: int | None = None,
+          with_owner: bool = False) -> str:
+    """The label of a workload from plain fields (see WorkloadName.label)."""
+    return WorkloadName(kind or "job", job_id, owner, name, replica).label(with_owner)
+
+
+def names_of(store, rows: Iterable[dict[str, Any]]) -> dict[str, WorkloadName]:
+    """{job id: WorkloadName} for workload rows (dicts with id, owner, kind, name, workload)."""
+    rows = [r for r in rows if r]
+    ws_ids = sorted({r["workload"] for r in rows if r.get("kind") == "workspace" and r.get("workload")})
+    dep_jobs = sorted({r["id"] for r in rows if r.get("kind") == "deployment"})
+    ws_names: dict[str, str] = {}
+    if ws_ids:
+        ws_names = {w["id"]: w["name"] for w in store.query(
+            f"SELECT id, name FROM workspaces WHERE id IN ({','.join('?' * len(ws_ids))})", ws_ids)}
+    replicas: dict[str, tuple[str, int]] = {}
+    if dep_jobs:
+        replicas = {r["job_id"]: (r["name"], r["slot"]) for r in store.query(
+            "SELECT r.job_id, r.slot, d.name FROM deployment_replicas r JOIN deployments d ON d.id = r.deployment "
+            f"WHERE r.job_id IN ({','.join('?' * len(dep_jobs))})", dep_jobs)}
+    out = {}
+    for r in rows:
+        kind = r.get("kind") or "job"
+        if kind == "workspace":
+            out[r["id"]] = WorkloadName(kind, r["id"], r["owner"], ws_names.get(r.get("workload") or ""))
+        elif kind == "deployment":
+            dep_name, slot = replicas.get(r["id"], (None, None))
+            out[r["id"]] = WorkloadName(kind, r["id"], r["owner"], dep_name, slot)
+        else:
+            out[r["id"]] = WorkloadName(kind, r["id"], r["owner"], r.get("name") or None)
+    return out
+
+
+def name_of(store, row: dict[str, Any]) -> WorkloadName:
+    """The WorkloadName of one workload row."""
+    return names_of(store, [row])[row["id"]]

@@ -72,7 +72,9 @@ def when(t: float | None) -> str:
 
 @ui.app_template_filter("duration")
 def duration(seconds: float | None) -> str:
-    return "-" if seconds is None else format_duration(seconds)
+    from mlpd.output import duration as for_people
+
+    return for_people(seconds)  # "<1s", not "0.0072s"
 
 
 @ui.app_template_filter("bytes")

@@ -27,7 +27,7 @@ def _mine(name: str) -> dict:
 
 
 def _tunnel(ws: dict, view: dict) -> dict:
-    host = config()["server.ssh_host"] or socket.getfqdn()
+    host = config()["server.ssh_host"] or request.host.rsplit(":", 1)[0].strip("[]") or socket.getfqdn()  # the host this browser reached
     return {"command": f"ssh -N -L {ws['port']}:127.0.0.1:{ws['port']} YOU@{host}", "url": view["url"], "cli": f"mlpd ws tunnel {ws['name']} --run"}
 
 
@@ -98,6 +98,7 @@ def _act(name: str, action: str):
         from mlpd.web.api_workspaces import _start_now_or_fail
         from mlpd import quotas
 
+        ws = workspaces.wait_stopped(store(), ws)  # a stop in progress ends first: its GPUs are free for the quota check
         quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
         before = ws["session"]
         ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from mlpd.cli.common import LazyGroup
-from mlpd.output import emit_json, table, when
+from mlpd.output import emit_json, table, when, plural
 
 state_dir_option = click.option(
     "--state-dir", type=click.Path(file_okay=False),
@@ -258,7 +258,7 @@ def gpus_declare(count: int, model: str | None) -> None:
     from mlpd.cli.common import _client
 
     done = _client().post("/gpus/declare", {"count": count, **({"model": model} if model else {})})
-    click.echo(f"{len(done['gpus'])} GPUs ({done['inventory']})" + ("" if count else ": back to mlpd.toml's gpus.declare or the real GPUs"))
+    click.echo(f"{plural(len(done['gpus']), 'GPU')} ({done['inventory']})" + ("" if count else ": back to mlpd.toml's gpus.declare or the real GPUs"))
 
 
 @gpus.command("drain")

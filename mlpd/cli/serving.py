@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from mlpd.cli.common import _client, json_option
+from mlpd.output import plural
 
 SETTLED = ("serving", "canary", "failed", "rolled_back", "degraded", "unavailable")
 
@@ -112,7 +113,11 @@ def serve(model_uri, name, gpus, gpu_model, cpus, memory, replicas, follow_alias
 @json_option
 @click.pass_context
 def deployments(ctx, all_users, as_json):
-    """Your deployments: model and version, state, endpoint, health, replicas."""
+    """Your deployments: model and version, state, endpoint, health, replicas.
+
+    \b
+    Commands: show (what serves, input columns, an example request), logs, update (roll out another
+    version, --canary P), promote, rollback, key (a new key for clients), rm."""
     if ctx.invoked_subcommand is not None:
         return
     rows = _client().get("/deployments", params={"all": 1} if all_users else None)["deployments"]
@@ -167,7 +172,7 @@ def deployments_show(name, as_json):
     if dep.get("requests"):
         click.echo("  requests (through the endpoint):")
         for m in dep["requests"]:
-            click.echo(f"    #{m['revision']} v{m['version'] or '?'}: {m['requests']} requests, {m['errors']} errors, mean {m['mean_ms']} ms, "
+            click.echo(f"    #{m['revision']} v{m['version'] or '?'}: {plural(m['requests'], 'request')}, {plural(m['errors'], 'error')}, mean {m['mean_ms']} ms, "
                        f"p50 <= {m['p50_ms_at_most']} ms, p99 <= {m['p99_ms_at_most']} ms")
 
 

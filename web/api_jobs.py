@@ -356,16 +356,25 @@ def logs_response(job_id: str, follow: bool) -> Response:
     def follow_live():
         # The live file holds the same bytes as the log saved at the end: having read `offset` bytes
         # of one, go on at `offset` of the other. Whole lines only until the end (stamps are per line).
-        attempt, offset, pending = None, 0, b""
+        attempt, offset, pending, built = None, 0, b"", 0
+        build_log = os.path.join(directory, "build.log")
         while True:
             job = jobs.get(st, job_id)
             if job is None:
                 return  # removed meanwhile
             if attempt is None and job["state"] != JobState.STARTING.value:
-                # the environment's build (if the job brought requirements) is written whole before the job starts
-                yield from saved(os.path.join(directory, "build.log"))
+                # the rest of the environment's build (if the job brought requirements), then its attempts
+                yield from logtext.select(rest_of(build_log, built, b""), timestamps, since)
                 yield from attempts_before(job)
                 attempt = job["attempts"] or 1
+            elif attempt is None:
+                # starting: the environment's build is written line by line as pip runs; follow it
+                data = _read_from(build_log, built)
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    built += cut
+                    yield from logtext.select([data[:cut]], timestamps, since)
+                    continue
             if job["state"] in TERMINAL_NAMES:
                 yield from saved_when_written(offset, pending)
                 return

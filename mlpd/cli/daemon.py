@@ -85,9 +85,10 @@ def doctor(config_file: str | None, state_dir: str | None, listen: str | None, a
         emit_json(doctor_json(checks))
     else:
         marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+        width = max((len(c.name) for c in checks), default=0)  # the longest name sets the column: names like images' vary
         for check in checks:
-            click.echo(f"{marks[check.status]}  {check.name:<24} {check.detail}")
+            click.echo(f"{marks[check.status]}  {check.name:<{width}}  {check.detail}")
             if check.fix:
-                click.echo(f"{'':<30}fix: {check.fix}")
+                click.echo(f"{'':<{width + 8}}fix: {check.fix}")
     if any(c.status == FAIL for c in checks):
         sys.exit(1)

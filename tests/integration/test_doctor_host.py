@@ -28,3 +28,8 @@ def test_doctor_fails_with_the_fix_when_the_daemon_state_is_missing(daemon, tmp_
     argv = [daemon.argv()[0], "doctor", "--state-dir", str(tmp_path / "nowhere"), "--listen", "127.0.0.1:9"]
     done = subprocess.run(argv, env=daemon.env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "FAIL  state directory" in done.stdout and "fix:" in done.stdout
+    # issue 23 item 12: the columns lined up only for names of up to 24 characters ("image mlpd/workspace:latest" is 27)
+    rows = [line for line in done.stdout.splitlines() if line[:4] in ("ok  ", "WARN", "FAIL")]
+    starts = {len(line) - len(line[6:].split("  ", 1)[1].lstrip(" ")) if "  " in line[6:] else -1 for line in rows}
+    assert len(starts) == 1 and -1 not in starts, done.stdout
+

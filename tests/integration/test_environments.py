@@ -8,6 +8,8 @@ import json
 import time
 import uuid
 
+import requests
+
 from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
@@ -226,5 +228,45 @@ def test_an_environment_build_runs_without_root_or_capabilities(daemon, tmp_path
         assert fields["gateway"] in isolated, (probe, isolated)  # on mlpd's isolated network, not the default bridge
         leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", "name=mlpd-build-"], capture_output=True, text=True).stdout.split()
         assert leftovers == []  # the build's container does not outlive it
+    finally:
+        server.shutdown()
+
+
+def test_following_a_job_streams_its_environment_build_while_it_builds(daemon, tmp_path):
+    """Issue 23 item 11: `run -f` showed the environment's build only once the job had started."""
+    import http.server
+    import threading
+    import time as _time
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            _time.sleep(8)  # the build waits on this download: the job stays 'starting' meanwhile
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        name, token = new_user(daemon)
+        project = tmp_path / "slow"
+        project.mkdir()
+        marker = uuid.uuid4().hex[:8]
+        (project / "requirements.txt").write_text(f"slow{marker} @ http://{_host_address()}:{server.server_address[1]}/slow{marker}-0.1.tar.gz\n")
+        (project / "x.py").write_text("print('never')\n")
+        job_id = run(daemon, token, project, "--", "python", "x.py")
+        seen_while = None
+        with requests.get(f"{daemon.url}/api/v1/jobs/{job_id}/logs", params={"follow": 1}, stream=True, timeout=120,
+                          headers={"Authorization": f"Bearer {token}"}) as resp:
+            text = ""
+            for chunk in resp.iter_content(chunk_size=None):
+                text += chunk.decode(errors="replace")
+                if "building the environment" in text and seen_while is None:
+                    seen_while = daemon.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"]["state"]
+                    break
+        assert seen_while == "starting", (seen_while, text[-2000:])
+        assert wait_ended(daemon, token, job_id)["state"] == "failed"
     finally:
         server.shutdown()

@@ -136,6 +136,7 @@ def test_the_first_tracked_run_runs_as_written(readme_daemon, tmp_path):
     followed = run_line(d, run, project)
     job_id = submitted_id(followed)
     assert "epoch 2: accuracy" in followed.stdout, followed.stdout[-3000:]  # -f streamed the job's output
+    assert "Warning" not in followed.stdout + followed.stderr, followed.stdout[-3000:]  # issue 23 item 11: MLflow's schema hint on every run
     job = wait_ended(d, job_id)
     assert job["image"] == "mlpd/train:latest" and job["command"] == ["python", "train.py", "--epochs", "3"]
 

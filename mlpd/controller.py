@@ -27,7 +27,7 @@ from mlpd.config import Config
 from mlpd.environments import EnvironmentBuilder
 from mlpd.gpu_state import drains, stray_gpus
 from mlpd.gpus import GpuInventory
-from mlpd.jobs import ACTIVE, ACTIVE_STATES, TERMINAL, TERMINAL_STATES, JobState
+from mlpd.jobs import ACTIVE, ACTIVE_STATES, TERMINAL_STATES, JobState
 from mlpd.logtext import live_log_path
 from mlpd.priority_classes import PriorityClasses
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of

@@ -27,7 +27,7 @@ from mlpd.config import Config
 from mlpd.environments import EnvironmentBuilder
 from mlpd.gpu_state import drains, stray_gpus
 from mlpd.gpus import GpuInventory
-from mlpd.jobs import ACTIVE, TERMINAL, JobState
+from mlpd.jobs import ACTIVE, ACTIVE_STATES, TERMINAL_STATES, JobState
 from mlpd.logtext import live_log_path
 from mlpd.priority_classes import PriorityClasses
 from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
@@ -45,8 +45,6 @@ log = logging.getLogger("mlpd.controller")
 # ran): the next pass asks again. A copy that does run late finds the work done (tasks are idempotent).
 HANDOFF_LOST_AFTER = 300.0  # seconds
 OVER_QUOTA_PRIORITY = -1000  # below the lowest priority a user can set (-100)
-ACTIVE_NAMES = frozenset(s.value for s in ACTIVE)
-TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 
 def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
@@ -283,7 +281,7 @@ class JobController:
             container = containers.get(job["id"])
             if container is None:
                 job = jobs.get(self.store, job["id"])
-                if job is None or job["state"] not in ACTIVE_NAMES or self._is_launching(job["id"]):
+                if job is None or job["state"] not in ACTIVE_STATES or self._is_launching(job["id"]):
                     continue
                 container = self.runtime.inspect(job["id"])
             self._reconcile_job(job, container, now)
@@ -401,7 +399,7 @@ class JobController:
         """Remove a container whose job has ended (or that no job of ours names); a job that is
         queued or active now (it moved on since the pass read the database) is left alone."""
         job = jobs.get(self.store, job_id)
-        if job is not None and job["state"] not in TERMINAL_NAMES:
+        if job is not None and job["state"] not in TERMINAL_STATES:
             return
         directory = jobs.job_dir(self.config.state_dir, job_id)
         if job is not None and not os.path.exists(os.path.join(directory, "log")):
@@ -534,7 +532,7 @@ class JobController:
             if not mine:
                 return
             job = jobs.get(self.store, job_id)
-            if job is None or job["state"] not in ACTIVE_NAMES:
+            if job is None or job["state"] not in ACTIVE_STATES:
                 return
             self.runtime.stop(job_id, timeout=timeout)
             fresh = self.runtime.inspect(job_id)

@@ -34,6 +34,12 @@ class JobState(str, enum.Enum):
 ACTIVE = (JobState.STARTING, JobState.RUNNING)
 TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT, JobState.LOST)
 STATE_NAMES = tuple(s.value for s in JobState)
+# The named sets of state names (strings, as rows, the API, templates and the page script have them),
+# defined here once: everything else imports these rather than spelling states out again.
+TERMINAL_STATES = frozenset(s.value for s in TERMINAL)  # ended for good
+ACTIVE_STATES = frozenset(s.value for s in ACTIVE)  # holds its GPUs: starting or running
+QUEUED_OR_ACTIVE_STATES = frozenset({JobState.QUEUED.value, *ACTIVE_STATES})  # what people call "active" in lists
+NOT_ENDED_STATES = frozenset(STATE_NAMES) - TERMINAL_STATES  # queued, starting, running, or preempted (queued again)
 
 # The state machine: which state may follow which. Every change of state goes through
 # transition(), which allows exactly these (a compare-and-set on the state the table allows

@@ -37,7 +37,7 @@ def _size(path: str) -> int:
 
 
 # The states whose files and code are never removed; preempted: on its way back to the queue.
-KEPT_STATES = tuple(s.value for s in (jobs.JobState.QUEUED, *jobs.ACTIVE, jobs.JobState.PREEMPTED))
+KEPT_STATES = tuple(sorted(jobs.NOT_ENDED_STATES))
 
 
 def plan(store: Store, state_dir: str, job_days: float, code_days: float, now: float | None = None) -> RetentionPlan:
@@ -66,7 +66,7 @@ def apply(store: Store, state_dir: str, job_days: float, code_days: float, now: 
     removed_jobs = []
     for job_id in chosen.job_dirs:
         job = jobs.get(store, job_id)
-        if job is None or job["state"] not in {s.value for s in jobs.TERMINAL}:
+        if job is None or job["state"] not in jobs.TERMINAL_STATES:
             continue
         shutil.rmtree(jobs.job_dir(state_dir, job_id), ignore_errors=True)
         removed_jobs.append(job_id)

@@ -30,13 +30,15 @@ import secrets
 import shutil
 import threading
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from mlpd import jobs
 from mlpd.errors import MlpdError
+from mlpd.jobs import TERMINAL_STATES
 from mlpd.jobspec import SpecError, parse_duration, parse_spec
 from mlpd.runtime import LaunchRequest, RuntimeFailure
 from mlpd.serving_models import ModelError, ModelStore, copy_model, parse_uri, read_store_file, serving_requirements
+from mlpd.serving_rollout import REVISION_STATES, revision_may_follow
 from mlpd.store import Store, record_event
 
 log = logging.getLogger("mlpd.serving")
@@ -48,7 +50,6 @@ REPLICA_PRIORITY = 100  # the highest a job can have: a replica (a restart above
 AUTH_MODES = ("token", "none")
 SPEC_KEYS = ("gpus", "gpu_model", "cpus", "memory", "replicas", "auth")
 KEY_PREFIX = "mlpdk_"
-TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
 
 
 class DeploymentError(MlpdError):
@@ -207,6 +208,48 @@ def _add_revision(db, dep_id: str, fields: dict[str, Any], now: float, canary: i
     return rev_id
 
 
+REVISION_FIELDS = ("drain_until", "switched_at", "ended_at")  # what a transition may set besides state and reason
+
+
+def revision_transition(db_or_store, rev_id: str, to: str, actor: str = "mlpd", reason: str = "", at: float | None = None,
+                        only_from: Iterable[str] | None = None, **fields: Any) -> bool:
+    """Move a deployment revision to `to` if serving_rollout.REVISION_TRANSITIONS allows it from its
+    current state: a compare-and-set that writes a ``revision.TO`` event on its deployment (with the
+    revision, the state it left and the reason) in the same transaction. False when the revision is
+    gone or in another state. only_from narrows the allowed states further (never widens them).
+
+    db_or_store: a Store (the move is its own transaction) or the db of a transaction the caller
+    holds, so that a traffic switch and the deployment row change together. reason, when given,
+    replaces the revision's; fields may set drain_until, switched_at and ended_at.
+    """
+    if to not in REVISION_STATES:
+        raise ValueError(f"not a revision state: {to!r}")
+    if set(fields) - set(REVISION_FIELDS):
+        raise ValueError(f"a revision transition sets only {', '.join(REVISION_FIELDS)}, not {sorted(set(fields) - set(REVISION_FIELDS))}")
+    if isinstance(db_or_store, Store):
+        with db_or_store.write() as db:
+            return revision_transition(db, rev_id, to, actor, reason, at, only_from, **fields)
+    db, at = db_or_store, at if at is not None else time.time()
+    allowed = [s for s in revision_may_follow(to) if only_from is None or s in set(only_from)]
+    row = db.execute("SELECT state, deployment FROM deployment_revisions WHERE id = ?", [rev_id]).fetchone()
+    if row is None or row[0] not in allowed:
+        return False
+    sets = {"state": to, **({"reason": reason} if reason else {}), **fields}
+    assignments = ", ".join(f"{k} = ?" for k in sets)
+    # The state read above is checked again by the write itself: a caller's deferred transaction is a CAS too.
+    if not db.execute(f"UPDATE deployment_revisions SET {assignments} WHERE id = ? AND state = ?", [*sets.values(), rev_id, row[0]]).rowcount:
+        return False
+    record_event(db, actor, f"revision.{to}", "deployment", row[1], at=at, revision=rev_id, reason=reason, **{"from": row[0]})
+    return True
+
+
+def revisions_in(db, dep_id: str, states: Iterable[str]) -> list[str]:
+    """The ids of a deployment's revisions in these states, oldest first (inside the caller's transaction)."""
+    states = list(states)
+    return [r[0] for r in db.execute(f"SELECT id FROM deployment_revisions WHERE deployment = ? AND state IN ({','.join('?' * len(states))}) "
+                                     "ORDER BY seq", [dep_id, *states]).fetchall()]
+
+
 def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str, Any], follow_alias: bool | None = None,
            now: float | None = None, follow_foreign: bool = False) -> tuple[dict[str, Any], str]:
     """Store a new deployment and its first revision (the worker starts its replicas); returns (deployment,
@@ -267,10 +310,9 @@ def promote(store: Store, config, dep: dict[str, Any], actor: str, now: float | 
             raise DeploymentError(409, "no_canary", f"deployment {dep['name']} has no canary to promote")
         promoted = db.execute("SELECT model_version, model_uri FROM deployment_revisions WHERE id = ?", [row[0]]).fetchone()
         label = f"version {promoted[0]}" if promoted[0] else promoted[1]
-        db.execute("UPDATE deployment_revisions SET state = 'draining', drain_until = ?, reason = ? WHERE deployment = ? AND state = 'serving'",
-                   [drain_until, f"replaced by {label} (promoted by {actor})", dep["id"]])
-        db.execute("UPDATE deployment_revisions SET state = 'serving', switched_at = ?, reason = ? WHERE id = ?",
-                   [now, f"promoted by {actor}", row[0]])
+        for old in revisions_in(db, dep["id"], ["serving"]):
+            revision_transition(db, old, "draining", actor, f"replaced by {label} (promoted by {actor})", now, drain_until=drain_until)
+        revision_transition(db, row[0], "serving", actor, f"promoted by {actor}", now, switched_at=now)
         db.execute("UPDATE deployments SET current = ?, canary = NULL, updated_at = ? WHERE id = ?", [row[0], now, dep["id"]])
         record_event(db, actor, "deployment.promoted", "deployment", dep["id"], at=now, revision=row[0])
 
@@ -285,8 +327,8 @@ def rollback(store: Store, dep: dict[str, Any], actor: str, now: float | None = 
         if not rows:
             raise DeploymentError(409, "nothing_to_roll_back", f"deployment {dep['name']} has no canary and no rollout in progress")
         labels = [f"version {r[1]}" if r[1] else r[2] for r in rows]
-        db.execute("""UPDATE deployment_revisions SET state = 'rolled_back', reason = ?, ended_at = ? WHERE deployment = ?
-                      AND state IN ('canary', 'rolling')""", [f"rolled back by {actor}", now, dep["id"]])
+        for r in rows:
+            revision_transition(db, r[0], "rolled_back", actor, f"rolled back by {actor}", now, only_from=["canary", "rolling"], ended_at=now)
         # A deliberate rollback is no error; and the deployment's model is again what serves (unless it follows an alias).
         serving_uri = db.execute("SELECT model_uri FROM deployment_revisions WHERE id = ?", [dep["current"]]).fetchone()
         db.execute("UPDATE deployments SET canary = NULL, last_error = '', model_uri = CASE WHEN follow_alias = 1 OR ? IS NULL "
@@ -308,7 +350,7 @@ def rotate_key(store: Store, dep: dict[str, Any], actor: str) -> str:
 def remove(store: Store, config, dep: dict[str, Any], actor: str) -> None:
     """Stop every replica and forget the deployment; its endpoint answers 404 from now on."""
     for rep in replicas(store, dep["id"]):
-        if rep["state"] not in TERMINAL_NAMES:
+        if rep["state"] not in TERMINAL_STATES:
             _stop(store, rep["job_id"], actor, f"deployment {dep['name']} removed by {actor}")
     with store.write() as db:
         db.execute("DELETE FROM deployment_metrics WHERE deployment = ?", [dep["id"]])
@@ -439,7 +481,7 @@ def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, A
                 "run_id": r["run_id"], "state": r["state"], "reason": r["reason"], "created_at": r["created_at"],
                 "switched_at": r["switched_at"], "ended_at": r["ended_at"]}
 
-    live = [r for r in reps if r["state"] not in TERMINAL_NAMES]
+    live = [r for r in reps if r["state"] not in TERMINAL_STATES]
     out = {
         # model: what serves now (a rollout or a canary is beside it); requested: what the deployment was
         # last asked to serve (an alias it follows, or the version being rolled out).
@@ -464,7 +506,7 @@ def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, A
                            for m in metrics]
         out["history"] = [{"job_id": r["job_id"], "slot": r["slot"], "revision": by_id[r["revision"]]["seq"] if r["revision"] in by_id else None,
                            "state": r["state"], "reason": r["reason"], "started_at": r["started_at"], "ended_at": r["ended_at"]}
-                          for r in reps if r["state"] in TERMINAL_NAMES][-20:]
+                          for r in reps if r["state"] in TERMINAL_STATES][-20:]
     return out
 
 

@@ -18,11 +18,12 @@ import time
 from typing import Any, Callable
 
 from mlpd import jobs
+from mlpd.jobs import TERMINAL_STATES
 from mlpd.jobspec import parse_duration
-from mlpd.serving import (TERMINAL_NAMES, DeploymentError, _add_revision, _stop, list_deployments, replica_spec, replicas,
-                          resolve, revision_label, revisions)
+from mlpd.serving import (DeploymentError, _add_revision, _stop, list_deployments, replica_spec, replicas, resolve, revision_label,
+                          revision_transition, revisions, revisions_in)
 from mlpd.serving_models import ModelError, ModelStore, parse_uri
-from mlpd.serving_rollout import Action, Replica, Revision, plan
+from mlpd.serving_rollout import LIVE_REVISIONS, NOT_ENDED_REVISIONS, Action, Replica, Revision, plan
 from mlpd.store import Store, record_event
 
 log = logging.getLogger("mlpd.serving")
@@ -34,8 +35,9 @@ def allocate_port(store: Store, port_range: str, taken_now: set[int], bindable: 
     from mlpd.workspaces import port_free
 
     low, high = (int(x) for x in port_range.split("-"))
+    ended = sorted(TERMINAL_STATES)
     taken = set(taken_now) | {r["port"] for r in store.query(
-        "SELECT r.port FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id WHERE j.state NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')")}
+        f"SELECT r.port FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id WHERE j.state NOT IN ({','.join('?' * len(ended))})", ended)}
     bindable = bindable or port_free
     candidates = [p for p in range(low, high + 1) if p not in taken]
     secrets.SystemRandom().shuffle(candidates)
@@ -101,8 +103,8 @@ class ServingPass:
         self.check_health(dep, now)
         revs = revisions(self.store, dep["id"])
         reps = replicas(self.store, dep["id"])
-        live_revs = [r for r in revs if r["state"] in ("rolling", "serving", "canary", "draining") or
-                     any(p["revision"] == r["id"] and p["state"] not in TERMINAL_NAMES for p in reps)]
+        live_revs = [r for r in revs if r["state"] in NOT_ENDED_REVISIONS or
+                     any(p["revision"] == r["id"] and p["state"] not in TERMINAL_STATES for p in reps)]
         actions = plan([Revision(r["id"], r["seq"], r["state"], revision_label(r), r["drain_until"]) for r in live_revs],
                        [Replica(p["job_id"], p["revision"], p["slot"], p["state"], bool(p["healthy"]), p["created_at"], p["started_at"],
                                 p["ended_at"], p["reason"] or "") for p in reps],
@@ -137,8 +139,9 @@ class ServingPass:
             rev_id = None
             if current and current["model_version"] == version:
                 # The alias went back to what serves: drop a rollout in progress, if any.
-                db.execute("""UPDATE deployment_revisions SET state = 'superseded', reason = ?, ended_at = ? WHERE deployment = ?
-                              AND state = 'rolling'""", [f"alias {ref.alias} moved back to version {version}", now, dep["id"]])
+                for rolling in revisions_in(db, dep["id"], ["rolling"]):
+                    revision_transition(db, rolling, "superseded", "mlpd", f"alias {ref.alias} moved back to version {version}", now,
+                                        ended_at=now)
             elif fields is None:
                 db.execute("UPDATE deployments SET last_error = ? WHERE id = ?", [refused, dep["id"]])
             else:
@@ -151,7 +154,7 @@ class ServingPass:
         for rep in replicas(self.store, dep["id"]):
             if rep["state"] == "running":
                 error = self.check(rep["port"])
-            elif rep["healthy"] or (rep["state"] in TERMINAL_NAMES and rep["last_check_at"] is None):
+            elif rep["healthy"] or (rep["state"] in TERMINAL_STATES and rep["last_check_at"] is None):
                 error = f"its container {rep['state']}"
             else:
                 continue
@@ -168,7 +171,8 @@ class ServingPass:
             taken.add(port)
             spec = replica_spec(dep, rev, self.config, action.slot)
             with self.store.write() as db:
-                if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state IN ('rolling', 'serving', 'canary')", [rev["id"]]).fetchone():
+                if not db.execute(f"SELECT 1 FROM deployment_revisions WHERE id = ? AND state IN ({','.join('?' * len(LIVE_REVISIONS))})",
+                                  [rev["id"], *LIVE_REVISIONS]).fetchone():
                     return
                 job_id = jobs.submit(None, dep["owner"], spec, now=now, kind="deployment", workload=dep["id"], db=db)["id"]
                 db.execute("INSERT INTO deployment_replicas (job_id, deployment, revision, slot, port, created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -188,13 +192,12 @@ class ServingPass:
                 if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state = 'rolling'", [rev["id"]]).fetchone():
                     return
                 # A new canary replaces an earlier one; a full switch ends any canary too.
-                db.execute("""UPDATE deployment_revisions SET state = 'draining', drain_until = ?, reason = ? WHERE deployment = ?
-                              AND state IN (?, 'canary')""", [drain_until, f"replaced by {label}", dep["id"], "canary" if canary else "serving"])
+                for old in revisions_in(db, dep["id"], ["canary"] if canary else ["serving", "canary"]):
+                    revision_transition(db, old, "draining", "mlpd", f"replaced by {label}", now, drain_until=drain_until)
+                revision_transition(db, rev["id"], "canary" if canary else "serving", "mlpd", at=now, switched_at=now)
                 if canary:
-                    db.execute("UPDATE deployment_revisions SET state = 'canary', switched_at = ? WHERE id = ?", [now, rev["id"]])
                     db.execute("UPDATE deployments SET canary = ?, last_error = '', updated_at = ? WHERE id = ?", [rev["id"], now, dep["id"]])
                 else:
-                    db.execute("UPDATE deployment_revisions SET state = 'serving', switched_at = ? WHERE id = ?", [now, rev["id"]])
                     db.execute("UPDATE deployments SET current = ?, canary = NULL, last_error = '', updated_at = ? WHERE id = ?",
                                [rev["id"], now, dep["id"]])
                 record_event(db, "mlpd", "deployment.switched", "deployment", dep["id"], at=now, revision=rev["id"], model=rev["model_uri"],
@@ -203,17 +206,16 @@ class ServingPass:
                      rev["model_uri"])
         elif action.kind == "supersede":  # not an error: a newer rollout replaced it
             with self.store.write() as db:
-                if db.execute("UPDATE deployment_revisions SET state = 'superseded', reason = ?, ended_at = ? WHERE id = ? AND state = 'rolling'",
-                              [action.reason, now, rev["id"]]).rowcount:
+                if revision_transition(db, rev["id"], "superseded", "mlpd", action.reason, now, only_from=["rolling"], ended_at=now):
                     record_event(db, "mlpd", "deployment.superseded", "deployment", dep["id"], at=now, revision=rev["id"], reason=action.reason)
         elif action.kind == "fail":
             with self.store.write() as db:
                 if not db.execute("SELECT 1 FROM deployment_revisions WHERE id = ? AND state = 'rolling'", [rev["id"]]).fetchone():
                     return
-                failed = [r["job_id"] for r in replicas(self.store, dep["id"]) if r["revision"] == rev["id"] and r["state"] in TERMINAL_NAMES]
+                failed = [r["job_id"] for r in replicas(self.store, dep["id"]) if r["revision"] == rev["id"] and r["state"] in TERMINAL_STATES]
                 tail = _log_tail(self.config.state_dir, failed[-1]) if failed else ""
                 reason = action.reason + (f" (last log line: {tail})" if tail else "")
-                db.execute("UPDATE deployment_revisions SET state = 'failed', reason = ?, ended_at = ? WHERE id = ?", [reason, now, rev["id"]])
+                revision_transition(db, rev["id"], "failed", "mlpd", reason, now, only_from=["rolling"], ended_at=now)
                 what = "rolled back; the previous version keeps serving" if dep["current"] else "failed to start"
                 db.execute("UPDATE deployments SET last_error = ?, updated_at = ? WHERE id = ?", [f"{label} {what}: {reason}", now, dep["id"]])
                 record_event(db, "mlpd", "deployment.rolled_back", "deployment", dep["id"], at=now, revision=rev["id"], reason=reason)
@@ -223,8 +225,8 @@ class ServingPass:
             self.wake(f"deployment {dep['name']} stop")
         elif action.kind == "retire":
             with self.store.write() as db:
-                db.execute("UPDATE deployment_revisions SET state = 'retired', ended_at = ? WHERE id = ? AND state = 'draining'", [now, rev["id"]])
-                record_event(db, "mlpd", "deployment.retired", "deployment", dep["id"], at=now, revision=rev["id"])
+                if revision_transition(db, rev["id"], "retired", "mlpd", at=now, ended_at=now):
+                    record_event(db, "mlpd", "deployment.retired", "deployment", dep["id"], at=now, revision=rev["id"])
 
     def _note(self, dep: dict[str, Any], message: str, event: str) -> None:
         if dep["last_error"] == message:
@@ -238,12 +240,14 @@ class ServingPass:
         root = os.path.join(self.config.state_dir, "serving")
         if not os.path.isdir(root):
             return
-        live = "j.state NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')"
+        ended = sorted(TERMINAL_STATES)
+        live = f"j.state NOT IN ({','.join('?' * len(ended))})"
+        kept = sorted(NOT_ENDED_REVISIONS)
         keep = {(r["deployment"], r["id"]) for r in self.store.query(
-            f"""SELECT deployment, id FROM deployment_revisions WHERE state IN ('rolling', 'serving', 'canary', 'draining')
-                UNION SELECT r.deployment, r.revision FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id WHERE {live}""")}
+            f"""SELECT deployment, id FROM deployment_revisions WHERE state IN ({','.join('?' * len(kept))})
+                UNION SELECT r.deployment, r.revision FROM deployment_replicas r JOIN jobs j ON j.id = r.job_id WHERE {live}""", kept + ended)}
         existing = {r["id"] for r in self.store.query("SELECT id FROM deployments")}
-        running = {r["workload"] for r in self.store.query(f"SELECT DISTINCT j.workload FROM jobs j WHERE j.kind = 'deployment' AND {live}")}
+        running = {r["workload"] for r in self.store.query(f"SELECT DISTINCT j.workload FROM jobs j WHERE j.kind = 'deployment' AND {live}", ended)}
         for dep_id in os.listdir(root):
             dep_path = os.path.join(root, dep_id)
             if dep_id not in existing:

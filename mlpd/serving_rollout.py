@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
+from mlpd.jobs import TERMINAL_STATES
 LIVE_REVISIONS = ("rolling", "serving", "canary")
 # A revision's states, what each says happened (the API and the UI show these words):
 #   rolling      its replicas start; it takes no traffic until every one answers /ping
@@ -32,6 +32,26 @@ LIVE_REVISIONS = ("rolling", "serving", "canary")
 #   superseded   a newer version (or the alias moving back) replaced it before it took traffic
 ENDED_REVISIONS = ("retired", "failed", "rolled_back", "superseded")
 REVISION_STATES = (*LIVE_REVISIONS, "draining", *ENDED_REVISIONS)
+NOT_ENDED_REVISIONS = frozenset(REVISION_STATES) - frozenset(ENDED_REVISIONS)  # live or draining: its model copy is kept
+
+# The state machine of a revision: which state may follow which. Every change goes through
+# mlpd.serving.revision_transition (a compare-and-set on the states this table allows before the
+# target, with its event row), so no caller keeps its own list. Who causes each: the serving pass
+# switches a rolling revision in (serving, or canary), fails it (rolled back by mlpd), supersedes it
+# (a newer rollout, or the followed alias moving back), drains what it replaces and retires what
+# drained; a member promotes a canary (the serving one drains) or rolls back a canary or rollout.
+REVISION_TRANSITIONS: dict[str, frozenset[str]] = {
+    "rolling": frozenset({"serving", "canary", "failed", "rolled_back", "superseded"}),
+    "canary": frozenset({"serving", "draining", "rolled_back"}),
+    "serving": frozenset({"draining"}),
+    "draining": frozenset({"retired"}),
+    **{state: frozenset() for state in ENDED_REVISIONS},
+}
+
+
+def revision_may_follow(to: str) -> tuple[str, ...]:
+    """The states a revision may be in for a transition to `to`."""
+    return tuple(state for state, nexts in REVISION_TRANSITIONS.items() if to in nexts)
 RESTART_WINDOW = 600.0  # crashes of a slot within this many seconds make its restart wait longer
 MAX_BACKOFF = 60.0
 
@@ -59,7 +79,7 @@ class Replica:
 
     @property
     def ended(self) -> bool:
-        return self.state in TERMINAL
+        return self.state in TERMINAL_STATES
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 
 from mlpd import jobs
 from mlpd.errors import MlpdError
-from mlpd.jobs import JobState
+from mlpd.jobs import TERMINAL_STATES, JobState
 from mlpd.jobspec import SpecError, format_duration, parse_duration, parse_spec
 from mlpd.runtime import LaunchRequest
 from mlpd.store import Store, record_event
@@ -171,7 +171,7 @@ STOP_WAIT = 60.0  # seconds a start waits for a stopping session to end (the con
 def stopping(store: Store, ws: dict[str, Any]) -> bool:
     """Whether the workspace's session is being stopped: its cancel is requested and it has not ended yet."""
     session = ws.get("session") and jobs.get(store, ws["session"])
-    return bool(session and session["state"] not in TERMINAL_NAMES and session["cancel_requested_by"])
+    return bool(session and session["state"] not in TERMINAL_STATES and session["cancel_requested_by"])
 
 
 def wait_stopped(store: Store, ws: dict[str, Any], timeout: float = STOP_WAIT,
@@ -210,7 +210,7 @@ def start(store: Store, ws: dict[str, Any], actor: str, now: float | None = None
         row = db.execute("SELECT session FROM workspaces WHERE id = ?", [ws["id"]]).fetchone()
         current = row[0] if row else None
         state = db.execute("SELECT state FROM jobs WHERE id = ?", [current]).fetchone() if current else None
-        if state and state[0] not in TERMINAL_NAMES:
+        if state and state[0] not in TERMINAL_STATES:
             return by_id(store, ws["id"])
         db.execute("UPDATE workspaces SET token = ? WHERE id = ?", [secrets.token_urlsafe(24), ws["id"]])
         if ports:
@@ -220,14 +220,11 @@ def start(store: Store, ws: dict[str, Any], actor: str, now: float | None = None
     return by_id(store, ws["id"])
 
 
-TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
-
-
 def stop(store: Store, ws: dict[str, Any], actor: str, reason: str) -> dict[str, Any]:
     """Stop the current session (its container gets SIGTERM from the controller); the reason is what
     the owner reads afterwards (e.g. 'stopped by alice', 'culled: idle 4h')."""
     session = ws["session"] and jobs.get(store, ws["session"])
-    if session and session["state"] not in TERMINAL_NAMES:
+    if session and session["state"] not in TERMINAL_STATES:
         try:
             jobs.request_cancel(store, session["id"], actor, reason=reason)
         except MlpdError as exc:
@@ -258,7 +255,7 @@ def idle_timeout(store: Store, config, owner: str) -> float:
 def state_of(session: dict[str, Any] | None) -> str:
     if session is None:
         return "stopped"
-    return session["state"] if session["state"] not in TERMINAL_NAMES else "stopped"
+    return session["state"] if session["state"] not in TERMINAL_STATES else "stopped"
 
 
 def view(ws: dict[str, Any], session: dict[str, Any] | None, timeout: float, now: float) -> dict[str, Any]:
@@ -271,8 +268,8 @@ def view(ws: dict[str, Any], session: dict[str, Any] | None, timeout: float, now
         "id": ws["id"], "name": ws["name"], "owner": ws["owner"], "state": state,
         "reason": (session or {}).get("reason") or "",
         "session": session["id"] if session else None,
-        "gpus": {"count": ws["spec"]["gpus"], "indices": session["gpu_indices"] if session and state in ("starting", "running") else [],
-                 "uuids": session["gpu_uuids"] if session and state in ("starting", "running") else []},
+        "gpus": {"count": ws["spec"]["gpus"], "indices": session["gpu_indices"] if session and state in jobs.ACTIVE_STATES else [],
+                 "uuids": session["gpu_uuids"] if session and state in jobs.ACTIVE_STATES else []},
         "image": ws["spec"]["image"], "spec": ws["spec"], "port": ws["port"], "token": ws["token"],
         "url": f"http://127.0.0.1:{ws['port']}/lab?token={ws['token']}", "ssh_port": ws["ssh_port"],
         "idle_seconds": idle, "idle_timeout": timeout,

@@ -14,7 +14,7 @@ from mlpd import jobs
 from mlpd.scheduler import name_of as name_of_holder
 from mlpd.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
 from mlpd.codeship import CodeArchiveError, extract_archive
-from mlpd.jobs import JobState
+from mlpd.jobs import TERMINAL_STATES, JobState
 from mlpd.jobspec import SpecError, check_host_limits, host_limits, parse_spec
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
@@ -24,7 +24,6 @@ area = Area("jobs")  # registered by the app factory (mlpd.web.create_app)
 route = area.route
 
 _lock = threading.Lock()
-TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
 
 
 def inventory():
@@ -77,7 +76,7 @@ def job_view(job: dict) -> dict:
         "submitted_at": job["submitted_at"], "started_at": job["started_at"], "ended_at": job["ended_at"],
         "cancel_requested_by": job["cancel_requested_by"], "spec": spec, "limits": effective_limits_view(spec),
         "priority_class": _classes().of(job), "attempt": job["attempts"],
-        "preempting": None if job["preempt_requested_at"] is None or job["state"] not in ("starting", "running")
+        "preempting": None if job["preempt_requested_at"] is None or job["state"] not in jobs.ACTIVE_STATES
         else {"since": job["preempt_requested_at"], "reason": job["preempt_reason"]},
     }
 
@@ -330,7 +329,7 @@ def logs_response(job_id: str, follow: bool) -> Response:
         job = jobs.get(st, job_id)
         yield from saved(os.path.join(directory, "build.log"))
         yield from attempts_before(job)
-        if job["state"] in TERMINAL_NAMES:
+        if job["state"] in TERMINAL_STATES:
             yield from saved_when_written()
         elif job["state"] == JobState.RUNNING.value or (job["state"] == JobState.STARTING.value and runtime().inspect(job_id)):
             live = runtime().logs(job_id, follow=False, timestamps=stamped)
@@ -375,7 +374,7 @@ def logs_response(job_id: str, follow: bool) -> Response:
                     built += cut
                     yield from logtext.select([data[:cut]], timestamps, since)
                     continue
-            if job["state"] in TERMINAL_NAMES:
+            if job["state"] in TERMINAL_STATES:
                 yield from saved_when_written(offset, pending)
                 return
             if attempt is not None and (job["attempts"] or 1) != attempt:

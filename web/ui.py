@@ -35,8 +35,8 @@ ui_auth.register(ui)
 NAV: list[tuple[str, str]] = [("ui.dashboard", "Dashboard"), ("ui.job_list", "Jobs"), ("ui.submit", "Submit a job"),
                               ("ui.workspace_list", "Workspaces"), ("ui.deployment_list", "Models served"), ("ui.usage", "Usage")]
 
-TERMINAL_NAMES = frozenset(s.value for s in jobs.TERMINAL)
-ACTIVE_NAMES = frozenset(s.value for s in jobs.ACTIVE)
+# The job states' named sets (mlpd.jobs), for templates and, through data attributes, the page script.
+JOB_STATES = {"terminal": sorted(jobs.TERMINAL_STATES), "active": sorted(jobs.ACTIVE_STATES), "all": list(jobs.STATE_NAMES)}
 LOG_TAIL_BYTES = 256 * 1024
 # Content-Security-Policy: only this site's own script and style; charts are inline SVG markup.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -86,7 +86,8 @@ def bytes_filter(n: int | None) -> str:
 def _furniture() -> dict[str, Any]:
     nav = list(NAV) + ([("ui_admin.overview", "Admin")] if g.get("user") and g.user.is_admin else [])
     return {"csrf_token": ui_auth.csrf_token, "nav": nav, "user": g.get("user"), "static_version": _static_version(),
-            "meter": lambda p: Markup(ui_charts.meter(p)), "version": mlpd.__version__, "display_command": display_command}
+            "meter": lambda p: Markup(ui_charts.meter(p)), "version": mlpd.__version__, "display_command": display_command,
+            "job_states": JOB_STATES}
 
 
 @ui.after_request
@@ -230,7 +231,7 @@ def live_context() -> dict[str, Any]:
 
 @ui.route("/")
 def dashboard():
-    mine = jobs.list_jobs(store(), g.user.name, ["queued", "starting", "running"], limit=50)
+    mine = jobs.list_jobs(store(), g.user.name, jobs.QUEUED_OR_ACTIVE_STATES, limit=50)
     return render_template("dashboard.html", mine=mine, **live_context())
 
 
@@ -246,7 +247,7 @@ def live_dashboard():
 @ui.route("/jobs")
 def job_list():
     state = request.args.get("state", "")
-    states = [state] if state in jobs.STATE_NAMES else (["queued", "starting", "running"] if state == "active" else [])
+    states = [state] if state in jobs.STATE_NAMES else (sorted(jobs.QUEUED_OR_ACTIVE_STATES) if state == "active" else [])
     everyone = g.user.is_admin and request.args.get("all") == "1"
     owner_filter = request.args.get("owner", "").strip()[:64] if g.user.is_admin else ""
     owner = owner_filter or (None if everyone else g.user.name)
@@ -337,9 +338,9 @@ def job(job_id: str):
     waiting = explain_wait(job_id) if job["state"] == JobState.QUEUED.value else None
     if waiting and not g.user.is_admin:
         waiting["blocking"] = [dict(b, job_id=b["job_id"] if b["owner"] == g.user.name else "") for b in waiting["blocking"]]
-    terminal = job["state"] in TERMINAL_NAMES
+    terminal = job["state"] in jobs.TERMINAL_STATES
     history = jobs.history(store(), job_id)
-    preempting = job["preempt_requested_at"] is not None and job["state"] in ("starting", "running")
+    preempting = job["preempt_requested_at"] is not None and job["state"] in jobs.ACTIVE_STATES
     return render_template("job.html", job=job, spec_items=_spec_items(job), history=history, waiting=waiting,
                            priority_class=PriorityClasses.from_config(config()).of(job), preemptions=preemption_rows(history),
                            preempting=preempting, runs=mlflow_runs(job_id), terminal=terminal, log=_saved_log(job_id) if terminal else "",

@@ -12,7 +12,7 @@ import time
 from flask import Blueprint, abort, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from mlpd import quotas, users
+from mlpd import jobs, quotas, users
 from mlpd.errors import MlpdError
 from mlpd.web import config, store, ui, ui_auth
 
@@ -53,8 +53,9 @@ def _act(fn, done: str) -> tuple[str, str]:
 def workload_counts(st) -> dict[str, dict[str, int]]:
     """{kind: {"queued": n, "running": n}} for jobs, workspaces (their sessions) and deployments (their replicas)."""
     out = {kind: {"queued": 0, "running": 0} for kind in ("job", "workspace", "deployment")}
+    states = sorted(jobs.QUEUED_OR_ACTIVE_STATES)
     for r in st.query("SELECT kind, CASE WHEN state = 'queued' THEN 'queued' ELSE 'running' END AS s, COUNT(*) AS n FROM jobs "
-                      "WHERE state IN ('queued', 'starting', 'running') GROUP BY kind, s"):
+                      f"WHERE state IN ({','.join('?' * len(states))}) GROUP BY kind, s", states):
         out.setdefault(r["kind"] or "job", {"queued": 0, "running": 0})[r["s"]] += r["n"]
     return out
 

@@ -40,7 +40,6 @@ EXIT_STATUS_TABLE = (
     (str(EXIT_INTERRUPTED), "Ctrl-C stopped the waiting or following; the job goes on"),
 )
 
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
 ENV_BUILD_FAILED = "building its environment failed"  # how mlpd.environments begins the reason of a failed build
 
 # Which status `mlpd wait` exits with when jobs ended differently: the worst, by this rank.
@@ -97,10 +96,12 @@ def worst(outcomes: list[Outcome]) -> Outcome | None:
 def wait_for_end(client, job_id: str, timeout: float | None = None, interval: float = 0.5,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> dict:
     """Poll the job until it has ended (or timeout seconds passed); its last view."""
+    from mlpd.jobs import TERMINAL_STATES  # here, not at the top: `mlpd run` without -f needs no state table
+
     deadline = None if timeout is None else clock() + timeout
     while True:
         job = client.get(f"/jobs/{job_id}")["job"]
-        if job["state"] in TERMINAL or (deadline is not None and clock() >= deadline):
+        if job["state"] in TERMINAL_STATES or (deadline is not None and clock() >= deadline):
             return job
         sleep(interval)
 
@@ -111,9 +112,11 @@ def finish(client, job_id: str) -> None:
     early (a daemon restart), the job is waited for all the same."""
     import sys
 
+    from mlpd.jobs import TERMINAL_STATES
+
     sys.stdout.flush()
     job = wait_for_end(client, job_id, timeout=10, interval=0.2)
-    if job["state"] not in TERMINAL:
+    if job["state"] not in TERMINAL_STATES:
         click.echo(f"mlpd: the output of job {job_id} ended before the job ({job['state']}); waiting for it to end "
                    f"(Ctrl-C stops waiting; the job goes on)", err=True)
         job = wait_for_end(client, job_id, interval=1.0)

@@ -472,14 +472,15 @@ CANCEL_WAIT = 120.0  # seconds: a running job gets SIGTERM, then is killed after
 def cancel(job_ids, no_wait):
     """Cancel jobs: queued ones at once; running ones are stopped, and cancel returns once they have ended
     (so that 'mlpd cancel ID && mlpd jobs rerun ID' finds their GPUs free)."""
-    from mlpd.cli.job_end import TERMINAL, wait_for_end
+    from mlpd.cli.job_end import wait_for_end
+    from mlpd.jobs import TERMINAL_STATES
 
     c = _client()
     ids = [resolve_job(c, ref) for ref in job_ids]
     stopping = []
     for job_id in ids:
         job = c.post(f"/jobs/{job_id}/cancel")["job"]
-        if job["state"] in TERMINAL:
+        if job["state"] in TERMINAL_STATES:
             click.echo(f"{job_id}: {job['state'].replace('_', ' ')}")
         else:
             stopping.append(job_id)
@@ -490,7 +491,7 @@ def cancel(job_ids, no_wait):
     still = []
     for job_id in stopping:
         job = wait_for_end(c, job_id, timeout=CANCEL_WAIT, interval=0.2)
-        if job["state"] in TERMINAL:
+        if job["state"] in TERMINAL_STATES:
             click.echo(f"{job_id}: {job['state'].replace('_', ' ')}" + (f" ({job['reason']})" if job["state"] != "cancelled" else ""))
         else:
             still.append(job_id)
@@ -510,7 +511,8 @@ def wait(job_ids, timeout, as_json):
     """
     import time
 
-    from mlpd.cli.job_end import EXIT_INTERRUPTED, TERMINAL, outcome, worst
+    from mlpd.cli.job_end import EXIT_INTERRUPTED, outcome, worst
+    from mlpd.jobs import TERMINAL_STATES
 
     limit = None
     if timeout is not None:
@@ -529,7 +531,7 @@ def wait(job_ids, timeout, as_json):
             for job_id in ids:
                 if job_id not in ended:
                     job = c.get(f"/jobs/{job_id}")["job"]
-                    if job["state"] in TERMINAL:
+                    if job["state"] in TERMINAL_STATES:
                         ended[job_id] = job
                         if not as_json:
                             click.echo(outcome(job).line, err=True)

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from helpers import needs_docker, wait_for
+from mlpd.jobs import TERMINAL_STATES
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = os.environ.get("MLPD_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # (test_ui_names imports it from here)
 VIEWPORTS = {"1280x800": (1280, 800), "390x844": (390, 844)}
 
 pytestmark = [needs_docker, pytest.mark.skipif(not shutil.which(CHROMIUM) and os.environ.get("CI") != "true",

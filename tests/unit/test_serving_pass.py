@@ -71,6 +71,23 @@ def live(w):
     return [r for r in w.dep()["replica_list"]]
 
 
+def assert_every_revision_change_is_an_event(w):
+    """Replaying each revision's revision.* events from 'rolling', each a move the table allows from
+    where the last one left it, ends in the state it has: no change of state went around the table."""
+    import json
+
+    from mlpd.serving_rollout import REVISION_TRANSITIONS
+
+    events = w.store.query("SELECT action, detail FROM events WHERE object_kind = 'deployment' AND action LIKE 'revision.%' ORDER BY id")
+    for rev in serving.revisions(w.store, "d1"):
+        state = "rolling"
+        for e in (e for e in events if json.loads(e["detail"])["revision"] == rev["id"]):
+            to = e["action"].split(".", 1)[1]
+            assert json.loads(e["detail"])["from"] == state and to in REVISION_TRANSITIONS[state], (rev["seq"], state, to)
+            state = to
+        assert state == rev["state"], (rev["seq"], state, rev["state"])
+
+
 def test_a_replica_is_placed_on_a_gpu_booked_as_a_deployment_and_gets_no_credentials(world):
     world.deploy(gpus=1)
     world.step()
@@ -106,6 +123,7 @@ def test_a_new_version_takes_the_traffic_when_healthy_and_the_old_one_drains_the
     assert jobs.get(world.store, old)["state"] == "cancelled" and "replaced" in jobs.get(world.store, old)["reason"]
     assert world.store.query_one("SELECT end FROM allocations WHERE object_id = ?", [old])["end"] is not None
     assert not os.path.exists(serving.model_dir(world.cfg.state_dir, "d1", dep["revisions"][0]["id"]))  # its model copy is gone
+    assert_every_revision_change_is_an_event(world)
 
 
 def test_a_version_that_never_answers_is_rolled_back_and_the_old_one_keeps_serving(world):
@@ -127,6 +145,7 @@ def test_a_version_that_never_answers_is_rolled_back_and_the_old_one_keeps_servi
     assert dep["last_change"] == "version 2 superseded by version 3 before it took traffic"
     assert dep["last_error"].startswith("version 3 rolled back; the previous version keeps serving")
     assert [r["version"] for r in dep["replica_list"]] == ["1"]
+    assert_every_revision_change_is_an_event(world)
 
 
 def test_a_crashed_replica_is_restarted_and_the_restart_counted(world):
@@ -179,6 +198,7 @@ def test_a_canary_shares_the_traffic_until_promoted_or_rolled_back(world):
     with pytest.raises(serving.DeploymentError) as err:
         serving.promote(world.store, world.cfg, serving.by_id(world.store, "d1"), "alice")
     assert err.value.status == 409
+    assert_every_revision_change_is_an_event(world)
 
 
 def test_a_first_version_rolled_back_before_it_served_leaves_a_deployment_rolled_back_not_failed(world):
@@ -189,3 +209,4 @@ def test_a_first_version_rolled_back_before_it_served_leaves_a_deployment_rolled
     dep = world.dep()
     assert dep["state"] == "rolled_back" and dep["last_error"] == "" and dep["last_change"] == "version 1 rolled back by alice"
     assert dep["replica_list"] == []
+    assert_every_revision_change_is_an_event(world)

@@ -26,6 +26,7 @@ function followLog(pre) {
   // Stream the job's output into the page; when the job ends, reload to show its final state.
   var status = document.getElementById("log-status");
   var stateUrl = pre.dataset.stateUrl, state = pre.dataset.state;
+  var ended = (pre.dataset.terminalStates || "").split(" ");  // the ended states, as the server names them (mlpd.jobs)
   function say(text) { if (status) { status.textContent = text; } }
   function append(text) {
     var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 24;
@@ -35,7 +36,7 @@ function followLog(pre) {
   }
   function waitForEnd() {
     fetch(stateUrl, {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(function (s) {
-      if (s.state !== state && ["succeeded", "failed", "cancelled", "timed_out", "lost"].indexOf(s.state) >= 0) { location.reload(); }
+      if (s.state !== state && ended.indexOf(s.state) >= 0) { location.reload(); }
       else { setTimeout(waitForEnd, 1000); }
     }).catch(function () { setTimeout(waitForEnd, 2000); });
   }

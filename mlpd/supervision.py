@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, replace
 
+STATUS_KEY = "daemon.children"  # the daemon_status row the daemon publishes its children's states in
 RUNNING = "RUNNING"
 BACKOFF = "BACKOFF"
 FATAL = "FATAL"

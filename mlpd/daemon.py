@@ -241,9 +241,9 @@ def children_lines(children: dict[str, dict[str, Any]], now: float) -> list[str]
         if state == supervision.RUNNING:
             detail = f"up {_duration(now - child['since'])}" if child.get("since") else ""
         elif state == supervision.BACKOFF:
-            detail = f"{last} after a short run; restarting in {_duration(max(0.0, child['restart_at'] - now))}"
+            detail = f"exited soon after starting ({last}); restarting in {_duration(max(0.0, child['restart_at'] - now))}"
         else:
-            detail = (f"exited {child['quick_exits']} times in a row soon after starting, the last with {last}; "
+            detail = (f"exited {child['quick_exits']} times in a row soon after starting (the last: {last}); "
                       "not restarted: see the daemon's log, fix the cause, then restart the daemon")
         lines.append(f"  {name:<8} {state:<8} {detail}".rstrip())
     return lines
@@ -400,7 +400,7 @@ class Daemon:
 
     def _fatal(self, child: supervision.ChildState, ran: float) -> None:
         """Say once, in the log and as an event row, that a child is given up."""
-        log.error("%s is FATAL: it exited %d times in a row, each within %gs of its start (the last after %.1fs, with %s); "
+        log.error("%s is FATAL: it exited %d times in a row, each within %gs of its start (the last after %.1fs: %s); "
                   "it is not restarted. See the messages above, fix the cause, then restart the daemon",
                   child.name, child.quick_exits, self.policy.stable_after, ran, supervision.exit_text(child.last_exit))
         try:

@@ -390,8 +390,8 @@ class Daemon:
                 if child.state == supervision.FATAL:
                     self._fatal(child, ran)
                     continue
-                log.warning("%s exited (%s) after %.1fs; restarting it in %.0fs (BACKOFF, quick exit %d of %d)", name,
-                            supervision.exit_text(code), ran, child.restart_at - now, child.quick_exits, self.policy.fatal_after)
+                log.warning("%s exited (%s) after %.1fs; restarting it in %.0fs (BACKOFF; %d of %d quick exits in a row before FATAL)",
+                            name, supervision.exit_text(code), ran, child.restart_at - now, child.quick_exits, self.policy.fatal_after)
             if supervision.due(child, now) and not self.stopping:
                 self._start(name, commands[name])
                 changed = True
@@ -403,6 +403,8 @@ class Daemon:
         log.error("%s is FATAL: it exited %d times in a row, each within %gs of its start (the last after %.1fs: %s); "
                   "it is not restarted. See the messages above, fix the cause, then restart the daemon",
                   child.name, child.quick_exits, self.policy.stable_after, ran, supervision.exit_text(child.last_exit))
+        # systemctl status shows it (the unit stays active: the other processes still work)
+        notify_systemd(f"STATUS={child.name} is FATAL: not restarted after {child.quick_exits} quick exits; see the log")
         try:
             with self.store.write() as db:
                 record_event(db, "mlpd", "daemon.child_fatal", "daemon", child.name, exits=child.quick_exits,

@@ -17,8 +17,9 @@ from mlpd.cli.common import json_option
 @click.option("--declare-gpus", type=int, help="Declare N GPUs on a machine without NVIDIA GPUs, for a quick try (overrides gpus.declare).")
 @click.option("--background", is_flag=True, help="Start it detached (log in STATE_DIR/daemon.log); return once it answers. Without systemd.")
 @click.option("--stop", "stop_it", is_flag=True, help="Stop the daemon running on this state directory (SIGTERM; running jobs keep running).")
-@click.option("--status", "show_status", is_flag=True, help="Say whether a daemon runs on this state directory, its pid and the state of its "
-              "processes (RUNNING, BACKOFF, FATAL); exit 0 when it runs, 1 when one of its processes is FATAL, 3 when none runs.")
+@click.option("--status", "show_status", is_flag=True,
+              help="Say whether a daemon runs on this state directory, its pid and the state of its processes "
+                   "(RUNNING, BACKOFF, FATAL); exit 0 when it runs, 1 when one of its processes is FATAL, 3 when none runs.")
 def daemon(config_file: str | None, listen: str | None, state_dir: str | None, declare_gpus: int | None, background: bool,
            stop_it: bool, show_status: bool) -> None:
     """Run the whole daemon in the foreground (what the systemd unit runs), or --background / --stop / --status it.

@@ -198,6 +198,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.log_streams_per_user", int, 4, "Live log streams (logs -f, a log page) one user may follow at once, 1-64; more get 429.", _between(1, 64)),
     Setting("server.front", str, "auto", "The front that reads each request whole before a web thread sees it (slow clients time out there): 'nginx', 'none', or 'auto' = nginx when installed.", _one_of("auto", "nginx", "none")),
     Setting("server.container_listen", str, "auto", "Second address for job containers to reach the daemon (MLflow, API): 'auto' = the gateway of mlpd's Docker network (mlpd-isolated, which every container joins) on the port of server.listen, 'HOST' or 'HOST:PORT', '' = none.", _container_listen),
+    Setting("server.restart_fatal_after", int, 5, "A daemon process (web, worker, front) that exits this many times in a row, each sooner than server.restart_stable_after after its start, is FATAL: not restarted until the daemon restarts (2-100). Restarts wait 1, 2, 4 ... 60 s.", _between(2, 100)),
+    Setting("server.restart_stable_after", (int, float), 60.0, "Seconds a daemon process must run for its exit to count as a fresh start (the restart backoff begins again), 1 to 3600.", _between(1, 3600)),
     Setting("mlflow.default_experiment", str, "jobs-{owner}", "MLflow experiment of jobs that name none ({owner} is the job's owner).", _experiment_template),
     Setting("mlflow.max_artifact_mb", int, 1024, "Largest file one MLflow artifact upload may be, in MiB (1-1048576); the state directory's disk also keeps jobs.min_free_gb free.", _between(1, 1048576)),
     Setting("mlflow.allowed_hosts", list, [], "Extra Host header names the embedded MLflow accepts (e.g. this box's DNS name when server.listen is not loopback)."),

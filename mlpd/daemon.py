@@ -8,24 +8,34 @@ This module imports neither flask nor huey: it starts them as child processes.
 The children get PR_SET_PDEATHSIG so that a daemon killed with SIGKILL does not
 leave an orphaned server holding the port; the state database and Docker's
 labels carry everything across such a crash.
+
+A child that exits is started again after a backoff, and one that keeps exiting soon after its
+start is FATAL and left alone (mlpd.supervision decides; supervisor's BACKOFF and FATAL). The
+children's states are published in the database (daemon_status "daemon.children") for
+`mlpd daemon --status` and /healthz, and a FATAL child is also an event row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
+import json
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from typing import Any
 
+from mlpd import supervision
 from mlpd.config import Config
-from mlpd.store import MigrationError, Store
+from mlpd.store import MigrationError, Store, record_event, set_status
 
 log = logging.getLogger("mlpd.daemon")
 RESOLVED_CONFIG_ENV = "MLPD_RESOLVED_CONFIG"  # mirrored in mlpd.web (which this module must not import)
@@ -209,12 +219,54 @@ def ensure_instance_id(state_dir: str) -> str:
         return value
 
 
+def children_status(config: Config, daemon_pid: int) -> dict[str, dict[str, Any]] | None:
+    """The children's states that the daemon with daemon_pid published, or None (another daemon's, or unreadable)."""
+    # Read-only: `--status` often runs as root, and must neither write nor create files in the daemon's state.
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{urllib.parse.quote(config.db_path)}?mode=ro", uri=True, timeout=5)) as conn:
+            row = conn.execute("SELECT value FROM daemon_status WHERE key = ?", [supervision.STATUS_KEY]).fetchone()
+        value = json.loads(row[0]) if row else None
+    except (sqlite3.Error, OSError, ValueError):
+        return None
+    if not isinstance(value, dict) or value.get("daemon_pid") != daemon_pid:
+        return None
+    return value["children"]
+
+
+def children_lines(children: dict[str, dict[str, Any]], now: float) -> list[str]:
+    """One line per child for `mlpd daemon --status`, as supervisorctl status has them (no pids: scripts read the daemon's)."""
+    lines = []
+    for name, child in children.items():
+        state, last = child["state"], supervision.exit_text(child.get("last_exit"))
+        if state == supervision.RUNNING:
+            detail = f"up {_duration(now - child['since'])}" if child.get("since") else ""
+        elif state == supervision.BACKOFF:
+            detail = f"exited soon after starting ({last}); restarting in {_duration(max(0.0, child['restart_at'] - now))}"
+        else:
+            detail = (f"exited {child['quick_exits']} times in a row soon after starting (the last: {last}); "
+                      "not restarted: see the daemon's log, fix the cause, then restart the daemon")
+        lines.append(f"  {name:<8} {state:<8} {detail}".rstrip())
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class Daemon:
     """Starts, watches and stops the daemon's processes."""
 
     def __init__(self, config: Config):
         self.config = config
         self.children: dict[str, subprocess.Popen] = {}
+        self.states: dict[str, supervision.ChildState] = {}
+        self.store = Store(config.db_path)  # opened at first use, after prepare() made the state directory
+        self.policy = supervision.RestartPolicy(config["server.restart_fatal_after"], config["server.restart_stable_after"])
         self.stopping = False
         self.env: dict[str, Any] = {}
         self.front: str | None = None  # the nginx binary when a front runs
@@ -320,7 +372,58 @@ class Daemon:
         death = signal.SIGKILL if name == "worker" else signal.SIGTERM
         self.children[name] = subprocess.Popen(argv, env=self.env, cwd=self.config.state_dir, preexec_fn=_die_with(death),
                                                pass_fds=(self.lock.fileno(),))
+        self.states[name] = supervision.started(self.states.get(name, supervision.ChildState(name)), time.monotonic())
         log.info("started %s (pid %d)", name, self.children[name].pid)
+
+    def supervise(self, commands: dict[str, list[str]], now: float) -> None:
+        """One look at the children: note the ones that exited, start the ones whose backoff is over."""
+        changed = False
+        for name, proc in list(self.children.items()):
+            child = self.states[name]
+            if child.state == supervision.RUNNING:
+                code = proc.poll()
+                if code is None:
+                    continue
+                ran = now - child.started_at
+                child = self.states[name] = supervision.exited(child, code, now, self.policy)
+                changed = True
+                if child.state == supervision.FATAL:
+                    self._fatal(child, ran)
+                    continue
+                log.warning("%s exited (%s) after %.1fs; restarting it in %.0fs (BACKOFF; %d of %d quick exits in a row before FATAL)",
+                            name, supervision.exit_text(code), ran, child.restart_at - now, child.quick_exits, self.policy.fatal_after)
+            if supervision.due(child, now) and not self.stopping:
+                self._start(name, commands[name])
+                changed = True
+        if changed:
+            self.publish()
+
+    def _fatal(self, child: supervision.ChildState, ran: float) -> None:
+        """Say once, in the log and as an event row, that a child is given up."""
+        log.error("%s is FATAL: it exited %d times in a row, each within %gs of its start (the last after %.1fs: %s); "
+                  "it is not restarted. See the messages above, fix the cause, then restart the daemon",
+                  child.name, child.quick_exits, self.policy.stable_after, ran, supervision.exit_text(child.last_exit))
+        # systemctl status shows it (the unit stays active: the other processes still work)
+        notify_systemd(f"STATUS={child.name} is FATAL: not restarted after {child.quick_exits} quick exits; see the log")
+        try:
+            with self.store.write() as db:
+                record_event(db, "mlpd", "daemon.child_fatal", "daemon", child.name, exits=child.quick_exits,
+                             last_exit=child.last_exit)
+        except sqlite3.Error as exc:
+            log.warning("could not record that %s is FATAL in the database: %s", child.name, exc)
+
+    def publish(self) -> None:
+        """Write the children's states for `mlpd daemon --status` and /healthz (wall-clock times)."""
+        offset = time.time() - time.monotonic()
+        children = {}
+        for name, child in self.states.items():
+            children[name] = {"state": child.state, "quick_exits": child.quick_exits, "last_exit": child.last_exit,
+                              "since": child.started_at + offset if child.state == supervision.RUNNING else None,
+                              "restart_at": child.restart_at + offset if child.restart_at is not None else None}
+        try:
+            set_status(self.store, supervision.STATUS_KEY, {"daemon_pid": os.getpid(), "children": children})
+        except sqlite3.Error as exc:
+            log.warning("could not publish the processes' states in the database: %s", exc)
 
     def _stop(self, *_: Any) -> None:
         self.stopping = True
@@ -342,12 +445,13 @@ class Daemon:
         return False
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT; restart a child that dies; return the exit code."""
+        """Run until SIGTERM/SIGINT; restart a child that exits, with a backoff, until it is FATAL; return the exit code."""
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         commands = self._commands()
         for name, argv in commands.items():
             self._start(name, argv)
+        self.publish()
         if not self.wait_healthy():
             if not self.stopping:
                 log.error("the web server did not come up on %s; see the messages above", self.config["server.listen"])
@@ -356,21 +460,10 @@ class Daemon:
         else:
             log.info("mlpd daemon ready on http://%s (state %s)", self.config["server.listen"], self.config.state_dir)
             notify_systemd("READY=1")
-        restarts: dict[str, list[float]] = {name: [] for name in commands}
         while not self.stopping:
             time.sleep(0.5)
-            for name, proc in list(self.children.items()):
-                code = proc.poll()
-                if code is None or self.stopping:
-                    continue
-                recent = [t for t in restarts[name] if time.monotonic() - t < 60] + [time.monotonic()]
-                restarts[name] = recent
-                if len(recent) > 5:
-                    log.error("%s exited %d five times in a minute; stopping the daemon", name, code)
-                    self.shutdown()
-                    return 1
-                log.warning("%s exited with %d; restarting it", name, code)
-                self._start(name, commands[name])
+            if not self.stopping:
+                self.supervise(commands, time.monotonic())
         notify_systemd("STOPPING=1")
         self.shutdown()
         log.info("mlpd daemon stopped")

@@ -5,7 +5,8 @@ checked against its SHA-256 hash (tokens are random and long, so a slow password
 hash buys nothing). Only the hash is stored; the full token is shown once.
 
 Passwords (for the web UI only; the API takes tokens) are chosen by people, so they
-are stored with scrypt, a slow memory-hard hash, in werkzeug's format. Five failed
+are hashed with werkzeug.security (scrypt, a slow memory-hard hash); a hash made with an
+older method or cost is replaced at the user's next successful login. Five failed
 logins for one name lock it for a while. A web session is a random secret in a
 cookie; the database keeps its SHA-256 hash, so logout, a password change and user
 removal end sessions at once.
@@ -21,6 +22,8 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from mlpd.errors import MlpdError
 from mlpd.store import Store, record_event
@@ -217,7 +220,9 @@ PASSWORD_MAX = 1024  # a cap before hashing: scrypt's cost grows with the input
 LOCKOUT_FAILURES = 5
 LOCKOUT_SECONDS = 15 * 60
 FAILURE_WINDOW = 15 * 60
-_SCRYPT = (2**15, 8, 1)  # N, r, p: werkzeug's default, ~32 MiB and ~0.1 s per hash
+# werkzeug's scrypt at its default cost (~32 MiB and ~0.1 s per hash), named in full so that a
+# stored hash made another way (an older method or cost) is recognised and replaced at login.
+PASSWORD_METHOD = "scrypt:32768:8:1"
 
 
 class LoginRefused(UserError):
@@ -225,27 +230,58 @@ class LoginRefused(UserError):
 
 
 def hash_password(password: str) -> str:
-    """A salted scrypt hash in werkzeug's format (``scrypt:N:r:p$salt$hex``)."""
-    n, r, p = _SCRYPT
-    salt = secrets.token_urlsafe(12)
-    digest = hashlib.scrypt(password.encode(), salt=salt.encode(), n=n, r=r, p=p, maxmem=132 * n * r)
-    return f"scrypt:{n}:{r}:{p}${salt}${digest.hex()}"
+    """A salted hash with werkzeug.security (``scrypt:N:r:p$salt$hex``, PASSWORD_METHOD)."""
+    return generate_password_hash(password, method=PASSWORD_METHOD)
+
+
+def _affordable(method: str) -> bool:
+    """Whether a stored hash's method is one of werkzeug's at a cost we are willing to pay.
+
+    werkzeug trusts the parameters in a stored hash; the database is ours, but a cap here
+    means a damaged or planted row costs one refused login, not a gigabyte of scrypt memory.
+    """
+    kind, _, args = method.partition(":")
+    try:
+        if kind == "scrypt":
+            n, r, p = (int(a) for a in args.split(":"))
+            return 2 <= n <= 2**20 and 1 <= r <= 16 and 1 <= p <= 4
+        if kind == "pbkdf2":
+            hash_name, iterations = args.split(":")
+            return hash_name in ("sha256", "sha512") and 1 <= int(iterations) <= 2_000_000
+    except ValueError:
+        return False
+    return False
 
 
 def verify_password(stored: str | None, password: str) -> bool:
-    """Whether password matches a hash from hash_password (False for no hash or another format)."""
-    if not stored or len(password) > PASSWORD_MAX:
+    """Whether password matches a stored werkzeug hash (False for no hash, another format or an unaffordable cost).
+
+    The comparison is werkzeug's check_password_hash, which compares digests in constant time.
+    """
+    if not stored or len(password) > PASSWORD_MAX or stored.count("$") < 2 or not _affordable(stored.split("$", 1)[0]):
         return False
     try:
-        method, salt, expected = stored.split("$", 2)
-        kind, n, r, p = method.split(":")
-        n, r, p = int(n), int(r), int(p)
-    except ValueError:
+        return check_password_hash(stored, password)
+    except ValueError:  # a method werkzeug does not know, or malformed arguments
         return False
-    if kind != "scrypt" or n > 2**20 or r > 16 or p > 4:
-        return False
-    digest = hashlib.scrypt(password.encode(), salt=salt.encode(), n=n, r=r, p=p, maxmem=132 * n * r)
-    return hmac.compare_digest(digest.hex(), expected)
+
+
+def password_needs_rehash(stored: str) -> bool:
+    """Whether a hash that just verified was made with another method or cost than PASSWORD_METHOD."""
+    return stored.split("$", 1)[0] != PASSWORD_METHOD
+
+
+def _rehash_password(store: Store, user_id: int, name: str, stored: str, password: str) -> None:
+    """Replace an outdated hash after a successful login (the password itself is unchanged).
+
+    Compare-and-set on the old hash: a password set in the meantime is never overwritten.
+    Sessions and password_changed_at stay as they are: nothing the user knows has changed.
+    """
+    hashed = hash_password(password)
+    with store.write() as db:
+        cursor = db.execute("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?", [hashed, user_id, stored])
+        if cursor.rowcount:
+            record_event(db, "mlpd", "user.password_rehashed", "user", name, old=stored.split("$", 1)[0], new=PASSWORD_METHOD)
 
 
 _DUMMY_HASH: list[str] = []
@@ -329,6 +365,8 @@ def login_with_password(store: Store, name: str, password: str, now: float | Non
                            code="unauthorized", status=401)
     with store.write() as db:
         db["login_failures"].delete_where("name = ?", [name])
+    if password_needs_rehash(row["password_hash"]):
+        _rehash_password(store, row["id"], row["name"], row["password_hash"], password)
     return User(row["id"], row["name"], row["role"])
 
 

@@ -15,7 +15,7 @@ from flask import Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 
 import mlpd
-from mlpd import strict_json
+from mlpd import strict_json, supervision
 from mlpd.config import Config, load_config
 from mlpd.store import Store, get_status
 
@@ -117,6 +117,14 @@ def create_app(cfg: Config | None = None) -> Flask:
         status = get_status(store())
         beat = status.get("worker.heartbeat")
         worker_ok = bool(beat) and time.time() - beat["updated_at"] < max(30, 3 * cfg["scheduler.reconcile_interval"])
-        return jsonify({"status": "ok", "version": mlpd.__version__, "worker": "ok" if worker_ok else "starting"})
+        body = {"status": "ok", "version": mlpd.__version__, "worker": "ok" if worker_ok else "starting"}
+        # The daemon's processes as it last published them (RUNNING, BACKOFF, FATAL), in lower case.
+        published = status.get(supervision.STATUS_KEY)
+        if published:
+            children = {name: child["state"].lower() for name, child in published["value"]["children"].items()}
+            if children.get("worker") == "fatal":
+                body["worker"] = "fatal"
+            body["children"] = children
+        return jsonify(body)
 
     return app

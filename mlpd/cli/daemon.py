@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -16,7 +17,9 @@ from mlpd.cli.common import json_option
 @click.option("--declare-gpus", type=int, help="Declare N GPUs on a machine without NVIDIA GPUs, for a quick try (overrides gpus.declare).")
 @click.option("--background", is_flag=True, help="Start it detached (log in STATE_DIR/daemon.log); return once it answers. Without systemd.")
 @click.option("--stop", "stop_it", is_flag=True, help="Stop the daemon running on this state directory (SIGTERM; running jobs keep running).")
-@click.option("--status", "show_status", is_flag=True, help="Say whether a daemon runs on this state directory, and its pid.")
+@click.option("--status", "show_status", is_flag=True,
+              help="Say whether a daemon runs on this state directory, its pid and the state of its processes "
+                   "(RUNNING, BACKOFF, FATAL); exit 0 when it runs, 1 when one of its processes is FATAL, 3 when none runs.")
 def daemon(config_file: str | None, listen: str | None, state_dir: str | None, declare_gpus: int | None, background: bool,
            stop_it: bool, show_status: bool) -> None:
     """Run the whole daemon in the foreground (what the systemd unit runs), or --background / --stop / --status it.
@@ -35,13 +38,19 @@ def daemon(config_file: str | None, listen: str | None, state_dir: str | None, d
         click.echo(f"Error: configuration {exc}", err=True)
         sys.exit(2)
     if stop_it or show_status or background:
-        from mlpd.daemon import running_pid, start_background, stop_running
+        from mlpd.daemon import children_lines, children_status, running_pid, start_background, stop_running
+        from mlpd.supervision import FATAL
 
         try:
             if show_status:
                 pid = running_pid(config.state_dir)
                 click.echo(f"mlpd daemon running, pid {pid} (state {config.state_dir})" if pid else f"no mlpd daemon on {config.state_dir}")
-                sys.exit(0 if pid else 3)
+                if not pid:
+                    sys.exit(3)
+                children = children_status(config, pid) or {}
+                for line in children_lines(children, time.time()):
+                    click.echo(line)
+                sys.exit(1 if any(c["state"] == FATAL for c in children.values()) else 0)
             if stop_it:
                 click.echo(stop_running(config.state_dir))
                 return

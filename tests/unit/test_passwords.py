@@ -31,6 +31,66 @@ def test_passwords_are_stored_as_slow_salted_hashes_werkzeug_can_read(store):
     assert not users.verify_password("scrypt:1048577:8:1$s$00", PASSWORD)  # a cost we would not pay is refused
 
 
+
+def _hand_written_hash(password: str) -> str:
+    """mlpd's own scrypt code before werkzeug.security, frozen here: hashes it stored must keep working."""
+    import hashlib
+    import secrets
+
+    salt = secrets.token_urlsafe(12)
+    digest = hashlib.scrypt(password.encode(), salt=salt.encode(), n=2**15, r=8, p=1, maxmem=132 * 2**15 * 8)
+    return f"scrypt:32768:8:1${salt}${digest.hex()}"
+
+
+def _stored(store) -> str:
+    return store.query_one("SELECT password_hash FROM users WHERE name = 'alice'")["password_hash"]
+
+
+def test_a_hash_from_mlpds_hand_written_code_still_logs_in(store):
+    old = _hand_written_hash(PASSWORD)
+    store.db.execute("UPDATE users SET password_hash = ? WHERE name = 'alice'", [old])
+    assert users.login_with_password(store, "alice", PASSWORD).name == "alice"
+    with pytest.raises(LoginRefused):
+        users.login_with_password(store, "alice", PASSWORD + "x")
+    assert _stored(store) == old  # already werkzeug's format and cost: nothing to redo
+
+
+@pytest.mark.parametrize("method", ["scrypt:16384:8:1", "pbkdf2:sha256:260000"])
+def test_an_outdated_hash_logs_in_and_is_replaced_by_the_current_one(store, method):
+    from werkzeug.security import generate_password_hash
+
+    old = generate_password_hash(PASSWORD, method=method)
+    store.db.execute("UPDATE users SET password_hash = ? WHERE name = 'alice'", [old])
+    secret, _ = users.create_session(store, users.get_user(store, "alice"), "password")
+    with pytest.raises(LoginRefused):  # a wrong password changes nothing
+        users.login_with_password(store, "alice", "not the password")
+    assert _stored(store) == old
+    assert users.login_with_password(store, "alice", PASSWORD).name == "alice"
+    new = _stored(store)
+    assert new.startswith(users.PASSWORD_METHOD + "$") and new != old
+    assert users.login_with_password(store, "alice", PASSWORD).name == "alice"
+    assert _stored(store) == new  # replaced once
+    assert users.get_session(store, secret) is not None  # the same password: sessions go on
+    events = store.query("SELECT actor, detail FROM events WHERE action = 'user.password_rehashed' AND object_id = 'alice'")
+    assert len(events) == 1 and events[0]["actor"] == "mlpd" and method in events[0]["detail"]
+
+
+def test_a_replacement_never_overwrites_a_password_set_meanwhile(store):
+    from werkzeug.security import generate_password_hash
+
+    old = generate_password_hash(PASSWORD, method="scrypt:16384:8:1")
+    store.db.execute("UPDATE users SET password_hash = ? WHERE name = 'alice'", [old])
+    user_id = users.get_user(store, "alice").id
+    users.set_password(store, "alice", "a brand new password")
+    users._rehash_password(store, user_id, "alice", old, PASSWORD)  # a login that verified the old hash, late
+    assert users.login_with_password(store, "alice", "a brand new password").name == "alice"
+
+
+@pytest.mark.parametrize("stored", ["scrypt:1048577:8:1$s$00", "scrypt:32768:17:1$s$00", "pbkdf2:sha256:9999999$s$00",
+                                    "pbkdf2:md5:1000$s$00", "bcrypt$s$00", "scrypt:x:8:1$s$00", "scrypt$s$00"])
+def test_a_stored_hash_we_would_not_pay_for_or_cannot_read_is_refused(stored):
+    assert not users.verify_password(stored, PASSWORD)
+
 @pytest.mark.parametrize("password, message", [("short", "at least 10"), ("x" * 1025, "at most 1024"), ("alice", "at least"),
                                                ("Alicealice", None)])
 def test_weak_passwords_are_refused_with_the_reason(store, password, message):

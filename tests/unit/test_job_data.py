@@ -76,3 +76,47 @@ def test_the_job_sees_its_shm_ulimits_and_home_when_it_runs(world):
     req = submit("alice", ["sh", "-c", "df -B1 --output=size /dev/shm; ulimit -l; ulimit -s; echo $HOME"], memory="4g")
     runtime.start_job(req)
     assert b"".join(runtime.logs(req.job_id)).decode().split() == ["1B-blocks", str(2 * GIB), "unlimited", "65536", "/home/mlpd"]
+
+
+def test_each_member_gets_the_folders_of_their_teams_and_no_others(world):
+    from mlpd import quotas, users
+
+    cfg, _, submit = world()
+    store = Store(cfg.db_path)
+    for name in ("alice", "bob", "carol"):
+        users.add_user(store, name)
+    for team in ("vision", "nlp"):
+        quotas.add_team(store, team, "root")
+    quotas.set_membership(store, "vision", "alice", True, "root")
+    quotas.set_membership(store, "nlp", "alice", True, "root")
+    quotas.set_membership(store, "vision", "bob", True, "root")
+    teams = os.path.join(cfg.state_dir, "teams")
+
+    def shared(owner):
+        return [m for m in submit(owner, ["true"]).mounts if m[1].startswith("/shared/")]
+
+    assert shared("alice") == [(os.path.join(teams, "nlp"), "/shared/nlp", False), (os.path.join(teams, "vision"), "/shared/vision", False)]
+    assert shared("bob") == [(os.path.join(teams, "vision"), "/shared/vision", False)]
+    assert shared("carol") == []
+    quotas.set_membership(store, "vision", "bob", False, "root")
+    assert shared("bob") == []  # read at each start: a member removed from a team no longer gets its folder
+
+
+def test_a_workspace_session_gets_the_same_home_team_folders_shm_and_ulimits_as_a_job(world):
+    from mlpd import quotas, users, workspaces
+
+    cfg, _, submit = world(**{"workspaces.port_range": "43000-43999"})
+    store = Store(cfg.db_path)
+    users.add_user(store, "alice")
+    quotas.add_team(store, "vision", "root")
+    quotas.set_membership(store, "vision", "alice", True, "root")
+    port = workspaces.allocate_port(store, "43000-43999")
+    ws = workspaces.create(store, "alice", "lab", {"gpus": 0, "image": "mlpd/train:latest"}, port,
+                           workspaces.allocate_port(store, "43000-43999", exclude=[port]))
+    controller = JobController(store, cfg, MemoryRuntime("test"), make_inventory(0, "declared"))
+    req = controller.launch_request(jobs.get(store, ws["session"]))
+    job = submit("alice", ["true"])
+    assert req.kind == "workspace" and req.shm_size == 4 * GIB and req.ulimits == DEEP_LEARNING_ULIMITS
+    mounted = {target: source for source, target, _ in req.mounts}
+    assert mounted["/home/mlpd"] == dict((t, s) for s, t, _ in job.mounts)["/home/mlpd"]
+    assert mounted["/shared/vision"] == os.path.join(cfg.state_dir, "teams", "vision")

@@ -80,7 +80,7 @@ shm.close()
 shm.unlink()
 '''
 
-PROBE = ("dd if=/dev/zero of=/dev/shm/blob bs=1M count=1024 status=none && ls -l /dev/shm/blob | awk '{print \"wrote\", $5}' "
+PROBE = ("dd if=/dev/zero of=/dev/shm/blob bs=1M count=1024 status=none && stat -c 'wrote %s' /dev/shm/blob "
          "&& rm /dev/shm/blob && echo memlock $(ulimit -l) stack $(ulimit -s) && python -c \"$SHARED\"")
 
 

@@ -115,6 +115,18 @@ def _memory(value: str) -> str | None:
     return None if size >= MIN_MEMORY else f"must be at least {format_bytes(MIN_MEMORY)} (Docker's minimum), got {value!r}"
 
 
+def _shm_size(value: str) -> str | None:
+    if value == "auto":
+        return None
+    from mlpd.jobspec import MIN_SHM, format_bytes, parse_memory
+
+    try:
+        size = parse_memory(value)
+    except ValueError as exc:
+        return f"expected 'auto' or a size; {exc}"
+    return None if size >= MIN_SHM else f"must be 'auto' or at least {format_bytes(MIN_SHM)}, got {value!r}"
+
+
 def _loopback_port_range(value: str) -> str | None:
     low, sep, high = value.partition("-")
     if not sep or not low.isdigit() or not high.isdigit() or not 1024 <= int(low) <= int(high) < 65536:
@@ -228,6 +240,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jobs.default_image", str, "mlpd/train:latest", "Image used when a job names none."),
     Setting("jobs.default_cpus", (int, float), 2, "CPU limit of work that sets none: jobs, notebook jobs, workspaces, model-serving replicas (0 = no limit; never more than the host has).", _non_negative),
     Setting("jobs.default_memory", str, "8g", "Memory limit of work that sets none, e.g. '8g': jobs, notebook jobs, workspaces, model-serving replicas ('' = no limit; never more than the host has).", _memory),
+    Setting("jobs.shm_size", str, "auto", "Size of /dev/shm in jobs, notebook jobs and workspaces that ask for none: 'auto' (half the "
+            "memory limit; of the host's memory for work without one) or a size such as '2g' (never more than the memory limit). "
+            "A job asks for more with 'shm'.", _shm_size),
     Setting("jobs.default_time_limit", str, "", "Time limit for jobs that set none, e.g. '24h' ('' = no limit).", _duration),
     Setting("jobs.max_code_mb", int, 200, "Largest code archive a job may upload, in MiB (1-10240).", _between(1, 10240)),
     Setting("jobs.max_code_files", int, 20000, "Most members (files, directories, links) one code archive may hold (1-1000000).", _between(1, 1000000)),

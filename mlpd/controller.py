@@ -30,9 +30,9 @@ from mlpd.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, ACTIVE_STATES, TERMINAL_STATES, JobState
 from mlpd.logtext import live_log_path
 from mlpd.priority_classes import PriorityClasses
-from mlpd.runtime import ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
+from mlpd.runtime import DEEP_LEARNING_ULIMITS, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd import quotas
-from mlpd.jobspec import host_limits
+from mlpd.jobspec import host_limits, shm_size
 from mlpd.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
 from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
                             format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
@@ -626,15 +626,34 @@ class JobController:
         code = jobs.code_dir(cfg.state_dir, spec["code"]) if spec.get("code") else None
         if code and not os.path.isdir(code):
             raise RuntimeFailure(f"code archive {spec['code'][:12]} is not on the daemon (upload it again with 'mlpd run')")
-        cpus, memory = effective_limits(spec, cfg, host_limits())
+        host = host_limits()
+        cpus, memory = effective_limits(spec, cfg, host)
+        kind = job.get("kind", "job")
         # A model-serving replica gets no credentials: the daemon copies its model out of the store for it.
-        tracking = self._tracking_env(job) if job.get("kind", "job") != "deployment" else {}
+        tracking = self._tracking_env(job) if kind != "deployment" else {}
         env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.get("env", {}), **tracking}
+        mounts: tuple[tuple[str, str, bool], ...] = ()
+        if kind == "job":
+            # The owner's home, as in their workspaces: prepared in a notebook, trained in a job, with no copy.
+            # Derived from the owner's name only (never from the spec), so never another member's.
+            # Its teams' folders too (/shared/TEAM), by the memberships of now.
+            from mlpd.team_folders import TeamFolderError, mounts_for
+            from mlpd.workspaces import HOME, WorkspaceError, home_dir
+
+            try:
+                mounts = ((home_dir(cfg.state_dir, job["owner"], cfg["jobs.container_user"]), HOME, False),
+                          *mounts_for(self.store, cfg.state_dir, job["owner"], cfg["jobs.container_user"]))
+            except WorkspaceError as exc:
+                raise RuntimeFailure(exc.message) from None
+            except TeamFolderError as exc:
+                raise RuntimeFailure(str(exc)) from None
+            env["HOME"] = HOME
         return LaunchRequest(
             job_id=job["id"], owner=job["owner"], image=spec.get("image") or cfg["jobs.default_image"],
             command=tuple(spec["command"]), env=env, gpu_uuids=tuple(job["gpu_uuids"]),
             cpus=cpus, memory=memory,
             user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs, attempt=job.get("attempts") or 1,
+            mounts=mounts, shm_size=shm_size(spec.get("shm"), memory, cfg["jobs.shm_size"], host[1]), ulimits=DEEP_LEARNING_ULIMITS,
         )
 
     def _tracking_env(self, job: dict[str, Any]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import docker
 import docker.errors
-from docker.types import DeviceRequest, Mount
+from docker.types import DeviceRequest, Mount, Ulimit
 
 log = logging.getLogger("mlpd.runtime")
 
@@ -120,6 +120,7 @@ class DockerRuntime:
             raise RuntimeFailure("docker.gpu_runtime is 'nvidia' but the Docker engine has no NVIDIA runtime; install nvidia-container-toolkit")
         self.use_device_requests = self.has_nvidia and gpu_mode != "none"
         self._lock = threading.Lock()
+        self.refused_ulimits: set[str] = set()  # resource limits this engine could not give a container (see start_job)
 
     # ------------------------------------------------------------ inspect
     def _state(self, c) -> WorkloadStatus:
@@ -188,6 +189,11 @@ class DockerRuntime:
             kwargs.update(mem_limit=req.memory, memswap_limit=req.memory)
         if req.cpus:
             kwargs["nano_cpus"] = int(req.cpus * 1e9)
+        if req.shm_size:
+            kwargs["shm_size"] = req.shm_size
+        ulimits = [u for u in req.ulimits if u[0] not in self.refused_ulimits]
+        if ulimits:
+            kwargs["ulimits"] = [Ulimit(name=name, soft=soft, hard=hard) for name, soft, hard in ulimits]
         if req.gpu_uuids and self.use_device_requests:
             kwargs["device_requests"] = [DeviceRequest(driver="nvidia", device_ids=list(req.gpu_uuids), capabilities=[["gpu"]])]
         try:
@@ -202,6 +208,16 @@ class DockerRuntime:
         except docker.errors.APIError as exc:
             # A DeviceRequest on an engine without the NVIDIA runtime fails here, after create.
             self.remove(req.job_id)
+            refused = _refused_ulimits(str(exc.explanation or exc), ulimits)
+            if refused:
+                # An engine that may not raise a limit (dockerd without CAP_SYS_RESOURCE, or under a lower hard
+                # limit of its own, as in a container) refuses every container asking for it: the work runs with
+                # the engine's own limit instead, and engine_info says so.
+                log.warning("the Docker engine cannot set the %s limit its containers ask for (%s); they get the engine's own",
+                            ", ".join(refused), str(exc.explanation or exc)[:200])
+                with self._lock:
+                    self.refused_ulimits |= set(refused)
+                return self.start_job(req)
             raise RuntimeFailure(f"the container could not start: {exc.explanation or exc}") from None
         return self._state(container)
 
@@ -313,7 +329,8 @@ class DockerRuntime:
             raise ImageMissing(f"image '{image}' could not be pulled ({str(exc).splitlines()[0][:200]})") from None
 
     def engine_info(self) -> dict:
-        return {"version": self.client.version().get("Version", "?"), "nvidia": self.has_nvidia, "gateway": self.gateway}
+        return {"version": self.client.version().get("Version", "?"), "nvidia": self.has_nvidia, "gateway": self.gateway,
+                "refused_ulimits": sorted(self.refused_ulimits)}
 
     def image_id(self, image: str) -> str | None:
         try:
@@ -412,6 +429,22 @@ class DockerRuntime:
         except docker.errors.APIError as exc:
             if exc.status_code not in (404, 409):
                 raise
+
+
+# runc's "error setting rlimit type N": the kernel's RLIMIT_* numbers of the limits mlpd asks for.
+_RLIMIT_NAMES = {3: "stack", 7: "nofile", 8: "memlock"}
+
+
+def _refused_ulimits(error: str, asked: list[tuple[str, int, int]]) -> list[str]:
+    """The asked-for resource limits a failed start names as refused ([] when it failed for another reason)."""
+    import re
+
+    match = re.search(r"error setting rlimit type (\d+)", error)
+    if not match:
+        return []
+    name = _RLIMIT_NAMES.get(int(match.group(1)))
+    names = [u[0] for u in asked]
+    return [name] if name in names else names
 
 
 def _kill_quietly(container, fired: threading.Event) -> None:

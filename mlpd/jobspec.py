@@ -47,6 +47,7 @@ class JobSpec:
     experiment: str | None = None
     requirements: str | None = None  # the text of a requirements.txt: the job runs in image + these (mlpd.environments)
     priority_class: str | None = None  # a class of scheduler.priority_classes; None: the default class
+    shm: int | None = None  # bytes of /dev/shm, within the memory limit; None: jobs.shm_size (see shm_size)
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict with every field; ``parse_spec`` accepts it back unchanged."""
@@ -80,6 +81,7 @@ STRIPPED_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 ALLOWED = tuple(f.name for f in fields(JobSpec))
 MIN_MEMORY = 6 * 1024**2  # Docker refuses a smaller memory limit
 MIN_CPUS = 0.01  # Docker's smallest CPU quota
+MIN_SHM = 1024**2
 # The kernel refuses one argument or environment string over MAX_ARG_STRLEN (128 KiB with its NUL),
 # and exec fails when all of them together pass ARG_MAX; mlpd keeps well inside both.
 MAX_ARG_BYTES = 128 * 1024 - 1
@@ -325,6 +327,13 @@ def parse_spec(data: Mapping[str, Any], job_file: bool = False) -> tuple[JobSpec
         if memory < MIN_MEMORY:
             raise SpecError("memory", f"must be at least {format_bytes(MIN_MEMORY)}, got {raw['memory']!r}")
         kw["memory"] = memory
+    if "shm" in raw:
+        shm = _via("shm", parse_memory, raw["shm"])
+        if shm < MIN_SHM:
+            raise SpecError("shm", f"must be at least {format_bytes(MIN_SHM)}, got {raw['shm']!r}")
+        if "memory" in kw:
+            check_shm(shm, kw["memory"])
+        kw["shm"] = shm
     if "env" in raw:
         kw["env"] = _env(raw["env"], warnings)
     exec_bytes = sum(len(a.encode("utf-8", "surrogatepass")) + 1 for a in kw["command"]) + \
@@ -377,3 +386,24 @@ def check_host_limits(spec: JobSpec, cpus: int, memory: int) -> None:
         raise SpecError("cpus", f"asks for {spec.cpus:g} CPUs but this host has {cpus}")
     if spec.memory is not None and spec.memory > memory:
         raise SpecError("memory", f"asks for {format_bytes(spec.memory)} but this host has {format_bytes(memory)}")
+
+
+def check_shm(shm: int | None, memory_limit: int | None, default: bool = False) -> None:
+    """Refuse shared memory (/dev/shm) beyond the memory limit the container gets: what a job writes
+    there is memory, counted in that limit, so more could never be used."""
+    if shm is not None and memory_limit is not None and shm > memory_limit:
+        which = "the default memory limit (jobs.default_memory)" if default else "its memory limit"
+        raise SpecError("shm", f"asks for {format_bytes(shm)} of shared memory (/dev/shm) but {which} is "
+                               f"{format_bytes(memory_limit)}; /dev/shm is memory of the job: ask for less, or for more memory")
+
+
+def shm_size(shm: int | None, memory_limit: int | None, configured: str, host_memory: int) -> int:
+    """Bytes of /dev/shm a container gets: what its spec asks for (within its memory limit, see
+    check_shm), else jobs.shm_size ("auto": half its memory limit; a size: that, at most the limit).
+    Work without a memory limit counts the host's memory as its limit, as the host's own /dev/shm does."""
+    limit = memory_limit if memory_limit else host_memory
+    if shm is not None:
+        return min(shm, limit)
+    if configured == "auto":
+        return limit // 2
+    return min(parse_memory(configured), limit)

@@ -7,7 +7,9 @@ checked against the real engine.
 
 A workload "runs" a tiny subset of a shell, enough for tests to say what should happen:
 ``true``, ``false``, ``sleep N``, ``echo WORDS`` (with ``$VAR`` and ``${VAR}`` from the
-container's environment), ``exit N``, and ``sh -c "A; B; C"`` over those. A build
+container's environment), ``exit N``, ``ulimit -l``/``ulimit -s`` and ``df -B1 --output=size /dev/shm``
+(from the request's ulimits and shm_size, as a shell in a container would print them), and
+``sh -c "A; B; C"`` over those. A build
 (:meth:`build_by_running`) runs its command in the same tiny shell, except that a program the
 tiny shell does not know (pip, say) is taken to succeed with one line of output: nothing can be
 installed in memory, and the controller only needs to see a build succeed or fail. Time comes
@@ -65,6 +67,7 @@ class MemoryRuntime:
         self.containers: dict[str, _Container] = {}
         self.has_nvidia = False
         self.gateway: str | None = None  # no network in memory; tests may set one
+        self.refused_ulimits: set[str] = set()  # limits the engine cannot give (Docker: dockerd without CAP_SYS_RESOURCE); tests may set some
         self._lock = threading.RLock()
         self._listeners: list[Callable[[str], None]] = []
         self._serial = 0
@@ -226,7 +229,7 @@ class MemoryRuntime:
                  "created_at": self.image_created.get(t)} for t in sorted(self.images) if t.startswith(prefix)]
 
     def engine_info(self) -> dict:
-        return {"version": "in-memory", "nvidia": self.has_nvidia, "gateway": self.gateway}
+        return {"version": "in-memory", "nvidia": self.has_nvidia, "gateway": self.gateway, "refused_ulimits": sorted(self.refused_ulimits)}
 
     def image_id(self, image: str) -> str | None:
         import hashlib
@@ -294,6 +297,10 @@ class MemoryRuntime:
                 c.cursor = until
             elif kind == "echo":
                 c.output.append((c.cursor, _expand(str(arg), c.env) + "\n"))
+            elif kind == "ulimit":
+                c.output.append((c.cursor, _ulimit(c.request, str(arg), self.refused_ulimits) + "\n"))
+            elif kind == "shm":
+                c.output.append((c.cursor, f"1B-blocks\n{c.request.shm_size or DOCKER_DEFAULT_SHM}\n"))
             elif kind == "exit":
                 self._end(c, int(arg))
                 return
@@ -312,6 +319,18 @@ def _joined(output: list[tuple[float, str]], timestamps: bool) -> bytes:
     from mlpd.runtime import format_timestamp
 
     return "".join(f"{format_timestamp(t)} {line}" if timestamps else line for t, line in output).encode()
+
+
+DOCKER_DEFAULT_SHM = 64 * 1024**2  # /dev/shm of a container that asks for no size
+_ULIMIT_FLAGS = {"-l": "memlock", "-s": "stack"}  # in KiB, as a shell's ulimit prints them
+_DEFAULT_ULIMITS = {"memlock": 8 * 1024**2, "stack": 8 * 1024**2}  # a Linux host's usual soft limits
+
+
+def _ulimit(req: LaunchRequest, flag: str, refused: set[str]) -> str:
+    """What `ulimit FLAG` prints in the workload's container: its soft limit in KiB, or unlimited."""
+    name = _ULIMIT_FLAGS[flag]
+    soft = next((soft for n, soft, _hard in req.ulimits if n == name and n not in refused), _DEFAULT_ULIMITS[name])
+    return "unlimited" if soft < 0 else str(soft // 1024)
 
 
 def _expand(text: str, env: dict[str, str]) -> str:
@@ -338,5 +357,9 @@ def _parse(command: tuple[str, ...]) -> list[tuple[str, object]]:
         return [("echo", " ".join(args))]
     if program == "exit":
         return [("exit", int(args[0]) if args else 0)]
+    if program == "ulimit" and len(args) == 1 and args[0] in _ULIMIT_FLAGS:
+        return [("ulimit", args[0])]
+    if program == "df" and args == ["-B1", "--output=size", "/dev/shm"]:
+        return [("shm", None)]
     raise ValueError(f'exec: "{program}": executable file not found in $PATH (the in-memory runtime runs only '
-                     "true, false, sleep, echo, exit and sh -c over them)")
+                     "true, false, sleep, echo, exit, ulimit -l/-s, df -B1 --output=size /dev/shm and sh -c over them)")

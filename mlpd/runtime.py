@@ -83,6 +83,13 @@ class LaunchRequest:
     mounts: tuple[tuple[str, str, bool], ...] = ()  # (host path, container path, read-only) beyond /outputs and /code
     workdir: str | None = None  # default: /code when there is code, else /outputs
     attempt: int = 1  # which run of the workload this is (a preempted job runs again): MLPD_ATTEMPT, label mlpd.attempt
+    shm_size: int | None = None  # bytes of /dev/shm (a tmpfs counted in the memory limit); None: the engine's default (Docker: 64 MiB)
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard) resource limits, e.g. ("memlock", -1, -1); -1 = unlimited
+
+
+# The resource limits NVIDIA sets for PyTorch containers (--ulimit memlock=-1 --ulimit stack=67108864): NCCL
+# and CUDA's pinned host memory lock pages, and a deep recursion (or a big model's graph) needs stack.
+DEEP_LEARNING_ULIMITS = (("memlock", -1, -1), ("stack", 64 * 1024**2, 64 * 1024**2))
 
 
 # A build's limits (BuildRequest): roomy enough for pip to compile an sdist, bounded like a job.
@@ -146,6 +153,7 @@ class Runtime(Protocol):
 
     instance: str
     has_nvidia: bool
+    refused_ulimits: set[str]  # see engine_info
 
     def start_job(self, req: LaunchRequest) -> WorkloadStatus:
         """Create and start the workload's container, pinned to its GPUs; idempotent.
@@ -183,7 +191,9 @@ class Runtime(Protocol):
 
     def engine_info(self) -> dict:
         """{"version": the engine's version, "nvidia": whether it has the NVIDIA container runtime, "gateway": the
-        host's address on the network every container joins (what host.docker.internal is there), or None}."""
+        host's address on the network every container joins (what host.docker.internal is there), or None,
+        "refused_ulimits": the resource limits (LaunchRequest.ulimits) the engine could not give a container
+        so far, which its containers then get at the engine's own values}."""
 
     def image_present(self, image: str) -> bool: ...
 

@@ -439,8 +439,8 @@ def _ports_still_free(store: Store, config, ws: dict[str, Any]) -> dict[str, Any
 
 
 def launch_request(store: Store, config, job: dict[str, Any], base: LaunchRequest) -> LaunchRequest:
-    """A session's container: the job's request plus the home, the published loopback port, the
-    Jupyter token, and the mlpd CLI (the daemon's package, read-only)."""
+    """A session's container: the job's request plus the home, the owner's team folders (/shared/TEAM),
+    the published loopback port, the Jupyter token, and the mlpd CLI (the daemon's package, read-only)."""
     import dataclasses
 
     ws = by_id(store, job["workload"])
@@ -452,13 +452,21 @@ def launch_request(store: Store, config, job: dict[str, Any], base: LaunchReques
 
     from mlpd.sshkeys import write_authorized_keys
 
+    from mlpd.runtime import RuntimeFailure
+    from mlpd.team_folders import TeamFolderError, mounts_for
+
     ws = _ports_still_free(store, config, ws)
     home = home_dir(config.state_dir, job["owner"], config["jobs.container_user"])
+    try:
+        teams = mounts_for(store, config.state_dir, job["owner"], config["jobs.container_user"])  # /shared/TEAM, as in jobs
+    except TeamFolderError as exc:
+        raise RuntimeFailure(str(exc)) from None
     keys = write_authorized_keys(store, config.state_dir, job["owner"])
     env = {**base.env, "HOME": HOME, "JUPYTER_TOKEN": ws["token"], "MLPD_WORKSPACE": ws["name"],
            "PYTHONPATH": "/opt/mlpd-client", "SHELL": "/bin/bash"}
     return dataclasses.replace(
         base, kind="workspace", env=env, workdir=HOME,
         ports=((JUPYTER_PORT, "127.0.0.1", ws["port"]), (SSH_PORT, "127.0.0.1", ws["ssh_port"])),
-        mounts=((home, HOME, False), (keys, "/etc/mlpd-ssh", True), (os.path.dirname(os.path.abspath(mlpd.__file__)), "/opt/mlpd-client/mlpd", True)),
+        mounts=((home, HOME, False), (keys, "/etc/mlpd-ssh", True), (os.path.dirname(os.path.abspath(mlpd.__file__)), "/opt/mlpd-client/mlpd", True),
+                *teams),
     )

@@ -15,7 +15,8 @@ from mlpd.scheduler import name_of as name_of_holder
 from mlpd.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
 from mlpd.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import TERMINAL_STATES, JobState
-from mlpd.jobspec import SpecError, check_host_limits, host_limits, parse_spec
+from mlpd.jobspec import SpecError, check_host_limits, check_shm, host_limits, parse_spec
+from mlpd.resource_caps import effective_limits
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
 from mlpd.web.routes import Area, Field, json_body, request_json
@@ -120,6 +121,9 @@ def check_admission(spec) -> None:
     """Refuse at submit what can never run on this host (clear error, nothing stored)."""
     try:
         check_host_limits(spec, *host_limits())
+        # /dev/shm is memory of the job: within the limit its container gets (the default one, or the host's, when it names none)
+        check_shm(spec.shm, effective_limits({"memory": spec.memory}, config(), host_limits())[1] or host_limits()[1],
+                  default=spec.memory is None)
     except SpecError as exc:
         raise ApiError(400, "invalid_field", str(exc)) from None
     devices = inventory().devices()

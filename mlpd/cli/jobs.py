@@ -89,6 +89,8 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
 @click.option("--image", help="Container image (default: the daemon's jobs.default_image).")
 @click.option("--cpus", type=float, help="CPU limit, e.g. 4 or 0.5.")
 @click.option("--memory", help="Memory limit, e.g. 16g.")
+@click.option("--shm", help="Size of /dev/shm (shared memory for DataLoader workers and NCCL), e.g. 2g; within the memory "
+                            "limit (default: the daemon's jobs.shm_size, half the memory limit).")
 @click.option("--time-limit", help="Stop the job after this long, e.g. 2h or 30m.")
 @click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
 @click.option("--name", help="A name for the job.")
@@ -107,7 +109,7 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
               help="For a notebook (mlpd run NB.ipynb): a value for its 'parameters' cell (repeatable); the executed notebook is kept in the outputs.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
-def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, priority_class, experiment, code_dir, no_code, requirements_file,
+def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priority, priority_class, experiment, code_dir, no_code, requirements_file,
         no_requirements, follow, params, as_json, command):
     """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py
 
@@ -125,8 +127,8 @@ def run(gpus, gpu_model, image, cpus, memory, time_limit, env, name, priority, p
             raise click.BadParameter(f"expected K=V, got {item!r}", param_hint="--env")
         env_map[key] = value
     spec: dict[str, Any] = {"command": list(command), "gpus": gpus}
-    for key, value in (("gpu_model", gpu_model), ("image", image), ("cpus", cpus), ("memory", memory), ("time_limit", time_limit),
-                       ("name", name), ("priority", priority), ("priority_class", priority_class), ("experiment", experiment)):
+    for key, value in (("gpu_model", gpu_model), ("image", image), ("cpus", cpus), ("memory", memory), ("shm", shm),
+                       ("time_limit", time_limit), ("name", name), ("priority", priority), ("priority_class", priority_class), ("experiment", experiment)):
         if value is not None:
             spec[key] = value
     if env_map:

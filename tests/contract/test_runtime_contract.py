@@ -261,3 +261,37 @@ def test_an_image_is_made_by_running_a_command_and_a_failed_run_makes_none(make_
     with pytest.raises(RuntimeFailure) as info:
         list(rt.build_by_running(endless))
     assert "took longer than" in str(info.value) and not rt.image_present(tag)
+
+
+def test_shared_memory_and_ulimits_are_what_the_request_asks_and_the_engine_default_otherwise(make_runtime, tmp_path):
+    from mlpd.runtime import DEEP_LEARNING_ULIMITS
+
+    rt = make_runtime()
+    probe = ["sh", "-c", "df -B1 --output=size /dev/shm; ulimit -l; ulimit -s"]
+    sized = request(tmp_path, probe, shm_size=256 * 1024**2, ulimits=DEEP_LEARNING_ULIMITS)
+    plain = request(tmp_path, probe)
+    rt.start_job(sized)
+    rt.start_job(plain)
+    assert ended(rt, sized.job_id).exit_code == 0 and ended(rt, plain.job_id).exit_code == 0
+    lines = b"".join(rt.logs(sized.job_id)).decode().split()
+    assert lines[:2] == ["1B-blocks", str(256 * 1024**2)] and lines[3] == "65536"
+    # An engine that may not raise memlock (dockerd without CAP_SYS_RESOURCE, as in a container) says so and
+    # runs the workload with its own limit rather than failing it.
+    refused = rt.engine_info()["refused_ulimits"]
+    assert lines[2] == "unlimited" or refused == ["memlock"], (lines, refused)
+    lines = b"".join(rt.logs(plain.job_id)).decode().split()
+    assert lines[:2] == ["1B-blocks", str(64 * 1024**2)]  # Docker's default, which starves DataLoader workers and NCCL
+    assert lines[2] != "unlimited"
+
+
+def test_a_limit_the_engine_cannot_give_is_reported_and_the_workload_still_runs(make_runtime, tmp_path):
+    from mlpd.runtime import DEEP_LEARNING_ULIMITS
+
+    rt = make_runtime()
+    rt.refused_ulimits.add("memlock")  # as an engine that may not raise it finds out at its first start
+    req = request(tmp_path, ["sh", "-c", "ulimit -l; ulimit -s"], ulimits=DEEP_LEARNING_ULIMITS)
+    rt.start_job(req)
+    assert ended(rt, req.job_id).exit_code == 0
+    memlock, stack = b"".join(rt.logs(req.job_id)).decode().split()
+    assert memlock != "unlimited" and stack == "65536"
+    assert rt.engine_info()["refused_ulimits"] == ["memlock"]

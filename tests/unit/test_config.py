@@ -185,6 +185,8 @@ def test_unknown_section_is_refused(tmp_path):
         ('[gpus]\ndrained = "0"\n', "gpus.drained", "expected a list"),
         ('[jobs]\ndefault_memory = "lots"\n', "jobs.default_memory", "lots"),
         ('[jobs]\ndefault_time_limit = "soon"\n', "jobs.default_time_limit", "soon"),
+        ('[jobs]\nshm_size = "half"\n', "jobs.shm_size", "expected 'auto' or a size"),
+        ('[jobs]\nshm_size = "1k"\n', "jobs.shm_size", "must be 'auto' or at least 1.0 MiB"),
         ('[docker]\ngpu_runtime = "amd"\n', "docker.gpu_runtime", "expected one of 'auto', 'nvidia', 'none'"),
     ],
 )

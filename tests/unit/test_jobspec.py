@@ -100,10 +100,10 @@ def test_gpu_env_vars_stripped_with_warning(name):
 def test_to_dict_round_trips_through_json():
     s = spec(image="pytorch/pytorch:2.3.0", code=DIGEST, gpus=1, cpus=4, memory="1.5G",
              env={"SEED": 7}, time_limit="2h", priority=10, name="run1", experiment="exp", requirements="humanize==4.9.0\n",
-             priority_class="preemptible")
+             priority_class="preemptible", shm="512m")
     d = s.to_dict()
     assert set(d) == {"command", "image", "code", "gpus", "gpu_model", "cpus", "memory", "env",
-                      "time_limit", "priority", "name", "experiment", "requirements", "priority_class"}
+                      "time_limit", "priority", "name", "experiment", "requirements", "priority_class", "shm"}
     again, warnings = parse_spec(json.loads(json.dumps(d)))
     assert again == s and warnings == []
     assert parse_spec(JobSpec(command=("x",)).to_dict())[0] == JobSpec(command=("x",))
@@ -335,3 +335,33 @@ def test_a_flood_of_unknown_keys_costs_bounded_work_and_a_short_message():
     with pytest.raises(SpecError) as info:
         parse_spec({"command": ["true"], long_key: 1})
     assert len(info.value.field) < 100 and len(info.value.message) < 1000
+
+
+def test_shm_is_a_size_within_the_memory_limit():
+    assert spec(shm="2g", memory="4g").shm == 2 * 1024**3
+    assert spec(shm="4g", memory="4g").shm == 4 * 1024**3
+    with pytest.raises(SpecError, match=r"^shm: asks for 5.0 GiB of shared memory \(/dev/shm\) but its memory limit is 4.0 GiB"):
+        spec(shm="5g", memory="4g")
+    with pytest.raises(SpecError, match=r"^shm: cannot read 'lots'"):
+        spec(shm="lots")
+    with pytest.raises(SpecError, match=r"^shm: must be at least 1.0 MiB"):
+        spec(shm="1k")
+
+
+def test_shm_without_a_memory_limit_is_checked_against_the_default_one():
+    from mlpd.jobspec import check_shm
+
+    check_shm(8 * 1024**3, 8 * 1024**3, default=True)
+    with pytest.raises(SpecError, match=r"default memory limit \(jobs.default_memory\) is 8.0 GiB"):
+        check_shm(9 * 1024**3, 8 * 1024**3, default=True)
+
+
+def test_the_size_of_dev_shm_follows_the_rule():
+    from mlpd.jobspec import shm_size
+
+    gib = 1024**3
+    assert shm_size(None, 8 * gib, "auto", 64 * gib) == 4 * gib  # half the memory limit
+    assert shm_size(None, None, "auto", 64 * gib) == 32 * gib  # no limit: half the host's memory, as the host's own /dev/shm
+    assert shm_size(None, 8 * gib, "2g", 64 * gib) == 2 * gib
+    assert shm_size(None, gib, "2g", 64 * gib) == gib  # never more than the memory limit
+    assert shm_size(6 * gib, 8 * gib, "auto", 64 * gib) == 6 * gib  # the job's own ask wins

@@ -1,0 +1,50 @@
+"""The one error shape where no view runs (unknown routes, wrong methods, bodies that are not
+JSON) and where success needs state the fast tier does not make (a model in MLflow)."""
+
+from __future__ import annotations
+
+from app_client import error_of
+
+
+def test_an_unknown_route_is_json_404_pointing_at_the_openapi_document(api):
+    response = api.call("GET", "no/such/route", api.member)
+    assert error_of(response) == (404, "not_found")
+    assert "openapi.json" in response.get_json()["error"]["message"]
+
+
+def test_a_wrong_method_is_405_naming_the_allowed_ones(api):
+    response = api.call("PATCH", "jobs", api.member)
+    assert error_of(response) == (405, "method_not_allowed")
+    assert {"GET", "POST"} <= {m.strip() for m in response.headers["Allow"].split(",")}
+
+
+def test_a_body_that_is_not_json_or_not_an_object_or_has_unknown_fields_is_400(api):
+    bad_json = api.call("POST", "teams", api.admin, data=b"{not json", headers={"Content-Type": "application/json"})
+    assert error_of(bad_json) == (400, "invalid_json")
+    not_object = api.call("POST", "teams", api.admin, json=["vision"])
+    assert error_of(not_object) == (400, "invalid_body")
+    unknown = api.call("POST", "teams", api.admin, json={"name": "vision", "colour": "red"})
+    assert error_of(unknown) == (400, "invalid_field")
+    assert "colour: unknown field" in unknown.get_json()["error"]["message"]
+    missing = api.call("POST", "teams", api.admin, json={})
+    assert error_of(missing) == (400, "missing_field")
+
+
+def test_a_deployment_of_a_model_mlflow_does_not_have_is_404_and_leaves_nothing(api):
+    response = api.call("POST", "deployments", api.member, json={"model": "models:/nosuch/1", "name": "absent"})
+    assert error_of(response) == (404, "not_found")
+    assert api.call("GET", "deployments", api.member).get_json()["deployments"] == []
+
+
+def test_logs_of_a_job_that_never_ran_are_empty_and_its_outputs_404(api):
+    job = api.call("POST", "jobs", api.member, json={"command": ["true"]}).get_json()["job"]["id"]
+    logs = api.call("GET", f"jobs/{job}/logs", api.member)
+    assert (logs.status_code, logs.get_data()) == (200, b"")
+    assert error_of(api.call("GET", f"jobs/{job}/outputs", api.member)) == (404, "not_found")
+
+
+def test_another_members_job_is_404_not_403(api):
+    job = api.call("POST", "jobs", api.member, json={"command": ["true"]}).get_json()["job"]["id"]
+    other = api.user("other")
+    assert error_of(api.call("GET", f"jobs/{job}", other)) == (404, "not_found")
+    assert error_of(api.call("POST", f"jobs/{job}/cancel", other)) == (404, "not_found")

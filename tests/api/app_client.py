@@ -14,6 +14,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 SHIPPED_CONFIG = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
 
 
@@ -69,6 +71,14 @@ def make_api(state_dir: Path, declare_gpus: int = 2) -> Api:
     api.admin = api.user("root", admin=True)
     api.member = api.user(api.member_name)
     return api
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory) -> Api:
+    """One app per test module (state accumulates within a module, as on a real daemon). Test
+    modules import this fixture by name: a tests/api/conftest.py would take the module name
+    'conftest' that tests/helpers.py and the integration tests import from tests/conftest.py."""
+    return make_api(tmp_path_factory.mktemp("api-state"))
 
 
 def error_of(response) -> tuple[int, str]:

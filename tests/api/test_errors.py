@@ -3,7 +3,7 @@ JSON) and where success needs state the fast tier does not make (a model in MLfl
 
 from __future__ import annotations
 
-from app_client import error_of
+from app_client import api, error_of  # noqa: F401  (api: the fixture)
 
 
 def test_an_unknown_route_is_json_404_pointing_at_the_openapi_document(api):

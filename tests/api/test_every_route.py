@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from app_client import error_of
+from app_client import api, error_of  # noqa: F401  (api: the fixture)
 
 
 @dataclass(frozen=True)

@@ -48,3 +48,24 @@ def test_another_members_job_is_404_not_403(api):
     other = api.user("other")
     assert error_of(api.call("GET", f"jobs/{job}", other)) == (404, "not_found")
     assert error_of(api.call("POST", f"jobs/{job}/cancel", other)) == (404, "not_found")
+
+
+def test_without_an_injected_runtime_the_app_connects_to_docker_and_says_when_it_cannot(tmp_path):
+    """The daemon's path (create_app with no runtime): the engine is reached on first use, and an
+    engine that does not answer is a 503 in the one error shape, not a crash."""
+    from app_client import SHIPPED_CONFIG
+    from mlpd import users
+    from mlpd.config import load_config
+    from mlpd.store import Store
+    from mlpd.web import create_app
+
+    cfg = load_config(SHIPPED_CONFIG, {"server.state_dir": str(tmp_path), "docker.host": "tcp://127.0.0.1:9"})
+    Store(cfg.db_path).migrate()
+    (tmp_path / "instance_id").write_text("nowhere\n")
+    app = create_app(cfg)
+    assert "mlpd.runtime" not in app.extensions
+    store = app.extensions["mlpd.store"]
+    users.add_user(store, "root", "admin")
+    token, _ = users.create_token(store, "root")
+    response = app.test_client().get("/api/v1/images", headers={"Authorization": f"Bearer {token}"})
+    assert error_of(response) == (503, "docker_unavailable")

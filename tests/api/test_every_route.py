@@ -238,6 +238,26 @@ def test_a_member_gets_403_exactly_where_openapi_says_admin(api, openapi, method
         assert not refused, f"{method} {path} is not marked x-mlpd-admin but refuses a member as one"
 
 
+@pytest.fixture(scope="module")
+def job_token(api) -> str:
+    """The token a job's container gets (minted as the controller mints it at start)."""
+    from mlpd import jobs
+
+    job = api.call("POST", "jobs", api.member, json={"command": ["true"]}).get_json()["job"]
+    return jobs.create_job_token(api.store, {"id": job["id"], "owner": api.member_name})
+
+
+@pytest.mark.parametrize("method,path", sorted(CASES), ids=lambda v: v)
+def test_a_jobs_token_reaches_exactly_the_routes_openapi_marks_for_jobs(api, openapi, job_token, method, path):
+    op = openapi["paths"]["/api/v1" + path][method.lower()]
+    response = api.call(method, _path_of(path).lstrip("/"), job_token, json={})
+    refused = response.status_code == 403 and "a job's token" in response.get_data(as_text=True)
+    if op.get("x-mlpd-job-token"):
+        assert not refused, f"{method} {path} is marked x-mlpd-job-token but refuses a job's token"
+    else:
+        assert error_of(response) == (403, "forbidden") and refused
+
+
 @pytest.mark.parametrize("method,path", list(CASES), ids=lambda v: v)
 def test_each_route_as_a_client_uses_it(api, world, method, path):
     case = CASES[(method, path)]

@@ -3,8 +3,8 @@
 ``make_api`` builds the Flask app as the daemon's web workers do, except that the runtime is
 the in-memory one (``create_app(cfg, runtime=MemoryRuntime(...))``): no Docker engine, no
 network. GPUs are two declared ones; the state database is real SQLite in a temporary directory,
-migrated as the daemon migrates it. Nothing runs the controller: a submitted job stays queued,
-which is what a request sees before the worker's next pass.
+migrated as the daemon migrates it. Nothing runs the controller on its own: a submitted job stays queued (what a request sees
+before the worker's next pass) until a test calls ``Api.reconcile()``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Api:
     admin: str
     member: str
     member_name: str
+    controller: object = None
 
     @property
     def store(self):
@@ -42,6 +43,18 @@ class Api:
             headers["Authorization"] = f"Bearer {token}"
         url = path if path.startswith("/") else "/api/v1/" + path
         return self.client.open(url, method=method, headers=headers, **kwargs)
+
+    def reconcile(self) -> None:
+        """One pass of the worker's job controller over the in-memory runtime (what the daemon's
+        worker does on its own): queued work is placed and launched, ended work is recorded."""
+        from mlpd.controller import JobController
+        from mlpd.gpus import make_inventory
+
+        if self.controller is None:
+            cfg = self.app.extensions["mlpd.config"]
+            inventory = make_inventory(cfg["gpus.declare"], cfg["gpus.declared_model"], self.store)
+            self.controller = JobController(self.store, cfg, self.runtime, inventory)
+        self.controller.reconcile()
 
     def user(self, name: str, admin: bool = False) -> str:
         """Create a user directly in the state database; return their token."""

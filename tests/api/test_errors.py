@@ -43,6 +43,13 @@ def test_logs_of_a_job_that_never_ran_are_empty_and_its_outputs_404(api):
     assert error_of(api.call("GET", f"jobs/{job}/outputs", api.member)) == (404, "not_found")
 
 
+def test_a_code_archive_must_match_its_name(api):
+    response = api.call("PUT", "code/" + "0" * 64, api.member, data=b"not an archive")
+    assert error_of(response) == (400, "digest_mismatch")
+    assert error_of(api.call("GET", "code/" + "0" * 64, api.member)) == (404, "not_found")
+    assert error_of(api.call("GET", "code/nothex", api.member)) == (400, "invalid_field")
+
+
 def test_another_members_job_is_404_not_403(api):
     job = api.call("POST", "jobs", api.member, json={"command": ["true"]}).get_json()["job"]["id"]
     other = api.user("other")

@@ -2,8 +2,10 @@
 member where it is admin-only (403), and once as it is meant to be used.
 
 CASES holds one case per operation of /api/v1/openapi.json. A case is the success a client
-sees, or, where success needs state that only Docker or MLflow makes (the logs of a replica that
-ran, a registered model), the exact status and error code a client gets without it, and why.
+sees, or, where success needs what only Docker, MLflow or the serving pass make (a replica that
+answers /ping, an image build), the exact status and error code a client gets without it, and
+why. Jobs run to their end in the in-memory runtime (Api.reconcile); deployments resolve their
+models through fake_models, the one stand-in for MLflow's registry.
 test_each_openapi_operation_has_a_case fails when a route appears without a case here.
 """
 

@@ -183,6 +183,28 @@ def daemon(tmp_path_factory):
         remove_containers(d)
 
 
+# The tiers, by directory: tests/unit and tests/api (the app through its test client, in-memory
+# runtime) and the in-memory half of tests/contract need no Docker engine and make up
+# `./tests/run.sh --fast`; integration and browser drive a real daemon and engine. Marked here so
+# that `-m fast`, `-m api` or `-m "not browser"` select what they say (see [tool.pytest] markers).
+TIERS = {"unit": "unit", "api": "api", "contract": "contract", "integration": "integration", "browser": "browser"}
+FAST_TIERS = {"unit", "api"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            tier = TIERS.get(Path(str(item.fspath)).resolve().relative_to(tests_dir).parts[0])
+        except ValueError:
+            continue
+        if tier is None:
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier in FAST_TIERS or (tier == "contract" and item.get_closest_marker("docker") is None):
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Run mlpd's test suite: sets up what it needs (Docker engine, a dev venv, images) and runs pytest.
-#   ./tests/run.sh [pytest args]
+#   ./tests/run.sh [pytest args]          everything: unit, api, contract, integration, browser
+#   ./tests/run.sh --fast [pytest args]   tests/unit, tests/api and the in-memory half of tests/contract:
+#                                         no Docker engine, images, apt or browser; only the dev venv
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+python="${MLPD_PYTHON:-python3}"
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  # Install only when the venv lacks the package (pip's resolution alone costs seconds).
+  .venv/bin/python -c 'import mlpd.web, pytest' 2>/dev/null || .venv/bin/pip install -q -e '.[test]'
+  exec .venv/bin/python -m pytest -m fast tests/unit tests/api tests/contract "$@"
+fi
 
 if ! docker info >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
   ./install.sh --engine-only
@@ -15,7 +26,6 @@ fi
 if ! command -v nginx >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 fi
-python="${MLPD_PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
 .venv/bin/mlpd images build --local --config mlpd.toml

@@ -56,14 +56,20 @@ def config() -> Config:
     return current_app.extensions["mlpd.config"]
 
 
-def create_app(cfg: Config | None = None) -> Flask:
-    """Build the app for a resolved configuration (by default the one the daemon wrote)."""
+def create_app(cfg: Config | None = None, runtime=None) -> Flask:
+    """Build the app for a resolved configuration (by default the one the daemon wrote).
+
+    ``runtime`` (a :class:`mlpd.runtime.Runtime`) replaces the Docker connection that
+    api_jobs.runtime() would open on first use: the fast tests pass a MemoryRuntime; the daemon
+    passes nothing."""
     cfg = cfg or _resolved_config()
     app = Flask("mlpd.web", static_folder=None)
     app.json = StrictJSONProvider(app)
     app.json.sort_keys = False
     app.extensions["mlpd.config"] = cfg
     app.extensions["mlpd.store"] = Store(cfg.db_path)
+    if runtime is not None:
+        app.extensions["mlpd.runtime"] = runtime  # what api_jobs.runtime() answers
     app.config["MAX_CONTENT_LENGTH"] = cfg["jobs.max_code_mb"] * 1024 * 1024 + 1024 * 1024
 
     handler = logging.StreamHandler()

@@ -179,7 +179,18 @@ def test_start_and_exit_are_reported_as_events(make_runtime, tmp_path):
     seen, stop = [], threading.Event()
     watcher = threading.Thread(target=rt.watch, args=(seen.append, stop), daemon=True)
     watcher.start()
-    threading.Event().wait(0.5)  # the event stream is open
+    probes: list[str] = []
+
+    def stream_open() -> bool:
+        """A probe workload's event has come through (a new probe each poll until one does)."""
+        if any(p in seen for p in probes):
+            return True
+        probe = request(tmp_path, ["sleep", "2"])
+        rt.start_job(probe)
+        probes.append(probe.job_id)
+        return False
+
+    wait_for(stream_open, 30, 0.25, "the event stream to be open")
     req = request(tmp_path, ["sh", "-c", "sleep 1; exit 0"])
     rt.start_job(req)
     ended(rt, req.job_id)

@@ -78,9 +78,8 @@ def test_two_jobs_share_two_gpus_and_a_third_waits_then_starts_quickly(daemon, c
 
     c = submit(daemon, token, ["sh", "-c", "echo CUDA=$CUDA_VISIBLE_DEVICES"], gpus=1)
     cleanup.append((token, c))
-    time.sleep(0.5)
-    shown = daemon.cli("jobs", "show", c, token=token)
-    assert shown.returncode == 0, shown.stderr
+    shown = wait_for(lambda: (r := daemon.cli("jobs", "show", c, token=token)).returncode == 0 and "position 1" in r.stdout and r,
+                     20, 0.2, f"job {c} to wait in position 1")
     assert "queued" in shown.stdout and "waiting:" in shown.stdout and "position 1" in shown.stdout
     assert f"job {a[:8]}" in shown.stdout or f"job {b[:8]}" in shown.stdout  # names the holder
     waiting = job(daemon, token, c)["waiting"]

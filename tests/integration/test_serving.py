@@ -179,13 +179,15 @@ def test_moving_the_alias_rolls_over_with_no_failed_request(world):
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        time.sleep(1)
+        wait_for(lambda: seen and seen[-1] == (200, 2.0), 60, 0.05, "predictions from version 1")
         moved = d.api("POST", MLFLOW + "registered-models/alias", token, json={"name": world["model"], "alias": "prod", "version": "2"})
         assert moved.status_code == 200, moved.text
         moved_at = time.monotonic()
         wait_for(lambda: seen and seen[-1] == (200, 3.0), 300, 0.2, "predictions from version 2")
         switched = time.monotonic() - moved_at
-        time.sleep(5)  # past the drain: the old version stops while requests go on
+        # Past the drain: the old version stops while requests go on.
+        wait_for(lambda: (x := show(world))["serving"]["version"] == "2" and len(x["replica_list"]) == 1, 120, 0.5,
+                 "the old version to stop while requests go on")
     finally:
         stop.set()
         thread.join()
@@ -256,8 +258,17 @@ def test_the_endpoint_counts_requests_and_errors_per_version_with_no_work_from_t
         mine = [m for m in dep["requests"] if m["version"] == dep["serving"]["version"]]
         return (sum(m["requests"] for m in mine), sum(m["errors"] for m in mine))
 
-    time.sleep(3)  # the web workers add their counts every 2 s: let the earlier tests' requests land first
-    requests_before, errors_before = counts()
+    # The web workers add their counts every 2 s: let the earlier tests' requests land first (the
+    # counts stay the same over a flush interval).
+    last: list = []
+
+    def settled():
+        now = counts()
+        same = last == [now]
+        last[:] = [now]
+        return same and now
+
+    requests_before, errors_before = wait_for(settled, 30, 2.5, "the counts of earlier requests to settle")
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {world['token']}"
     url = f"{d.url}/serve/{world['deployment']}/invocations"

@@ -82,8 +82,7 @@ def test_concurrent_gpu_quota_waits_until_an_admin_raises_it(daemon):
     resp = daemon.api("POST", "/api/v1/jobs", token, json={"command": ["true"], "gpus": 1})
     assert resp.status_code == 201 and any("concurrent GPU quota" in w for w in resp.json()["warnings"])
     b = resp.json()["job"]["id"]
-    time.sleep(1)
-    waiting = job(daemon, token, b)
+    waiting = wait_for(lambda: (j := job(daemon, token, b))["waiting"] and j, 20, 0.1, f"job {b} to say why it waits")
     assert waiting["state"] == "queued" and "concurrent GPU quota of user " + name in waiting["waiting"]["reason"]
     quota = as_json(daemon.cli("quota", "--json", token=token))["quotas"][0]
     assert quota["max_gpus"] == 1 and quota["gpus_held"] == 1

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from conftest import BIN, RunningDaemon, remove_containers
-from helpers import free_port, needs_docker, new_user, wait_for
+from helpers import free_port, needs_docker, new_user, wait_for, worker_passes_since
 
 pytestmark = [needs_docker, pytest.mark.docker]
 
@@ -82,7 +82,15 @@ def execute(w, kernel_id, code, wait=True, timeout=90):
         "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
     }))
     if not wait:
-        time.sleep(1)  # the request is on its way; closing the socket does not interrupt the cell
+        # Once the kernel says it is busy with the cell, closing the socket no longer interrupts it.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = json.loads(ws.recv())
+            if (m.get("parent_header", {}).get("msg_id") == msg_id and m["msg_type"] == "status"
+                    and m["content"]["execution_state"] == "busy"):
+                break
+        else:
+            raise AssertionError(f"the kernel did not start the cell within {timeout}s")
         ws.close()
         return ""
     out, replied, idle = [], False, False
@@ -398,9 +406,10 @@ def test_a_killed_daemon_leaves_workspaces_running_reachable_and_booked_once(wsd
     name, token = member(wsd)
     w = create(wsd, token, "keep", gpus=1)
     wsd.stop(signal.SIGKILL)
+    killed_at = time.time()
     assert jupyter(w, "/api/status").ok  # the server does not depend on the daemon
     wsd.start()
-    time.sleep(3)  # a few reconcile passes
+    wait_for(lambda: worker_passes_since(wsd.state_dir, killed_at) >= 3, 60, 0.2, "three reconcile passes of the new worker")
     again = ready(wsd, token, "keep")
     assert again["session"] == w["session"] and again["state"] == "running" and again["gpus"] == w["gpus"]
     assert jupyter(w, "/api/status").ok

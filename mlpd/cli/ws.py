@@ -318,17 +318,22 @@ def run_forwarding_signals(argv: list[str], grace: float = 5.0) -> int:
     ends its ssh too. 0 when it ended because of such a signal, else its own exit status."""
     import signal
 
-    proc = subprocess.Popen(argv)
     asked: list[int] = []
+    holder: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
         asked.append(signum)
-        if proc.poll() is None:
-            proc.send_signal(signum)
+        if holder and holder[0].poll() is None:
+            holder[0].send_signal(signum)
 
+    # The handlers go in before the child starts: a signal in between would end this process and leave ssh behind.
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     deadline = None
     try:
+        proc = subprocess.Popen(argv)
+        holder.append(proc)
+        if asked:  # a signal came while it started: pass it on now
+            proc.send_signal(asked[-1])
         while True:
             try:
                 code = proc.wait(timeout=0.2)

@@ -523,6 +523,8 @@ def test_a_jobs_colour_codes_reach_no_page_or_api_text_field(daemon, context):
     page.wait_for_function("document.getElementById('log').textContent.includes('red live')", timeout=20000)
     assert "\x1b" not in page.eval_on_selector("#log", "e => e.textContent")  # the live log, as the page's script shows it
     wait_for(lambda: job_state(daemon, token, job_id) == "failed", 60, 0.2, "the job to end")
+    page.close()  # its own script reloads it when the job ends: a navigation of ours would race that reload
+    page = context.new_page()
     page.goto(f"{daemon.url}/ui/jobs/{job_id}")
     text = page.eval_on_selector("#log", "e => e.textContent")
     assert "green saved" in text and "\x1b" not in text and "\x1b" not in page.content()  # the saved log

@@ -223,6 +223,18 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.1, message: str
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
+def holds_for(predicate, seconds: float, interval: float = 0.1, message: str = "condition") -> None:
+    """Check, again and again for `seconds`, that something stays true: how a test shows that
+    something does NOT happen (a script that never runs, a process that stays down). It fails at
+    the first check that does not hold, not after a sleep."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert predicate(), f"{message} stopped holding"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
 def new_user(daemon: "RunningDaemon", prefix: str = "u") -> tuple[str, str]:
     """A member with a unique name (prefix + 8 hex), created on the host; returns (name, token)."""
     import uuid

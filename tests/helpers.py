@@ -1,6 +1,6 @@
 """Helpers for tests, ``from helpers import wait_for, as_json``: re-exported from conftest, and polls of the daemon's state."""
 
-from conftest import as_json, docker_available, free_port, needs_docker, new_user, wait_for  # noqa: F401
+from conftest import as_json, docker_available, free_port, holds_for, needs_docker, new_user, wait_for  # noqa: F401
 
 
 def worker_passes_since(state_dir, since: float) -> int:

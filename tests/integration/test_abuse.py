@@ -8,7 +8,6 @@ admin's cancel still answer.
 from __future__ import annotations
 
 import socket
-import time
 
 import requests
 
@@ -22,6 +21,17 @@ def _follow_and_leave(port: int, path: str, token: str) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
     return s
+
+
+def _answered(s: socket.socket) -> bytes:
+    """The status line and headers the daemon sent on s (within the socket's 5 s timeout)."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = s.recv(4096)
+        assert chunk, f"the daemon closed a follower's connection without an answer: {got[:200]!r}"
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200") or got.startswith(b"HTTP/1.1 429"), got[:200]
+    return got
 
 
 def _silent_job(d, token: str) -> str:
@@ -50,10 +60,10 @@ def test_log_followers_that_go_away_leave_the_daemon_serving(make_daemon):
     job_id = _silent_job(d, alice_token)
     # 40 followers of a silent job, each gone after a moment (break 5: every thread stayed blocked in Docker's log read)
     followers = [_follow_and_leave(d.port, f"/api/v1/jobs/{job_id}/logs?follow=1", alice_token) for _ in range(40)]
-    time.sleep(2)
+    for s in followers:
+        _answered(s)  # each got its answer (a stream that opened, or 429 past the cap): its request is being served
     for s in followers:
         s.close()
-    time.sleep(1)
     _still_serving(d, job_id, alice_token, bob_token)
 
 
@@ -68,7 +78,6 @@ def test_silent_half_sent_requests_hold_no_web_thread(make_daemon):
         s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
         s.sendall(b"G")
         silent.append(s)
-    time.sleep(1)
     try:
         _still_serving(d, job_id, alice_token, bob_token)
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import wait_for
+from conftest import holds_for, wait_for
 
 
 def worker_pids(daemon_pid: int) -> list[int]:
@@ -65,8 +65,8 @@ def test_a_worker_that_keeps_dying_backs_off_then_is_fatal(make_daemon, tmp_path
     assert "4 times in a row" in line and "killed by SIGKILL" in line and "restart the daemon" in line
     health = requests.get(d.url + "/healthz", timeout=5).json()
     assert health["status"] == "ok" and health["worker"] == "fatal" and health["children"]["worker"] == "fatal", health
-    time.sleep(3)  # longer than the last backoff was: a FATAL process stays down
-    assert worker_pids(d.proc.pid) == []
+    # longer than the last backoff was: a FATAL process stays down
+    holds_for(lambda: worker_pids(d.proc.pid) == [], 3, 0.2, "no worker process")
     log = d.log_path.read_text(errors="replace")
     assert [m in log for m in ("restarting it in 1s", "restarting it in 2s", "restarting it in 4s")] == [True] * 3, log[-3000:]
     assert log.count("worker is FATAL") == 1 and "after" in log and "s: killed by SIGKILL)" in log

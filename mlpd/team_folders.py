@@ -27,11 +27,19 @@ def folder(state_dir: str, team: str, uid_gid: str) -> str:
     from mlpd.users import check_name
 
     check_name(team)
-    root = os.path.join(state_dir, "teams")
+    path = owned_directory(os.path.join(state_dir, "teams"), team, uid_gid)
+    if path is None:
+        raise TeamFolderError(f"the folder of team {team!r} is not a plain directory under {os.path.join(state_dir, 'teams')}")
+    return path
+
+
+def owned_directory(root: str, name: str, uid_gid: str) -> str | None:
+    """root/name, made on first use (0700, owned by the container user uid:gid); None when something
+    replaced it with what is not a plain directory under root (a link). Team folders and homes."""
     os.makedirs(root, mode=0o711, exist_ok=True)
-    path = os.path.join(root, team)
-    if os.path.realpath(path) != os.path.join(os.path.realpath(root), team):
-        raise TeamFolderError(f"the folder of team {team!r} is not a plain directory under {root}")
+    path = os.path.join(root, name)
+    if os.path.realpath(path) != os.path.join(os.path.realpath(root), name):
+        return None
     if not os.path.isdir(path):
         os.mkdir(path, 0o700)
         uid, gid = (int(x) for x in uid_gid.split(":"))

@@ -407,18 +407,12 @@ def home_dir(state_dir: str, owner: str, uid_gid: str) -> str:
     from mlpd.users import check_name as check_user_name
 
     check_user_name(owner)
+    from mlpd.team_folders import owned_directory
+
     root = os.path.join(state_dir, "homes")
-    os.makedirs(root, mode=0o711, exist_ok=True)
-    path = os.path.join(root, owner)
-    if os.path.realpath(path) != os.path.join(os.path.realpath(root), owner):
+    path = owned_directory(root, owner, uid_gid)
+    if path is None:
         raise WorkspaceError(500, "bad_home", f"the home of {owner!r} is not a plain directory under {root}")
-    if not os.path.isdir(path):
-        os.mkdir(path, 0o700)
-        uid, gid = (int(x) for x in uid_gid.split(":"))
-        try:
-            os.chown(path, uid, gid)
-        except PermissionError:
-            os.chmod(path, 0o777)  # a daemon that is not root cannot give it away; the state dir (0700) still fences it
     return path
 
 

@@ -34,7 +34,7 @@ ui_admin.register_error_handler(HTTPException, ui._http_error)
 
 SECTIONS = [("ui_admin.overview", "Overview"), ("ui_admin.users_page", "Users"), ("ui_admin.tokens_page", "Tokens"),
             ("ui_admin.teams_page", "Teams"), ("ui_admin.quotas_page", "Quotas"), ("ui_admin.gpus_page", "GPUs"),
-            ("ui_admin.events_page", "Events")]
+            ("ui_admin.events_page", "Events"), ("ui_admin.platform_page", "Platform")]
 
 
 def _page(template: str, status: int = 200, **context):
@@ -236,3 +236,11 @@ def events_page():
     rows, next_before = page(store(), f)
     filters = {k: v for k, v in (("action", f.action), ("actor", f.actor), ("object", f.object)) if v}
     return _page("admin_events.html", rows=rows, f=f, filters=filters, next_before=next_before)
+
+
+@ui_admin.route("/platform")
+def platform_page():
+    """The platform report with charts (web/ui_platform.py)."""
+    from mlpd.web.ui_platform import platform_page as render
+
+    return render(SECTIONS)

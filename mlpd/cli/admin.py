@@ -56,16 +56,18 @@ def _parse_expiry(expires: str | None) -> float | None:
 @click.group(cls=LazyGroup, lazy_subcommands={
     "priority-class": "mlpd.cli.pclass:priority_class",
     "quota": "mlpd.cli.usage:admin_quota",
+    "report": "mlpd.cli.report:report_cmd",
     "team": "mlpd.cli.usage:admin_team",
     "ws-idle-timeout": "mlpd.cli.ws:admin_idle_timeout",
 })
 def admin() -> None:
-    """Administration (admins only): user, token, team, quota, priority-class, gpus, ws-idle-timeout, backup, restore.
+    """Administration (admins only): user, token, team, quota, priority-class, gpus, ws-idle-timeout, report, events, backup, restore.
 
     \b
     mlpd admin user add NAME            a user (and their first token)
     mlpd admin quota set --user U ...   GPU-hours per period, most GPUs at once
     mlpd admin gpus drain GPU           running work finishes, nothing new is placed
+    mlpd admin report --by month        adoption, outcomes, GPU-hours, time to production
     mlpd admin backup DIR               an online snapshot (on the host)
     """
 

@@ -101,3 +101,28 @@ def error_of(response) -> tuple[int, str]:
     assert set(body["error"]) == {"code", "message"}, body
     assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str) and body["error"]["message"], body
     return response.status_code, body["error"]["code"]
+
+
+class Served:
+    """The app on a loopback port (werkzeug's threaded server in this process), so the real `mlpd`
+    CLI talks real HTTP to it: ``served.cli(token, "admin", "report", "--json")``."""
+
+    def __init__(self, api: Api):
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, api.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def cli(self, token: str, *args: str):
+        """Run `mlpd ARGS` (click's CliRunner) as the token's holder; returns click's Result."""
+        from click.testing import CliRunner
+
+        from mlpd.cli import main
+
+        return CliRunner().invoke(main, list(args), env={"MLPD_URL": self.url, "MLPD_TOKEN": token}, catch_exceptions=False)
+
+    def close(self) -> None:
+        self.server.shutdown()

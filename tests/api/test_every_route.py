@@ -76,6 +76,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("POST", "/tokens"): Case("tokens", json={"label": "laptop"}, status=201),
     ("DELETE", "/tokens/{token_id}"): Case("tokens/{token_id}"),
     ("GET", "/events"): Case("events", who="admin"),
+    ("GET", "/admin/report"): Case("admin/report?by=month&since=2026-01-01", who="admin", contains='"periods"'),
     # -- priority classes
     ("GET", "/admin/priority-classes"): Case("admin/priority-classes", who="admin"),
     ("POST", "/admin/priority-classes/{name}/grants"): Case("admin/priority-classes/production/grants", who="admin",

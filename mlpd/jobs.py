@@ -144,15 +144,21 @@ def visible(store: Store, job_id: str, user_name: str, is_admin: bool) -> dict[s
     return job
 
 
-def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200, kind: str | None = "job") -> list[dict[str, Any]]:
-    """Jobs newest first (workloads of `kind`; None for every kind), optionally one owner's and in some states."""
+def list_jobs(store: Store, owner: str | Iterable[str] | None = None, states: Iterable[str] = (), limit: int = 200,
+              kind: str | None = "job") -> list[dict[str, Any]]:
+    """Jobs newest first (workloads of `kind`; None for every kind), optionally one owner's (or
+    several owners', a viewer's teams: mlpd.roles) and in some states."""
     where, params = [], []
     if kind:
         where.append("kind = ?")
         params.append(kind)
-    if owner:
+    if isinstance(owner, str) and owner:
         where.append("owner = ?")
         params.append(owner)
+    elif owner is not None and not isinstance(owner, str):
+        owners = sorted(owner)
+        where.append(f"owner IN ({','.join('?' * len(owners))})" if owners else "0")
+        params += owners
     states = list(states)
     if states:
         where.append(f"state IN ({','.join('?' * len(states))})")

@@ -135,7 +135,12 @@ def visible(store: Store, name: str, user_name: str, is_admin: bool) -> dict[str
     return dep
 
 
-def list_deployments(store: Store, owner: str | None = None) -> list[dict[str, Any]]:
+def list_deployments(store: Store, owner: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Deployments by owner and name: one owner's, several owners' (a viewer's teams), or all."""
+    if owner is not None and not isinstance(owner, str):
+        owners = sorted(owner)
+        return [_decode(r) for r in store.query(f"SELECT * FROM deployments WHERE owner IN ({','.join('?' * len(owners))}) "
+                                                "ORDER BY owner, name", owners)]
     if owner:
         return [_decode(r) for r in store.query("SELECT * FROM deployments WHERE owner = ? ORDER BY name", [owner])]
     return [_decode(r) for r in store.query("SELECT * FROM deployments ORDER BY owner, name")]

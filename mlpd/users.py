@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-ROLES = ("member", "admin")
+ROLES = ("member", "admin", "viewer")  # viewer: see mlpd.roles
 
 
 class UserError(MlpdError, ValueError):
@@ -91,7 +91,7 @@ def add_user(store: Store, name: str, role: str = "member", actor: str = "host")
     """Create a user. Names are never reused, even after removal, so old records stay unambiguous."""
     check_name(name)
     if role not in ROLES:
-        raise UserError(f"invalid role {role!r}: expected member or admin")
+        raise UserError(f"invalid role {role!r}: expected member, admin or viewer")
     with store.write() as db:
         if db["users"].count_where("name = ?", [name]):
             raise UserError(f"user {name!r} already exists", code="conflict", status=409)

@@ -37,10 +37,13 @@ def list_users():
 
 @route("/users", methods=("POST",), summary="Create a user and its first token", admin=True,
        body={"name": Field(str, True, "user name"), "admin": Field(bool, False, "make the user an admin"),
+             "role": Field(str, False, "member (default), admin or viewer (reads what their teams' members see, changes nothing)"),
              "expires_in": Field((int, float), False, "token lifetime in seconds")})
 def add_user():
     body = json_body()
-    role = "admin" if body.get("admin") else "member"
+    role = body.get("role") or ("admin" if body.get("admin") else "member")
+    if body.get("admin") and role != "admin":
+        raise ApiError(400, "invalid_field", "admin, role: give one of them")
     user = users.add_user(store(), body["name"], role, actor=g.user.name)
     token, record = users.create_token(store(), user.name, "initial", body.get("expires_in"), actor=g.user.name)
     return jsonify({"user": user.to_dict(), "token": token, "token_record": record}), 201
@@ -52,6 +55,17 @@ def remove_user(name: str):
         raise ApiError(400, "invalid", "you cannot remove yourself; ask another admin")
     users.remove_user(store(), name, actor=g.user.name)
     return jsonify({"removed": name})
+
+
+@route("/users/<name>/role", methods=("PUT",), summary="Change a user's role: member, admin or viewer", admin=True,
+       body={"role": Field(str, True, "member, admin or viewer")})
+def set_role(name: str):
+    from mlpd.roles import set_role as change
+
+    role = json_body()["role"]
+    if name == g.user.name and role != "admin":
+        raise ApiError(400, "invalid", "you cannot take away your own admin role; ask another admin")
+    return jsonify(change(store(), name, role, g.user.name))
 
 
 @route("/tokens", summary="List tokens (yours; admins: ?user=NAME or ?all=1)", credentials=True)

@@ -60,8 +60,10 @@ def wake(reason: str) -> None:
 
 
 def _visible_job(job_id: str) -> dict:
-    job = jobs.visible(store(), job_id, g.user.name, g.user.is_admin)
-    if job is None or (g.user.job_id and job_id != g.user.job_id):
+    from mlpd.roles import may_read
+
+    job = jobs.get(store(), job_id)  # theirs; any for admins; their teams' members' for a viewer (mlpd.roles)
+    if job is None or not may_read(store(), g.user, job["owner"]) or (g.user.job_id and job_id != g.user.job_id):
         raise ApiError(404, "not_found", f"no such job {job_id!r}")
     return job
 
@@ -176,7 +178,11 @@ def list_jobs():
     bad = [s for s in states if s not in jobs.STATE_NAMES]
     if bad:
         raise ApiError(400, "invalid_field", f"state: unknown state {bad[0]!r}; expected one of {', '.join(jobs.STATE_NAMES)}")
+    from mlpd.roles import is_viewer, readable_owners
+
     owner = None if (g.user.is_admin and request.args.get("all")) else g.user.name
+    if is_viewer(g.user):
+        owner = readable_owners(store(), g.user)  # their teams' members
     try:
         limit = max(1, min(int(request.args.get("limit", 200)), 10000))
     except ValueError:

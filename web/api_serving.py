@@ -29,8 +29,10 @@ CREATE_BODY = {
 
 
 def _visible(name: str) -> dict:
-    dep = serving.visible(store(), name, g.user.name, g.user.is_admin)
-    if dep is None:
+    from mlpd.roles import may_read
+
+    dep = serving.get(store(), name) if isinstance(name, str) else None
+    if dep is None or not may_read(store(), g.user, dep["owner"]):  # a viewer: their teams' members' (mlpd.roles)
         raise ApiError(404, "not_found", f"no such deployment {name[:60]!r}")
     return dep
 
@@ -72,7 +74,11 @@ def create_deployment():
 
 @route("/deployments", summary="List deployments (yours; admins ?all=1): model and version, state, endpoint, health, replicas")
 def list_deployments():
+    from mlpd.roles import is_viewer, readable_owners
+
     owner = None if (g.user.is_admin and request.args.get("all")) else g.user.name
+    if is_viewer(g.user):
+        owner = readable_owners(store(), g.user)
     return jsonify({"deployments": [_view(d) for d in serving.list_deployments(store(), owner)]})
 
 

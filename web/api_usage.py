@@ -68,11 +68,19 @@ def usage_rows(by: str, since: float, until: float, user: str | None = None, tea
         raise ApiError(400, "invalid_field", f"by: expected one of {', '.join(GROUPINGS)}")
     if until <= since:
         raise ApiError(400, "invalid_field", "until: must be after since")
-    if not g.user.is_admin:
+    from mlpd.roles import is_viewer, readable_owners, teams_of_user
+
+    viewer_owners = None
+    if is_viewer(g.user):  # a viewer: what their teams' members see (mlpd.roles)
+        readable = readable_owners(st, g.user) or frozenset()
+        if (user and user not in readable) or (team and team not in teams_of_user(st, g.user.name)):
+            raise ApiError(403, "forbidden", "a viewer sees the usage of their own teams' members only")
+        viewer_owners = None if (user or team) else sorted(readable)
+    elif not g.user.is_admin:
         if (user and user != g.user.name) or team:
             raise ApiError(403, "forbidden", "members see their own usage only")
         user = g.user.name
-    owners = None
+    owners = viewer_owners
     if user:
         owners = [user]
     if team:

@@ -32,6 +32,7 @@ from mlpd.mlflow_policy import (PATH_PARAMS, artifact_read, READ_METHODS, Refuse
                                 check_create_locations, classify, endpoint_of, in_store, job_tags, logged_models_named, may_change,
                                 protected_key, trace_ids_named,
                                 rewrite_create_run, rewrite_owned_create, tags_written, unsafe_path)
+from mlpd.roles import viewer_refusal
 from mlpd.users import User, authenticate
 
 log = logging.getLogger("mlpd.web.mlflow")
@@ -176,6 +177,11 @@ class MlflowMount:
             raise Refused(400, "ambiguous_request", f"the query names {twice[0]!r} more than once; send it once")
         family, endpoint = endpoint_of(path)
         rule = classify(method, path)
+        # A viewer reads and changes nothing: every request that is not a read by the policy's own
+        # classification (a search sent as POST is a read) is refused before MLflow sees it.
+        refusal = viewer_refusal(user, method, rule.action == "read")
+        if refusal:
+            raise Refused(403, "forbidden", refusal, "PERMISSION_DENIED")
         reads = artifact_read(path)
         if reads is not None:
             self._check_artifact_read(*reads, query)

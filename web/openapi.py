@@ -41,6 +41,10 @@ def build_document() -> dict:
                 op["x-mlpd-job-token"] = True
             if doc.credentials:
                 op["x-mlpd-credentials"] = True  # a workspace session's token is refused here
+            if doc.viewer:
+                op["x-mlpd-viewer"] = True  # a viewer may call it though it is not a read (their own password)
+            if doc.team_admin:
+                op["x-mlpd-team-admin"] = True  # team admins too, for their own team (mlpd.roles)
             params = re.findall(r"<(?:[^:>]+:)?([^>]+)>", doc.rule)
             if params:
                 op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]

@@ -19,12 +19,15 @@ from urllib.parse import unquote, urlsplit
 from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
 
 from mlpd import users
+from mlpd.roles import viewer_refusal
 from mlpd.users import LoginRefused, Session, UserError
 
 COOKIE = "mlpd_session"
 LOGIN_CSRF_COOKIE = "mlpd_login_csrf"
 # Endpoints reachable without a session (the login page itself and static files).
 PUBLIC_ENDPOINTS = frozenset({"ui.login", "ui.login_token", "ui.static"})
+# The forms a viewer may send: logging out, and their own password on the account page.
+VIEWER_ENDPOINTS = frozenset({"ui.logout", "ui.account"})
 
 
 def _store():
@@ -61,6 +64,10 @@ def require_login():
         abort(401)
     if request.method not in ("GET", "HEAD"):
         check_csrf(g.session.csrf)
+        # A viewer changes nothing: refused here for every page, a new one included (mlpd.roles).
+        refusal = viewer_refusal(g.user, request.method, request.endpoint in VIEWER_ENDPOINTS)
+        if refusal:
+            abort(403, refusal)
     return None
 
 

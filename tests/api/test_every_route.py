@@ -71,6 +71,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("POST", "/users"): Case("users", who="admin", json={"name": "newcomer"}, status=201),
     ("DELETE", "/users/{name}"): Case("users/leaver", who="admin"),
     ("POST", "/users/{name}/password"): Case("users/typist/password", who="admin", json={"password": "a long enough passphrase 7"}),
+    ("PUT", "/users/{name}/role"): Case("users/typist/role", who="admin", json={"role": "member"}, contains='"role":"member"'),
     ("POST", "/password"): Case("password", json={"old": MEMBER_PASSWORD, "new": "another long passphrase 8"}),
     ("GET", "/tokens"): Case("tokens"),
     ("POST", "/tokens"): Case("tokens", json={"label": "laptop"}, status=201),

@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from mlpd.accounting import Allocation, busy_seconds, overlap_seconds
+from mlpd.jobs import TERMINAL_STATES, JobState
 from mlpd.store import Store
 
 BUCKETS = ("week", "month")
-FAILED_STATES = ("failed", "timed_out", "lost")  # ended, and not as its owner wanted (cancelled is their choice)
-SUCCEEDED = "succeeded"
+# Ended, and not as its owner wanted (a cancel is their choice): failed, timed out, lost.
+FAILED_STATES = tuple(sorted(TERMINAL_STATES - {JobState.SUCCEEDED.value, JobState.CANCELLED.value}))
+SUCCEEDED = JobState.SUCCEEDED.value
 NO_TEAM = "(no team)"
 DEFAULT_WEEKS = 12
 
@@ -86,9 +88,9 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def failure_cause(state: str, reason: str, exit_code: int | None) -> str:
     """The cause of an ended workload that failed, timed out or was lost, as the report groups it."""
     reason = reason or ""
-    if state == "lost":
+    if state == JobState.LOST.value:
         return "lost"
-    if state == "timed_out":
+    if state == JobState.TIMED_OUT.value:
         return "time limit"
     if reason.startswith("out of memory"):
         return "out of memory"
@@ -257,7 +259,7 @@ def build(store: Store, mlflow_db: str | None, since: float, until: float, by: s
     for kind, states in sorted(outcomes.items()):
         judged = states.get(SUCCEEDED, 0) + sum(states.get(s, 0) for s in FAILED_STATES)
         success_by_kind.append({"kind": kind, "ended": sum(states.values()), "succeeded": states.get(SUCCEEDED, 0),
-                                "failed": sum(states.get(s, 0) for s in FAILED_STATES), "cancelled": states.get("cancelled", 0),
+                                "failed": sum(states.get(s, 0) for s in FAILED_STATES), "cancelled": states.get(JobState.CANCELLED.value, 0),
                                 "success_rate": _round(states.get(SUCCEEDED, 0) / judged, 4) if judged else None})
 
     # Hours run by kind (started_at..ended_at, clipped), and the share of ended ones culled for idleness.

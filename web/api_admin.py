@@ -98,17 +98,30 @@ def revoke_token(token_id: str):
 
 
 @route("/events", summary="The audit trail, newest first, a page at a time: ?action= (a prefix), ?actor=, ?object_id= "
-                         "(or a workspace's/deployment's name), ?limit= (100), ?before= (next_before of the previous page)", admin=True)
+                         "(or a workspace's/deployment's name), ?user= (by or about them), ?kind= (job, or job.queued), "
+                         "?since= (a date, date-time or unix time), ?limit= (100), ?before= (next_before of the previous page), "
+                         "?format=csv", admin=True)
 def events():
-    from mlpd.event_log import EventFilter, page
+    from flask import Response
+
+    from mlpd.event_log import EventFilter, page, to_csv
+    from mlpd.web.api_usage import _time_arg
 
     try:
         limit = max(1, min(int(request.args.get("limit", 100)), 1000))
         before = int(request.args["before"]) if request.args.get("before") else None
     except ValueError:
         raise ApiError(400, "invalid_field", "limit, before: expected a whole number") from None
-    rows, next_before = page(store(), EventFilter(action=request.args.get("action", ""), actor=request.args.get("actor", ""),
-                                                  object=request.args.get("object_id", ""), before=before, limit=limit))
+    since = _time_arg("since", 0.0) if request.args.get("since") else None
+    rows, next_before = page(store(), EventFilter(action=request.args.get("action", "")[:100], actor=request.args.get("actor", "")[:100],
+                                                  object=request.args.get("object_id", "")[:100], before=before, limit=limit,
+                                                  user=request.args.get("user", "")[:100], kind=request.args.get("kind", "")[:100],
+                                                  since=since))
+    if request.args.get("format") == "csv":
+        response = Response(to_csv(rows), mimetype="text/csv")
+        if next_before is not None:
+            response.headers["X-Next-Before"] = str(next_before)
+        return response
     return jsonify({"events": rows, "next_before": next_before})
 
 

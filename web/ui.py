@@ -32,6 +32,8 @@ ui_auth.register(ui)
 
 # The navigation bar: (endpoint, label). Workspaces and deployments add their pages here when
 # they land, e.g. NAV.insert(3, ("ui.workspaces", "Workspaces")); admins also see "Admin".
+# Pages that only change things (forms), left out of a viewer's navigation.
+VIEWER_HIDDEN = frozenset({"ui.submit"})
 NAV: list[tuple[str, str]] = [("ui.dashboard", "Dashboard"), ("ui.job_list", "Jobs"), ("ui.submit", "Submit a job"),
                               ("ui.workspace_list", "Workspaces"), ("ui.deployment_list", "Models served"), ("ui.usage", "Usage")]
 
@@ -84,8 +86,13 @@ def bytes_filter(n: int | None) -> str:
 
 @ui.context_processor
 def _furniture() -> dict[str, Any]:
+    from mlpd.roles import is_viewer
+
+    viewer = is_viewer(g.get("user"))
     nav = list(NAV) + ([("ui_admin.overview", "Admin")] if g.get("user") and g.user.is_admin else [])
-    return {"csrf_token": ui_auth.csrf_token, "nav": nav, "user": g.get("user"), "static_version": _static_version(),
+    if viewer:  # a viewer sees no page or button that changes something (mlpd.roles); refused anyway (ui_auth)
+        nav = [(endpoint, label) for endpoint, label in nav if endpoint not in VIEWER_HIDDEN]
+    return {"can_change": not viewer, "csrf_token": ui_auth.csrf_token, "nav": nav, "user": g.get("user"), "static_version": _static_version(),
             "meter": lambda p: Markup(ui_charts.meter(p)), "version": mlpd.__version__, "display_command": display_command,
             "job_states": JOB_STATES}
 
@@ -132,8 +139,10 @@ def not_found(anything: str):
 
 def _visible_job(job_id: str) -> dict:
     """The job if g.user may see it; 404 otherwise (as if it did not exist), as the API does."""
-    job = jobs.visible(store(), job_id, g.user.name, g.user.is_admin)
-    if job is None or job.get("kind", "job") != "job":  # a workspace's session is not a job page
+    from mlpd.roles import may_read
+
+    job = jobs.get(store(), job_id)  # theirs; any for admins; their teams' members' for a viewer (mlpd.roles)
+    if job is None or not may_read(store(), g.user, job["owner"]) or job.get("kind", "job") != "job":  # a workspace's session is not a job page
         raise MlpdError(404, "not_found", f"no such job {job_id[:40]!r}, or it is not yours")
     return job
 
@@ -251,6 +260,10 @@ def job_list():
     everyone = g.user.is_admin and request.args.get("all") == "1"
     owner_filter = request.args.get("owner", "").strip()[:64] if g.user.is_admin else ""
     owner = owner_filter or (None if everyone else g.user.name)
+    from mlpd.roles import is_viewer, readable_owners
+
+    if is_viewer(g.user):
+        owner = readable_owners(store(), g.user)  # their teams' members' jobs
     rows = jobs.list_jobs(store(), owner, states, limit=201)
     return render_template("jobs.html", rows=rows[:200], truncated=len(rows) > 200, state=state, everyone=everyone,
                            owner_filter=owner_filter, state_names=jobs.STATE_NAMES)

@@ -79,7 +79,7 @@ def users_page():
     if request.method == "POST":
         action, name = request.form.get("action", ""), request.form.get("name", "").strip()[:64]
         if action == "add":
-            role = "admin" if request.form.get("admin") == "1" else "member"
+            role = "admin" if request.form.get("admin") == "1" else "viewer" if request.form.get("viewer") == "1" else "member"
             try:
                 users.add_user(st, name, role, actor=g.user.name)
                 new_token, _ = users.create_token(st, name, "initial", actor=g.user.name)
@@ -231,11 +231,20 @@ def events_page():
         before = int(args["before"]) if args.get("before") else None
     except ValueError:
         before = None
+    since_day = args.get("since", "").strip()[:10]
+    try:
+        import datetime as dt
+
+        since = dt.datetime.fromisoformat(since_day).replace(tzinfo=dt.timezone.utc).timestamp() if since_day else None
+    except ValueError:
+        since, since_day = None, ""
     f = EventFilter(action=args.get("action", "").strip()[:100], actor=args.get("actor", "").strip()[:100],
-                    object=(args.get("object") or args.get("object_id") or "").strip()[:100], before=before, limit=PAGE_SIZE)
+                    object=(args.get("object") or args.get("object_id") or "").strip()[:100], before=before, limit=PAGE_SIZE,
+                    user=args.get("user", "").strip()[:100], kind=args.get("kind", "").strip()[:100], since=since)
     rows, next_before = page(store(), f)
-    filters = {k: v for k, v in (("action", f.action), ("actor", f.actor), ("object", f.object)) if v}
-    return _page("admin_events.html", rows=rows, f=f, filters=filters, next_before=next_before)
+    filters = {k: v for k, v in (("action", f.action), ("actor", f.actor), ("object", f.object), ("user", f.user), ("kind", f.kind),
+                                 ("since", since_day)) if v}
+    return _page("admin_events.html", rows=rows, f=f, filters=filters, next_before=next_before, since_day=since_day)
 
 
 @ui_admin.route("/platform")

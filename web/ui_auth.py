@@ -28,6 +28,8 @@ LOGIN_CSRF_COOKIE = "mlpd_login_csrf"
 PUBLIC_ENDPOINTS = frozenset({"ui.login", "ui.login_token", "ui.static"})
 # The forms a viewer may send: logging out, and their own password on the account page.
 VIEWER_ENDPOINTS = frozenset({"ui.logout", "ui.account"})
+# Pages that are only a form for changing something: a viewer is refused them outright.
+VIEWER_REFUSED_PAGES = frozenset({"ui.submit"})
 
 
 def _store():
@@ -62,6 +64,8 @@ def require_login():
         if request.method == "GET":
             return redirect(url_for("ui.login", next=request.full_path.rstrip("?")))
         abort(401)
+    if request.endpoint in VIEWER_REFUSED_PAGES and viewer_refusal(g.user, "POST"):
+        abort(403, "a viewer reads and changes nothing: this page only submits work")
     if request.method not in ("GET", "HEAD"):
         check_csrf(g.session.csrf)
         # A viewer changes nothing: refused here for every page, a new one included (mlpd.roles).

@@ -13,8 +13,10 @@ from mlpd.web.ui import ui
 
 
 def _mine(name: str) -> dict:
-    dep = serving.visible(store(), name, g.user.name, g.user.is_admin)
-    if dep is None:
+    from mlpd.roles import may_read
+
+    dep = serving.get(store(), name)  # theirs; any for admins; their teams' members' for a viewer (mlpd.roles)
+    if dep is None or not may_read(store(), g.user, dep["owner"]):
         raise MlpdError(404, "not_found", f"no deployment {name[:60]!r}")
     return dep
 
@@ -47,7 +49,10 @@ def deployment_list():
             field, _, rest = exc.message.partition(": ")
             errors[field if field in ("model", "name", "gpus") and rest else "_form"] = rest if field in ("model", "name", "gpus") and rest else exc.message
     everyone = g.user.is_admin and request.args.get("all") == "1"
-    rows = [_view(d) for d in serving.list_deployments(store(), None if everyone else g.user.name)]
+    from mlpd.roles import is_viewer, readable_owners
+
+    owner = readable_owners(store(), g.user) if is_viewer(g.user) else (None if everyone else g.user.name)
+    rows = [_view(d) for d in serving.list_deployments(store(), owner)]
     return render_template("deployments.html", rows=rows, values=values, errors=errors, key=key, everyone=everyone), 400 if errors else 200
 
 

@@ -57,6 +57,7 @@ def _parse_expiry(expires: str | None) -> float | None:
     "priority-class": "mlpd.cli.pclass:priority_class",
     "quota": "mlpd.cli.usage:admin_quota",
     "report": "mlpd.cli.report:report_cmd",
+    "events": "mlpd.cli.report:events_cmd",
     "team": "mlpd.cli.usage:admin_team",
     "ws-idle-timeout": "mlpd.cli.ws:admin_idle_timeout",
 })
@@ -74,19 +75,22 @@ def admin() -> None:
 
 @admin.group()
 def user() -> None:
-    """Users: add, list, rm, password."""
+    """Users: add, role, list, rm, password."""
 
 
 @user.command("add")
 @click.argument("name")
 @click.option("--admin", "is_admin", is_flag=True, help="Make the user an admin.")
+@click.option("--viewer", "is_viewer", is_flag=True, help="Make the user a viewer: reads what their teams' members see, changes nothing.")
 @click.option("--expires", help="Lifetime of the first token, e.g. 90d (default: no expiry).")
 @state_dir_option
 @json_option
-def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | None, as_json: bool) -> None:
+def user_add(name: str, is_admin: bool, is_viewer: bool, expires: str | None, state_dir: str | None, as_json: bool) -> None:
     """Create a user; prints their token once, alone on the last line."""
     expires_in = _parse_expiry(expires)
-    role = "admin" if is_admin else "member"
+    if is_admin and is_viewer:
+        raise click.UsageError("--admin and --viewer: choose one")
+    role = "admin" if is_admin else "viewer" if is_viewer else "member"
     if state_dir:
         from mlpd import users
 
@@ -96,7 +100,7 @@ def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | No
     else:
         from mlpd.cli.common import _client
 
-        body: dict[str, Any] = {"name": name, "admin": is_admin}
+        body: dict[str, Any] = {"name": name, "role": role}
         if expires_in is not None:
             body["expires_in"] = expires_in
         result = _client().post("/users", body)
@@ -106,6 +110,23 @@ def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | No
         return
     click.echo(f"created {role} {name}; their token (shown once, keep it safe):")
     click.echo(token)
+
+
+@user.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["member", "admin", "viewer"]))
+@state_dir_option
+def user_role(name: str, role: str, state_dir: str | None) -> None:
+    """Change NAME's role: member, admin or viewer (at once, for their tokens and web sessions too)."""
+    if state_dir:
+        from mlpd.roles import set_role
+
+        done = _host(lambda: set_role(_store(state_dir), name, role, actor="host"))
+    else:
+        from mlpd.cli.common import _client
+
+        done = _client().request("PUT", f"/users/{name}/role", json={"role": role}).json()
+    click.echo(f"{name} is {'now' if done['changed'] else 'already'} a{'n' if role == 'admin' else ''} {role}")
 
 
 @user.command("list")

@@ -47,7 +47,7 @@ def report_cmd(since: str | None, until: str | None, by: str, as_json: bool, as_
     click.echo()
     table([(k["kind"], k["ended"], k["succeeded"], k["failed"], k["cancelled"],
             "-" if k["success_rate"] is None else f"{k['success_rate']:.0%}") for k in rep["success_by_kind"]],
-          ["kind", "ended", "succeeded", "failed", "cancelled", "success"])
+          ["kind", "ended", "ok", "not ok", "stopped by owner", "success rate"])
     if rep["failure_causes"]:
         click.echo()
         table([(c_["cause"], c_["count"]) for c_ in rep["failure_causes"]], ["cause of failure", "count"])
@@ -61,3 +61,38 @@ def report_cmd(since: str | None, until: str | None, by: str, as_json: bool, as_
         click.echo()
         table([(t["model"], when(t["first_run_at"]), when(t["first_served_at"]), f"{t['seconds'] / 86400:.1f}d")
                for t in rep["time_to_production"]], ["model", "first run", "first served", "time to production"])
+
+
+@click.command("events")
+@click.option("--user", help="Events done by this user or about them (their account, their jobs, tokens, memberships).")
+@click.option("--kind", help="A kind of event: a family (job, user, team, deployment, quota, ...) or one action (job.queued).")
+@click.option("--since", help="Only events at or after this date (2026-11-01), date-time or unix time.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="At most this many, newest first.")
+@click.option("--before", type=int, help="Only events older than this id (the next page: what the last page said).")
+@click.option("--json", "as_json", is_flag=True, help="JSON: {events: [...], next_before} (stable).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV: id,at,actor,action,object_kind,object_id,label,detail.")
+def events_cmd(user: str | None, kind: str | None, since: str | None, limit: int, before: int | None, as_json: bool, as_csv: bool) -> None:
+    """The audit trail (admins), newest first: who changed what, when."""
+    from mlpd.cli.common import _client
+
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv: choose one")
+    params: dict[str, Any] = {"limit": limit}
+    for key, value in (("user", user), ("kind", kind), ("since", since), ("before", before)):
+        if value is not None and value != "":
+            params[key] = value
+    c = _client()
+    if as_csv:
+        click.echo(c.request("GET", "/events", params={**params, "format": "csv"}).text, nl=False)
+        return
+    data = c.get("/events", params=params)
+    if as_json:
+        emit_json(data)
+        return
+    import json
+
+    table([(e["id"], when(e["at"]), e["actor"], e["action"], e.get("label", ""),
+            " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in e["detail"].items() if v not in (None, "", []))[:100])
+           for e in data["events"]], ["id", "when", "who", "what", "object", "detail"])
+    if data["next_before"]:
+        click.echo(f"(more: --before {data['next_before']})")

@@ -131,9 +131,12 @@ def _limit_refusal(field: str, value: float | None, limit: float | None, team: s
     return None
 
 
-def check_member_quota(store: Store, user: User, member: str, values: dict[str, Any]) -> None:
+def check_member_quota(store: Store, user: User, member: str, values: dict[str, Any],
+                       defaults: dict[str, Any] | None = None) -> None:
     """A team admin setting `member`'s quota: refused unless member is in a team they administer and
-    every value given is within that team's own limits (its GPU quota and resource caps). Admins pass."""
+    every value given is within that team's own limits (its GPU quota and resource caps; where the team
+    has none, the configured per-user default, `defaults`, so no team admin lifts a limit the admin set
+    for everyone). Admins pass."""
     if user.is_admin:
         return
     teams = [t for t in administered(store, user) if member in set(r["user"] for r in
@@ -145,7 +148,8 @@ def check_member_quota(store: Store, user: User, member: str, values: dict[str, 
         q = store.query_one("SELECT gpu_hours, max_gpus FROM quotas WHERE subject_kind = 'team' AND subject = ?", [team]) or {}
         c = store.query_one("SELECT max_cpus, max_memory, max_jobs FROM resource_caps WHERE subject_kind = 'team' AND subject = ?",
                             [team]) or {}
-        limits = {**q, **c}
+        limits = {k: v for k, v in (defaults or {}).items() if v}
+        limits.update({k: v for k, v in {**q, **c}.items() if v})
         refusals = [r for r in (_limit_refusal(k, values[k], limits.get(k), team) for k in values) if r]
         if not refusals:
             return

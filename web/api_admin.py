@@ -142,18 +142,34 @@ def list_priority_classes():
 GRANT_BODY = {"user": Field(str, True, 'the user, or "team:NAME" for a team\'s members')}
 
 
-@route("/admin/priority-classes/<name>/grants", methods=("POST",), admin=True, body=GRANT_BODY,
-       summary="Let a user (or team:NAME) use a priority class, from their next submit on (idempotent)")
+def _check_team_admin_grant(subject: str, name: str) -> None:
+    """A team admin grants (or takes back) only a class their team holds, to their team's members (mlpd.roles)."""
+    if g.user.is_admin:
+        return
+    from mlpd.priority_classes import load
+    from mlpd.roles import check_member_grant
+
+    check_member_grant(store(), g.user, subject, load(config(), store()).allowed(name))
+
+
+@route("/admin/priority-classes/<name>/grants", methods=("POST",), admin=True, team_admin=True, body=GRANT_BODY,
+       summary="Let a user (or team:NAME) use a priority class, from their next submit on (idempotent); team admins: a class "
+               "their team holds, to its members")
 def grant_priority_class(name: str):
     from mlpd.priority_classes import grant
 
-    done = grant(store(), _priority_classes(), json_body()["user"], name, g.user.name)
+    subject = json_body()["user"]
+    _check_team_admin_grant(subject, name)
+    done = grant(store(), _priority_classes(), subject, name, g.user.name)
     return jsonify(done), 201 if done["granted"] else 200
 
 
-@route("/admin/priority-classes/<name>/grants/<user>", methods=("DELETE",), admin=True,
-       summary="Take back a grant of a priority class (queued work keeps its class; the next submit is checked without it)")
+@route("/admin/priority-classes/<name>/grants/<user>", methods=("DELETE",), admin=True, team_admin=True,
+       summary="Take back a grant of a priority class (queued work keeps its class; the next submit is checked without it); "
+               "team admins: their team's members' grants of a class the team holds")
 def revoke_priority_class(name: str, user: str):
     from mlpd.priority_classes import revoke
+
+    _check_team_admin_grant(user, name)
 
     return jsonify(revoke(store(), _priority_classes(), user, name, g.user.name))

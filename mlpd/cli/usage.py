@@ -132,7 +132,7 @@ def quota_list(as_json):
 
 @click.group("team")
 def admin_team():
-    """Teams: add, rm, list, and their member add|rm; usage rolls up by team, and teams can have quotas."""
+    """Teams: add, rm, list, their member add|rm and admin add|rm; usage rolls up by team, and teams can have quotas."""
 
 
 @admin_team.command("add")
@@ -159,7 +159,8 @@ def team_list(as_json):
     if as_json:
         emit_json(result)
         return
-    table([(t["name"], ", ".join(t["members"]), when(t["created_at"])) for t in result["teams"]], ["team", "members", "created"])
+    table([(t["name"], ", ".join(t["members"]), ", ".join(t.get("admins", [])), when(t["created_at"])) for t in result["teams"]],
+          ["team", "members", "team admins", "created"])
 
 
 @admin_team.group("member")
@@ -183,6 +184,30 @@ def member_rm(team, user):
     """Remove USER from TEAM."""
     members = _client().delete(f"/teams/{team}/members/{user}")["members"]
     click.echo(f"{team}: {', '.join(members) or '(no members)'}")
+
+
+@admin_team.group("admin")
+def team_admin():
+    """Team admins: add or rm. A team admin adds and removes the team's members, sets their quotas within
+    the team's own limits and grants them the priority classes the team holds; nothing outside the team."""
+
+
+@team_admin.command("add")
+@click.argument("team")
+@click.argument("user")
+def team_admin_add(team, user):
+    """Make USER (a member of TEAM) a team admin of TEAM."""
+    done = _client().post(f"/teams/{team}/admins", {"user": user})
+    click.echo(f"{user} is {'now' if done['changed'] else 'already'} a team admin of {team}")
+
+
+@team_admin.command("rm")
+@click.argument("team")
+@click.argument("user")
+def team_admin_rm(team, user):
+    """USER is no longer a team admin of TEAM (they stay a member)."""
+    done = _client().delete(f"/teams/{team}/admins/{user}")
+    click.echo(f"{user} is {'no longer' if done['changed'] else 'not'} a team admin of {team}")
 
 
 @click.command("fair-share")

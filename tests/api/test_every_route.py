@@ -112,6 +112,8 @@ CASES: dict[tuple[str, str], Case] = {
     ("DELETE", "/teams/{name}"): Case("teams/doomed", who="admin"),
     ("POST", "/teams/{name}/members"): Case("teams/nlp/members", who="admin", json={"user": "{member}"}),
     ("DELETE", "/teams/{name}/members/{user}"): Case("teams/speech/members/{member}", who="admin"),
+    ("POST", "/teams/{name}/admins"): Case("teams/ops/admins", who="admin", json={"user": "lead"}, status=201, contains='"team_admin":true'),
+    ("DELETE", "/teams/{name}/admins/{user}"): Case("teams/ops/admins/lead2", who="admin", contains='"changed":true'),
     # -- workspaces and keys
     ("POST", "/workspaces"): Case("workspaces", json={"name": "fresh"}, status=201),
     ("GET", "/workspaces"): Case("workspaces"),
@@ -208,6 +210,11 @@ def world(api, fake_models) -> dict:
     for team in ("doomed", "nlp", "speech"):
         ok("POST", "teams", admin, json={"name": team})
     ok("POST", "teams/speech/members", admin, json={"user": api.member_name})
+    ok("POST", "teams", admin, json={"name": "ops"})
+    for lead in ("lead", "lead2"):
+        api.user(lead)
+        ok("POST", "teams/ops/members", admin, json={"user": lead})
+    ok("POST", "teams/ops/admins", admin, json={"user": "lead2"})
     api.user("granted")
     ids["granted"] = "granted"
     ok("POST", "admin/priority-classes/production/grants", admin, json={"user": "granted"})

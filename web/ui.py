@@ -240,7 +240,11 @@ def live_context() -> dict[str, Any]:
 
 @ui.route("/")
 def dashboard():
-    mine = jobs.list_jobs(store(), g.user.name, jobs.QUEUED_OR_ACTIVE_STATES, limit=50)
+    from mlpd.roles import is_viewer, readable_owners
+
+    # A viewer's dashboard shows their teams' members' work (mlpd.roles); everyone else's, their own.
+    owner = readable_owners(store(), g.user) if is_viewer(g.user) else g.user.name
+    mine = jobs.list_jobs(store(), owner, jobs.QUEUED_OR_ACTIVE_STATES, limit=50)
     return render_template("dashboard.html", mine=mine, **live_context())
 
 

@@ -190,6 +190,10 @@ def test_every_page_a_viewer_may_read_opens_with_no_button_they_cannot_use(world
         # Only logging out, and (on the account page) their own password.
         assert set(found.posts) <= {"/ui/logout", ""}, (page, found.posts)
         assert not [link for link in found.links if link.startswith("/ui/jobs/new")], page
+    dashboard = client.get("/ui/").get_data(as_text=True)
+    assert "My teams' work" in dashboard and "team-job" in dashboard and "other-job" not in dashboard
+    usage = client.get("/ui/usage")
+    assert usage.status_code == 200
     job_page = client.get(f"/ui/jobs/{world['team_job']}").get_data(as_text=True)
     assert "team-job" in job_page and "Cancel job" not in job_page and "Run again" not in job_page
     member, _ = _ui(api, api.member_name)

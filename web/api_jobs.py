@@ -11,12 +11,13 @@ import time
 from flask import Response, current_app, g, jsonify, request, stream_with_context
 
 from mlpd import jobs
-from mlpd.scheduler import name_of as name_of_holder
-from mlpd.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
-from mlpd.codeship import CodeArchiveError, extract_archive
+from mlpd.scheduling.scheduler import name_of as name_of_holder
+from mlpd.scheduling.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
+from mlpd.kinds.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import TERMINAL_STATES, JobState
-from mlpd.jobspec import SpecError, check_host_limits, check_shm, host_limits, parse_spec
-from mlpd.resource_caps import effective_limits
+from mlpd.kinds.jobspec import SpecError, check_host_limits, check_shm, parse_spec
+from mlpd.units import host_limits
+from mlpd.scheduling.resource_caps import effective_limits
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
 from mlpd.web.routes import Area, Field, json_body, request_json
@@ -31,7 +32,7 @@ def inventory():
     """This web worker's GPU inventory (NVML is initialised once per process)."""
     with _lock:
         if "mlpd.inventory" not in current_app.extensions:
-            from mlpd.gpus import make_inventory
+            from mlpd.runtime.gpus import make_inventory
 
             cfg = config()
             current_app.extensions["mlpd.inventory"] = make_inventory(cfg["gpus.declare"], cfg["gpus.declared_model"], store())
@@ -40,16 +41,17 @@ def inventory():
 
 def runtime():
     """The runtime for reading logs and images; ApiError 503 when the engine does not answer."""
-    from mlpd.runtime import RuntimeFailure, connect
+    from mlpd.runtime import connect
+    from mlpd.runtime.protocol import RuntimeFailure
 
     with _lock:
-        if "mlpd.runtime" not in current_app.extensions:
+        if "mlpd.runtime.protocol" not in current_app.extensions:
             cfg = config()
             try:
-                current_app.extensions["mlpd.runtime"] = connect(read_instance_id(cfg.state_dir), cfg["docker.host"], cfg["docker.gpu_runtime"])
+                current_app.extensions["mlpd.runtime.protocol"] = connect(read_instance_id(cfg.state_dir), cfg["docker.host"], cfg["docker.gpu_runtime"])
             except RuntimeFailure as exc:
                 raise ApiError(503, "docker_unavailable", str(exc)) from None
-        return current_app.extensions["mlpd.runtime"]
+        return current_app.extensions["mlpd.runtime.protocol"]
 
 
 def wake(reason: str) -> None:
@@ -84,7 +86,7 @@ def job_view(job: dict) -> dict:
 
 def effective_limits_view(spec: dict) -> dict:
     """The CPU and memory limits the workload's container gets (its own, else the defaults; None = none)."""
-    from mlpd.resource_caps import effective_limits
+    from mlpd.scheduling.resource_caps import effective_limits
 
     cpus, memory = effective_limits(spec, config(), host_limits())
     return {"cpus": cpus, "memory": memory, "cpus_default": spec.get("cpus") is None and cpus is not None,
@@ -92,14 +94,14 @@ def effective_limits_view(spec: dict) -> dict:
 
 
 def _classes():
-    from mlpd.priority_classes import PriorityClasses
+    from mlpd.scheduling.priority_classes import PriorityClasses
 
     return PriorityClasses.from_config(config())
 
 
 def check_priority_class(spec) -> None:
     """Refuse a class that does not exist (400) or that the admins keep for others (403): mlpd.toml and the grants."""
-    from mlpd.priority_classes import submit_refusal
+    from mlpd.scheduling.priority_classes import submit_refusal
 
     refusal = submit_refusal(store(), config(), spec.priority_class, g.user.name, g.user.is_admin)
     if refusal:
@@ -152,7 +154,7 @@ def create_job(data: dict) -> tuple[dict, list[str]]:
     check_admission(spec)
     check_priority_class(spec)
     check_disk()
-    from mlpd import quotas
+    from mlpd.scheduling import quotas
 
     warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus,  # QuotaExceeded: 403
                                        work=[{"cpus": spec.cpus, "memory": spec.memory}])
@@ -161,7 +163,7 @@ def create_job(data: dict) -> tuple[dict, list[str]]:
     return job, warnings
 
 
-@route("/jobs", methods=("POST",), summary="Submit a job (the job spec as JSON; see mlpd.jobspec)")
+@route("/jobs", methods=("POST",), summary="Submit a job (the job spec as JSON; see mlpd.kinds.jobspec)")
 def submit_job():
     data = request_json()
     if not isinstance(data, dict):
@@ -211,7 +213,7 @@ def show_job(job_id: str):
 
 def mlflow_runs(job_id: str) -> list[dict]:
     """The MLflow runs the job logged (tagged mlpd.job_id by mlpd), with links to their UI pages."""
-    from mlpd.tracking import TrackingDb, run_url
+    from mlpd.tracking.server import TrackingDb, run_url
 
     if "mlpd.tracking_db" not in current_app.extensions:
         current_app.extensions["mlpd.tracking_db"] = TrackingDb(config().state_dir)
@@ -416,7 +418,7 @@ def logs_response(job_id: str, follow: bool) -> Response:
 @route("/jobs/<job_id>/outputs", summary="A job's /outputs directory as a .tar.gz", streaming=True, job_token=True)
 def job_outputs(job_id: str):
     _visible_job(job_id)
-    from mlpd.outputs import iter_tar_gz
+    from mlpd.kinds.outputs import iter_tar_gz
 
     try:
         stream = iter_tar_gz(os.path.join(jobs.job_dir(config().state_dir, job_id), "outputs"))
@@ -499,7 +501,7 @@ DECLARE_BODY = {"count": Field(int, True, "how many GPUs to declare; 0 goes back
 @route("/gpus/declare", methods=("POST",), summary="Declare test GPUs on a host without NVIDIA GPUs, at once and without a restart (0 undoes it)",
        admin=True, body=DECLARE_BODY)
 def declare_gpus():
-    from mlpd.gpus import DECLARED_KEY
+    from mlpd.runtime.gpus import DECLARED_KEY
     from mlpd.store import record_event, set_status
 
     data = json_body()
@@ -542,14 +544,14 @@ def undrain_gpu(gpu: str):
 
 @route("/images", summary="mlpd's images on this host")
 def list_images():
-    from mlpd.image_catalog import image_status
+    from mlpd.runtime.image_catalog import image_status
 
     return jsonify({"images": image_status(runtime(), config())})
 
 
 @route("/images/build", methods=("POST",), summary="Build the images that are missing (streams progress)", admin=True, streaming=True)
 def build_images():
-    from mlpd.image_catalog import EXTRAS, build_missing
+    from mlpd.runtime.image_catalog import EXTRAS, build_missing
 
     rt, cfg = runtime(), config()
     force = request.args.get("force") in ("1", "true")

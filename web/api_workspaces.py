@@ -1,4 +1,4 @@
-"""Workspaces: JupyterLab servers of one user, on pinned GPUs (see mlpd.workspaces)."""
+"""Workspaces: JupyterLab servers of one user, on pinned GPUs (see mlpd.kinds.workspace)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from urllib.parse import urlsplit
 
 from flask import g, jsonify, request
 
-from mlpd import jobs, quotas, workspaces
-from mlpd.gpu_state import drains, gpu_holders
+from mlpd import jobs
+
+from mlpd.scheduling import quotas
+
+from mlpd.kinds import workspace as workspaces
+from mlpd.scheduling.gpu_state import drains, gpu_holders
 from mlpd.jobs import JobState
 from mlpd.web import config, store
 from mlpd.web.api_jobs import check_disk, inventory, logs_response, wake
@@ -187,7 +191,7 @@ IDLE_BODY = {"timeout": Field(str, doc="e.g. '12h'; null or '' for the host's wo
 
 @route("/users/<user>/workspace-idle-timeout", methods=("PUT",), summary="Allow a user's workspaces a longer idle timeout", admin=True, body=IDLE_BODY)
 def set_idle_timeout(user: str):
-    from mlpd.jobspec import parse_duration
+    from mlpd.units import parse_duration
     from mlpd.store import record_event
 
     data = json_body()
@@ -209,7 +213,7 @@ KEY_BODY = {"key": Field(str, True, "one OpenSSH public key line (the contents o
 
 @route("/keys", summary="Your SSH public keys (for SSH into your workspaces)")
 def list_keys():
-    from mlpd import sshkeys
+    from mlpd.kinds import sshkeys
 
     return jsonify({"keys": sshkeys.list_keys(store(), g.user.name)})
 
@@ -217,7 +221,7 @@ def list_keys():
 @route("/keys", methods=("POST",), summary="Register an SSH public key (running workspaces accept it at once)", body=KEY_BODY,
        credentials=True)
 def add_key():
-    from mlpd import sshkeys
+    from mlpd.kinds import sshkeys
 
     key = sshkeys.add_key(store(), config().state_dir, g.user.name, json_body()["key"])
     return jsonify({"key": key}), 201
@@ -225,7 +229,7 @@ def add_key():
 
 @route("/keys/<key_id>", methods=("DELETE",), summary="Remove one of your SSH keys (by id or fingerprint)", credentials=True)
 def remove_key(key_id: str):
-    from mlpd import sshkeys
+    from mlpd.kinds import sshkeys
 
     sshkeys.remove_key(store(), config().state_dir, g.user.name, key_id)
     return jsonify({"removed": key_id})

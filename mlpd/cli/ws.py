@@ -122,7 +122,7 @@ def start(name, wait, as_json):
     click.echo(f"workspace {name}: {w['state']}; {w['url']}")
 
 
-START_TIMEOUT = 90  # seconds: a start waits on the daemon for a stop in progress (mlpd.workspaces.STOP_WAIT) before it starts
+START_TIMEOUT = 90  # seconds: a start waits on the daemon for a stop in progress (mlpd.kinds.workspace.STOP_WAIT) before it starts
 STOP_TIMEOUT = 120.0  # seconds: the server gets SIGTERM and is killed after a few seconds
 
 

@@ -92,7 +92,7 @@ def test_logs_with_timestamps_and_since_live_and_after_the_job_ended(daemon):
 
 def test_a_bad_spec_is_the_same_one_line_error_with_and_without_code(daemon, tmp_path):
     # with code the CLI refuses before packing it; with --no-code the daemon refuses: one message
-    from mlpd.jobspec import SpecError, parse_spec
+    from mlpd.kinds.jobspec import SpecError, parse_spec
 
     _, token = new_user(daemon)
     try:

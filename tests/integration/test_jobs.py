@@ -331,7 +331,7 @@ def test_daemon_killed_with_sigkill_picks_up_jobs_on_restart(make_daemon):
 
     done = wait_state(d, token, short, TERMINAL)
     assert done["state"] == "succeeded" and done["exit_code"] == 0
-    from mlpd.docker_runtime import _ts
+    from mlpd.runtime.docker_engine import _ts
 
     assert abs(done["ended_at"] - _ts(finished_at)) < 0.01  # Docker's end time, not the restart time
     assert wait_state(d, token, doomed, TERMINAL)["state"] == "lost"

@@ -34,10 +34,10 @@ def importers(prefix: str) -> set[str]:
 
 
 def test_each_third_party_system_is_imported_in_one_module():
-    assert importers("docker") == {"mlpd/docker_runtime.py"}
-    assert importers("pynvml") == {"mlpd/gpus.py"}
+    assert importers("docker") == {"mlpd/runtime/docker_engine.py"}
+    assert importers("pynvml") == {"mlpd/runtime/gpus.py"}
     assert importers("huey") == {"workers/tasks.py"}
-    assert importers("mlflow") <= {"mlpd/tracking.py", "mlpd/cli/mlflow.py"}
+    assert importers("mlflow") <= {"mlpd/tracking/server.py", "mlpd/cli/mlflow.py"}
     assert importers("flask") <= {f for f in imports() if f.startswith("web/")}
 
 

@@ -12,7 +12,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-log = logging.getLogger("mlpd.gpus")
+log = logging.getLogger("mlpd.runtime.gpus")
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,10 @@ from typing import Any, Callable, Iterable
 from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.jobs import TERMINAL_STATES, JobState
-from mlpd.jobspec import SpecError, format_duration, parse_duration, parse_spec
-from mlpd.runtime import LaunchRequest
+from mlpd.kinds.jobspec import SpecError, parse_spec
+from mlpd.kinds.base import Kind
+from mlpd.units import format_duration, parse_duration
+from mlpd.runtime.protocol import LaunchRequest
 from mlpd.store import Store, record_event
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -439,14 +441,14 @@ def launch_request(store: Store, config, job: dict[str, Any], base: LaunchReques
 
     ws = by_id(store, job["workload"])
     if ws is None:
-        from mlpd.runtime import RuntimeFailure
+        from mlpd.runtime.protocol import RuntimeFailure
 
         raise RuntimeFailure("its workspace was removed")
     import mlpd
 
-    from mlpd.sshkeys import write_authorized_keys
+    from mlpd.kinds.sshkeys import write_authorized_keys
 
-    from mlpd.runtime import RuntimeFailure
+    from mlpd.runtime.protocol import RuntimeFailure
     from mlpd.team_folders import TeamFolderError, mounts_for
 
     ws = _ports_still_free(store, config, ws)
@@ -464,3 +466,39 @@ def launch_request(store: Store, config, job: dict[str, Any], base: LaunchReques
         mounts=((home, HOME, False), (keys, "/etc/mlpd-ssh", True), (os.path.dirname(os.path.abspath(mlpd.__file__)), "/opt/mlpd-client/mlpd", True),
                 *teams),
     )
+
+
+class WorkspaceSession(Kind):
+    """A workspace's session: JupyterLab and sshd in the owner's home until stopped or culled idle.
+    Its token is its owner at their notebook, as a member, never as an admin."""
+
+    name = "workspace"
+    title = "workspace session"
+    token_acts_as_member = True
+
+    def launch_request(self, store, config, job, base):
+        return launch_request(store, config, job, base)
+
+    def workload_names(self, store, rows):
+        ids = sorted({r["workload"] for r in rows if r.get("workload")})
+        names = {w["id"]: w["name"] for w in store.query(
+            f"SELECT id, name FROM workspaces WHERE id IN ({','.join('?' * len(ids))})", ids)} if ids else {}
+        return {r["id"]: (names.get(r.get("workload") or ""), None) for r in rows}
+
+    def label(self, name, with_owner):
+        from mlpd.workload_names import short_id
+
+        return f"workspace {name.name or short_id(name.job_id)} ({name.owner})"  # a workspace's name is its owner's
+
+    def show_command(self, name):
+        from mlpd.workload_names import short_id
+
+        return f"mlpd ws show {name.name}" if name.name else f"mlpd jobs show {short_id(name.job_id)}"
+
+    def page(self, name, owner_is_viewer):
+        if not name.name:
+            return None
+        return ("ui.workspace", {"name": name.name, **({} if owner_is_viewer else {"owner": name.owner})})
+
+
+KIND = WorkspaceSession()

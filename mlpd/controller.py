@@ -584,8 +584,8 @@ class JobController:
             jobs.transition(self.store, job_id, JobState.FAILED, reason=f"mlpd could not start it: {exc}", ended_at=time.time())
 
     def apply_retention(self, now: float | None = None):
-        """Remove ended jobs' files and unused code archives past their retention (see mlpd.ops.retention)."""
-        from mlpd.ops import retention
+        """Remove ended jobs' files and unused code archives past their retention (see mlpd.retention)."""
+        from mlpd import retention
 
         done = retention.apply(self.store, self.config.state_dir, self.config["retention.job_days"], self.config["retention.code_days"], now)
         if done.job_dirs or done.code:

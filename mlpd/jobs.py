@@ -150,12 +150,17 @@ def visible(store: Store, job_id: str, user_name: str, is_admin: bool) -> dict[s
     return job
 
 
-def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200, kind: str | None = "job") -> list[dict[str, Any]]:
-    """Jobs newest first (workloads of `kind`; None for every kind), optionally one owner's and in some states."""
+def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200,
+              kinds: Iterable[str] | None = ()) -> list[dict[str, Any]]:
+    """Jobs newest first, optionally one owner's and in some states: workloads of `kinds`, by default
+    those listed with jobs (Kind.listed_with_jobs); None for every kind."""
+    from mlpd.kinds.base import names
+
     where, params = [], []
-    if kind:
-        where.append("kind = ?")
-        params.append(kind)
+    if kinds is not None:
+        kinds = list(kinds) or list(names("listed_with_jobs"))
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        params += kinds
     if owner:
         where.append("owner = ?")
         params.append(owner)

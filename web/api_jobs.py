@@ -72,7 +72,7 @@ def job_view(job: dict) -> dict:
     """The stable JSON form of a job."""
     spec = job["spec"]
     return {
-        "id": job["id"], "name": job["name"], "owner": job["owner"], "state": job["state"], "reason": job["reason"],
+        "id": job["id"], "kind": job.get("kind") or "job", "name": job["name"], "owner": job["owner"], "state": job["state"], "reason": job["reason"],
         "exit_code": job["exit_code"], "priority": job["priority"],
         "gpus": {"count": spec["gpus"], "indices": job["gpu_indices"], "uuids": job["gpu_uuids"]},
         "image": spec.get("image") or config()["jobs.default_image"], "command": spec["command"],

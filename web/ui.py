@@ -134,7 +134,7 @@ def not_found(anything: str):
 def _visible_job(job_id: str) -> dict:
     """The job if g.user may see it; 404 otherwise (as if it did not exist), as the API does."""
     job = jobs.visible(store(), job_id, g.user.name, g.user.is_admin)
-    if job is None or job.get("kind", "job") != "job":  # a workspace's session is not a job page
+    if job is None or not kind_of(job.get("kind")).listed_with_jobs:  # a workspace's session is not a job page
         raise MlpdError(404, "not_found", f"no such job {job_id[:40]!r}, or it is not yours")
     return job
 

@@ -28,6 +28,7 @@ class Kind:
     preemptible: bool = False  # may be stopped for higher-class work (when its priority class is preemptible)
     priority_class_from_spec: bool = False  # its spec may name a priority class (else it has the default)
     counts_slowdown: bool = False  # its waits count in the fair-share slowdown (batch work, which waits to run)
+    listed_with_jobs: bool = False  # shown by 'mlpd jobs', GET /jobs and the jobs page (with a job's page)
     tracking_credentials: bool = True  # its container gets MLflow and mlpd credentials of its owner
     token_acts_as_member: bool = False  # its token is its owner at a notebook: a member, never an admin
 
@@ -58,8 +59,9 @@ class Kind:
         return f"mlpd jobs show {short_id(name.job_id)}"
 
     def page(self, name: WorkloadName, owner_is_viewer: bool) -> tuple[str, dict[str, str]] | None:
-        """The web UI's page of one, as (endpoint, arguments), or None where it has none."""
-        return ("ui.job", {"job_id": name.job_id})
+        """The web UI's page of one, as (endpoint, arguments), or None where it has none (a kind
+        listed with jobs has a job's page)."""
+        return ("ui.job", {"job_id": name.job_id}) if self.listed_with_jobs else None
 
 
 _KINDS: dict[str, Kind] = {}

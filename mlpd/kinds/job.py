@@ -18,6 +18,7 @@ class Job(Kind):
     preemptible = True
     priority_class_from_spec = True
     counts_slowdown = True
+    listed_with_jobs = True
 
     def launch_request(self, store, config, job: dict[str, Any], base):
         # The owner's home, as in their workspaces: prepared in a notebook, trained in a job, with no copy.

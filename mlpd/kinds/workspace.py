@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -30,6 +29,7 @@ from mlpd.errors import MlpdError
 from mlpd.jobs import TERMINAL_STATES, JobState
 from mlpd.kinds.jobspec import SpecError, parse_spec
 from mlpd.kinds.base import Kind
+from mlpd.ports import port_free
 from mlpd.units import format_duration, parse_duration
 from mlpd.runtime.protocol import LaunchRequest
 from mlpd.store import Store, record_event
@@ -136,15 +136,6 @@ def allocate_port(store: Store, port_range: str, bindable: Callable[[int], bool]
         if bindable(port):
             return port
     raise WorkspaceError(503, "no_port", f"no free loopback port left in workspaces.port_range ({port_range}); remove unused workspaces")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def create(store: Store, owner: str, name: str, spec: dict[str, Any], port: int, ssh_port: int, now: float | None = None) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def _scheduler_check(config) -> Check:
 def _retention_check(config) -> Check | None:
     if not os.path.exists(os.path.join(config.state_dir, "mlpd.db")):
         return None
-    from mlpd.ops import retention
+    from mlpd import retention
     from mlpd.store import Store
 
     try:

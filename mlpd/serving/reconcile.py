@@ -32,7 +32,7 @@ PING_TIMEOUT = 2.0
 
 def allocate_port(store: Store, port_range: str, taken_now: set[int], bindable: Callable[[int], bool] | None = None) -> int:
     """A loopback port in serving.port_range that no live replica has and nothing listens on."""
-    from mlpd.kinds.workspace import port_free
+    from mlpd.ports import port_free
 
     low, high = (int(x) for x in port_range.split("-"))
     ended = sorted(TERMINAL_STATES)

@@ -7,7 +7,7 @@ import time
 
 from mlpd import jobs
 
-from mlpd.ops import retention
+from mlpd import retention
 from mlpd.jobs import JobState
 from mlpd.kinds.jobspec import parse_spec
 from mlpd.store import Store

@@ -67,11 +67,7 @@ def _start_now_or_fail(ws: dict, wait: bool) -> None:
     plan, _, gpus = plan_now(store(), inventory(), config(), time.time())
     if any(p.job_id == ws["session"] for p in plan.placements):
         return
-    with store().write() as db:
-        withdrawn = db.execute("DELETE FROM jobs WHERE id = ? AND state = 'queued'", [ws["session"]]).rowcount
-        if withdrawn and ws.get("_new"):
-            db.execute("DELETE FROM workspaces WHERE id = ?", [ws["id"]])
-    if not withdrawn:
+    if not workspaces.withdraw_unplaced(store(), ws, bool(ws.get("_new")), "withdrawn: its GPUs were not free and it was not asked to wait"):
         return  # the worker placed it meanwhile
     holders = gpu_holders(store())
     drained = drains(store(), config()["gpus.drained"], inventory().devices())
@@ -192,8 +188,6 @@ IDLE_BODY = {"timeout": Field(str, doc="e.g. '12h'; null or '' for the host's wo
 @route("/users/<user>/workspace-idle-timeout", methods=("PUT",), summary="Allow a user's workspaces a longer idle timeout", admin=True, body=IDLE_BODY)
 def set_idle_timeout(user: str):
     from mlpd.units import parse_duration
-    from mlpd.store import record_event
-
     data = json_body()
     seconds = None
     if data.get("timeout"):
@@ -201,10 +195,7 @@ def set_idle_timeout(user: str):
             seconds = parse_duration(data["timeout"])
         except ValueError as exc:
             raise ApiError(400, "invalid_field", f"timeout: {exc}") from None
-    with store().write() as db:
-        if not db.execute("UPDATE users SET ws_idle_timeout = ? WHERE name = ? AND removed_at IS NULL", [seconds, user]).rowcount:
-            raise ApiError(404, "not_found", f"no user {user!r}")
-        record_event(db, g.user.name, "user.ws_idle_timeout", "user", user, seconds=seconds)
+    workspaces.set_idle_timeout(store(), g.user.name, user, seconds)
     return jsonify({"user": user, "idle_timeout": workspaces.idle_timeout(store(), config(), user)})
 
 

@@ -10,15 +10,13 @@ Anything that would give a job power over the host is refused by name
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import shlex
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from mlpd.units import (MIN_CPUS, MIN_MEMORY, MIN_SHM, NUMBER, typename, format_bytes, format_duration, host_limits,
-                        parse_duration, parse_memory, shm_size)
+from mlpd.units import (MIN_CPUS, MIN_MEMORY, MIN_SHM, NUMBER, typename, format_bytes, parse_duration, parse_memory)
 
 
 class SpecError(ValueError):

@@ -245,6 +245,29 @@ def idle_timeout(store: Store, config, owner: str) -> float:
     return max(host, row["ws_idle_timeout"]) if row and row["ws_idle_timeout"] else host
 
 
+def set_idle_timeout(store: Store, actor: str, user: str, seconds: float | None) -> None:
+    """Let `user`'s workspaces idle longer than the host's workspaces.idle_timeout (None: the
+    host's again); WorkspaceError 404 for a user who does not exist."""
+    with store.write() as db:
+        if not db.execute("UPDATE users SET ws_idle_timeout = ? WHERE name = ? AND removed_at IS NULL", [seconds, user]).rowcount:
+            raise WorkspaceError(404, "not_found", f"no user {user!r}")
+        record_event(db, actor, "user.ws_idle_timeout", "user", user, seconds=seconds)
+
+
+def withdraw_unplaced(store: Store, ws: dict[str, Any], new: bool, reason: str) -> bool:
+    """Withdraw a session that could not start at once (its owner did not ask to wait): the queued
+    session is cancelled with `reason` (a transition, with its event), and a workspace created for
+    it is removed. False when the session left the queue meanwhile (the worker placed it)."""
+    if not jobs.transition(store, ws["session"], JobState.CANCELLED, actor=ws["owner"], reason=reason, ended_at=time.time(),
+                           only_from=[JobState.QUEUED]):
+        return False
+    if new:
+        with store.write() as db:
+            db.execute("DELETE FROM workspaces WHERE id = ?", [ws["id"]])
+            record_event(db, ws["owner"], "workspace.removed", "workspace", ws["id"], name=ws["name"], owner=ws["owner"], reason=reason)
+    return True
+
+
 def state_of(session: dict[str, Any] | None) -> str:
     if session is None:
         return "stopped"

@@ -8,17 +8,8 @@ import tomllib
 
 import pytest
 
-from mlpd.kinds.jobspec import (
-    FORBIDDEN,
-    STRIPPED_ENV,
-    JobSpec,
-    SpecError,
-    format_bytes,
-    format_duration,
-    parse_duration,
-    parse_memory,
-    parse_spec,
-)
+from mlpd.kinds.jobspec import FORBIDDEN, STRIPPED_ENV, JobSpec, SpecError, parse_spec
+from mlpd.units import format_bytes, format_duration, parse_duration, parse_memory
 
 DIGEST = "ab" * 32
 GiB = 1024**3

@@ -131,13 +131,35 @@ def test_each_area_imports_only_what_its_docstring_allows():
     """The subpackages' rules (each __init__.py says them): the runtime and tracking are the outside
     world and import no area; scheduling asks kinds only through the registry (kinds.base); the
     core's modules know no kind module and no area above them (the controller, which drives the
-    runtime, the scheduler and MLflow, excepted for those); only the CLI imports ops."""
+    runtime, the scheduler and MLflow, and admission excepted for those; the job spec every kind
+    shares is read by all); only the CLI imports ops."""
     assert _offending("runtime", lambda f, n: not _in(n, *AREAS) or _in(n, "runtime")) == []
     assert _offending("tracking", lambda f, n: not _in(n, *AREAS) or _in(n, "tracking")) == []
     assert _offending("scheduling", lambda f, n: not _in(n, "kinds", "serving", "tracking", "ops")
                       or n.startswith("mlpd.kinds.base")) == []
     assert _offending("serving", lambda f, n: not _in(n, "ops") and (not _in(n, "kinds") or n.split(".")[2] in ("base", "jobspec"))) == []
     assert _offending("kinds", lambda f, n: not _in(n, "ops")) == []
-    controller_may = ("runtime", "scheduling", "tracking")
-    assert _offending("", lambda f, n: not _in(n, *AREAS) or n.startswith("mlpd.kinds.base")
-                      or (f == "mlpd/controller.py" and _in(n, *controller_may))) == []
+    drivers = ("mlpd/controller.py", "mlpd/admission.py")  # they drive the runtime, the scheduler and MLflow for every kind
+    assert _offending("", lambda f, n: not _in(n, *AREAS) or n.startswith(("mlpd.kinds.base", "mlpd.kinds.jobspec"))
+                      or (f in drivers and _in(n, "runtime", "scheduling", "tracking"))) == []
+
+
+def test_the_web_layer_writes_no_sql():
+    """web/ speaks HTTP: every change of state goes through a domain function (which owns its
+    transaction, its checks and its event), never an INSERT, UPDATE or DELETE of a view's own, nor
+    a transaction or an event opened in a view."""
+    found = []
+    for path in (ROOT / "web").rglob("*.py"):
+        rel = str(path.relative_to(ROOT))
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    node.value.lstrip().startswith(("INSERT ", "UPDATE ", "DELETE ", "REPLACE INTO ")):
+                found.append(f"{rel}:{node.lineno} SQL {node.value.split()[0]}")
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                receiver = ast.unparse(func.value) if isinstance(func, ast.Attribute) else ""
+                if (name == "write" and "store" in receiver) or name in ("record_event", "set_status") or (name in ("upsert", "insert", "update", "delete_where") and
+                                                                        isinstance(func, ast.Attribute) and isinstance(func.value, ast.Subscript)):
+                    found.append(f"{rel}:{node.lineno} {name}()")
+    assert found == []

@@ -3,12 +3,14 @@ and `mlpd submit` shipping the job file's directory. Real daemon, real container
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import json
 
 from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 

@@ -6,6 +6,8 @@ GPUs) without seeing each other's jobs; tests that kill the daemon start their o
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import io
 import json
 import hashlib
@@ -21,7 +23,7 @@ from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
 
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 

@@ -126,7 +126,7 @@ def events():
 
 
 def _priority_classes():
-    from mlpd.priority_classes import PriorityClasses
+    from mlpd.scheduling.priority_classes import PriorityClasses
 
     return PriorityClasses.from_config(config())
 
@@ -134,7 +134,7 @@ def _priority_classes():
 @route("/admin/priority-classes", summary="Priority classes, highest first: rank, default, preemptible, and who may use each "
        "(mlpd.toml's scheduler.priority_class_users and the grants; admins may use every class)", admin=True)
 def list_priority_classes():
-    from mlpd.priority_classes import listing
+    from mlpd.scheduling.priority_classes import listing
 
     return jsonify(listing(store(), _priority_classes()))
 
@@ -146,7 +146,7 @@ def _check_team_admin_grant(subject: str, name: str) -> None:
     """A team admin grants (or takes back) only a class their team holds, to their team's members (mlpd.roles)."""
     if g.user.is_admin:
         return
-    from mlpd.priority_classes import load
+    from mlpd.scheduling.priority_classes import load
     from mlpd.roles import check_member_grant
 
     check_member_grant(store(), g.user, subject, load(config(), store()).allowed(name))
@@ -156,7 +156,7 @@ def _check_team_admin_grant(subject: str, name: str) -> None:
        summary="Let a user (or team:NAME) use a priority class, from their next submit on (idempotent); team admins: a class "
                "their team holds, to its members")
 def grant_priority_class(name: str):
-    from mlpd.priority_classes import grant
+    from mlpd.scheduling.priority_classes import grant
 
     subject = json_body()["user"]
     _check_team_admin_grant(subject, name)
@@ -168,7 +168,7 @@ def grant_priority_class(name: str):
        summary="Take back a grant of a priority class (queued work keeps its class; the next submit is checked without it); "
                "team admins: their team's members' grants of a class the team holds")
 def revoke_priority_class(name: str, user: str):
-    from mlpd.priority_classes import revoke
+    from mlpd.scheduling.priority_classes import revoke
 
     _check_team_admin_grant(user, name)
 

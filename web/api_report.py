@@ -1,4 +1,4 @@
-"""The platform report for admins (mlpd.report): GET /api/v1/admin/report."""
+"""The platform report for admins (mlpd.scheduling.report): GET /api/v1/admin/report."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 
 from flask import Response, jsonify, request
 
-from mlpd import report
-from mlpd.tracking import db_path
+from mlpd.scheduling import report
+from mlpd.tracking.server import TrackingDb
 from mlpd.web import config, store
 from mlpd.web.api_usage import _time_arg
 from mlpd.web.errors import ApiError
@@ -27,7 +27,7 @@ def report_of_request() -> dict:
         raise ApiError(400, "invalid_field", "until: must be after since")
     if until - since > 5 * 366 * 86400:
         raise ApiError(400, "invalid_field", "since: a report covers at most 5 years")
-    return report.build(store(), db_path(config().state_dir), since, until, by, now=time.time())
+    return report.build(store(), TrackingDb(config().state_dir), since, until, by, now=time.time())
 
 
 @area.route("/admin/report", admin=True,
@@ -41,7 +41,7 @@ def platform_report():
 
 
 class PlatformCollector:
-    """The report's gauges for /metrics (mlpd.report.gauges), read at scrape time."""
+    """The report's gauges for /metrics (mlpd.scheduling.report.gauges), read at scrape time."""
 
     def __init__(self, store_, state_dir: str):
         self.store, self.state_dir = store_, state_dir
@@ -49,7 +49,7 @@ class PlatformCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        g = report.gauges(self.store, db_path(self.state_dir), time.time())
+        g = report.gauges(self.store, TrackingDb(self.state_dir), time.time())
         active = GaugeMetricFamily("mlpd_platform_active_users", "Users who ran a workload of any kind in the last 7 days")
         active.add_metric([], g["active_users"])
         wait = GaugeMetricFamily("mlpd_platform_queue_wait_seconds", "Queue wait (submit to start) of workloads started in the "

@@ -1,4 +1,4 @@
-"""The admin's "Platform" page (/ui/admin/platform): the platform report (mlpd.report) with small charts,
+"""The admin's "Platform" page (/ui/admin/platform): the platform report (mlpd.scheduling.report) with small charts,
 every chart beside its numbers. Registered on the admin blueprint, so only admins reach it."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 from flask import render_template, request
 from markupsafe import Markup
 
-from mlpd import report
-from mlpd.tracking import db_path
+from mlpd.scheduling import report
+from mlpd.tracking.server import TrackingDb
 from mlpd.web import config, store, ui_charts
 
 
@@ -32,7 +32,7 @@ def platform_page(sections):
     error = ""
     if until <= since:
         error, since = "until must be after since: showing the default period instead", report.default_since(until, by)
-    rep = report.build(store(), db_path(config().state_dir), since, until, by, now=now)
+    rep = report.build(store(), TrackingDb(config().state_dir), since, until, by, now=now)
     labels = [p["label"] for p in rep["periods"]]
     charts = {
         "active": Markup(ui_charts.vbars(f"Active users per {by}", [(p["label"], p["active_users"]) for p in rep["periods"]], unit="users")),

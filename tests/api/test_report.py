@@ -1,4 +1,4 @@
-"""The platform report (mlpd.report, GET /api/v1/admin/report, `mlpd admin report`, the Platform page,
+"""The platform report (mlpd.scheduling.report, GET /api/v1/admin/report, `mlpd admin report`, the Platform page,
 the /metrics gauges) against a seeded state whose every figure is counted here by hand.
 
 The state: users with known creation times, workload rows (jobs, workspace sessions, a deployment
@@ -37,7 +37,7 @@ def _seed_mlflow(state_dir) -> None:
     """Runs, registered models and a version, written by MLflow's own client into mlpd's MLflow store."""
     from mlflow.tracking import MlflowClient
 
-    from mlpd.tracking import backend_uri
+    from mlpd.tracking.server import backend_uri
 
     client = MlflowClient(tracking_uri=backend_uri(str(state_dir)), registry_uri=backend_uri(str(state_dir)))
     exp = client.create_experiment("churn-exp")
@@ -52,7 +52,8 @@ def _seed_mlflow(state_dir) -> None:
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
-    from mlpd import quotas, users
+    from mlpd import users
+    from mlpd.scheduling import quotas
     from mlpd.store import record_event
 
     api = make_api(tmp_path_factory.mktemp("report-state"))

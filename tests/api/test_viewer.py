@@ -26,7 +26,8 @@ VIEWER = "vera"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Team vision: member (submits a job) and vera, a viewer; outsider (not in it) submits one too."""
-    from mlpd import quotas, users
+    from mlpd import users
+    from mlpd.scheduling import quotas
 
     api = make_api(tmp_path_factory.mktemp("viewer-state"))
     st = api.store
@@ -124,7 +125,7 @@ def _load_walk():
 
 
 def test_every_mutating_mlflow_route_is_refused(world, tmp_path):
-    from mlpd.mlflow_policy import classify
+    from mlpd.tracking.policy import classify
 
     api, viewer = world["api"], world["viewer"]
     walk = _load_walk()

@@ -144,8 +144,8 @@ _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
     if isinstance(t, tuple):
-        return "number" if set(t) == {int, float} else " or ".join(_TYPE_NAMES[x] for x in t)
-    return _TYPE_NAMES[t]
+        return "number" if set(t) == {int, float} else " or ".join(_type_name(x) for x in t)
+    return _TYPE_NAMES.get(t, getattr(t, "__name__", str(t)))
 
 
 def _toml_value(value: Any) -> str:

@@ -24,8 +24,9 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -124,9 +125,9 @@ def cli_page() -> str:
     commands = list(_walk(main, root))
     out = [HEADER.format(command=REGENERATE, source="the click commands of mlpd.cli"),
            "# mlpd command line reference\n\n",
-           "Every command takes `-h`/`--help`, which prints what this page gives. A job ID may be any unique "
+           ("Every command takes `-h`/`--help`, which prints what this page gives. A job ID may be any unique "
            "prefix of it; `--json` output is stable (keys are only ever added). How the CLI finds the daemon: "
-           "`mlpd login`, or `MLPD_URL` and `MLPD_TOKEN` in the environment.\n\n"]
+           "`mlpd login`, or `MLPD_URL` and `MLPD_TOKEN` in the environment.\n\n")]
     out.append("| Command | What it does |\n|---|---|\n")
     for ctx, command in commands:
         out.append(f"| [{ctx.command_path}](#{_anchor(ctx.command_path)}) | {_cell(_prose(_summary(command)))} |\n")
@@ -203,11 +204,11 @@ def configuration_page(toml_text: str) -> str:
 
     out = [HEADER.format(command=REGENERATE, source="mlpd/config.py (SETTINGS) and the comments of mlpd.toml"),
            "# Configuration reference\n\n",
-           "`mlpd daemon` reads `--config FILE`, else `$MLPD_CONFIG`, else `/etc/mlpd/mlpd.toml`, else the built-in "
+           ("`mlpd daemon` reads `--config FILE`, else `$MLPD_CONFIG`, else `/etc/mlpd/mlpd.toml`, else the built-in "
            "defaults below. `mlpd daemon --listen`, `--state-dir` and `--declare-gpus N` override the file. An unknown "
            "key or a wrong value stops the daemon with exit code 2 and a message naming the file, the key and what is "
            "expected. Each key is declared once, in `mlpd.config.SETTINGS` (type, default, summary, check); the shipped "
-           "`mlpd.toml` lists every key with its default and a longer comment, shown under each key below.\n\n",
+           "`mlpd.toml` lists every key with its default and a longer comment, shown under each key below.\n\n"),
            "| Key | Type | Default | Summary |\n|---|---|---|---|\n"]
     for section in sections:
         for s in by_section[section]:
@@ -287,7 +288,7 @@ def api_page(document: dict[str, Any]) -> str:
 
     out = [HEADER.format(command=REGENERATE, source="the OpenAPI document the app serves at /api/v1/openapi.json"),
            "# HTTP API reference\n\n",
-           f"{_prose(document.get('info', {}).get('title', 'API'))}, OpenAPI {document.get('openapi', '?')}. Every route "
+           (f"{_prose(document.get('info', {}).get('title', 'API'))}, OpenAPI {document.get('openapi', '?')}. Every route "
            "is under `/api/v1` and takes a token as `Authorization: Bearer mlpd_...` (`mlpd login` stores one). Every "
            "error is `{\"error\": {\"code\": ..., \"message\": ...}}`; every response carries an `X-Request-Id`. The "
            "document itself: `GET /api/v1/openapi.json`.\n\n"
@@ -298,7 +299,7 @@ def api_page(document: dict[str, Any]) -> str:
            "(`x-mlpd-credentials`).\n\n"
            "Outside `/api/v1` (not in the OpenAPI document): `GET /healthz` (no token), `GET /metrics` "
            "(Prometheus; admin token unless `metrics.public`), `/mlflow/...` (MLflow's REST API and UI behind mlpd's "
-           "tokens), `/serve/NAME/...` (a deployment's endpoint) and the web UI under `/ui`.\n"]
+           "tokens), `/serve/NAME/...` (a deployment's endpoint) and the web UI under `/ui`.\n")]
     current = None
     for path, method, op in operations:
         if area(path) != current:

@@ -14,7 +14,8 @@ Pure questions over the state database; no flask.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from mlpd.store import Store, record_event
 from mlpd.users import ROLES, User, UserError, _active_user_id
@@ -139,8 +140,8 @@ def check_member_quota(store: Store, user: User, member: str, values: dict[str, 
     for everyone). Admins pass."""
     if user.is_admin:
         return
-    teams = [t for t in administered(store, user) if member in set(r["user"] for r in
-             store.query("SELECT user FROM team_members WHERE team = ?", [t]))]
+    teams = [t for t in administered(store, user) if member in {r["user"] for r in
+             store.query("SELECT user FROM team_members WHERE team = ?", [t])}]
     if not teams:
         raise UserError(f"{member} is not a member of a team you administer", code="forbidden", status=403)
     reasons = []

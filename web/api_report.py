@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 from flask import Response, jsonify, request
-
-from mlpd.scheduling import report
-from mlpd.tracking.server import TrackingDb
 from mlpd.web import config, store
 from mlpd.web.api_usage import _time_arg
 from mlpd.web.errors import ApiError
 from mlpd.web.routes import Area
+
+from mlpd.scheduling import report
+from mlpd.tracking.server import TrackingDb
 
 area = Area("report")  # registered by the app factory (mlpd.web.create_app)
 

@@ -8,16 +8,16 @@ import time
 
 from flask import render_template, request
 from markupsafe import Markup
+from mlpd.web import config, store, ui_charts
 
 from mlpd.scheduling import report
 from mlpd.tracking.server import TrackingDb
-from mlpd.web import config, store, ui_charts
 
 
 def _day(value: str | None) -> float | None:
     """A date from the page's form (2026-11-02), or None when empty or not a date."""
     try:
-        return dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc).timestamp() if value else None
+        return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC).timestamp() if value else None
     except ValueError:
         return None
 
@@ -41,6 +41,6 @@ def platform_page(sections):
         "teams": Markup(ui_charts.hbars("GPU-hours per team", [(r["team"], r["gpu_hours"], r["busy_gpu_hours"])
                                                               for r in rep["gpu_hours_by_team"]])),
     }
-    day = lambda t: dt.datetime.fromtimestamp(t, tz=dt.timezone.utc).strftime("%Y-%m-%d")  # noqa: E731
+    day = lambda t: dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%d")
     return render_template("admin_platform.html", sections=sections, rep=rep, charts=charts, labels=labels, by=by, error=error,
                            since_day=day(since), until_day=day(until)), 400 if error else 200

@@ -18,11 +18,12 @@ import calendar
 import datetime as _dt
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
-from mlpd.scheduling.accounting import Allocation, busy_seconds, overlap_seconds
 from mlpd.jobs import TERMINAL_STATES, JobState
+from mlpd.scheduling.accounting import Allocation, busy_seconds, overlap_seconds
 from mlpd.store import Store
 
 BUCKETS = ("week", "month")
@@ -48,7 +49,7 @@ class Period:
 
 def bucket_start(t: float, by: str) -> float:
     """The start (UTC midnight) of the ISO week (Monday) or calendar month containing t."""
-    day = _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    day = _dt.datetime.fromtimestamp(t, tz=_dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     if by == "week":
         return (day - _dt.timedelta(days=day.weekday())).timestamp()
     return day.replace(day=1).timestamp()
@@ -62,7 +63,7 @@ def periods(since: float, until: float, by: str) -> list[Period]:
         raise ReportError("until: must be after since")
     out, t = [], bucket_start(since, by)
     while t < until:
-        start = _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc)
+        start = _dt.datetime.fromtimestamp(t, tz=_dt.UTC)
         if by == "week":
             nxt = start + _dt.timedelta(days=7)
             iso = start.isocalendar()
@@ -275,11 +276,11 @@ def build(store: Store, registry: ModelRegistry, since: float, until: float, by:
 def default_since(until: float, by: str) -> float:
     """The default start: the bucket DEFAULT_WEEKS weeks before until (weeks), or 6 months before (months)."""
     if by == "month":
-        t = _dt.datetime.fromtimestamp(until, tz=_dt.timezone.utc)
+        t = _dt.datetime.fromtimestamp(until, tz=_dt.UTC)
         month, year = t.month - 5, t.year
         while month < 1:
             month, year = month + 12, year - 1
-        return _dt.datetime(year, month, 1, tzinfo=_dt.timezone.utc).timestamp()
+        return _dt.datetime(year, month, 1, tzinfo=_dt.UTC).timestamp()
     return bucket_start(until - (DEFAULT_WEEKS - 1) * 7 * 86400, "week")
 
 

@@ -9,10 +9,9 @@ import io
 import json
 
 import pytest
-
 from app_client import Served, error_of, make_api
 
-T0 = dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc).timestamp()
+T0 = dt.datetime(2026, 11, 2, tzinfo=dt.UTC).timestamp()
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +86,9 @@ def test_the_cli(api):
 
 
 def test_the_events_page_filters_and_pages(api):
-    from mlpd import users
     from mlpd.web.ui_auth import COOKIE
+
+    from mlpd import users
 
     secret, _ = users.create_session(api.store, users.get_user(api.store, "root"), "token")
     client = api.app.test_client()

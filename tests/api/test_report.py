@@ -10,11 +10,11 @@ runs, the registered models and a version). The window starts on Monday 2026-11-
 from __future__ import annotations
 
 import datetime as dt
-import pytest
 
+import pytest
 from app_client import error_of, make_api
 
-T0 = dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc).timestamp()  # Monday, 2026-W45
+T0 = dt.datetime(2026, 11, 2, tzinfo=dt.UTC).timestamp()  # Monday, 2026-W45
 H, D = 3600.0, 86400.0
 
 # (id, owner, kind, state, reason, exit_code, submitted, started (seconds after submit), ended)
@@ -86,7 +86,7 @@ def seeded(tmp_path_factory):
                    "created_at, switched_at) VALUES ('rev1', 'dep1', 1, 'models:/churn/1', 'churn', '1', '/x', 'serving', ?, ?)",
                    [T0 + 10 * D, T0 + 12 * D])
     _seed_mlflow(api.state_dir)
-    until = dt.datetime.now(dt.timezone.utc).timestamp() + D  # the registered models are created now
+    until = dt.datetime.now(dt.UTC).timestamp() + D  # the registered models are created now
     return api, until
 
 
@@ -159,7 +159,7 @@ def test_bad_windows_and_members_are_refused(seeded):
 
 
 def test_the_gauges(seeded):
-    api, until = seeded
+    api, _until = seeded
     text = api.call("GET", "/metrics", api.admin).get_data(as_text=True)
     # Nothing of the seeded state lies in the last 7 days; the registry and the events count all time.
     assert "mlpd_platform_active_users 0.0" in text
@@ -170,8 +170,9 @@ def test_the_gauges(seeded):
 
 def ui_get(api, user: str, path: str):
     """GET a web UI page with a session of user's (made as the login form makes it)."""
-    from mlpd import users
     from mlpd.web.ui_auth import COOKIE
+
+    from mlpd import users
 
     secret, _ = users.create_session(api.store, users.get_user(api.store, user), "token")
     client = api.app.test_client()
@@ -180,7 +181,7 @@ def ui_get(api, user: str, path: str):
 
 
 def test_the_platform_page(seeded):
-    api, until = seeded
+    api, _until = seeded
     page = ui_get(api, "root", "/ui/admin/platform?since=2026-11-02&by=week")
     html = page.get_data(as_text=True)
     assert page.status_code == 200, html[:500]

@@ -5,7 +5,6 @@ on team nlp, on users outside vision, and on every admin-only setting."""
 from __future__ import annotations
 
 import pytest
-
 from app_client import Served, error_of, make_api
 
 

@@ -16,7 +16,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from app_client import error_of, make_api
 
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
@@ -167,8 +166,9 @@ class _Forms(HTMLParser):
 
 
 def _ui(api, name):
-    from mlpd import users
     from mlpd.web.ui_auth import COOKIE
+
+    from mlpd import users
 
     secret, session = users.create_session(api.store, users.get_user(api.store, name), "token")
     client = api.app.test_client()

@@ -637,12 +637,14 @@ class JobController:
             # The owner's home, as in their workspaces: prepared in a notebook, trained in a job, with no copy.
             # Derived from the owner's name only (never from the spec), so never another member's.
             # Its teams' folders too (/shared/TEAM), by the memberships of now.
+            from mlpd import datasets
             from mlpd.team_folders import TeamFolderError, mounts_for
             from mlpd.workspaces import HOME, WorkspaceError, home_dir
 
             try:
                 mounts = ((home_dir(cfg.state_dir, job["owner"], cfg["jobs.container_user"]), HOME, False),
-                          *mounts_for(self.store, cfg.state_dir, job["owner"], cfg["jobs.container_user"]))
+                          *mounts_for(self.store, cfg.state_dir, job["owner"], cfg["jobs.container_user"]),
+                          *datasets.mounts_for(self.store, cfg, job["owner"]))  # /datasets/NAME: paths checked again now
             except WorkspaceError as exc:
                 raise RuntimeFailure(exc.message) from None
             except TeamFolderError as exc:

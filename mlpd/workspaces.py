@@ -447,12 +447,14 @@ def launch_request(store: Store, config, job: dict[str, Any], base: LaunchReques
     from mlpd.sshkeys import write_authorized_keys
 
     from mlpd.runtime import RuntimeFailure
+    from mlpd import datasets
     from mlpd.team_folders import TeamFolderError, mounts_for
 
     ws = _ports_still_free(store, config, ws)
     home = home_dir(config.state_dir, job["owner"], config["jobs.container_user"])
     try:
         teams = mounts_for(store, config.state_dir, job["owner"], config["jobs.container_user"])  # /shared/TEAM, as in jobs
+        teams += datasets.mounts_for(store, config, job["owner"])  # /datasets/NAME, as in jobs (RuntimeFailure when one is refused)
     except TeamFolderError as exc:
         raise RuntimeFailure(str(exc)) from None
     keys = write_authorized_keys(store, config.state_dir, job["owner"])

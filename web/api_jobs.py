@@ -152,8 +152,9 @@ def create_job(data: dict) -> tuple[dict, list[str]]:
     check_admission(spec)
     check_priority_class(spec)
     check_disk()
-    from mlpd import quotas
+    from mlpd import disk_use, quotas
 
+    disk_use.refusal(store(), config(), g.user.name)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)
     warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus,  # QuotaExceeded: 403
                                        work=[{"cpus": spec.cpus, "memory": spec.memory}])
     job = jobs.submit(store(), g.user.name, spec, warnings)

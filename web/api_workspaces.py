@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from flask import g, jsonify, request
 
-from mlpd import jobs, quotas, workspaces
+from mlpd import disk_use, jobs, quotas, workspaces
 from mlpd.gpu_state import drains, gpu_holders
 from mlpd.jobs import JobState
 from mlpd.web import config, store
@@ -102,6 +102,7 @@ def create_for_user(data: dict) -> tuple[dict, list[str]]:
 
     check_admission(workspaces.session_spec(spec, name))
     check_disk()
+    disk_use.refusal(store(), config(), g.user.name)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)
     warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"], work=[spec])  # QuotaExceeded: 403
     port = workspaces.allocate_port(store(), config()["workspaces.port_range"])
     ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
@@ -147,6 +148,7 @@ def start_workspace(name: str):
     data = json_body()
     ws = workspaces.wait_stopped(store(), _get(name))  # a stop in progress ends first: its GPUs are free again for the quota check
     check_disk()
+    disk_use.refusal(store(), config(), ws["owner"])
     quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
     before = ws["session"]
     ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])

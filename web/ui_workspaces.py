@@ -96,9 +96,10 @@ def _act(name: str, action: str):
         workspaces.stop(store(), ws, g.user.name, f"stopped by {g.user.name}")
     elif action == "start":
         from mlpd.web.api_workspaces import _start_now_or_fail
-        from mlpd import quotas
+        from mlpd import disk_use, quotas
 
         ws = workspaces.wait_stopped(store(), ws)  # a stop in progress ends first: its GPUs are free for the quota check
+        disk_use.refusal(store(), config(), ws["owner"])
         quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
         before = ws["session"]
         ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])

@@ -54,13 +54,14 @@ def _parse_expiry(expires: str | None) -> float | None:
 
 
 @click.group(cls=LazyGroup, lazy_subcommands={
+    "dataset": "mlpd.cli.datasets:admin_dataset",
     "priority-class": "mlpd.cli.pclass:priority_class",
     "quota": "mlpd.cli.usage:admin_quota",
     "team": "mlpd.cli.usage:admin_team",
     "ws-idle-timeout": "mlpd.cli.ws:admin_idle_timeout",
 })
 def admin() -> None:
-    """Administration (admins only): user, token, team, quota, priority-class, gpus, ws-idle-timeout, backup, restore.
+    """Administration (admins only): user, token, team, quota, dataset, priority-class, gpus, ws-idle-timeout, backup, restore.
 
     \b
     mlpd admin user add NAME            a user (and their first token)

@@ -18,8 +18,16 @@ from mlpd.output import emit_json, table, when
 @click.option("--by", type=click.Choice(["user", "team", "day", "kind", "gpu_model"]), default="user", show_default=True, help="Group by.")
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="CSV for spreadsheets: key,gpu_hours,busy_gpu_hours,cost,allocations.")
-def usage(user, team, since, until, by, as_json, as_csv):
-    """GPU-hours allocated (and actually busy, where NVML samples exist), with cost where priced."""
+@click.option("--disk", is_flag=True, help="Disk use of your home and your teams' folders instead (admins with --all: every one), "
+              "as last measured, with quotas.home_gb / quotas.team_gb.")
+@click.option("--all", "all_users", is_flag=True, help="With --disk: every home and team folder (admins).")
+def usage(user, team, since, until, by, as_json, as_csv, disk, all_users):
+    """GPU-hours allocated (and actually busy, where NVML samples exist), with cost where priced; --disk: disk use."""
+    if disk:
+        from mlpd.cli.datasets import disk_report
+
+        disk_report(as_json, all_users)
+        return
     params: dict[str, Any] = {"by": by}
     for key, value in (("user", user), ("team", team), ("since", since), ("until", until)):
         if value:

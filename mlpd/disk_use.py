@@ -70,7 +70,8 @@ def measure(store: Store, config) -> dict[str, int]:
 
 
 def gb(size: int) -> str:
-    return f"{size / 1e9:.2f} GB"
+    """A size for people: GB with two decimals, MB below 0.1 GB."""
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
 def usage_of(store: Store, config, user: str) -> dict[str, Any]:

@@ -528,8 +528,12 @@ def usage():
         "util": Markup(ui_charts.lines("Utilization per GPU, last hour", [(f"GPU {d.index}", util.get(d.uuid, [])) for d in devices], now - 3600, now)),
         "waits": Markup(ui_charts.vbars(f"Mean queue wait per day, last {days} days", _wait_points(waits, since, days), unit="min")),
     }
+    from mlpd import disk_use
+
+    disk = disk_use.usage_of(store(), config(), g.user.name)  # your home and teams' folders, as the worker last measured them
     return render_template("usage.html", days=days, by_user=by_user, by_team=by_team, by_day=sorted(by_day.values(), key=lambda r: r["key"]),
-                           waits=waits, charts=charts, currency=config()["pricing.currency"], periods=sorted(PERIODS, key=int))
+                           waits=waits, charts=charts, currency=config()["pricing.currency"], periods=sorted(PERIODS, key=int),
+                           disk=[("Your home", disk["home"])] + [(f"Team {t['team']}", t) for t in disk["teams"]])
 
 
 @ui.route("/usage.csv")

@@ -40,3 +40,26 @@ def test_members_see_only_their_datasets_without_host_paths_and_the_usage_page_s
     assert measured >= 300_000
     assert "Disk use" in text and "/home/mlpd" in text and f"<td>{format_bytes(measured)}</td>" in text, text[-3000:]
     assert page.status_code == 200
+
+
+def test_over_the_team_quota_workspaces_are_refused_to_create_and_to_start_and_jobs_too(tmp_path):
+    from mlpd import disk_use
+
+    api = make_api(tmp_path / "state", **{"quotas.team_gb": 0.001})
+    admin = api.admin
+    for call in (("teams", {"name": "vision"}), ("teams/vision/members", {"user": api.member_name})):
+        assert api.call("POST", call[0], admin, json=call[1]).status_code in (200, 201)
+    assert api.call("POST", "workspaces", api.member, json={"name": "lab"}).status_code == 201
+    assert api.call("POST", "workspaces/lab/stop", api.member).status_code == 200
+    folder = api.state_dir / "teams" / "vision"
+    folder.mkdir(parents=True)
+    (folder / "big.bin").write_bytes(os.urandom(2_000_000))
+    disk_use.measure(api.store, api.app.extensions["mlpd.config"])
+    for method, path, body in (("POST", "workspaces", {"name": "lab2"}), ("POST", "workspaces/lab/start", {}),
+                               ("POST", "jobs", {"command": ["true"]})):
+        r = api.call(method, path, api.member, json=body)
+        assert r.status_code == 403 and r.get_json()["error"]["code"] == "disk_quota_exceeded", (path, r.get_data(as_text=True))
+        assert "the folder of team vision (/shared/vision) holds 2.0 MB, over quotas.team_gb = 0.001 GB" in r.get_json()["error"]["message"]
+    assert (folder / "big.bin").exists()  # nothing deleted
+    r = api.call("POST", "jobs", admin, json={"command": ["true"]})  # not a member of vision: not refused
+    assert r.status_code == 201, r.get_data(as_text=True)

@@ -106,7 +106,7 @@ def _experiment_template(value: str) -> str | None:
 def _memory(value: str) -> str | None:
     if value == "":
         return None
-    from mlpd.jobspec import MIN_MEMORY, format_bytes, parse_memory
+    from mlpd.units import MIN_MEMORY, format_bytes, parse_memory
 
     try:
         size = parse_memory(value)
@@ -118,7 +118,7 @@ def _memory(value: str) -> str | None:
 def _shm_size(value: str) -> str | None:
     if value == "auto":
         return None
-    from mlpd.jobspec import MIN_SHM, format_bytes, parse_memory
+    from mlpd.units import MIN_SHM, format_bytes, parse_memory
 
     try:
         size = parse_memory(value)
@@ -137,7 +137,7 @@ def _loopback_port_range(value: str) -> str | None:
 def _duration(value: str) -> str | None:
     if value == "":
         return None
-    from mlpd.jobspec import parse_duration
+    from mlpd.units import parse_duration
 
     try:
         parse_duration(value)
@@ -173,7 +173,7 @@ def _image_name(value: str) -> str | None:
 
 
 def _optional_images(value: list) -> str | None:
-    known = ("pytorch",)  # mlpd.image_catalog.EXTRAS
+    known = ("pytorch",)  # mlpd.runtime.image_catalog.EXTRAS
     for name in value:
         if name not in known:
             return f"expected a list of optional images ({', '.join(known)}), got {name!r}"

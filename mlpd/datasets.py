@@ -12,7 +12,8 @@ refuses what does not exist or is not a directory, `/`, the state directory (tok
 home) and anything under or above it, /etc, /proc, /sys, /dev, /boot, /var/lib/docker and the Docker
 socket's directory, also when a symlink leads there. The path is resolved when it is added and again
 at every launch (`mounts_for`): a path that became one of those (a link swapped after the add) fails
-the launch with the reason and is never mounted; the resolved path is what is mounted.
+the launch with the reason (DatasetRefused, which the kinds turn into the launch's RuntimeFailure)
+and is never mounted; the resolved path is what is mounted.
 
 Sizes are measured in the background by the worker (`measure`, with the homes and team folders, see
 mlpd.disk_use), never on the request path.
@@ -144,11 +145,14 @@ def declared(store: Store, config) -> list[Dataset]:
     return sorted(out.values(), key=lambda d: d.name)
 
 
+def teams_of(store: Store, user: str) -> list[str]:
+    """The teams `user` belongs to now."""
+    return [r["team"] for r in store.query("SELECT team FROM team_members WHERE user = ? ORDER BY team", [user])]
+
+
 def readable(store: Store, config, user: str) -> list[Dataset]:
     """The datasets `user` may read, by their teams now."""
-    from mlpd.quotas import teams_of
-
-    teams = teams_of(store).get(user, [])
+    teams = teams_of(store, user)
     return [d for d in declared(store, config) if d.readable_by(user, teams)]
 
 
@@ -204,17 +208,20 @@ def problem(dataset: Dataset, config) -> str | None:
 
 
 # ------------------------------------------------------------------ launches
+class DatasetRefused(Exception):
+    """A dataset the owner may read was refused at launch (its path went bad); the message says which and why."""
+
+
 def mounts_for(store: Store, config, owner: str) -> tuple[tuple[str, str, bool], ...]:
     """(resolved host path, /datasets/NAME, read-only) for each dataset the owner may read now, each
-    path checked again; RuntimeFailure naming the dataset when one is refused (nothing is mounted)."""
-    from mlpd.runtime import RuntimeFailure
-
+    path checked again; DatasetRefused naming the dataset when one is refused (nothing is mounted:
+    the kinds turn it into the launch's RuntimeFailure)."""
     out = []
     for d in readable(store, config, owner):
         try:
             real = check_path(d.path, config.state_dir, config["docker.host"])
         except DatasetError as exc:
-            raise RuntimeFailure(f"dataset {d.name!r} was refused at launch and not mounted: {exc.message.removeprefix('path: ')}; "
+            raise DatasetRefused(f"dataset {d.name!r} was refused at launch and not mounted: {exc.message.removeprefix('path: ')}; "
                                  "an admin must fix or remove it ('mlpd admin dataset list')") from None
         out.append((real, d.mount_path, not d.writable))
     return tuple(out)

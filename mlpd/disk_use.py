@@ -76,15 +76,14 @@ def gb(size: int) -> str:
 
 def usage_of(store: Store, config, user: str) -> dict[str, Any]:
     """A user's home and their teams' folders: size, when measured, and the limit (None = no limit)."""
-    from mlpd.datasets import sizes
-    from mlpd.quotas import teams_of
+    from mlpd.datasets import sizes, teams_of
 
     homes, teams = sizes(store, "home"), sizes(store, "team")
     home_limit, team_limit = config["quotas.home_gb"] or None, config["quotas.team_gb"] or None
     return {
         "user": user,
         "home": {"path": "/home/mlpd", **_entry(homes.get(user), home_limit)},
-        "teams": [{"team": t, "path": f"/shared/{t}", **_entry(teams.get(t), team_limit)} for t in teams_of(store).get(user, [])],
+        "teams": [{"team": t, "path": f"/shared/{t}", **_entry(teams.get(t), team_limit)} for t in teams_of(store, user)],
     }
 
 

@@ -11,10 +11,9 @@ import enum
 import json
 import secrets
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from mlpd.errors import MlpdError
-from mlpd.jobspec import JobSpec
 from mlpd.store import Store, record_event
 from mlpd.termsafe import strip_controls
 
@@ -70,7 +69,7 @@ def classify_exit(exit_code: int | None, oom_killed: bool, error: str, started: 
     cause when mlpd stopped the workload (its exit code is then the signal's, or the one its
     checkpointing handler chose); otherwise an OOM kill, a clean exit or a failure with its code.
     """
-    from mlpd.jobspec import format_bytes, format_duration
+    from mlpd.units import format_bytes, format_duration
 
     if cancelled_by:
         return JobState.CANCELLED, cancel_reason or f"cancelled by {cancelled_by}"
@@ -94,15 +93,22 @@ def new_job_id() -> str:
     return secrets.token_hex(6)
 
 
-KINDS = ("job", "workspace", "deployment")
+class Spec(Protocol):
+    """What the state table keeps of a workload's spec (a kind's spec, e.g. mlpd.kinds.jobspec.JobSpec)."""
+    name: str | None
+    priority: int
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
-def submit(store: Store, owner: str, spec: JobSpec, warnings: Iterable[str] = (), now: float | None = None,
+def submit(store: Store, owner: str, spec: Spec, warnings: Iterable[str] = (), now: float | None = None,
            kind: str = "job", workload: str | None = None, db=None) -> dict[str, Any]:
     """Queue a workload; returns its row. A job is its own workload; a workspace's session or a
     deployment's replica names its workspace or deployment (workload). With db, inside that
     transaction (the caller reads the row afterwards)."""
-    assert kind in KINDS
+    from mlpd.kinds.base import kind_of
+
+    kind = kind_of(kind).name  # an unknown kind is a bug of its caller: KeyError naming the known ones
     now = now or time.time()
     job_id = new_job_id()
 
@@ -144,12 +150,17 @@ def visible(store: Store, job_id: str, user_name: str, is_admin: bool) -> dict[s
     return job
 
 
-def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200, kind: str | None = "job") -> list[dict[str, Any]]:
-    """Jobs newest first (workloads of `kind`; None for every kind), optionally one owner's and in some states."""
+def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200,
+              kinds: Iterable[str] | None = ()) -> list[dict[str, Any]]:
+    """Jobs newest first, optionally one owner's and in some states: workloads of `kinds`, by default
+    those listed with jobs (Kind.listed_with_jobs); None for every kind."""
+    from mlpd.kinds.base import names
+
     where, params = [], []
-    if kind:
-        where.append("kind = ?")
-        params.append(kind)
+    if kinds is not None:
+        kinds = list(kinds) or list(names("listed_with_jobs"))
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        params += kinds
     if owner:
         where.append("owner = ?")
         params.append(owner)

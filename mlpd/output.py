@@ -44,6 +44,6 @@ def duration(seconds: float | None) -> str:
         return "-"
     if 0 < abs(seconds) < 1:
         return "<1s"
-    from mlpd.jobspec import format_duration
+    from mlpd.units import format_duration
 
     return format_duration(round(seconds))

@@ -15,7 +15,8 @@ from flask import Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 
 import mlpd
-from mlpd import strict_json, supervision
+from mlpd import strict_json
+from mlpd.ops import supervision
 from mlpd.config import Config, load_config
 from mlpd.store import Store, get_status
 
@@ -59,7 +60,7 @@ def config() -> Config:
 def create_app(cfg: Config | None = None, runtime=None) -> Flask:
     """Build the app for a resolved configuration (by default the one the daemon wrote).
 
-    ``runtime`` (a :class:`mlpd.runtime.Runtime`) replaces the Docker connection that
+    ``runtime`` (a :class:`mlpd.runtime.protocol.Runtime`) replaces the Docker connection that
     api_jobs.runtime() would open on first use: the fast tests pass a MemoryRuntime; the daemon
     passes nothing."""
     cfg = cfg or _resolved_config()
@@ -69,7 +70,7 @@ def create_app(cfg: Config | None = None, runtime=None) -> Flask:
     app.extensions["mlpd.config"] = cfg
     app.extensions["mlpd.store"] = Store(cfg.db_path)
     if runtime is not None:
-        app.extensions["mlpd.runtime"] = runtime  # what api_jobs.runtime() answers
+        app.extensions["mlpd.runtime.protocol"] = runtime  # what api_jobs.runtime() answers
     app.config["MAX_CONTENT_LENGTH"] = cfg["jobs.max_code_mb"] * 1024 * 1024 + 1024 * 1024
 
     handler = logging.StreamHandler()

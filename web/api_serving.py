@@ -1,11 +1,11 @@
-"""Deployments: registered models served behind a stable endpoint (see mlpd.serving)."""
+"""Deployments: registered models served behind a stable endpoint (see mlpd.serving.deployments)."""
 
 from __future__ import annotations
 
 from flask import g, jsonify, request
 
-from mlpd import serving
-from mlpd.serving_models import input_of
+from mlpd.serving import deployments as serving
+from mlpd.serving.models import input_of
 from mlpd.web import config, store
 from mlpd.web.api_jobs import check_admission, check_disk, wake
 from mlpd.web.errors import ApiError
@@ -60,7 +60,7 @@ def create_deployment():
     spec, job_spec = _spec_of(data)
     check_admission(job_spec)
     check_disk()
-    from mlpd import quotas
+    from mlpd.scheduling import quotas
 
     warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"],  # QuotaExceeded: 403
                             work=[spec] * spec["replicas"])

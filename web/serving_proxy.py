@@ -28,7 +28,7 @@ import time
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
 
-from mlpd import serving
+from mlpd.serving import deployments as serving
 from mlpd.users import authenticate
 from mlpd.web.mlflow_mount import presented_token
 

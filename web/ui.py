@@ -23,7 +23,8 @@ import mlpd
 from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.jobs import JobState
-from mlpd.jobspec import format_bytes, format_duration
+from mlpd.kinds.base import kind_of
+from mlpd.units import format_bytes, format_duration
 from mlpd.workload_names import name_of, short_id
 from mlpd.web import config, store, ui_auth, ui_charts
 
@@ -133,7 +134,7 @@ def not_found(anything: str):
 def _visible_job(job_id: str) -> dict:
     """The job if g.user may see it; 404 otherwise (as if it did not exist), as the API does."""
     job = jobs.visible(store(), job_id, g.user.name, g.user.is_admin)
-    if job is None or job.get("kind", "job") != "job":  # a workspace's session is not a job page
+    if job is None or not kind_of(job.get("kind")).listed_with_jobs:  # a workspace's session is not a job page
         raise MlpdError(404, "not_found", f"no such job {job_id[:40]!r}, or it is not yours")
     return job
 
@@ -156,17 +157,14 @@ def _workload_url(job: dict | None, owner: str) -> str:
     if not job or not _mine(owner):
         return ""
     name = name_of(store(), job)
-    if name.kind == "workspace" and name.name:
-        return url_for("ui.workspace", name=name.name, **({} if owner == g.user.name else {"owner": owner}))
-    if name.kind == "deployment" and name.name:
-        return url_for("ui.deployment", name=name.name)
-    return url_for("ui.job", job_id=job["id"]) if name.kind == "job" else ""
+    page = kind_of(name.kind).page(name, owner_is_viewer=owner == g.user.name)
+    return url_for(page[0], **page[1]) if page else ""
 
 
 def gpu_rows(now: float) -> list[dict[str, Any]]:
     """Each GPU with its holder, what for and until when (the data of the dashboard's GPU table)."""
     from mlpd.controller import effective_time_limit
-    from mlpd.gpu_state import drains, gpu_holders, stray_gpus
+    from mlpd.scheduling.gpu_state import drains, gpu_holders, stray_gpus
     from mlpd.web.api_jobs import inventory
 
     cfg, st = config(), store()
@@ -331,7 +329,7 @@ def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
 
 @ui.route("/jobs/<job_id>")
 def job(job_id: str):
-    from mlpd.priority_classes import PriorityClasses
+    from mlpd.scheduling.priority_classes import PriorityClasses
     from mlpd.web.api_jobs import explain_wait, mlflow_runs
 
     job = _visible_job(job_id)
@@ -413,7 +411,7 @@ def form_spec(form) -> tuple[dict[str, Any], dict[str, str]]:
 
 def _check_image(image: str, errors: dict[str, str]) -> None:
     """The form only offers images this host has: a missing one would fail at start, after the wait."""
-    from mlpd.runtime import RuntimeFailure
+    from mlpd.runtime.protocol import RuntimeFailure
     from mlpd.web.api_jobs import runtime
 
     try:

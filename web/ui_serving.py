@@ -1,12 +1,12 @@
 """The web UI's deployment pages: a member's served models (list, serve a model from the registry,
 a deployment's versions, replicas, health and request numbers; promote, roll back, remove).
-Every action goes through the same functions as the JSON API (web/api_serving.py, mlpd.serving)."""
+Every action goes through the same functions as the JSON API (web/api_serving.py, mlpd.serving.deployments)."""
 
 from __future__ import annotations
 
 from flask import g, redirect, render_template, request, url_for
 
-from mlpd import serving
+from mlpd.serving import deployments as serving
 from mlpd.errors import MlpdError
 from mlpd.web import config, store
 from mlpd.web.ui import ui
@@ -21,7 +21,7 @@ def _mine(name: str) -> dict:
 
 @ui.route("/deployments", methods=("GET", "POST"))
 def deployment_list():
-    from mlpd import quotas
+    from mlpd.scheduling import quotas
     from mlpd.web.api_jobs import check_admission, check_disk, wake
     from mlpd.web.api_serving import _spec_of, _view
 

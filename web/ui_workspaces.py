@@ -1,6 +1,6 @@
 """The web UI's workspace pages: a member's JupyterLab workspaces (list, create, stop, start, remove),
 with the tunnel command to copy, idle time and time until culling. Every action goes through the
-same functions as the JSON API (web/api_workspaces.py, mlpd.workspaces)."""
+same functions as the JSON API (web/api_workspaces.py, mlpd.kinds.workspace)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import time
 
 from flask import g, redirect, render_template, request, url_for
 
-from mlpd import jobs, workspaces
+from mlpd import jobs
+
+from mlpd.kinds import workspace as workspaces
 from mlpd.errors import MlpdError
 from mlpd.web import config, store
 from mlpd.web.ui import ui
@@ -96,7 +98,8 @@ def _act(name: str, action: str):
         workspaces.stop(store(), ws, g.user.name, f"stopped by {g.user.name}")
     elif action == "start":
         from mlpd.web.api_workspaces import _start_now_or_fail
-        from mlpd import disk_use, quotas
+        from mlpd import disk_use
+        from mlpd.scheduling import quotas
 
         ws = workspaces.wait_stopped(store(), ws)  # a stop in progress ends first: its GPUs are free for the quota check
         disk_use.refusal(store(), config(), ws["owner"])

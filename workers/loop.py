@@ -14,9 +14,10 @@ import time
 
 from mlpd.config import Config
 from mlpd.controller import JobController
-from mlpd.gpu_state import read_instance_id
-from mlpd.gpus import make_inventory
-from mlpd.runtime import RuntimeFailure, connect
+from mlpd.scheduling.gpu_state import read_instance_id
+from mlpd.runtime.gpus import make_inventory
+from mlpd.runtime import connect
+from mlpd.runtime.protocol import RuntimeFailure
 from mlpd.store import Store, set_status
 from mlpd.workers.live_logs import LiveLogs
 from mlpd.workers.sampler import GpuSampler
@@ -45,7 +46,7 @@ class ControllerLoop:
         self.last_cull = time.time()
         self.last_measure = 0.0  # the first pass with Docker asks for a disk measurement
         self.tasks = Tasks(config, self)
-        self.serving = None  # mlpd.serving_pass.ServingPass, once Docker answers
+        self.serving = None  # mlpd.serving.reconcile.ServingPass, once Docker answers
         self.serving_busy = False  # a rollout or a drain is in progress: pass more often
         self.live_logs = LiveLogs(config.state_dir)  # running output copied to files that log followers poll
 
@@ -103,7 +104,7 @@ class ControllerLoop:
                 self.tasks.measure_disk()
             try:
                 if self.serving is None:
-                    from mlpd.serving_pass import ServingPass
+                    from mlpd.serving.reconcile import ServingPass
 
                     self.serving = ServingPass(self.store, self.config, self.wake)
                 self.serving_busy = self.serving.run()
@@ -113,9 +114,9 @@ class ControllerLoop:
                                                      "gpus": self.inventory.kind, "at": time.time()})
 
     def cull_workspaces(self) -> None:
-        """Stop workspaces idle past their timeout (mlpd.workspaces.cull_pass); wake the loop when one was.
+        """Stop workspaces idle past their timeout (mlpd.kinds.workspace.cull_pass); wake the loop when one was.
         Run by the huey task of that name."""
-        from mlpd import workspaces
+        from mlpd.kinds import workspace as workspaces
 
         if self.controller is None:
             return

@@ -45,7 +45,7 @@ def _host(fn):
 def _parse_expiry(expires: str | None) -> float | None:
     if not expires:
         return None
-    from mlpd.jobspec import parse_duration
+    from mlpd.units import parse_duration
 
     try:
         return parse_duration(expires)
@@ -301,7 +301,7 @@ def _state_dir_of(state_dir: str | None, config_file: str | None) -> str:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Configuration file naming the state directory.")
 def backup_cmd(dest: str, state_dir: str | None, config_file: str | None) -> None:
     """Back up the daemon's state into DEST while it runs (on the host, as the daemon's user)."""
-    from mlpd.backup import BackupError, backup
+    from mlpd.ops.backup import BackupError, backup
 
     try:
         for line in backup(_state_dir_of(state_dir, config_file), dest):
@@ -317,7 +317,7 @@ def backup_cmd(dest: str, state_dir: str | None, config_file: str | None) -> Non
 @click.option("--force", is_flag=True, help="Restore over existing state (moved aside first, not deleted).")
 def restore_cmd(source: str, state_dir: str | None, config_file: str | None, force: bool) -> None:
     """Restore a backup onto a stopped daemon's state directory."""
-    from mlpd.backup import BackupError, restore
+    from mlpd.ops.backup import BackupError, restore
 
     try:
         for line in restore(source, _state_dir_of(state_dir, config_file), force):

@@ -17,7 +17,7 @@ from mlpd.output import emit_json, plural, table, when
 def upload_code(client, directory: str) -> str:
     """Pack a directory and upload it unless the daemon already has the same archive; return its digest."""
     from mlpd.client import ClientError
-    from mlpd.codeship import CodeArchiveError, pack_directory
+    from mlpd.kinds.codeship import CodeArchiveError, pack_directory
 
     bar = None
 
@@ -138,7 +138,7 @@ def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priori
     if requirements_file is not None and not no_requirements:
         spec["requirements"] = read_requirements(requirements_file)
     if not no_code:
-        from mlpd.jobspec import SpecError, parse_spec
+        from mlpd.kinds.jobspec import SpecError, parse_spec
 
         try:
             parse_spec(spec)  # refuse a bad spec before packing and uploading the code
@@ -191,7 +191,7 @@ def notebook_command(notebook: str, params: tuple[str, ...], extra: tuple[str, .
 @json_option
 def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_json):
     """Submit a job spec file (TOML; the same fields as 'mlpd run' flags). Ships the file's directory, like 'mlpd run'."""
-    from mlpd.jobspec import SpecError
+    from mlpd.kinds.jobspec import SpecError
 
     with open(file, "rb") as fh:
         text = fh.read()
@@ -201,7 +201,7 @@ def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_
         raw = tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{file}: not valid TOML: {exc}")
-    from mlpd.jobspec import parse_spec
+    from mlpd.kinds.jobspec import parse_spec
 
     try:
         parse_spec({k: v for k, v in raw.items() if k not in ("code_dir", "requirements")} | {"command": raw.get("command", ["x"])},
@@ -291,7 +291,7 @@ def jobs(ctx, all_users, states, limit, as_json):
 
 def _limit_lines(job: dict, spec: dict) -> list[tuple[str, str]]:
     """The CPU and memory limits the container gets, marked where they are the daemon's defaults."""
-    from mlpd.jobspec import format_bytes
+    from mlpd.units import format_bytes
 
     limits = job.get("limits") or {"cpus": spec.get("cpus"), "memory": spec.get("memory")}
     cpus = f"{limits['cpus']:g}" if limits.get("cpus") else "no limit"
@@ -310,7 +310,7 @@ def jobs_show(job_id, as_json):
     if as_json:
         emit_json({"job": job})
         return
-    from mlpd.jobspec import format_bytes, format_duration
+    from mlpd.units import format_bytes, format_duration
 
     spec = job["spec"]
     lines = [
@@ -371,7 +371,7 @@ def jobs_outputs(job_id, dest):
     """Download a job's /outputs directory."""
     import tempfile
 
-    from mlpd.codeship import extract_archive
+    from mlpd.kinds.codeship import extract_archive
 
     client = _client()
     job_id = resolve_job(client, job_id)
@@ -425,7 +425,7 @@ def parse_since(text: str, now: float | None = None) -> float:
     import datetime as dt
     import time
 
-    from mlpd.jobspec import parse_duration
+    from mlpd.units import parse_duration
 
     try:
         return (now if now is not None else time.time()) - parse_duration(text)
@@ -518,7 +518,7 @@ def wait(job_ids, timeout, as_json):
 
     limit = None
     if timeout is not None:
-        from mlpd.jobspec import parse_duration
+        from mlpd.units import parse_duration
 
         try:
             limit = parse_duration(timeout)
@@ -603,8 +603,9 @@ def images_build(force, local, config_file, extra):
     """Build the images that are missing, with progress (admins)."""
     if local:
         from mlpd.config import ConfigError, load_config
-        from mlpd.image_catalog import build_missing
-        from mlpd.runtime import RuntimeFailure, connect
+        from mlpd.runtime.image_catalog import build_missing
+        from mlpd.runtime import connect
+        from mlpd.runtime.protocol import RuntimeFailure
 
         try:
             cfg = load_config(config_file)

@@ -67,7 +67,7 @@ def quota(user, as_json):
             click.echo(f"GPU-hours used this {u['period']}: {gpu_hours_text(u['gpu_hours_used'])} (since {when(u['period_start'])}); "
                        f"GPUs held now: {u['gpus_held']}; the period resets {when(u['resets_at'])}")
         return
-    from mlpd.jobspec import format_bytes
+    from mlpd.units import format_bytes
 
     def held(q, used, limit, fmt=lambda v: f"{v:g}"):
         if used not in q:
@@ -123,7 +123,7 @@ def quota_list(as_json):
     if as_json:
         emit_json(result)
         return
-    from mlpd.jobspec import format_bytes
+    from mlpd.units import format_bytes
 
     d = result["defaults"]
     memory = lambda v: "-" if v is None else ("unlimited" if v == 0 else format_bytes(v))  # noqa: E731

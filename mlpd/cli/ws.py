@@ -14,6 +14,7 @@ import click
 
 from mlpd.cli.common import _client, json_option
 from mlpd.output import duration, emit_json, table, when
+from mlpd.ports import port_free
 
 
 def _duration(seconds) -> str:
@@ -122,7 +123,7 @@ def start(name, wait, as_json):
     click.echo(f"workspace {name}: {w['state']}; {w['url']}")
 
 
-START_TIMEOUT = 90  # seconds: a start waits on the daemon for a stop in progress (mlpd.workspaces.STOP_WAIT) before it starts
+START_TIMEOUT = 90  # seconds: a start waits on the daemon for a stop in progress (mlpd.kinds.workspace.STOP_WAIT) before it starts
 STOP_TIMEOUT = 120.0  # seconds: the server gets SIGTERM and is killed after a few seconds
 
 
@@ -250,15 +251,6 @@ def _refused(port: int) -> bool:
         return False
 
 
-def local_port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 @ws.command("tunnel")
 @click.argument("name")
 @click.option("--run", "run_it", is_flag=True, help="Run the SSH tunnel now (until Ctrl-C) on a free local port.")
@@ -289,7 +281,7 @@ def tunnel(name, run_it, local_port, ssh_user, ssh_host, ssh_port, identity, ssh
         click.echo(f"workspace {name} runs on this machine: no tunnel is needed", err=True)
         click.echo(f"open: {url}")
         return
-    local = local_port or (t["remote_port"] if not run_it and local_port_free(t["remote_port"]) else free_local_port())
+    local = local_port or (t["remote_port"] if not run_it and port_free(t["remote_port"]) else free_local_port())
     argv = ["ssh", "-N", "-L", f"{local}:{t['remote_host']}:{t['remote_port']}"]
     if ssh_port:
         argv += ["-p", str(ssh_port)]

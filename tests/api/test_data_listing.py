@@ -34,7 +34,7 @@ def test_members_see_only_their_datasets_without_host_paths_and_the_usage_page_s
     r = client.post("/ui/login/token", data={"token": api.member, "csrf": csrf})
     assert r.status_code == 303, r.get_data(as_text=True)[:300]
     text = client.get("/ui/usage").get_data(as_text=True)
-    from mlpd.jobspec import format_bytes
+    from mlpd.units import format_bytes
 
     measured = disk_use.usage_of(api.store, api.app.extensions["mlpd.config"], api.member_name)["home"]["size_bytes"]
     assert measured >= 300_000

@@ -173,7 +173,7 @@ def operations(document: dict) -> set[tuple[str, str]]:
 def fake_models(request):
     """Models as MLflow would resolve them, for the deployment routes: only serving.resolve reads
     MLflow's registry, and the fast tier has no MLflow server or registered model."""
-    from mlpd import serving
+    from mlpd.serving import deployments as serving
 
     real = serving.resolve
 

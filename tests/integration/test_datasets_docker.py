@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from helpers import as_json, holds_for, needs_docker, new_user, wait_for
+from mlpd.jobs import TERMINAL_STATES
 
 pytestmark = [needs_docker, pytest.mark.docker]
 
@@ -28,7 +29,7 @@ def job(daemon, token, job_id):
 
 
 def finished(daemon, token, job_id, timeout=180):
-    return wait_for(lambda: (j := job(daemon, token, job_id))["state"] in ("succeeded", "failed", "cancelled", "timed_out", "lost") and j,
+    return wait_for(lambda: (j := job(daemon, token, job_id))["state"] in TERMINAL_STATES and j,
                     timeout, 0.2, f"job {job_id} to end")
 
 

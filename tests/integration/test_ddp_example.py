@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers import as_json, needs_docker, new_user, wait_for
+from mlpd.jobs import TERMINAL_STATES
 
 pytestmark = [needs_docker, pytest.mark.docker]
 
@@ -54,7 +55,7 @@ def test_torchrun_ddp_example_runs_two_ranks_with_gloo_in_a_job(daemon, torch_di
 
         def ended():
             j = daemon.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"]
-            return j if j["state"] in ("succeeded", "failed", "cancelled", "timed_out", "lost") else None
+            return j if j["state"] in TERMINAL_STATES else None
 
         j = wait_for(ended, 300, 0.5, "the DDP job to end")
         text = daemon.api("GET", f"/api/v1/jobs/{job_id}/logs", token).text

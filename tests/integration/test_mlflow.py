@@ -7,6 +7,8 @@ and, where it matters, with the real MLflow client in a subprocess or a containe
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import http.client
 import json
 import os
@@ -24,7 +26,7 @@ pytestmark = needs_docker
 API = "/mlflow/api/2.0/mlflow/"
 AJAX = "/mlflow/ajax-api/2.0/mlflow/"
 ARTIFACTS = "/mlflow/api/2.0/mlflow-artifacts/artifacts/"
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 

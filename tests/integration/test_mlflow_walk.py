@@ -46,7 +46,7 @@ MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 _ROUTE = re.compile(r"^/mlflow/(?:api|ajax-api)/(\d+\.\d+)/(?:mlflow|mlflow-artifacts)/(.*)$")
 _VARIABLE = re.compile(r"<(?:([a-zA-Z_]+)(?:\([^)]*\))?:)?([a-zA-Z_][a-zA-Z0-9_]*)>")
 
-# The environment mlpd.tracking.server_env() gives MLflow; the URL map is printed after a marker
+# The environment mlpd.tracking.server.server_env() gives MLflow; the URL map is printed after a marker
 # (MLflow may log to stdout while it imports).
 URL_MAP_SCRIPT = r"""
 import json, os, sys

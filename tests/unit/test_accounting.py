@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from mlpd.accounting import (Allocation, busy_seconds, decayed_usage, detect_stray, downsample, overlap_seconds,
+from mlpd.scheduling.accounting import (Allocation, busy_seconds, decayed_usage, detect_stray, downsample, overlap_seconds,
                              period_bounds, summarize)
-from mlpd.scheduler import Gpu, GpuLimit, Holding, Policy, QueuedJob, schedule
+from mlpd.scheduling.scheduler import Gpu, GpuLimit, Holding, Policy, QueuedJob, schedule
 
 H = 3600.0
 

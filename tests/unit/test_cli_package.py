@@ -90,7 +90,7 @@ def test_run_imports_only_what_run_needs():
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert "mlpd.cli.jobs" in loaded
     assert not loaded & {"mlpd.cli.admin", "mlpd.cli.pclass", "mlpd.cli.mlflow", "mlpd.cli.serving", "mlpd.cli.usage", "mlpd.cli.ws",
-                         "mlpd.cli.daemon", "mlpd.cli.identity", "mlpd.codeship", "requests", "tarfile", "tomllib",
+                         "mlpd.cli.daemon", "mlpd.cli.identity", "mlpd.kinds.codeship", "requests", "tarfile", "tomllib",
                          "importlib.metadata"}, loaded
 
 

@@ -12,7 +12,7 @@ import pytest
 from mlpd import datasets, disk_use
 from mlpd.config import ConfigError, load_config
 from mlpd.datasets import DatasetError, check_path
-from mlpd.runtime import RuntimeFailure
+from mlpd.runtime.protocol import RuntimeFailure
 from mlpd.store import Store
 from mlpd.users import add_user
 
@@ -169,23 +169,23 @@ def test_a_symlink_swapped_after_the_add_is_refused_at_launch_and_never_mounted(
 
     (tmp_path / "data").unlink()
     (tmp_path / "data").symlink_to("/etc")  # swapped by whoever can write its parent
-    with pytest.raises(RuntimeFailure) as caught:
+    with pytest.raises(datasets.DatasetRefused) as caught:
         datasets.mounts_for(store, cfg, "ann")
     assert "dataset 'data' was refused at launch and not mounted" in str(caught.value) and "/etc" in str(caught.value)
     assert "resolves to /etc" in datasets.admin_listing(store, cfg)[0]["problem"]
 
     (tmp_path / "data").unlink()
     (tmp_path / "data").symlink_to(cfg.state_dir)  # or to the state directory (tokens, homes)
-    with pytest.raises(RuntimeFailure, match="the state directory"):
+    with pytest.raises(datasets.DatasetRefused, match="the state directory"):
         datasets.mounts_for(store, cfg, "ann")
 
 
 def test_the_launch_of_a_job_fails_with_the_reason_when_its_dataset_went_bad(tmp_path):
     from mlpd.controller import JobController
-    from mlpd.gpus import make_inventory
+    from mlpd.runtime.gpus import make_inventory
     from mlpd.jobs import submit
-    from mlpd.jobspec import parse_spec
-    from mlpd.memory_runtime import MemoryRuntime
+    from mlpd.kinds.jobspec import parse_spec
+    from mlpd.runtime.memory import MemoryRuntime
 
     cfg, store = world(tmp_path, **{"server.container_listen": ""})
     (tmp_path / "real").mkdir()

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from mlpd import serving
-from mlpd.serving_rollout import ENDED_REVISIONS, LIVE_REVISIONS, REVISION_STATES, REVISION_TRANSITIONS, revision_may_follow
+from mlpd.serving import deployments as serving
+from mlpd.serving.rollout import ENDED_REVISIONS, LIVE_REVISIONS, REVISION_STATES, REVISION_TRANSITIONS, revision_may_follow
 from mlpd.store import Store
 
 T0 = 1_800_000_000.0

@@ -9,13 +9,21 @@ import json
 import os
 from pathlib import Path
 
-from mlpd import jobs, serving, serving_pass, tracking, workspaces
+from mlpd import jobs
+
+from mlpd.serving import deployments as serving
+
+from mlpd.serving import reconcile as serving_pass
+
+from mlpd.tracking import server as tracking
+
+from mlpd.kinds import workspace as workspaces
 from mlpd.config import load_config
 from mlpd.controller import JobController, plan_now
-from mlpd.gpu_state import gpu_holders
-from mlpd.gpus import make_inventory
-from mlpd.jobspec import parse_spec
-from mlpd.memory_runtime import MemoryRuntime
+from mlpd.scheduling.gpu_state import gpu_holders
+from mlpd.runtime.gpus import make_inventory
+from mlpd.kinds.jobspec import parse_spec
+from mlpd.runtime.memory import MemoryRuntime
 from mlpd.store import Store
 from mlpd.workload_names import WorkloadName, label, names_of
 

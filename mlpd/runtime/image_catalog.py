@@ -116,7 +116,7 @@ def build_base(runtime, tag: str) -> Iterator[str]:
     for line in proc.stdout:
         yield "  " + line.rstrip()
     if proc.wait() != 0:
-        from mlpd.runtime import RuntimeFailure
+        from mlpd.runtime.protocol import RuntimeFailure
 
         raise RuntimeFailure(f"building the base image {tag} failed (exit {proc.returncode}); see the lines above")
 
@@ -124,7 +124,7 @@ def build_base(runtime, tag: str) -> Iterator[str]:
 def build_missing(runtime, config, force: bool = False, extra: tuple[str, ...] | list[str] = ()) -> Iterator[str]:
     """Build the base (if needed) and every mlpd image that is missing (all with force), the optional
     images in extra and images.extra included; yields progress."""
-    from mlpd.runtime import RuntimeFailure
+    from mlpd.runtime.protocol import RuntimeFailure
 
     base = config["images.base"]
     try:

@@ -2,8 +2,8 @@
 
 A narrow interface (start, inspect, stop, terminate, remove, logs, processes, list by this
 daemon's label, a watch for changes, images and environment builds) returning backend-neutral states, so that another backend
-(Kubernetes, say) is an addition: :mod:`mlpd.docker_runtime` is the real one and the
-only module that imports docker; :mod:`mlpd.memory_runtime` is a second, in-memory
+(Kubernetes, say) is an addition: :mod:`mlpd.runtime.docker_engine` is the real one and the
+only module that imports docker; :mod:`mlpd.runtime.memory` is a second, in-memory
 implementation for fast tests of the controller. One contract suite
 (tests/contract/test_runtime_contract.py) runs against both.
 
@@ -217,13 +217,6 @@ class Runtime(Protocol):
 
     def remove_image(self, image: str) -> bool:
         """Remove an image; False (and nothing removed) when a container uses it or it is gone."""
-
-
-def connect(instance: str, base_url: str = "", gpu_mode: str = "auto") -> Runtime:
-    """The real runtime (Docker) for this daemon's instance; RuntimeFailure when the engine does not answer."""
-    from mlpd.docker_runtime import DockerRuntime
-
-    return DockerRuntime(instance, base_url, gpu_mode)
 
 
 def format_timestamp(t: float) -> str:

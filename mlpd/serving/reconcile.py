@@ -2,7 +2,7 @@
 
 One pass (:meth:`ServingPass.run`, from the worker's reconcile loop) pings every running replica's
 ``/ping``, looks whether a followed alias moved, and carries out what the pure planner
-(:func:`mlpd.serving_rollout.plan`) decides for each deployment: start replicas (a workload row each,
+(:func:`mlpd.serving.rollout.plan`) decides for each deployment: start replicas (a workload row each,
 which the controller places and launches like any job), switch traffic, stop what drained, roll back
 a version that did not start, restart a crashed replica. Every change is a compare-and-set in one
 transaction with its event; a pass may run any number of times.
@@ -19,20 +19,20 @@ from typing import Any, Callable
 
 from mlpd import jobs
 from mlpd.jobs import TERMINAL_STATES
-from mlpd.jobspec import parse_duration
-from mlpd.serving import (DeploymentError, _add_revision, _stop, list_deployments, replica_spec, replicas, resolve, revision_label,
+from mlpd.units import parse_duration
+from mlpd.serving.deployments import (DeploymentError, _add_revision, _stop, list_deployments, replica_spec, replicas, resolve, revision_label,
                           revision_transition, revisions, revisions_in)
-from mlpd.serving_models import ModelError, ModelStore, parse_uri
-from mlpd.serving_rollout import LIVE_REVISIONS, NOT_ENDED_REVISIONS, Action, Replica, Revision, plan
+from mlpd.serving.models import ModelError, ModelStore, parse_uri
+from mlpd.serving.rollout import LIVE_REVISIONS, NOT_ENDED_REVISIONS, Action, Replica, Revision, plan
 from mlpd.store import Store, record_event
 
-log = logging.getLogger("mlpd.serving")
+log = logging.getLogger("mlpd.serving.deployments")
 PING_TIMEOUT = 2.0
 
 
 def allocate_port(store: Store, port_range: str, taken_now: set[int], bindable: Callable[[int], bool] | None = None) -> int:
     """A loopback port in serving.port_range that no live replica has and nothing listens on."""
-    from mlpd.workspaces import port_free
+    from mlpd.ports import port_free
 
     low, high = (int(x) for x in port_range.split("-"))
     ended = sorted(TERMINAL_STATES)

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -28,8 +27,11 @@ from typing import Any, Callable, Iterable
 from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.jobs import TERMINAL_STATES, JobState
-from mlpd.jobspec import SpecError, format_duration, parse_duration, parse_spec
-from mlpd.runtime import LaunchRequest
+from mlpd.kinds.jobspec import SpecError, parse_spec
+from mlpd.kinds.base import Kind
+from mlpd.ports import port_free
+from mlpd.units import format_duration, parse_duration
+from mlpd.runtime.protocol import LaunchRequest
 from mlpd.store import Store, record_event
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -134,15 +136,6 @@ def allocate_port(store: Store, port_range: str, bindable: Callable[[int], bool]
         if bindable(port):
             return port
     raise WorkspaceError(503, "no_port", f"no free loopback port left in workspaces.port_range ({port_range}); remove unused workspaces")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def create(store: Store, owner: str, name: str, spec: dict[str, Any], port: int, ssh_port: int, now: float | None = None) -> dict[str, Any]:
@@ -250,6 +243,29 @@ def idle_timeout(store: Store, config, owner: str) -> float:
     row = store.query_one("SELECT ws_idle_timeout FROM users WHERE name = ? AND removed_at IS NULL", [owner])
     host = parse_duration(config["workspaces.idle_timeout"])
     return max(host, row["ws_idle_timeout"]) if row and row["ws_idle_timeout"] else host
+
+
+def set_idle_timeout(store: Store, actor: str, user: str, seconds: float | None) -> None:
+    """Let `user`'s workspaces idle longer than the host's workspaces.idle_timeout (None: the
+    host's again); WorkspaceError 404 for a user who does not exist."""
+    with store.write() as db:
+        if not db.execute("UPDATE users SET ws_idle_timeout = ? WHERE name = ? AND removed_at IS NULL", [seconds, user]).rowcount:
+            raise WorkspaceError(404, "not_found", f"no user {user!r}")
+        record_event(db, actor, "user.ws_idle_timeout", "user", user, seconds=seconds)
+
+
+def withdraw_unplaced(store: Store, ws: dict[str, Any], new: bool, reason: str) -> bool:
+    """Withdraw a session that could not start at once (its owner did not ask to wait): the queued
+    session is cancelled with `reason` (a transition, with its event), and a workspace created for
+    it is removed. False when the session left the queue meanwhile (the worker placed it)."""
+    if not jobs.transition(store, ws["session"], JobState.CANCELLED, actor=ws["owner"], reason=reason, ended_at=time.time(),
+                           only_from=[JobState.QUEUED]):
+        return False
+    if new:
+        with store.write() as db:
+            db.execute("DELETE FROM workspaces WHERE id = ?", [ws["id"]])
+            record_event(db, ws["owner"], "workspace.removed", "workspace", ws["id"], name=ws["name"], owner=ws["owner"], reason=reason)
+    return True
 
 
 def state_of(session: dict[str, Any] | None) -> str:
@@ -439,14 +455,14 @@ def launch_request(store: Store, config, job: dict[str, Any], base: LaunchReques
 
     ws = by_id(store, job["workload"])
     if ws is None:
-        from mlpd.runtime import RuntimeFailure
+        from mlpd.runtime.protocol import RuntimeFailure
 
         raise RuntimeFailure("its workspace was removed")
     import mlpd
 
-    from mlpd.sshkeys import write_authorized_keys
+    from mlpd.kinds.sshkeys import write_authorized_keys
 
-    from mlpd.runtime import RuntimeFailure
+    from mlpd.runtime.protocol import RuntimeFailure
     from mlpd import datasets
     from mlpd.team_folders import TeamFolderError, mounts_for
 
@@ -454,8 +470,8 @@ def launch_request(store: Store, config, job: dict[str, Any], base: LaunchReques
     home = home_dir(config.state_dir, job["owner"], config["jobs.container_user"])
     try:
         teams = mounts_for(store, config.state_dir, job["owner"], config["jobs.container_user"])  # /shared/TEAM, as in jobs
-        teams += datasets.mounts_for(store, config, job["owner"])  # /datasets/NAME, as in jobs (RuntimeFailure when one is refused)
-    except TeamFolderError as exc:
+        teams += datasets.mounts_for(store, config, job["owner"])  # /datasets/NAME, as in jobs (paths checked again now)
+    except (TeamFolderError, datasets.DatasetRefused) as exc:
         raise RuntimeFailure(str(exc)) from None
     keys = write_authorized_keys(store, config.state_dir, job["owner"])
     env = {**base.env, "HOME": HOME, "JUPYTER_TOKEN": ws["token"], "MLPD_WORKSPACE": ws["name"],
@@ -466,3 +482,39 @@ def launch_request(store: Store, config, job: dict[str, Any], base: LaunchReques
         mounts=((home, HOME, False), (keys, "/etc/mlpd-ssh", True), (os.path.dirname(os.path.abspath(mlpd.__file__)), "/opt/mlpd-client/mlpd", True),
                 *teams),
     )
+
+
+class WorkspaceSession(Kind):
+    """A workspace's session: JupyterLab and sshd in the owner's home until stopped or culled idle.
+    Its token is its owner at their notebook, as a member, never as an admin."""
+
+    name = "workspace"
+    title = "workspace session"
+    token_acts_as_member = True
+
+    def launch_request(self, store, config, job, base):
+        return launch_request(store, config, job, base)
+
+    def workload_names(self, store, rows):
+        ids = sorted({r["workload"] for r in rows if r.get("workload")})
+        names = {w["id"]: w["name"] for w in store.query(
+            f"SELECT id, name FROM workspaces WHERE id IN ({','.join('?' * len(ids))})", ids)} if ids else {}
+        return {r["id"]: (names.get(r.get("workload") or ""), None) for r in rows}
+
+    def label(self, name, with_owner):
+        from mlpd.workload_names import short_id
+
+        return f"workspace {name.name or short_id(name.job_id)} ({name.owner})"  # a workspace's name is its owner's
+
+    def show_command(self, name):
+        from mlpd.workload_names import short_id
+
+        return f"mlpd ws show {name.name}" if name.name else f"mlpd jobs show {short_id(name.job_id)}"
+
+    def page(self, name, owner_is_viewer):
+        if not name.name:
+            return None
+        return ("ui.workspace", {"name": name.name, **({} if owner_is_viewer else {"owner": name.owner})})
+
+
+KIND = WorkspaceSession()

@@ -11,7 +11,7 @@ How it is built: not with `docker build`, whose RUN steps would run pip (and so 
 backend, which is code a member chose) as root with Docker's default capabilities on the default
 bridge, where it can sniff or spoof its neighbours. Instead the runtime runs a container from the base
 image hardened exactly like the job's (the job uid, no capabilities, no-new-privileges, pids and memory
-limits, mlpd's isolated network; :meth:`mlpd.runtime.Runtime.build_by_running`) in which pip installs
+limits, mlpd's isolated network; :meth:`mlpd.runtime.protocol.Runtime.build_by_running`) in which pip installs
 with its user scheme into PREFIX, a directory the job uid owns, and commits it: PYTHONUSERBASE=PREFIX
 makes the base's python find the packages ahead of its own, PATH gains PREFIX/bin, and the image's user
 is the job uid. The host's CA bundle is mounted read-only so pip reaches the index through a
@@ -30,9 +30,9 @@ import re
 import threading
 from typing import Callable
 
-from mlpd.runtime import CA_BUNDLE_MOUNT, BuildRequest, ImageMissing, Runtime, RuntimeFailure
+from mlpd.runtime.protocol import CA_BUNDLE_MOUNT, BuildRequest, ImageMissing, Runtime, RuntimeFailure
 
-log_module = logging.getLogger("mlpd.environments")
+log_module = logging.getLogger("mlpd.runtime.environments")
 ENV_REPOSITORY = "mlpd/env"
 MAX_REQUIREMENTS_BYTES = 64 * 1024
 MAX_BUILD_LOG_BYTES = 16 * 2**20  # of a build's output in the job's build.log (pip's last lines are kept apart)
@@ -182,7 +182,7 @@ class EnvironmentBuilder:
 
 def build_request(base: str, tag: str, requirements: str, user: str, labels: dict[str, str]) -> BuildRequest:
     """How an environment is built (see the module docstring): pip, as user, into PREFIX."""
-    from mlpd.image_catalog import host_ca_bundle
+    from mlpd.runtime.image_catalog import host_ca_bundle
 
     return BuildRequest(base=base, tag=tag, command=("sh", "-c", BUILD_SCRIPT), user=user, directory=PREFIX,
                         files=((REQUIREMENTS_FILE, requirements.strip() + "\n"),),

@@ -1,6 +1,6 @@
 """Teams, quotas and usage queries over the state database.
 
-The arithmetic lives in mlpd.accounting (pure); this module reads the ledger
+The arithmetic lives in mlpd.scheduling.accounting (pure); this module reads the ledger
 and the quota tables and turns them into the scheduler's inputs and the
 admission decision, with messages that say the limit, the usage and the reset.
 """
@@ -12,15 +12,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from mlpd.accounting import Allocation, decayed_usage, format_reset, period_bounds  # noqa: F401  (period_bounds re-exported)
+from mlpd.scheduling.accounting import Allocation, decayed_usage, format_reset, period_bounds  # noqa: F401  (period_bounds re-exported)
 from mlpd.config import Config
 from mlpd.errors import MlpdError
-from mlpd.resource_caps import CapLedger, ResourceCap, Use, never_fits, use_of
+from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, never_fits, use_of
 from mlpd.store import Store, record_event
 from mlpd.users import UserError, check_name
 
 if TYPE_CHECKING:
-    from mlpd.scheduler import QueuedJob
+    from mlpd.scheduling.scheduler import QueuedJob
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Quota:
     max_gpus: int | None     # None/0 = unlimited
     members: frozenset[str]
     # Concurrent CPU, memory and workload-count caps over every kind of work (the configured
-    # defaults, per user; see mlpd.resource_caps). None = unlimited.
+    # defaults, per user; see mlpd.scheduling.resource_caps). None = unlimited.
     max_cpus: float | None = None
     max_memory: int | None = None
     max_jobs: int | None = None
@@ -77,14 +77,14 @@ def allocations(store: Store, since: float | None = None, owners: Iterable[str] 
 
 def gpu_hours_used(store: Store, members: Iterable[str], since: float, now: float) -> float:
     """GPU-hours the members used since `since` (open allocations count up to now)."""
-    from mlpd.accounting import overlap_seconds
+    from mlpd.scheduling.accounting import overlap_seconds
 
     return sum(overlap_seconds(a, since, now) for a in allocations(store, since, members)) / 3600
 
 
 def fair_share_usage(store: Store, config: Config, now: float) -> dict[str, float]:
     """Decayed GPU-seconds per owner (four half-lives of history is over 90% of the weight)."""
-    from mlpd.jobspec import parse_duration
+    from mlpd.units import parse_duration
 
     half_life = parse_duration(config["scheduler.fair_share_half_life"])
     return decayed_usage(allocations(store, now - 4 * half_life), now, half_life)
@@ -100,28 +100,33 @@ SELECT owner, SUM(w * s) AS num, SUM(w) AS den FROM (
   SELECT owner, exp((started_at - :now) * :k) AS w,
          max(1.0, (max(0.0, started_at - submitted_at) + max(0.0, coalesce(ended_at, :now) - started_at))
                   / max(coalesce(ended_at, :now) - started_at, :floor)) AS s
-  FROM jobs INDEXED BY jobs_started_at WHERE started_at >= :since AND kind = 'job' AND gpu_uuids != '[]'
+  FROM jobs INDEXED BY jobs_started_at WHERE started_at >= :since AND {kinds} AND gpu_uuids != '[]'
 ) GROUP BY owner"""
 
 
 def fair_share_slowdown(store: Store, config: Config, now: float, queue: Sequence[QueuedJob],
                         max_age: float) -> dict[str, float]:
-    """Each owner's recent mean bounded slowdown (mlpd.scheduler.owner_slowdowns) over the GPU jobs
+    """Each owner's recent mean bounded slowdown (mlpd.scheduling.scheduler.owner_slowdowns) over the GPU jobs
     that started in the last four half-lives and the queued ones."""
     import math
 
-    from mlpd.jobspec import parse_duration
-    from mlpd.scheduler import MIN_EXPANSION_BASE, owner_slowdowns
+    from mlpd.units import parse_duration
+    from mlpd.scheduling.scheduler import MIN_EXPANSION_BASE, owner_slowdowns
 
     half_life = parse_duration(config["scheduler.slowdown_half_life"])
-    params = {"now": now, "k": math.log(2) / half_life, "floor": MIN_EXPANSION_BASE, "since": now - 4 * half_life}
+    from mlpd.kinds.base import names
+
+    counted = names("counts_slowdown")  # the batch kinds, whose waits count (Kind.counts_slowdown)
+    kinds = {f"kind{i}": k for i, k in enumerate(counted)}
+    kinds_sql = f"kind IN ({', '.join(':' + k for k in kinds)})" if kinds else "0"
+    params = {"now": now, "k": math.log(2) / half_life, "floor": MIN_EXPANSION_BASE, "since": now - 4 * half_life, **kinds}
     try:
-        sums = {r["owner"]: (r["num"], r["den"]) for r in store.query(FAIR_SHARE_SLOWDOWN_SQL, params)}
+        sums = {r["owner"]: (r["num"], r["den"]) for r in store.query(FAIR_SHARE_SLOWDOWN_SQL.format(kinds=kinds_sql), params)}
     except sqlite3.OperationalError as e:  # an SQLite built without its math functions (exp, 3.35+)
         if "exp" not in str(e):
             raise
         rows = store.query("SELECT owner, submitted_at, started_at, ended_at FROM jobs INDEXED BY jobs_started_at "
-                           "WHERE started_at >= ? AND kind = 'job' AND gpu_uuids != '[]'", [params["since"]])
+                           f"WHERE started_at >= :since AND {kinds_sql} AND gpu_uuids != '[]'", params)
         return owner_slowdowns([(r["owner"], r["submitted_at"], r["started_at"], r["ended_at"]) for r in rows],
                                queue, now, half_life, max_age)
     return owner_slowdowns((), queue, now, half_life, max_age, sums=sums)
@@ -261,7 +266,7 @@ def set_caps(store: Store, subject_kind: str, subject: str, actor: str, max_cpus
 
 def default_caps(config: Config) -> tuple[float | None, int | None, int | None]:
     """The configured per-user CPU, memory and workload caps (quotas.max_cpus, max_memory, max_jobs); None = unlimited."""
-    from mlpd.jobspec import parse_memory
+    from mlpd.units import parse_memory
 
     return (float(config["quotas.max_cpus"]) or None, parse_memory(config["quotas.max_memory"]) if config["quotas.max_memory"] else None,
             config["quotas.max_jobs"] or None)
@@ -271,7 +276,7 @@ def running_uses(store: Store, config: Config, owners: Iterable[str] | None = No
     """What the running work (every kind) of the owners (all when None) holds of their CPU, memory and workload caps."""
     import json
 
-    from mlpd.jobspec import host_limits
+    from mlpd.units import host_limits
 
     host = host_limits()
     sql, params = "SELECT owner, spec FROM jobs WHERE state IN ('starting', 'running')", []
@@ -290,7 +295,7 @@ def admit_resources(store: Store, config: Config, user: str, specs: Sequence[dic
     user's CPU, memory and workload caps. Work that could never fit is refused whatever the mode
     (QuotaExceeded); over the caps now it is refused with quotas.over_quota = "refuse", else it
     waits in the queue and the notes say why."""
-    from mlpd.jobspec import host_limits
+    from mlpd.units import host_limits
 
     applicable = applicable if applicable is not None else quotas_for(store, config, user)
     caps = [c for c in (q.resource_cap for q in applicable) if c is not None]

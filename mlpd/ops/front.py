@@ -10,7 +10,7 @@ streams and the serving proxy go out as they are written. Why nginx: it is one D
 (nginx-light), it buffers whole request bodies (HAProxy buffers only what fits one buffer), and it
 closes the upstream connection when a client leaves, which ends a log stream at once.
 
-This module writes the configuration and names the command; mlpd.daemon supervises the process.
+This module writes the configuration and names the command; mlpd.ops.daemon supervises the process.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
-from mlpd.resource_caps import CapLedger, ResourceCap, Use
+from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use
 from mlpd.workload_names import label as workload_label
 from mlpd.workload_names import short_id as workload_short_id
 
@@ -75,7 +75,7 @@ class QueuedJob:
     submitted_at: float
     time_limit: float | None  # seconds; None = unlimited
     rank: int = 0  # its priority class's rank (higher classes go first, whatever the score)
-    cpus: float = 0.0  # what it counts against its owner's CPU and memory caps (mlpd.resource_caps.use_of)
+    cpus: float = 0.0  # what it counts against its owner's CPU and memory caps (mlpd.scheduling.resource_caps.use_of)
     memory: int = 0
     label: str = ""  # how messages name it (mlpd.workload_names, with its owner); "" = a job by id
 
@@ -183,7 +183,7 @@ def owner_slowdowns(history: Iterable[tuple[str, float, float, float | None]], q
     weight 1 and its expected slowdown so far, (waited + time limit) / max(time limit, 10 min)
     (no limit counts as max_age), so an owner whose work waits now rises at once. CPU-only jobs
     do not count. `sums`: the history already summed per owner, (weighted slowdowns, weights), as
-    mlpd.quotas.fair_share_slowdown reads it from SQLite.
+    mlpd.scheduling.quotas.fair_share_slowdown reads it from SQLite.
     """
     num: dict[str, float] = {u: n for u, (n, _) in (sums or {}).items()}
     den: dict[str, float] = {u: d for u, (_, d) in (sums or {}).items()}

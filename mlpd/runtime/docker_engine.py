@@ -1,4 +1,4 @@
-"""The Docker runtime: :class:`mlpd.runtime.Runtime` on the local Docker engine; the only module that imports docker."""
+"""The Docker runtime: :class:`mlpd.runtime.protocol.Runtime` on the local Docker engine; the only module that imports docker."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount, Ulimit
 
-log = logging.getLogger("mlpd.runtime")
+log = logging.getLogger("mlpd.runtime.protocol")
 
-from mlpd.runtime import (CA_BUNDLE_MOUNT, LABEL_ATTEMPT, LABEL_GPUS, LABEL_INSTANCE, LABEL_JOB, LABEL_KIND, LABEL_OWNER, BuildRequest,
+from mlpd.runtime.protocol import (CA_BUNDLE_MOUNT, LABEL_ATTEMPT, LABEL_GPUS, LABEL_INSTANCE, LABEL_JOB, LABEL_KIND, LABEL_OWNER, BuildRequest,
                           ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name)
 
 # Docker's container states, as phases: "created" never started; "paused" and "restarting" still hold the workload.

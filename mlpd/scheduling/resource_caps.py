@@ -39,7 +39,7 @@ class Use:
 def effective_limits(spec: Mapping[str, Any], config: Any, host: tuple[int, int]) -> tuple[float | None, int | None]:
     """(CPU limit, memory limit in bytes) the workload's container gets: its spec's, else the
     configured default clamped to the host (Docker refuses more CPUs than the host has); None = no limit."""
-    from mlpd.jobspec import parse_memory
+    from mlpd.units import parse_memory
 
     host_cpus, host_memory = host
     cpus = spec.get("cpus")
@@ -63,7 +63,7 @@ def _fmt_cpus(x: float) -> str:
 
 def never_fits(caps: Iterable[ResourceCap], use: Use) -> str | None:
     """Why one workload alone is over a cap (it could never start), or None."""
-    from mlpd.jobspec import format_bytes
+    from mlpd.units import format_bytes
 
     for cap in caps:
         if cap.cpus is not None and use.cpus > cap.cpus + 1e-9:
@@ -99,7 +99,7 @@ class CapLedger:
     def refusal(self, use: Use) -> str | None:
         """Why the workload cannot start now under its owner's caps (a sentence for the user, without
         what happens next: the scheduler and admission each add their own), or None."""
-        from mlpd.jobspec import format_bytes
+        from mlpd.units import format_bytes
 
         ids = self._of.get(use.owner)
         if not ids:

@@ -5,7 +5,7 @@ a child is RUNNING; one that exits soon after it started waits in BACKOFF, 1, 2,
 60 seconds, and is started again; the ``fatal_after``-th quick exit in a row makes it FATAL, and
 it is not started again until the daemon itself restarts. A child that ran for ``stable_after``
 seconds or longer had started well: its exit begins a fresh count, restarting after the first delay.
-mlpd.daemon does the starting and the watching; this module only decides.
+mlpd.ops.daemon does the starting and the watching; this module only decides.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import pathspec
 
-from mlpd.jobspec import format_bytes
+from mlpd.units import format_bytes
 
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 IGNORE_FILES = (".gitignore", ".mlpdignore")  # later files win, so .mlpdignore can re-include

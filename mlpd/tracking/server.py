@@ -20,7 +20,7 @@ down; gunicorn restarts it), and MLflow's version is pinned with mlpd's.
 
 This is the one module that imports MLflow's server code, always inside functions so
 that ``import mlpd`` and the CLI stay fast. Its database is created or upgraded before
-gunicorn forks (``python -m mlpd.tracking init STATE_DIR``, run by the daemon), so
+gunicorn forks (``python -m mlpd.tracking.server init STATE_DIR``, run by the daemon), so
 workers never race on migrations. Ownership lookups read MLflow's SQLite file
 directly (:class:`TrackingDb`): a primary-key lookup per request, without loading runs.
 """
@@ -35,7 +35,7 @@ import sys
 import threading
 from typing import Any
 
-log = logging.getLogger("mlpd.tracking")
+log = logging.getLogger("mlpd.tracking.server")
 
 PREFIX = "/mlflow"
 ARTIFACT_ROOT = "mlflow-artifacts:/"
@@ -209,7 +209,7 @@ def ensure_store(state_dir: str, timeout: float = 600) -> None:
         return
     os.makedirs(mlflow_dir(state_dir), mode=0o700, exist_ok=True)
     try:
-        result = subprocess.run([sys.executable, "-m", "mlpd.tracking", "init", state_dir], capture_output=True, text=True,
+        result = subprocess.run([sys.executable, "-m", "mlpd.tracking.server", "init", state_dir], capture_output=True, text=True,
                                 timeout=timeout, cwd=mlflow_dir(state_dir))
     except subprocess.TimeoutExpired:
         raise TrackingError(f"preparing MLflow's database {db_path(state_dir)} took over {timeout:.0f}s") from None
@@ -358,9 +358,9 @@ def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m mlpd.tracking init STATE_DIR``: create or upgrade MLflow's database."""
+    """``python -m mlpd.tracking.server init STATE_DIR``: create or upgrade MLflow's database."""
     if len(argv) != 2 or argv[0] != "init":
-        print("usage: python -m mlpd.tracking init STATE_DIR", file=sys.stderr)
+        print("usage: python -m mlpd.tracking.server init STATE_DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
     for line in init_store(os.path.abspath(argv[1])):

@@ -1,6 +1,6 @@
 """`mlpd daemon`: the front (nginx), gunicorn (the Flask app) and the worker process, supervised in the foreground.
 
-The front (mlpd.front) takes the network connections and passes whole requests to gunicorn's
+The front (mlpd.ops.front) takes the network connections and passes whole requests to gunicorn's
 Unix socket, so that a slow or silent client holds no web thread; without one (server.front =
 "none", or "auto" where nginx is not installed) gunicorn binds the addresses itself.
 
@@ -10,7 +10,7 @@ leave an orphaned server holding the port; the state database and Docker's
 labels carry everything across such a crash.
 
 A child that exits is started again after a backoff, and one that keeps exiting soon after its
-start is FATAL and left alone (mlpd.supervision decides; supervisor's BACKOFF and FATAL). The
+start is FATAL and left alone (mlpd.ops.supervision decides; supervisor's BACKOFF and FATAL). The
 children's states are published in the database (daemon_status "daemon.children") for
 `mlpd daemon --status` and /healthz, and a FATAL child is also an event row.
 """
@@ -33,11 +33,11 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from mlpd import supervision
+from mlpd.ops import supervision
 from mlpd.config import Config
 from mlpd.store import MigrationError, Store, record_event, set_status
 
-log = logging.getLogger("mlpd.daemon")
+log = logging.getLogger("mlpd.ops.daemon")
 RESOLVED_CONFIG_ENV = "MLPD_RESOLVED_CONFIG"  # mirrored in mlpd.web (which this module must not import)
 PR_SET_PDEATHSIG = 1
 
@@ -192,7 +192,7 @@ def resolve_container_listen(config: Config) -> Config:
     value = config["server.container_listen"]
     port = config["server.listen"].rpartition(":")[2]
     if value == "auto":
-        from mlpd.docker_runtime import bridge_gateway
+        from mlpd.runtime.docker_engine import bridge_gateway
 
         gateway = bridge_gateway(config["docker.host"])
         if not gateway:
@@ -287,7 +287,7 @@ class Daemon:
         self.config = resolve_container_listen(self.config)
         if self.container_bind():
             check_port_free(self.container_bind(), "server.container_listen")
-        from mlpd.tracking import TrackingError, ensure_store
+        from mlpd.tracking.server import TrackingError, ensure_store
 
         try:
             ensure_store(state)  # before gunicorn forks: workers never race on MLflow's migrations
@@ -307,7 +307,7 @@ class Daemon:
 
     def prepare_front(self, run_dir: str) -> None:
         """Choose the front (server.front) and write its configuration; DaemonError when it cannot run."""
-        from mlpd import front
+        from mlpd.ops import front
 
         try:
             self.front = front.choose(self.config["server.front"])
@@ -350,14 +350,14 @@ class Daemon:
         ]
         commands = {"web": gunicorn, "worker": [sys.executable, "-m", "mlpd.workers"]}
         if self.front:
-            from mlpd.front import command
+            from mlpd.ops.front import command
 
             commands["front"] = command(self.front, os.path.join(c.state_dir, "run"), self.front_conf)
         return commands
 
     def _gunicorn_binds(self) -> list[str]:
         if self.front:
-            from mlpd.front import GUNICORN_KEEPALIVE
+            from mlpd.ops.front import GUNICORN_KEEPALIVE
 
             # only the front connects; the addresses are the front's
             return ["--bind", f"unix:{self.web_socket}", "--keep-alive", str(GUNICORN_KEEPALIVE)]

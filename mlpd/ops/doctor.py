@@ -37,7 +37,7 @@ def run_checks(config, runtime_factory: Callable | None = None) -> list[Check]:
     checks: list[Check] = []
     runtime = None
     try:
-        from mlpd.gpu_state import read_instance_id
+        from mlpd.scheduling.gpu_state import read_instance_id
         from mlpd.runtime import connect
 
         instance = read_instance_id(config.state_dir) if os.path.exists(os.path.join(config.state_dir, "instance_id")) else "doctor"
@@ -167,7 +167,7 @@ def _host_accounts(container_user: str) -> str:
 
 
 def _gpu_checks(config, runtime) -> list[Check]:
-    from mlpd.gpus import make_inventory
+    from mlpd.runtime.gpus import make_inventory
 
     out = []
     store = None
@@ -201,7 +201,7 @@ def _gpu_checks(config, runtime) -> list[Check]:
 
 
 def _image_checks(config, runtime) -> list[Check]:
-    from mlpd.image_catalog import SOURCE_LABEL, definitions, expected_source
+    from mlpd.runtime.image_catalog import SOURCE_LABEL, definitions, expected_source
 
     out = []
     nvidia = bool(config["images.extra"]) and bool(runtime.engine_info().get("nvidia"))
@@ -266,7 +266,7 @@ def _daemon_check(config) -> Check:
 
 
 def _mlflow_check(config) -> Check:
-    from mlpd import tracking
+    from mlpd.tracking import server as tracking
 
     path = tracking.db_path(config.state_dir)
     if not os.path.exists(path):

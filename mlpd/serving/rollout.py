@@ -13,7 +13,7 @@ revision and slot). Each pass of the worker looks at them as they are now and de
   have ended; anything left of a failed or retired revision is stopped.
 
 Nothing here reads a clock, a database or Docker: :func:`plan` takes ``now`` and returns actions
-that :mod:`mlpd.serving` carries out. A pass can run any number of times; it converges.
+that :mod:`mlpd.serving.deployments` carries out. A pass can run any number of times; it converges.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ REVISION_STATES = (*LIVE_REVISIONS, "draining", *ENDED_REVISIONS)
 NOT_ENDED_REVISIONS = frozenset(REVISION_STATES) - frozenset(ENDED_REVISIONS)  # live or draining: its model copy is kept
 
 # The state machine of a revision: which state may follow which. Every change goes through
-# mlpd.serving.revision_transition (a compare-and-set on the states this table allows before the
+# mlpd.serving.deployments.revision_transition (a compare-and-set on the states this table allows before the
 # target, with its event row), so no caller keeps its own list. Who causes each: the serving pass
 # switches a rolling revision in (serving, or canary), fails it (rolled back by mlpd), supersedes it
 # (a newer rollout, or the followed alias moving back), drains what it replaces and retires what

@@ -42,7 +42,9 @@ class PriorityClasses:
 
     def of(self, job: dict) -> str:
         """The class of a job row (the default for a job that names none, or a class since removed)."""
-        name = (job.get("spec") or {}).get("priority_class") if job.get("kind", "job") == "job" else None
+        from mlpd.kinds.base import kind_of
+
+        name = (job.get("spec") or {}).get("priority_class") if kind_of(job.get("kind")).priority_class_from_spec else None
         return name if name in self.names else self.default
 
     def rank(self, name: str) -> int:
@@ -113,7 +115,7 @@ def submit_refusal(store: Store, config: Config, name: str | None, user: str, is
     so a grant or a revocation counts for the very next submit."""
     if name is None:
         return None
-    from mlpd import quotas
+    from mlpd.scheduling import quotas
 
     return load(config, store).refusal(name, user, is_admin, quotas.teams_of(store).get(user, []), admin_names(store))
 

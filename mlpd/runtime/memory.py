@@ -1,4 +1,4 @@
-"""An in-memory runtime: the second implementation of :class:`mlpd.runtime.Runtime`.
+"""An in-memory runtime: the second implementation of :class:`mlpd.runtime.protocol.Runtime`.
 
 It exists so that the controller can be tested in milliseconds, with no Docker. It
 passes the same contract suite as the Docker runtime (tests/contract), which is what
@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from mlpd.runtime import LABEL_ATTEMPT, BuildRequest, ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name
+from mlpd.runtime.protocol import LABEL_ATTEMPT, BuildRequest, ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -316,7 +316,7 @@ class MemoryRuntime:
 
 
 def _joined(output: list[tuple[float, str]], timestamps: bool) -> bytes:
-    from mlpd.runtime import format_timestamp
+    from mlpd.runtime.protocol import format_timestamp
 
     return "".join(f"{format_timestamp(t)} {line}" if timestamps else line for t, line in output).encode()
 

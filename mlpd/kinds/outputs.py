@@ -21,7 +21,7 @@ import tarfile
 import threading
 from typing import Iterator
 
-log = logging.getLogger("mlpd.outputs")
+log = logging.getLogger("mlpd.kinds.outputs")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _MAX_DEPTH = 64
 

@@ -7,12 +7,14 @@ devices for machines without NVIDIA GPUs. Declared devices say so in every view
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-log = logging.getLogger("mlpd.gpus")
+log = logging.getLogger("mlpd.runtime.gpus")
 
 
 @dataclass(frozen=True)
@@ -152,3 +154,17 @@ def make_inventory(declare: int = 0, declared_model: str = "declared", store=Non
     if declare > 0:
         return DeclaredInventory(declare, declared_model)
     return NvmlInventory()
+
+
+def declare(store, actor: str, count: int, model: str) -> None:
+    """Declare `count` test GPUs of `model` at once (0: none), with its event; the caller checked
+    that no GPU is held and that the host has no real ones."""
+    from mlpd.store import record_event
+
+    with store.write() as db:
+        if count:
+            db["daemon_status"].upsert({"key": DECLARED_KEY, "value": json.dumps({"count": count, "model": model}),
+                                        "updated_at": time.time()}, pk="key")
+        else:
+            db.execute("DELETE FROM daemon_status WHERE key = ?", [DECLARED_KEY])
+        record_event(db, actor, "gpus.declared", "gpu", "*", count=count, model=model)

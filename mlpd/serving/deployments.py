@@ -7,13 +7,13 @@ places it, the runtime starts it (hardened and labelled like every container), t
 books its GPUs (kind deployment) and reconciliation finishes it exactly like a job. A replica
 runs MLflow's own scoring server (``/ping``, ``/invocations``) on the model's files, which the
 daemon copied out of its store into a directory the container mounts read-only, in an
-environment built from the model's logged requirements (:mod:`mlpd.environments`). It gets no
+environment built from the model's logged requirements (:mod:`mlpd.runtime.environments`). It gets no
 credentials. Its port is published on 127.0.0.1 only.
 
 Clients call ``/serve/NAME/invocations`` on the daemon (``mlpd.web.serving_proxy``), which passes
 each request to a healthy replica of the current revision. The worker's pass
-(:class:`mlpd.serving_pass.ServingPass`) checks every replica's ``/ping``, notices an alias that moved, and carries
-out what :func:`mlpd.serving_rollout.plan` decides: start, switch traffic, drain, roll back,
+(:class:`mlpd.serving.reconcile.ServingPass`) checks every replica's ``/ping``, notices an alias that moved, and carries
+out what :func:`mlpd.serving.rollout.plan` decides: start, switch traffic, drain, roll back,
 restart. Traffic moves in one transaction (``deployments.current``), so a request sees either
 the old revision or the new one, never neither.
 """
@@ -35,13 +35,14 @@ from typing import Any, Iterable
 from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.jobs import TERMINAL_STATES
-from mlpd.jobspec import SpecError, parse_duration, parse_spec
-from mlpd.runtime import LaunchRequest, RuntimeFailure
-from mlpd.serving_models import ModelError, ModelStore, copy_model, parse_uri, read_store_file, serving_requirements
-from mlpd.serving_rollout import REVISION_STATES, revision_may_follow
+from mlpd.kinds.jobspec import SpecError, parse_spec
+from mlpd.units import parse_duration
+from mlpd.runtime.protocol import LaunchRequest, RuntimeFailure
+from mlpd.serving.models import ModelError, ModelStore, copy_model, parse_uri, read_store_file, serving_requirements
+from mlpd.serving.rollout import REVISION_STATES, revision_may_follow
 from mlpd.store import Store, record_event
 
-log = logging.getLogger("mlpd.serving")
+log = logging.getLogger("mlpd.serving.deployments")
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 SERVER_PORT = 8080  # the scoring server's port inside the container
 MODEL_DIR = "/model"
@@ -186,7 +187,7 @@ def check_follow(state_dir: str, ref, follow: bool, owner: str, follow_foreign: 
     (follow_foreign), and the answer says whose versions it will run."""
     if not follow:
         return None
-    from mlpd.serving_models import ModelStore
+    from mlpd.serving.models import ModelStore
 
     model_owner = ModelStore(state_dir).model_owner(ref.name)
     if model_owner != owner and not follow_foreign:

@@ -10,12 +10,13 @@ Anything that would give a job power over the host is refused by name
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import shlex
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
+
+from mlpd.units import (MIN_CPUS, MIN_MEMORY, MIN_SHM, NUMBER, typename, format_bytes, parse_duration, parse_memory)
 
 
 class SpecError(ValueError):
@@ -45,7 +46,7 @@ class JobSpec:
     priority: int = 0
     name: str | None = None
     experiment: str | None = None
-    requirements: str | None = None  # the text of a requirements.txt: the job runs in image + these (mlpd.environments)
+    requirements: str | None = None  # the text of a requirements.txt: the job runs in image + these (mlpd.runtime.environments)
     priority_class: str | None = None  # a class of scheduler.priority_classes; None: the default class
     shm: int | None = None  # bytes of /dev/shm, within the memory limit; None: jobs.shm_size (see shm_size)
 
@@ -79,9 +80,6 @@ FORBIDDEN: Mapping[str, str] = MappingProxyType({
 STRIPPED_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 
 ALLOWED = tuple(f.name for f in fields(JobSpec))
-MIN_MEMORY = 6 * 1024**2  # Docker refuses a smaller memory limit
-MIN_CPUS = 0.01  # Docker's smallest CPU quota
-MIN_SHM = 1024**2
 # The kernel refuses one argument or environment string over MAX_ARG_STRLEN (128 KiB with its NUL),
 # and exec fails when all of them together pass ARG_MAX; mlpd keeps well inside both.
 MAX_ARG_BYTES = 128 * 1024 - 1
@@ -93,79 +91,6 @@ _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Deliberately loose: registry[:port]/path[:tag][@digest]; Docker gives the precise error at pull time.
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_NUMBER = r"\d+(?:\.\d*)?|\.\d+"
-_DURATION_PART = re.compile(rf"({_NUMBER})\s*([dhms])")
-_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_MEMORY = re.compile(rf"({_NUMBER})\s*([kmgt]?)(i?b?)")
-_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def _typename(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def parse_duration(value: Any) -> float:
-    """Return seconds from a number or a string like ``"90"``, ``"90s"``, ``"30m"``, ``"1h30m"``, ``"1.5d"``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        if re.fullmatch(_NUMBER, text):
-            seconds = float(text)
-        elif text and re.fullmatch(rf"(?:(?:{_NUMBER})\s*[dhms]\s*)+", text):
-            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
-        else:
-            raise ValueError(f"cannot read {value!r} as a duration; use seconds or e.g. 90s, 30m, 2h, 1d, 1h30m")
-    else:
-        raise ValueError(f"expected a duration such as 30m or a number of seconds, got {_typename(value)}")
-    if not math.isfinite(seconds):
-        raise ValueError(f"expected a finite duration, got {value!r}")
-    return seconds
-
-
-def parse_memory(value: Any) -> int:
-    """Return bytes from an int or a string like ``"512m"``, ``"4g"``, ``"4GiB"``, ``"1.5G"``, ``"100k"``.
-
-    Units are binary (k = 1024), as Docker reads them, whether or not an ``i`` is written.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if not isinstance(value, str):
-        raise ValueError(f"expected bytes or a size such as 512m or 4GiB, got {_typename(value)}")
-    m = _MEMORY.fullmatch(value.strip().lower())
-    # "ib" alone ("4ib") or "i" without a unit letter is not a size anyone means.
-    if not m or (m.group(3).startswith("i") and not m.group(2)):
-        raise ValueError(f"cannot read {value!r} as a size; use bytes or e.g. 512m, 4g, 4GiB, 1.5G")
-    return int(float(m.group(1)) * _MEMORY_UNITS[m.group(2)])
-
-
-def format_duration(seconds: float) -> str:
-    """Render seconds compactly, largest units first: ``"1h30m"``, ``"45s"``, ``"2d3h"``."""
-    if seconds < 0:
-        return "-" + format_duration(-seconds)
-    if 0 < seconds < 1:
-        return f"{seconds:.2g}s"
-    rest, parts = round(seconds), []
-    for unit, size in _DURATION_UNITS.items():
-        count, rest = divmod(rest, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0s"
-
-
-def format_bytes(n: int) -> str:
-    """Render a byte count in binary units: ``"4.0 GiB"``, ``"512 MiB"``, ``"100 B"``."""
-    value, unit = float(n), "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    if unit == "B":
-        return f"{n} B"
-    # One decimal only where it carries information (4.0 GiB vs 512 MiB).
-    return f"{value:.1f} {unit}" if abs(value) < 10 else f"{value:.0f} {unit}"
 
 
 def _whole(key: str, value: Any, low: int, high: int) -> int:
@@ -174,7 +99,7 @@ def _whole(key: str, value: Any, low: int, high: int) -> int:
         value = int(value)
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
         value = int(value)  # CLI flags arrive as strings
-    shown = repr(value) if isinstance(value, (str, float, int)) else _typename(value)
+    shown = repr(value) if isinstance(value, (str, float, int)) else typename(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise SpecError(key, f"expected a whole number >= {low}, got {shown}")
     if value > high:
@@ -184,7 +109,7 @@ def _whole(key: str, value: Any, low: int, high: int) -> int:
 
 def _string(key: str, value: Any, max_len: int) -> str:
     if not isinstance(value, str):
-        raise SpecError(key, f"expected a string, got {_typename(value)}")
+        raise SpecError(key, f"expected a string, got {typename(value)}")
     if not value.strip():
         raise SpecError(key, "must not be empty")
     if len(value) > max_len:
@@ -206,14 +131,14 @@ def _command(value: Any) -> tuple[str, ...]:
         except ValueError as e:
             raise SpecError("command", f"cannot split into arguments: {e}") from None
     if not isinstance(value, (list, tuple)):
-        raise SpecError("command", f"expected a list of strings or a string, got {_typename(value)}")
+        raise SpecError("command", f"expected a list of strings or a string, got {typename(value)}")
     if not value:
         raise SpecError("command", "must not be empty")
     if len(value) > MAX_ARGS:
         raise SpecError("command", f"has {len(value)} arguments; at most {MAX_ARGS}")
     for i, arg in enumerate(value):
         if not isinstance(arg, str):
-            raise SpecError(f"command[{i}]", f"expected a string, got {_typename(arg)} {arg!r}")
+            raise SpecError(f"command[{i}]", f"expected a string, got {typename(arg)} {arg!r}")
         if "\0" in arg:
             raise SpecError(f"command[{i}]", "contains a NUL character")
         if len(arg.encode("utf-8", "surrogatepass")) > MAX_ARG_BYTES:
@@ -226,7 +151,7 @@ def _command(value: Any) -> tuple[str, ...]:
 
 def _env(value: Any, warnings: list[str]) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
-        raise SpecError("env", f"expected a table of NAME = value, got {_typename(value)}")
+        raise SpecError("env", f"expected a table of NAME = value, got {typename(value)}")
     if len(value) > MAX_ENV_VARS:
         raise SpecError("env", f"has {len(value)} variables; at most {MAX_ENV_VARS}")
     out: dict[str, str] = {}
@@ -239,7 +164,7 @@ def _env(value: Any, warnings: list[str]) -> Mapping[str, str]:
         elif isinstance(val, (int, float)):
             val = str(val)
         elif not isinstance(val, str):
-            raise SpecError(key, f"expected a string, number or boolean, got {_typename(val)}")
+            raise SpecError(key, f"expected a string, number or boolean, got {typename(val)}")
         if "\0" in val:
             raise SpecError(key, "contains a NUL character")
         if len(name) + 1 + len(val.encode("utf-8", "surrogatepass")) > MAX_ARG_BYTES:
@@ -293,7 +218,7 @@ def parse_spec(data: Mapping[str, Any], job_file: bool = False) -> tuple[JobSpec
     never accepted as numbers. ``None`` for an optional field means "the default".
     """
     if not isinstance(data, Mapping):
-        raise SpecError("spec", f"expected a table/object of job settings, got {_typename(data)}")
+        raise SpecError("spec", f"expected a table/object of job settings, got {typename(data)}")
     _check_keys(data, FILE_KEYS if job_file else ALLOWED)
     # None means "not given" so JSON clients may send null and to_dict() output round-trips.
     raw = {k: v for k, v in data.items() if v is not None}
@@ -317,7 +242,7 @@ def parse_spec(data: Mapping[str, Any], job_file: bool = False) -> tuple[JobSpec
         kw["gpu_model"] = _string("gpu_model", raw["gpu_model"], 128)
     if "cpus" in raw:
         cpus = raw["cpus"]
-        if isinstance(cpus, str) and re.fullmatch(rf"\s*(?:{_NUMBER})\s*", cpus):
+        if isinstance(cpus, str) and re.fullmatch(rf"\s*(?:{NUMBER})\s*", cpus):
             cpus = float(cpus)  # CLI flags arrive as strings
         if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not MIN_CPUS <= cpus <= 1024:
             raise SpecError("cpus", f"expected a number from {MIN_CPUS} to 1024, got {str(raw['cpus'])[:40]!r}")
@@ -361,23 +286,16 @@ def parse_spec(data: Mapping[str, Any], job_file: bool = False) -> tuple[JobSpec
     if "experiment" in raw:
         kw["experiment"] = _string("experiment", raw["experiment"], 255)
     if "requirements" in raw:
-        from mlpd.environments import check_requirements
+        from mlpd.runtime.environments import check_requirements
 
         text = raw["requirements"]
         if not isinstance(text, str):
-            raise SpecError("requirements", f"expected the text of a requirements file, got {_typename(text)}")
+            raise SpecError("requirements", f"expected the text of a requirements file, got {typename(text)}")
         problem = check_requirements(text)
         if problem:
             raise SpecError("requirements", problem)
         kw["requirements"] = text
     return JobSpec(**kw), warnings
-
-
-def host_limits() -> tuple[int, int]:
-    """(CPU count, bytes of memory) of this host: the most one job can be given."""
-    import os
-
-    return os.cpu_count() or 1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_host_limits(spec: JobSpec, cpus: int, memory: int) -> None:
@@ -395,15 +313,3 @@ def check_shm(shm: int | None, memory_limit: int | None, default: bool = False) 
         which = "the default memory limit (jobs.default_memory)" if default else "its memory limit"
         raise SpecError("shm", f"asks for {format_bytes(shm)} of shared memory (/dev/shm) but {which} is "
                                f"{format_bytes(memory_limit)}; /dev/shm is memory of the job: ask for less, or for more memory")
-
-
-def shm_size(shm: int | None, memory_limit: int | None, configured: str, host_memory: int) -> int:
-    """Bytes of /dev/shm a container gets: what its spec asks for (within its memory limit, see
-    check_shm), else jobs.shm_size ("auto": half its memory limit; a size: that, at most the limit).
-    Work without a memory limit counts the host's memory as its limit, as the host's own /dev/shm does."""
-    limit = memory_limit if memory_limit else host_memory
-    if shm is not None:
-        return min(shm, limit)
-    if configured == "auto":
-        return limit // 2
-    return min(parse_memory(configured), limit)

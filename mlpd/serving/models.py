@@ -3,7 +3,7 @@
 A deployment names a model as MLflow does (``models:/churn@prod``, ``models:/churn/3``,
 ``runs:/RUN_ID/model``, ``models:/m-...``). The daemon resolves it by reading MLflow's SQLite
 file read-only (the registry's aliases and versions, runs and logged models: one row each,
-as :class:`mlpd.tracking.TrackingDb` does), and copies the model's files from its artifact
+as :class:`mlpd.tracking.server.TrackingDb` does), and copies the model's files from its artifact
 store into a directory of its own, which the replica mounts read-only: the container never
 gets credentials, and never reads the store itself.
 
@@ -23,9 +23,9 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from mlpd import tracking
+from mlpd.tracking import server as tracking
 from mlpd.errors import MlpdError
-from mlpd.mlflow_policy import in_store, unsafe_path
+from mlpd.tracking.policy import in_store, unsafe_path
 
 MAX_MODEL_BYTES = 20 * 1024**3  # a model's files together
 MAX_MODEL_FILES = 100_000

@@ -278,6 +278,8 @@ def view(ws: dict[str, Any], session: dict[str, Any] | None, timeout: float, now
     """The stable JSON form of a workspace (the token is in it: only its owner and admins see it)."""
     state = state_of(session)
     running = state == "running"
+    if session is not None and state in jobs.ACTIVE_STATES and session.get("cancel_requested_by"):
+        state = "stopping"  # asked to stop, its container not yet gone: 'mlpd ws' says so rather than "running"
     last = last_active(ws, session)
     idle = max(0.0, now - last) if running and last else None
     out = {

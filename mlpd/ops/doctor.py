@@ -56,6 +56,7 @@ def run_checks(config, runtime_factory: Callable | None = None) -> list[Check]:
     checks += _state_checks(config)
     checks.append(job_user_check(config["jobs.container_user"], _host_accounts(config["jobs.container_user"])))
     checks.append(_daemon_check(config))
+    checks.append(front_check(config["server.front"], _find_nginx()))
     checks.append(_mlflow_check(config))
     systemd = _systemd_check()
     if systemd:
@@ -246,6 +247,26 @@ def _state_checks(config) -> list[Check]:
     return out
 
 
+def _find_nginx() -> str | None:
+    from mlpd.ops.front import find_nginx
+
+    return find_nginx()
+
+
+def front_check(setting: str, nginx: str | None) -> Check:
+    """The web front (server.front): nginx takes the connections so that slow clients cannot hold the
+    web threads; without it the daemon still runs, exposed to that."""
+    if setting == "none":
+        return Check("web front", WARN, "server.front = \"none\": gunicorn takes connections itself, so slow clients can hold every web thread",
+                     "install nginx (apt-get install nginx-light) and set server.front = \"auto\"")
+    if nginx is None:
+        return Check("web front", FAIL if setting == "nginx" else WARN,
+                     "no nginx is installed" + (": the daemon cannot start with server.front = \"nginx\"" if setting == "nginx"
+                                                else ": gunicorn takes connections itself, so slow clients can hold every web thread"),
+                     "install it: apt-get install nginx-light (install.sh does), then restart mlpd")
+    return Check("web front", OK, f"nginx ({nginx}) in front of the web server")
+
+
 def _daemon_check(config) -> Check:
     listen = config["server.listen"]
     host, _, port = listen.rpartition(":")
@@ -257,6 +278,13 @@ def _daemon_check(config) -> Check:
     except OSError as exc:
         return Check("daemon", WARN, f"nothing answers on {listen} ({getattr(exc, 'reason', exc)})",
                      "start it: 'systemctl start mlpd' or 'mlpd daemon --config FILE'")
+    fatal = sorted(name for name, state in (health.get("children") or {}).items() if state == "fatal")
+    if fatal:
+        # A child that kept dying is not restarted again (mlpd.ops.supervision): nothing runs until someone acts.
+        return Check("daemon", FAIL, f"answers on {listen} (version {health.get('version')}), but {', '.join(fatal)} kept dying "
+                     "and is given up (FATAL): no job is reconciled or launched" if "worker" in fatal else
+                     f"answers on {listen} (version {health.get('version')}), but {', '.join(fatal)} kept dying and is given up (FATAL)",
+                     "read why in the daemon's log ('journalctl -u mlpd'), fix it, then 'systemctl restart mlpd'")
     if health.get("worker") != "ok":
         return Check("daemon", WARN, f"answers on {listen} (version {health.get('version')}), but its worker is {health.get('worker')}",
                      "see the daemon's log ('journalctl -u mlpd'): the worker reconciles and launches jobs")

@@ -45,7 +45,7 @@ def normalize_url(url: str) -> str:
     if not parts.hostname:
         raise ClientError(f"{url!r}: no host in the URL; e.g. http://127.0.0.1:8470", code="invalid_url")
     try:
-        parts.port
+        _ = parts.port  # raises ValueError for a port that is not a number from 1 to 65535
     except ValueError:
         raise ClientError(f"{url!r}: the port is not a number from 1 to 65535", code="invalid_url") from None
     path = parts.path.rstrip("/")

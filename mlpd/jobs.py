@@ -253,7 +253,7 @@ def _book_allocations(db, job_id: str, state: JobState) -> None:
     if not uuids or started is None or state not in (JobState.RUNNING, JobState.PREEMPTED, *TERMINAL):
         return
     models = models or ["unknown"] * len(uuids)
-    for uuid, index, model in zip(uuids, indices, models):
+    for uuid, index, model in zip(uuids, indices, models, strict=False):
         db.execute("INSERT OR IGNORE INTO allocations (owner, kind, object_id, attempt, gpu_uuid, gpu_index, gpu_model, start) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [owner, kind, job_id, attempt, uuid, index, model, started])
     if state != JobState.RUNNING:

@@ -231,7 +231,7 @@ class ServeMount:
         A kept-alive connection the replica closed meanwhile fails on use; the request is then sent
         once more on a fresh one. A refused connection moves on to the next replica.
         """
-        for attempt in (0, 1):
+        for _attempt in (0, 1):
             conn = self.pool.conns.pop(port, None)
             reused = conn is not None
             if conn is None:
@@ -275,7 +275,7 @@ class ServingCollector:
             requests.add_metric(values, m["requests"])
             errors.add_metric(values, m["errors"])
             cumulative, running = [], 0
-            for bound, count in zip((*serving.LATENCY_BUCKETS, float("inf")), m["buckets"]):
+            for bound, count in zip((*serving.LATENCY_BUCKETS, float("inf")), m["buckets"], strict=False):
                 running += count
                 cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
             latency.add_metric(values, cumulative, m["seconds"])

@@ -39,7 +39,7 @@ def _host(fn):
     try:
         return fn()
     except UserError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
 
 
 def _parse_expiry(expires: str | None) -> float | None:
@@ -50,7 +50,7 @@ def _parse_expiry(expires: str | None) -> float | None:
     try:
         return parse_duration(expires)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--expires")
+        raise click.BadParameter(str(exc), param_hint="--expires") from exc
 
 
 @click.group(cls=LazyGroup, lazy_subcommands={
@@ -164,7 +164,7 @@ def user_password(name: str, password_stdin: bool, state_dir: str | None) -> Non
     try:
         users.check_password_strength(password, name)
     except users.UserError as exc:
-        raise click.ClickException(exc.message)
+        raise click.ClickException(exc.message) from exc
     if state_dir:
         store = _store(state_dir)
         _host(lambda: users.set_password(store, name, password, actor="host"))
@@ -292,7 +292,7 @@ def _state_dir_of(state_dir: str | None, config_file: str | None) -> str:
     try:
         return load_config(config_file).state_dir
     except ConfigError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
 
 
 @admin.command("backup")
@@ -307,7 +307,7 @@ def backup_cmd(dest: str, state_dir: str | None, config_file: str | None) -> Non
         for line in backup(_state_dir_of(state_dir, config_file), dest):
             click.echo(line)
     except BackupError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
 
 
 @admin.command("restore")
@@ -323,4 +323,4 @@ def restore_cmd(source: str, state_dir: str | None, config_file: str | None, for
         for line in restore(source, _state_dir_of(state_dir, config_file), force):
             click.echo(line)
     except BackupError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc

@@ -20,7 +20,7 @@ def login(url: str | None, token: str | None) -> None:
     try:
         url = normalize_url(url or os.environ.get("MLPD_URL") or DEFAULT_URL)
     except ClientError as exc:
-        raise click.ClickException(exc.message)
+        raise click.ClickException(exc.message) from exc
     if not token:
         if not sys.stdin.isatty():
             token = sys.stdin.readline().strip()
@@ -32,7 +32,7 @@ def login(url: str | None, token: str | None) -> None:
     try:
         me = Client(url, token, timeout=10).get("/whoami")["user"]
     except ClientError as exc:
-        raise click.ClickException(f"login failed: {exc.message}")
+        raise click.ClickException(f"login failed: {exc.message}") from exc
     path = save_credentials(url, token)
     click.echo(f"Logged in to {url} as {me['name']} ({me['role']}); credentials in {path}")
 

@@ -33,7 +33,7 @@ def upload_code(client, directory: str) -> str:
     try:
         packed = pack_directory(directory, progress=packing)
     except CodeArchiveError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -67,7 +67,7 @@ def read_requirements(path: str) -> str:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{path}: cannot read it as a requirements file ({exc})")
+        raise click.ClickException(f"{path}: cannot read it as a requirements file ({exc})") from exc
 
 
 def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priori
         try:
             parse_spec(spec)  # refuse a bad spec before packing and uploading the code
         except SpecError as exc:
-            raise click.ClickException(str(exc))
+            raise click.ClickException(str(exc)) from exc
         spec["code"] = upload_code(_client(), code_dir)
     # without code the daemon's own parse_spec answers first, with the same message (importing
     # jobspec here would cost about a sixth of the CLI's start-up)
@@ -163,7 +163,7 @@ def follow_to_end(client, job_id: str, **options) -> None:
         # Ctrl-C ends the following, not the job: say so, and how to pick it up again
         click.echo(f"\nmlpd: stopped following job {job_id}; it goes on ('mlpd logs -f {job_id}', 'mlpd wait {job_id}', "
                    f"'mlpd cancel {job_id}')", err=True)
-        raise click.exceptions.Exit(EXIT_INTERRUPTED)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 NOTEBOOK_IMAGE = "mlpd/workspace:latest"  # workspaces.image's default: the same Python as workspaces, with papermill
@@ -200,14 +200,14 @@ def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_
     try:
         raw = tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{file}: not valid TOML: {exc}")
+        raise click.ClickException(f"{file}: not valid TOML: {exc}") from exc
     from mlpd.kinds.jobspec import parse_spec
 
     try:
         parse_spec({k: v for k, v in raw.items() if k not in ("code_dir", "requirements")} | {"command": raw.get("command", ["x"])},
                    job_file=True)  # every unknown key at once, named as a job file names them
     except SpecError as exc:
-        raise click.ClickException(f"{file}: {exc}")
+        raise click.ClickException(f"{file}: {exc}") from exc
     if priority_class is not None:
         raw["priority_class"] = priority_class
     rel = raw.pop("code_dir", None)
@@ -221,7 +221,7 @@ def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_
     try:
         spec, _warnings = parse_spec(raw)
     except SpecError as exc:
-        raise click.ClickException(f"{file}: {exc}")
+        raise click.ClickException(f"{file}: {exc}") from exc
     data = spec.to_dict()
     here = os.path.dirname(os.path.abspath(file))
     directory = None if no_code else (code_dir or (os.path.join(here, rel) if rel else here))
@@ -310,7 +310,7 @@ def jobs_show(job_id, as_json):
     if as_json:
         emit_json({"job": job})
         return
-    from mlpd.units import format_bytes, format_duration
+    from mlpd.units import format_duration
 
     spec = job["spec"]
     lines = [
@@ -550,7 +550,7 @@ def wait(job_ids, timeout, as_json):
             click.echo(end.line, err=True)
     if as_json:
         emit_json({"jobs": [{"id": e.job_id, "state": j["state"], "reason": j["reason"], "exit_code": j["exit_code"], "exit_status": e.status}
-                            for e, j in zip(ends, jobs_seen)], "exit_status": worst(ends).status})
+                            for e, j in zip(ends, jobs_seen, strict=True)], "exit_status": worst(ends).status})
     raise click.exceptions.Exit(worst(ends).status)
 
 
@@ -612,7 +612,7 @@ def images_build(force, local, config_file, extra):
             for line in build_missing(connect("host"), cfg, force=force, extra=extra):
                 click.echo(line)
         except (ConfigError, RuntimeFailure) as exc:
-            raise click.ClickException(str(exc))
+            raise click.ClickException(str(exc)) from exc
         return
     c = _client()
     resp = c.request("POST", "/images/build", stream=True, timeout=3600, params={**({"force": 1} if force else {}), **({"with": ",".join(extra)} if extra else {})})

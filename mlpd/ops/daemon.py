@@ -87,11 +87,11 @@ def acquire_state_lock(state_dir: str, wait: float = 30.0):
             holder = fh.read().strip() or "unknown"
             if _alive(holder):
                 fh.close()
-                raise DaemonError(f"another mlpd daemon (pid {holder}) is already running on state directory {state_dir}; stop it first")
+                raise DaemonError(f"another mlpd daemon (pid {holder}) is already running on state directory {state_dir}; stop it first") from None
             if time.monotonic() > deadline:
                 fh.close()
                 raise DaemonError(f"the mlpd daemon (pid {holder}) on state directory {state_dir} is gone, but processes it started "
-                                  f"still hold {path} after {wait:.0f}s; stop them ('fuser -v {path}' lists them)")
+                                  f"still hold {path} after {wait:.0f}s; stop them ('fuser -v {path}' lists them)") from None
             if not announced:
                 log.warning("the previous daemon (pid %s) is gone but its processes still hold %s; waiting for them to exit", holder, path)
                 announced = True

@@ -233,7 +233,7 @@ def _caps_of(row: dict[str, Any] | None, defaults: tuple[float | None, int | Non
     if row is None:
         return defaults
     out = []
-    for key, default in zip(("max_cpus", "max_memory", "max_jobs"), defaults):
+    for key, default in zip(("max_cpus", "max_memory", "max_jobs"), defaults, strict=True):
         value = row[key]
         out.append(default if value is None else (value or None))
     return out[0], out[1], out[2]

@@ -388,7 +388,7 @@ def add_request_counts(store: Store, source: str, counts: dict[tuple[str, str], 
                               SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM deployments WHERE id = ?)""",
                            [dep_id, rev_id, source, requests, errors, seconds, json.dumps(buckets), now, dep_id])
             else:
-                merged = [a + b for a, b in zip(json.loads(row[0]), buckets)]
+                merged = [a + b for a, b in zip(json.loads(row[0]), buckets, strict=False)]
                 db.execute("""UPDATE deployment_metrics SET requests = requests + ?, errors = errors + ?, seconds = seconds + ?, buckets = ?,
                               updated_at = ? WHERE deployment = ? AND revision = ? AND source = ?""",
                            [requests, errors, seconds, json.dumps(merged), now, dep_id, rev_id, source])
@@ -409,7 +409,7 @@ def request_metrics(store: Store, dep_id: str | None = None) -> list[dict[str, A
         item["requests"] += r["requests"]
         item["errors"] += r["errors"]
         item["seconds"] += r["seconds"]
-        item["buckets"] = [a + b for a, b in zip(item["buckets"], json.loads(r["buckets"]))]
+        item["buckets"] = [a + b for a, b in zip(item["buckets"], json.loads(r["buckets"]), strict=False)]
     return sorted(out.values(), key=lambda x: (x["deployment"], x["revision"] or 0))
 
 
@@ -419,7 +419,7 @@ def latency_quantile(buckets: list[int], q: float) -> float | None:
     if not total:
         return None
     seen = 0
-    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets):
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=False):
         seen += count
         if seen >= q * total:
             return bound

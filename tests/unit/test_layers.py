@@ -16,7 +16,7 @@ PACKAGES = {"mlpd": ROOT / "mlpd", "mlpd.web": ROOT / "web", "mlpd.workers": ROO
 def imports() -> dict[str, set[str]]:
     """{module file (relative): top-level names it imports, as dotted modules}."""
     found: dict[str, set[str]] = {}
-    for package, directory in PACKAGES.items():
+    for directory in PACKAGES.values():
         for path in directory.rglob("*.py"):
             names: set[str] = set()
             for node in ast.walk(ast.parse(path.read_text(), str(path))):

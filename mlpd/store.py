@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 
 def _import_sqlite_utils():
@@ -38,7 +38,7 @@ def _import_sqlite_utils():
     """
     hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
     for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]
+        sys.modules[name] = None
     try:
         import sqlite_utils as module
     finally:
@@ -48,7 +48,10 @@ def _import_sqlite_utils():
     return module
 
 
-sqlite_utils = _import_sqlite_utils()
+if TYPE_CHECKING:
+    import sqlite_utils
+else:
+    sqlite_utils = _import_sqlite_utils()
 
 BUSY_TIMEOUT_MS = 10_000
 MIGRATION_SET = "mlpd"  # this application's rows in sqlite-utils' _sqlite_migrations table

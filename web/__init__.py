@@ -109,15 +109,15 @@ def create_app(cfg: Config | None = None, runtime=None) -> Flask:
     from mlpd.web.mlflow_mount import MlflowMount
 
     # /mlflow/... goes to MLflow's own app (loaded on first use) through mlpd's auth, before Flask.
-    app.wsgi_app = MlflowMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])
+    app.wsgi_app = MlflowMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])  # type: ignore[method-assign]
     from mlpd.web.serving_proxy import ServeMount
 
     # /serve/NAME/... goes to a healthy replica of that deployment, before Flask (the stable endpoint).
-    app.wsgi_app = ServeMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])
+    app.wsgi_app = ServeMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])  # type: ignore[method-assign]
     from mlpd.web.content_guard import ContentGuard
 
     # Outermost: what a member's code wrote (a model's answer, an artifact, a log) never runs on this origin.
-    app.wsgi_app = ContentGuard(app.wsgi_app)
+    app.wsgi_app = ContentGuard(app.wsgi_app)  # type: ignore[method-assign]
 
     @app.get("/healthz")
     def healthz():

@@ -105,7 +105,7 @@ def promote_deployment(name: str):
     dep = _visible(name)
     serving.promote(store(), config(), dep, g.user.name)
     wake(f"deployment {name} promoted")
-    return jsonify({"deployment": _view(serving.by_id(store(), dep["id"]), detail=True)})
+    return jsonify({"deployment": _view(serving.must_get(store(), dep["id"]), detail=True)})
 
 
 @route("/deployments/<name>/rollback", methods=("POST",), summary="Drop the canary (or a rollout in progress); the serving version keeps all the traffic")
@@ -113,7 +113,7 @@ def rollback_deployment(name: str):
     dep = _visible(name)
     what = serving.rollback(store(), dep, g.user.name)
     wake(f"deployment {name} rolled back")
-    return jsonify({"rolled_back": what, "deployment": _view(serving.by_id(store(), dep["id"]), detail=True)})
+    return jsonify({"rolled_back": what, "deployment": _view(serving.must_get(store(), dep["id"]), detail=True)})
 
 
 @route("/deployments/<name>/key", methods=("POST",), summary="Replace the deployment's key (the old one stops working); answers the new key once",

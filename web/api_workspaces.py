@@ -155,7 +155,7 @@ def start_workspace(name: str):
     if ws["session"] != before:
         _start_now_or_fail(ws, bool(data.get("wait")))
     wake(f"submitted workspace {ws['id']} (start)")
-    return jsonify({"workspace": view(workspaces.by_id(store(), ws["id"]))})
+    return jsonify({"workspace": view(workspaces.must_get(store(), ws["id"]))})
 
 
 @route("/workspaces/<name>", methods=("DELETE",), summary="Remove a workspace (stopped first; your home stays)")

@@ -18,6 +18,7 @@ The caller's Authorization header is never passed to the model.
 from __future__ import annotations
 
 import bisect
+import functools
 import http.client
 import json
 import logging
@@ -180,7 +181,7 @@ class ServeMount:
                 out.append(("X-Mlpd-Model-Version", str(version or "")))
                 out.append(("X-Mlpd-Revision", str(seq)))
                 start_response(f"{resp.status} {resp.reason}", out)
-                return _Streamed(resp, conn, lambda c=conn, p=port: self._release(p, c))
+                return _Streamed(resp, conn, functools.partial(self._release, port, conn))
         self.counts.record(dep["id"], target, 502, time.monotonic() - started)
         return _error(start_response, 502, "bad_gateway", f"no replica of deployment {name!r} accepted the request; try again, "
                                                           f"or see 'mlpd deployments show {name}'", [("Retry-After", "1")])

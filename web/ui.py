@@ -315,7 +315,8 @@ def _saved_log(job_id: str) -> str:
 def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
     """Each time the job was preempted, oldest first: the attempt stopped, when, why (which job of
     which class it made way for, as `mlpd jobs show` says it) and that job's id when g.user may see it."""
-    out, for_job = [], None
+    out: list[dict[str, Any]] = []
+    for_job = None
     for event in history:
         if event["action"] == "job.preempt_requested":
             for_job = event["detail"].get("for_job")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from mlpd.config import Config
 from mlpd.controller import JobController
@@ -22,6 +23,9 @@ from mlpd.store import Store, set_status
 from mlpd.workers.live_logs import LiveLogs
 from mlpd.workers.sampler import GpuSampler
 from mlpd.workers.tasks import Tasks
+
+if TYPE_CHECKING:
+    from mlpd.serving.reconcile import ServingPass
 
 log = logging.getLogger("mlpd.workers")
 SCHEDULE_ONLY = "submitted"  # wakes that need only the scheduler: nothing running changed, so Docker need not be listed
@@ -46,7 +50,7 @@ class ControllerLoop:
         self.last_cull = time.time()
         self.last_measure = 0.0  # the first pass with Docker asks for a disk measurement
         self.tasks = Tasks(config, self)
-        self.serving = None  # mlpd.serving.reconcile.ServingPass, once Docker answers
+        self.serving: ServingPass | None = None  # once Docker answers
         self.serving_busy = False  # a rollout or a drain is in progress: pass more often
         self.live_logs = LiveLogs(config.state_dir)  # running output copied to files that log followers poll
 

@@ -554,7 +554,7 @@ def wait(job_ids, timeout, as_json):
     raise click.exceptions.Exit(worst(ends).status)
 
 
-wait.help = inspect.cleandoc(wait.help) + "\n\n\b\n" + "\n".join(f"{code:>6}  {meaning}" for code, meaning in EXIT_STATUS_TABLE)
+wait.help = inspect.cleandoc(wait.help or "") + "\n\n\b\n" + "\n".join(f"{code:>6}  {meaning}" for code, meaning in EXIT_STATUS_TABLE)
 
 
 @click.command()

@@ -119,6 +119,14 @@ def by_id(store: Store, ws_id: str) -> dict[str, Any] | None:
     return _decode(row) if row else None
 
 
+def must_get(store: Store, ws_id: str) -> dict[str, Any]:
+    """by_id() for a workspace that must be there (one just written): WorkspaceError 404 if it is gone."""
+    ws = by_id(store, ws_id)
+    if ws is None:
+        raise WorkspaceError(404, "not_found", f"no workspace {ws_id}")
+    return ws
+
+
 def list_workspaces(store: Store, owner: str | None = None) -> list[dict[str, Any]]:
     if owner:
         return [_decode(r) for r in store.query("SELECT * FROM workspaces WHERE owner = ? ORDER BY name", [owner])]
@@ -149,7 +157,7 @@ def create(store: Store, owner: str, name: str, spec: dict[str, Any], port: int,
                    [ws_id, owner, name, json.dumps(spec), secrets.token_urlsafe(24), port, ssh_port, now, now])
         record_event(db, owner, "workspace.created", "workspace", ws_id, at=now, name=name, spec=spec)
         _new_session(db, owner, ws_id, name, spec, now)
-    return by_id(store, ws_id)
+    return must_get(store, ws_id)
 
 
 def _new_session(db, owner: str, ws_id: str, name: str, spec: dict[str, Any], now: float) -> str:
@@ -204,13 +212,13 @@ def start(store: Store, ws: dict[str, Any], actor: str, now: float | None = None
         current = row[0] if row else None
         state = db.execute("SELECT state FROM jobs WHERE id = ?", [current]).fetchone() if current else None
         if state and state[0] not in TERMINAL_STATES:
-            return by_id(store, ws["id"])
+            return must_get(store, ws["id"])
         db.execute("UPDATE workspaces SET token = ? WHERE id = ?", [secrets.token_urlsafe(24), ws["id"]])
         if ports:
             db.execute("UPDATE workspaces SET port = ?, ssh_port = ? WHERE id = ?", [*ports, ws["id"]])
         _new_session(db, ws["owner"], ws["id"], ws["name"], ws["spec"], now)
         record_event(db, actor, "workspace.started", "workspace", ws["id"], at=now)
-    return by_id(store, ws["id"])
+    return must_get(store, ws["id"])
 
 
 def stop(store: Store, ws: dict[str, Any], actor: str, reason: str) -> dict[str, Any]:
@@ -225,7 +233,7 @@ def stop(store: Store, ws: dict[str, Any], actor: str, reason: str) -> dict[str,
                 raise
         with store.write() as db:
             record_event(db, actor, "workspace.stopped", "workspace", ws["id"], reason=reason)
-    return by_id(store, ws["id"])
+    return must_get(store, ws["id"])
 
 
 def remove(store: Store, ws: dict[str, Any], actor: str) -> None:
@@ -447,7 +455,7 @@ def _ports_still_free(store: Store, config, ws: dict[str, Any]) -> dict[str, Any
     with store.write() as db:
         db.execute("UPDATE workspaces SET port = ?, ssh_port = ? WHERE id = ?", [port, ssh_port, ws["id"]])
         record_event(db, "mlpd", "workspace.port_replaced", "workspace", ws["id"], old=[ws["port"], ws["ssh_port"]], new=[port, ssh_port])
-    return by_id(store, ws["id"])
+    return must_get(store, ws["id"])
 
 
 def launch_request(store: Store, config, job: dict[str, Any], base: LaunchRequest) -> LaunchRequest:

@@ -45,7 +45,10 @@ class GpuInfo:
 class GpuInventory(Protocol):
     """What the scheduler and the API need to know about GPUs."""
 
-    kind: str
+    @property
+    def kind(self) -> str:
+        """What kind of inventory: declared, nvml, ..."""
+        ...
 
     def devices(self) -> list[GpuInfo]:
         """All GPUs, ordered by index."""

@@ -264,7 +264,7 @@ class MemoryRuntime:
                     raise RuntimeFailure(f"building {req.tag} failed: it took longer than {req.timeout / 60:g} minutes")
             elif kind == "echo":
                 yield _expand(str(arg), env)
-            elif kind == "exit" and int(arg) != 0:
+            elif kind == "exit" and int(str(arg)) != 0:
                 raise RuntimeFailure(f"building {req.tag} failed: the build exited with code {arg}")
             elif kind == "exit":
                 break
@@ -291,7 +291,7 @@ class MemoryRuntime:
         while c.phase == Phase.RUNNING and c.steps:
             kind, arg = c.steps[0]
             if kind == "sleep":
-                until = c.cursor + float(arg)  # measured from the end of the step before
+                until = c.cursor + float(str(arg))  # measured from the end of the step before
                 if self.clock() < until:
                     return
                 c.cursor = until
@@ -302,7 +302,7 @@ class MemoryRuntime:
             elif kind == "shm":
                 c.output.append((c.cursor, f"1B-blocks\n{c.request.shm_size or DOCKER_DEFAULT_SHM}\n"))
             elif kind == "exit":
-                self._end(c, int(arg))
+                self._end(c, int(str(arg)))
                 return
             c.steps.pop(0)
         if c.phase == Phase.RUNNING and not c.steps:

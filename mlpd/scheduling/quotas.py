@@ -62,6 +62,7 @@ class QuotaExceeded(MlpdError):
 
 def allocations(store: Store, since: float | None = None, owners: Iterable[str] | None = None) -> list[Allocation]:
     """Ledger rows that overlap [since, now], optionally for some owners."""
+    params: list[Any]
     sql, params = "SELECT owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start, end FROM allocations WHERE 1=1", []
     if since is not None:
         sql += " AND (end IS NULL OR end >= ?)"
@@ -232,7 +233,7 @@ def _caps_of(row: dict[str, Any] | None, defaults: tuple[float | None, int | Non
     """(max_cpus, max_memory, max_jobs) from a resource_caps row: NULL = the default, 0 = unlimited (None)."""
     if row is None:
         return defaults
-    out = []
+    out: list[Any] = []
     for key, default in zip(("max_cpus", "max_memory", "max_jobs"), defaults, strict=True):
         value = row[key]
         out.append(default if value is None else (value or None))

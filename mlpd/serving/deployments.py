@@ -30,7 +30,7 @@ import secrets
 import shutil
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence, overload
 
 from mlpd import jobs
 from mlpd.errors import MlpdError
@@ -111,6 +111,10 @@ def replica_spec(dep: dict[str, Any], rev: dict[str, Any], config, slot: int):
 
 
 # ------------------------------------------------------------------ rows
+@overload
+def _decode(row: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def _decode(row: None) -> None: ...
 def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -126,6 +130,14 @@ def get(store: Store, name: str) -> dict[str, Any] | None:
 
 def by_id(store: Store, dep_id: str) -> dict[str, Any] | None:
     return _decode(store.query_one("SELECT * FROM deployments WHERE id = ?", [dep_id]))
+
+
+def must_get(store: Store, dep_id: str) -> dict[str, Any]:
+    """by_id() for a deployment that must be there (one just written): DeploymentError 404 if it is gone."""
+    dep = by_id(store, dep_id)
+    if dep is None:
+        raise DeploymentError(404, "not_found", f"no deployment {dep_id}")
+    return dep
 
 
 def visible(store: Store, name: str, user_name: str, is_admin: bool) -> dict[str, Any] | None:
@@ -273,7 +285,7 @@ def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str
         rev_id = _add_revision(db, dep_id, fields, now)
         record_event(db, owner, "deployment.created", "deployment", dep_id, at=now, name=name, model=uri, serves=fields["model_uri"],
                      revision=rev_id, spec=spec, follow_alias=follow, **({"follows_versions_of": follows} if follows not in (None, owner) else {}))
-    return by_id(store, dep_id), key
+    return must_get(store, dep_id), key
 
 
 def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | None = None, follow_alias: bool | None = None,
@@ -298,7 +310,7 @@ def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | Non
         rev_id = _add_revision(db, dep["id"], fields, now, canary)
         record_event(db, actor, "deployment.update", "deployment", dep["id"], at=now, model=uri, serves=fields["model_uri"], revision=rev_id,
                      canary=canary)
-    return by_id(store, dep["id"])
+    return must_get(store, dep["id"])
 
 
 def promote(store: Store, config, dep: dict[str, Any], actor: str, now: float | None = None) -> None:
@@ -467,7 +479,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, Any]], base_url: str, detail: bool = False,
-         metrics: list[dict[str, Any]] = ()) -> dict[str, Any]:
+         metrics: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The stable JSON form of a deployment (detail adds every revision, ended replicas and the endpoint's request counts)."""
     state, healthy = state_of(dep, revs, reps)
     by_id = {r["id"]: r for r in revs}
@@ -490,7 +502,7 @@ def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, A
         "requested": dep["model_uri"], "follow_alias": dep["follow_alias"], "last_change": last_change(revs),
         "state": state, "endpoint": f"{base_url.rstrip('/')}/serve/{dep['name']}/invocations",
         "serving": rev_view(current), "rolling_out": rev_view(rolling),
-        "canary": {**rev_view(by_id[dep["canary"]]), "percent": by_id[dep["canary"]]["canary_percent"]} if dep.get("canary") in by_id else None,
+        "canary": {**(rev_view(by_id[dep["canary"]]) or {}), "percent": by_id[dep["canary"]]["canary_percent"]} if dep.get("canary") in by_id else None,
         "health": f"{healthy}/{dep['spec']['replicas']}", "replicas": dep["spec"]["replicas"], "healthy_replicas": healthy,
         "restarts": dep["restarts"], "last_error": dep["last_error"], "auth": dep["spec"]["auth"], "spec": dep["spec"],
         "created_at": dep["created_at"], "updated_at": dep["updated_at"],

@@ -121,7 +121,7 @@ class ServingPass:
         (followed_version is the alias's version last acted on: a version that failed is not retried
         until the alias moves again)."""
         ref = parse_uri(dep["model_uri"])
-        version = ModelStore(self.config.state_dir).alias_version(ref.name, ref.alias)
+        version = ModelStore(self.config.state_dir).alias_version(ref.name or "", ref.alias or "")
         if version is None or version == dep["followed_version"]:
             return
         current = self.store.query_one("SELECT model_version FROM deployment_revisions WHERE id = ?", [dep["current"]]) if dep["current"] else None

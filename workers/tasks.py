@@ -94,7 +94,7 @@ class Tasks:
             controller().run_launch(job_id)
 
         @self.huey.task(name="stop")
-        def stop(job_id: str, timeout: float) -> None:
+        def stop(job_id: str, timeout: int) -> None:
             controller().run_stop(job_id, timeout)
 
         @self.huey.task(name="cull_workspaces")

@@ -95,8 +95,10 @@ def new_job_id() -> str:
 
 class Spec(Protocol):
     """What the state table keeps of a workload's spec (a kind's spec, e.g. mlpd.kinds.jobspec.JobSpec)."""
-    name: str | None
-    priority: int
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def priority(self) -> int: ...
 
     def to_dict(self) -> dict[str, Any]: ...
 

@@ -95,7 +95,7 @@ def test_no_module_outside_the_kinds_tests_a_kind_by_its_name():
     """A kind is asked (mlpd.kinds.base.Kind), not named: `kind == "workspace"` outside its own module
     is how kinds became branches spread over the core before."""
     found = []
-    for package, directory in PACKAGES.items():
+    for directory in PACKAGES.values():
         for path in directory.rglob("*.py"):
             rel = str(path.relative_to(ROOT))
             if rel.startswith(("mlpd/kinds/", "mlpd/serving/")):  # a kind's own modules (serving is the deployment's)

@@ -13,7 +13,7 @@ import docker.errors
 from docker.types import DeviceRequest, Mount, Ulimit
 
 from mlpd.runtime.protocol import (CA_BUNDLE_MOUNT, LABEL_ATTEMPT, LABEL_GPUS, LABEL_INSTANCE, LABEL_JOB, LABEL_KIND, LABEL_OWNER, BuildRequest,
-                          ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name)
+                          ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, container_env, container_name)
 
 log = logging.getLogger("mlpd.runtime.protocol")
 
@@ -103,7 +103,7 @@ def bridge_gateway(base_url: str = "") -> str | None:
         return None
 
 
-class DockerRuntime:
+class DockerRuntime(Runtime):  # declared, so that mypy checks it against the Protocol
     """Job containers on the local Docker engine, labelled with this daemon's instance id."""
 
     def __init__(self, instance: str, base_url: str = "", gpu_mode: str = "auto"):

@@ -27,7 +27,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from mlpd.runtime.protocol import LABEL_ATTEMPT, BuildRequest, ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name
+from mlpd.runtime.protocol import (LABEL_ATTEMPT, BuildRequest, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus,
+                                   container_env, container_name)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -50,7 +51,7 @@ class _Container:
     ignores_term: bool = False  # a process that neither ends nor exits on SIGTERM (only a stop ends it)
 
 
-class MemoryRuntime:
+class MemoryRuntime(Runtime):  # declared, so that mypy checks it against the Protocol
     """Job containers as Python objects; the same behaviour the contract suite asks of Docker."""
 
     def __init__(self, instance: str = "memory", images: tuple[str, ...] = ("mlpd/train:latest",),

@@ -46,7 +46,7 @@ def _summary(dep: dict) -> list[str]:
     return lines
 
 
-def _wait(client, name: str, timeout: float, until_version: str | None = None) -> dict:
+def _wait(client, name: str, timeout: float) -> dict:
     """Poll until the deployment settles (serving or failed), printing each new state on stderr."""
     deadline = time.monotonic() + timeout
     seen = None

@@ -228,13 +228,6 @@ class ServingPass:
                 if revision_transition(db, rev["id"], "retired", "mlpd", at=now, ended_at=now):
                     record_event(db, "mlpd", "deployment.retired", "deployment", dep["id"], at=now, revision=rev["id"])
 
-    def _note(self, dep: dict[str, Any], message: str, event: str) -> None:
-        if dep["last_error"] == message:
-            return
-        with self.store.write() as db:
-            db.execute("UPDATE deployments SET last_error = ?, updated_at = ? WHERE id = ?", [message, time.time(), dep["id"]])
-            record_event(db, "mlpd", event, "deployment", dep["id"], message=message)
-
     def remove_unused_dirs(self) -> None:
         """Remove the model copies of revisions that are over, and of removed deployments, once nothing of theirs runs."""
         root = os.path.join(self.config.state_dir, "serving")

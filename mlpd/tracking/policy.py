@@ -61,7 +61,6 @@ _LOGGED_MODEL_ARTIFACTS = re.compile(r"logged-models/([^/]+)/artifacts/(?:files|
 # The only model version sources mlpd accepts: MLflow's own references into its store. A local path or
 # any other URL would make the server read (model-versions/get-artifact) from where the member chose.
 MODEL_SOURCE_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)

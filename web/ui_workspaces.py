@@ -80,13 +80,13 @@ def workspace_list():
 
 @ui.route("/workspaces/<name>")
 def workspace(name: str):
-    from mlpd.web.api_workspaces import _history, view
+    from mlpd.web.api_workspaces import history, view
 
     ws = _mine(name)
     v = view(ws)
     v["ready"] = v["state"] == "running" and workspaces.server_answers(ws["port"], ws["token"])
     session = jobs.get(store(), ws["session"]) if ws["session"] else None
-    return render_template("workspace.html", ws=v, tunnel=_tunnel(ws, v), history=_history(ws), session=session,
+    return render_template("workspace.html", ws=v, tunnel=_tunnel(ws, v), history=history(ws), session=session,
                            others=ws["owner"] != g.user.name)
 
 
@@ -97,7 +97,7 @@ def _act(name: str, action: str):
     if action == "stop":
         workspaces.stop(store(), ws, g.user.name, f"stopped by {g.user.name}")
     elif action == "start":
-        from mlpd.web.api_workspaces import _start_now_or_fail
+        from mlpd.web.api_workspaces import start_now_or_fail
         from mlpd import disk_use
         from mlpd.scheduling import quotas
 
@@ -107,7 +107,7 @@ def _act(name: str, action: str):
         before = ws["session"]
         ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
         if ws["session"] != before:
-            _start_now_or_fail(ws, request.form.get("wait") == "1")
+            start_now_or_fail(ws, request.form.get("wait") == "1")
     elif action == "remove":
         workspaces.remove(store(), ws, g.user.name)
         wake(f"workspace {ws['id']} removed")

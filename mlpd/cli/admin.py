@@ -93,12 +93,12 @@ def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | No
         _host(lambda: users.add_user(store, name, role, actor="host"))
         token, record = _host(lambda: users.create_token(store, name, "initial", expires_in, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
         body: dict[str, Any] = {"name": name, "admin": is_admin}
         if expires_in is not None:
             body["expires_in"] = expires_in
-        result = _client().post("/users", body)
+        result = logged_in_client().post("/users", body)
         token, record = result["token"], result["token_record"]
     if as_json:
         emit_json({"user": {"name": name, "role": role}, "token": token, "token_record": record})
@@ -117,9 +117,9 @@ def user_list(state_dir: str | None, as_json: bool) -> None:
 
         rows = users.list_users(_store(state_dir))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        rows = _client().get("/users")["users"]
+        rows = logged_in_client().get("/users")["users"]
     if as_json:
         emit_json({"users": rows})
         return
@@ -137,9 +137,9 @@ def user_rm(name: str, state_dir: str | None) -> None:
         store = _store(state_dir)
         _host(lambda: users.remove_user(store, name, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        _client().delete(f"/users/{name}")
+        logged_in_client().delete(f"/users/{name}")
     click.echo(f"removed {name}")
 
 
@@ -169,9 +169,9 @@ def user_password(name: str, password_stdin: bool, state_dir: str | None) -> Non
         store = _store(state_dir)
         _host(lambda: users.set_password(store, name, password, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        _client().post(f"/users/{name}/password", {"password": password})
+        logged_in_client().post(f"/users/{name}/password", {"password": password})
     click.echo(f"password of {name} set; they log in to the web UI with it (and can change it with 'mlpd password')")
 
 
@@ -194,12 +194,12 @@ def token_create(name: str, label: str, expires: str | None, state_dir: str | No
 
         tok, record = _host(lambda: users.create_token(_store(state_dir), name, label, expires_in, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
         body: dict[str, Any] = {"user": name, "label": label}
         if expires_in is not None:
             body["expires_in"] = expires_in
-        result = _client().post("/tokens", body)
+        result = logged_in_client().post("/tokens", body)
         tok, record = result["token"], result["token_record"]
     if as_json:
         emit_json({"token": tok, "token_record": record})
@@ -219,9 +219,9 @@ def token_list(name: str | None, state_dir: str | None, as_json: bool) -> None:
 
         rows = users.list_tokens(_store(state_dir), name)
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        rows = _client().get("/tokens", params={"user": name} if name else {"all": 1})["tokens"]
+        rows = logged_in_client().get("/tokens", params={"user": name} if name else {"all": 1})["tokens"]
     if as_json:
         emit_json({"tokens": rows})
         return
@@ -240,9 +240,9 @@ def token_revoke(token_id: str, state_dir: str | None) -> None:
 
         _host(lambda: users.revoke_token(_store(state_dir), token_id, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        _client().delete(f"/tokens/{token_id}")
+        logged_in_client().delete(f"/tokens/{token_id}")
     click.echo(f"revoked {token_id}")
 
 
@@ -256,9 +256,9 @@ def gpus() -> None:
 @click.option("--model", help="Model name shown for them (default: gpus.declared_model).")
 def gpus_declare(count: int, model: str | None) -> None:
     """Declare COUNT test GPUs on a host without NVIDIA GPUs: at once, no restart, kept across restarts; 0 undoes it."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    done = _client().post("/gpus/declare", {"count": count, **({"model": model} if model else {})})
+    done = logged_in_client().post("/gpus/declare", {"count": count, **({"model": model} if model else {})})
     click.echo(f"{plural(len(done['gpus']), 'GPU')} ({done['inventory']})" + ("" if count else ": back to mlpd.toml's gpus.declare or the real GPUs"))
 
 
@@ -267,9 +267,9 @@ def gpus_declare(count: int, model: str | None) -> None:
 @click.option("--reason", default="", help="Why, shown wherever the GPU is listed.")
 def gpus_drain(gpu: str, reason: str) -> None:
     """Drain GPU (an index or UUID as 'mlpd gpus' shows them); takes effect at once and survives restarts."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    done = _client().post(f"/gpus/{gpu}/drain", {"reason": reason})
+    done = logged_in_client().post(f"/gpus/{gpu}/drain", {"reason": reason})
     click.echo(f"GPU {done['index']} ({done['gpu']}) drained" + (f": {reason}" if reason else "") +
                "; running work finishes, nothing new is placed on it. 'mlpd admin gpus undrain' reverses it")
 
@@ -278,9 +278,9 @@ def gpus_drain(gpu: str, reason: str) -> None:
 @click.argument("gpu")
 def gpus_undrain(gpu: str) -> None:
     """Let GPU take new work again."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    done = _client().post(f"/gpus/{gpu}/undrain")
+    done = logged_in_client().post(f"/gpus/{gpu}/undrain")
     click.echo(f"GPU {done['index']} ({done['gpu']}) takes new work again")
 
 

@@ -211,7 +211,8 @@ def check_follow(state_dir: str, ref, follow: bool, owner: str, follow_foreign: 
     return model_owner
 
 
-def _add_revision(db, dep_id: str, fields: dict[str, Any], now: float, canary: int | None = None) -> str:
+def add_revision(db, dep_id: str, fields: dict[str, Any], now: float, canary: int | None = None) -> str:
+    """A new revision (state rolling, the next seq) of the deployment, inside the caller's transaction; its id."""
     seq = (db.execute("SELECT MAX(seq) FROM deployment_revisions WHERE deployment = ?", [dep_id]).fetchone()[0] or 0) + 1
     rev_id = secrets.token_hex(6)
     db.execute("""INSERT INTO deployment_revisions (id, deployment, seq, model_uri, model_name, model_version, run_id, location,
@@ -282,7 +283,7 @@ def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str
         db.execute("""INSERT INTO deployments (id, owner, name, model_uri, follow_alias, followed_version, spec, key_hash, created_at, updated_at)
                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                    [dep_id, owner, name, uri, int(follow), fields["model_version"] if follow else None, json.dumps(spec), hash_key(key), now, now])
-        rev_id = _add_revision(db, dep_id, fields, now)
+        rev_id = add_revision(db, dep_id, fields, now)
         record_event(db, owner, "deployment.created", "deployment", dep_id, at=now, name=name, model=uri, serves=fields["model_uri"],
                      revision=rev_id, spec=spec, follow_alias=follow, **({"follows_versions_of": follows} if follows not in (None, owner) else {}))
     return must_get(store, dep_id), key
@@ -307,7 +308,7 @@ def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | Non
     with store.write() as db:
         db.execute("UPDATE deployments SET model_uri = ?, follow_alias = ?, followed_version = ?, updated_at = ? WHERE id = ?",
                    [uri, int(follow), fields["model_version"] if follow else None, now, dep["id"]])
-        rev_id = _add_revision(db, dep["id"], fields, now, canary)
+        rev_id = add_revision(db, dep["id"], fields, now, canary)
         record_event(db, actor, "deployment.update", "deployment", dep["id"], at=now, model=uri, serves=fields["model_uri"], revision=rev_id,
                      canary=canary)
     return must_get(store, dep["id"])
@@ -364,7 +365,7 @@ def remove(store: Store, config, dep: dict[str, Any], actor: str) -> None:
     """Stop every replica and forget the deployment; its endpoint answers 404 from now on."""
     for rep in replicas(store, dep["id"]):
         if rep["state"] not in TERMINAL_STATES:
-            _stop(store, rep["job_id"], actor, f"deployment {dep['name']} removed by {actor}")
+            stop_replica(store, rep["job_id"], actor, f"deployment {dep['name']} removed by {actor}")
     with store.write() as db:
         db.execute("DELETE FROM deployment_metrics WHERE deployment = ?", [dep["id"]])
         db.execute("DELETE FROM deployment_replicas WHERE deployment = ?", [dep["id"]])
@@ -375,7 +376,8 @@ def remove(store: Store, config, dep: dict[str, Any], actor: str) -> None:
     # of deployments that no longer exist once nothing of theirs runs (see remove_unused_dirs).
 
 
-def _stop(store: Store, job_id: str, actor: str, reason: str) -> None:
+def stop_replica(store: Store, job_id: str, actor: str, reason: str) -> None:
+    """Ask a replica's job to stop; one that is gone or has ended already is fine."""
     try:
         jobs.request_cancel(store, job_id, actor, reason=reason)
     except MlpdError as exc:

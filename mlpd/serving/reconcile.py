@@ -20,7 +20,7 @@ from typing import Any, Callable
 from mlpd import jobs
 from mlpd.jobs import TERMINAL_STATES
 from mlpd.units import parse_duration
-from mlpd.serving.deployments import (DeploymentError, _add_revision, _stop, list_deployments, replica_spec, replicas, resolve, revision_label,
+from mlpd.serving.deployments import (DeploymentError, add_revision, stop_replica, list_deployments, replica_spec, replicas, resolve, revision_label,
                           revision_transition, revisions, revisions_in)
 from mlpd.serving.models import ModelError, ModelStore, parse_uri
 from mlpd.serving.rollout import LIVE_REVISIONS, NOT_ENDED_REVISIONS, Action, Replica, Revision, plan
@@ -145,7 +145,7 @@ class ServingPass:
             elif fields is None:
                 db.execute("UPDATE deployments SET last_error = ? WHERE id = ?", [refused, dep["id"]])
             else:
-                rev_id = _add_revision(db, dep["id"], fields, now)
+                rev_id = add_revision(db, dep["id"], fields, now)
             record_event(db, "mlpd", "deployment.alias_moved", "deployment", dep["id"], at=now, alias=ref.alias, version=version, revision=rev_id)
         log.info("deployment %s: alias %s now points to version %s", dep["name"], ref.alias, version)
 
@@ -221,7 +221,7 @@ class ServingPass:
                 record_event(db, "mlpd", "deployment.rolled_back", "deployment", dep["id"], at=now, revision=rev["id"], reason=reason)
             log.warning("deployment %s: %s %s: %s", dep["name"], label, "rolled back" if dep["current"] else "failed", reason)
         elif action.kind == "stop":
-            _stop(self.store, action.job_id, "mlpd", action.reason)
+            stop_replica(self.store, action.job_id, "mlpd", action.reason)
             self.wake(f"deployment {dep['name']} stop")
         elif action.kind == "retire":
             with self.store.write() as db:

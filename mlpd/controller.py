@@ -33,7 +33,7 @@ from mlpd.logtext import live_log_path
 from mlpd.scheduling.priority_classes import PriorityClasses
 from mlpd.runtime.protocol import DEEP_LEARNING_ULIMITS, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd.scheduling import quotas
-from mlpd.units import host_limits, shm_size
+from mlpd.units import host_limits, parse_duration, shm_size
 from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
 from mlpd.scheduling.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
                             format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
@@ -55,8 +55,6 @@ def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
         return float(job["spec"]["time_limit"])
     default = config["jobs.default_time_limit"] if kind_of(job.get("kind")).default_time_limit else ""
     if default:
-        from mlpd.units import parse_duration
-
         return parse_duration(default)
     return None
 
@@ -202,8 +200,6 @@ def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: f
 
 def scheduler_policy(config: Config) -> Policy:
     """The scheduler's policy from the scheduler.* settings."""
-    from mlpd.units import parse_duration
-
     return Policy(backfill=config["scheduler.backfill"], fair_share=config["scheduler.fair_share"],
                   weight_priority=float(config["scheduler.weight_priority"]), weight_age=float(config["scheduler.weight_age"]),
                   max_age=parse_duration(config["scheduler.max_age"]), weight_fair_share=float(config["scheduler.weight_fair_share"]),
@@ -443,8 +439,6 @@ class JobController:
             self._preempt(s, plan, now)
 
     def _grace(self) -> float:
-        from mlpd.units import parse_duration
-
         return parse_duration(self.config["scheduler.preempt_grace"])
 
     def _preempt(self, s: SchedulerInputs, plan: Plan, now: float) -> None:
@@ -452,8 +446,6 @@ class JobController:
         within scheduler.preempt_after (or whose promised start is later than that); which ones is the
         pure scheduler's choice (choose_preemptions). The victims get SIGTERM now; each pass after
         the grace period stops what is left (see _reconcile_job)."""
-        from mlpd.units import parse_duration
-
         classes = s.classes
         assert classes is not None, "the pass loads the classes before it preempts"
         candidates, leaving = [], set()

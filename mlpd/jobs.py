@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import secrets
 import time
 from typing import Any, Iterable, Protocol
@@ -336,8 +337,6 @@ def history(store: Store, job_id: str) -> list[dict[str, Any]]:
 
 def job_dir(state_dir: str, job_id: str) -> str:
     """Where a job's log and outputs live; kept after its container is removed."""
-    import os
-
     return os.path.join(state_dir, "jobs", job_id)
 
 
@@ -355,6 +354,4 @@ def holds_code(store: Store, digest: str, owner: str) -> bool:
 
 def code_dir(state_dir: str, digest: str) -> str:
     """The extracted code archive with this sha256 digest."""
-    import os
-
     return os.path.join(state_dir, "code", digest)

@@ -16,6 +16,7 @@ is :func:`jupyter_activity`, the one place that talks to the server.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import mlpd
 from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.jobs import TERMINAL_STATES, JobState
@@ -31,7 +33,7 @@ from mlpd.kinds.jobspec import SpecError, parse_spec
 from mlpd.kinds.base import Kind
 from mlpd.ports import port_free
 from mlpd.units import format_duration, parse_duration
-from mlpd.runtime.protocol import LaunchRequest
+from mlpd.runtime.protocol import LaunchRequest, RuntimeFailure
 from mlpd.store import Store, record_event
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -461,18 +463,12 @@ def _ports_still_free(store: Store, config, ws: dict[str, Any]) -> dict[str, Any
 def launch_request(store: Store, config, job: dict[str, Any], base: LaunchRequest) -> LaunchRequest:
     """A session's container: the job's request plus the home, the owner's team folders (/shared/TEAM),
     the published loopback port, the Jupyter token, and the mlpd CLI (the daemon's package, read-only)."""
-    import dataclasses
-
     ws = by_id(store, job["workload"])
     if ws is None:
-        from mlpd.runtime.protocol import RuntimeFailure
-
         raise RuntimeFailure("its workspace was removed")
-    import mlpd
 
     from mlpd.kinds.sshkeys import write_authorized_keys
 
-    from mlpd.runtime.protocol import RuntimeFailure
     from mlpd import datasets
     from mlpd.team_folders import TeamFolderError, mounts_for
 

@@ -135,8 +135,6 @@ class SwitchableInventory:
         if row is None:
             return None
         if self._cache is None or self._cache[0] != row["value"]:
-            import json
-
             value = json.loads(row["value"])
             self._cache = (row["value"], DeclaredInventory(int(value["count"]), value.get("model") or "declared"))
         return self._cache[1]

@@ -20,15 +20,17 @@ do what the outside world does to containers: :meth:`vanish` (removed outside ml
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from mlpd.runtime.protocol import (LABEL_ATTEMPT, BuildRequest, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus,
-                                   container_env, container_name)
+                                   container_env, container_name, format_timestamp)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -56,8 +58,6 @@ class MemoryRuntime(Runtime):  # declared, so that mypy checks it against the Pr
 
     def __init__(self, instance: str = "memory", images: tuple[str, ...] = ("mlpd/train:latest",),
                  clock: Callable[[], float] | None = None):
-        import time
-
         self.instance = instance
         self.clock = clock or time.time
         self.images: dict[str, dict[str, str]] = {image: {} for image in images}
@@ -233,8 +233,6 @@ class MemoryRuntime(Runtime):  # declared, so that mypy checks it against the Pr
         return {"version": "in-memory", "nvidia": self.has_nvidia, "gateway": self.gateway, "refused_ulimits": sorted(self.refused_ulimits)}
 
     def image_id(self, image: str) -> str | None:
-        import hashlib
-
         return "sha256:" + hashlib.sha256(image.encode()).hexdigest() if image in self.images else None
 
     def image_labels(self, image: str) -> dict[str, str]:
@@ -317,8 +315,6 @@ class MemoryRuntime(Runtime):  # declared, so that mypy checks it against the Pr
 
 
 def _joined(output: list[tuple[float, str]], timestamps: bool) -> bytes:
-    from mlpd.runtime.protocol import format_timestamp
-
     return "".join(f"{format_timestamp(t)} {line}" if timestamps else line for t, line in output).encode()
 
 

@@ -7,12 +7,14 @@ admission decision, with messages that say the limit, the usage and the reset.
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from mlpd.scheduling.accounting import Allocation, decayed_usage, format_reset, period_bounds  # noqa: F401  (period_bounds re-exported)
+from mlpd.scheduling.accounting import Allocation, decayed_usage, format_reset, overlap_seconds, period_bounds  # noqa: F401  (period_bounds re-exported)
 from mlpd.config import Config
 from mlpd.errors import MlpdError
 from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, never_fits, use_of
@@ -78,8 +80,6 @@ def allocations(store: Store, since: float | None = None, owners: Iterable[str] 
 
 def gpu_hours_used(store: Store, members: Iterable[str], since: float, now: float) -> float:
     """GPU-hours the members used since `since` (open allocations count up to now)."""
-    from mlpd.scheduling.accounting import overlap_seconds
-
     return sum(overlap_seconds(a, since, now) for a in allocations(store, since, members)) / 3600
 
 
@@ -109,7 +109,6 @@ def fair_share_slowdown(store: Store, config: Config, now: float, queue: Sequenc
                         max_age: float) -> dict[str, float]:
     """Each owner's recent mean bounded slowdown (mlpd.scheduling.scheduler.owner_slowdowns) over the GPU jobs
     that started in the last four half-lives and the queued ones."""
-    import math
 
     from mlpd.units import parse_duration
     from mlpd.scheduling.scheduler import MIN_EXPANSION_BASE, owner_slowdowns
@@ -275,7 +274,6 @@ def default_caps(config: Config) -> tuple[float | None, int | None, int | None]:
 
 def running_uses(store: Store, config: Config, owners: Iterable[str] | None = None) -> list[Use]:
     """What the running work (every kind) of the owners (all when None) holds of their CPU, memory and workload caps."""
-    import json
 
     from mlpd.units import host_limits
 
@@ -323,8 +321,6 @@ def admit_resources(store: Store, config: Config, user: str, specs: Sequence[dic
 def held_gpus(store: Store, members: Iterable[str]) -> int:
     members = list(members)
     rows = store.query(f"SELECT gpu_uuids FROM jobs WHERE state IN ('starting', 'running') AND owner IN ({','.join('?' * len(members))})", members)
-    import json
-
     return sum(len(json.loads(r["gpu_uuids"])) for r in rows)
 
 

@@ -199,8 +199,6 @@ def check_follow(state_dir: str, ref, follow: bool, owner: str, follow_foreign: 
     (follow_foreign), and the answer says whose versions it will run."""
     if not follow:
         return None
-    from mlpd.serving.models import ModelStore
-
     model_owner = ModelStore(state_dir).model_owner(ref.name)
     if model_owner != owner and not follow_foreign:
         whose = f"{model_owner}'s" if model_owner else "an admin's (it has no owner)"

@@ -84,7 +84,8 @@ def bytes_filter(n: int | None) -> str:
 
 
 @ui.context_processor
-def _furniture() -> dict[str, Any]:
+def page_furniture() -> dict[str, Any]:
+    """What every page's template reads: navigation, the user, the CSRF token, helpers (ui_admin shares it)."""
     nav = list(NAV) + ([("ui_admin.overview", "Admin")] if g.get("user") and g.user.is_admin else [])
     return {"csrf_token": ui_auth.csrf_token, "nav": nav, "user": g.get("user"), "static_version": _static_version(),
             "meter": lambda p: Markup(ui_charts.meter(p)), "version": mlpd.__version__, "display_command": display_command,
@@ -92,7 +93,8 @@ def _furniture() -> dict[str, Any]:
 
 
 @ui.after_request
-def _headers(response: Response) -> Response:
+def page_headers(response: Response) -> Response:
+    """The security and caching headers of every page (ui_admin shares them)."""
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
@@ -111,12 +113,14 @@ def _error_page(status: int, message: str):
 
 
 @ui.errorhandler(MlpdError)
-def _mlpd_error(exc: MlpdError):
+def page_for_mlpd_error(exc: MlpdError):
+    """An MlpdError as an error page (ui_admin shares it)."""
     return _error_page(exc.status, exc.message)
 
 
 @ui.errorhandler(HTTPException)
-def _http_error(exc: HTTPException):
+def page_for_http_error(exc: HTTPException):
+    """An HTTP error as an error page (ui_admin shares it)."""
     message = exc.description or exc.name
     if exc.code == 404:
         message = "There is no such page, or it is not yours to see."

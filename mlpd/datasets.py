@@ -90,7 +90,7 @@ def forbidden_dirs(state_dir: str, docker_host: str = "") -> list[tuple[str, str
     """(directory, why) pairs a dataset may not be, be under, or contain; each also as it resolves."""
     out = [(state_dir, "the state directory (tokens, every member's home and outputs)")]
     out += [(d, d) for d in SYSTEM_DIRS]
-    for sock_dir in {os.path.dirname(DEFAULT_DOCKER_SOCKET), docker_socket_dir(docker_host)} - {None}:
+    for sock_dir in {d for d in (os.path.dirname(DEFAULT_DOCKER_SOCKET), docker_socket_dir(docker_host)) if d is not None}:
         out.append((sock_dir, "the Docker socket's directory"))
     resolved = [(os.path.realpath(d), why) for d, why in out]
     return list(dict.fromkeys(out + resolved))

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import click
 
-from mlpd.cli.common import _client, json_option
+from mlpd.cli.common import logged_in_client, json_option
 from mlpd.output import emit_json, table, when
 
 
@@ -28,7 +28,7 @@ def datasets(as_json: bool) -> None:
     """The datasets you may read: name, path in your jobs and workspaces, size, writable.
 
     Sizes are measured in the background by the daemon ('-' until the first measurement)."""
-    result = _client().get("/datasets")
+    result = logged_in_client().get("/datasets")
     if as_json:
         emit_json(result)
         return
@@ -54,7 +54,7 @@ def dataset_add(name: str, path: str, teams: tuple[str, ...], users: tuple[str, 
     """Declare dataset NAME: the directory PATH on the daemon's host, at /datasets/NAME.
 
     No --team and no --user: everyone may read it. The path is checked now and at every launch."""
-    done = _client().post("/admin/datasets", {"name": name, "path": path, "teams": list(teams), "users": list(users), "writable": writable})
+    done = logged_in_client().post("/admin/datasets", {"name": name, "path": path, "teams": list(teams), "users": list(users), "writable": writable})
     d = done["dataset"]
     who = ", ".join([*(f"team {t}" for t in d["teams"]), *d["users"]]) or "everyone"
     click.echo(f"dataset {d['name']}: {d['path']} at {d['mount_path']} ({'writable' if d['writable'] else 'read-only'}) for {who}, "
@@ -65,7 +65,7 @@ def dataset_add(name: str, path: str, teams: tuple[str, ...], users: tuple[str, 
 @click.argument("name")
 def dataset_rm(name: str) -> None:
     """Remove dataset NAME (running work keeps its mount until it ends; the files stay)."""
-    _client().delete(f"/admin/datasets/{quote(name, safe='')}")
+    logged_in_client().delete(f"/admin/datasets/{quote(name, safe='')}")
     click.echo(f"dataset {name} removed; running work keeps its mount until it ends, the files stay")
 
 
@@ -73,7 +73,7 @@ def dataset_rm(name: str) -> None:
 @json_option
 def dataset_list(as_json: bool) -> None:
     """Every dataset: host path, who may read it, writable, where declared, size, and any problem a launch would refuse."""
-    result = _client().get("/admin/datasets")
+    result = logged_in_client().get("/admin/datasets")
     if as_json:
         emit_json(result)
         return
@@ -84,7 +84,7 @@ def dataset_list(as_json: bool) -> None:
 
 def disk_report(as_json: bool, all_users: bool) -> None:
     """`mlpd usage --disk`: your home and teams' folders (admins with --all: every one), size and limit."""
-    result = _client().get("/usage/disk", params={"all": "1"} if all_users else {})
+    result = logged_in_client().get("/usage/disk", params={"all": "1"} if all_users else {})
     if as_json:
         emit_json(result)
         return

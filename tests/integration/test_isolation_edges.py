@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from mlpd.jobs import TERMINAL_STATES
 
-
 from helpers import needs_docker, new_user, wait_for
 
 pytestmark = needs_docker

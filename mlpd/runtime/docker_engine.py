@@ -20,7 +20,7 @@ from docker.types import DeviceRequest, Mount, Ulimit
 from mlpd.runtime.protocol import (CA_BUNDLE_MOUNT, LABEL_ATTEMPT, LABEL_GPUS, LABEL_INSTANCE, LABEL_JOB, LABEL_KIND, LABEL_OWNER, BuildRequest,
                           ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, container_env, container_name)
 
-log = logging.getLogger("mlpd.runtime.protocol")
+log = logging.getLogger("mlpd.runtime")
 
 # Docker's container states, as phases: "created" never started; "paused" and "restarting" still hold the workload.
 _PHASES = {"created": Phase.PENDING, "running": Phase.RUNNING, "paused": Phase.RUNNING, "restarting": Phase.RUNNING,

@@ -307,7 +307,7 @@ def micro_state(n_queued: int, seed: int, free: int):
     holdings = [Holding(g.uuid, f"run{g.index}", rng.choice(USERS), now + rng.uniform(60, 86400))
                 for g in GPUS[free:]]
     queue = [QueuedJob(j["id"], j["owner"], j["gpus"], None, 0, now - rng.uniform(0, 86400), j["limit"]) for j in trace]
-    usage = {u: rng.uniform(0, 5e6) * w for u, w in zip(USERS, USER_WEIGHTS)}
+    usage = {u: rng.uniform(0, 5e6) * w for u, w in zip(USERS, USER_WEIGHTS, strict=True)}
     slowdown = {u: rng.uniform(1, 40) for u in USERS}
     return holdings, queue, now, usage, slowdown
 

@@ -69,6 +69,7 @@ def submit_job(store: Store, config: Config, devices: Sequence[Any], owner: str,
                data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Validate, admit and queue a job spec for `owner`: (the job row, warnings); an MlpdError
     naming the field, the class, the quota or the disk otherwise, with nothing stored."""
+    from mlpd import disk_use
     from mlpd.scheduling import quotas
 
     try:
@@ -78,6 +79,7 @@ def submit_job(store: Store, config: Config, devices: Sequence[Any], owner: str,
     check_fits(store, config, devices, spec, owner)
     check_priority_class(store, config, spec, owner, is_admin)
     check_disk(config)
+    disk_use.refusal(store, config, owner)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)
     warnings = warnings + quotas.admit(store, config, owner, spec.gpus,  # QuotaExceeded: 403
                                        work=[{"cpus": spec.cpus, "memory": spec.memory}])
     return jobs.submit(store, owner, spec, warnings), warnings

@@ -33,7 +33,7 @@ from mlpd.logtext import live_log_path
 from mlpd.scheduling.priority_classes import PriorityClasses
 from mlpd.runtime.protocol import DEEP_LEARNING_ULIMITS, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd.scheduling import quotas
-from mlpd.units import host_limits, shm_size
+from mlpd.units import host_limits, parse_duration, shm_size
 from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
 from mlpd.scheduling.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
                             format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
@@ -55,8 +55,6 @@ def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
         return float(job["spec"]["time_limit"])
     default = config["jobs.default_time_limit"] if kind_of(job.get("kind")).default_time_limit else ""
     if default:
-        from mlpd.units import parse_duration
-
         return parse_duration(default)
     return None
 
@@ -188,7 +186,7 @@ def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: f
     slow_f = slowdown_factors(slowdown, owners)
     queued = collections.Counter(q.owner for q in gpu_queue)
     for_the_host = collections.Counter(q.owner for q in s.waiting)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for user in sorted(set(usage_f) | set(slow_f)):
         score = p.weight_fair_share * usage_f.get(user, 1.0) + p.weight_slowdown * slow_f.get(user, 0.0)
         rows.append({"user": user, "usage_gpu_hours": max(usage.get(user, 0.0), 0.0) / 3600,
@@ -202,8 +200,6 @@ def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: f
 
 def scheduler_policy(config: Config) -> Policy:
     """The scheduler's policy from the scheduler.* settings."""
-    from mlpd.units import parse_duration
-
     return Policy(backfill=config["scheduler.backfill"], fair_share=config["scheduler.fair_share"],
                   weight_priority=float(config["scheduler.weight_priority"]), weight_age=float(config["scheduler.weight_age"]),
                   max_age=parse_duration(config["scheduler.max_age"]), weight_fair_share=float(config["scheduler.weight_fair_share"]),
@@ -223,12 +219,12 @@ def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gp
     with store.write() as db:
         for job_id in stale:  # it can no longer start (quota, drained GPUs): the reservation moves on
             db.execute("UPDATE jobs SET reserved_at = NULL WHERE id = ? AND state = 'queued'", [job_id])
-        if new:
+        if new and plan.head is not None:
             db.execute("UPDATE jobs SET reserved_at = ? WHERE id = ? AND state = 'queued'", [now, head])
             index_of = {g.uuid: g.index for g in gpus}
             indices = [index_of[u] for u in plan.head.gpu_uuids]
             by = "an unknown time (a holder has no time limit)" if plan.head.start is None else f"{format_time(plan.head.start)} at the latest"
-            record_event(db, "mlpd", "job.reserved", "job", head, at=now, gpu_indices=indices, starts_by=plan.head.start,
+            record_event(db, "mlpd", "job.reserved", "job", plan.head.job_id, at=now, gpu_indices=indices, starts_by=plan.head.start,
                          reason=f"GPUs {', '.join(map(str, indices))} reserved for it: it starts by {by}")
 
 
@@ -280,9 +276,10 @@ class JobController:
                 continue
             container = containers.get(job["id"])
             if container is None:
-                job = jobs.get(self.store, job["id"])
-                if job is None or job["state"] not in ACTIVE_STATES or self._is_launching(job["id"]):
+                fresh = jobs.get(self.store, job["id"])
+                if fresh is None or fresh["state"] not in ACTIVE_STATES or self._is_launching(fresh["id"]):
                     continue
+                job = fresh
                 container = self.runtime.inspect(job["id"])
             self._reconcile_job(job, container, now)
         for job_id, container in containers.items():
@@ -319,7 +316,7 @@ class JobController:
             return
         if job["state"] == JobState.STARTING.value:
             jobs.transition(self.store, job_id, JobState.RUNNING, started_at=c.started_at, container_id=c.id)
-            job = jobs.get(self.store, job_id)
+            job = jobs.must_get(self.store, job_id)
         started = job["started_at"] or c.started_at or now
         limit = effective_time_limit(job, self.config)
         if limit:
@@ -438,12 +435,10 @@ class JobController:
                                gpu_models=[model_of[u] for u in placement.gpu_uuids]):
                 job = dict(by_id[placement.job_id], state="starting", gpu_uuids=list(placement.gpu_uuids), gpu_indices=indices)
                 self._launch(job)
-        if plan.waiting and s.classes.preemptible:
+        if plan.waiting and s.classes is not None and s.classes.preemptible:
             self._preempt(s, plan, now)
 
     def _grace(self) -> float:
-        from mlpd.units import parse_duration
-
         return parse_duration(self.config["scheduler.preempt_grace"])
 
     def _preempt(self, s: SchedulerInputs, plan: Plan, now: float) -> None:
@@ -451,17 +446,16 @@ class JobController:
         within scheduler.preempt_after (or whose promised start is later than that); which ones is the
         pure scheduler's choice (choose_preemptions). The victims get SIGTERM now; each pass after
         the grace period stops what is left (see _reconcile_job)."""
-        from mlpd.units import parse_duration
-
         classes = s.classes
+        assert classes is not None, "the pass loads the classes before it preempts"
         candidates, leaving = [], set()
-        for job in s.active:
-            if job["preempt_requested_at"] is not None:
-                leaving.add(job["id"])
-            elif (kind_of(job["kind"]).preemptible and job["state"] == JobState.RUNNING.value and job["gpu_uuids"] and not job["cancel_requested_by"]
-                  and classes.is_preemptible(classes.of(job))):
-                candidates.append(Preemptible(job["id"], job["owner"], tuple(job["gpu_uuids"]), job["started_at"] or now,
-                                              classes.rank(classes.of(job))))
+        for row in s.active:
+            if row["preempt_requested_at"] is not None:
+                leaving.add(row["id"])
+            elif (kind_of(row["kind"]).preemptible and row["state"] == JobState.RUNNING.value and row["gpu_uuids"] and not row["cancel_requested_by"]
+                  and classes.is_preemptible(classes.of(row))):
+                candidates.append(Preemptible(row["id"], row["owner"], tuple(row["gpu_uuids"]), row["started_at"] or now,
+                                              classes.rank(classes.of(row))))
         if not candidates:
             return
         lowest = min(c.rank for c in candidates)
@@ -535,7 +529,7 @@ class JobController:
                     self.launching.pop(job_id, None)
                 self.wake(f"done {job_id}")
 
-    def run_stop(self, job_id: str, timeout: float) -> None:
+    def run_stop(self, job_id: str, timeout: int) -> None:
         """Stop the job's container (SIGTERM, then SIGKILL after `timeout`) and record how it ended.
         Idempotent: a job that has ended already, or whose container is gone, is left to the next pass."""
         with self._claim(job_id) as mine:
@@ -573,7 +567,7 @@ class JobController:
                 req = self._with_environment(fresh, req)
             state = self.runtime.start_job(req)
             if state.ended:
-                self._finish(jobs.get(self.store, job_id), state)
+                self._finish(jobs.must_get(self.store, job_id), state)
             else:
                 jobs.transition(self.store, job_id, JobState.RUNNING, started_at=state.started_at, container_id=state.id)
         except (ImageMissing, RuntimeFailure) as exc:

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 
 def _import_sqlite_utils():
@@ -39,7 +39,7 @@ def _import_sqlite_utils():
     """
     hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
     for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]
+        sys.modules[name] = None
     try:
         import sqlite_utils as module
     finally:
@@ -49,7 +49,10 @@ def _import_sqlite_utils():
     return module
 
 
-sqlite_utils = _import_sqlite_utils()
+if TYPE_CHECKING:
+    import sqlite_utils
+else:
+    sqlite_utils = _import_sqlite_utils()
 
 BUSY_TIMEOUT_MS = 10_000
 MIGRATION_SET = "mlpd"  # this application's rows in sqlite-utils' _sqlite_migrations table
@@ -330,6 +333,15 @@ def _migration_resource_caps(db: sqlite_utils.Database) -> None:
                                 "updated_at": float}, pk=("subject_kind", "subject"), not_null={"subject_kind", "subject", "updated_at"})
 
 
+def _migration_data(db: sqlite_utils.Database) -> None:
+    """Datasets declared at run time (`mlpd admin dataset add`; mlpd.toml's [datasets.NAME] are read from the
+    file), and the last background measurement of each home, team folder and dataset (mlpd.disk_use)."""
+    db["datasets"].create({"name": str, "path": str, "teams": str, "users": str, "writable": int, "added_by": str, "added_at": float},
+                          pk="name", not_null={"name", "path", "teams", "users", "writable", "added_by", "added_at"})
+    db["disk_sizes"].create({"kind": str, "name": str, "bytes": int, "measured_at": float}, pk=("kind", "name"),
+                            not_null={"kind", "name", "bytes", "measured_at"})
+
+
 def _migration_roles(db: sqlite_utils.Database) -> None:
     """Roles beyond member and admin: a viewer (reads what their teams' members see, changes nothing),
     and team admins (team_admins: a user who manages one team's members, quotas and grants).
@@ -370,7 +382,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0011_priority_grants", _migration_priority_grants),
     ("0012_jobs_started_at", _migration_jobs_started_at),
     ("0013_resource_caps", _migration_resource_caps),
-    ("0014_roles", _migration_roles),
+    ("0014_data", _migration_data),
+    ("0015_roles", _migration_roles),
 ]
 
 

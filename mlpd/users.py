@@ -360,7 +360,7 @@ def login_with_password(store: Store, name: str, password: str, now: float | Non
         ok = False
     else:
         ok = verify_password(row["password_hash"], password or "")
-    if not ok:
+    if not ok or row is None:
         until = _record_failure(store, name, now)
         if until:
             raise LoginRefused(_lock_message(until, now), code="locked", status=429)

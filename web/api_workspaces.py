@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from flask import g, jsonify, request
 
-from mlpd import jobs
+from mlpd import disk_use, jobs
 
 from mlpd.scheduling import quotas
 
@@ -57,7 +57,7 @@ def view(ws: dict, now: float | None = None) -> dict:
     return workspaces.view(ws, session, workspaces.idle_timeout(store(), config(), ws["owner"]), now or time.time())
 
 
-def _start_now_or_fail(ws: dict, wait: bool) -> None:
+def start_now_or_fail(ws: dict, wait: bool) -> None:
     """Without wait, a session the scheduler cannot place at once is withdrawn (nothing is left
     queued) and the error says what is free and who holds the rest."""
     if wait or not ws["spec"]["gpus"]:
@@ -102,11 +102,12 @@ def create_for_user(data: dict) -> tuple[dict, list[str]]:
 
     check_admission(workspaces.session_spec(spec, name))
     check_disk()
+    disk_use.refusal(store(), config(), g.user.name)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)
     warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"], work=[spec])  # QuotaExceeded: 403
     port = workspaces.allocate_port(store(), config()["workspaces.port_range"])
     ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
     ws = workspaces.create(store(), g.user.name, name, spec, port, ssh_port)
-    _start_now_or_fail(dict(ws, _new=True), bool(data.get("wait")))
+    start_now_or_fail(dict(ws, _new=True), bool(data.get("wait")))
     return ws, warnings
 
 
@@ -122,11 +123,12 @@ def show_workspace(name: str):
     ws = _get(name)
     out = view(ws)
     out["ready"] = out["state"] == "running" and workspaces.server_answers(ws["port"], ws["token"])
-    out["history"] = _history(ws)
+    out["history"] = history(ws)
     return jsonify({"workspace": out})
 
 
-def _history(ws: dict) -> list[dict]:
+def history(ws: dict) -> list[dict]:
+    """The workspace's events, oldest first, details decoded."""
     import json
 
     rows = store().query("SELECT at, actor, action, detail FROM events WHERE object_kind = 'workspace' AND object_id = ? ORDER BY id", [ws["id"]])
@@ -147,13 +149,14 @@ def start_workspace(name: str):
     data = json_body()
     ws = workspaces.wait_stopped(store(), _get(name))  # a stop in progress ends first: its GPUs are free again for the quota check
     check_disk()
+    disk_use.refusal(store(), config(), ws["owner"])
     quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
     before = ws["session"]
     ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
     if ws["session"] != before:
-        _start_now_or_fail(ws, bool(data.get("wait")))
+        start_now_or_fail(ws, bool(data.get("wait")))
     wake(f"submitted workspace {ws['id']} (start)")
-    return jsonify({"workspace": view(workspaces.by_id(store(), ws["id"]))})
+    return jsonify({"workspace": view(workspaces.must_get(store(), ws["id"]))})
 
 
 @route("/workspaces/<name>", methods=("DELETE",), summary="Remove a workspace (stopped first; your home stays)")

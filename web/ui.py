@@ -86,7 +86,8 @@ def bytes_filter(n: int | None) -> str:
 
 
 @ui.context_processor
-def _furniture() -> dict[str, Any]:
+def page_furniture() -> dict[str, Any]:
+    """What every page's template reads: navigation, the user, the CSRF token, helpers (ui_admin shares it)."""
     from mlpd.roles import is_viewer
 
     viewer = is_viewer(g.get("user"))
@@ -99,7 +100,8 @@ def _furniture() -> dict[str, Any]:
 
 
 @ui.after_request
-def _headers(response: Response) -> Response:
+def page_headers(response: Response) -> Response:
+    """The security and caching headers of every page (ui_admin shares them)."""
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
@@ -118,12 +120,14 @@ def _error_page(status: int, message: str):
 
 
 @ui.errorhandler(MlpdError)
-def _mlpd_error(exc: MlpdError):
+def page_for_mlpd_error(exc: MlpdError):
+    """An MlpdError as an error page (ui_admin shares it)."""
     return _error_page(exc.status, exc.message)
 
 
 @ui.errorhandler(HTTPException)
-def _http_error(exc: HTTPException):
+def page_for_http_error(exc: HTTPException):
+    """An HTTP error as an error page (ui_admin shares it)."""
     message = exc.description or exc.name
     if exc.code == 404:
         message = "There is no such page, or it is not yours to see."
@@ -332,7 +336,8 @@ def _saved_log(job_id: str) -> str:
 def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
     """Each time the job was preempted, oldest first: the attempt stopped, when, why (which job of
     which class it made way for, as `mlpd jobs show` says it) and that job's id when g.user may see it."""
-    out, for_job = [], None
+    out: list[dict[str, Any]] = []
+    for_job = None
     for event in history:
         if event["action"] == "job.preempt_requested":
             for_job = event["detail"].get("for_job")
@@ -543,8 +548,12 @@ def usage():
         "util": Markup(ui_charts.lines("Utilization per GPU, last hour", [(f"GPU {d.index}", util.get(d.uuid, [])) for d in devices], now - 3600, now)),
         "waits": Markup(ui_charts.vbars(f"Mean queue wait per day, last {days} days", _wait_points(waits, since, days), unit="min")),
     }
+    from mlpd import disk_use
+
+    disk = disk_use.usage_of(store(), config(), g.user.name)  # your home and teams' folders, as the worker last measured them
     return render_template("usage.html", days=days, by_user=by_user, by_team=by_team, by_day=sorted(by_day.values(), key=lambda r: r["key"]),
-                           waits=waits, charts=charts, currency=config()["pricing.currency"], periods=sorted(PERIODS, key=int))
+                           waits=waits, charts=charts, currency=config()["pricing.currency"], periods=sorted(PERIODS, key=int),
+                           disk=[("Your home", disk["home"])] + [(f"Team {t['team']}", t) for t in disk["teams"]])
 
 
 @ui.route("/usage.csv")

@@ -30,10 +30,10 @@ def _admins_only():
         abort(403, "This page is for admins.")
 
 
-ui_admin.context_processor(ui._furniture)
-ui_admin.after_request(ui._headers)
-ui_admin.register_error_handler(MlpdError, ui._mlpd_error)
-ui_admin.register_error_handler(HTTPException, ui._http_error)
+ui_admin.context_processor(ui.page_furniture)
+ui_admin.after_request(ui.page_headers)
+ui_admin.register_error_handler(MlpdError, ui.page_for_mlpd_error)
+ui_admin.register_error_handler(HTTPException, ui.page_for_http_error)
 
 SECTIONS = [("ui_admin.overview", "Overview"), ("ui_admin.users_page", "Users"), ("ui_admin.tokens_page", "Tokens"),
             ("ui_admin.teams_page", "Teams"), ("ui_admin.quotas_page", "Quotas"), ("ui_admin.gpus_page", "GPUs"),

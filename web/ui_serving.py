@@ -25,7 +25,7 @@ def _mine(name: str) -> dict:
 def deployment_list():
     from mlpd.scheduling import quotas
     from mlpd.web.api_jobs import check_admission, check_disk, wake
-    from mlpd.web.api_serving import _spec_of, _view
+    from mlpd.web.api_serving import spec_of, view
 
     values = {k: request.form.get(k, "").strip() for k in ("model", "name", "gpus")} if request.method == "POST" else {}
     errors: dict[str, str] = {}
@@ -39,7 +39,7 @@ def deployment_list():
             except ValueError:
                 raise MlpdError(400, "invalid_field", f"gpus: expected a whole number, got {values['gpus']!r}") from None
             name = serving.check_name(values["name"] or serving.default_name(values["model"]))
-            spec, job_spec = _spec_of({"gpus": gpus})
+            spec, job_spec = spec_of({"gpus": gpus})
             check_admission(job_spec)
             check_disk()
             quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"], work=[spec] * spec["replicas"])
@@ -52,15 +52,15 @@ def deployment_list():
     from mlpd.roles import is_viewer, readable_owners
 
     owner = readable_owners(store(), g.user) if is_viewer(g.user) else (None if everyone else g.user.name)
-    rows = [_view(d) for d in serving.list_deployments(store(), owner)]
+    rows = [view(d) for d in serving.list_deployments(store(), owner)]
     return render_template("deployments.html", rows=rows, values=values, errors=errors, key=key, everyone=everyone), 400 if errors else 200
 
 
 @ui.route("/deployments/<name>")
 def deployment(name: str):
-    from mlpd.web.api_serving import _view
+    from mlpd.web.api_serving import view
 
-    return render_template("deployment.html", d=_view(_mine(name), detail=True))
+    return render_template("deployment.html", d=view(_mine(name), detail=True))
 
 
 @ui.route("/deployments/<name>/<action>", methods=("POST",))

@@ -86,7 +86,7 @@ def doctor(config_file: str | None, state_dir: str | None, listen: str | None, a
     try:
         cfg = load_config(config_file, {"server.state_dir": state_dir, "server.listen": listen})
     except ConfigError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
     checks = run_checks(cfg)
     if as_json:
         from mlpd.output import emit_json

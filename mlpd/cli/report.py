@@ -22,12 +22,12 @@ def _hours(seconds: float | None) -> str:
 def report_cmd(since: str | None, until: str | None, by: str, as_json: bool, as_csv: bool) -> None:
     """The platform report (admins): active users, new users and their time to a first success, outcomes
     and causes of failure, queue waits, GPU-hours per team, models, deployments, time to production."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv: choose one")
     params: dict[str, Any] = {"by": by, **({"since": since} if since else {}), **({"until": until} if until else {})}
-    c = _client()
+    c = logged_in_client()
     if as_csv:
         click.echo(c.request("GET", "/admin/report", params={**params, "format": "csv"}).text, nl=False)
         return
@@ -73,7 +73,7 @@ def report_cmd(since: str | None, until: str | None, by: str, as_json: bool, as_
 @click.option("--csv", "as_csv", is_flag=True, help="CSV: id,at,actor,action,object_kind,object_id,label,detail.")
 def events_cmd(user: str | None, kind: str | None, since: str | None, limit: int, before: int | None, as_json: bool, as_csv: bool) -> None:
     """The audit trail (admins), newest first: who changed what, when."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv: choose one")
@@ -81,7 +81,7 @@ def events_cmd(user: str | None, kind: str | None, since: str | None, limit: int
     for key, value in (("user", user), ("kind", kind), ("since", since), ("before", before)):
         if value is not None and value != "":
             params[key] = value
-    c = _client()
+    c = logged_in_client()
     if as_csv:
         click.echo(c.request("GET", "/events", params={**params, "format": "csv"}).text, nl=False)
         return

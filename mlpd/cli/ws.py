@@ -12,7 +12,7 @@ import time
 
 import click
 
-from mlpd.cli.common import _client, json_option
+from mlpd.cli.common import logged_in_client, json_option
 from mlpd.output import duration, emit_json, table, when
 from mlpd.ports import port_free
 
@@ -48,7 +48,7 @@ def ws(ctx, all_users, as_json):
     """
     if ctx.invoked_subcommand is not None:
         return
-    data = _client().get("/workspaces", params={"all": 1} if all_users else {})
+    data = logged_in_client().get("/workspaces", params={"all": 1} if all_users else {})
     if as_json:
         emit_json(data)
         return
@@ -92,7 +92,7 @@ def create(name, gpus, gpu_model, image, requirements_file, cpus, memory, wait, 
     if requirements_file:
         with open(requirements_file, encoding="utf-8") as fh:
             body["requirements"] = fh.read()
-    client = _client()
+    client = logged_in_client()
     data = client.post("/workspaces", {k: v for k, v in body.items() if v is not None})
     w = data["workspace"]
     for note in data.get("warnings", []):
@@ -114,7 +114,7 @@ def create(name, gpus, gpu_model, image, requirements_file, cpus, memory, wait, 
 def start(name, wait, as_json):
     """Start a stopped workspace again (same home; a new Jupyter token and loopback ports: see `mlpd ws tunnel`).
     A stop still under way is waited for first."""
-    client = _client()
+    client = logged_in_client()
     client.post(f"/workspaces/{name}/start", {"wait": wait}, timeout=START_TIMEOUT)  # the daemon first waits for a stop in progress
     w = _wait_running(client, name)
     if as_json:
@@ -146,7 +146,7 @@ def _stop_and_wait(client, name: str) -> dict:
 def stop(name, no_wait, as_json):
     """Stop a workspace and return once it has stopped: its GPUs are freed; its home and settings stay
     (the next start gets a new token and ports)."""
-    client = _client()
+    client = logged_in_client()
     if no_wait:
         w = client.post(f"/workspaces/{name}/stop")["workspace"]
     else:
@@ -165,7 +165,7 @@ def stop(name, no_wait, as_json):
 @json_option
 def rm(name, as_json):
     """Remove a workspace (stopped first). Your home, shared by all your workspaces, stays."""
-    client = _client()
+    client = logged_in_client()
     _stop_and_wait(client, name)  # so that 'mlpd ws rm lab && mlpd ws create lab --gpus 1' finds its GPUs free
     data = client.delete(f"/workspaces/{name}")
     if as_json:
@@ -179,7 +179,7 @@ def rm(name, as_json):
 @json_option
 def show(name, as_json):
     """One workspace: state, GPUs, idle time, time until culling, history."""
-    w = _client().get(f"/workspaces/{name}")["workspace"]
+    w = logged_in_client().get(f"/workspaces/{name}")["workspace"]
     if as_json:
         emit_json({"workspace": w})
         return
@@ -200,7 +200,7 @@ def logs(name, follow, raw):
     """The JupyterLab server's output (current or last session)."""
     from mlpd import termsafe
 
-    client = _client()
+    client = logged_in_client()
     resp = client.request("GET", f"/workspaces/{name}/logs", stream=True, timeout=None if follow else 60, params={"follow": 1} if follow else {})
     out = termsafe.raw_stdout() if raw else sys.stdout.buffer
     for chunk in resp.iter_content(chunk_size=None):
@@ -213,7 +213,7 @@ def _reach(name: str, ssh_user: str | None, ssh_host: str | None) -> tuple[dict,
 
     The host is --ssh-host, else the daemon's answer: server.ssh_host where an admin set it, else
     the name this client reached the daemon by (the host of MLPD_URL or the stored login)."""
-    t = _client().get(f"/workspaces/{name}/tunnel")["tunnel"]
+    t = logged_in_client().get(f"/workspaces/{name}/tunnel")["tunnel"]
     if t["state"] != "running":
         click.echo(f"note: workspace {name} is {t['state']}; start it with 'mlpd ws start {name}'", err=True)
     return t, ssh_user or os.environ.get("USER") or getpass.getuser(), ssh_host or t["ssh_host"]
@@ -225,7 +225,7 @@ def on_the_daemons_host() -> bool:
     import ipaddress
     from urllib.parse import urlsplit
 
-    host = urlsplit(_client().url).hostname or ""
+    host = urlsplit(logged_in_client().url).hostname or ""
     if host == "localhost":
         return True
     try:
@@ -367,7 +367,7 @@ def keys(ctx, as_json):
     """Your SSH public keys, for SSH into your workspaces ('mlpd ws ssh-config'): add one, rm one, or list them."""
     if ctx.invoked_subcommand is not None:
         return
-    data = _client().get("/keys")
+    data = logged_in_client().get("/keys")
     if as_json:
         emit_json(data)
         return
@@ -387,7 +387,7 @@ def keys_add(file, as_json):
         click.echo("note: this file does not end in .pub; only the public half of a key belongs here", err=True)
     with open(file, encoding="utf-8", errors="replace") as fh:
         text = fh.read(20000)
-    data = _client().post("/keys", {"key": text})
+    data = logged_in_client().post("/keys", {"key": text})
     if as_json:
         emit_json(data)
         return
@@ -398,7 +398,7 @@ def keys_add(file, as_json):
 @click.argument("key_id")
 def keys_rm(key_id):
     """Remove a key (by ID or fingerprint)."""
-    _client().delete(f"/keys/{key_id}")
+    logged_in_client().delete(f"/keys/{key_id}")
     click.echo(f"removed key {key_id}")
 
 
@@ -407,5 +407,5 @@ def keys_rm(key_id):
 @click.argument("timeout", required=False)
 def admin_idle_timeout(user, timeout):
     """Allow USER's workspaces a longer idle TIMEOUT (e.g. 12h) than the host's workspaces.idle_timeout; none resets it."""
-    data = _client().request("PUT", f"/users/{user}/workspace-idle-timeout", json={"timeout": timeout or None}).json()
+    data = logged_in_client().request("PUT", f"/users/{user}/workspace-idle-timeout", json={"timeout": timeout or None}).json()
     click.echo(f"{user}: workspaces culled after {_duration(data['idle_timeout'])} idle")

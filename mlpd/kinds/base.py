@@ -58,7 +58,7 @@ class Kind:
 
         return f"mlpd jobs show {short_id(name.job_id)}"
 
-    def page(self, name: WorkloadName, owner_is_viewer: bool) -> tuple[str, dict[str, str]] | None:
+    def page(self, name: WorkloadName, owner_is_viewer: bool) -> tuple[str, dict[str, Any]] | None:
         """The web UI's page of one, as (endpoint, arguments), or None where it has none (a kind
         listed with jobs has a job's page)."""
         return ("ui.job", {"job_id": name.job_id}) if self.listed_with_jobs else None

@@ -317,7 +317,7 @@ def _extract_into(archive_path: str, tmp: str, max_unpacked_bytes: int, max_memb
                             raise CodeArchiveError(f"{m.name}: archive unpacks to more than {format_bytes(max_unpacked_bytes)}")
                         # O_EXCL|O_NOFOLLOW: never write through a planted symlink or over an earlier member.
                         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                        with os.fdopen(fd, "wb") as out, tar.extractfile(m) as src:
+                        with os.fdopen(fd, "wb") as out, tar.extractfile(m) as src:  # type: ignore[union-attr]  # a regular file (_check_member)
                             shutil.copyfileobj(src, out)
                             os.fchmod(out.fileno(), 0o755 if m.mode & 0o111 else 0o644)
                 except FileExistsError:

@@ -24,16 +24,18 @@ class Job(Kind):
         # The owner's home, as in their workspaces: prepared in a notebook, trained in a job, with no copy.
         # Derived from the owner's name only (never from the spec), so never another member's.
         # Its teams' folders too (/shared/TEAM), by the memberships of now.
+        from mlpd import datasets
         from mlpd.kinds.workspace import HOME, WorkspaceError, home_dir
         from mlpd.runtime.protocol import RuntimeFailure
         from mlpd.team_folders import TeamFolderError, mounts_for
 
         try:
             mounts = ((home_dir(config.state_dir, job["owner"], config["jobs.container_user"]), HOME, False),
-                      *mounts_for(store, config.state_dir, job["owner"], config["jobs.container_user"]))
+                      *mounts_for(store, config.state_dir, job["owner"], config["jobs.container_user"]),
+                      *datasets.mounts_for(store, config, job["owner"]))  # /datasets/NAME: paths checked again now
         except WorkspaceError as exc:
             raise RuntimeFailure(exc.message) from None
-        except TeamFolderError as exc:
+        except (TeamFolderError, datasets.DatasetRefused) as exc:
             raise RuntimeFailure(str(exc)) from None
         return dataclasses.replace(base, mounts=(*base.mounts, *mounts), env={**base.env, "HOME": HOME})
 

@@ -188,7 +188,7 @@ def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...] = ALLOWED) -> 
     """Refuse forbidden keys (with the reason) and report the unknown keys at once: the first
     MAX_KEYS_REPORTED by name (with a close match each), the rest counted, so that a body full
     of keys costs a pass over them and a short message, not a search per key."""
-    unknown = []
+    unknown: list[str] = []
     count = 0
     for key in data:
         if not isinstance(key, str):

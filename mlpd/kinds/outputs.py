@@ -114,7 +114,7 @@ def _stream(directory: str, root: int) -> Iterator[bytes]:
 
     def produce() -> None:
         try:
-            with tarfile.open(fileobj=_QueueWriter(blocks, stop), mode="w|gz", format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.open(fileobj=_QueueWriter(blocks, stop), mode="w|gz", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]  # a stream (w|) only writes
                 _add_tree(tar, root, "", 0)
         except _Aborted:
             pass

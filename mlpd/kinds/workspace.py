@@ -16,6 +16,7 @@ is :func:`jupyter_activity`, the one place that talks to the server.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import mlpd
 from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.jobs import TERMINAL_STATES, JobState
@@ -31,7 +33,7 @@ from mlpd.kinds.jobspec import SpecError, parse_spec
 from mlpd.kinds.base import Kind
 from mlpd.ports import port_free
 from mlpd.units import format_duration, parse_duration
-from mlpd.runtime.protocol import LaunchRequest
+from mlpd.runtime.protocol import LaunchRequest, RuntimeFailure
 from mlpd.store import Store, record_event
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -119,6 +121,14 @@ def by_id(store: Store, ws_id: str) -> dict[str, Any] | None:
     return _decode(row) if row else None
 
 
+def must_get(store: Store, ws_id: str) -> dict[str, Any]:
+    """by_id() for a workspace that must be there (one just written): WorkspaceError 404 if it is gone."""
+    ws = by_id(store, ws_id)
+    if ws is None:
+        raise WorkspaceError(404, "not_found", f"no workspace {ws_id}")
+    return ws
+
+
 def list_workspaces(store: Store, owner: str | None = None) -> list[dict[str, Any]]:
     if owner:
         return [_decode(r) for r in store.query("SELECT * FROM workspaces WHERE owner = ? ORDER BY name", [owner])]
@@ -149,7 +159,7 @@ def create(store: Store, owner: str, name: str, spec: dict[str, Any], port: int,
                    [ws_id, owner, name, json.dumps(spec), secrets.token_urlsafe(24), port, ssh_port, now, now])
         record_event(db, owner, "workspace.created", "workspace", ws_id, at=now, name=name, spec=spec)
         _new_session(db, owner, ws_id, name, spec, now)
-    return by_id(store, ws_id)
+    return must_get(store, ws_id)
 
 
 def _new_session(db, owner: str, ws_id: str, name: str, spec: dict[str, Any], now: float) -> str:
@@ -204,13 +214,13 @@ def start(store: Store, ws: dict[str, Any], actor: str, now: float | None = None
         current = row[0] if row else None
         state = db.execute("SELECT state FROM jobs WHERE id = ?", [current]).fetchone() if current else None
         if state and state[0] not in TERMINAL_STATES:
-            return by_id(store, ws["id"])
+            return must_get(store, ws["id"])
         db.execute("UPDATE workspaces SET token = ? WHERE id = ?", [secrets.token_urlsafe(24), ws["id"]])
         if ports:
             db.execute("UPDATE workspaces SET port = ?, ssh_port = ? WHERE id = ?", [*ports, ws["id"]])
         _new_session(db, ws["owner"], ws["id"], ws["name"], ws["spec"], now)
         record_event(db, actor, "workspace.started", "workspace", ws["id"], at=now)
-    return by_id(store, ws["id"])
+    return must_get(store, ws["id"])
 
 
 def stop(store: Store, ws: dict[str, Any], actor: str, reason: str) -> dict[str, Any]:
@@ -225,7 +235,7 @@ def stop(store: Store, ws: dict[str, Any], actor: str, reason: str) -> dict[str,
                 raise
         with store.write() as db:
             record_event(db, actor, "workspace.stopped", "workspace", ws["id"], reason=reason)
-    return by_id(store, ws["id"])
+    return must_get(store, ws["id"])
 
 
 def remove(store: Store, ws: dict[str, Any], actor: str) -> None:
@@ -447,31 +457,27 @@ def _ports_still_free(store: Store, config, ws: dict[str, Any]) -> dict[str, Any
     with store.write() as db:
         db.execute("UPDATE workspaces SET port = ?, ssh_port = ? WHERE id = ?", [port, ssh_port, ws["id"]])
         record_event(db, "mlpd", "workspace.port_replaced", "workspace", ws["id"], old=[ws["port"], ws["ssh_port"]], new=[port, ssh_port])
-    return by_id(store, ws["id"])
+    return must_get(store, ws["id"])
 
 
 def launch_request(store: Store, config, job: dict[str, Any], base: LaunchRequest) -> LaunchRequest:
     """A session's container: the job's request plus the home, the owner's team folders (/shared/TEAM),
     the published loopback port, the Jupyter token, and the mlpd CLI (the daemon's package, read-only)."""
-    import dataclasses
-
     ws = by_id(store, job["workload"])
     if ws is None:
-        from mlpd.runtime.protocol import RuntimeFailure
-
         raise RuntimeFailure("its workspace was removed")
-    import mlpd
 
     from mlpd.kinds.sshkeys import write_authorized_keys
 
-    from mlpd.runtime.protocol import RuntimeFailure
+    from mlpd import datasets
     from mlpd.team_folders import TeamFolderError, mounts_for
 
     ws = _ports_still_free(store, config, ws)
     home = home_dir(config.state_dir, job["owner"], config["jobs.container_user"])
     try:
         teams = mounts_for(store, config.state_dir, job["owner"], config["jobs.container_user"])  # /shared/TEAM, as in jobs
-    except TeamFolderError as exc:
+        teams += datasets.mounts_for(store, config, job["owner"])  # /datasets/NAME, as in jobs (paths checked again now)
+    except (TeamFolderError, datasets.DatasetRefused) as exc:
         raise RuntimeFailure(str(exc)) from None
     keys = write_authorized_keys(store, config.state_dir, job["owner"])
     env = {**base.env, "HOME": HOME, "JUPYTER_TOKEN": ws["token"], "MLPD_WORKSPACE": ws["name"],

@@ -87,11 +87,11 @@ def acquire_state_lock(state_dir: str, wait: float = 30.0):
             holder = fh.read().strip() or "unknown"
             if _alive(holder):
                 fh.close()
-                raise DaemonError(f"another mlpd daemon (pid {holder}) is already running on state directory {state_dir}; stop it first")
+                raise DaemonError(f"another mlpd daemon (pid {holder}) is already running on state directory {state_dir}; stop it first") from None
             if time.monotonic() > deadline:
                 fh.close()
                 raise DaemonError(f"the mlpd daemon (pid {holder}) on state directory {state_dir} is gone, but processes it started "
-                                  f"still hold {path} after {wait:.0f}s; stop them ('fuser -v {path}' lists them)")
+                                  f"still hold {path} after {wait:.0f}s; stop them ('fuser -v {path}' lists them)") from None
             if not announced:
                 log.warning("the previous daemon (pid %s) is gone but its processes still hold %s; waiting for them to exit", holder, path)
                 announced = True
@@ -285,8 +285,8 @@ class Daemon:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         self.config = resolve_container_listen(self.config)
-        if self.container_bind():
-            check_port_free(self.container_bind(), "server.container_listen")
+        if bind := self.container_bind():
+            check_port_free(bind, "server.container_listen")
         from mlpd.tracking.server import TrackingError, ensure_store
 
         try:
@@ -391,7 +391,7 @@ class Daemon:
                     self._fatal(child, ran)
                     continue
                 log.warning("%s exited (%s) after %.1fs; restarting it in %.0fs (BACKOFF; %d of %d quick exits in a row before FATAL)",
-                            name, supervision.exit_text(code), ran, child.restart_at - now, child.quick_exits, self.policy.fatal_after)
+                            name, supervision.exit_text(code), ran, (child.restart_at or now) - now, child.quick_exits, self.policy.fatal_after)
             if supervision.due(child, now) and not self.stopping:
                 self._start(name, commands[name])
                 changed = True

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
+import ipaddress
 import logging
+import os
+import re
+import tarfile
 import threading
 from typing import Callable, Iterator
 
@@ -12,10 +17,10 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, Mount, Ulimit
 
-log = logging.getLogger("mlpd.runtime.protocol")
-
 from mlpd.runtime.protocol import (CA_BUNDLE_MOUNT, LABEL_ATTEMPT, LABEL_GPUS, LABEL_INSTANCE, LABEL_JOB, LABEL_KIND, LABEL_OWNER, BuildRequest,
-                          ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name)
+                          ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, container_env, container_name)
+
+log = logging.getLogger("mlpd.runtime")
 
 # Docker's container states, as phases: "created" never started; "paused" and "restarting" still hold the workload.
 _PHASES = {"created": Phase.PENDING, "running": Phase.RUNNING, "paused": Phase.RUNNING, "restarting": Phase.RUNNING,
@@ -74,8 +79,6 @@ def ensure_network(client) -> str:
 def _gateway(attrs: dict) -> str | None:
     """A network's IPv4 gateway. Newer engines leave IPAM's Gateway out when it is the default; Docker
     then uses the first address of the subnet, so that is the answer."""
-    import ipaddress
-
     for item in attrs.get("IPAM", {}).get("Config") or []:
         if item.get("Gateway") and ":" not in item["Gateway"]:
             return item["Gateway"]
@@ -103,7 +106,7 @@ def bridge_gateway(base_url: str = "") -> str | None:
         return None
 
 
-class DockerRuntime:
+class DockerRuntime(Runtime):  # declared, so that mypy checks it against the Protocol
     """Job containers on the local Docker engine, labelled with this daemon's instance id."""
 
     def __init__(self, instance: str, base_url: str = "", gpu_mode: str = "auto"):
@@ -282,8 +285,6 @@ class DockerRuntime:
             return False
         with open(path + ".tmp", "wb") as fh:
             fh.write(data)
-        import os
-
         os.replace(path + ".tmp", path)
         return True
 
@@ -437,8 +438,6 @@ _RLIMIT_NAMES = {3: "stack", 7: "nofile", 8: "memlock"}
 
 def _refused_ulimits(error: str, asked: list[tuple[str, int, int]]) -> list[str]:
     """The asked-for resource limits a failed start names as refused ([] when it failed for another reason)."""
-    import re
-
     match = re.search(r"error setting rlimit type (\d+)", error)
     if not match:
         return []
@@ -457,9 +456,6 @@ def _kill_quietly(container, fired: threading.Event) -> None:
 
 def _directory_tar(directory: str, user: str, files: tuple[tuple[str, str], ...]) -> bytes:
     """A tar of directory (0755) and its files (0600), all owned by user (numeric uid:gid), to unpack at /."""
-    import io
-    import tarfile
-
     uid, gid = (int(x) for x in user.split(":"))
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:

@@ -45,7 +45,10 @@ class GpuInfo:
 class GpuInventory(Protocol):
     """What the scheduler and the API need to know about GPUs."""
 
-    kind: str
+    @property
+    def kind(self) -> str:
+        """What kind of inventory: declared, nvml, ..."""
+        ...
 
     def devices(self) -> list[GpuInfo]:
         """All GPUs, ordered by index."""
@@ -132,8 +135,6 @@ class SwitchableInventory:
         if row is None:
             return None
         if self._cache is None or self._cache[0] != row["value"]:
-            import json
-
             value = json.loads(row["value"])
             self._cache = (row["value"], DeclaredInventory(int(value["count"]), value.get("model") or "declared"))
         return self._cache[1]

@@ -113,6 +113,7 @@ def build_base(runtime, tag: str) -> Iterator[str]:
     script = os.path.join(images_dir(), "base", "build.sh")
     yield f"base {tag}: building with debootstrap (about a minute)"
     proc = subprocess.Popen(["bash", script, tag], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     for line in proc.stdout:
         yield "  " + line.rstrip()
     if proc.wait() != 0:

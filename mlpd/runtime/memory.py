@@ -20,14 +20,17 @@ do what the outside world does to containers: :meth:`vanish` (removed outside ml
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from mlpd.runtime.protocol import LABEL_ATTEMPT, BuildRequest, ImageMissing, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env, container_name
+from mlpd.runtime.protocol import (LABEL_ATTEMPT, BuildRequest, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus,
+                                   container_env, container_name, format_timestamp)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -50,13 +53,11 @@ class _Container:
     ignores_term: bool = False  # a process that neither ends nor exits on SIGTERM (only a stop ends it)
 
 
-class MemoryRuntime:
+class MemoryRuntime(Runtime):  # declared, so that mypy checks it against the Protocol
     """Job containers as Python objects; the same behaviour the contract suite asks of Docker."""
 
     def __init__(self, instance: str = "memory", images: tuple[str, ...] = ("mlpd/train:latest",),
                  clock: Callable[[], float] | None = None):
-        import time
-
         self.instance = instance
         self.clock = clock or time.time
         self.images: dict[str, dict[str, str]] = {image: {} for image in images}
@@ -232,8 +233,6 @@ class MemoryRuntime:
         return {"version": "in-memory", "nvidia": self.has_nvidia, "gateway": self.gateway, "refused_ulimits": sorted(self.refused_ulimits)}
 
     def image_id(self, image: str) -> str | None:
-        import hashlib
-
         return "sha256:" + hashlib.sha256(image.encode()).hexdigest() if image in self.images else None
 
     def image_labels(self, image: str) -> dict[str, str]:
@@ -264,7 +263,7 @@ class MemoryRuntime:
                     raise RuntimeFailure(f"building {req.tag} failed: it took longer than {req.timeout / 60:g} minutes")
             elif kind == "echo":
                 yield _expand(str(arg), env)
-            elif kind == "exit" and int(arg) != 0:
+            elif kind == "exit" and int(str(arg)) != 0:
                 raise RuntimeFailure(f"building {req.tag} failed: the build exited with code {arg}")
             elif kind == "exit":
                 break
@@ -291,7 +290,7 @@ class MemoryRuntime:
         while c.phase == Phase.RUNNING and c.steps:
             kind, arg = c.steps[0]
             if kind == "sleep":
-                until = c.cursor + float(arg)  # measured from the end of the step before
+                until = c.cursor + float(str(arg))  # measured from the end of the step before
                 if self.clock() < until:
                     return
                 c.cursor = until
@@ -302,7 +301,7 @@ class MemoryRuntime:
             elif kind == "shm":
                 c.output.append((c.cursor, f"1B-blocks\n{c.request.shm_size or DOCKER_DEFAULT_SHM}\n"))
             elif kind == "exit":
-                self._end(c, int(arg))
+                self._end(c, int(str(arg)))
                 return
             c.steps.pop(0)
         if c.phase == Phase.RUNNING and not c.steps:
@@ -316,8 +315,6 @@ class MemoryRuntime:
 
 
 def _joined(output: list[tuple[float, str]], timestamps: bool) -> bytes:
-    from mlpd.runtime.protocol import format_timestamp
-
     return "".join(f"{format_timestamp(t)} {line}" if timestamps else line for t, line in output).encode()
 
 

@@ -13,6 +13,7 @@ stopping or removing one that is gone is a no-op, and a failed start leaves noth
 
 from __future__ import annotations
 
+import datetime as _dt
 import enum
 import threading
 from dataclasses import dataclass, field
@@ -221,8 +222,6 @@ class Runtime(Protocol):
 
 def format_timestamp(t: float) -> str:
     """RFC 3339 in UTC with nanoseconds, as Docker stamps log lines: 2026-12-01T03:04:05.123456789Z."""
-    import datetime as _dt
-
     whole = int(t)
     stamp = _dt.datetime.fromtimestamp(whole, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{int(round((t - whole) * 1e9)):09d}Z"

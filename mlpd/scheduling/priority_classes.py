@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from mlpd.config import Config
 from mlpd.errors import MlpdError
@@ -56,7 +56,7 @@ class PriorityClasses:
     def is_preemptible(self, name: str) -> bool:
         return name in self.preemptible
 
-    def with_grants(self, granted: dict[str, Iterable[str]]) -> "PriorityClasses":
+    def with_grants(self, granted: Mapping[str, Iterable[str]]) -> "PriorityClasses":
         """These classes with the run-time grants (class -> users and "team:NAME") added to who may use them.
         A grant opens a restricted class to its subject; it never restricts an open class."""
         return dataclasses.replace(self, granted={k: tuple(v) for k, v in granted.items()})

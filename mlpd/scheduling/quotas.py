@@ -7,12 +7,14 @@ admission decision, with messages that say the limit, the usage and the reset.
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from mlpd.scheduling.accounting import Allocation, decayed_usage, format_reset, period_bounds  # noqa: F401  (period_bounds re-exported)
+from mlpd.scheduling.accounting import Allocation, decayed_usage, format_reset, overlap_seconds, period_bounds  # noqa: F401  (period_bounds re-exported)
 from mlpd.config import Config
 from mlpd.errors import MlpdError
 from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, never_fits, use_of
@@ -62,6 +64,7 @@ class QuotaExceeded(MlpdError):
 
 def allocations(store: Store, since: float | None = None, owners: Iterable[str] | None = None) -> list[Allocation]:
     """Ledger rows that overlap [since, now], optionally for some owners."""
+    params: list[Any]
     sql, params = "SELECT owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start, end FROM allocations WHERE 1=1", []
     if since is not None:
         sql += " AND (end IS NULL OR end >= ?)"
@@ -77,8 +80,6 @@ def allocations(store: Store, since: float | None = None, owners: Iterable[str] 
 
 def gpu_hours_used(store: Store, members: Iterable[str], since: float, now: float) -> float:
     """GPU-hours the members used since `since` (open allocations count up to now)."""
-    from mlpd.scheduling.accounting import overlap_seconds
-
     return sum(overlap_seconds(a, since, now) for a in allocations(store, since, members)) / 3600
 
 
@@ -108,7 +109,6 @@ def fair_share_slowdown(store: Store, config: Config, now: float, queue: Sequenc
                         max_age: float) -> dict[str, float]:
     """Each owner's recent mean bounded slowdown (mlpd.scheduling.scheduler.owner_slowdowns) over the GPU jobs
     that started in the last four half-lives and the queued ones."""
-    import math
 
     from mlpd.units import parse_duration
     from mlpd.scheduling.scheduler import MIN_EXPANSION_BASE, owner_slowdowns
@@ -232,8 +232,8 @@ def _caps_of(row: dict[str, Any] | None, defaults: tuple[float | None, int | Non
     """(max_cpus, max_memory, max_jobs) from a resource_caps row: NULL = the default, 0 = unlimited (None)."""
     if row is None:
         return defaults
-    out = []
-    for key, default in zip(("max_cpus", "max_memory", "max_jobs"), defaults):
+    out: list[Any] = []
+    for key, default in zip(("max_cpus", "max_memory", "max_jobs"), defaults, strict=True):
         value = row[key]
         out.append(default if value is None else (value or None))
     return out[0], out[1], out[2]
@@ -274,7 +274,6 @@ def default_caps(config: Config) -> tuple[float | None, int | None, int | None]:
 
 def running_uses(store: Store, config: Config, owners: Iterable[str] | None = None) -> list[Use]:
     """What the running work (every kind) of the owners (all when None) holds of their CPU, memory and workload caps."""
-    import json
 
     from mlpd.units import host_limits
 
@@ -322,8 +321,6 @@ def admit_resources(store: Store, config: Config, user: str, specs: Sequence[dic
 def held_gpus(store: Store, members: Iterable[str]) -> int:
     members = list(members)
     rows = store.query(f"SELECT gpu_uuids FROM jobs WHERE state IN ('starting', 'running') AND owner IN ({','.join('?' * len(members))})", members)
-    import json
-
     return sum(len(json.loads(r["gpu_uuids"])) for r in rows)
 
 

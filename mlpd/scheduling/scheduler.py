@@ -319,14 +319,14 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
     w_size = policy.weight_size if host_gpus > 0 else 0.0
     size_time = policy.size_time
     w_sd = policy.weight_slowdown if slowdown and fs_on else 0.0
-    sfac = slowdown_factors(slowdown, {j.owner for j in queue}) if w_sd else {}
+    sfac = slowdown_factors(slowdown or {}, {j.owner for j in queue}) if w_sd else {}
     keyed = []
     for j in queue:
         if j.id in reserved:
             keyed.append((-j.rank, 0, reserved[j.id], j.submitted_at, j.id, j))
             continue
         score = w_prio * j.priority
-        waited = now - j.submitted_at if timed else 0.0
+        waited = now - j.submitted_at if now is not None else 0.0
         if timed:
             score += w_age * (1.0 if max_age <= 0 or waited >= max_age else waited / max_age if waited > 0 else 0.0)
         if fs_on:
@@ -487,7 +487,7 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
         if any(h.ends_by is None for h in hs):
             return INF
         # An overdue holder is still there; the best guess is "any moment now".
-        return max(now, *(h.ends_by for h in hs))
+        return max(now, *(h.ends_by for h in hs if h.ends_by is not None))
 
     usable_by_model: dict[str, list[Gpu]] = {}
     for g in gpus:
@@ -510,8 +510,9 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
     head: _Head | None = None
     head_limits: frozenset[int] = frozenset()
 
-    def place(job: QueuedJob, chosen: Sequence[Gpu]) -> None:
+    def place(job: QueuedJob, chosen: Sequence[Gpu] | None) -> None:
         nonlocal cap, cap_outside
+        assert chosen is not None, "placed only where the free GPUs of its model fit it"
         placements.append(Placement(job.id, tuple(g.uuid for g in chosen)))
         # Placed work holds its GPUs like running work for the rest of this call.
         ends = None if job.time_limit is None else now + job.time_limit
@@ -668,7 +669,7 @@ def choose_preemptions(gpus: Sequence[Gpu], holdings: Sequence[Holding], waiting
                 continue
             free = [g.uuid for g in group if open_now(g)]
             if len(free) >= job.gpus:
-                option = ((0, 0, 0.0), free[:job.gpus], ())
+                option: tuple[tuple, list[str], tuple[Preemptible, ...]] = ((0, 0, 0.0), free[:job.gpus], ())
             else:
                 victims = _fewest_victims(job, group, free, holders, leaving, claimed, candidates, now)
                 if victims is None:

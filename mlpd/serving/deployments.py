@@ -30,7 +30,7 @@ import secrets
 import shutil
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence, overload
 
 from mlpd import jobs
 from mlpd.errors import MlpdError
@@ -111,6 +111,10 @@ def replica_spec(dep: dict[str, Any], rev: dict[str, Any], config, slot: int):
 
 
 # ------------------------------------------------------------------ rows
+@overload
+def _decode(row: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def _decode(row: None) -> None: ...
 def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -126,6 +130,14 @@ def get(store: Store, name: str) -> dict[str, Any] | None:
 
 def by_id(store: Store, dep_id: str) -> dict[str, Any] | None:
     return _decode(store.query_one("SELECT * FROM deployments WHERE id = ?", [dep_id]))
+
+
+def must_get(store: Store, dep_id: str) -> dict[str, Any]:
+    """by_id() for a deployment that must be there (one just written): DeploymentError 404 if it is gone."""
+    dep = by_id(store, dep_id)
+    if dep is None:
+        raise DeploymentError(404, "not_found", f"no deployment {dep_id}")
+    return dep
 
 
 def visible(store: Store, name: str, user_name: str, is_admin: bool) -> dict[str, Any] | None:
@@ -192,8 +204,6 @@ def check_follow(state_dir: str, ref, follow: bool, owner: str, follow_foreign: 
     (follow_foreign), and the answer says whose versions it will run."""
     if not follow:
         return None
-    from mlpd.serving.models import ModelStore
-
     model_owner = ModelStore(state_dir).model_owner(ref.name)
     if model_owner != owner and not follow_foreign:
         whose = f"{model_owner}'s" if model_owner else "an admin's (it has no owner)"
@@ -204,7 +214,8 @@ def check_follow(state_dir: str, ref, follow: bool, owner: str, follow_foreign: 
     return model_owner
 
 
-def _add_revision(db, dep_id: str, fields: dict[str, Any], now: float, canary: int | None = None) -> str:
+def add_revision(db, dep_id: str, fields: dict[str, Any], now: float, canary: int | None = None) -> str:
+    """A new revision (state rolling, the next seq) of the deployment, inside the caller's transaction; its id."""
     seq = (db.execute("SELECT MAX(seq) FROM deployment_revisions WHERE deployment = ?", [dep_id]).fetchone()[0] or 0) + 1
     rev_id = secrets.token_hex(6)
     db.execute("""INSERT INTO deployment_revisions (id, deployment, seq, model_uri, model_name, model_version, run_id, location,
@@ -275,10 +286,10 @@ def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str
         db.execute("""INSERT INTO deployments (id, owner, name, model_uri, follow_alias, followed_version, spec, key_hash, created_at, updated_at)
                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                    [dep_id, owner, name, uri, int(follow), fields["model_version"] if follow else None, json.dumps(spec), hash_key(key), now, now])
-        rev_id = _add_revision(db, dep_id, fields, now)
+        rev_id = add_revision(db, dep_id, fields, now)
         record_event(db, owner, "deployment.created", "deployment", dep_id, at=now, name=name, model=uri, serves=fields["model_uri"],
                      revision=rev_id, spec=spec, follow_alias=follow, **({"follows_versions_of": follows} if follows not in (None, owner) else {}))
-    return by_id(store, dep_id), key
+    return must_get(store, dep_id), key
 
 
 def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | None = None, follow_alias: bool | None = None,
@@ -300,10 +311,10 @@ def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | Non
     with store.write() as db:
         db.execute("UPDATE deployments SET model_uri = ?, follow_alias = ?, followed_version = ?, updated_at = ? WHERE id = ?",
                    [uri, int(follow), fields["model_version"] if follow else None, now, dep["id"]])
-        rev_id = _add_revision(db, dep["id"], fields, now, canary)
+        rev_id = add_revision(db, dep["id"], fields, now, canary)
         record_event(db, actor, "deployment.update", "deployment", dep["id"], at=now, model=uri, serves=fields["model_uri"], revision=rev_id,
                      canary=canary)
-    return by_id(store, dep["id"])
+    return must_get(store, dep["id"])
 
 
 def promote(store: Store, config, dep: dict[str, Any], actor: str, now: float | None = None) -> None:
@@ -357,7 +368,7 @@ def remove(store: Store, config, dep: dict[str, Any], actor: str) -> None:
     """Stop every replica and forget the deployment; its endpoint answers 404 from now on."""
     for rep in replicas(store, dep["id"]):
         if rep["state"] not in TERMINAL_STATES:
-            _stop(store, rep["job_id"], actor, f"deployment {dep['name']} removed by {actor}")
+            stop_replica(store, rep["job_id"], actor, f"deployment {dep['name']} removed by {actor}")
     with store.write() as db:
         db.execute("DELETE FROM deployment_metrics WHERE deployment = ?", [dep["id"]])
         db.execute("DELETE FROM deployment_replicas WHERE deployment = ?", [dep["id"]])
@@ -368,7 +379,8 @@ def remove(store: Store, config, dep: dict[str, Any], actor: str) -> None:
     # of deployments that no longer exist once nothing of theirs runs (see remove_unused_dirs).
 
 
-def _stop(store: Store, job_id: str, actor: str, reason: str) -> None:
+def stop_replica(store: Store, job_id: str, actor: str, reason: str) -> None:
+    """Ask a replica's job to stop; one that is gone or has ended already is fine."""
     try:
         jobs.request_cancel(store, job_id, actor, reason=reason)
     except MlpdError as exc:
@@ -393,7 +405,7 @@ def add_request_counts(store: Store, source: str, counts: dict[tuple[str, str], 
                               SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM deployments WHERE id = ?)""",
                            [dep_id, rev_id, source, requests, errors, seconds, json.dumps(buckets), now, dep_id])
             else:
-                merged = [a + b for a, b in zip(json.loads(row[0]), buckets)]
+                merged = [a + b for a, b in zip(json.loads(row[0]), buckets, strict=False)]
                 db.execute("""UPDATE deployment_metrics SET requests = requests + ?, errors = errors + ?, seconds = seconds + ?, buckets = ?,
                               updated_at = ? WHERE deployment = ? AND revision = ? AND source = ?""",
                            [requests, errors, seconds, json.dumps(merged), now, dep_id, rev_id, source])
@@ -414,7 +426,7 @@ def request_metrics(store: Store, dep_id: str | None = None) -> list[dict[str, A
         item["requests"] += r["requests"]
         item["errors"] += r["errors"]
         item["seconds"] += r["seconds"]
-        item["buckets"] = [a + b for a, b in zip(item["buckets"], json.loads(r["buckets"]))]
+        item["buckets"] = [a + b for a, b in zip(item["buckets"], json.loads(r["buckets"]), strict=False)]
     return sorted(out.values(), key=lambda x: (x["deployment"], x["revision"] or 0))
 
 
@@ -424,7 +436,7 @@ def latency_quantile(buckets: list[int], q: float) -> float | None:
     if not total:
         return None
     seen = 0
-    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets):
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=False):
         seen += count
         if seen >= q * total:
             return bound
@@ -472,7 +484,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, Any]], base_url: str, detail: bool = False,
-         metrics: list[dict[str, Any]] = ()) -> dict[str, Any]:
+         metrics: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The stable JSON form of a deployment (detail adds every revision, ended replicas and the endpoint's request counts)."""
     state, healthy = state_of(dep, revs, reps)
     by_id = {r["id"]: r for r in revs}
@@ -495,7 +507,7 @@ def view(dep: dict[str, Any], revs: list[dict[str, Any]], reps: list[dict[str, A
         "requested": dep["model_uri"], "follow_alias": dep["follow_alias"], "last_change": last_change(revs),
         "state": state, "endpoint": f"{base_url.rstrip('/')}/serve/{dep['name']}/invocations",
         "serving": rev_view(current), "rolling_out": rev_view(rolling),
-        "canary": {**rev_view(by_id[dep["canary"]]), "percent": by_id[dep["canary"]]["canary_percent"]} if dep.get("canary") in by_id else None,
+        "canary": {**(rev_view(by_id[dep["canary"]]) or {}), "percent": by_id[dep["canary"]]["canary_percent"]} if dep.get("canary") in by_id else None,
         "health": f"{healthy}/{dep['spec']['replicas']}", "replicas": dep["spec"]["replicas"], "healthy_replicas": healthy,
         "restarts": dep["restarts"], "last_error": dep["last_error"], "auth": dep["spec"]["auth"], "spec": dep["spec"],
         "created_at": dep["created_at"], "updated_at": dep["updated_at"],

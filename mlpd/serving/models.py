@@ -122,12 +122,12 @@ class ModelStore:
         """Where the model's files are now; ModelError 404 when it does not exist, 403 when its files are
         not in mlpd's store (mlpd serves only what its own store holds)."""
         if ref.alias:
-            version = self.alias_version(ref.name, ref.alias)
+            version = self.alias_version(ref.name or "", ref.alias)
             if version is None:
                 raise ModelError(404, "not_found", f"registered model {ref.name!r} has no alias {ref.alias!r} (or no such model)")
-            return self._version(ref.name, version)
+            return self._version(ref.name or "", version)
         if ref.version:
-            return self._version(ref.name, ref.version)
+            return self._version(ref.name or "", ref.version)
         if ref.model_id:
             row = self._one("SELECT artifact_location, source_run_id FROM logged_models WHERE model_id = ?", [ref.model_id])
             if row is None:
@@ -142,7 +142,7 @@ class ModelStore:
                            "ORDER BY creation_timestamp_ms DESC LIMIT 1", [ref.run_id, ref.path])
         if logged is not None:
             return ResolvedModel(ref.uri, self._checked(logged[0], ref.uri), run_id=ref.run_id)
-        location = self._checked((run[0] or "").rstrip("/") + "/" + ref.path, ref.uri)
+        location = self._checked((run[0] or "").rstrip("/") + "/" + (ref.path or ""), ref.uri)
         if not os.path.isfile(os.path.join(self.local_path(location), "MLmodel")):
             raise ModelError(404, "not_found", f"run {ref.run_id} has no model at {ref.path!r} (no MLmodel file there)")
         return ResolvedModel(ref.uri, location, run_id=ref.run_id)
@@ -306,7 +306,7 @@ def input_schema(state_dir: str, location: str) -> dict[str, Any]:
         meta = {}
     if not isinstance(meta, dict):
         meta = {}
-    signature = meta.get("signature") if isinstance(meta.get("signature"), dict) else {}
+    signature = found if isinstance(found := meta.get("signature"), dict) else {}
     for key in ("inputs", "outputs"):
         try:
             cols = json.loads(signature.get(key) or "null")
@@ -316,7 +316,7 @@ def input_schema(state_dir: str, location: str) -> dict[str, Any]:
             out[key] = [{"name": c.get("name"), "type": c.get("type") if c.get("type") != "tensor" else
                          f"tensor {(c.get('tensor-spec') or {}).get('dtype', '')} {(c.get('tensor-spec') or {}).get('shape', '')}".strip(),
                          "required": c.get("required", True)} for c in cols if isinstance(c, dict)]
-    info = meta.get("saved_input_example_info") if isinstance(meta.get("saved_input_example_info"), dict) else {}
+    info = found if isinstance(found := meta.get("saved_input_example_info"), dict) else {}
     serving_path = info.get("serving_input_path")
     if isinstance(serving_path, str) and "/" not in serving_path:
         try:

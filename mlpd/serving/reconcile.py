@@ -20,7 +20,7 @@ from typing import Any, Callable
 from mlpd import jobs
 from mlpd.jobs import TERMINAL_STATES
 from mlpd.units import parse_duration
-from mlpd.serving.deployments import (DeploymentError, _add_revision, _stop, list_deployments, replica_spec, replicas, resolve, revision_label,
+from mlpd.serving.deployments import (DeploymentError, add_revision, stop_replica, list_deployments, replica_spec, replicas, resolve, revision_label,
                           revision_transition, revisions, revisions_in)
 from mlpd.serving.models import ModelError, ModelStore, parse_uri
 from mlpd.serving.rollout import LIVE_REVISIONS, NOT_ENDED_REVISIONS, Action, Replica, Revision, plan
@@ -121,7 +121,7 @@ class ServingPass:
         (followed_version is the alias's version last acted on: a version that failed is not retried
         until the alias moves again)."""
         ref = parse_uri(dep["model_uri"])
-        version = ModelStore(self.config.state_dir).alias_version(ref.name, ref.alias)
+        version = ModelStore(self.config.state_dir).alias_version(ref.name or "", ref.alias or "")
         if version is None or version == dep["followed_version"]:
             return
         current = self.store.query_one("SELECT model_version FROM deployment_revisions WHERE id = ?", [dep["current"]]) if dep["current"] else None
@@ -145,7 +145,7 @@ class ServingPass:
             elif fields is None:
                 db.execute("UPDATE deployments SET last_error = ? WHERE id = ?", [refused, dep["id"]])
             else:
-                rev_id = _add_revision(db, dep["id"], fields, now)
+                rev_id = add_revision(db, dep["id"], fields, now)
             record_event(db, "mlpd", "deployment.alias_moved", "deployment", dep["id"], at=now, alias=ref.alias, version=version, revision=rev_id)
         log.info("deployment %s: alias %s now points to version %s", dep["name"], ref.alias, version)
 
@@ -221,19 +221,12 @@ class ServingPass:
                 record_event(db, "mlpd", "deployment.rolled_back", "deployment", dep["id"], at=now, revision=rev["id"], reason=reason)
             log.warning("deployment %s: %s %s: %s", dep["name"], label, "rolled back" if dep["current"] else "failed", reason)
         elif action.kind == "stop":
-            _stop(self.store, action.job_id, "mlpd", action.reason)
+            stop_replica(self.store, action.job_id, "mlpd", action.reason)
             self.wake(f"deployment {dep['name']} stop")
         elif action.kind == "retire":
             with self.store.write() as db:
                 if revision_transition(db, rev["id"], "retired", "mlpd", at=now, ended_at=now):
                     record_event(db, "mlpd", "deployment.retired", "deployment", dep["id"], at=now, revision=rev["id"])
-
-    def _note(self, dep: dict[str, Any], message: str, event: str) -> None:
-        if dep["last_error"] == message:
-            return
-        with self.store.write() as db:
-            db.execute("UPDATE deployments SET last_error = ?, updated_at = ? WHERE id = ?", [message, time.time(), dep["id"]])
-            record_event(db, "mlpd", event, "deployment", dep["id"], message=message)
 
     def remove_unused_dirs(self) -> None:
         """Remove the model copies of revisions that are over, and of removed deployments, once nothing of theirs runs."""

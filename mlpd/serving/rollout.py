@@ -115,7 +115,7 @@ def plan(revisions: list[Revision], replicas: list[Replica], wanted: int, now: f
     newest_rolling = max(rolling, key=lambda r: r.seq) if rolling else None
     for rev in revisions:
         mine = [r for r in replicas if r.revision == rev.id]
-        if rev.state == "rolling" and rev is not newest_rolling:
+        if rev.state == "rolling" and newest_rolling is not None and rev is not newest_rolling:
             actions.append(Action("supersede", rev.id, reason=f"superseded by {newest_rolling.label} before it took traffic"))
             continue
         if rev.state in LIVE_REVISIONS:

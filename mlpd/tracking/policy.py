@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import unquote
 
 from mlpd.errors import MlpdError
@@ -61,7 +61,6 @@ _LOGGED_MODEL_ARTIFACTS = re.compile(r"logged-models/([^/]+)/artifacts/(?:files|
 # The only model version sources mlpd accepts: MLflow's own references into its store. A local path or
 # any other URL would make the server read (model-versions/get-artifact) from where the member chose.
 MODEL_SOURCE_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -243,7 +242,7 @@ def check_create_locations(endpoint: str, body: dict[str, Any]) -> None:
                                                 f"or mlflow-artifacts:/ URI inside mlpd's store, not {str(source)[:200]!r}")
 
 
-def in_store(location: str | None) -> bool:
+def in_store(location: str | None) -> TypeGuard[str]:
     """True for a location inside mlpd's proxied artifact store (the only place MLflow may read or write)."""
     return isinstance(location, str) and location.startswith("mlflow-artifacts:/") and not unsafe_path(location[len("mlflow-artifacts:/"):].lstrip("/") or "x")
 

@@ -65,15 +65,16 @@ class Api:
         return token
 
 
-def make_api(state_dir: Path, declare_gpus: int = 2) -> Api:
-    """A fresh app on a fresh state directory (what the api fixture gives, for tests that need their own)."""
+def make_api(state_dir: Path, declare_gpus: int = 2, **settings) -> Api:
+    """A fresh app on a fresh state directory (what the api fixture gives, for tests that need their own);
+    `settings` override configuration keys, e.g. **{"quotas.home_gb": 1}."""
     from mlpd.config import load_config
     from mlpd.runtime.memory import MemoryRuntime
     from mlpd.store import Store
     from mlpd.tracking.server import artifacts_dir
     from mlpd.web import create_app
 
-    cfg = load_config(SHIPPED_CONFIG, {"server.state_dir": str(state_dir), "gpus.declare": declare_gpus})
+    cfg = load_config(SHIPPED_CONFIG, {"server.state_dir": str(state_dir), "gpus.declare": declare_gpus, **settings})
     Store(cfg.db_path).migrate()
     instance = "fast" + secrets.token_hex(4)
     (state_dir / "instance_id").write_text(instance + "\n")  # the daemon writes it at start

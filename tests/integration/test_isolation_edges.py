@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from mlpd.jobs import TERMINAL_STATES
 
-import pytest
-
 from helpers import needs_docker, new_user, wait_for
 
 pytestmark = needs_docker

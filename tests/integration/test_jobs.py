@@ -17,7 +17,6 @@ import tarfile
 import time
 
 import pytest
-import requests
 
 from helpers import as_json, needs_docker, new_user, wait_for
 

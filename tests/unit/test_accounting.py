@@ -1,7 +1,6 @@
 """GPU-hours arithmetic, fair share and quota-aware scheduling: pure functions, no database."""
 
 import datetime as dt
-import math
 
 import pytest
 

@@ -69,7 +69,7 @@ def test_every_lazy_name_resolves_to_a_command_of_that_name_in_its_module():
     groups = [(main, COMMANDS)]
     admin = main.get_command(click.Context(main), "admin")
     groups.append((admin, admin.lazy_subcommands))
-    assert set(admin.lazy_subcommands) == {"priority-class", "quota", "report", "events", "team", "ws-idle-timeout"}
+    assert set(admin.lazy_subcommands) == {"dataset", "priority-class", "quota", "report", "events", "team", "ws-idle-timeout"}
     for group, lazy in groups:
         for name, target in lazy.items():
             module, attr = target.split(":")

@@ -16,7 +16,7 @@ PACKAGES = {"mlpd": ROOT / "mlpd", "mlpd.web": ROOT / "web", "mlpd.workers": ROO
 def imports() -> dict[str, set[str]]:
     """{module file (relative): top-level names it imports, as dotted modules}."""
     found: dict[str, set[str]] = {}
-    for package, directory in PACKAGES.items():
+    for directory in PACKAGES.values():
         for path in directory.rglob("*.py"):
             names: set[str] = set()
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -95,7 +95,7 @@ def test_no_module_outside_the_kinds_tests_a_kind_by_its_name():
     """A kind is asked (mlpd.kinds.base.Kind), not named: `kind == "workspace"` outside its own module
     is how kinds became branches spread over the core before."""
     found = []
-    for package, directory in PACKAGES.items():
+    for directory in PACKAGES.values():
         for path in directory.rglob("*.py"):
             rel = str(path.relative_to(ROOT))
             if rel.startswith(("mlpd/kinds/", "mlpd/serving/")):  # a kind's own modules (serving is the deployment's)

@@ -28,7 +28,7 @@ def store(tmp_path):
 
 def add_revision(store: Store, n: int = 1, canary: int | None = None) -> str:
     with store.write() as db:
-        return serving._add_revision(db, "d1", {"model_uri": f"models:/churn/{n}", "model_name": "churn", "model_version": str(n),
+        return serving.add_revision(db, "d1", {"model_uri": f"models:/churn/{n}", "model_name": "churn", "model_version": str(n),
                                                 "run_id": None, "location": "x", "requirements": None}, T0, canary)
 
 

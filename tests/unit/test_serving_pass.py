@@ -61,7 +61,7 @@ def world(tmp_path, monkeypatch):
 
         def roll(self, n: int, canary: int | None = None):
             with store.write() as db:
-                serving._add_revision(db, "d1", {"model_uri": f"models:/churn/{n}", "model_name": "churn", "model_version": str(n), "run_id": None,
+                serving.add_revision(db, "d1", {"model_uri": f"models:/churn/{n}", "model_name": "churn", "model_version": str(n), "run_id": None,
                                                  "location": LOCATION.format(n=n), "requirements": None}, clock["now"], canary)
 
         def dep(self):

@@ -58,7 +58,7 @@ def test_a_gpu_held_by_a_workspace_or_a_replica_is_named_by_it_and_so_is_the_wai
         db.execute("""INSERT INTO deployments (id, owner, name, model_uri, spec, key_hash, created_at, updated_at)
                       VALUES ('d1', 'omar', 'iris', 'models:/iris/1', ?, 'x', ?, ?)""",
                    [json.dumps(serving.parse_deployment_spec({"gpus": 1})), T0, T0])
-        serving._add_revision(db, "d1", {"model_uri": "models:/iris/1", "model_name": "iris", "model_version": "1", "run_id": None,
+        serving.add_revision(db, "d1", {"model_uri": "models:/iris/1", "model_name": "iris", "model_version": "1", "run_id": None,
                                          "location": "mlflow-artifacts:/1/models/m-1/artifacts", "requirements": None}, T0, None)
     serving_pass.ServingPass(store, cfg, check=lambda port: "").run(T0)
     replica = store.query("SELECT job_id FROM deployment_replicas")[0]["job_id"]

@@ -33,7 +33,6 @@ def platform_page(sections):
     if until <= since:
         error, since = "until must be after since: showing the default period instead", report.default_since(until, by)
     rep = report.build(store(), TrackingDb(config().state_dir), since, until, by, now=now)
-    labels = [p["label"] for p in rep["periods"]]
     charts = {
         "active": Markup(ui_charts.vbars(f"Active users per {by}", [(p["label"], p["active_users"]) for p in rep["periods"]], unit="users")),
         "wait": Markup(ui_charts.vbars(f"Queue wait p95 per {by}", [(p["label"], (p["queue_wait_p95"] or 0) / 60) for p in rep["periods"]],
@@ -42,5 +41,5 @@ def platform_page(sections):
                                                               for r in rep["gpu_hours_by_team"]])),
     }
     day = lambda t: dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%d")
-    return render_template("admin_platform.html", sections=sections, rep=rep, charts=charts, labels=labels, by=by, error=error,
+    return render_template("admin_platform.html", sections=sections, rep=rep, charts=charts, by=by, error=error,
                            since_day=day(since), until_day=day(until)), 400 if error else 200

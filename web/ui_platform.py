@@ -40,6 +40,8 @@ def platform_page(sections):
         "teams": Markup(ui_charts.hbars("GPU-hours per team", [(r["team"], r["gpu_hours"], r["busy_gpu_hours"])
                                                               for r in rep["gpu_hours_by_team"]])),
     }
-    day = lambda t: dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%d")
+    def day(t):
+        return dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%d")
+
     return render_template("admin_platform.html", sections=sections, rep=rep, charts=charts, by=by, error=error,
                            since_day=day(since), until_day=day(until)), 400 if error else 200

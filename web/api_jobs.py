@@ -144,7 +144,13 @@ def check_admission(spec) -> None:
 
 def create_job(data: dict) -> tuple[dict, list[str]]:
     """Validate, admit and queue a job spec for g.user (the API and the web form both submit here):
-    (the job row, warnings); ApiError naming the field otherwise, with nothing stored."""
+    (the job row, warnings); ApiError naming the field otherwise, with nothing stored.
+    `after` (job ids with :ok or :any) makes it wait for those jobs (mlpd.automation.dependencies)."""
+    from mlpd.automation import dependencies
+
+    data = dict(data)
+    after = dependencies.parse_after(data.pop("after", None))  # not a field of the spec: the job's links
+    dependencies.check_visible(store(), after, g.user.name, g.user.is_admin)
     try:
         spec, warnings = parse_spec(data)
     except SpecError as exc:
@@ -156,7 +162,7 @@ def create_job(data: dict) -> tuple[dict, list[str]]:
 
     warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus,  # QuotaExceeded: 403
                                        work=[{"cpus": spec.cpus, "memory": spec.memory}])
-    job = jobs.submit(store(), g.user.name, spec, warnings)
+    job = dependencies.submit(store(), g.user.name, spec, warnings, after)
     wake(f"submitted {job['id']}")
     return job, warnings
 
@@ -206,6 +212,9 @@ def show_job(job_id: str):
     view["preemptions"] = jobs.preemptions(view["history"])
     view["waiting"] = explain_wait(job_id) if job["state"] == JobState.QUEUED.value else None
     view["mlflow_runs"] = mlflow_runs(job_id)
+    from mlpd.automation import links
+
+    view.update(links.of_job(store(), job_id))  # after (the jobs it waits for), schedule, sweep
     return jsonify({"job": view})
 
 

@@ -47,6 +47,9 @@ class ControllerLoop:
         self.serving = None  # mlpd.serving_pass.ServingPass, once Docker answers
         self.serving_busy = False  # a rollout or a drain is in progress: pass more often
         self.live_logs = LiveLogs(config.state_dir)  # running output copied to files that log followers poll
+        from mlpd.automation.passes import AutomationPass
+
+        self.automation = AutomationPass(self.store, config)  # dependencies, sweeps and schedules: before each scheduling pass
 
     def start(self) -> None:
         self._thread.start()
@@ -82,6 +85,7 @@ class ControllerLoop:
         """One pass: reconcile jobs with Docker and schedule; record a heartbeat either way."""
         if self.controller is None:
             self._connect()
+        self.automation.run()
         try:
             self.sampler.maybe_sample()
         except Exception:
@@ -136,6 +140,7 @@ class ControllerLoop:
         if self.controller is None:
             self.reconcile_once()
             return
+        self.automation.run()
         self.controller.schedule()
 
     def _run(self) -> None:
@@ -157,6 +162,8 @@ class ControllerLoop:
             deadline = self.controller.next_deadline if self.controller else None
             if deadline is not None:
                 timeout = min(interval, max(0.05, deadline - time.time()))  # stop a job at its time limit, not a tick later
+            if self.automation.next_due is not None:
+                timeout = min(timeout, max(0.05, self.automation.next_due - time.time()))  # a schedule fires on its minute
             if self.serving_busy:
                 timeout = min(timeout, SERVING_BUSY_INTERVAL)  # switch traffic within a second of a new version answering /ping
             if not self._wake.wait(timeout):

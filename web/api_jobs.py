@@ -176,7 +176,8 @@ def submit_job():
     return jsonify({"job": job_view(job), "warnings": warnings}), 201
 
 
-@route("/jobs", summary="List jobs, newest first (yours; admins ?all=1); ?state= filters, ?limit= (default 200) caps and sets truncated")
+@route("/jobs", summary="List jobs, newest first (yours; admins ?all=1); ?state= filters, ?schedule=NAME and ?sweep=ID the runs of one, "
+       "?limit= (default 200) caps and sets truncated")
 def list_jobs():
     states = [s for s in request.args.getlist("state") for s in s.split(",") if s]
     bad = [s for s in states if s not in jobs.STATE_NAMES]
@@ -187,7 +188,13 @@ def list_jobs():
         limit = max(1, min(int(request.args.get("limit", 200)), 10000))
     except ValueError:
         raise ApiError(400, "invalid_field", "limit: expected a whole number") from None
-    rows = jobs.list_jobs(store(), owner, states, limit=limit + 1)
+    schedule, sweep = request.args.get("schedule"), request.args.get("sweep")
+    if schedule or sweep:
+        from mlpd.automation import links
+
+        rows = links.jobs_of(store(), owner, states, limit + 1, schedule=schedule, sweep=sweep)
+    else:
+        rows = jobs.list_jobs(store(), owner, states, limit=limit + 1)
     return jsonify({"jobs": [job_view(j) for j in rows[:limit]], "truncated": len(rows) > limit})
 
 

@@ -135,6 +135,15 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/deployments/{name}/logs"): Case("deployments/served/logs", status=404, code="not_found",
                                               why="no replica has been placed: that needs the worker"),
     ("DELETE", "/deployments/{name}"): Case("deployments/removed"),
+    # -- schedules (sweeps and dependencies: tests/api/test_automation_api.py)
+    ("GET", "/schedules"): Case("schedules", contains="nightly"),
+    ("POST", "/schedules"): Case("schedules", json={"name": "fresh", "cron": "0 3 * * *", "timezone": "Europe/Berlin",
+                                                    "spec": {"command": ["python", "train.py"], "code": DIGEST}}, status=201),
+    ("GET", "/schedules/{name}"): Case("schedules/nightly", contains="0 3 * * *"),
+    ("POST", "/schedules/{name}/pause"): Case("schedules/to-pause/pause", contains='"paused":true'),
+    ("POST", "/schedules/{name}/resume"): Case("schedules/to-resume/resume", contains='"paused":false'),
+    ("POST", "/schedules/{name}/run-now"): Case("schedules/nightly/run-now", status=201, contains='"outcome":"fired"'),
+    ("DELETE", "/schedules/{name}"): Case("schedules/to-remove"),
 }
 
 
@@ -216,6 +225,9 @@ def world(api, fake_models) -> dict:
     for dep in ("served", "rolled", "removed"):
         ok("POST", "deployments", member, json={"model": "models:/iris/1", "name": dep})
     ok("POST", "deployments/rolled/update", member, json={"model": "models:/iris/3"})
+    for name in ("nightly", "to-pause", "to-resume", "to-remove"):
+        ok("POST", "schedules", member, json={"name": name, "cron": "0 3 * * *", "spec": {"command": ["python", "train.py"], "code": DIGEST}})
+    ok("POST", "schedules/to-resume/pause", member)
     return ids
 
 

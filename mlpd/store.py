@@ -362,7 +362,7 @@ def _migration_automation(db: sqlite_utils.Database) -> None:
     db["sweeps"].create({"id": str, "owner": str, "name": str, "definition": str, "parallel": int, "metric": str, "goal": str,
                          "experiment": str, "parent_run_id": str, "created_at": float, "cancelled_at": float},
                         pk="id", not_null={"owner", "definition", "parallel", "created_at"})
-    db["sweep_trials"].create({"sweep_id": str, "trial": int, "job_id": str, "params": str}, pk=("sweep_id", "trial"),
+    db["sweep_trials"].create({"sweep_id": str, "trial": int, "job_id": str, "params": str, "run_id": str}, pk=("sweep_id", "trial"),
                               not_null={"sweep_id", "trial", "job_id", "params"})
     db["sweep_trials"].create_index(["job_id"], index_name="sweep_trials_job", unique=True)
 

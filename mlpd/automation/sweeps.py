@@ -240,12 +240,12 @@ def waiting_reason(sweep_id: str, parallel: int) -> str:
 
 
 def create(store: Store, owner: str, p: SweepPlan, base_spec: Mapping[str, Any], experiment: str, parent_run_id: str,
-           child_run_ids: list[str], now: float | None = None) -> str:
+           child_run_ids: list[str], now: float | None = None, sweep_id: str | None = None) -> str:
     """Record the sweep and submit every trial as a waiting job (one transaction); returns the sweep id."""
     from mlpd.jobspec import parse_spec
 
     now = now if now is not None else time.time()
-    sweep_id = secrets.token_hex(6)
+    sweep_id = sweep_id or secrets.token_hex(6)
     definition = {"name": p.name, "command": p.command, "params": {q.name: (list(q.values) if q.values else f"{q.distribution}:{q.low:g}:{q.high:g}")
                                                                     for q in p.params},
                   "random": p.random_trials, "seed": p.seed, "spec": dict(base_spec)}

@@ -39,6 +39,7 @@ COMMANDS = {
     "schedule": "mlpd.cli.automation:schedule",
     "serve": "mlpd.cli.serving:serve",
     "submit": "mlpd.cli.jobs:submit",
+    "sweep": "mlpd.cli.automation:sweep",
     "usage": "mlpd.cli.usage:usage",
     "version": "mlpd.cli.identity:version",
     "wait": "mlpd.cli.jobs:wait",

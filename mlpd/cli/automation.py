@@ -247,3 +247,166 @@ _simple("pause", "Pause a schedule: nothing fires until it is resumed.")
 _simple("resume", "Resume a schedule from the next due time (what fell due while paused is not caught up).")
 _simple("run-now", "Submit one run of the schedule now (outside its cron times; the overlap rule does not apply).")
 _simple("rm", "Remove a schedule (its runs' jobs stay).")
+
+
+# ---------------------------------------------------------------- sweeps
+
+class SweepGroup(click.Group):
+    """`mlpd sweep [options] -- CMD` starts a sweep (the `start` subcommand); `mlpd sweep show|cancel|list ...` the rest."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=SweepGroup)
+def sweep():
+    """Sweeps: one job per trial over a grid or random parameters, at most --parallel running at once.
+
+    \b
+    mlpd sweep --param lr=0.1,0.01 --param bs=32,64 --parallel 2 --metric val_acc --goal max -- python train.py --lr {lr} --bs {bs}
+    mlpd sweep --random 20 --seed 1 --param lr=loguniform:1e-4:1e-1 --param bs=32,64 -- python train.py --lr {lr} --bs {bs}
+    mlpd sweep -f sweep.toml
+    mlpd sweep show ID   (trials, best first by the metric, read from MLflow)
+    mlpd sweep cancel ID / mlpd sweep list
+    """
+
+
+@sweep.command("start")
+@click.option("-f", "--file", "file", type=click.Path(exists=True, dir_okay=False), help="A sweep file (TOML): command, params, parallel, "
+              "metric, goal, random, seed, name, and a [job] table with the rest of each trial's job (as a job file).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUES",
+              help="A parameter (repeatable): a grid's values (lr=0.1,0.01), or for --random a distribution (lr=loguniform:1e-4:1e-1, "
+                   "uniform:A:B, int:A:B) or values to choose from.")
+@click.option("--random", "random_trials", type=int, help="Draw this many trials at random instead of the grid.")
+@click.option("--seed", type=int, help="The random draw's seed (the same seed, the same trials).")
+@click.option("--parallel", type=int, help="At most this many trials queued or running at once (default 1); the rest wait in the sweep.")
+@click.option("--metric", help="The MLflow metric that ranks the trials (sweep show).")
+@click.option("--goal", type=click.Choice(["max", "min"]), help="Whether a higher or a lower metric is better (default max).")
+@click.option("--name", help="A name for the sweep.")
+@click.option("--yes", is_flag=True, help="Confirm a sweep of more than 1,000 trials.")
+@job_options
+@json_option
+@click.argument("command", nargs=-1)
+def sweep_start(file, params, random_trials, seed, parallel, metric, goal, name, yes, code_dir, no_code, as_json, command, **flags):
+    """Start a sweep: -f sweep.toml, or --param ... -- CMD with {name} where each value goes."""
+    import tomllib
+
+    from mlpd.automation import sweeps
+    from mlpd.automation.sweeps import SweepError
+
+    definition: dict[str, Any] = {}
+    job: dict[str, Any] = {}
+    here = "."
+    if file:
+        try:
+            with open(file, "rb") as fh:
+                definition = tomllib.loads(fh.read().decode())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"{file}: cannot read it as TOML: {exc}")
+        job = definition.pop("job", {})
+        if not isinstance(job, dict):
+            raise click.ClickException(f"{file}: job: expected a table of job settings ([job])")
+        here = os.path.dirname(os.path.abspath(file))
+    if command:
+        definition["command"] = list(command)
+    try:
+        if params:
+            definition["params"] = {**(definition.get("params") or {}), **sweeps.parse_param_flags(list(params))}
+        for key, value in (("random", random_trials), ("seed", seed), ("parallel", parallel), ("metric", metric), ("goal", goal), ("name", name)):
+            if value is not None:
+                definition[key] = value
+        if "command" not in definition:
+            raise click.UsageError("give the command after -- (mlpd sweep --param lr=0.1,0.01 -- python train.py --lr {lr}) or -f sweep.toml")
+        p = sweeps.plan(definition, yes=yes)  # every refusal before any code is packed or sent
+    except SweepError as exc:
+        raise click.ClickException(exc.message)
+    client = _client()
+    env = {}
+    for item in flags.pop("env", ()) or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected K=V, got {item!r}", param_hint="--env")
+        env[key] = value
+    spec = {**job, **{k: v for k, v in flags.items() if k in JOB_FLAGS and v is not None}}
+    if env:
+        spec["env"] = {**(spec.get("env") or {}), **env}
+    rel = spec.pop("code_dir", None)
+    if isinstance(spec.get("requirements"), str) and file:
+        from mlpd.cli.jobs import read_requirements
+
+        spec["requirements"] = read_requirements(os.path.join(here, spec["requirements"]))
+    if not no_code:
+        from mlpd.cli.jobs import upload_code
+
+        directory = os.path.join(here, rel) if isinstance(rel, str) else (here if file and code_dir == "." else code_dir)
+        if not os.path.isdir(directory):
+            raise click.ClickException(f"code_dir: {directory} is not a directory")
+        spec["code"] = upload_code(client, directory)
+    body = {k: v for k, v in definition.items() if k in ("command", "params", "random", "seed", "parallel", "metric", "goal", "name")}
+    result = client.post("/sweeps", {**body, "spec": spec, **({"yes": True} if yes else {})})
+    for warning in result.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        emit_json(result)
+        return
+    s = result["sweep"]
+    kind = f"random, seed {s['seed']}" if s["random"] else "grid"
+    click.echo(f"sweep {s['id']}: {result['trials']} trials ({kind}), at most {s['parallel']} at once; "
+               f"MLflow parent run {s['parent_run_id']} in {s['experiment']}", err=True)
+    click.echo(f"follow it with: mlpd sweep show {s['id']}", err=True)
+    click.echo(s["id"])
+    del p
+
+
+@sweep.command("show")
+@click.argument("sweep_id")
+@json_option
+def sweep_show(sweep_id, as_json):
+    """A sweep's trials, best first by its metric (read from MLflow); the best named with its metric."""
+    result = _client().get(f"/sweeps/{sweep_id}")
+    if as_json:
+        emit_json(result)
+        return
+    s = result["sweep"]
+    states = ", ".join(f"{n} {state}" for state, n in sorted(s["states"].items()))
+    click.echo(f"sweep {s['id']}{' (' + s['name'] + ')' if s['name'] else ''} of {s['owner']}: {states}; at most {s['parallel']} at once"
+               + (f"; cancelled {when(s['cancelled_at'])}" if s["cancelled_at"] else ""))
+    click.echo(f"command: {' '.join(s['command'])}")
+    metric = s["metric"] or "metric"
+    if s["best"]:
+        b = s["best"]
+        click.echo(f"best: trial {b['trial']} (job {b['job_id']}) {metric}={b['metric']:g}  "
+                   + " ".join(f"{k}={v}" for k, v in b["params"].items()))
+    elif s["metric"]:
+        click.echo(f"best: none yet (no trial has logged {s['metric']})")
+    names = list(s["params"])
+    table([(t["trial"], t["job_id"], t["state"], "-" if t["metric"] is None else f"{t['metric']:g}", *(t["params"].get(n, "") for n in names))
+           for t in s["trials"]], ["trial", "job", "state", metric, *names])
+
+
+@sweep.command("cancel")
+@click.argument("sweep_id")
+@json_option
+def sweep_cancel(sweep_id, as_json):
+    """Cancel a sweep: its trials that have not ended are cancelled (running ones are stopped)."""
+    result = _client().post(f"/sweeps/{sweep_id}/cancel")
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"sweep {sweep_id}: cancelled {len(result['cancelled'])} trials")
+
+
+@sweep.command("list")
+@click.option("--all", "all_users", is_flag=True, help="Everyone's sweeps (admins).")
+@json_option
+def sweep_list(all_users, as_json):
+    """Your sweeps, newest first, with their trials' states."""
+    result = _client().get("/sweeps", params={"all": 1} if all_users else {})
+    if as_json:
+        emit_json(result)
+        return
+    table([(s["id"], s["name"] or "-", s["owner"], s["parallel"], s["metric"] or "-",
+            ", ".join(f"{n} {state}" for state, n in sorted(s["states"].items())), when(s["created_at"])) for s in result["sweeps"]],
+          ["id", "name", "owner", "parallel", "metric", "trials", "created"])

@@ -100,3 +100,97 @@ def test_a_schedule_every_minute_fires_within_five_seconds_skips_and_pauses(daem
     assert now_job.stdout.strip() in [j["id"] for j in runs("quick")]
     assert daemon.cli("schedule", "rm", "quick", token=token).returncode == 0
     assert as_json(daemon.cli("schedule", "--json", token=token))["schedules"] == []
+
+
+TRAIN = """import os, sys, time
+import mlflow
+lr, bs = float(sys.argv[2]), int(sys.argv[4])
+assert os.environ["MLPD_PARAM_LR"] == sys.argv[2] and os.environ["MLPD_PARAM_BS"] == sys.argv[4]
+with mlflow.start_run() as run:  # resumes the trial's child run (MLFLOW_RUN_ID)
+    time.sleep(2)
+    mlflow.log_metric("val_acc", lr * 1000 + bs)
+    print("run", run.info.run_id)
+"""
+
+
+def mlflow_run(daemon, token, run_id):
+    resp = daemon.api("GET", "/mlflow/api/2.0/mlflow/runs/get", token, params={"run_id": run_id})
+    assert resp.status_code == 200, resp.text[:300]
+    return resp.json()["run"]
+
+
+def test_a_two_by_two_grid_runs_four_trials_at_most_two_at_once_with_child_runs(daemon, tmp_path):
+    name, token = new_user(daemon, "sweep")
+    (tmp_path / "train.py").write_text(TRAIN)
+    started = daemon.cli("sweep", "--param", "lr=0.1,0.01", "--param", "bs=32,64", "--parallel", "2", "--metric", "val_acc", "--goal", "max",
+                         "--", "python3", "train.py", "--lr", "{lr}", "--bs", "{bs}", token=token, cwd=str(tmp_path))
+    assert started.returncode == 0, started.stderr
+    sweep_id = started.stdout.strip().splitlines()[-1]
+    assert "4 trials (grid), at most 2 at once" in started.stderr
+
+    def shown():
+        return as_json(daemon.cli("sweep", "show", sweep_id, "--json", token=token))["sweep"]
+
+    wait_for(lambda: shown()["states"] == {"succeeded": 4}, 240, 1.0, "the four trials to succeed")
+    s = shown()
+    # never more than two at once: from each trial's events, the time it was queued to the time it ended
+    spans = []
+    for t in s["trials"]:
+        history = job(daemon, token, t["job_id"])["history"]
+        queued = next(e["at"] for e in history if e["action"] == "job.queued")
+        ended = next(e["at"] for e in history if e["action"] == "job.succeeded")
+        spans.append((queued, ended))
+    most = max(sum(1 for a, b in spans if a <= moment < b) for moment, _ in spans)
+    assert most == 2, spans
+    # each trial logged into its own child run of the sweep's parent run, with its parameters
+    for t in s["trials"]:
+        run = mlflow_run(daemon, token, t["run_id"])
+        tags = {x["key"]: x["value"] for x in run["data"].get("tags", [])}
+        params = {x["key"]: x["value"] for x in run["data"].get("params", [])}
+        assert tags["mlflow.parentRunId"] == s["parent_run_id"] and tags["mlpd.job_id"] == t["job_id"]
+        assert params == t["params"] and run["info"]["user_id"] == name
+        assert t["metric"] == float(t["params"]["lr"]) * 1000 + int(t["params"]["bs"])
+    assert [t["params"] for t in s["trials"]][0] == {"lr": "0.1", "bs": "64"} and s["best"]["metric"] == 164.0
+    text = daemon.cli("sweep", "show", sweep_id, token=token)
+    assert f"best: trial 2 (job {s['best']['job_id']}) val_acc=164" in text.stdout
+    listed = as_json(daemon.cli("jobs", "--sweep", sweep_id, "--json", token=token))["jobs"]
+    assert sorted(j["id"] for j in listed) == sorted(t["job_id"] for t in s["trials"])
+
+
+def test_a_random_sweep_with_the_same_seed_gives_the_same_trials_and_cancel_stops_the_rest(daemon):
+    _, token = new_user(daemon, "rand")
+    args = ["sweep", "--no-code", "--random", "3", "--seed", "42", "--param", "lr=loguniform:1e-4:1e-1", "--param", "layers=int:1:8",
+            "--parallel", "1", "--", "sh", "-c", "sleep 60 # {lr} {layers}"]
+    first = daemon.cli(*args, token=token)
+    second = daemon.cli(*args, token=token)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    a, b = (as_json(daemon.cli("sweep", "show", r.stdout.strip().splitlines()[-1], "--json", token=token))["sweep"] for r in (first, second))
+    params = lambda s: [t["params"] for t in sorted(s["trials"], key=lambda t: t["trial"])]  # noqa: E731
+    assert params(a) == params(b) and len(params(a)) == 3 and a["seed"] == 42
+    assert sorted(a["states"]) in (["queued", "waiting"], ["running", "waiting"], ["starting", "waiting"]) and a["states"]["waiting"] == 2
+    for s in (a, b):
+        cancelled = daemon.cli("sweep", "cancel", s["id"], token=token)
+        assert cancelled.returncode == 0 and "cancelled 3 trials" in cancelled.stdout
+    wait_for(lambda: as_json(daemon.cli("sweep", "show", a["id"], "--json", token=token))["sweep"]["states"] == {"cancelled": 3}, 60, 0.5,
+             "the sweep's trials to be cancelled")
+
+
+def test_every_sweep_refusal_adds_nothing(daemon, tmp_path):
+    _, token = new_user(daemon, "refuse")
+    (tmp_path / "sweep.toml").write_text('command = ["echo", "{lr}"]\n[params]\nlr = []\n')
+    cases = [
+        (["--random", "2", "--param", "lr=lognormal:1:2", "--", "echo", "{lr}"], "unknown distribution 'lognormal'"),
+        (["--param", "lr=", "--", "echo", "{lr}"], "empty grid"),
+        (["-f", str(tmp_path / "sweep.toml")], "empty grid"),
+        (["--param", "lr=1,2", "--", "echo", "{lr}", "{bs}"], "placeholder {bs} has no parameter"),
+        (["--param", "a=" + ",".join(map(str, range(40))), "--param", "b=" + ",".join(map(str, range(30))), "--", "echo", "{a}{b}"],
+         "1200 trials, over 1000: confirm with --yes"),
+    ]
+    for args, message in cases:
+        result = daemon.cli("sweep", "--no-code", *args, token=token)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+    # the API refuses the same, whatever the client
+    resp = daemon.api("POST", "/api/v1/sweeps", token, json={"command": ["echo", "{lr}"], "params": {"lr": "lognormal:1:2"}, "random": 2})
+    assert resp.status_code == 400 and "unknown distribution" in resp.json()["error"]["message"]
+    assert as_json(daemon.cli("sweep", "list", "--json", token=token))["sweeps"] == []
+    assert as_json(daemon.cli("jobs", "--json", token=token))["jobs"] == []

@@ -109,7 +109,7 @@ def sweep_cancel(sweep_id: str):
 
 def scatter(title: str, points: list[tuple[str | None, float | None]], x_name: str, y_name: str) -> str:
     """An SVG scatter of metric against one parameter (numbers on a linear axis, or a log axis when they span
-    over two decades; other values as categories); trials without the metric are left out. Escaped markup."""
+    two decades or more; other values as categories); trials without the metric are left out. Escaped markup."""
     import math
 
     pts = [(x, y) for x, y in points if x is not None and y is not None]

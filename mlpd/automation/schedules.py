@@ -121,6 +121,12 @@ def job_ids(store: Store, owner: str | None, name: str) -> list[str]:
     return [r["job_id"] for r in store.query(sql + (" AND s.owner = ?" if owner else ""), [name, owner] if owner else [name])]
 
 
+def code_in_use(store: Store) -> set[str]:
+    """The code archives schedules run (retention keeps them: mlpd.retention)."""
+    return {r["digest"] for r in store.query("SELECT DISTINCT json_extract(spec, '$.code') AS digest FROM schedules "
+                                             "WHERE json_extract(spec, '$.code') IS NOT NULL")}
+
+
 def set_paused(store: Store, schedule: dict[str, Any], paused: bool, actor: str, now: float | None = None) -> dict[str, Any]:
     """Pause or resume. Resuming runs at the next due time from now on: what fell due while paused is not caught up."""
     now = now if now is not None else time.time()

@@ -303,3 +303,19 @@ def test_bad_schedules_are_refused_and_add_nothing(world):
         make_schedule(world, name="n")
     assert exc.value.status == 409
     assert [s["name"] for s in schedules.list_schedules(world.store)] == ["n"]
+
+
+def test_retention_keeps_the_code_a_schedule_runs(world, tmp_path):
+    import os
+
+    from mlpd import retention
+
+    digest = "c" * 64
+    os.makedirs(jobs.code_dir(world.config.state_dir, digest))
+    jobs.grant_code(world.store, digest, "alice")
+    spec, _ = parse_spec({"command": ["python", "train.py"], "code": digest})
+    schedules.create(world.store, "alice", "monthly", "0 0 1 * *", "UTC", spec.to_dict(), now=world.clock())
+    later = world.clock() + 400 * 86400  # long past retention.code_days, and no job used it since
+    assert retention.plan(world.store, world.config.state_dir, 30, 30, now=later).code == []
+    schedules.remove(world.store, schedules.get(world.store, "alice", "monthly"), "alice")
+    assert retention.plan(world.store, world.config.state_dir, 30, 30, now=later).code == [digest]

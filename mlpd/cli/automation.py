@@ -265,7 +265,7 @@ def sweep():
     """Sweeps: one job per trial over a grid or random parameters, at most --parallel running at once.
 
     \b
-    mlpd sweep --param lr=0.1,0.01 --param bs=32,64 --parallel 2 --metric val_acc --goal max -- python train.py --lr {lr} --bs {bs}
+    mlpd sweep [start] --param lr=0.1,0.01 --param bs=32,64 --parallel 2 --metric val_acc --goal max -- python train.py --lr {lr} --bs {bs}
     mlpd sweep --random 20 --seed 1 --param lr=loguniform:1e-4:1e-1 --param bs=32,64 -- python train.py --lr {lr} --bs {bs}
     mlpd sweep -f sweep.toml
     mlpd sweep show ID   (trials, best first by the metric, read from MLflow)

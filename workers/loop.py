@@ -49,7 +49,7 @@ class ControllerLoop:
         self.live_logs = LiveLogs(config.state_dir)  # running output copied to files that log followers poll
         from mlpd.automation.passes import AutomationPass
 
-        self.automation = AutomationPass(self.store, config)  # dependencies, sweeps and schedules: before each scheduling pass
+        self.automation = AutomationPass(self.store, config)  # dependencies, sweeps and schedules (mlpd.automation)
 
     def start(self) -> None:
         self._thread.start()
@@ -85,13 +85,15 @@ class ControllerLoop:
         """One pass: reconcile jobs with Docker and schedule; record a heartbeat either way."""
         if self.controller is None:
             self._connect()
-        self.automation.run()
+        self.automation.release()
         try:
             self.sampler.maybe_sample()
         except Exception:
             log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
+            if self.automation.fire():  # after reconciling: a schedule's previous run may have ended while the daemon was down
+                self.wake("submitted by a schedule")
             try:
                 self.live_logs.follow_running(self.store, self.controller.runtime)
             except Exception:
@@ -140,7 +142,7 @@ class ControllerLoop:
         if self.controller is None:
             self.reconcile_once()
             return
-        self.automation.run()
+        self.automation.release()
         self.controller.schedule()
 
     def _run(self) -> None:

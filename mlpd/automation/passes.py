@@ -12,16 +12,24 @@ log = logging.getLogger("mlpd.automation")
 
 
 class AutomationPass:
-    """Releases waiting jobs (dependencies, sweeps) and fires due schedules; `next_due` is when it
-    wants to run again at the latest (the loop shortens its wait to it), or None."""
+    """Releases waiting jobs (dependencies, sweeps: before every scheduling pass) and fires due schedules
+    (after each full reconciliation); `next_due` is when a schedule is due next (the loop shortens its
+    wait to it), or None."""
 
     def __init__(self, store: Store, config: Config):
         self.store, self.config = store, config
         self.next_due: float | None = None
 
     def run(self, now: float | None = None) -> bool:
-        """One pass; True when it queued, cancelled or submitted something (the scheduler then has work)."""
-        from mlpd.automation import dependencies, schedules, sweeps
+        """release() then fire(): True when either changed something (the scheduler then has work)."""
+        now = now if now is not None else time.time()
+        released = self.release(now)
+        return self.fire(now) or released
+
+    def release(self, now: float | None = None) -> bool:
+        """Queue the waiting jobs whose turn has come (dependencies, sweeps), cancel those whose dependencies
+        failed; True when one was. Before each scheduling pass."""
+        from mlpd.automation import dependencies, sweeps
 
         now = now if now is not None else time.time()
         changed = False
@@ -31,12 +39,19 @@ class AutomationPass:
                 changed = bool(step()) or changed
             except Exception:
                 log.exception("releasing waiting jobs (%s) failed; trying again on the next pass", name)
+        return changed
+
+    def fire(self, now: float | None = None) -> bool:
+        """Fire the due schedules; True when a run was submitted. Only after the jobs were reconciled with
+        Docker (a full pass): at a restart, the previous run of a schedule must be known to have ended
+        (it may have while the daemon was down) before the overlap rule looks at it."""
+        from mlpd.automation import schedules
+
+        now = now if now is not None else time.time()
+        changed = False
         try:
             fired, self.next_due = schedules.fire_due(self.store, self.config, now)
-            if fired:
-                changed = True
-                # jobs a schedule submitted with a dependency (--overlap queue) wait; the rest are queued
-                dependencies.release(self.store, now)
+            changed = fired > 0
         except Exception:
             log.exception("firing schedules failed; trying again on the next pass")
             self.next_due = now + 5

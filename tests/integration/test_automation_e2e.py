@@ -194,3 +194,30 @@ def test_every_sweep_refusal_adds_nothing(daemon, tmp_path):
     assert resp.status_code == 400 and "unknown distribution" in resp.json()["error"]["message"]
     assert as_json(daemon.cli("sweep", "list", "--json", token=token))["sweeps"] == []
     assert as_json(daemon.cli("jobs", "--json", token=token))["jobs"] == []
+
+
+def test_a_daemon_killed_across_a_due_time_fires_that_time_exactly_once_after_restart(make_daemon):
+    import signal
+
+    d = make_daemon()
+    _, token = new_user(d, "restart")
+    assert d.cli("schedule", "add", "every", "--cron", "* * * * *", "--no-code", "--", "true", token=token).returncode == 0
+
+    def runs():
+        return as_json(d.cli("schedule", "show", "every", "--json", token=token))["schedule"]["runs"]
+
+    wait_for(lambda: runs(), 75, 0.5, "the first run")
+    [first] = runs()
+    wait_for(lambda: job(d, token, first["job_id"])["state"] == "succeeded", 30, 0.2, "the first run to end")  # else: skipped (overlap)
+    d.stop(signal.SIGKILL)
+    missed = first["due_at"] + 60
+    wait_for(lambda: time.time() > missed + 2, 70, 0.5, "the next due time to pass while the daemon is down")
+    restarted = time.time()
+    d.start()
+    wait_for(lambda: len(runs()) == 2, 30, 0.5, "the missed due time to fire after the restart")
+    second = runs()[0]
+    assert second["due_at"] == missed and second["job_id"] and second["outcome"] in ("fired", "catch-up"), second
+    assert job(d, token, second["job_id"])["submitted_at"] >= restarted
+    # and never again for that due time, however often the worker looks before the next one
+    holds_for(lambda: [r["due_at"] for r in runs()] == [missed, first["due_at"]], max(0.0, missed + 60 - time.time() - 2), 0.5,
+              "one run per due time")

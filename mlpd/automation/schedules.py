@@ -36,6 +36,7 @@ from mlpd.store import Store, record_event
 log = logging.getLogger("mlpd.automation.schedules")
 OVERLAP = ("skip", "queue", "replace")
 CATCH_UP = ("one", "none")
+LOOK_BACK = 31 * 86400.0  # seconds: how far back a restart looks for missed due times
 CATCH_UP_AFTER = 60.0  # seconds: a due time found later than this was missed (the daemon was down), not just reached
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_SCHEDULES_PER_OWNER = 100
@@ -160,9 +161,14 @@ def run_now(store: Store, config: Config, schedule: dict[str, Any], actor: str, 
 def plan_firing(last_due: float, now: float, cron_text: str, timezone: str, catch_up: str) -> tuple[float | None, str]:
     """Pure: the due time to handle now (None: none has come) and how: "fire", "catch-up" or "missed"."""
     expr, tz = cron.parse(cron_text), cron.zone(timezone)
-    latest, count = cron.latest_at_or_before(expr, last_due, now, tz)
+    # Down for longer than LOOK_BACK: what fell due before then is missed as a whole (one catch-up covers
+    # it), and the search stays short (an every-minute schedule down a month: 43,200 steps).
+    start = max(last_due, now - LOOK_BACK)
+    latest, count = cron.latest_at_or_before(expr, start, now, tz)
     if latest is None:
         return None, ""
+    if start > last_due:
+        count += 1
     if count == 1 and now - latest <= CATCH_UP_AFTER:
         return latest, "fire"
     return latest, "catch-up" if catch_up == "one" else "missed"

@@ -319,3 +319,12 @@ def test_retention_keeps_the_code_a_schedule_runs(world, tmp_path):
     assert retention.plan(world.store, world.config.state_dir, 30, 30, now=later).code == []
     schedules.remove(world.store, schedules.get(world.store, "alice", "monthly"), "alice")
     assert retention.plan(world.store, world.config.state_dir, 30, 30, now=later).code == [digest]
+
+
+def test_a_long_downtime_gives_one_catch_up_and_then_runs_on_time():
+    year = 365 * 86400
+    due, how = schedules.plan_firing(T0, T0 + year + 30, "* * * * *", "UTC", "one")
+    assert how == "catch-up" and T0 + year - 60 < due <= T0 + year + 30
+    # once that is handled, the next minute fires as usual
+    assert schedules.plan_firing(due, due + 61, "* * * * *", "UTC", "one") == (due + 60, "fire")
+    assert schedules.plan_firing(T0, T0 + year, "0 3 1 1 *", "UTC", "none")[1] == "missed"

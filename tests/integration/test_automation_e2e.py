@@ -1,12 +1,14 @@
-"""Work that runs itself, end to end: a real daemon (the shared one), real Docker, real SQLite.
+"""Work that runs itself, end to end: a real daemon (the shared one; the restart test its own), real
+Docker, real SQLite, the daemon's real MLflow.
 
-A chain of jobs with --after, and a schedule firing every minute (two minutes of real time: each
-run is checked to be submitted within 5 s of its minute; skip, pause and resume on the way).
+A chain of jobs with --after; a schedule firing every minute (two minutes of real time: each run is
+checked to be submitted within 5 s of its minute; skip, pause and resume on the way); a daemon killed
+across a due time; a 2x2 sweep with --parallel 2 and its MLflow child runs; a seeded random sweep
+twice; every sweep refusal adding nothing.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 

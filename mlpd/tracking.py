@@ -360,6 +360,22 @@ class TrackingDb:
         rows = db.execute(f"SELECT run_uuid, value, is_nan FROM latest_metrics WHERE key = ? AND run_uuid IN ({marks})", [key, *run_ids])
         return {r[0]: float(r[1]) for r in rows if not r[2]}
 
+    def metric_history(self, run_ids: list[str], key: str, up_to_step: int) -> dict[str, list[tuple[int, float]]]:
+        """Each run's (step, value) points of metric `key`: every point up to `up_to_step`, and the last step
+        beyond it (so a caller knows the run got that far)."""
+        db = self._db()
+        if db is None or not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        out: dict[str, list[tuple[int, float]]] = {}
+        for run_id, step, value in db.execute(f"""SELECT run_uuid, step, value FROM metrics WHERE key = ? AND is_nan = 0
+                                                  AND run_uuid IN ({marks}) AND step <= ?""", [key, *run_ids, up_to_step]):
+            out.setdefault(run_id, []).append((int(step), float(value)))
+        for run_id, step in db.execute(f"SELECT run_uuid, MAX(step) FROM metrics WHERE key = ? AND run_uuid IN ({marks}) AND step > ? "
+                                       "GROUP BY run_uuid", [key, *run_ids, up_to_step]):
+            out.setdefault(run_id, []).append((int(step), float("nan")))
+        return out
+
     def run_statuses(self, run_ids: list[str]) -> dict[str, tuple[str, str]]:
         """{run id: (status, experiment id)} of these runs."""
         db = self._db()

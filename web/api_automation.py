@@ -135,6 +135,8 @@ SWEEP_BODY = {
     "name": Field(str, doc="a name for the sweep (its MLflow parent run and its trials' names)"),
     "spec": Field(dict, doc="the rest of each trial's job spec (image, gpus, code, env, experiment, ...), as POST /jobs takes it"),
     "yes": Field(bool, doc="confirm a sweep of more than 1,000 trials"),
+    "stop_after_steps": Field(int, doc="early stopping by the median rule: a running trial whose best metric up to this step is "
+                                       "worse than the median of the other trials' there is stopped"),
 }
 
 
@@ -170,6 +172,7 @@ def sweep_view(s: dict, states: dict | None = None) -> dict:
     return {"id": s["id"], "name": s["name"], "owner": s["owner"], "parallel": s["parallel"], "metric": s["metric"], "goal": s["goal"],
             "experiment": s["experiment"], "parent_run_id": s["parent_run_id"], "created_at": s["created_at"],
             "cancelled_at": s["cancelled_at"], "command": d["command"], "params": d["params"], "random": d["random"], "seed": d["seed"],
+            "stop_after_steps": d.get("stop_after_steps"),
             **({"states": states} if states is not None else {})}
 
 

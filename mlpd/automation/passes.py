@@ -19,6 +19,7 @@ class AutomationPass:
     def __init__(self, store: Store, config: Config):
         self.store, self.config = store, config
         self.next_due: float | None = None
+        self._tracking_db = None  # MLflow's database, read for early stopping (mlpd.tracking.TrackingDb)
 
     def run(self, now: float | None = None) -> bool:
         """release() then fire(): True when either changed something (the scheduler then has work)."""
@@ -28,18 +29,26 @@ class AutomationPass:
 
     def release(self, now: float | None = None) -> bool:
         """Queue the waiting jobs whose turn has come (dependencies, sweeps), cancel those whose dependencies
-        failed; True when one was. Before each scheduling pass."""
+        failed, stop sweep trials the median rule judges; True when one was. Before each scheduling pass."""
         from mlpd.automation import dependencies, sweeps
 
         now = now if now is not None else time.time()
         changed = False
         for step, name in ((lambda: dependencies.release(self.store, now), "dependencies"),
-                           (lambda: sweeps.release(self.store, now), "sweeps")):
+                           (lambda: sweeps.release(self.store, now), "sweeps"),
+                           (lambda: sweeps.stop_early(self.store, self._tracking().metric_history, now), "early stopping")):
             try:
                 changed = bool(step()) or changed
             except Exception:
                 log.exception("releasing waiting jobs (%s) failed; trying again on the next pass", name)
         return changed
+
+    def _tracking(self):
+        from mlpd.tracking import TrackingDb
+
+        if self._tracking_db is None:
+            self._tracking_db = TrackingDb(self.config.state_dir)
+        return self._tracking_db
 
     def fire(self, now: float | None = None) -> bool:
         """Fire the due schedules; True when a run was submitted. Only after the jobs were reconciled with

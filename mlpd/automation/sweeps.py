@@ -193,6 +193,7 @@ class SweepPlan:
     params: list[Param]
     trials: list[dict[str, str]]
     command: list[str]
+    stop_after_steps: int | None = None  # early stopping by the median rule at this step (None: none)
 
 
 def plan(definition: Mapping[str, Any], yes: bool = False) -> SweepPlan:
@@ -226,11 +227,16 @@ def plan(definition: Mapping[str, Any], yes: bool = False) -> SweepPlan:
     goal = definition.get("goal") or "max"
     if goal not in GOALS:
         raise SweepError(f"goal: expected max or min, got {str(goal)[:20]!r}")
+    stop_after = definition.get("stop_after_steps")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise SweepError("stop_after_steps: expected a whole number of steps, at least 1")
+    if stop_after is not None and not metric:
+        raise SweepError("stop_after_steps: early stopping compares the trials' metric: give --metric")
     name = definition.get("name") or ""
     if not isinstance(name, str) or (name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name)):
         raise SweepError("name: 1-64 letters, digits, '.', '_' or '-'")
     trials = plan_trials(params, random_trials, seed)
-    return SweepPlan(name, parallel, metric, goal, random_trials, seed, params, trials, command)
+    return SweepPlan(name, parallel, metric, goal, random_trials, seed, params, trials, command, stop_after)
 
 
 # ---------------------------------------------------------------- the database
@@ -248,7 +254,7 @@ def create(store: Store, owner: str, p: SweepPlan, base_spec: Mapping[str, Any],
     sweep_id = sweep_id or secrets.token_hex(6)
     definition = {"name": p.name, "command": p.command, "params": {q.name: (list(q.values) if q.values else f"{q.distribution}:{q.low:g}:{q.high:g}")
                                                                     for q in p.params},
-                  "random": p.random_trials, "seed": p.seed, "spec": dict(base_spec)}
+                  "random": p.random_trials, "seed": p.seed, "stop_after_steps": p.stop_after_steps, "spec": dict(base_spec)}
     specs = []
     for n, (values, run_id) in enumerate(zip(p.trials, child_run_ids), start=1):
         env = {**(base_spec.get("env") or {}), **param_env(values), "MLPD_SWEEP_ID": sweep_id, "MLPD_TRIAL": str(n)}
@@ -345,3 +351,56 @@ def cancel(store: Store, sweep: dict[str, Any], actor: str) -> list[str]:
             except jobs.JobError:
                 pass  # it ended meanwhile
     return cancelled
+
+
+# ---------------------------------------------------------------- early stopping (the median rule)
+
+MEDIAN_MIN_OTHERS = 2  # trials that reached the step before the rule judges one
+
+
+def median_verdict(best_at_step: float, others: list[float], goal: str) -> float | None:
+    """The median rule (Vizier's median stopping; Optuna's MedianPruner): the median of the other trials'
+    best values up to the step when this trial's best is worse than it (stop), else None. Pure."""
+    import statistics
+
+    if len(others) < MEDIAN_MIN_OTHERS:
+        return None
+    median = statistics.median(others)
+    worse = best_at_step < median if goal == "max" else best_at_step > median
+    return median if worse else None
+
+
+def stop_early(store: Store, read_history, now: float | None = None) -> list[str]:
+    """Stop running trials of sweeps with stop_after_steps that the median rule judges: each trial that
+    logged its metric at that step or later is compared, by its best value up to the step, with the
+    median of the other trials that got there. read_history(run_ids, key, step) -> {run id: [(step,
+    value)]} (mlpd.tracking.TrackingDb.metric_history). Returns the ids asked to stop."""
+    rows = store.query("""SELECT s.id, s.metric, s.goal, s.definition FROM sweeps s WHERE s.cancelled_at IS NULL
+                          AND json_extract(s.definition, '$.stop_after_steps') IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM sweep_trials t JOIN jobs j ON j.id = t.job_id WHERE t.sweep_id = s.id AND j.state = ?)""",
+                       [JobState.RUNNING.value])
+    stopped = []
+    for sweep in rows:
+        step = json.loads(sweep["definition"])["stop_after_steps"]
+        trial_rows = [t for t in trials(store, sweep["id"]) if t["run_id"]]
+        history = read_history([t["run_id"] for t in trial_rows], sweep["metric"], step)
+        best = {}
+        for t in trial_rows:
+            points = history.get(t["run_id"]) or []
+            if points and max(s for s, _ in points) >= step:
+                values = [v for s, v in points if s <= step]
+                if values:
+                    best[t["job_id"]] = max(values) if sweep["goal"] == "max" else min(values)
+        for t in trial_rows:
+            if t["state"] != JobState.RUNNING.value or t["job_id"] not in best:
+                continue
+            median = median_verdict(best[t["job_id"]], [v for j, v in best.items() if j != t["job_id"]], sweep["goal"])
+            if median is None:
+                continue
+            reason = (f"stopped early by the median rule: its best {sweep['metric']} up to step {step} ({best[t['job_id']]:g}) is "
+                      f"{'below' if sweep['goal'] == 'max' else 'above'} the median of the other trials ({median:g})")
+            job = jobs.get(store, t["job_id"])
+            if job and job["cancel_requested_by"] is None:
+                jobs.request_cancel(store, t["job_id"], "mlpd", reason)
+                stopped.append(t["job_id"])
+    return stopped

@@ -286,10 +286,14 @@ def sweep():
 @click.option("--goal", type=click.Choice(["max", "min"]), help="Whether a higher or a lower metric is better (default max).")
 @click.option("--name", help="A name for the sweep.")
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 1,000 trials.")
+@click.option("--stop-after-steps", "stop_after_steps", type=int,
+              help="Early stopping by the median rule: a running trial whose best --metric up to step K is worse than the median "
+                   "of the other trials' there is stopped.")
 @job_options
 @json_option
 @click.argument("command", nargs=-1)
-def sweep_start(file, params, random_trials, seed, parallel, metric, goal, name, yes, code_dir, no_code, as_json, command, **flags):
+def sweep_start(file, params, random_trials, seed, parallel, metric, goal, name, yes, stop_after_steps, code_dir, no_code, as_json, command,
+                **flags):
     """Start a sweep: -f sweep.toml, or --param ... -- CMD with {name} where each value goes."""
     import tomllib
 
@@ -314,7 +318,8 @@ def sweep_start(file, params, random_trials, seed, parallel, metric, goal, name,
     try:
         if params:
             definition["params"] = {**(definition.get("params") or {}), **sweeps.parse_param_flags(list(params))}
-        for key, value in (("random", random_trials), ("seed", seed), ("parallel", parallel), ("metric", metric), ("goal", goal), ("name", name)):
+        for key, value in (("random", random_trials), ("seed", seed), ("parallel", parallel), ("metric", metric), ("goal", goal), ("name", name),
+                           ("stop_after_steps", stop_after_steps)):
             if value is not None:
                 definition[key] = value
         if "command" not in definition:
@@ -344,7 +349,8 @@ def sweep_start(file, params, random_trials, seed, parallel, metric, goal, name,
         if not os.path.isdir(directory):
             raise click.ClickException(f"code_dir: {directory} is not a directory")
         spec["code"] = upload_code(client, directory)
-    body = {k: v for k, v in definition.items() if k in ("command", "params", "random", "seed", "parallel", "metric", "goal", "name")}
+    body = {k: v for k, v in definition.items() if k in ("command", "params", "random", "seed", "parallel", "metric", "goal", "name",
+                                                         "stop_after_steps")}
     result = client.post("/sweeps", {**body, "spec": spec, **({"yes": True} if yes else {})})
     for warning in result.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)

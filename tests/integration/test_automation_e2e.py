@@ -4,7 +4,7 @@ Docker, real SQLite, the daemon's real MLflow.
 A chain of jobs with --after; a schedule firing every minute (two minutes of real time: each run is
 checked to be submitted within 5 s of its minute; skip, pause and resume on the way); a daemon killed
 across a due time; a 2x2 sweep with --parallel 2 and its MLflow child runs; a seeded random sweep
-twice; every sweep refusal adding nothing.
+twice; early stopping by the median rule; every sweep refusal adding nothing.
 """
 
 from __future__ import annotations
@@ -223,3 +223,32 @@ def test_a_daemon_killed_across_a_due_time_fires_that_time_exactly_once_after_re
     # and never again for that due time, however often the worker looks before the next one
     holds_for(lambda: [r["due_at"] for r in runs()] == [missed, first["due_at"]], max(0.0, missed + 60 - time.time() - 2), 0.5,
               "one run per due time")
+
+
+HOLD = """import sys, time
+import mlflow
+v = float(sys.argv[1])
+with mlflow.start_run():
+    for step in range(3):
+        mlflow.log_metric("acc", v, step=step)
+    time.sleep(20)
+    mlflow.log_metric("acc", v, step=3)
+"""
+
+
+def test_early_stopping_by_the_median_rule_stops_the_worst_trial(daemon, tmp_path):
+    _, token = new_user(daemon, "median")
+    (tmp_path / "hold.py").write_text(HOLD)
+    started = daemon.cli("sweep", "--param", "v=1,9,10", "--parallel", "3", "--metric", "acc", "--stop-after-steps", "2",
+                         "--", "python3", "hold.py", "{v}", token=token, cwd=str(tmp_path))
+    assert started.returncode == 0, started.stderr
+    sweep_id = started.stdout.strip().splitlines()[-1]
+
+    def shown():
+        return as_json(daemon.cli("sweep", "show", sweep_id, "--json", token=token))["sweep"]
+
+    wait_for(lambda: sum(shown()["states"].get(s, 0) for s in ("succeeded", "cancelled")) == 3, 180, 1.0, "the three trials to end")
+    by_value = {t["params"]["v"]: t for t in shown()["trials"]}
+    assert by_value["1"]["state"] == "cancelled" and "stopped early by the median rule" in by_value["1"]["reason"]
+    assert by_value["9"]["state"] == "succeeded" and by_value["10"]["state"] == "succeeded"
+    assert shown()["stop_after_steps"] == 2 and shown()["best"]["params"] == {"v": "10"}

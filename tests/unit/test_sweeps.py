@@ -96,3 +96,41 @@ def test_release_keeps_at_most_parallel_trials_queued_or_running(tmp_path):
     cancelled = sweeps.cancel(store, sweeps.get(store, sweep_id), "alice")
     assert set(cancelled) == {ids[1], ids[2], ids[3]} and jobs.get(store, ids[3])["state"] == "cancelled"
     assert sweeps.release(store) == []
+
+
+def test_the_median_rule_stops_a_trial_worse_than_the_median_of_the_others():
+    assert sweeps.median_verdict(1.0, [9.0, 10.0], "max") == 9.5
+    assert sweeps.median_verdict(9.0, [1.0, 10.0], "max") is None
+    assert sweeps.median_verdict(9.0, [1.0, 10.0], "min") == 5.5
+    assert sweeps.median_verdict(1.0, [10.0], "max") is None  # too few others to judge
+
+
+def test_stop_early_judges_running_trials_that_reached_the_step(tmp_path):
+    cfg = load_config(SHIPPED, overrides={"server.state_dir": str(tmp_path / "state")})
+    store = Store(cfg.db_path)
+    store.migrate()
+    users.add_user(store, "alice")
+    p = sweeps.plan({"command": ["train", "{v}"], "params": {"v": [1, 9, 10, 2]}, "parallel": 4, "metric": "acc",
+                     "stop_after_steps": 2})
+    sweep_id = sweeps.create(store, "alice", p, {}, "exp", "parent", ["r1", "r9", "r10", "r2"])
+    ids = [t["job_id"] for t in sweeps.trials(store, sweep_id)]
+    sweeps.release(store)
+    for i in ids:
+        jobs.transition(store, i, jobs.JobState.STARTING)
+        jobs.transition(store, i, jobs.JobState.RUNNING)
+    # what MLflow's metrics table holds, read as TrackingDb.metric_history reads it: r2 has not reached step 2
+    history = {"r1": [(0, 0.5), (1, 1.0), (2, 1.0), (5, float("nan"))], "r9": [(0, 3.0), (2, 9.0)], "r10": [(2, 10.0)],
+               "r2": [(0, 2.0), (1, 2.0)]}
+    asked = []
+
+    def read(run_ids, key, step):
+        asked.append((sorted(run_ids), key, step))
+        return {r: history[r] for r in run_ids if r in history}
+
+    assert sweeps.stop_early(store, read) == [ids[0]]
+    assert asked == [(["r1", "r10", "r2", "r9"], "acc", 2)]
+    job = jobs.get(store, ids[0])
+    assert job["cancel_requested_by"] == "mlpd" and "median rule" in job["cancel_reason"] and "(1)" in job["cancel_reason"]
+    assert sweeps.stop_early(store, read) == []  # asked once
+    with pytest.raises(SweepError, match="give --metric"):
+        sweeps.plan({"command": ["x"], "params": {"v": [1]}, "stop_after_steps": 2})

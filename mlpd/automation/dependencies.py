@@ -54,10 +54,11 @@ def parse_after(value: Any) -> list[tuple[str, str]]:
 
 
 def check_visible(store: Store, after: Iterable[tuple[str, str]], user: str, is_admin: bool) -> None:
-    """Refuse a job that does not exist, is not a job, or that the submitter may not see (404, as if absent)."""
+    """Refuse a job that does not exist or that the submitter may not see (404, as if absent), and a
+    workspace's session or a deployment's replica (a row that runs another workload, not a job of its own)."""
     for job_id, _ in after:
         job = jobs.visible(store, job_id, user, is_admin)
-        if job is None or job["kind"] != "job":
+        if job is None or job["workload"] is not None:
             raise DependencyError(f"after: no such job {job_id!r}", 404, "not_found")
 
 

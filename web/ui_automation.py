@@ -133,7 +133,7 @@ def scatter(title: str, points: list[tuple[str | None, float | None]], x_name: s
         sy = lambda v: height - bottom - (v - y0) / ((y1 - y0) or 1) * (height - bottom - 24) if y1 > y0 else height / 2  # noqa: E731
         body.append(f'<line x1="{left}" y1="{height - bottom}" x2="{width - 8}" y2="{height - bottom}" stroke="#d9dde3"/>')
         body.append(f'<line x1="{left}" y1="20" x2="{left}" y2="{height - bottom}" stroke="#d9dde3"/>')
-        for v, (x, y) in zip(xv, pts):
+        for v, (x, y) in zip(xv, pts, strict=True):
             body.append(f'<circle cx="{sx(v):.1f}" cy="{sy(y):.1f}" r="4" fill="#2f6db5"><title>{escape(x_name)}={escape(str(x))}: '
                         f'{escape(y_name)}={y:g}</title></circle>')
         body.append(f'<text x="{left}" y="{height - 8}" font-size="10" fill="#333">{escape(x_name)}{" (log)" if log else ""}: '

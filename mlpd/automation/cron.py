@@ -105,7 +105,7 @@ def parse(text: str) -> Cron:
     if len(parts) != 5:
         raise CronError(f"cron: {text!r} has {len(parts)} fields; expected 5 (minute hour day-of-month month day-of-week), "
                         "e.g. '0 3 * * *' for 03:00 every day")
-    sets = [_field(p, name, low, high, names) for p, (name, low, high, names) in zip(parts, FIELDS)]
+    sets = [_field(p, name, low, high, names) for p, (name, low, high, names) in zip(parts, FIELDS, strict=True)]
     weekdays = frozenset(d % 7 for d in sets[4])
     return Cron(text.strip(), sets[0], sets[1], sets[2], sets[3], weekdays, parts[2] == "*", parts[4] == "*")
 

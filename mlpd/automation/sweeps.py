@@ -142,7 +142,7 @@ def plan_trials(params: list[Param], random_trials: int | None = None, seed: int
         dists = [p.name for p in params if p.distribution]
         if dists:
             raise SweepError(f"params.{dists[0]}: a distribution needs a random sweep (--random N); a grid takes lists of values")
-        return [dict(zip([p.name for p in params], combo)) for combo in itertools.product(*(p.values for p in params))]
+        return [dict(zip([p.name for p in params], combo, strict=True)) for combo in itertools.product(*(p.values for p in params))]
     rng = random.Random(seed)
     trials = []
     for _ in range(random_trials):
@@ -256,7 +256,7 @@ def create(store: Store, owner: str, p: SweepPlan, base_spec: Mapping[str, Any],
                                                                     for q in p.params},
                   "random": p.random_trials, "seed": p.seed, "stop_after_steps": p.stop_after_steps, "spec": dict(base_spec)}
     specs = []
-    for n, (values, run_id) in enumerate(zip(p.trials, child_run_ids), start=1):
+    for n, (values, run_id) in enumerate(zip(p.trials, child_run_ids, strict=True), start=1):
         env = {**(base_spec.get("env") or {}), **param_env(values), "MLPD_SWEEP_ID": sweep_id, "MLPD_TRIAL": str(n)}
         if run_id:
             env["MLFLOW_RUN_ID"] = run_id
@@ -268,7 +268,7 @@ def create(store: Store, owner: str, p: SweepPlan, base_spec: Mapping[str, Any],
                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                    [sweep_id, owner, p.name, json.dumps(definition), p.parallel, p.metric, p.goal, experiment, parent_run_id, now])
         reason = waiting_reason(sweep_id, p.parallel)
-        for n, (spec, values, run_id) in enumerate(zip(specs, p.trials, child_run_ids), start=1):
+        for n, (spec, values, run_id) in enumerate(zip(specs, p.trials, child_run_ids, strict=True), start=1):
             job_id = jobs.submit(store, owner, spec, [], now=now + n * 1e-6, db=db, waiting=reason)["id"]
             db.execute("INSERT INTO sweep_trials (sweep_id, trial, job_id, params, run_id) VALUES (?, ?, ?, ?, ?)",
                        [sweep_id, n, job_id, json.dumps(values), run_id])
@@ -323,7 +323,7 @@ def release(store: Store, now: float | None = None) -> list[str]:
     for r in rows:
         by_sweep.setdefault(r["sweep_id"], []).append(r)
     queued = []
-    for sweep_id, trial_rows in by_sweep.items():
+    for trial_rows in by_sweep.values():
         busy = sum(1 for r in trial_rows if r["state"] in NOT_ENDED_STATES and r["state"] != JobState.WAITING.value)
         room = trial_rows[0]["parallel"] - busy
         for r in trial_rows:

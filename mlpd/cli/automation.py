@@ -52,7 +52,7 @@ def spec_from_file(client, file: str, code_dir: str | None, no_code: bool, what:
         with open(file, "rb") as fh:
             raw = tomllib.loads(fh.read().decode())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{file}: cannot read it as TOML: {exc}")
+        raise click.ClickException(f"{file}: cannot read it as TOML: {exc}") from exc
     if "after" in raw:
         raise click.ClickException(f"{file}: after: {what} cannot wait for other jobs; each of its runs starts on its own")
     rel = raw.pop("code_dir", None)
@@ -64,7 +64,7 @@ def spec_from_file(client, file: str, code_dir: str | None, no_code: bool, what:
     try:
         spec, _ = parse_spec(raw)
     except SpecError as exc:
-        raise click.ClickException(f"{file}: {exc}")
+        raise click.ClickException(f"{file}: {exc}") from exc
     data = {k: v for k, v in spec.to_dict().items() if v is not None and v != {}}
     directory = None if no_code else (code_dir or (os.path.join(here, rel) if isinstance(rel, str) else here))
     if directory and not os.path.isdir(directory):
@@ -91,7 +91,7 @@ def spec_from_flags(client, command: tuple[str, ...], options: dict[str, Any], c
     try:
         parse_spec(spec)  # refuse a bad spec before packing and uploading the code
     except SpecError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
     if not no_code:
         spec["code"] = upload_code(client, code_dir)
     return spec
@@ -308,7 +308,7 @@ def sweep_start(file, params, random_trials, seed, parallel, metric, goal, name,
             with open(file, "rb") as fh:
                 definition = tomllib.loads(fh.read().decode())
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise click.ClickException(f"{file}: cannot read it as TOML: {exc}")
+            raise click.ClickException(f"{file}: cannot read it as TOML: {exc}") from exc
         job = definition.pop("job", {})
         if not isinstance(job, dict):
             raise click.ClickException(f"{file}: job: expected a table of job settings ([job])")
@@ -326,7 +326,7 @@ def sweep_start(file, params, random_trials, seed, parallel, metric, goal, name,
             raise click.UsageError("give the command after -- (mlpd sweep --param lr=0.1,0.01 -- python train.py --lr {lr}) or -f sweep.toml")
         p = sweeps.plan(definition, yes=yes)  # every refusal before any code is packed or sent
     except SweepError as exc:
-        raise click.ClickException(exc.message)
+        raise click.ClickException(exc.message) from exc
     client = _client()
     env = {}
     for item in flags.pop("env", ()) or ():

@@ -68,10 +68,16 @@ def check_fits(store: Store, config: Config, devices: Sequence[Any], spec: JobSp
 def submit_job(store: Store, config: Config, devices: Sequence[Any], owner: str, is_admin: bool,
                data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Validate, admit and queue a job spec for `owner`: (the job row, warnings); an MlpdError
-    naming the field, the class, the quota or the disk otherwise, with nothing stored."""
+    naming the field, the class, the quota or the disk otherwise, with nothing stored. `after` in
+    the data (job ids with :ok or :any, which the owner may see) makes it wait for those jobs
+    (mlpd.automation.dependencies)."""
     from mlpd import disk_use
+    from mlpd.automation import dependencies
     from mlpd.scheduling import quotas
 
+    data = dict(data)
+    after = dependencies.parse_after(data.pop("after", None))  # not a field of the spec: the job's links
+    dependencies.check_visible(store, after, owner, is_admin)
     try:
         spec, warnings = parse_spec(data)
     except SpecError as exc:
@@ -82,4 +88,4 @@ def submit_job(store: Store, config: Config, devices: Sequence[Any], owner: str,
     disk_use.refusal(store, config, owner)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)
     warnings = warnings + quotas.admit(store, config, owner, spec.gpus,  # QuotaExceeded: 403
                                        work=[{"cpus": spec.cpus, "memory": spec.memory}])
-    return jobs.submit(store, owner, spec, warnings), warnings
+    return dependencies.submit(store, owner, spec, warnings, after), warnings

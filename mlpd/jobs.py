@@ -29,6 +29,7 @@ class JobState(str, enum.Enum):
     TIMED_OUT = "timed_out"
     LOST = "lost"
     PREEMPTED = "preempted"  # stopped for work of a higher class; queued again at once (a new attempt)
+    WAITING = "waiting"  # not in the queue yet: waits for other jobs to end, or for its sweep's turn (mlpd.automation)
 
 
 ACTIVE = (JobState.STARTING, JobState.RUNNING)
@@ -39,15 +40,19 @@ STATE_NAMES = tuple(s.value for s in JobState)
 TERMINAL_STATES = frozenset(s.value for s in TERMINAL)  # ended for good
 ACTIVE_STATES = frozenset(s.value for s in ACTIVE)  # holds its GPUs: starting or running
 QUEUED_OR_ACTIVE_STATES = frozenset({JobState.QUEUED.value, *ACTIVE_STATES})  # what people call "active" in lists
-NOT_ENDED_STATES = frozenset(STATE_NAMES) - TERMINAL_STATES  # queued, starting, running, or preempted (queued again)
+NOT_ENDED_STATES = frozenset(STATE_NAMES) - TERMINAL_STATES  # waiting, queued, starting, running, or preempted (queued again)
+WAITING_STATES = frozenset({JobState.WAITING.value})  # submitted, not yet in the queue (mlpd.automation releases it)
 
 # The state machine: which state may follow which. Every change of state goes through
 # transition(), which allows exactly these (a compare-and-set on the state the table allows
 # before the target), so no caller keeps its own list. Who causes each: a member (or admin)
 # cancels a queued job; everything else is the controller's, from what the runtime reports.
 # A preempted job is neither active nor ended: its attempt ended (booked, container removed) and
-# it goes back to the queue with its history, as its next attempt.
+# it goes back to the queue with its history, as its next attempt. A waiting job is not in the
+# queue yet: mlpd.automation queues it when the jobs it needs have ended (or cancels it when one
+# failed), or when its sweep has room.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.WAITING: frozenset({JobState.QUEUED, JobState.CANCELLED}),
     JobState.QUEUED: frozenset({JobState.STARTING, JobState.CANCELLED}),
     JobState.STARTING: frozenset({JobState.RUNNING, *TERMINAL}),
     JobState.RUNNING: frozenset({*TERMINAL, JobState.PREEMPTED}),
@@ -105,23 +110,26 @@ class Spec(Protocol):
 
 
 def submit(store: Store | None, owner: str, spec: Spec, warnings: Iterable[str] = (), now: float | None = None,
-           kind: str = "job", workload: str | None = None, db=None) -> dict[str, Any]:
+           kind: str = "job", workload: str | None = None, db=None, waiting: str = "") -> dict[str, Any]:
     """Queue a workload; returns its row. A job is its own workload; a workspace's session or a
     deployment's replica names its workspace or deployment (workload). With db, inside that
-    transaction (the caller reads the row afterwards)."""
+    transaction (the caller reads the row afterwards). With `waiting` (why, e.g. "waiting for job
+    X"), the job is held out of the queue in the waiting state until mlpd.automation queues it."""
     from mlpd.kinds.base import kind_of
 
     kind = kind_of(kind).name  # an unknown kind is a bug of its caller: KeyError naming the known ones
     now = now or time.time()
     job_id = new_job_id()
+    state = JobState.WAITING if waiting else JobState.QUEUED
 
     def insert(db) -> None:
         db.execute(
-            """INSERT INTO jobs (id, owner, name, spec, state, priority, submitted_at, updated_at, kind, workload)
-               VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)""",
-            [job_id, owner, spec.name, json.dumps(spec.to_dict()), spec.priority, now, now, kind, workload],
+            """INSERT INTO jobs (id, owner, name, spec, state, reason, priority, submitted_at, updated_at, kind, workload)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [job_id, owner, spec.name, json.dumps(spec.to_dict()), state.value, waiting, spec.priority, now, now, kind, workload],
         )
-        record_event(db, owner, "job.queued", "job", job_id, at=now, warnings=list(warnings), kind=kind, workload=workload)
+        record_event(db, owner, f"job.{state.value}", "job", job_id, at=now, warnings=list(warnings), kind=kind, workload=workload,
+                     **({"reason": waiting} if waiting else {}))
 
     if db is not None:
         insert(db)
@@ -315,8 +323,9 @@ def request_cancel(store: Store, job_id: str, actor: str, reason: str | None = N
     """Cancel: a queued job ends at once; a starting or running one is stopped by the controller.
     reason, when given, is what people read instead of 'cancelled by ACTOR' (e.g. 'culled: idle 4h')."""
     now = time.time()
-    if transition(store, job_id, JobState.CANCELLED, actor=actor, reason=reason or f"cancelled by {actor} while queued", at=now,
-                  only_from=[JobState.QUEUED, JobState.PREEMPTED], ended_at=now, cancel_requested_by=actor, cancel_reason=reason):
+    if transition(store, job_id, JobState.CANCELLED, actor=actor, reason=reason or f"cancelled by {actor} before it started", at=now,
+                  only_from=[JobState.WAITING, JobState.QUEUED, JobState.PREEMPTED], ended_at=now, cancel_requested_by=actor,
+                  cancel_reason=reason):
         return must_get(store, job_id)
     with store.write() as db:
         row = db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()

@@ -53,6 +53,9 @@ def plan(store: Store, state_dir: str, job_days: float, code_days: float, now: f
         f"""SELECT json_extract(spec, '$.code') AS digest FROM jobs WHERE json_extract(spec, '$.code') IS NOT NULL
             AND (state IN ({','.join('?' * len(active))}) OR submitted_at >= ?)""", [*active, now - code_days * 86400])}
     fresh = {r["digest"] for r in store.query("SELECT digest FROM code_owners WHERE created_at >= ?", [now - code_days * 86400])}
+    from mlpd.automation.schedules import code_in_use
+
+    in_use |= code_in_use(store)  # a schedule ships its code once and runs it for as long as it exists
     code = [d for d in digests if d not in in_use and d not in fresh]
     freed = sum(_size(jobs.job_dir(state_dir, j)) for j in job_ids) + sum(_size(os.path.join(code_root, d)) for d in code)
     return RetentionPlan(job_ids, code, freed)
@@ -75,7 +78,7 @@ def apply(store: Store, state_dir: str, job_days: float, code_days: float, now: 
         with store.write() as db:
             still = db.execute(f"""SELECT 1 FROM jobs WHERE json_extract(spec, '$.code') = ?
                                    AND state IN ({','.join('?' * len(KEPT_STATES))})""", [digest, *KEPT_STATES]).fetchone()
-            if still:
+            if still or db.execute("SELECT 1 FROM schedules WHERE json_extract(spec, '$.code') = ?", [digest]).fetchone():
                 continue
             db.execute("DELETE FROM code_owners WHERE digest = ?", [digest])
         shutil.rmtree(jobs.code_dir(state_dir, digest), ignore_errors=True)

@@ -366,6 +366,44 @@ def _migration_roles(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_automation(db: sqlite_utils.Database) -> None:
+    """Work that runs itself (mlpd.automation): dependencies between jobs (`mlpd run --after`),
+    schedules (cron) with one row per due time they handled, and sweeps with one row per trial.
+    Each run is an ordinary job row; these tables only link to it."""
+    db["job_dependencies"].create({"job_id": str, "after_id": str, "condition": str}, pk=("job_id", "after_id"),
+                                  not_null={"job_id", "after_id", "condition"})
+    db["job_dependencies"].create_index(["after_id"], index_name="job_dependencies_after")
+    db.execute(  # raw SQL: a UNIQUE constraint
+        """CREATE TABLE schedules (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            name TEXT NOT NULL,
+            cron TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            overlap TEXT NOT NULL,
+            catch_up TEXT NOT NULL,
+            paused INTEGER NOT NULL DEFAULT 0,
+            stopped TEXT,
+            last_due REAL NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (owner, name)
+        )"""
+    )
+    # One row per due time a schedule handled (fired, skipped, refused): the primary key is what
+    # makes a due time fire at most once, across restarts and concurrent passes.
+    db["schedule_runs"].create({"schedule_id": str, "due_at": float, "job_id": str, "outcome": str, "detail": str, "at": float},
+                               pk=("schedule_id", "due_at"), not_null={"schedule_id", "due_at", "outcome", "detail", "at"})
+    db["schedule_runs"].create_index(["job_id"], index_name="schedule_runs_job")
+    db["sweeps"].create({"id": str, "owner": str, "name": str, "definition": str, "parallel": int, "metric": str, "goal": str,
+                         "experiment": str, "parent_run_id": str, "created_at": float, "cancelled_at": float},
+                        pk="id", not_null={"owner", "definition", "parallel", "created_at"})
+    db["sweep_trials"].create({"sweep_id": str, "trial": int, "job_id": str, "params": str, "run_id": str}, pk=("sweep_id", "trial"),
+                              not_null={"sweep_id", "trial", "job_id", "params"})
+    db["sweep_trials"].create_index(["job_id"], index_name="sweep_trials_job", unique=True)
+
+
 # In the order they apply. Append only: a shipped migration never changes what it builds
 # (tests/unit/test_store_schema.py holds 0001..0010 to tests/fixtures/schema-0010.sql); add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -384,6 +422,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0013_resource_caps", _migration_resource_caps),
     ("0014_data", _migration_data),
     ("0015_roles", _migration_roles),
+    ("0016_automation", _migration_automation),
 ]
 
 

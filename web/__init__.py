@@ -81,13 +81,13 @@ def create_app(cfg: Config | None = None, runtime=None) -> Flask:
         web_log.addHandler(handler)
     web_log.setLevel(cfg["server.log_level"].upper())
 
-    from mlpd.web import (api_admin, api_data, api_jobs, api_report, api_serving, api_usage, api_workspaces, errors, metrics, openapi,
-                          ui, ui_password_api)
+    from mlpd.web import (api_admin, api_automation, api_data, api_jobs, api_report, api_serving, api_usage, api_workspaces, errors,
+                          metrics, openapi, ui, ui_password_api)
 
     errors.register_error_handlers(app)
     # The API, one blueprint per area (each declares its routes with its area.route).
-    for area in (api_admin.area, api_jobs.area, api_usage.area, api_workspaces.area, api_serving.area, ui_password_api.area,
-                 openapi.area, api_data.area, api_report.area):
+    for area in (api_admin.area, api_automation.area, api_jobs.area, api_usage.area, api_workspaces.area, api_serving.area,
+                 ui_password_api.area, openapi.area, api_data.area, api_report.area):
         app.register_blueprint(area.blueprint)
     ui.install(app)  # the web UI: /ui pages (sessions, CSRF), / redirects there
 

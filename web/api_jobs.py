@@ -109,9 +109,15 @@ def check_admission(spec) -> None:
     admission.check_fits(store(), config(), inventory().devices(), spec, g.user.name)
 
 
+def check_priority_class(spec) -> None:
+    """mlpd.admission.check_priority_class for g.user on this daemon."""
+    admission.check_priority_class(store(), config(), spec, g.user.name, g.user.is_admin)
+
+
 def create_job(data: dict) -> tuple[dict, list[str]]:
     """Admit and queue a job spec for g.user (the API and the web form both submit here; see
-    mlpd.admission.submit_job), and wake the worker."""
+    mlpd.admission.submit_job), and wake the worker. `after` (job ids with :ok or :any) makes it
+    wait for those jobs (mlpd.automation.dependencies)."""
     job, warnings = admission.submit_job(store(), config(), inventory().devices(), g.user.name, g.user.is_admin, data)
     wake(f"submitted {job['id']}")
     return job, warnings
@@ -126,7 +132,8 @@ def submit_job():
     return jsonify({"job": job_view(job), "warnings": warnings}), 201
 
 
-@route("/jobs", summary="List jobs, newest first (yours; admins ?all=1); ?state= filters, ?limit= (default 200) caps and sets truncated")
+@route("/jobs", summary="List jobs, newest first (yours; admins ?all=1); ?state= filters, ?schedule=NAME and ?sweep=ID the runs of one, "
+       "?limit= (default 200) caps and sets truncated")
 def list_jobs():
     states = [s for s in request.args.getlist("state") for s in s.split(",") if s]
     bad = [s for s in states if s not in jobs.STATE_NAMES]
@@ -141,7 +148,13 @@ def list_jobs():
         limit = max(1, min(int(request.args.get("limit", 200)), 10000))
     except ValueError:
         raise ApiError(400, "invalid_field", "limit: expected a whole number") from None
-    rows = jobs.list_jobs(store(), owner, states, limit=limit + 1)
+    schedule, sweep = request.args.get("schedule"), request.args.get("sweep")
+    if schedule or sweep:
+        from mlpd.automation import links
+
+        rows = links.jobs_of(store(), owner, states, limit + 1, schedule=schedule, sweep=sweep)
+    else:
+        rows = jobs.list_jobs(store(), owner, states, limit=limit + 1)
     return jsonify({"jobs": [job_view(j) for j in rows[:limit]], "truncated": len(rows) > limit})
 
 
@@ -166,6 +179,9 @@ def show_job(job_id: str):
     view["preemptions"] = jobs.preemptions(view["history"])
     view["waiting"] = explain_wait(job_id) if job["state"] == JobState.QUEUED.value else None
     view["mlflow_runs"] = mlflow_runs(job_id)
+    from mlpd.automation import links
+
+    view.update(links.of_job(store(), job_id))  # after (the jobs it waits for), schedule, sweep
     return jsonify({"job": view})
 
 

@@ -570,7 +570,7 @@ def usage_csv():
 
 def install(app) -> None:
     """Register the UI on the app: /ui pages, /ui/admin pages, and / sending browsers to the dashboard."""
-    from mlpd.web import ui_serving, ui_workspaces  # noqa: F401  (their pages are on the ui blueprint)
+    from mlpd.web import ui_automation, ui_serving, ui_workspaces  # noqa: F401  (their pages are on the ui blueprint)
     from mlpd.web.ui_admin import ui_admin
 
     app.register_blueprint(ui)

@@ -53,6 +53,9 @@ class ControllerLoop:
         self.serving: ServingPass | None = None  # once Docker answers
         self.serving_busy = False  # a rollout or a drain is in progress: pass more often
         self.live_logs = LiveLogs(config.state_dir)  # running output copied to files that log followers poll
+        from mlpd.automation.passes import AutomationPass
+
+        self.automation = AutomationPass(self.store, config)  # dependencies, sweeps and schedules (mlpd.automation)
 
     def start(self) -> None:
         self._thread.start()
@@ -88,12 +91,15 @@ class ControllerLoop:
         """One pass: reconcile jobs with Docker and schedule; record a heartbeat either way."""
         if self.controller is None:
             self._connect()
+        self.automation.release()
         try:
             self.sampler.maybe_sample()
         except Exception:
             log.exception("GPU sampling failed; trying again later")
         if self.controller is not None:
             self.controller.reconcile()
+            if self.automation.fire():  # after reconciling: a schedule's previous run may have ended while the daemon was down
+                self.wake("submitted by a schedule")
             try:
                 self.live_logs.follow_running(self.store, self.controller.runtime)
             except Exception:
@@ -155,6 +161,7 @@ class ControllerLoop:
         if self.controller is None:
             self.reconcile_once()
             return
+        self.automation.release()
         self.controller.schedule()
 
     def _run(self) -> None:
@@ -176,6 +183,8 @@ class ControllerLoop:
             deadline = self.controller.next_deadline if self.controller else None
             if deadline is not None:
                 timeout = min(interval, max(0.05, deadline - time.time()))  # stop a job at its time limit, not a tick later
+            if self.automation.next_due is not None:
+                timeout = min(timeout, max(0.05, self.automation.next_due - time.time()))  # a schedule fires on its minute
             if self.serving_busy:
                 timeout = min(timeout, SERVING_BUSY_INTERVAL)  # switch traffic within a second of a new version answering /ping
             if not self._wake.wait(timeout):

@@ -1,6 +1,6 @@
 """The `mlpd` command line. It talks to the daemon over HTTP through mlpd.client.
 
-One module per command group (mlpd.cli.jobs, .admin, .pclass, .mlflow, .serving, .usage, .ws,
+One module per command group (mlpd.cli.jobs, .automation, .admin, .pclass, .mlflow, .serving, .usage, .ws,
 .identity, .daemon), shared helpers in mlpd.cli.common. `main` names its commands in COMMANDS and imports a
 command's module only when that command runs, so `mlpd run` loads what `run` needs and nothing
 else; heavy modules (flask, docker, mlflow) are imported inside the commands that use them.
@@ -37,8 +37,10 @@ COMMANDS = {
     "quota": "mlpd.cli.usage:quota",
     "run": "mlpd.cli.jobs:run",
     "runs": "mlpd.cli.mlflow:runs",
+    "schedule": "mlpd.cli.automation:schedule",
     "serve": "mlpd.cli.serving:serve",
     "submit": "mlpd.cli.jobs:submit",
+    "sweep": "mlpd.cli.automation:sweep",
     "usage": "mlpd.cli.usage:usage",
     "version": "mlpd.cli.identity:version",
     "wait": "mlpd.cli.jobs:wait",

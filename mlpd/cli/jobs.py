@@ -105,12 +105,15 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
                    "Default: requirements.txt in the code directory, if there is one.")
 @click.option("--no-requirements", is_flag=True, help="Do not use the code directory's requirements.txt.")
 @click.option("-f", "--follow", is_flag=True, help="Then stream the job's output until it ends; exits with how it ended (see 'mlpd wait --help').")
+@click.option("--after", "after", multiple=True, metavar="ID[:ok|:any]",
+              help="Wait for that job to end first (repeatable): with ok (the default) it must succeed, or this job is cancelled; "
+                   "with any, any end will do. The job waits outside the queue ('waiting for job ID').")
 @click.option("--param", "params", multiple=True, metavar="K=V",
               help="For a notebook (mlpd run NB.ipynb): a value for its 'parameters' cell (repeatable); the executed notebook is kept in the outputs.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
 def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priority, priority_class, experiment, code_dir, no_code, requirements_file,
-        no_requirements, follow, params, as_json, command):
+        no_requirements, follow, after, params, as_json, command):
     """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py
 
     A notebook runs headless with papermill in the workspace image: mlpd run train.ipynb --param epochs=2
@@ -147,7 +150,9 @@ def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priori
         spec["code"] = upload_code(logged_in_client(), code_dir)
     # without code the daemon's own parse_spec answers first, with the same message (importing
     # jobspec here would cost about a sixth of the CLI's start-up)
-    job = _submit(spec, as_json)
+    from mlpd.cli.automation import after_field
+
+    job = _submit(spec | after_field(logged_in_client(), after), as_json)
     if follow:
         follow_to_end(logged_in_client(), job["id"])
 
@@ -201,7 +206,12 @@ def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_
         raw = tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{file}: not valid TOML: {exc}") from exc
+    from mlpd.cli.automation import after_field
     from mlpd.kinds.jobspec import parse_spec
+
+    after = raw.pop("after", None)  # the jobs it waits for: not a field of the spec (mlpd.automation.dependencies)
+    if after is not None and (not isinstance(after, list) or not all(isinstance(a, str) for a in after)):
+        raise click.ClickException(f"{file}: after: expected a list of job ids, e.g. after = [\"3f2a9c1b7d4e\", \"0b1c2d3e4f5a:any\"]")
 
     try:
         parse_spec({k: v for k, v in raw.items() if k not in ("code_dir", "requirements")} | {"command": raw.get("command", ["x"])},
@@ -231,7 +241,7 @@ def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_
         data["requirements"] = read_requirements(os.path.join(directory, "requirements.txt"))
     if directory:
         data["code"] = upload_code(logged_in_client(), directory)
-    job = _submit({k: v for k, v in data.items() if v is not None and v != {}}, as_json)
+    job = _submit({k: v for k, v in data.items() if v is not None and v != {}} | after_field(logged_in_client(), after or ()), as_json)
     if follow:
         follow_to_end(logged_in_client(), job["id"])
 
@@ -266,17 +276,20 @@ def _gpus_text(job: dict) -> str:
 
 @click.group(invoke_without_command=True)
 @click.option("--all", "all_users", is_flag=True, help="Everyone's jobs (admins).")
-@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable): queued, starting, running, succeeded, failed, cancelled, timed_out, lost, preempted.")
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable): waiting, queued, starting, running, succeeded, failed, cancelled, timed_out, lost, preempted.")
 @click.option("--limit", type=int, default=200, show_default=True, help="Show at most this many.")
+@click.option("--schedule", help="Only the runs of this schedule ('mlpd schedule' lists them).")
+@click.option("--sweep", help="Only the trials of this sweep.")
 @json_option
 @click.pass_context
-def jobs(ctx, all_users, states, limit, as_json):
+def jobs(ctx, all_users, states, limit, schedule, sweep, as_json):
     """List your jobs (newest first); 'mlpd jobs show ID' for one, 'jobs outputs ID' for its /outputs, 'jobs rerun ID' to run it again."""
     if ctx.invoked_subcommand:
         return
     params: dict[str, Any] = {"state": ",".join(states), "limit": limit} if states else {"limit": limit}
     if all_users:
         params["all"] = 1
+    params.update({k: v for k, v in (("schedule", schedule), ("sweep", sweep)) if v})
     result = logged_in_client().get("/jobs", params=params)
     rows = result["jobs"]
     if as_json:
@@ -339,6 +352,10 @@ def jobs_show(job_id, as_json):
         click.echo(f"{'est. start:':<12} {start}")
         if w.get("priority"):
             click.echo(f"{'priority:':<12} {priority_text(w['priority'])}")
+    from mlpd.cli.automation import link_lines
+
+    for key, value in link_lines(job):
+        click.echo(f"{key + ':':<12} {value}")
     for run in job.get("mlflow_runs") or []:
         click.echo(f"{'mlflow run:':<12} {run['url']}  ({run['name'] or run['run_id']}, {run['status'].lower()}{', deleted' if run['deleted'] else ''})")
     click.echo("history:")

@@ -377,6 +377,114 @@ class TrackingDb:
                WHERE t.key = 'mlpd.job_id' AND t.value = ? ORDER BY r.start_time""", [job_id]).fetchall()
         return [{"run_id": r[0], "experiment_id": str(r[1]), "name": r[2], "status": r[3], "deleted": r[4] == "deleted"} for r in rows]
 
+    def latest_metric(self, run_ids: list[str], key: str) -> dict[str, float]:
+        """Each run's latest value of metric `key` (runs without it are left out)."""
+        db = self._db()
+        if db is None or not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        rows = db.execute(f"SELECT run_uuid, value, is_nan FROM latest_metrics WHERE key = ? AND run_uuid IN ({marks})", [key, *run_ids])
+        return {r[0]: float(r[1]) for r in rows if not r[2]}
+
+    def metric_history(self, run_ids: list[str], key: str, up_to_step: int) -> dict[str, list[tuple[int, float]]]:
+        """Each run's (step, value) points of metric `key`: every point up to `up_to_step`, and the last step
+        beyond it (so a caller knows the run got that far)."""
+        db = self._db()
+        if db is None or not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        out: dict[str, list[tuple[int, float]]] = {}
+        for run_id, step, value in db.execute(f"""SELECT run_uuid, step, value FROM metrics WHERE key = ? AND is_nan = 0
+                                                  AND run_uuid IN ({marks}) AND step <= ?""", [key, *run_ids, up_to_step]):
+            out.setdefault(run_id, []).append((int(step), float(value)))
+        for run_id, step in db.execute(f"SELECT run_uuid, MAX(step) FROM metrics WHERE key = ? AND run_uuid IN ({marks}) AND step > ? "
+                                       "GROUP BY run_uuid", [key, *run_ids, up_to_step]):
+            out.setdefault(run_id, []).append((int(step), float("nan")))
+        return out
+
+    def run_statuses(self, run_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """{run id: (status, experiment id)} of these runs."""
+        db = self._db()
+        if db is None or not run_ids:
+            return {}
+        rows = db.execute(f"SELECT run_uuid, status, experiment_id FROM runs WHERE run_uuid IN ({','.join('?' * len(run_ids))})", run_ids)
+        return {r[0]: (r[1], str(r[2])) for r in rows}
+
+
+# ---------------------------------------------------------------- sweeps (mlpd.automation.sweeps)
+
+_stores_lock = threading.Lock()
+_stores: dict[str, Any] = {}
+
+
+def _tracking_store(state_dir: str):
+    """MLflow's tracking store on the daemon's database (one per process), for what mlpd writes itself."""
+    if not os.path.exists(db_path(state_dir)):
+        raise TrackingError(f"MLflow's database {db_path(state_dir)} is not there (the daemon prepares it at start)")
+    with _stores_lock:
+        if state_dir not in _stores:
+            tune_sqlite()
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            _stores[state_dir] = SqlAlchemyStore(backend_uri(state_dir), ARTIFACT_ROOT)
+        return _stores[state_dir]
+
+
+def create_sweep_runs(state_dir: str, owner: str, experiment: str, sweep_id: str, name: str, trials: list[dict[str, str]],
+                      metric: str, goal: str) -> tuple[str, list[str]]:
+    """A sweep's parent run and one child run per trial (tagged mlflow.parentRunId, with the trial's
+    parameters logged), in `experiment` (made, owned by `owner`, when it does not exist); all of them
+    the owner's. Returns (parent run id, child run ids). A trial's job resumes its child run
+    (MLFLOW_RUN_ID), so what its code logs lands there. TrackingError when MLflow cannot be written."""
+    import time as _time
+
+    from mlflow.entities import ExperimentTag, Param, RunTag
+
+    try:
+        store = _tracking_store(state_dir)
+        found = store.get_experiment_by_name(experiment)
+        if found is None:
+            experiment_id = store.create_experiment(experiment, tags=[ExperimentTag(OWNER_TAG, owner)])
+        elif found.lifecycle_stage == "deleted":
+            raise TrackingError(f"experiment {experiment!r} is deleted; restore it or choose another (--experiment)")
+        else:
+            experiment_id = found.experiment_id
+        now = int(_time.time() * 1000)
+        common = [RunTag("mlflow.user", owner), RunTag("mlpd.user", owner), RunTag("mlpd.sweep_id", sweep_id)]
+        parent = store.create_run(experiment_id, owner, now, common + [RunTag("mlpd.sweep_metric", metric), RunTag("mlpd.sweep_goal", goal)],
+                                  name or f"sweep-{sweep_id}")
+        parent_id = parent.info.run_id
+        children = []
+        for n, values in enumerate(trials, start=1):
+            run = store.create_run(experiment_id, owner, now, common + [RunTag("mlflow.parentRunId", parent_id), RunTag("mlpd.trial", str(n))],
+                                   f"{name or 'sweep'}-{n}")
+            store.log_batch(run.info.run_id, metrics=[], params=[Param(k, v) for k, v in values.items()], tags=[])
+            children.append(run.info.run_id)
+        return parent_id, children
+    except TrackingError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"MLflow could not record the sweep's runs: {exc}") from exc
+
+
+def tag_runs(state_dir: str, tags_by_run: dict[str, dict[str, str]]) -> None:
+    """Set mlpd's tags on runs mlpd made (a trial's mlpd.job_id, once its job exists)."""
+    from mlflow.entities import RunTag
+
+    store = _tracking_store(state_dir)
+    for run_id, tags in tags_by_run.items():
+        store.log_batch(run_id, metrics=[], params=[], tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def end_runs(state_dir: str, statuses: dict[str, str]) -> None:
+    """End runs mlpd made that are still RUNNING (a trial that never ran, or ended before its code did): FINISHED, FAILED or KILLED."""
+    import time as _time
+
+    store = _tracking_store(state_dir)
+    for run_id, status in statuses.items():
+        if store.get_run(run_id).info.status == "RUNNING":
+            store.update_run_info(run_id, status, int(_time.time() * 1000), None)
+
 
 def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
     """The MLflow UI page of a run."""

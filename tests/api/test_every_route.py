@@ -146,6 +146,22 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/deployments/{name}/logs"): Case("deployments/served/logs", status=404, code="not_found",
                                               why="no replica has been placed: that needs the worker"),
     ("DELETE", "/deployments/{name}"): Case("deployments/removed"),
+    # -- schedules (sweeps and dependencies: tests/api/test_automation_api.py)
+    ("GET", "/schedules"): Case("schedules", contains="nightly"),
+    ("POST", "/schedules"): Case("schedules", json={"name": "fresh", "cron": "0 3 * * *", "timezone": "Europe/Berlin",
+                                                    "spec": {"command": ["python", "train.py"], "code": DIGEST}}, status=201),
+    ("GET", "/schedules/{name}"): Case("schedules/nightly", contains="0 3 * * *"),
+    ("POST", "/schedules/{name}/pause"): Case("schedules/to-pause/pause", contains='"paused":true'),
+    ("POST", "/schedules/{name}/resume"): Case("schedules/to-resume/resume", contains='"paused":false'),
+    ("POST", "/schedules/{name}/run-now"): Case("schedules/nightly/run-now", status=201, contains='"outcome":"fired"'),
+    ("DELETE", "/schedules/{name}"): Case("schedules/to-remove"),
+    ("GET", "/sweeps"): Case("sweeps", contains="\"parallel\":1"),
+    ("POST", "/sweeps"): Case("sweeps", json={"command": ["python", "train.py", "--lr", "{lr}"], "params": {"lr": [0.1, 0.01]}},
+                              status=503, code="tracking_unavailable",
+                              why="a sweep makes its MLflow parent and child runs first, and the fast tier has no MLflow database "
+                                  "(tests/integration/test_automation_e2e.py walks it)"),
+    ("GET", "/sweeps/{sweep_id}"): Case("sweeps/{sweep}", contains='"trials"'),
+    ("POST", "/sweeps/{sweep_id}/cancel"): Case("sweeps/{sweep_to_cancel}/cancel", contains='"cancelled"'),
 }
 
 
@@ -237,6 +253,14 @@ def world(api, fake_models) -> dict:
     for dep in ("served", "rolled", "removed"):
         ok("POST", "deployments", member, json={"model": "models:/iris/1", "name": dep})
     ok("POST", "deployments/rolled/update", member, json={"model": "models:/iris/3"})
+    for name in ("nightly", "to-pause", "to-resume", "to-remove"):
+        ok("POST", "schedules", member, json={"name": name, "cron": "0 3 * * *", "spec": {"command": ["python", "train.py"], "code": DIGEST}})
+    ok("POST", "schedules/to-resume/pause", member)
+    from mlpd.automation import sweeps  # made in the domain: POST /sweeps needs MLflow's database (see its case)
+
+    for key in ("sweep", "sweep_to_cancel"):
+        p = sweeps.plan({"command": ["python", "train.py", "--lr", "{lr}"], "params": {"lr": [0.1, 0.01]}, "parallel": 1})
+        ids[key] = sweeps.create(api.store, api.member_name, p, {}, "exp", "", ["", ""])
     return ids
 
 

@@ -210,12 +210,15 @@ def test_a_launch_asked_for_by_a_stale_pass_never_runs_a_job_twice(world):
 
 def test_the_transition_table_allows_only_its_steps():
     assert jobs.may_follow(JobState.RUNNING) == (JobState.STARTING,)
-    assert set(jobs.may_follow(JobState.CANCELLED)) == {JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTED}
+    assert set(jobs.may_follow(JobState.CANCELLED)) == {JobState.WAITING, JobState.QUEUED, JobState.STARTING, JobState.RUNNING,
+                                                        JobState.PREEMPTED}
     assert set(jobs.may_follow(JobState.LOST)) == {JobState.STARTING, JobState.RUNNING}
     # preemption: only a running job is preempted, and a preempted one only goes back to the queue (or is cancelled)
     assert jobs.may_follow(JobState.PREEMPTED) == (JobState.RUNNING,)
     assert jobs.TRANSITIONS[JobState.PREEMPTED] == {JobState.QUEUED, JobState.CANCELLED}
-    assert set(jobs.may_follow(JobState.QUEUED)) == {JobState.PREEMPTED}
+    assert set(jobs.may_follow(JobState.QUEUED)) == {JobState.PREEMPTED, JobState.WAITING}
+    # a waiting job (dependencies, a sweep's turn) only enters the queue or is cancelled; nothing goes back to waiting
+    assert jobs.TRANSITIONS[JobState.WAITING] == {JobState.QUEUED, JobState.CANCELLED} and jobs.may_follow(JobState.WAITING) == ()
     for terminal in jobs.TERMINAL:
         assert jobs.TRANSITIONS[terminal] == frozenset()
 

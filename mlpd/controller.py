@@ -35,7 +35,7 @@ from mlpd import quotas
 from mlpd.jobspec import host_limits, shm_size
 from mlpd.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
 from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
-                            format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
+                            format_time, schedule, score_terms, short_id, slowdown_factors, starving, waiting_for_the_host)
 from mlpd.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
 from mlpd.workload_names import names_of
@@ -98,7 +98,7 @@ def why_waiting(store: Store, inventory: GpuInventory, config: Config, now: floa
     row = next(j for j in s.queued if j["id"] == job_id)
     klass = s.classes.of(row) if s.classes is not None else None
     return wait, {"score": sum(terms.values()), "terms": terms, "priority_class": klass,
-                  "reserved": job_id in s.reserved}
+                  "reserved": job_id in s.reserved, "starving": starving(job, now, s.policy)}
 
 
 @dataclasses.dataclass
@@ -208,7 +208,8 @@ def scheduler_policy(config: Config) -> Policy:
                   max_age=parse_duration(config["scheduler.max_age"]), weight_fair_share=float(config["scheduler.weight_fair_share"]),
                   weight_expansion=float(config["scheduler.weight_expansion"]), max_expansion=float(config["scheduler.max_expansion"]),
                   weight_size=float(config["scheduler.weight_size"]), size_time=parse_duration(config["scheduler.size_time"]),
-                  weight_slowdown=float(config["scheduler.weight_slowdown"]))
+                  weight_slowdown=float(config["scheduler.weight_slowdown"]),
+                  starvation_wait=parse_duration(config["scheduler.starvation_wait"]))
 
 
 def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gpu], now: float) -> None:

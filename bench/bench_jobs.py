@@ -19,8 +19,9 @@ Latency (interleaved rounds; each round runs every kind once, in a shuffled orde
   mlpd API     POST /api/v1/jobs from this process (no CLI start-up), then the same polling.
   docker       `docker run -d --rm IMG sleep 30`; end = `docker run -d` returning (it returns once
                the container has started: no `docker inspect` process is added to the baseline).
-  docker+flags the same, with the container options mlpd's runtime sets (init, user, cap-drop,
-               bind mount, ...): how much of mlpd's container start is Docker's own cost.
+  docker+flags the same, with the container options mlpd's runtime sets (its isolated network,
+               CPU and memory limits, init, user, cap-drop, bind mount, ...): how much of mlpd's
+               container start is Docker's own cost for what mlpd asks of it.
 Each job/container is cancelled/removed right after it is measured, and the next run
 starts only when the job has ended and its container is gone.
 
@@ -136,7 +137,10 @@ class Latency(JobClient):
 
     def docker_flags(self) -> list[str]:
         """The container options mlpd's DockerRuntime.start_job sets for a 0-GPU job without code."""
-        return ["--init", "--user", "1000:1000", "--security-opt", "no-new-privileges", "--cap-drop", "ALL",
+        # mlpd's isolated network (the daemon made it at start) and the default CPU and memory limits
+        # (jobs.cpus 2, jobs.memory 8g): attaching to a user-defined network is most of the difference.
+        return ["--network", "mlpd-isolated", "--cpus", "2", "--memory", "8g", "--memory-swap", "8g",
+                "--init", "--user", "1000:1000", "--security-opt", "no-new-privileges", "--cap-drop", "ALL",
                 "--pids-limit", "4096", "--add-host", "host.docker.internal:host-gateway",
                 "--log-driver", "json-file", "--log-opt", "max-size=50m", "--log-opt", "max-file=2",
                 "-e", "PYTHONUNBUFFERED=1", "-e", "HOME=/tmp", "-e", "CUDA_VISIBLE_DEVICES=", "-e", "NVIDIA_VISIBLE_DEVICES=void",

@@ -1,0 +1,97 @@
+"""Profile a job's container start as mlpd's DockerRuntime.start_job does it: each Docker API call
+of the path timed on its own, against `docker run -d` of the same image and command, interleaved.
+
+    .venv/bin/python bench/profile_launch.py [--rounds 20]
+
+Only containers labelled mlpd-bench-profile=<pid> are made, and removed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import time
+
+import docker
+
+from mlpd.docker_runtime import DockerRuntime
+from mlpd.runtime import LaunchRequest
+
+IMAGE = "mlpd/train:latest"
+
+
+def timed_calls(client, label: str) -> dict[str, float]:
+    """start_job's Docker calls before this change, one by one (seconds each)."""
+    name = f"mlpd-prof-{os.getpid()}-{time.monotonic_ns()}"
+    out = {}
+    t = time.perf_counter()
+    try:
+        client.containers.get(name)
+    except docker.errors.NotFound:
+        pass
+    out["inspect (absent)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    client.images.get(IMAGE)
+    out["image inspect"] = time.perf_counter() - t
+    t = time.perf_counter()
+    resp = client.api.create_container(IMAGE, ["sleep", "30"], name=name, labels={"mlpd-bench-profile": label},
+                                       host_config=client.api.create_host_config(init=True))
+    out["create"] = time.perf_counter() - t
+    t = time.perf_counter()
+    client.api.inspect_container(resp["Id"])
+    out["inspect (after create, as containers.create does)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    client.api.inspect_container(name)
+    out["inspect (containers.get by name)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    client.api.start(resp["Id"])
+    out["start"] = time.perf_counter() - t
+    t = time.perf_counter()
+    client.api.inspect_container(resp["Id"])
+    out["inspect (reload)"] = time.perf_counter() - t
+    client.api.remove_container(resp["Id"], force=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    label = str(os.getpid())
+    client = docker.from_env()
+    rt = DockerRuntime(f"prof{os.getpid()}")
+    os.makedirs("/tmp/mlpd-prof-out", exist_ok=True)
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    calls: dict[str, list[float]] = {}
+    runs = {"docker run -d": [], "DockerRuntime.start_job": []}
+    try:
+        for i in range(args.rounds):
+            for k, v in timed_calls(client, label).items():
+                calls.setdefault(k, []).append(v)
+            t = time.perf_counter()
+            cid = subprocess.run(["docker", "run", "-d", "--rm", "--label", f"mlpd-bench-profile={label}", IMAGE, "sleep", "30"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            runs["docker run -d"].append(time.perf_counter() - t)
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+            req = LaunchRequest(job_id=f"prof{os.getpid()}x{i}", owner="bench", image=IMAGE, command=("sleep", "30"), env={},
+                                gpu_uuids=(), cpus=1.0, memory=None, user="1000:1000", code_dir=None,
+                                outputs_dir="/tmp/mlpd-prof-out")
+            t = time.perf_counter()
+            rt.start_job(req)
+            runs["DockerRuntime.start_job"].append(time.perf_counter() - t)
+            rt.remove(req.job_id)
+    finally:
+        for c in client.containers.list(all=True, filters={"label": f"mlpd-bench-profile={label}"}):
+            c.remove(force=True)
+    print(f"{args.rounds} rounds, medians")
+    for k, v in calls.items():
+        print(f"  {k}: {statistics.median(v) * 1e3:.1f} ms")
+    base = statistics.median(runs["docker run -d"])
+    for k, v in runs.items():
+        print(f"  {k}: {statistics.median(v) * 1e3:.1f} ms ({statistics.median(v) / base:.2f}x docker run -d)")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -138,7 +138,7 @@ class Latency(JobClient):
     def docker_flags(self) -> list[str]:
         """The container options mlpd's DockerRuntime.start_job sets for a 0-GPU job without code."""
         # mlpd's isolated network (the daemon made it at start) and the default CPU and memory limits
-        # (jobs.cpus 2, jobs.memory 8g): attaching to a user-defined network is most of the difference.
+        # (jobs.default_cpus 2, jobs.default_memory 8g): attaching to a user-defined network is most of the difference.
         return ["--network", "mlpd-isolated", "--cpus", "2", "--memory", "8g", "--memory-swap", "8g",
                 "--init", "--user", "1000:1000", "--security-opt", "no-new-privileges", "--cap-drop", "ALL",
                 "--pids-limit", "4096", "--add-host", "host.docker.internal:host-gateway",

@@ -48,7 +48,7 @@ INF = math.inf
 MIN_EXPANSION_BASE = 600.0  # expansion counts a job shorter than 10 minutes as 10 minutes long
 SLOWDOWN_SCALE_FLOOR = 2.0  # slowdown_factors scales by the largest mean slowdown, but by at least this
 LOWEST_USER_PRIORITY = -100  # the lowest priority a job may ask for; below it (work over its GPU-hours) never starves
-STARVATION_WAIT_DEFAULT = 24 * 3600.0  # scheduler.starvation_wait's default (mlpd.toml; a test holds them equal)
+STARVATION_WAIT_DEFAULT = 6 * 3600.0  # scheduler.starvation_wait's default (mlpd.toml; a test holds them equal)
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,20 @@ and violations are printed. The issue-15 targets for mlpd against EASY are print
 --policy FIELD=VALUE,... replays the mlpd row with those Policy fields changed (e.g. weight_size=5000);
 the other rows stay as they are.
 
+--traces old|new|all replays every policy (also "nobound": mlpd without the starvation bound) on the
+old eight traces (the generator above, seeds 1-8), the eight added by issue 29 (TRACES: more wide jobs;
+bursty arrivals; one user submitting 60 % of the jobs, one of them at load 0.95; many short jobs; long
+jobs without a time limit, given the default one of 72 h and stopped at it) or all sixteen, prints one
+row per trace and the targets met against EASY on each; --sweep starvation_wait=6h,12h,... does the
+same with one mlpd row per value (how the default was chosen: docs/scheduling.md).
+
 Before the replay, schedule() is timed (with the mlpd row's policy) on a busy 8-GPU host with 30 and 400 queued jobs: as the
 daemon's pass calls it (no explanations), with every job explained, explain() of the last job, and
 the scheduler at git ref --before (default: before issue 15), as a ratio.
 
     .venv/bin/python bench/bench_scheduler.py [--seed 1] [--seeds 1] [--jobs 2000] [--load 0.9] [--micro-only]
                                               [--policy weight_size=0,...]   (override mlpd's Policy fields)
+                                              [--traces old|new|all] [--sweep starvation_wait=6h,12h,...]
 """
 
 from __future__ import annotations

@@ -146,3 +146,14 @@ def test_starving_jobs_go_first_oldest_first_after_the_reservation_holder():
     assert starving(old, now, p) and not starving(fresh, now, p) and not starving(over, now, p)
     assert not starving(old, now, Policy(starvation_wait=0))
     assert [j.id for j in queue_order([fresh, old], now=now, policy=Policy(starvation_wait=0))] == ["fresh", "old"]
+
+
+def test_jobs_show_says_a_job_is_starving_and_what_that_does():
+    from mlpd.cli.jobs import priority_text
+
+    base = {"score": 4000.0, "terms": {"age": 4000.0}, "priority_class": "default"}
+    assert "starving" not in priority_text({**base, "reserved": False, "starving": False})
+    text = priority_text({**base, "reserved": False, "starving": True})
+    assert text == ("score 4000 = age 4000; class default; starving (waited scheduler.starvation_wait), "
+                    "so it goes ahead of its class, oldest first, whatever the score")
+    assert "starving" not in priority_text({**base, "reserved": True, "starving": True})  # the holder goes first anyway

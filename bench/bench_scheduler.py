@@ -471,7 +471,7 @@ def run_traces(which: str, jobs: int, load: float) -> bool:
     against EASY. Returns True if a sanity check failed (a broken reservation among them)."""
     traces = {"old": TRACES[:8], "new": TRACES[8:], "all": TRACES}[which]
     keys = [k for k, _, _ in POLICIES]
-    print(f"policies: " + "; ".join(f"{k} = {label}" for k, label, _ in POLICIES))
+    print("policies: " + "; ".join(f"{k} = {label}" for k, label, _ in POLICIES))
     print()
     print("| trace | " + " | ".join(f"{k}: alloc / p95 h / max h / Jain" for k in keys) + " |")
     print("|---|" + "---|" * len(keys))

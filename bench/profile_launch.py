@@ -1,7 +1,11 @@
 """Profile a job's container start as mlpd's DockerRuntime.start_job does it: each Docker API call
 of the path timed on its own, against `docker run -d` of the same image and command, interleaved.
 
-    .venv/bin/python bench/profile_launch.py [--rounds 20]
+    .venv/bin/python bench/profile_launch.py [--rounds 20] [--flag-groups]
+
+--flag-groups: instead, `docker run -d` with one group of mlpd's container options added at a time
+(its isolated network; CPU and memory limits; init, user, cap-drop, no-new-privileges, pids-limit),
+interleaved in shuffled order with plain `docker run -d`: which of them costs start time.
 
 Only containers labelled mlpd-bench-profile=<pid> are made, and removed at the end.
 """
@@ -54,11 +58,53 @@ def timed_calls(client, label: str) -> dict[str, float]:
     return out
 
 
+FLAG_GROUPS = {
+    "plain": [],
+    "--network mlpd-isolated": ["--network", "mlpd-isolated"],
+    "--memory 8g --cpus 2": ["--memory", "8g", "--memory-swap", "8g", "--cpus", "2"],
+    "init, user, cap-drop, no-new-privileges, pids-limit": ["--init", "--user", "1000:1000", "--cap-drop", "ALL",
+                                                            "--security-opt", "no-new-privileges", "--pids-limit", "4096"],
+}
+
+
+def flag_groups(rounds: int, label: str) -> None:
+    """docker run -d with each group of mlpd's options, interleaved (shuffled each round)."""
+    import random
+
+    rng = random.Random(1)
+    res: dict[str, list[float]] = {k: [] for k in FLAG_GROUPS}
+    try:
+        for _ in range(rounds):
+            order = list(FLAG_GROUPS)
+            rng.shuffle(order)
+            for k in order:
+                t = time.perf_counter()
+                cid = subprocess.run(["docker", "run", "-d", "--rm", "--label", f"mlpd-bench-profile={label}", *FLAG_GROUPS[k],
+                                      IMAGE, "sleep", "30"], capture_output=True, text=True, check=True).stdout.strip()
+                res[k].append(time.perf_counter() - t)
+                subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+    finally:
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=mlpd-bench-profile={label}"],
+                             capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+    base = statistics.median(res["plain"])
+    print(f"{rounds} rounds, medians")
+    for k, v in res.items():
+        print(f"  docker run -d {k}: {statistics.median(v) * 1e3:.0f} ms ({statistics.median(v) / base:.2f}x plain)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--flag-groups", action="store_true", help="time docker run -d with each group of mlpd's options instead")
     args = ap.parse_args()
     label = str(os.getpid())
+    if args.flag_groups:
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        flag_groups(args.rounds, label)
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return
     client = docker.from_env()
     rt = DockerRuntime(f"prof{os.getpid()}")
     os.makedirs("/tmp/mlpd-prof-out", exist_ok=True)

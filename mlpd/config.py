@@ -248,6 +248,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scheduler.slowdown_half_life", str, "21d", "Half-life of past jobs in the slowdown factor: a job that started a half-life ago counts half.", _duration_nonempty),
     Setting("scheduler.weight_expansion", (int, float), 1000, "Priority score of a job whose wait reached scheduler.max_expansion times its time limit (less in proportion).", _non_negative),
     Setting("scheduler.max_expansion", (int, float), 100, "Wait, in multiples of a job's time limit (10 min at least), after which expansion adds no more.", _between(1, 1e6)),
+    Setting("scheduler.starvation_wait", str, "6h", "A job that has waited this long goes ahead of every other job of its class but the reservation holder, oldest first, whatever its score: it takes the next reservation, which bounds the longest wait (docs/scheduling.md); '0' = off.", _duration_nonempty),
     Setting("scheduler.weight_size", (int, float), 0, "Priority score of a job asking for all GPUs of one model with a time limit of scheduler.size_time or less (less in proportion to its GPUs, and to size_time / its time limit beyond it); 0 = off.", _non_negative),
     Setting("scheduler.size_time", str, "1h", "Time limit up to which a job's size counts in full in the job-size factor.", _duration_nonempty),
     Setting("scheduler.priority_classes", list, ["production", "default", "preemptible"], "Priority classes, highest first: a job of a higher class always goes ahead of one of a lower class.", _class_names),

@@ -36,7 +36,7 @@ from mlpd.scheduling import quotas
 from mlpd.units import host_limits, parse_duration, shm_size
 from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
 from mlpd.scheduling.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
-                            format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
+                            format_time, schedule, score_terms, short_id, slowdown_factors, starving, waiting_for_the_host)
 from mlpd.scheduling.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
 from mlpd.workload_names import names_of
@@ -97,7 +97,7 @@ def why_waiting(store: Store, inventory: GpuInventory, config: Config, now: floa
     row = next(j for j in s.queued if j["id"] == job_id)
     klass = s.classes.of(row) if s.classes is not None else None
     return wait, {"score": sum(terms.values()), "terms": terms, "priority_class": klass,
-                  "reserved": job_id in s.reserved}
+                  "reserved": job_id in s.reserved, "starving": starving(job, now, s.policy)}
 
 
 @dataclasses.dataclass
@@ -205,7 +205,8 @@ def scheduler_policy(config: Config) -> Policy:
                   max_age=parse_duration(config["scheduler.max_age"]), weight_fair_share=float(config["scheduler.weight_fair_share"]),
                   weight_expansion=float(config["scheduler.weight_expansion"]), max_expansion=float(config["scheduler.max_expansion"]),
                   weight_size=float(config["scheduler.weight_size"]), size_time=parse_duration(config["scheduler.size_time"]),
-                  weight_slowdown=float(config["scheduler.weight_slowdown"]))
+                  weight_slowdown=float(config["scheduler.weight_slowdown"]),
+                  starvation_wait=parse_duration(config["scheduler.starvation_wait"]))
 
 
 def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gpu], now: float) -> None:

@@ -378,6 +378,8 @@ def priority_text(p: dict) -> str:
         text += f"; class {p['priority_class']}"
     if p.get("reserved"):
         text += "; holds the reservation, so it goes first whatever the score"
+    elif p.get("starving"):
+        text += "; starving (waited scheduler.starvation_wait), so it goes ahead of its class, oldest first, whatever the score"
     return text
 
 

@@ -164,13 +164,21 @@ class DockerRuntime(Runtime):  # declared, so that mypy checks it against the Pr
         except docker.errors.DockerException as exc:
             raise ImageMissing(f"image '{image}' not found on this host and could not be pulled ({str(exc).splitlines()[0][:200]})") from None
 
+    def _create(self, kwargs: dict) -> str:
+        """Create the container (docker-py's containers.create without the inspect it adds); its id."""
+        from docker.models.containers import _create_container_args
+
+        args = {k: v for k, v in kwargs.items() if k != "detach"}
+        args["version"] = self.client.api._version
+        return self.client.api.create_container(**_create_container_args(args))["Id"]
+
     def start_job(self, req: LaunchRequest) -> WorkloadStatus:
-        """Create and start the job's container, pinned to its GPUs; idempotent."""
+        """Create and start the job's container, pinned to its GPUs; idempotent.
+
+        Three Docker calls on the usual path, as `docker run -d` makes two: create, start, and one
+        inspect for its state. A container of the same name (an earlier try of this launch) is looked
+        at only when create says it exists, and the image only when create says it is missing."""
         name = container_name(req.job_id)
-        existing = self.inspect(req.job_id)
-        if existing and existing.phase != Phase.PENDING:
-            return existing
-        self._ensure_image(req.image, req.pull)
         gpu_list = ",".join(req.gpu_uuids)
         env = container_env(req)
         volumes = {req.outputs_dir: {"bind": "/outputs", "mode": "rw"}}
@@ -200,11 +208,20 @@ class DockerRuntime(Runtime):  # declared, so that mypy checks it against the Pr
         if req.gpu_uuids and self.use_device_requests:
             kwargs["device_requests"] = [DeviceRequest(driver="nvidia", device_ids=list(req.gpu_uuids), capabilities=[["gpu"]])]
         try:
-            if existing is None:
-                self.client.containers.create(**{k: v for k, v in kwargs.items() if k != "detach"})
-            container = self.client.containers.get(name)
-            container.start()
-            container.reload()
+            try:
+                cid = self._create(kwargs)
+            except docker.errors.ImageNotFound:
+                self._ensure_image(req.image, req.pull)  # pulls it, or says why not (ImageMissing)
+                cid = self._create(kwargs)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                existing = self.inspect(req.job_id)  # made by an earlier try of this launch
+                if existing is not None and existing.phase != Phase.PENDING:
+                    return existing
+                cid = name if existing is not None else self._create(kwargs)
+            self.client.api.start(cid)
+            container = self.client.containers.get(cid)
         except docker.errors.ImageNotFound as exc:
             self.remove(req.job_id)
             raise ImageMissing(f"image '{req.image}' not found: {exc.explanation}") from None

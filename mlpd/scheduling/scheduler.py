@@ -9,7 +9,10 @@ a start time) is worked out only when asked for: `explain()` for one job, or
 The algorithm is EASY backfill over a multifactor priority order:
 
 - Order: by priority class first (a higher class always goes first); within a
-  class, a job that holds the reservation comes first; then by a priority
+  class, a job that holds the reservation comes first; then the starving jobs
+  (waited policy.starvation_wait or longer), oldest first, whatever their score:
+  each takes the reservation in turn, which bounds the longest wait
+  (docs/scheduling.md); then by a priority
   score (as in Slurm's multifactor plugin), the sum of the job's own priority,
   its age, (with fair share) its owner's two fair-share factors (recent usage,
   and how much their recent work was slowed down by waiting), its expansion and
@@ -44,6 +47,8 @@ from mlpd.workload_names import short_id as workload_short_id
 INF = math.inf
 MIN_EXPANSION_BASE = 600.0  # expansion counts a job shorter than 10 minutes as 10 minutes long
 SLOWDOWN_SCALE_FLOOR = 2.0  # slowdown_factors scales by the largest mean slowdown, but by at least this
+LOWEST_USER_PRIORITY = -100  # the lowest priority a job may ask for; below it (work over its GPU-hours) never starves
+STARVATION_WAIT_DEFAULT = 6 * 3600.0  # scheduler.starvation_wait's default (mlpd.toml; a test holds them equal)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class Policy:
     weight_size: float = 0.0
     size_time: float = 3600.0  # seconds
     weight_slowdown: float = 3000.0
+    # A job that has waited this long (seconds) is starving: it goes ahead of every job of its class
+    # but the reservation holder, oldest first, whatever its score; 0 = off. See starving().
+    starvation_wait: float = STARVATION_WAIT_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -269,6 +277,19 @@ def size_factor(job: QueuedJob, host_gpus: int, size_time: float, max_age: float
     return min(1.0, job.gpus / host_gpus) * (1.0 if limit <= size_time else size_time / limit)
 
 
+def starving(job: QueuedJob, now: float | None, policy: Policy) -> bool:
+    """True if the job has waited policy.starvation_wait or longer (and the mechanism is on).
+
+    A starving job goes ahead of every other job of its class except the one holding the
+    reservation, in submit order, whatever its score: so it takes the reservation as soon as the
+    holder starts, and starts by the time its reserved GPUs free up (selective reservation, as
+    Srinivasan et al. 2002: a job gets a reservation once it has waited past a threshold). Work over
+    its owner's GPU-hours (a priority below LOWEST_USER_PRIORITY) runs only when nothing else waits,
+    and never starves. The bound this gives is in docs/scheduling.md."""
+    return (now is not None and policy.starvation_wait > 0 and job.priority >= LOWEST_USER_PRIORITY
+            and now - job.submitted_at >= policy.starvation_wait)
+
+
 def score_terms(job: QueuedJob, now: float | None, policy: Policy, factors: Mapping[str, float],
                 host_gpus: int = 0, slowdown: Mapping[str, float] | None = None) -> dict[str, float]:
     """The terms of the job's priority score, each times its weight, as `mlpd jobs show` lists them:
@@ -301,8 +322,8 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
                 policy: Policy = Policy(), reserved: Mapping[str, float] | None = None,
                 host_gpus: int = 0, slowdown: Mapping[str, float] | None = None) -> list[QueuedJob]:
     """Return the jobs in scheduling order: by class rank desc; within a rank, those holding a
-    reservation first (the earliest reserved first), then by priority score desc, then
-    submitted_at asc, then id.
+    reservation first (the earliest reserved first), then the starving ones (`starving`) by
+    submitted_at asc, then the others by priority score desc, then submitted_at asc, then id.
 
     `usage` is each owner's decayed recent GPU usage and `slowdown` each owner's recent mean
     slowdown (owner_slowdowns), both only read with policy.fair_share;
@@ -320,10 +341,14 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
     size_time = policy.size_time
     w_sd = policy.weight_slowdown if slowdown and fs_on else 0.0
     sfac = slowdown_factors(slowdown or {}, {j.owner for j in queue}) if w_sd else {}
+    starve = policy.starvation_wait if timed and policy.starvation_wait > 0 else INF
     keyed = []
     for j in queue:
         if j.id in reserved:
             keyed.append((-j.rank, 0, reserved[j.id], j.submitted_at, j.id, j))
+            continue
+        if now is not None and now - j.submitted_at >= starve and j.priority >= LOWEST_USER_PRIORITY:  # starving(), inlined
+            keyed.append((-j.rank, 1, j.submitted_at, j.submitted_at, j.id, j))
             continue
         score = w_prio * j.priority
         waited = now - j.submitted_at if now is not None else 0.0
@@ -341,7 +366,7 @@ def queue_order(queue: Iterable[QueuedJob], usage: Mapping[str, float] | None = 
             limit = max(max_age if j.time_limit is None else j.time_limit, MIN_EXPANSION_BASE)
             score += w_size * (j.gpus / host_gpus if j.gpus < host_gpus else 1.0) * (
                 1.0 if limit <= size_time else size_time / limit)
-        keyed.append((-j.rank, 1, -score, j.submitted_at, j.id, j))
+        keyed.append((-j.rank, 2, -score, j.submitted_at, j.id, j))
     keyed.sort(key=lambda k: k[:5])
     return [k[5] for k in keyed]
 

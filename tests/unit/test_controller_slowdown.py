@@ -123,6 +123,9 @@ def test_why_waiting_gives_the_terms_of_the_score_that_ordered_the_queue(tmp_pat
     assert carols["terms"]["slowdown"] == pytest.approx(3000)  # carol's work was slowed down most
     assert 0 < prio["terms"]["slowdown"] < carols["terms"]["slowdown"]
     assert carols["reserved"] and not prio["reserved"]
+    assert prio["starving"] is False and carols["starving"] is False  # waited 2 h and 0 of scheduler.starvation_wait (6h)
+    _, later = why_waiting(store, inventory, cfg, T0 + 5 * HOUR, dave)  # dave has waited 7 h: starving, goes ahead of all but carol
+    assert later["starving"] is True
     assert why_waiting(store, inventory, cfg, T0, hold) == (None, None)  # not queued
 
 

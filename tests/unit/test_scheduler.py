@@ -14,6 +14,7 @@ NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 HOUR = 3600.0
 A100 = "NVIDIA A100"
 H100 = "NVIDIA H100 80GB HBM3"
+SUBMITTED = NOW - HOUR
 
 
 def gpus(n, model=A100, start=0, drained=()):
@@ -21,8 +22,10 @@ def gpus(n, model=A100, start=0, drained=()):
 
 
 def job(id, gpus=1, priority=0, submitted_at=0.0, time_limit=None, owner="carol", model=None):
+    """submitted_at: seconds after an hour before NOW (well within scheduler.starvation_wait: these specs
+    are of the order before any job starves; tests/unit/test_scheduler_starvation.py has the rest)."""
     return QueuedJob(id=id, owner=owner, gpus=gpus, gpu_model=model, priority=priority,
-                     submitted_at=submitted_at, time_limit=time_limit)
+                     submitted_at=SUBMITTED + submitted_at, time_limit=time_limit)
 
 
 def placed(plan):
@@ -57,7 +60,7 @@ def test_fifo_within_a_priority_then_id_breaks_ties():
 def test_two_one_gpu_jobs_use_different_gpus_and_a_third_waits_for_the_earliest_end():
     plan = explained(gpus(2), [], [job("j1", submitted_at=1, time_limit=2 * HOUR, owner="alice"),
                                   job("j2", submitted_at=2, time_limit=HOUR, owner="bob"),
-                                  job("j3", submitted_at=3)], NOW)
+                                  job("j3", submitted_at=3)], NOW, Policy(weight_expansion=0))  # submit order
     assert placed(plan) == {"j1": ("GPU-0",), "j2": ("GPU-1",)}
     w = wait_of(plan, "j3")
     assert w.position == 3

@@ -4,7 +4,7 @@ import random
 
 from mlpd.scheduling.scheduler import (
     Gpu, GpuLimit, Holding, Policy, QueuedJob, fair_share_factors, owner_slowdowns, priority_score, queue_order, schedule, size_factor,
-    score_terms, slowdown_factors, waiting_for_the_host,
+    score_terms, slowdown_factors, starving, waiting_for_the_host,
 )
 
 NOW = 1_800_000_000.0
@@ -251,16 +251,24 @@ def test_bad_size_settings_are_refused_in_one_line(tmp_path):
         assert words in str(info.value) and "\n" not in str(info.value)
 
 
+def by_score_after_the_starving(j, minus_score, policy):
+    """The queue order without reservations: starving jobs first, oldest first; then by score."""
+    if starving(j, NOW, policy):
+        return (0, j.submitted_at, j.submitted_at, j.id)
+    return (1, minus_score, j.submitted_at, j.id)
+
+
 def test_queue_order_is_the_order_of_priority_score():
     rng = random.Random(3)
     for _ in range(200):
         policy = Policy(fair_share=rng.random() < 0.7, max_age=rng.choice([0.0, 3600.0, 7 * 86400.0]),
-                        weight_expansion=rng.choice([0.0, 1000.0]), max_expansion=rng.choice([1.0, 100.0]))
+                        weight_expansion=rng.choice([0.0, 1000.0]), max_expansion=rng.choice([1.0, 100.0]),
+                        starvation_wait=rng.choice([0.0, 6 * 3600.0, 86400.0 * 2]))
         queue = [QueuedJob(f"j{i}", rng.choice("abc"), 1, None, rng.randint(-1, 1), NOW - rng.uniform(-60, 86400),
                            rng.choice([None, 60.0, 3600.0, 86400.0 * 30])) for i in range(rng.randint(1, 12))]
         usage = {o: rng.uniform(0, 100) for o in "ab"}
         factors = fair_share_factors(usage, {j.owner for j in queue})
-        expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors), j.submitted_at, j.id))
+        expected = sorted(queue, key=lambda j: by_score_after_the_starving(j, -priority_score(j, NOW, policy, factors), policy))
         assert queue_order(queue, usage, now=NOW, policy=policy) == expected
 
 
@@ -275,7 +283,7 @@ def test_queue_order_is_the_order_of_priority_score_with_job_size():
                  for i in range(rng.randint(1, 12))]
         usage = {o: rng.uniform(0, 100) for o in "ab"}
         factors = fair_share_factors(usage, {j.owner for j in queue})
-        expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors, host), j.submitted_at, j.id))
+        expected = sorted(queue, key=lambda j: by_score_after_the_starving(j, -priority_score(j, NOW, policy, factors, host), policy))
         assert queue_order(queue, usage, now=NOW, policy=policy, host_gpus=host) == expected
 
 
@@ -365,7 +373,7 @@ def test_queue_order_is_the_order_of_priority_score_with_slowdown():
         slowdown = {o: rng.uniform(1, 50) for o in rng.sample("abcd", rng.randint(0, 4))}
         factors = fair_share_factors(usage, {j.owner for j in queue})
         sf = slowdown_factors(slowdown, {j.owner for j in queue}) if slowdown else {}
-        expected = sorted(queue, key=lambda j: (-priority_score(j, NOW, policy, factors, slowdown=sf), j.submitted_at, j.id))
+        expected = sorted(queue, key=lambda j: by_score_after_the_starving(j, -priority_score(j, NOW, policy, factors, slowdown=sf), policy))
         assert queue_order(queue, usage, now=NOW, policy=policy, slowdown=slowdown) == expected
 
 

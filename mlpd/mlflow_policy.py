@@ -62,8 +62,8 @@ _TRACE_PATH = re.compile(r"traces/([^/]+)/(?:tags|assessments(?:/[^/]+)?)")
 _DATASET_PATH = re.compile(r"datasets/([^/]+)(?:/(?:tags(?:/.+)?|records|add-experiments|remove-experiments))?")
 # Scorers belong to an experiment (the body's experiment_id): its owner registers and deletes them.
 SCORER_ENDPOINTS = frozenset({"scorers/register", "scorers/delete", "scorers/online-config"})
-# The source MLflow's prompt registry gives every prompt version (a placeholder it never reads from).
-PROMPT_SOURCE = "prompt-template"
+# The sources MLflow gives every prompt version (placeholders it never reads from: its store's, and its client's and UI's).
+PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})
 _LOGGED_MODEL = re.compile(r"logged-models/([^/]+)(/.*)?")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
@@ -344,7 +344,7 @@ def check_create_locations(endpoint: str, body: dict[str, Any]) -> None:
                                             "(served through /mlflow); leave artifact_location out")
     if endpoint == "model-versions/create":
         source = body.get("source")
-        if source == PROMPT_SOURCE:
+        if source in PROMPT_SOURCES:
             return  # a prompt version: MLflow never reads files from it (mlpd refuses reads outside its store)
         if not isinstance(source, str) or not source.startswith(MODEL_SOURCE_SCHEMES):
             raise Refused(400, "invalid_field", "source: a model version's source must be a runs:/RUN_ID/PATH, models:/MODEL_ID "

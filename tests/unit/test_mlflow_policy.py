@@ -275,5 +275,6 @@ def test_a_prompt_version_source_is_accepted_and_other_local_sources_are_not():
     from mlpd.mlflow_policy import check_create_locations
 
     check_create_locations("model-versions/create", {"name": "p", "source": "prompt-template"})
+    check_create_locations("model-versions/create", {"name": "p", "source": "dummy-source"})
     with pytest.raises(Refused):
         check_create_locations("model-versions/create", {"name": "p", "source": "prompt-template/../x"})

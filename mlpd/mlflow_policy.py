@@ -83,7 +83,8 @@ class Rule:
 
     action: "read", "create_run", "create_owned", "create_trace", "owned" (a change to the object
     `kind` named by `ref`: a body field, or the id itself with `ref_in_path`), "delete_traces",
-    "artifact_write" (ref is the artifact path), "otlp" (span upload) or "admin".
+    "artifact_write" (ref is the artifact path), "otlp" (span upload), "ui_route" (a route the MLflow
+    UI calls that mlpd answers itself: mlpd.web.mlflow_ui_routes) or "admin".
     """
 
     action: str
@@ -136,6 +137,8 @@ def classify(method: str, path: str) -> Rule:
             if endpoint.startswith(head):
                 return Rule("artifact_write", ref=endpoint[len(head):], endpoint=endpoint)
         return Rule("admin", endpoint=endpoint)
+    if family == "api" and (endpoint.startswith("assistant/") or endpoint == "users/current"):
+        return Rule("ui_route", endpoint=endpoint)
     if method in READ_METHODS:
         return Rule("read", endpoint=endpoint)
     if family == "other":

@@ -116,7 +116,12 @@ class MlflowMount:
             seen["user"] = user.name
             rule = self._admit(environ, user)
             try:
-                if rule is not None and rule.action == "otlp":
+                if rule is not None and rule.action == "ui_route":
+                    # served by a stock server outside the Flask app mlpd mounts (FastAPI, the auth app)
+                    from mlpd.web.mlflow_ui_routes import answer
+
+                    result = answer(environ, respond, rule.endpoint, user)
+                elif rule is not None and rule.action == "otlp":
                     # MLflow serves OTLP span uploads only from its FastAPI server; mlpd answers them itself
                     from mlpd.web.mlflow_otlp import export_spans
 
@@ -186,6 +191,8 @@ class MlflowMount:
             raise Refused(400, "ambiguous_request", f"the query names {twice[0]!r} more than once; send it once")
         family, endpoint = endpoint_of(path)
         rule = classify(method, path)
+        if rule.action == "ui_route":
+            return rule
         reads = artifact_read(path)
         if reads is not None:
             self._check_artifact_read(*reads, query)

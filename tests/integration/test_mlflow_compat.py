@@ -572,3 +572,18 @@ def test_plain_mlflow_client_code_works_for_a_member_and_another_member_changes_
     print(f"{sum(r['ok'] for r in others)} of {len(others)} second-member checks passed")
     assert len(others) >= 12
     assert all(r["ok"] for r in others), failures(others)
+
+
+def test_the_ui_assistant_is_off_and_answers_as_a_stock_server_with_no_provider(daemon):
+    _, token = new_user(daemon, "carol")
+    prefix = "/mlflow/ajax-api/3.0/mlflow/assistant/"
+    config = daemon.api("GET", prefix + "config", token)
+    assert config.status_code == 200 and config.json()["remote_access_allowed"] is False
+    providers = daemon.api("GET", prefix + "providers", token)
+    assert providers.status_code == 200 and providers.json()["providers"] == []
+    for method, path in (("POST", "message"), ("PUT", "config"), ("GET", "sessions/x/stream")):
+        refused = daemon.api(method, prefix + path, daemon.admin_token, json={"message": "run ls"})
+        assert refused.status_code == 403 and refused.json()["error_code"] == "PERMISSION_DENIED", (method, path, refused.text)
+    assert daemon.api("GET", prefix + "config").status_code == 401  # still behind mlpd's login
+    current = daemon.api("GET", "/mlflow/ajax-api/2.0/mlflow/users/current", token)
+    assert current.status_code == 200 and current.json() == {"user": None, "is_basic_auth": False}, current.text

@@ -278,3 +278,9 @@ def test_a_prompt_version_source_is_accepted_and_other_local_sources_are_not():
     check_create_locations("model-versions/create", {"name": "p", "source": "dummy-source"})
     with pytest.raises(Refused):
         check_create_locations("model-versions/create", {"name": "p", "source": "prompt-template/../x"})
+
+
+def test_the_ui_assistant_routes_are_answered_by_mlpd_for_every_method():
+    for method in ("GET", "POST", "PUT", "PATCH"):
+        assert classify(method, "/ajax-api/3.0/mlflow/assistant/config").action == "ui_route"
+    assert classify("GET", "/ajax-api/2.0/mlflow/users/current").action == "ui_route"

@@ -76,9 +76,13 @@ def export_spans(mount, environ: dict[str, Any], start_response: Callable, user:
                          if k.startswith(TRACE_TAG_ATTRIBUTE) and protected_key(k[len(TRACE_TAG_ATTRIBUTE):])]
             if protected and not user.is_admin:
                 raise Refused(403, "forbidden", f"span attribute {protected[0]!r} would set a tag only mlpd sets")
-    for trace_id, start_ns in sorted(starts.items()):
-        if mount.db.trace(trace_id) is None:
-            tracking.claim_trace(mount.config, experiment_id, trace_id, user.name, start_ns // 1_000_000)
+    # Every trace that exists is checked before anything is written, so a refused upload creates nothing;
+    # then each new one is created owned by the uploader, and checked again (another upload may have won).
+    new = {trace_id: start for trace_id, start in starts.items() if mount.db.trace(trace_id) is None}
+    for trace_id in sorted(set(starts) - set(new)):
+        mount._check_owner("trace", trace_id, user, "span upload")
+    for trace_id, start_ns in sorted(new.items()):
+        tracking.claim_trace(mount.config, experiment_id, trace_id, user.name, start_ns // 1_000_000)
         mount._check_owner("trace", trace_id, user, "span upload")
     tracking.log_spans(mount.config, experiment_id, spans)
     if run_id and roots:

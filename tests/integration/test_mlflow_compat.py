@@ -720,10 +720,17 @@ print("COMPAT-RESULTS " + json.dumps(RESULTS))
 
 
 def run_script(daemon, tmp_path: Path, name: str, script: str, user: str, token: str, state: dict | None = None) -> tuple[list[dict], dict]:
+    return run_checks(daemon.url + "/mlflow", tmp_path, name, script, user, token, state)
+
+
+def run_checks(tracking_uri: str, tmp_path: Path, name: str, script: str, user: str, token: str,
+               state: dict | None = None) -> tuple[list[dict], dict]:
+    """Run a check script with the real MLflow client against tracking_uri; (its results, the state it passes on).
+    bench/mlflow_compat_stock.py runs the same scripts against a stock server."""
     path = tmp_path / f"{name}.py"
     path.write_text(script)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPD_"))}
-    env.update(MLFLOW_TRACKING_URI=daemon.url + "/mlflow", MLFLOW_TRACKING_TOKEN=token, COMPAT_USER=user, COMPAT_TAG=user,
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_TRACKING_TOKEN=token, COMPAT_USER=user, COMPAT_TAG=user,
                COMPAT_STATE=json.dumps(state or {}), MLFLOW_DISABLE_TELEMETRY="true", HOME=str(tmp_path), PYTHONUNBUFFERED="1")
     result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp_path))
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("COMPAT-")}

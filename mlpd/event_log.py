@@ -27,6 +27,11 @@ class EventFilter:
     object: str = ""
     before: int | None = None
     limit: int = PAGE_SIZE
+    # `mlpd admin events` and the events page: a user (the actor, or the user the event is about), a
+    # kind (an action's family "job" or one action "job.queued"), and events at or after `since`.
+    user: str = ""
+    kind: str = ""
+    since: float | None = None
 
 
 def _like_prefix(text: str) -> str:
@@ -36,7 +41,8 @@ def _like_prefix(text: str) -> str:
 def page(store: Store, f: EventFilter) -> tuple[list[dict[str, Any]], int | None]:
     """(events newest first, each with its detail decoded and `label` naming its object; the `before` of
     the next page, None on the last)."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if f.action:
         where.append("action LIKE ? ESCAPE '\\'")
         params.append(_like_prefix(f.action))
@@ -52,6 +58,18 @@ def page(store: Store, f: EventFilter) -> tuple[list[dict[str, Any]], int | None
             ids += [r["id"] for r in store.query(f"SELECT id FROM jobs WHERE workload IN ({','.join('?' * len(ids))})", ids)]
         where.append(f"object_id IN ({','.join('?' * (1 + len(ids)))})")
         params += [f.object, *ids]
+    if f.user:
+        # Done by them, or about them: their user record, or an event whose detail names them as its user or owner.
+        where.append("(actor = ? OR (object_kind = 'user' AND object_id = ?) "
+                     "OR (CASE WHEN json_valid(detail) THEN json_extract(detail, '$.user') END) = ? "
+                     "OR (CASE WHEN json_valid(detail) THEN json_extract(detail, '$.owner') END) = ?)")
+        params += [f.user] * 4
+    if f.kind:
+        where.append("(action = ? OR action LIKE ? ESCAPE '\\')")
+        params += [f.kind, _like_prefix(f.kind.rstrip(".") + ".")]
+    if f.since is not None:
+        where.append("at >= ?")
+        params.append(f.since)
     if f.before is not None:
         where.append("id < ?")
         params.append(f.before)
@@ -67,6 +85,23 @@ def page(store: Store, f: EventFilter) -> tuple[list[dict[str, Any]], int | None
             r["detail"] = {}
     name_objects(store, rows)
     return rows, (rows[-1]["id"] if more and rows else None)
+
+
+CSV_COLUMNS = ("id", "at", "actor", "action", "object_kind", "object_id", "label", "detail")
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Events as CSV (CSV_COLUMNS; detail as its JSON)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow([r["id"], r["at"], r["actor"], r["action"], r["object_kind"], r["object_id"], r.get("label", ""),
+                    json.dumps(r["detail"], sort_keys=True)])
+    return buf.getvalue()
 
 
 def name_objects(store: Store, rows: list[dict[str, Any]]) -> None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import sqlite3
 import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 
 def _import_sqlite_utils():
@@ -38,7 +39,7 @@ def _import_sqlite_utils():
     """
     hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
     for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]
+        sys.modules[name] = None
     try:
         import sqlite_utils as module
     finally:
@@ -48,7 +49,10 @@ def _import_sqlite_utils():
     return module
 
 
-sqlite_utils = _import_sqlite_utils()
+if TYPE_CHECKING:
+    import sqlite_utils
+else:
+    sqlite_utils = _import_sqlite_utils()
 
 BUSY_TIMEOUT_MS = 10_000
 MIGRATION_SET = "mlpd"  # this application's rows in sqlite-utils' _sqlite_migrations table
@@ -329,6 +333,39 @@ def _migration_resource_caps(db: sqlite_utils.Database) -> None:
                                 "updated_at": float}, pk=("subject_kind", "subject"), not_null={"subject_kind", "subject", "updated_at"})
 
 
+def _migration_data(db: sqlite_utils.Database) -> None:
+    """Datasets declared at run time (`mlpd admin dataset add`; mlpd.toml's [datasets.NAME] are read from the
+    file), and the last background measurement of each home, team folder and dataset (mlpd.disk_use)."""
+    db["datasets"].create({"name": str, "path": str, "teams": str, "users": str, "writable": int, "added_by": str, "added_at": float},
+                          pk="name", not_null={"name", "path", "teams", "users", "writable", "added_by", "added_at"})
+    db["disk_sizes"].create({"kind": str, "name": str, "bytes": int, "measured_at": float}, pk=("kind", "name"),
+                            not_null={"kind", "name", "bytes", "measured_at"})
+
+
+def _migration_roles(db: sqlite_utils.Database) -> None:
+    """Roles beyond member and admin: a viewer (reads what their teams' members see, changes nothing),
+    and team admins (team_admins: a user who manages one team's members, quotas and grants).
+
+    users.role carries a CHECK constraint, which SQLite cannot change in place: the table is rebuilt
+    with its rows and ids. tokens and ui_sessions reference users(id), and foreign keys are on (and
+    cannot be turned off inside the migration's transaction), so the checks are deferred to the
+    commit, when every referenced id exists again."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'users'").fetchone()[0]
+    old_check = re.search(r"CHECK\s*\(\s*role\s+IN\s*\([^)]*\)\s*\)", sql)
+    if old_check is None:
+        raise ValueError("users.role: its CHECK constraint is not the one mlpd made")
+    db.execute("PRAGMA defer_foreign_keys = ON")
+    db.execute("CREATE TABLE users_before_roles AS SELECT * FROM users")
+    db.execute("DROP TABLE users")
+    db.execute(sql[:old_check.start()] + "CHECK (role IN ('member', 'admin', 'viewer'))" + sql[old_check.end():])
+    db.execute("INSERT INTO users SELECT * FROM users_before_roles")
+    db.execute("DROP TABLE users_before_roles")
+    db["team_admins"].create(
+        {"team": str, "user": str, "actor": str, "added_at": float}, pk=("team", "user"), not_null={"team", "user", "actor", "added_at"},
+        foreign_keys=[sqlite_utils.db.ForeignKey("team_admins", "team", "teams", "name", on_delete="CASCADE")],
+    )
+
+
 # In the order they apply. Append only: a shipped migration never changes what it builds
 # (tests/unit/test_store_schema.py holds 0001..0010 to tests/fixtures/schema-0010.sql); add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -345,6 +382,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0011_priority_grants", _migration_priority_grants),
     ("0012_jobs_started_at", _migration_jobs_started_at),
     ("0013_resource_caps", _migration_resource_caps),
+    ("0014_data", _migration_data),
+    ("0015_roles", _migration_roles),
 ]
 
 
@@ -396,7 +435,6 @@ def _adopt_schema_migrations(db: sqlite_utils.Database, migrations: sqlite_utils
         ignore=True,
     )
     db["schema_migrations"].drop()
-
 
 class Store:
     """The state database, shared by the web workers, the worker process and host-side admin commands."""

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-ROLES = ("member", "admin")
+ROLES = ("member", "admin", "viewer")  # viewer: see mlpd.roles
 
 
 class UserError(MlpdError, ValueError):
@@ -91,7 +91,7 @@ def add_user(store: Store, name: str, role: str = "member", actor: str = "host")
     """Create a user. Names are never reused, even after removal, so old records stay unambiguous."""
     check_name(name)
     if role not in ROLES:
-        raise UserError(f"invalid role {role!r}: expected member or admin")
+        raise UserError(f"invalid role {role!r}: expected member, admin or viewer")
     with store.write() as db:
         if db["users"].count_where("name = ?", [name]):
             raise UserError(f"user {name!r} already exists", code="conflict", status=409)
@@ -196,10 +196,13 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
     if row["last_used_at"] is None or now - row["last_used_at"] > 60:
         with store.write() as db:
             db["tokens"].update(token_id, {"last_used_at": now})  # tokens are revoked, never deleted
-    if row["kind"] == "workspace":
-        # A workspace session's token: its owner at their notebook, as a member (never as an
-        # admin), revoked with the session like a job's.
-        return User(row["id"], row["name"], "member", None, row["job_id"])
+    if row["kind"] is not None:
+        from mlpd.kinds.base import kind_of
+
+        if kind_of(row["kind"]).token_acts_as_member:
+            # A workspace session's token: its owner at their notebook, as a member (never as an
+            # admin), revoked with the session like a job's.
+            return User(row["id"], row["name"], "member", None, row["job_id"])
     return User(row["id"], row["name"], row["role"], row["job_id"])
 
 
@@ -357,7 +360,7 @@ def login_with_password(store: Store, name: str, password: str, now: float | Non
         ok = False
     else:
         ok = verify_password(row["password_hash"], password or "")
-    if not ok:
+    if not ok or row is None:
         until = _record_failure(store, name, now)
         if until:
             raise LoginRefused(_lock_message(until, now), code="locked", status=429)

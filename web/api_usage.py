@@ -9,8 +9,8 @@ import time
 
 from flask import Response, g, jsonify, request
 
-from mlpd import quotas
-from mlpd.accounting import GROUPINGS, busy_seconds, summarize
+from mlpd.scheduling import quotas
+from mlpd.scheduling.accounting import GROUPINGS, busy_seconds, summarize
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
 from mlpd.web.routes import Area, Field, json_body
@@ -68,11 +68,19 @@ def usage_rows(by: str, since: float, until: float, user: str | None = None, tea
         raise ApiError(400, "invalid_field", f"by: expected one of {', '.join(GROUPINGS)}")
     if until <= since:
         raise ApiError(400, "invalid_field", "until: must be after since")
-    if not g.user.is_admin:
+    from mlpd.roles import is_viewer, readable_owners, teams_of_user
+
+    viewer_owners = None
+    if is_viewer(g.user):  # a viewer: what their teams' members see (mlpd.roles)
+        readable = readable_owners(st, g.user) or frozenset()
+        if (user and user not in readable) or (team and team not in teams_of_user(st, g.user.name)):
+            raise ApiError(403, "forbidden", "a viewer sees the usage of their own teams' members only")
+        viewer_owners = None if (user or team) else sorted(readable)
+    elif not g.user.is_admin:
         if (user and user != g.user.name) or team:
             raise ApiError(403, "forbidden", "members see their own usage only")
         user = g.user.name
-    owners = None
+    owners = viewer_owners
     if user:
         owners = [user]
     if team:
@@ -155,7 +163,7 @@ CAP_KEYS = ("max_cpus", "max_memory", "max_jobs")
 
 def _memory_cap(value) -> int | None:
     """A memory cap from the body: bytes or a size like "64g"; 0 = unlimited."""
-    from mlpd.jobspec import MIN_MEMORY, format_bytes, parse_memory
+    from mlpd.units import MIN_MEMORY, format_bytes, parse_memory
 
     if value is None or value in (0, "0"):
         return value if value is None else 0
@@ -169,7 +177,8 @@ def _memory_cap(value) -> int | None:
 
 
 @route("/quotas", methods=("POST",), summary="Set a user's or team's quota (0 = unlimited; GPU fields both null clear them; "
-       "CPU, memory and workload caps change only where given; clear = back to the defaults)", admin=True,
+       "CPU, memory and workload caps change only where given; clear = back to the defaults; team admins: their team's members, "
+       "within the team's own limits)", admin=True, team_admin=True,
        body={"user": Field(str), "team": Field(str), "gpu_hours": Field((int, float)), "max_gpus": Field(int),
              "max_cpus": Field((int, float)), "max_memory": Field((str, int)), "max_jobs": Field(int), "clear": Field(bool)})
 def set_quota():
@@ -179,6 +188,20 @@ def set_quota():
     kind, subject = ("user", body["user"]) if body.get("user") else ("team", body["team"])
     caps_given = any(body.get(k) is not None for k in CAP_KEYS)
     memory = _memory_cap(body.get("max_memory"))
+    if not g.user.is_admin:  # a team admin (mlpd.roles): a member of their team, within the team's own limits
+        from mlpd.roles import check_member_quota
+
+        if kind != "user" or body.get("clear"):
+            raise ApiError(403, "forbidden", "a team admin sets their team's members' quotas; the team's own quota and 'clear' are an admin's")
+        values = {k: body.get(k) for k in ("max_cpus", "max_jobs") if body.get(k) is not None}
+        if memory is not None:
+            values["max_memory"] = memory
+        if not caps_given or "gpu_hours" in body or "max_gpus" in body:
+            values.update(gpu_hours=body.get("gpu_hours"), max_gpus=body.get("max_gpus"))
+        cfg = config()
+        cpus, mem_default, count = quotas.default_caps(cfg)
+        check_member_quota(store(), g.user, subject, values, {"gpu_hours": cfg["quotas.gpu_hours"], "max_gpus": cfg["quotas.max_gpus"],
+                                                              "max_cpus": cpus, "max_memory": mem_default, "max_jobs": count})
     if body.get("clear") or not caps_given or "gpu_hours" in body or "max_gpus" in body:
         quotas.set_quota(store(), kind, subject, None if body.get("clear") else body.get("gpu_hours"),
                          None if body.get("clear") else body.get("max_gpus"), g.user.name)
@@ -193,9 +216,32 @@ def set_quota():
                     "max_cpus": body.get("max_cpus"), "max_memory": memory, "max_jobs": body.get("max_jobs")})
 
 
-@route("/teams", summary="Teams and their members")
+@route("/teams", summary="Teams, their members and their team admins")
 def list_teams():
-    return jsonify({"teams": quotas.list_teams(store())})
+    from mlpd.roles import team_admins
+
+    teams, admins = quotas.list_teams(store()), {}
+    for row in team_admins(store()):
+        admins.setdefault(row["team"], []).append(row["user"])
+    for t in teams:
+        t["admins"] = admins.get(t["name"], [])
+    return jsonify({"teams": teams})
+
+
+@route("/teams/<name>/admins", methods=("POST",), summary="Make a member of the team its team admin (idempotent)", admin=True,
+       body={"user": Field(str, True)})
+def add_team_admin(name: str):
+    from mlpd.roles import set_team_admin
+
+    done = set_team_admin(store(), name, json_body()["user"], True, g.user.name)
+    return jsonify(done), 201 if done["changed"] else 200
+
+
+@route("/teams/<name>/admins/<user>", methods=("DELETE",), summary="Take back a team admin (they stay a member)", admin=True)
+def remove_team_admin(name: str, user: str):
+    from mlpd.roles import set_team_admin
+
+    return jsonify(set_team_admin(store(), name, user, False, g.user.name))
 
 
 @route("/teams", methods=("POST",), summary="Create a team", admin=True, body={"name": Field(str, True)})
@@ -211,14 +257,23 @@ def remove_team(name: str):
     return jsonify({"removed": name})
 
 
-@route("/teams/<name>/members", methods=("POST",), summary="Add a user to a team", admin=True, body={"user": Field(str, True)})
+@route("/teams/<name>/members", methods=("POST",), summary="Add a user to a team (admins; its team admins)", admin=True,
+       team_admin=True, body={"user": Field(str, True)})
 def add_member(name: str):
+    from mlpd.roles import check_team_admin
+
+    check_team_admin(store(), g.user, name)
     body = json_body()
     quotas.set_membership(store(), name, body["user"], True, g.user.name)
     return jsonify({"team": name, "members": quotas.team_members(store(), name)})
 
 
-@route("/teams/<name>/members/<user>", methods=("DELETE",), summary="Remove a user from a team", admin=True)
+@route("/teams/<name>/members/<user>", methods=("DELETE",), summary="Remove a user from a team (admins; its team admins)",
+       admin=True, team_admin=True)
 def remove_member(name: str, user: str):
+    from mlpd.roles import check_team_admin, set_team_admin
+
+    check_team_admin(store(), g.user, name)
+    set_team_admin(store(), name, user, False, g.user.name)  # a team admin who leaves the team is no longer its admin
     quotas.set_membership(store(), name, user, False, g.user.name)
     return jsonify({"team": name, "members": quotas.team_members(store(), name)})

@@ -30,3 +30,13 @@ def require_user() -> None:
     if user is None:
         raise ApiError(401, "unauthorized", "invalid, revoked or expired token: ask an admin for a new one ('mlpd admin token create')")
     g.user = user
+    # A viewer changes nothing: every request that may change state is refused here, before its route
+    # runs, except on the few routes declared viewer=True (their own password). A new route is safe by default.
+    from flask import current_app
+
+    from mlpd.roles import viewer_refusal
+
+    view = current_app.view_functions.get(request.endpoint or "")
+    refusal = viewer_refusal(user, request.method, bool(getattr(view, "mlpd_viewer", False)))
+    if refusal:
+        raise ApiError(403, "forbidden", refusal)

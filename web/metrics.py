@@ -84,4 +84,7 @@ def install(app: Flask) -> None:
         from mlpd.web.serving_proxy import ServingCollector
 
         registry.register(ServingCollector(store()))
+        from mlpd.web.api_report import PlatformCollector
+
+        registry.register(PlatformCollector(store(), config().state_dir))  # the platform report's gauges (mlpd.scheduling.report)
         return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")

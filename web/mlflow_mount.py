@@ -5,12 +5,12 @@ the REST API (/mlflow/api/..., /mlflow/ajax-api/...), the proxied artifact route
 the UI alike. It needs an mlpd token, as ``Authorization: Bearer mlpd_...`` (what an
 MLflow client sends from MLFLOW_TRACKING_TOKEN) or HTTP Basic with the token as the
 password (browsers: a 401 carries ``WWW-Authenticate: Basic realm="mlpd"`` so they ask).
-Then ``mlpd.mlflow_policy`` decides, mutations are checked against their owner, creates
+Then ``mlpd.tracking.policy`` decides, mutations are checked against their owner, creates
 are rewritten (the run's user is the token's user), and the request goes to MLflow's own
 Flask app with its path unchanged: MLflow registers its routes under the prefix itself
 (werkzeug's DispatcherMiddleware would strip the prefix, and MLflow would answer 404).
 
-MLflow is imported on the first /mlflow request in each worker (``mlpd.tracking``), so
+MLflow is imported on the first /mlflow request in each worker (``mlpd.tracking.server``), so
 `import mlpd.web` stays cheap and a daemon nobody tracks with never loads it.
 """
 
@@ -27,12 +27,15 @@ import uuid
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
-from mlpd import jobs, strict_json, tracking
-from mlpd.mlflow_policy import (PATH_PARAMS, artifact_read, READ_METHODS, Refused, Rule, artifact_target, canonical_body,
+from mlpd import jobs, strict_json
+
+from mlpd.tracking import server as tracking
+from mlpd.tracking.policy import (PATH_PARAMS, artifact_read, READ_METHODS, Refused, Rule, artifact_target, canonical_body,
                                 check_create_locations, classify, endpoint_of, in_store, job_tags, logged_models_named, may_change,
                                 mlflow_error_code, protected_key, rewrite_dataset_create, rewrite_trace_create, trace_ids_named,
                                 trace_ids_to_delete, trace_named_in_body,
                                 rewrite_create_run, rewrite_owned_create, tags_written, unsafe_path)
+from mlpd.roles import viewer_refusal
 from mlpd.users import User, authenticate
 
 log = logging.getLogger("mlpd.web.mlflow")
@@ -192,7 +195,12 @@ class MlflowMount:
         family, endpoint = endpoint_of(path)
         rule = classify(method, path)
         if rule.action == "ui_route":
-            return rule
+            return rule  # answered by mlpd itself, read-only (mlpd.web.mlflow_ui_routes refuses anything else)
+        # A viewer reads and changes nothing: every request that is not a read by the policy's own
+        # classification (a search sent as POST is a read) is refused before MLflow sees it.
+        refusal = viewer_refusal(user, method, rule.action == "read")
+        if refusal:
+            raise Refused(403, "forbidden", refusal, "PERMISSION_DENIED")
         reads = artifact_read(path)
         if reads is not None:
             self._check_artifact_read(*reads, query)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import zlib
 from typing import Any, Callable
 
-from mlpd import tracking
-from mlpd.mlflow_policy import Refused, canonical_body, protected_key
+from mlpd.tracking import server as tracking
+from mlpd.tracking.policy import Refused, canonical_body, protected_key
 from mlpd.users import User
 
 MAX_OTLP_BODY = 64 * 1024 * 1024  # compressed and expanded alike

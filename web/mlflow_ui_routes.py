@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from mlpd.mlflow_policy import Refused
+from mlpd.tracking.policy import Refused
 from mlpd.users import User  # noqa: F401  (the caller's; the answers do not depend on it)
 
 ASSISTANT_OFF = "the MLflow assistant is switched off in mlpd (it would run tools on the daemon's host)"

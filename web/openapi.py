@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from flask import jsonify
 
@@ -29,7 +30,7 @@ def build_document() -> dict:
     for doc in ROUTES:
         path = "/api/v1" + re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", doc.rule)
         for method in doc.methods:
-            op = {
+            op: dict[str, Any] = {
                 "summary": doc.summary,
                 "operationId": f"{doc.endpoint}_{method.lower()}" if len(doc.methods) > 1 else doc.endpoint,
                 "security": [{"token": []}],
@@ -41,6 +42,10 @@ def build_document() -> dict:
                 op["x-mlpd-job-token"] = True
             if doc.credentials:
                 op["x-mlpd-credentials"] = True  # a workspace session's token is refused here
+            if doc.viewer:
+                op["x-mlpd-viewer"] = True  # a viewer may call it though it is not a read (their own password)
+            if doc.team_admin:
+                op["x-mlpd-team-admin"] = True  # team admins too, for their own team (mlpd.roles)
             params = re.findall(r"<(?:[^:>]+:)?([^>]+)>", doc.rule)
             if params:
                 op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]

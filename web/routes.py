@@ -38,6 +38,8 @@ class RouteDoc:
     endpoint: str = ""
     job_token: bool = False
     credentials: bool = False
+    viewer: bool = False
+    team_admin: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,7 +57,7 @@ class Area:
 
     def route(self, rule: str, methods: tuple[str, ...] = ("GET",), summary: str = "", admin: bool = False,
               body: dict[str, Field] | None = None, streaming: bool = False, job_token: bool = False,
-              credentials: bool = False):
+              credentials: bool = False, viewer: bool = False, team_admin: bool = False):
         """Register an authenticated /api/v1 route; admin routes answer 403 to members.
 
         A ``credentials`` route makes, lists or changes credentials (tokens, SSH keys, passwords,
@@ -65,6 +67,10 @@ class Area:
         A job's token (see mlpd.users.User) reaches only the routes marked ``job_token``: what
         a job needs, never anything that makes credentials or outlives the job. ``body`` declares
         the JSON request body once: json_body() checks a request against it and OpenAPI documents it.
+
+        A viewer (mlpd.roles) is refused every method but GET and HEAD by the token check itself
+        (mlpd.web.auth.require_user), except on routes declared ``viewer=True``. A ``team_admin``
+        route is an admin route that team admins reach too; its view checks the team (mlpd.roles).
         """
 
         def decorate(fn: Callable):
@@ -78,19 +84,28 @@ class Area:
                 if credentials and g.user.session_id:
                     raise ApiError(403, "forbidden", "a workspace session's token cannot make or change tokens, keys or passwords; "
                                                      "use your own token ('mlpd login') outside the workspace")
-                if admin and not g.user.is_admin:
-                    raise ApiError(403, "forbidden", "this needs an admin token")
+                if admin and not g.user.is_admin and not (team_admin and _team_admin(g.user)):
+                    raise ApiError(403, "forbidden", "this needs an admin token" + (" (or a team admin's)" if team_admin else ""))
                 return fn(**kwargs)
 
             view.mlpd_admin = admin  # type: ignore[attr-defined]
             view.mlpd_job_token = job_token  # type: ignore[attr-defined]
             view.mlpd_credentials = credentials  # type: ignore[attr-defined]
-            view.mlpd_body = body  # type: ignore[attr-defined]  (what json_body() checks)
+            view.mlpd_viewer = viewer  # type: ignore[attr-defined]  # what mlpd.web.auth lets a viewer through
+            view.mlpd_body = body  # type: ignore[attr-defined]  # what json_body() checks
             self.blueprint.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=list(methods))
-            ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint, job_token, credentials))
+            ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint, job_token, credentials, viewer, team_admin))
             return view
 
         return decorate
+
+
+def _team_admin(user) -> bool:
+    """Whether the user is a team admin of some team (the view then checks which)."""
+    from mlpd.roles import administered
+    from mlpd.web import store
+
+    return bool(administered(store(), user))
 
 
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "an object"}
@@ -123,7 +138,7 @@ def request_json() -> Any:
 def json_body(schema: dict[str, Field] | None = None) -> dict[str, Any]:
     """The request's JSON object, checked against the body its route declares (or `schema`); errors name the field."""
     if schema is None:
-        schema = getattr(current_app.view_functions[request.endpoint], "mlpd_body", None) or {}
+        schema = getattr(current_app.view_functions[request.endpoint], "mlpd_body", None) or {}  # type: ignore[index]  # routed: it has one
     data = request_json()
     if data is None:
         data = {}

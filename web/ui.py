@@ -23,7 +23,8 @@ import mlpd
 from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.jobs import JobState
-from mlpd.jobspec import format_bytes, format_duration
+from mlpd.kinds.base import kind_of
+from mlpd.units import format_bytes, format_duration
 from mlpd.workload_names import name_of, short_id
 from mlpd.web import config, store, ui_auth, ui_charts
 
@@ -32,6 +33,8 @@ ui_auth.register(ui)
 
 # The navigation bar: (endpoint, label). Workspaces and deployments add their pages here when
 # they land, e.g. NAV.insert(3, ("ui.workspaces", "Workspaces")); admins also see "Admin".
+# Pages that only change things (forms), left out of a viewer's navigation.
+VIEWER_HIDDEN = frozenset({"ui.submit"})
 NAV: list[tuple[str, str]] = [("ui.dashboard", "Dashboard"), ("ui.job_list", "Jobs"), ("ui.submit", "Submit a job"),
                               ("ui.workspace_list", "Workspaces"), ("ui.deployment_list", "Models served"), ("ui.usage", "Usage")]
 
@@ -83,15 +86,22 @@ def bytes_filter(n: int | None) -> str:
 
 
 @ui.context_processor
-def _furniture() -> dict[str, Any]:
+def page_furniture() -> dict[str, Any]:
+    """What every page's template reads: navigation, the user, the CSRF token, helpers (ui_admin shares it)."""
+    from mlpd.roles import is_viewer
+
+    viewer = is_viewer(g.get("user"))
     nav = list(NAV) + ([("ui_admin.overview", "Admin")] if g.get("user") and g.user.is_admin else [])
-    return {"csrf_token": ui_auth.csrf_token, "nav": nav, "user": g.get("user"), "static_version": _static_version(),
+    if viewer:  # a viewer sees no page or button that changes something (mlpd.roles); refused anyway (ui_auth)
+        nav = [(endpoint, label) for endpoint, label in nav if endpoint not in VIEWER_HIDDEN]
+    return {"can_change": not viewer, "csrf_token": ui_auth.csrf_token, "nav": nav, "user": g.get("user"), "static_version": _static_version(),
             "meter": lambda p: Markup(ui_charts.meter(p)), "version": mlpd.__version__, "display_command": display_command,
             "job_states": JOB_STATES}
 
 
 @ui.after_request
-def _headers(response: Response) -> Response:
+def page_headers(response: Response) -> Response:
+    """The security and caching headers of every page (ui_admin shares them)."""
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
@@ -110,12 +120,14 @@ def _error_page(status: int, message: str):
 
 
 @ui.errorhandler(MlpdError)
-def _mlpd_error(exc: MlpdError):
+def page_for_mlpd_error(exc: MlpdError):
+    """An MlpdError as an error page (ui_admin shares it)."""
     return _error_page(exc.status, exc.message)
 
 
 @ui.errorhandler(HTTPException)
-def _http_error(exc: HTTPException):
+def page_for_http_error(exc: HTTPException):
+    """An HTTP error as an error page (ui_admin shares it)."""
     message = exc.description or exc.name
     if exc.code == 404:
         message = "There is no such page, or it is not yours to see."
@@ -132,8 +144,10 @@ def not_found(anything: str):
 
 def _visible_job(job_id: str) -> dict:
     """The job if g.user may see it; 404 otherwise (as if it did not exist), as the API does."""
-    job = jobs.visible(store(), job_id, g.user.name, g.user.is_admin)
-    if job is None or job.get("kind", "job") != "job":  # a workspace's session is not a job page
+    from mlpd.roles import may_read
+
+    job = jobs.get(store(), job_id)  # theirs; any for admins; their teams' members' for a viewer (mlpd.roles)
+    if job is None or not may_read(store(), g.user, job["owner"]) or not kind_of(job.get("kind")).listed_with_jobs:
         raise MlpdError(404, "not_found", f"no such job {job_id[:40]!r}, or it is not yours")
     return job
 
@@ -156,17 +170,14 @@ def _workload_url(job: dict | None, owner: str) -> str:
     if not job or not _mine(owner):
         return ""
     name = name_of(store(), job)
-    if name.kind == "workspace" and name.name:
-        return url_for("ui.workspace", name=name.name, **({} if owner == g.user.name else {"owner": owner}))
-    if name.kind == "deployment" and name.name:
-        return url_for("ui.deployment", name=name.name)
-    return url_for("ui.job", job_id=job["id"]) if name.kind == "job" else ""
+    page = kind_of(name.kind).page(name, owner_is_viewer=owner == g.user.name)
+    return url_for(page[0], **page[1]) if page else ""
 
 
 def gpu_rows(now: float) -> list[dict[str, Any]]:
     """Each GPU with its holder, what for and until when (the data of the dashboard's GPU table)."""
     from mlpd.controller import effective_time_limit
-    from mlpd.gpu_state import drains, gpu_holders, stray_gpus
+    from mlpd.scheduling.gpu_state import drains, gpu_holders, stray_gpus
     from mlpd.web.api_jobs import inventory
 
     cfg, st = config(), store()
@@ -231,7 +242,11 @@ def live_context() -> dict[str, Any]:
 
 @ui.route("/")
 def dashboard():
-    mine = jobs.list_jobs(store(), g.user.name, jobs.QUEUED_OR_ACTIVE_STATES, limit=50)
+    from mlpd.roles import is_viewer, readable_owners
+
+    # A viewer's dashboard shows their teams' members' work (mlpd.roles); everyone else's, their own.
+    owner = readable_owners(store(), g.user) if is_viewer(g.user) else g.user.name
+    mine = jobs.list_jobs(store(), owner, jobs.QUEUED_OR_ACTIVE_STATES, limit=50)
     return render_template("dashboard.html", mine=mine, **live_context())
 
 
@@ -251,6 +266,10 @@ def job_list():
     everyone = g.user.is_admin and request.args.get("all") == "1"
     owner_filter = request.args.get("owner", "").strip()[:64] if g.user.is_admin else ""
     owner = owner_filter or (None if everyone else g.user.name)
+    from mlpd.roles import is_viewer, readable_owners
+
+    if is_viewer(g.user):
+        owner = readable_owners(store(), g.user)  # their teams' members' jobs
     rows = jobs.list_jobs(store(), owner, states, limit=201)
     return render_template("jobs.html", rows=rows[:200], truncated=len(rows) > 200, state=state, everyone=everyone,
                            owner_filter=owner_filter, state_names=jobs.STATE_NAMES)
@@ -317,7 +336,8 @@ def _saved_log(job_id: str) -> str:
 def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
     """Each time the job was preempted, oldest first: the attempt stopped, when, why (which job of
     which class it made way for, as `mlpd jobs show` says it) and that job's id when g.user may see it."""
-    out, for_job = [], None
+    out: list[dict[str, Any]] = []
+    for_job = None
     for event in history:
         if event["action"] == "job.preempt_requested":
             for_job = event["detail"].get("for_job")
@@ -331,7 +351,7 @@ def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
 
 @ui.route("/jobs/<job_id>")
 def job(job_id: str):
-    from mlpd.priority_classes import PriorityClasses
+    from mlpd.scheduling.priority_classes import PriorityClasses
     from mlpd.web.api_jobs import explain_wait, mlflow_runs
 
     job = _visible_job(job_id)
@@ -413,7 +433,7 @@ def form_spec(form) -> tuple[dict[str, Any], dict[str, str]]:
 
 def _check_image(image: str, errors: dict[str, str]) -> None:
     """The form only offers images this host has: a missing one would fail at start, after the wait."""
-    from mlpd.runtime import RuntimeFailure
+    from mlpd.runtime.protocol import RuntimeFailure
     from mlpd.web.api_jobs import runtime
 
     try:
@@ -528,8 +548,12 @@ def usage():
         "util": Markup(ui_charts.lines("Utilization per GPU, last hour", [(f"GPU {d.index}", util.get(d.uuid, [])) for d in devices], now - 3600, now)),
         "waits": Markup(ui_charts.vbars(f"Mean queue wait per day, last {days} days", _wait_points(waits, since, days), unit="min")),
     }
+    from mlpd import disk_use
+
+    disk = disk_use.usage_of(store(), config(), g.user.name)  # your home and teams' folders, as the worker last measured them
     return render_template("usage.html", days=days, by_user=by_user, by_team=by_team, by_day=sorted(by_day.values(), key=lambda r: r["key"]),
-                           waits=waits, charts=charts, currency=config()["pricing.currency"], periods=sorted(PERIODS, key=int))
+                           waits=waits, charts=charts, currency=config()["pricing.currency"], periods=sorted(PERIODS, key=int),
+                           disk=[("Your home", disk["home"])] + [(f"Team {t['team']}", t) for t in disk["teams"]])
 
 
 @ui.route("/usage.csv")

@@ -12,8 +12,11 @@ import time
 from flask import Blueprint, abort, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from mlpd import jobs, quotas, users
+from mlpd import jobs, users
+
+from mlpd.scheduling import quotas
 from mlpd.errors import MlpdError
+from mlpd.kinds.base import names as kind_names
 from mlpd.web import config, store, ui, ui_auth
 
 ui_admin = Blueprint("ui_admin", __name__, url_prefix="/ui/admin", template_folder="templates")
@@ -27,14 +30,14 @@ def _admins_only():
         abort(403, "This page is for admins.")
 
 
-ui_admin.context_processor(ui._furniture)
-ui_admin.after_request(ui._headers)
-ui_admin.register_error_handler(MlpdError, ui._mlpd_error)
-ui_admin.register_error_handler(HTTPException, ui._http_error)
+ui_admin.context_processor(ui.page_furniture)
+ui_admin.after_request(ui.page_headers)
+ui_admin.register_error_handler(MlpdError, ui.page_for_mlpd_error)
+ui_admin.register_error_handler(HTTPException, ui.page_for_http_error)
 
 SECTIONS = [("ui_admin.overview", "Overview"), ("ui_admin.users_page", "Users"), ("ui_admin.tokens_page", "Tokens"),
             ("ui_admin.teams_page", "Teams"), ("ui_admin.quotas_page", "Quotas"), ("ui_admin.gpus_page", "GPUs"),
-            ("ui_admin.events_page", "Events")]
+            ("ui_admin.events_page", "Events"), ("ui_admin.platform_page", "Platform")]
 
 
 def _page(template: str, status: int = 200, **context):
@@ -52,7 +55,7 @@ def _act(fn, done: str) -> tuple[str, str]:
 
 def workload_counts(st) -> dict[str, dict[str, int]]:
     """{kind: {"queued": n, "running": n}} for jobs, workspaces (their sessions) and deployments (their replicas)."""
-    out = {kind: {"queued": 0, "running": 0} for kind in ("job", "workspace", "deployment")}
+    out = {kind: {"queued": 0, "running": 0} for kind in kind_names()}
     states = sorted(jobs.QUEUED_OR_ACTIVE_STATES)
     for r in st.query("SELECT kind, CASE WHEN state = 'queued' THEN 'queued' ELSE 'running' END AS s, COUNT(*) AS n FROM jobs "
                       f"WHERE state IN ({','.join('?' * len(states))}) GROUP BY kind, s", states):
@@ -79,7 +82,7 @@ def users_page():
     if request.method == "POST":
         action, name = request.form.get("action", ""), request.form.get("name", "").strip()[:64]
         if action == "add":
-            role = "admin" if request.form.get("admin") == "1" else "member"
+            role = "admin" if request.form.get("admin") == "1" else "viewer" if request.form.get("viewer") == "1" else "member"
             try:
                 users.add_user(st, name, role, actor=g.user.name)
                 new_token, _ = users.create_token(st, name, "initial", actor=g.user.name)
@@ -117,7 +120,7 @@ def tokens_page():
     if request.method == "POST":
         action = request.form.get("action", "")
         if action == "create":
-            from mlpd.jobspec import parse_duration
+            from mlpd.units import parse_duration
 
             name, label = request.form.get("user", "").strip()[:64], request.form.get("label", "")[:200]
             try:
@@ -197,7 +200,7 @@ def quotas_page():
 
 @ui_admin.route("/gpus", methods=("GET", "POST"))
 def gpus_page():
-    from mlpd.gpu_state import drains, find_gpu, set_drained
+    from mlpd.scheduling.gpu_state import drains, find_gpu, set_drained
     from mlpd.web.api_jobs import inventory, wake
 
     st, cfg, notice, error = store(), config(), "", ""
@@ -231,8 +234,25 @@ def events_page():
         before = int(args["before"]) if args.get("before") else None
     except ValueError:
         before = None
+    since_day = args.get("since", "").strip()[:10]
+    try:
+        import datetime as dt
+
+        since = dt.datetime.fromisoformat(since_day).replace(tzinfo=dt.timezone.utc).timestamp() if since_day else None
+    except ValueError:
+        since, since_day = None, ""
     f = EventFilter(action=args.get("action", "").strip()[:100], actor=args.get("actor", "").strip()[:100],
-                    object=(args.get("object") or args.get("object_id") or "").strip()[:100], before=before, limit=PAGE_SIZE)
+                    object=(args.get("object") or args.get("object_id") or "").strip()[:100], before=before, limit=PAGE_SIZE,
+                    user=args.get("user", "").strip()[:100], kind=args.get("kind", "").strip()[:100], since=since)
     rows, next_before = page(store(), f)
-    filters = {k: v for k, v in (("action", f.action), ("actor", f.actor), ("object", f.object)) if v}
-    return _page("admin_events.html", rows=rows, f=f, filters=filters, next_before=next_before)
+    filters = {k: v for k, v in (("action", f.action), ("actor", f.actor), ("object", f.object), ("user", f.user), ("kind", f.kind),
+                                 ("since", since_day)) if v}
+    return _page("admin_events.html", rows=rows, f=f, filters=filters, next_before=next_before, since_day=since_day)
+
+
+@ui_admin.route("/platform")
+def platform_page():
+    """The platform report with charts (web/ui_platform.py)."""
+    from mlpd.web.ui_platform import platform_page as render
+
+    return render(SECTIONS)

@@ -19,12 +19,17 @@ from urllib.parse import unquote, urlsplit
 from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
 
 from mlpd import users
+from mlpd.roles import viewer_refusal
 from mlpd.users import LoginRefused, Session, UserError
 
 COOKIE = "mlpd_session"
 LOGIN_CSRF_COOKIE = "mlpd_login_csrf"
 # Endpoints reachable without a session (the login page itself and static files).
 PUBLIC_ENDPOINTS = frozenset({"ui.login", "ui.login_token", "ui.static"})
+# The forms a viewer may send: logging out, and their own password on the account page.
+VIEWER_ENDPOINTS = frozenset({"ui.logout", "ui.account"})
+# Pages that are only a form for changing something: a viewer is refused them outright.
+VIEWER_REFUSED_PAGES = frozenset({"ui.submit"})
 
 
 def _store():
@@ -59,8 +64,14 @@ def require_login():
         if request.method == "GET":
             return redirect(url_for("ui.login", next=request.full_path.rstrip("?")))
         abort(401)
+    if request.endpoint in VIEWER_REFUSED_PAGES and viewer_refusal(g.user, "POST"):
+        abort(403, "a viewer reads and changes nothing: this page only submits work")
     if request.method not in ("GET", "HEAD"):
         check_csrf(g.session.csrf)
+        # A viewer changes nothing: refused here for every page, a new one included (mlpd.roles).
+        refusal = viewer_refusal(g.user, request.method, request.endpoint in VIEWER_ENDPOINTS)
+        if refusal:
+            abort(403, refusal)
     return None
 
 
@@ -148,7 +159,7 @@ def register(bp: Blueprint) -> None:
 
     @bp.route("/account", methods=("GET", "POST"))
     def account():
-        from mlpd import quotas
+        from mlpd.scheduling import quotas
         from mlpd.web import config
 
         errors: dict[str, str] = {}

@@ -25,6 +25,7 @@ def set_user_password(name: str):
 
 
 @route("/password", methods=("POST",), summary="Change your own web UI password (the current one is checked; failures count toward the lockout)", credentials=True,
+       viewer=True,
        body={"old": Field(str, True, "your current password"), "new": Field(str, True, f"at least {users.PASSWORD_MIN} characters")})
 def change_own_password():
     body = json_body()

@@ -39,52 +39,59 @@ def _host(fn):
     try:
         return fn()
     except UserError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
 
 
 def _parse_expiry(expires: str | None) -> float | None:
     if not expires:
         return None
-    from mlpd.jobspec import parse_duration
+    from mlpd.units import parse_duration
 
     try:
         return parse_duration(expires)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--expires")
+        raise click.BadParameter(str(exc), param_hint="--expires") from exc
 
 
 @click.group(cls=LazyGroup, lazy_subcommands={
+    "dataset": "mlpd.cli.datasets:admin_dataset",
     "priority-class": "mlpd.cli.pclass:priority_class",
     "quota": "mlpd.cli.usage:admin_quota",
+    "report": "mlpd.cli.report:report_cmd",
+    "events": "mlpd.cli.report:events_cmd",
     "team": "mlpd.cli.usage:admin_team",
     "ws-idle-timeout": "mlpd.cli.ws:admin_idle_timeout",
 })
 def admin() -> None:
-    """Administration (admins only): user, token, team, quota, priority-class, gpus, ws-idle-timeout, backup, restore.
+    """Administration (admins only): user, token, team, quota, dataset, priority-class, gpus, ws-idle-timeout, report, events, backup, restore.
 
     \b
     mlpd admin user add NAME            a user (and their first token)
     mlpd admin quota set --user U ...   GPU-hours per period, most GPUs at once
     mlpd admin gpus drain GPU           running work finishes, nothing new is placed
+    mlpd admin report --by month        adoption, outcomes, GPU-hours, time to production
     mlpd admin backup DIR               an online snapshot (on the host)
     """
 
 
 @admin.group()
 def user() -> None:
-    """Users: add, list, rm, password."""
+    """Users: add, role, list, rm, password."""
 
 
 @user.command("add")
 @click.argument("name")
 @click.option("--admin", "is_admin", is_flag=True, help="Make the user an admin.")
+@click.option("--viewer", "is_viewer", is_flag=True, help="Make the user a viewer: reads what their teams' members see, changes nothing.")
 @click.option("--expires", help="Lifetime of the first token, e.g. 90d (default: no expiry).")
 @state_dir_option
 @json_option
-def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | None, as_json: bool) -> None:
+def user_add(name: str, is_admin: bool, is_viewer: bool, expires: str | None, state_dir: str | None, as_json: bool) -> None:
     """Create a user; prints their token once, alone on the last line."""
     expires_in = _parse_expiry(expires)
-    role = "admin" if is_admin else "member"
+    if is_admin and is_viewer:
+        raise click.UsageError("--admin and --viewer: choose one")
+    role = "admin" if is_admin else "viewer" if is_viewer else "member"
     if state_dir:
         from mlpd import users
 
@@ -92,18 +99,35 @@ def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | No
         _host(lambda: users.add_user(store, name, role, actor="host"))
         token, record = _host(lambda: users.create_token(store, name, "initial", expires_in, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        body: dict[str, Any] = {"name": name, "admin": is_admin}
+        body: dict[str, Any] = {"name": name, "role": role}
         if expires_in is not None:
             body["expires_in"] = expires_in
-        result = _client().post("/users", body)
+        result = logged_in_client().post("/users", body)
         token, record = result["token"], result["token_record"]
     if as_json:
         emit_json({"user": {"name": name, "role": role}, "token": token, "token_record": record})
         return
     click.echo(f"created {role} {name}; their token (shown once, keep it safe):")
     click.echo(token)
+
+
+@user.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["member", "admin", "viewer"]))
+@state_dir_option
+def user_role(name: str, role: str, state_dir: str | None) -> None:
+    """Change NAME's role: member, admin or viewer (at once, for their tokens and web sessions too)."""
+    if state_dir:
+        from mlpd.roles import set_role
+
+        done = _host(lambda: set_role(_store(state_dir), name, role, actor="host"))
+    else:
+        from mlpd.cli.common import logged_in_client
+
+        done = logged_in_client().request("PUT", f"/users/{name}/role", json={"role": role}).json()
+    click.echo(f"{name} is {'now' if done['changed'] else 'already'} a{'n' if role == 'admin' else ''} {role}")
 
 
 @user.command("list")
@@ -116,9 +140,9 @@ def user_list(state_dir: str | None, as_json: bool) -> None:
 
         rows = users.list_users(_store(state_dir))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        rows = _client().get("/users")["users"]
+        rows = logged_in_client().get("/users")["users"]
     if as_json:
         emit_json({"users": rows})
         return
@@ -136,9 +160,9 @@ def user_rm(name: str, state_dir: str | None) -> None:
         store = _store(state_dir)
         _host(lambda: users.remove_user(store, name, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        _client().delete(f"/users/{name}")
+        logged_in_client().delete(f"/users/{name}")
     click.echo(f"removed {name}")
 
 
@@ -163,14 +187,14 @@ def user_password(name: str, password_stdin: bool, state_dir: str | None) -> Non
     try:
         users.check_password_strength(password, name)
     except users.UserError as exc:
-        raise click.ClickException(exc.message)
+        raise click.ClickException(exc.message) from exc
     if state_dir:
         store = _store(state_dir)
         _host(lambda: users.set_password(store, name, password, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        _client().post(f"/users/{name}/password", {"password": password})
+        logged_in_client().post(f"/users/{name}/password", {"password": password})
     click.echo(f"password of {name} set; they log in to the web UI with it (and can change it with 'mlpd password')")
 
 
@@ -193,12 +217,12 @@ def token_create(name: str, label: str, expires: str | None, state_dir: str | No
 
         tok, record = _host(lambda: users.create_token(_store(state_dir), name, label, expires_in, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
         body: dict[str, Any] = {"user": name, "label": label}
         if expires_in is not None:
             body["expires_in"] = expires_in
-        result = _client().post("/tokens", body)
+        result = logged_in_client().post("/tokens", body)
         tok, record = result["token"], result["token_record"]
     if as_json:
         emit_json({"token": tok, "token_record": record})
@@ -218,9 +242,9 @@ def token_list(name: str | None, state_dir: str | None, as_json: bool) -> None:
 
         rows = users.list_tokens(_store(state_dir), name)
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        rows = _client().get("/tokens", params={"user": name} if name else {"all": 1})["tokens"]
+        rows = logged_in_client().get("/tokens", params={"user": name} if name else {"all": 1})["tokens"]
     if as_json:
         emit_json({"tokens": rows})
         return
@@ -239,9 +263,9 @@ def token_revoke(token_id: str, state_dir: str | None) -> None:
 
         _host(lambda: users.revoke_token(_store(state_dir), token_id, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        _client().delete(f"/tokens/{token_id}")
+        logged_in_client().delete(f"/tokens/{token_id}")
     click.echo(f"revoked {token_id}")
 
 
@@ -255,9 +279,9 @@ def gpus() -> None:
 @click.option("--model", help="Model name shown for them (default: gpus.declared_model).")
 def gpus_declare(count: int, model: str | None) -> None:
     """Declare COUNT test GPUs on a host without NVIDIA GPUs: at once, no restart, kept across restarts; 0 undoes it."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    done = _client().post("/gpus/declare", {"count": count, **({"model": model} if model else {})})
+    done = logged_in_client().post("/gpus/declare", {"count": count, **({"model": model} if model else {})})
     click.echo(f"{plural(len(done['gpus']), 'GPU')} ({done['inventory']})" + ("" if count else ": back to mlpd.toml's gpus.declare or the real GPUs"))
 
 
@@ -266,9 +290,9 @@ def gpus_declare(count: int, model: str | None) -> None:
 @click.option("--reason", default="", help="Why, shown wherever the GPU is listed.")
 def gpus_drain(gpu: str, reason: str) -> None:
     """Drain GPU (an index or UUID as 'mlpd gpus' shows them); takes effect at once and survives restarts."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    done = _client().post(f"/gpus/{gpu}/drain", {"reason": reason})
+    done = logged_in_client().post(f"/gpus/{gpu}/drain", {"reason": reason})
     click.echo(f"GPU {done['index']} ({done['gpu']}) drained" + (f": {reason}" if reason else "") +
                "; running work finishes, nothing new is placed on it. 'mlpd admin gpus undrain' reverses it")
 
@@ -277,9 +301,9 @@ def gpus_drain(gpu: str, reason: str) -> None:
 @click.argument("gpu")
 def gpus_undrain(gpu: str) -> None:
     """Let GPU take new work again."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    done = _client().post(f"/gpus/{gpu}/undrain")
+    done = logged_in_client().post(f"/gpus/{gpu}/undrain")
     click.echo(f"GPU {done['index']} ({done['gpu']}) takes new work again")
 
 
@@ -291,7 +315,7 @@ def _state_dir_of(state_dir: str | None, config_file: str | None) -> str:
     try:
         return load_config(config_file).state_dir
     except ConfigError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
 
 
 @admin.command("backup")
@@ -300,13 +324,13 @@ def _state_dir_of(state_dir: str | None, config_file: str | None) -> str:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Configuration file naming the state directory.")
 def backup_cmd(dest: str, state_dir: str | None, config_file: str | None) -> None:
     """Back up the daemon's state into DEST while it runs (on the host, as the daemon's user)."""
-    from mlpd.backup import BackupError, backup
+    from mlpd.ops.backup import BackupError, backup
 
     try:
         for line in backup(_state_dir_of(state_dir, config_file), dest):
             click.echo(line)
     except BackupError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
 
 
 @admin.command("restore")
@@ -316,10 +340,10 @@ def backup_cmd(dest: str, state_dir: str | None, config_file: str | None) -> Non
 @click.option("--force", is_flag=True, help="Restore over existing state (moved aside first, not deleted).")
 def restore_cmd(source: str, state_dir: str | None, config_file: str | None, force: bool) -> None:
     """Restore a backup onto a stopped daemon's state directory."""
-    from mlpd.backup import BackupError, restore
+    from mlpd.ops.backup import BackupError, restore
 
     try:
         for line in restore(source, _state_dir_of(state_dir, config_file), force):
             click.echo(line)
     except BackupError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc

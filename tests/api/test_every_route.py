@@ -71,16 +71,25 @@ CASES: dict[tuple[str, str], Case] = {
     ("POST", "/users"): Case("users", who="admin", json={"name": "newcomer"}, status=201),
     ("DELETE", "/users/{name}"): Case("users/leaver", who="admin"),
     ("POST", "/users/{name}/password"): Case("users/typist/password", who="admin", json={"password": "a long enough passphrase 7"}),
+    ("PUT", "/users/{name}/role"): Case("users/typist/role", who="admin", json={"role": "member"}, contains='"role":"member"'),
     ("POST", "/password"): Case("password", json={"old": MEMBER_PASSWORD, "new": "another long passphrase 8"}),
     ("GET", "/tokens"): Case("tokens"),
     ("POST", "/tokens"): Case("tokens", json={"label": "laptop"}, status=201),
     ("DELETE", "/tokens/{token_id}"): Case("tokens/{token_id}"),
     ("GET", "/events"): Case("events", who="admin"),
+    ("GET", "/admin/report"): Case("admin/report?by=month&since=2026-01-01", who="admin", contains='"periods"'),
     # -- priority classes
     ("GET", "/admin/priority-classes"): Case("admin/priority-classes", who="admin"),
     ("POST", "/admin/priority-classes/{name}/grants"): Case("admin/priority-classes/production/grants", who="admin",
                                                             json={"user": "{member}"}, status=201),
     ("DELETE", "/admin/priority-classes/{name}/grants/{user}"): Case("admin/priority-classes/production/grants/{granted}", who="admin"),
+    # -- datasets and disk use
+    ("GET", "/datasets"): Case("datasets", contains="/datasets/corpus"),
+    ("GET", "/admin/datasets"): Case("admin/datasets", who="admin", contains="corpus"),
+    ("POST", "/admin/datasets"): Case("admin/datasets", who="admin", json={"name": "fresh-data", "path": "{data_dir}", "teams": ["speech"]},
+                                      status=201),
+    ("DELETE", "/admin/datasets/{name}"): Case("admin/datasets/doomed-data", who="admin"),
+    ("GET", "/usage/disk"): Case("usage/disk", contains="/home/mlpd"),
     # -- jobs and code
     ("POST", "/jobs"): Case("jobs", json={"command": ["python", "train.py"], "code": DIGEST}, status=201),
     ("GET", "/jobs"): Case("jobs"),
@@ -110,6 +119,8 @@ CASES: dict[tuple[str, str], Case] = {
     ("DELETE", "/teams/{name}"): Case("teams/doomed", who="admin"),
     ("POST", "/teams/{name}/members"): Case("teams/nlp/members", who="admin", json={"user": "{member}"}),
     ("DELETE", "/teams/{name}/members/{user}"): Case("teams/speech/members/{member}", who="admin"),
+    ("POST", "/teams/{name}/admins"): Case("teams/ops/admins", who="admin", json={"user": "lead"}, status=201, contains='"team_admin":true'),
+    ("DELETE", "/teams/{name}/admins/{user}"): Case("teams/ops/admins/lead2", who="admin", contains='"changed":true'),
     # -- workspaces and keys
     ("POST", "/workspaces"): Case("workspaces", json={"name": "fresh"}, status=201),
     ("GET", "/workspaces"): Case("workspaces"),
@@ -166,7 +177,7 @@ def operations(document: dict) -> set[tuple[str, str]]:
 def fake_models(request):
     """Models as MLflow would resolve them, for the deployment routes: only serving.resolve reads
     MLflow's registry, and the fast tier has no MLflow server or registered model."""
-    from mlpd import serving
+    from mlpd.serving import deployments as serving
 
     real = serving.resolve
 
@@ -192,6 +203,11 @@ def world(api, fake_models) -> dict:
         return response.get_json()
 
     ids: dict[str, str] = {"member": api.member_name}
+    data_dir = api.state_dir.parent / "data"
+    data_dir.mkdir(exist_ok=True)
+    ids["data_dir"] = str(data_dir)
+    for name in ("corpus", "doomed-data"):
+        ok("POST", "admin/datasets", admin, json={"name": name, "path": str(data_dir)})
     assert ok("PUT", "code/" + DIGEST, member, data=ARCHIVE)["uploaded"] is True
     ids["job"] = ok("POST", "jobs", member, json={"command": ["python", "train.py"], "code": DIGEST})["job"]["id"]
     ids["ran"] = ok("POST", "jobs", member, json={"command": ["sh", "-c", "echo hello from memory $MLPD_JOB_ID"]})["job"]["id"]
@@ -206,6 +222,11 @@ def world(api, fake_models) -> dict:
     for team in ("doomed", "nlp", "speech"):
         ok("POST", "teams", admin, json={"name": team})
     ok("POST", "teams/speech/members", admin, json={"user": api.member_name})
+    ok("POST", "teams", admin, json={"name": "ops"})
+    for lead in ("lead", "lead2"):
+        api.user(lead)
+        ok("POST", "teams/ops/members", admin, json={"user": lead})
+    ok("POST", "teams/ops/admins", admin, json={"user": "lead2"})
     api.user("granted")
     ids["granted"] = "granted"
     ok("POST", "admin/priority-classes/production/grants", admin, json={"user": "granted"})

@@ -171,6 +171,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="Keep the temporary directory (state and logs).")
     args = parser.parse_args()
 
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     tmp = tempfile.mkdtemp(prefix="mlpd-bench-mlflow-")
     home = os.path.join(tmp, "home")
     os.makedirs(home)
@@ -228,7 +229,9 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"mlflow bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}" + (f", kept {tmp}" if args.keep else ""))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"mlflow bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average at the start {load_start}, "
+          f"at the end {load}" + (f", kept {tmp}" if args.keep else ""))
     print()
     print("| metric | mlpd (embedded, behind a token) | stock `mlflow server` (SQLite) | ratio |")
     print("|---|---|---|---|")

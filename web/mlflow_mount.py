@@ -32,7 +32,8 @@ from mlpd import jobs, strict_json
 from mlpd.tracking import server as tracking
 from mlpd.tracking.policy import (PATH_PARAMS, artifact_read, READ_METHODS, Refused, Rule, artifact_target, canonical_body,
                                 check_create_locations, classify, endpoint_of, in_store, job_tags, logged_models_named, may_change,
-                                protected_key, trace_ids_named,
+                                mlflow_error_code, protected_key, rewrite_dataset_create, rewrite_trace_create, trace_ids_named,
+                                trace_ids_to_delete, trace_named_in_body,
                                 rewrite_create_run, rewrite_owned_create, tags_written, unsafe_path)
 from mlpd.roles import viewer_refusal
 from mlpd.users import User, authenticate
@@ -64,12 +65,13 @@ def presented_token(environ: dict[str, Any]) -> str | None:
 
 def _json_response(start_response: Callable, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = (),
                    mlflow_code: str = "") -> list[bytes]:
-    """mlpd's JSON error; with mlflow_code, MLflow's own fields beside it, so MLflow clients read it too."""
+    """An answer of mlpd's on the MLflow mount: MLflow's own error shape (error_code, message), so MLflow clients
+    raise the right exception (PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST, ...), with mlpd's error object beside it.
+    mlflow_code overrides the code the status maps to."""
     from http import HTTPStatus
 
-    payload: dict[str, Any] = {"error": {"code": code, "message": message}}
-    if mlflow_code:
-        payload.update(error_code=mlflow_code, message=message)
+    payload: dict[str, Any] = {"error": {"code": code, "message": message}, "error_code": mlflow_error_code(status, mlflow_code),
+                               "message": message}
     body = json.dumps(payload).encode()
     start_response(f"{status} {HTTPStatus(status).phrase}",
                    [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
@@ -115,9 +117,22 @@ class MlflowMount:
         try:
             user = self._authenticate(environ)
             seen["user"] = user.name
-            self._admit(environ, user)
+            rule = self._admit(environ, user)
             try:
-                result = tracking.server_app(self.config)(environ, respond)
+                if rule is not None and rule.action == "ui_route":
+                    # served by a stock server outside the Flask app mlpd mounts (FastAPI, the auth app)
+                    from mlpd.web.mlflow_ui_routes import answer
+
+                    result = answer(environ, respond, rule.endpoint, user)
+                elif rule is not None and rule.action == "otlp":
+                    # MLflow serves OTLP span uploads only from its FastAPI server; mlpd answers them itself
+                    from mlpd.web.mlflow_otlp import export_spans
+
+                    result = export_spans(self, environ, respond, user)
+                else:
+                    result = tracking.server_app(self.config)(environ, respond)
+            except Refused:
+                raise
             except Exception:
                 log.exception("MLflow crashed on %s %s [%s]", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), request_id)
                 seen["crashed"] = True
@@ -162,8 +177,8 @@ class MlflowMount:
         return user
 
     # ------------------------------------------------------------ what
-    def _admit(self, environ: dict[str, Any], user: User) -> None:
-        """Refuse what this user may not do; rewrite creates. Returns normally to pass the request on."""
+    def _admit(self, environ: dict[str, Any], user: User) -> Rule | None:
+        """Refuse what this user may not do; rewrite creates. Returns the request's rule (None for a read) to pass it on."""
         method = environ.get("REQUEST_METHOD", "GET").upper()
         path = environ.get("PATH_INFO", "")[len(tracking.PREFIX):]
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
@@ -179,6 +194,8 @@ class MlflowMount:
             raise Refused(400, "ambiguous_request", f"the query names {twice[0]!r} more than once; send it once")
         family, endpoint = endpoint_of(path)
         rule = classify(method, path)
+        if rule.action == "ui_route":
+            return rule  # answered by mlpd itself, read-only (mlpd.web.mlflow_ui_routes refuses anything else)
         # A viewer reads and changes nothing: every request that is not a read by the policy's own
         # classification (a search sent as POST is a read) is refused before MLflow sees it.
         refusal = viewer_refusal(user, method, rule.action == "read")
@@ -190,7 +207,7 @@ class MlflowMount:
         elif family == "artifacts" and endpoint.startswith("artifacts/") and method in READ_METHODS:
             self._check_store_path(endpoint[len("artifacts/"):])
         if method in READ_METHODS:
-            return
+            return None
         if (family == "artifacts" and endpoint.startswith("artifacts/")) or (family == "api" and endpoint == "upload-artifact"):
             self._check_upload_size(environ)
         # Every body MLflow will parse as JSON is parsed here first, canonicalised, checked and passed
@@ -200,21 +217,25 @@ class MlflowMount:
             body = canonical_body(self._json_body(environ))
             check_create_locations(endpoint, body)
             self._replace_body(environ, body)
-        if rule.action == "read":
-            return
-        if rule.action == "create":
-            if not user.is_admin:
-                for trace_id in trace_ids_named(body):
-                    if self.db.trace_exists(trace_id):
-                        raise Refused(403, "forbidden", f"trace {trace_id!r} exists already; a trace is written once, by its creator")
-            return
+        if rule.action in ("read", "otlp"):
+            return rule  # an OTLP upload is checked span by span where it is parsed (mlpd.web.mlflow_otlp)
+        if rule.action == "create_trace":
+            # The creator owns the trace (mlpd.owner); one that exists (spans came first, over OTLP) is merged
+            # into by MLflow, so only its owner may send it.
+            for trace_id in trace_ids_named(body):
+                self._check_trace_owner(trace_id, user, f"{method} {rule.endpoint}", missing_ok=True)
+            self._replace_body(environ, rewrite_trace_create(body, user.name))
+            return rule
+        if rule.action == "delete_traces":
+            self._check_delete_traces(body, user)
+            return rule
         if rule.action == "admin":
             if not user.is_admin:
                 raise Refused(403, "forbidden", f"this MLflow operation ({method} {rule.endpoint}) is for admins in mlpd")
-            return
+            return rule
         if rule.action == "artifact_write":
             self._check_artifact_write(rule, user)
-            return
+            return rule
         if not user.is_admin:
             protected = [k for k in tags_written(rule.endpoint, body) if protected_key(k)]
             if protected:
@@ -222,15 +243,17 @@ class MlflowMount:
         if rule.action == "create_run":
             self._replace_body(environ, rewrite_create_run(body, user.name, self._job_tags(user)))
         elif rule.action == "create_owned":
-            self._replace_body(environ, rewrite_owned_create(body, user.name))
+            rewrite = rewrite_dataset_create if rule.kind == "dataset" else rewrite_owned_create
+            self._replace_body(environ, rewrite(body, user.name))
         elif rule.action == "owned":
             if rule.ref.startswith("?"):
                 ref = (query.get(rule.ref[1:]) or [""])[0]
-            elif rule.kind == "logged_model":
+            elif rule.ref_in_path:
                 ref = rule.ref
-                named = body.get("model_id")
-                if named not in (None, "") and str(named) != ref:
-                    raise Refused(400, "ambiguous_request", "the body names another logged model than the path; send one")
+                named = {"logged_model": [body.get("model_id")], "trace": trace_named_in_body(body),
+                         "dataset": [body.get("dataset_id")]}.get(rule.kind, [])
+                if any(n not in (None, "") and str(n) != ref for n in named):
+                    raise Refused(400, "ambiguous_request", f"the body names another {rule.kind.replace('_', ' ')} than the path; send one")
             else:
                 value = body.get(rule.ref)
                 ref = "" if value is None else str(value)
@@ -238,6 +261,28 @@ class MlflowMount:
         if rule.action in ("owned", "create_run", "create_owned") and not user.is_admin:
             for model_id in logged_models_named(body):
                 self._check_owner("logged_model", model_id, user, f"{method} {rule.endpoint} naming a logged model")
+        return rule
+
+    def _check_trace_owner(self, trace_id: str, user: User, what: str, missing_ok: bool = False) -> None:
+        """Refuse unless user may change the trace (its mlpd.owner tag); with missing_ok, a trace that does not
+        exist yet passes (it is being created)."""
+        if missing_ok and self.db.trace(trace_id) is None:
+            return
+        self._check_owner("trace", trace_id, user, what)
+
+    def _check_delete_traces(self, body: dict[str, Any], user: User) -> None:
+        """Members delete their own traces, by id; deleting by age (max_timestamp_millis) is for admins,
+        since it reaches every member's traces in the experiment."""
+        if user.is_admin:
+            return
+        if body.get("max_timestamp_millis") not in (None, "", 0, "0") or body.get("max_traces") not in (None, "", 0, "0"):
+            raise Refused(403, "forbidden", "deleting traces by age (max_timestamp_millis) is for admins in mlpd; "
+                                            "members delete their own traces by id (trace_ids)")
+        trace_ids = trace_ids_to_delete(body)
+        if not trace_ids:
+            raise Refused(400, "invalid_field", "trace_ids: name the traces to delete")
+        for trace_id in trace_ids:
+            self._check_owner("trace", trace_id, user, "delete-traces")
 
     def _check_upload_size(self, environ: dict[str, Any]) -> None:
         """An artifact upload MLflow would write into the store: refused before a byte is read when it
@@ -274,6 +319,11 @@ class MlflowMount:
             owner = self.db.experiment_owner(ref) if self.db.experiment_exists(ref) else None
         elif kind == "registered_model":
             owner = self.db.model_owner(ref) if self.db.model_exists(ref) else None
+        elif kind == "trace":
+            found = self.db.trace(ref)
+            owner = found[0] if found else None
+        elif kind == "dataset":
+            owner = self.db.dataset_owner(ref)
         else:
             found = self.db.logged_model(ref)
             owner = found[0] if found else None
@@ -284,7 +334,8 @@ class MlflowMount:
             raise Refused(404, "not_found", f"no such {label} {ref[:100]!r} ({what})", mlflow_code="RESOURCE_DOES_NOT_EXIST")
         if not may_change(user.name, user.is_admin, owner):
             whose = f"belongs to {owner}" if owner else "has no owner (admins only)"
-            raise Refused(403, "forbidden", f"{label} {ref!r} {whose}; members change only their own runs, experiments and models ({what})")
+            raise Refused(403, "forbidden", f"{label} {ref!r} {whose}; members change only their own runs, experiments, models, "
+                                            f"traces, prompts and datasets ({what})")
         if kind == "run" and user.job_id and self.db.run_job_id(ref) != user.job_id:
             raise Refused(403, "forbidden", f"run {ref!r} was not created by job {user.job_id}; a job's token changes only its own runs ({what})")
 
@@ -297,13 +348,14 @@ class MlflowMount:
             if found and found[1] == target.experiment_id:
                 self._check_owner("run", target.id, user, "artifact upload")
                 return
-        elif target.kind == "logged_model":
-            found = self.db.logged_model(target.id)
+        elif target.kind in ("logged_model", "trace"):
+            found = self.db.logged_model(target.id) if target.kind == "logged_model" else self.db.trace(target.id)
             if found and found[1] == target.experiment_id:
-                self._check_owner("logged_model", target.id, user, "artifact upload")
+                self._check_owner(target.kind, target.id, user, "artifact upload")
                 return
-        raise Refused(403, "forbidden", "members write artifacts only into their own runs and models "
-                                        "(EXPERIMENT/RUN_ID/artifacts/... or EXPERIMENT/models/MODEL_ID/artifacts/...)")
+        raise Refused(403, "forbidden", "members write artifacts only into their own runs, models and traces "
+                                        "(EXPERIMENT/RUN_ID/artifacts/..., EXPERIMENT/models/MODEL_ID/artifacts/... "
+                                        "or EXPERIMENT/traces/TRACE_ID/artifacts/...)")
 
     def _check_artifact_read(self, kind: str, ref: str, query: dict[str, list[str]]) -> None:
         """Artifacts are served only from mlpd's store, whatever an old row or a client named.

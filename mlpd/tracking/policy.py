@@ -12,6 +12,7 @@ wrapper in ``mlpd.web.mlflow_mount`` does the lookups and answers.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -23,6 +24,8 @@ OWNER_TAG = "mlpd.owner"
 API_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/", "/api/3.0/mlflow/", "/ajax-api/3.0/mlflow/")
 ARTIFACT_PREFIXES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Where MLflow's tracing client uploads spans (OpenTelemetry's OTLP/HTTP), under /mlflow.
+OTLP_PATH = "/v1/traces"
 # Query parameters that name an artifact path on MLflow's download/upload routes.
 PATH_PARAMS = ("path", "artifact_path", "artifact_file_path")
 
@@ -48,9 +51,19 @@ READ_ENDPOINTS = frozenset({
     "datasets/search", "experiments/search-datasets", "issues/search", "prompt-optimization/jobs/search",
 })
 # Creations anyone may make; mlpd stamps the owner into the new object.
-OWNED_CREATES = {"experiments/create": "experiment", "registered-models/create": "registered_model", "logged-models": "logged_model"}
-# Traces are created by tracing clients; changing them afterwards is for admins.
-OPEN_CREATES = frozenset({"traces"})
+OWNED_CREATES = {"experiments/create": "experiment", "registered-models/create": "registered_model", "logged-models": "logged_model",
+                 "datasets/create": "dataset"}
+# Traces are created by tracing clients (StartTrace v2 and v3): the creator owns them (mlpd.owner trace tag); a trace id that
+# exists already is merged into by MLflow, so only its owner may send it again.
+TRACE_CREATES = frozenset({"traces"})
+# Changes to one trace, named in the path: its tags and its assessments (feedback, expectations).
+_TRACE_PATH = re.compile(r"traces/([^/]+)/(?:tags|assessments(?:/[^/]+)?)")
+# Changes to one evaluation dataset, named in the path (everything under datasets/<id> but the search).
+_DATASET_PATH = re.compile(r"datasets/([^/]+)(?:/(?:tags(?:/.+)?|records|add-experiments|remove-experiments))?")
+# Scorers belong to an experiment (the body's experiment_id): its owner registers and deletes them.
+SCORER_ENDPOINTS = frozenset({"scorers/register", "scorers/delete", "scorers/online-config"})
+# The sources MLflow gives every prompt version (placeholders it never reads from: its store's, and its client's and UI's).
+PROMPT_SOURCES = frozenset({"prompt-template", "dummy-source"})
 _LOGGED_MODEL = re.compile(r"logged-models/([^/]+)(/.*)?")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
@@ -67,14 +80,17 @@ MODEL_SOURCE_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 class Rule:
     """What a request is, for the purpose of deciding who may send it.
 
-    action: "read", "create_run", "create_owned", "create", "owned" (a change to the object
-    `kind` named by `ref`), "artifact_write" (ref is the artifact path), or "admin".
+    action: "read", "create_run", "create_owned", "create_trace", "owned" (a change to the object
+    `kind` named by `ref`: a body field, or the id itself with `ref_in_path`), "delete_traces",
+    "artifact_write" (ref is the artifact path), "otlp" (span upload), "ui_route" (a route the MLflow
+    UI calls that mlpd answers itself: mlpd.web.mlflow_ui_routes) or "admin".
     """
 
     action: str
     kind: str = ""
     ref: str = ""  # where the object is named: a body field, or the id itself
     endpoint: str = ""
+    ref_in_path: bool = False  # ref is the id itself (taken from the path), not a body field
 
 
 class Refused(MlpdError):
@@ -84,6 +100,18 @@ class Refused(MlpdError):
     def __init__(self, status: int, code: str, message: str, mlflow_code: str = ""):
         super().__init__(status, code, message)
         self.mlflow_code = mlflow_code
+
+
+# MLflow's error codes for mlpd's refusals on the MLflow mount, by HTTP status: MLflow's clients raise
+# their exception from error_code (a 403 without one reads as INTERNAL_ERROR to them).
+MLFLOW_ERROR_CODES = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST",
+                      409: "RESOURCE_ALREADY_EXISTS", 411: "INVALID_PARAMETER_VALUE", 413: "RESOURCE_EXHAUSTED",
+                      415: "INVALID_PARAMETER_VALUE", 507: "RESOURCE_EXHAUSTED"}
+
+
+def mlflow_error_code(status: int, given: str = "") -> str:
+    """The MLflow error_code for a refusal: the one given, else MLflow's code for the status."""
+    return given or MLFLOW_ERROR_CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
 
 
 def endpoint_of(path: str) -> tuple[str, str]:
@@ -108,12 +136,16 @@ def classify(method: str, path: str) -> Rule:
             if endpoint.startswith(head):
                 return Rule("artifact_write", ref=endpoint[len(head):], endpoint=endpoint)
         return Rule("admin", endpoint=endpoint)
+    if family == "api" and (endpoint.startswith("assistant/") or endpoint == "users/current"):
+        return Rule("ui_route", endpoint=endpoint)
     if method in READ_METHODS:
         return Rule("read", endpoint=endpoint)
     if family == "other":
         # The GraphQL endpoint's only "mutations" are searches; the UI's upload route names its run in the query.
         if path == "/graphql":
             return Rule("read", endpoint="graphql")
+        if path == OTLP_PATH and method == "POST":
+            return Rule("otlp", kind="trace", endpoint="v1/traces")
         return Rule("admin", endpoint=path)
     if endpoint == "runs/create":
         return Rule("create_run", kind="run", endpoint=endpoint)
@@ -131,11 +163,23 @@ def classify(method: str, path: str) -> Rule:
         return Rule("create_owned", kind=OWNED_CREATES[endpoint], endpoint=endpoint)
     if endpoint in READ_ENDPOINTS:
         return Rule("read", endpoint=endpoint)
-    if endpoint in OPEN_CREATES:
-        return Rule("create", endpoint=endpoint)
+    if endpoint in TRACE_CREATES:
+        return Rule("create_trace", kind="trace", endpoint=endpoint)
+    if endpoint == "traces/delete-traces":
+        return Rule("delete_traces", kind="trace", endpoint=endpoint)
+    if endpoint == "traces/link-prompts":
+        return Rule("owned", kind="trace", ref="trace_id", endpoint=endpoint)
+    match = _TRACE_PATH.fullmatch(endpoint)
+    if match:
+        return Rule("owned", kind="trace", ref=unquote(match.group(1)), endpoint=endpoint, ref_in_path=True)
+    match = _DATASET_PATH.fullmatch(endpoint)
+    if match and match.group(1) not in ("search", "create"):
+        return Rule("owned", kind="dataset", ref=unquote(match.group(1)), endpoint=endpoint, ref_in_path=True)
+    if endpoint in SCORER_ENDPOINTS:
+        return Rule("owned", kind="experiment", ref="experiment_id", endpoint=endpoint)
     match = _LOGGED_MODEL.fullmatch(endpoint)
     if match and match.group(1) != "search":
-        return Rule("owned", kind="logged_model", ref=match.group(1), endpoint=endpoint)
+        return Rule("owned", kind="logged_model", ref=match.group(1), endpoint=endpoint, ref_in_path=True)
     return Rule("admin", endpoint=endpoint)
 
 
@@ -216,6 +260,71 @@ def trace_ids_named(body: dict[str, Any]) -> list[str]:
     return [str(x) for x in found if x not in (None, "")]
 
 
+def trace_ids_to_delete(body: dict[str, Any]) -> list[str]:
+    """The traces a DeleteTraces body names, under every field MLflow reads (request_ids, trace_ids)."""
+    found: list[str] = []
+    for key in ("request_ids", "trace_ids"):
+        value = body.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, list):
+            raise Refused(400, "invalid_field", f"{key}: expected a list of trace ids")
+        found += [str(x) for x in value]
+    return found
+
+
+def trace_named_in_body(body: dict[str, Any]) -> list[str]:
+    """Trace ids a request about one trace also names in its body (top level, or inside its assessment)."""
+    found = [body.get("trace_id"), body.get("request_id")]
+    assessment = _field(body, "assessment")
+    found += [_field(assessment, "trace_id"), _field(assessment, "request_id")]
+    return [str(x) for x in found if x not in (None, "")]
+
+
+def rewrite_trace_create(body: dict[str, Any], user: str) -> dict[str, Any]:
+    """A StartTrace body with mlpd.owner set to the user: v3 (``trace.trace_info.tags``, a map) or v2 (``tags``, a list).
+
+    Protected tags the client sent are dropped, as on runs."""
+    trace_key = next((k for k in ("trace",) if k in body), None)
+    if trace_key is None:
+        return rewrite_owned_create(body, user)
+    trace = body[trace_key]
+    if not isinstance(trace, dict):
+        raise Refused(400, "invalid_field", "trace: expected an object")
+    info_keys = [k for k in ("trace_info", "traceInfo") if k in trace]
+    if len(info_keys) > 1:
+        raise Refused(400, "ambiguous_request", "trace_info is named twice (trace_info and traceInfo); send it once")
+    info = trace.get(info_keys[0]) if info_keys else {}
+    if not isinstance(info, dict):
+        raise Refused(400, "invalid_field", "trace.trace_info: expected an object")
+    tags = info.get("tags") or {}
+    if not isinstance(tags, dict):
+        raise Refused(400, "invalid_field", "trace.trace_info.tags: expected an object of tag keys to values")
+    info = {**info, "tags": {**{k: v for k, v in tags.items() if not protected_key(str(k))}, OWNER_TAG: user}}
+    return {**body, trace_key: {**{k: v for k, v in trace.items() if k not in info_keys}, "trace_info": info}}
+
+
+def rewrite_dataset_create(body: dict[str, Any], user: str) -> dict[str, Any]:
+    """A CreateDataset body (its tags are a JSON text of a map) with mlpd.owner set to the user."""
+    tags = _dataset_tags(body)
+    out = dict(body)
+    out["tags"] = json.dumps({**{k: v for k, v in tags.items() if not protected_key(str(k))}, OWNER_TAG: user})
+    return out
+
+
+def _dataset_tags(body: dict[str, Any]) -> dict[str, Any]:
+    raw = body.get("tags")
+    if raw in (None, ""):
+        return {}
+    try:
+        tags = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        tags = None
+    if not isinstance(tags, dict):
+        raise Refused(400, "invalid_field", "tags: expected the JSON text of an object of tag keys to values")
+    return tags
+
+
 def artifact_read(path: str) -> tuple[str, str] | None:
     """For a request that makes MLflow read artifacts on the server: (kind of object, its id or "" when
     the query names it); None for anything else. ``path`` is the part after /mlflow."""
@@ -237,6 +346,8 @@ def check_create_locations(endpoint: str, body: dict[str, Any]) -> None:
                                             "(served through /mlflow); leave artifact_location out")
     if endpoint == "model-versions/create":
         source = body.get("source")
+        if source in PROMPT_SOURCES:
+            return  # a prompt version: MLflow never reads files from it (mlpd refuses reads outside its store)
         if not isinstance(source, str) or not source.startswith(MODEL_SOURCE_SCHEMES):
             raise Refused(400, "invalid_field", "source: a model version's source must be a runs:/RUN_ID/PATH, models:/MODEL_ID "
                                                 f"or mlflow-artifacts:/ URI inside mlpd's store, not {str(source)[:200]!r}")
@@ -268,18 +379,21 @@ class ArtifactTarget:
     """What an artifact path under the proxied store belongs to."""
 
     experiment_id: str
-    kind: str  # "run", "logged_model" or "" (something else: traces, datasets, ...)
+    kind: str  # "run", "logged_model", "trace" or "" (something else)
     id: str
 
 
 def artifact_target(path: str) -> ArtifactTarget:
-    """Parse ``<experiment>/<run id>/artifacts/...`` or ``<experiment>/models/<model id>/artifacts/...``."""
+    """Parse ``<experiment>/<run id>/artifacts/...``, ``<experiment>/models/<model id>/artifacts/...`` or
+    ``<experiment>/traces/<trace id>/artifacts/...`` (where a tracing client uploads a trace's spans)."""
     parts = path.split("/")
     experiment = parts[0] if parts else ""
     if len(parts) >= 3 and _RUN_ID.fullmatch(parts[1]) and parts[2] == "artifacts":
         return ArtifactTarget(experiment, "run", parts[1])
     if len(parts) >= 4 and parts[1] == "models" and parts[3] == "artifacts":
         return ArtifactTarget(experiment, "logged_model", parts[2])
+    if len(parts) >= 4 and parts[1] == "traces" and parts[3] == "artifacts":
+        return ArtifactTarget(experiment, "trace", parts[2])
     return ArtifactTarget(experiment, "", "")
 
 
@@ -301,6 +415,11 @@ def tags_written(endpoint: str, body: dict[str, Any]) -> list[str]:
         keys.append(endpoint.rsplit("/tags/", 1)[1] if "/tags/" in endpoint else "")
     if endpoint == "runs/log-batch":
         keys += [str(t.get("key", "")) for t in body.get("tags") or [] if isinstance(t, dict)]
+    if _TRACE_PATH.fullmatch(endpoint) and endpoint.endswith("/tags"):
+        keys.append(str(body.get("key", "")))
+    match = _DATASET_PATH.fullmatch(endpoint)
+    if match and "/tags" in endpoint:
+        keys += [str(k) for k in _dataset_tags(body)] if endpoint.endswith("/tags") else [unquote(endpoint.split("/tags/", 1)[1])]
     return [k for k in keys if k]
 
 

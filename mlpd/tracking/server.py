@@ -246,6 +246,78 @@ def _mlflow_version() -> str:
     return version("mlflow")
 
 
+# ---------------------------------------------------------------- spans over OTLP (MLflow serves these only from FastAPI)
+
+
+def parse_otlp_spans(body: bytes, media_type: str) -> list[Any]:
+    """The spans of an OTLP/HTTP trace export (protobuf, or OTLP's JSON with hex ids) as MLflow Span objects.
+    ValueError when the body is not one."""
+    from google.protobuf.json_format import Error as JsonFormatError, Parse
+    from google.protobuf.message import DecodeError
+    from mlflow.entities.span import Span
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    try:
+        if media_type == "application/json":
+            from mlflow.server.otel_api import _convert_otlp_json_ids_to_base64
+
+            Parse(_convert_otlp_json_ids_to_base64(body), request, ignore_unknown_fields=True)
+        else:
+            request.ParseFromString(body)
+    except (DecodeError, JsonFormatError, ValueError) as exc:
+        raise ValueError(f"not an OTLP trace export: {str(exc)[:200]}") from None
+    spans = []
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for proto in scope_spans.spans:
+                try:
+                    spans.append(Span.from_otel_proto(proto, resource=resource_spans.resource))
+                except Exception as exc:  # MLflow's converter raises whatever the malformed span makes it raise
+                    raise ValueError(f"a span MLflow cannot read: {str(exc)[:200]}") from None
+    if not spans:
+        raise ValueError("the export holds no spans")
+    return spans
+
+
+def span_attributes(span: Any) -> dict[str, Any]:
+    """A span's attributes (keys as sent)."""
+    return dict(span._span.attributes or {})
+
+
+def _store_call(config, call):
+    """Run call(store) on MLflow's tracking store; MLflow's refusals come back as mlpd refusals with MLflow's code."""
+    from mlpd.tracking.policy import Refused
+
+    server_app(config)
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.handlers import _get_tracking_store
+
+    try:
+        return call(_get_tracking_store())
+    except MlflowException as exc:
+        raise Refused(exc.get_http_status_code(), "mlflow_refused", exc.message, exc.error_code) from None
+
+
+def claim_trace(config, experiment_id: str, trace_id: str, owner: str, request_time_ms: int) -> None:
+    """Create an in-progress trace owned by `owner` (its mlpd.owner tag) before its first spans are logged, so
+    the trace has its owner from the moment it exists. MLflow merges the spans and the client's trace into it."""
+    from mlflow.entities import TraceInfo, TraceLocation, TraceState
+
+    info = TraceInfo(trace_id=trace_id, trace_location=TraceLocation.from_experiment_id(experiment_id), request_time=request_time_ms,
+                     state=TraceState.IN_PROGRESS, tags={OWNER_TAG: owner})
+    _store_call(config, lambda store: store.start_trace(info))
+
+
+def log_spans(config, experiment_id: str, spans: list[Any]) -> None:
+    """Store spans in MLflow's tracking store (as MLflow's OTLP endpoint does)."""
+    _store_call(config, lambda store: store.log_spans(experiment_id, spans))
+
+
+def link_traces_to_run(config, trace_ids: list[str], run_id: str) -> None:
+    _store_call(config, lambda store: store.link_traces_to_run(trace_ids, run_id))
+
+
 # ---------------------------------------------------------------- ownership lookups
 
 
@@ -311,6 +383,22 @@ class TrackingDb:
 
     def trace_exists(self, trace_id: str) -> bool:
         return self._one("SELECT 1 FROM trace_info WHERE request_id = ?", [trace_id]) is not None
+
+    def trace(self, trace_id: str) -> tuple[str, str] | None:
+        """(owner, experiment id) of a trace, or None when there is no such trace. The owner is its
+        mlpd.owner tag ('' for a trace from before mlpd recorded one: admins only)."""
+        row = self._one("SELECT experiment_id FROM trace_info WHERE request_id = ?", [trace_id])
+        if row is None:
+            return None
+        tag = self._one("SELECT value FROM trace_tags WHERE request_id = ? AND key = ?", [trace_id, OWNER_TAG])
+        return (tag[0] or "") if tag else "", str(row[0])
+
+    def dataset_owner(self, dataset_id: str) -> str | None:
+        """The owner of an evaluation dataset (its mlpd.owner tag; '' for none), or None when there is no such dataset."""
+        if self._one("SELECT 1 FROM evaluation_datasets WHERE dataset_id = ?", [dataset_id]) is None:
+            return None
+        tag = self._one("SELECT value FROM evaluation_dataset_tags WHERE dataset_id = ? AND key = ?", [dataset_id, OWNER_TAG])
+        return (tag[0] or "") if tag else ""
 
     def trace_artifact_location(self, request_id: str) -> str | None:
         """Where a trace's data is (None when MLflow has no such trace or keeps no location for it)."""

@@ -42,6 +42,7 @@ pytestmark = needs_docker
 API = "/mlflow/api/2.0/mlflow/"
 API3 = "/mlflow/api/3.0/mlflow/"
 ARTIFACTS = "/mlflow/api/2.0/mlflow-artifacts/artifacts/"
+OTLP = "/mlflow/v1/traces"  # spans over OTLP/HTTP: not in MLflow's Flask URL map (a stock server serves it from FastAPI)
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 _ROUTE = re.compile(r"^/mlflow/(?:api|ajax-api)/(\d+\.\d+)/(?:mlflow|mlflow-artifacts)/(.*)$")
 _VARIABLE = re.compile(r"<(?:([a-zA-Z_]+)(?:\([^)]*\))?:)?([a-zA-Z_][a-zA-Z0-9_]*)>")
@@ -93,6 +94,9 @@ class Party:
     logged_model: str = ""
     trace: str = ""
     assessment: str = ""
+    prompt: str = ""  # a prompt: a registered model MLflow marks as one, with a version and an alias
+    dataset: str = ""  # an evaluation dataset, with a tag and records
+    dataset_record: str = ""
 
 
 def call(base: str, party: Party, method: str, path: str, **kwargs) -> requests.Response:
@@ -130,7 +134,9 @@ def trace_body(trace_id: str, experiment_id: str, tags: dict[str, str], state: s
 
 def set_up(base: str, party: Party) -> None:
     """An experiment, a run with a param, metric, tag, inputs and artifacts, a registered model with two
-    versions, an alias and tags, a logged model with a tag, param, metric and artifact, and a trace."""
+    versions, an alias and tags, a logged model with a tag, param, metric and artifact, a trace with an
+    assessment, spans (over OTLP) and a traces.json artifact, a prompt with a version and an alias, and an
+    evaluation dataset with a tag and a record."""
     p = party
     p.experiment_name = f"walk-{p.name}"
     p.experiment_id = ok(call(base, p, "POST", API + "experiments/create", json={
@@ -162,6 +168,40 @@ def set_up(base: str, party: Party) -> None:
     created = ok(call(base, p, "POST", API3 + "traces", json=trace_body(p.trace, p.experiment_id, {"k": "v"}, "OK")))
     p.assessment = created["trace"]["trace_info"]["assessments"][0]["assessment_id"]
     ok(call(base, p, "POST", API + "traces/link-to-run", json={"run_id": p.run_id, "trace_ids": [p.trace]}))
+    ok(call(base, p, "POST", OTLP, data=otlp_body(p.trace, "alice-span"), headers={
+        "Content-Type": "application/x-protobuf", "X-Mlflow-Experiment-Id": p.experiment_id}))
+    ok(call(base, p, "PUT", f"{ARTIFACTS}{p.experiment_id}/traces/{p.trace}/artifacts/traces.json", data=b'{"spans": []}'))
+    p.prompt = f"walk-prompt-{p.name}"
+    ok(call(base, p, "POST", API + "registered-models/create", json={
+        "name": p.prompt, "tags": [{"key": "mlflow.prompt.is_prompt", "value": "true"}]}))
+    ok(call(base, p, "POST", API + "model-versions/create", json={"name": p.prompt, "source": "dummy-source", "tags": [
+        {"key": "mlflow.prompt.is_prompt", "value": "true"}, {"key": "mlflow.prompt.text", "value": "Hello {{name}}"}]}))
+    ok(call(base, p, "POST", API + "registered-models/alias", json={"name": p.prompt, "alias": "production", "version": "1"}))
+    p.dataset = ok(call(base, p, "POST", API3 + "datasets/create", json={
+        "name": f"walk-ds-{p.name}", "experiment_ids": [p.experiment_id], "tags": json.dumps({"k": "v"})}))["dataset"]["dataset_id"]
+    ok(call(base, p, "POST", f"{API3}datasets/{p.dataset}/records", json={
+        "records": json.dumps([{"inputs": {"q": "2+2"}, "expectations": {"a": "4"}}])}))
+    p.dataset_record = ok(call(base, p, "GET", f"{API3}datasets/{p.dataset}/records"))["records"]
+    p.dataset_record = json.loads(p.dataset_record)[0]["dataset_record_id"]
+
+
+def otlp_body(trace_id: str, name: str, parent: bool = False, tag: str = "") -> bytes:
+    """An OTLP/HTTP export (protobuf) of one span of the trace (MLflow's "tr-" + the OTel trace id in hex)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id = bytes.fromhex(trace_id[3:])
+    span.span_id = os.urandom(8)
+    if parent:
+        span.parent_span_id = os.urandom(8)
+    span.name = name
+    span.start_time_unix_nano = time.time_ns() - 10**6
+    span.end_time_unix_nano = time.time_ns()
+    if tag:
+        span.attributes.append(KeyValue(key=f"mlflow.traceTag.{tag}", value=AnyValue(string_value=json.dumps("bob"))))
+    return request.SerializeToString()
 
 
 # ---------------------------------------------------------------- what "alice's objects unchanged" means
@@ -187,22 +227,25 @@ def snapshot(state_dir: Path, alice: Party) -> dict[str, frozenset[str]]:
     conn = sqlite3.connect(f"file:{state_dir / 'mlflow' / 'mlflow.db'}?mode=ro", uri=True, timeout=30)
     try:
         run, exp, model, lm, trace = alice.run_id, int(alice.experiment_id), alice.model, alice.logged_model, alice.trace
+        prompt, ds = alice.prompt, alice.dataset
         others = {r for (r,) in conn.execute("SELECT run_uuid FROM runs WHERE user_id IS NOT ?", [alice.name])}
-        ids = [run, lm, trace]
+        ids = [run, lm, trace, ds]
         queries = {
             "runs": ("run_uuid = ?", [run]), "tags": ("run_uuid = ?", [run]), "params": ("run_uuid = ?", [run]),
             "metrics": ("run_uuid = ?", [run]), "latest_metrics": ("run_uuid = ?", [run]),
             "experiments": ("experiment_id IN (?, 0)", [exp]), "experiment_tags": ("experiment_id IN (?, 0)", [exp]),
-            "registered_models": ("name = ?", [model]), "registered_model_tags": ("name = ?", [model]),
-            "registered_model_aliases": ("name = ?", [model]), "model_versions": ("name = ?", [model]),
-            "model_version_tags": ("name = ?", [model]),
+            "registered_models": ("name IN (?, ?)", [model, prompt]), "registered_model_tags": ("name IN (?, ?)", [model, prompt]),
+            "registered_model_aliases": ("name IN (?, ?)", [model, prompt]), "model_versions": ("name IN (?, ?)", [model, prompt]),
+            "model_version_tags": ("name IN (?, ?)", [model, prompt]),
             "logged_models": ("model_id = ?", [lm]), "logged_model_tags": ("model_id = ?", [lm]),
             "logged_model_params": ("model_id = ?", [lm]), "logged_model_metrics": ("model_id = ? OR run_id = ?", [lm, run]),
-            "inputs": ("source_id IN (?, ?, ?) OR destination_id IN (?, ?, ?)", ids + ids),
-            "entity_associations": ("source_id IN (?, ?, ?) OR destination_id IN (?, ?, ?)", ids + ids),
+            "inputs": ("source_id IN (?, ?, ?, ?) OR destination_id IN (?, ?, ?, ?)", ids + ids),
+            "entity_associations": ("source_id IN (?, ?, ?, ?) OR destination_id IN (?, ?, ?, ?)", ids + ids),
             "trace_info": ("request_id = ?", [trace]), "trace_tags": ("request_id = ?", [trace]),
             "trace_request_metadata": ("request_id = ?", [trace]), "trace_metrics": ("request_id = ?", [trace]),
             "assessments": ("trace_id = ?", [trace]), "spans": ("trace_id = ?", [trace]), "span_metrics": ("trace_id = ?", [trace]),
+            "evaluation_datasets": ("dataset_id = ?", [ds]), "evaluation_dataset_tags": ("dataset_id = ?", [ds]),
+            "evaluation_dataset_records": ("dataset_id = ?", [ds]), "scorers": ("experiment_id = ?", [exp]),
         }
         found: dict[str, list[dict[str, Any]]] = {}
         for table, (where, params) in queries.items():
@@ -264,13 +307,14 @@ SPELLINGS = {
     "registered_model": ("name",),
     "logged_model": ("model_id", "modelId"),
     "trace": ("trace_id", "traceId", "request_id", "requestId"),
+    "dataset": ("dataset_id", "datasetId"),
     "trace_list": ("trace_ids", "traceIds", "request_ids", "requestIds"),
     "experiment_list": ("experiment_ids", "experimentIds"),
     # for routes without a Spec (mostly admin-only): the lists once each
     "trace_list_once": ("trace_ids", "request_ids"),
     "experiment_list_once": ("experiment_ids",),
 }
-SCALAR_SLOTS = ("run", "experiment", "registered_model", "logged_model", "trace")
+SCALAR_SLOTS = ("run", "experiment", "registered_model", "logged_model", "trace", "dataset")
 
 
 def _fullwidth(digits: str) -> str:
@@ -285,9 +329,10 @@ def alice_values(w: World, slot: str) -> list[Any]:
         "run": [a.run_id, a.run_id.upper()],
         # Python's int() reads all of these as her experiment; SQLite's comparison only some.
         "experiment": [e, "0" + e, " " + e, e + " ", "+" + e, "0_" + e, _fullwidth(e), e + ".0", int(e)],
-        "registered_model": [a.model, a.model.upper(), " " + a.model, a.model + " "],
+        "registered_model": [a.model, a.model.upper(), " " + a.model, a.model + " ", a.prompt],
         "logged_model": [a.logged_model, a.logged_model.upper()],
         "trace": [a.trace],
+        "dataset": [a.dataset],
         "trace_list": [[a.trace], [w.bob.trace, a.trace]],
         "experiment_list": [[e], [w.bob.experiment_id, e]],
         "trace_list_once": [[a.trace]],
@@ -298,7 +343,7 @@ def alice_values(w: World, slot: str) -> list[Any]:
 def bob_value(w: World, slot: str) -> Any:
     b = w.bob
     return {"run": b.run_id, "experiment": b.experiment_id, "registered_model": b.model, "logged_model": b.logged_model,
-            "trace": b.trace}.get(slot) or ([b.trace] if slot.startswith("trace_list") else [b.experiment_id])
+            "trace": b.trace, "dataset": b.dataset}.get(slot) or ([b.trace] if slot.startswith("trace_list") else [b.experiment_id])
 
 
 def id_variants(w: World, slot: str, full: bool = True) -> list[dict[str, Any]]:
@@ -343,6 +388,7 @@ def specs(w: World) -> dict[str, Spec]:
     model = lambda **extra: Spec(("registered_model",), extra)  # noqa: E731
     logged = lambda **extra: Spec(("logged_model",), extra)  # noqa: E731
     trace = lambda **extra: Spec(("trace",), extra)  # noqa: E731
+    eval_ds = lambda **extra: Spec(("dataset",), extra)  # noqa: E731
     assessment = {"assessment_name": "bob", "source": {"source_type": "HUMAN", "source_id": b.name}, "feedback": {"value": False}}
     return {
         # a run, named in the body
@@ -421,7 +467,22 @@ def specs(w: World) -> dict[str, Spec]:
         "POST traces/delete-traces": Spec(("experiment",), {"max_timestamp_millis": now + 10**6}, [
             {"experiment_id": e, key: [a.trace]} for e in (a.experiment_id, b.experiment_id)
             for key in ("request_ids", "requestIds", "trace_ids", "traceIds")]),
-        "POST traces/link-prompts": trace(prompt_versions=[{"name": a.model, "version": "1"}]),
+        "POST traces/link-prompts": Spec(("trace",), {"prompt_versions": [{"name": a.prompt, "version": "1"}]},
+                                         [{"trace_id": b.trace, "prompt_versions": [{"name": a.prompt, "version": "1"}]}]),
+        # an evaluation dataset, named in the path
+        "POST 3.0 datasets/create": Spec((), {}, [{"name": f"walk-ds-{a.name}", "experiment_ids": [a.experiment_id]},
+                                                  {"name": f"bob-{t}", "experiment_ids": [a.experiment_id],
+                                                   "tags": json.dumps({"mlpd.owner": a.name})}]),
+        "DELETE 3.0 datasets/<dataset_id>": eval_ds(),
+        "PATCH 3.0 datasets/<dataset_id>/tags": eval_ds(tags=json.dumps({"k": "bob", "mlpd.owner": b.name})),
+        "DELETE 3.0 datasets/<dataset_id>/tags/<key>": eval_ds(),
+        "POST 3.0 datasets/<dataset_id>/records": eval_ds(records=json.dumps([{"inputs": {"q": "2+2"}, "expectations": {"a": "5"}}])),
+        "DELETE 3.0 datasets/<dataset_id>/records": eval_ds(dataset_record_ids=[a.dataset_record]),
+        "POST 3.0 datasets/<dataset_id>/add-experiments": eval_ds(experiment_ids=[b.experiment_id]),
+        "POST 3.0 datasets/<dataset_id>/remove-experiments": eval_ds(experiment_ids=[a.experiment_id]),
+        # scorers belong to an experiment
+        "POST 3.0 scorers/register": Spec(("experiment",), {"name": f"bob-{t}", "serialized_scorer": json.dumps({"name": "bob"})}),
+        "DELETE 3.0 scorers/delete": Spec(("experiment",), {"name": "any"}),
     }
 
 
@@ -442,6 +503,10 @@ def path_candidates(w: World, argument: str) -> list[str]:
         return ["stage", "mlpd.owner"]
     if argument == "assessment_id":
         return [a.assessment]
+    if argument == "dataset_id":
+        return [a.dataset, b.dataset]
+    if argument == "key":  # a dataset's tag key
+        return ["k", "mlpd.owner"]
     if argument == "artifact_path":
         return [f"{e}/{a.run_id}/artifacts/f.txt", f"{e}/{a.run_id}/artifacts/new.txt", f"{e}/{a.run_id}/artifacts/dir/g.txt",
                 f"{e}/{a.run_id}/artifacts/dir", f"{e}/{a.run_id}/artifacts", f"{e}/{a.run_id}",
@@ -464,6 +529,7 @@ class Attempt:
     params: list[tuple[str, str]] = field(default_factory=list)
     rank: int = 0
     chunked: bool = False  # the body sent with Transfer-Encoding: chunked (no Content-Length)
+    headers: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         query = "?" + urlencode(self.params) if self.params else ""
@@ -528,7 +594,7 @@ def attempts_for(w: World, spec_table: dict[str, Spec], rule: dict[str, Any], me
         return out
     if arguments:
         slot = spec.slots[0] if spec.slots and not spec.generic else ""
-        alice_ids = {w.alice.run_id, w.alice.logged_model, w.alice.trace, w.alice.assessment}
+        alice_ids = {w.alice.run_id, w.alice.logged_model, w.alice.trace, w.alice.assessment, w.alice.dataset}
         for combo in itertools.product(*(path_candidates(w, name) for name in arguments)):
             url = fill(rule["rule"], dict(zip(arguments, combo, strict=True)))
             if alice_ids & set(combo):  # alice's object in the path, bob's (or none) in the body
@@ -584,11 +650,29 @@ def plan(w: World, url_map: list[dict[str, Any]]) -> tuple[list[Attempt], set[tu
     return attempts, pairs
 
 
+def otlp_attempts(w: World) -> list[Attempt]:
+    """Span uploads naming alice's trace (as a root span, a child, a tag-setting root), in her experiment and
+    bob's, as protobuf and OTLP JSON; and bob's own new trace linked to her run by the run header."""
+    a, b = w.alice, w.bob
+    out = []
+    for experiment in (a.experiment_id, b.experiment_id):
+        for parent, tag in ((False, ""), (True, ""), (False, "k"), (False, "mlpd.owner")):
+            out.append(Attempt("POST", OTLP, OTLP, data=otlp_body(a.trace, "bob-span", parent, tag), content_type="application/x-protobuf",
+                               headers={"X-Mlflow-Experiment-Id": experiment}))
+        span = {"traceId": a.trace[3:], "spanId": os.urandom(8).hex(), "name": "bob-json", "startTimeUnixNano": str(time.time_ns()),
+                "endTimeUnixNano": str(time.time_ns())}
+        out.append(Attempt("POST", OTLP, OTLP, data=json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode(),
+                           headers={"X-Mlflow-Experiment-Id": experiment}))
+    out.append(Attempt("POST", OTLP, OTLP, data=otlp_body("tr-" + uuid.uuid4().hex, "bob-linked"), content_type="application/x-protobuf",
+                       headers={"X-Mlflow-Experiment-Id": b.experiment_id, "X-Mlflow-Run-Id": a.run_id}))
+    return out
+
+
 def send(base: str, bob: Party, attempt: Attempt) -> requests.Response:
     kwargs: dict[str, Any] = {"params": attempt.params or None}
     if attempt.data is not None:
         kwargs["data"] = iter([attempt.data]) if attempt.chunked else attempt.data
-        kwargs["headers"] = {"Content-Type": attempt.content_type}
+        kwargs["headers"] = {"Content-Type": attempt.content_type, **attempt.headers}
     elif attempt.json is not None:
         kwargs["json"] = attempt.json
     try:
@@ -684,9 +768,9 @@ def test_no_mlflow_route_lets_a_member_change_another_members_objects(daemon, tm
     for table in ("runs", "tags", "params", "metrics", "latest_metrics", "experiment_tags", "registered_models",
                   "registered_model_aliases", "model_versions", "model_version_tags", "logged_models", "logged_model_tags",
                   "logged_model_params", "logged_model_metrics", "inputs", "entity_associations", "trace_info", "trace_tags",
-                  "assessments"):
+                  "assessments", "spans", "evaluation_datasets", "evaluation_dataset_tags", "evaluation_dataset_records"):
         assert walk.before[table], f"alice's {table} rows were not found: the snapshot would compare nothing"
-    assert len(walk.before["model_versions"]) == 2 and len([x for x in walk.before["artifacts"] if "sha256" in x]) == 3, walk.before
+    assert len(walk.before["model_versions"]) == 3 and len([x for x in walk.before["artifacts"] if "sha256" in x]) == 4, walk.before
 
     attempts, pairs = plan(w, url_map)
     walked = {(a.rule, a.method) for a in attempts}
@@ -694,6 +778,10 @@ def test_no_mlflow_route_lets_a_member_change_another_members_objects(daemon, tm
     assert len(pairs) > 150 and len(attempts) > 200, (len(pairs), len(attempts))
 
     chained(walk, w)
+    for attempt in otlp_attempts(w):
+        resp = walk.send(attempt)
+        assert resp.status_code in (403, 404) and resp.json()["error_code"] in ("PERMISSION_DENIED", "RESOURCE_DOES_NOT_EXIST"), (
+            f"{attempt.describe()[:300]}: {resp.status_code} {resp.text[:300]}")
     for attempt in attempts:
         walk.send(attempt)
     after = snapshot(daemon.state_dir, alice)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -57,7 +58,8 @@ def test_artifact_writes_name_their_run_or_model():
     assert rule.action == "artifact_write"
     assert artifact_target(rule.ref) == tracking_target("3", "run", "a" * 32)
     assert artifact_target("3/models/m-1/artifacts/MLmodel") == tracking_target("3", "logged_model", "m-1")
-    assert artifact_target("3/traces/tr-1/artifacts/x").kind == ""
+    assert artifact_target("3/traces/tr-1/artifacts/traces.json") == tracking_target("3", "trace", "tr-1")
+    assert artifact_target("3/datasets/d-1/x").kind == ""
     assert classify("DELETE", "/ajax-api/2.0/mlflow-artifacts/artifacts/1/x").action == "artifact_write"
     assert classify("POST", "/api/2.0/mlflow-artifacts/mpu/create/1/x").action == "artifact_write"
     assert classify("POST", "/ajax-api/2.0/mlflow/upload-artifact").ref == "?run_uuid"
@@ -211,3 +213,74 @@ def test_the_logged_models_and_traces_a_body_names_are_found_in_every_spelling()
     assert trace_ids_named({"trace": {"traceInfo": {"traceId": "tr-2"}}}) == ["tr-2"]
     with pytest.raises(Refused):
         trace_ids_named({"trace": {"trace_info": {"trace_id": "a", "traceId": "b"}}})
+
+
+@pytest.mark.parametrize("method, path, action, kind, ref", [
+    ("POST", "/api/3.0/mlflow/traces", "create_trace", "trace", ""),
+    ("POST", "/api/2.0/mlflow/traces", "create_trace", "trace", ""),
+    ("PATCH", "/api/3.0/mlflow/traces/tr-1/tags", "owned", "trace", "tr-1"),
+    ("DELETE", "/ajax-api/2.0/mlflow/traces/tr-1/tags", "owned", "trace", "tr-1"),
+    ("POST", "/api/3.0/mlflow/traces/tr-1/assessments", "owned", "trace", "tr-1"),
+    ("PATCH", "/api/3.0/mlflow/traces/tr-1/assessments/a-2", "owned", "trace", "tr-1"),
+    ("DELETE", "/api/3.0/mlflow/traces/tr-1/assessments/a-2", "owned", "trace", "tr-1"),
+    ("POST", "/api/2.0/mlflow/traces/link-prompts", "owned", "trace", "trace_id"),
+    ("POST", "/api/3.0/mlflow/traces/delete-traces", "delete_traces", "trace", ""),
+    ("POST", "/v1/traces", "otlp", "trace", ""),
+    ("POST", "/api/3.0/mlflow/datasets/create", "create_owned", "dataset", ""),
+    ("DELETE", "/api/3.0/mlflow/datasets/d-1", "owned", "dataset", "d-1"),
+    ("PATCH", "/api/3.0/mlflow/datasets/d-1/tags", "owned", "dataset", "d-1"),
+    ("DELETE", "/api/3.0/mlflow/datasets/d-1/tags/k", "owned", "dataset", "d-1"),
+    ("POST", "/api/3.0/mlflow/datasets/d-1/records", "owned", "dataset", "d-1"),
+    ("POST", "/api/3.0/mlflow/datasets/d-1/add-experiments", "owned", "dataset", "d-1"),
+    ("POST", "/api/3.0/mlflow/datasets/search", "read", "", ""),
+    ("POST", "/api/3.0/mlflow/scorers/register", "owned", "experiment", "experiment_id"),
+    ("PATCH", "/api/2.0/mlflow/traces/tr-1", "admin", "", ""),
+])
+def test_genai_routes_are_checked_against_their_owner(method, path, action, kind, ref):
+    rule = classify(method, path)
+    assert (rule.action, rule.kind, rule.ref) == (action, kind, ref)
+
+
+def test_trace_and_dataset_creates_are_stamped_with_their_owner_and_drop_protected_tags():
+    from mlpd.tracking.policy import rewrite_dataset_create, rewrite_trace_create
+
+    v3 = rewrite_trace_create({"trace": {"traceInfo": {"trace_id": "tr-1", "tags": {"k": "v", "mlpd.owner": "eve"}}}}, "bob")
+    assert v3 == {"trace": {"trace_info": {"trace_id": "tr-1", "tags": {"k": "v", "mlpd.owner": "bob"}}}}
+    v2 = rewrite_trace_create({"experiment_id": "1", "tags": [{"key": "mlpd.owner", "value": "eve"}]}, "bob")
+    assert v2["tags"] == [{"key": "mlpd.owner", "value": "bob"}]
+    with pytest.raises(Refused):
+        rewrite_trace_create({"trace": {"trace_info": {}, "traceInfo": {}}}, "bob")
+    dataset = rewrite_dataset_create({"name": "d", "tags": '{"mlpd.owner": "eve", "k": "v"}'}, "bob")
+    assert json.loads(dataset["tags"]) == {"k": "v", "mlpd.owner": "bob"}
+    with pytest.raises(Refused):
+        rewrite_dataset_create({"name": "d", "tags": "[1]"}, "bob")
+
+
+def test_protected_tags_on_traces_and_datasets_are_found():
+    assert tags_written("traces/tr-1/tags", {"key": "mlpd.owner"}) == ["mlpd.owner"]
+    assert tags_written("datasets/d-1/tags", {"tags": '{"mlpd.owner": "x"}'}) == ["mlpd.owner"]
+    assert tags_written("datasets/d-1/tags/mlpd.owner", {}) == ["mlpd.owner"]
+
+
+def test_refusals_carry_mlflows_error_code():
+    from mlpd.tracking.policy import mlflow_error_code
+
+    assert mlflow_error_code(403) == "PERMISSION_DENIED"
+    assert mlflow_error_code(404) == "RESOURCE_DOES_NOT_EXIST"
+    assert mlflow_error_code(413, "RESOURCE_EXHAUSTED") == "RESOURCE_EXHAUSTED"
+    assert mlflow_error_code(400) == "INVALID_PARAMETER_VALUE"
+
+
+def test_a_prompt_version_source_is_accepted_and_other_local_sources_are_not():
+    from mlpd.tracking.policy import check_create_locations
+
+    check_create_locations("model-versions/create", {"name": "p", "source": "prompt-template"})
+    check_create_locations("model-versions/create", {"name": "p", "source": "dummy-source"})
+    with pytest.raises(Refused):
+        check_create_locations("model-versions/create", {"name": "p", "source": "prompt-template/../x"})
+
+
+def test_the_ui_assistant_routes_are_answered_by_mlpd_for_every_method():
+    for method in ("GET", "POST", "PUT", "PATCH"):
+        assert classify(method, "/ajax-api/3.0/mlflow/assistant/config").action == "ui_route"
+    assert classify("GET", "/ajax-api/2.0/mlflow/users/current").action == "ui_route"

@@ -250,8 +250,9 @@ class MlflowMount:
                 ref = (query.get(rule.ref[1:]) or [""])[0]
             elif rule.ref_in_path:
                 ref = rule.ref
-                named = {"logged_model": [body.get("model_id")], "trace": trace_named_in_body(body),
-                         "dataset": [body.get("dataset_id")]}.get(rule.kind, [])
+                by_kind: dict[str, list[Any]] = {"logged_model": [body.get("model_id")], "trace": list(trace_named_in_body(body)),
+                                                 "dataset": [body.get("dataset_id")]}
+                named = by_kind.get(rule.kind, [])
                 if any(n not in (None, "") and str(n) != ref for n in named):
                     raise Refused(400, "ambiguous_request", f"the body names another {rule.kind.replace('_', ' ')} than the path; send one")
             else:

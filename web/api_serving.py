@@ -35,11 +35,22 @@ def _visible(name: str) -> dict:
     return dep
 
 
+def endpoint_base() -> str:
+    """Where clients call deployments: the serving proxy (serving.listen) when the daemon runs one, else this address."""
+    listen = config()["serving.listen"]
+    if listen in ("", "auto"):  # "auto" is resolved by the daemon; an app made without one has no proxy
+        return request.host_url
+    host, _, port = listen.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::"):
+        host = request.host.rpartition(":")[0] if ":" in request.host else request.host
+    return f"http://{host}:{port}/"
+
+
 def _view(dep: dict, detail: bool = False) -> dict:
     st = store()
     metrics = serving.request_metrics(st, dep["id"]) if detail else []
     revs = serving.revisions(st, dep["id"])
-    out = serving.view(dep, revs, serving.replicas(st, dep["id"]), request.host_url, detail, metrics)
+    out = serving.view(dep, revs, serving.replicas(st, dep["id"]), endpoint_base(), detail, metrics)
     if detail:
         out["input"] = input_of(config().state_dir, dep, revs, out["endpoint"])
     return out

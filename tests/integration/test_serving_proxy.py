@@ -88,7 +88,8 @@ def test_the_endpoint_is_the_proxy_and_checks_tokens_and_keys(world):
     refused = call(world, other_key)
     assert refused.status_code == 401, refused.text
     assert d.cli("deployments", "rm", "px-other", token=other_token).returncode == 0
-    wait_for(lambda: call(world, other_key, name="px-other").status_code == 404, 10, 0.1, "the removed deployment's endpoint to go")
+    wait_for(lambda: call(world, other_key, name="px-other").status_code == 401, 10, 0.1, "the removed deployment's key to be refused")
+    assert call(world, d.admin_token, name="px-other").status_code == 404  # and its endpoint is gone
 
 
 def test_a_revoked_token_is_refused_within_a_second(world):

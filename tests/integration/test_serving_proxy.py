@@ -79,7 +79,8 @@ def test_the_endpoint_is_the_proxy_and_checks_tokens_and_keys(world):
     assert nobody.status_code == 401 and nobody.json()["error"]["code"] == "unauthorized"
     assert call(world, "mlpd_0123456789ab_" + "x" * 32).status_code == 401
     _, other_token = new_user(d, "other")
-    assert call(world, other_token).status_code == 404  # another member: as if it did not exist
+    # another member (their new token known to the proxy within a tick): as if the deployment did not exist
+    wait_for(lambda: call(world, other_token).status_code == 404, 5, 0.05, "another member's token to get 404")
     assert call(world, world["token"], name="no-such-model").status_code == 404
     # Another deployment's key opens that deployment, not this one.
     other = as_json(d.cli("serve", f"models:/{world['model']}/1", "--name", "px-other", "--json", token=other_token, timeout=600))

@@ -1,6 +1,7 @@
 """The serving proxy (HAProxy at serving.listen) end to end: tokens and keys checked with no Python on the
 request path, a revoked token refused within a second, a canary's weight, and serving that goes on while
-the daemon is SIGKILLed and restarted, with the restarted daemon still in charge.
+the daemon is SIGKILLed and restarted, with the restarted daemon still in charge; a quality gate that
+holds back a version whose run scored too low.
 
 One daemon and one trained model for the module (the model of test_serving: version 1 predicts 2x,
 version 2 predicts 3x); the tests run in order, each leaving the deployment as the next one expects.
@@ -19,6 +20,14 @@ from helpers import as_json, needs_docker, new_user, wait_for
 from test_serving import INPUT, MLFLOW, TERMINAL, TRAIN
 
 pytestmark = needs_docker
+WEAK = """
+import mlflow, mlflow.sklearn, numpy as np, pandas as pd
+from sklearn.linear_model import LinearRegression
+X = pd.DataFrame({"x": np.arange(10, dtype=float)})
+with mlflow.start_run():
+    mlflow.log_metric("r2", 0.52)
+    mlflow.sklearn.log_model(LinearRegression().fit(X, 5 * X["x"]), name="model", registered_model_name="{model_name}", input_example=X[:2])
+"""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +51,7 @@ def world(tmp_path_factory, request):
     job = wait_for(lambda: (j := daemon.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"])["state"] in TERMINAL and j,
                    300, 0.5, "the training job")
     assert job["state"] == "succeeded", job["reason"]
-    served = daemon.cli("serve", f"models:/{model_name}@prod", "--json", token=token, timeout=600)
+    served = daemon.cli("serve", f"models:/{model_name}@prod", "--gate", "metrics.r2>=0.9", "--json", token=token, timeout=600)
     created = as_json(served)
     world = {"daemon": daemon, "user": name, "token": token, "model": model_name, "deployment": created["deployment"]["name"],
              "key": created["key"], "endpoint": created["deployment"]["endpoint"]}
@@ -136,6 +145,10 @@ def test_a_canary_at_20_percent_gets_a_fifth_of_1000_requests(world):
     wait_for(lambda: {call(world, token, session=session).headers["X-Mlpd-Model-Version"] for _ in range(20)} == {"1"}, 10, 0.1,
              "all traffic back on version 1")
     wait_for(lambda: len(show(world)["replica_list"]) == 1, 60, 0.5, "the canary's replica to stop")
+    # an update to a pinned version stopped following the alias: follow it again (it still points at version 1)
+    again = d.api("POST", f"/api/v1/deployments/{world['deployment']}/update", token, json={"model": f"models:/{world['model']}@prod"})
+    assert again.status_code == 200 and again.json()["deployment"]["follow_alias"] is True, again.text
+    wait_for(lambda: (x := show(world))["state"] == "serving" and len(x["replica_list"]) == 1, 300, 0.5, "the deployment to settle")
 
 
 def test_serving_goes_on_while_the_daemon_is_killed_and_restarted_and_the_new_one_rolls_out(world):
@@ -180,3 +193,24 @@ def test_serving_goes_on_while_the_daemon_is_killed_and_restarted_and_the_new_on
     first_v2 = values.index(3.0)
     assert set(values[:first_v2]) == {2.0} and set(values[first_v2:]) == {3.0}, "traffic went back and forth"
     print(f"{len(seen)} requests, none failed: {restarted_at - killed_at} while the daemon was down")
+
+
+def test_a_version_that_fails_a_quality_gate_is_held_back_and_promote_refuses_it(world, tmp_path):
+    d, token = world["daemon"], world["token"]
+    (tmp_path / "weak.py").write_text(WEAK.replace("{model_name}", world["model"]))
+    job_id = as_json(d.cli("run", "--json", "--", "python", "weak.py", token=token, cwd=str(tmp_path)))["job"]["id"]
+    job = wait_for(lambda: (j := d.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"])["state"] in TERMINAL and j, 300, 0.5,
+                   "the job that registers version 4")
+    assert job["state"] == "succeeded", job["reason"]
+    refused = d.cli("models", "promote", world["model"], "4", "--alias", "prod", token=token)
+    assert refused.returncode == 1 and "version 4 held back: metrics.r2 0.52 < 0.9" in refused.stderr, refused.stderr
+    assert d.api("GET", f"/api/v1/models/{world['model']}/versions/2/gates", token).json()["held_back"] == []
+    # Moved behind promote's back, in MLflow itself: the deployment still never rolls it out.
+    moved = d.api("POST", MLFLOW + "registered-models/alias", token, json={"name": world["model"], "alias": "prod", "version": "4"})
+    assert moved.status_code == 200, moved.text
+    dep = wait_for(lambda: "held back" in (x := show(world))["last_error"] and x, 60, 0.5, "the deployment to hold version 4 back")
+    assert dep["last_error"] == "version 4 held back: metrics.r2 0.52 < 0.9", dep["last_error"]
+    assert dep["serving"]["version"] == "2" and dep["rolling_out"] is None and dep["state"] == "serving"
+    assert round(call(world, token).json()["predictions"][0], 6) == 3.0
+    shown = d.cli("deployments", "show", world["deployment"], token=token)
+    assert "version 4 held back: metrics.r2 0.52 < 0.9" in shown.stdout, shown.stdout

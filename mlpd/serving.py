@@ -10,8 +10,10 @@ daemon copied out of its store into a directory the container mounts read-only, 
 environment built from the model's logged requirements (:mod:`mlpd.environments`). It gets no
 credentials. Its port is published on 127.0.0.1 only.
 
-Clients call ``/serve/NAME/invocations`` on the daemon (``mlpd.web.serving_proxy``), which passes
-each request to a healthy replica of the current revision. The worker's pass
+Clients call ``/serve/NAME/invocations`` on the serving proxy (HAProxy at serving.listen, kept current by
+the daemon: :mod:`mlpd.serving_front`), or on the daemon's own address (``mlpd.web.serving_proxy``, in
+Python); either passes each request to a healthy replica of the current revision. Quality gates
+(:mod:`mlpd.serving_gates`, ``spec["gates"]``) hold back a version whose source run fails them. The worker's pass
 (:class:`mlpd.serving_pass.ServingPass`) checks every replica's ``/ping``, notices an alias that moved, and carries
 out what :func:`mlpd.serving_rollout.plan` decides: start, switch traffic, drain, roll back,
 restart. Traffic moves in one transaction (``deployments.current``), so a request sees either

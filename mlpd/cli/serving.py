@@ -89,7 +89,8 @@ def serve(model_uri, name, gpus, gpu_model, cpus, memory, replicas, follow_alias
     \b
     mlpd serve models:/churn@prod
     curl -H "Authorization: Bearer $MLPD_TOKEN" -H 'Content-Type: application/json' \\
-         -d '{"dataframe_split": {"columns": ["x"], "data": [[1.0]]}}' http://127.0.0.1:8470/serve/churn/invocations
+         -d '{"dataframe_split": {"columns": ["x"], "data": [[1.0]]}}' http://127.0.0.1:8471/serve/churn/invocations
+    mlpd serve models:/churn@prod --gate "metrics.accuracy>=0.9"
     """
     client = _client()
     body = {"model": model_uri, "name": name, "gpus": gpus, "gpu_model": gpu_model, "cpus": cpus, "memory": memory,

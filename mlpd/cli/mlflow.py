@@ -181,7 +181,8 @@ def _model_view(client, m) -> dict[str, Any]:
 @json_option
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:
-    """Registered models with their versions and aliases; 'mlpd models alias' points an alias."""
+    """Registered models with their versions and aliases; 'mlpd models alias' points an alias, 'mlpd models promote'
+    moves one once the quality gates of the deployments that follow it pass."""
     if ctx.invoked_subcommand is not None:
         return
     with mlflow_client() as client:

@@ -135,6 +135,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/deployments/{name}/logs"): Case("deployments/served/logs", status=404, code="not_found",
                                               why="no replica has been placed: that needs the worker"),
     ("DELETE", "/deployments/{name}"): Case("deployments/removed"),
+    ("GET", "/models/{model}/versions/{version}/gates"): Case("models/iris/versions/2/gates?alias=prod", contains="held_back"),
 }
 
 

@@ -421,11 +421,27 @@ class ServingFront:
         return maps, self.api.servers()
 
     def sync(self, want: Desired) -> None:
-        """Change what differs between the proxy and want: maps first for new deployments, servers, then what goes."""
+        """Change what differs between the proxy and want, in the order that keeps requests answered: revoked
+        tokens and keys out first (a refusal must not wait for anything), then new servers, then the maps,
+        then the servers that go. A command HAProxy refuses is logged and the rest still done; ServingFrontError
+        at the end names the first refusal (the next tick tries again)."""
         maps, servers = self.actual()
         wanted_maps = plan_maps(want, maps["deployments"])
-        commands: list[str] = []
-        # Servers of the deployments that stay, before their names may point at them.
+        refused: list[str] = []
+
+        def run(command: str, checked: bool = True) -> None:
+            answer = self.api(command)
+            if checked:
+                try:
+                    _check(answer, command)
+                except ServingFrontError as exc:
+                    refused.append(str(exc))
+
+        for kind in ("users", "keys"):
+            path = os.path.join(self.dir, f"{kind}.map")
+            for key in set(maps[kind]) - set(wanted_maps[kind]):
+                run(f"del map {path} {key}", checked=False)
+        # Servers of the deployments that stay, before traffic may reach them.
         for name, dep in want.deployments.items():
             backend = wanted_maps["deployments"].get(name)
             if backend is None:
@@ -433,25 +449,24 @@ class ServingFront:
             have = servers.get(backend, {})
             for server, (port, weight) in dep["servers"].items():
                 if server not in have:
-                    commands += [f"add server {backend}/{server} 127.0.0.1:{port} weight {weight}", f"enable server {backend}/{server}"]
-                else:
-                    if have[server][1] != weight:
-                        commands.append(f"set weight {backend}/{server} {weight}")
-                    if have[server][2] != "0":  # in maintenance: back in service (a replica healthy again)
-                        commands.append(f"set server {backend}/{server} state ready")
-        for command in commands:
-            _check(self.api(command), command)
-        # The maps: additions and changes, then removals (a token revoked, a deployment gone).
+                    run(f"add server {backend}/{server} 127.0.0.1:{port} weight {weight}")
+                    run(f"enable server {backend}/{server}")
+                    continue
+                if have[server][1] != weight:
+                    run(f"set weight {backend}/{server} {weight}")
+                if have[server][2] != "0":  # in maintenance: back in service (a replica healthy again)
+                    run(f"set server {backend}/{server} state ready")
+        # The maps: additions and changes, then removals (a deployment gone).
         for kind in MAPS:
             path = os.path.join(self.dir, f"{kind}.map")
             have, wanted = maps[kind], wanted_maps[kind]
             for key, value in wanted.items():
                 if key not in have:
-                    _check(self.api(f"add map {path} {key} {value}"), "add map")
+                    run(f"add map {path} {key} {value}")
                 elif have[key] != value:
-                    _check(self.api(f"set map {path} {key} {value}"), "set map")
+                    run(f"set map {path} {key} {value}")
             for key in set(have) - set(wanted):
-                self.api(f"del map {path} {key}")
+                run(f"del map {path} {key}", checked=False)
         # Servers that go: in maintenance at once (requests in flight finish), deleted once idle.
         wanted_servers = {(wanted_maps["deployments"][n], s) for n, d in want.deployments.items() if n in wanted_maps["deployments"]
                           for s in d["servers"]}
@@ -460,9 +475,11 @@ class ServingFront:
                 if (backend, server) in wanted_servers:
                     continue
                 if admin_state == "0":
-                    self.api(f"set server {backend}/{server} state maint")
-                self.api(f"del server {backend}/{server}")  # refused while connections remain: tried again next tick
+                    run(f"set server {backend}/{server} state maint", checked=False)
+                run(f"del server {backend}/{server}", checked=False)  # refused while connections remain: tried again next tick
         self.write_maps(wanted_maps)
+        if refused:
+            raise ServingFrontError(refused[0])
         self.applied = want
 
     def write_maps(self, maps: dict[str, dict[str, str]]) -> None:

@@ -363,7 +363,7 @@ if [ -n "$(find "$state_dir" -xdev -uid 0 -print -quit)" ]; then
 fi
 
 # -- images (built by root: the base image needs debootstrap)
-tags="$("$venv/bin/python" -c 'import sys; from mlpd.config import load_config; from mlpd.image_catalog import definitions
+tags="$("$venv/bin/python" -c 'import sys; from mlpd.config import load_config; from mlpd.runtime.image_catalog import definitions
 c = load_config(sys.argv[1]); print(c["images.base"], *(d.tag for d in definitions(c)))' "$config")"
 missing=""
 for tag in $tags; do docker image inspect "$tag" >/dev/null 2>&1 || missing="$missing $tag"; done

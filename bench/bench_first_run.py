@@ -50,7 +50,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
 
 import benchlib
 from benchlib import BIN, IMAGE, SHIPPED_CONFIG, Daemon, docker, log, median, ratio, times
@@ -255,7 +254,7 @@ def main() -> int:
         m, b = med(mlpd_rounds, key), med(base_rounds, key.replace(", second run", ""))
         print(f"| {key} | {sec(m)} | {sec(b)} | {times(ratio(m, b)) if b == b else '—'} |")
     print("\nper round (mlpd submit -> run tracked / baseline):",
-          ", ".join(f"{r['submit -> run tracked']:.2f}/{b['submit -> run tracked']:.2f} s" for r, b in zip(mlpd_rounds, base_rounds)))
+          ", ".join(f"{r['submit -> run tracked']:.2f}/{b['submit -> run tracked']:.2f} s" for r, b in zip(mlpd_rounds, base_rounds, strict=True)))
     if args.install:
         phases = install_phases()
         print("\nFresh-install phases on this host (one run; the Docker engine's own install not included):\n")

@@ -11,7 +11,7 @@ Alibaba PAI):
     load (GPU-seconds of work / (8 GPUs x arrival span)) equals --load (default 0.90).
 
 Discrete-event simulation on a simulated clock: events are arrivals and completions; after all
-events of one instant are applied, the REAL mlpd.scheduler.schedule() is called with the current
+events of one instant are applied, the REAL mlpd.scheduling.scheduler.schedule() is called with the current
 holdings (ends_by = start + time limit) and queue, and every placement starts at once and runs
 for its actual runtime. schedule() is only called while the queue is non-empty (with an empty
 queue there is nothing to decide); the job holding the reservation is kept between calls as the
@@ -23,10 +23,10 @@ daemon keeps it (jobs.reserved_at). Three policies replay the same trace:
             on; usage = accounting.decayed_usage over the simulated ledger (one Allocation per GPU per
             job, open while running), half-life 7 days (mlpd's default scheduler.fair_share_half_life,
             not scaled: the trace spans several weeks), over the allocations of the last 4
-            half-lives, as mlpd.quotas.fair_share_usage does; and each owner's mean bounded slowdown
+            half-lives, as mlpd.scheduling.quotas.fair_share_usage does; and each owner's mean bounded slowdown
             = scheduler.owner_slowdowns over the jobs started in the last 4 half-lives (half-life:
             mlpd's scheduler.slowdown_half_life; --slowdown-half-life) and the queued ones, as
-            mlpd.quotas.fair_share_slowdown does.
+            mlpd.scheduling.quotas.fair_share_slowdown does.
 
 Metrics:
   - GPU allocation while queued: held GPU-time / (8 x time), integrated only over the intervals in
@@ -64,10 +64,10 @@ import sys
 import time
 from collections import deque
 
-from mlpd.accounting import Allocation, decayed_usage
+from mlpd.scheduling.accounting import Allocation, decayed_usage
 from mlpd.config import SETTINGS_BY_KEY
-from mlpd.jobspec import parse_duration
-from mlpd.scheduler import Gpu, Holding, Policy, QueuedJob, explain, owner_slowdowns, schedule
+from mlpd.units import parse_duration
+from mlpd.scheduling.scheduler import Gpu, Holding, Policy, QueuedJob, explain, owner_slowdowns, schedule
 
 N_GPUS = 8
 GPUS = [Gpu(f"GPU-{i:02d}", i, "A100") for i in range(N_GPUS)]
@@ -196,7 +196,7 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
             usage_s += time.perf_counter() - t0
         queued = list(queue.values())
         slowdown = None
-        if policy.fair_share and policy.weight_slowdown:  # as mlpd.quotas.fair_share_slowdown reads it
+        if policy.fair_share and policy.weight_slowdown:  # as mlpd.scheduling.quotas.fair_share_slowdown reads it
             t0 = time.perf_counter()
             history = [(by_id[jid]["owner"], by_id[jid]["submit"], st,
                         None if jid in running else st + by_id[jid]["run"])
@@ -276,7 +276,7 @@ def simulate(trace: list[dict], policy: Policy) -> dict:
 # --------------------------------------------------------------------------- schedule() cost
 
 def load_scheduler_at(ref: str):
-    """mlpd.scheduler as it was at git ref `ref` (for a before/after ratio), or None without git."""
+    """mlpd.scheduling.scheduler as it was at git ref `ref` (for a before/after ratio), or None without git."""
     import importlib.util
     import os
     import subprocess
@@ -284,7 +284,7 @@ def load_scheduler_at(ref: str):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        src = subprocess.run(["git", "-C", root, "show", f"{ref}:mlpd/scheduler.py"], capture_output=True, text=True,
+        src = subprocess.run(["git", "-C", root, "show", f"{ref}:mlpd/scheduling/scheduler.py"], capture_output=True, text=True,
                              check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -307,7 +307,7 @@ def micro_state(n_queued: int, seed: int, free: int):
     holdings = [Holding(g.uuid, f"run{g.index}", rng.choice(USERS), now + rng.uniform(60, 86400))
                 for g in GPUS[free:]]
     queue = [QueuedJob(j["id"], j["owner"], j["gpus"], None, 0, now - rng.uniform(0, 86400), j["limit"]) for j in trace]
-    usage = {u: rng.uniform(0, 5e6) * w for u, w in zip(USERS, USER_WEIGHTS)}
+    usage = {u: rng.uniform(0, 5e6) * w for u, w in zip(USERS, USER_WEIGHTS, strict=True)}
     slowdown = {u: rng.uniform(1, 40) for u in USERS}
     return holdings, queue, now, usage, slowdown
 
@@ -335,7 +335,7 @@ def inputs_cost(repeat: int) -> None:
     import json
     import tempfile
 
-    from mlpd import quotas
+    from mlpd.scheduling import quotas
     from mlpd.config import load_config
     from mlpd.store import Store
 

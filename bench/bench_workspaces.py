@@ -20,7 +20,7 @@ mlpd/workspace:latest (`mlpd images build`).
              meanwhile this process polls GET /api/v1/workspaces/N every 20 ms until it exists,
              to learn the port and token.
      docker  `docker run -d -p 127.0.0.1:P:8888 -e JUPYTER_TOKEN=T --user 1000:1000
-             mlpd/workspace:latest jupyter lab <the same arguments as mlpd.workspaces.jupyter_command()>`
+             mlpd/workspace:latest jupyter lab <the same arguments as mlpd.kinds.workspace.jupyter_command()>`
              (P a free port, T a random token; no home mount, no --init or other mlpd flags).
    The clock starts just before the POST / the CLI launch / `docker run`; end = the first
    `GET http://127.0.0.1:P/api/status` with `Authorization: token T` that answers 200, polled
@@ -40,7 +40,7 @@ mlpd/workspace:latest (`mlpd images build`).
    all are running, and then until the daemon's own pass has checked every one of them (each
    has a last_activity in the state database; that pass ran every 60 s meanwhile), so the timed
    passes start right after it and do not overlap the next one. Then
-   mlpd.workspaces.cull_pass(Store(db), config, now=time.time()) runs --cull-passes times in this process (config = mlpd.config.load_config of the daemon's file
+   mlpd.kinds.workspace.cull_pass(Store(db), config, now=time.time()) runs --cull-passes times in this process (config = mlpd.config.load_config of the daemon's file
    with its --state-dir, i.e. the daemon's resolved configuration; the real jupyter_activity:
    GET /api/status, /api/kernels, /api/terminals per workspace, plus its database reads and
    the last_activity write). Reported: the median pass, per workspace, against a baseline of
@@ -274,7 +274,7 @@ class Bench:
     def cull(self, n: int, passes: int, config_file: Path, timeout: float) -> dict:
         from mlpd.config import load_config
         from mlpd.store import Store
-        from mlpd.workspaces import cull_pass
+        from mlpd.kinds.workspace import cull_pass
 
         names = [f"cull-{i:02d}" for i in range(n)]
         t0 = time.perf_counter()

@@ -5,6 +5,8 @@ The scripts run as `python bench/NAME.py`, which puts bench/ on sys.path, so the
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import os
 import shutil
 import signal
@@ -24,7 +26,7 @@ import requests
 BIN = os.path.join(os.path.dirname(sys.executable), "mlpd")
 IMAGE = "mlpd/train:latest"  # the shipped jobs.default_image
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "mlpd.toml"
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 def log(msg: str) -> None:

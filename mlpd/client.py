@@ -45,7 +45,7 @@ def normalize_url(url: str) -> str:
     if not parts.hostname:
         raise ClientError(f"{url!r}: no host in the URL; e.g. http://127.0.0.1:8470", code="invalid_url")
     try:
-        parts.port
+        _ = parts.port  # raises ValueError for a port that is not a number from 1 to 65535
     except ValueError:
         raise ClientError(f"{url!r}: the port is not a number from 1 to 65535", code="invalid_url") from None
     path = parts.path.rstrip("/")
@@ -179,7 +179,7 @@ class Client:
         import http.client
         import ssl
 
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context())
+        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout, context=ssl.create_default_context())
         try:
             try:
                 conn.request(method, target, body=body, headers=sent)
@@ -294,9 +294,9 @@ class _PlainResponse:
         self._done = False
         if method == "HEAD" or self.status in (204, 304):
             self._done = True
-        elif not self._chunked and self.headers.get("content-length") is not None:
+        elif not self._chunked and (length := self.headers.get("content-length")) is not None:
             try:
-                self._left = int(self.headers["content-length"])
+                self._left = int(length)
             except ValueError:
                 raise ConnectionError(f"bad Content-Length from the daemon: {self.headers['content-length']!r}") from None
             self._done = self._left == 0
@@ -406,7 +406,7 @@ def _send_plain(method: str, parts: Any, target: str, body: Any, headers: dict[s
             raise ValueError(f"invalid header {name!r}: it holds a line break")
     head = "".join([f"{method} {target} HTTP/1.1\r\n", *(f"{k}: {v}\r\n" for k, v in sent.items()), "\r\n"]).encode("latin-1")
     # an ASCII host as bytes: getaddrinfo would otherwise load the idna codec to encode it
-    sock = socket.create_connection((host.encode() if host.isascii() else host, parts.port or 80), timeout=timeout)
+    sock = socket.create_connection((host.encode() if host.isascii() else host, parts.port or 80), timeout=timeout)  # type: ignore[arg-type]
     try:
         try:
             if body is None or isinstance(body, (bytes, bytearray, memoryview)):

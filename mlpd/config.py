@@ -112,7 +112,7 @@ def _experiment_template(value: str) -> str | None:
 def _memory(value: str) -> str | None:
     if value == "":
         return None
-    from mlpd.jobspec import MIN_MEMORY, format_bytes, parse_memory
+    from mlpd.units import MIN_MEMORY, format_bytes, parse_memory
 
     try:
         size = parse_memory(value)
@@ -124,7 +124,7 @@ def _memory(value: str) -> str | None:
 def _shm_size(value: str) -> str | None:
     if value == "auto":
         return None
-    from mlpd.jobspec import MIN_SHM, format_bytes, parse_memory
+    from mlpd.units import MIN_SHM, format_bytes, parse_memory
 
     try:
         size = parse_memory(value)
@@ -143,7 +143,7 @@ def _loopback_port_range(value: str) -> str | None:
 def _duration(value: str) -> str | None:
     if value == "":
         return None
-    from mlpd.jobspec import parse_duration
+    from mlpd.units import parse_duration
 
     try:
         parse_duration(value)
@@ -179,7 +179,7 @@ def _image_name(value: str) -> str | None:
 
 
 def _optional_images(value: list) -> str | None:
-    known = ("pytorch",)  # mlpd.image_catalog.EXTRAS
+    known = ("pytorch",)  # mlpd.runtime.image_catalog.EXTRAS
     for name in value:
         if name not in known:
             return f"expected a list of optional images ({', '.join(known)}), got {name!r}"
@@ -190,6 +190,28 @@ def _class_users(value: dict) -> str | None:
     for name, users in value.items():
         if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
             return f"{name}: expected a list of user names and 'team:NAME', got {users!r}"
+    return None
+
+
+def _datasets(value: dict) -> str | None:
+    """The shape of [datasets.NAME] tables; the paths are checked on the host when work starts (mlpd.datasets)."""
+    import re
+
+    keys = {"path", "teams", "users", "writable"}
+    for name, table in value.items():
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", name) or name in (".", ".."):
+            return f"{name!r}: expected a dataset name (lowercase letters, digits, '.', '_', '-'; at most 64)"
+        if not isinstance(table, dict):
+            return f"{name}: expected a table with path, teams, users, writable"
+        if set(table) - keys:
+            return f"{name}: unknown key {sorted(set(table) - keys)[0]!r} (expected path, teams, users, writable)"
+        if not isinstance(table.get("path"), str) or not table["path"].startswith("/"):
+            return f"{name}.path: expected the absolute path of a directory on this host"
+        for key in ("teams", "users"):
+            if not isinstance(table.get(key, []), list) or not all(isinstance(x, str) and x for x in table.get(key, [])):
+                return f"{name}.{key}: expected a list of names"
+        if not isinstance(table.get("writable", False), bool):
+            return f"{name}.writable: expected true or false"
     return None
 
 
@@ -274,6 +296,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("quotas.max_cpus", (int, float), 16, "Default most CPUs one user's running work (jobs, workspaces, replicas) may have at once, by their CPU limits (0 = unlimited).", _non_negative),
     Setting("quotas.max_memory", str, "64g", "Default most memory one user's running work may have at once, by their memory limits ('' = unlimited).", _memory),
     Setting("quotas.max_jobs", int, 10, "Default most workloads (jobs, workspaces, replicas) one user may run at once (0 = unlimited).", _non_negative),
+    Setting("quotas.home_gb", (int, float), 0, "Most a user's home (/home/mlpd) may hold, in GB, as last measured: over it, their new jobs and workspaces are refused (running work goes on, nothing is deleted); 0 = no limit.", _non_negative),
+    Setting("quotas.team_gb", (int, float), 0, "Most a team's folder (/shared/TEAM) may hold, in GB, as last measured: over it, its members' new jobs and workspaces are refused (running work goes on, nothing is deleted); 0 = no limit.", _non_negative),
+    Setting("quotas.disk_measure_interval", (int, float), 600, "Seconds between the worker's measurements of homes, team folders and datasets (10 to 86400).", _between(10, 86400)),
     Setting("quotas.over_quota", str, "queue", "What happens to work over a quota: 'queue' (waits; over GPU-hours runs at the lowest priority) or 'refuse' (refused at submit).", _one_of("queue", "refuse")),
     Setting("scheduler.fair_share_half_life", str, "7d", "Half-life of past usage in fair share: among equal priorities, less recent usage goes first.", _duration),
     Setting("pricing.gpu_hour", dict, {}, "Price of one GPU-hour per GPU model, for cost reports, e.g. {\"NVIDIA H100 80GB HBM3\" = 2.5}.", _prices),
@@ -283,6 +308,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpus.avoid_stray", bool, True, "Give no new work to a GPU that a process outside mlpd is using."),
     Setting("docker.host", str, "", "Docker engine address ('' = DOCKER_HOST or the local socket)."),
     Setting("docker.gpu_runtime", str, "auto", "GPU pinning: 'auto' detects the NVIDIA runtime, 'nvidia' requires it, 'none' only sets CUDA_VISIBLE_DEVICES.", _one_of("auto", "nvidia", "none")),
+    Setting("datasets", dict, {}, "Datasets declared in the file, one [datasets.NAME] table each: path (a host directory), teams and users "
+            "(who may read it; none of either = everyone), writable (default false). Mounted at /datasets/NAME.", _datasets),
     Setting("serving.port_range", str, "31000-31999", "Loopback ports for model-serving replicas (LOW-HIGH); the stable endpoint is /serve/NAME on the daemon's address.", _loopback_port_range),
     Setting("serving.start_timeout", str, "5m", "How long a new model version may take from its container's start to answering /ping before it is rolled back.", _duration),
     Setting("serving.drain", str, "20s", "How long a replaced version keeps running after traffic moved off it, so requests in flight finish.", _duration),

@@ -24,19 +24,20 @@ from typing import Any, Callable, Collection, Iterator
 
 from mlpd import jobs
 from mlpd.config import Config
-from mlpd.environments import EnvironmentBuilder
-from mlpd.gpu_state import drains, stray_gpus
-from mlpd.gpus import GpuInventory
+from mlpd.runtime.environments import EnvironmentBuilder
+from mlpd.scheduling.gpu_state import drains, stray_gpus
+from mlpd.runtime.gpus import GpuInventory
 from mlpd.jobs import ACTIVE, ACTIVE_STATES, TERMINAL_STATES, JobState
+from mlpd.kinds.base import kind_of
 from mlpd.logtext import live_log_path
-from mlpd.priority_classes import PriorityClasses
-from mlpd.runtime import DEEP_LEARNING_ULIMITS, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
-from mlpd import quotas
-from mlpd.jobspec import host_limits, shm_size
-from mlpd.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
-from mlpd.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
+from mlpd.scheduling.priority_classes import PriorityClasses
+from mlpd.runtime.protocol import DEEP_LEARNING_ULIMITS, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
+from mlpd.scheduling import quotas
+from mlpd.units import host_limits, parse_duration, shm_size
+from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
+from mlpd.scheduling.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
                             format_time, schedule, score_terms, short_id, slowdown_factors, waiting_for_the_host)
-from mlpd.scheduler import explain as explain_job
+from mlpd.scheduling.scheduler import explain as explain_job
 from mlpd.store import Store, record_event
 from mlpd.workload_names import names_of
 
@@ -52,10 +53,8 @@ def effective_time_limit(job: dict[str, Any], config: Config) -> float | None:
     idle and a deployment runs until removed), else none."""
     if job["spec"].get("time_limit"):
         return float(job["spec"]["time_limit"])
-    default = config["jobs.default_time_limit"] if job.get("kind", "job") == "job" else ""
+    default = config["jobs.default_time_limit"] if kind_of(job.get("kind")).default_time_limit else ""
     if default:
-        from mlpd.jobspec import parse_duration
-
         return parse_duration(default)
     return None
 
@@ -187,7 +186,7 @@ def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: f
     slow_f = slowdown_factors(slowdown, owners)
     queued = collections.Counter(q.owner for q in gpu_queue)
     for_the_host = collections.Counter(q.owner for q in s.waiting)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for user in sorted(set(usage_f) | set(slow_f)):
         score = p.weight_fair_share * usage_f.get(user, 1.0) + p.weight_slowdown * slow_f.get(user, 0.0)
         rows.append({"user": user, "usage_gpu_hours": max(usage.get(user, 0.0), 0.0) / 3600,
@@ -201,8 +200,6 @@ def fair_share_now(store: Store, inventory: GpuInventory, config: Config, now: f
 
 def scheduler_policy(config: Config) -> Policy:
     """The scheduler's policy from the scheduler.* settings."""
-    from mlpd.jobspec import parse_duration
-
     return Policy(backfill=config["scheduler.backfill"], fair_share=config["scheduler.fair_share"],
                   weight_priority=float(config["scheduler.weight_priority"]), weight_age=float(config["scheduler.weight_age"]),
                   max_age=parse_duration(config["scheduler.max_age"]), weight_fair_share=float(config["scheduler.weight_fair_share"]),
@@ -222,12 +219,12 @@ def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gp
     with store.write() as db:
         for job_id in stale:  # it can no longer start (quota, drained GPUs): the reservation moves on
             db.execute("UPDATE jobs SET reserved_at = NULL WHERE id = ? AND state = 'queued'", [job_id])
-        if new:
+        if new and plan.head is not None:
             db.execute("UPDATE jobs SET reserved_at = ? WHERE id = ? AND state = 'queued'", [now, head])
             index_of = {g.uuid: g.index for g in gpus}
             indices = [index_of[u] for u in plan.head.gpu_uuids]
             by = "an unknown time (a holder has no time limit)" if plan.head.start is None else f"{format_time(plan.head.start)} at the latest"
-            record_event(db, "mlpd", "job.reserved", "job", head, at=now, gpu_indices=indices, starts_by=plan.head.start,
+            record_event(db, "mlpd", "job.reserved", "job", plan.head.job_id, at=now, gpu_indices=indices, starts_by=plan.head.start,
                          reason=f"GPUs {', '.join(map(str, indices))} reserved for it: it starts by {by}")
 
 
@@ -235,7 +232,6 @@ def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gp
 # Scheduling, the ledger and reconciliation are the same for every kind, but a new kind today is
 # more than an entry here: its own API, UI and CLI modules, and kind branches in the controller,
 # priority classes, quotas and users (issue 24 names each; the redesign makes a kind one module).
-KIND_LAUNCHERS = {"workspace": "mlpd.workspaces:launch_request", "deployment": "mlpd.serving:launch_request"}
 OUTPUTS_CHECK_INTERVAL = 60.0  # seconds between measurements of one running job's /outputs (jobs.max_outputs_gb)
 INF_TIME = float("inf")
 
@@ -280,9 +276,10 @@ class JobController:
                 continue
             container = containers.get(job["id"])
             if container is None:
-                job = jobs.get(self.store, job["id"])
-                if job is None or job["state"] not in ACTIVE_STATES or self._is_launching(job["id"]):
+                fresh = jobs.get(self.store, job["id"])
+                if fresh is None or fresh["state"] not in ACTIVE_STATES or self._is_launching(fresh["id"]):
                     continue
+                job = fresh
                 container = self.runtime.inspect(job["id"])
             self._reconcile_job(job, container, now)
         for job_id, container in containers.items():
@@ -307,9 +304,9 @@ class JobController:
         if c is None:
             if job["state"] == JobState.STARTING.value:
                 self._launch(job)  # the daemon died between allocating and starting: start it now
-            else:
-                jobs.transition(self.store, job_id, JobState.LOST, reason="its container vanished (removed outside mlpd?)", ended_at=now)
+            elif jobs.transition(self.store, job_id, JobState.LOST, reason="its container vanished (removed outside mlpd?)", ended_at=now):
                 log.warning("job %s lost: container gone", job_id)
+                self._ended(job_id, JobState.LOST)
             return
         if c.phase == Phase.PENDING:
             self._launch(job)
@@ -319,7 +316,7 @@ class JobController:
             return
         if job["state"] == JobState.STARTING.value:
             jobs.transition(self.store, job_id, JobState.RUNNING, started_at=c.started_at, container_id=c.id)
-            job = jobs.get(self.store, job_id)
+            job = jobs.must_get(self.store, job_id)
         started = job["started_at"] or c.started_at or now
         limit = effective_time_limit(job, self.config)
         if limit:
@@ -382,10 +379,20 @@ class JobController:
         if jobs.transition(self.store, job_id, state, reason=reason, at=ended, exit_code=c.exit_code,
                            ended_at=ended, started_at=started, container_id=c.id):
             log.info("job %s %s: %s", job_id, state.value, reason)
+            self._ended(job_id, state)
         jobs.revoke_job_tokens(self.store, job_id)  # the transition does it too; this also covers a replayed pass
         self.runtime.remove(job_id)
         if state == JobState.PREEMPTED:
             self._requeue(jobs.get(self.store, job_id))
+
+    def _ended(self, job_id: str, state: JobState) -> None:
+        """Tell the workload's kind that it ended for good (Kind.ended); a preempted job has not."""
+        job = jobs.get(self.store, job_id)
+        if job is not None and state.value in TERMINAL_STATES:
+            try:
+                kind_of(job.get("kind")).ended(self.store, self.config, job)
+            except Exception:  # a kind's clean-up must not stop the pass that records every other end
+                log.exception("job %s: its kind's end handling failed", job_id)
 
     def _requeue(self, job: dict[str, Any] | None) -> None:
         """Queue a preempted job again, once its container is gone (its name is the next attempt's)."""
@@ -428,12 +435,10 @@ class JobController:
                                gpu_models=[model_of[u] for u in placement.gpu_uuids]):
                 job = dict(by_id[placement.job_id], state="starting", gpu_uuids=list(placement.gpu_uuids), gpu_indices=indices)
                 self._launch(job)
-        if plan.waiting and s.classes.preemptible:
+        if plan.waiting and s.classes is not None and s.classes.preemptible:
             self._preempt(s, plan, now)
 
     def _grace(self) -> float:
-        from mlpd.jobspec import parse_duration
-
         return parse_duration(self.config["scheduler.preempt_grace"])
 
     def _preempt(self, s: SchedulerInputs, plan: Plan, now: float) -> None:
@@ -441,17 +446,16 @@ class JobController:
         within scheduler.preempt_after (or whose promised start is later than that); which ones is the
         pure scheduler's choice (choose_preemptions). The victims get SIGTERM now; each pass after
         the grace period stops what is left (see _reconcile_job)."""
-        from mlpd.jobspec import parse_duration
-
         classes = s.classes
+        assert classes is not None, "the pass loads the classes before it preempts"
         candidates, leaving = [], set()
-        for job in s.active:
-            if job["preempt_requested_at"] is not None:
-                leaving.add(job["id"])
-            elif (job["kind"] == "job" and job["state"] == JobState.RUNNING.value and job["gpu_uuids"] and not job["cancel_requested_by"]
-                  and classes.is_preemptible(classes.of(job))):
-                candidates.append(Preemptible(job["id"], job["owner"], tuple(job["gpu_uuids"]), job["started_at"] or now,
-                                              classes.rank(classes.of(job))))
+        for row in s.active:
+            if row["preempt_requested_at"] is not None:
+                leaving.add(row["id"])
+            elif (kind_of(row["kind"]).preemptible and row["state"] == JobState.RUNNING.value and row["gpu_uuids"] and not row["cancel_requested_by"]
+                  and classes.is_preemptible(classes.of(row))):
+                candidates.append(Preemptible(row["id"], row["owner"], tuple(row["gpu_uuids"]), row["started_at"] or now,
+                                              classes.rank(classes.of(row))))
         if not candidates:
             return
         lowest = min(c.rank for c in candidates)
@@ -525,7 +529,7 @@ class JobController:
                     self.launching.pop(job_id, None)
                 self.wake(f"done {job_id}")
 
-    def run_stop(self, job_id: str, timeout: float) -> None:
+    def run_stop(self, job_id: str, timeout: int) -> None:
         """Stop the job's container (SIGTERM, then SIGKILL after `timeout`) and record how it ended.
         Idempotent: a job that has ended already, or whose container is gone, is left to the next pass."""
         with self._claim(job_id) as mine:
@@ -563,7 +567,7 @@ class JobController:
                 req = self._with_environment(fresh, req)
             state = self.runtime.start_job(req)
             if state.ended:
-                self._finish(jobs.get(self.store, job_id), state)
+                self._finish(jobs.must_get(self.store, job_id), state)
             else:
                 jobs.transition(self.store, job_id, JobState.RUNNING, started_at=state.started_at, container_id=state.id)
         except (ImageMissing, RuntimeFailure) as exc:
@@ -607,16 +611,9 @@ class JobController:
         return dataclasses.replace(req, image=image)
 
     def launch_request(self, job: dict[str, Any]) -> LaunchRequest:
-        """Turn a workload row into what the runtime needs: the job's request (defaults applied,
-        directories made), then what its kind adds (see KIND_LAUNCHERS)."""
-        req = self._job_request(job)
-        kind = job.get("kind", "job")
-        if kind != "job":
-            import importlib
-
-            module, _, func = KIND_LAUNCHERS[kind].partition(":")
-            req = getattr(importlib.import_module(module), func)(self.store, self.config, job, req)
-        return req
+        """Turn a workload row into what the runtime needs: the core's request (defaults applied,
+        directories made), then what its kind adds (Kind.launch_request)."""
+        return kind_of(job.get("kind")).launch_request(self.store, self.config, job, self._job_request(job))
 
     def _job_request(self, job: dict[str, Any]) -> LaunchRequest:
         spec, cfg = job["spec"], self.config
@@ -628,38 +625,22 @@ class JobController:
             raise RuntimeFailure(f"code archive {spec['code'][:12]} is not on the daemon (upload it again with 'mlpd run')")
         host = host_limits()
         cpus, memory = effective_limits(spec, cfg, host)
-        kind = job.get("kind", "job")
-        # A model-serving replica gets no credentials: the daemon copies its model out of the store for it.
-        tracking = self._tracking_env(job) if kind != "deployment" else {}
+        # Credentials only for the kinds that get them (a model-serving replica has none: the daemon
+        # copies its model out of the store for it).
+        tracking = self._tracking_env(job) if kind_of(job.get("kind")).tracking_credentials else {}
         env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **spec.get("env", {}), **tracking}
-        mounts: tuple[tuple[str, str, bool], ...] = ()
-        if kind == "job":
-            # The owner's home, as in their workspaces: prepared in a notebook, trained in a job, with no copy.
-            # Derived from the owner's name only (never from the spec), so never another member's.
-            # Its teams' folders too (/shared/TEAM), by the memberships of now.
-            from mlpd.team_folders import TeamFolderError, mounts_for
-            from mlpd.workspaces import HOME, WorkspaceError, home_dir
-
-            try:
-                mounts = ((home_dir(cfg.state_dir, job["owner"], cfg["jobs.container_user"]), HOME, False),
-                          *mounts_for(self.store, cfg.state_dir, job["owner"], cfg["jobs.container_user"]))
-            except WorkspaceError as exc:
-                raise RuntimeFailure(exc.message) from None
-            except TeamFolderError as exc:
-                raise RuntimeFailure(str(exc)) from None
-            env["HOME"] = HOME
         return LaunchRequest(
             job_id=job["id"], owner=job["owner"], image=spec.get("image") or cfg["jobs.default_image"],
             command=tuple(spec["command"]), env=env, gpu_uuids=tuple(job["gpu_uuids"]),
             cpus=cpus, memory=memory,
             user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs, attempt=job.get("attempts") or 1,
-            mounts=mounts, shm_size=shm_size(spec.get("shm"), memory, cfg["jobs.shm_size"], host[1]), ulimits=DEEP_LEARNING_ULIMITS,
+            kind=kind_of(job.get("kind")).name, shm_size=shm_size(spec.get("shm"), memory, cfg["jobs.shm_size"], host[1]), ulimits=DEEP_LEARNING_ULIMITS,
         )
 
     def _tracking_env(self, job: dict[str, Any]) -> dict[str, str]:
         """MLflow and mlpd settings for the container, over any the user set: the daemon's URL as
         containers reach it, and a token for the job's owner that is revoked when the job ends."""
-        from mlpd import tracking
+        from mlpd.tracking import server as tracking
 
         url = tracking.container_url(self.config)
         if url is None:

@@ -7,7 +7,7 @@ Modules raise their own subclasses (a user's name taken, a quota, a job already 
 so callers can catch what they handle and let the rest reach that one handler.
 
 Three parsers of untrusted input are plain ValueErrors instead, because they are pure and also
-used outside requests: mlpd.jobspec.SpecError, mlpd.codeship.CodeArchiveError and
+used outside requests: mlpd.kinds.jobspec.SpecError, mlpd.kinds.codeship.CodeArchiveError and
 mlpd.strict_json.JsonError. The API's routes translate each into a 400 of the same shape
 (``invalid_field``, ``invalid_archive``, ``invalid_json``).
 """

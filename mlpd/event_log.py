@@ -36,7 +36,8 @@ def _like_prefix(text: str) -> str:
 def page(store: Store, f: EventFilter) -> tuple[list[dict[str, Any]], int | None]:
     """(events newest first, each with its detail decoded and `label` naming its object; the `before` of
     the next page, None on the last)."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if f.action:
         where.append("action LIKE ? ESCAPE '\\'")
         params.append(_like_prefix(f.action))

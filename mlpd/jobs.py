@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import secrets
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from mlpd.errors import MlpdError
-from mlpd.jobspec import JobSpec
 from mlpd.store import Store, record_event
 from mlpd.termsafe import strip_controls
 
@@ -70,7 +70,7 @@ def classify_exit(exit_code: int | None, oom_killed: bool, error: str, started: 
     cause when mlpd stopped the workload (its exit code is then the signal's, or the one its
     checkpointing handler chose); otherwise an OOM kill, a clean exit or a failure with its code.
     """
-    from mlpd.jobspec import format_bytes, format_duration
+    from mlpd.units import format_bytes, format_duration
 
     if cancelled_by:
         return JobState.CANCELLED, cancel_reason or f"cancelled by {cancelled_by}"
@@ -94,15 +94,24 @@ def new_job_id() -> str:
     return secrets.token_hex(6)
 
 
-KINDS = ("job", "workspace", "deployment")
+class Spec(Protocol):
+    """What the state table keeps of a workload's spec (a kind's spec, e.g. mlpd.kinds.jobspec.JobSpec)."""
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def priority(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
-def submit(store: Store, owner: str, spec: JobSpec, warnings: Iterable[str] = (), now: float | None = None,
+def submit(store: Store | None, owner: str, spec: Spec, warnings: Iterable[str] = (), now: float | None = None,
            kind: str = "job", workload: str | None = None, db=None) -> dict[str, Any]:
     """Queue a workload; returns its row. A job is its own workload; a workspace's session or a
     deployment's replica names its workspace or deployment (workload). With db, inside that
     transaction (the caller reads the row afterwards)."""
-    assert kind in KINDS
+    from mlpd.kinds.base import kind_of
+
+    kind = kind_of(kind).name  # an unknown kind is a bug of its caller: KeyError naming the known ones
     now = now or time.time()
     job_id = new_job_id()
 
@@ -117,15 +126,24 @@ def submit(store: Store, owner: str, spec: JobSpec, warnings: Iterable[str] = ()
     if db is not None:
         insert(db)
         return {"id": job_id}
+    assert store is not None, "submit() needs a store or a db"
     with store.write() as db:
         insert(db)
-    return get(store, job_id)
+    return must_get(store, job_id)
 
 
 def get(store: Store, job_id: str) -> dict[str, Any] | None:
     """The job row with its spec decoded, or None."""
     row = store.query_one("SELECT * FROM jobs WHERE id = ?", [job_id])
     return _decode(row) if row else None
+
+
+def must_get(store: Store, job_id: str) -> dict[str, Any]:
+    """get() for a job that must be there (one just written): JobError 404 if it is gone."""
+    job = get(store, job_id)
+    if job is None:
+        raise JobError(404, "not_found", f"no job {job_id}")
+    return job
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
@@ -144,12 +162,17 @@ def visible(store: Store, job_id: str, user_name: str, is_admin: bool) -> dict[s
     return job
 
 
-def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200, kind: str | None = "job") -> list[dict[str, Any]]:
-    """Jobs newest first (workloads of `kind`; None for every kind), optionally one owner's and in some states."""
+def list_jobs(store: Store, owner: str | None = None, states: Iterable[str] = (), limit: int = 200,
+              kinds: Iterable[str] | None = ()) -> list[dict[str, Any]]:
+    """Jobs newest first, optionally one owner's and in some states: workloads of `kinds`, by default
+    those listed with jobs (Kind.listed_with_jobs); None for every kind."""
+    from mlpd.kinds.base import names
+
     where, params = [], []
-    if kind:
-        where.append("kind = ?")
-        params.append(kind)
+    if kinds is not None:
+        kinds = list(kinds) or list(names("listed_with_jobs"))
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        params += kinds
     if owner:
         where.append("owner = ?")
         params.append(owner)
@@ -242,7 +265,7 @@ def _book_allocations(db, job_id: str, state: JobState) -> None:
     if not uuids or started is None or state not in (JobState.RUNNING, JobState.PREEMPTED, *TERMINAL):
         return
     models = models or ["unknown"] * len(uuids)
-    for uuid, index, model in zip(uuids, indices, models):
+    for uuid, index, model in zip(uuids, indices, models, strict=False):
         db.execute("INSERT OR IGNORE INTO allocations (owner, kind, object_id, attempt, gpu_uuid, gpu_index, gpu_model, start) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [owner, kind, job_id, attempt, uuid, index, model, started])
     if state != JobState.RUNNING:
@@ -276,7 +299,7 @@ def requeue(store: Store, job_id: str, at: float | None = None) -> bool:
 
 def preemptions(history_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """When and why the job was preempted, from its history: [{"at", "attempt", "reason"}], oldest first."""
-    out = []
+    out: list[dict[str, Any]] = []
     for event in history_rows:
         if event["action"] == "job.preempted":
             out.append({"at": event["at"], "attempt": len(out) + 1, "reason": event["detail"].get("reason", "")})
@@ -289,7 +312,7 @@ def request_cancel(store: Store, job_id: str, actor: str, reason: str | None = N
     now = time.time()
     if transition(store, job_id, JobState.CANCELLED, actor=actor, reason=reason or f"cancelled by {actor} while queued", at=now,
                   only_from=[JobState.QUEUED, JobState.PREEMPTED], ended_at=now, cancel_requested_by=actor, cancel_reason=reason):
-        return get(store, job_id)
+        return must_get(store, job_id)
     with store.write() as db:
         row = db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
         if not row:
@@ -301,7 +324,7 @@ def request_cancel(store: Store, job_id: str, actor: str, reason: str | None = N
             record_event(db, actor, "job.cancel_requested", "job", job_id, at=now, reason=reason)
         else:
             raise JobError(409, "already_ended", f"job {job_id} already ended ({state})")
-    return get(store, job_id)
+    return must_get(store, job_id)
 
 
 def history(store: Store, job_id: str) -> list[dict[str, Any]]:
@@ -314,8 +337,6 @@ def history(store: Store, job_id: str) -> list[dict[str, Any]]:
 
 def job_dir(state_dir: str, job_id: str) -> str:
     """Where a job's log and outputs live; kept after its container is removed."""
-    import os
-
     return os.path.join(state_dir, "jobs", job_id)
 
 
@@ -333,6 +354,4 @@ def holds_code(store: Store, digest: str, owner: str) -> bool:
 
 def code_dir(state_dir: str, digest: str) -> str:
     """The extracted code archive with this sha256 digest."""
-    import os
-
     return os.path.join(state_dir, "code", digest)

@@ -25,9 +25,9 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
     """An aligned plain-text table."""
     rows = [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in rows:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)).rstrip())
     if not rows:
         click.echo("(none)")
 
@@ -44,6 +44,6 @@ def duration(seconds: float | None) -> str:
         return "-"
     if 0 < abs(seconds) < 1:
         return "<1s"
-    from mlpd.jobspec import format_duration
+    from mlpd.units import format_duration
 
     return format_duration(round(seconds))

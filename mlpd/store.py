@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 
 def _import_sqlite_utils():
@@ -38,7 +38,7 @@ def _import_sqlite_utils():
     """
     hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
     for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]
+        sys.modules[name] = None
     try:
         import sqlite_utils as module
     finally:
@@ -48,7 +48,10 @@ def _import_sqlite_utils():
     return module
 
 
-sqlite_utils = _import_sqlite_utils()
+if TYPE_CHECKING:
+    import sqlite_utils
+else:
+    sqlite_utils = _import_sqlite_utils()
 
 BUSY_TIMEOUT_MS = 10_000
 MIGRATION_SET = "mlpd"  # this application's rows in sqlite-utils' _sqlite_migrations table
@@ -329,6 +332,15 @@ def _migration_resource_caps(db: sqlite_utils.Database) -> None:
                                 "updated_at": float}, pk=("subject_kind", "subject"), not_null={"subject_kind", "subject", "updated_at"})
 
 
+def _migration_data(db: sqlite_utils.Database) -> None:
+    """Datasets declared at run time (`mlpd admin dataset add`; mlpd.toml's [datasets.NAME] are read from the
+    file), and the last background measurement of each home, team folder and dataset (mlpd.disk_use)."""
+    db["datasets"].create({"name": str, "path": str, "teams": str, "users": str, "writable": int, "added_by": str, "added_at": float},
+                          pk="name", not_null={"name", "path", "teams", "users", "writable", "added_by", "added_at"})
+    db["disk_sizes"].create({"kind": str, "name": str, "bytes": int, "measured_at": float}, pk=("kind", "name"),
+                            not_null={"kind", "name", "bytes", "measured_at"})
+
+
 # In the order they apply. Append only: a shipped migration never changes what it builds
 # (tests/unit/test_store_schema.py holds 0001..0010 to tests/fixtures/schema-0010.sql); add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -345,6 +357,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0011_priority_grants", _migration_priority_grants),
     ("0012_jobs_started_at", _migration_jobs_started_at),
     ("0013_resource_caps", _migration_resource_caps),
+    ("0014_data", _migration_data),
 ]
 
 

@@ -196,10 +196,13 @@ def authenticate(store: Store, token: str, now: float | None = None) -> User | N
     if row["last_used_at"] is None or now - row["last_used_at"] > 60:
         with store.write() as db:
             db["tokens"].update(token_id, {"last_used_at": now})  # tokens are revoked, never deleted
-    if row["kind"] == "workspace":
-        # A workspace session's token: its owner at their notebook, as a member (never as an
-        # admin), revoked with the session like a job's.
-        return User(row["id"], row["name"], "member", None, row["job_id"])
+    if row["kind"] is not None:
+        from mlpd.kinds.base import kind_of
+
+        if kind_of(row["kind"]).token_acts_as_member:
+            # A workspace session's token: its owner at their notebook, as a member (never as an
+            # admin), revoked with the session like a job's.
+            return User(row["id"], row["name"], "member", None, row["job_id"])
     return User(row["id"], row["name"], row["role"], row["job_id"])
 
 
@@ -357,7 +360,7 @@ def login_with_password(store: Store, name: str, password: str, now: float | Non
         ok = False
     else:
         ok = verify_password(row["password_hash"], password or "")
-    if not ok:
+    if not ok or row is None:
         until = _record_failure(store, name, now)
         if until:
             raise LoginRefused(_lock_message(until, now), code="locked", status=429)

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from mlpd.kinds.base import kind_of
+
 SHORT_ID = 12  # as 'mlpd jobs' lists ids; 'mlpd jobs show' takes any unique prefix
 
 
@@ -26,7 +28,7 @@ def short_id(job_id: str) -> str:
 @dataclass(frozen=True)
 class WorkloadName:
     """What names one workload row: its kind, id and owner, and the name a person knows it by."""
-    kind: str  # job, workspace or deployment
+    kind: str  # the workload's kind (mlpd.kinds): job, workspace, deployment
     job_id: str
     owner: str
     name: str | None = None  # a job's own name, or the workspace's / deployment's name
@@ -34,27 +36,13 @@ class WorkloadName:
 
     def label(self, with_owner: bool = False) -> str:
         """E.g. ``workspace lab (nina)``, ``deployment iris, replica 0``, ``job train (8e946a850fbf)``
-        (with its owner: ``job 8e946a850fbf of nina``, ``deployment iris, replica 0 (nina)``).
-
-        with_owner adds whose it is where the label does not say it already (a workspace's name is
-        its owner's, so it always does)."""
-        if self.kind == "workspace":
-            return f"workspace {self.name or short_id(self.job_id)} ({self.owner})"
-        if self.kind == "deployment":
-            text = f"deployment {self.name or short_id(self.job_id)}"
-            if self.replica is not None:
-                text += f", replica {self.replica}"
-            return text + (f" ({self.owner})" if with_owner else "")
-        text = f"job {self.name} ({short_id(self.job_id)})" if self.name else f"job {short_id(self.job_id)}"
-        return text + (f" of {self.owner}" if with_owner else "")
+        (with its owner: ``job 8e946a850fbf of nina``, ``deployment iris, replica 0 (nina)``): its
+        kind says (Kind.label). with_owner adds whose it is where the label does not say it already."""
+        return kind_of(self.kind).label(self, with_owner)
 
     def show_command(self) -> str:
         """The command that shows this workload (what a message that names it suggests)."""
-        if self.kind == "workspace":
-            return f"mlpd ws show {self.name}" if self.name else f"mlpd jobs show {short_id(self.job_id)}"
-        if self.kind == "deployment":
-            return f"mlpd deployments show {self.name}" if self.name else f"mlpd jobs show {short_id(self.job_id)}"
-        return f"mlpd jobs show {short_id(self.job_id)}"
+        return kind_of(self.kind).show_command(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's form: label (with owner), the workload's name and kind, and the command to look it up."""
@@ -69,29 +57,18 @@ def label(kind: str, job_id: str, owner: str, name: str | None = None, replica: 
 
 
 def names_of(store, rows: Iterable[dict[str, Any]]) -> dict[str, WorkloadName]:
-    """{job id: WorkloadName} for workload rows (dicts with id, owner, kind, name, workload)."""
+    """{job id: WorkloadName} for workload rows (dicts with id, owner, kind, name, workload): one
+    query per kind present (Kind.workload_names), so a page of rows costs no more."""
     rows = [r for r in rows if r]
-    ws_ids = sorted({r["workload"] for r in rows if r.get("kind") == "workspace" and r.get("workload")})
-    dep_jobs = sorted({r["id"] for r in rows if r.get("kind") == "deployment"})
-    ws_names: dict[str, str] = {}
-    if ws_ids:
-        ws_names = {w["id"]: w["name"] for w in store.query(
-            f"SELECT id, name FROM workspaces WHERE id IN ({','.join('?' * len(ws_ids))})", ws_ids)}
-    replicas: dict[str, tuple[str, int]] = {}
-    if dep_jobs:
-        replicas = {r["job_id"]: (r["name"], r["slot"]) for r in store.query(
-            "SELECT r.job_id, r.slot, d.name FROM deployment_replicas r JOIN deployments d ON d.id = r.deployment "
-            f"WHERE r.job_id IN ({','.join('?' * len(dep_jobs))})", dep_jobs)}
-    out = {}
+    by_kind: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        kind = r.get("kind") or "job"
-        if kind == "workspace":
-            out[r["id"]] = WorkloadName(kind, r["id"], r["owner"], ws_names.get(r.get("workload") or ""))
-        elif kind == "deployment":
-            dep_name, slot = replicas.get(r["id"], (None, None))
-            out[r["id"]] = WorkloadName(kind, r["id"], r["owner"], dep_name, slot)
-        else:
-            out[r["id"]] = WorkloadName(kind, r["id"], r["owner"], r.get("name") or None)
+        by_kind.setdefault(r.get("kind") or "job", []).append(r)
+    out = {}
+    for kind, group in by_kind.items():
+        found = kind_of(kind).workload_names(store, group)
+        for r in group:
+            name, replica = found.get(r["id"], (None, None))
+            out[r["id"]] = WorkloadName(kind, r["id"], r["owner"], name, replica)
     return out
 
 

@@ -15,7 +15,8 @@ from flask import Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 
 import mlpd
-from mlpd import strict_json, supervision
+from mlpd import strict_json
+from mlpd.ops import supervision
 from mlpd.config import Config, load_config
 from mlpd.store import Store, get_status
 
@@ -59,7 +60,7 @@ def config() -> Config:
 def create_app(cfg: Config | None = None, runtime=None) -> Flask:
     """Build the app for a resolved configuration (by default the one the daemon wrote).
 
-    ``runtime`` (a :class:`mlpd.runtime.Runtime`) replaces the Docker connection that
+    ``runtime`` (a :class:`mlpd.runtime.protocol.Runtime`) replaces the Docker connection that
     api_jobs.runtime() would open on first use: the fast tests pass a MemoryRuntime; the daemon
     passes nothing."""
     cfg = cfg or _resolved_config()
@@ -69,7 +70,7 @@ def create_app(cfg: Config | None = None, runtime=None) -> Flask:
     app.extensions["mlpd.config"] = cfg
     app.extensions["mlpd.store"] = Store(cfg.db_path)
     if runtime is not None:
-        app.extensions["mlpd.runtime"] = runtime  # what api_jobs.runtime() answers
+        app.extensions["mlpd.runtime.protocol"] = runtime  # what api_jobs.runtime() answers
     app.config["MAX_CONTENT_LENGTH"] = cfg["jobs.max_code_mb"] * 1024 * 1024 + 1024 * 1024
 
     handler = logging.StreamHandler()
@@ -80,13 +81,13 @@ def create_app(cfg: Config | None = None, runtime=None) -> Flask:
         web_log.addHandler(handler)
     web_log.setLevel(cfg["server.log_level"].upper())
 
-    from mlpd.web import (api_admin, api_jobs, api_serving, api_usage, api_workspaces, errors, metrics, openapi, ui,
+    from mlpd.web import (api_admin, api_data, api_jobs, api_serving, api_usage, api_workspaces, errors, metrics, openapi, ui,
                           ui_password_api)
 
     errors.register_error_handlers(app)
     # The API, one blueprint per area (each declares its routes with its area.route).
     for area in (api_admin.area, api_jobs.area, api_usage.area, api_workspaces.area, api_serving.area, ui_password_api.area,
-                 openapi.area):
+                 openapi.area, api_data.area):
         app.register_blueprint(area.blueprint)
     ui.install(app)  # the web UI: /ui pages (sessions, CSRF), / redirects there
 
@@ -108,15 +109,15 @@ def create_app(cfg: Config | None = None, runtime=None) -> Flask:
     from mlpd.web.mlflow_mount import MlflowMount
 
     # /mlflow/... goes to MLflow's own app (loaded on first use) through mlpd's auth, before Flask.
-    app.wsgi_app = MlflowMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])
+    app.wsgi_app = MlflowMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])  # type: ignore[method-assign]
     from mlpd.web.serving_proxy import ServeMount
 
     # /serve/NAME/... goes to a healthy replica of that deployment, before Flask (the stable endpoint).
-    app.wsgi_app = ServeMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])
+    app.wsgi_app = ServeMount(app.wsgi_app, cfg, app.extensions["mlpd.store"])  # type: ignore[method-assign]
     from mlpd.web.content_guard import ContentGuard
 
     # Outermost: what a member's code wrote (a model's answer, an artifact, a log) never runs on this origin.
-    app.wsgi_app = ContentGuard(app.wsgi_app)
+    app.wsgi_app = ContentGuard(app.wsgi_app)  # type: ignore[method-assign]
 
     @app.get("/healthz")
     def healthz():

@@ -99,7 +99,7 @@ def events():
 
 
 def _priority_classes():
-    from mlpd.priority_classes import PriorityClasses
+    from mlpd.scheduling.priority_classes import PriorityClasses
 
     return PriorityClasses.from_config(config())
 
@@ -107,7 +107,7 @@ def _priority_classes():
 @route("/admin/priority-classes", summary="Priority classes, highest first: rank, default, preemptible, and who may use each "
        "(mlpd.toml's scheduler.priority_class_users and the grants; admins may use every class)", admin=True)
 def list_priority_classes():
-    from mlpd.priority_classes import listing
+    from mlpd.scheduling.priority_classes import listing
 
     return jsonify(listing(store(), _priority_classes()))
 
@@ -118,7 +118,7 @@ GRANT_BODY = {"user": Field(str, True, 'the user, or "team:NAME" for a team\'s m
 @route("/admin/priority-classes/<name>/grants", methods=("POST",), admin=True, body=GRANT_BODY,
        summary="Let a user (or team:NAME) use a priority class, from their next submit on (idempotent)")
 def grant_priority_class(name: str):
-    from mlpd.priority_classes import grant
+    from mlpd.scheduling.priority_classes import grant
 
     done = grant(store(), _priority_classes(), json_body()["user"], name, g.user.name)
     return jsonify(done), 201 if done["granted"] else 200
@@ -127,6 +127,6 @@ def grant_priority_class(name: str):
 @route("/admin/priority-classes/<name>/grants/<user>", methods=("DELETE",), admin=True,
        summary="Take back a grant of a priority class (queued work keeps its class; the next submit is checked without it)")
 def revoke_priority_class(name: str, user: str):
-    from mlpd.priority_classes import revoke
+    from mlpd.scheduling.priority_classes import revoke
 
     return jsonify(revoke(store(), _priority_classes(), user, name, g.user.name))

@@ -10,13 +10,13 @@ import time
 
 from flask import Response, current_app, g, jsonify, request, stream_with_context
 
-from mlpd import jobs
-from mlpd.scheduler import name_of as name_of_holder
-from mlpd.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
-from mlpd.codeship import CodeArchiveError, extract_archive
+from mlpd import admission, jobs
+from mlpd.scheduling.scheduler import name_of as name_of_holder
+from mlpd.scheduling.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
+from mlpd.kinds.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import TERMINAL_STATES, JobState
-from mlpd.jobspec import SpecError, check_host_limits, check_shm, host_limits, parse_spec
-from mlpd.resource_caps import effective_limits
+from mlpd.units import host_limits
+from mlpd.scheduling.resource_caps import effective_limits
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
 from mlpd.web.routes import Area, Field, json_body, request_json
@@ -31,7 +31,7 @@ def inventory():
     """This web worker's GPU inventory (NVML is initialised once per process)."""
     with _lock:
         if "mlpd.inventory" not in current_app.extensions:
-            from mlpd.gpus import make_inventory
+            from mlpd.runtime.gpus import make_inventory
 
             cfg = config()
             current_app.extensions["mlpd.inventory"] = make_inventory(cfg["gpus.declare"], cfg["gpus.declared_model"], store())
@@ -40,16 +40,17 @@ def inventory():
 
 def runtime():
     """The runtime for reading logs and images; ApiError 503 when the engine does not answer."""
-    from mlpd.runtime import RuntimeFailure, connect
+    from mlpd.runtime import connect
+    from mlpd.runtime.protocol import RuntimeFailure
 
     with _lock:
-        if "mlpd.runtime" not in current_app.extensions:
+        if "mlpd.runtime.protocol" not in current_app.extensions:
             cfg = config()
             try:
-                current_app.extensions["mlpd.runtime"] = connect(read_instance_id(cfg.state_dir), cfg["docker.host"], cfg["docker.gpu_runtime"])
+                current_app.extensions["mlpd.runtime.protocol"] = connect(read_instance_id(cfg.state_dir), cfg["docker.host"], cfg["docker.gpu_runtime"])
             except RuntimeFailure as exc:
                 raise ApiError(503, "docker_unavailable", str(exc)) from None
-        return current_app.extensions["mlpd.runtime"]
+        return current_app.extensions["mlpd.runtime.protocol"]
 
 
 def wake(reason: str) -> None:
@@ -70,7 +71,7 @@ def job_view(job: dict) -> dict:
     """The stable JSON form of a job."""
     spec = job["spec"]
     return {
-        "id": job["id"], "name": job["name"], "owner": job["owner"], "state": job["state"], "reason": job["reason"],
+        "id": job["id"], "kind": job.get("kind") or "job", "name": job["name"], "owner": job["owner"], "state": job["state"], "reason": job["reason"],
         "exit_code": job["exit_code"], "priority": job["priority"],
         "gpus": {"count": spec["gpus"], "indices": job["gpu_indices"], "uuids": job["gpu_uuids"]},
         "image": spec.get("image") or config()["jobs.default_image"], "command": spec["command"],
@@ -84,7 +85,6 @@ def job_view(job: dict) -> dict:
 
 def effective_limits_view(spec: dict) -> dict:
     """The CPU and memory limits the workload's container gets (its own, else the defaults; None = none)."""
-    from mlpd.resource_caps import effective_limits
 
     cpus, memory = effective_limits(spec, config(), host_limits())
     return {"cpus": cpus, "memory": memory, "cpus_default": spec.get("cpus") is None and cpus is not None,
@@ -92,76 +92,30 @@ def effective_limits_view(spec: dict) -> dict:
 
 
 def _classes():
-    from mlpd.priority_classes import PriorityClasses
+    from mlpd.scheduling.priority_classes import PriorityClasses
 
     return PriorityClasses.from_config(config())
 
 
-def check_priority_class(spec) -> None:
-    """Refuse a class that does not exist (400) or that the admins keep for others (403): mlpd.toml and the grants."""
-    from mlpd.priority_classes import submit_refusal
-
-    refusal = submit_refusal(store(), config(), spec.priority_class, g.user.name, g.user.is_admin)
-    if refusal:
-        raise ApiError(*refusal)
-
-
 def check_disk(incoming: int = 0, what: str = "new work") -> None:
-    """Refuse new work (and an upload of `incoming` bytes) while the state directory's disk is nearly
-    full (running work is not touched)."""
-    from mlpd.disk import free_space_refusal
-
-    cfg = config()
-    problem = free_space_refusal(cfg.state_dir, cfg["jobs.min_free_gb"], incoming, what)
-    if problem:
-        raise ApiError(507, "disk_full", problem)
+    """mlpd.admission.check_disk for this daemon."""
+    admission.check_disk(config(), incoming, what)
 
 
 def check_admission(spec) -> None:
-    """Refuse at submit what can never run on this host (clear error, nothing stored)."""
-    try:
-        check_host_limits(spec, *host_limits())
-        # /dev/shm is memory of the job: within the limit its container gets (the default one, or the host's, when it names none)
-        check_shm(spec.shm, effective_limits({"memory": spec.memory}, config(), host_limits())[1] or host_limits()[1],
-                  default=spec.memory is None)
-    except SpecError as exc:
-        raise ApiError(400, "invalid_field", str(exc)) from None
-    devices = inventory().devices()
-    if spec.gpus:
-        usable = [d for d in devices if spec.gpu_model is None or d.name == spec.gpu_model]
-        if spec.gpu_model and not usable:
-            models = sorted({d.name for d in devices}) or ["none"]
-            raise ApiError(400, "invalid_field", f"gpu_model: no GPU of model {spec.gpu_model!r} on this host (models: {', '.join(models)})")
-        if spec.gpus > len(usable):
-            what = f" of model {spec.gpu_model!r}" if spec.gpu_model else ""
-            hint = ("; run it on the CPU with --gpus 0 (gpus = 0), or, to try mlpd on a machine without NVIDIA GPUs, an admin "
-                    "can declare test GPUs ('mlpd admin gpus declare N', at once)") if not devices else ""
-            raise ApiError(400, "invalid_field", f"gpus: asks for {spec.gpus} GPUs but this host has {len(usable)}{what}{hint}")
-    if spec.code and not (os.path.isdir(jobs.code_dir(config().state_dir, spec.code)) and jobs.holds_code(store(), spec.code, g.user.name)):
-        raise ApiError(400, "invalid_field", f"code: you have not uploaded a code archive {spec.code[:12]}...; upload it first "
-                                             "(PUT /api/v1/code/DIGEST; 'mlpd run' does it for you)")
+    """mlpd.admission.check_fits for g.user on this daemon (what can never run here: 400)."""
+    admission.check_fits(store(), config(), inventory().devices(), spec, g.user.name)
 
 
 def create_job(data: dict) -> tuple[dict, list[str]]:
-    """Validate, admit and queue a job spec for g.user (the API and the web form both submit here):
-    (the job row, warnings); ApiError naming the field otherwise, with nothing stored."""
-    try:
-        spec, warnings = parse_spec(data)
-    except SpecError as exc:
-        raise ApiError(400, "invalid_field", str(exc)) from None
-    check_admission(spec)
-    check_priority_class(spec)
-    check_disk()
-    from mlpd import quotas
-
-    warnings = warnings + quotas.admit(store(), config(), g.user.name, spec.gpus,  # QuotaExceeded: 403
-                                       work=[{"cpus": spec.cpus, "memory": spec.memory}])
-    job = jobs.submit(store(), g.user.name, spec, warnings)
+    """Admit and queue a job spec for g.user (the API and the web form both submit here; see
+    mlpd.admission.submit_job), and wake the worker."""
+    job, warnings = admission.submit_job(store(), config(), inventory().devices(), g.user.name, g.user.is_admin, data)
     wake(f"submitted {job['id']}")
     return job, warnings
 
 
-@route("/jobs", methods=("POST",), summary="Submit a job (the job spec as JSON; see mlpd.jobspec)")
+@route("/jobs", methods=("POST",), summary="Submit a job (the job spec as JSON; see mlpd.kinds.jobspec)")
 def submit_job():
     data = request_json()
     if not isinstance(data, dict):
@@ -211,7 +165,7 @@ def show_job(job_id: str):
 
 def mlflow_runs(job_id: str) -> list[dict]:
     """The MLflow runs the job logged (tagged mlpd.job_id by mlpd), with links to their UI pages."""
-    from mlpd.tracking import TrackingDb, run_url
+    from mlpd.tracking.server import TrackingDb, run_url
 
     if "mlpd.tracking_db" not in current_app.extensions:
         current_app.extensions["mlpd.tracking_db"] = TrackingDb(config().state_dir)
@@ -416,7 +370,7 @@ def logs_response(job_id: str, follow: bool) -> Response:
 @route("/jobs/<job_id>/outputs", summary="A job's /outputs directory as a .tar.gz", streaming=True, job_token=True)
 def job_outputs(job_id: str):
     _visible_job(job_id)
-    from mlpd.outputs import iter_tar_gz
+    from mlpd.kinds.outputs import iter_tar_gz
 
     try:
         stream = iter_tar_gz(os.path.join(jobs.job_dir(config().state_dir, job_id), "outputs"))
@@ -499,8 +453,7 @@ DECLARE_BODY = {"count": Field(int, True, "how many GPUs to declare; 0 goes back
 @route("/gpus/declare", methods=("POST",), summary="Declare test GPUs on a host without NVIDIA GPUs, at once and without a restart (0 undoes it)",
        admin=True, body=DECLARE_BODY)
 def declare_gpus():
-    from mlpd.gpus import DECLARED_KEY
-    from mlpd.store import record_event, set_status
+    from mlpd.runtime.gpus import declare
 
     data = json_body()
     count, model = data["count"], (data.get("model") or config()["gpus.declared_model"])[:128]
@@ -512,13 +465,7 @@ def declare_gpus():
     held = gpu_holders(store())
     if held:
         raise ApiError(409, "gpus_in_use", f"{len(held)} GPUs are held by running work; declare GPUs when none are in use")
-    if count:
-        set_status(store(), DECLARED_KEY, {"count": count, "model": model})
-    else:
-        with store().write() as db:
-            db.execute("DELETE FROM daemon_status WHERE key = ?", [DECLARED_KEY])
-    with store().write() as db:
-        record_event(db, g.user.name, "gpus.declared", "gpu", "*", count=count, model=model)
+    declare(store(), g.user.name, count, model)
     wake("gpus declared")
     return jsonify({"gpus": [d.to_dict() for d in inv.devices()], "inventory": inv.kind})
 
@@ -542,14 +489,14 @@ def undrain_gpu(gpu: str):
 
 @route("/images", summary="mlpd's images on this host")
 def list_images():
-    from mlpd.image_catalog import image_status
+    from mlpd.runtime.image_catalog import image_status
 
     return jsonify({"images": image_status(runtime(), config())})
 
 
 @route("/images/build", methods=("POST",), summary="Build the images that are missing (streams progress)", admin=True, streaming=True)
 def build_images():
-    from mlpd.image_catalog import EXTRAS, build_missing
+    from mlpd.runtime.image_catalog import EXTRAS, build_missing
 
     rt, cfg = runtime(), config()
     force = request.args.get("force") in ("1", "true")

@@ -1,11 +1,11 @@
-"""Deployments: registered models served behind a stable endpoint (see mlpd.serving)."""
+"""Deployments: registered models served behind a stable endpoint (see mlpd.serving.deployments)."""
 
 from __future__ import annotations
 
 from flask import g, jsonify, request
 
-from mlpd import serving
-from mlpd.serving_models import input_of
+from mlpd.serving import deployments as serving
+from mlpd.serving.models import input_of
 from mlpd.web import config, store
 from mlpd.web.api_jobs import check_admission, check_disk, wake
 from mlpd.web.errors import ApiError
@@ -48,7 +48,8 @@ def endpoint_base() -> str:
     return f"http://{host}:{port}/"
 
 
-def _view(dep: dict, detail: bool = False) -> dict:
+def view(dep: dict, detail: bool = False) -> dict:
+    """A deployment as the API and the UI show it (with metrics and its input example when detail)."""
     st = store()
     metrics = serving.request_metrics(st, dep["id"]) if detail else []
     revs = serving.revisions(st, dep["id"])
@@ -58,7 +59,8 @@ def _view(dep: dict, detail: bool = False) -> dict:
     return out
 
 
-def _spec_of(data: dict) -> tuple[dict, object]:
+def spec_of(data: dict) -> tuple[dict, object]:
+    """The deployment spec of a request body and the job spec of one of its replicas (both checked)."""
     spec = serving.parse_deployment_spec({k: data[k] for k in serving.SPEC_KEYS if k in data})
     job_spec = serving.replica_spec({"name": "x", "spec": spec}, {}, config(), 0)
     return spec, job_spec
@@ -70,28 +72,28 @@ def create_deployment():
     data = json_body()
     uri = data["model"]
     name = serving.check_name(data.get("name") or serving.default_name(uri))
-    spec, job_spec = _spec_of(data)
+    spec, job_spec = spec_of(data)
     check_admission(job_spec)
     check_disk()
-    from mlpd import quotas
+    from mlpd.scheduling import quotas
 
     warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"],  # QuotaExceeded: 403
                             work=[spec] * spec["replicas"])
     dep, key = serving.create(store(), config(), g.user.name, name, uri, spec, data.get("follow_alias"),
                               follow_foreign=bool(data.get("follow_foreign")))
     wake(f"deployment {name} created")
-    return jsonify({"deployment": _view(dep), "key": key, "warnings": warnings}), 201
+    return jsonify({"deployment": view(dep), "key": key, "warnings": warnings}), 201
 
 
 @route("/deployments", summary="List deployments (yours; admins ?all=1): model and version, state, endpoint, health, replicas")
 def list_deployments():
     owner = None if (g.user.is_admin and request.args.get("all")) else g.user.name
-    return jsonify({"deployments": [_view(d) for d in serving.list_deployments(store(), owner)]})
+    return jsonify({"deployments": [view(d) for d in serving.list_deployments(store(), owner)]})
 
 
 @route("/deployments/<name>", summary="A deployment: state, serving and rolling-out versions, replicas and their health, restarts, last error")
 def show_deployment(name: str):
-    return jsonify({"deployment": _view(_visible(name), detail=True)})
+    return jsonify({"deployment": view(_visible(name), detail=True)})
 
 
 UPDATE_BODY = {
@@ -110,7 +112,7 @@ def update_deployment(name: str):
     dep = serving.update(store(), config(), dep, g.user.name, data.get("model"), data.get("follow_alias"), canary=data.get("canary"),
                          follow_foreign=bool(data.get("follow_foreign")))
     wake(f"deployment {name} updated")
-    return jsonify({"deployment": _view(dep, detail=True)})
+    return jsonify({"deployment": view(dep, detail=True)})
 
 
 @route("/deployments/<name>/promote", methods=("POST",), summary="The canary takes all the traffic; the version it shared it with stops")
@@ -118,7 +120,7 @@ def promote_deployment(name: str):
     dep = _visible(name)
     serving.promote(store(), config(), dep, g.user.name)
     wake(f"deployment {name} promoted")
-    return jsonify({"deployment": _view(serving.by_id(store(), dep["id"]), detail=True)})
+    return jsonify({"deployment": view(serving.must_get(store(), dep["id"]), detail=True)})
 
 
 @route("/deployments/<name>/rollback", methods=("POST",), summary="Drop the canary (or a rollout in progress); the serving version keeps all the traffic")
@@ -126,7 +128,7 @@ def rollback_deployment(name: str):
     dep = _visible(name)
     what = serving.rollback(store(), dep, g.user.name)
     wake(f"deployment {name} rolled back")
-    return jsonify({"rolled_back": what, "deployment": _view(serving.by_id(store(), dep["id"]), detail=True)})
+    return jsonify({"rolled_back": what, "deployment": view(serving.must_get(store(), dep["id"]), detail=True)})
 
 
 @route("/deployments/<name>/key", methods=("POST",), summary="Replace the deployment's key (the old one stops working); answers the new key once",

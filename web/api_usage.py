@@ -9,8 +9,8 @@ import time
 
 from flask import Response, g, jsonify, request
 
-from mlpd import quotas
-from mlpd.accounting import GROUPINGS, busy_seconds, summarize
+from mlpd.scheduling import quotas
+from mlpd.scheduling.accounting import GROUPINGS, busy_seconds, summarize
 from mlpd.web import config, store
 from mlpd.web.errors import ApiError
 from mlpd.web.routes import Area, Field, json_body
@@ -155,7 +155,7 @@ CAP_KEYS = ("max_cpus", "max_memory", "max_jobs")
 
 def _memory_cap(value) -> int | None:
     """A memory cap from the body: bytes or a size like "64g"; 0 = unlimited."""
-    from mlpd.jobspec import MIN_MEMORY, format_bytes, parse_memory
+    from mlpd.units import MIN_MEMORY, format_bytes, parse_memory
 
     if value is None or value in (0, "0"):
         return value if value is None else 0

@@ -1,4 +1,4 @@
-"""Workspaces: JupyterLab servers of one user, on pinned GPUs (see mlpd.workspaces)."""
+"""Workspaces: JupyterLab servers of one user, on pinned GPUs (see mlpd.kinds.workspace)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from urllib.parse import urlsplit
 
 from flask import g, jsonify, request
 
-from mlpd import jobs, quotas, workspaces
-from mlpd.gpu_state import drains, gpu_holders
+from mlpd import disk_use, jobs
+
+from mlpd.scheduling import quotas
+
+from mlpd.kinds import workspace as workspaces
+from mlpd.scheduling.gpu_state import drains, gpu_holders
 from mlpd.jobs import JobState
 from mlpd.web import config, store
 from mlpd.web.api_jobs import check_disk, inventory, logs_response, wake
@@ -53,7 +57,7 @@ def view(ws: dict, now: float | None = None) -> dict:
     return workspaces.view(ws, session, workspaces.idle_timeout(store(), config(), ws["owner"]), now or time.time())
 
 
-def _start_now_or_fail(ws: dict, wait: bool) -> None:
+def start_now_or_fail(ws: dict, wait: bool) -> None:
     """Without wait, a session the scheduler cannot place at once is withdrawn (nothing is left
     queued) and the error says what is free and who holds the rest."""
     if wait or not ws["spec"]["gpus"]:
@@ -63,11 +67,7 @@ def _start_now_or_fail(ws: dict, wait: bool) -> None:
     plan, _, gpus = plan_now(store(), inventory(), config(), time.time())
     if any(p.job_id == ws["session"] for p in plan.placements):
         return
-    with store().write() as db:
-        withdrawn = db.execute("DELETE FROM jobs WHERE id = ? AND state = 'queued'", [ws["session"]]).rowcount
-        if withdrawn and ws.get("_new"):
-            db.execute("DELETE FROM workspaces WHERE id = ?", [ws["id"]])
-    if not withdrawn:
+    if not workspaces.withdraw_unplaced(store(), ws, bool(ws.get("_new")), "withdrawn: its GPUs were not free and it was not asked to wait"):
         return  # the worker placed it meanwhile
     holders = gpu_holders(store())
     drained = drains(store(), config()["gpus.drained"], inventory().devices())
@@ -102,11 +102,12 @@ def create_for_user(data: dict) -> tuple[dict, list[str]]:
 
     check_admission(workspaces.session_spec(spec, name))
     check_disk()
+    disk_use.refusal(store(), config(), g.user.name)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)
     warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"], work=[spec])  # QuotaExceeded: 403
     port = workspaces.allocate_port(store(), config()["workspaces.port_range"])
     ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
     ws = workspaces.create(store(), g.user.name, name, spec, port, ssh_port)
-    _start_now_or_fail(dict(ws, _new=True), bool(data.get("wait")))
+    start_now_or_fail(dict(ws, _new=True), bool(data.get("wait")))
     return ws, warnings
 
 
@@ -122,11 +123,12 @@ def show_workspace(name: str):
     ws = _get(name)
     out = view(ws)
     out["ready"] = out["state"] == "running" and workspaces.server_answers(ws["port"], ws["token"])
-    out["history"] = _history(ws)
+    out["history"] = history(ws)
     return jsonify({"workspace": out})
 
 
-def _history(ws: dict) -> list[dict]:
+def history(ws: dict) -> list[dict]:
+    """The workspace's events, oldest first, details decoded."""
     import json
 
     rows = store().query("SELECT at, actor, action, detail FROM events WHERE object_kind = 'workspace' AND object_id = ? ORDER BY id", [ws["id"]])
@@ -147,13 +149,14 @@ def start_workspace(name: str):
     data = json_body()
     ws = workspaces.wait_stopped(store(), _get(name))  # a stop in progress ends first: its GPUs are free again for the quota check
     check_disk()
+    disk_use.refusal(store(), config(), ws["owner"])
     quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
     before = ws["session"]
     ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
     if ws["session"] != before:
-        _start_now_or_fail(ws, bool(data.get("wait")))
+        start_now_or_fail(ws, bool(data.get("wait")))
     wake(f"submitted workspace {ws['id']} (start)")
-    return jsonify({"workspace": view(workspaces.by_id(store(), ws["id"]))})
+    return jsonify({"workspace": view(workspaces.must_get(store(), ws["id"]))})
 
 
 @route("/workspaces/<name>", methods=("DELETE",), summary="Remove a workspace (stopped first; your home stays)")
@@ -187,9 +190,7 @@ IDLE_BODY = {"timeout": Field(str, doc="e.g. '12h'; null or '' for the host's wo
 
 @route("/users/<user>/workspace-idle-timeout", methods=("PUT",), summary="Allow a user's workspaces a longer idle timeout", admin=True, body=IDLE_BODY)
 def set_idle_timeout(user: str):
-    from mlpd.jobspec import parse_duration
-    from mlpd.store import record_event
-
+    from mlpd.units import parse_duration
     data = json_body()
     seconds = None
     if data.get("timeout"):
@@ -197,10 +198,7 @@ def set_idle_timeout(user: str):
             seconds = parse_duration(data["timeout"])
         except ValueError as exc:
             raise ApiError(400, "invalid_field", f"timeout: {exc}") from None
-    with store().write() as db:
-        if not db.execute("UPDATE users SET ws_idle_timeout = ? WHERE name = ? AND removed_at IS NULL", [seconds, user]).rowcount:
-            raise ApiError(404, "not_found", f"no user {user!r}")
-        record_event(db, g.user.name, "user.ws_idle_timeout", "user", user, seconds=seconds)
+    workspaces.set_idle_timeout(store(), g.user.name, user, seconds)
     return jsonify({"user": user, "idle_timeout": workspaces.idle_timeout(store(), config(), user)})
 
 
@@ -209,7 +207,7 @@ KEY_BODY = {"key": Field(str, True, "one OpenSSH public key line (the contents o
 
 @route("/keys", summary="Your SSH public keys (for SSH into your workspaces)")
 def list_keys():
-    from mlpd import sshkeys
+    from mlpd.kinds import sshkeys
 
     return jsonify({"keys": sshkeys.list_keys(store(), g.user.name)})
 
@@ -217,7 +215,7 @@ def list_keys():
 @route("/keys", methods=("POST",), summary="Register an SSH public key (running workspaces accept it at once)", body=KEY_BODY,
        credentials=True)
 def add_key():
-    from mlpd import sshkeys
+    from mlpd.kinds import sshkeys
 
     key = sshkeys.add_key(store(), config().state_dir, g.user.name, json_body()["key"])
     return jsonify({"key": key}), 201
@@ -225,7 +223,7 @@ def add_key():
 
 @route("/keys/<key_id>", methods=("DELETE",), summary="Remove one of your SSH keys (by id or fingerprint)", credentials=True)
 def remove_key(key_id: str):
-    from mlpd import sshkeys
+    from mlpd.kinds import sshkeys
 
     sshkeys.remove_key(store(), config().state_dir, g.user.name, key_id)
     return jsonify({"removed": key_id})

@@ -40,8 +40,8 @@ def register_error_handlers(app: Flask) -> None:
         if status == 404:
             message = "no such route; see /api/v1/openapi.json for the API"
         response = error_response(status, _CODES.get(status, exc.name.lower().replace(" ", "_")), message)
-        if status == 405 and getattr(exc, "valid_methods", None):
-            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        if status == 405 and (methods := getattr(exc, "valid_methods", None)):
+            response.headers["Allow"] = ", ".join(methods)
         return response
 
     @app.errorhandler(Exception)

@@ -5,12 +5,12 @@ the REST API (/mlflow/api/..., /mlflow/ajax-api/...), the proxied artifact route
 the UI alike. It needs an mlpd token, as ``Authorization: Bearer mlpd_...`` (what an
 MLflow client sends from MLFLOW_TRACKING_TOKEN) or HTTP Basic with the token as the
 password (browsers: a 401 carries ``WWW-Authenticate: Basic realm="mlpd"`` so they ask).
-Then ``mlpd.mlflow_policy`` decides, mutations are checked against their owner, creates
+Then ``mlpd.tracking.policy`` decides, mutations are checked against their owner, creates
 are rewritten (the run's user is the token's user), and the request goes to MLflow's own
 Flask app with its path unchanged: MLflow registers its routes under the prefix itself
 (werkzeug's DispatcherMiddleware would strip the prefix, and MLflow would answer 404).
 
-MLflow is imported on the first /mlflow request in each worker (``mlpd.tracking``), so
+MLflow is imported on the first /mlflow request in each worker (``mlpd.tracking.server``), so
 `import mlpd.web` stays cheap and a daemon nobody tracks with never loads it.
 """
 
@@ -27,8 +27,10 @@ import uuid
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
-from mlpd import jobs, strict_json, tracking
-from mlpd.mlflow_policy import (PATH_PARAMS, artifact_read, READ_METHODS, Refused, Rule, artifact_target, canonical_body,
+from mlpd import jobs, strict_json
+
+from mlpd.tracking import server as tracking
+from mlpd.tracking.policy import (PATH_PARAMS, artifact_read, READ_METHODS, Refused, Rule, artifact_target, canonical_body,
                                 check_create_locations, classify, endpoint_of, in_store, job_tags, logged_models_named, may_change,
                                 protected_key, trace_ids_named,
                                 rewrite_create_run, rewrite_owned_create, tags_written, unsafe_path)

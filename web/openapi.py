@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from flask import jsonify
 
@@ -29,7 +30,7 @@ def build_document() -> dict:
     for doc in ROUTES:
         path = "/api/v1" + re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", doc.rule)
         for method in doc.methods:
-            op = {
+            op: dict[str, Any] = {
                 "summary": doc.summary,
                 "operationId": f"{doc.endpoint}_{method.lower()}" if len(doc.methods) > 1 else doc.endpoint,
                 "security": [{"token": []}],

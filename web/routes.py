@@ -85,7 +85,7 @@ class Area:
             view.mlpd_admin = admin  # type: ignore[attr-defined]
             view.mlpd_job_token = job_token  # type: ignore[attr-defined]
             view.mlpd_credentials = credentials  # type: ignore[attr-defined]
-            view.mlpd_body = body  # type: ignore[attr-defined]  (what json_body() checks)
+            view.mlpd_body = body  # type: ignore[attr-defined]  # what json_body() checks
             self.blueprint.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=list(methods))
             ROUTES.append(RouteDoc(rule, methods, summary, admin, body, streaming, endpoint, job_token, credentials))
             return view
@@ -123,7 +123,7 @@ def request_json() -> Any:
 def json_body(schema: dict[str, Field] | None = None) -> dict[str, Any]:
     """The request's JSON object, checked against the body its route declares (or `schema`); errors name the field."""
     if schema is None:
-        schema = getattr(current_app.view_functions[request.endpoint], "mlpd_body", None) or {}
+        schema = getattr(current_app.view_functions[request.endpoint], "mlpd_body", None) or {}  # type: ignore[index]  # routed: it has one
     data = request_json()
     if data is None:
         data = {}

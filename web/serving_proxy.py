@@ -18,6 +18,7 @@ The caller's Authorization header is never passed to the model.
 from __future__ import annotations
 
 import bisect
+import functools
 import http.client
 import json
 import logging
@@ -28,7 +29,7 @@ import time
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
 
-from mlpd import serving
+from mlpd.serving import deployments as serving
 from mlpd.users import authenticate
 from mlpd.web.mlflow_mount import presented_token
 
@@ -180,7 +181,7 @@ class ServeMount:
                 out.append(("X-Mlpd-Model-Version", str(version or "")))
                 out.append(("X-Mlpd-Revision", str(seq)))
                 start_response(f"{resp.status} {resp.reason}", out)
-                return _Streamed(resp, conn, lambda c=conn, p=port: self._release(p, c))
+                return _Streamed(resp, conn, functools.partial(self._release, port, conn))
         self.counts.record(dep["id"], target, 502, time.monotonic() - started)
         return _error(start_response, 502, "bad_gateway", f"no replica of deployment {name!r} accepted the request; try again, "
                                                           f"or see 'mlpd deployments show {name}'", [("Retry-After", "1")])
@@ -231,7 +232,7 @@ class ServeMount:
         A kept-alive connection the replica closed meanwhile fails on use; the request is then sent
         once more on a fresh one. A refused connection moves on to the next replica.
         """
-        for attempt in (0, 1):
+        for _attempt in (0, 1):
             conn = self.pool.conns.pop(port, None)
             reused = conn is not None
             if conn is None:
@@ -275,7 +276,7 @@ class ServingCollector:
             requests.add_metric(values, m["requests"])
             errors.add_metric(values, m["errors"])
             cumulative, running = [], 0
-            for bound, count in zip((*serving.LATENCY_BUCKETS, float("inf")), m["buckets"]):
+            for bound, count in zip((*serving.LATENCY_BUCKETS, float("inf")), m["buckets"], strict=False):
                 running += count
                 cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
             latency.add_metric(values, cumulative, m["seconds"])

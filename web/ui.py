@@ -23,7 +23,8 @@ import mlpd
 from mlpd import jobs
 from mlpd.errors import MlpdError
 from mlpd.jobs import JobState
-from mlpd.jobspec import format_bytes, format_duration
+from mlpd.kinds.base import kind_of
+from mlpd.units import format_bytes, format_duration
 from mlpd.workload_names import name_of, short_id
 from mlpd.web import config, store, ui_auth, ui_charts
 
@@ -83,7 +84,8 @@ def bytes_filter(n: int | None) -> str:
 
 
 @ui.context_processor
-def _furniture() -> dict[str, Any]:
+def page_furniture() -> dict[str, Any]:
+    """What every page's template reads: navigation, the user, the CSRF token, helpers (ui_admin shares it)."""
     nav = list(NAV) + ([("ui_admin.overview", "Admin")] if g.get("user") and g.user.is_admin else [])
     return {"csrf_token": ui_auth.csrf_token, "nav": nav, "user": g.get("user"), "static_version": _static_version(),
             "meter": lambda p: Markup(ui_charts.meter(p)), "version": mlpd.__version__, "display_command": display_command,
@@ -91,7 +93,8 @@ def _furniture() -> dict[str, Any]:
 
 
 @ui.after_request
-def _headers(response: Response) -> Response:
+def page_headers(response: Response) -> Response:
+    """The security and caching headers of every page (ui_admin shares them)."""
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
@@ -110,12 +113,14 @@ def _error_page(status: int, message: str):
 
 
 @ui.errorhandler(MlpdError)
-def _mlpd_error(exc: MlpdError):
+def page_for_mlpd_error(exc: MlpdError):
+    """An MlpdError as an error page (ui_admin shares it)."""
     return _error_page(exc.status, exc.message)
 
 
 @ui.errorhandler(HTTPException)
-def _http_error(exc: HTTPException):
+def page_for_http_error(exc: HTTPException):
+    """An HTTP error as an error page (ui_admin shares it)."""
     message = exc.description or exc.name
     if exc.code == 404:
         message = "There is no such page, or it is not yours to see."
@@ -133,7 +138,7 @@ def not_found(anything: str):
 def _visible_job(job_id: str) -> dict:
     """The job if g.user may see it; 404 otherwise (as if it did not exist), as the API does."""
     job = jobs.visible(store(), job_id, g.user.name, g.user.is_admin)
-    if job is None or job.get("kind", "job") != "job":  # a workspace's session is not a job page
+    if job is None or not kind_of(job.get("kind")).listed_with_jobs:  # a workspace's session is not a job page
         raise MlpdError(404, "not_found", f"no such job {job_id[:40]!r}, or it is not yours")
     return job
 
@@ -156,17 +161,14 @@ def _workload_url(job: dict | None, owner: str) -> str:
     if not job or not _mine(owner):
         return ""
     name = name_of(store(), job)
-    if name.kind == "workspace" and name.name:
-        return url_for("ui.workspace", name=name.name, **({} if owner == g.user.name else {"owner": owner}))
-    if name.kind == "deployment" and name.name:
-        return url_for("ui.deployment", name=name.name)
-    return url_for("ui.job", job_id=job["id"]) if name.kind == "job" else ""
+    page = kind_of(name.kind).page(name, owner_is_viewer=owner == g.user.name)
+    return url_for(page[0], **page[1]) if page else ""
 
 
 def gpu_rows(now: float) -> list[dict[str, Any]]:
     """Each GPU with its holder, what for and until when (the data of the dashboard's GPU table)."""
     from mlpd.controller import effective_time_limit
-    from mlpd.gpu_state import drains, gpu_holders, stray_gpus
+    from mlpd.scheduling.gpu_state import drains, gpu_holders, stray_gpus
     from mlpd.web.api_jobs import inventory
 
     cfg, st = config(), store()
@@ -317,7 +319,8 @@ def _saved_log(job_id: str) -> str:
 def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
     """Each time the job was preempted, oldest first: the attempt stopped, when, why (which job of
     which class it made way for, as `mlpd jobs show` says it) and that job's id when g.user may see it."""
-    out, for_job = [], None
+    out: list[dict[str, Any]] = []
+    for_job = None
     for event in history:
         if event["action"] == "job.preempt_requested":
             for_job = event["detail"].get("for_job")
@@ -331,7 +334,7 @@ def preemption_rows(history: list[dict]) -> list[dict[str, Any]]:
 
 @ui.route("/jobs/<job_id>")
 def job(job_id: str):
-    from mlpd.priority_classes import PriorityClasses
+    from mlpd.scheduling.priority_classes import PriorityClasses
     from mlpd.web.api_jobs import explain_wait, mlflow_runs
 
     job = _visible_job(job_id)
@@ -413,7 +416,7 @@ def form_spec(form) -> tuple[dict[str, Any], dict[str, str]]:
 
 def _check_image(image: str, errors: dict[str, str]) -> None:
     """The form only offers images this host has: a missing one would fail at start, after the wait."""
-    from mlpd.runtime import RuntimeFailure
+    from mlpd.runtime.protocol import RuntimeFailure
     from mlpd.web.api_jobs import runtime
 
     try:
@@ -528,8 +531,12 @@ def usage():
         "util": Markup(ui_charts.lines("Utilization per GPU, last hour", [(f"GPU {d.index}", util.get(d.uuid, [])) for d in devices], now - 3600, now)),
         "waits": Markup(ui_charts.vbars(f"Mean queue wait per day, last {days} days", _wait_points(waits, since, days), unit="min")),
     }
+    from mlpd import disk_use
+
+    disk = disk_use.usage_of(store(), config(), g.user.name)  # your home and teams' folders, as the worker last measured them
     return render_template("usage.html", days=days, by_user=by_user, by_team=by_team, by_day=sorted(by_day.values(), key=lambda r: r["key"]),
-                           waits=waits, charts=charts, currency=config()["pricing.currency"], periods=sorted(PERIODS, key=int))
+                           waits=waits, charts=charts, currency=config()["pricing.currency"], periods=sorted(PERIODS, key=int),
+                           disk=[("Your home", disk["home"])] + [(f"Team {t['team']}", t) for t in disk["teams"]])
 
 
 @ui.route("/usage.csv")

@@ -12,8 +12,11 @@ import time
 from flask import Blueprint, abort, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from mlpd import jobs, quotas, users
+from mlpd import jobs, users
+
+from mlpd.scheduling import quotas
 from mlpd.errors import MlpdError
+from mlpd.kinds.base import names as kind_names
 from mlpd.web import config, store, ui, ui_auth
 
 ui_admin = Blueprint("ui_admin", __name__, url_prefix="/ui/admin", template_folder="templates")
@@ -27,10 +30,10 @@ def _admins_only():
         abort(403, "This page is for admins.")
 
 
-ui_admin.context_processor(ui._furniture)
-ui_admin.after_request(ui._headers)
-ui_admin.register_error_handler(MlpdError, ui._mlpd_error)
-ui_admin.register_error_handler(HTTPException, ui._http_error)
+ui_admin.context_processor(ui.page_furniture)
+ui_admin.after_request(ui.page_headers)
+ui_admin.register_error_handler(MlpdError, ui.page_for_mlpd_error)
+ui_admin.register_error_handler(HTTPException, ui.page_for_http_error)
 
 SECTIONS = [("ui_admin.overview", "Overview"), ("ui_admin.users_page", "Users"), ("ui_admin.tokens_page", "Tokens"),
             ("ui_admin.teams_page", "Teams"), ("ui_admin.quotas_page", "Quotas"), ("ui_admin.gpus_page", "GPUs"),
@@ -52,7 +55,7 @@ def _act(fn, done: str) -> tuple[str, str]:
 
 def workload_counts(st) -> dict[str, dict[str, int]]:
     """{kind: {"queued": n, "running": n}} for jobs, workspaces (their sessions) and deployments (their replicas)."""
-    out = {kind: {"queued": 0, "running": 0} for kind in ("job", "workspace", "deployment")}
+    out = {kind: {"queued": 0, "running": 0} for kind in kind_names()}
     states = sorted(jobs.QUEUED_OR_ACTIVE_STATES)
     for r in st.query("SELECT kind, CASE WHEN state = 'queued' THEN 'queued' ELSE 'running' END AS s, COUNT(*) AS n FROM jobs "
                       f"WHERE state IN ({','.join('?' * len(states))}) GROUP BY kind, s", states):
@@ -117,7 +120,7 @@ def tokens_page():
     if request.method == "POST":
         action = request.form.get("action", "")
         if action == "create":
-            from mlpd.jobspec import parse_duration
+            from mlpd.units import parse_duration
 
             name, label = request.form.get("user", "").strip()[:64], request.form.get("label", "")[:200]
             try:
@@ -197,7 +200,7 @@ def quotas_page():
 
 @ui_admin.route("/gpus", methods=("GET", "POST"))
 def gpus_page():
-    from mlpd.gpu_state import drains, find_gpu, set_drained
+    from mlpd.scheduling.gpu_state import drains, find_gpu, set_drained
     from mlpd.web.api_jobs import inventory, wake
 
     st, cfg, notice, error = store(), config(), "", ""

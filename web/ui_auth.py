@@ -148,7 +148,7 @@ def register(bp: Blueprint) -> None:
 
     @bp.route("/account", methods=("GET", "POST"))
     def account():
-        from mlpd import quotas
+        from mlpd.scheduling import quotas
         from mlpd.web import config
 
         errors: dict[str, str] = {}

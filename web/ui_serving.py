@@ -1,12 +1,12 @@
 """The web UI's deployment pages: a member's served models (list, serve a model from the registry,
 a deployment's versions, replicas, health and request numbers; promote, roll back, remove).
-Every action goes through the same functions as the JSON API (web/api_serving.py, mlpd.serving)."""
+Every action goes through the same functions as the JSON API (web/api_serving.py, mlpd.serving.deployments)."""
 
 from __future__ import annotations
 
 from flask import g, redirect, render_template, request, url_for
 
-from mlpd import serving
+from mlpd.serving import deployments as serving
 from mlpd.errors import MlpdError
 from mlpd.web import config, store
 from mlpd.web.ui import ui
@@ -21,9 +21,9 @@ def _mine(name: str) -> dict:
 
 @ui.route("/deployments", methods=("GET", "POST"))
 def deployment_list():
-    from mlpd import quotas
+    from mlpd.scheduling import quotas
     from mlpd.web.api_jobs import check_admission, check_disk, wake
-    from mlpd.web.api_serving import _spec_of, _view
+    from mlpd.web.api_serving import spec_of, view
 
     values = {k: request.form.get(k, "").strip() for k in ("model", "name", "gpus")} if request.method == "POST" else {}
     errors: dict[str, str] = {}
@@ -37,7 +37,7 @@ def deployment_list():
             except ValueError:
                 raise MlpdError(400, "invalid_field", f"gpus: expected a whole number, got {values['gpus']!r}") from None
             name = serving.check_name(values["name"] or serving.default_name(values["model"]))
-            spec, job_spec = _spec_of({"gpus": gpus})
+            spec, job_spec = spec_of({"gpus": gpus})
             check_admission(job_spec)
             check_disk()
             quotas.admit(store(), config(), g.user.name, spec["gpus"] * spec["replicas"], work=[spec] * spec["replicas"])
@@ -47,15 +47,15 @@ def deployment_list():
             field, _, rest = exc.message.partition(": ")
             errors[field if field in ("model", "name", "gpus") and rest else "_form"] = rest if field in ("model", "name", "gpus") and rest else exc.message
     everyone = g.user.is_admin and request.args.get("all") == "1"
-    rows = [_view(d) for d in serving.list_deployments(store(), None if everyone else g.user.name)]
+    rows = [view(d) for d in serving.list_deployments(store(), None if everyone else g.user.name)]
     return render_template("deployments.html", rows=rows, values=values, errors=errors, key=key, everyone=everyone), 400 if errors else 200
 
 
 @ui.route("/deployments/<name>")
 def deployment(name: str):
-    from mlpd.web.api_serving import _view
+    from mlpd.web.api_serving import view
 
-    return render_template("deployment.html", d=_view(_mine(name), detail=True))
+    return render_template("deployment.html", d=view(_mine(name), detail=True))
 
 
 @ui.route("/deployments/<name>/<action>", methods=("POST",))

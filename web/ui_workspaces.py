@@ -1,6 +1,6 @@
 """The web UI's workspace pages: a member's JupyterLab workspaces (list, create, stop, start, remove),
 with the tunnel command to copy, idle time and time until culling. Every action goes through the
-same functions as the JSON API (web/api_workspaces.py, mlpd.workspaces)."""
+same functions as the JSON API (web/api_workspaces.py, mlpd.kinds.workspace)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import time
 
 from flask import g, redirect, render_template, request, url_for
 
-from mlpd import jobs, workspaces
+from mlpd import jobs
+
+from mlpd.kinds import workspace as workspaces
 from mlpd.errors import MlpdError
 from mlpd.web import config, store
 from mlpd.web.ui import ui
@@ -78,13 +80,13 @@ def workspace_list():
 
 @ui.route("/workspaces/<name>")
 def workspace(name: str):
-    from mlpd.web.api_workspaces import _history, view
+    from mlpd.web.api_workspaces import history, view
 
     ws = _mine(name)
     v = view(ws)
     v["ready"] = v["state"] == "running" and workspaces.server_answers(ws["port"], ws["token"])
     session = jobs.get(store(), ws["session"]) if ws["session"] else None
-    return render_template("workspace.html", ws=v, tunnel=_tunnel(ws, v), history=_history(ws), session=session,
+    return render_template("workspace.html", ws=v, tunnel=_tunnel(ws, v), history=history(ws), session=session,
                            others=ws["owner"] != g.user.name)
 
 
@@ -95,15 +97,17 @@ def _act(name: str, action: str):
     if action == "stop":
         workspaces.stop(store(), ws, g.user.name, f"stopped by {g.user.name}")
     elif action == "start":
-        from mlpd.web.api_workspaces import _start_now_or_fail
-        from mlpd import quotas
+        from mlpd.web.api_workspaces import start_now_or_fail
+        from mlpd import disk_use
+        from mlpd.scheduling import quotas
 
         ws = workspaces.wait_stopped(store(), ws)  # a stop in progress ends first: its GPUs are free for the quota check
+        disk_use.refusal(store(), config(), ws["owner"])
         quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
         before = ws["session"]
         ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
         if ws["session"] != before:
-            _start_now_or_fail(ws, request.form.get("wait") == "1")
+            start_now_or_fail(ws, request.form.get("wait") == "1")
     elif action == "remove":
         workspaces.remove(store(), ws, g.user.name)
         wake(f"workspace {ws['id']} removed")

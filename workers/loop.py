@@ -11,16 +11,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from mlpd.config import Config
 from mlpd.controller import JobController
-from mlpd.gpu_state import read_instance_id
-from mlpd.gpus import make_inventory
-from mlpd.runtime import RuntimeFailure, connect
+from mlpd.scheduling.gpu_state import read_instance_id
+from mlpd.runtime.gpus import make_inventory
+from mlpd.runtime import connect
+from mlpd.runtime.protocol import RuntimeFailure
 from mlpd.store import Store, set_status
 from mlpd.workers.live_logs import LiveLogs
 from mlpd.workers.sampler import GpuSampler
 from mlpd.workers.tasks import Tasks
+
+if TYPE_CHECKING:
+    from mlpd.serving.reconcile import ServingPass
 
 log = logging.getLogger("mlpd.workers")
 SCHEDULE_ONLY = "submitted"  # wakes that need only the scheduler: nothing running changed, so Docker need not be listed
@@ -43,8 +48,9 @@ class ControllerLoop:
         self.passes = 0
         self._full = True  # the next pass reconciles with Docker (set by every wake but a submit's, and by each tick)
         self.last_cull = time.time()
+        self.last_measure = 0.0  # the first pass with Docker asks for a disk measurement
         self.tasks = Tasks(config, self)
-        self.serving = None  # mlpd.serving_pass.ServingPass, once Docker answers
+        self.serving: ServingPass | None = None  # once Docker answers
         self.serving_busy = False  # a rollout or a drain is in progress: pass more often
         self.live_logs = LiveLogs(config.state_dir)  # running output copied to files that log followers poll
 
@@ -97,9 +103,12 @@ class ControllerLoop:
                 # answering (kill -STOP in the container); reconciliation must not wait with it.
                 self.last_cull = time.time()
                 self.tasks.cull_workspaces()
+            if time.time() - self.last_measure >= float(self.config["quotas.disk_measure_interval"]) and not self.tasks.measuring():
+                self.last_measure = time.time()  # a huey task: du over a large dataset must not hold up reconciliation
+                self.tasks.measure_disk()
             try:
                 if self.serving is None:
-                    from mlpd.serving_pass import ServingPass
+                    from mlpd.serving.reconcile import ServingPass
 
                     self.serving = ServingPass(self.store, self.config, self.wake)
                 self.serving_busy = self.serving.run()
@@ -109,9 +118,9 @@ class ControllerLoop:
                                                      "gpus": self.inventory.kind, "at": time.time()})
 
     def cull_workspaces(self) -> None:
-        """Stop workspaces idle past their timeout (mlpd.workspaces.cull_pass); wake the loop when one was.
+        """Stop workspaces idle past their timeout (mlpd.kinds.workspace.cull_pass); wake the loop when one was.
         Run by the huey task of that name."""
-        from mlpd import workspaces
+        from mlpd.kinds import workspace as workspaces
 
         if self.controller is None:
             return
@@ -120,6 +129,16 @@ class ControllerLoop:
                 self.wake("workspaces culled")
         except Exception:
             log.exception("checking workspaces for idleness failed; trying again next interval")
+
+    def measure_disk(self) -> None:
+        """Measure homes, team folders and datasets (mlpd.disk_use.measure). Run by the huey task of that name."""
+        from mlpd import disk_use
+
+        try:
+            counts = disk_use.measure(self.store, self.config)
+            log.debug("measured disk use: %s", counts)
+        except Exception:
+            log.exception("measuring disk use failed; trying again next interval")
 
     def housekeeping(self) -> None:
         """Prune unused job environments and apply retention (the hourly huey task, and once at start)."""

@@ -6,9 +6,9 @@ import logging
 import time
 
 from mlpd import jobs
-from mlpd.accounting import detect_stray, downsample
-from mlpd.gpu_state import STRAY_STATUS_KEY
-from mlpd.gpus import GpuInventory
+from mlpd.scheduling.accounting import detect_stray, downsample
+from mlpd.scheduling.gpu_state import STRAY_STATUS_KEY
+from mlpd.runtime.gpus import GpuInventory
 from mlpd.store import Store, record_event, set_status
 
 log = logging.getLogger("mlpd.workers.sampler")

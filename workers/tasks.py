@@ -10,6 +10,9 @@ time, on its consumer's worker threads, so the loop never waits on it:
   workspaces.cull_interval (huey's own periodic tasks run at most once a minute, and tests use
   seconds), at most one at a time: it waits on each member's JupyterLab, which its owner can make
   hang;
+- `measure_disk()`: the sizes of homes, team folders and datasets (mlpd.disk_use.measure), asked
+  for by the loop every quotas.disk_measure_interval, at most one at a time (du over a large
+  dataset can take minutes);
 - `housekeeping()`: prune unused job environments and apply retention; a huey periodic task
   (hourly, crontab) and once at start.
 
@@ -79,6 +82,7 @@ class Tasks:
     def __init__(self, config: Config, loop: "ControllerLoop"):
         self.huey = Huey("mlpd", storage_class=WakingSqliteStorage, filename=os.path.join(config.state_dir, "huey.db"), results=False)
         self._culling = threading.Lock()
+        self._measuring = threading.Lock()
 
         def controller():
             if loop.controller is None:
@@ -90,7 +94,7 @@ class Tasks:
             controller().run_launch(job_id)
 
         @self.huey.task(name="stop")
-        def stop(job_id: str, timeout: float) -> None:
+        def stop(job_id: str, timeout: int) -> None:
             controller().run_stop(job_id, timeout)
 
         @self.huey.task(name="cull_workspaces")
@@ -102,11 +106,21 @@ class Tasks:
             finally:
                 self._culling.release()
 
+        @self.huey.task(name="measure_disk")
+        def measure_disk() -> None:
+            if not self._measuring.acquire(blocking=False):
+                return  # the previous measurement still runs (du over a large dataset)
+            try:
+                loop.measure_disk()
+            finally:
+                self._measuring.release()
+
         @self.huey.periodic_task(crontab(minute="7"), name="housekeeping")
         def housekeeping() -> None:
             loop.housekeeping()
 
         self.launch, self.stop, self.cull_workspaces, self.housekeeping = launch, stop, cull_workspaces, housekeeping
+        self.measure_disk = measure_disk
 
     def dispatch(self, action: str, job_id: str, *args: Any) -> None:
         """The controller's dispatch: enqueue its launch or stop (mlpd.controller.JobController)."""
@@ -115,6 +129,10 @@ class Tasks:
     def culling(self) -> bool:
         """Whether an idle check is running now."""
         return self._culling.locked()
+
+    def measuring(self) -> bool:
+        """Whether a disk measurement is running now."""
+        return self._measuring.locked()
 
     def consumer(self):
         """huey's consumer for these tasks: worker threads, and the periodic scheduler for housekeeping."""

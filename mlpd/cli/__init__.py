@@ -19,6 +19,7 @@ COMMANDS = {
     "admin": "mlpd.cli.admin:admin",
     "cancel": "mlpd.cli.jobs:cancel",
     "daemon": "mlpd.cli.daemon:daemon",
+    "datasets": "mlpd.cli.datasets:datasets",
     "deployments": "mlpd.cli.serving:deployments",
     "doctor": "mlpd.cli.daemon:doctor",
     "env": "mlpd.cli.mlflow:env",

@@ -39,28 +39,29 @@ def _host(fn):
     try:
         return fn()
     except UserError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
 
 
 def _parse_expiry(expires: str | None) -> float | None:
     if not expires:
         return None
-    from mlpd.jobspec import parse_duration
+    from mlpd.units import parse_duration
 
     try:
         return parse_duration(expires)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--expires")
+        raise click.BadParameter(str(exc), param_hint="--expires") from exc
 
 
 @click.group(cls=LazyGroup, lazy_subcommands={
+    "dataset": "mlpd.cli.datasets:admin_dataset",
     "priority-class": "mlpd.cli.pclass:priority_class",
     "quota": "mlpd.cli.usage:admin_quota",
     "team": "mlpd.cli.usage:admin_team",
     "ws-idle-timeout": "mlpd.cli.ws:admin_idle_timeout",
 })
 def admin() -> None:
-    """Administration (admins only): user, token, team, quota, priority-class, gpus, ws-idle-timeout, backup, restore.
+    """Administration (admins only): user, token, team, quota, dataset, priority-class, gpus, ws-idle-timeout, backup, restore.
 
     \b
     mlpd admin user add NAME            a user (and their first token)
@@ -92,12 +93,12 @@ def user_add(name: str, is_admin: bool, expires: str | None, state_dir: str | No
         _host(lambda: users.add_user(store, name, role, actor="host"))
         token, record = _host(lambda: users.create_token(store, name, "initial", expires_in, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
         body: dict[str, Any] = {"name": name, "admin": is_admin}
         if expires_in is not None:
             body["expires_in"] = expires_in
-        result = _client().post("/users", body)
+        result = logged_in_client().post("/users", body)
         token, record = result["token"], result["token_record"]
     if as_json:
         emit_json({"user": {"name": name, "role": role}, "token": token, "token_record": record})
@@ -116,9 +117,9 @@ def user_list(state_dir: str | None, as_json: bool) -> None:
 
         rows = users.list_users(_store(state_dir))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        rows = _client().get("/users")["users"]
+        rows = logged_in_client().get("/users")["users"]
     if as_json:
         emit_json({"users": rows})
         return
@@ -136,9 +137,9 @@ def user_rm(name: str, state_dir: str | None) -> None:
         store = _store(state_dir)
         _host(lambda: users.remove_user(store, name, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        _client().delete(f"/users/{name}")
+        logged_in_client().delete(f"/users/{name}")
     click.echo(f"removed {name}")
 
 
@@ -163,14 +164,14 @@ def user_password(name: str, password_stdin: bool, state_dir: str | None) -> Non
     try:
         users.check_password_strength(password, name)
     except users.UserError as exc:
-        raise click.ClickException(exc.message)
+        raise click.ClickException(exc.message) from exc
     if state_dir:
         store = _store(state_dir)
         _host(lambda: users.set_password(store, name, password, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        _client().post(f"/users/{name}/password", {"password": password})
+        logged_in_client().post(f"/users/{name}/password", {"password": password})
     click.echo(f"password of {name} set; they log in to the web UI with it (and can change it with 'mlpd password')")
 
 
@@ -193,12 +194,12 @@ def token_create(name: str, label: str, expires: str | None, state_dir: str | No
 
         tok, record = _host(lambda: users.create_token(_store(state_dir), name, label, expires_in, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
         body: dict[str, Any] = {"user": name, "label": label}
         if expires_in is not None:
             body["expires_in"] = expires_in
-        result = _client().post("/tokens", body)
+        result = logged_in_client().post("/tokens", body)
         tok, record = result["token"], result["token_record"]
     if as_json:
         emit_json({"token": tok, "token_record": record})
@@ -218,9 +219,9 @@ def token_list(name: str | None, state_dir: str | None, as_json: bool) -> None:
 
         rows = users.list_tokens(_store(state_dir), name)
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        rows = _client().get("/tokens", params={"user": name} if name else {"all": 1})["tokens"]
+        rows = logged_in_client().get("/tokens", params={"user": name} if name else {"all": 1})["tokens"]
     if as_json:
         emit_json({"tokens": rows})
         return
@@ -239,9 +240,9 @@ def token_revoke(token_id: str, state_dir: str | None) -> None:
 
         _host(lambda: users.revoke_token(_store(state_dir), token_id, actor="host"))
     else:
-        from mlpd.cli.common import _client
+        from mlpd.cli.common import logged_in_client
 
-        _client().delete(f"/tokens/{token_id}")
+        logged_in_client().delete(f"/tokens/{token_id}")
     click.echo(f"revoked {token_id}")
 
 
@@ -255,9 +256,9 @@ def gpus() -> None:
 @click.option("--model", help="Model name shown for them (default: gpus.declared_model).")
 def gpus_declare(count: int, model: str | None) -> None:
     """Declare COUNT test GPUs on a host without NVIDIA GPUs: at once, no restart, kept across restarts; 0 undoes it."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    done = _client().post("/gpus/declare", {"count": count, **({"model": model} if model else {})})
+    done = logged_in_client().post("/gpus/declare", {"count": count, **({"model": model} if model else {})})
     click.echo(f"{plural(len(done['gpus']), 'GPU')} ({done['inventory']})" + ("" if count else ": back to mlpd.toml's gpus.declare or the real GPUs"))
 
 
@@ -266,9 +267,9 @@ def gpus_declare(count: int, model: str | None) -> None:
 @click.option("--reason", default="", help="Why, shown wherever the GPU is listed.")
 def gpus_drain(gpu: str, reason: str) -> None:
     """Drain GPU (an index or UUID as 'mlpd gpus' shows them); takes effect at once and survives restarts."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    done = _client().post(f"/gpus/{gpu}/drain", {"reason": reason})
+    done = logged_in_client().post(f"/gpus/{gpu}/drain", {"reason": reason})
     click.echo(f"GPU {done['index']} ({done['gpu']}) drained" + (f": {reason}" if reason else "") +
                "; running work finishes, nothing new is placed on it. 'mlpd admin gpus undrain' reverses it")
 
@@ -277,9 +278,9 @@ def gpus_drain(gpu: str, reason: str) -> None:
 @click.argument("gpu")
 def gpus_undrain(gpu: str) -> None:
     """Let GPU take new work again."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    done = _client().post(f"/gpus/{gpu}/undrain")
+    done = logged_in_client().post(f"/gpus/{gpu}/undrain")
     click.echo(f"GPU {done['index']} ({done['gpu']}) takes new work again")
 
 
@@ -291,7 +292,7 @@ def _state_dir_of(state_dir: str | None, config_file: str | None) -> str:
     try:
         return load_config(config_file).state_dir
     except ConfigError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
 
 
 @admin.command("backup")
@@ -300,13 +301,13 @@ def _state_dir_of(state_dir: str | None, config_file: str | None) -> str:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Configuration file naming the state directory.")
 def backup_cmd(dest: str, state_dir: str | None, config_file: str | None) -> None:
     """Back up the daemon's state into DEST while it runs (on the host, as the daemon's user)."""
-    from mlpd.backup import BackupError, backup
+    from mlpd.ops.backup import BackupError, backup
 
     try:
         for line in backup(_state_dir_of(state_dir, config_file), dest):
             click.echo(line)
     except BackupError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
 
 
 @admin.command("restore")
@@ -316,10 +317,10 @@ def backup_cmd(dest: str, state_dir: str | None, config_file: str | None) -> Non
 @click.option("--force", is_flag=True, help="Restore over existing state (moved aside first, not deleted).")
 def restore_cmd(source: str, state_dir: str | None, config_file: str | None, force: bool) -> None:
     """Restore a backup onto a stopped daemon's state directory."""
-    from mlpd.backup import BackupError, restore
+    from mlpd.ops.backup import BackupError, restore
 
     try:
         for line in restore(source, _state_dir_of(state_dir, config_file), force):
             click.echo(line)
     except BackupError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc

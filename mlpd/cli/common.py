@@ -1,4 +1,4 @@
-"""What every `mlpd` command module shares: the lazy group, the error handling, `_client()`, `--json`.
+"""What every `mlpd` command module shares: the lazy group, the error handling, `logged_in_client()`, `--json`.
 
 Nothing here imports a command module or `mlpd.cli` itself, so the package has no import circle:
 `mlpd.cli` (the top-level group) names its commands as "module:attr" strings and imports a module
@@ -53,7 +53,8 @@ class MlpdGroup(LazyGroup):
             ctx.exit(1)
 
 
-def _client():
+def logged_in_client():
+    """A client from the environment or the stored login (Client.from_env); NotLoggedIn when there is neither."""
     from mlpd.client import Client
 
     return Client.from_env()

@@ -30,7 +30,7 @@ def daemon(config_file: str | None, listen: str | None, state_dir: str | None, d
     import logging
 
     from mlpd.config import ConfigError, load_config
-    from mlpd.daemon import Daemon, DaemonError
+    from mlpd.ops.daemon import Daemon, DaemonError
 
     try:
         config = load_config(config_file, {"server.listen": listen, "server.state_dir": state_dir, "gpus.declare": declare_gpus})
@@ -38,8 +38,8 @@ def daemon(config_file: str | None, listen: str | None, state_dir: str | None, d
         click.echo(f"Error: configuration {exc}", err=True)
         sys.exit(2)
     if stop_it or show_status or background:
-        from mlpd.daemon import children_lines, children_status, running_pid, start_background, stop_running
-        from mlpd.supervision import FATAL
+        from mlpd.ops.daemon import children_lines, children_status, running_pid, start_background, stop_running
+        from mlpd.ops.supervision import FATAL
 
         try:
             if show_status:
@@ -81,12 +81,12 @@ def doctor(config_file: str | None, state_dir: str | None, listen: str | None, a
     Run it on the daemon's host (as the daemon's user). Exit code 1 when something blocks work.
     """
     from mlpd.config import ConfigError, load_config
-    from mlpd.doctor import FAIL, as_json as doctor_json, run_checks
+    from mlpd.ops.doctor import FAIL, as_json as doctor_json, run_checks
 
     try:
         cfg = load_config(config_file, {"server.state_dir": state_dir, "server.listen": listen})
     except ConfigError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
     checks = run_checks(cfg)
     if as_json:
         from mlpd.output import emit_json

@@ -7,7 +7,7 @@ import sys
 import click
 
 from mlpd import __version__
-from mlpd.cli.common import _client, json_option
+from mlpd.cli.common import logged_in_client, json_option
 
 
 @click.command()
@@ -20,7 +20,7 @@ def login(url: str | None, token: str | None) -> None:
     try:
         url = normalize_url(url or os.environ.get("MLPD_URL") or DEFAULT_URL)
     except ClientError as exc:
-        raise click.ClickException(exc.message)
+        raise click.ClickException(exc.message) from exc
     if not token:
         if not sys.stdin.isatty():
             token = sys.stdin.readline().strip()
@@ -32,7 +32,7 @@ def login(url: str | None, token: str | None) -> None:
     try:
         me = Client(url, token, timeout=10).get("/whoami")["user"]
     except ClientError as exc:
-        raise click.ClickException(f"login failed: {exc.message}")
+        raise click.ClickException(f"login failed: {exc.message}") from exc
     path = save_credentials(url, token)
     click.echo(f"Logged in to {url} as {me['name']} ({me['role']}); credentials in {path}")
 
@@ -48,7 +48,7 @@ def password(password_stdin: bool) -> None:
     else:
         old = click.prompt("Current password", hide_input=True)
     new = read_new_password(password_stdin)
-    who = _client().post("/password", {"old": old, "new": new})["user"]
+    who = logged_in_client().post("/password", {"old": old, "new": new})["user"]
     click.echo(f"password of {who} changed; your other web sessions were logged out")
 
 
@@ -72,7 +72,7 @@ def logout() -> None:
 @json_option
 def whoami(as_json: bool) -> None:
     """Show who you are logged in as, and where."""
-    c = _client()
+    c = logged_in_client()
     me = c.get("/whoami")["user"]
     if as_json:
         from mlpd.output import emit_json
@@ -91,7 +91,7 @@ def version(as_json: bool) -> None:
     daemon_version = None
     error = None
     try:
-        daemon_version = _client().get("/version")["version"]
+        daemon_version = logged_in_client().get("/version")["version"]
     except ClientError as exc:
         error = exc.message
     if as_json:

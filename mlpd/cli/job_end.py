@@ -40,7 +40,7 @@ EXIT_STATUS_TABLE = (
     (str(EXIT_INTERRUPTED), "Ctrl-C stopped the waiting or following; the job goes on"),
 )
 
-ENV_BUILD_FAILED = "building its environment failed"  # how mlpd.environments begins the reason of a failed build
+ENV_BUILD_FAILED = "building its environment failed"  # how mlpd.runtime.environments begins the reason of a failed build
 
 # Which status `mlpd wait` exits with when jobs ended differently: the worst, by this rank.
 _RANK = {"succeeded": 0, "cancelled": 1, "preempted": 2, "not_ended": 3, "timed_out": 4, "lost": 5, "failed": 6}

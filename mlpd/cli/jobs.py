@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from mlpd.cli.common import _client, json_option
+from mlpd.cli.common import logged_in_client, json_option
 from mlpd.cli.job_end import EXIT_STATUS_TABLE
 from mlpd.output import emit_json, plural, table, when
 
@@ -17,7 +17,7 @@ from mlpd.output import emit_json, plural, table, when
 def upload_code(client, directory: str) -> str:
     """Pack a directory and upload it unless the daemon already has the same archive; return its digest."""
     from mlpd.client import ClientError
-    from mlpd.codeship import CodeArchiveError, pack_directory
+    from mlpd.kinds.codeship import CodeArchiveError, pack_directory
 
     bar = None
 
@@ -33,7 +33,7 @@ def upload_code(client, directory: str) -> str:
     try:
         packed = pack_directory(directory, progress=packing)
     except CodeArchiveError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -67,11 +67,11 @@ def read_requirements(path: str) -> str:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{path}: cannot read it as a requirements file ({exc})")
+        raise click.ClickException(f"{path}: cannot read it as a requirements file ({exc})") from exc
 
 
 def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
-    result = _client().post("/jobs", spec)
+    result = logged_in_client().post("/jobs", spec)
     job = result["job"]
     for warning in result.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
@@ -138,18 +138,18 @@ def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priori
     if requirements_file is not None and not no_requirements:
         spec["requirements"] = read_requirements(requirements_file)
     if not no_code:
-        from mlpd.jobspec import SpecError, parse_spec
+        from mlpd.kinds.jobspec import SpecError, parse_spec
 
         try:
             parse_spec(spec)  # refuse a bad spec before packing and uploading the code
         except SpecError as exc:
-            raise click.ClickException(str(exc))
-        spec["code"] = upload_code(_client(), code_dir)
+            raise click.ClickException(str(exc)) from exc
+        spec["code"] = upload_code(logged_in_client(), code_dir)
     # without code the daemon's own parse_spec answers first, with the same message (importing
     # jobspec here would cost about a sixth of the CLI's start-up)
     job = _submit(spec, as_json)
     if follow:
-        follow_to_end(_client(), job["id"])
+        follow_to_end(logged_in_client(), job["id"])
 
 
 def follow_to_end(client, job_id: str, **options) -> None:
@@ -163,7 +163,7 @@ def follow_to_end(client, job_id: str, **options) -> None:
         # Ctrl-C ends the following, not the job: say so, and how to pick it up again
         click.echo(f"\nmlpd: stopped following job {job_id}; it goes on ('mlpd logs -f {job_id}', 'mlpd wait {job_id}', "
                    f"'mlpd cancel {job_id}')", err=True)
-        raise click.exceptions.Exit(EXIT_INTERRUPTED)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 NOTEBOOK_IMAGE = "mlpd/workspace:latest"  # workspaces.image's default: the same Python as workspaces, with papermill
@@ -191,7 +191,7 @@ def notebook_command(notebook: str, params: tuple[str, ...], extra: tuple[str, .
 @json_option
 def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_json):
     """Submit a job spec file (TOML; the same fields as 'mlpd run' flags). Ships the file's directory, like 'mlpd run'."""
-    from mlpd.jobspec import SpecError
+    from mlpd.kinds.jobspec import SpecError
 
     with open(file, "rb") as fh:
         text = fh.read()
@@ -200,14 +200,14 @@ def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_
     try:
         raw = tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{file}: not valid TOML: {exc}")
-    from mlpd.jobspec import parse_spec
+        raise click.ClickException(f"{file}: not valid TOML: {exc}") from exc
+    from mlpd.kinds.jobspec import parse_spec
 
     try:
         parse_spec({k: v for k, v in raw.items() if k not in ("code_dir", "requirements")} | {"command": raw.get("command", ["x"])},
                    job_file=True)  # every unknown key at once, named as a job file names them
     except SpecError as exc:
-        raise click.ClickException(f"{file}: {exc}")
+        raise click.ClickException(f"{file}: {exc}") from exc
     if priority_class is not None:
         raw["priority_class"] = priority_class
     rel = raw.pop("code_dir", None)
@@ -221,7 +221,7 @@ def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_
     try:
         spec, _warnings = parse_spec(raw)
     except SpecError as exc:
-        raise click.ClickException(f"{file}: {exc}")
+        raise click.ClickException(f"{file}: {exc}") from exc
     data = spec.to_dict()
     here = os.path.dirname(os.path.abspath(file))
     directory = None if no_code else (code_dir or (os.path.join(here, rel) if rel else here))
@@ -230,10 +230,10 @@ def submit(file, code_dir, no_code, no_requirements, priority_class, follow, as_
     if directory and data.get("requirements") is None and not no_requirements and os.path.isfile(os.path.join(directory, "requirements.txt")):
         data["requirements"] = read_requirements(os.path.join(directory, "requirements.txt"))
     if directory:
-        data["code"] = upload_code(_client(), directory)
+        data["code"] = upload_code(logged_in_client(), directory)
     job = _submit({k: v for k, v in data.items() if v is not None and v != {}}, as_json)
     if follow:
-        follow_to_end(_client(), job["id"])
+        follow_to_end(logged_in_client(), job["id"])
 
 
 def resolve_job(client, ref: str) -> str:
@@ -277,7 +277,7 @@ def jobs(ctx, all_users, states, limit, as_json):
     params: dict[str, Any] = {"state": ",".join(states), "limit": limit} if states else {"limit": limit}
     if all_users:
         params["all"] = 1
-    result = _client().get("/jobs", params=params)
+    result = logged_in_client().get("/jobs", params=params)
     rows = result["jobs"]
     if as_json:
         emit_json(result)
@@ -291,7 +291,7 @@ def jobs(ctx, all_users, states, limit, as_json):
 
 def _limit_lines(job: dict, spec: dict) -> list[tuple[str, str]]:
     """The CPU and memory limits the container gets, marked where they are the daemon's defaults."""
-    from mlpd.jobspec import format_bytes
+    from mlpd.units import format_bytes
 
     limits = job.get("limits") or {"cpus": spec.get("cpus"), "memory": spec.get("memory")}
     cpus = f"{limits['cpus']:g}" if limits.get("cpus") else "no limit"
@@ -305,12 +305,12 @@ def _limit_lines(job: dict, spec: dict) -> list[tuple[str, str]]:
 @json_option
 def jobs_show(job_id, as_json):
     """A job's spec, state history, GPUs and why it waits (ID may be a unique prefix)."""
-    client = _client()
+    client = logged_in_client()
     job = client.get(f"/jobs/{resolve_job(client, job_id)}")["job"]
     if as_json:
         emit_json({"job": job})
         return
-    from mlpd.jobspec import format_bytes, format_duration
+    from mlpd.units import format_duration
 
     spec = job["spec"]
     lines = [
@@ -371,9 +371,9 @@ def jobs_outputs(job_id, dest):
     """Download a job's /outputs directory."""
     import tempfile
 
-    from mlpd.codeship import extract_archive
+    from mlpd.kinds.codeship import extract_archive
 
-    client = _client()
+    client = logged_in_client()
     job_id = resolve_job(client, job_id)
     dest = dest or f"outputs-{job_id}"
     if os.path.exists(dest):
@@ -395,7 +395,7 @@ def jobs_outputs(job_id, dest):
 @json_option
 def jobs_rerun(job_id, follow, as_json):
     """Submit a job again with the same spec (and the same code). ID may be a unique prefix."""
-    client = _client()
+    client = logged_in_client()
     spec = client.get(f"/jobs/{resolve_job(client, job_id)}")["job"]["spec"]
     job = _submit({k: v for k, v in spec.items() if v is not None and v != {}}, as_json)
     if follow:
@@ -411,7 +411,7 @@ def jobs_rerun(job_id, follow, as_json):
 @click.option("--raw", is_flag=True, help="The bytes as the job wrote them, escape sequences included (default: shown as text).")
 def logs(job_id, follow, tail, timestamps, since, raw):
     """A job's output (kept after it ends). ID may be a unique prefix."""
-    client = _client()
+    client = logged_in_client()
     job_id = resolve_job(client, job_id)
     options = dict(tail=tail, timestamps=timestamps, since=parse_since(since) if since else None, raw=raw)
     if follow:
@@ -425,7 +425,7 @@ def parse_since(text: str, now: float | None = None) -> float:
     import datetime as dt
     import time
 
-    from mlpd.jobspec import parse_duration
+    from mlpd.units import parse_duration
 
     try:
         return (now if now is not None else time.time()) - parse_duration(text)
@@ -477,7 +477,7 @@ def cancel(job_ids, no_wait):
     from mlpd.cli.job_end import wait_for_end
     from mlpd.jobs import TERMINAL_STATES
 
-    c = _client()
+    c = logged_in_client()
     ids = [resolve_job(c, ref) for ref in job_ids]
     stopping = []
     for job_id in ids:
@@ -518,13 +518,13 @@ def wait(job_ids, timeout, as_json):
 
     limit = None
     if timeout is not None:
-        from mlpd.jobspec import parse_duration
+        from mlpd.units import parse_duration
 
         try:
             limit = parse_duration(timeout)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--timeout") from None
-    c = _client()
+    c = logged_in_client()
     ids = list(dict.fromkeys(resolve_job(c, ref) for ref in job_ids))
     deadline = None if limit is None else time.monotonic() + limit
     ended: dict[str, dict] = {}
@@ -550,18 +550,18 @@ def wait(job_ids, timeout, as_json):
             click.echo(end.line, err=True)
     if as_json:
         emit_json({"jobs": [{"id": e.job_id, "state": j["state"], "reason": j["reason"], "exit_code": j["exit_code"], "exit_status": e.status}
-                            for e, j in zip(ends, jobs_seen)], "exit_status": worst(ends).status})
+                            for e, j in zip(ends, jobs_seen, strict=True)], "exit_status": worst(ends).status})
     raise click.exceptions.Exit(worst(ends).status)
 
 
-wait.help = inspect.cleandoc(wait.help) + "\n\n\b\n" + "\n".join(f"{code:>6}  {meaning}" for code, meaning in EXIT_STATUS_TABLE)
+wait.help = inspect.cleandoc(wait.help or "") + "\n\n\b\n" + "\n".join(f"{code:>6}  {meaning}" for code, meaning in EXIT_STATUS_TABLE)
 
 
 @click.command()
 @json_option
 def gpus(as_json):
     """GPUs and who holds each."""
-    result = _client().get("/gpus")
+    result = logged_in_client().get("/gpus")
     if as_json:
         emit_json(result)
         return
@@ -586,7 +586,7 @@ def images(ctx, as_json):
     """mlpd's images on this host; 'mlpd images build' makes what is missing."""
     if ctx.invoked_subcommand:
         return
-    rows = _client().get("/images")["images"]
+    rows = logged_in_client().get("/images")["images"]
     if as_json:
         emit_json({"images": rows})
         return
@@ -603,17 +603,18 @@ def images_build(force, local, config_file, extra):
     """Build the images that are missing, with progress (admins)."""
     if local:
         from mlpd.config import ConfigError, load_config
-        from mlpd.image_catalog import build_missing
-        from mlpd.runtime import RuntimeFailure, connect
+        from mlpd.runtime.image_catalog import build_missing
+        from mlpd.runtime import connect
+        from mlpd.runtime.protocol import RuntimeFailure
 
         try:
             cfg = load_config(config_file)
             for line in build_missing(connect("host"), cfg, force=force, extra=extra):
                 click.echo(line)
         except (ConfigError, RuntimeFailure) as exc:
-            raise click.ClickException(str(exc))
+            raise click.ClickException(str(exc)) from exc
         return
-    c = _client()
+    c = logged_in_client()
     resp = c.request("POST", "/images/build", stream=True, timeout=3600, params={**({"force": 1} if force else {}), **({"with": ",".join(extra)} if extra else {})})
     failed = False
     for line in resp.iter_lines(decode_unicode=True):

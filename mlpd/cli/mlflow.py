@@ -131,9 +131,9 @@ def runs(experiment: str | None, limit: int, as_json: bool) -> None:
 
     Plain calls to MLflow's REST API through mlpd's own client (no `import mlflow`: this answers in a
     fraction of a second)."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    client = _client()
+    client = logged_in_client()
     api = f"{client.url}/mlflow/api/2.0/mlflow"
     found = client.request("POST", f"{api}/experiments/search", json={"max_results": 1000}).json().get("experiments", [])
     names = {e["experiment_id"]: e["name"] for e in found}

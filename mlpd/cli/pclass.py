@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from mlpd.cli.common import _client
+from mlpd.cli.common import logged_in_client
 from mlpd.output import emit_json, table, when
 
 
@@ -29,7 +29,7 @@ def priority_class() -> None:
 @click.argument("class_name", metavar="CLASS")
 def grant(user: str, class_name: str) -> None:
     """Let USER (or team:NAME) submit work of class CLASS, from their next submit on."""
-    done = _client().post(f"/admin/priority-classes/{_quote(class_name)}/grants", {"user": user})
+    done = logged_in_client().post(f"/admin/priority-classes/{_quote(class_name)}/grants", {"user": user})
     if not done["granted"]:
         click.echo(f"{user} may already use priority class {class_name!r} (granted before); nothing changed")
         return
@@ -42,7 +42,7 @@ def grant(user: str, class_name: str) -> None:
 @click.argument("class_name", metavar="CLASS")
 def revoke(user: str, class_name: str) -> None:
     """Take back USER's grant of CLASS (their queued work keeps its class; the next submit is checked without it)."""
-    done = _client().delete(f"/admin/priority-classes/{_quote(class_name)}/grants/{_quote(user)}")
+    done = logged_in_client().delete(f"/admin/priority-classes/{_quote(class_name)}/grants/{_quote(user)}")
     note = " (an admin: they may still use every class)" if done["admin"] else ""
     click.echo(f"revoked: {user} may no longer use priority class {class_name!r}{note}")
 
@@ -58,7 +58,7 @@ def _who(cls: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
 def list_classes(as_json: bool) -> None:
     """The classes, highest first: rank, default, preemptible, and who may use each (mlpd.toml and grants)."""
-    result = _client().get("/admin/priority-classes")
+    result = logged_in_client().get("/admin/priority-classes")
     if as_json:
         emit_json(result)
         return

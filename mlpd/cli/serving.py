@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from mlpd.cli.common import _client, json_option
+from mlpd.cli.common import logged_in_client, json_option
 from mlpd.output import plural
 
 SETTLED = ("serving", "canary", "failed", "rolled_back", "degraded", "unavailable")
@@ -46,7 +46,7 @@ def _summary(dep: dict) -> list[str]:
     return lines
 
 
-def _wait(client, name: str, timeout: float, until_version: str | None = None) -> dict:
+def _wait(client, name: str, timeout: float) -> dict:
     """Poll until the deployment settles (serving or failed), printing each new state on stderr."""
     deadline = time.monotonic() + timeout
     seen = None
@@ -92,7 +92,7 @@ def serve(model_uri, name, gpus, gpu_model, cpus, memory, replicas, follow_alias
          -d '{"dataframe_split": {"columns": ["x"], "data": [[1.0]]}}' http://127.0.0.1:8471/serve/churn/invocations
     mlpd serve models:/churn@prod --gate "metrics.accuracy>=0.9"
     """
-    client = _client()
+    client = logged_in_client()
     body = {"model": model_uri, "name": name, "gpus": gpus, "gpu_model": gpu_model, "cpus": cpus, "memory": memory,
             "replicas": replicas, "follow_alias": follow_alias, "auth": auth, "follow_foreign": follow_foreign or None,
             "gates": list(gates) or None}
@@ -125,7 +125,7 @@ def deployments(ctx, all_users, as_json):
     version, --canary P), promote, rollback, key (a new key for clients), rm."""
     if ctx.invoked_subcommand is not None:
         return
-    rows = _client().get("/deployments", params={"all": 1} if all_users else None)["deployments"]
+    rows = logged_in_client().get("/deployments", params={"all": 1} if all_users else None)["deployments"]
     if as_json:
         _emit({"deployments": rows})
         return
@@ -161,7 +161,7 @@ def _echo_input(schema: dict | None) -> None:
 @json_option
 def deployments_show(name, as_json):
     """A deployment: versions, replicas and their health, restarts, the last error."""
-    dep = _client().get(f"/deployments/{name}")["deployment"]
+    dep = logged_in_client().get(f"/deployments/{name}")["deployment"]
     if as_json:
         _emit({"deployment": dep})
         return
@@ -196,7 +196,7 @@ def deployments_logs(name, slot, job_id, follow, raw):
         params["follow"] = 1
     from mlpd import termsafe
 
-    resp = _client().request("GET", f"/deployments/{name}/logs", params=params, stream=True, timeout=3600 * 24 if follow else 60)
+    resp = logged_in_client().request("GET", f"/deployments/{name}/logs", params=params, stream=True, timeout=3600 * 24 if follow else 60)
     out = termsafe.raw_stdout() if raw else sys.stdout.buffer
     for chunk in resp.iter_content(chunk_size=None):
         out.write(chunk)
@@ -216,7 +216,7 @@ def deployments_update(name, model_uri, follow_alias, canary, follow_foreign, wa
     """Roll out another version: it takes the traffic once it answers /ping; the old one then stops.
     A version that does not start is rolled back, and the old one keeps serving. With --canary P it
     takes P% of the requests until 'mlpd deployments promote' or 'rollback'."""
-    client = _client()
+    client = logged_in_client()
     body = {"model": model_uri, "follow_alias": follow_alias, "canary": canary, "follow_foreign": follow_foreign or None}
     dep = client.post(f"/deployments/{name}/update", {k: v for k, v in body.items() if v is not None})["deployment"]
     rolling = dep["revisions"][-1]["seq"] if dep["revisions"] else None
@@ -239,7 +239,7 @@ def deployments_update(name, model_uri, follow_alias, canary, follow_foreign, wa
 @json_option
 def deployments_promote(name, as_json):
     """The canary takes all the traffic; the version it shared it with drains and stops."""
-    dep = _client().post(f"/deployments/{name}/promote")["deployment"]
+    dep = logged_in_client().post(f"/deployments/{name}/promote")["deployment"]
     if as_json:
         _emit({"deployment": dep})
     else:
@@ -251,7 +251,7 @@ def deployments_promote(name, as_json):
 @json_option
 def deployments_rollback(name, as_json):
     """Drop the canary (or a rollout still in progress): its replicas stop, the serving version keeps all the traffic."""
-    result = _client().post(f"/deployments/{name}/rollback")
+    result = logged_in_client().post(f"/deployments/{name}/rollback")
     if as_json:
         _emit(result)
     else:
@@ -264,7 +264,7 @@ def deployments_rollback(name, as_json):
 @json_option
 def deployments_rm(name, as_json):
     """Remove a deployment: its replicas stop and its endpoint answers 404."""
-    result = _client().delete(f"/deployments/{name}")
+    result = logged_in_client().delete(f"/deployments/{name}")
     if as_json:
         _emit(result)
     else:
@@ -276,7 +276,7 @@ def deployments_rm(name, as_json):
 @json_option
 def deployments_key(name, as_json):
     """Replace the deployment's key (the old key stops working); prints the new one."""
-    key = _client().post(f"/deployments/{name}/key")["key"]
+    key = logged_in_client().post(f"/deployments/{name}/key")["key"]
     if as_json:
         _emit({"key": key})
     else:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from mlpd.cli.common import _client, json_option
+from mlpd.cli.common import logged_in_client, json_option
 from mlpd.output import emit_json, table, when
 
 
@@ -18,13 +18,21 @@ from mlpd.output import emit_json, table, when
 @click.option("--by", type=click.Choice(["user", "team", "day", "kind", "gpu_model"]), default="user", show_default=True, help="Group by.")
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="CSV for spreadsheets: key,gpu_hours,busy_gpu_hours,cost,allocations.")
-def usage(user, team, since, until, by, as_json, as_csv):
-    """GPU-hours allocated (and actually busy, where NVML samples exist), with cost where priced."""
+@click.option("--disk", is_flag=True, help="Disk use of your home and your teams' folders instead (admins with --all: every one), "
+              "as last measured, with quotas.home_gb / quotas.team_gb.")
+@click.option("--all", "all_users", is_flag=True, help="With --disk: every home and team folder (admins).")
+def usage(user, team, since, until, by, as_json, as_csv, disk, all_users):
+    """GPU-hours allocated (and actually busy, where NVML samples exist), with cost where priced; --disk: disk use."""
+    if disk:
+        from mlpd.cli.datasets import disk_report
+
+        disk_report(as_json, all_users)
+        return
     params: dict[str, Any] = {"by": by}
     for key, value in (("user", user), ("team", team), ("since", since), ("until", until)):
         if value:
             params[key] = value
-    c = _client()
+    c = logged_in_client()
     if as_csv:
         click.echo(c.request("GET", "/usage", params={**params, "format": "csv"}).text, nl=False)
         return
@@ -48,7 +56,7 @@ def gpu_hours_text(hours: float) -> str:
 @json_option
 def quota(user, as_json):
     """Your quotas, what you used this period and when it resets."""
-    result = _client().get("/quota", params={"user": user} if user else {})
+    result = logged_in_client().get("/quota", params={"user": user} if user else {})
     if as_json:
         emit_json(result)
         return
@@ -59,7 +67,7 @@ def quota(user, as_json):
             click.echo(f"GPU-hours used this {u['period']}: {gpu_hours_text(u['gpu_hours_used'])} (since {when(u['period_start'])}); "
                        f"GPUs held now: {u['gpus_held']}; the period resets {when(u['resets_at'])}")
         return
-    from mlpd.jobspec import format_bytes
+    from mlpd.units import format_bytes
 
     def held(q, used, limit, fmt=lambda v: f"{v:g}"):
         if used not in q:
@@ -102,7 +110,7 @@ def quota_set(user, team, gpu_hours, max_gpus, max_cpus, max_memory, max_jobs, c
         if gpu_hours is not None or max_gpus is not None:
             body.update({"gpu_hours": gpu_hours, "max_gpus": max_gpus})
         body.update({k: v for k, v in caps.items() if v is not None})
-    _client().post("/quotas", body)
+    logged_in_client().post("/quotas", body)
     what = "cleared" if clear else " ".join(f"{k}={v}" for k, v in body.items() if k not in ("user", "team"))
     click.echo(f"quota of {'user ' + user if user else 'team ' + team}: {what}")
 
@@ -111,11 +119,11 @@ def quota_set(user, team, gpu_hours, max_gpus, max_cpus, max_memory, max_jobs, c
 @json_option
 def quota_list(as_json):
     """Quotas set per user and team, and the defaults."""
-    result = _client().get("/quotas")
+    result = logged_in_client().get("/quotas")
     if as_json:
         emit_json(result)
         return
-    from mlpd.jobspec import format_bytes
+    from mlpd.units import format_bytes
 
     d = result["defaults"]
     memory = lambda v: "-" if v is None else ("unlimited" if v == 0 else format_bytes(v))  # noqa: E731
@@ -139,7 +147,7 @@ def admin_team():
 @click.argument("name")
 def team_add(name):
     """Create a team."""
-    _client().post("/teams", {"name": name})
+    logged_in_client().post("/teams", {"name": name})
     click.echo(f"created team {name}")
 
 
@@ -147,7 +155,7 @@ def team_add(name):
 @click.argument("name")
 def team_rm(name):
     """Remove a team (its members stay users)."""
-    _client().delete(f"/teams/{name}")
+    logged_in_client().delete(f"/teams/{name}")
     click.echo(f"removed team {name}")
 
 
@@ -155,7 +163,7 @@ def team_rm(name):
 @json_option
 def team_list(as_json):
     """Teams and members."""
-    result = _client().get("/teams")
+    result = logged_in_client().get("/teams")
     if as_json:
         emit_json(result)
         return
@@ -172,7 +180,7 @@ def team_member():
 @click.argument("user")
 def member_add(team, user):
     """Add USER to TEAM."""
-    members = _client().post(f"/teams/{team}/members", {"user": user})["members"]
+    members = logged_in_client().post(f"/teams/{team}/members", {"user": user})["members"]
     click.echo(f"{team}: {', '.join(members)}")
 
 
@@ -181,7 +189,7 @@ def member_add(team, user):
 @click.argument("user")
 def member_rm(team, user):
     """Remove USER from TEAM."""
-    members = _client().delete(f"/teams/{team}/members/{user}")["members"]
+    members = logged_in_client().delete(f"/teams/{team}/members/{user}")["members"]
     click.echo(f"{team}: {', '.join(members) or '(no members)'}")
 
 
@@ -197,7 +205,7 @@ def fair_share(as_json):
                 wait for the user's own quota ("N for quota") do not count
     score       what the two factors add to each of the user's queued jobs' priority score
     """
-    result = _client().get("/fair-share")
+    result = logged_in_client().get("/fair-share")
     if as_json:
         emit_json(result)
         return

@@ -12,8 +12,9 @@ import time
 
 import click
 
-from mlpd.cli.common import _client, json_option
+from mlpd.cli.common import logged_in_client, json_option
 from mlpd.output import duration, emit_json, table, when
+from mlpd.ports import port_free
 
 
 def _duration(seconds) -> str:
@@ -47,7 +48,7 @@ def ws(ctx, all_users, as_json):
     """
     if ctx.invoked_subcommand is not None:
         return
-    data = _client().get("/workspaces", params={"all": 1} if all_users else {})
+    data = logged_in_client().get("/workspaces", params={"all": 1} if all_users else {})
     if as_json:
         emit_json(data)
         return
@@ -91,7 +92,7 @@ def create(name, gpus, gpu_model, image, requirements_file, cpus, memory, wait, 
     if requirements_file:
         with open(requirements_file, encoding="utf-8") as fh:
             body["requirements"] = fh.read()
-    client = _client()
+    client = logged_in_client()
     data = client.post("/workspaces", {k: v for k, v in body.items() if v is not None})
     w = data["workspace"]
     for note in data.get("warnings", []):
@@ -113,7 +114,7 @@ def create(name, gpus, gpu_model, image, requirements_file, cpus, memory, wait, 
 def start(name, wait, as_json):
     """Start a stopped workspace again (same home; a new Jupyter token and loopback ports: see `mlpd ws tunnel`).
     A stop still under way is waited for first."""
-    client = _client()
+    client = logged_in_client()
     client.post(f"/workspaces/{name}/start", {"wait": wait}, timeout=START_TIMEOUT)  # the daemon first waits for a stop in progress
     w = _wait_running(client, name)
     if as_json:
@@ -122,7 +123,7 @@ def start(name, wait, as_json):
     click.echo(f"workspace {name}: {w['state']}; {w['url']}")
 
 
-START_TIMEOUT = 90  # seconds: a start waits on the daemon for a stop in progress (mlpd.workspaces.STOP_WAIT) before it starts
+START_TIMEOUT = 90  # seconds: a start waits on the daemon for a stop in progress (mlpd.kinds.workspace.STOP_WAIT) before it starts
 STOP_TIMEOUT = 120.0  # seconds: the server gets SIGTERM and is killed after a few seconds
 
 
@@ -145,7 +146,7 @@ def _stop_and_wait(client, name: str) -> dict:
 def stop(name, no_wait, as_json):
     """Stop a workspace and return once it has stopped: its GPUs are freed; its home and settings stay
     (the next start gets a new token and ports)."""
-    client = _client()
+    client = logged_in_client()
     if no_wait:
         w = client.post(f"/workspaces/{name}/stop")["workspace"]
     else:
@@ -164,7 +165,7 @@ def stop(name, no_wait, as_json):
 @json_option
 def rm(name, as_json):
     """Remove a workspace (stopped first). Your home, shared by all your workspaces, stays."""
-    client = _client()
+    client = logged_in_client()
     _stop_and_wait(client, name)  # so that 'mlpd ws rm lab && mlpd ws create lab --gpus 1' finds its GPUs free
     data = client.delete(f"/workspaces/{name}")
     if as_json:
@@ -178,7 +179,7 @@ def rm(name, as_json):
 @json_option
 def show(name, as_json):
     """One workspace: state, GPUs, idle time, time until culling, history."""
-    w = _client().get(f"/workspaces/{name}")["workspace"]
+    w = logged_in_client().get(f"/workspaces/{name}")["workspace"]
     if as_json:
         emit_json({"workspace": w})
         return
@@ -199,7 +200,7 @@ def logs(name, follow, raw):
     """The JupyterLab server's output (current or last session)."""
     from mlpd import termsafe
 
-    client = _client()
+    client = logged_in_client()
     resp = client.request("GET", f"/workspaces/{name}/logs", stream=True, timeout=None if follow else 60, params={"follow": 1} if follow else {})
     out = termsafe.raw_stdout() if raw else sys.stdout.buffer
     for chunk in resp.iter_content(chunk_size=None):
@@ -212,7 +213,7 @@ def _reach(name: str, ssh_user: str | None, ssh_host: str | None) -> tuple[dict,
 
     The host is --ssh-host, else the daemon's answer: server.ssh_host where an admin set it, else
     the name this client reached the daemon by (the host of MLPD_URL or the stored login)."""
-    t = _client().get(f"/workspaces/{name}/tunnel")["tunnel"]
+    t = logged_in_client().get(f"/workspaces/{name}/tunnel")["tunnel"]
     if t["state"] != "running":
         click.echo(f"note: workspace {name} is {t['state']}; start it with 'mlpd ws start {name}'", err=True)
     return t, ssh_user or os.environ.get("USER") or getpass.getuser(), ssh_host or t["ssh_host"]
@@ -224,7 +225,7 @@ def on_the_daemons_host() -> bool:
     import ipaddress
     from urllib.parse import urlsplit
 
-    host = urlsplit(_client().url).hostname or ""
+    host = urlsplit(logged_in_client().url).hostname or ""
     if host == "localhost":
         return True
     try:
@@ -248,15 +249,6 @@ def _refused(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def local_port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 @ws.command("tunnel")
@@ -289,7 +281,7 @@ def tunnel(name, run_it, local_port, ssh_user, ssh_host, ssh_port, identity, ssh
         click.echo(f"workspace {name} runs on this machine: no tunnel is needed", err=True)
         click.echo(f"open: {url}")
         return
-    local = local_port or (t["remote_port"] if not run_it and local_port_free(t["remote_port"]) else free_local_port())
+    local = local_port or (t["remote_port"] if not run_it and port_free(t["remote_port"]) else free_local_port())
     argv = ["ssh", "-N", "-L", f"{local}:{t['remote_host']}:{t['remote_port']}"]
     if ssh_port:
         argv += ["-p", str(ssh_port)]
@@ -375,7 +367,7 @@ def keys(ctx, as_json):
     """Your SSH public keys, for SSH into your workspaces ('mlpd ws ssh-config'): add one, rm one, or list them."""
     if ctx.invoked_subcommand is not None:
         return
-    data = _client().get("/keys")
+    data = logged_in_client().get("/keys")
     if as_json:
         emit_json(data)
         return
@@ -395,7 +387,7 @@ def keys_add(file, as_json):
         click.echo("note: this file does not end in .pub; only the public half of a key belongs here", err=True)
     with open(file, encoding="utf-8", errors="replace") as fh:
         text = fh.read(20000)
-    data = _client().post("/keys", {"key": text})
+    data = logged_in_client().post("/keys", {"key": text})
     if as_json:
         emit_json(data)
         return
@@ -406,7 +398,7 @@ def keys_add(file, as_json):
 @click.argument("key_id")
 def keys_rm(key_id):
     """Remove a key (by ID or fingerprint)."""
-    _client().delete(f"/keys/{key_id}")
+    logged_in_client().delete(f"/keys/{key_id}")
     click.echo(f"removed key {key_id}")
 
 
@@ -415,5 +407,5 @@ def keys_rm(key_id):
 @click.argument("timeout", required=False)
 def admin_idle_timeout(user, timeout):
     """Allow USER's workspaces a longer idle TIMEOUT (e.g. 12h) than the host's workspaces.idle_timeout; none resets it."""
-    data = _client().request("PUT", f"/users/{user}/workspace-idle-timeout", json={"timeout": timeout or None}).json()
+    data = logged_in_client().request("PUT", f"/users/{user}/workspace-idle-timeout", json={"timeout": timeout or None}).json()
     click.echo(f"{user}: workspaces culled after {_duration(data['idle_timeout'])} idle")

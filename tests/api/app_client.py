@@ -48,7 +48,7 @@ class Api:
         """One pass of the worker's job controller over the in-memory runtime (what the daemon's
         worker does on its own): queued work is placed and launched, ended work is recorded."""
         from mlpd.controller import JobController
-        from mlpd.gpus import make_inventory
+        from mlpd.runtime.gpus import make_inventory
 
         if self.controller is None:
             cfg = self.app.extensions["mlpd.config"]
@@ -65,15 +65,16 @@ class Api:
         return token
 
 
-def make_api(state_dir: Path, declare_gpus: int = 2) -> Api:
-    """A fresh app on a fresh state directory (what the api fixture gives, for tests that need their own)."""
+def make_api(state_dir: Path, declare_gpus: int = 2, **settings) -> Api:
+    """A fresh app on a fresh state directory (what the api fixture gives, for tests that need their own);
+    `settings` override configuration keys, e.g. **{"quotas.home_gb": 1}."""
     from mlpd.config import load_config
-    from mlpd.memory_runtime import MemoryRuntime
+    from mlpd.runtime.memory import MemoryRuntime
     from mlpd.store import Store
-    from mlpd.tracking import artifacts_dir
+    from mlpd.tracking.server import artifacts_dir
     from mlpd.web import create_app
 
-    cfg = load_config(SHIPPED_CONFIG, {"server.state_dir": str(state_dir), "gpus.declare": declare_gpus})
+    cfg = load_config(SHIPPED_CONFIG, {"server.state_dir": str(state_dir), "gpus.declare": declare_gpus, **settings})
     Store(cfg.db_path).migrate()
     instance = "fast" + secrets.token_hex(4)
     (state_dir / "instance_id").write_text(instance + "\n")  # the daemon writes it at start

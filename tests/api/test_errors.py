@@ -70,7 +70,7 @@ def test_without_an_injected_runtime_the_app_connects_to_docker_and_says_when_it
     Store(cfg.db_path).migrate()
     (tmp_path / "instance_id").write_text("nowhere\n")
     app = create_app(cfg)
-    assert "mlpd.runtime" not in app.extensions
+    assert "mlpd.runtime.protocol" not in app.extensions
     store = app.extensions["mlpd.store"]
     users.add_user(store, "root", "admin")
     token, _ = users.create_token(store, "root")

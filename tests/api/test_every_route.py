@@ -81,6 +81,13 @@ CASES: dict[tuple[str, str], Case] = {
     ("POST", "/admin/priority-classes/{name}/grants"): Case("admin/priority-classes/production/grants", who="admin",
                                                             json={"user": "{member}"}, status=201),
     ("DELETE", "/admin/priority-classes/{name}/grants/{user}"): Case("admin/priority-classes/production/grants/{granted}", who="admin"),
+    # -- datasets and disk use
+    ("GET", "/datasets"): Case("datasets", contains="/datasets/corpus"),
+    ("GET", "/admin/datasets"): Case("admin/datasets", who="admin", contains="corpus"),
+    ("POST", "/admin/datasets"): Case("admin/datasets", who="admin", json={"name": "fresh-data", "path": "{data_dir}", "teams": ["speech"]},
+                                      status=201),
+    ("DELETE", "/admin/datasets/{name}"): Case("admin/datasets/doomed-data", who="admin"),
+    ("GET", "/usage/disk"): Case("usage/disk", contains="/home/mlpd"),
     # -- jobs and code
     ("POST", "/jobs"): Case("jobs", json={"command": ["python", "train.py"], "code": DIGEST}, status=201),
     ("GET", "/jobs"): Case("jobs"),
@@ -167,7 +174,7 @@ def operations(document: dict) -> set[tuple[str, str]]:
 def fake_models(request):
     """Models as MLflow would resolve them, for the deployment routes: only serving.resolve reads
     MLflow's registry, and the fast tier has no MLflow server or registered model."""
-    from mlpd import serving
+    from mlpd.serving import deployments as serving
 
     real = serving.resolve
 
@@ -193,6 +200,11 @@ def world(api, fake_models) -> dict:
         return response.get_json()
 
     ids: dict[str, str] = {"member": api.member_name}
+    data_dir = api.state_dir.parent / "data"
+    data_dir.mkdir(exist_ok=True)
+    ids["data_dir"] = str(data_dir)
+    for name in ("corpus", "doomed-data"):
+        ok("POST", "admin/datasets", admin, json={"name": name, "path": str(data_dir)})
     assert ok("PUT", "code/" + DIGEST, member, data=ARCHIVE)["uploaded"] is True
     ids["job"] = ok("POST", "jobs", member, json={"command": ["python", "train.py"], "code": DIGEST})["job"]["id"]
     ids["ran"] = ok("POST", "jobs", member, json={"command": ["sh", "-c", "echo hello from memory $MLPD_JOB_ID"]})["job"]["id"]

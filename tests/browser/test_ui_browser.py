@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import time
 import uuid
 from pathlib import Path
 

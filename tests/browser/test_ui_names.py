@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
 from helpers import as_json, wait_for
 from test_ui_browser import (ARTIFACTS, TERMINAL, VIEWPORTS, check_layout, job_state, login, member, playwright_api,  # noqa: F401

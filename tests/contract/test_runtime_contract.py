@@ -1,6 +1,6 @@
 """The runtime contract: one suite, run against Docker and against the in-memory runtime.
 
-The controller is written against mlpd.runtime.Runtime only; its fast unit tests use
+The controller is written against mlpd.runtime.protocol.Runtime only; its fast unit tests use
 MemoryRuntime. This suite is what keeps the two implementations the same where the
 controller can tell: phases, exit codes, logs, idempotent start/stop/remove, listing by
 this daemon's instance, images, events and the GPU environment.
@@ -16,19 +16,19 @@ import threading
 import pytest
 
 from helpers import free_port, needs_docker, wait_for
-from mlpd.runtime import ImageMissing, RuntimeFailure, LaunchRequest, Phase, container_name
+from mlpd.runtime.protocol import ImageMissing, RuntimeFailure, LaunchRequest, Phase, container_name
 
 IMAGE = "mlpd/train:latest"
 
 
 def _memory(instance):
-    from mlpd.memory_runtime import MemoryRuntime
+    from mlpd.runtime.memory import MemoryRuntime
 
     return MemoryRuntime(instance, images=(IMAGE,))
 
 
 def _docker(instance):
-    from mlpd.docker_runtime import DockerRuntime
+    from mlpd.runtime.docker_engine import DockerRuntime
 
     # gpu_runtime "none": pinning by environment only, so declared test GPU UUIDs work on any engine
     # (an engine with the NVIDIA runtime would refuse a DeviceRequest naming them).
@@ -241,7 +241,7 @@ def test_terminate_sends_sigterm_and_returns_at_once_and_the_attempt_is_labelled
 
 
 def test_an_image_is_made_by_running_a_command_and_a_failed_run_makes_none(make_runtime, tmp_path):
-    from mlpd.runtime import BuildRequest
+    from mlpd.runtime.protocol import BuildRequest
 
     rt = make_runtime()
     tag = f"mlpd/contract-{secrets.token_hex(4)}:1"
@@ -275,7 +275,7 @@ def test_an_image_is_made_by_running_a_command_and_a_failed_run_makes_none(make_
 
 
 def test_shared_memory_and_ulimits_are_what_the_request_asks_and_the_engine_default_otherwise(make_runtime, tmp_path):
-    from mlpd.runtime import DEEP_LEARNING_ULIMITS
+    from mlpd.runtime.protocol import DEEP_LEARNING_ULIMITS
 
     rt = make_runtime()
     probe = ["sh", "-c", "df -B1 --output=size /dev/shm; ulimit -l; ulimit -s"]
@@ -296,7 +296,7 @@ def test_shared_memory_and_ulimits_are_what_the_request_asks_and_the_engine_defa
 
 
 def test_a_limit_the_engine_cannot_give_is_reported_and_the_workload_still_runs(make_runtime, tmp_path):
-    from mlpd.runtime import DEEP_LEARNING_ULIMITS
+    from mlpd.runtime.protocol import DEEP_LEARNING_ULIMITS
 
     rt = make_runtime()
     rt.refused_ulimits.add("memlock")  # as an engine that may not raise it finds out at its first start

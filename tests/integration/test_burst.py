@@ -10,6 +10,8 @@ of the burst and restarts it on the same state directory and port one second lat
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import re
 import signal
 import subprocess
@@ -32,7 +34,7 @@ USERS = 4           # the clients submit as USERS users, CLIENTS // USERS thread
 KILL_AFTER = 100    # test b: SIGKILL once this many submissions have returned 2xx
 RECONCILE = 0.1     # scheduler.reconcile_interval of the test's daemon
 COMMAND = ["sh", "-c", "echo $MLPD_JOB_ID >> /outputs/ran; echo ok"]
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 SHIPPED = Path(__file__).resolve().parents[2] / "mlpd.toml"
 
 

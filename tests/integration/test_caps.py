@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import pytest

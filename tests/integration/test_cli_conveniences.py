@@ -3,12 +3,14 @@ and `mlpd submit` shipping the job file's directory. Real daemon, real container
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import json
 
 from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 
@@ -92,7 +94,7 @@ def test_logs_with_timestamps_and_since_live_and_after_the_job_ended(daemon):
 
 def test_a_bad_spec_is_the_same_one_line_error_with_and_without_code(daemon, tmp_path):
     # with code the CLI refuses before packing it; with --no-code the daemon refuses: one message
-    from mlpd.jobspec import SpecError, parse_spec
+    from mlpd.kinds.jobspec import SpecError, parse_spec
 
     _, token = new_user(daemon)
     try:

@@ -8,6 +8,8 @@ sets NVIDIA's ulimits for PyTorch containers (memlock unlimited, a 64 MiB stack)
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import json
 import subprocess
 
@@ -92,7 +94,7 @@ def submit(daemon, token, command, **spec):
 
 def finished(daemon, token, job_id, timeout=180):
     return wait_for(lambda: (j := daemon.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"])["state"]
-                    in ("succeeded", "failed", "cancelled", "timed_out", "lost") and j, timeout, 0.2, f"job {job_id} to end")
+                    in TERMINAL_STATES and j, timeout, 0.2, f"job {job_id} to end")
 
 
 def logs(daemon, token, job_id):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import signal
 
 from helpers import as_json, needs_docker, wait_for
 
 pytestmark = needs_docker
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 def test_a_drained_gpu_lets_its_job_finish_takes_nothing_new_and_survives_a_restart(make_daemon):

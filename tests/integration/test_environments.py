@@ -4,6 +4,8 @@ layered over an image once and reused. Real daemon, real Docker, real PyPI (thro
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import json
 import time
 import uuid
@@ -13,7 +15,7 @@ import requests
 from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 

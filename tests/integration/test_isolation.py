@@ -6,13 +6,15 @@ inter-container traffic off, and host.docker.internal is where the daemon listen
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import json
 import subprocess
 
 from helpers import needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 PROBE = """
 import os, socket, sys, urllib.request

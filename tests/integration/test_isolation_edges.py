@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from mlpd.jobs import TERMINAL_STATES
 
 from helpers import needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
 
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 # OSC 52 (write the clipboard), clear the screen, retitle the window, and a colour.
 HOSTILE = r"print('before\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J\x1b[H\x1b]0;pwned\x07\x1b[31mred\x1b[0m after', flush=True)"
 

@@ -6,6 +6,8 @@ GPUs) without seeing each other's jobs; tests that kill the daemon start their o
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import io
 import json
 import hashlib
@@ -15,13 +17,12 @@ import tarfile
 import time
 
 import pytest
-import requests
 
 from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
 
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 
@@ -331,7 +332,7 @@ def test_daemon_killed_with_sigkill_picks_up_jobs_on_restart(make_daemon):
 
     done = wait_state(d, token, short, TERMINAL)
     assert done["state"] == "succeeded" and done["exit_code"] == 0
-    from mlpd.docker_runtime import _ts
+    from mlpd.runtime.docker_engine import _ts
 
     assert abs(done["ended_at"] - _ts(finished_at)) < 0.01  # Docker's end time, not the restart time
     assert wait_state(d, token, doomed, TERMINAL)["state"] == "lost"

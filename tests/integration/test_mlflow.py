@@ -7,6 +7,8 @@ and, where it matters, with the real MLflow client in a subprocess or a containe
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import http.client
 import json
 import os
@@ -16,7 +18,6 @@ import sys
 import time
 import uuid
 
-import pytest
 
 from helpers import as_json, needs_docker, new_user, wait_for
 
@@ -24,7 +25,7 @@ pytestmark = needs_docker
 API = "/mlflow/api/2.0/mlflow/"
 AJAX = "/mlflow/ajax-api/2.0/mlflow/"
 ARTIFACTS = "/mlflow/api/2.0/mlflow-artifacts/artifacts/"
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 
@@ -270,7 +271,7 @@ def test_an_artifact_round_trips_byte_for_byte_and_traversal_is_refused(daemon):
                  f"{base}/..%2f..%2f..%2f..%2fmlflow.db", f"{base}/%252e%252e/%252e%252e/mlflow.db",
                  f"{ARTIFACTS}..%2f..%2fmlpd.db", f"/mlflow/get-artifact?run_uuid={run_id}&path=../../../../mlflow.db",
                  f"/mlflow/get-artifact?run_uuid={run_id}&path=%2e%2e%2f%2e%2e%2fmlflow.db",
-                 f"/mlflow/api/2.0/mlflow-artifacts/artifacts?path=..%2F..%2F"):
+                 "/mlflow/api/2.0/mlflow-artifacts/artifacts?path=..%2F..%2F"):
         status, body = raw_get(daemon, path, token)
         assert status == 400, (path, status, body[:200])
         assert json.loads(body)["error"]["code"] == "invalid_path" and b"SQLite" not in body

@@ -46,7 +46,7 @@ MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 _ROUTE = re.compile(r"^/mlflow/(?:api|ajax-api)/(\d+\.\d+)/(?:mlflow|mlflow-artifacts)/(.*)$")
 _VARIABLE = re.compile(r"<(?:([a-zA-Z_]+)(?:\([^)]*\))?:)?([a-zA-Z_][a-zA-Z0-9_]*)>")
 
-# The environment mlpd.tracking.server_env() gives MLflow; the URL map is printed after a marker
+# The environment mlpd.tracking.server.server_env() gives MLflow; the URL map is printed after a marker
 # (MLflow may log to stdout while it imports).
 URL_MAP_SCRIPT = r"""
 import json, os, sys
@@ -170,7 +170,7 @@ def set_up(base: str, party: Party) -> None:
 def _rows(conn: sqlite3.Connection, table: str, where: str, params: list[Any]) -> list[dict[str, Any]]:
     cursor = conn.execute(f"SELECT * FROM {table} WHERE {where}", params)
     columns = [c[0] for c in cursor.description]
-    return [dict(zip(columns, row)) for row in cursor.fetchall()]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _show(row: dict[str, Any]) -> str:
@@ -530,7 +530,7 @@ def attempts_for(w: World, spec_table: dict[str, Spec], rule: dict[str, Any], me
         slot = spec.slots[0] if spec.slots and not spec.generic else ""
         alice_ids = {w.alice.run_id, w.alice.logged_model, w.alice.trace, w.alice.assessment}
         for combo in itertools.product(*(path_candidates(w, name) for name in arguments)):
-            url = fill(rule["rule"], dict(zip(arguments, combo)))
+            url = fill(rule["rule"], dict(zip(arguments, combo, strict=True)))
             if alice_ids & set(combo):  # alice's object in the path, bob's (or none) in the body
                 add(url, json=dict(spec.extra))
                 if slot:

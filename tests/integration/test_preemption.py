@@ -93,7 +93,7 @@ def test_a_production_job_preempts_a_checkpointing_job_that_resumes_as_attempt_2
     show = d.cli("jobs", "show", train, token=alice_token)
     assert show.returncode == 0, show.stderr
     assert "attempt:     2" in show.stdout and "class:       preemptible" in show.stdout
-    assert f"preempted:   attempt 1 at " in show.stdout and f"for job {prod[:12]} of {bob}" in show.stdout
+    assert "preempted:   attempt 1 at " in show.stdout and f"for job {prod[:12]} of {bob}" in show.stdout
 
     # the ledger: one row per attempt, each closed, no overlap with each other or with the production job's row
     db = sqlite3.connect(d.state_dir / "mlpd.db")
@@ -102,5 +102,5 @@ def test_a_production_job_preempts_a_checkpointing_job_that_resumes_as_attempt_2
     db.close()
     assert [(r[0], r[1]) for r in rows] == [(train, 1), (prod, 1), (train, 2)]
     assert len({r[2] for r in rows}) == 1 and all(r[4] is not None for r in rows)
-    for earlier, later in zip(rows, rows[1:]):
+    for earlier, later in zip(rows, rows[1:], strict=False):
         assert earlier[4] <= later[3], (earlier, later)

@@ -9,6 +9,8 @@ job file asks for (declared GPUs, as the other tests use on a host without NVIDI
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import json
 import re
 import shlex
@@ -25,7 +27,7 @@ pytestmark = needs_docker
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 README_URL = "http://127.0.0.1:8470"
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 MODEL = "iris-classifier"
 
 

@@ -6,6 +6,8 @@ outcome on the host (files, MLflow's database, the job table), not only the stat
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import gzip
 import hashlib
 import io
@@ -24,7 +26,7 @@ pytestmark = needs_docker
 API = "/mlflow/api/2.0/mlflow/"
 AJAX = "/mlflow/ajax-api/2.0/mlflow/"
 ARTIFACTS = "/mlflow/api/2.0/mlflow-artifacts/artifacts/"
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 
 
 

@@ -8,6 +8,8 @@ in order, each leaving the deployment as the next one expects.
 
 from __future__ import annotations
 
+from mlpd.jobs import TERMINAL_STATES
+
 import json
 import subprocess
 import threading
@@ -19,7 +21,7 @@ import requests
 from helpers import as_json, needs_docker, new_user, wait_for
 
 pytestmark = needs_docker
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+TERMINAL = TERMINAL_STATES  # mlpd.jobs: the one definition
 MLFLOW = "/mlflow/api/2.0/mlflow/"
 INPUT = {"dataframe_split": {"columns": ["x"], "data": [[1.0], [2.0]]}}
 

@@ -15,7 +15,6 @@ the images): CI runs install.sh first; elsewhere it is skipped when they are mis
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import pwd

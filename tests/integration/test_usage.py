@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import signal
-import subprocess
 import time
 
 import pytest
@@ -41,7 +40,7 @@ def test_booking_survives_a_sigkill_during_the_job(make_daemon):
     d.stop(signal.SIGKILL)
     wait_for(lambda: (c := container_of(j)) and not c["State"]["Running"], 20, 0.2, "the job to end while the daemon is down")
     state = container_of(j)["State"]
-    from mlpd.docker_runtime import _ts
+    from mlpd.runtime.docker_engine import _ts
 
     real = _ts(state["FinishedAt"]) - _ts(state["StartedAt"])
     time.sleep(1.5)  # downtime after the job ended must not be booked

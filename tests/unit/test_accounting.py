@@ -1,13 +1,12 @@
 """GPU-hours arithmetic, fair share and quota-aware scheduling: pure functions, no database."""
 
 import datetime as dt
-import math
 
 import pytest
 
-from mlpd.accounting import (Allocation, busy_seconds, decayed_usage, detect_stray, downsample, overlap_seconds,
+from mlpd.scheduling.accounting import (Allocation, busy_seconds, decayed_usage, detect_stray, downsample, overlap_seconds,
                              period_bounds, summarize)
-from mlpd.scheduler import Gpu, GpuLimit, Holding, Policy, QueuedJob, schedule
+from mlpd.scheduling.scheduler import Gpu, GpuLimit, Holding, Policy, QueuedJob, schedule
 
 H = 3600.0
 

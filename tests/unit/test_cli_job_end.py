@@ -43,7 +43,7 @@ def test_the_fixed_statuses_are_distinct_and_clear_of_common_exit_codes():
 def test_the_environment_build_reason_is_the_one_mlpd_environments_writes():
     import inspect
 
-    from mlpd import environments
+    from mlpd.runtime import environments
 
     assert f'"{job_end.ENV_BUILD_FAILED}: ' in inspect.getsource(environments)
 

@@ -69,7 +69,7 @@ def test_every_lazy_name_resolves_to_a_command_of_that_name_in_its_module():
     groups = [(main, COMMANDS)]
     admin = main.get_command(click.Context(main), "admin")
     groups.append((admin, admin.lazy_subcommands))
-    assert set(admin.lazy_subcommands) == {"priority-class", "quota", "team", "ws-idle-timeout"}
+    assert set(admin.lazy_subcommands) == {"dataset", "priority-class", "quota", "team", "ws-idle-timeout"}
     for group, lazy in groups:
         for name, target in lazy.items():
             module, attr = target.split(":")
@@ -90,7 +90,7 @@ def test_run_imports_only_what_run_needs():
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert "mlpd.cli.jobs" in loaded
     assert not loaded & {"mlpd.cli.admin", "mlpd.cli.pclass", "mlpd.cli.mlflow", "mlpd.cli.serving", "mlpd.cli.usage", "mlpd.cli.ws",
-                         "mlpd.cli.daemon", "mlpd.cli.identity", "mlpd.codeship", "requests", "tarfile", "tomllib",
+                         "mlpd.cli.daemon", "mlpd.cli.identity", "mlpd.kinds.codeship", "requests", "tarfile", "tomllib",
                          "importlib.metadata"}, loaded
 
 

@@ -1,4 +1,4 @@
-"""Tests for mlpd.codeship: packing the code directory and extracting uploads safely."""
+"""Tests for mlpd.kinds.codeship: packing the code directory and extracting uploads safely."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from mlpd.codeship import (
+from mlpd.kinds.codeship import (
     CodeArchiveError,
     PackedCode,
     extract_archive,
@@ -372,7 +372,7 @@ def test_huge_extended_header_refused_before_it_is_read(tmp_path, kind):
 
 
 def test_downloaded_outputs_folders_are_not_shipped_as_code(tmp_path):
-    from mlpd.codeship import iter_included_files
+    from mlpd.kinds.codeship import iter_included_files
 
     (tmp_path / "train.py").write_text("x")
     (tmp_path / "outputs-0123456789ab").mkdir()

@@ -67,6 +67,9 @@ def test_every_key_in_the_shipped_file_has_a_comment_above_it():
         stripped = line.strip()
         if m := re.fullmatch(r"\[([A-Za-z0-9_.-]+)\]", stripped):
             section = m.group(1) + "."
+            if (declared := SETTINGS_BY_KEY.get(m.group(1))) and declared.type is dict:  # a table-typed setting as its own [table]
+                keys_seen.append(m.group(1))
+                assert lines[number + 1].startswith("#"), f"[{m.group(1)}] (line {number + 1}) has no comment below it"
             continue
         if m := re.match(r"([A-Za-z0-9_-]+)\s*=", stripped):
             key = section + m.group(1)

@@ -15,11 +15,11 @@ import pytest
 from mlpd import jobs
 from mlpd.config import load_config
 from mlpd.controller import JobController
-from mlpd.gpus import make_inventory
+from mlpd.runtime.gpus import make_inventory
 from mlpd.jobs import JobState
-from mlpd.jobspec import parse_spec
-from mlpd.memory_runtime import MemoryRuntime
-from mlpd.runtime import LaunchRequest, Phase
+from mlpd.kinds.jobspec import parse_spec
+from mlpd.runtime.memory import MemoryRuntime
+from mlpd.runtime.protocol import LaunchRequest, Phase
 from mlpd.store import Store
 
 SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
@@ -230,7 +230,7 @@ def test_a_terminal_job_never_moves_again(world):
 
 
 def test_environments_are_built_once_reused_and_pruned_by_age_and_size(world):
-    from mlpd.environments import environments_to_prune
+    from mlpd.runtime.environments import environments_to_prune
 
     c = world.controller()
     first = world.submit(["true"], requirements="humanize==4.17.0\n")
@@ -262,7 +262,7 @@ def test_environments_are_built_once_reused_and_pruned_by_age_and_size(world):
 
 
 def test_a_drained_gpu_keeps_its_job_but_takes_no_new_work_until_undrained(world):
-    from mlpd.gpu_state import set_drained
+    from mlpd.scheduling.gpu_state import set_drained
 
     c = world.controller()
     holder = world.submit(["sleep", "10"], gpus=1)
@@ -277,7 +277,7 @@ def test_a_drained_gpu_keeps_its_job_but_takes_no_new_work_until_undrained(world
     c.reconcile(now=world.clock.advance(1))
     assert world.job(waiting)["state"] == "queued"  # both GPUs free, but one is drained
     from mlpd.controller import plan_now
-    from mlpd.gpus import make_inventory
+    from mlpd.runtime.gpus import make_inventory
 
     plan, _, _ = plan_now(world.store, make_inventory(2, "declared"), world.config, world.clock(), explain=True)
     assert "drained by root: fan noise" in plan.waits[0].reason

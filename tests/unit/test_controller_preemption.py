@@ -13,11 +13,11 @@ import pytest
 from mlpd import jobs
 from mlpd.config import load_config
 from mlpd.controller import JobController
-from mlpd.gpus import make_inventory
+from mlpd.runtime.gpus import make_inventory
 from mlpd.jobs import JobState
-from mlpd.jobspec import parse_spec
-from mlpd.memory_runtime import MemoryRuntime
-from mlpd.runtime import container_name
+from mlpd.kinds.jobspec import parse_spec
+from mlpd.runtime.memory import MemoryRuntime
+from mlpd.runtime.protocol import container_name
 from mlpd.store import Store
 from test_controller import SHIPPED, Clock
 
@@ -124,7 +124,7 @@ def test_a_head_promised_a_start_later_than_preempt_after_preempts_at_once(world
 
 
 def test_the_grace_period_then_a_stop_and_workspaces_and_default_jobs_are_never_preempted(world):
-    from mlpd.runtime import LaunchRequest
+    from mlpd.runtime.protocol import LaunchRequest
 
     w = world(gpus=3, **{"scheduler.preempt_after": "0", "scheduler.preempt_grace": "30s"})
     # a workspace session (even one whose spec names a preemptible class) runs on GPU 0
@@ -182,7 +182,7 @@ def test_a_cancel_during_the_grace_period_wins_and_a_preempted_job_can_be_cancel
 
 
 def test_an_earlier_attempts_container_is_removed_before_the_next_attempt_starts(world):
-    from mlpd.runtime import LaunchRequest
+    from mlpd.runtime.protocol import LaunchRequest
 
     w = world(gpus=1)
     j = w.submit(["sh", "-c", "echo attempt $MLPD_ATTEMPT"], gpus=1, priority_class="preemptible")

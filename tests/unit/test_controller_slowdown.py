@@ -11,9 +11,9 @@ import pytest
 from mlpd import jobs
 from mlpd.config import load_config
 from mlpd.controller import JobController, scheduler_inputs
-from mlpd.gpus import make_inventory
-from mlpd.jobspec import parse_spec
-from mlpd.memory_runtime import MemoryRuntime
+from mlpd.runtime.gpus import make_inventory
+from mlpd.kinds.jobspec import parse_spec
+from mlpd.runtime.memory import MemoryRuntime
 from mlpd.store import Store
 
 SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
@@ -78,7 +78,7 @@ def test_the_owner_whose_work_waited_longest_for_its_length_starts_first(tmp_pat
 
 
 def test_without_sqlite_math_functions_the_same_factor_is_summed_in_python(tmp_path, monkeypatch):
-    from mlpd import quotas
+    from mlpd.scheduling import quotas
 
     store, cfg, inventory, _, _ = make_world(tmp_path)
     history(store)

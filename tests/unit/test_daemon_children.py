@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mlpd import supervision
+from mlpd.ops import supervision
 from mlpd.config import load_config
-from mlpd.daemon import children_lines, children_status
+from mlpd.ops.daemon import children_lines, children_status
 from mlpd.store import Store, set_status
 
 SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")

@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 
 from mlpd.config import load_config
-from mlpd.doctor import FAIL, OK, WARN, as_json, run_checks
-from mlpd.memory_runtime import MemoryRuntime
+from mlpd.ops.doctor import FAIL, OK, WARN, as_json, run_checks
+from mlpd.runtime.memory import MemoryRuntime
 
 SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
 
@@ -82,7 +82,7 @@ ghost:x:997:997::/:/bin/false
 
 
 def test_a_job_uid_that_is_a_login_account_fails_with_the_fix_and_a_no_login_or_unused_one_is_ok():
-    from mlpd.doctor import job_user_check
+    from mlpd.ops.doctor import job_user_check
 
     login = job_user_check("1000:1000", PASSWD)
     assert login.status == FAIL and "cloudsdk" in login.detail and "/proc/PID/environ" in login.detail
@@ -102,7 +102,7 @@ def test_the_shipped_job_uid_is_no_login_account_on_this_host(tmp_path):
 
 
 def test_a_container_listen_address_off_mlpds_network_gets_a_warning_and_the_fix(tmp_path):
-    from mlpd.doctor import container_network_check
+    from mlpd.ops.doctor import container_network_check
 
     assert container_network_check("auto", "10.77.0.1").status == OK and "10.77.0.1" in container_network_check("auto", "10.77.0.1").detail
     assert container_network_check("10.77.0.1:8470", "10.77.0.1").status == OK

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from mlpd.environments import LABEL_BASE, LABEL_REQUIREMENTS, PREFIX, REQUIREMENTS_FILE, EnvironmentBuilder, EnvironmentFailed, env_tag
-from mlpd.memory_runtime import MemoryRuntime
-from mlpd.runtime import RuntimeFailure
+from mlpd.runtime.environments import LABEL_BASE, LABEL_REQUIREMENTS, PREFIX, REQUIREMENTS_FILE, EnvironmentBuilder, EnvironmentFailed, env_tag
+from mlpd.runtime.memory import MemoryRuntime
+from mlpd.runtime.protocol import RuntimeFailure
 
 BASE = "mlpd/train:latest"
 
@@ -57,7 +57,7 @@ class ChattyBuild(MemoryRuntime):
 
 
 def test_a_builds_output_in_the_log_is_capped_but_pips_last_lines_still_give_the_reason(tmp_path, monkeypatch):
-    import mlpd.environments as environments
+    import mlpd.runtime.environments as environments
 
     monkeypatch.setattr(environments, "MAX_BUILD_LOG_BYTES", 1_000_000)
     log = tmp_path / "build.log"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlpd import workspaces
+from mlpd.kinds import workspace as workspaces
 from mlpd.event_log import EventFilter, page
 from mlpd.store import Store, record_event
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from mlpd import front
+from mlpd.ops import front
 
 
 def test_the_configuration_buffers_requests_times_out_slow_clients_and_streams_responses(tmp_path):
@@ -59,7 +59,7 @@ def test_a_socket_path_too_long_is_refused_naming_the_setting(tmp_path):
 
 def test_with_a_front_gunicorn_binds_only_its_socket_and_the_front_takes_both_addresses(tmp_path, monkeypatch):
     from mlpd.config import SETTINGS, Config
-    from mlpd.daemon import Daemon
+    from mlpd.ops.daemon import Daemon
 
     monkeypatch.setattr(front, "find_nginx", lambda: "/usr/sbin/nginx")
     values = {**{st.key: st.default for st in SETTINGS}, "server.state_dir": str(tmp_path), "server.listen": "127.0.0.1:8470", "server.container_listen": "172.17.0.1:8470"}

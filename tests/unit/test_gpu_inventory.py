@@ -7,7 +7,7 @@ checked); on a GPU host the same tests run against real devices.
 
 import pytest
 
-from mlpd.gpus import DeclaredInventory, GpuInfo, NvmlInventory, make_inventory
+from mlpd.runtime.gpus import DeclaredInventory, GpuInfo, NvmlInventory, make_inventory
 
 
 @pytest.fixture(params=["declared", "nvml"])

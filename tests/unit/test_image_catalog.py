@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from mlpd.cli import main
 from mlpd.config import ConfigError, load_config
-from mlpd.image_catalog import (EXTRAS, PYTORCH_CUDA_BASE, PYTORCH_CUDA_VARIANT, PYTORCH_TAG, build_missing,
+from mlpd.runtime.image_catalog import (EXTRAS, PYTORCH_CUDA_BASE, PYTORCH_CUDA_VARIANT, PYTORCH_TAG, build_missing,
                                 definitions, expected_source, images_dir, pytorch_definition)
-from mlpd.memory_runtime import MemoryRuntime
-from mlpd.runtime import RuntimeFailure
+from mlpd.runtime.memory import MemoryRuntime
+from mlpd.runtime.protocol import RuntimeFailure
 
 PYTORCH_DOCKERFILE = os.path.join(images_dir(), "pytorch", "Dockerfile")
 TRAIN_DOCKERFILE = os.path.join(images_dir(), "train", "Dockerfile")
@@ -149,8 +149,8 @@ def test_every_image_makes_and_runs_as_the_configured_job_account(tmp_path):
     a changed uid makes them stale."""
     import re as _re
 
-    from mlpd.image_catalog import definitions, expected_source, images_dir
-    from mlpd.memory_runtime import MemoryRuntime
+    from mlpd.runtime.image_catalog import definitions, expected_source, images_dir
+    from mlpd.runtime.memory import MemoryRuntime
 
     cfg = config(tmp_path, "")
     for d in definitions(cfg):

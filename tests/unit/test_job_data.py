@@ -11,10 +11,10 @@ import pytest
 from mlpd import jobs
 from mlpd.config import load_config
 from mlpd.controller import JobController
-from mlpd.gpus import make_inventory
-from mlpd.jobspec import parse_spec
-from mlpd.memory_runtime import MemoryRuntime
-from mlpd.runtime import DEEP_LEARNING_ULIMITS
+from mlpd.runtime.gpus import make_inventory
+from mlpd.kinds.jobspec import parse_spec
+from mlpd.runtime.memory import MemoryRuntime
+from mlpd.runtime.protocol import DEEP_LEARNING_ULIMITS
 from mlpd.store import Store
 
 SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
@@ -56,7 +56,7 @@ def test_a_configured_shm_size_is_used_within_the_memory_limit(world):
 
 
 def test_work_without_a_memory_limit_gets_half_the_hosts_memory(world):
-    from mlpd.jobspec import host_limits
+    from mlpd.units import host_limits
 
     _, _, submit = world(**{"jobs.default_memory": ""})
     assert submit("alice", ["true"]).shm_size == host_limits()[1] // 2
@@ -79,7 +79,8 @@ def test_the_job_sees_its_shm_ulimits_and_home_when_it_runs(world):
 
 
 def test_each_member_gets_the_folders_of_their_teams_and_no_others(world):
-    from mlpd import quotas, users
+    from mlpd import users
+    from mlpd.scheduling import quotas
 
     cfg, _, submit = world()
     store = Store(cfg.db_path)
@@ -103,7 +104,9 @@ def test_each_member_gets_the_folders_of_their_teams_and_no_others(world):
 
 
 def test_a_workspace_session_gets_the_same_home_team_folders_shm_and_ulimits_as_a_job(world):
-    from mlpd import quotas, users, workspaces
+    from mlpd import users
+    from mlpd.scheduling import quotas
+    from mlpd.kinds import workspace as workspaces
 
     cfg, _, submit = world(**{"workspaces.port_range": "43000-43999"})
     store = Store(cfg.db_path)

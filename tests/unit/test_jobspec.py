@@ -1,4 +1,4 @@
-"""Tests for mlpd.jobspec: validating what users submit."""
+"""Tests for mlpd.kinds.jobspec: validating what users submit."""
 
 from __future__ import annotations
 
@@ -8,17 +8,8 @@ import tomllib
 
 import pytest
 
-from mlpd.jobspec import (
-    FORBIDDEN,
-    STRIPPED_ENV,
-    JobSpec,
-    SpecError,
-    format_bytes,
-    format_duration,
-    parse_duration,
-    parse_memory,
-    parse_spec,
-)
+from mlpd.kinds.jobspec import FORBIDDEN, STRIPPED_ENV, JobSpec, SpecError, parse_spec
+from mlpd.units import format_bytes, format_duration, parse_duration, parse_memory
 
 DIGEST = "ab" * 32
 GiB = 1024**3
@@ -295,7 +286,7 @@ def test_every_field_has_a_cap_with_a_clear_error():
 
 
 def test_host_limits_are_checked_at_submit():
-    from mlpd.jobspec import check_host_limits
+    from mlpd.kinds.jobspec import check_host_limits
 
     spec, _ = parse_spec({"command": ["true"], "cpus": 8, "memory": "64g"})
     with pytest.raises(SpecError, match="^cpus: asks for 8 CPUs but this host has 2"):
@@ -349,7 +340,7 @@ def test_shm_is_a_size_within_the_memory_limit():
 
 
 def test_shm_without_a_memory_limit_is_checked_against_the_default_one():
-    from mlpd.jobspec import check_shm
+    from mlpd.kinds.jobspec import check_shm
 
     check_shm(8 * 1024**3, 8 * 1024**3, default=True)
     with pytest.raises(SpecError, match=r"default memory limit \(jobs.default_memory\) is 8.0 GiB"):
@@ -357,7 +348,7 @@ def test_shm_without_a_memory_limit_is_checked_against_the_default_one():
 
 
 def test_the_size_of_dev_shm_follows_the_rule():
-    from mlpd.jobspec import shm_size
+    from mlpd.units import shm_size
 
     gib = 1024**3
     assert shm_size(None, 8 * gib, "auto", 64 * gib) == 4 * gib  # half the memory limit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlpd.cli.jobs import parse_since
 from mlpd.logtext import lines, select, stamp_of
-from mlpd.runtime import format_timestamp
+from mlpd.runtime.protocol import format_timestamp
 
 A, B = format_timestamp(1_764_558_000.25), format_timestamp(1_764_558_060.5)
 TEXT = f"{A} first\n{B} second\n".encode()

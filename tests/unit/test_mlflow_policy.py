@@ -1,4 +1,4 @@
-"""mlpd.mlflow_policy and mlpd.tracking's pure parts: who may do what to MLflow, and how creates are rewritten."""
+"""mlpd.tracking.policy and mlpd.tracking.server's pure parts: who may do what to MLflow, and how creates are rewritten."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import base64
 import pytest
 
 from mlpd.config import ConfigError, load_config
-from mlpd.mlflow_policy import (Refused, artifact_target, classify, job_tags, may_change, protected_key, rewrite_create_run,
+from mlpd.tracking.policy import (Refused, artifact_target, classify, job_tags, may_change, protected_key, rewrite_create_run,
                                 rewrite_owned_create, tags_written, unsafe_path)
-from mlpd import tracking
+from mlpd.tracking import server as tracking
 
 PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/")
 
@@ -64,7 +64,7 @@ def test_artifact_writes_name_their_run_or_model():
 
 
 def tracking_target(experiment, kind, id):
-    from mlpd.mlflow_policy import ArtifactTarget
+    from mlpd.tracking.policy import ArtifactTarget
 
     return ArtifactTarget(experiment, kind, id)
 
@@ -157,7 +157,7 @@ def test_bad_mlflow_settings_are_refused_with_the_key(key, value):
 
 
 def test_a_body_is_canonicalised_to_the_fields_mlflow_reads():
-    from mlpd.mlflow_policy import canonical_body
+    from mlpd.tracking.policy import canonical_body
 
     assert canonical_body({"runId": "a", "key": "k"}) == {"run_id": "a", "key": "k"}
     assert canonical_body({"runUuid": "a"}) == {"run_uuid": "a", "run_id": "a"}
@@ -171,7 +171,7 @@ def test_a_body_is_canonicalised_to_the_fields_mlflow_reads():
 
 
 def test_storage_locations_are_the_daemons():
-    from mlpd.mlflow_policy import check_create_locations, in_store
+    from mlpd.tracking.policy import check_create_locations, in_store
 
     for body in ({"name": "e", "artifact_location": "/etc"}, {"name": "e", "artifact_location": "file:///tmp/x"},
                  {"name": "e", "artifact_location": "mlflow-artifacts:/elsewhere"}):
@@ -190,7 +190,7 @@ def test_storage_locations_are_the_daemons():
 
 
 def test_experiment_ids_are_plain_digits_as_mlflow_and_sqlite_both_read_them():
-    from mlpd.mlflow_policy import canonical_body
+    from mlpd.tracking.policy import canonical_body
 
     assert canonical_body({"experimentId": "007"}) == {"experiment_id": "7"}
     assert canonical_body({"experiment_id": 12}) == {"experiment_id": "12"}
@@ -201,7 +201,7 @@ def test_experiment_ids_are_plain_digits_as_mlflow_and_sqlite_both_read_them():
 
 
 def test_the_logged_models_and_traces_a_body_names_are_found_in_every_spelling():
-    from mlpd.mlflow_policy import logged_models_named, trace_ids_named
+    from mlpd.tracking.policy import logged_models_named, trace_ids_named
 
     body = {"model_id": "m-1", "metrics": [{"key": "a", "modelId": "m-2"}, {"key": "b"}], "models": [{"model_id": "m-3"}],
             "source": "models:/m-4"}

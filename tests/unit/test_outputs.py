@@ -1,4 +1,4 @@
-"""mlpd.outputs: a job's /outputs archived without following links, even while the job swaps them."""
+"""mlpd.kinds.outputs: a job's /outputs archived without following links, even while the job swaps them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from mlpd.outputs import iter_tar_gz
+from mlpd.kinds.outputs import iter_tar_gz
 
 
 def archive(directory) -> dict[str, bytes | None]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mlpd.config import ConfigError, load_config
-from mlpd.priority_classes import PriorityClasses
-from mlpd.scheduler import Gpu, GpuLimit, Holding, Preemptible, Preemption, QueuedJob, choose_preemptions, queue_order, schedule
+from mlpd.scheduling.priority_classes import PriorityClasses
+from mlpd.scheduling.scheduler import Gpu, GpuLimit, Holding, Preemptible, Preemption, QueuedJob, choose_preemptions, queue_order, schedule
 
 SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
 NOW = 1_000_000.0

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from mlpd import priority_classes as pc
-from mlpd import quotas, users
+from mlpd.scheduling import priority_classes as pc
+from mlpd import users
+from mlpd.scheduling import quotas
 from mlpd.config import load_config
 from mlpd.errors import MlpdError
 from mlpd.store import Store

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlpd.cli import main
-from mlpd.jobspec import parse_spec
+from mlpd.kinds.jobspec import parse_spec
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from mlpd import jobs, quotas
+from mlpd import jobs
+
+from mlpd.scheduling import quotas
 from mlpd.config import load_config
 from mlpd.controller import JobController, why_waiting
-from mlpd.gpus import make_inventory
-from mlpd.jobspec import host_limits, parse_memory, parse_spec
-from mlpd.memory_runtime import MemoryRuntime
-from mlpd.resource_caps import CapLedger, ResourceCap, Use, effective_limits
+from mlpd.runtime.gpus import make_inventory
+from mlpd.kinds.jobspec import parse_spec
+from mlpd.units import host_limits, parse_memory
+from mlpd.runtime.memory import MemoryRuntime
+from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, effective_limits
 from mlpd.store import Store
 from mlpd.users import add_user
 
@@ -203,7 +206,7 @@ def test_0013_adds_the_resource_caps_table_and_nothing_else(tmp_path, monkeypatc
 
 
 def test_work_held_by_its_owners_caps_neither_counts_as_waiting_for_the_host_nor_reserves_gpus():
-    from mlpd.scheduler import Gpu, QueuedJob, schedule, waiting_for_the_host
+    from mlpd.scheduling.scheduler import Gpu, QueuedJob, schedule, waiting_for_the_host
 
     caps = [ResourceCap("user alice", frozenset({"alice"}), cpus=None, memory=None, jobs=1)]
     running = [Use("alice", 1, 0)]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import time
 
-from mlpd import jobs, retention
+from mlpd import jobs
+
+from mlpd import retention
 from mlpd.jobs import JobState
-from mlpd.jobspec import parse_spec
+from mlpd.kinds.jobspec import parse_spec
 from mlpd.store import Store
 
 DAY = 86400.0

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from mlpd import serving
-from mlpd.serving_rollout import ENDED_REVISIONS, LIVE_REVISIONS, REVISION_STATES, REVISION_TRANSITIONS, revision_may_follow
+from mlpd.serving import deployments as serving
+from mlpd.serving.rollout import ENDED_REVISIONS, LIVE_REVISIONS, REVISION_STATES, REVISION_TRANSITIONS, revision_may_follow
 from mlpd.store import Store
 
 T0 = 1_800_000_000.0
@@ -28,7 +28,7 @@ def store(tmp_path):
 
 def add_revision(store: Store, n: int = 1, canary: int | None = None) -> str:
     with store.write() as db:
-        return serving._add_revision(db, "d1", {"model_uri": f"models:/churn/{n}", "model_name": "churn", "model_version": str(n),
+        return serving.add_revision(db, "d1", {"model_uri": f"models:/churn/{n}", "model_name": "churn", "model_version": str(n),
                                                 "run_id": None, "location": "x", "requirements": None}, T0, canary)
 
 

@@ -1,7 +1,7 @@
-"""Specs for mlpd.scheduler: priority/FIFO, EASY backfill, model matching, explanations."""
+"""Specs for mlpd.scheduling.scheduler: priority/FIFO, EASY backfill, model matching, explanations."""
 import random
 
-from mlpd.scheduler import (
+from mlpd.scheduling.scheduler import (
     Gpu, Head, Holding, Placement, Plan, Policy, QueuedJob, explain, format_time, queue_order, schedule,
 )
 

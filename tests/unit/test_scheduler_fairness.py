@@ -1,8 +1,8 @@
-"""Specs for mlpd.scheduler's multifactor order and sticky reservations: the start time promised
+"""Specs for mlpd.scheduling.scheduler's multifactor order and sticky reservations: the start time promised
 to the head is kept, over passes, whatever fair share, age and later arrivals say."""
 import random
 
-from mlpd.scheduler import (
+from mlpd.scheduling.scheduler import (
     Gpu, GpuLimit, Holding, Policy, QueuedJob, fair_share_factors, owner_slowdowns, priority_score, queue_order, schedule, size_factor,
     score_terms, slowdown_factors, waiting_for_the_host,
 )

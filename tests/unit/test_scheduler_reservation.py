@@ -7,10 +7,10 @@ from pathlib import Path
 from mlpd import jobs
 from mlpd.config import load_config
 from mlpd.controller import JobController, explain_now
-from mlpd.gpus import make_inventory
-from mlpd.jobspec import parse_spec
-from mlpd.memory_runtime import MemoryRuntime
-from mlpd.scheduler import format_time
+from mlpd.runtime.gpus import make_inventory
+from mlpd.kinds.jobspec import parse_spec
+from mlpd.runtime.memory import MemoryRuntime
+from mlpd.scheduling.scheduler import format_time
 from mlpd.store import Store
 
 SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")

@@ -1,4 +1,4 @@
-"""The serving proxy's configuration and plans (mlpd.serving_front), without a daemon."""
+"""The serving proxy's configuration and plans (mlpd.serving.front), without a daemon."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from mlpd import serving_front
+from mlpd.serving import front as serving_front
 from mlpd.config import ConfigError, load_config
 
 

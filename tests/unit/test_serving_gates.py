@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlpd import serving
-from mlpd.serving_gates import GateError, failures, parse_gates
+from mlpd.serving import deployments as serving
+from mlpd.serving.gates import GateError, failures, parse_gates
 
 
 def test_a_run_below_a_metric_gate_is_held_back_with_its_value_and_the_bound():

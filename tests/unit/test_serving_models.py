@@ -1,4 +1,4 @@
-"""mlpd.serving_models and the pure parts of mlpd.serving: model URIs, requirements, copying out of the store."""
+"""mlpd.serving.models and the pure parts of mlpd.serving.deployments: model URIs, requirements, copying out of the store."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from mlpd import tracking
-from mlpd.serving import DeploymentError, default_name, parse_deployment_spec
-from mlpd.serving_models import ModelError, copy_model, parse_uri, read_store_file, serving_requirements
+from mlpd.tracking import server as tracking
+from mlpd.serving.deployments import DeploymentError, default_name, parse_deployment_spec
+from mlpd.serving.models import ModelError, copy_model, parse_uri, read_store_file, serving_requirements
 
 RUN = "0123456789abcdef0123456789abcdef"
 
@@ -118,7 +118,7 @@ def _model(tmp_path, files: dict[str, str]) -> tuple[str, str]:
 
 
 def test_the_input_columns_and_example_come_from_the_models_signature_and_saved_example(tmp_path):
-    from mlpd.serving_models import input_of, input_schema
+    from mlpd.serving.models import input_of, input_schema
 
     example = '{"dataframe_split": {"columns": ["x", "y"], "data": [[1.0, 0.5]]}}'
     state, location = _model(tmp_path, {"MLmodel": MLMODEL, "serving_input_example.json": example})
@@ -135,7 +135,7 @@ def test_the_input_columns_and_example_come_from_the_models_signature_and_saved_
 
 
 def test_without_a_saved_example_one_is_made_from_the_signature_and_without_a_signature_it_says_so(tmp_path):
-    from mlpd.serving_models import input_schema
+    from mlpd.serving.models import input_schema
 
     state, location = _model(tmp_path, {"MLmodel": MLMODEL.replace("serving_input_path: serving_input_example.json", "")})
     schema = input_schema(state, location)

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from mlpd import jobs, serving, serving_pass, tracking
+from mlpd import jobs
+
+from mlpd.serving import deployments as serving
+
+from mlpd.serving import reconcile as serving_pass
+
+from mlpd.tracking import server as tracking
 from mlpd.config import load_config
 from mlpd.controller import JobController
-from mlpd.gpus import make_inventory
-from mlpd.memory_runtime import MemoryRuntime
+from mlpd.runtime.gpus import make_inventory
+from mlpd.runtime.memory import MemoryRuntime
 from mlpd.store import Store
 
 SHIPPED = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
@@ -55,7 +61,7 @@ def world(tmp_path, monkeypatch):
 
         def roll(self, n: int, canary: int | None = None):
             with store.write() as db:
-                serving._add_revision(db, "d1", {"model_uri": f"models:/churn/{n}", "model_name": "churn", "model_version": str(n), "run_id": None,
+                serving.add_revision(db, "d1", {"model_uri": f"models:/churn/{n}", "model_name": "churn", "model_version": str(n), "run_id": None,
                                                  "location": LOCATION.format(n=n), "requirements": None}, clock["now"], canary)
 
         def dep(self):
@@ -76,7 +82,7 @@ def assert_every_revision_change_is_an_event(w):
     where the last one left it, ends in the state it has: no change of state went around the table."""
     import json
 
-    from mlpd.serving_rollout import REVISION_TRANSITIONS
+    from mlpd.serving.rollout import REVISION_TRANSITIONS
 
     events = w.store.query("SELECT action, detail FROM events WHERE object_kind = 'deployment' AND action LIKE 'revision.%' ORDER BY id")
     for rev in serving.revisions(w.store, "d1"):

@@ -1,8 +1,8 @@
-"""mlpd.serving_rollout: what a deployment needs next, decided over plain data (no Docker, no database)."""
+"""mlpd.serving.rollout: what a deployment needs next, decided over plain data (no Docker, no database)."""
 
 from __future__ import annotations
 
-from mlpd.serving_rollout import Replica, Revision, plan, restart_backoff
+from mlpd.serving.rollout import Replica, Revision, plan, restart_backoff
 
 NOW = 1000.0
 TIMEOUT = 60.0

@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from mlpd.quotas import FAIR_SHARE_SLOWDOWN_SQL
+from mlpd.scheduling.quotas import FAIR_SHARE_SLOWDOWN_SQL
 from mlpd.store import MIGRATIONS, Store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -175,7 +175,8 @@ def test_0012_adds_an_index_on_jobs_started_at_and_nothing_else(tmp_path, monkey
     conn = sqlite3.connect(before)
     try:
         plan = " ".join(r[-1] for r in conn.execute(
-            "EXPLAIN QUERY PLAN " + FAIR_SHARE_SLOWDOWN_SQL, {"now": 0.0, "k": 1.0, "floor": 600.0, "since": 0.0}))
+            "EXPLAIN QUERY PLAN " + FAIR_SHARE_SLOWDOWN_SQL.format(kinds="kind IN (:kind0)"),
+            {"now": 0.0, "k": 1.0, "floor": 600.0, "since": 0.0, "kind0": "job"}))
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(jobs)")}
     finally:
         conn.close()

@@ -6,11 +6,11 @@ the state database and the scheduler are the real ones.
 
 from mlpd.config import load_config
 from mlpd.controller import plan_now
-from mlpd.gpus import GpuInfo, GpuProcess
+from mlpd.runtime.gpus import GpuInfo, GpuProcess
 from mlpd.jobs import submit
-from mlpd.jobspec import parse_spec
+from mlpd.kinds.jobspec import parse_spec
 from mlpd.store import Store
-from mlpd.gpu_state import stray_gpus
+from mlpd.scheduling.gpu_state import stray_gpus
 from mlpd.workers.sampler import GpuSampler
 
 

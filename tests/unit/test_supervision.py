@@ -1,10 +1,10 @@
-"""mlpd.supervision: the daemon's restart backoff and FATAL, as pure functions over a clock we hand in."""
+"""mlpd.ops.supervision: the daemon's restart backoff and FATAL, as pure functions over a clock we hand in."""
 
 from __future__ import annotations
 
 import signal
 
-from mlpd.supervision import (BACKOFF, FATAL, RUNNING, ChildState, RestartPolicy, backoff_delay, due, exit_text, exited,
+from mlpd.ops.supervision import (BACKOFF, FATAL, RUNNING, ChildState, RestartPolicy, backoff_delay, due, exit_text, exited,
                               started)
 
 POLICY = RestartPolicy(fatal_after=5, stable_after=60.0)

@@ -48,7 +48,7 @@ def test_a_sequence_split_across_writes_never_gets_through():
     rng = random.Random(7)
     for _ in range(200):
         cuts = sorted(rng.sample(range(1, len(data)), 12))
-        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         assert filtered(pieces) == expected
 
 

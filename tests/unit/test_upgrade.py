@@ -29,7 +29,7 @@ def rows(path: Path) -> dict[str, list[dict]]:
         out = {}
         for table in TABLES:
             columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
-            out[table] = [dict(zip(columns, r)) for r in db.execute(f"SELECT * FROM {table} ORDER BY rowid")]
+            out[table] = [dict(zip(columns, r, strict=True)) for r in db.execute(f"SELECT * FROM {table} ORDER BY rowid")]
         return out
 
 
@@ -66,7 +66,7 @@ def test_a_0_1_0_database_upgrades_with_every_row_intact(tmp_path):
     after = rows(path)
     for table in TABLES:
         assert len(after[table]) == len(before[table]), table
-        for old, new in zip(before[table], after[table]):
+        for old, new in zip(before[table], after[table], strict=True):
             assert {k: new[k] for k in old} == old, table  # every old column, every value
     # what the upgrade adds: 0.1.0's job tokens are scoped to their jobs, people's tokens are not
     scoped = {t["label"]: t["job_id"] for t in after["tokens"]}

@@ -16,8 +16,8 @@ import pytest
 from mlpd import jobs
 from mlpd.config import load_config
 from mlpd.controller import JobController
-from mlpd.jobspec import parse_spec
-from mlpd.memory_runtime import MemoryRuntime
+from mlpd.kinds.jobspec import parse_spec
+from mlpd.runtime.memory import MemoryRuntime
 from mlpd.workers.loop import ControllerLoop
 from mlpd.workers.tasks import WakingSqliteStorage
 

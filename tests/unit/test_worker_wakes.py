@@ -52,7 +52,7 @@ def test_a_submit_wakes_only_the_scheduler_and_anything_else_a_full_pass(tmp_pat
 def test_a_workspace_server_that_never_answers_does_not_hold_up_reconciliation(tmp_path, monkeypatch):
     """A member can stop their own JupyterLab (kill -STOP inside the container): the idle check then
     waits on it, and must do so beside the reconcile loop, not in it."""
-    from mlpd import workspaces
+    from mlpd.kinds import workspace as workspaces
 
     shipped = str(Path(__file__).resolve().parents[2] / "mlpd.toml")
     config = load_config(shipped, {"server.state_dir": str(tmp_path), "workspaces.cull_interval": 1})

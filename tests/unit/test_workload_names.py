@@ -9,13 +9,21 @@ import json
 import os
 from pathlib import Path
 
-from mlpd import jobs, serving, serving_pass, tracking, workspaces
+from mlpd import jobs
+
+from mlpd.serving import deployments as serving
+
+from mlpd.serving import reconcile as serving_pass
+
+from mlpd.tracking import server as tracking
+
+from mlpd.kinds import workspace as workspaces
 from mlpd.config import load_config
 from mlpd.controller import JobController, plan_now
-from mlpd.gpu_state import gpu_holders
-from mlpd.gpus import make_inventory
-from mlpd.jobspec import parse_spec
-from mlpd.memory_runtime import MemoryRuntime
+from mlpd.scheduling.gpu_state import gpu_holders
+from mlpd.runtime.gpus import make_inventory
+from mlpd.kinds.jobspec import parse_spec
+from mlpd.runtime.memory import MemoryRuntime
 from mlpd.store import Store
 from mlpd.workload_names import WorkloadName, label, names_of
 
@@ -50,7 +58,7 @@ def test_a_gpu_held_by_a_workspace_or_a_replica_is_named_by_it_and_so_is_the_wai
         db.execute("""INSERT INTO deployments (id, owner, name, model_uri, spec, key_hash, created_at, updated_at)
                       VALUES ('d1', 'omar', 'iris', 'models:/iris/1', ?, 'x', ?, ?)""",
                    [json.dumps(serving.parse_deployment_spec({"gpus": 1})), T0, T0])
-        serving._add_revision(db, "d1", {"model_uri": "models:/iris/1", "model_name": "iris", "model_version": "1", "run_id": None,
+        serving.add_revision(db, "d1", {"model_uri": "models:/iris/1", "model_name": "iris", "model_version": "1", "run_id": None,
                                          "location": "mlflow-artifacts:/1/models/m-1/artifacts", "requirements": None}, T0, None)
     serving_pass.ServingPass(store, cfg, check=lambda port: "").run(T0)
     replica = store.query("SELECT job_id FROM deployment_replicas")[0]["job_id"]

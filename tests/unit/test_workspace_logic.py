@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlpd import workspaces
-from mlpd.workspaces import Activity, WorkspaceError, cull_decision
+from mlpd.kinds import workspace as workspaces
+from mlpd.kinds.workspace import Activity, WorkspaceError, cull_decision
 
 
 def test_idle_past_the_timeout_is_culled_and_activity_moves_the_clock():

@@ -207,9 +207,9 @@ def models_promote(name: str, version: str, alias: str, as_json: bool) -> None:
 
     A deployment that follows models:/NAME@ALIAS with gates (mlpd serve --gate) would hold the version
     back; then nothing moves and the reasons are printed."""
-    from mlpd.cli.common import _client
+    from mlpd.cli.common import logged_in_client
 
-    check = _client().get(f"/models/{name}/versions/{version}/gates", params={"alias": alias})
+    check = logged_in_client().get(f"/models/{name}/versions/{version}/gates", params={"alias": alias})
     if check["held_back"]:
         if as_json:
             emit_json({"promoted": False, **check})

@@ -270,7 +270,7 @@ class Daemon:
         self.stopping = False
         self.env: dict[str, Any] = {}
         self.front: str | None = None  # the nginx binary when a front runs
-        self.serving_front = None  # mlpd.serving.front.ServingFront when serving.listen has a proxy
+        self.serving_front: Any = None  # mlpd.serving.front.ServingFront when serving.listen has a proxy
 
     def prepare(self) -> None:
         """State directory, lock, migrations and the resolved config for the children."""
@@ -341,7 +341,7 @@ class Daemon:
             log.warning("haproxy is not installed (apt-get install haproxy): models are served through the daemon's own /serve path only, "
                         "which costs the daemon CPU per request and stops while it restarts (serving.listen)")
             listen = ""
-        if listen:
+        if listen and binary:
             self.serving_front = serving_front.ServingFront(self.config.state_dir, self.config.db_path, listen,
                                                             self.config["serving.max_body_mb"], binary)
             if self.serving_front.pid() is None:

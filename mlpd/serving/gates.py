@@ -80,9 +80,9 @@ def failures(gates: list[str], metrics: dict[str, float], tags: dict[str, str]) 
             elif not _holds(float(actual), gate.op, float(gate.value)):
                 out.append(f"metrics.{gate.name} {actual:g} {NEGATION[gate.op]} {float(gate.value):g}")
         else:
-            actual = tags.get(gate.name)
-            if actual is None:
+            tag = tags.get(gate.name)
+            if tag is None:
                 out.append(f"tags.{gate.name} not set (gate {gate})")
-            elif not _holds(actual, gate.op, gate.value):
-                out.append(f"tags.{gate.name} {actual!r} {NEGATION[gate.op]} {gate.value!r}")
+            elif not _holds(tag, gate.op, gate.value):
+                out.append(f"tags.{gate.name} {tag!r} {NEGATION[gate.op]} {gate.value!r}")
     return out

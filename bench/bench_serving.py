@@ -35,6 +35,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -163,7 +164,8 @@ def main() -> int:
     if image_missing():
         return 2
     serving_port = free_port()
-    config = SHIPPED_CONFIG.read_text().replace('drain = "20s"', 'drain = "3s"').replace('listen = "auto"', f'listen = "127.0.0.1:{serving_port}"')
+    config = re.sub(r'^listen = "auto"$', f'listen = "127.0.0.1:{serving_port}"',  # serving.listen, not server.container_listen
+                    SHIPPED_CONFIG.read_text().replace('drain = "20s"', 'drain = "3s"'), flags=re.M)
     load_before = os.getloadavg()
     log(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)} ({os.cpu_count()} CPUs)")
     d = Daemon(Path(tempfile.mkdtemp(prefix="mlpd-bench-serving-")), config_text=config)

@@ -249,6 +249,8 @@ if [ "$action" = uninstall ]; then uninstall "$purge"; exit 0; fi
 ensure_engine
 # The daemon's front (server.front): nginx reads each request whole, so slow clients hold no web thread.
 command -v nginx >/dev/null 2>&1 || apt_install nginx-light
+# The serving proxy (serving.listen): HAProxy answers /serve/NAME/... with no Python on the request path.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || apt_install haproxy
 
 # -- the daemon's system user, in the docker group
 command -v setpriv >/dev/null || apt_install setpriv

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmark: a served model through the daemon's stable endpoint against the same replica hit directly,
+"""Benchmark: a served model through the stable endpoint (the serving proxy, HAProxy at serving.listen) against the
+same replica hit directly,
 the time from `mlpd serve` to the first answered prediction, and the rollout's time to switch.
 
     .venv/bin/python bench/bench_serving.py [--requests 2000] [--clients 1,8] [--keep]
 
 Everything runs against a daemon of its own (temporary state directory, a free loopback port, the
-shipped mlpd.toml with serving.drain = "3s"); at the end (also on error) the daemon is stopped, its
+shipped mlpd.toml with serving.drain = "3s" and serving.listen on another free port); at the end (also on error) the daemon is stopped, its
 containers removed and the directory deleted (--keep keeps it). Environments built here stay.
 
 1. A job in the default image trains two scikit-learn LinearRegression models (y = 2x, y = 3x),
@@ -18,9 +19,10 @@ containers removed and the directory deleted (--keep keeps it). Environments bui
    the replica's loopback port, then through /serve/NAME/invocations (with the owner's token), then
    both once more in the opposite order; the two runs of each kind are pooled. Reported: requests/s,
    p50 and p99 per kind, the ratio of medians (endpoint/direct), the p50 added, and the throughput
-   ratio (endpoint/direct). Also the CPU time (from /proc, user + system) the daemon's process tree
-   and the replica's spend per request through the endpoint: a figure that holds on a busy machine,
-   where latencies mostly measure the wait for a core.
+   ratio (endpoint/direct). Also the CPU time (from /proc, user + system) that the proxy (haproxy,
+   from its pidfile), the daemon's process tree and the replica spend per request through the
+   endpoint: a figure that holds on a busy machine, where latencies mostly measure the wait for a core.
+   The load average is printed at the start and the end: figures from a busy machine say little.
 4. Rollout: the alias is moved to version 2 while one client sends requests; reported is the time
    from the move to the first answer of version 2, and the failed requests (expected 0).
 
@@ -32,13 +34,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import re
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from benchlib import SHIPPED_CONFIG, TERMINAL, Daemon, image_missing, log, median, print_table, ratio, times
+from benchlib import SHIPPED_CONFIG, TERMINAL, Daemon, free_port, image_missing, log, median, print_table, ratio, times
 
 import subprocess
 
@@ -126,10 +130,10 @@ def load(port: int, path: str, token: str | None, total: int, clients: int) -> d
     return {"latencies": latencies, "errors": errors[0], "wall": time.perf_counter() - started}
 
 
-def first_prediction(d: Daemon, name: str, token: str, timeout: float = 900) -> float:
+def first_prediction(port: int, d: Daemon, name: str, token: str, timeout: float = 900) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             status, _ = post(conn, f"/serve/{name}/invocations", {"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
             if status == 200:
@@ -159,7 +163,11 @@ def main() -> int:
     args = parser.parse_args()
     if image_missing():
         return 2
-    config = SHIPPED_CONFIG.read_text().replace('drain = "20s"', 'drain = "3s"')
+    serving_port = free_port()
+    config = re.sub(r'^listen = "auto"$', f'listen = "127.0.0.1:{serving_port}"',  # serving.listen, not server.container_listen
+                    SHIPPED_CONFIG.read_text().replace('drain = "20s"', 'drain = "3s"'), flags=re.M)
+    load_before = os.getloadavg()
+    log(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)} ({os.cpu_count()} CPUs)")
     d = Daemon(Path(tempfile.mkdtemp(prefix="mlpd-bench-serving-")), config_text=config)
     figures: dict = {}
     rows: list[tuple[str, ...]] = []
@@ -181,7 +189,7 @@ def main() -> int:
             built_before = d.query("SELECT COUNT(*) FROM events WHERE action = 'job.environment_built'")[0][0]
             t0 = time.monotonic()
             cli(d, token, "serve", f"models:/{model}@prod", "--name", model, "--no-wait")
-            took = first_prediction(d, model, token) - t0
+            took = first_prediction(serving_port, d, model, token) - t0
             built = d.query("SELECT COUNT(*) FROM events WHERE action = 'job.environment_built'")[0][0] > built_before
             figures[f"serve_to_first_prediction_{attempt}_s"] = took
             figures[f"serve_{attempt}_built_environment"] = built
@@ -195,17 +203,19 @@ def main() -> int:
         replica_port = dep["replica_list"][0]["port"]
         replica_pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", f"mlpd-job-{dep['replica_list'][0]['job_id']}"],
                                          capture_output=True, text=True).stdout.strip())
+        proxy_pid = int((d.state_dir / "run" / "serving" / "haproxy.pid").read_text().split()[0])
         for clients in [int(c) for c in args.clients.split(",")]:
             load(replica_port, "/invocations", None, 200, clients)  # warm-up, both paths
-            load(d.port, f"/serve/{model}/invocations", token, 200, clients)
+            load(serving_port, f"/serve/{model}/invocations", token, 200, clients)
             runs = {"direct": [], "endpoint": []}
             for order in (("direct", "endpoint"), ("endpoint", "direct")):
                 for kind in order:
-                    port, path, tok = (replica_port, "/invocations", None) if kind == "direct" else (d.port, f"/serve/{model}/invocations", token)
-                    cpu = (tree_cpu(d.proc.pid), tree_cpu(replica_pid))
+                    port, path, tok = (replica_port, "/invocations", None) if kind == "direct" else (serving_port, f"/serve/{model}/invocations", token)
+                    cpu = (tree_cpu(d.proc.pid), tree_cpu(replica_pid), tree_cpu(proxy_pid))
                     result = load(port, path, tok, args.requests, clients)
                     result["daemon_cpu"] = tree_cpu(d.proc.pid) - cpu[0]
                     result["replica_cpu"] = tree_cpu(replica_pid) - cpu[1]
+                    result["proxy_cpu"] = tree_cpu(proxy_pid) - cpu[2]
                     runs[kind].append(result)
             stats = {}
             for kind, results in runs.items():
@@ -213,6 +223,7 @@ def main() -> int:
                 wall = sum(r["wall"] for r in results)
                 stats[kind] = {"rps": len(lat) / wall, "p50": median(lat), "p99": quantile(lat, 0.99), "errors": sum(r["errors"] for r in results),
                                "daemon_cpu_ms_per_request": 1000 * sum(r["daemon_cpu"] for r in results) / len(lat),
+                               "proxy_cpu_ms_per_request": 1000 * sum(r["proxy_cpu"] for r in results) / len(lat),
                                "replica_cpu_ms_per_request": 1000 * sum(r["replica_cpu"] for r in results) / len(lat)}
             e, dr = stats["endpoint"], stats["direct"]
             figures[f"c{clients}"] = stats
@@ -222,9 +233,11 @@ def main() -> int:
             rows += [(f"{clients} client(s): requests/s, endpoint vs direct", f"{e['rps']:.0f}", f"{dr['rps']:.0f}", times(ratio(e["rps"], dr["rps"]))),
                      (f"{clients} client(s): p50 latency", f"{e['p50'] * 1000:.2f} ms", f"{dr['p50'] * 1000:.2f} ms", times(ratio(e["p50"], dr["p50"]))),
                      (f"{clients} client(s): p99 latency", f"{e['p99'] * 1000:.2f} ms", f"{dr['p99'] * 1000:.2f} ms", times(ratio(e["p99"], dr["p99"]))),
-                     (f"{clients} client(s): CPU per request, mlpd daemon (the proxy) vs the replica",
-                      f"{e['daemon_cpu_ms_per_request']:.2f} ms", f"{e['replica_cpu_ms_per_request']:.2f} ms",
-                      times(ratio(e["daemon_cpu_ms_per_request"], e["replica_cpu_ms_per_request"]))),
+                     (f"{clients} client(s): CPU per request, the proxy (haproxy) vs the replica",
+                      f"{e['proxy_cpu_ms_per_request']:.3f} ms", f"{e['replica_cpu_ms_per_request']:.2f} ms",
+                      times(ratio(e["proxy_cpu_ms_per_request"], e["replica_cpu_ms_per_request"]))),
+                     (f"{clients} client(s): CPU per request, the daemon's processes (not on the request path)",
+                      f"{e['daemon_cpu_ms_per_request']:.3f} ms", "", ""),
                      (f"{clients} client(s): failed requests", str(e["errors"]), str(dr["errors"]), "")]
             log(f"{clients} clients: endpoint {e['rps']:.0f}/s p50 {e['p50'] * 1000:.2f} ms; direct {dr['rps']:.0f}/s p50 {dr['p50'] * 1000:.2f} ms")
 
@@ -233,14 +246,14 @@ def main() -> int:
         stop = threading.Event()
 
         def client() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+            conn = http.client.HTTPConnection("127.0.0.1", serving_port, timeout=30)
             while not stop.is_set():
                 try:
                     status, body = post(conn, f"/serve/{model}/invocations", {"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
                     answers.append((time.monotonic(), status, json.loads(body)["predictions"][0] if status == 200 else None))
                 except (OSError, http.client.HTTPException, ValueError):
                     conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+                    conn = http.client.HTTPConnection("127.0.0.1", serving_port, timeout=30)
                     answers.append((time.monotonic(), 0, None))
                 time.sleep(0.005)
 
@@ -265,6 +278,9 @@ def main() -> int:
         rows += [("alias moved → first answer of version 2", f"{figures['rollout_move_to_v2_s']:.1f} s" if first_v2 else "never", "", ""),
                  ("  of which: alias noticed → traffic switched (daemon events)", f"{switched - noticed:.1f} s", "", ""),
                  ("requests during the rollout / failed", f"{len(answers)} / {failed}", "", "")]
+    load_after = os.getloadavg()
+    figures.update(load_before=load_before, load_after=load_after)
+    rows.append(("load average before / after (1, 5, 15 min)", " ".join(f"{x:.2f}" for x in load_before), " ".join(f"{x:.2f}" for x in load_after), ""))
     print_table(rows)
     print(json.dumps(figures, default=str))
     return 0

@@ -204,6 +204,7 @@ class Daemon:
         code = self.stop()
         if code not in (0, None):
             log(f"warning: the daemon exited {code} on SIGTERM")
+        stop_serving_proxy(self.state_dir)
         if not self.instance:
             try:
                 self.instance = (self.state_dir / "instance_id").read_text().strip()
@@ -219,6 +220,16 @@ class Daemon:
             log("removed leftover containers: " + ", ".join(removed))
         if not keep:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+def stop_serving_proxy(state_dir: Path) -> None:
+    """Stop a daemon's serving proxy (haproxy outlives the daemon by design), by the pid in its pidfile."""
+    try:
+        pid = int((state_dir / "run" / "serving" / "haproxy.pid").read_text().split()[0])
+        if b"haproxy" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 class JobClient:

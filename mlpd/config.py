@@ -46,6 +46,12 @@ def _listen(value: str) -> str | None:
     return None
 
 
+def _serving_listen(value: str) -> str | None:
+    if value in ("auto", ""):
+        return None
+    return _listen(value) and 'expected HOST:PORT, "auto" (server.listen\'s host, the port after its port) or "" (no proxy)'
+
+
 def _positive(value: float) -> str | None:
     return None if value > 0 else "expected a number > 0"
 
@@ -308,6 +314,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serving.port_range", str, "31000-31999", "Loopback ports for model-serving replicas (LOW-HIGH); the stable endpoint is /serve/NAME on the daemon's address.", _loopback_port_range),
     Setting("serving.start_timeout", str, "5m", "How long a new model version may take from its container's start to answering /ping before it is rolled back.", _duration),
     Setting("serving.drain", str, "20s", "How long a replaced version keeps running after traffic moved off it, so requests in flight finish.", _duration),
+    Setting("serving.listen", str, "auto", "Address of the serving proxy (HAProxy) that answers /serve/NAME/invocations: HOST:PORT, 'auto' = server.listen's host and the port after its port (127.0.0.1:8471 by default; no proxy when haproxy is not installed), '' = none (the daemon's own /serve path still answers).", _serving_listen),
     Setting("serving.max_body_mb", int, 64, "Largest request body the stable endpoint passes to a model, in MiB (1-4096).", _between(1, 4096)),
 )
 

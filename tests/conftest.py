@@ -31,6 +31,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A free port whose next port is free too: a daemon's serving proxy takes the port after server.listen's (serving.listen "auto")."""
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+
+
 def docker_available() -> bool:
     return shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
@@ -47,8 +59,9 @@ class RunningDaemon:
     def __init__(self, state_dir: Path, home: Path, extra_args: list[str] | None = None, config_file: Path | None = None):
         self.state_dir = state_dir
         self.home = home
-        self.port = free_port()
+        self.port = free_port_pair()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.serving_url = f"http://127.0.0.1:{self.port + 1}"  # the serving proxy (serving.listen "auto")
         self.extra_args = extra_args or []
         self.config_file = config_file
         self.proc: subprocess.Popen | None = None
@@ -134,7 +147,18 @@ class RunningDaemon:
         return (self.state_dir / "instance_id").read_text().strip()
 
 
+def stop_serving_proxy(daemon: RunningDaemon) -> None:
+    """Stop the daemon's serving proxy (it outlives the daemon by design), by the pid in its pidfile."""
+    try:
+        pid = int((daemon.state_dir / "run" / "serving" / "haproxy.pid").read_text().split()[0])
+        if b"haproxy" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, IndexError):
+        pass
+
+
 def remove_containers(daemon: RunningDaemon) -> None:
+    stop_serving_proxy(daemon)
     try:
         instance = daemon.instance_id()
     except OSError:

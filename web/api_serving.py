@@ -25,6 +25,8 @@ CREATE_BODY = {
     "follow_alias": Field(bool, False, "Roll out the version the alias points to whenever it moves (default: true for models:/NAME@ALIAS)"),
     "auth": Field(str, False, "Who may call the endpoint: 'token' (the owner's or an admin's mlpd token, or the deployment's key; default) or 'none'"),
     "follow_foreign": Field(bool, False, "Follow the alias of a model someone else owns (refused without it: they choose what it runs)"),
+    "gates": Field(list, False, "Quality gates on the version's source run, all of which must hold, e.g. [\"metrics.accuracy>=0.9\"]; "
+                                "a version that fails one is never rolled out"),
 }
 
 
@@ -37,12 +39,23 @@ def _visible(name: str) -> dict:
     return dep
 
 
+def endpoint_base() -> str:
+    """Where clients call deployments: the serving proxy (serving.listen) when the daemon runs one, else this address."""
+    listen = config()["serving.listen"]
+    if listen in ("", "auto"):  # "auto" is resolved by the daemon; an app made without one has no proxy
+        return request.host_url
+    host, _, port = listen.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::"):
+        host = request.host.rpartition(":")[0] if ":" in request.host else request.host
+    return f"http://{host}:{port}/"
+
+
 def view(dep: dict, detail: bool = False) -> dict:
     """A deployment as the API and the UI show it (with metrics and its input example when detail)."""
     st = store()
     metrics = serving.request_metrics(st, dep["id"]) if detail else []
     revs = serving.revisions(st, dep["id"])
-    out = serving.view(dep, revs, serving.replicas(st, dep["id"]), request.host_url, detail, metrics)
+    out = serving.view(dep, revs, serving.replicas(st, dep["id"]), endpoint_base(), detail, metrics)
     if detail:
         out["input"] = input_of(config().state_dir, dep, revs, out["endpoint"])
     return out
@@ -50,7 +63,7 @@ def view(dep: dict, detail: bool = False) -> dict:
 
 def spec_of(data: dict) -> tuple[dict, object]:
     """The deployment spec of a request body and the job spec of one of its replicas (both checked)."""
-    spec = serving.parse_deployment_spec({k: data[k] for k in ("gpus", "gpu_model", "cpus", "memory", "replicas", "auth") if k in data})
+    spec = serving.parse_deployment_spec({k: data[k] for k in serving.SPEC_KEYS if k in data})
     job_spec = serving.replica_spec({"name": "x", "spec": spec}, {}, config(), 0)
     return spec, job_spec
 
@@ -161,6 +174,20 @@ def deployment_logs(name: str):
     from mlpd.web.api_jobs import job_logs
 
     return job_logs(job_id=job_id)
+
+
+@route("/models/<model>/versions/<version>/gates", summary="Which deployments following models:/MODEL@ALIAS (?alias=, default prod) "
+                                                          "would hold VERSION back, and why (their quality gates); checked by 'mlpd models promote'")
+def model_version_gates(model: str, version: str):
+    alias = request.args.get("alias", "prod")
+    _, fields = serving.resolve(config().state_dir, f"models:/{model}/{version}")
+    held = []
+    for dep in serving.list_deployments(store()):
+        if dep["follow_alias"] and dep["model_uri"] == f"models:/{model}@{alias}":
+            reason = serving.held_back(config().state_dir, dep["spec"].get("gates") or [], fields)
+            if reason:
+                held.append({"deployment": dep["name"], "owner": dep["owner"], "gates": dep["spec"]["gates"], "reason": reason})
+    return jsonify({"model": model, "version": version, "alias": alias, "held_back": held})
 
 
 @route("/deployments/<name>", methods=("DELETE",), summary="Remove a deployment: its replicas stop, its endpoint answers 404")

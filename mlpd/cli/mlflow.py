@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import sys
 from typing import Any, Iterator
 
 import click
@@ -180,7 +181,8 @@ def _model_view(client, m) -> dict[str, Any]:
 @json_option
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:
-    """Registered models with their versions and aliases; 'mlpd models alias' points an alias."""
+    """Registered models with their versions and aliases; 'mlpd models alias' points an alias, 'mlpd models promote'
+    moves one once the quality gates of the deployments that follow it pass."""
     if ctx.invoked_subcommand is not None:
         return
     with mlflow_client() as client:
@@ -193,6 +195,35 @@ def models(ctx: click.Context, as_json: bool) -> None:
         for v in m["versions"] or [{"version": "-", "run_id": None, "status": "", "aliases": []}]:
             lines.append((m["name"], v["version"], ",".join(f"@{a}" for a in v["aliases"]) or "-", (v["run_id"] or "-"), v["status"].lower() or "-", m["owner"] or "-"))
     table(lines, ["model", "version", "aliases", "run", "status", "owner"])
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", default="prod", show_default=True, help="The alias to move to VERSION.")
+@json_option
+def models_promote(name: str, version: str, alias: str, as_json: bool) -> None:
+    """Point ALIAS of model NAME at VERSION once the quality gates of every deployment following it pass.
+
+    A deployment that follows models:/NAME@ALIAS with gates (mlpd serve --gate) would hold the version
+    back; then nothing moves and the reasons are printed."""
+    from mlpd.cli.common import logged_in_client
+
+    check = logged_in_client().get(f"/models/{name}/versions/{version}/gates", params={"alias": alias})
+    if check["held_back"]:
+        if as_json:
+            emit_json({"promoted": False, **check})
+        for held in check["held_back"]:
+            click.echo(f"Error: deployment {held['deployment']}: {held['reason']}", err=True)
+        click.echo(f"Error: models:/{name}@{alias} not moved; fix the version, or change the deployments' gates", err=True)
+        sys.exit(1)
+    with mlflow_client() as client:
+        client.set_registered_model_alias(name, alias, version)
+        model = _model_view(client, client.get_registered_model(name))
+    if as_json:
+        emit_json({"promoted": True, "model": model})
+        return
+    click.echo(f"models:/{name}@{alias} -> version {model['aliases'].get(alias, version)} (quality gates passed)")
 
 
 @models.command("alias")

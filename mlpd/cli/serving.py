@@ -77,20 +77,25 @@ def _wait(client, name: str, timeout: float) -> dict:
 @click.option("--follow-foreign", is_flag=True, help="Follow the alias of a model another member owns (they then choose what it runs).")
 @click.option("--auth", type=click.Choice(["token", "none"]), default="token", show_default=True,
               help="'token': callers send your mlpd token or the deployment's key; 'none': open to whoever reaches the daemon.")
+@click.option("--gate", "gates", multiple=True, metavar="CONDITION",
+              help="A quality gate on the version's source run, e.g. \"metrics.accuracy>=0.9\" (repeatable; all must hold): "
+                   "a version that fails one is never rolled out.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it serves (or fails).")
 @click.option("--timeout", type=float, default=900, show_default=True, help="With --wait, give up waiting after this many seconds.")
 @json_option
-def serve(model_uri, name, gpus, gpu_model, cpus, memory, replicas, follow_alias, follow_foreign, auth, wait, timeout, as_json):
+def serve(model_uri, name, gpus, gpu_model, cpus, memory, replicas, follow_alias, follow_foreign, auth, gates, wait, timeout, as_json):
     """Serve an MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model) at a stable endpoint.
 
     \b
     mlpd serve models:/churn@prod
     curl -H "Authorization: Bearer $MLPD_TOKEN" -H 'Content-Type: application/json' \\
-         -d '{"dataframe_split": {"columns": ["x"], "data": [[1.0]]}}' http://127.0.0.1:8470/serve/churn/invocations
+         -d '{"dataframe_split": {"columns": ["x"], "data": [[1.0]]}}' http://127.0.0.1:8471/serve/churn/invocations
+    mlpd serve models:/churn@prod --gate "metrics.accuracy>=0.9"
     """
     client = logged_in_client()
     body = {"model": model_uri, "name": name, "gpus": gpus, "gpu_model": gpu_model, "cpus": cpus, "memory": memory,
-            "replicas": replicas, "follow_alias": follow_alias, "auth": auth, "follow_foreign": follow_foreign or None}
+            "replicas": replicas, "follow_alias": follow_alias, "auth": auth, "follow_foreign": follow_foreign or None,
+            "gates": list(gates) or None}
     result = client.post("/deployments", {k: v for k, v in body.items() if v is not None})
     dep = result["deployment"]
     for note in result.get("warnings", []):

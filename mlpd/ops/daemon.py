@@ -270,6 +270,7 @@ class Daemon:
         self.stopping = False
         self.env: dict[str, Any] = {}
         self.front: str | None = None  # the nginx binary when a front runs
+        self.serving_front: Any = None  # mlpd.serving.front.ServingFront when serving.listen has a proxy
 
     def prepare(self) -> None:
         """State directory, lock, migrations and the resolved config for the children."""
@@ -296,6 +297,7 @@ class Daemon:
         run_dir = os.path.join(state, "run")
         os.makedirs(run_dir, exist_ok=True)
         self.prepare_front(run_dir)
+        self.prepare_serving_front()
         resolved = os.path.join(run_dir, "config.json")
         with open(resolved + ".tmp", "w") as fh:
             fh.write(self.config.to_json())
@@ -323,6 +325,42 @@ class Daemon:
             self.web_socket = front.socket_path(run_dir)
         except front.FrontError as exc:
             raise DaemonError(str(exc)) from None
+
+    def prepare_serving_front(self) -> None:
+        """The serving proxy at serving.listen (mlpd.serving.front): adopted when one of ours runs, else its
+        address checked now and the proxy started with the first deployment; DaemonError when it cannot run."""
+        from mlpd.serving import front as serving_front
+
+        setting = self.config["serving.listen"]
+        listen = serving_front.resolve_listen(setting, self.config["server.listen"]) if setting else ""
+        binary = serving_front.find_haproxy() if listen else None
+        if listen and binary is None:
+            if setting != "auto":
+                raise DaemonError(f"serving.listen is {setting!r} but haproxy is not installed: install it (apt-get install haproxy) "
+                                  "or set serving.listen = \"\" (then models are served through the daemon's own /serve path)")
+            log.warning("haproxy is not installed (apt-get install haproxy): models are served through the daemon's own /serve path only, "
+                        "which costs the daemon CPU per request and stops while it restarts (serving.listen)")
+            listen = ""
+        if listen and binary:
+            self.serving_front = serving_front.ServingFront(self.config.state_dir, self.config.db_path, listen,
+                                                            self.config["serving.max_body_mb"], binary)
+            if self.serving_front.pid() is None:
+                check_port_free(listen, "serving.listen")
+            else:
+                log.info("adopting the running serving proxy (haproxy, pid %s) on %s", self.serving_front.pid(), listen)
+        self.config = Config({**self.config.as_dict(), "serving.listen": listen}, self.config.source)
+
+    def tick_serving_front(self) -> None:
+        """Keep the serving proxy running and current; a failure is logged and tried again on the next tick."""
+        if self.serving_front is None:
+            return
+        try:
+            self.serving_front.tick()
+        except Exception as exc:  # the proxy must never take the daemon down
+            now = time.monotonic()
+            if now - getattr(self, "_serving_front_warned", 0.0) > 30:
+                log.warning("the serving proxy could not be brought up to date: %s", exc)
+                self._serving_front_warned = now
 
     def container_bind(self) -> str | None:
         """The second address gunicorn binds for job containers, if one is needed."""
@@ -464,6 +502,7 @@ class Daemon:
             time.sleep(0.5)
             if not self.stopping:
                 self.supervise(commands, time.monotonic())
+                self.tick_serving_front()
         notify_systemd("STOPPING=1")
         self.shutdown()
         log.info("mlpd daemon stopped")

@@ -10,8 +10,10 @@ daemon copied out of its store into a directory the container mounts read-only, 
 environment built from the model's logged requirements (:mod:`mlpd.runtime.environments`). It gets no
 credentials. Its port is published on 127.0.0.1 only.
 
-Clients call ``/serve/NAME/invocations`` on the daemon (``mlpd.web.serving_proxy``), which passes
-each request to a healthy replica of the current revision. The worker's pass
+Clients call ``/serve/NAME/invocations`` on the serving proxy (HAProxy at serving.listen, kept current by
+the daemon: :mod:`mlpd.serving.front`), or on the daemon's own address (``mlpd.web.serving_proxy``, in
+Python); either passes each request to a healthy replica of the current revision. Quality gates
+(:mod:`mlpd.serving.gates`, ``spec["gates"]``) hold back a version whose source run fails them. The worker's pass
 (:class:`mlpd.serving.reconcile.ServingPass`) checks every replica's ``/ping``, notices an alias that moved, and carries
 out what :func:`mlpd.serving.rollout.plan` decides: start, switch traffic, drain, roll back,
 restart. Traffic moves in one transaction (``deployments.current``), so a request sees either
@@ -49,7 +51,7 @@ MODEL_DIR = "/model"
 MAX_REPLICAS = 16
 REPLICA_PRIORITY = 100  # the highest a job can have: a replica (a restart above all) is placed first
 AUTH_MODES = ("token", "none")
-SPEC_KEYS = ("gpus", "gpu_model", "cpus", "memory", "replicas", "auth")
+SPEC_KEYS = ("gpus", "gpu_model", "cpus", "memory", "replicas", "auth", "gates")
 KEY_PREFIX = "mlpdk_"
 
 
@@ -96,7 +98,30 @@ def parse_deployment_spec(data: dict[str, Any]) -> dict[str, Any]:
         spec, _ = parse_spec({**body, "command": scoring_command()})
     except SpecError as exc:
         raise DeploymentError(400, "invalid_field", str(exc)) from None
-    return {"gpus": spec.gpus, "gpu_model": spec.gpu_model, "cpus": spec.cpus, "memory": spec.memory, "replicas": replicas, "auth": auth}
+    from mlpd.serving.gates import parse_gates
+
+    return {"gpus": spec.gpus, "gpu_model": spec.gpu_model, "cpus": spec.cpus, "memory": spec.memory, "replicas": replicas, "auth": auth,
+            "gates": parse_gates(data.get("gates"))}
+
+
+def held_back(state_dir: str, gates: list[str], fields: dict[str, Any]) -> str:
+    """Why a resolved model version may not serve under these quality gates ('' when it may):
+    'version 3 held back: metrics.accuracy 0.52 < 0.9'."""
+    if not gates:
+        return ""
+    from mlpd.serving.gates import failures
+
+    metrics, tags = ModelStore(state_dir).run_record(fields.get("run_id"))
+    failed = failures(gates, metrics, tags)
+    label = f"version {fields['model_version']}" if fields.get("model_version") else fields["model_uri"]
+    return f"{label} held back: {'; '.join(failed)}" if failed else ""
+
+
+def check_gates(state_dir: str, gates: list[str], fields: dict[str, Any]) -> None:
+    """DeploymentError 409 (held_back) when the version fails a gate: it is never rolled out."""
+    reason = held_back(state_dir, gates, fields)
+    if reason:
+        raise DeploymentError(409, "held_back", f"{reason} (the deployment's quality gates: {', '.join(gates)})")
 
 
 def replica_spec(dep: dict[str, Any], rev: dict[str, Any], config, slot: int):
@@ -276,6 +301,7 @@ def create(store: Store, config, owner: str, name: str, uri: str, spec: dict[str
     follow = bool(ref.alias) if follow_alias is None else bool(follow_alias)
     if follow and not ref.alias:
         raise DeploymentError(400, "invalid_field", "follow_alias: the model URI names no alias (use models:/NAME@ALIAS)")
+    check_gates(config.state_dir, spec.get("gates") or [], fields)
     follows = check_follow(config.state_dir, ref, follow, owner, follow_foreign)
     key = KEY_PREFIX + secrets.token_urlsafe(24)
     dep_id = secrets.token_hex(6)
@@ -308,6 +334,7 @@ def update(store: Store, config, dep: dict[str, Any], actor: str, uri: str | Non
         raise DeploymentError(400, "invalid_field", "follow_alias: the model URI names no alias (use models:/NAME@ALIAS)")
     if uri != dep["model_uri"] or not dep["follow_alias"]:  # a deployment keeps what it was allowed to follow
         check_follow(config.state_dir, ref, follow, dep["owner"], follow_foreign)
+    check_gates(config.state_dir, dep["spec"].get("gates") or [], fields)
     with store.write() as db:
         db.execute("UPDATE deployments SET model_uri = ?, follow_alias = ?, followed_version = ?, updated_at = ? WHERE id = ?",
                    [uri, int(follow), fields["model_version"] if follow else None, now, dep["id"]])

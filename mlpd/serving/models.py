@@ -108,6 +108,19 @@ class ModelStore:
         finally:
             conn.close()
 
+    def run_record(self, run_id: str | None) -> tuple[dict[str, float], dict[str, str]]:
+        """(latest metrics, tags) of a run, for quality gates; empty for a version with no run."""
+        if not run_id or not os.path.exists(self.path):
+            return {}, {}
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            metrics = {k: v for k, v, nan in conn.execute("SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = ?", [run_id]) if not nan}
+            tags = dict(conn.execute("SELECT key, value FROM tags WHERE run_uuid = ?", [run_id]).fetchall())
+        finally:
+            conn.close()
+        return metrics, tags
+
     def model_owner(self, name: str) -> str:
         """Who owns a registered model (its mlpd.owner tag; '' when it has none: then it is an admin's)."""
         row = self._one("SELECT value FROM registered_model_tags WHERE name = ? AND key = 'mlpd.owner'", [name])

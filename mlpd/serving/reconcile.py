@@ -20,7 +20,7 @@ from typing import Any, Callable
 from mlpd import jobs
 from mlpd.jobs import TERMINAL_STATES
 from mlpd.units import parse_duration
-from mlpd.serving.deployments import (DeploymentError, add_revision, stop_replica, list_deployments, replica_spec, replicas, resolve, revision_label,
+from mlpd.serving.deployments import (DeploymentError, add_revision, held_back, stop_replica, list_deployments, replica_spec, replicas, resolve, revision_label,
                           revision_transition, revisions, revisions_in)
 from mlpd.serving.models import ModelError, ModelStore, parse_uri
 from mlpd.serving.rollout import LIVE_REVISIONS, NOT_ENDED_REVISIONS, Action, Replica, Revision, plan
@@ -126,12 +126,16 @@ class ServingPass:
             return
         current = self.store.query_one("SELECT model_version FROM deployment_revisions WHERE id = ?", [dep["current"]]) if dep["current"] else None
         fields = None
+        gated = ""
         if not (current and current["model_version"] == version):
             try:
                 _, fields = resolve(self.config.state_dir, f"models:/{ref.name}/{version}")
             except ModelError as exc:
                 fields = None
                 refused = f"alias {ref.alias} moved to version {version}, which cannot be served: {exc.message}"
+            if fields is not None:
+                # A version that fails a quality gate is never rolled out: the one serving stays.
+                gated = held_back(self.config.state_dir, dep["spec"].get("gates") or [], fields)
         with self.store.write() as db:
             if db.execute("SELECT 1 FROM deployments WHERE id = ? AND followed_version IS ?", [dep["id"], dep["followed_version"]]).fetchone() is None:
                 return  # changed meanwhile (an update): the next pass looks again
@@ -144,6 +148,9 @@ class ServingPass:
                                         ended_at=now)
             elif fields is None:
                 db.execute("UPDATE deployments SET last_error = ? WHERE id = ?", [refused, dep["id"]])
+            elif gated:
+                db.execute("UPDATE deployments SET last_error = ? WHERE id = ?", [gated, dep["id"]])
+                record_event(db, "mlpd", "deployment.held_back", "deployment", dep["id"], at=now, version=version, reason=gated)
             else:
                 rev_id = add_revision(db, dep["id"], fields, now)
             record_event(db, "mlpd", "deployment.alias_moved", "deployment", dep["id"], at=now, alias=ref.alias, version=version, revision=rev_id)

@@ -162,6 +162,7 @@ CASES: dict[tuple[str, str], Case] = {
                                   "(tests/integration/test_automation_e2e.py walks it)"),
     ("GET", "/sweeps/{sweep_id}"): Case("sweeps/{sweep}", contains='"trials"'),
     ("POST", "/sweeps/{sweep_id}/cancel"): Case("sweeps/{sweep_to_cancel}/cancel", contains='"cancelled"'),
+    ("GET", "/models/{model}/versions/{version}/gates"): Case("models/iris/versions/2/gates?alias=prod", contains="held_back"),
 }
 
 

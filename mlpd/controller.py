@@ -31,6 +31,7 @@ from mlpd.jobs import ACTIVE, ACTIVE_STATES, TERMINAL_STATES, JobState
 from mlpd.kinds.base import kind_of
 from mlpd.logtext import live_log_path
 from mlpd.scheduling.priority_classes import PriorityClasses
+from mlpd.runtime.slurm import runs_on_slurm
 from mlpd.runtime.protocol import DEEP_LEARNING_ULIMITS, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd.scheduling import quotas
 from mlpd.units import host_limits, shm_size
@@ -133,7 +134,7 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                 "in use outside mlpd" if d.uuid in stray else drained.get(d.uuid, "drained")) for d in devices]
     holdings = []
     active = jobs.in_states(store, ACTIVE)
-    queued = jobs.in_states(store, [JobState.QUEUED])
+    queued = [j for j in jobs.in_states(store, [JobState.QUEUED]) if not runs_on_slurm(j)]  # Slurm places those itself
     names = names_of(store, active + queued)  # how the scheduler's messages name each workload
     for job in active:
         limit = effective_time_limit(job, config)
@@ -423,6 +424,7 @@ class JobController:
     def schedule(self, now: float | None = None) -> None:
         """Place queued jobs on free GPUs and launch them; preempt for waiting work of a higher class."""
         now = now or time.time()
+        self._submit_to_slurm()
         s = scheduler_inputs(self.store, self.inventory, self.config, now)
         plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown,
                         caps=s.caps, running=s.running)
@@ -440,6 +442,13 @@ class JobController:
                 self._launch(job)
         if plan.waiting and s.classes.preemptible:
             self._preempt(s, plan, now)
+
+    def _submit_to_slurm(self) -> None:
+        """Jobs to run on Slurm are not placed here: each queued one starts at once (its launch is the
+        sbatch; Slurm's queue is where it waits, and its reason shows while it is starting)."""
+        for job in jobs.in_states(self.store, [JobState.QUEUED]):
+            if runs_on_slurm(job) and jobs.transition(self.store, job["id"], JobState.STARTING, reason="submitting to Slurm"):
+                self._launch(job)
 
     def _grace(self) -> float:
         from mlpd.units import parse_duration
@@ -574,6 +583,9 @@ class JobController:
             state = self.runtime.start_job(req)
             if state.ended:
                 self._finish(jobs.get(self.store, job_id), state)
+            elif state.phase == Phase.PENDING:  # queued by a backend that places it itself (Slurm): starting, with its reason
+                if state.error and state.error != fresh.get("reason"):
+                    jobs.set_reason(self.store, job_id, state.error)
             else:
                 jobs.transition(self.store, job_id, JobState.RUNNING, started_at=state.started_at, container_id=state.id)
         except (ImageMissing, RuntimeFailure) as exc:
@@ -641,6 +653,7 @@ class JobController:
             cpus=cpus, memory=memory,
             user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs, attempt=job.get("attempts") or 1,
             kind=kind_of(job.get("kind")).name, shm_size=shm_size(spec.get("shm"), memory, cfg["jobs.shm_size"], host[1]), ulimits=DEEP_LEARNING_ULIMITS,
+            gpus=spec["gpus"], time_limit=effective_time_limit(job, cfg),
         )
 
     def _tracking_env(self, job: dict[str, Any]) -> dict[str, str]:

@@ -47,7 +47,10 @@ def runtime():
         if "mlpd.runtime.protocol" not in current_app.extensions:
             cfg = config()
             try:
-                current_app.extensions["mlpd.runtime.protocol"] = connect(read_instance_id(cfg.state_dir), cfg["docker.host"], cfg["docker.gpu_runtime"])
+                from mlpd.runtime.slurm import with_slurm
+
+                local = connect(read_instance_id(cfg.state_dir), cfg["docker.host"], cfg["docker.gpu_runtime"])
+                current_app.extensions["mlpd.runtime.protocol"] = with_slurm(local, cfg, read_instance_id(cfg.state_dir), store())
             except RuntimeFailure as exc:
                 raise ApiError(503, "docker_unavailable", str(exc)) from None
         return current_app.extensions["mlpd.runtime.protocol"]

@@ -98,6 +98,8 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
 @click.option("--priority-class", help="Its class, e.g. production or preemptible (the daemon's scheduler.priority_classes; "
                                        "preemptible work may be stopped for higher classes and runs again with MLPD_ATTEMPT=2, ...).")
 @click.option("--experiment", help="MLflow experiment name.")
+@click.option("--on", "on", type=click.Choice(["local", "slurm"]), help="Where it runs: this host, or the Slurm cluster the daemon "
+                                                                      "submits to (default: the daemon's slurm.default_on).")
 @click.option("--code", "code_dir", default=".", show_default=True, type=click.Path(exists=True, file_okay=False), help="Directory to ship as the job's working directory.")
 @click.option("--no-code", is_flag=True, help="Do not ship any code.")
 @click.option("--requirements", "requirements_file", type=click.Path(exists=True, dir_okay=False),
@@ -109,7 +111,7 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
               help="For a notebook (mlpd run NB.ipynb): a value for its 'parameters' cell (repeatable); the executed notebook is kept in the outputs.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
-def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priority, priority_class, experiment, code_dir, no_code, requirements_file,
+def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priority, priority_class, experiment, on, code_dir, no_code, requirements_file,
         no_requirements, follow, params, as_json, command):
     """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py
 
@@ -128,7 +130,7 @@ def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priori
         env_map[key] = value
     spec: dict[str, Any] = {"command": list(command), "gpus": gpus}
     for key, value in (("gpu_model", gpu_model), ("image", image), ("cpus", cpus), ("memory", memory), ("shm", shm),
-                       ("time_limit", time_limit), ("name", name), ("priority", priority), ("priority_class", priority_class), ("experiment", experiment)):
+                       ("time_limit", time_limit), ("name", name), ("priority", priority), ("priority_class", priority_class), ("experiment", experiment), ("on", on)):
         if value is not None:
             spec[key] = value
     if env_map:

@@ -134,8 +134,8 @@ def batch_script(req: LaunchRequest, directory: str, code_dir: str | None, daemo
         run += ["--cpus", f"{req.cpus:g}"]
     if req.shm_size:
         run += ["--shm-size", str(req.shm_size)]
-    for ulimit, soft, hard in req.ulimits:
-        run += ["--ulimit", f"{ulimit}={soft}:{hard}"]
+    # No --ulimit: an engine that may not raise memlock refuses the whole container (the local runtime
+    # learns that and retries without); on the nodes the engine's own default-ulimits apply (docs/slurm.md).
     for key in sorted(env):
         run += ["-e", key]
     quoted = " ".join(a if a.startswith('"') else q(a) for a in run)

@@ -1,0 +1,193 @@
+"""Jobs on a real one-node Slurm cluster (munged, slurmctld and slurmd from Debian's slurm-wlm,
+started by the fixture without systemd), submitted through a real daemon with `mlpd run --on slurm`;
+the batch script runs the container on the node with the real Docker engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from helpers import as_json, docker_available, holds_for, new_user, wait_for
+from mlpd.jobs import TERMINAL_STATES
+from slurm_cluster import slurm_installed, start_cluster
+
+# Skipped only on a developer machine without them; under CI (CI=true) a missing Slurm or Docker fails.
+pytestmark = pytest.mark.skipif((not slurm_installed() or not docker_available()) and os.environ.get("CI") != "true",
+                                reason="needs Slurm (apt-get install slurm-wlm munge; tests/run.sh does it) and a Docker engine")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with start_cluster(str(tmp_path_factory.mktemp("slurm"))) as c:
+        yield c
+
+
+@pytest.fixture
+def slurm_daemon(make_daemon, cluster, tmp_path, monkeypatch):
+    """A daemon with [slurm] enabled, its shared directory a temporary one (this host is the node)."""
+    monkeypatch.setenv("SLURM_CONF", cluster.conf)  # the daemon's sbatch, squeue and scancel find the cluster by it
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    config = tmp_path / "mlpd.toml"
+    config.write_text(f'[slurm]\nenabled = true\nshared_dir = "{shared}"\n')
+    d = make_daemon(config_file=config)
+    d.shared = shared
+    yield d
+    for job in slurm_jobs(cluster, d):  # nothing a test started outlives it
+        if job["job_state"] in ("PENDING", "RUNNING"):
+            cluster.run("scancel", str(job["job_id"]), check=False)
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", "label=mlpd.slurm_job_id"], capture_output=True, text=True).stdout.split()
+    mine = [i for i in ids if any(j in _label(i, "mlpd.job_id") for j in _job_ids(d))]
+    if mine:
+        subprocess.run(["docker", "rm", "-f", *mine], capture_output=True)
+
+
+def _label(container: str, key: str) -> str:
+    return subprocess.run(["docker", "inspect", "-f", f'{{{{index .Config.Labels "{key}"}}}}', container], capture_output=True, text=True).stdout.strip()
+
+
+def _job_ids(d) -> set[str]:
+    out = d.host_cli("jobs", "--all", "--json")
+    try:
+        return {j["id"] for j in json.loads(out.stdout)["jobs"]}
+    except (ValueError, KeyError):
+        return set()
+
+
+def slurm_jobs(cluster, d) -> list[dict]:
+    """The cluster's jobs this daemon submitted (by their comment), oldest first."""
+    prefix = f"mlpd:{d.instance_id()}:"
+    records = json.loads(cluster.run("squeue", "--states=all", "--json").stdout)["jobs"]
+    return sorted((r for r in records if str(r.get("comment", "")).startswith(prefix)), key=lambda r: r["job_id"])
+
+
+def slurm_job_of(cluster, d, job_id: str) -> dict | None:
+    found = [r for r in slurm_jobs(cluster, d) if r["comment"].endswith(":" + job_id)]
+    return found[-1] if found else None
+
+
+def job(d, token, job_id):
+    resp = d.api("GET", f"/api/v1/jobs/{job_id}", token)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["job"]
+
+
+def wait_state(d, token, job_id, states, timeout=90):
+    states = {states} if isinstance(states, str) else set(states)
+    return wait_for(lambda: (j := job(d, token, job_id))["state"] in states and j, timeout, 0.2, f"job {job_id} to be {states}")
+
+
+def containers_of(job_id: str) -> list[str]:
+    return subprocess.run(["docker", "ps", "-aq", "--filter", f"label=mlpd.job_id={job_id}", "--filter", "label=mlpd.slurm_job_id"],
+                          capture_output=True, text=True).stdout.split()
+
+
+def run_on_slurm(d, token, *command: str, cwd=None, extra=()) -> str:
+    out = d.cli("run", "--on", "slurm", *(["--no-code"] if cwd is None else []), *extra, "--json", "--", *command, token=token, cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    return as_json(out)["job"]["id"]
+
+
+def test_a_job_on_slurm_runs_through_sbatch_with_its_code_outputs_and_log(slurm_daemon, cluster, tmp_path):
+    d = slurm_daemon
+    _, token = new_user(d)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("import os\nprint('hello from the node', os.environ['MLPD_JOB_ID'], sorted(os.listdir('.')))\n"
+                                      "open('/outputs/model.txt', 'w').write('weights')\n")
+    j = run_on_slurm(d, token, "python3", "train.py", cwd=str(project), extra=("--time-limit", "10m", "--cpus", "1", "--memory", "512m"))
+    done = wait_state(d, token, j, TERMINAL_STATES)
+    assert done["state"] == "succeeded" and done["exit_code"] == 0, done
+    record = slurm_job_of(cluster, d, j)  # it went through Slurm, with what the job asked for
+    assert record["job_state"] == "COMPLETED"
+    assert record["time_limit"] == 10 and record["memory_per_node"] == 512 and record["cpus"] == 1
+    assert record["name"] == f"mlpd-{j[:12]}"
+    logs = d.cli("logs", j, token=token)
+    assert logs.returncode == 0 and f"hello from the node {j} ['train.py']" in logs.stdout, logs
+    dest = tmp_path / "outs"
+    got = d.cli("jobs", "outputs", j, "-o", str(dest), token=token)
+    assert got.returncode == 0, got.stderr
+    assert (dest / "model.txt").read_text() == "weights"
+    assert containers_of(j) == []  # docker run --rm: nothing left on the node
+
+
+def test_a_failing_job_on_slurm_fails_with_its_exit_code(slurm_daemon, cluster):
+    d = slurm_daemon
+    _, token = new_user(d)
+    j = run_on_slurm(d, token, "sh", "-c", "echo about to fail; exit 7")
+    done = wait_state(d, token, j, TERMINAL_STATES)
+    assert done["state"] == "failed" and done["exit_code"] == 7, done
+    assert "exited with code 7" in done["reason"]
+    assert slurm_job_of(cluster, d, j)["job_state"] == "FAILED"
+    assert "about to fail" in d.cli("logs", j, token=token).stdout
+
+
+def test_cancel_scancels_and_the_container_is_gone(slurm_daemon, cluster):
+    d = slurm_daemon
+    name, token = new_user(d)
+    j = run_on_slurm(d, token, "sleep", "300")
+    wait_state(d, token, j, "running")
+    wait_for(lambda: containers_of(j), 60, 0.2, "the job's container to run on the node")
+    assert slurm_job_of(cluster, d, j)["job_state"] == "RUNNING"
+    result = d.cli("cancel", j, token=token)
+    assert result.returncode == 0, result.stderr
+    done = wait_state(d, token, j, TERMINAL_STATES, timeout=60)
+    assert done["state"] == "cancelled" and f"cancelled by {name}" in done["reason"], done
+    assert slurm_job_of(cluster, d, j)["job_state"] == "CANCELLED"
+    wait_for(lambda: containers_of(j) == [], 30, 0.2, "the cancelled job's container to be gone")
+
+
+def test_mlpd_s_time_limit_stops_a_slurm_job(slurm_daemon, cluster):
+    d = slurm_daemon
+    _, token = new_user(d)
+    j = run_on_slurm(d, token, "sleep", "300", extra=("--time-limit", "3s"))
+    done = wait_state(d, token, j, TERMINAL_STATES, timeout=60)
+    assert done["state"] == "timed_out" and "time limit of 3s" in done["reason"], done
+    assert slurm_job_of(cluster, d, j)["time_limit"] == 1  # and Slurm's own limit, in whole minutes, was set
+    wait_for(lambda: containers_of(j) == [], 30, 0.2, "the timed-out job's container to be gone")
+
+
+def test_a_daemon_killed_while_a_slurm_job_runs_re_adopts_it_by_its_comment(slurm_daemon, cluster):
+    d = slurm_daemon
+    _, token = new_user(d)
+    j = run_on_slurm(d, token, "sh", "-c", "sleep 6; echo finished")
+    wait_state(d, token, j, "running")
+    d.stop(signal.SIGKILL)
+    d.start()
+    done = wait_state(d, token, j, TERMINAL_STATES)
+    assert done["state"] == "succeeded", done
+    assert "finished" in d.cli("logs", j, token=token).stdout
+    assert len([r for r in slurm_jobs(cluster, d) if r["comment"].endswith(":" + j)]) == 1  # submitted once, never twice
+
+
+def test_slurm_refused_clearly_when_not_enabled_and_a_bad_place_refused(daemon):
+    _, token = new_user(daemon)
+    out = daemon.cli("run", "--on", "slurm", "--no-code", "--", "true", token=token)
+    assert out.returncode != 0
+    assert "this daemon does not run jobs on Slurm (slurm.enabled is false" in out.stderr and "--on local" in out.stderr
+    resp = daemon.api("POST", "/api/v1/jobs", token, json={"command": ["true"], "on": "mars"})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"] == "on: expected where the job runs, 'local' or 'slurm', got 'mars'"
+    bad = daemon.cli("run", "--on", "mars", "--no-code", "--", "true", token=token)
+    assert bad.returncode == 2 and "'mars' is not one of 'local', 'slurm'" in bad.stderr
+    before = daemon.api("GET", "/api/v1/jobs", token).json()["jobs"]
+    assert before == []  # nothing was stored
+
+
+def test_a_job_that_slurm_cannot_run_waits_with_slurm_s_reason_and_a_local_one_is_unaffected(slurm_daemon, cluster):
+    d = slurm_daemon
+    _, token = new_user(d)
+    j = run_on_slurm(d, token, "true", extra=("--cpus", "64"))  # more CPUs than the node has
+    shown = wait_for(lambda: (s := job(d, token, j))["reason"].startswith(("waiting in Slurm", "sbatch refused")) and s, 60, 0.2,
+                     "Slurm's answer in the job's reason")
+    assert shown["state"] in ("starting", "failed"), shown
+    local = d.cli("run", "--on", "local", "--no-code", "--json", "--", "echo", "here", token=token)
+    assert local.returncode == 0, local.stderr
+    lj = as_json(local)["job"]["id"]
+    assert wait_state(d, token, lj, TERMINAL_STATES)["state"] == "succeeded"
+    assert slurm_job_of(cluster, d, lj) is None
+    holds_for(lambda: job(d, token, j)["state"] in ("starting", "failed"), 1.0)

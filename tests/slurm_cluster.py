@@ -93,7 +93,7 @@ def start_cluster(root: str, timeout: float = 60.0) -> Iterator[Cluster]:
     munge_socket = os.path.join(root, "munge", "munge.socket")
     conf = os.path.join(root, "slurm.conf")
     with open(conf, "w") as f:
-        f.write(_slurm_conf(root, node, os.cpu_count() or 1, 2048, munge_socket))
+        f.write(_slurm_conf(root, node, os.cpu_count() or 1, _memory_mb(), munge_socket))
     cluster = Cluster(root, conf, node, [])
     log = open(os.path.join(root, "daemons.out"), "ab")
     try:
@@ -116,6 +116,13 @@ def start_cluster(root: str, timeout: float = 60.0) -> Iterator[Cluster]:
                 p.kill()
                 p.wait()
         log.close()
+
+
+def _memory_mb() -> int:
+    """The host's memory in MiB, less a little (slurmd refuses a node that has less than it says)."""
+    with open("/proc/meminfo") as fh:
+        total_kb = next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:"))
+    return int(total_kb / 1024 * 0.9)
 
 
 def _node_idle(cluster: Cluster) -> bool:

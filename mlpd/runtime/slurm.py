@@ -290,11 +290,13 @@ class SlurmRuntime:
         return status
 
     def list_jobs(self) -> dict[str, WorkloadStatus]:
-        """This daemon's Slurm jobs (by their comment), newest per mlpd job."""
+        """This daemon's Slurm jobs (by their comment) that have not ended, newest per mlpd job. Ended
+        ones are left out (Slurm keeps them for MinJobAge, and nothing is left of them to remove):
+        an active job not listed is looked up with inspect, which finds its end."""
         out: dict[str, WorkloadStatus] = {}
         for record in sorted(self._squeue(), key=lambda r: r.get("job_id") or 0):
             job_id = job_of_comment(self.instance, str(record.get("comment") or ""))
-            if job_id:
+            if job_id and str(record.get("job_state") or "").upper() not in ENDED_REASONS:
                 out[job_id] = self._status(job_id, record)
         return out
 
@@ -305,7 +307,10 @@ class SlurmRuntime:
             for record in self._squeue(f"--jobs={slurm_id}"):
                 if job_of_comment(self.instance, str(record.get("comment") or "")) == job_id:
                     return self._status(job_id, record)
-        return self.list_jobs().get(job_id)  # submitted but its id not written (a daemon killed in between)
+        for record in sorted(self._squeue(), key=lambda r: r.get("job_id") or 0, reverse=True):
+            if job_of_comment(self.instance, str(record.get("comment") or "")) == job_id:
+                return self._status(job_id, record)  # submitted but its id not written (a daemon killed in between)
+        return None
 
     def _slurm_id(self, job_id: str) -> str | None:
         status = self.inspect(job_id)

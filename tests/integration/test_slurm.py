@@ -120,7 +120,7 @@ def test_a_failing_job_on_slurm_fails_with_its_exit_code(slurm_daemon, cluster):
     _, token = new_user(d)
     j = run_on_slurm(d, token, "sh", "-c", "echo about to fail; exit 7")
     done = wait_state(d, token, j, TERMINAL_STATES)
-    assert done["state"] == "failed" and done["exit_code"] == 7, done
+    assert done["state"] == "failed" and done["exit_code"] == 7, (done["reason"], done)
     assert "exited with code 7" in done["reason"]
     assert slurm_job_of(cluster, d, j)["job_state"] == "FAILED"
     assert "about to fail" in d.cli("logs", j, token=token).stdout
@@ -178,16 +178,24 @@ def test_slurm_refused_clearly_when_not_enabled_and_a_bad_place_refused(daemon):
     assert before == []  # nothing was stored
 
 
-def test_a_job_that_slurm_cannot_run_waits_with_slurm_s_reason_and_a_local_one_is_unaffected(slurm_daemon, cluster):
+def test_a_job_slurm_has_no_room_for_waits_with_slurm_s_reason_and_what_no_node_has_is_refused(slurm_daemon, cluster):
     d = slurm_daemon
     _, token = new_user(d)
-    j = run_on_slurm(d, token, "true", extra=("--cpus", "64"))  # more CPUs than the node has
-    shown = wait_for(lambda: (s := job(d, token, j))["reason"].startswith(("waiting in Slurm", "sbatch refused")) and s, 60, 0.2,
-                     "Slurm's answer in the job's reason")
-    assert shown["state"] in ("starting", "failed"), shown
-    local = d.cli("run", "--on", "local", "--no-code", "--json", "--", "echo", "here", token=token)
-    assert local.returncode == 0, local.stderr
-    lj = as_json(local)["job"]["id"]
-    assert wait_state(d, token, lj, TERMINAL_STATES)["state"] == "succeeded"
-    assert slurm_job_of(cluster, d, lj) is None
-    holds_for(lambda: job(d, token, j)["state"] in ("starting", "failed"), 1.0)
+    cpus = str(os.cpu_count())
+    first = run_on_slurm(d, token, "sleep", "300", extra=("--cpus", cpus, "--memory", "256m"))  # the whole node
+    wait_state(d, token, first, "running")
+    second = run_on_slurm(d, token, "echo", "second", extra=("--cpus", cpus, "--memory", "256m"))
+    shown = wait_for(lambda: (s := job(d, token, second))["reason"] == "waiting in Slurm (pending: Resources)" and s, 60, 0.2,
+                     "Slurm's reason in the waiting job")
+    assert shown["state"] == "starting" and shown["reason"] == "waiting in Slurm (pending: Resources)", shown
+    assert slurm_job_of(cluster, d, second)["job_state"] == "PENDING"
+    shown_cli = d.cli("jobs", "show", second, token=token)
+    assert "waiting in Slurm (pending: Resources)" in shown_cli.stdout, shown_cli
+    assert d.cli("cancel", first, token=token).returncode == 0
+    done = wait_state(d, token, second, TERMINAL_STATES)  # it starts once the first is gone
+    assert done["state"] == "succeeded" and "second" in d.cli("logs", second, token=token).stdout
+    never = run_on_slurm(d, token, "true", extra=("--memory", "60g"))  # more memory than any node has (the fixture's node: 90% of this host's)
+    failed = wait_state(d, token, never, TERMINAL_STATES)
+    assert failed["state"] == "failed" and failed["reason"].startswith("sbatch refused the job: sbatch: error:"), failed
+    over = d.cli("run", "--on", "slurm", "--no-code", "--cpus", "64", "--", "true", token=token)  # mlpd's quotas apply before sbatch
+    assert over.returncode == 1 and "the concurrent CPU quota of user" in over.stderr

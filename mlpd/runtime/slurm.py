@@ -307,10 +307,24 @@ class SlurmRuntime:
             for record in self._squeue(f"--jobs={slurm_id}"):
                 if job_of_comment(self.instance, str(record.get("comment") or "")) == job_id:
                     return self._status(job_id, record)
+            forgotten = self._forgotten(job_id, directory, slurm_id)
+            if forgotten is not None:
+                return forgotten
         for record in sorted(self._squeue(), key=lambda r: r.get("job_id") or 0, reverse=True):
             if job_of_comment(self.instance, str(record.get("comment") or "")) == job_id:
                 return self._status(job_id, record)  # submitted but its id not written (a daemon killed in between)
         return None
+
+    def _forgotten(self, job_id: str, directory: str, slurm_id: int) -> WorkloadStatus | None:
+        """A job Slurm no longer knows (it ended longer than MinJobAge ago): ended with the exit code
+        its batch script wrote, at the time it wrote it; None when it wrote none."""
+        path = os.path.join(directory, EXIT_FILE)
+        code = self._read_int(path)
+        if code is None:
+            return None
+        attempt = os.path.basename(directory).split("-", 1)[-1]
+        return WorkloadStatus(str(slurm_id), f"slurm-{slurm_id}", job_id, Phase.EXITED, code, False, None, os.stat(path).st_mtime,
+                              "", {"slurm_job_id": str(slurm_id), "slurm_state": "", LABEL_ATTEMPT: attempt})
 
     def _slurm_id(self, job_id: str) -> str | None:
         status = self.inspect(job_id)

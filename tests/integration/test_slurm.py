@@ -199,3 +199,36 @@ def test_a_job_slurm_has_no_room_for_waits_with_slurm_s_reason_and_what_no_node_
     assert failed["state"] == "failed" and failed["reason"].startswith("sbatch refused the job: sbatch: error:"), failed
     over = d.cli("run", "--on", "slurm", "--no-code", "--cpus", "64", "--", "true", token=token)  # mlpd's quotas apply before sbatch
     assert over.returncode == 1 and "the concurrent CPU quota of user" in over.stderr
+
+
+def test_a_job_slurm_has_forgotten_ends_with_the_exit_code_its_script_wrote(cluster, tmp_path, monkeypatch):
+    """Slurm keeps an ended job for MinJobAge only; a daemon that was down longer finds the code the
+    batch script wrote beside the log (the real squeue answers for a job id it does not know)."""
+    from mlpd.runtime.protocol import Phase
+    from mlpd.runtime.slurm import SlurmRuntime, SlurmSettings
+
+    monkeypatch.setenv("SLURM_CONF", cluster.conf)
+    rt = SlurmRuntime("inst", SlurmSettings(shared_dir=str(tmp_path)))
+    directory = tmp_path / "mlpd-inst" / "job1" / "attempt-2"
+    directory.mkdir(parents=True)
+    (directory / "slurm_job_id").write_text("987654\n")  # an id this cluster never gave
+    assert rt.inspect("job1") is None  # nothing written yet: no end to report
+    (directory / "exit").write_text("5\n")
+    status = rt.inspect("job1")
+    assert status.phase == Phase.EXITED and status.exit_code == 5 and status.labels["mlpd.attempt"] == "2"
+    assert status.finished_at == (directory / "exit").stat().st_mtime
+
+
+def test_logs_follow_a_slurm_job_live_and_end_with_it(slurm_daemon, cluster):
+    d = slurm_daemon
+    _, token = new_user(d)
+    j = run_on_slurm(d, token, "sh", "-c", "for i in 1 2 3 4; do echo line $i; sleep 1; done")
+    wait_state(d, token, j, "running")
+    proc = subprocess.Popen([d.argv()[0], "logs", "-f", j], stdout=subprocess.PIPE, text=True, env=d.env(token))
+    first = proc.stdout.readline()
+    assert first.strip().startswith("line"), first
+    assert job(d, token, j)["state"] == "running"  # the line arrived while the job still runs
+    rest = proc.stdout.read()
+    assert proc.wait(60) == 0
+    assert "line 4" in first + rest
+    assert job(d, token, j)["state"] in TERMINAL_STATES

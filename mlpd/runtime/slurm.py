@@ -303,7 +303,7 @@ class SlurmRuntime:
     def inspect(self, job_id: str) -> WorkloadStatus | None:
         directory = self._latest(job_id)
         slurm_id = self._read_int(os.path.join(directory, ID_FILE)) if directory else None
-        if slurm_id is not None:
+        if directory is not None and slurm_id is not None:
             for record in self._squeue(f"--jobs={slurm_id}"):
                 if job_of_comment(self.instance, str(record.get("comment") or "")) == job_id:
                     return self._status(job_id, record)

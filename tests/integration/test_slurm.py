@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from helpers import as_json, docker_available, holds_for, new_user, wait_for
+from helpers import as_json, docker_available, new_user, wait_for
 from mlpd.jobs import TERMINAL_STATES
 from slurm_cluster import slurm_installed, start_cluster
 

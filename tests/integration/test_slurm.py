@@ -232,3 +232,23 @@ def test_logs_follow_a_slurm_job_live_and_end_with_it(slurm_daemon, cluster):
     assert proc.wait(60) == 0
     assert "line 4" in first + rest
     assert job(d, token, j)["state"] in TERMINAL_STATES
+
+
+def test_mlflow_runs_of_a_slurm_job_land_in_the_embedded_store(slurm_daemon, cluster, tmp_path):
+    """The node reaches the daemon at slurm.daemon_address (here: this host's address on mlpd's Docker
+    network, where the daemon listens for containers), with the job's MLflow token."""
+    d = slurm_daemon
+    gateway = subprocess.run(["docker", "network", "inspect", "mlpd-isolated", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    d.stop()
+    d.config_file.write_text(d.config_file.read_text() + f'daemon_address = "{gateway}"\n')
+    d.start()
+    name, token = new_user(d)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("import mlflow\nwith mlflow.start_run():\n    mlflow.log_metric('loss', 0.25)\n")
+    j = run_on_slurm(d, token, "python3", "train.py", cwd=str(project))
+    done = wait_state(d, token, j, TERMINAL_STATES, timeout=120)
+    assert done["state"] == "succeeded", (done["reason"], d.cli("logs", j, token=token).stdout)
+    listed = as_json(d.cli("runs", "--experiment", f"jobs-{name}", "--json", token=token))["runs"]
+    assert [(r["user"], r["job_id"], r["metrics"]) for r in listed] == [(name, j, {"loss": 0.25})]

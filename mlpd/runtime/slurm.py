@@ -277,9 +277,14 @@ class SlurmRuntime:
                 return []
             raise RuntimeFailure(f"squeue failed: {(done.stderr or done.stdout).strip()[:300]}")
         try:
-            return list(json.loads(done.stdout).get("jobs") or [])
-        except (ValueError, AttributeError):
+            answer = json.loads(done.stdout)
+            errors, records = answer.get("errors") or [], list(answer.get("jobs") or [])
+        except (ValueError, AttributeError, TypeError):
             raise RuntimeFailure("squeue --json answered something that is not its JSON") from None
+        if errors:  # Slurm 22.05's squeue --json exits 0 when it cannot reach slurmctld, and says so here
+            said = "; ".join(f"{e.get('source', '')}: {e.get('description', '')}" for e in errors if isinstance(e, dict))
+            raise RuntimeFailure(f"squeue failed: {said[:300] or 'an error without a description'}")
+        return records
 
     def _status(self, job_id: str, record: dict[str, Any]) -> WorkloadStatus:
         directory = record.get("current_working_directory") or ""
@@ -301,6 +306,19 @@ class SlurmRuntime:
         return out
 
     def inspect(self, job_id: str) -> WorkloadStatus | None:
+        """The job as Slurm has it. While Slurm does not answer, a job mlpd submitted is pending with
+        that reason (never gone, so never lost, failed or submitted again); one it never submitted is None."""
+        try:
+            return self._inspect(job_id)
+        except RuntimeFailure as exc:
+            directory = self._latest(job_id)
+            if directory is None:
+                raise
+            attempt = os.path.basename(directory).split("-", 1)[-1]
+            return WorkloadStatus("", "slurm-?", job_id, Phase.PENDING, None, False, None, None,
+                                  f"Slurm does not answer ({exc}); mlpd asks again", {LABEL_ATTEMPT: attempt, "slurm_state": ""})
+
+    def _inspect(self, job_id: str) -> WorkloadStatus | None:
         directory = self._latest(job_id)
         slurm_id = self._read_int(os.path.join(directory, ID_FILE)) if directory else None
         if directory is not None and slurm_id is not None:

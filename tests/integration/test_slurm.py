@@ -252,3 +252,28 @@ def test_mlflow_runs_of_a_slurm_job_land_in_the_embedded_store(slurm_daemon, clu
     assert done["state"] == "succeeded", (done["reason"], d.cli("logs", j, token=token).stdout)
     listed = as_json(d.cli("runs", "--experiment", f"jobs-{name}", "--json", token=token))["runs"]
     assert [(r["user"], r["job_id"], r["metrics"]) for r in listed] == [(name, j, {"loss": 0.25})]
+
+
+def test_while_slurm_does_not_answer_a_submitted_job_waits_and_is_never_lost(cluster, tmp_path, monkeypatch):
+    """squeue against a controller that is not there (the real client, a port nothing listens on):
+    a job mlpd submitted stays pending with the reason, so the controller neither calls it lost nor
+    submits it again; a job never submitted gets the failure."""
+    import re
+
+    from mlpd.runtime.protocol import Phase, RuntimeFailure
+    from mlpd.runtime.slurm import SlurmRuntime, SlurmSettings
+
+    from conftest import free_port
+
+    dead = tmp_path / "slurm.conf"
+    text = re.sub(r"SlurmctldPort=\d+", f"SlurmctldPort={free_port()}", open(cluster.conf).read())
+    dead.write_text(text + "MessageTimeout=1\n")
+    monkeypatch.setenv("SLURM_CONF", str(dead))
+    rt = SlurmRuntime("inst", SlurmSettings(shared_dir=str(tmp_path)))
+    directory = tmp_path / "mlpd-inst" / "job1" / "attempt-1"
+    directory.mkdir(parents=True)
+    (directory / "slurm_job_id").write_text("42\n")
+    status = rt.inspect("job1")
+    assert status.phase == Phase.PENDING and status.error.startswith("Slurm does not answer (squeue failed:"), status
+    with pytest.raises(RuntimeFailure, match="squeue failed"):
+        rt.inspect("never-submitted")

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -44,8 +45,10 @@ class Cluster:
         return subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=30, check=check)
 
 
-def _slurm_conf(root: str, node: str, cpus: int, memory_mb: int, munge_socket: str) -> str:
+def _slurm_conf(root: str, node: str, cpus: int, memory_mb: int, munge_socket: str, gpus: int = 0) -> str:
+    gres = f" Gres=gpu:{gpus}" if gpus else ""
     return f"""ClusterName=mlpdtest
+GresTypes=gpu
 SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
@@ -74,14 +77,17 @@ KillWait=5
 MinJobAge=3600
 SchedulerParameters=sched_interval=1
 MailProg=/bin/true
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb}{gres} State=UNKNOWN
 PartitionName=main Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 @contextlib.contextmanager
-def start_cluster(root: str, timeout: float = 60.0) -> Iterator[Cluster]:
-    """Start munged, slurmctld and slurmd under root; stop them (by their pids) on exit."""
+def start_cluster(root: str, timeout: float = 60.0, gpus: int = 0) -> Iterator[Cluster]:
+    """Start munged, slurmctld and slurmd under root; stop them (by their pids) on exit. With gpus,
+    the node has that many GPUs as Slurm sees them: gres.conf entries whose File= are character
+    devices of NVIDIA's major number (195) made with mknod under root, stand-ins no driver backs
+    (Slurm then gives each job its own and sets CUDA_VISIBLE_DEVICES)."""
     node = socket.gethostname().split(".")[0]
     for d in ("state", "spool", "munge"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
@@ -93,7 +99,15 @@ def start_cluster(root: str, timeout: float = 60.0) -> Iterator[Cluster]:
     munge_socket = os.path.join(root, "munge", "munge.socket")
     conf = os.path.join(root, "slurm.conf")
     with open(conf, "w") as f:
-        f.write(_slurm_conf(root, node, os.cpu_count() or 1, _memory_mb(), munge_socket))
+        f.write(_slurm_conf(root, node, os.cpu_count() or 1, _memory_mb(), munge_socket, gpus))
+    if gpus:
+        os.makedirs(os.path.join(root, "dev"), exist_ok=True)
+        for i in range(gpus):
+            path = os.path.join(root, "dev", f"nvidia{i}")
+            if not os.path.exists(path):
+                os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(195, i))
+        with open(os.path.join(root, "gres.conf"), "w") as f:
+            f.write(f"NodeName={node} Name=gpu File={root}/dev/nvidia[0-{gpus - 1}]\n")
     cluster = Cluster(root, conf, node, [])
     log = open(os.path.join(root, "daemons.out"), "ab")
     try:

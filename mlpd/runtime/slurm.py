@@ -141,10 +141,17 @@ def batch_script(req: LaunchRequest, directory: str, code_dir: str | None, daemo
     quoted = " ".join(a if a.startswith('"') else q(a) for a in run)
     command = " ".join(q(a) for a in [req.image, *req.command])
     lines += [
+        '# the GPUs Slurm gave this job (gres.conf), by the CUDA_VISIBLE_DEVICES it set here',
         'gpus=()',
         'if [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && [ "$CUDA_VISIBLE_DEVICES" != NoDevFiles ]; then',
-        '  gpus=(--gpus "\\"device=$CUDA_VISIBLE_DEVICES\\"")',
-        '  export CUDA_VISIBLE_DEVICES NVIDIA_VISIBLE_DEVICES="$CUDA_VISIBLE_DEVICES"',
+        '  if docker info --format "{{json .Runtimes}}" 2>/dev/null | grep -q \'"nvidia"\'; then',
+        '    # the container gets those devices only, numbered from 0 inside',
+        '    gpus=(--gpus "\\"device=$CUDA_VISIBLE_DEVICES\\"")',
+        '    n=$(echo "$CUDA_VISIBLE_DEVICES" | tr , "\\n" | wc -l)',
+        '    export NVIDIA_VISIBLE_DEVICES="$CUDA_VISIBLE_DEVICES" CUDA_VISIBLE_DEVICES=$(seq -s , 0 $((n - 1)))',
+        '  else  # no NVIDIA runtime on this node: only the variable, as docker.gpu_runtime = "none" does locally',
+        '    export CUDA_VISIBLE_DEVICES NVIDIA_VISIBLE_DEVICES=void',
+        '  fi',
         'else',
         '  export CUDA_VISIBLE_DEVICES="" NVIDIA_VISIBLE_DEVICES=void',
         'fi',

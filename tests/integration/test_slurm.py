@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif((not slurm_installed() or not docker_available()
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with start_cluster(str(tmp_path_factory.mktemp("slurm"))) as c:
+    with start_cluster(str(tmp_path_factory.mktemp("slurm")), gpus=2) as c:  # two stand-in GPUs (mknod, gres.conf)
         yield c
 
 
@@ -277,3 +277,27 @@ def test_while_slurm_does_not_answer_a_submitted_job_waits_and_is_never_lost(clu
     assert status.phase == Phase.PENDING and status.error.startswith("Slurm does not answer (squeue failed:"), status
     with pytest.raises(RuntimeFailure, match="squeue failed"):
         rt.inspect("never-submitted")
+
+
+def test_on_a_two_gpu_node_two_1_gpu_jobs_run_at_once_each_on_its_own_gpu_and_a_third_waits(slurm_daemon, cluster):
+    """The node's GPUs are stand-ins (character devices in gres.conf); this host's Docker has no NVIDIA
+    runtime, so the container gets the CUDA_VISIBLE_DEVICES Slurm chose (the script's fallback)."""
+    d = slurm_daemon
+    _, token = new_user(d)
+    small = ("--gpus", "1", "--cpus", "0.5", "--memory", "256m")
+    first, second = (run_on_slurm(d, token, "sh", "-c", "echo CUDA=$CUDA_VISIBLE_DEVICES; sleep 300", extra=small) for _ in range(2))
+    wait_state(d, token, first, "running")
+    wait_state(d, token, second, "running")  # at once: one GPU each
+    third = run_on_slurm(d, token, "sh", "-c", "echo CUDA=$CUDA_VISIBLE_DEVICES", extra=small)
+    shown = wait_for(lambda: (r := d.cli("jobs", "show", third, token=token)).returncode == 0
+                     and "waiting in Slurm (pending: Resources)" in r.stdout and r, 60, 0.2, "Slurm's reason in 'mlpd jobs show'")
+    assert job(d, token, third)["state"] == "starting", shown.stdout
+    assert [slurm_job_of(cluster, d, j)["tres_per_node"] for j in (first, second, third)] == ["gres:gpu:1"] * 3
+    seen = {j: wait_for(lambda j=j: "CUDA=" in (text := d.cli("logs", j, token=token).stdout) and text, 30, 0.2, "the GPU line")
+            for j in (first, second)}
+    assert sorted(line.strip() for text in seen.values() for line in text.splitlines() if line.startswith("CUDA=")) == ["CUDA=0", "CUDA=1"]
+    assert d.cli("cancel", first, token=token).returncode == 0
+    done = wait_state(d, token, third, TERMINAL_STATES)  # it gets the GPU the first gave back
+    assert done["state"] == "succeeded"
+    assert d.cli("cancel", second, token=token).returncode == 0
+    wait_state(d, token, second, TERMINAL_STATES)

@@ -319,7 +319,7 @@ class JobController:
             self._finish(job, c)
             return
         if job["state"] == JobState.STARTING.value:
-            jobs.transition(self.store, job_id, JobState.RUNNING, started_at=c.started_at, container_id=c.id)
+            jobs.transition(self.store, job_id, JobState.RUNNING, started_at=c.started_at, container_id=c.id, **gpus_placed_by_runtime(job, c))
             job = jobs.get(self.store, job_id)
         started = job["started_at"] or c.started_at or now
         limit = effective_time_limit(job, self.config)
@@ -381,7 +381,7 @@ class JobController:
             if os.path.exists(os.path.join(directory, "log")):
                 os.replace(os.path.join(directory, "log"), os.path.join(directory, f"attempt-{job['attempts']}.log"))
         if jobs.transition(self.store, job_id, state, reason=reason, at=ended, exit_code=c.exit_code,
-                           ended_at=ended, started_at=started, container_id=c.id):
+                           ended_at=ended, started_at=started, container_id=c.id, **gpus_placed_by_runtime(job, c)):
             log.info("job %s %s: %s", job_id, state.value, reason)
             self._ended(job_id, state)
         jobs.revoke_job_tokens(self.store, job_id)  # the transition does it too; this also covers a replayed pass
@@ -468,6 +468,7 @@ class JobController:
             if job["preempt_requested_at"] is not None:
                 leaving.add(job["id"])
             elif (kind_of(job["kind"]).preemptible and job["state"] == JobState.RUNNING.value and job["gpu_uuids"] and not job["cancel_requested_by"]
+                  and not runs_on_slurm(job)  # its GPUs are the cluster's: freeing them frees none here
                   and classes.is_preemptible(classes.of(job))):
                 candidates.append(Preemptible(job["id"], job["owner"], tuple(job["gpu_uuids"]), job["started_at"] or now,
                                               classes.rank(classes.of(job))))
@@ -587,7 +588,8 @@ class JobController:
                 if state.error and state.error != fresh.get("reason"):
                     jobs.set_reason(self.store, job_id, state.error)
             else:
-                jobs.transition(self.store, job_id, JobState.RUNNING, started_at=state.started_at, container_id=state.id)
+                jobs.transition(self.store, job_id, JobState.RUNNING, started_at=state.started_at, container_id=state.id,
+                                **gpus_placed_by_runtime(fresh, state))
         except (ImageMissing, RuntimeFailure) as exc:
             jobs.transition(self.store, job_id, JobState.FAILED, reason=str(exc), ended_at=time.time())
         except Exception as exc:
@@ -672,6 +674,18 @@ class JobController:
         # resolve; the right links are in 'mlpd jobs show' and the web UI.
         return {"MLFLOW_TRACKING_URI": url + tracking.PREFIX, "MLFLOW_TRACKING_TOKEN": token, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                 "MLPD_URL": url, "MLPD_TOKEN": token, "MLFLOW_EXPERIMENT_NAME": experiment}
+
+
+def gpus_placed_by_runtime(job: dict[str, Any], c: WorkloadStatus) -> dict[str, Any]:
+    """The GPUs a backend that places work itself (Slurm) gave a job that mlpd placed on none, as the
+    job row's fields, so that the ledger books them from the runtime's own start and end; {} otherwise."""
+    from mlpd.runtime.protocol import LABEL_GPUS
+    from mlpd.runtime.slurm import SLURM_GPU_MODEL
+
+    uuids = [u for u in str(c.labels.get(LABEL_GPUS) or "").split(",") if u]
+    if job.get("gpu_uuids") or not uuids or not runs_on_slurm(job):
+        return {}
+    return {"gpu_uuids": uuids, "gpu_indices": list(range(len(uuids))), "gpu_models": [SLURM_GPU_MODEL] * len(uuids)}
 
 
 def keep_live_logs(directory: str, attempt: int) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from mlpd.runtime.protocol import LABEL_ATTEMPT, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env
+from mlpd.runtime.protocol import LABEL_ATTEMPT, LABEL_GPUS, LaunchRequest, Phase, RuntimeFailure, WorkloadStatus, container_env
 
 log = logging.getLogger("mlpd.slurm")
 
@@ -179,6 +180,19 @@ ENDED_REASONS = {
 }
 
 
+SLURM_GPU_MODEL = "slurm"  # the model the ledger books a Slurm job's GPUs under (Slurm's record names none)
+_GRES_GPUS = re.compile(r"(?:^|,)gres[:/]gpu(?::[^:,=]+)?[:=](\d+)")
+
+
+def gpus_of(record: dict[str, Any]) -> int:
+    """How many GPUs a Slurm job has (its tres_per_node / tres_per_job, e.g. 'gres:gpu:2'), pure."""
+    for key in ("tres_per_node", "tres_per_job"):
+        m = _GRES_GPUS.search(str(record.get(key) or ""))
+        if m:
+            return int(m.group(1))
+    return 0
+
+
 def status_from_slurm(job_id: str, record: dict[str, Any], exit_file: int | None) -> WorkloadStatus:
     """A WorkloadStatus from one squeue --json job record (pure). exit_file is the code the batch
     script wrote (None when it wrote none: killed, or not ended); it wins over Slurm's, which is a wait
@@ -188,6 +202,9 @@ def status_from_slurm(job_id: str, record: dict[str, Any], exit_file: int | None
     started = record.get("start_time") or None
     ended = record.get("end_time") or None
     labels = {"slurm_job_id": slurm_id, "slurm_state": state, "slurm_reason": str(record.get("state_reason") or "")}
+    gpus = gpus_of(record)
+    if gpus and started:  # what the ledger books: Slurm's start and end, these GPUs (LABEL_GPUS, as a local container's)
+        labels[LABEL_GPUS] = ",".join(f"slurm-{slurm_id}-gpu{i}" for i in range(gpus))
     if state in PENDING_STATES:
         reason = labels["slurm_reason"]
         return WorkloadStatus(slurm_id, f"slurm-{slurm_id}", job_id, Phase.PENDING, None, False, None, None,

@@ -301,3 +301,20 @@ def test_on_a_two_gpu_node_two_1_gpu_jobs_run_at_once_each_on_its_own_gpu_and_a_
     assert done["state"] == "succeeded"
     assert d.cli("cancel", second, token=token).returncode == 0
     wait_state(d, token, second, TERMINAL_STATES)
+
+
+def test_gpu_hours_of_a_slurm_job_are_booked_from_slurm_s_start_and_end(slurm_daemon, cluster):
+    d = slurm_daemon
+    name, token = new_user(d)
+    j = run_on_slurm(d, token, "sleep", "3", extra=("--gpus", "2", "--cpus", "0.5", "--memory", "256m"))
+    done = wait_state(d, token, j, TERMINAL_STATES)
+    assert done["state"] == "succeeded", done
+    record = slurm_job_of(cluster, d, j)
+    slurm_seconds = 2 * (record["end_time"] - record["start_time"])  # two GPUs, Slurm's own whole-second times
+    assert slurm_seconds >= 6
+    rows = d.api("GET", "/api/v1/usage", token, params={"user": name, "since": 0, "by": "gpu_model"}).json()["rows"]
+    assert [r["key"] for r in rows] == ["slurm"]
+    assert abs(rows[0]["gpu_hours"] * 3600 - slurm_seconds) < 0.01, rows  # the API rounds GPU-hours to 6 places (3.6 ms)
+    assert (done["started_at"], done["ended_at"]) == (record["start_time"], record["end_time"])
+    listed = as_json(d.cli("usage", "--json", "--since", "2000-01-01", token=token))["rows"]
+    assert [(r["key"], round(r["gpu_hours"] * 3600)) for r in listed] == [(name, slurm_seconds)]

@@ -125,3 +125,18 @@ def test_slurm_config_is_checked_as_a_whole(tmp_path):
         _config(tmp_path, '[slurm]\ndefault_on = "moon"\n')
     cfg = _config(tmp_path, '[slurm]\nenabled = true\nshared_dir = "/shared"\ndefault_on = "slurm"\n')
     assert cfg["slurm.default_on"] == "slurm"
+
+
+@pytest.mark.parametrize("record,gpus", [({"tres_per_node": "gres:gpu:2"}, 2), ({"tres_per_node": "gres:gpu:a100:4"}, 4),
+                                         ({"tres_per_job": "gres/gpu=3"}, 3), ({"tres_per_node": ""}, 0), ({}, 0),
+                                         ({"tres_per_node": "gres:mps:100"}, 0)])
+def test_a_slurm_job_s_gpus_are_read_from_its_trackable_resources(record, gpus):
+    from mlpd.runtime.slurm import gpus_of
+
+    assert gpus_of(record) == gpus
+
+
+def test_a_running_gpu_job_reports_its_gpus_for_the_ledger_and_a_pending_one_none():
+    running = status_from_slurm("j", _record("RUNNING", tres_per_node="gres:gpu:2"), None)
+    assert running.labels["mlpd.gpu_uuids"] == "slurm-7-gpu0,slurm-7-gpu1"
+    assert "mlpd.gpu_uuids" not in status_from_slurm("j", _record("PENDING", tres_per_node="gres:gpu:2", start_time=0), None).labels

@@ -446,7 +446,16 @@ def list_gpus():
         item["holder"] = holders.get(d.uuid)
         item["stray_pids"] = stray.get(d.uuid, [])
         out.append(item)
-    return jsonify({"gpus": out, "inventory": inventory().kind})
+    answer = {"gpus": out, "inventory": inventory().kind}
+    if cfg["slurm.enabled"]:  # the cluster's nodes too, as Slurm sees them (docs/slurm.md)
+        from mlpd.runtime.protocol import RuntimeFailure
+        from mlpd.runtime.slurm import slurm_nodes
+
+        try:
+            answer["slurm_nodes"] = slurm_nodes()
+        except RuntimeFailure as exc:
+            answer["slurm_nodes"], answer["slurm_error"] = [], str(exc)
+    return jsonify(answer)
 
 
 DECLARE_BODY = {"count": Field(int, True, "how many GPUs to declare; 0 goes back to mlpd.toml's gpus.declare / the real GPUs"),

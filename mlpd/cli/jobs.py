@@ -579,6 +579,13 @@ def gpus(as_json):
                      f"{g['utilization']}%" if g["utilization"] is not None else "-", status,
                      (holder.get("label") or f"job {holder['job_id']} of {holder['owner']}") if holder else "-"))
     table(rows, ["index", "model", "uuid", "memory", "util", "status", "holder"])
+    if "slurm_nodes" in result:  # the daemon submits to a Slurm cluster: its nodes, as sinfo says
+        click.echo("\nSlurm nodes:")
+        if result.get("slurm_error"):
+            click.echo(f"  (Slurm does not answer: {result['slurm_error']})")
+        table([(n["name"], n["state"] + (f" ({n['reason']})" if n["reason"] else ""), ",".join(n["partitions"]),
+                f"{n['gpus_used']}/{n['gpus']}", f"{n['cpus_used']}/{n['cpus']}") for n in result["slurm_nodes"]],
+              ["node", "state", "partitions", "gpus used", "cpus used"])
 
 
 @click.group(invoke_without_command=True)

@@ -485,6 +485,41 @@ class SplitRuntime:
         return self._for(job_id).save_logs(job_id, path)
 
 
+_GRES_COUNT = re.compile(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)")
+
+
+def _gpu_count(gres: str) -> int:
+    m = _GRES_COUNT.search(gres or "")
+    return int(m.group(1)) if m else 0
+
+
+def nodes_from_sinfo(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cluster's nodes from `sinfo --json` (pure): name, state (with its flags, e.g. 'idle+drain'),
+    why (Slurm's reason), partitions, GPUs and CPUs with how many are in use; by name."""
+    out = []
+    for n in answer.get("nodes") or []:
+        flags = [str(f).lower() for f in n.get("state_flags") or []]
+        out.append({"name": str(n.get("name", "")), "state": "+".join([str(n.get("state", "")).lower(), *flags]),
+                    "reason": str(n.get("reason") or ""), "partitions": list(n.get("partitions") or []),
+                    "gpus": _gpu_count(str(n.get("gres") or "")), "gpus_used": _gpu_count(str(n.get("gres_used") or "")),
+                    "cpus": int(n.get("cpus") or 0), "cpus_used": int(n.get("alloc_cpus") or 0)})
+    return sorted(out, key=lambda n: n["name"])
+
+
+def slurm_nodes(run: Callable[[list[str]], subprocess.CompletedProcess] | None = None) -> list[dict[str, Any]]:
+    """The cluster's nodes and GPUs now (`sinfo --json`); RuntimeFailure when Slurm does not answer."""
+    done = (run or _run)(["sinfo", "--json"])
+    try:
+        answer = json.loads(done.stdout) if done.returncode == 0 else {}
+    except ValueError:
+        answer = {}
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    if done.returncode != 0 or errors or not isinstance(answer, dict) or "nodes" not in answer:
+        said = "; ".join(str(e.get("description", "")) for e in errors or [] if isinstance(e, dict)) or (done.stderr or "").strip()
+        raise RuntimeFailure(f"sinfo failed: {said[:300] or 'no answer'}")
+    return nodes_from_sinfo(answer)
+
+
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(args, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)

@@ -318,3 +318,24 @@ def test_gpu_hours_of_a_slurm_job_are_booked_from_slurm_s_start_and_end(slurm_da
     assert (done["started_at"], done["ended_at"]) == (record["start_time"], record["end_time"])
     listed = as_json(d.cli("usage", "--json", "--since", "2000-01-01", token=token))["rows"]
     assert [(r["key"], round(r["gpu_hours"] * 3600)) for r in listed] == [(name, slurm_seconds)]
+
+
+def test_mlpd_gpus_shows_the_cluster_s_nodes_and_a_node_set_down(slurm_daemon, cluster):
+    d = slurm_daemon
+    _, token = new_user(d)
+    nodes = as_json(d.cli("gpus", "--json", token=token))["slurm_nodes"]
+    assert [(n["name"], n["gpus"], n["gpus_used"], n["cpus"]) for n in nodes] == [(cluster.node, 2, 0, os.cpu_count())]
+    assert nodes[0]["state"] == "idle" and nodes[0]["partitions"] == ["main"]
+    cluster.run("scontrol", "update", f"nodename={cluster.node}", "state=down", "reason=fan broken")
+    try:
+        text = wait_for(lambda: "down" in (out := d.cli("gpus", token=token).stdout) and out, 30, 0.2, "the node down in 'mlpd gpus'")
+        assert "Slurm nodes:" in text and "(fan broken)" in text and "0/2" in text, text
+    finally:
+        cluster.run("scontrol", "update", f"nodename={cluster.node}", "state=resume")
+        wait_for(lambda: cluster.run("sinfo", "-h", "-o", "%t").stdout.strip() == "idle", 30, 0.2, "the node back")
+
+
+def test_mlpd_gpus_of_a_daemon_without_slurm_has_no_slurm_nodes(daemon):
+    _, token = new_user(daemon)
+    answer = as_json(daemon.cli("gpus", "--json", token=token))
+    assert "slurm_nodes" not in answer and "Slurm nodes" not in daemon.cli("gpus", token=token).stdout

@@ -140,3 +140,14 @@ def test_a_running_gpu_job_reports_its_gpus_for_the_ledger_and_a_pending_one_non
     running = status_from_slurm("j", _record("RUNNING", tres_per_node="gres:gpu:2"), None)
     assert running.labels["mlpd.gpu_uuids"] == "slurm-7-gpu0,slurm-7-gpu1"
     assert "mlpd.gpu_uuids" not in status_from_slurm("j", _record("PENDING", tres_per_node="gres:gpu:2", start_time=0), None).labels
+
+
+def test_sinfo_nodes_carry_state_flags_reason_gpus_and_cpus():
+    from mlpd.runtime.slurm import nodes_from_sinfo
+
+    answer = {"nodes": [{"name": "n2", "state": "IDLE", "state_flags": ["DRAIN"], "reason": "fan", "partitions": ["gpu"],
+                         "gres": "gpu:a100:4(S:0-1)", "gres_used": "gpu:a100:1(IDX:0)", "cpus": 64, "alloc_cpus": 8},
+                        {"name": "n1", "state": "down", "gres": "", "cpus": 8}]}
+    assert nodes_from_sinfo(answer) == [
+        {"name": "n1", "state": "down", "reason": "", "partitions": [], "gpus": 0, "gpus_used": 0, "cpus": 8, "cpus_used": 0},
+        {"name": "n2", "state": "idle+drain", "reason": "fan", "partitions": ["gpu"], "gpus": 4, "gpus_used": 1, "cpus": 64, "cpus_used": 8}]

@@ -20,6 +20,14 @@ from typing import Iterator
 MUNGE_KEY_BYTES = 1024
 
 
+# docs/slurm.md's Epilog: what is left of an mlpd job's container goes with its Slurm job.
+EPILOG = """#!/bin/sh
+ids=$(docker ps -aq --filter "label=mlpd.slurm_job_id=$SLURM_JOB_ID")
+[ -z "$ids" ] || docker rm -f $ids >/dev/null
+exit 0
+"""
+
+
 def slurm_installed() -> bool:
     return all(shutil.which(t) for t in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel"))
 
@@ -73,7 +81,8 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
-KillWait=5
+KillWait=15
+Epilog={root}/epilog.sh
 MinJobAge=3600
 SchedulerParameters=sched_interval=1
 MailProg=/bin/true
@@ -108,6 +117,10 @@ def start_cluster(root: str, timeout: float = 60.0, gpus: int = 0) -> Iterator[C
                 os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(195, i))
         with open(os.path.join(root, "gres.conf"), "w") as f:
             f.write(f"NodeName={node} Name=gpu File={root}/dev/nvidia[0-{gpus - 1}]\n")
+    epilog = os.path.join(root, "epilog.sh")
+    with open(epilog, "w") as f:
+        f.write(EPILOG)
+    os.chmod(epilog, 0o755)
     cluster = Cluster(root, conf, node, [])
     log = open(os.path.join(root, "daemons.out"), "ab")
     try:

@@ -162,6 +162,8 @@ def batch_script(req: LaunchRequest, directory: str, code_dir: str | None, daemo
         "pid=$!",
         "wait $pid; rc=$?",
         "while kill -0 $pid 2>/dev/null; do wait $pid; rc=$?; done  # a trapped signal ends a wait early",
+        "# a container left behind (a cancel while docker run was still starting it) goes with the job",
+        f"docker rm -f {q(name)} >/dev/null 2>&1",
         f"echo $rc > {EXIT_FILE}.tmp && mv {EXIT_FILE}.tmp {EXIT_FILE}",
         "exit $rc",
     ]

@@ -47,6 +47,8 @@ def test_time_limits_become_whole_minutes_rounded_up(seconds, minutes):
 def test_the_batch_script_runs_the_container_and_keeps_values_whole(tmp_path):
     script = batch_script(REQ, "/shared/d", "/shared/d/code")
     assert "trap 'docker stop -t 10 mlpd-slurm-abc123def4567890-1" in script
+    # after the container's client ends, whatever is left of the container goes (a cancel during its start)
+    assert script.index("docker rm -f mlpd-slurm-abc123def4567890-1") > script.index("wait $pid")
     assert "--cap-drop ALL" in script and "--user 65200:65200" in script and "-v /shared/d/code:/code:ro" in script
     assert "CUDA_VISIBLE_DEVICES=" not in script.split("gpus=()")[0]  # Slurm's GPUs, not a value mlpd wrote
     # the script is valid bash, and its exports give back each value exactly (quotes, newlines, $ and backticks)

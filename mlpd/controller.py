@@ -313,7 +313,10 @@ class JobController:
                 self._ended(job_id, JobState.LOST)
             return
         if c.phase == Phase.PENDING:
-            self._launch(job)
+            if job["cancel_requested_by"] and runs_on_slurm(job):
+                self._hand_off("stop", job_id, 5)  # waiting in Slurm's queue: scancel it there
+            else:
+                self._launch(job)
             return
         if c.ended:
             self._finish(job, c)

@@ -328,3 +328,20 @@ def test_mlpd_gpus_of_a_daemon_without_slurm_has_no_slurm_nodes(daemon):
     _, token = new_user(daemon)
     answer = as_json(daemon.cli("gpus", "--json", token=token))
     assert "slurm_nodes" not in answer and "Slurm nodes" not in daemon.cli("gpus", token=token).stdout
+
+
+def test_cancelling_a_job_that_waits_in_slurm_s_queue_scancels_it_there(slurm_daemon, cluster):
+    d = slurm_daemon
+    name, token = new_user(d)
+    whole = ("--cpus", str(os.cpu_count()), "--memory", "256m")
+    first = run_on_slurm(d, token, "sleep", "300", extra=whole)
+    wait_state(d, token, first, "running")
+    waiting = run_on_slurm(d, token, "echo", "never", extra=whole)
+    wait_for(lambda: job(d, token, waiting)["reason"] == "waiting in Slurm (pending: Resources)", 60, 0.2, "the job to wait in Slurm")
+    assert d.cli("cancel", waiting, token=token).returncode == 0
+    done = wait_state(d, token, waiting, TERMINAL_STATES, timeout=60)
+    assert done["state"] == "cancelled" and f"cancelled by {name}" in done["reason"], done
+    assert slurm_job_of(cluster, d, waiting)["job_state"] == "CANCELLED"
+    assert d.cli("cancel", first, token=token).returncode == 0
+    wait_state(d, token, first, TERMINAL_STATES)
+    wait_for(lambda: containers_of(first) == [], 30, 0.2, "the cancelled job's container to be gone")

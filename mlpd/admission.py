@@ -60,9 +60,29 @@ def check_fits(store: Store, config: Config, devices: Sequence[Any], spec: JobSp
             hint = ("; run it on the CPU with --gpus 0 (gpus = 0), or, to try mlpd on a machine without NVIDIA GPUs, an admin "
                     "can declare test GPUs ('mlpd admin gpus declare N', at once)") if not devices else ""
             raise MlpdError(400, "invalid_field", f"gpus: asks for {spec.gpus} GPUs but this host has {len(usable)}{what}{hint}")
+    check_code(store, config, spec, owner)
+
+
+def check_code(store: Store, config: Config, spec: JobSpec, owner: str) -> None:
+    """Refuse code the owner has not uploaded."""
     if spec.code and not (os.path.isdir(jobs.code_dir(config.state_dir, spec.code)) and jobs.holds_code(store, spec.code, owner)):
         raise MlpdError(400, "invalid_field", f"code: you have not uploaded a code archive {spec.code[:12]}...; upload it first "
                                               "(PUT /api/v1/code/DIGEST; 'mlpd run' does it for you)")
+
+
+def check_place(config: Config, spec: JobSpec) -> JobSpec:
+    """Where the job runs, fixed now (its 'on', else slurm.default_on); refuse Slurm where it is not
+    enabled, and what a Slurm job cannot have yet (an environment built from requirements)."""
+    import dataclasses
+
+    on = spec.on or config["slurm.default_on"]
+    if on == "slurm" and not config["slurm.enabled"]:
+        raise MlpdError(400, "invalid_field", "on: this daemon does not run jobs on Slurm (slurm.enabled is false in its mlpd.toml); "
+                                              "run it here with --on local (on = \"local\"), or ask an admin to set up [slurm]")
+    if on == "slurm" and spec.requirements:
+        raise MlpdError(400, "invalid_field", "requirements: a job on Slurm runs its image as it is (environments are built on the "
+                                              "daemon's host only); install them in the image, or run it here with --on local")
+    return dataclasses.replace(spec, on=on)
 
 
 def submit_job(store: Store, config: Config, devices: Sequence[Any], owner: str, is_admin: bool,
@@ -82,7 +102,11 @@ def submit_job(store: Store, config: Config, devices: Sequence[Any], owner: str,
         spec, warnings = parse_spec(data)
     except SpecError as exc:
         raise MlpdError(400, "invalid_field", str(exc)) from None
-    check_fits(store, config, devices, spec, owner)
+    spec = check_place(config, spec)
+    if spec.on == "slurm":
+        check_code(store, config, spec, owner)  # CPUs, memory and GPUs: the cluster's nodes decide (sbatch refuses what none has)
+    else:
+        check_fits(store, config, devices, spec, owner)
     check_priority_class(store, config, spec, owner, is_admin)
     check_disk(config)
     disk_use.refusal(store, config, owner)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)

@@ -311,6 +311,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("docker.gpu_runtime", str, "auto", "GPU pinning: 'auto' detects the NVIDIA runtime, 'nvidia' requires it, 'none' only sets CUDA_VISIBLE_DEVICES.", _one_of("auto", "nvidia", "none")),
     Setting("datasets", dict, {}, "Datasets declared in the file, one [datasets.NAME] table each: path (a host directory), teams and users "
             "(who may read it; none of either = everyone), writable (default false). Mounted at /datasets/NAME.", _datasets),
+    Setting("slurm.enabled", bool, False, "Run jobs that ask for it ('mlpd run --on slurm', or slurm.default_on) on a Slurm cluster through sbatch (see docs/slurm.md)."),
+    Setting("slurm.default_on", str, "local", "Where jobs that name no place run: 'local' (this host) or 'slurm' (needs slurm.enabled).", _one_of("local", "slurm")),
+    Setting("slurm.partition", str, "", "Slurm partition jobs are submitted to ('' = the cluster's default)."),
+    Setting("slurm.account", str, "", "Slurm account jobs are charged to ('' = the submitting user's default)."),
+    Setting("slurm.shared_dir", str, "", "Absolute path every Slurm node mounts at the same path: each Slurm job's code, outputs, log and batch script live under it."),
+    Setting("slurm.sbatch_extra", list, [], "Extra sbatch arguments for every Slurm job, e.g. [\"--qos=normal\"] (after mlpd's own)."),
+    Setting("slurm.daemon_address", str, "", "The daemon host's address as the nodes reach it (host.docker.internal in a Slurm job's container); '' = the node itself (a one-node cluster on this host)."),
     Setting("serving.port_range", str, "31000-31999", "Loopback ports for model-serving replicas (LOW-HIGH); the stable endpoint is /serve/NAME on the daemon's address.", _loopback_port_range),
     Setting("serving.start_timeout", str, "5m", "How long a new model version may take from its container's start to answering /ping before it is rolled back.", _duration),
     Setting("serving.drain", str, "20s", "How long a replaced version keeps running after traffic moved off it, so requests in flight finish.", _duration),
@@ -420,4 +427,17 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     values.update(validate(flags, "command line"))
     _check_classes(values, source)
+    _check_slurm(values, source)
     return Config(values, source)
+
+
+def _check_slurm(values: dict[str, Any], source: str) -> None:
+    """[slurm] as a whole: a default of 'slurm' needs Slurm enabled, and Slurm needs a shared directory."""
+    if values["slurm.default_on"] == "slurm" and not values["slurm.enabled"]:
+        raise ConfigError(source, "slurm.default_on", "is 'slurm' but slurm.enabled is false; enable Slurm or set it to 'local'")
+    if values["slurm.enabled"] and not os.path.isabs(values["slurm.shared_dir"]):
+        raise ConfigError(source, "slurm.shared_dir", "must be an absolute path every Slurm node mounts (needed when slurm.enabled is true), "
+                                                      f"got {values['slurm.shared_dir']!r}")
+    extra = values["slurm.sbatch_extra"]
+    if not all(isinstance(a, str) and a.startswith("--") for a in extra):
+        raise ConfigError(source, "slurm.sbatch_extra", "expected a list of sbatch options such as \"--qos=normal\" (each starting with --)")

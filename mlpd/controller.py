@@ -31,6 +31,7 @@ from mlpd.jobs import ACTIVE, ACTIVE_STATES, TERMINAL_STATES, JobState
 from mlpd.kinds.base import kind_of
 from mlpd.logtext import live_log_path
 from mlpd.scheduling.priority_classes import PriorityClasses
+from mlpd.runtime.slurm import runs_on_slurm
 from mlpd.runtime.protocol import DEEP_LEARNING_ULIMITS, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd.scheduling import quotas
 from mlpd.units import host_limits, parse_duration, shm_size
@@ -131,7 +132,7 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
                 "in use outside mlpd" if d.uuid in stray else drained.get(d.uuid, "drained")) for d in devices]
     holdings = []
     active = jobs.in_states(store, ACTIVE)
-    queued = jobs.in_states(store, [JobState.QUEUED])
+    queued = [j for j in jobs.in_states(store, [JobState.QUEUED]) if not runs_on_slurm(j)]  # Slurm places those itself
     names = names_of(store, active + queued)  # how the scheduler's messages name each workload
     for job in active:
         limit = effective_time_limit(job, config)
@@ -310,13 +311,16 @@ class JobController:
                 self._ended(job_id, JobState.LOST)
             return
         if c.phase == Phase.PENDING:
-            self._launch(job)
+            if job["cancel_requested_by"] and runs_on_slurm(job):
+                self._hand_off("stop", job_id, 5)  # waiting in Slurm's queue: scancel it there
+            else:
+                self._launch(job)
             return
         if c.ended:
             self._finish(job, c)
             return
         if job["state"] == JobState.STARTING.value:
-            jobs.transition(self.store, job_id, JobState.RUNNING, started_at=c.started_at, container_id=c.id)
+            jobs.transition(self.store, job_id, JobState.RUNNING, started_at=c.started_at, container_id=c.id, **gpus_placed_by_runtime(job, c))
             job = jobs.must_get(self.store, job_id)
         started = job["started_at"] or c.started_at or now
         limit = effective_time_limit(job, self.config)
@@ -378,7 +382,7 @@ class JobController:
             if os.path.exists(os.path.join(directory, "log")):
                 os.replace(os.path.join(directory, "log"), os.path.join(directory, f"attempt-{job['attempts']}.log"))
         if jobs.transition(self.store, job_id, state, reason=reason, at=ended, exit_code=c.exit_code,
-                           ended_at=ended, started_at=started, container_id=c.id):
+                           ended_at=ended, started_at=started, container_id=c.id, **gpus_placed_by_runtime(job, c)):
             log.info("job %s %s: %s", job_id, state.value, reason)
             self._ended(job_id, state)
         jobs.revoke_job_tokens(self.store, job_id)  # the transition does it too; this also covers a replayed pass
@@ -421,6 +425,7 @@ class JobController:
     def schedule(self, now: float | None = None) -> None:
         """Place queued jobs on free GPUs and launch them; preempt for waiting work of a higher class."""
         now = now or time.time()
+        self._submit_to_slurm()
         s = scheduler_inputs(self.store, self.inventory, self.config, now)
         plan = schedule(s.gpus, s.holdings, s.queue, now, s.policy, usage=s.usage, limits=s.limits, reserved=s.reserved, slowdown=s.slowdown,
                         caps=s.caps, running=s.running)
@@ -439,6 +444,13 @@ class JobController:
         if plan.waiting and s.classes is not None and s.classes.preemptible:
             self._preempt(s, plan, now)
 
+    def _submit_to_slurm(self) -> None:
+        """Jobs to run on Slurm are not placed here: each queued one starts at once (its launch is the
+        sbatch; Slurm's queue is where it waits, and its reason shows while it is starting)."""
+        for job in jobs.in_states(self.store, [JobState.QUEUED]):
+            if runs_on_slurm(job) and jobs.transition(self.store, job["id"], JobState.STARTING, reason="submitting to Slurm"):
+                self._launch(job)
+
     def _grace(self) -> float:
         return parse_duration(self.config["scheduler.preempt_grace"])
 
@@ -454,6 +466,7 @@ class JobController:
             if row["preempt_requested_at"] is not None:
                 leaving.add(row["id"])
             elif (kind_of(row["kind"]).preemptible and row["state"] == JobState.RUNNING.value and row["gpu_uuids"] and not row["cancel_requested_by"]
+                  and not runs_on_slurm(row)  # its GPUs are the cluster's: freeing them frees none here
                   and classes.is_preemptible(classes.of(row))):
                 candidates.append(Preemptible(row["id"], row["owner"], tuple(row["gpu_uuids"]), row["started_at"] or now,
                                               classes.rank(classes.of(row))))
@@ -569,8 +582,12 @@ class JobController:
             state = self.runtime.start_job(req)
             if state.ended:
                 self._finish(jobs.must_get(self.store, job_id), state)
+            elif state.phase == Phase.PENDING:  # queued by a backend that places it itself (Slurm): starting, with its reason
+                if state.error and state.error != fresh.get("reason"):
+                    jobs.set_reason(self.store, job_id, state.error)
             else:
-                jobs.transition(self.store, job_id, JobState.RUNNING, started_at=state.started_at, container_id=state.id)
+                jobs.transition(self.store, job_id, JobState.RUNNING, started_at=state.started_at, container_id=state.id,
+                                **gpus_placed_by_runtime(fresh, state))
         except (ImageMissing, RuntimeFailure) as exc:
             jobs.transition(self.store, job_id, JobState.FAILED, reason=str(exc), ended_at=time.time())
         except Exception as exc:
@@ -636,6 +653,7 @@ class JobController:
             cpus=cpus, memory=memory,
             user=cfg["jobs.container_user"], code_dir=code, outputs_dir=outputs, attempt=job.get("attempts") or 1,
             kind=kind_of(job.get("kind")).name, shm_size=shm_size(spec.get("shm"), memory, cfg["jobs.shm_size"], host[1]), ulimits=DEEP_LEARNING_ULIMITS,
+            gpus=spec["gpus"], time_limit=effective_time_limit(job, cfg),
         )
 
     def _tracking_env(self, job: dict[str, Any]) -> dict[str, str]:
@@ -654,6 +672,18 @@ class JobController:
         # resolve; the right links are in 'mlpd jobs show' and the web UI.
         return {"MLFLOW_TRACKING_URI": url + tracking.PREFIX, "MLFLOW_TRACKING_TOKEN": token, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                 "MLPD_URL": url, "MLPD_TOKEN": token, "MLFLOW_EXPERIMENT_NAME": experiment}
+
+
+def gpus_placed_by_runtime(job: dict[str, Any], c: WorkloadStatus) -> dict[str, Any]:
+    """The GPUs a backend that places work itself (Slurm) gave a job that mlpd placed on none, as the
+    job row's fields, so that the ledger books them from the runtime's own start and end; {} otherwise."""
+    from mlpd.runtime.protocol import LABEL_GPUS
+    from mlpd.runtime.slurm import SLURM_GPU_MODEL
+
+    uuids = [u for u in str(c.labels.get(LABEL_GPUS) or "").split(",") if u]
+    if job.get("gpu_uuids") or not uuids or not runs_on_slurm(job):
+        return {}
+    return {"gpu_uuids": uuids, "gpu_indices": list(range(len(uuids))), "gpu_models": [SLURM_GPU_MODEL] * len(uuids)}
 
 
 def keep_live_logs(directory: str, attempt: int) -> None:

@@ -9,11 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python="${MLPD_PYTHON:-python3}"
 if [ "${1:-}" = "--fast" ]; then
   shift
-  # HAProxy, the serving proxy (serving.listen = auto runs it when installed; tests/integration/test_serving_proxy.py needs it).
-if ! command -v haproxy >/dev/null 2>&1 && ! [ -x /usr/sbin/haproxy ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
-fi
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
   # Install only when the venv lacks the package (pip's resolution alone costs seconds).
   .venv/bin/python -c 'import mlpd.web, pytest' 2>/dev/null || .venv/bin/pip install -q -e '.[test]'
   exec .venv/bin/python -m pytest -m fast tests/unit tests/api tests/contract "$@"
@@ -29,6 +25,14 @@ fi
 # nginx, the daemon's front (server.front = auto uses it when installed; tests/integration/test_abuse.py needs it).
 if ! command -v nginx >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+fi
+# HAProxy, the serving proxy (serving.listen = auto runs it when installed; tests/integration/test_serving_proxy.py needs it).
+if ! command -v haproxy >/dev/null 2>&1 && ! [ -x /usr/sbin/haproxy ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+fi
+# A real one-node Slurm cluster (tests/integration/test_slurm.py starts munged, slurmctld and slurmd itself, no systemd).
+if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/pip install -q -e '.[test]'

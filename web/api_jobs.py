@@ -47,7 +47,10 @@ def runtime():
         if "mlpd.runtime.protocol" not in current_app.extensions:
             cfg = config()
             try:
-                current_app.extensions["mlpd.runtime.protocol"] = connect(read_instance_id(cfg.state_dir), cfg["docker.host"], cfg["docker.gpu_runtime"])
+                from mlpd.runtime.slurm import with_slurm
+
+                local = connect(read_instance_id(cfg.state_dir), cfg["docker.host"], cfg["docker.gpu_runtime"])
+                current_app.extensions["mlpd.runtime.protocol"] = with_slurm(local, cfg, read_instance_id(cfg.state_dir), store())
             except RuntimeFailure as exc:
                 raise ApiError(503, "docker_unavailable", str(exc)) from None
         return current_app.extensions["mlpd.runtime.protocol"]
@@ -465,7 +468,16 @@ def list_gpus():
         item["holder"] = holders.get(d.uuid)
         item["stray_pids"] = stray.get(d.uuid, [])
         out.append(item)
-    return jsonify({"gpus": out, "inventory": inventory().kind})
+    answer = {"gpus": out, "inventory": inventory().kind}
+    if cfg["slurm.enabled"]:  # the cluster's nodes too, as Slurm sees them (docs/slurm.md)
+        from mlpd.runtime.protocol import RuntimeFailure
+        from mlpd.runtime.slurm import slurm_nodes
+
+        try:
+            answer["slurm_nodes"] = slurm_nodes()
+        except RuntimeFailure as exc:
+            answer["slurm_nodes"], answer["slurm_error"] = [], str(exc)
+    return jsonify(answer)
 
 
 DECLARE_BODY = {"count": Field(int, True, "how many GPUs to declare; 0 goes back to mlpd.toml's gpus.declare / the real GPUs"),

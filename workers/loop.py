@@ -18,6 +18,7 @@ from mlpd.controller import JobController
 from mlpd.scheduling.gpu_state import read_instance_id
 from mlpd.runtime.gpus import make_inventory
 from mlpd.runtime import connect
+from mlpd.runtime.slurm import with_slurm
 from mlpd.runtime.protocol import RuntimeFailure
 from mlpd.store import Store, set_status
 from mlpd.workers.live_logs import LiveLogs
@@ -76,6 +77,7 @@ class ControllerLoop:
     def _connect(self) -> None:
         try:
             runtime = connect(read_instance_id(self.config.state_dir), self.config["docker.host"], self.config["docker.gpu_runtime"])
+            runtime = with_slurm(runtime, self.config, read_instance_id(self.config.state_dir), self.store)
         except RuntimeFailure as exc:
             if self.docker_error != str(exc):
                 log.error("%s; jobs wait until it answers", exc)

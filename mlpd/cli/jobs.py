@@ -98,6 +98,8 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
 @click.option("--priority-class", help="Its class, e.g. production or preemptible (the daemon's scheduler.priority_classes; "
                                        "preemptible work may be stopped for higher classes and runs again with MLPD_ATTEMPT=2, ...).")
 @click.option("--experiment", help="MLflow experiment name.")
+@click.option("--on", "on", type=click.Choice(["local", "slurm"]), help="Where it runs: this host, or the Slurm cluster the daemon "
+                                                                      "submits to (default: the daemon's slurm.default_on).")
 @click.option("--code", "code_dir", default=".", show_default=True, type=click.Path(exists=True, file_okay=False), help="Directory to ship as the job's working directory.")
 @click.option("--no-code", is_flag=True, help="Do not ship any code.")
 @click.option("--requirements", "requirements_file", type=click.Path(exists=True, dir_okay=False),
@@ -112,8 +114,8 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
               help="For a notebook (mlpd run NB.ipynb): a value for its 'parameters' cell (repeatable); the executed notebook is kept in the outputs.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
-def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priority, priority_class, experiment, code_dir, no_code, requirements_file,
-        no_requirements, follow, after, params, as_json, command):
+def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priority, priority_class, experiment, on, code_dir, no_code,
+        requirements_file, no_requirements, follow, after, params, as_json, command):
     """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py
 
     A notebook runs headless with papermill in the workspace image: mlpd run train.ipynb --param epochs=2
@@ -131,7 +133,7 @@ def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priori
         env_map[key] = value
     spec: dict[str, Any] = {"command": list(command), "gpus": gpus}
     for key, value in (("gpu_model", gpu_model), ("image", image), ("cpus", cpus), ("memory", memory), ("shm", shm),
-                       ("time_limit", time_limit), ("name", name), ("priority", priority), ("priority_class", priority_class), ("experiment", experiment)):
+                       ("time_limit", time_limit), ("name", name), ("priority", priority), ("priority_class", priority_class), ("experiment", experiment), ("on", on)):
         if value is not None:
             spec[key] = value
     if env_map:
@@ -596,6 +598,13 @@ def gpus(as_json):
                      f"{g['utilization']}%" if g["utilization"] is not None else "-", status,
                      (holder.get("label") or f"job {holder['job_id']} of {holder['owner']}") if holder else "-"))
     table(rows, ["index", "model", "uuid", "memory", "util", "status", "holder"])
+    if "slurm_nodes" in result:  # the daemon submits to a Slurm cluster: its nodes, as sinfo says
+        click.echo("\nSlurm nodes:")
+        if result.get("slurm_error"):
+            click.echo(f"  (Slurm does not answer: {result['slurm_error']})")
+        table([(n["name"], n["state"] + (f" ({n['reason']})" if n["reason"] else ""), ",".join(n["partitions"]),
+                f"{n['gpus_used']}/{n['gpus']}", f"{n['cpus_used']}/{n['cpus']}") for n in result["slurm_nodes"]],
+              ["node", "state", "partitions", "gpus used", "cpus used"])
 
 
 @click.group(invoke_without_command=True)

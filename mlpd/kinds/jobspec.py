@@ -49,6 +49,7 @@ class JobSpec:
     requirements: str | None = None  # the text of a requirements.txt: the job runs in image + these (mlpd.runtime.environments)
     priority_class: str | None = None  # a class of scheduler.priority_classes; None: the default class
     shm: int | None = None  # bytes of /dev/shm, within the memory limit; None: jobs.shm_size (see shm_size)
+    on: str | None = None  # where it runs: "local" (this host) or "slurm" (a Slurm cluster); None: slurm.default_on, fixed at submit
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict with every field; ``parse_spec`` accepts it back unchanged."""
@@ -77,6 +78,8 @@ FORBIDDEN: Mapping[str, str] = MappingProxyType({
 # mlpd sets these to the GPUs it allocates; a user value would point the job at
 # someone else's GPU, so it is dropped with a warning rather than an error
 # (specs copied from a workstation often carry them).
+PLACES = ("local", "slurm")  # where a job may run (spec key 'on'); mlpd.runtime.slurm runs the second
+
 STRIPPED_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 
 ALLOWED = tuple(f.name for f in fields(JobSpec))
@@ -285,6 +288,10 @@ def parse_spec(data: Mapping[str, Any], job_file: bool = False) -> tuple[JobSpec
         kw["name"] = name
     if "experiment" in raw:
         kw["experiment"] = _string("experiment", raw["experiment"], 255)
+    if "on" in raw:
+        if raw["on"] not in PLACES:
+            raise SpecError("on", f"expected where the job runs, {' or '.join(repr(p) for p in PLACES)}, got {str(raw['on'])[:40]!r}")
+        kw["on"] = raw["on"]
     if "requirements" in raw:
         from mlpd.runtime.environments import check_requirements
 

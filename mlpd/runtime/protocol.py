@@ -86,6 +86,8 @@ class LaunchRequest:
     attempt: int = 1  # which run of the workload this is (a preempted job runs again): MLPD_ATTEMPT, label mlpd.attempt
     shm_size: int | None = None  # bytes of /dev/shm (a tmpfs counted in the memory limit); None: the engine's default (Docker: 64 MiB)
     ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard) resource limits, e.g. ("memlock", -1, -1); -1 = unlimited
+    gpus: int = 0  # GPUs it asks for where the backend places it itself (Slurm: --gres=gpu:N); gpu_uuids are mlpd's own placement
+    time_limit: float | None = None  # seconds, for a backend that enforces it itself (Slurm: --time); mlpd enforces it too
 
 
 # The resource limits NVIDIA sets for PyTorch containers (--ulimit memlock=-1 --ulimit stack=67108864): NCCL

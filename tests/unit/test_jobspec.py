@@ -94,7 +94,7 @@ def test_to_dict_round_trips_through_json():
              priority_class="preemptible", shm="512m")
     d = s.to_dict()
     assert set(d) == {"command", "image", "code", "gpus", "gpu_model", "cpus", "memory", "env",
-                      "time_limit", "priority", "name", "experiment", "requirements", "priority_class", "shm"}
+                      "time_limit", "priority", "name", "experiment", "requirements", "priority_class", "shm", "on"}
     again, warnings = parse_spec(json.loads(json.dumps(d)))
     assert again == s and warnings == []
     assert parse_spec(JobSpec(command=("x",)).to_dict())[0] == JobSpec(command=("x",))

@@ -51,6 +51,11 @@ class JobSpec:
     priority_class: str | None = None  # a class of scheduler.priority_classes; None: the default class
     shm: int | None = None  # bytes of /dev/shm, within the memory limit; None: jobs.shm_size (see shm_size)
 
+    @property
+    def gpu_demand(self) -> float:
+        """What it counts against concurrent-GPU quotas: its share of one GPU, or its whole GPUs."""
+        return self.gpu_share if self.gpu_share else float(self.gpus)
+
     def to_dict(self) -> dict:
         """Return a JSON-able dict with every field; ``parse_spec`` accepts it back unchanged."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}

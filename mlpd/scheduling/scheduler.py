@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use
+from mlpd.scheduling.sharing import SHARE_EPS
 from mlpd.workload_names import label as workload_label
 from mlpd.workload_names import short_id as workload_short_id
 
@@ -49,7 +50,6 @@ MIN_EXPANSION_BASE = 600.0  # expansion counts a job shorter than 10 minutes as 
 SLOWDOWN_SCALE_FLOOR = 2.0  # slowdown_factors scales by the largest mean slowdown, but by at least this
 LOWEST_USER_PRIORITY = -100  # the lowest priority a job may ask for; below it (work over its GPU-hours) never starves
 STARVATION_WAIT_DEFAULT = 6 * 3600.0  # scheduler.starvation_wait's default (mlpd.toml; a test holds them equal)
-SHARE_EPS = 1e-9  # shares are floats: 0.1 x 10 must still fit one GPU
 
 
 @dataclass(frozen=True)

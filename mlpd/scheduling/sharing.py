@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+SHARE_EPS = 1e-9  # shares are floats: 0.1 x 10 must still fit one GPU
 MIN_SHARE = 0.05  # the smallest share of a GPU one workload may ask for
 CLI_SHARE = 0.5  # what the --gpu-share flag asks for (as --gpus 0.5)
 _NUMBER = re.compile(r"\s*\d+(?:\.\d+)?\s*|\s*\.\d+\s*")
@@ -51,6 +52,16 @@ def check_share(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not MIN_SHARE <= value < 1:
         raise ShareError(f"expected a share of one GPU from {MIN_SHARE} to below 1, such as 0.5, got {str(value)[:40]!r}")
     return round(float(value), 4)
+
+
+def demand(gpus: int, share: float | None) -> float:
+    """What a request counts against concurrent-GPU quotas: its share of one GPU, or its whole GPUs."""
+    return float(share) if share and gpus == 1 else float(gpus)
+
+
+def as_gpus(x: float) -> int | float:
+    """A count of GPUs for output: an int when whole (as before sharing), else the fraction (1.5)."""
+    return int(round(x)) if abs(x - round(x)) < 1e-6 else round(x, 4)
 
 
 def share_of(spec: Mapping[str, Any] | None) -> float:

@@ -13,6 +13,7 @@ from mlpd.scheduling import quotas
 
 from mlpd.kinds import workspace as workspaces
 from mlpd.scheduling.gpu_state import drains, gpu_holders
+from mlpd.scheduling.sharing import demand
 from mlpd.jobs import JobState
 from mlpd.web import config, store
 from mlpd.web.api_jobs import check_disk, inventory, logs_response, wake
@@ -103,7 +104,7 @@ def create_for_user(data: dict) -> tuple[dict, list[str]]:
     check_admission(workspaces.session_spec(spec, name))
     check_disk()
     disk_use.refusal(store(), config(), g.user.name)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)
-    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"], work=[spec])  # QuotaExceeded: 403
+    warnings = quotas.admit(store(), config(), g.user.name, demand(spec["gpus"], spec.get("gpu_share")), work=[spec])  # QuotaExceeded: 403
     port = workspaces.allocate_port(store(), config()["workspaces.port_range"])
     ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
     ws = workspaces.create(store(), g.user.name, name, spec, port, ssh_port)
@@ -150,7 +151,7 @@ def start_workspace(name: str):
     ws = workspaces.wait_stopped(store(), _get(name))  # a stop in progress ends first: its GPUs are free again for the quota check
     check_disk()
     disk_use.refusal(store(), config(), ws["owner"])
-    quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
+    quotas.admit(store(), config(), ws["owner"], demand(ws["spec"]["gpus"], ws["spec"].get("gpu_share")), work=[ws["spec"]])
     before = ws["session"]
     ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
     if ws["session"] != before:

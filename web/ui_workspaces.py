@@ -100,10 +100,11 @@ def _act(name: str, action: str):
         from mlpd.web.api_workspaces import start_now_or_fail
         from mlpd import disk_use
         from mlpd.scheduling import quotas
+        from mlpd.scheduling.sharing import demand
 
         ws = workspaces.wait_stopped(store(), ws)  # a stop in progress ends first: its GPUs are free for the quota check
         disk_use.refusal(store(), config(), ws["owner"])
-        quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
+        quotas.admit(store(), config(), ws["owner"], demand(ws["spec"]["gpus"], ws["spec"].get("gpu_share")), work=[ws["spec"]])
         before = ws["session"]
         ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
         if ws["session"] != before:

@@ -25,7 +25,8 @@ route = area.route
 
 CREATE_BODY = {
     "name": Field(str, True, "1-40 lowercase letters, digits and '-'"),
-    "gpus": Field(int, doc="GPUs to pin (default 0)"),
+    "gpus": Field((int, float), doc="GPUs to pin (default 0), or a share of one GPU such as 0.5 (docs/gpu-sharing.md)"),
+    "gpu_share": Field((int, float), doc="a share of one GPU below 1, e.g. 0.5 (as gpus = 0.5)"),
     "gpu_model": Field(str, doc="only GPUs of this model"),
     "image": Field(str, doc="default workspaces.image (JupyterLab on the training image)"),
     "requirements": Field(str, doc="the text of a requirements.txt, installed into the image once (an environment)"),

@@ -618,7 +618,8 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
             if ledger:
                 ledger.take(use)
             continue
-        if head is not None and not wanted and (not policy.backfill or not (cap[None] or job.shared)):
+        shared = n == 1 and job.share < 1.0  # job.shared, inlined: this runs for every queued job on every pass
+        if head is not None and not wanted and (not policy.backfill or not (cap[None] or shared)):
             waiting.append(job.id)  # no GPU is left that anyone behind the head could take
             continue
         lids = limits_of.get(job.owner)
@@ -640,7 +641,7 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
             if job.id == stop_at:
                 break
             continue
-        if job.shared:
+        if shared:
             # A share: onto a shared GPU with room, else a free one (share_fit). Behind the head, only
             # where it cannot delay the head: off its reserved GPUs, unless it ends before the head starts.
             where = None
@@ -669,7 +670,7 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
             if job.id == stop_at:
                 break
             continue
-        if policy.backfill and not job.shared:
+        if policy.backfill and not shared:
             # With an unknown shadow time the head may start any moment: nothing is harmless.
             harmless = job.time_limit is not None and head.shadow != INF and now + job.time_limit <= head.shadow
             # Nor may it take the head's quota: the head could then not start when its GPUs free up.

@@ -4,6 +4,8 @@ whole free GPU, 0.5 GPU-hours booked per workload-hour, and a concurrent quota o
 two halves."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from app_client import Served, error_of, make_api
@@ -200,3 +202,25 @@ def test_a_bad_share_is_refused_naming_the_field(api):
         r = api.call("POST", "jobs", api.member, json={"command": ["true"], **body})
         assert error_of(r) == (400, "invalid_field")
         assert r.get_json()["error"]["message"].startswith(f"{field}: ")
+
+
+def test_the_submit_and_workspace_forms_take_a_share(api):
+    ui = api.app.test_client()
+    ui.get("/ui/login")
+    ui.post("/ui/login/token", data={"token": api.member, "csrf": ui.get_cookie(LOGIN_CSRF_COOKIE).value})
+    page = ui.get("/ui/jobs/new").get_data(as_text=True)
+    assert 'step="0.05"' in page and "a share of one GPU such as 0.5" in page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    done = ui.post("/ui/jobs/new", data={"csrf": csrf, "command": "sleep 600", "gpus": "0.5"})
+    assert done.status_code == 303, done.get_data(as_text=True)[:500]
+    job_id = done.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+    assert (jobs.get(api.store, job_id)["spec"]["gpus"], jobs.get(api.store, job_id)["spec"]["gpu_share"]) == (1, 0.5)
+    page = ui.get("/ui/workspaces").get_data(as_text=True)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    done = ui.post("/ui/workspaces", data={"csrf": csrf, "name": "formlab", "gpus": "0.5", "wait": "1"})
+    assert done.status_code in (302, 303), done.get_data(as_text=True)[:500]
+    ws = api.call("GET", "workspaces/formlab", api.member).get_json()["workspace"]
+    assert ws["spec"]["gpu_share"] == 0.5
+    bad = ui.post("/ui/workspaces", data={"csrf": csrf, "name": "badlab", "gpus": "half"})
+    assert "expected a whole number or a share of one GPU such as 0.5" in bad.get_data(as_text=True)
+    end_all(api)

@@ -334,7 +334,7 @@ def jobs_show(job_id, as_json):
         ("job", job["id"] + (f" ({job['name']})" if job["name"] else "")), ("owner", job["owner"]),
         ("state", job["state"] + (f": {job['reason']}" if job["reason"] else "")),
         ("exit code", job["exit_code"]), ("image", job["image"]), ("command", " ".join(job["command"])),
-        ("gpus", f"{spec['gpus']} requested" + (f", indices {job['gpus']['indices']} ({', '.join(job['gpus']['uuids'])})" if job["gpus"]["uuids"] else "")),
+        ("gpus", (f"a {spec['gpu_share']:g} share of 1 GPU" if spec.get("gpu_share") else f"{spec['gpus']}") + " requested" + (f", indices {job['gpus']['indices']} ({', '.join(job['gpus']['uuids'])})" if job["gpus"]["uuids"] else "")),
         *_limit_lines(job, spec),
         ("time limit", format_duration(spec["time_limit"]) if spec.get("time_limit") else "-"), ("priority", job["priority"]),
         ("class", job.get("priority_class", "-")), ("attempt", job.get("attempt", 1)),

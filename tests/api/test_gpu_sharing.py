@@ -91,6 +91,8 @@ def test_four_half_gpu_jobs_share_two_gpus_and_a_whole_gpu_job_waits_for_a_whole
         assert "small0" in out.output and "small3" in out.output
         listed = served.cli(api.member, "jobs")
         assert listed.output.count("0.5 of 1 (GPU") == 4, listed.output
+        shown_job = served.cli(api.member, "jobs", "show", halves[0])
+        assert "a 0.5 share of 1 GPU requested, indices [0]" in shown_job.output, shown_job.output
     finally:
         served.close()
     ui = api.app.test_client()

@@ -12,7 +12,7 @@ from mlpd import disk_use, jobs
 from mlpd.scheduling import quotas
 
 from mlpd.kinds import workspace as workspaces
-from mlpd.scheduling.gpu_state import drains, gpu_holders
+from mlpd.scheduling.gpu_state import drains, gpu_sharers
 from mlpd.scheduling.sharing import demand
 from mlpd.jobs import JobState
 from mlpd.web import config, store
@@ -71,19 +71,23 @@ def start_now_or_fail(ws: dict, wait: bool) -> None:
         return
     if not workspaces.withdraw_unplaced(store(), ws, bool(ws.get("_new")), "withdrawn: its GPUs were not free and it was not asked to wait"):
         return  # the worker placed it meanwhile
-    holders = gpu_holders(store())
+    holders = gpu_sharers(store())
     drained = drains(store(), config()["gpus.drained"], inventory().devices())
     free = [str(gpu.index) for gpu in gpus if gpu.uuid not in holders and gpu.uuid not in drained and not gpu.drained]
     held = []
     for gpu in gpus:
         if gpu.uuid in holders:
-            h = holders[gpu.uuid]
-            held.append(f"GPU {gpu.index} held by {h['label']}")
+            hs = holders[gpu.uuid]
+            if any(h["share"] < 1 for h in hs):  # shared by small work (docs/gpu-sharing.md)
+                held.append(f"GPU {gpu.index} shared by " + " and ".join(f"{h['label']} ({h['share']:g})" for h in hs))
+            else:
+                held.append(f"GPU {gpu.index} held by {hs[0]['label']}")
         elif gpu.uuid in drained or gpu.drained:
             held.append(f"GPU {gpu.index} {drained.get(gpu.uuid) or gpu.drain_reason}")
     queued = jobs.in_states(store(), [JobState.QUEUED])
     ahead = f"; {len(queued)} queued workloads come first" if queued else ""
-    raise ApiError(409, "gpus_busy", f"asks for {ws['spec']['gpus']} GPUs but only {len(free)} are free now"
+    wants = f"a {ws['spec']['gpu_share']:g} share of a GPU" if ws["spec"].get("gpu_share") else f"{ws['spec']['gpus']} GPUs"
+    raise ApiError(409, "gpus_busy", f"asks for {wants} but only {len(free)} are free now"
                                      f" ({', '.join(free) or 'none'}); {'; '.join(held) or 'none held'}{ahead}. "
                                      "Wait for them with --wait (wait: true), or ask for fewer")
 

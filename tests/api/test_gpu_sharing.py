@@ -226,3 +226,15 @@ def test_the_submit_and_workspace_forms_take_a_share(api):
     bad = ui.post("/ui/workspaces", data={"csrf": csrf, "name": "badlab", "gpus": "half"})
     assert "expected a whole number or a share of one GPU such as 0.5" in bad.get_data(as_text=True)
     end_all(api)
+
+
+def test_a_half_gpu_workspace_that_finds_no_room_says_who_shares_the_gpus(api):
+    halves = [submit(api, api.member, 0.5, name=f"busy{i}") for i in range(4)]
+    settle(api, *halves)
+    r = api.call("POST", "workspaces", api.member, json={"name": "noroom", "gpus": 0.5})
+    assert error_of(r) == (409, "gpus_busy")
+    message = r.get_json()["error"]["message"]
+    assert message.startswith("asks for a 0.5 share of a GPU but only 0 are free now (none); GPU 0 shared by job busy"), message
+    assert message.count("(0.5)") == 4 and "GPU 1 shared by" in message
+    assert api.call("GET", "workspaces/noroom", api.member).status_code == 404  # nothing is left behind
+    end_all(api)

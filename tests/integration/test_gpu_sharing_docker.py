@@ -1,6 +1,7 @@
 """GPU sharing on a real daemon and a real Docker engine (docs/gpu-sharing.md): two half-GPU jobs run at
 once in containers pinned to the same (declared) GPU; a whole-GPU job takes the other GPU and never the
-shared one; `mlpd gpus` shows the shares and their holders."""
+shared one; `mlpd gpus` shows the shares and their holders. Four half-GPU workspaces (JupyterLab
+answering in each) run on two GPUs, and a whole-GPU job waits until one GPU's two workspaces stop."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import subprocess
 
 import pytest
 
-from helpers import as_json, needs_docker, new_user, wait_for
+from helpers import as_json, holds_for, needs_docker, new_user, wait_for
 from mlpd.jobs import TERMINAL_STATES
+from test_workspaces import wsd  # noqa: F401  (a daemon of its own with 2 declared GPUs; removes its containers)
 
 pytestmark = [needs_docker, pytest.mark.docker]
 
@@ -73,3 +75,45 @@ def test_two_half_gpu_jobs_run_at_once_pinned_to_the_same_gpu(daemon):
     with sqlite3.connect(f"file:{daemon.state_dir / 'mlpd.db'}?mode=ro", uri=True) as db:
         booked = dict(db.execute(f"SELECT object_id, share FROM allocations WHERE object_id IN ({','.join('?' * len(started))})", started))
     assert booked == {a: 0.5, b: 0.5, c: 1.0}
+
+
+def test_four_half_gpu_workspaces_run_on_two_gpus_and_a_whole_gpu_job_waits(wsd):  # noqa: F811
+    from test_workspaces import member, ready
+
+    name, token = member(wsd)
+    labs = [f"half{i}" for i in range(4)]
+    whole = None
+    try:
+        for lab in labs:
+            r = wsd.api("POST", "/api/v1/workspaces", token, json={"name": lab, "gpus": 0.5})
+            assert r.status_code == 201, r.text
+        shown = [ready(wsd, token, lab, timeout=240) for lab in labs]  # JupyterLab answers in each
+        by_gpu: dict[str, list[str]] = {}
+        for w in shown:
+            assert w["state"] == "running" and w["gpus"]["share"] == 0.5 and len(w["gpus"]["uuids"]) == 1
+            by_gpu.setdefault(w["gpus"]["uuids"][0], []).append(w["session"])
+            env = container_env_of(f"mlpd-job-{w['session']}")
+            assert env["CUDA_VISIBLE_DEVICES"] == env["NVIDIA_VISIBLE_DEVICES"] == w["gpus"]["uuids"][0]
+        assert sorted(len(v) for v in by_gpu.values()) == [2, 2]
+        r = wsd.api("POST", "/api/v1/jobs", token, json={"command": ["sleep", "300"], "gpus": 1})
+        assert r.status_code == 201, r.text
+        whole = r.json()["job"]["id"]
+        holds_for(lambda: job(wsd, token, whole)["state"] == "queued", 3, message="no whole GPU is free: the job waits")
+        # Both workspaces on one GPU stop: that GPU is whole again and the job starts on it.
+        gpu, sessions = next(iter(by_gpu.items()))
+        for w in shown:
+            if w["session"] in sessions:
+                assert wsd.api("POST", f"/api/v1/workspaces/{w['name']}/stop", token).status_code == 200
+        started = wait_state(wsd, token, whole, "running", timeout=120)
+        assert started["gpus"]["uuids"] == [gpu]
+    finally:
+        if whole:
+            wsd.api("POST", f"/api/v1/jobs/{whole}/cancel", token)
+        for lab in labs:
+            wsd.api("DELETE", f"/api/v1/workspaces/{lab}", token)
+
+
+def container_env_of(container: str) -> dict[str, str]:
+    out = subprocess.run(["docker", "inspect", container], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return dict(e.split("=", 1) for e in json.loads(out.stdout)[0]["Config"]["Env"])

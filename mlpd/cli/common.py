@@ -80,7 +80,7 @@ class GpuCount(click.ParamType):
 
 
 GPU_COUNT = GpuCount()
-GPU_SHARE_FLAG = 0.5  # what --gpu-share asks for: as --gpus 0.5 (mlpd.scheduling.sharing.CLI_SHARE)
+GPU_SHARE_FLAG = 0.5  # what --gpu-share asks for: as --gpus 0.5
 
 
 def gpus_wanted(gpus: int | float, gpu_share: bool) -> int | float:

@@ -17,7 +17,6 @@ from typing import Any, Mapping
 
 SHARE_EPS = 1e-9  # shares are floats: 0.1 x 10 must still fit one GPU
 MIN_SHARE = 0.05  # the smallest share of a GPU one workload may ask for
-CLI_SHARE = 0.5  # what the --gpu-share flag asks for (as --gpus 0.5)
 _NUMBER = re.compile(r"\s*\d+(?:\.\d+)?\s*|\s*\.\d+\s*")
 
 
@@ -69,13 +68,3 @@ def share_of(spec: Mapping[str, Any] | None) -> float:
     share = (spec or {}).get("gpu_share")
     return float(share) if share else 1.0
 
-
-def holders_of(active: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """For `mlpd gpus` and the dashboard: per GPU uuid, who holds it and what share
-    ({"job_id", "owner", "kind", "share"}), from the starting and running job rows."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for row in active:
-        for uuid in row.get("gpu_uuids") or []:
-            out.setdefault(uuid, []).append({"job_id": row["id"], "owner": row["owner"], "kind": row.get("kind", "job"),
-                                             "share": share_of(row.get("spec"))})
-    return out

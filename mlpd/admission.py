@@ -110,6 +110,6 @@ def submit_job(store: Store, config: Config, devices: Sequence[Any], owner: str,
     check_priority_class(store, config, spec, owner, is_admin)
     check_disk(config)
     disk_use.refusal(store, config, owner)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)
-    warnings = warnings + quotas.admit(store, config, owner, spec.gpus,  # QuotaExceeded: 403
+    warnings = warnings + quotas.admit(store, config, owner, spec.gpu_demand,  # QuotaExceeded: 403
                                        work=[{"cpus": spec.cpus, "memory": spec.memory}])
     return dependencies.submit(store, owner, spec, warnings, after), warnings

@@ -266,6 +266,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpus.declare", int, 0, "Declare this many GPUs on a machine without NVIDIA GPUs (development and tests).", _non_negative),
     Setting("gpus.declared_model", str, "declared", "Model name shown for declared GPUs."),
     Setting("gpus.drained", list, [], "GPU indices or UUIDs that take no new work."),
+    Setting("gpus.share_max", int, 4, "At most this many shared workloads (--gpus 0.5) on one GPU, by time-slicing; their shares sum to 1 at most "
+            "(docs/gpu-sharing.md). 1 = each share gets a GPU of its own.", _between(1, 64)),
     Setting("jobs.default_image", str, "mlpd/train:latest", "Image used when a job names none."),
     Setting("jobs.default_cpus", (int, float), 2, "CPU limit of work that sets none: jobs, notebook jobs, workspaces, model-serving replicas (0 = no limit; never more than the host has).", _non_negative),
     Setting("jobs.default_memory", str, "8g", "Memory limit of work that sets none, e.g. '8g': jobs, notebook jobs, workspaces, model-serving replicas ('' = no limit; never more than the host has).", _memory),

@@ -35,6 +35,7 @@ from mlpd.runtime.slurm import runs_on_slurm
 from mlpd.runtime.protocol import DEEP_LEARNING_ULIMITS, ImageMissing, LaunchRequest, Phase, Runtime, RuntimeFailure, WorkloadStatus, attempt_of
 from mlpd.scheduling import quotas
 from mlpd.units import host_limits, parse_duration, shm_size
+from mlpd.scheduling.sharing import share_of
 from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, effective_limits, use_of
 from mlpd.scheduling.scheduler import (Gpu, GpuLimit, Holding, Plan, Policy, Preemptible, QueuedJob, Wait, choose_preemptions, fair_share_factors,
                             format_time, schedule, score_terms, short_id, slowdown_factors, starving, waiting_for_the_host)
@@ -139,7 +140,7 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
         start = job["started_at"] or now
         for uuid in job["gpu_uuids"]:
             holdings.append(Holding(uuid, job["id"], job["owner"], start + limit if limit else None,
-                                    names[job["id"]].label(with_owner=True)))
+                                    names[job["id"]].label(with_owner=True), share_of(job["spec"])))
     owners = sorted({j["owner"] for j in queued if j["spec"]["gpus"]})
     limits, demoted, caps = {}, set(), {}
     for owner in sorted({j["owner"] for j in queued}):
@@ -160,7 +161,7 @@ def scheduler_inputs(store: Store, inventory: GpuInventory, config: Config, now:
         queue.append(QueuedJob(j["id"], j["owner"], j["spec"]["gpus"], j["spec"].get("gpu_model"),
                                OVER_QUOTA_PRIORITY if j["owner"] in demoted else j["priority"], j["submitted_at"],
                                effective_time_limit(j, config), classes.rank(classes.of(j)), use.cpus, use.memory,
-                               names[j["id"]].label(with_owner=True)))
+                               names[j["id"]].label(with_owner=True), share_of(j["spec"])))
     policy = scheduler_policy(config)
     usage = quotas.fair_share_usage(store, config, now) if policy.fair_share and len(owners) > 1 else {}
     waiting = waiting_for_the_host(queue, holdings, list(limits.values()), demoted, list(caps.values()), running)
@@ -207,7 +208,7 @@ def scheduler_policy(config: Config) -> Policy:
                   weight_expansion=float(config["scheduler.weight_expansion"]), max_expansion=float(config["scheduler.max_expansion"]),
                   weight_size=float(config["scheduler.weight_size"]), size_time=parse_duration(config["scheduler.size_time"]),
                   weight_slowdown=float(config["scheduler.weight_slowdown"]),
-                  starvation_wait=parse_duration(config["scheduler.starvation_wait"]))
+                  starvation_wait=parse_duration(config["scheduler.starvation_wait"]), share_max=int(config["gpus.share_max"]))
 
 
 def keep_reservation(store: Store, plan: Plan, queued: list[dict], gpus: list[Gpu], now: float) -> None:

@@ -271,16 +271,16 @@ def _book_allocations(db, job_id: str, state: JobState) -> None:
     object_id, attempt, gpu_uuid) and the compare-and-set transition make a repeated or replayed
     pass a no-op, so a restart never books twice or leaves a gap.
     """
-    row = db.execute("SELECT owner, gpu_uuids, gpu_indices, gpu_models, started_at, ended_at, kind, attempts FROM jobs WHERE id = ?",
-                     [job_id]).fetchone()
+    row = db.execute("SELECT owner, gpu_uuids, gpu_indices, gpu_models, started_at, ended_at, kind, attempts, "
+                     "COALESCE(json_extract(spec, '$.gpu_share'), 1.0) FROM jobs WHERE id = ?", [job_id]).fetchone()
     owner, uuids, indices, models, started, ended = row[0], json.loads(row[1]), json.loads(row[2]), json.loads(row[3]), row[4], row[5]
-    kind, attempt = row[6], row[7]
+    kind, attempt, share = row[6], row[7], row[8]  # share: the part of each GPU it holds (mlpd.scheduling.sharing)
     if not uuids or started is None or state not in (JobState.RUNNING, JobState.PREEMPTED, *TERMINAL):
         return
     models = models or ["unknown"] * len(uuids)
     for uuid, index, model in zip(uuids, indices, models, strict=False):
-        db.execute("INSERT OR IGNORE INTO allocations (owner, kind, object_id, attempt, gpu_uuid, gpu_index, gpu_model, start) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [owner, kind, job_id, attempt, uuid, index, model, started])
+        db.execute("INSERT OR IGNORE INTO allocations (owner, kind, object_id, attempt, gpu_uuid, gpu_index, gpu_model, start, share) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [owner, kind, job_id, attempt, uuid, index, model, started, share])
     if state != JobState.RUNNING:
         db.execute("UPDATE allocations SET end = ?, start = ? WHERE kind = ? AND object_id = ? AND attempt = ? AND end IS NULL",
                    [max(ended or started, started), started, kind, job_id, attempt])

@@ -366,6 +366,13 @@ def _migration_roles(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_gpu_share(db: sqlite_utils.Database) -> None:
+    """GPU sharing (docs/gpu-sharing.md): each ledger row books the part of its GPU the work held
+    (`share`: 1 for a whole GPU, 0.5 for half of one), so GPU-hours count fractions. Rows booked
+    before sharing existed held whole GPUs."""
+    db.execute("ALTER TABLE allocations ADD COLUMN share REAL NOT NULL DEFAULT 1.0")
+
+
 def _migration_automation(db: sqlite_utils.Database) -> None:
     """Work that runs itself (mlpd.automation): dependencies between jobs (`mlpd run --after`),
     schedules (cron) with one row per due time they handled, and sweeps with one row per trial.
@@ -423,6 +430,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0014_data", _migration_data),
     ("0015_roles", _migration_roles),
     ("0016_automation", _migration_automation),
+    ("0017_gpu_share", _migration_gpu_share),
 ]
 
 

@@ -207,7 +207,7 @@ def create_sweep():
     check_admission(spec)
     check_priority_class(spec)
     check_disk()
-    warnings += quotas.admit(store(), config(), g.user.name, spec.gpus, work=[{"cpus": spec.cpus, "memory": spec.memory}])
+    warnings += quotas.admit(store(), config(), g.user.name, spec.gpu_demand, work=[{"cpus": spec.cpus, "memory": spec.memory}])
     experiment = spec.experiment or config()["mlflow.default_experiment"].format(owner=g.user.name)
     sweep_id = secrets.token_hex(6)
     try:

@@ -12,7 +12,8 @@ from flask import Response, current_app, g, jsonify, request, stream_with_contex
 
 from mlpd import admission, jobs
 from mlpd.scheduling.scheduler import name_of as name_of_holder
-from mlpd.scheduling.gpu_state import drains, find_gpu, gpu_holders, read_instance_id, set_drained, stray_gpus
+from mlpd.scheduling.gpu_state import drains, find_gpu, gpu_holders, gpu_sharers, read_instance_id, set_drained, stray_gpus
+from mlpd.scheduling.sharing import as_gpus
 from mlpd.kinds.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import TERMINAL_STATES, JobState
 from mlpd.units import host_limits
@@ -78,7 +79,7 @@ def job_view(job: dict) -> dict:
     return {
         "id": job["id"], "kind": job.get("kind") or "job", "name": job["name"], "owner": job["owner"], "state": job["state"], "reason": job["reason"],
         "exit_code": job["exit_code"], "priority": job["priority"],
-        "gpus": {"count": spec["gpus"], "indices": job["gpu_indices"], "uuids": job["gpu_uuids"]},
+        "gpus": {"count": spec["gpus"], "share": spec.get("gpu_share"), "indices": job["gpu_indices"], "uuids": job["gpu_uuids"]},
         "image": spec.get("image") or config()["jobs.default_image"], "command": spec["command"],
         "submitted_at": job["submitted_at"], "started_at": job["started_at"], "ended_at": job["ended_at"],
         "cancel_requested_by": job["cancel_requested_by"], "spec": spec, "limits": effective_limits_view(spec),
@@ -458,14 +459,18 @@ def upload_code(digest: str):
 def list_gpus():
     cfg = config()
     drained = drains(store(), cfg["gpus.drained"], inventory().devices())
-    holders = gpu_holders(store())
+    sharers = gpu_sharers(store())
     stray = stray_gpus(store())
     out = []
     for d in inventory().devices():
         item = d.to_dict()
         item["drained"] = d.uuid in drained
         item["drain_reason"] = drained.get(d.uuid)
-        item["holder"] = holders.get(d.uuid)
+        held = sharers.get(d.uuid, [])
+        item["holder"] = held[0] if held else None  # the first holder (as before sharing); all of them in "holders"
+        item["holders"] = held
+        item["shared"] = any(h["share"] < 1 for h in held)  # held by shares (--gpus 0.5): takes no whole-GPU work
+        item["share_used"] = as_gpus(sum(h["share"] for h in held))
         item["stray_pids"] = stray.get(d.uuid, [])
         out.append(item)
     answer = {"gpus": out, "inventory": inventory().kind}

@@ -12,7 +12,8 @@ from mlpd import disk_use, jobs
 from mlpd.scheduling import quotas
 
 from mlpd.kinds import workspace as workspaces
-from mlpd.scheduling.gpu_state import drains, gpu_holders
+from mlpd.scheduling.gpu_state import drains, gpu_sharers
+from mlpd.scheduling.sharing import demand
 from mlpd.jobs import JobState
 from mlpd.web import config, store
 from mlpd.web.api_jobs import check_disk, inventory, logs_response, wake
@@ -24,7 +25,8 @@ route = area.route
 
 CREATE_BODY = {
     "name": Field(str, True, "1-40 lowercase letters, digits and '-'"),
-    "gpus": Field(int, doc="GPUs to pin (default 0)"),
+    "gpus": Field((int, float), doc="GPUs to pin (default 0), or a share of one GPU such as 0.5 (docs/gpu-sharing.md)"),
+    "gpu_share": Field((int, float), doc="a share of one GPU below 1, e.g. 0.5 (as gpus = 0.5)"),
     "gpu_model": Field(str, doc="only GPUs of this model"),
     "image": Field(str, doc="default workspaces.image (JupyterLab on the training image)"),
     "requirements": Field(str, doc="the text of a requirements.txt, installed into the image once (an environment)"),
@@ -69,19 +71,23 @@ def start_now_or_fail(ws: dict, wait: bool) -> None:
         return
     if not workspaces.withdraw_unplaced(store(), ws, bool(ws.get("_new")), "withdrawn: its GPUs were not free and it was not asked to wait"):
         return  # the worker placed it meanwhile
-    holders = gpu_holders(store())
+    holders = gpu_sharers(store())
     drained = drains(store(), config()["gpus.drained"], inventory().devices())
     free = [str(gpu.index) for gpu in gpus if gpu.uuid not in holders and gpu.uuid not in drained and not gpu.drained]
     held = []
     for gpu in gpus:
         if gpu.uuid in holders:
-            h = holders[gpu.uuid]
-            held.append(f"GPU {gpu.index} held by {h['label']}")
+            hs = holders[gpu.uuid]
+            if any(h["share"] < 1 for h in hs):  # shared by small work (docs/gpu-sharing.md)
+                held.append(f"GPU {gpu.index} shared by " + " and ".join(f"{h['label']} ({h['share']:g})" for h in hs))
+            else:
+                held.append(f"GPU {gpu.index} held by {hs[0]['label']}")
         elif gpu.uuid in drained or gpu.drained:
             held.append(f"GPU {gpu.index} {drained.get(gpu.uuid) or gpu.drain_reason}")
     queued = jobs.in_states(store(), [JobState.QUEUED])
     ahead = f"; {len(queued)} queued workloads come first" if queued else ""
-    raise ApiError(409, "gpus_busy", f"asks for {ws['spec']['gpus']} GPUs but only {len(free)} are free now"
+    wants = f"a {ws['spec']['gpu_share']:g} share of a GPU" if ws["spec"].get("gpu_share") else f"{ws['spec']['gpus']} GPUs"
+    raise ApiError(409, "gpus_busy", f"asks for {wants} but only {len(free)} are free now"
                                      f" ({', '.join(free) or 'none'}); {'; '.join(held) or 'none held'}{ahead}. "
                                      "Wait for them with --wait (wait: true), or ask for fewer")
 
@@ -103,7 +109,7 @@ def create_for_user(data: dict) -> tuple[dict, list[str]]:
     check_admission(workspaces.session_spec(spec, name))
     check_disk()
     disk_use.refusal(store(), config(), g.user.name)  # quotas.home_gb / team_gb (DiskQuotaExceeded: 403)
-    warnings = quotas.admit(store(), config(), g.user.name, spec["gpus"], work=[spec])  # QuotaExceeded: 403
+    warnings = quotas.admit(store(), config(), g.user.name, demand(spec["gpus"], spec.get("gpu_share")), work=[spec])  # QuotaExceeded: 403
     port = workspaces.allocate_port(store(), config()["workspaces.port_range"])
     ssh_port = workspaces.allocate_port(store(), config()["workspaces.port_range"], exclude=[port])
     ws = workspaces.create(store(), g.user.name, name, spec, port, ssh_port)
@@ -150,7 +156,7 @@ def start_workspace(name: str):
     ws = workspaces.wait_stopped(store(), _get(name))  # a stop in progress ends first: its GPUs are free again for the quota check
     check_disk()
     disk_use.refusal(store(), config(), ws["owner"])
-    quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
+    quotas.admit(store(), config(), ws["owner"], demand(ws["spec"]["gpus"], ws["spec"].get("gpu_share")), work=[ws["spec"]])
     before = ws["session"]
     ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
     if ws["session"] != before:

@@ -60,7 +60,7 @@ class _StateCollector:
 
         now = time.time()
         hours = CounterMetricFamily("mlpd_gpu_hours", "GPU-hours allocated, all time, by user and kind", labels=["user", "kind"])
-        for r in self.store.query("SELECT owner, kind, SUM(COALESCE(end, ?) - start) AS secs FROM allocations GROUP BY owner, kind", [now]):
+        for r in self.store.query("SELECT owner, kind, SUM((COALESCE(end, ?) - start) * share) AS secs FROM allocations GROUP BY owner, kind", [now]):
             hours.add_metric([r["owner"], r["kind"]], (r["secs"] or 0) / 3600)
         yield hours
 

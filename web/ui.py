@@ -177,26 +177,28 @@ def _workload_url(job: dict | None, owner: str) -> str:
 def gpu_rows(now: float) -> list[dict[str, Any]]:
     """Each GPU with its holder, what for and until when (the data of the dashboard's GPU table)."""
     from mlpd.controller import effective_time_limit
-    from mlpd.scheduling.gpu_state import drains, gpu_holders, stray_gpus
+    from mlpd.scheduling.gpu_state import drains, gpu_sharers, stray_gpus
     from mlpd.web.api_jobs import inventory
 
     cfg, st = config(), store()
     devices = inventory().devices()
     drained = drains(st, cfg["gpus.drained"], devices)
-    holders, stray = gpu_holders(st), stray_gpus(st)
+    holders, stray = gpu_sharers(st), stray_gpus(st)
     samples = _utilization_history([d.uuid for d in devices], now - 3600, now)
     rows = []
     for d in devices:
-        holder = holders.get(d.uuid)
-        if holder:
-            job = jobs.get(st, holder["job_id"])
+        sharers = []  # every holder of the GPU: one for whole-GPU work, up to gpus.share_max for shares
+        for h in holders.get(d.uuid, []):
+            job = jobs.get(st, h["job_id"])
             limit = effective_time_limit(job, cfg) if job else None
-            holder = dict(holder, label=_job_label(job, holder["job_id"]), url=_workload_url(job, holder["owner"]),
-                          until=(job["started_at"] + limit) if job and job["started_at"] and limit else None,
-                          state=job["state"] if job else "")
+            sharers.append(dict(h, label=_job_label(job, h["job_id"]), url=_workload_url(job, h["owner"]),
+                                until=(job["started_at"] + limit) if job and job["started_at"] and limit else None,
+                                state=job["state"] if job else ""))
+        holder = sharers[0] if sharers else None
         points = samples.get(d.uuid, [])
         rows.append({"index": d.index, "uuid": d.uuid, "model": d.name, "declared": d.declared, "memory_total": d.memory_total,
                      "memory_used": d.memory_used, "utilization": d.utilization, "holder": holder,
+                     "holders": sharers, "shared": any(h["share"] < 1 for h in sharers),
                      "drained": drained.get(d.uuid), "stray_pids": stray.get(d.uuid, []),
                      "spark": Markup(ui_charts.lines(f"GPU {d.index} utilization, last hour", [(f"GPU {d.index}", points)], now - 3600, now))
                      if points else None})

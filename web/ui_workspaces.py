@@ -33,17 +33,24 @@ def _tunnel(ws: dict, view: dict) -> dict:
     return {"command": f"ssh -N -L {ws['port']}:127.0.0.1:{ws['port']} YOU@{host}", "url": view["url"], "cli": f"mlpd ws tunnel {ws['name']} --run"}
 
 
+def _gpu_count(raw: str) -> int | float:
+    """The form's GPUs: whole GPUs (2) or a share of one GPU (0.5); the spec checks the range."""
+    number = float(raw)
+    return int(number) if number.is_integer() else number
+
+
 def _form(values: dict) -> tuple[dict, dict[str, str]]:
     """The API body a create form describes, and errors by field for what the form itself can tell."""
     errors: dict[str, str] = {}
     body: dict = {"name": values.get("name", "").strip(), "wait": values.get("wait") == "1"}
-    for key, kind in (("gpus", int), ("cpus", float)):
+    for key, kind in (("gpus", _gpu_count), ("cpus", float)):
         raw = values.get(key, "").strip()
         if raw:
             try:
                 body[key] = kind(raw)
             except ValueError:
-                errors[key] = f"expected a {'whole ' if kind is int else ''}number, got {raw!r}"
+                errors[key] = (f"expected a whole number or a share of one GPU such as 0.5, got {raw!r}" if key == "gpus"
+                               else f"expected a number, got {raw!r}")
     for key in ("image", "memory"):
         if values.get(key, "").strip():
             body[key] = values[key].strip()
@@ -100,10 +107,11 @@ def _act(name: str, action: str):
         from mlpd.web.api_workspaces import start_now_or_fail
         from mlpd import disk_use
         from mlpd.scheduling import quotas
+        from mlpd.scheduling.sharing import demand
 
         ws = workspaces.wait_stopped(store(), ws)  # a stop in progress ends first: its GPUs are free for the quota check
         disk_use.refusal(store(), config(), ws["owner"])
-        quotas.admit(store(), config(), ws["owner"], ws["spec"]["gpus"], work=[ws["spec"]])
+        quotas.admit(store(), config(), ws["owner"], demand(ws["spec"]["gpus"], ws["spec"].get("gpu_share")), work=[ws["spec"]])
         before = ws["session"]
         ws = workspaces.start(store(), ws, g.user.name, port_range=config()["workspaces.port_range"])
         if ws["session"] != before:

@@ -49,5 +49,5 @@ def admit(store: Store, config: Config, owner: str, spec_data: dict[str, Any]) -
     refusal = submit_refusal(store, config, spec.priority_class, owner, is_admin)
     if refusal:
         raise Refused(refusal[2], refusal[0], refusal[1])
-    notes = quotas.admit(store, config, owner, spec.gpus, work=[{"cpus": spec.cpus, "memory": spec.memory}])
+    notes = quotas.admit(store, config, owner, spec.gpu_demand, work=[{"cpus": spec.cpus, "memory": spec.memory}])
     return spec, warnings + notes

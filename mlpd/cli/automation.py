@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import click
 
-from mlpd.cli.common import logged_in_client, json_option
+from mlpd.cli.common import GPU_COUNT, logged_in_client, json_option
 from mlpd.output import emit_json, table, when
 
 
@@ -100,7 +100,7 @@ def spec_from_flags(client, command: tuple[str, ...], options: dict[str, Any], c
 def job_options(fn):
     """The job flags a schedule or a sweep takes with `-- CMD...` (as 'mlpd run' names them)."""
     for option in reversed([
-        click.option("--gpus", type=int, help="How many GPUs each run gets (default 0)."),
+        click.option("--gpus", type=GPU_COUNT, help="How many GPUs each run gets (default 0), or a share of one GPU such as 0.5."),
         click.option("--gpu-model", help="Only GPUs of this model."),
         click.option("--image", help="Container image (default: the daemon's jobs.default_image)."),
         click.option("--cpus", type=float, help="CPU limit of each run."),

@@ -61,3 +61,32 @@ def logged_in_client():
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (stable).")
+
+
+class GpuCount(click.ParamType):
+    """`--gpus`: whole GPUs (2) or a share of one GPU (0.5, time-sliced with other small work);
+    the daemon checks the range (docs/gpu-sharing.md)."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number of GPUs (2) nor a share of one GPU (0.5)", param, ctx)
+        return int(number) if number.is_integer() else number
+
+
+GPU_COUNT = GpuCount()
+GPU_SHARE_FLAG = 0.5  # what --gpu-share asks for: as --gpus 0.5
+
+
+def gpus_wanted(gpus: int | float, gpu_share: bool) -> int | float:
+    """--gpus N and --gpu-share together: the GPUs to ask for (--gpu-share is --gpus 0.5)."""
+    if gpu_share:
+        if gpus not in (0, 1, GPU_SHARE_FLAG):
+            raise click.UsageError(f"--gpu-share asks for half of one GPU; leave out --gpus {gpus} (or use --gpus 0.5)")
+        return GPU_SHARE_FLAG
+    return gpus

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from mlpd.cli.common import logged_in_client, json_option
+from mlpd.cli.common import GPU_COUNT, gpus_wanted, logged_in_client, json_option
 from mlpd.cli.job_end import EXIT_STATUS_TABLE
 from mlpd.output import emit_json, plural, table, when
 
@@ -84,7 +84,9 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
-@click.option("--gpus", type=int, default=0, show_default=True, help="How many GPUs.")
+@click.option("--gpus", type=GPU_COUNT, default=0, show_default=True,
+              help="How many GPUs, or a share of one GPU such as 0.5 (time-sliced with other small work; docs/gpu-sharing.md).")
+@click.option("--gpu-share", is_flag=True, help="Half of one GPU, shared with other small work (as --gpus 0.5).")
 @click.option("--gpu-model", help="Only GPUs of this model (as 'mlpd gpus' names it).")
 @click.option("--image", help="Container image (default: the daemon's jobs.default_image).")
 @click.option("--cpus", type=float, help="CPU limit, e.g. 4 or 0.5.")
@@ -114,8 +116,8 @@ def _submit(spec: dict[str, Any], as_json: bool) -> dict[str, Any]:
               help="For a notebook (mlpd run NB.ipynb): a value for its 'parameters' cell (repeatable); the executed notebook is kept in the outputs.")
 @json_option
 @click.argument("command", nargs=-1, required=True)
-def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priority, priority_class, experiment, on, code_dir, no_code,
-        requirements_file, no_requirements, follow, after, params, as_json, command):
+def run(gpus, gpu_share, gpu_model, image, cpus, memory, shm, time_limit, env, name, priority, priority_class, experiment, on, code_dir,
+        no_code, requirements_file, no_requirements, follow, after, params, as_json, command):
     """Run COMMAND as a job, with the current directory as its code: mlpd run --gpus 1 -- python train.py
 
     A notebook runs headless with papermill in the workspace image: mlpd run train.ipynb --param epochs=2
@@ -131,7 +133,7 @@ def run(gpus, gpu_model, image, cpus, memory, shm, time_limit, env, name, priori
         if not sep:
             raise click.BadParameter(f"expected K=V, got {item!r}", param_hint="--env")
         env_map[key] = value
-    spec: dict[str, Any] = {"command": list(command), "gpus": gpus}
+    spec: dict[str, Any] = {"command": list(command), "gpus": gpus_wanted(gpus, gpu_share)}
     for key, value in (("gpu_model", gpu_model), ("image", image), ("cpus", cpus), ("memory", memory), ("shm", shm),
                        ("time_limit", time_limit), ("name", name), ("priority", priority), ("priority_class", priority_class), ("experiment", experiment), ("on", on)):
         if value is not None:
@@ -273,6 +275,8 @@ def _gpus_text(job: dict) -> str:
     count, indices = job["gpus"]["count"], job["gpus"]["indices"]
     if not count:
         return "-"
+    if job["gpus"].get("share"):
+        count = f"{job['gpus']['share']:g} of 1"  # a share of one GPU (--gpus 0.5)
     return f"{count} (GPU{'s' if len(indices) > 1 else ''} {','.join(map(str, indices))})" if indices else str(count)
 
 
@@ -332,7 +336,7 @@ def jobs_show(job_id, as_json):
         ("job", job["id"] + (f" ({job['name']})" if job["name"] else "")), ("owner", job["owner"]),
         ("state", job["state"] + (f": {job['reason']}" if job["reason"] else "")),
         ("exit code", job["exit_code"]), ("image", job["image"]), ("command", " ".join(job["command"])),
-        ("gpus", f"{spec['gpus']} requested" + (f", indices {job['gpus']['indices']} ({', '.join(job['gpus']['uuids'])})" if job["gpus"]["uuids"] else "")),
+        ("gpus", (f"a {spec['gpu_share']:g} share of 1 GPU" if spec.get("gpu_share") else f"{spec['gpus']}") + " requested" + (f", indices {job['gpus']['indices']} ({', '.join(job['gpus']['uuids'])})" if job["gpus"]["uuids"] else "")),
         *_limit_lines(job, spec),
         ("time limit", format_duration(spec["time_limit"]) if spec.get("time_limit") else "-"), ("priority", job["priority"]),
         ("class", job.get("priority_class", "-")), ("attempt", job.get("attempt", 1)),
@@ -578,6 +582,12 @@ def wait(job_ids, timeout, as_json):
 wait.help = inspect.cleandoc(wait.help or "") + "\n\n\b\n" + "\n".join(f"{code:>6}  {meaning}" for code, meaning in EXIT_STATUS_TABLE)
 
 
+def _holder_text(h: dict) -> str:
+    """One holder of a GPU as `mlpd gpus` shows it: its label, with its share on a shared GPU."""
+    text = h.get("label") or f"job {h['job_id']} of {h['owner']}"
+    return text + (f" ({h['share']:g} GPU)" if h.get("share", 1) < 1 else "")
+
+
 @click.command()
 @json_option
 def gpus(as_json):
@@ -589,14 +599,16 @@ def gpus(as_json):
     rows = []
     for g in result["gpus"]:
         holder = g["holder"]
+        held = g.get("holders") or ([holder] if holder else [])
         mem = f"{g['memory_used'] // 2**20}/{g['memory_total'] // 2**20} MiB" if g["memory_total"] else "-"
-        status = (g.get("drain_reason") or "drained") if g["drained"] else ("held" if holder else "free")
+        status = (g.get("drain_reason") or "drained") if g["drained"] else (
+            f"shared {g.get('share_used')} of 1 by {len(held)}" if g.get("shared") else "held" if holder else "free")
         if g.get("stray_pids"):
             status += f", STRAY use by pids {','.join(map(str, g['stray_pids']))}"
         model = g["name"] if not g["declared"] else ("declared" if g["name"] == "declared" else f"{g['name']} (declared)")
         rows.append((g["index"], model, g["uuid"], mem,
                      f"{g['utilization']}%" if g["utilization"] is not None else "-", status,
-                     (holder.get("label") or f"job {holder['job_id']} of {holder['owner']}") if holder else "-"))
+                     "; ".join(_holder_text(h) for h in held) or "-"))
     table(rows, ["index", "model", "uuid", "memory", "util", "status", "holder"])
     if "slurm_nodes" in result:  # the daemon submits to a Slurm cluster: its nodes, as sinfo says
         click.echo("\nSlurm nodes:")

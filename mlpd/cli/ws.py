@@ -12,7 +12,7 @@ import time
 
 import click
 
-from mlpd.cli.common import logged_in_client, json_option
+from mlpd.cli.common import GPU_COUNT, gpus_wanted, logged_in_client, json_option
 from mlpd.output import duration, emit_json, table, when
 from mlpd.ports import port_free
 
@@ -77,7 +77,9 @@ def _wait_running(client, name: str, timeout: float = 600) -> dict:
 
 @ws.command("create")
 @click.argument("name")
-@click.option("--gpus", type=int, default=0, show_default=True, help="GPUs to pin to it.")
+@click.option("--gpus", type=GPU_COUNT, default=0, show_default=True,
+              help="GPUs to pin to it, or a share of one GPU such as 0.5 (time-sliced with other small work).")
+@click.option("--gpu-share", is_flag=True, help="Half of one GPU, shared with other small work (as --gpus 0.5).")
 @click.option("--gpu-model", help="Only GPUs of this model.")
 @click.option("--image", help="Image (default: the daemon's workspaces.image, JupyterLab on the training image).")
 @click.option("--requirements", "requirements_file", type=click.Path(exists=True, dir_okay=False), help="A requirements.txt installed into the image (built once, reused).")
@@ -86,9 +88,9 @@ def _wait_running(client, name: str, timeout: float = 600) -> dict:
 @click.option("--wait", is_flag=True, help="If its GPUs are not free, wait in the queue (otherwise fail at once, saying who holds them).")
 @click.option("--no-wait-ready", is_flag=True, help="Return once it is created, without waiting for JupyterLab to answer.")
 @json_option
-def create(name, gpus, gpu_model, image, requirements_file, cpus, memory, wait, no_wait_ready, as_json):
+def create(name, gpus, gpu_share, gpu_model, image, requirements_file, cpus, memory, wait, no_wait_ready, as_json):
     """Create a workspace NAME and start it: JupyterLab with your home at /home/mlpd."""
-    body = {"name": name, "gpus": gpus, "gpu_model": gpu_model, "image": image, "cpus": cpus, "memory": memory, "wait": wait}
+    body = {"name": name, "gpus": gpus_wanted(gpus, gpu_share), "gpu_model": gpu_model, "image": image, "cpus": cpus, "memory": memory, "wait": wait}
     if requirements_file:
         with open(requirements_file, encoding="utf-8") as fh:
             body["requirements"] = fh.read()

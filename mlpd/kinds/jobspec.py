@@ -37,6 +37,7 @@ class JobSpec:
     image: str | None = None
     code: str | None = None
     gpus: int = 0
+    gpu_share: float | None = None  # a share of one GPU below 1 (then gpus is 1): mlpd.scheduling.sharing
     gpu_model: str | None = None
     cpus: float | None = None
     memory: int | None = None
@@ -50,6 +51,11 @@ class JobSpec:
     priority_class: str | None = None  # a class of scheduler.priority_classes; None: the default class
     shm: int | None = None  # bytes of /dev/shm, within the memory limit; None: jobs.shm_size (see shm_size)
     on: str | None = None  # where it runs: "local" (this host) or "slurm" (a Slurm cluster); None: slurm.default_on, fixed at submit
+
+    @property
+    def gpu_demand(self) -> float:
+        """What it counts against concurrent-GPU quotas: its share of one GPU, or its whole GPUs."""
+        return self.gpu_share if self.gpu_share else float(self.gpus)
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict with every field; ``parse_spec`` accepts it back unchanged."""
@@ -108,6 +114,30 @@ def _whole(key: str, value: Any, low: int, high: int) -> int:
     if value > high:
         raise SpecError(key, f"must be at most {high}, got {shown}")
     return value
+
+
+def gpu_request(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """`gpus` (whole GPUs, or a share of one GPU such as 0.5) and `gpu_share` as spec fields:
+    {"gpus": 2} or {"gpus": 1, "gpu_share": 0.5}. A share asks for one GPU: `gpu_share` with
+    `gpus` other than 1 (or a share in `gpus` too) is refused. Raises SpecError."""
+    from mlpd.scheduling.sharing import ShareError, check_share, split_gpus
+
+    try:
+        gpus, share = split_gpus(raw["gpus"]) if raw.get("gpus") is not None else (None, None)
+    except ShareError as exc:
+        raise SpecError("gpus", str(exc)) from None
+    if raw.get("gpu_share") is not None:
+        if share is not None or gpus not in (None, 1):
+            raise SpecError("gpu_share", f"a share is of one GPU: leave out gpus (or set it to 1), got gpus = {raw['gpus']!r}")
+        try:
+            share = check_share(raw["gpu_share"])
+        except ShareError as exc:
+            raise SpecError("gpu_share", str(exc)) from None
+        gpus = 1
+    out: dict[str, Any] = {"gpus": gpus or 0}
+    if share is not None:
+        out["gpu_share"] = share
+    return out
 
 
 def _string(key: str, value: Any, max_len: int) -> str:
@@ -239,8 +269,8 @@ def parse_spec(data: Mapping[str, Any], job_file: bool = False) -> tuple[JobSpec
         if not isinstance(code, str) or not _DIGEST.fullmatch(code):
             raise SpecError("code", "expected the sha256 of an uploaded code archive (64 lowercase hex characters)")
         kw["code"] = code
-    if "gpus" in raw:
-        kw["gpus"] = _whole("gpus", raw["gpus"], 0, 64)
+    if "gpus" in raw or "gpu_share" in raw:
+        kw.update(gpu_request(raw))
     if "gpu_model" in raw:
         kw["gpu_model"] = _string("gpu_model", raw["gpu_model"], 128)
     if "cpus" in raw:

@@ -40,7 +40,7 @@ NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 JUPYTER_PORT = 8888
 SSH_PORT = 2222  # sshd in the workspace, as the container user, when its owner registered keys
 HOME = "/home/mlpd"  # the container user's home: the owner's persistent home is mounted here
-SPEC_KEYS = ("gpus", "gpu_model", "image", "requirements", "cpus", "memory")
+SPEC_KEYS = ("gpus", "gpu_share", "gpu_model", "image", "requirements", "cpus", "memory")
 BUSY_UTILIZATION = 5.0  # percent: a GPU at least this busy counts as activity
 
 
@@ -296,7 +296,7 @@ def view(ws: dict[str, Any], session: dict[str, Any] | None, timeout: float, now
         "id": ws["id"], "name": ws["name"], "owner": ws["owner"], "state": state,
         "reason": (session or {}).get("reason") or "",
         "session": session["id"] if session else None,
-        "gpus": {"count": ws["spec"]["gpus"], "indices": session["gpu_indices"] if session and state in jobs.ACTIVE_STATES else [],
+        "gpus": {"count": ws["spec"]["gpus"], "share": ws["spec"].get("gpu_share"), "indices": session["gpu_indices"] if session and state in jobs.ACTIVE_STATES else [],
                  "uuids": session["gpu_uuids"] if session and state in jobs.ACTIVE_STATES else []},
         "image": ws["spec"]["image"], "spec": ws["spec"], "port": ws["port"], "token": ws["token"],
         "url": f"http://127.0.0.1:{ws['port']}/lab?token={ws['token']}", "ssh_port": ws["ssh_port"],

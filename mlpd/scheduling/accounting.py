@@ -30,12 +30,19 @@ class Allocation:
     gpu_model: str
     start: float
     end: float | None
+    share: float = 1.0  # the part of the GPU it held: 1 = whole, 0.5 = half of a shared GPU (mlpd.scheduling.sharing)
 
 
 def overlap_seconds(a: Allocation, since: float, until: float) -> float:
     """Seconds of the allocation inside [since, until] (an open allocation runs to `until`)."""
     end = a.end if a.end is not None else until
     return max(0.0, min(end, until) - max(a.start, since))
+
+
+def gpu_seconds(a: Allocation, since: float, until: float) -> float:
+    """GPU-seconds the allocation books inside [since, until]: its seconds times its share, so an
+    hour on half a GPU books 0.5 GPU-hours."""
+    return overlap_seconds(a, since, until) * a.share
 
 
 def decayed_usage(allocations: Iterable[Allocation], now: float, half_life: float) -> dict[str, float]:
@@ -47,7 +54,7 @@ def decayed_usage(allocations: Iterable[Allocation], now: float, half_life: floa
         if end <= a.start:
             continue
         # integral of exp(-k (now - t)) dt from start to end
-        usage[a.owner] += (math.exp(-k * (now - end)) - math.exp(-k * (now - a.start))) / k
+        usage[a.owner] += a.share * (math.exp(-k * (now - end)) - math.exp(-k * (now - a.start))) / k
     return dict(usage)
 
 
@@ -129,10 +136,10 @@ def summarize(allocations: Iterable[Allocation], since: float, until: float, by:
             while t < end:
                 day_start, day_end = period_bounds(t, "day")
                 piece_end = min(end, day_end)
-                pieces.append((_dt.datetime.fromtimestamp(day_start, tz=_dt.timezone.utc).strftime("%Y-%m-%d"), piece_end - t))
+                pieces.append((_dt.datetime.fromtimestamp(day_start, tz=_dt.timezone.utc).strftime("%Y-%m-%d"), (piece_end - t) * a.share))
                 t = piece_end
         else:
-            secs = overlap_seconds(a, since, until)
+            secs = gpu_seconds(a, since, until)
             if secs <= 0:
                 continue
             if by == "user":
@@ -155,8 +162,8 @@ def summarize(allocations: Iterable[Allocation], since: float, until: float, by:
                 priced[key] = True
             b = (busy or {}).get((a.object_id, a.gpu_uuid, a.start))
             if b is not None:
-                full = overlap_seconds(a, a.start, a.end if a.end is not None else until) or 1
-                busy_hours[key] += b * (secs / full) / 3600
+                full = gpu_seconds(a, a.start, a.end if a.end is not None else until) or 1
+                busy_hours[key] += b * a.share * (secs / full) / 3600  # a share's part of its GPU's busy time
                 busy_known[key] = True
     return [UsageRow(k, round(hours[k], 6), round(busy_hours[k], 6) if busy_known[k] else None,
                      round(cost[k], 4) if priced[k] else None, count[k]) for k in sorted(hours)]

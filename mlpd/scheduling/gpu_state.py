@@ -13,6 +13,7 @@ from typing import Any
 
 from mlpd import jobs
 from mlpd.errors import MlpdError
+from mlpd.scheduling.sharing import share_of
 from mlpd.store import Store, record_event
 from mlpd.workload_names import names_of
 
@@ -26,16 +27,25 @@ def stray_gpus(store: Store) -> dict[str, list[int]]:
 
 
 def gpu_holders(store: Store) -> dict[str, dict[str, Any]]:
-    """{gpu uuid: {job_id, owner, since, kind, workload, name, replica, label, show}} for every GPU an active
-    workload holds (a job, a workspace's session, a deployment's replica: kind says which, workload is the
-    workspace's or deployment's id; label names it as people read it, show is the command that looks it up)."""
-    holders = {}
+    """{gpu uuid: {job_id, owner, since, kind, workload, name, replica, label, show, share}} for every GPU an
+    active workload holds (a job, a workspace's session, a deployment's replica: kind says which, workload is the
+    workspace's or deployment's id; label names it as people read it, show is the command that looks it up;
+    share the part of the GPU it holds, 1 for the whole GPU). A shared GPU gives its first holder here;
+    gpu_sharers gives them all."""
+    return {uuid: hs[0] for uuid, hs in gpu_sharers(store).items()}
+
+
+def gpu_sharers(store: Store) -> dict[str, list[dict[str, Any]]]:
+    """{gpu uuid: [holder, ...]} as gpu_holders, with every holder of a shared GPU (--gpus 0.5), earliest first."""
+    holders: dict[str, list[dict[str, Any]]] = {}
     active = jobs.in_states(store, jobs.ACTIVE)
     names = names_of(store, active)
-    for job in active:
+    for job in sorted(active, key=lambda j: (j["started_at"] or j["updated_at"] or 0, j["id"])):
         for uuid in job["gpu_uuids"]:
-            holders[uuid] = {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"],
-                             "kind": job.get("kind", "job"), "workload": job.get("workload"), **names[job["id"]].to_dict()}
+            holders.setdefault(uuid, []).append(
+                {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"],
+                 "kind": job.get("kind", "job"), "workload": job.get("workload"), **names[job["id"]].to_dict(),
+                 "share": share_of(job["spec"])})
     return holders
 
 

@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from mlpd.scheduling.accounting import Allocation, decayed_usage, format_reset, overlap_seconds, period_bounds  # noqa: F401  (period_bounds re-exported)
+from mlpd.scheduling.accounting import Allocation, decayed_usage, format_reset, gpu_seconds, overlap_seconds, period_bounds  # noqa: F401  (period_bounds re-exported)
 from mlpd.config import Config
 from mlpd.errors import MlpdError
+from mlpd.scheduling.sharing import SHARE_EPS, as_gpus
 from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use, never_fits, use_of
 from mlpd.store import Store, record_event
 from mlpd.users import UserError, check_name
@@ -65,7 +66,7 @@ class QuotaExceeded(MlpdError):
 def allocations(store: Store, since: float | None = None, owners: Iterable[str] | None = None) -> list[Allocation]:
     """Ledger rows that overlap [since, now], optionally for some owners."""
     params: list[Any]
-    sql, params = "SELECT owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start, end FROM allocations WHERE 1=1", []
+    sql, params = "SELECT owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start, end, share FROM allocations WHERE 1=1", []
     if since is not None:
         sql += " AND (end IS NULL OR end >= ?)"
         params.append(since)
@@ -80,7 +81,7 @@ def allocations(store: Store, since: float | None = None, owners: Iterable[str] 
 
 def gpu_hours_used(store: Store, members: Iterable[str], since: float, now: float) -> float:
     """GPU-hours the members used since `since` (open allocations count up to now)."""
-    return sum(overlap_seconds(a, since, now) for a in allocations(store, since, members)) / 3600
+    return sum(gpu_seconds(a, since, now) for a in allocations(store, since, members)) / 3600
 
 
 def fair_share_usage(store: Store, config: Config, now: float) -> dict[str, float]:
@@ -318,10 +319,12 @@ def admit_resources(store: Store, config: Config, user: str, specs: Sequence[dic
     return []
 
 
-def held_gpus(store: Store, members: Iterable[str]) -> int:
+def held_gpus(store: Store, members: Iterable[str]) -> int | float:
+    """GPUs the members hold now; a shared GPU counts as the share held (two halves hold 1)."""
     members = list(members)
-    rows = store.query(f"SELECT gpu_uuids FROM jobs WHERE state IN ('starting', 'running') AND owner IN ({','.join('?' * len(members))})", members)
-    return sum(len(json.loads(r["gpu_uuids"])) for r in rows)
+    rows = store.query("SELECT gpu_uuids, COALESCE(json_extract(spec, '$.gpu_share'), 1.0) AS share FROM jobs "
+                       f"WHERE state IN ('starting', 'running') AND owner IN ({','.join('?' * len(members))})", members)
+    return as_gpus(sum(len(json.loads(r["gpu_uuids"])) * r["share"] for r in rows))
 
 
 def status(store: Store, config: Config, user: str, now: float | None = None, applicable: list[Quota] | None = None) -> list[dict[str, Any]]:
@@ -355,22 +358,23 @@ def over_gpu_hours(store: Store, config: Config, user: str, now: float, applicab
     return None
 
 
-def admit(store: Store, config: Config, user: str, gpus: int, now: float | None = None,
+def admit(store: Store, config: Config, user: str, gpus: float, now: float | None = None,
           work: Sequence[dict[str, Any]] | None = None) -> list[str]:
     """Check new work against the user's quotas: raise QuotaExceeded (refuse), or return notes (queue mode).
 
     `work`: the spec (its cpus and memory) of each workload it starts (a job, a workspace, each
     replica of a deployment); None = one workload with the default limits. Its CPU, memory and
-    workload caps are checked whether or not it asks for GPUs (admit_resources)."""
+    workload caps are checked whether or not it asks for GPUs (admit_resources). `gpus` counts a
+    share of one GPU as its fraction (mlpd.scheduling.sharing.demand)."""
     now = now or time.time()
     notes = admit_resources(store, config, user, [{}] if work is None else list(work))
     if gpus <= 0:
         return notes
     refuse = config["quotas.over_quota"] == "refuse"
     for s in status(store, config, user, now):
-        if s["max_gpus"] and gpus > s["max_gpus"]:
-            raise QuotaExceeded(f"gpus: asks for {gpus} GPUs but the concurrent GPU quota of {s['subject']} is {s['max_gpus']}")
-        if s["max_gpus"] and s["gpus_held"] + gpus > s["max_gpus"]:
+        if s["max_gpus"] and gpus > s["max_gpus"] + SHARE_EPS:
+            raise QuotaExceeded(f"gpus: asks for {as_gpus(gpus)} GPUs but the concurrent GPU quota of {s['subject']} is {s['max_gpus']}")
+        if s["max_gpus"] and s["gpus_held"] + gpus > s["max_gpus"] + SHARE_EPS:
             message = f"concurrent GPU quota of {s['subject']}: {s['max_gpus']} GPUs at most, {s['gpus_held']} held now"
             if refuse:
                 raise QuotaExceeded(message + "; wait for your running work to end, or ask an admin to raise it")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mlpd.jobs import TERMINAL_STATES, JobState
-from mlpd.scheduling.accounting import Allocation, busy_seconds, overlap_seconds
+from mlpd.scheduling.accounting import Allocation, busy_seconds, gpu_seconds
 from mlpd.store import Store
 
 BUCKETS = ("week", "month")
@@ -153,22 +153,22 @@ def gpu_hours_by_team(store: Store, since: float, until: float) -> list[dict[str
     for r in store.query("SELECT team, user FROM team_members ORDER BY team"):
         teams[r["user"]].append(r["team"])
     allocs = [Allocation(**r) for r in store.query(
-        "SELECT owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start, end FROM allocations "
+        "SELECT owner, kind, object_id, gpu_uuid, gpu_index, gpu_model, start, end, share FROM allocations "
         "WHERE start < ? AND (end IS NULL OR end > ?)", [until, since])]
     has_samples = store.query_one("SELECT 1 AS x FROM gpu_samples LIMIT 1") is not None
     hours: dict[str, float] = defaultdict(float)
     busy: dict[str, float] = defaultdict(float)
     sampled: dict[str, bool] = defaultdict(bool)
     for a in allocs:
-        secs = overlap_seconds(a, since, until)
+        secs = gpu_seconds(a, since, until)
         if secs <= 0:
             continue
         b = busy_of(store, a, until) if has_samples else None
-        full = overlap_seconds(a, a.start, a.end if a.end is not None else until) or 1
+        full = gpu_seconds(a, a.start, a.end if a.end is not None else until) or 1
         for team in teams.get(a.owner) or [NO_TEAM]:
             hours[team] += secs / 3600
             if b is not None:
-                busy[team] += b * (secs / full) / 3600
+                busy[team] += b * a.share * (secs / full) / 3600
                 sampled[team] = True
     return [{"team": t, "gpu_hours": _round(hours[t]), "busy_gpu_hours": _round(busy[t]) if sampled[t] else None}
             for t in sorted(hours)]

@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from mlpd.scheduling.resource_caps import CapLedger, ResourceCap, Use
+from mlpd.scheduling.sharing import SHARE_EPS
 from mlpd.workload_names import label as workload_label
 from mlpd.workload_names import short_id as workload_short_id
 
@@ -68,6 +69,7 @@ class Holding:
     owner: str
     ends_by: float | None  # latest end (start + time limit); None = no time limit
     label: str = ""  # how messages name the holder (mlpd.workload_names, with its owner); "" = a job by id
+    share: float = 1.0  # the part of the GPU it holds: 1 = the whole GPU, less = a share (gpus.share_max per GPU)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,17 @@ class QueuedJob:
     cpus: float = 0.0  # what it counts against its owner's CPU and memory caps (mlpd.scheduling.resource_caps.use_of)
     memory: int = 0
     label: str = ""  # how messages name it (mlpd.workload_names, with its owner); "" = a job by id
+    share: float = 1.0  # < 1: a share of one GPU (gpus is then 1), placed by _share_fit (docs/gpu-sharing.md)
+
+    @property
+    def shared(self) -> bool:
+        """True for work that asks for a share of one GPU rather than whole GPUs."""
+        return self.gpus == 1 and self.share < 1.0
+
+    @property
+    def demand(self) -> float:
+        """What it counts against concurrent-GPU quotas: its share, or its whole GPUs."""
+        return self.share if self.shared else float(self.gpus)
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,8 @@ class Policy:
     # A job that has waited this long (seconds) is starving: it goes ahead of every job of its class
     # but the reservation holder, oldest first, whatever its score; 0 = off. See starving().
     starvation_wait: float = STARVATION_WAIT_DEFAULT
+    # At most this many shared workloads on one GPU (gpus.share_max); their shares sum to 1 at most.
+    share_max: int = 4
 
 
 @dataclass(frozen=True)
@@ -227,30 +242,30 @@ def waiting_for_the_host(queue: Iterable[QueuedJob], holdings: Iterable[Holding]
         if j.gpus <= 0 or j.owner in skip:
             continue
         lids = limits_of.get(j.owner, ())
-        if any(taken[i] + j.gpus > limits[i].max_gpus for i in lids):
+        if any(taken[i] + j.demand > limits[i].max_gpus + SHARE_EPS for i in lids):
             continue  # waits for its owner's own quota
         use = Use(j.owner, j.cpus, j.memory)
         if ledger and ledger.refusal(use):
             continue  # waits for its owner's own caps
         for i in lids:
-            taken[i] += j.gpus
+            taken[i] += j.demand
         if ledger:
             ledger.take(use)
         out.append(j)
     return out
 
 
-def _quota_ledger(limits: Sequence[GpuLimit], holdings: Iterable[Holding]) -> tuple[dict[str, list[int]], list[int]]:
+def _quota_ledger(limits: Sequence[GpuLimit], holdings: Iterable[Holding]) -> tuple[dict[str, list[int]], list[float]]:
     """For concurrent-GPU quotas: each user's limits (indexes into `limits`) and the GPUs each limit's
-    members hold in `holdings` (one per GPU held)."""
+    members hold in `holdings` (one per GPU held, its share for a shared GPU)."""
     limits_of: dict[str, list[int]] = {}
     for i, limit in enumerate(limits):
         for m in limit.members:
             limits_of.setdefault(m, []).append(i)
-    held = [0] * len(limits)
+    held = [0.0] * len(limits)
     for h in holdings:
         for i in limits_of.get(h.owner, ()):
-            held[i] += 1
+            held[i] += h.share
     return limits_of, held
 
 
@@ -395,6 +410,11 @@ def format_time(t: float) -> str:
 
 def _gpus_word(n: int) -> str:
     return f"{n} GPU" if n == 1 else f"{n} GPUs"
+
+
+def format_gpus(x: float) -> str:
+    """A number of GPUs as messages show it: 2, or 1.5 where shares make it a fraction."""
+    return str(int(round(x))) if abs(x - round(x)) < 1e-6 else f"{x:.2f}".rstrip("0")
 
 
 def _matches(gpu: Gpu, job: QueuedJob) -> bool:
@@ -542,10 +562,14 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
         # Placed work holds its GPUs like running work for the rest of this call.
         ends = None if job.time_limit is None else now + job.time_limit
         for g in chosen:
-            holders[g.uuid] = [Holding(g.uuid, job.id, job.owner, ends, job.label)]
-            free_by_model[g.model].remove(g)
+            holding = Holding(g.uuid, job.id, job.owner, ends, job.label, job.share if job.shared else 1.0)
+            if job.shared and holders.get(g.uuid):
+                holders[g.uuid].append(holding)  # one more share of an already shared GPU
+            else:
+                holders[g.uuid] = [holding]
+                free_by_model[g.model].remove(g)
         for i in limits_of.get(job.owner, ()):
-            held[i] += job.gpus
+            held[i] += job.demand
         if ledger:
             ledger.take(Use(job.owner, job.cpus, job.memory))
         cap = _caps(free_by_model)
@@ -553,6 +577,26 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
 
     def free_for(job: QueuedJob) -> list[Gpu]:
         return [g for m, grp in free_by_model.items() if job.gpu_model in (None, m) for g in grp]
+
+    def share_fit(job: QueuedJob, exclude: Collection[str] = ()) -> Gpu | None:
+        """Where a share goes now: a GPU shared by shares only, with fewer than policy.share_max
+        holders and room for its share, the fullest first (packing keeps whole GPUs free for whole-GPU
+        work), else the free GPU of the lowest index. Never a GPU held by whole-GPU work."""
+        best: tuple[tuple, Gpu] | None = None
+        for m, grp in usable_by_model.items():
+            if job.gpu_model not in (None, m):
+                continue
+            for g in grp:
+                hs = holders.get(g.uuid, [])
+                if g.uuid in exclude or any(h.share >= 1.0 for h in hs) or len(hs) >= max(policy.share_max, 1):
+                    continue
+                used = sum(h.share for h in hs)
+                if used + job.share > 1.0 + SHARE_EPS:
+                    continue
+                key = (not hs, -used, g.index)
+                if best is None or key < best[0]:
+                    best = (key, g)
+        return None if best is None else best[1]
 
     for pos, job in enumerate(queue_order(queue, usage, now=now, policy=policy, reserved=reserved, slowdown=slowdown,
                                                  host_gpus=largest[None]), start=1):
@@ -574,11 +618,13 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
             if ledger:
                 ledger.take(use)
             continue
-        if head is not None and not wanted and (not policy.backfill or not cap[None]):
+        shared = n == 1 and job.share < 1.0  # job.shared, inlined: this runs for every queued job on every pass
+        if head is not None and not wanted and (not policy.backfill or not (cap[None] or shared)):
             waiting.append(job.id)  # no GPU is left that anyone behind the head could take
             continue
         lids = limits_of.get(job.owner)
-        if lids and any(n > limits[i].max_gpus or held[i] + n > limits[i].max_gpus for i in lids):
+        if lids and any(job.demand > limits[i].max_gpus + SHARE_EPS or held[i] + job.demand > limits[i].max_gpus + SHARE_EPS
+                        for i in lids):
             # Quota, not capacity, stops it: it must not reserve GPUs and hold up others.
             waiting.append(job.id)
             if wanted:
@@ -595,6 +641,18 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
             if job.id == stop_at:
                 break
             continue
+        if shared:
+            # A share: onto a shared GPU with room, else a free one (share_fit). Behind the head, only
+            # where it cannot delay the head: off its reserved GPUs, unless it ends before the head starts.
+            where = None
+            if head is None:
+                where = share_fit(job)
+            elif policy.backfill and _quota_room(job, lids, head_limits, head.job.demand, held, limits):
+                harmless = job.time_limit is not None and head.shadow != INF and now + job.time_limit <= head.shadow
+                where = share_fit(job, () if harmless else head.reserved)
+            if where is not None:
+                place(job, (where,))
+                continue
         if head is None:
             if n <= cap.get(model, 0):
                 place(job, _fit(job, free_for(job)))
@@ -612,12 +670,12 @@ def _plan(gpus: Sequence[Gpu], holdings: Sequence[Holding], queue: Sequence[Queu
             if job.id == stop_at:
                 break
             continue
-        if policy.backfill:
+        if policy.backfill and not shared:
             # With an unknown shadow time the head may start any moment: nothing is harmless.
             harmless = job.time_limit is not None and head.shadow != INF and now + job.time_limit <= head.shadow
             # Nor may it take the head's quota: the head could then not start when its GPUs free up.
             if n <= (cap if harmless else cap_outside).get(model, 0) and _quota_room(
-                    job, lids, head_limits, head.job.gpus, held, limits):
+                    job, lids, head_limits, head.job.demand, held, limits):
                 if harmless:  # it ends before the head starts: idle reserved GPUs are the best place
                     place(job, _fit(job, free_for(job), prefer=head.reserved))
                 else:
@@ -678,6 +736,7 @@ def choose_preemptions(gpus: Sequence[Gpu], holdings: Sequence[Holding], waiting
     leaving = set(leaving)
     limits_of, held = _quota_ledger(limits, (h for h in holdings if h.job_id not in leaving))
     owners = {h.job_id: h.owner for h in holdings}
+    share_of = {h.job_id: h.share for h in holdings}
     claimed: set[str] = set()
     out: list[Preemption] = []
 
@@ -686,7 +745,7 @@ def choose_preemptions(gpus: Sequence[Gpu], holdings: Sequence[Holding], waiting
 
     for job in waiting:
         lids = limits_of.get(job.owner, ())
-        if job.gpus <= 0 or any(held[i] + job.gpus > limits[i].max_gpus for i in lids):
+        if job.gpus <= 0 or any(held[i] + job.demand > limits[i].max_gpus + SHARE_EPS for i in lids):
             continue
         best: tuple[tuple, list[str], tuple[Preemptible, ...]] | None = None
         for group in _groups([g for g in usable if _matches(g, job)]).values():
@@ -714,9 +773,9 @@ def choose_preemptions(gpus: Sequence[Gpu], holdings: Sequence[Holding], waiting
             leaving.add(c.job_id)
             out.append(Preemption(c.job_id, job.id))
             for i in limits_of.get(owners.get(c.job_id, c.owner), ()):
-                held[i] -= len(c.gpu_uuids)
+                held[i] -= len(c.gpu_uuids) * share_of.get(c.job_id, 1.0)
         for i in lids:
-            held[i] += job.gpus
+            held[i] += job.demand
     return tuple(out)
 
 
@@ -752,24 +811,25 @@ def _fewest_victims(job: QueuedJob, group: Sequence[Gpu], free: Sequence[str], h
     return tuple(c for c, _ in combo)
 
 
-def _quota_room(job: QueuedJob, lids: Sequence[int] | None, head_limits: frozenset[int], head_gpus: int,
-                held: Sequence[int], limits: Sequence[GpuLimit]) -> bool:
+def _quota_room(job: QueuedJob, lids: Sequence[int] | None, head_limits: frozenset[int], head_gpus: float,
+                held: Sequence[float], limits: Sequence[GpuLimit]) -> bool:
     """True if the job leaves the head room in every concurrent-GPU quota they share."""
-    return not lids or all(held[i] + job.gpus + head_gpus <= limits[i].max_gpus
+    return not lids or all(held[i] + job.demand + head_gpus <= limits[i].max_gpus + SHARE_EPS
                            for i in lids if i in head_limits)
 
 
 def _quota_reason(job: QueuedJob, limits: Sequence[GpuLimit], holders: dict[str, list[Holding]]) -> str:
     for limit in limits:
-        if job.gpus > limit.max_gpus:
+        if job.demand > limit.max_gpus + SHARE_EPS:
             return (f"can never run: asks for {_gpus_word(job.gpus)} but the concurrent GPU quota of "
                     f"{limit.name} is {limit.max_gpus}")
     for limit in limits:
         hs = [h for hs in holders.values() for h in hs if h.owner in limit.members]
-        if len(hs) + job.gpus > limit.max_gpus:
+        taken = sum(h.share for h in hs)
+        if taken + job.demand > limit.max_gpus + SHARE_EPS:
             jobs_ = ", ".join(sorted({name_of(h) for h in hs}))
             return (f"at the concurrent GPU quota of {limit.name}: {limit.max_gpus} GPUs at most, "
-                    f"{len(hs)} held ({jobs_}); it starts when some are released")
+                    f"{format_gpus(taken)} held ({jobs_}); it starts when some are released")
     return "at its concurrent GPU quota"
 
 
@@ -794,7 +854,8 @@ def _waiting_for(job: QueuedJob, chosen: Sequence[Gpu], holders: dict[str, list[
     model = chosen[0].model
     details = [_describe_holders(g, holders) for g in chosen if g.uuid in holders]
     details += _drained_note(gpus, model)
-    text = f"waiting for {_gpus_word(job.gpus)} ({model})"
+    want = f"a {format_gpus(job.share)} share of a GPU" if job.shared else _gpus_word(job.gpus)
+    text = f"waiting for {want} ({model})"
     return text + (": " + "; ".join(details) if details else "")
 
 

@@ -93,7 +93,7 @@ def test_to_dict_round_trips_through_json():
              env={"SEED": 7}, time_limit="2h", priority=10, name="run1", experiment="exp", requirements="humanize==4.9.0\n",
              priority_class="preemptible", shm="512m")
     d = s.to_dict()
-    assert set(d) == {"command", "image", "code", "gpus", "gpu_model", "cpus", "memory", "env",
+    assert set(d) == {"command", "image", "code", "gpus", "gpu_share", "gpu_model", "cpus", "memory", "env",
                       "time_limit", "priority", "name", "experiment", "requirements", "priority_class", "shm", "on"}
     again, warnings = parse_spec(json.loads(json.dumps(d)))
     assert again == s and warnings == []
@@ -148,10 +148,10 @@ def test_bools_are_not_numbers():
 
 
 @pytest.mark.parametrize("key,value,fragment", [
-    ("gpus", -1, "expected a whole number >= 0, got -1"),
+    ("gpus", -1, "expected a whole number >= 0 or a share of one GPU such as 0.5, got -1"),
     ("gpus", 65, "must be at most 64, got 65"),
-    ("gpus", 1.5, "expected a whole number >= 0, got 1.5"),
-    ("gpus", "two", "expected a whole number >= 0, got 'two'"),
+    ("gpus", 1.5, "a share is of one GPU: ask for whole GPUs (2) or a share below 1 (0.5), got 1.5"),
+    ("gpus", "two", "expected a whole number >= 0 or a share of one GPU such as 0.5, got 'two'"),
     ("priority", 101, "must be at most 100"),
     ("priority", -101, "expected a whole number >= -100"),
     ("cpus", 0, "expected a number from 0.01 to 1024"),
@@ -210,7 +210,7 @@ def test_toml_file_with_env_table():
 
 
 def test_toml_validation_error_names_the_field():
-    with pytest.raises(SpecError, match="^gpus: expected a whole number >= 0, got -1$"):
+    with pytest.raises(SpecError, match="^gpus: expected a whole number >= 0 or a share of one GPU such as 0.5, got -1$"):
         parse_spec(tomllib.loads('command = "python x.py"\ngpus = -1\n'))
     with pytest.raises(SpecError, match="^privileged: not allowed"):
         parse_spec(tomllib.loads('command = "x"\nprivileged = true\n'))

@@ -221,6 +221,10 @@ def submit_prediction():
         gpus = 0
     batch.check_file_name(data["input"], "input")
     batch.format_of(data["input"])
+    from mlpd import jobs
+
+    if isinstance(data["code"], str) and jobs.holds_code(store(), data["code"], g.user.name):
+        batch.check_input_shipped(jobs.code_dir(config().state_dir, data["code"]), data["input"])
     _, fields = serving.resolve(config().state_dir, data["model"])
     spec = batch.job_spec(fields, config()["jobs.default_image"], data["input"], data.get("output"), data["code"], gpus)
     job, warnings = create_job(spec)

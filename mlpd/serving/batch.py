@@ -99,6 +99,28 @@ def check_readable(path: str) -> str:
     return fmt
 
 
+def check_input_shipped(code_dir: str, input_name: str) -> None:
+    """BatchError 400 unless the extracted code archive at `code_dir` holds `input_name` as a plain
+    file at its top (looked up without following a link: the archive is the member's)."""
+    import os
+    import stat
+
+    try:
+        dir_fd = os.open(code_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return  # no such archive: admission refuses the code itself, with its own message
+    try:
+        st = os.stat(input_name, dir_fd=dir_fd, follow_symlinks=False)
+        shipped = stat.S_ISREG(st.st_mode)
+    except OSError:
+        shipped = False
+    finally:
+        os.close(dir_fd)
+    if not shipped:
+        raise BatchError(400, "invalid_field", f"input: the code archive holds no file {input_name!r} at its top; "
+                                               "'mlpd predict' ships the input for you")
+
+
 def job_name(model_uri: str) -> str:
     """predict-MODEL (a valid job name) for a pinned model URI."""
     base = model_uri.split(":/", 1)[-1].replace("/", "-").replace("@", "-")

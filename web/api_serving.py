@@ -58,6 +58,9 @@ def view(dep: dict, detail: bool = False) -> dict:
     out = serving.view(dep, revs, serving.replicas(st, dep["id"]), endpoint_base(), detail, metrics)
     if detail:
         out["input"] = input_of(config().state_dir, dep, revs, out["endpoint"])
+        from mlpd.serving import monitoring
+
+        out["monitoring"] = monitoring.summary(st, dep["id"])
     return out
 
 

@@ -1,12 +1,15 @@
-"""Batch scoring end to end: a model trained and registered in a job, `mlpd predict` over 100,000 rows
-of CSV as a job on the queue (real container, the model's serving environment), its predictions
-compared with what the deployment's endpoint (MLflow's own scoring server) answers for a sample of
-the same rows; and the refusals (unknown model, unreadable input, unknown format) that store nothing.
+"""Batch scoring and monitoring end to end: a model trained and registered in a job, `mlpd predict` over
+100,000 rows of CSV as a job on the queue (real container, the model's serving environment), its
+predictions compared with what the deployment's endpoint (MLflow's own scoring server) answers for a
+sample of the same rows; the refusals (unknown model, unreadable input, unknown format) that store
+nothing; and drift seen through a real replica: of two features, the one whose mean moved by two
+standard deviations shows a PSI above 0.25, the other stays below 0.1.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import requests
@@ -95,6 +98,8 @@ def test_predict_over_100k_rows_gives_the_endpoints_predictions(world):
 
     served = as_json(d.cli("serve", f"models:/{world['model']}@prod", "--json", token=token, timeout=600))["deployment"]
     assert served["state"] == "serving", served
+    world["deployment"] = served["name"]
+    world["monitored"] = SAMPLE  # rows the endpoint saw (tests below count them)
     picks = sorted(rng.sample(range(ROWS), SAMPLE))
     answer = requests.post(f"{d.url}/serve/{served['name']}/invocations", timeout=60, headers={"Authorization": f"Bearer {token}"},
                            json={"dataframe_split": {"columns": ["a", "b"], "data": [list(rows[i]) for i in picks]}})
@@ -126,3 +131,63 @@ def test_predict_refuses_an_unknown_model_an_unreadable_input_and_an_unknown_for
     mismatched = d.cli("predict", f"models:/{world['model']}@prod", str(good), "--output", "out.parquet", token=token)
     assert mismatched.returncode != 0 and "the input's format" in mismatched.stderr, mismatched.stderr
     assert {j["id"] for j in jobs_of(world)} == before
+
+
+def test_a_shifted_feature_drifts_and_an_unshifted_one_does_not_with_the_predictions_summarised(world):
+    d, token = world["daemon"], world["token"]
+    name = world.get("deployment") or as_json(d.cli("serve", f"models:/{world['model']}@prod", "--json", token=token, timeout=600))[
+        "deployment"]["name"]
+    rng = random.Random(23)
+
+    def send(rows: list[list[float]]) -> None:
+        answer = requests.post(f"{d.url}/serve/{name}/invocations", timeout=60, headers={"Authorization": f"Bearer {token}"},
+                               json={"dataframe_split": {"columns": ["a", "b"], "data": rows}})
+        assert answer.status_code == 200, answer.text
+
+    # the reference: the version's first 1,000 values of each feature (serving.monitor_reference), both N(0, 1)
+    for _ in range(2):
+        send([[rng.gauss(0, 1), rng.gauss(0, 1)] for _ in range(500)])
+    # then a stays where it was and b moves by two standard deviations
+    for _ in range(10):
+        send([[rng.gauss(0, 1), rng.gauss(2, 1)] for _ in range(500)])
+
+    last: list = []
+
+    def drift():
+        shown = d.api("GET", f"/api/v1/deployments/{name}", token).json()["deployment"]
+        last[:] = [shown["monitoring"]]
+        found = [m for m in shown["monitoring"] if m["version"] == "1"]
+        if not found:
+            return False
+        m = found[0]
+        features = {f["feature"]: f for f in m["features"]}
+        done = all(f.get("reference", 0) + f.get("since", 0) == total for f in (features.get("a") or {}, features.get("b") or {}))
+        return done and (m, features)
+
+    total = world.get("monitored", 0) + 6000
+    try:
+        m, features = wait_for(drift, 30, 0.5, f"the monitoring counts of all {total} values of each feature")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen: {last}") from None
+    assert features["a"]["psi"] < 0.1 and features["a"]["level"] == "stable" and features["a"]["reference"] == 1000
+    assert features["b"]["psi"] > 0.25 and features["b"]["level"] == "drift"
+    assert m["requests"] >= 12 and m["predictions"]["count"] >= 6000
+    # the model is 2a - 3b: with b moved to mean 2 most predictions are negative
+    assert m["predictions"]["quantiles"]["p50"] < -2
+
+    shown = d.cli("deployments", "show", name, token=token)
+    assert shown.returncode == 0, shown.stderr
+    line_b = next(line for line in shown.stdout.splitlines() if line.strip().startswith("b ") and "PSI" in line)
+    assert "drift" in line_b, shown.stdout
+    scraped = d.api("GET", "/metrics", d.admin_token).text
+    psi_b = [line for line in scraped.splitlines() if line.startswith("mlpd_serving_feature_psi{") and 'feature="b"' in line
+             and f'deployment="{name}"' in line]
+    assert psi_b and float(psi_b[0].rsplit(" ", 1)[1]) > 0.25, scraped[-2000:]
+
+    web = requests.Session()
+    form = web.get(f"{d.url}/ui/login", timeout=30).text
+    csrf = re.findall(r'name="csrf" value="([^"]+)"', form)[-1]
+    assert web.post(f"{d.url}/ui/login/token", data={"csrf": csrf, "token": token, "next": ""}, timeout=30).ok
+    page = web.get(f"{d.url}/ui/deployments/{name}", timeout=30)
+    assert page.status_code == 200 and "Input drift of version 1 (PSI per feature)" in page.text and "<svg" in page.text, page.text[:2000]
+    assert ">drift<" in page.text and ">stable<" in page.text

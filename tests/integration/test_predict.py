@@ -169,6 +169,7 @@ def test_a_shifted_feature_drifts_and_an_unshifted_one_does_not_with_the_predict
         m, features = wait_for(drift, 30, 0.5, f"the monitoring counts of all {total} values of each feature")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last seen: {last}") from None
+    print(f"PSI through a replica: a (unshifted) {features['a']['psi']}, b (mean + 2 sd) {features['b']['psi']}")
     assert features["a"]["psi"] < 0.1 and features["a"]["level"] == "stable" and features["a"]["reference"] == 1000
     assert features["b"]["psi"] > 0.25 and features["b"]["level"] == "drift"
     assert m["requests"] >= 12 and m["predictions"]["count"] >= 6000

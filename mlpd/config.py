@@ -60,6 +60,10 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "expected a number >= 0"
 
 
+def _monitor_reference(value: int) -> str | None:
+    return None if value == 0 or 100 <= value <= 100_000 else "expected 0 (off) or a whole number from 100 to 100000"
+
+
 def _between(low: float, high: float) -> Callable[[float], str | None]:
     def check(value: float) -> str | None:
         return None if low <= value <= high else f"expected a number from {low:g} to {high:g}"
@@ -325,6 +329,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serving.drain", str, "20s", "How long a replaced version keeps running after traffic moved off it, so requests in flight finish.", _duration),
     Setting("serving.listen", str, "auto", "Address of the serving proxy (HAProxy) that answers /serve/NAME/invocations: HOST:PORT, 'auto' = server.listen's host and the port after its port (127.0.0.1:8471 by default; no proxy when haproxy is not installed), '' = none (the daemon's own /serve path still answers).", _serving_listen),
     Setting("serving.max_body_mb", int, 64, "Largest request body the stable endpoint passes to a model, in MiB (1-4096).", _between(1, 4096)),
+    Setting("serving.monitor_reference", int, 1000, "How many values of each numeric input feature of a model version, the first it is sent, make the reference its drift (population stability index) is measured against (100-100000); 0 = no monitoring of inputs and predictions.", _monitor_reference),
 )
 
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}

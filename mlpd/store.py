@@ -411,6 +411,13 @@ def _migration_automation(db: sqlite_utils.Database) -> None:
     db["sweep_trials"].create_index(["job_id"], index_name="sweep_trials_job", unique=True)
 
 
+def _migration_serving_monitor(db: sqlite_utils.Database) -> None:
+    """What a deployment's revisions were asked and answered (mlpd.serving.monitoring): one row per
+    revision, its prediction sample, label counts and each feature's reference and bin counts (JSON)."""
+    db["deployment_monitor"].create({"deployment": str, "revision": str, "data": str, "updated_at": float},
+                                    pk=("deployment", "revision"), not_null={"deployment", "revision", "data", "updated_at"})
+
+
 # In the order they apply. Append only: a shipped migration never changes what it builds
 # (tests/unit/test_store_schema.py holds 0001..0010 to tests/fixtures/schema-0010.sql); add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
@@ -431,6 +438,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0015_roles", _migration_roles),
     ("0016_automation", _migration_automation),
     ("0017_gpu_share", _migration_gpu_share),
+    ("0018_serving_monitor", _migration_serving_monitor),
 ]
 
 

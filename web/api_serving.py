@@ -58,6 +58,9 @@ def view(dep: dict, detail: bool = False) -> dict:
     out = serving.view(dep, revs, serving.replicas(st, dep["id"]), endpoint_base(), detail, metrics)
     if detail:
         out["input"] = input_of(config().state_dir, dep, revs, out["endpoint"])
+        from mlpd.serving import monitoring
+
+        out["monitoring"] = monitoring.summary(st, dep["id"])
     return out
 
 
@@ -196,3 +199,37 @@ def remove_deployment(name: str):
     serving.remove(store(), config(), dep, g.user.name)
     wake(f"deployment {name} removed")
     return jsonify({"removed": name})
+
+
+PREDICT_BODY = {
+    "model": Field(str, True, "MLflow model URI: models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/RUN_ID/PATH "
+                              "(pinned to the version it resolves to now)"),
+    "input": Field(str, True, "The input's file name in the code archive: NAME.csv or NAME.parquet (.pq)"),
+    "code": Field(str, True, "The digest of the uploaded code archive that holds the input (PUT /api/v1/code/DIGEST)"),
+    "output": Field(str, False, "The predictions' file name in the job's outputs (default predictions.csv / predictions.parquet; "
+                                "the input's format)"),
+    "gpus": Field(int, False, "GPUs for the job (default 0)"),
+}
+
+
+@route("/predict", methods=("POST",), summary="Batch scoring: a job that scores a CSV or Parquet file with a model in its serving "
+                                              "environment; the predictions land in its outputs", body=PREDICT_BODY)
+def submit_prediction():
+    from mlpd.serving import batch
+    from mlpd.web.api_jobs import create_job, job_view
+
+    data = json_body()
+    gpus = data.get("gpus", 0)
+    if gpus is None or isinstance(gpus, bool):
+        gpus = 0
+    batch.check_file_name(data["input"], "input")
+    batch.format_of(data["input"])
+    from mlpd import jobs
+
+    if isinstance(data["code"], str) and jobs.holds_code(store(), data["code"], g.user.name):
+        batch.check_input_shipped(jobs.code_dir(config().state_dir, data["code"]), data["input"])
+    _, fields = serving.resolve(config().state_dir, data["model"])
+    spec = batch.job_spec(fields, config()["jobs.default_image"], data["input"], data.get("output"), data["code"], gpus)
+    job, warnings = create_job(spec)
+    output = spec["command"][5]
+    return jsonify({"job": job_view(job), "warnings": warnings, "model": fields["model_uri"], "output": output}), 201

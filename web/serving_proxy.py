@@ -45,6 +45,7 @@ PASSED_RESPONSE_HEADERS = frozenset({"content-type", "content-length", "content-
 UPSTREAM_TIMEOUT = 120.0
 CHUNK = 64 * 1024
 FLUSH_INTERVAL = 2.0  # seconds between additions of this worker's request counts to the state database
+MONITOR_MAX_BYTES = 4 * 1024 * 1024  # a request or answer larger than this is counted but not read for monitoring
 
 
 def _error(start_response: Callable, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
@@ -61,17 +62,29 @@ class _Pool(threading.local):
 
 
 class _Streamed:
-    """The replica's response body as a WSGI iterable; the connection is reused only once it was read to the end."""
+    """The replica's response body as a WSGI iterable; the connection is reused only once it was read to the end.
+    With a tap, the body (up to MONITOR_MAX_BYTES) is handed to it once it was sent whole."""
 
-    def __init__(self, resp: http.client.HTTPResponse, conn: http.client.HTTPConnection, release: Callable[[], None]):
+    def __init__(self, resp: http.client.HTTPResponse, conn: http.client.HTTPConnection, release: Callable[[], None],
+                 tap: Callable[[bytes], None] | None = None):
         self.resp, self.conn, self.release, self.done = resp, conn, release, False
+        self.kept: list[bytes] | None = [] if tap else None
+        self.tap, self.size = tap, 0
 
     def __iter__(self):
         while True:
             chunk = self.resp.read(CHUNK) if self.resp.length is None or self.resp.length > CHUNK else self.resp.read()
             if not chunk:
                 self.done = True
+                if self.tap is not None and self.kept is not None:
+                    self.tap(b"".join(self.kept))
                 return
+            if self.kept is not None:
+                self.size += len(chunk)
+                if self.size > MONITOR_MAX_BYTES:
+                    self.kept = None  # too large to read here: not monitored
+                else:
+                    self.kept.append(chunk)
             yield chunk
 
     def close(self) -> None:
@@ -118,6 +131,56 @@ class RequestCounts:
             self.flush()
 
 
+class Monitor:
+    """This web worker's observations of inputs and predictions per deployment and revision
+    (mlpd.serving.monitoring), read after the answer was sent and added to the state database every few
+    seconds by a thread of its own."""
+
+    def __init__(self, store, reference_size: int):
+        self.store, self.reference_size = store, reference_size
+        self.pending: dict[tuple[str, str], Any] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def tap(self, dep_id: str, rev_id: str, request_body: bytes) -> Callable[[bytes], None] | None:
+        """What reads one answer's body, with its request's (None when monitoring is off or the request too large)."""
+        if not self.reference_size or len(request_body) > MONITOR_MAX_BYTES:
+            return None
+        return functools.partial(self.observe, dep_id, rev_id, request_body)
+
+    def observe(self, dep_id: str, rev_id: str, request_body: bytes, answer_body: bytes) -> None:
+        from mlpd.serving.monitoring import Observed
+
+        try:
+            request, answer = json.loads(request_body), json.loads(answer_body)
+        except ValueError:
+            return  # not JSON (CSV bodies): nothing this reads
+        with self.lock:
+            seen = self.pending.get((dep_id, rev_id))
+            if seen is None:
+                seen = self.pending[(dep_id, rev_id)] = Observed()
+            seen.add(request, answer)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="serving-monitor", daemon=True)
+                self.thread.start()
+
+    def flush(self) -> None:
+        from mlpd.serving import monitoring
+
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        if pending:
+            try:
+                monitoring.add(self.store, pending, self.reference_size)
+            except Exception:
+                log.exception("could not record %d deployments' monitoring; it is lost", len(pending))
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            self.flush()
+
+
 class ServeMount:
     """WSGI middleware: /serve/NAME/... to a replica of that deployment; everything else to the wrapped app."""
 
@@ -126,6 +189,7 @@ class ServeMount:
         self.max_body = config["serving.max_body_mb"] * 1024 * 1024
         self.pool = _Pool()
         self.counts = RequestCounts(store)
+        self.monitor = Monitor(store, config["serving.monitor_reference"])
 
     def __call__(self, environ: dict[str, Any], start_response: Callable):
         path = environ.get("PATH_INFO") or ""
@@ -181,7 +245,8 @@ class ServeMount:
                 out.append(("X-Mlpd-Model-Version", str(version or "")))
                 out.append(("X-Mlpd-Revision", str(seq)))
                 start_response(f"{resp.status} {resp.reason}", out)
-                return _Streamed(resp, conn, functools.partial(self._release, port, conn))
+                tap = self.monitor.tap(dep["id"], target, body) if endpoint == "invocations" and resp.status == 200 else None
+                return _Streamed(resp, conn, functools.partial(self._release, port, conn), tap)
         self.counts.record(dep["id"], target, 502, time.monotonic() - started)
         return _error(start_response, 502, "bad_gateway", f"no replica of deployment {name!r} accepted the request; try again, "
                                                           f"or see 'mlpd deployments show {name}'", [("Retry-After", "1")])
@@ -281,3 +346,30 @@ class ServingCollector:
                 cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
             latency.add_metric(values, cumulative, m["seconds"])
         yield from (requests, errors, latency)
+        yield from monitoring_metrics(self.store)
+
+
+def monitoring_metrics(store):
+    """The monitoring summary (mlpd.serving.monitoring) as metric families: each numeric feature's PSI, the
+    numeric predictions' quantiles, the labels' counts."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from mlpd.serving import monitoring
+
+    labels = ["deployment", "version", "revision"]
+    drift = GaugeMetricFamily("mlpd_serving_feature_psi", "Population stability index of a numeric input feature against the "
+                                                          "version's reference (its first serving.monitor_reference values); "
+                                                          "> 0.25 is drift", labels=[*labels, "feature"])
+    quantile = GaugeMetricFamily("mlpd_serving_prediction_quantile", "Quantiles of the version's numeric predictions (a uniform sample)",
+                                 labels=[*labels, "quantile"])
+    label_count = CounterMetricFamily("mlpd_serving_prediction_labels", "Predictions of each label", labels=[*labels, "label"])
+    for m in monitoring.summary(store):
+        values = [m["deployment"], str(m["version"] or ""), str(m["revision"] or "")]
+        for f in m["features"]:
+            if f["psi"] is not None:
+                drift.add_metric([*values, f["feature"]], f["psi"])
+        for key, value in m["predictions"]["quantiles"].items():
+            quantile.add_metric([*values, str(int(key[1:]) / 100)], value)
+        for label, count in m["predictions"]["labels"].items():
+            label_count.add_metric([*values, label], count)
+    yield from (drift, quantile, label_count)

@@ -110,3 +110,25 @@ def meter(percent: float | None) -> str:
     p = max(0.0, min(100.0, float(percent)))
     return (f'<svg class="meter" viewBox="0 0 100 10" width="80" height="10" role="img" aria-label="{p:.0f} percent busy">'
             f'<rect width="100" height="10" fill="{GRID}"/><rect width="{p:.0f}" height="10" fill="{LINE}"/></svg> {p:.0f}%')
+
+
+def psi_bars(title: str, rows: Sequence[tuple[str, float]]) -> str:
+    """Horizontal bars of each feature's population stability index, with the usual thresholds (0.1 some
+    shift, 0.25 drift) as dashed lines; a bar past 0.25 is orange."""
+    if not rows:
+        return _svg(600, 40, title, [f'<text x="0" y="24" fill="{TEXT}" font-size="14">no reference complete yet</text>'])
+    label_w, bar_w, row_h = 150, 350, 24
+    top = max(max(v for _, v in rows), 0.3)
+    height = row_h * len(rows) + 24
+    body = []
+    for limit in (0.1, 0.25):
+        x = label_w + bar_w * limit / top
+        body.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" stroke="{GRID}" stroke-dasharray="4 3"/>')
+        body.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="middle" fill="{TEXT}" font-size="11">{limit:g}</text>')
+    for i, (label, value) in enumerate(rows):
+        y = i * row_h + 2
+        w = bar_w * value / top
+        body.append(f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end" fill="{TEXT}" font-size="13">{escape(label[:20])}</text>')
+        body.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="16" fill="{BUSY if value > 0.25 else ALLOCATED}"/>')
+        body.append(f'<text x="{label_w + w + 6:.1f}" y="{y + 13}" fill="{TEXT}" font-size="12">PSI {_fmt(value)}</text>')
+    return _svg(label_w + bar_w + 120, height, title, body)

@@ -60,7 +60,15 @@ def deployment_list():
 def deployment(name: str):
     from mlpd.web.api_serving import view
 
-    return render_template("deployment.html", d=view(_mine(name), detail=True))
+    from markupsafe import Markup
+
+    from mlpd.web.ui_charts import psi_bars
+
+    d = view(_mine(name), detail=True)
+    drift = {m["revision"]: Markup(psi_bars(f"Input drift of version {m['version'] or '-'} (PSI per feature)",
+                                            [(f["feature"], f["psi"]) for f in m["features"] if f["psi"] is not None]))
+             for m in d.get("monitoring") or []}
+    return render_template("deployment.html", d=d, drift=drift)
 
 
 @ui.route("/deployments/<name>/<action>", methods=("POST",))

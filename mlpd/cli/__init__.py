@@ -34,6 +34,7 @@ COMMANDS = {
     "logs": "mlpd.cli.jobs:logs",
     "models": "mlpd.cli.mlflow:models",
     "password": "mlpd.cli.identity:password",
+    "predict": "mlpd.cli.predict:predict",
     "quota": "mlpd.cli.usage:quota",
     "run": "mlpd.cli.jobs:run",
     "runs": "mlpd.cli.mlflow:runs",

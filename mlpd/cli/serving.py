@@ -179,6 +179,25 @@ def deployments_show(name, as_json):
         for m in dep["requests"]:
             click.echo(f"    #{m['revision']} v{m['version'] or '?'}: {plural(m['requests'], 'request')}, {plural(m['errors'], 'error')}, mean {m['mean_ms']} ms, "
                        f"p50 <= {m['p50_ms_at_most']} ms, p99 <= {m['p99_ms_at_most']} ms")
+    _echo_monitoring(dep.get("monitoring"))
+
+
+def _echo_monitoring(rows: list[dict] | None) -> None:
+    """The monitoring summary (mlpd.serving.monitoring): predictions and each feature's drift, per version."""
+    if not rows:
+        return
+    click.echo("  monitoring (requests through the daemon's /serve path; docs/serving-monitoring.md):")
+    for m in rows:
+        preds = m["predictions"]
+        parts = [f"{k} {v:.4g}" for k, v in preds["quantiles"].items()]
+        parts += [f"{label}: {count}" for label, count in list(preds["labels"].items())[:10]]
+        click.echo(f"    #{m['revision']} v{m['version'] or '?'}: {plural(m['requests'], 'request')}; predictions "
+                   f"{', '.join(parts) or 'none yet'}")
+        for f in m["features"]:
+            if f["psi"] is None:
+                click.echo(f"      {f['feature']:<20} reference {f['reference']} values so far")
+            else:
+                click.echo(f"      {f['feature']:<20} PSI {f['psi']:.3f} {f['level']:<6} ({f['since']} values against a reference of {f['reference']})")
 
 
 @deployments.command("logs")

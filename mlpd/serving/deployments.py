@@ -398,6 +398,7 @@ def remove(store: Store, config, dep: dict[str, Any], actor: str) -> None:
             stop_replica(store, rep["job_id"], actor, f"deployment {dep['name']} removed by {actor}")
     with store.write() as db:
         db.execute("DELETE FROM deployment_metrics WHERE deployment = ?", [dep["id"]])
+        db.execute("DELETE FROM deployment_monitor WHERE deployment = ?", [dep["id"]])
         db.execute("DELETE FROM deployment_replicas WHERE deployment = ?", [dep["id"]])
         db.execute("DELETE FROM deployment_revisions WHERE deployment = ?", [dep["id"]])
         db.execute("DELETE FROM deployments WHERE id = ?", [dep["id"]])

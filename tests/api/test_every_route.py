@@ -146,6 +146,9 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/deployments/{name}/logs"): Case("deployments/served/logs", status=404, code="not_found",
                                               why="no replica has been placed: that needs the worker"),
     ("DELETE", "/deployments/{name}"): Case("deployments/removed"),
+    ("POST", "/predict"): Case("predict", json={"model": "models:/iris/1", "input": "scores.csv", "code": DIGEST}, status=400,
+                               code="invalid_field", why="the member's archive holds train.py, not an input to score; scoring end to "
+                                                         "end: tests/integration/test_predict.py"),
     # -- schedules (sweeps and dependencies: tests/api/test_automation_api.py)
     ("GET", "/schedules"): Case("schedules", contains="nightly"),
     ("POST", "/schedules"): Case("schedules", json={"name": "fresh", "cron": "0 3 * * *", "timezone": "Europe/Berlin",

@@ -295,7 +295,8 @@ fi
 config_changed=0
 mkdir -p "$config_dir"
 if [ ! -f "$config" ]; then
-  sed -e "s|^state_dir = .*|state_dir = \"$state_dir\"|" -e "s|^listen = .*|listen = \"$listen\"|" "$repo/mlpd.toml" >"$config.tmp"
+  # server.listen is the first `listen =` line ([server]); serving.listen (the proxy's) keeps "auto".
+  sed -e "s|^state_dir = .*|state_dir = \"$state_dir\"|" -e "0,/^listen = /s|^listen = .*|listen = \"$listen\"|" "$repo/mlpd.toml" >"$config.tmp"
   mv "$config.tmp" "$config"
   config_changed=1
   say "wrote $config"

@@ -144,7 +144,7 @@ def test_the_daemon_as_its_unit_runs_it_answers_runs_a_job_and_leaves_containers
     port = free_port()
     config = top / "mlpd.toml"
     shipped = Path(SHIPPED_CONFIG).read_text()
-    config.write_text(re.sub(r'(?m)^state_dir = .*$', f'state_dir = "{state}"', re.sub(r'(?m)^listen = .*$', f'listen = "127.0.0.1:{port}"', shipped)))
+    config.write_text(re.sub(r'(?m)^state_dir = .*$', f'state_dir = "{state}"', re.sub(r'(?m)^listen = .*$', f'listen = "127.0.0.1:{port}"', shipped, count=1)))
     os.chmod(config, 0o644)
     argv = as_unit_argv(s, exec_start)
     url = f"http://127.0.0.1:{port}"

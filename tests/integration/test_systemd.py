@@ -86,7 +86,7 @@ def test_systemd_starts_the_unit_sandboxed_and_a_stop_leaves_its_jobs_running():
     config = top / "mlpd.toml"
     text = Path(SHIPPED_CONFIG).read_text()
     for key, value in (("state_dir", f'"{state}"'), ("listen", f'"127.0.0.1:{port}"'), ("container_listen", '""')):
-        text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text, count=1)  # listen: [server]'s (serving.listen stays auto)
     config.write_text(text)
     os.chmod(config, 0o644)
     url = f"http://127.0.0.1:{port}"

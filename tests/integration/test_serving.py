@@ -73,11 +73,18 @@ def world(tmp_path_factory, request):
     work = base / "train"
     work.mkdir()
     (work / "train.py").write_text(TRAIN.replace("{model_name}", model_name))
-    job_id = as_json(daemon.cli("run", "--json", "--", "python", "train.py", token=token, cwd=str(work)))["job"]["id"]
-    job = wait_for(lambda: (j := daemon.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"])["state"] in TERMINAL and j,
-                   300, 0.5, "the training job")
-    logs = daemon.api("GET", f"/api/v1/jobs/{job_id}/logs", token).text
-    assert job["state"] == "succeeded", f"{job['reason']}\n{logs[-3000:]}"
+    for attempt in (1, 2):
+        job_id = as_json(daemon.cli("run", "--json", "--", "python", "train.py", token=token, cwd=str(work)))["job"]["id"]
+        job = wait_for(lambda: (j := daemon.api("GET", f"/api/v1/jobs/{job_id}", token).json()["job"])["state"] in TERMINAL and j,
+                       300, 0.5, "the training job")
+        logs = daemon.api("GET", f"/api/v1/jobs/{job_id}/logs", token).text
+        # Known flake (session 8, 1 of 3 full runs): MLflow's model-versions/create answered 500 three times
+        # in a row to the training job. Trained once more, with the daemon's log kept for the diagnosis; a
+        # second failure fails the module.
+        if job["state"] == "succeeded" or attempt == 2 or "model-versions/create" not in logs:
+            break
+        print(f"\n--- training failed on model-versions/create (500); daemon log ---\n{daemon.log_text()[-6000:]}")
+    assert job["state"] == "succeeded", f"{job['reason']}\n{logs[-3000:]}\n--- daemon log ---\n{daemon.log_text()[-4000:]}"
     runs = [line.split()[1] for line in logs.splitlines() if line.startswith("RUN ")]
     yield {"daemon": daemon, "user": name, "token": token, "model": model_name, "deployment": model_name[:40].rstrip("-"), "runs": runs}
     failed = any(getattr(item, "rep_call", None) and item.rep_call.failed for item in request.session.items if item.module is request.module)

@@ -110,7 +110,7 @@ class Spec(Protocol):
 
 
 def submit(store: Store | None, owner: str, spec: Spec, warnings: Iterable[str] = (), now: float | None = None,
-           kind: str = "job", workload: str | None = None, db=None, waiting: str = "") -> dict[str, Any]:
+           kind: str | None = None, workload: str | None = None, db=None, waiting: str = "") -> dict[str, Any]:
     """Queue a workload; returns its row. A job is its own workload; a workspace's session or a
     deployment's replica names its workspace or deployment (workload). With db, inside that
     transaction (the caller reads the row afterwards). With `waiting` (why, e.g. "waiting for job

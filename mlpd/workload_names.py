@@ -62,7 +62,7 @@ def names_of(store, rows: Iterable[dict[str, Any]]) -> dict[str, WorkloadName]:
     rows = [r for r in rows if r]
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_kind.setdefault(r.get("kind") or "job", []).append(r)
+        by_kind.setdefault(kind_of(r.get("kind")).name, []).append(r)
     out = {}
     for kind, group in by_kind.items():
         found = kind_of(kind).workload_names(store, group)

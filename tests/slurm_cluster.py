@@ -13,7 +13,6 @@ import signal
 import socket
 import stat
 import subprocess
-import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -161,11 +160,13 @@ def _node_idle(cluster: Cluster) -> bool:
 
 
 def _wait_for(check, timeout: float, what: str, cluster: Cluster | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
+    from conftest import wait_for  # the suite's one polling helper
+
+    try:
+        wait_for(check, timeout, 0.2, what)
+        return
+    except AssertionError:
+        pass
     logs = ""
     if cluster is not None:
         for name in ("slurmctld.log", "slurmd.log"):

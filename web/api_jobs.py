@@ -16,6 +16,7 @@ from mlpd.scheduling.gpu_state import drains, find_gpu, gpu_holders, gpu_sharers
 from mlpd.scheduling.sharing import as_gpus
 from mlpd.kinds.codeship import CodeArchiveError, extract_archive
 from mlpd.jobs import TERMINAL_STATES, JobState
+from mlpd.kinds.base import kind_of
 from mlpd.units import host_limits
 from mlpd.scheduling.resource_caps import effective_limits
 from mlpd.web import config, store
@@ -77,7 +78,7 @@ def job_view(job: dict) -> dict:
     """The stable JSON form of a job."""
     spec = job["spec"]
     return {
-        "id": job["id"], "kind": job.get("kind") or "job", "name": job["name"], "owner": job["owner"], "state": job["state"], "reason": job["reason"],
+        "id": job["id"], "kind": kind_of(job.get("kind")).name, "name": job["name"], "owner": job["owner"], "state": job["state"], "reason": job["reason"],
         "exit_code": job["exit_code"], "priority": job["priority"],
         "gpus": {"count": spec["gpus"], "share": spec.get("gpu_share"), "indices": job["gpu_indices"], "uuids": job["gpu_uuids"]},
         "image": spec.get("image") or config()["jobs.default_image"], "command": spec["command"],

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from mlpd import jobs
+from mlpd.kinds.base import kind_of
 from mlpd.errors import MlpdError
 from mlpd.scheduling.sharing import share_of
 from mlpd.store import Store, record_event
@@ -44,7 +45,7 @@ def gpu_sharers(store: Store) -> dict[str, list[dict[str, Any]]]:
         for uuid in job["gpu_uuids"]:
             holders.setdefault(uuid, []).append(
                 {"job_id": job["id"], "owner": job["owner"], "since": job["started_at"] or job["updated_at"],
-                 "kind": job.get("kind", "job"), "workload": job.get("workload"), **names[job["id"]].to_dict(),
+                 "kind": kind_of(job.get("kind")).name, "workload": job.get("workload"), **names[job["id"]].to_dict(),
                  "share": share_of(job["spec"])})
     return holders
 

@@ -164,7 +164,6 @@ def test_serving_goes_on_while_the_daemon_is_killed_and_restarted_and_the_new_on
                 seen.append((r.status_code, round(r.json()["predictions"][0], 6) if r.status_code == 200 else r.text[:300]))
             except Exception as exc:  # a refused or broken connection counts as a failed request
                 seen.append((0, repr(exc)))
-            time.sleep(0.01)
 
     thread = threading.Thread(target=client)
     thread.start()
